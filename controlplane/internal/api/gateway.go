@@ -1,0 +1,85 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"net/textproto"
+	"strings"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	adminv1 "github.com/tollgate-gw/tollgate/gen/tollgate/admin/v1"
+)
+
+// MaxBodyBytes bounds every management request body.
+const MaxBodyBytes = 1 << 20
+
+// forwardedHeaders reach the services as gRPC metadata under their own names.
+var forwardedHeaders = map[string]bool{
+	"Authorization":      true,
+	"X-Admin-Key":        true,
+	"Litellm-Changed-By": true,
+}
+
+func headerMatcher(h string) (string, bool) {
+	if forwardedHeaders[textproto.CanonicalMIMEHeaderKey(h)] {
+		return strings.ToLower(h), true
+	}
+	return "", false
+}
+
+// Gateway returns the REST handler serving every management service
+// in-process (no network hop) at LiteLLM's paths.
+func (s *Server) Gateway(ctx context.Context) (http.Handler, error) {
+	mux := runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
+			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
+			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},
+		}),
+		runtime.WithIncomingHeaderMatcher(headerMatcher),
+		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		runtime.WithErrorHandler(gatewayError),
+		runtime.WithRoutingErrorHandler(routingError),
+		runtime.WithDisablePathLengthFallback(),
+	)
+	for _, reg := range []func() error{
+		func() error { return adminv1.RegisterKeyServiceHandlerServer(ctx, mux, &keyService{s: s}) },
+		func() error { return adminv1.RegisterTeamServiceHandlerServer(ctx, mux, &teamService{s: s}) },
+		func() error { return adminv1.RegisterUserServiceHandlerServer(ctx, mux, &userService{s: s}) },
+		func() error { return adminv1.RegisterOrganizationServiceHandlerServer(ctx, mux, &orgService{s: s}) },
+		func() error { return adminv1.RegisterModelServiceHandlerServer(ctx, mux, &modelService{s: s}) },
+		func() error { return adminv1.RegisterSettingsServiceHandlerServer(ctx, mux, &settingsService{s: s}) },
+	} {
+		if err := reg(); err != nil {
+			return nil, err
+		}
+	}
+	return LimitBody(mux), nil
+}
+
+// LimitBody reads at most MaxBodyBytes of a request body and answers 413 in
+// the envelope beyond that.
+func LimitBody(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body != nil && r.Body != http.NoBody {
+			if r.ContentLength > MaxBodyBytes {
+				WriteError(w, http.StatusRequestEntityTooLarge, "request_too_large", "", "request body is larger than 1 MiB")
+				return
+			}
+			b, err := io.ReadAll(io.LimitReader(r.Body, MaxBodyBytes+1))
+			if err != nil {
+				WriteError(w, http.StatusBadRequest, "bad_request_error", "", "could not read the request body")
+				return
+			}
+			if len(b) > MaxBodyBytes {
+				WriteError(w, http.StatusRequestEntityTooLarge, "request_too_large", "", "request body is larger than 1 MiB")
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(b))
+		}
+		next.ServeHTTP(w, r)
+	})
+}

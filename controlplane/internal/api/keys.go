@@ -1,0 +1,744 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/tollgate-gw/tollgate/controlplane/internal/authz"
+	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/duration"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
+	adminv1 "github.com/tollgate-gw/tollgate/gen/tollgate/admin/v1"
+)
+
+type keyService struct {
+	adminv1.UnimplementedKeyServiceServer
+	s *Server
+}
+
+// buildKey validates a generate request into a Key (without secret, ids or
+// references checked against the store).
+func (s *Server) buildKey(req *adminv1.GenerateKeyRequest, now time.Time) (store.Key, error) {
+	var k store.Key
+	var err error
+	if err = checkID("key_alias", req.GetKeyAlias(), false); err != nil {
+		return k, err
+	}
+	for _, f := range []struct{ name, v string }{{"user_id", req.GetUserId()}, {"team_id", req.GetTeamId()}, {"organization_id", req.GetOrganizationId()}} {
+		if err = checkID(f.name, f.v, false); err != nil {
+			return k, err
+		}
+	}
+	k.KeyAlias, k.UserID, k.TeamID, k.OrganizationID = req.GetKeyAlias(), req.GetUserId(), req.GetTeamId(), req.GetOrganizationId()
+	if k.Models, err = strList("models", req.GetModels()); err != nil {
+		return k, err
+	}
+	if k.MaxBudget, err = usdPtr("max_budget", req.GetMaxBudget()); err != nil {
+		return k, err
+	}
+	if k.SoftBudget, err = usdPtr("soft_budget", req.GetSoftBudget()); err != nil {
+		return k, err
+	}
+	if req.GetBudgetDuration() != "" {
+		d, err := parseDuration("budget_duration", req.GetBudgetDuration())
+		if err != nil {
+			return k, err
+		}
+		k.BudgetDuration = d.String()
+		at := d.AddTo(now)
+		k.BudgetResetAt = &at
+	}
+	if k.RPMLimit, err = limitPtr("rpm_limit", req.GetRpmLimit()); err != nil {
+		return k, err
+	}
+	if k.TPMLimit, err = limitPtr("tpm_limit", req.GetTpmLimit()); err != nil {
+		return k, err
+	}
+	if k.MaxParallelRequests, err = limitPtr("max_parallel_requests", req.GetMaxParallelRequests()); err != nil {
+		return k, err
+	}
+	if k.ModelMaxBudget, err = modelBudgets("model_max_budget", req.GetModelMaxBudget()); err != nil {
+		return k, err
+	}
+	if k.ModelRPMLimit, err = limitMap("model_rpm_limit", req.GetModelRpmLimit()); err != nil {
+		return k, err
+	}
+	if k.ModelTPMLimit, err = limitMap("model_tpm_limit", req.GetModelTpmLimit()); err != nil {
+		return k, err
+	}
+	if k.Metadata, err = structJSON("metadata", req.GetMetadata()); err != nil {
+		return k, err
+	}
+	if k.Permissions, err = structJSON("permissions", req.GetPermissions()); err != nil {
+		return k, err
+	}
+	if k.Guardrails, err = strList("guardrails", req.GetGuardrails()); err != nil {
+		return k, err
+	}
+	if k.Tags, err = strList("tags", req.GetTags()); err != nil {
+		return k, err
+	}
+	if k.EnforcedParams, err = strList("enforced_params", req.GetEnforcedParams()); err != nil {
+		return k, err
+	}
+	if k.AllowedRoutes, err = strList("allowed_routes", req.GetAllowedRoutes()); err != nil {
+		return k, err
+	}
+	k.Blocked = req.GetBlocked().GetValue()
+	if k.Expires, err = timestampPtr("expires", req.GetExpires()); err != nil {
+		return k, err
+	}
+	if req.GetDuration() != "" {
+		d, err := parseDuration("duration", req.GetDuration())
+		if err != nil {
+			return k, err
+		}
+		exp := d.AddTo(now)
+		k.Expires = &exp
+	}
+	if req.GetAutoRotate() || req.GetRotationInterval() != "" {
+		if req.GetRotationInterval() == "" {
+			return k, badRequest("rotation_interval", "rotation_interval is required when auto_rotate is true")
+		}
+		d, err := parseDuration("rotation_interval", req.GetRotationInterval())
+		if err != nil {
+			return k, err
+		}
+		k.AutoRotate = req.GetAutoRotate()
+		k.RotationInterval = d.String()
+		if k.AutoRotate {
+			at := d.AddTo(now)
+			k.KeyRotationAt = &at
+		}
+	}
+	return k, nil
+}
+
+// secretFor validates a caller-chosen secret or generates one.
+func (s *Server) secretFor(param, chosen string) (string, error) {
+	if chosen == "" {
+		return keys.Generate(), nil
+	}
+	if err := keys.Validate(chosen); err != nil {
+		return "", badRequest(param, param+" must start with sk- and be at most 256 printable characters")
+	}
+	if s.master.matches(chosen) {
+		return "", badRequest(param, param+" is not available")
+	}
+	return chosen, nil
+}
+
+// checkRefs verifies, inside tx, that the key's user, team and organization
+// exist, and inherits the team's organization.
+func checkRefs(ctx context.Context, tx store.Reader, k *store.Key) error {
+	if k.UserID != "" {
+		if _, err := tx.GetUser(ctx, k.UserID); errors.Is(err, store.ErrNotFound) {
+			return badRequest("user_id", "user_id "+k.UserID+" does not exist")
+		} else if err != nil {
+			return err
+		}
+	}
+	if k.TeamID != "" {
+		t, err := tx.GetTeam(ctx, k.TeamID)
+		if errors.Is(err, store.ErrNotFound) {
+			return badRequest("team_id", "team_id "+k.TeamID+" does not exist")
+		} else if err != nil {
+			return err
+		}
+		if k.OrganizationID == "" {
+			k.OrganizationID = t.OrganizationID
+		} else if t.OrganizationID != "" && t.OrganizationID != k.OrganizationID {
+			return badRequest("organization_id", "organization_id does not match the team's organization")
+		}
+	}
+	if k.OrganizationID != "" {
+		if _, err := tx.GetOrganization(ctx, k.OrganizationID); errors.Is(err, store.ErrNotFound) {
+			return badRequest("organization_id", "organization_id "+k.OrganizationID+" does not exist")
+		} else if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (ks *keyService) generate(ctx context.Context, req *adminv1.GenerateKeyRequest, serviceAccount bool) (*adminv1.GenerateKeyResponse, error) {
+	s := ks.s
+	c, err := s.authorize(ctx, authz.KeyCreate, authz.Target{OwnerUserID: req.GetUserId()})
+	if err != nil {
+		return nil, err
+	}
+	now := s.now()
+	k, err := s.buildKey(req, now)
+	if err != nil {
+		return nil, err
+	}
+	if serviceAccount {
+		if k.TeamID == "" {
+			return nil, badRequest("team_id", "team_id is required for service account keys")
+		}
+		if k.UserID != "" {
+			return nil, badRequest("user_id", "service account keys belong to a team and have no user_id")
+		}
+		k.ServiceAccount = true
+	} else if k.UserID == "" && !c.Master && c.Role != store.RoleProxyAdmin {
+		k.UserID = c.ID // a non-admin's key is its own
+	}
+	secret, err := s.secretFor("key", req.GetKey())
+	if err != nil {
+		return nil, err
+	}
+	k.TokenID = keys.NewID()
+	k.KeyHash = keys.Hash(secret)
+	k.KeyName = keys.DisplayName(secret)
+	k.CreatedAt, k.UpdatedAt = now, now
+	k.CreatedBy, k.UpdatedBy = c.ID, c.ID
+	err = s.store.ReadWriteTx(ctx, func(ctx context.Context, tx store.Tx) error {
+		kk := k
+		if err := checkRefs(ctx, tx, &kk); err != nil {
+			return err
+		}
+		if err := tx.CreateKey(ctx, kk); err != nil {
+			return err
+		}
+		k = kk
+		return s.audit(ctx, tx, c, "created", "key", kk.TokenID, nil, keyView(&kk))
+	})
+	if err != nil {
+		return nil, storeError(ctx, err, "key")
+	}
+	return generateOut(secret, &k), nil
+}
+
+func (ks *keyService) GenerateKey(ctx context.Context, req *adminv1.GenerateKeyRequest) (*adminv1.GenerateKeyResponse, error) {
+	return ks.generate(ctx, req, false)
+}
+
+func (ks *keyService) GenerateServiceAccountKey(ctx context.Context, req *adminv1.GenerateKeyRequest) (*adminv1.GenerateKeyResponse, error) {
+	return ks.generate(ctx, req, true)
+}
+
+// findKey resolves a plaintext key or a token id. The master key is never a
+// stored key; naming it is refused explicitly.
+func (s *Server) findKey(ctx context.Context, r store.Reader, ref string) (store.Key, error) {
+	if ref == "" {
+		return store.Key{}, badRequest("key", "key is required")
+	}
+	if s.master.matches(ref) {
+		return store.Key{}, forbidden("the master key cannot be managed through the key API")
+	}
+	var k store.Key
+	var err error
+	if strings.HasPrefix(ref, keys.Prefix) {
+		k, err = r.GetKeyByHash(ctx, keys.Hash(ref))
+	} else if len(ref) <= maxIDLen {
+		k, err = r.GetKey(ctx, ref)
+	} else {
+		err = store.ErrNotFound
+	}
+	if errors.Is(err, store.ErrNotFound) {
+		return k, notFound("key", "key not found")
+	}
+	return k, err
+}
+
+// mutateKey runs one read-modify-write of a key inside a transaction, with
+// authorization against the stored owner and an audit row.
+func (s *Server) mutateKey(ctx context.Context, ref string, action authz.Action, auditAction string, fn func(tx store.Tx, k *store.Key) error) (store.Key, error) {
+	c, err := s.authenticate(ctx)
+	if err != nil {
+		return store.Key{}, err
+	}
+	var out store.Key
+	err = s.store.ReadWriteTx(ctx, func(ctx context.Context, tx store.Tx) error {
+		k, err := s.findKey(ctx, tx, ref)
+		if err != nil {
+			return err
+		}
+		if d := authz.Decide(c, action, authz.Target{OwnerUserID: k.UserID}); !d.Allowed {
+			if authz.Decide(c, authz.KeyRead, authz.Target{OwnerUserID: k.UserID}).Allowed {
+				return forbidden(d.Reason)
+			}
+			return notFound("key", "key not found") // never hint that another's key exists
+		}
+		before := k
+		if err := fn(tx, &k); err != nil {
+			return err
+		}
+		k.UpdatedAt = s.now()
+		k.UpdatedBy = c.ID
+		if err := tx.UpdateKey(ctx, k); err != nil {
+			return err
+		}
+		out = k
+		return s.audit(ctx, tx, c, auditAction, "key", k.TokenID, keyView(&before), keyView(&k))
+	})
+	if err != nil {
+		return store.Key{}, storeError(ctx, err, "key")
+	}
+	return out, nil
+}
+
+func (ks *keyService) UpdateKey(ctx context.Context, req *adminv1.UpdateKeyRequest) (*adminv1.Key, error) {
+	s := ks.s
+	now := s.now()
+	// Validate everything before touching the store.
+	var (
+		err                             error
+		maxBudget, softBudget, rpm, tpm *int64
+		parallel                        *int64
+		models, guardrails, tags        []string
+		enforced, routes                []string
+		hasModels, hasGuard, hasTags    bool
+		hasEnforced, hasRoutes          bool
+		modelBudget                     map[string]store.ModelBudget
+		modelRPM, modelTPM              map[string]int64
+		metadata, permissions           []byte
+		expires                         *time.Time
+		budgetDur, rotationInterval     *duration.D
+		clearExpiry, clearBudgetDur     bool
+		aliasSet                        bool
+		alias, userID, teamID, orgID    string
+		userSet, teamSet, orgSet        bool
+	)
+	if req.KeyAlias != nil {
+		aliasSet, alias = true, req.GetKeyAlias().GetValue()
+		if err = checkID("key_alias", alias, false); err != nil {
+			return nil, err
+		}
+	}
+	if req.UserId != nil {
+		userSet, userID = true, req.GetUserId().GetValue()
+		if err = checkID("user_id", userID, false); err != nil {
+			return nil, err
+		}
+	}
+	if req.TeamId != nil {
+		teamSet, teamID = true, req.GetTeamId().GetValue()
+		if err = checkID("team_id", teamID, false); err != nil {
+			return nil, err
+		}
+	}
+	if req.OrganizationId != nil {
+		orgSet, orgID = true, req.GetOrganizationId().GetValue()
+		if err = checkID("organization_id", orgID, false); err != nil {
+			return nil, err
+		}
+	}
+	if models, hasModels, err = listValue("models", req.GetModels()); err != nil {
+		return nil, err
+	}
+	if guardrails, hasGuard, err = listValue("guardrails", req.GetGuardrails()); err != nil {
+		return nil, err
+	}
+	if tags, hasTags, err = listValue("tags", req.GetTags()); err != nil {
+		return nil, err
+	}
+	if enforced, hasEnforced, err = listValue("enforced_params", req.GetEnforcedParams()); err != nil {
+		return nil, err
+	}
+	if routes, hasRoutes, err = listValue("allowed_routes", req.GetAllowedRoutes()); err != nil {
+		return nil, err
+	}
+	if maxBudget, err = usdPtr("max_budget", req.GetMaxBudget()); err != nil {
+		return nil, err
+	}
+	if softBudget, err = usdPtr("soft_budget", req.GetSoftBudget()); err != nil {
+		return nil, err
+	}
+	if rpm, err = limitPtr("rpm_limit", req.GetRpmLimit()); err != nil {
+		return nil, err
+	}
+	if tpm, err = limitPtr("tpm_limit", req.GetTpmLimit()); err != nil {
+		return nil, err
+	}
+	if parallel, err = limitPtr("max_parallel_requests", req.GetMaxParallelRequests()); err != nil {
+		return nil, err
+	}
+	if modelBudget, err = modelBudgets("model_max_budget", req.GetModelMaxBudget()); err != nil {
+		return nil, err
+	}
+	if modelRPM, err = limitMap("model_rpm_limit", req.GetModelRpmLimit()); err != nil {
+		return nil, err
+	}
+	if modelTPM, err = limitMap("model_tpm_limit", req.GetModelTpmLimit()); err != nil {
+		return nil, err
+	}
+	if metadata, err = structJSON("metadata", req.GetMetadata()); err != nil {
+		return nil, err
+	}
+	if permissions, err = structJSON("permissions", req.GetPermissions()); err != nil {
+		return nil, err
+	}
+	if expires, err = timestampPtr("expires", req.GetExpires()); err != nil {
+		return nil, err
+	}
+	if req.Duration != nil {
+		if v := req.GetDuration().GetValue(); v == "" || v == "-1" {
+			clearExpiry = true
+		} else {
+			d, err := parseDuration("duration", v)
+			if err != nil {
+				return nil, err
+			}
+			exp := d.AddTo(now)
+			expires = &exp
+		}
+	}
+	if req.BudgetDuration != nil {
+		if v := req.GetBudgetDuration().GetValue(); v == "" {
+			clearBudgetDur = true
+		} else {
+			d, err := parseDuration("budget_duration", v)
+			if err != nil {
+				return nil, err
+			}
+			budgetDur = &d
+		}
+	}
+	if req.RotationInterval != nil && req.GetRotationInterval().GetValue() != "" {
+		d, err := parseDuration("rotation_interval", req.GetRotationInterval().GetValue())
+		if err != nil {
+			return nil, err
+		}
+		rotationInterval = &d
+	}
+
+	k, err := s.mutateKey(ctx, req.GetKey(), authz.KeyUpdate, "updated", func(tx store.Tx, k *store.Key) error {
+		if aliasSet {
+			k.KeyAlias = alias
+		}
+		if userSet {
+			if k.ServiceAccount && userID != "" {
+				return badRequest("user_id", "service account keys have no user_id")
+			}
+			k.UserID = userID
+		}
+		if teamSet {
+			if k.ServiceAccount && teamID == "" {
+				return badRequest("team_id", "service account keys need a team_id")
+			}
+			k.TeamID = teamID
+			if !orgSet {
+				k.OrganizationID = "" // re-inherited from the new team
+			}
+		}
+		if orgSet {
+			k.OrganizationID = orgID
+		}
+		if userSet || teamSet || orgSet {
+			if err := checkRefs(ctx, tx, k); err != nil {
+				return err
+			}
+		}
+		if hasModels {
+			k.Models = models
+		}
+		if hasGuard {
+			k.Guardrails = guardrails
+		}
+		if hasTags {
+			k.Tags = tags
+		}
+		if hasEnforced {
+			k.EnforcedParams = enforced
+		}
+		if hasRoutes {
+			k.AllowedRoutes = routes
+		}
+		if maxBudget != nil {
+			k.MaxBudget = maxBudget
+		}
+		if softBudget != nil {
+			k.SoftBudget = softBudget
+		}
+		if rpm != nil {
+			k.RPMLimit = rpm
+		}
+		if tpm != nil {
+			k.TPMLimit = tpm
+		}
+		if parallel != nil {
+			k.MaxParallelRequests = parallel
+		}
+		if modelBudget != nil {
+			k.ModelMaxBudget = modelBudget
+		}
+		if modelRPM != nil {
+			k.ModelRPMLimit = modelRPM
+		}
+		if modelTPM != nil {
+			k.ModelTPMLimit = modelTPM
+		}
+		if metadata != nil {
+			k.Metadata = metadata
+		}
+		if permissions != nil {
+			k.Permissions = permissions
+		}
+		if req.Blocked != nil {
+			k.Blocked = req.GetBlocked().GetValue()
+		}
+		if clearExpiry {
+			k.Expires = nil
+		} else if expires != nil {
+			k.Expires = expires
+		}
+		if clearBudgetDur {
+			k.BudgetDuration, k.BudgetResetAt = "", nil
+		} else if budgetDur != nil {
+			k.BudgetDuration = budgetDur.String()
+			at := budgetDur.AddTo(now)
+			k.BudgetResetAt = &at
+		}
+		if rotationInterval != nil {
+			k.RotationInterval = rotationInterval.String()
+		}
+		if req.AutoRotate != nil {
+			k.AutoRotate = req.GetAutoRotate().GetValue()
+		}
+		if k.AutoRotate {
+			if k.RotationInterval == "" {
+				return badRequest("rotation_interval", "rotation_interval is required when auto_rotate is true")
+			}
+			if rotationInterval != nil || k.KeyRotationAt == nil {
+				d, _ := duration.Parse(k.RotationInterval)
+				at := d.AddTo(now)
+				k.KeyRotationAt = &at
+			}
+		} else {
+			k.KeyRotationAt = nil
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return keyOut(&k), nil
+}
+
+func (ks *keyService) DeleteKeys(ctx context.Context, req *adminv1.DeleteKeysRequest) (*adminv1.DeleteResponse, error) {
+	s := ks.s
+	if len(req.GetKeys()) == 0 && len(req.GetKeyAliases()) == 0 {
+		return nil, badRequest("keys", "keys or key_aliases is required")
+	}
+	if len(req.GetKeys())+len(req.GetKeyAliases()) > maxListLen {
+		return nil, badRequest("keys", "too many keys in one call")
+	}
+	c, err := s.authenticate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var deleted []string
+	err = s.store.ReadWriteTx(ctx, func(ctx context.Context, tx store.Tx) error {
+		deleted = deleted[:0]
+		var targets []store.Key
+		seen := map[string]bool{}
+		for _, ref := range req.GetKeys() {
+			k, err := s.findKey(ctx, tx, ref)
+			if err != nil {
+				return err
+			}
+			if !seen[k.TokenID] {
+				seen[k.TokenID] = true
+				targets = append(targets, k)
+			}
+		}
+		for _, alias := range req.GetKeyAliases() {
+			k, err := tx.GetKeyByAlias(ctx, alias)
+			if errors.Is(err, store.ErrNotFound) {
+				return notFound("key_aliases", "key alias "+alias+" not found")
+			} else if err != nil {
+				return err
+			}
+			if !seen[k.TokenID] {
+				seen[k.TokenID] = true
+				targets = append(targets, k)
+			}
+		}
+		for i := range targets {
+			k := &targets[i]
+			if d := authz.Decide(c, authz.KeyDelete, authz.Target{OwnerUserID: k.UserID}); !d.Allowed {
+				if authz.Decide(c, authz.KeyRead, authz.Target{OwnerUserID: k.UserID}).Allowed {
+					return forbidden(d.Reason)
+				}
+				return notFound("keys", "key not found")
+			}
+			if err := tx.DeleteKey(ctx, k.TokenID); err != nil {
+				return err
+			}
+			if err := s.audit(ctx, tx, c, "deleted", "key", k.TokenID, keyView(k), nil); err != nil {
+				return err
+			}
+			deleted = append(deleted, k.TokenID)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, storeError(ctx, err, "key")
+	}
+	return &adminv1.DeleteResponse{DeletedKeys: deleted}, nil
+}
+
+func (ks *keyService) GetKeyInfo(ctx context.Context, req *adminv1.GetKeyInfoRequest) (*adminv1.GetKeyInfoResponse, error) {
+	s := ks.s
+	c, err := s.authenticate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ref := req.GetKey()
+	r := s.store.Read()
+	var k store.Key
+	if ref == "" && c.KeyTokenID != "" {
+		k, err = r.GetKey(ctx, c.KeyTokenID) // LiteLLM: no key means the caller's own
+	} else {
+		k, err = s.findKey(ctx, r, ref)
+	}
+	if err != nil {
+		return nil, storeError(ctx, err, "key")
+	}
+	if d := authz.Decide(c, authz.KeyRead, authz.Target{OwnerUserID: k.UserID}); !d.Allowed {
+		return nil, notFound("key", "key not found")
+	}
+	return &adminv1.GetKeyInfoResponse{Key: k.TokenID, Info: keyOut(&k)}, nil
+}
+
+func (ks *keyService) ListKeys(ctx context.Context, req *adminv1.ListKeysRequest) (*adminv1.ListKeysResponse, error) {
+	s := ks.s
+	c, err := s.authorize(ctx, authz.KeyList, authz.Target{})
+	if err != nil {
+		return nil, err
+	}
+	f := store.KeyFilter{
+		UserID: req.GetUserId(), TeamID: req.GetTeamId(), OrganizationID: req.GetOrganizationId(), KeyAlias: req.GetKeyAlias(),
+		Page: store.Page{Page: int(req.GetPage()), Size: int(req.GetSize())}.Normalize(),
+	}
+	if !c.Master && c.Role != store.RoleProxyAdmin && c.Role != store.RoleProxyAdminViewer {
+		if f.UserID != "" && f.UserID != c.ID {
+			return nil, forbidden("you may only list your own keys")
+		}
+		f.UserID = c.ID
+	}
+	list, total, err := s.store.Read().ListKeys(ctx, f)
+	if err != nil {
+		return nil, storeError(ctx, err, "key")
+	}
+	out := &adminv1.ListKeysResponse{TotalCount: int32(total), CurrentPage: int32(f.Page.Page)}
+	out.TotalPages = int32((total + f.Page.Size - 1) / f.Page.Size)
+	out.Keys = make([]string, 0, len(list))
+	for i := range list {
+		out.Keys = append(out.Keys, list[i].TokenID)
+		if req.GetReturnFullObject() {
+			out.KeysFull = append(out.KeysFull, keyOut(&list[i]))
+		}
+	}
+	return out, nil
+}
+
+func (ks *keyService) RegenerateKey(ctx context.Context, req *adminv1.RegenerateKeyRequest) (*adminv1.GenerateKeyResponse, error) {
+	s := ks.s
+	now := s.now()
+	secret, err := s.secretFor("new_key", req.GetNewKey())
+	if err != nil {
+		return nil, err
+	}
+	var grace *duration.D
+	if req.GetGracePeriod() != "" {
+		d, err := parseDuration("grace_period", req.GetGracePeriod())
+		if err != nil {
+			return nil, err
+		}
+		grace = &d
+	}
+	maxBudget, err := usdPtr("max_budget", req.GetMaxBudget())
+	if err != nil {
+		return nil, err
+	}
+	rpm, err := limitPtr("rpm_limit", req.GetRpmLimit())
+	if err != nil {
+		return nil, err
+	}
+	tpm, err := limitPtr("tpm_limit", req.GetTpmLimit())
+	if err != nil {
+		return nil, err
+	}
+	models, hasModels, err := listValue("models", req.GetModels())
+	if err != nil {
+		return nil, err
+	}
+	metadata, err := structJSON("metadata", req.GetMetadata())
+	if err != nil {
+		return nil, err
+	}
+	var expires *time.Time
+	if req.Duration != nil && req.GetDuration().GetValue() != "" {
+		d, err := parseDuration("duration", req.GetDuration().GetValue())
+		if err != nil {
+			return nil, err
+		}
+		e := d.AddTo(now)
+		expires = &e
+	}
+	k, err := s.mutateKey(ctx, req.GetKey(), authz.KeyRegenerate, "regenerated", func(tx store.Tx, k *store.Key) error {
+		// Drop expired grace secrets; keep the current one for the grace period.
+		prev := k.PreviousHashes[:0:0]
+		for _, p := range k.PreviousHashes {
+			if p.ValidUntil.After(now) {
+				prev = append(prev, p)
+			}
+		}
+		if grace != nil {
+			prev = append(prev, store.PreviousHash{KeyHash: k.KeyHash, ValidUntil: grace.AddTo(now)})
+		}
+		k.PreviousHashes = prev
+		k.KeyHash = keys.Hash(secret)
+		k.KeyName = keys.DisplayName(secret)
+		if maxBudget != nil {
+			k.MaxBudget = maxBudget
+		}
+		if rpm != nil {
+			k.RPMLimit = rpm
+		}
+		if tpm != nil {
+			k.TPMLimit = tpm
+		}
+		if hasModels {
+			k.Models = models
+		}
+		if metadata != nil {
+			k.Metadata = metadata
+		}
+		if expires != nil {
+			k.Expires = expires
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return generateOut(secret, &k), nil
+}
+
+func (ks *keyService) setBlocked(ctx context.Context, ref string, blocked bool) (*adminv1.Key, error) {
+	action := "blocked"
+	if !blocked {
+		action = "unblocked"
+	}
+	k, err := ks.s.mutateKey(ctx, ref, authz.KeyBlock, action, func(_ store.Tx, k *store.Key) error {
+		k.Blocked = blocked
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return keyOut(&k), nil
+}
+
+func (ks *keyService) BlockKey(ctx context.Context, req *adminv1.BlockKeyRequest) (*adminv1.Key, error) {
+	return ks.setBlocked(ctx, req.GetKey(), true)
+}
+
+func (ks *keyService) UnblockKey(ctx context.Context, req *adminv1.BlockKeyRequest) (*adminv1.Key, error) {
+	return ks.setBlocked(ctx, req.GetKey(), false)
+}

@@ -1,0 +1,110 @@
+package api
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
+)
+
+// memberSpec is one entry of a member_add "member" field.
+type memberSpec struct {
+	UserID    string
+	Role      string
+	UserEmail string
+}
+
+// parseMembers reads LiteLLM's member field: an object or a list of objects
+// with user_id (or user_email) and role.
+func parseMembers(v *structpb.Value, defaultRole string, allowed ...string) ([]memberSpec, error) {
+	if v == nil {
+		return nil, badRequest("member", "member is required")
+	}
+	var items []*structpb.Value
+	switch k := v.Kind.(type) {
+	case *structpb.Value_StructValue:
+		items = []*structpb.Value{v}
+	case *structpb.Value_ListValue:
+		items = k.ListValue.GetValues()
+	default:
+		return nil, badRequest("member", "member must be an object or a list of objects")
+	}
+	if len(items) == 0 || len(items) > maxListLen {
+		return nil, badRequest("member", "member must name 1 to 1000 users")
+	}
+	out := make([]memberSpec, 0, len(items))
+	for _, it := range items {
+		obj := it.GetStructValue()
+		if obj == nil {
+			return nil, badRequest("member", "member must be an object or a list of objects")
+		}
+		var m memberSpec
+		for name, val := range obj.GetFields() {
+			if _, isNull := val.Kind.(*structpb.Value_NullValue); isNull {
+				continue
+			}
+			s, ok := val.Kind.(*structpb.Value_StringValue)
+			switch name {
+			case "user_id", "role", "user_email":
+				if !ok {
+					return nil, badRequest("member", "member."+name+" must be a string")
+				}
+			default:
+				continue
+			}
+			switch name {
+			case "user_id":
+				m.UserID = s.StringValue
+			case "role":
+				m.Role = s.StringValue
+			case "user_email":
+				m.UserEmail = s.StringValue
+			}
+		}
+		if m.UserID == "" {
+			return nil, badRequest("member", "member.user_id is required")
+		}
+		if err := checkID("member.user_id", m.UserID, true); err != nil {
+			return nil, err
+		}
+		if m.Role == "" {
+			m.Role = defaultRole
+		}
+		ok := false
+		for _, a := range allowed {
+			ok = ok || m.Role == a
+		}
+		if !ok {
+			return nil, badRequest("member", "member.role must be one of "+joinQuoted(allowed))
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+func joinQuoted(xs []string) string {
+	s := ""
+	for i, x := range xs {
+		if i > 0 {
+			s += ", "
+		}
+		s += `"` + x + `"`
+	}
+	return s
+}
+
+// ensureUser returns the user, creating it as an internal_user when absent,
+// as LiteLLM does when members are added by id.
+func (s *Server) ensureUser(ctx context.Context, tx store.Tx, id, email string) error {
+	_, err := tx.GetUser(ctx, id)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	now := s.now()
+	return tx.CreateUser(ctx, store.User{UserID: id, UserEmail: email, UserRole: store.RoleInternalUser, CreatedAt: now, UpdatedAt: now})
+}

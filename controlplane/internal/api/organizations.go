@@ -1,0 +1,212 @@
+package api
+
+import (
+	"context"
+	"errors"
+
+	"github.com/tollgate-gw/tollgate/controlplane/internal/authz"
+	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
+	adminv1 "github.com/tollgate-gw/tollgate/gen/tollgate/admin/v1"
+)
+
+type orgService struct {
+	adminv1.UnimplementedOrganizationServiceServer
+	s *Server
+}
+
+var orgRoles = []string{"org_admin", store.RoleInternalUser, store.RoleInternalUserViewer}
+
+func (os *orgService) NewOrganization(ctx context.Context, req *adminv1.NewOrganizationRequest) (*adminv1.Organization, error) {
+	s := os.s
+	c, err := s.authorize(ctx, authz.OrgWrite, authz.Target{})
+	if err != nil {
+		return nil, err
+	}
+	now := s.now()
+	o := store.Organization{OrganizationID: req.GetOrganizationId(), OrganizationAlias: req.GetOrganizationAlias(), CreatedAt: now, UpdatedAt: now}
+	if err := checkID("organization_alias", o.OrganizationAlias, true); err != nil {
+		return nil, err
+	}
+	if err := checkID("organization_id", o.OrganizationID, false); err != nil {
+		return nil, err
+	}
+	if o.OrganizationID == "" {
+		o.OrganizationID = keys.NewID()
+	}
+	if o.Models, err = strList("models", req.GetModels()); err != nil {
+		return nil, err
+	}
+	if o.Limits, err = limitsFrom(now, req.GetMaxBudget(), req.GetSoftBudget(), req.GetBudgetDuration(), req.GetRpmLimit(), req.GetTpmLimit(), req.GetMaxParallelRequests()); err != nil {
+		return nil, err
+	}
+	if o.Metadata, err = structJSON("metadata", req.GetMetadata()); err != nil {
+		return nil, err
+	}
+	err = s.store.ReadWriteTx(ctx, func(ctx context.Context, tx store.Tx) error {
+		if err := tx.CreateOrganization(ctx, o); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, c, "created", "organization", o.OrganizationID, nil, orgOut(&o, nil))
+	})
+	if err != nil {
+		return nil, storeError(ctx, err, "organization")
+	}
+	return orgOut(&o, nil), nil
+}
+
+func (s *Server) mutateOrg(ctx context.Context, id, action string, fn func(tx store.Tx, o *store.Organization) error) (store.Organization, error) {
+	c, err := s.authorize(ctx, authz.OrgWrite, authz.Target{})
+	if err != nil {
+		return store.Organization{}, err
+	}
+	if err := checkID("organization_id", id, true); err != nil {
+		return store.Organization{}, err
+	}
+	var out store.Organization
+	err = s.store.ReadWriteTx(ctx, func(ctx context.Context, tx store.Tx) error {
+		o, err := tx.GetOrganization(ctx, id)
+		if err != nil {
+			return err
+		}
+		before := o
+		before.Members = append([]store.OrgMember(nil), o.Members...)
+		if err := fn(tx, &o); err != nil {
+			return err
+		}
+		o.UpdatedAt = s.now()
+		if err := tx.UpdateOrganization(ctx, o); err != nil {
+			return err
+		}
+		out = o
+		return s.audit(ctx, tx, c, action, "organization", o.OrganizationID, orgOut(&before, nil), orgOut(&o, nil))
+	})
+	if err != nil {
+		return out, storeError(ctx, err, "organization")
+	}
+	return out, nil
+}
+
+func (os *orgService) UpdateOrganization(ctx context.Context, req *adminv1.UpdateOrganizationRequest) (*adminv1.Organization, error) {
+	s := os.s
+	p, err := patchFrom(s.now(), req.GetModels(), req.GetMaxBudget(), req.GetSoftBudget(), req.GetBudgetDuration(), req.GetRpmLimit(), req.GetTpmLimit(), req.GetMaxParallelRequests(), req.GetMetadata())
+	if err != nil {
+		return nil, err
+	}
+	if req.OrganizationAlias != nil {
+		if err := checkID("organization_alias", req.GetOrganizationAlias().GetValue(), true); err != nil {
+			return nil, err
+		}
+	}
+	o, err := s.mutateOrg(ctx, req.GetOrganizationId(), "updated", func(_ store.Tx, o *store.Organization) error {
+		if req.OrganizationAlias != nil {
+			o.OrganizationAlias = req.GetOrganizationAlias().GetValue()
+		}
+		if req.Blocked != nil {
+			o.Blocked = req.GetBlocked().GetValue()
+		}
+		p.apply(&o.Models, &o.Limits, &o.Metadata)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return orgOut(&o, nil), nil
+}
+
+func (os *orgService) DeleteOrganizations(ctx context.Context, req *adminv1.DeleteOrganizationsRequest) (*adminv1.DeleteResponse, error) {
+	s := os.s
+	c, err := s.authorize(ctx, authz.OrgWrite, authz.Target{})
+	if err != nil {
+		return nil, err
+	}
+	if len(req.GetOrganizationIds()) == 0 || len(req.GetOrganizationIds()) > maxListLen {
+		return nil, badRequest("organization_ids", "organization_ids must list 1 to 1000 organizations")
+	}
+	var deleted []string
+	err = s.store.ReadWriteTx(ctx, func(ctx context.Context, tx store.Tx) error {
+		deleted = deleted[:0]
+		for _, id := range req.GetOrganizationIds() {
+			o, err := tx.GetOrganization(ctx, id)
+			if errors.Is(err, store.ErrNotFound) {
+				return notFound("organization_ids", "organization "+id+" not found")
+			} else if err != nil {
+				return err
+			}
+			if err := tx.DeleteOrganization(ctx, id); err != nil {
+				return err
+			}
+			if err := s.audit(ctx, tx, c, "deleted", "organization", id, orgOut(&o, nil), nil); err != nil {
+				return err
+			}
+			deleted = append(deleted, id)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, storeError(ctx, err, "organization")
+	}
+	return &adminv1.DeleteResponse{DeletedIds: deleted}, nil
+}
+
+func (os *orgService) AddOrganizationMember(ctx context.Context, req *adminv1.OrganizationMemberAddRequest) (*adminv1.Organization, error) {
+	s := os.s
+	members, err := parseMembers(req.GetMember(), store.RoleInternalUser, orgRoles...)
+	if err != nil {
+		return nil, err
+	}
+	o, err := s.mutateOrg(ctx, req.GetOrganizationId(), "updated", func(tx store.Tx, o *store.Organization) error {
+		for _, m := range members {
+			for _, have := range o.Members {
+				if have.UserID == m.UserID {
+					return badRequest("member", "user "+m.UserID+" is already a member of this organization")
+				}
+			}
+			if err := s.ensureUser(ctx, tx, m.UserID, m.UserEmail); err != nil {
+				return err
+			}
+			o.Members = append(o.Members, store.OrgMember{UserID: m.UserID, Role: m.Role})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return orgOut(&o, nil), nil
+}
+
+func (os *orgService) GetOrganizationInfo(ctx context.Context, req *adminv1.GetOrganizationInfoRequest) (*adminv1.Organization, error) {
+	s := os.s
+	if _, err := s.authorize(ctx, authz.OrgRead, authz.Target{}); err != nil {
+		return nil, err
+	}
+	if err := checkID("organization_id", req.GetOrganizationId(), true); err != nil {
+		return nil, err
+	}
+	r := s.store.Read()
+	o, err := r.GetOrganization(ctx, req.GetOrganizationId())
+	if err != nil {
+		return nil, storeError(ctx, err, "organization")
+	}
+	ts, _, err := r.ListTeams(ctx, store.TeamFilter{OrganizationID: o.OrganizationID, Page: store.Page{Size: store.MaxPageSize}})
+	if err != nil {
+		return nil, storeError(ctx, err, "organization")
+	}
+	return orgOut(&o, ts), nil
+}
+
+func (os *orgService) ListOrganizations(ctx context.Context, req *adminv1.ListOrganizationsRequest) (*adminv1.ListOrganizationsResponse, error) {
+	s := os.s
+	if _, err := s.authorize(ctx, authz.OrgRead, authz.Target{}); err != nil {
+		return nil, err
+	}
+	list, total, err := s.store.Read().ListOrganizations(ctx, store.Page{Page: int(req.GetPage()), Size: int(req.GetPageSize())}.Normalize())
+	if err != nil {
+		return nil, storeError(ctx, err, "organization")
+	}
+	out := &adminv1.ListOrganizationsResponse{Total: int32(total), Organizations: make([]*adminv1.Organization, 0, len(list))}
+	for i := range list {
+		out.Organizations = append(out.Organizations, orgOut(&list[i], nil))
+	}
+	return out, nil
+}

@@ -1,0 +1,317 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
+)
+
+// querier is what reads and writes need: the pool, or a transaction.
+type querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// reader implements store.Reader on a querier. fail classifies errors; in a
+// read-write transaction it also remembers that the transaction failed.
+type reader struct {
+	q    querier
+	fail func(context.Context, error) error
+}
+
+var _ store.Reader = (*reader)(nil)
+
+// table describes an entity table for the generic helpers. Every string is
+// a constant of this package: nothing from a caller is ever spliced into SQL.
+type table struct {
+	name  string // table name
+	kind  string // store.Kind*, for error messages
+	id    string // primary key column
+	order string // creation order
+}
+
+var (
+	keysTable  = table{name: "keys", kind: store.KindKey, id: "token_id", order: "created_at, created_ns, token_id"}
+	teamsTable = table{name: "teams", kind: store.KindTeam, id: "team_id", order: "created_at, created_ns, team_id"}
+	usersTable = table{name: "users", kind: store.KindUser, id: "user_id", order: "created_at, created_ns, user_id"}
+	orgsTable  = table{name: "organizations", kind: store.KindOrganization, id: "organization_id",
+		order: "created_at, created_ns, organization_id"}
+	auditTable = table{name: "audit", kind: "audit", id: "id",
+		order: "created_at DESC, created_ns DESC, seq DESC"}
+)
+
+// eachPage is how many rows Each* reads per round trip: large enough that
+// a million keys take ~1000 queries, small enough to bound memory.
+const eachPage = 1000
+
+func (r *reader) GetKey(ctx context.Context, tokenID string) (store.Key, error) {
+	return get[store.Key](ctx, r, keysTable, "SELECT doc FROM keys WHERE token_id = $1", tokenID)
+}
+
+func (r *reader) GetKeyByHash(ctx context.Context, keyHash string) (store.Key, error) {
+	return get[store.Key](ctx, r, keysTable, "SELECT doc FROM keys WHERE key_hash = $1", keyHash)
+}
+
+func (r *reader) GetKeyByAlias(ctx context.Context, alias string) (store.Key, error) {
+	if alias == "" {
+		return store.Key{}, store.ErrNotFound
+	}
+	return get[store.Key](ctx, r, keysTable, "SELECT doc FROM keys WHERE key_alias = $1", alias)
+}
+
+func (r *reader) ListKeys(ctx context.Context, f store.KeyFilter) ([]store.Key, int, error) {
+	var w where
+	w.eq("user_id", f.UserID)
+	w.eq("team_id", f.TeamID)
+	w.eq("organization_id", f.OrganizationID)
+	w.eq("key_alias", f.KeyAlias)
+	return list[store.Key](ctx, r, keysTable, &w, f.Page)
+}
+
+func (r *reader) GetTeam(ctx context.Context, teamID string) (store.Team, error) {
+	return get[store.Team](ctx, r, teamsTable, "SELECT doc FROM teams WHERE team_id = $1", teamID)
+}
+
+func (r *reader) ListTeams(ctx context.Context, f store.TeamFilter) ([]store.Team, int, error) {
+	var w where
+	w.eq("organization_id", f.OrganizationID)
+	if f.UserID != "" {
+		w.add("EXISTS (SELECT 1 FROM team_members m WHERE m.team_id = teams.team_id AND m.user_id = ?)", f.UserID)
+	}
+	return list[store.Team](ctx, r, teamsTable, &w, f.Page)
+}
+
+func (r *reader) GetUser(ctx context.Context, userID string) (store.User, error) {
+	return get[store.User](ctx, r, usersTable, "SELECT doc FROM users WHERE user_id = $1", userID)
+}
+
+func (r *reader) ListUsers(ctx context.Context, f store.UserFilter) ([]store.User, int, error) {
+	var w where
+	w.eq("user_role", f.UserRole)
+	if f.TeamID != "" {
+		w.add("EXISTS (SELECT 1 FROM team_members m WHERE m.user_id = users.user_id AND m.team_id = ?)", f.TeamID)
+	}
+	return list[store.User](ctx, r, usersTable, &w, f.Page)
+}
+
+func (r *reader) GetOrganization(ctx context.Context, orgID string) (store.Organization, error) {
+	return get[store.Organization](ctx, r, orgsTable, "SELECT doc FROM organizations WHERE organization_id = $1", orgID)
+}
+
+func (r *reader) ListOrganizations(ctx context.Context, p store.Page) ([]store.Organization, int, error) {
+	return list[store.Organization](ctx, r, orgsTable, &where{}, p)
+}
+
+func (r *reader) GetModel(ctx context.Context, id string) (store.Model, error) {
+	return get[store.Model](ctx, r, table{kind: store.KindModel}, "SELECT doc FROM models WHERE id = $1", id)
+}
+
+func (r *reader) ListModels(ctx context.Context) ([]store.Model, error) {
+	rows, err := r.q.Query(ctx, "SELECT doc FROM models ORDER BY model_name, id")
+	if err != nil {
+		return nil, r.fail(ctx, err)
+	}
+	return collect[store.Model](ctx, r, table{kind: store.KindModel}, rows)
+}
+
+func (r *reader) GetSettings(ctx context.Context) (store.Settings, error) {
+	s, err := get[store.Settings](ctx, r, table{kind: store.KindSettings}, "SELECT doc FROM settings")
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Settings{}, nil
+	}
+	return s, err
+}
+
+func (r *reader) EachKey(ctx context.Context, fn func(store.Key) error) error {
+	return each(ctx, r, keysTable, fn)
+}
+
+func (r *reader) EachTeam(ctx context.Context, fn func(store.Team) error) error {
+	return each(ctx, r, teamsTable, fn)
+}
+
+func (r *reader) EachUser(ctx context.Context, fn func(store.User) error) error {
+	return each(ctx, r, usersTable, fn)
+}
+
+func (r *reader) EachOrganization(ctx context.Context, fn func(store.Organization) error) error {
+	return each(ctx, r, orgsTable, fn)
+}
+
+// ListAudit returns entries newest first. Since is inclusive and Until
+// exclusive, so consecutive windows never return an entry twice.
+func (r *reader) ListAudit(ctx context.Context, f store.AuditFilter) ([]store.AuditEntry, int, error) {
+	var w where
+	w.eq("object_type", f.ObjectType)
+	w.eq("object_id", f.ObjectID)
+	w.eq("caller", f.Caller)
+	if !f.Since.IsZero() {
+		w.add2("(created_at, created_ns) >= (?, ?)", f.Since, nanos(f.Since))
+	}
+	if !f.Until.IsZero() {
+		w.add2("(created_at, created_ns) < (?, ?)", f.Until, nanos(f.Until))
+	}
+	return list[store.AuditEntry](ctx, r, auditTable, &w, f.Page)
+}
+
+// get reads one doc and decodes it.
+func get[T any](ctx context.Context, r *reader, t table, sql string, args ...any) (T, error) {
+	var v T
+	var doc []byte
+	if err := r.q.QueryRow(ctx, sql, args...).Scan(&doc); err != nil {
+		return v, r.fail(ctx, err)
+	}
+	if err := json.Unmarshal(doc, &v); err != nil {
+		return v, fmt.Errorf("postgres: decode %s: %w", t.kind, err)
+	}
+	return v, nil
+}
+
+// list returns one page of t matching w, and the number of matches.
+func list[T any](ctx context.Context, r *reader, t table, w *where, p store.Page) ([]T, int, error) {
+	p = p.Normalize()
+	var total int
+	if err := r.q.QueryRow(ctx, "SELECT count(*) FROM "+t.name+w.sql(), w.args...).Scan(&total); err != nil {
+		return nil, 0, r.fail(ctx, err)
+	}
+	if total == 0 || p.Offset() >= total {
+		return []T{}, total, nil
+	}
+	args := append(w.args, p.Size, p.Offset())
+	n := len(w.args)
+	rows, err := r.q.Query(ctx, "SELECT doc FROM "+t.name+w.sql()+" ORDER BY "+t.order+
+		" LIMIT $"+strconv.Itoa(n+1)+" OFFSET $"+strconv.Itoa(n+2), args...)
+	if err != nil {
+		return nil, 0, r.fail(ctx, err)
+	}
+	items, err := collect[T](ctx, r, t, rows)
+	if err != nil {
+		return nil, 0, err
+	}
+	return items, total, nil
+}
+
+// collect decodes every doc of rows.
+func collect[T any](ctx context.Context, r *reader, t table, rows pgx.Rows) ([]T, error) {
+	defer rows.Close()
+	items := []T{}
+	for rows.Next() {
+		var doc []byte
+		if err := rows.Scan(&doc); err != nil {
+			return nil, r.fail(ctx, err)
+		}
+		var v T
+		if err := json.Unmarshal(doc, &v); err != nil {
+			return nil, fmt.Errorf("postgres: decode %s: %w", t.kind, err)
+		}
+		items = append(items, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, r.fail(ctx, err)
+	}
+	return items, nil
+}
+
+// each calls fn for every row of t, reading eachPage rows per query in
+// primary-key order (keyset pagination). A page is read completely before fn
+// runs, so fn may use the same reader (one connection cannot run two
+// queries at once). Inside a transaction every page sees the same snapshot;
+// on the pool, rows written during the iteration may or may not be seen.
+func each[T any](ctx context.Context, r *reader, t table, fn func(T) error) error {
+	var after string
+	first := true
+	type row struct {
+		id  string
+		doc []byte
+	}
+	page := make([]row, 0, eachPage)
+	for {
+		var rows pgx.Rows
+		var err error
+		if first {
+			rows, err = r.q.Query(ctx, "SELECT "+t.id+", doc FROM "+t.name+" ORDER BY "+t.id+" LIMIT $1", eachPage)
+		} else {
+			rows, err = r.q.Query(ctx, "SELECT "+t.id+", doc FROM "+t.name+" WHERE "+t.id+" > $1 ORDER BY "+t.id+" LIMIT $2",
+				after, eachPage)
+		}
+		if err != nil {
+			return r.fail(ctx, err)
+		}
+		page = page[:0]
+		for rows.Next() {
+			var rw row
+			if err := rows.Scan(&rw.id, &rw.doc); err != nil {
+				rows.Close()
+				return r.fail(ctx, err)
+			}
+			page = append(page, rw)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return r.fail(ctx, err)
+		}
+		for _, rw := range page {
+			var v T
+			if err := json.Unmarshal(rw.doc, &v); err != nil {
+				return fmt.Errorf("postgres: decode %s %q: %w", t.kind, rw.id, err)
+			}
+			if err := fn(v); err != nil {
+				return err
+			}
+		}
+		if len(page) < eachPage {
+			return nil
+		}
+		first = false
+		after = page[len(page)-1].id
+	}
+}
+
+// where builds a conjunction of conditions with numbered parameters.
+// Conditions are constants of this package; values are always bound.
+type where struct {
+	conds []string
+	args  []any
+}
+
+// eq adds "col = value" unless value is empty (empty filters do not filter).
+func (w *where) eq(col, value string) {
+	if value != "" {
+		w.add(col+" = ?", value)
+	}
+}
+
+// add adds cond with its single "?" bound to v.
+func (w *where) add(cond string, v any) {
+	w.args = append(w.args, v)
+	w.conds = append(w.conds, strings.Replace(cond, "?", "$"+strconv.Itoa(len(w.args)), 1))
+}
+
+// add2 adds cond with its two "?" bound to a and b.
+func (w *where) add2(cond string, a, b any) {
+	w.args = append(w.args, a)
+	cond = strings.Replace(cond, "?", "$"+strconv.Itoa(len(w.args)), 1)
+	w.args = append(w.args, b)
+	w.conds = append(w.conds, strings.Replace(cond, "?", "$"+strconv.Itoa(len(w.args)), 1))
+}
+
+func (w *where) sql() string {
+	if len(w.conds) == 0 {
+		return ""
+	}
+	return " WHERE " + strings.Join(w.conds, " AND ")
+}
+
+// nanos is the part of t below the microsecond that timestamptz drops; the
+// created_ns columns keep it so that ordering matches the Go timestamps.
+func nanos(t time.Time) int16 { return int16(t.Nanosecond() % 1000) }

@@ -1,0 +1,503 @@
+package syncserver
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
+
+	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
+)
+
+// Option configures a Server.
+type Option func(*options)
+
+type options struct {
+	log            *slog.Logger
+	heartbeat      time.Duration
+	poll           time.Duration
+	aheadWait      time.Duration
+	helloTimeout   time.Duration
+	readyWait      time.Duration
+	chunkEntities  int
+	chunkBytes     int
+	ringDeltas     int
+	ringBytes      int
+	prefill        int
+	batch          int
+	snapshotMaxLag int64
+	snapshotTTL    time.Duration
+	onSnapshot     func(SnapshotInfo)
+}
+
+func defaultOptions() options {
+	return options{
+		log:           slog.Default(),
+		heartbeat:     time.Second,
+		poll:          time.Second,
+		aheadWait:     2 * time.Second,
+		helloTimeout:  10 * time.Second,
+		readyWait:     10 * time.Second,
+		chunkEntities: 5000,
+		// Below gRPC's default 4 MiB receive limit, so a proxy with default
+		// client options accepts every chunk (one oversized entity aside).
+		chunkBytes:     3 << 20,
+		ringDeltas:     4096,
+		ringBytes:      64 << 20,
+		prefill:        1024,
+		batch:          256,
+		snapshotMaxLag: 10000,
+		snapshotTTL:    10 * time.Minute,
+	}
+}
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) {
+		if l != nil {
+			o.log = l
+		}
+	}
+}
+
+// WithHeartbeatInterval sets how often each stream gets a heartbeat
+// (default 1s).
+func WithHeartbeatInterval(d time.Duration) Option {
+	return func(o *options) {
+		if d > 0 {
+			o.heartbeat = d
+		}
+	}
+}
+
+// WithPollInterval sets the fallback poll of the change log, for stores
+// whose Subscribe misses a wake-up (default 1s).
+func WithPollInterval(d time.Duration) Option {
+	return func(o *options) {
+		if d > 0 {
+			o.poll = d
+		}
+	}
+}
+
+// WithAheadWait sets how long a stream whose proxy claims a revision beyond
+// this replica's head waits for the head to catch up before answering with
+// a snapshot (default 2s). With Postgres, another replica may simply have
+// sequenced further already.
+func WithAheadWait(d time.Duration) Option {
+	return func(o *options) {
+		if d >= 0 {
+			o.aheadWait = d
+		}
+	}
+}
+
+// WithHelloTimeout bounds the wait for an authenticated stream's Hello
+// (default 10s).
+func WithHelloTimeout(d time.Duration) Option {
+	return func(o *options) {
+		if d > 0 {
+			o.helloTimeout = d
+		}
+	}
+}
+
+// WithChunkLimits sets the snapshot chunk size: at most entities entities
+// and about maxBytes bytes per chunk (defaults 5000 and 3 MiB; a single
+// larger entity gets a chunk of its own).
+func WithChunkLimits(entities, maxBytes int) Option {
+	return func(o *options) {
+		if entities > 0 {
+			o.chunkEntities = entities
+		}
+		if maxBytes > 0 {
+			o.chunkBytes = maxBytes
+		}
+	}
+}
+
+// WithRing sizes the shared ring of recent encoded deltas (defaults 4096
+// change sets, 64 MiB). Streams further behind read the store.
+func WithRing(deltas, maxBytes int) Option {
+	return func(o *options) {
+		if deltas > 0 {
+			o.ringDeltas = deltas
+			o.prefill = min(o.prefill, deltas)
+		}
+		if maxBytes > 0 {
+			o.ringBytes = maxBytes
+		}
+	}
+}
+
+// WithSnapshotReuse sets when the cached snapshot is reused instead of
+// rebuilt: while it is at most maxLag revisions behind the head (the proxy
+// then receives the deltas since), and dropped after ttl without use
+// (defaults 10000 revisions, 10 minutes).
+func WithSnapshotReuse(maxLag int64, ttl time.Duration) Option {
+	return func(o *options) {
+		if maxLag >= 0 {
+			o.snapshotMaxLag = maxLag
+		}
+		if ttl > 0 {
+			o.snapshotTTL = ttl
+		}
+	}
+}
+
+// WithSnapshotHook calls fn after every snapshot build (successful or not),
+// from the building goroutine, before the waiting streams get the snapshot:
+// for metrics and tests. fn must not block.
+func WithSnapshotHook(fn func(SnapshotInfo)) Option {
+	return func(o *options) { o.onSnapshot = fn }
+}
+
+// SnapshotInfo describes one snapshot build.
+type SnapshotInfo struct {
+	Revision int64
+	Entities int
+	// Skipped counts objects left out because they could not be converted.
+	Skipped  int
+	Chunks   int
+	Bytes    int64
+	Duration time.Duration
+	Err      error
+}
+
+// Stats is a point-in-time view of the sync service.
+type Stats struct {
+	// Head is the newest revision the server has read from the change log.
+	Head int64
+	// RingOldest is the oldest revision in the shared delta ring; proxies
+	// behind it are served from the store.
+	RingOldest int64
+	// SnapshotRevision is the revision of the cached snapshot, -1 if none.
+	SnapshotRevision int64
+	SnapshotBytes    int64
+	SnapshotBuilds   int64
+	Proxies          []ProxyStats // ordered by ID, then peer
+}
+
+// ProxyStats describes one connected proxy.
+type ProxyStats struct {
+	ID          string
+	Peer        string
+	Version     string
+	ConnectedAt time.Time
+	// HelloRevision is the revision the proxy held when it connected.
+	HelloRevision int64
+	// SentRevision is the revision of the last snapshot or delta sent.
+	SentRevision int64
+	// AppliedRevision is the last revision the proxy reported persisted
+	// (0 until it reports).
+	AppliedRevision int64
+}
+
+// Server implements syncv1.SyncServiceServer.
+type Server struct {
+	syncv1.UnimplementedSyncServiceServer
+
+	st       store.Store
+	digest   [sha256.Size]byte
+	hasToken bool
+	log      *slog.Logger
+	o        options
+
+	feed    *feed
+	ready   chan struct{} // closed once Run has positioned the feed
+	running atomic.Bool
+
+	// base lives until Close; snapshot builds run under it so that the
+	// stream that triggered a build may leave without failing the others.
+	base      context.Context
+	cancel    context.CancelFunc
+	done      chan struct{}
+	closeOnce sync.Once
+
+	snapMu   sync.Mutex
+	snap     *snapshot // latest built
+	snapUsed time.Time
+	building *build // in flight, if any
+	builds   atomic.Int64
+
+	connsMu sync.Mutex
+	conns   map[*conn]struct{}
+}
+
+type build struct {
+	done chan struct{}
+	snap *snapshot
+	err  error
+}
+
+// conn is one connected proxy.
+type conn struct {
+	id, peer, version string
+	connectedAt       time.Time
+	hello             int64
+	sent              atomic.Int64
+	applied           atomic.Int64
+}
+
+// New returns a sync server reading st. token is the shared secret every
+// data plane presents; when it is empty every stream is refused with
+// FailedPrecondition (sync is disabled rather than open to anyone). Run must
+// be running for streams to be served.
+func New(st store.Store, token string, opts ...Option) *Server {
+	o := defaultOptions()
+	for _, opt := range opts {
+		opt(&o)
+	}
+	base, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		st:       st,
+		hasToken: token != "",
+		log:      o.log,
+		o:        o,
+		feed:     newFeed(o.ringDeltas, o.ringBytes),
+		ready:    make(chan struct{}),
+		base:     base,
+		cancel:   cancel,
+		done:     make(chan struct{}),
+		conns:    make(map[*conn]struct{}),
+	}
+	if s.hasToken {
+		s.digest = sha256.Sum256([]byte(token))
+	}
+	return s
+}
+
+// Run reads the change log into the shared delta ring until ctx ends or
+// Close is called, then ends every stream (so that a graceful gRPC stop does
+// not wait for them). It returns nil on a normal stop. Store errors are
+// logged and retried; they never stop Run.
+func (s *Server) Run(ctx context.Context) error {
+	if !s.running.CompareAndSwap(false, true) {
+		return errors.New("syncserver: Run called twice")
+	}
+	defer s.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(s.base, cancel)
+	defer stop()
+
+	// Subscribe before reading the head: no advance can slip between.
+	sub := s.st.Subscribe(ctx)
+	r := reader{s: s}
+	for !r.position(ctx) {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(s.o.poll):
+		}
+	}
+	close(s.ready)
+	tick := time.NewTicker(s.o.poll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case _, ok := <-sub:
+			if !ok {
+				sub = nil // store closed its subscriptions; keep polling
+				continue
+			}
+			r.pull(ctx)
+		case <-tick.C:
+			r.pull(ctx)
+			s.expireSnapshot()
+		}
+	}
+}
+
+// Close ends Run and every stream (with Unavailable) and cancels snapshot
+// builds. It is safe to call more than once.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.done)
+		s.cancel()
+	})
+	return nil
+}
+
+// reader is Run's state: the single goroutine that reads change sets from
+// the store and encodes them, once for all streams.
+type reader struct {
+	s       *Server
+	failing bool
+}
+
+func (r *reader) fail(msg string, err error) {
+	if !r.failing && r.s.base.Err() == nil {
+		r.s.log.Warn(msg, "err", err)
+	}
+	r.failing = true
+}
+
+func (r *reader) recovered() {
+	if r.failing {
+		r.s.log.Info("sync: change log readable again")
+	}
+	r.failing = false
+}
+
+// position starts the ring a little before the head, so that proxies that
+// are slightly behind after a control-plane restart are served from memory.
+func (r *reader) position(ctx context.Context) bool {
+	head, err := r.s.st.Head(ctx)
+	if err != nil {
+		r.fail("sync: reading head revision", err)
+		return false
+	}
+	oldest, err := r.s.st.Oldest(ctx)
+	if err != nil {
+		r.fail("sync: reading oldest revision", err)
+		return false
+	}
+	start := max(head-int64(r.s.o.prefill), oldest-1, 0)
+	r.s.feed.reset(start)
+	r.pull(ctx)
+	return true
+}
+
+func (r *reader) pull(ctx context.Context) {
+	for {
+		_, hi := r.s.feed.bounds()
+		css, err := r.s.st.Changes(ctx, hi, r.s.o.batch)
+		if err != nil {
+			r.fail("sync: reading change log", err)
+			return
+		}
+		r.recovered()
+		ds := make([]encDelta, len(css))
+		for i := range css {
+			ds[i] = encodeChangeSet(r.s.log, css[i])
+		}
+		r.s.feed.push(ds)
+		if len(css) < r.s.o.batch {
+			return
+		}
+	}
+}
+
+// snapshotFor returns a snapshot for a proxy that needs one: the cached one
+// when it is recent enough (the proxy gets the deltas since), else the one
+// being built, else a new build. However many streams ask at once, one
+// build runs.
+func (s *Server) snapshotFor(ctx context.Context) (*snapshot, error) {
+	head, err := s.st.Head(ctx)
+	if err != nil {
+		return nil, err
+	}
+	oldest, err := s.st.Oldest(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.snapMu.Lock()
+	if sn := s.snap; sn != nil && sn.revision >= oldest-1 && head-sn.revision <= s.o.snapshotMaxLag {
+		s.snapUsed = time.Now()
+		s.snapMu.Unlock()
+		return sn, nil
+	}
+	b := s.building
+	if b == nil {
+		b = &build{done: make(chan struct{})}
+		s.building = b
+		go s.build(b)
+	}
+	s.snapMu.Unlock()
+	select {
+	case <-b.done:
+		return b.snap, b.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-s.done:
+		return nil, errClosed
+	}
+}
+
+var errClosed = errors.New("sync server closed")
+
+func (s *Server) build(b *build) {
+	s.builds.Add(1)
+	start := time.Now()
+	var sn *snapshot
+	err := s.st.Snapshot(s.base, func(rev int64, r store.Reader) error {
+		var err error
+		sn, err = buildSnapshot(s.base, s.log, rev, r, s.o.chunkEntities, s.o.chunkBytes)
+		return err
+	})
+	if err == nil && sn == nil {
+		err = errors.New("store returned no snapshot")
+	}
+	info := SnapshotInfo{Duration: time.Since(start), Err: err}
+	if err != nil {
+		sn = nil
+		if s.base.Err() == nil {
+			s.log.Error("sync: snapshot build failed", "err", err, "took", info.Duration)
+		}
+	} else {
+		info.Revision, info.Entities, info.Skipped = sn.revision, sn.entities, sn.skipped
+		info.Chunks, info.Bytes = len(sn.chunks), sn.bytes
+		s.log.Info("sync: snapshot built", "revision", sn.revision, "entities", sn.entities,
+			"chunks", len(sn.chunks), "bytes", sn.bytes, "took", info.Duration)
+	}
+	s.snapMu.Lock()
+	s.building = nil
+	if sn != nil && (s.snap == nil || sn.revision >= s.snap.revision) {
+		s.snap = sn
+		s.snapUsed = time.Now()
+	}
+	b.snap, b.err = sn, err
+	s.snapMu.Unlock()
+	if s.o.onSnapshot != nil {
+		s.o.onSnapshot(info)
+	}
+	close(b.done)
+}
+
+// expireSnapshot drops the cached snapshot after a quiet period: at a
+// million keys it is a few hundred megabytes. Streams still sending it keep
+// their reference.
+func (s *Server) expireSnapshot() {
+	s.snapMu.Lock()
+	defer s.snapMu.Unlock()
+	if s.snap != nil && time.Since(s.snapUsed) > s.o.snapshotTTL {
+		s.log.Info("sync: dropping idle snapshot cache", "revision", s.snap.revision)
+		s.snap = nil
+	}
+}
+
+// Stats returns the connected proxies and the state of the shared caches.
+func (s *Server) Stats() Stats {
+	lo, hi := s.feed.bounds()
+	st := Stats{Head: hi, RingOldest: lo + 1, SnapshotRevision: -1, SnapshotBuilds: s.builds.Load()}
+	if lo == hi {
+		st.RingOldest = hi // empty ring
+	}
+	s.snapMu.Lock()
+	if s.snap != nil {
+		st.SnapshotRevision, st.SnapshotBytes = s.snap.revision, s.snap.bytes
+	}
+	s.snapMu.Unlock()
+	s.connsMu.Lock()
+	for c := range s.conns {
+		st.Proxies = append(st.Proxies, ProxyStats{
+			ID: c.id, Peer: c.peer, Version: c.version, ConnectedAt: c.connectedAt,
+			HelloRevision: c.hello, SentRevision: c.sent.Load(), AppliedRevision: c.applied.Load(),
+		})
+	}
+	s.connsMu.Unlock()
+	slices.SortFunc(st.Proxies, func(a, b ProxyStats) int {
+		return cmp.Or(cmp.Compare(a.ID, b.ID), cmp.Compare(a.Peer, b.Peer))
+	})
+	return st
+}

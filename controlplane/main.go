@@ -1,0 +1,113 @@
+// Command controlplane runs Tollgate's control plane: the management API over
+// gRPC and REST, the store, and the sync service that feeds the data planes.
+//
+//	controlplane [flags]            run the control plane
+//	controlplane migrate [flags]    apply Postgres migrations and exit
+//
+// Every flag can also be set with an environment variable TOLLGATE_<FLAG>
+// (upper case, dashes as underscores); a flag given on the command line wins.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+// options are the control plane's flags.
+type options struct {
+	HTTPAddr    string
+	GRPCAddr    string
+	DatabaseURL string
+	DataDir     string
+	MasterKey   string
+	SyncToken   string
+	Config      string
+	LogLevel    string
+}
+
+func (o options) String() string {
+	red := func(s string) string {
+		if s == "" {
+			return ""
+		}
+		return "(sensitive)"
+	}
+	return fmt.Sprintf("http-addr=%s grpc-addr=%s database-url=%s data-dir=%s master-key=%s sync-token=%s config=%s",
+		o.HTTPAddr, o.GRPCAddr, red(o.DatabaseURL), o.DataDir, red(o.MasterKey), red(o.SyncToken), o.Config)
+}
+
+func newFlagSet(name string, o *options) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.StringVar(&o.HTTPAddr, "http-addr", "127.0.0.1:8080", "REST API, admin UI and GET /health")
+	fs.StringVar(&o.GRPCAddr, "grpc-addr", "127.0.0.1:50051", "gRPC management and sync services")
+	fs.StringVar(&o.DatabaseURL, "database-url", "", "Postgres URL; empty means an embedded store under --data-dir (single replica)")
+	fs.StringVar(&o.DataDir, "data-dir", "./tollgate-data", "directory of the embedded store")
+	fs.StringVar(&o.MasterKey, "master-key", "", "admin credential (sk-...); required")
+	fs.StringVar(&o.SyncToken, "sync-token", "", "shared secret data planes present on the sync stream")
+	fs.StringVar(&o.Config, "config", "", "LiteLLM-style YAML config applied at start")
+	fs.StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
+	return fs
+}
+
+// parseFlags applies TOLLGATE_* environment variables, then the command line.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		env := "TOLLGATE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok {
+			if err := f.Value.Set(v); err != nil && envErr == nil {
+				envErr = fmt.Errorf("%s: %w", env, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return envErr
+	}
+	return fs.Parse(args)
+}
+
+func main() {
+	args := os.Args[1:]
+	cmd := "run"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	var o options
+	fs := newFlagSet("controlplane "+cmd, &o)
+	if err := parseFlags(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "controlplane:", err)
+		os.Exit(2)
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.LogLevel)); err != nil {
+		fmt.Fprintln(os.Stderr, "controlplane: --log-level:", err)
+		os.Exit(2)
+	}
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	switch cmd {
+	case "run":
+		err = run(ctx, o)
+	case "migrate":
+		err = migrate(ctx, o)
+	default:
+		err = fmt.Errorf("unknown command %q (want run or migrate)", cmd)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "controlplane:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,261 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/tollgate-gw/tollgate/controlplane/internal/api"
+	"github.com/tollgate-gw/tollgate/controlplane/internal/config"
+	"github.com/tollgate-gw/tollgate/controlplane/internal/openapi"
+	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
+	"github.com/tollgate-gw/tollgate/controlplane/internal/store/embedded"
+	"github.com/tollgate-gw/tollgate/controlplane/internal/store/postgres"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
+)
+
+func migrate(ctx context.Context, o options) error {
+	if o.DatabaseURL == "" {
+		return errors.New("migrate needs --database-url (the embedded store migrates itself at start)")
+	}
+	if err := postgres.Migrate(ctx, o.DatabaseURL); err != nil {
+		return err
+	}
+	slog.Info("migrations applied")
+	return nil
+}
+
+func openStore(ctx context.Context, o options) (store.Store, error) {
+	if o.DatabaseURL != "" {
+		return postgres.Open(ctx, o.DatabaseURL)
+	}
+	return embedded.Open(filepath.Join(o.DataDir, "tollgate.db"))
+}
+
+func run(ctx context.Context, o options) error {
+	var cfg *config.Config
+	if o.Config != "" {
+		var err error
+		if cfg, err = config.Load(o.Config); err != nil {
+			return err
+		}
+		for _, w := range cfg.Warnings {
+			slog.Warn("config", "warning", w)
+		}
+		if o.MasterKey == "" {
+			o.MasterKey = cfg.MasterKey
+		}
+		if o.DatabaseURL == "" {
+			o.DatabaseURL = cfg.DatabaseURL
+		}
+	}
+	if o.MasterKey == "" {
+		return errors.New("a master key is required: pass --master-key sk-... or set TOLLGATE_MASTER_KEY")
+	}
+	if keys.Validate(o.MasterKey) != nil {
+		return errors.New("the master key must start with sk- and be 4 to 256 printable characters")
+	}
+	slog.Info("starting control plane", "options", o.String())
+
+	st, err := openStore(ctx, o)
+	if err != nil {
+		return fmt.Errorf("open store: %w", err)
+	}
+	defer st.Close()
+	if cfg != nil {
+		if err := applyConfig(ctx, st, cfg); err != nil {
+			return fmt.Errorf("apply config %s: %w", o.Config, err)
+		}
+	}
+
+	srv := api.New(st, o.MasterKey)
+	g := grpc.NewServer(grpc.MaxRecvMsgSize(api.MaxBodyBytes))
+	srv.Register(g)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(g, hs)
+	reflection.Register(g)
+
+	gw, err := srv.Gateway(ctx)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
+		pctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		w.Header().Set("Content-Type", "application/json")
+		if err := st.Ping(pctx); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"status":"unhealthy","db":"unreachable"}`))
+			return
+		}
+		_, _ = w.Write([]byte(`{"status":"healthy"}`))
+	})
+	mux.Handle("GET /openapi.json", openapi.Handler())
+	mux.Handle("/", gw)
+
+	gl, err := net.Listen("tcp", o.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", o.GRPCAddr, err)
+	}
+	hl, err := net.Listen("tcp", o.HTTPAddr)
+	if err != nil {
+		gl.Close()
+		return fmt.Errorf("listen %s: %w", o.HTTPAddr, err)
+	}
+	hsrv := &http.Server{
+		Handler:           accessLog(mux),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- g.Serve(gl) }()
+	go func() { errc <- hsrv.Serve(hl) }()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	slog.Info("control plane ready", "http", hl.Addr().String(), "grpc", gl.Addr().String())
+
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			slog.Error("server stopped", "err", err)
+		}
+	}
+	slog.Info("shutting down")
+	hs.Shutdown()
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = hsrv.Shutdown(sctx)
+	stopped := make(chan struct{})
+	go func() { g.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-sctx.Done():
+		g.Stop()
+	}
+	return nil
+}
+
+// applyConfig writes the config's models and general_settings to the store:
+// config models are upserted (and config models no longer in the file are
+// removed); general_settings keys from the file override stored ones.
+func applyConfig(ctx context.Context, st store.Store, cfg *config.Config) error {
+	return st.ReadWriteTx(ctx, func(ctx context.Context, tx store.Tx) error {
+		existing, err := tx.ListModels(ctx)
+		if err != nil {
+			return err
+		}
+		now := time.Now().UTC()
+		inFile := map[string]bool{}
+		for _, m := range cfg.Models {
+			inFile[m.ID] = true
+			old, err := tx.GetModel(ctx, m.ID)
+			switch {
+			case errors.Is(err, store.ErrNotFound):
+				m.CreatedAt, m.UpdatedAt = now, now
+				if err := tx.CreateModel(ctx, m); err != nil {
+					return err
+				}
+			case err != nil:
+				return err
+			default:
+				m.CreatedAt, m.UpdatedAt = old.CreatedAt, old.UpdatedAt
+				if !sameModel(old, m) {
+					m.UpdatedAt = now
+					if err := tx.UpdateModel(ctx, m); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		for _, m := range existing {
+			if m.FromConfig && !inFile[m.ID] {
+				if err := tx.DeleteModel(ctx, m.ID); err != nil {
+					return err
+				}
+			}
+		}
+		if len(cfg.GeneralSettings) > 0 {
+			cur, err := tx.GetSettings(ctx)
+			if err != nil {
+				return err
+			}
+			merged, err := api.MergeSettings(cur.GeneralSettings, cfg.GeneralSettings)
+			if err != nil {
+				return err
+			}
+			if !jsonEqual(merged, cur.GeneralSettings) {
+				if err := tx.PutSettings(ctx, store.Settings{GeneralSettings: merged, UpdatedAt: now}); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+func sameModel(a, b store.Model) bool {
+	a.CreatedAt, a.UpdatedAt, b.CreatedAt, b.UpdatedAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	return jsonEqual(ja, jb)
+}
+
+func jsonEqual(a, b []byte) bool {
+	var x, y any
+	if json.Unmarshal(a, &x) != nil || json.Unmarshal(b, &y) != nil {
+		return false
+	}
+	xa, _ := json.Marshal(x)
+	ya, _ := json.Marshal(y)
+	return string(xa) == string(ya)
+}
+
+// accessLog logs each request without query strings, and with any path
+// segment that could be a key replaced.
+func accessLog(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rw := &statusWriter{ResponseWriter: w, status: 200}
+		next.ServeHTTP(rw, r)
+		slog.Debug("http", "method", r.Method, "path", redactPath(r.URL.Path), "status", rw.status, "dur", time.Since(start))
+	})
+}
+
+func redactPath(p string) string {
+	parts := strings.Split(p, "/")
+	for i, s := range parts {
+		if strings.HasPrefix(s, "sk-") || len(s) > 40 {
+			parts[i] = "[redacted]"
+		}
+	}
+	return strings.Join(parts, "/")
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusWriter) WriteHeader(code int) { s.status = code; s.ResponseWriter.WriteHeader(code) }
+
+func (s *statusWriter) Flush() {
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}

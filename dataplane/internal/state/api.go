@@ -1,0 +1,136 @@
+// Package state is the data plane's in-memory copy of what the control plane
+// synced: keys, teams, users, organizations, models and settings, built for
+// lookups at microsecond cost (the key table is pointer-free so that a million
+// keys cost the garbage collector nothing).
+package state
+
+// Limits mirror syncv1.Limits: money in micro-USD, -1 (or any negative) means
+// no limit, budget_reset_at in unix seconds (0 none).
+type Limits struct {
+	MaxBudget           int64
+	SoftBudget          int64
+	BudgetDuration      string
+	BudgetResetAtUnix   int64
+	RPMLimit            int64
+	TPMLimit            int64
+	MaxParallelRequests int64
+}
+
+// Policy is the part of a key that many keys share; it is interned, so
+// identical policies are one object. Immutable once published.
+type Policy struct {
+	Models         []string // empty: all models the team/org allow
+	EnforcedParams []string // dotted names ("metadata.generation_name")
+	AllowedRoutes  []string // empty: LLM routes allowed
+	Tags           []string
+	ModelRPMLimit  map[string]int64
+	ModelTPMLimit  map[string]int64
+	ModelMaxBudget map[string]ModelBudget
+}
+
+// ModelBudget is a per-model budget on a key (micro-USD).
+type ModelBudget struct {
+	BudgetLimit int64
+	TimePeriod  string
+}
+
+// KeyInfo is a key as the decision reads it. It is returned by value; its
+// strings and Policy are immutable and may be shared with the state.
+type KeyInfo struct {
+	TokenID        string
+	UserID         string
+	TeamID         string
+	OrganizationID string
+	ServiceAccount bool
+	Blocked        bool
+	ExpiresUnix    int64 // 0: never
+	Limits         Limits
+	Spend          int64
+	Policy         *Policy // never nil
+}
+
+// TeamMember is a membership as the decision reads it.
+type TeamMember struct {
+	UserID          string
+	Role            string
+	MaxBudgetInTeam int64 // -1: none
+	Spend           int64
+}
+
+// Team, User, Org and Model are immutable once published; a change replaces
+// the whole object.
+type Team struct {
+	TeamID         string
+	OrganizationID string
+	Models         []string
+	Limits         Limits
+	Members        []TeamMember
+	Blocked        bool
+	Spend          int64
+}
+
+// User is a user as the decision reads it.
+type User struct {
+	UserID   string
+	UserRole string
+	Models   []string
+	Limits   Limits
+	Blocked  bool
+	Spend    int64
+}
+
+// Org is an organization as the decision reads it.
+type Org struct {
+	OrganizationID string
+	Models         []string
+	Limits         Limits
+	Blocked        bool
+	Spend          int64
+}
+
+// Model is one deployment of a public model name.
+type Model struct {
+	ID            string
+	ModelName     string
+	UpstreamModel string // as configured, e.g. "openai/gpt-4o-mini"
+	APIBase       string
+	APIKey        string // reference "os.environ/NAME" or literal; resolve with ResolveCredential
+	APIVersion    string
+	InputCost     int64 // pico-USD per token
+	OutputCost    int64
+	AccessGroups  []string
+	RPM, TPM      int64 // -1 none
+}
+
+// Settings is the parsed part of general_settings the decision needs.
+type Settings struct {
+	// ServiceAccountEnforcedParams is
+	// general_settings.service_account_settings.enforced_params.
+	ServiceAccountEnforcedParams []string
+	// Raw is the whole general_settings JSON object.
+	Raw []byte
+}
+
+// Reader is what the proxy's decision path reads. Implementations are safe
+// for concurrent use and never block on the network.
+type Reader interface {
+	// Ready reports whether a snapshot (from the control plane or from the
+	// cache) is loaded.
+	Ready() bool
+	// Revision is the revision of the loaded state.
+	Revision() int64
+	// LookupKey finds a key by the SHA-256 of its secret, also matching a
+	// regenerated key's previous secret while nowUnix is before its grace
+	// deadline.
+	LookupKey(hash *[32]byte, nowUnix int64) (KeyInfo, bool)
+	Team(id string) (*Team, bool)
+	User(id string) (*User, bool)
+	Org(id string) (*Org, bool)
+	// Deployments returns the deployments of a public model name (nil if none).
+	Deployments(modelName string) []*Model
+	// ModelNames returns every public model name, sorted.
+	ModelNames() []string
+	// AccessGroup returns the public model names in an access group.
+	AccessGroup(group string) []string
+	Settings() *Settings
+}
