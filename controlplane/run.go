@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
 	"github.com/tollgate-gw/tollgate/controlplane/internal/api"
@@ -23,7 +24,9 @@ import (
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store/embedded"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store/postgres"
+	"github.com/tollgate-gw/tollgate/controlplane/internal/syncserver"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
+	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 )
 
 func migrate(ctx context.Context, o options) error {
@@ -81,8 +84,26 @@ func run(ctx context.Context, o options) error {
 	}
 
 	srv := api.New(st, o.MasterKey)
-	g := grpc.NewServer(grpc.MaxRecvMsgSize(api.MaxBodyBytes))
+	g := grpc.NewServer(
+		grpc.MaxRecvMsgSize(api.MaxBodyBytes),
+		// Sync streams are endless: keepalive finds dead proxies, and
+		// proxies may ping every 20s.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
 	srv.Register(g)
+	if o.SyncToken == "" {
+		slog.Warn("no --sync-token: data planes cannot sync from this control plane")
+	}
+	ss := syncserver.New(st, o.SyncToken, syncserver.WithLogger(slog.Default()))
+	syncCtx, stopSync := context.WithCancel(ctx)
+	defer stopSync()
+	go func() {
+		if err := ss.Run(syncCtx); err != nil && syncCtx.Err() == nil {
+			slog.Error("sync server stopped", "err", err)
+		}
+	}()
+	syncv1.RegisterSyncServiceServer(g, ss)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(g, hs)
 	reflection.Register(g)
@@ -138,6 +159,8 @@ func run(ctx context.Context, o options) error {
 	}
 	slog.Info("shutting down")
 	hs.Shutdown()
+	_ = ss.Close()
+	stopSync()
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = hsrv.Shutdown(sctx)

@@ -85,7 +85,7 @@ func TestHealthAndAuth(t *testing.T) {
 
 func TestMasterKeyRequired(t *testing.T) {
 	t.Parallel()
-	bin := filepath.Join(Binaries(t), "controlplane")
+	bin := Binary(t, "controlplane")
 	cmd := exec.Command(bin, "--data-dir", t.TempDir(), "--http-addr", FreeAddr(t), "--grpc-addr", FreeAddr(t))
 	cmd.Env = append(os.Environ(), "TOLLGATE_MASTER_KEY=")
 	out, err := cmd.CombinedOutput()
@@ -443,7 +443,7 @@ general_settings:
 	if err := os.WriteFile(bad, []byte("model_list:\n  - model_name: x\n    litellm_params:\n      api_base: http://x\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(filepath.Join(Binaries(t), "controlplane"), "--config", bad, "--data-dir", t.TempDir(), "--master-key", RandomKey(), "--http-addr", FreeAddr(t), "--grpc-addr", FreeAddr(t))
+	cmd := exec.Command(Binary(t, "controlplane"), "--config", bad, "--data-dir", t.TempDir(), "--master-key", RandomKey(), "--http-addr", FreeAddr(t), "--grpc-addr", FreeAddr(t))
 	out, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "bad.yaml:") {
 		t.Fatalf("invalid config should exit naming the line: err=%v\n%s", err, out)

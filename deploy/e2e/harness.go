@@ -24,9 +24,10 @@ import (
 )
 
 var (
-	buildOnce sync.Once
-	binDir    string
-	buildErr  error
+	buildMu  sync.Mutex
+	binDir   string
+	built    = map[string]error{}
+	buildDir sync.Once
 )
 
 // RepoRoot finds the module root from this file's location.
@@ -35,28 +36,31 @@ func RepoRoot() string {
 	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
 }
 
-// Binaries builds controlplane and dataplane once per test binary and returns
-// the directory holding them.
-func Binaries(t testing.TB) string {
+// Binary builds ./<name> (controlplane or dataplane) once per test binary
+// and returns its path.
+func Binary(t testing.TB, name string) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		binDir, buildErr = os.MkdirTemp("", "tollgate-e2e-bin-")
-		if buildErr != nil {
-			return
-		}
-		for _, name := range []string{"controlplane", "dataplane"} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, name), "./"+name)
-			cmd.Dir = RepoRoot()
-			if out, err := cmd.CombinedOutput(); err != nil {
-				buildErr = fmt.Errorf("go build %s: %v\n%s", name, err, out)
-				return
-			}
+	buildDir.Do(func() {
+		var err error
+		if binDir, err = os.MkdirTemp("", "tollgate-e2e-bin-"); err != nil {
+			panic(err)
 		}
 	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	err, ok := built[name]
+	if !ok {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, name), "./"+name)
+		cmd.Dir = RepoRoot()
+		if out, cerr := cmd.CombinedOutput(); cerr != nil {
+			err = fmt.Errorf("go build %s: %v\n%s", name, cerr, out)
+		}
+		built[name] = err
 	}
-	return binDir
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(binDir, name)
 }
 
 // FreeAddr returns a loopback address with a free port.
@@ -198,7 +202,7 @@ type CPOptions struct {
 // StartControlPlane starts a control plane and waits until /health answers.
 func StartControlPlane(t testing.TB, o CPOptions) *ControlPlane {
 	t.Helper()
-	bin := filepath.Join(Binaries(t), "controlplane")
+	bin := Binary(t, "controlplane")
 	if o.DataDir == "" && o.DatabaseURL == "" {
 		o.DataDir = t.TempDir()
 	}

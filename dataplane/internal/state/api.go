@@ -1,7 +1,3 @@
-// Package state is the data plane's in-memory copy of what the control plane
-// synced: keys, teams, users, organizations, models and settings, built for
-// lookups at microsecond cost (the key table is pointer-free so that a million
-// keys cost the garbage collector nothing).
 package state
 
 // Limits mirror syncv1.Limits: money in micro-USD, -1 (or any negative) means
@@ -67,6 +63,19 @@ type Team struct {
 	Members        []TeamMember
 	Blocked        bool
 	Spend          int64
+	// TeamMemberBudget is the default per-member budget in micro-USD (-1:
+	// none) for members without their own max_budget_in_team.
+	TeamMemberBudget int64
+}
+
+// Member returns the membership of userID in t.
+func (t *Team) Member(userID string) (TeamMember, bool) {
+	for _, m := range t.Members {
+		if m.UserID == userID {
+			return m, true
+		}
+	}
+	return TeamMember{}, false
 }
 
 // User is a user as the decision reads it.

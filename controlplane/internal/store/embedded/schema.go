@@ -1,0 +1,149 @@
+package embedded
+
+import (
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Bucket names. Primary buckets map an id to the entity's JSON; index
+// buckets map a derived key to nothing (the id is the key's suffix) or to an
+// id. See doc.go for the layout.
+var (
+	bucketMeta = []byte("meta")
+
+	bucketKeys        = []byte("keys")            // token_id → Key JSON
+	bucketKeysHash    = []byte("keys_by_hash")    // key_hash → token_id
+	bucketKeysAlias   = []byte("keys_by_alias")   // key_alias → token_id
+	bucketKeysCreated = []byte("keys_by_created") // order(created_at, token_id) → nil
+	bucketKeysUser    = []byte("keys_by_user")    // lp(user_id) + order → nil
+	bucketKeysTeam    = []byte("keys_by_team")    // lp(team_id) + order → nil
+	bucketKeysOrg     = []byte("keys_by_org")     // lp(organization_id) + order → nil
+
+	bucketTeams        = []byte("teams")
+	bucketTeamsCreated = []byte("teams_by_created")
+	bucketUsers        = []byte("users")
+	bucketUsersCreated = []byte("users_by_created")
+	bucketOrgs         = []byte("organizations")
+	bucketOrgsCreated  = []byte("organizations_by_created")
+
+	bucketModels   = []byte("models")   // id → Model JSON
+	bucketSettings = []byte("settings") // settingsKey → Settings JSON
+
+	bucketAudit    = []byte("audit")     // time(created_at) + seq → AuditEntry JSON
+	bucketAuditIDs = []byte("audit_ids") // id → audit key
+
+	bucketChanges = []byte("changes") // big-endian revision → changeRecord JSON
+)
+
+var (
+	metaSchemaVersion = []byte("schema_version")
+	metaHead          = []byte("head")
+	settingsKey       = []byte("settings")
+)
+
+// SettingsID is the entity id of the settings in change records (there is
+// one settings object); the same id the Postgres backend uses.
+const SettingsID = "settings"
+
+// migrations[i] brings a file from schema version i to i+1; the current
+// version is len(migrations). Version 0 is a new, empty file. Every pending
+// step runs in one bbolt transaction, so a crash mid-migration leaves the
+// file at its old version.
+var migrations = []func(*bolt.Tx) error{
+	migrateV1,
+}
+
+// migrateV1 creates every bucket of the first schema.
+func migrateV1(tx *bolt.Tx) error {
+	for _, name := range [][]byte{
+		bucketMeta,
+		bucketKeys, bucketKeysHash, bucketKeysAlias, bucketKeysCreated, bucketKeysUser, bucketKeysTeam, bucketKeysOrg,
+		bucketTeams, bucketTeamsCreated, bucketUsers, bucketUsersCreated, bucketOrgs, bucketOrgsCreated,
+		bucketModels, bucketSettings, bucketAudit, bucketAuditIDs, bucketChanges,
+	} {
+		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+			return fmt.Errorf("create bucket %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// schemaVersion reads the file's version (0 when it has none yet).
+func schemaVersion(tx *bolt.Tx) (int, error) {
+	meta := tx.Bucket(bucketMeta)
+	if meta == nil {
+		return 0, nil
+	}
+	v := meta.Get(metaSchemaVersion)
+	if v == nil {
+		return 0, nil
+	}
+	if len(v) != 8 {
+		return 0, fmt.Errorf("malformed schema version (%d bytes)", len(v))
+	}
+	return int(binary.BigEndian.Uint64(v)), nil
+}
+
+// migrate applies the pending migrations of a file at version from.
+func migrate(tx *bolt.Tx, from int) error {
+	for v := from; v < len(migrations); v++ {
+		if err := migrations[v](tx); err != nil {
+			return fmt.Errorf("migrate to schema version %d: %w", v+1, err)
+		}
+	}
+	return tx.Bucket(bucketMeta).Put(metaSchemaVersion, u64(uint64(len(migrations))))
+}
+
+// u64 encodes n big-endian, so that byte order is numeric order.
+func u64(n uint64) []byte {
+	return binary.BigEndian.AppendUint64(make([]byte, 0, 8), n)
+}
+
+// readHead returns the revision head stored in meta.
+func readHead(tx *bolt.Tx) int64 {
+	v := tx.Bucket(bucketMeta).Get(metaHead)
+	if len(v) != 8 {
+		return 0
+	}
+	return int64(binary.BigEndian.Uint64(v))
+}
+
+// timeKeyLen is the length of timeKey's output.
+const timeKeyLen = 12
+
+// timeKey encodes t so that byte order is time order: seconds since the
+// Unix epoch with the sign bit flipped, then nanoseconds (UnixNano would
+// overflow for the zero time).
+func timeKey(t time.Time) []byte {
+	b := make([]byte, 0, timeKeyLen)
+	b = binary.BigEndian.AppendUint64(b, uint64(t.Unix())^(1<<63))
+	return binary.BigEndian.AppendUint32(b, uint32(t.Nanosecond()))
+}
+
+// orderKey is the creation-order key: created_at, then id (ties by id).
+func orderKey(created time.Time, id string) []byte {
+	return append(timeKey(created), id...)
+}
+
+// lp is s prefixed with its length, so that prefixes of different values
+// never overlap (a prefix scan for "ab" never sees "abc").
+func lp(s string) []byte {
+	b := binary.AppendUvarint(make([]byte, 0, len(s)+2), uint64(len(s)))
+	return append(b, s...)
+}
+
+// join concatenates byte slices into a new one.
+func join(parts ...[]byte) []byte {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	b := make([]byte, 0, n)
+	for _, p := range parts {
+		b = append(b, p...)
+	}
+	return b
+}

@@ -1,0 +1,544 @@
+package cache
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+	"google.golang.org/protobuf/proto"
+
+	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
+)
+
+// schemaVersion is the layout written by this package. Any other value on
+// disk is treated as corrupt: a cache is rebuilt from the control plane, so
+// there is no migration.
+const schemaVersion = 1
+
+// lockTimeout bounds the wait for another process holding the file.
+var lockTimeout = 2 * time.Second // a variable for tests
+
+var (
+	bucketMeta  = []byte("meta")
+	keySchema   = []byte("schema")
+	keyRevision = []byte("revision")
+	keyActive   = []byte("active")
+	keyNext     = []byte("next_snapshot")
+	snapPrefix  = []byte("snap/")
+)
+
+var (
+	// ErrCorrupt marks a file that is not a readable cache of this schema.
+	// Open moves such a file aside; Load returns it (wrapped) when an
+	// entity cannot be decoded, and the caller may then call Reset.
+	ErrCorrupt = errors.New("cache: corrupt")
+	// ErrLocked means another process holds the cache file.
+	ErrLocked = errors.New("cache: file is locked by another process")
+	// ErrNoSnapshot is returned by ApplyDelta before any snapshot was
+	// committed.
+	ErrNoSnapshot = errors.New("cache: no snapshot")
+	// ErrRevisionMismatch is returned by ApplyDelta when the delta does not
+	// follow the stored revision.
+	ErrRevisionMismatch = errors.New("cache: delta does not follow the stored revision")
+	// ErrClosed is returned after Close.
+	ErrClosed = errors.New("cache: closed")
+)
+
+// Cache is the bbolt file holding the data plane's last applied state.
+type Cache struct {
+	mu   sync.Mutex // guards db (Reset swaps it) and serializes writers
+	db   *bolt.DB
+	path string
+	log  *slog.Logger
+}
+
+// Open opens (or creates) the cache at path. A file that is corrupt or
+// unreadable (bad magic or checksum, truncated, failed consistency check,
+// unknown schema, any bbolt open error but a lock timeout) is renamed to
+// <path>.corrupt-<unixtime>, logged, and replaced by an empty cache.
+func Open(path string, logger *slog.Logger) (*Cache, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	c := &Cache{path: path, log: logger}
+	db, err := openDB(path, logger)
+	if err != nil {
+		if !errors.Is(err, ErrCorrupt) {
+			return nil, err
+		}
+		if err := c.moveAside(err); err != nil {
+			return nil, err
+		}
+		if db, err = openDB(path, logger); err != nil {
+			return nil, fmt.Errorf("cache: open fresh %s: %w", path, err)
+		}
+	}
+	c.db = db
+	return c, nil
+}
+
+// Path is the file's path.
+func (c *Cache) Path() string { return c.path }
+
+// Close closes the file. Later calls fail with ErrClosed.
+func (c *Cache) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.db == nil {
+		return nil
+	}
+	err := c.db.Close()
+	c.db = nil
+	return err
+}
+
+// Reset moves the current file aside as corrupt (for reason) and starts an
+// empty cache in its place.
+func (c *Cache) Reset(reason error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.db == nil {
+		return ErrClosed
+	}
+	_ = c.db.Close()
+	c.db = nil
+	if err := c.moveAside(reason); err != nil {
+		return err
+	}
+	db, err := openDB(c.path, c.log)
+	if err != nil {
+		return fmt.Errorf("cache: open fresh %s: %w", c.path, err)
+	}
+	c.db = db
+	return nil
+}
+
+func (c *Cache) moveAside(reason error) error {
+	if st, err := os.Lstat(c.path); err != nil || !st.Mode().IsRegular() {
+		// Nothing we can set aside (missing file, a directory...): the
+		// original error stands.
+		return reason
+	}
+	base := c.path + ".corrupt-" + strconv.FormatInt(time.Now().Unix(), 10)
+	dst := base
+	for i := 1; ; i++ {
+		if _, err := os.Lstat(dst); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		dst = base + "." + strconv.Itoa(i)
+	}
+	if err := os.Rename(c.path, dst); err != nil {
+		return fmt.Errorf("cache: move corrupt %s aside: %w (cause: %v)", c.path, err, reason)
+	}
+	c.log.Error("cache: file is corrupt or unreadable; moved aside, starting empty",
+		"path", c.path, "moved_to", dst, "err", reason)
+	return nil
+}
+
+// openDB checks the file, opens it with bbolt and checks the schema.
+// Corruption of any kind comes back wrapping ErrCorrupt.
+func openDB(path string, log *slog.Logger) (db *bolt.DB, err error) {
+	if err := preflight(path); err != nil {
+		return nil, err
+	}
+	// bbolt reads the file through mmap and panics (or faults) on some
+	// corruptions; treat that as corruption too.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			if db != nil {
+				func() {
+					defer func() { _ = recover() }()
+					_ = db.Close()
+				}()
+			}
+			db, err = nil, fmt.Errorf("%w: %v", ErrCorrupt, r)
+		}
+	}()
+	db, err = bolt.Open(path, 0o600, &bolt.Options{
+		Timeout: lockTimeout,
+		// The freelist is rebuilt at open by walking every page, which is
+		// also our consistency check; commits write less.
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+	})
+	if err != nil {
+		if errors.Is(err, berrors.ErrTimeout) {
+			return nil, fmt.Errorf("%w: %s", ErrLocked, path)
+		}
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	if err := initSchema(db, log); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+// initSchema creates the meta bucket in a new file, verifies it in an
+// existing one, and drops snapshot buckets that were never activated (a
+// snapshot interrupted by a crash or an abort).
+func initSchema(db *bolt.DB, log *slog.Logger) error {
+	return db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		var names [][]byte
+		if err := tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
+			names = append(names, bytes.Clone(name))
+			return nil
+		}); err != nil {
+			return fmt.Errorf("%w: %v", ErrCorrupt, err)
+		}
+		if meta == nil {
+			if len(names) > 0 {
+				return fmt.Errorf("%w: not a tollgate cache (no meta bucket)", ErrCorrupt)
+			}
+			meta, err := tx.CreateBucket(bucketMeta)
+			if err != nil {
+				return err
+			}
+			if err := meta.Put(keySchema, binary.BigEndian.AppendUint32(nil, schemaVersion)); err != nil {
+				return err
+			}
+			return meta.Put(keyRevision, binary.BigEndian.AppendUint64(nil, 0))
+		}
+		if v := meta.Get(keySchema); len(v) != 4 || binary.BigEndian.Uint32(v) != schemaVersion {
+			return fmt.Errorf("%w: unknown schema version %x", ErrCorrupt, v)
+		}
+		if v := meta.Get(keyRevision); len(v) != 8 {
+			return fmt.Errorf("%w: bad revision record", ErrCorrupt)
+		}
+		active := meta.Get(keyActive)
+		if active != nil && tx.Bucket(active) == nil {
+			return fmt.Errorf("%w: active snapshot bucket %q missing", ErrCorrupt, active)
+		}
+		for _, name := range names {
+			if bytes.Equal(name, bucketMeta) || bytes.Equal(name, active) {
+				continue
+			}
+			if !bytes.HasPrefix(name, snapPrefix) {
+				return fmt.Errorf("%w: unknown bucket %q", ErrCorrupt, name)
+			}
+			log.Warn("cache: discarding incomplete snapshot", "bucket", string(name))
+			if err := tx.DeleteBucket(name); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// entityKey is the key of an entity inside a snapshot bucket.
+func entityKey(dst []byte, kind, id string) []byte {
+	dst = append(dst, kind...)
+	dst = append(dst, 0)
+	return append(dst, id...)
+}
+
+func getRevision(meta *bolt.Bucket) int64 {
+	return int64(binary.BigEndian.Uint64(meta.Get(keyRevision)))
+}
+
+// Revision returns the revision of the committed snapshot (with the deltas
+// applied since); ok is false when the cache holds no snapshot.
+func (c *Cache) Revision() (rev int64, ok bool, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.db == nil {
+		return 0, false, ErrClosed
+	}
+	err = c.db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		ok = meta.Get(keyActive) != nil
+		rev = getRevision(meta)
+		return nil
+	})
+	return rev, ok, err
+}
+
+// Load calls fn with every entity of the committed snapshot, in key order,
+// and returns its revision; ok is false (and fn is never called) when there
+// is none. The entity passed to fn is reused for the next call: fn must copy
+// what it keeps. An undecodable entity ends Load with an error wrapping
+// ErrCorrupt; an error from fn ends it with that error.
+func (c *Cache) Load(fn func(e *syncv1.Entity) error) (rev int64, ok bool, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.db == nil {
+		return 0, false, ErrClosed
+	}
+	var fnErr error
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			rev, ok, err = 0, false, fmt.Errorf("%w: reading snapshot: %v", ErrCorrupt, r)
+		}
+	}()
+	err = c.db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		active := meta.Get(keyActive)
+		if active == nil {
+			return nil
+		}
+		ok, rev = true, getRevision(meta)
+		b := tx.Bucket(active)
+		var (
+			e   syncv1.Entity
+			key []byte
+		)
+		cur := b.Cursor()
+		for k, v := cur.First(); k != nil; k, v = cur.Next() {
+			if err := proto.Unmarshal(v, &e); err != nil {
+				return fmt.Errorf("%w: entity %q: %v", ErrCorrupt, k, err)
+			}
+			if key = entityKey(key[:0], e.Kind, e.Id); !bytes.Equal(key, k) {
+				return fmt.Errorf("%w: entity stored under %q is %s %q", ErrCorrupt, k, e.Kind, e.Id)
+			}
+			if fnErr = fn(&e); fnErr != nil {
+				return fnErr
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, false, err
+	}
+	return rev, ok, nil
+}
+
+// ApplyDelta stores d's changes and revision in one transaction (fsynced):
+// after a crash the cache holds d entirely or not at all.
+func (c *Cache) ApplyDelta(d *syncv1.Delta) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.db == nil {
+		return ErrClosed
+	}
+	return c.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		active := meta.Get(keyActive)
+		if active == nil {
+			return ErrNoSnapshot
+		}
+		if rev := getRevision(meta); rev != d.GetPrevRevision() {
+			return fmt.Errorf("%w: delta %d follows %d, cache holds %d", ErrRevisionMismatch, d.GetRevision(), d.GetPrevRevision(), rev)
+		}
+		b := tx.Bucket(active)
+		for _, e := range d.GetChanges() {
+			if e == nil {
+				continue
+			}
+			k := entityKey(nil, e.Kind, e.Id)
+			if e.Deleted {
+				if err := b.Delete(k); err != nil {
+					return err
+				}
+				continue
+			}
+			v, err := proto.Marshal(e)
+			if err != nil {
+				return fmt.Errorf("cache: encode %s %q: %w", e.Kind, e.Id, err)
+			}
+			if err := b.Put(k, v); err != nil {
+				return fmt.Errorf("cache: store %s %q: %w", e.Kind, e.Id, err)
+			}
+		}
+		return meta.Put(keyRevision, binary.BigEndian.AppendUint64(nil, uint64(d.GetRevision())))
+	})
+}
+
+// SnapshotWriter writes a snapshot into a staging bucket, one transaction
+// per Write so that memory stays bounded; Commit makes it the active
+// snapshot in one last transaction. Until then the previous snapshot stays
+// the one Load and a restart see; a staging bucket left by a crash is
+// deleted by the next Open.
+type SnapshotWriter struct {
+	c    *Cache
+	rev  int64
+	name []byte
+	done bool
+	n    int
+}
+
+// BeginSnapshot starts writing a snapshot at revision rev, discarding any
+// other unfinished one.
+func (c *Cache) BeginSnapshot(rev int64) (*SnapshotWriter, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.db == nil {
+		return nil, ErrClosed
+	}
+	w := &SnapshotWriter{c: c, rev: rev}
+	err := c.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		active := meta.Get(keyActive)
+		var stale [][]byte
+		_ = tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
+			if bytes.HasPrefix(name, snapPrefix) && !bytes.Equal(name, active) {
+				stale = append(stale, bytes.Clone(name))
+			}
+			return nil
+		})
+		for _, name := range stale {
+			if err := tx.DeleteBucket(name); err != nil {
+				return err
+			}
+		}
+		var next uint64
+		if v := meta.Get(keyNext); len(v) == 8 {
+			next = binary.BigEndian.Uint64(v)
+		}
+		next++
+		if err := meta.Put(keyNext, binary.BigEndian.AppendUint64(nil, next)); err != nil {
+			return err
+		}
+		w.name = fmt.Appendf(bytes.Clone(snapPrefix), "%016x", next)
+		_, err := tx.CreateBucket(w.name)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// Revision is the snapshot's revision.
+func (w *SnapshotWriter) Revision() int64 { return w.rev }
+
+// Len is the number of entities written so far (tombstones excluded).
+func (w *SnapshotWriter) Len() int { return w.n }
+
+// snapshotFill packs staging pages: snapshot keys mostly arrive in order.
+const snapshotFill = 0.9
+
+// Write stores entities (one transaction). A tombstone removes an entity
+// written earlier in this snapshot.
+func (w *SnapshotWriter) Write(entities []*syncv1.Entity) error {
+	if w.done {
+		return errors.New("cache: snapshot already committed or aborted")
+	}
+	type rec struct {
+		k, v      [2]int // offsets into buf
+		tombstone bool
+	}
+	recs := make([]rec, 0, len(entities))
+	buf := make([]byte, 0, 256*len(entities))
+	mo := proto.MarshalOptions{}
+	var err error
+	for _, e := range entities {
+		if e == nil {
+			continue
+		}
+		var r rec
+		r.k[0] = len(buf)
+		buf = entityKey(buf, e.Kind, e.Id)
+		r.k[1] = len(buf)
+		if e.Deleted {
+			r.tombstone = true
+		} else {
+			r.v[0] = len(buf)
+			if buf, err = mo.MarshalAppend(buf, e); err != nil {
+				return fmt.Errorf("cache: encode %s %q: %w", e.Kind, e.Id, err)
+			}
+			r.v[1] = len(buf)
+		}
+		recs = append(recs, r)
+	}
+	// Sorted puts touch each page once; stable so a later duplicate wins.
+	slices.SortStableFunc(recs, func(a, b rec) int {
+		return bytes.Compare(buf[a.k[0]:a.k[1]], buf[b.k[0]:b.k[1]])
+	})
+	w.c.mu.Lock()
+	defer w.c.mu.Unlock()
+	if w.c.db == nil {
+		return ErrClosed
+	}
+	n := 0
+	err = w.c.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(w.name)
+		if b == nil {
+			return errors.New("cache: staging bucket vanished (snapshot restarted elsewhere?)")
+		}
+		b.FillPercent = snapshotFill
+		for _, r := range recs {
+			k := buf[r.k[0]:r.k[1]]
+			if r.tombstone {
+				if err := b.Delete(k); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := b.Put(k, buf[r.v[0]:r.v[1]]); err != nil {
+				return fmt.Errorf("cache: store %q: %w", k, err)
+			}
+			n++
+		}
+		return nil
+	})
+	if err == nil {
+		w.n += n
+	}
+	return err
+}
+
+// Commit makes the staged snapshot the active one and sets the revision, in
+// one fsynced transaction, and drops the previous snapshot.
+func (w *SnapshotWriter) Commit() error {
+	if w.done {
+		return errors.New("cache: snapshot already committed or aborted")
+	}
+	w.c.mu.Lock()
+	defer w.c.mu.Unlock()
+	if w.c.db == nil {
+		return ErrClosed
+	}
+	err := w.c.db.Update(func(tx *bolt.Tx) error {
+		if tx.Bucket(w.name) == nil {
+			return errors.New("cache: staging bucket vanished (snapshot restarted elsewhere?)")
+		}
+		meta := tx.Bucket(bucketMeta)
+		old := bytes.Clone(meta.Get(keyActive))
+		if err := meta.Put(keyActive, w.name); err != nil {
+			return err
+		}
+		if err := meta.Put(keyRevision, binary.BigEndian.AppendUint64(nil, uint64(w.rev))); err != nil {
+			return err
+		}
+		if old != nil && !bytes.Equal(old, w.name) {
+			return tx.DeleteBucket(old)
+		}
+		return nil
+	})
+	if err == nil {
+		w.done = true
+	}
+	return err
+}
+
+// Abort drops the staged snapshot. It is safe to call after Commit (no-op).
+func (w *SnapshotWriter) Abort() error {
+	if w.done {
+		return nil
+	}
+	w.done = true
+	w.c.mu.Lock()
+	defer w.c.mu.Unlock()
+	if w.c.db == nil {
+		return ErrClosed
+	}
+	return w.c.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket(w.name); err != nil && !errors.Is(err, berrors.ErrBucketNotFound) {
+			return err
+		}
+		return nil
+	})
+}

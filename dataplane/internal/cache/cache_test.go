@@ -1,0 +1,404 @@
+package cache
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
+
+	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/state/statetest"
+)
+
+func logger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, nil))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+func open(t *testing.T, path string) *Cache {
+	t.Helper()
+	c, err := Open(path, logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func snapshot(t *testing.T, c *Cache, rev int64, chunks ...[]*syncv1.Entity) {
+	t.Helper()
+	w, err := c.BeginSnapshot(rev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ch := range chunks {
+		if err := w.Write(ch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// load returns the stored entities by kind/id.
+func load(t *testing.T, c *Cache) (int64, bool, map[string]*syncv1.Entity) {
+	t.Helper()
+	got := map[string]*syncv1.Entity{}
+	rev, ok, err := c.Load(func(e *syncv1.Entity) error {
+		got[e.Kind+"/"+e.Id] = proto.Clone(e).(*syncv1.Entity)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rev, ok, got
+}
+
+func keys(n int) []*syncv1.Entity {
+	out := make([]*syncv1.Entity, n)
+	for i := range out {
+		out[i] = statetest.Key(i)
+	}
+	return out
+}
+
+func TestReopenKeepsRevisionAndEntities(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.db")
+	c := open(t, path)
+	if rev, ok, _ := load(t, c); ok || rev != 0 {
+		t.Fatal("new cache has a snapshot")
+	}
+	if err := c.ApplyDelta(&syncv1.Delta{PrevRevision: 0, Revision: 1}); !errors.Is(err, ErrNoSnapshot) {
+		t.Fatalf("delta before snapshot: %v", err)
+	}
+	snapshot(t, c, 10, keys(50)[:25], keys(50)[25:], []*syncv1.Entity{statetest.Team(1), statetest.Settings(`{"a":1}`)})
+	d := &syncv1.Delta{PrevRevision: 10, Revision: 11, Changes: []*syncv1.Entity{
+		statetest.Tombstone("key", statetest.TokenID(3)), statetest.Team(2), statetest.Key(100),
+	}}
+	if err := c.ApplyDelta(d); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ApplyDelta(d); !errors.Is(err, ErrRevisionMismatch) {
+		t.Fatalf("replayed delta: %v", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.Load(func(*syncv1.Entity) error { return nil }); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Load after Close: %v", err)
+	}
+
+	c = open(t, path)
+	rev, ok, got := load(t, c)
+	if !ok || rev != 11 {
+		t.Fatalf("rev %d ok %v", rev, ok)
+	}
+	if len(got) != 50-1+1+2+1 {
+		t.Fatalf("%d entities", len(got))
+	}
+	if _, ok := got["key/"+statetest.TokenID(3)]; ok {
+		t.Fatal("deleted key came back")
+	}
+	if !proto.Equal(got["key/"+statetest.TokenID(100)], statetest.Key(100)) || !proto.Equal(got["team/team-2"], statetest.Team(2)) {
+		t.Fatal("entity changed through the cache")
+	}
+	if r, ok, err := c.Revision(); r != 11 || !ok || err != nil {
+		t.Fatalf("Revision = %d %v %v", r, ok, err)
+	}
+
+	// A second snapshot replaces the first entirely.
+	snapshot(t, c, 20, []*syncv1.Entity{statetest.Key(7)})
+	rev, _, got = load(t, c)
+	if rev != 20 || len(got) != 1 {
+		t.Fatalf("after resnapshot: rev %d, %d entities", rev, len(got))
+	}
+	assertBuckets(t, c, 2) // meta + active only
+}
+
+// assertBuckets checks how many top-level buckets the file has.
+func assertBuckets(t *testing.T, c *Cache, want int) {
+	t.Helper()
+	n := 0
+	_ = c.db.View(func(tx *bolt.Tx) error {
+		return tx.ForEach(func([]byte, *bolt.Bucket) error { n++; return nil })
+	})
+	if n != want {
+		t.Fatalf("%d buckets, want %d", n, want)
+	}
+}
+
+func corruptFiles(t *testing.T, path string) []string {
+	t.Helper()
+	m, _ := filepath.Glob(path + ".corrupt-*")
+	return m
+}
+
+func expectMovedAside(t *testing.T, path string, content []byte) {
+	t.Helper()
+	c := open(t, path)
+	if _, ok, got := load(t, c); ok || len(got) != 0 {
+		t.Fatal("corrupt cache loaded")
+	}
+	moved := corruptFiles(t, path)
+	if len(moved) != 1 {
+		t.Fatalf("corrupt files: %v", moved)
+	}
+	if b, _ := os.ReadFile(moved[0]); content != nil && !bytes.Equal(b, content) {
+		t.Fatal("moved file differs from the original")
+	}
+	// The fresh cache works.
+	snapshot(t, c, 3, keys(3))
+	if rev, ok, got := load(t, c); rev != 3 || !ok || len(got) != 3 {
+		t.Fatal("fresh cache unusable")
+	}
+}
+
+func TestGarbageFileMovedAside(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.db")
+	garbage := bytes.Repeat([]byte("not a bbolt file "), 2000)
+	if err := os.WriteFile(path, garbage, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	expectMovedAside(t, path, garbage)
+}
+
+func TestTinyFileMovedAside(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.db")
+	if err := os.WriteFile(path, []byte{1, 2, 3}, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	expectMovedAside(t, path, []byte{1, 2, 3})
+}
+
+// validFile writes a cache with n keys and returns its bytes.
+func validFile(t *testing.T, path string, n int) []byte {
+	t.Helper()
+	c, err := Open(path, logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snapshot(t, c, 5, keys(n))
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestTruncatedFileMovedAside(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.db")
+	b := validFile(t, path, 2000)
+	for _, cut := range []int{len(b) / 2, 3 * 4096, 4096 + 100} {
+		if err := os.WriteFile(path, b[:cut], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range corruptFiles(t, path) {
+			os.Remove(m)
+		}
+		t.Run(fmt.Sprint(cut), func(t *testing.T) { expectMovedAside(t, path, b[:cut]) })
+		os.Remove(path)
+	}
+}
+
+func TestUnknownSchemaMovedAside(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.db")
+	validFile(t, path, 10)
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keySchema, []byte{0, 0, 0, 9}) })
+	db.Close()
+	expectMovedAside(t, path, nil)
+}
+
+func TestForeignBboltFileMovedAside(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("spend")); return err })
+	db.Close()
+	expectMovedAside(t, path, nil)
+}
+
+func TestPartialStagingDiscarded(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.db")
+	c, err := Open(path, logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snapshot(t, c, 5, keys(10))
+	w, err := c.BeginSnapshot(9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Write(keys(500)); err != nil {
+		t.Fatal(err)
+	}
+	// Uncommitted staging is invisible.
+	if rev, _, got := load(t, c); rev != 5 || len(got) != 10 {
+		t.Fatalf("staging visible: rev %d, %d entities", rev, len(got))
+	}
+	// "Crash": close without commit or abort.
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c = open(t, path)
+	if rev, _, got := load(t, c); rev != 5 || len(got) != 10 {
+		t.Fatalf("after crash: rev %d, %d entities", rev, len(got))
+	}
+	assertBuckets(t, c, 2)
+	if len(corruptFiles(t, path)) != 0 {
+		t.Fatal("a crash mid-snapshot is not corruption")
+	}
+
+	// Abort drops staging too; Write after Abort fails.
+	w, err = c.BeginSnapshot(12)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Write(keys(20)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Abort(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Write(keys(1)); err == nil {
+		t.Fatal("Write after Abort")
+	}
+	assertBuckets(t, c, 2)
+	// A new BeginSnapshot discards an abandoned one.
+	w1, _ := c.BeginSnapshot(13)
+	_ = w1.Write(keys(5))
+	w2, _ := c.BeginSnapshot(14)
+	if err := w1.Commit(); err == nil {
+		t.Fatal("abandoned snapshot committed")
+	}
+	if err := w2.Write(keys(2)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w2.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if rev, _, got := load(t, c); rev != 14 || len(got) != 2 {
+		t.Fatalf("rev %d, %d entities", rev, len(got))
+	}
+}
+
+func TestSnapshotWriteOrderAndTombstones(t *testing.T) {
+	c := open(t, filepath.Join(t.TempDir(), "c.db"))
+	ks := keys(100)
+	rand.New(rand.NewPCG(1, 1)).Shuffle(len(ks), func(i, j int) { ks[i], ks[j] = ks[j], ks[i] })
+	changed := statetest.Key(5)
+	changed.GetKey().Spend = 99
+	snapshot(t, c, 1, ks[:50], append(ks[50:], changed, statetest.Tombstone("key", statetest.TokenID(6))))
+	_, _, got := load(t, c)
+	if len(got) != 99 || got["key/"+statetest.TokenID(5)].GetKey().Spend != 99 {
+		t.Fatalf("%d entities", len(got))
+	}
+}
+
+func TestCorruptEntityLoadError(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.db")
+	c := open(t, path)
+	snapshot(t, c, 1, keys(3))
+	_ = c.db.Update(func(tx *bolt.Tx) error {
+		active := tx.Bucket(bucketMeta).Get(keyActive)
+		return tx.Bucket(active).Put(entityKey(nil, "key", "zzz"), []byte{0xff, 0xff, 0xff})
+	})
+	_, _, err := c.Load(func(*syncv1.Entity) error { return nil })
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Load = %v", err)
+	}
+	if err := c.Reset(err); err != nil {
+		t.Fatal(err)
+	}
+	if len(corruptFiles(t, path)) != 1 {
+		t.Fatal("not moved aside")
+	}
+	if _, ok, _ := load(t, c); ok {
+		t.Fatal("reset cache has a snapshot")
+	}
+	stop := errors.New("stop")
+	snapshot(t, c, 2, keys(3))
+	if _, _, err := c.Load(func(*syncv1.Entity) error { return stop }); err != stop {
+		t.Fatalf("callback error: %v", err)
+	}
+}
+
+func TestLockedFileNotMovedAside(t *testing.T) {
+	defer func(d time.Duration) { lockTimeout = d }(lockTimeout)
+	lockTimeout = 100 * time.Millisecond
+	path := filepath.Join(t.TempDir(), "c.db")
+	c := open(t, path)
+	snapshot(t, c, 1, keys(1))
+	if _, err := Open(path, logger(t)); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second Open = %v, want ErrLocked", err)
+	}
+	if len(corruptFiles(t, path)) != 0 {
+		t.Fatal("locked file moved aside")
+	}
+}
+
+func TestDirectoryIsNotMovedAside(t *testing.T) {
+	path := t.TempDir()
+	if _, err := Open(path, logger(t)); err == nil || errors.Is(err, ErrLocked) {
+		t.Fatalf("Open(dir) = %v", err)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Fatal("directory moved")
+	}
+}
+
+// TestRandomDamage flips bytes across a valid file: Open must either load it
+// or move it aside, never crash, and Load must fail cleanly if at all.
+func TestRandomDamage(t *testing.T) {
+	dir := t.TempDir()
+	orig := validFile(t, filepath.Join(dir, "orig.db"), 3000)
+	rng := rand.New(rand.NewPCG(7, 7))
+	for i := range 40 {
+		b := bytes.Clone(orig)
+		for range 1 + rng.IntN(8) {
+			off := rng.IntN(len(b))
+			if i%4 == 0 {
+				off = rng.IntN(2 * 4096) // meta pages
+			}
+			b[off] ^= byte(1 + rng.IntN(255))
+		}
+		path := filepath.Join(dir, fmt.Sprintf("d%d.db", i))
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c, err := Open(path, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatalf("case %d: Open = %v", i, err)
+		}
+		n := 0
+		_, _, err = c.Load(func(*syncv1.Entity) error { n++; return nil })
+		if err != nil && !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("case %d: Load = %v", i, err)
+		}
+		_ = c.Close()
+	}
+}

@@ -1,0 +1,373 @@
+package enforce
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/money"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
+)
+
+// Route is an LLM API route, independent of the /v1 prefix.
+type Route uint8
+
+// Routes the proxy serves with a virtual key.
+const (
+	RouteChat Route = iota + 1
+	RouteCompletions
+	RouteEmbeddings
+	RouteModels
+	numRoutes
+)
+
+// NumRoutes bounds Route values (for label tables indexed by Route).
+const NumRoutes = int(numRoutes)
+
+var routePaths = [...]string{
+	RouteChat:        "/chat/completions",
+	RouteCompletions: "/completions",
+	RouteEmbeddings:  "/embeddings",
+	RouteModels:      "/models",
+}
+
+// Path is the route's OpenAI path without /v1: what is appended to an
+// upstream api_base.
+func (r Route) Path() string {
+	if r > 0 && r < numRoutes {
+		return routePaths[r]
+	}
+	return ""
+}
+
+// RouteOf maps a request path to its route (0 when it is not an LLM route).
+func RouteOf(path string) Route {
+	switch path {
+	case "/chat/completions", "/v1/chat/completions":
+		return RouteChat
+	case "/completions", "/v1/completions":
+		return RouteCompletions
+	case "/embeddings", "/v1/embeddings":
+		return RouteEmbeddings
+	case "/models", "/v1/models":
+		return RouteModels
+	}
+	return 0
+}
+
+// Enforcer makes the per-request decision from the synced state. It holds no
+// per-request state and is safe for concurrent use.
+//
+// The order of checks is DESIGN.md's: key format, key known, blocked or
+// expired, team / user / org blocked, route (Authenticate, headers only, so an
+// unauthenticated caller never makes the proxy read a body); then model,
+// enforced params and budgets (Authorize). Rate limits and leased budgets are
+// a separate gate the proxy calls after Authorize. Nothing here counts or
+// reserves anything, so a rejected request consumes nothing.
+type Enforcer struct {
+	State state.Reader
+
+	general atomic.Pointer[generalParams]
+}
+
+// Principal is who is calling: the key and the objects it belongs to. Team,
+// User and Org are nil when the key has none (or the user has no record).
+type Principal struct {
+	Key  state.KeyInfo
+	Team *state.Team
+	User *state.User
+	Org  *state.Org
+}
+
+var emptyPolicy state.Policy
+
+func (p *Principal) policy() *state.Policy {
+	if p.Key.Policy == nil {
+		return &emptyPolicy
+	}
+	return p.Key.Policy
+}
+
+// Authenticate runs the header-only checks for key (the presented secret, ""
+// when none) calling path. On success it fills p and returns nil.
+func (e *Enforcer) Authenticate(key, path string, nowUnix int64, p *Principal) *Rejection {
+	if key == "" {
+		return RejMissingKey
+	}
+	if keys.Validate(key) != nil {
+		return RejMalformedKey
+	}
+	// Hash from a stack copy: converting the string to []byte directly
+	// would allocate (keys are longer than the compiler's 32-byte
+	// stack-conversion buffer). Validate bounded the length.
+	var buf [keys.MaxLen]byte
+	sum := sha256.Sum256(buf[:copy(buf[:], key)])
+	k, ok := e.State.LookupKey(&sum, nowUnix)
+	if !ok {
+		return RejInvalidKey
+	}
+	*p = Principal{Key: k}
+	if k.Blocked {
+		return RejKeyBlocked
+	}
+	if k.ExpiresUnix != 0 && nowUnix >= k.ExpiresUnix {
+		return RejKeyExpired
+	}
+	orgID := k.OrganizationID
+	if k.TeamID != "" {
+		// A key whose team is gone is dead: fail closed.
+		t, ok := e.State.Team(k.TeamID)
+		if !ok || t.Blocked {
+			return RejTeamBlocked
+		}
+		p.Team = t
+		if orgID == "" {
+			orgID = t.OrganizationID
+		}
+	}
+	if k.UserID != "" {
+		// user_id is free-form in LiteLLM; a key may name a user without
+		// a record, which restricts nothing.
+		if u, ok := e.State.User(k.UserID); ok {
+			if u.Blocked {
+				return RejUserBlocked
+			}
+			p.User = u
+		}
+	}
+	if orgID != "" {
+		o, ok := e.State.Org(orgID)
+		if !ok || o.Blocked {
+			return RejOrgBlocked
+		}
+		p.Org = o
+	}
+	if !routeAllowed(p.policy().AllowedRoutes, path) {
+		return RejRouteForbidden
+	}
+	return nil
+}
+
+// routeAllowed: empty allows the LLM routes; "llm_api_routes" and
+// "openai_routes" name them all; otherwise an exact path (with or without
+// /v1) or a prefix ending in "*".
+func routeAllowed(allowed []string, path string) bool {
+	if len(allowed) == 0 {
+		return true
+	}
+	alt := path
+	if strings.HasPrefix(path, "/v1/") {
+		alt = path[3:]
+	}
+	for _, a := range allowed {
+		switch {
+		case a == "llm_api_routes" || a == "openai_routes":
+			return true
+		case a == path || a == alt || (strings.HasPrefix(a, "/v1/") && a[3:] == alt):
+			return true
+		case strings.HasSuffix(a, "*") && (strings.HasPrefix(path, a[:len(a)-1]) || strings.HasPrefix(alt, a[:len(a)-1])):
+			return true
+		}
+	}
+	return false
+}
+
+// ModelAllowed reports whether the principal may call the public model name
+// (key ∩ team ∩ org, plus the user's models for a key without a team, as
+// LiteLLM checks them). It does not check that the model exists.
+func (e *Enforcer) ModelAllowed(p *Principal, model string) bool {
+	return e.modelDenied(p, model) == ""
+}
+
+// modelDenied returns the error type of the first list that refuses model.
+func (e *Enforcer) modelDenied(p *Principal, model string) string {
+	if !e.allows(p.policy().Models, model) {
+		return TypeKeyModel
+	}
+	if p.Team != nil && !e.allows(p.Team.Models, model) {
+		return TypeTeamModel
+	}
+	if p.Team == nil && p.User != nil && !e.allows(p.User.Models, model) {
+		return TypeUserModel
+	}
+	if p.Org != nil && !e.allows(p.Org.Models, model) {
+		return TypeOrgModel
+	}
+	return ""
+}
+
+// allows: an empty list allows every model; "all-proxy-models" (and a key's
+// "all-team-models", which defers to the team) too; entries match exactly,
+// as a prefix when they end in "*" ("openai/*"), or as an access group.
+func (e *Enforcer) allows(list []string, model string) bool {
+	if len(list) == 0 {
+		return true
+	}
+	for _, m := range list {
+		if m == model || m == "all-proxy-models" || m == "all-team-models" || m == "*" {
+			return true
+		}
+		if n := len(m); n > 1 && m[n-1] == '*' && strings.HasPrefix(model, m[:n-1]) {
+			return true
+		}
+	}
+	for _, m := range list {
+		for _, g := range e.State.AccessGroup(m) {
+			if g == model {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Authorize runs the body checks for an authenticated principal: model
+// allowed and deployed, enforced params, budgets. It returns the model's
+// deployments (at least one).
+func (e *Enforcer) Authorize(p *Principal, b *Body) ([]*state.Model, *Rejection) {
+	if typ := e.modelDenied(p, b.Model); typ != "" {
+		return nil, modelRejection(typ, b.Model)
+	}
+	deps := e.State.Deployments(b.Model)
+	if len(deps) == 0 {
+		return nil, New(ModelUnknown, http.StatusBadRequest, TypeInvalid,
+			"Invalid model name passed in model="+clip(b.Model)+". Call `/v1/models` to view available models for your key.", "model")
+	}
+	if r := e.checkParams(p, b); r != nil {
+		return nil, r
+	}
+	if r := checkBudgets(p); r != nil {
+		return nil, r
+	}
+	return deps, nil
+}
+
+func modelRejection(typ, model string) *Rejection {
+	who := "key"
+	switch typ {
+	case TypeTeamModel:
+		who = "team"
+	case TypeUserModel:
+		who = "user"
+	case TypeOrgModel:
+		who = "organization"
+	}
+	// The lists themselves are not echoed: they can name access groups
+	// and models of objects the caller does not administer.
+	return New(ModelForbidden, http.StatusUnauthorized, typ,
+		who+" not allowed to access model. Tried to access "+clip(model), "model")
+}
+
+// clip bounds request data echoed in an error message.
+func clip(s string) string {
+	if len(s) > 128 {
+		return s[:128] + "..."
+	}
+	return s
+}
+
+type generalParams struct {
+	src         *state.Settings
+	enforceUser bool
+	params      []string
+}
+
+// generalFor caches the parse of general_settings per published Settings
+// object (immutable), so requests never decode it.
+func (e *Enforcer) generalFor(s *state.Settings) *generalParams {
+	if g := e.general.Load(); g != nil && g.src == s {
+		return g
+	}
+	g := &generalParams{src: s}
+	var raw struct {
+		EnforcedParams   []string `json:"enforced_params"`
+		EnforceUserParam bool     `json:"enforce_user_param"`
+	}
+	if len(s.Raw) > 0 {
+		// Field by field, so one malformed field does not disable the other.
+		var fields map[string]json.RawMessage
+		if json.Unmarshal(s.Raw, &fields) == nil {
+			_ = json.Unmarshal(fields["enforced_params"], &raw.EnforcedParams)
+			_ = json.Unmarshal(fields["enforce_user_param"], &raw.EnforceUserParam)
+		}
+	}
+	g.enforceUser, g.params = raw.EnforceUserParam, raw.EnforcedParams
+	e.general.Store(g)
+	return g
+}
+
+func (e *Enforcer) checkParams(p *Principal, b *Body) *Rejection {
+	s := e.State.Settings()
+	if s != nil && p.Key.ServiceAccount {
+		for _, name := range s.ServiceAccountEnforcedParams {
+			if !b.HasPath(name) {
+				return missingParam(name,
+					"BadRequest please pass param="+name+" in request body. This is a required param for service account")
+			}
+		}
+	}
+	if s != nil {
+		g := e.generalFor(s)
+		if g.enforceUser {
+			if v, ok := b.Lookup("user"); !ok || string(b.Raw(v)) == "null" {
+				return missingParam("user", "'user' param not passed in. 'enforce_user_param'=True")
+			}
+		}
+		if r := requireAll(b, g.params); r != nil {
+			return r
+		}
+	}
+	return requireAll(b, p.policy().EnforcedParams)
+}
+
+func requireAll(b *Body, params []string) *Rejection {
+	for _, name := range params {
+		if b.HasPath(name) {
+			continue
+		}
+		shown := name
+		if strings.Contains(name, ".") {
+			// LiteLLM names nested params as [metadata][generation_name].
+			shown = "[" + strings.ReplaceAll(name, ".", "][") + "]"
+		}
+		return missingParam(name, "BadRequest please pass param="+shown+" in request body. This is a required param")
+	}
+	return nil
+}
+
+func missingParam(param, msg string) *Rejection {
+	return New(MissingParam, http.StatusBadRequest, TypeBadRequest, msg, param)
+}
+
+// checkBudgets is the simple, local budget check: spend as last synced
+// against max_budget. Leased budgets (reserve an estimate, settle the actual
+// cost) replace it in the gate after rate limits.
+func checkBudgets(p *Principal) *Rejection {
+	k := &p.Key
+	if over(k.Limits, k.Spend) {
+		return budgetRejection("Budget has been exceeded! Current cost: "+usd(k.Spend)+", Max budget: "+usd(k.Limits.MaxBudget), "")
+	}
+	if t := p.Team; t != nil && over(t.Limits, t.Spend) {
+		return budgetRejection("Budget has been exceeded! Team="+t.TeamID+" Current cost: "+usd(t.Spend)+", Max budget: "+usd(t.Limits.MaxBudget), "")
+	}
+	// A team key spends the team's budget, not its user's personal one.
+	if u := p.User; u != nil && p.Team == nil && over(u.Limits, u.Spend) {
+		return budgetRejection("ExceededBudget: User="+u.UserID+" over budget. Spend="+usd(u.Spend)+", Budget="+usd(u.Limits.MaxBudget), "")
+	}
+	if o := p.Org; o != nil && over(o.Limits, o.Spend) {
+		return budgetRejection("Budget has been exceeded! Organization="+o.OrganizationID+" Current cost: "+usd(o.Spend)+", Max budget: "+usd(o.Limits.MaxBudget), "")
+	}
+	return nil
+}
+
+func over(l state.Limits, spend int64) bool { return l.MaxBudget >= 0 && spend >= l.MaxBudget }
+
+func usd(micros int64) string { return strconv.FormatFloat(money.ToUSD(micros), 'f', -1, 64) }
+
+func budgetRejection(msg, param string) *Rejection {
+	return New(BudgetExceeded, http.StatusBadRequest, TypeBudget, msg, param)
+}

@@ -1,0 +1,35 @@
+// Package proxy is the data plane's OpenAI-compatible request path: it
+// authenticates a virtual key, runs the decision (package enforce) from the
+// synced state in memory, and forwards the request to one of the model's
+// deployments with the deployment's own credential.
+//
+// # Architecture
+//
+// A request is checked in DESIGN.md's order. The header-only checks run
+// before the body is read, so an unauthenticated caller cannot make the proxy
+// buffer a body. The body is read once, located (not decoded) by
+// enforce.ParseBody, and forwarded as the original bytes with at most two
+// in-place edits: "model" becomes the upstream model name, and a streaming
+// request gets stream_options.include_usage so that usage can be billed. The
+// upstream call is an httputil.ReverseProxy with Rewrite: the URL and the
+// credential come from the deployment only, and only an allowlist of client
+// headers is forwarded.
+//
+// Usage is read from the response as it passes: from the final usage chunk of
+// an SSE stream (hidden from a client that did not ask for it) or from the
+// top-level "usage" object of a JSON response, without buffering it.
+//
+// # Thread safety
+//
+// The handler is safe for concurrent use. Per-request state lives in one
+// call object that is never pooled: the transport may read a request body
+// after RoundTrip returns.
+//
+// # Failure modes
+//
+// Until the state is ready, LLM routes and /health/readiness answer 503.
+// Upstream connection failures are 502, upstream timeouts 504; a stream that
+// breaks after its headers were sent is aborted (the client sees a truncated
+// stream, never a fake complete one). Options.OnUsage still fires for every
+// request that reached the upstream, with Aborted set.
+package proxy

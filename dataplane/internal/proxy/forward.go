@@ -1,0 +1,562 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
+)
+
+// NewTransport is the default upstream transport: many idle connections per
+// host (one LLM provider takes most of the traffic) and bounded connection
+// setup. Whole-call time is bounded by Options.UpstreamTimeout.
+func NewTransport() *http.Transport {
+	return &http.Transport{
+		Proxy: http.ProxyFromEnvironment,
+		DialContext: (&net.Dialer{
+			Timeout:   10 * time.Second,
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		ForceAttemptHTTP2:      true,
+		MaxIdleConns:           2048,
+		MaxIdleConnsPerHost:    512,
+		IdleConnTimeout:        90 * time.Second,
+		TLSHandshakeTimeout:    10 * time.Second,
+		ExpectContinueTimeout:  time.Second,
+		MaxResponseHeaderBytes: 1 << 20,
+		ReadBufferSize:         32 << 10,
+		WriteBufferSize:        32 << 10,
+	}
+}
+
+type callKey struct{}
+
+// call is one LLM request's state, from the decision to the usage hook.
+type call struct {
+	route     enforce.Route
+	path      string
+	start     time.Time
+	principal enforce.Principal
+	body      enforce.Body
+	dep       *state.Model
+
+	// The upstream request.
+	url       *url.URL
+	auth      string // "Bearer ..." or "" for none
+	segs      [5][]byte
+	nseg      int
+	length    int64
+	stream    bool
+	hideUsage bool // include_usage was added by Tollgate, not asked for
+	scratch   [96]byte
+
+	// Filled while the response passes.
+	clientCtx   context.Context
+	upCtx       context.Context
+	upStart     time.Time
+	status      int
+	usage       Usage
+	usageKnown  bool
+	aborted     bool
+	outcome     int
+	errOutcome  bool
+	gateDone    func(Outcome)
+	upstreamErr error
+}
+
+// Proxy-level outcomes follow the decision's in the metric label table.
+const (
+	outUpstream4xx = enforce.NumOutcomes + iota
+	outUpstream5xx
+	outUnreachable
+	outTimeout
+	outClientClosed
+	outAborted
+	outMisconfigured
+	numOutcomes
+)
+
+var proxyOutcomeNames = [...]string{
+	outUpstream4xx - enforce.NumOutcomes:   "upstream_4xx",
+	outUpstream5xx - enforce.NumOutcomes:   "upstream_5xx",
+	outUnreachable - enforce.NumOutcomes:   "upstream_unreachable",
+	outTimeout - enforce.NumOutcomes:       "upstream_timeout",
+	outClientClosed - enforce.NumOutcomes:  "client_closed",
+	outAborted - enforce.NumOutcomes:       "aborted",
+	outMisconfigured - enforce.NumOutcomes: "misconfigured",
+}
+
+func outcomeName(o int) string {
+	if o < enforce.NumOutcomes {
+		return enforce.Outcome(o).String()
+	}
+	return proxyOutcomeNames[o-enforce.NumOutcomes]
+}
+
+var rejMisconfigured = enforce.New(enforce.OK, http.StatusInternalServerError, enforce.TypeInternal,
+	"The model's deployment has no usable api_base configured", "")
+
+func (h *handler) serveLLM(w http.ResponseWriter, r *http.Request, route enforce.Route) {
+	start := time.Now()
+	if r.Method != http.MethodPost {
+		w.Header()["Allow"] = allowPOST
+		h.reject(w, route, enforce.RejMethodNotAllowed)
+		return
+	}
+	if !h.st.Ready() {
+		h.reject(w, route, enforce.RejNotReady)
+		return
+	}
+	c := &call{route: route, path: r.URL.Path, start: start}
+	if rej := h.authenticate(c, presentedKey(r)); rej != nil {
+		h.reject(w, route, rej)
+		return
+	}
+	authDone := time.Now()
+	raw, rej := readBody(w, r, h.maxBody)
+	if rej != nil {
+		h.reject(w, route, rej)
+		return
+	}
+	bodyStart := time.Now()
+	if rej := h.decide(c, raw); rej != nil {
+		h.reject(w, route, rej)
+		return
+	}
+	h.m.decision.Observe((authDone.Sub(start) + time.Since(bodyStart)).Seconds())
+
+	if h.gate != nil {
+		done, rej := h.gate.Admit(r.Context(), &Admission{Route: route, Principal: &c.principal, Body: &c.body, Deployment: c.dep})
+		if rej != nil {
+			h.reject(w, route, rej)
+			return
+		}
+		c.gateDone = done
+	}
+	h.forward(w, r, c)
+}
+
+// authenticate runs the header-only checks.
+func (h *handler) authenticate(c *call, key string) *enforce.Rejection {
+	return h.enf.Authenticate(key, c.path, h.now().Unix(), &c.principal)
+}
+
+// decide runs the body checks and plans the upstream request: everything
+// between "the body has been read" and "call upstream X with body B".
+func (h *handler) decide(c *call, raw []byte) *enforce.Rejection {
+	if rej := enforce.ParseBody(raw, &c.body); rej != nil {
+		return rej
+	}
+	deps, rej := h.enf.Authorize(&c.principal, &c.body)
+	if rej != nil {
+		return rej
+	}
+	dep := deps[0]
+	if len(deps) > 1 {
+		dep = deps[h.rr.Add(1)%uint64(len(deps))]
+	}
+	c.dep = dep
+	base := h.base(dep)
+	if base == nil {
+		h.log.Error("model deployment has no usable api_base", "model", dep.ModelName, "deployment", dep.ID)
+		return rejMisconfigured
+	}
+	c.url = base.urls[c.route]
+	if cred := h.credential(dep.APIKey); cred != "" {
+		c.auth = "Bearer " + cred
+	}
+	c.plan(raw, upstreamModelName(dep.UpstreamModel))
+	return nil
+}
+
+// plan lays out the upstream body as segments of the original bytes and at
+// most two replacements, so nothing is copied.
+func (c *call) plan(raw []byte, upstreamModel string) {
+	b := &c.body
+	type edit struct {
+		at, end int
+		with    []byte
+	}
+	var edits [2]edit
+	n := 0
+	if upstreamModel != b.Model {
+		q := enforce.AppendString(c.scratch[:0], upstreamModel)
+		edits[n] = edit{b.ModelValue.Start, b.ModelValue.End, q}
+		n++
+	}
+	c.stream = b.Stream && (c.route == enforce.RouteChat || c.route == enforce.RouteCompletions)
+	if c.stream && !b.IncludeUsage {
+		c.hideUsage = true
+		switch {
+		case !b.StreamOptions.Present():
+			edits[n] = edit{b.End(), b.End(), addStreamOptions}
+		case b.IncludeUsageValue.Present():
+			edits[n] = edit{b.IncludeUsageValue.Start, b.IncludeUsageValue.End, litTrue}
+		case raw[b.StreamOptions.Start] == 'n': // null
+			edits[n] = edit{b.StreamOptions.Start, b.StreamOptions.End, streamOptionsObj}
+		default: // an object without include_usage
+			at := b.StreamOptions.Start + 1
+			with := includeUsageMember
+			if !emptyObject(raw[b.StreamOptions.Start:b.StreamOptions.End]) {
+				with = includeUsageMemberComma
+			}
+			edits[n] = edit{at, at, with}
+		}
+		n++
+	}
+	if n == 2 && edits[1].at < edits[0].at {
+		edits[0], edits[1] = edits[1], edits[0]
+	}
+	pos := 0
+	c.nseg, c.length = 0, 0
+	for _, e := range edits[:n] {
+		c.addSeg(raw[pos:e.at])
+		c.addSeg(e.with)
+		pos = e.end
+	}
+	c.addSeg(raw[pos:])
+}
+
+func (c *call) addSeg(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	c.segs[c.nseg] = b
+	c.nseg++
+	c.length += int64(len(b))
+}
+
+var (
+	addStreamOptions        = []byte(`,"stream_options":{"include_usage":true}`)
+	streamOptionsObj        = []byte(`{"include_usage":true}`)
+	includeUsageMember      = []byte(`"include_usage":true`)
+	includeUsageMemberComma = []byte(`"include_usage":true,`)
+	litTrue                 = []byte(`true`)
+)
+
+func emptyObject(b []byte) bool {
+	for _, c := range b[1 : len(b)-1] {
+		if c != ' ' && c != '\t' && c != '\n' && c != '\r' {
+			return false
+		}
+	}
+	return true
+}
+
+// credential resolves a deployment's api_key: "os.environ/NAME" is read from
+// the proxy's environment, anything else is the literal credential.
+func (h *handler) credential(ref string) string {
+	if name, ok := strings.CutPrefix(ref, "os.environ/"); ok {
+		return h.getenv(name)
+	}
+	return ref
+}
+
+// forward calls the upstream and relays the response.
+func (h *handler) forward(w http.ResponseWriter, r *http.Request, c *call) {
+	c.clientCtx = r.Context()
+	ctx, cancel := context.WithTimeout(r.Context(), h.timeout)
+	defer cancel()
+	c.upCtx = ctx
+	out := r.WithContext(context.WithValue(ctx, callKey{}, c))
+	// The body is already read; Rewrite installs the planned one. A zero
+	// ContentLength keeps ReverseProxy from wrapping the spent body.
+	out.Body, out.ContentLength = http.NoBody, 0
+	defer func() {
+		v := recover()
+		if v != nil {
+			c.aborted = true
+		}
+		h.finish(c)
+		if v != nil {
+			panic(v)
+		}
+	}()
+	h.rp.ServeHTTP(w, out)
+}
+
+// forwardedHeaders are the client headers an upstream may see. Everything
+// else, credentials above all (Authorization, api-key, x-api-key, cookies)
+// and headers that choose an account (OpenAI-Organization, OpenAI-Project),
+// stays here.
+var forwardedHeaders = map[string]bool{
+	"Accept":          true,
+	"Accept-Language": true,
+	"User-Agent":      true,
+	"X-Request-Id":    true,
+	"Traceparent":     true,
+	"Tracestate":      true,
+}
+
+func (h *handler) rewrite(pr *httputil.ProxyRequest) {
+	c := pr.In.Context().Value(callKey{}).(*call)
+	u := *c.url
+	pr.Out.URL = &u
+	pr.Out.Host = ""
+	hdr := pr.Out.Header
+	for k := range hdr {
+		if !forwardedHeaders[k] {
+			delete(hdr, k)
+		}
+	}
+	hdr["Content-Type"] = jsonCT
+	if c.auth != "" {
+		hdr["Authorization"] = []string{c.auth}
+	}
+	segs := c.segs
+	nseg := c.nseg
+	pr.Out.Body = newSegReader(segs, nseg)
+	pr.Out.ContentLength = c.length
+	pr.Out.GetBody = func() (io.ReadCloser, error) { return newSegReader(segs, nseg), nil }
+	c.upStart = time.Now()
+}
+
+// responseHeaderDrops are upstream response headers the client must not see:
+// cookies of the provider's edge and the identity of Tollgate's account.
+var responseHeaderDrops = []string{"Set-Cookie", "Openai-Organization", "Openai-Project"}
+
+func (h *handler) modifyResponse(resp *http.Response) error {
+	c := resp.Request.Context().Value(callKey{}).(*call)
+	c.status = resp.StatusCode
+	h.m.upstream[c.route].Observe(time.Since(c.upStart).Seconds())
+	for _, k := range responseHeaderDrops {
+		delete(resp.Header, k)
+	}
+	// The upstream account's rate limits are not the caller's; LiteLLM
+	// passes them on under this prefix, and Tollgate's own x-ratelimit-*
+	// headers belong to its rate limiter.
+	for k, v := range resp.Header {
+		if len(k) > 12 && strings.EqualFold(k[:12], "X-Ratelimit-") {
+			delete(resp.Header, k)
+			resp.Header["Llm_provider-"+k] = v
+		}
+	}
+	if c.stream && isEventStream(resp.Header.Get("Content-Type")) {
+		resp.Body = newSSEFilter(resp.Body, c)
+		resp.Header.Del("Content-Length")
+		resp.ContentLength = -1
+		return nil
+	}
+	resp.Body = newUsageSniffer(resp.Body, c)
+	return nil
+}
+
+func isEventStream(ct string) bool {
+	return strings.HasPrefix(strings.TrimSpace(strings.ToLower(ct)), "text/event-stream")
+}
+
+var (
+	rejUpstreamDown = enforce.New(enforce.OK, http.StatusBadGateway, enforce.TypeUpstream,
+		"Upstream connection failed", "")
+	rejUpstreamTimeout = enforce.New(enforce.OK, http.StatusGatewayTimeout, enforce.TypeTimeout,
+		"Upstream request timed out", "")
+)
+
+func (h *handler) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	c := r.Context().Value(callKey{}).(*call)
+	c.upstreamErr = err
+	c.errOutcome = true
+	switch {
+	case c.clientCtx.Err() != nil:
+		// The client left; nobody reads an answer. 499 as nginx logs it.
+		c.outcome, c.status = outClientClosed, 499
+		return
+	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+		c.outcome = outTimeout
+		c.status = rejUpstreamTimeout.Status
+		writeRejection(w, rejUpstreamTimeout)
+	default:
+		c.outcome = outUnreachable
+		c.status = rejUpstreamDown.Status
+		writeRejection(w, rejUpstreamDown)
+	}
+	h.log.Warn("upstream call failed", "route", c.route.Path(), "model", c.body.Model,
+		"deployment", c.dep.ID, "status", c.status, "err", err)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// finish counts the request and reports its outcome.
+func (h *handler) finish(c *call) {
+	switch {
+	case c.errOutcome:
+	case c.aborted && c.clientCtx.Err() != nil:
+		c.outcome = outClientClosed
+	case c.aborted && c.upCtx.Err() == context.DeadlineExceeded:
+		c.outcome = outTimeout
+	case c.aborted:
+		c.outcome = outAborted
+	case c.status >= 500:
+		c.outcome = outUpstream5xx
+	case c.status >= 400:
+		c.outcome = outUpstream4xx
+	default:
+		c.outcome = int(enforce.OK)
+	}
+	h.m.count(c.route, c.outcome)
+	if h.onUsage == nil && c.gateDone == nil {
+		return
+	}
+	k := &c.principal.Key
+	o := Outcome{
+		TokenID:        k.TokenID,
+		TeamID:         k.TeamID,
+		UserID:         k.UserID,
+		OrganizationID: k.OrganizationID,
+		EndUser:        c.body.EndUser(),
+		Model:          c.body.Model,
+		DeploymentID:   c.dep.ID,
+		UpstreamModel:  c.dep.UpstreamModel,
+		Route:          c.route,
+		Status:         c.status,
+		Streamed:       c.stream,
+		UsageKnown:     c.usageKnown,
+		Usage:          c.usage,
+		Aborted:        c.aborted,
+		Start:          c.start,
+		Duration:       time.Since(c.start),
+	}
+	if o.OrganizationID == "" && c.principal.Org != nil {
+		o.OrganizationID = c.principal.Org.OrganizationID
+	}
+	if c.gateDone != nil {
+		c.gateDone(o)
+	}
+	if h.onUsage != nil {
+		h.onUsage(o)
+	}
+}
+
+// segReader reads the planned body segments in order.
+type segReader struct {
+	segs [5][]byte
+	n, i int
+}
+
+func newSegReader(segs [5][]byte, n int) *segReader { return &segReader{segs: segs, n: n} }
+
+func (s *segReader) Read(p []byte) (int, error) {
+	total := 0
+	for s.i < s.n && len(p) > 0 {
+		k := copy(p, s.segs[s.i])
+		s.segs[s.i] = s.segs[s.i][k:]
+		p = p[k:]
+		total += k
+		if len(s.segs[s.i]) == 0 {
+			s.i++
+		}
+	}
+	if s.i >= s.n {
+		return total, io.EOF
+	}
+	return total, nil
+}
+
+func (s *segReader) Close() error { return nil }
+
+// Provider prefixes of OpenAI-compatible upstreams. The prefix selects the
+// default api_base and is stripped from the model name sent upstream.
+var providerBases = map[string]string{
+	"openai":                 "https://api.openai.com/v1",
+	"text-completion-openai": "https://api.openai.com/v1",
+	"custom_openai":          "",
+	"openai_like":            "",
+	"hosted_vllm":            "",
+	"vllm":                   "",
+	"litellm_proxy":          "",
+	"lm_studio":              "",
+	"groq":                   "https://api.groq.com/openai/v1",
+	"together_ai":            "https://api.together.xyz/v1",
+	"deepseek":               "https://api.deepseek.com/v1",
+	"mistral":                "https://api.mistral.ai/v1",
+	"fireworks_ai":           "https://api.fireworks.ai/inference/v1",
+	"openrouter":             "https://openrouter.ai/api/v1",
+	"xai":                    "https://api.x.ai/v1",
+	"deepinfra":              "https://api.deepinfra.com/v1/openai",
+	"perplexity":             "https://api.perplexity.ai",
+}
+
+// upstreamModelName strips a known provider prefix: "openai/gpt-4o-mini" ->
+// "gpt-4o-mini", "hosted_vllm/meta-llama/Llama-3" -> "meta-llama/Llama-3".
+// A name without a known prefix is sent as configured.
+func upstreamModelName(m string) string {
+	if p, rest, ok := strings.Cut(m, "/"); ok {
+		if _, known := providerBases[p]; known {
+			return rest
+		}
+	}
+	return m
+}
+
+// upstreamBase is a parsed api_base with the URL of every route under it.
+type upstreamBase struct {
+	urls [enforce.NumRoutes]*url.URL
+}
+
+// base returns the deployment's parsed api_base (nil when unusable), cached
+// by its string so requests do not parse URLs.
+//
+// A configured api_base gets the OpenAI path appended with /v1 unless it
+// already ends in a version segment ("http://vllm:8000" and
+// "http://vllm:8000/v1" both reach http://vllm:8000/v1/chat/completions). A
+// provider's default base is complete as it is.
+func (h *handler) base(m *state.Model) *upstreamBase {
+	raw, exact := m.APIBase, false
+	if raw == "" {
+		p, _, _ := strings.Cut(m.UpstreamModel, "/")
+		raw, exact = providerBases[p], true
+		if raw == "" {
+			return nil
+		}
+	}
+	cache := &h.bases
+	if exact {
+		cache = &h.defaultBases
+	}
+	if v, ok := cache.Load(raw); ok {
+		return v.(*upstreamBase)
+	}
+	u, err := url.Parse(strings.TrimRight(raw, "/"))
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil
+	}
+	u.RawQuery, u.Fragment, u.RawPath = "", "", ""
+	prefix := u.Path
+	if !exact && !endsWithVersion(prefix) {
+		prefix += "/v1"
+	}
+	b := &upstreamBase{}
+	for r := enforce.Route(1); int(r) < enforce.NumRoutes; r++ {
+		ru := *u
+		ru.Path = prefix + r.Path()
+		b.urls[r] = &ru
+	}
+	v, _ := cache.LoadOrStore(raw, b)
+	return v.(*upstreamBase)
+}
+
+// endsWithVersion reports whether path ends in /v<digits>.
+func endsWithVersion(path string) bool {
+	i := strings.LastIndexByte(path, '/')
+	seg := path[i+1:]
+	if len(seg) < 2 || seg[0] != 'v' {
+		return false
+	}
+	for _, c := range seg[1:] {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,288 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+
+	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
+)
+
+// parseUsage reads prompt/completion/total tokens from a raw usage object.
+func parseUsage(raw []byte) (Usage, bool) {
+	var o enforce.Object
+	if len(raw) == 0 || raw[0] != '{' || o.Parse(raw) != nil {
+		return Usage{}, false
+	}
+	var u Usage
+	if s, ok := o.Lookup("prompt_tokens"); ok {
+		u.PromptTokens, _ = enforce.ParseInt(o.Raw(s))
+	}
+	if s, ok := o.Lookup("completion_tokens"); ok {
+		u.CompletionTokens, _ = enforce.ParseInt(o.Raw(s))
+	}
+	if s, ok := o.Lookup("total_tokens"); ok {
+		u.TotalTokens, _ = enforce.ParseInt(o.Raw(s))
+	} else {
+		u.TotalTokens = u.PromptTokens + u.CompletionTokens
+	}
+	return u, true
+}
+
+// maxEvent bounds how much of one SSE event is held back to inspect it; a
+// larger event passes through uninspected.
+const maxEvent = 1 << 20
+
+// sseFilter passes an upstream SSE stream through event by event, reads the
+// usage chunk, and drops it when Tollgate (not the client) asked for it.
+type sseFilter struct {
+	src  io.ReadCloser
+	c    *call
+	in   []byte // received, not yet a complete event
+	out  []byte // complete events to hand to the client
+	off  int    // read position in out
+	err  error
+	pass bool // an oversized event: stop inspecting
+}
+
+func newSSEFilter(src io.ReadCloser, c *call) *sseFilter {
+	return &sseFilter{src: src, c: c, in: make([]byte, 0, 8<<10), out: make([]byte, 0, 8<<10)}
+}
+
+// Read returns as soon as at least one complete event is available, so the
+// proxy (FlushInterval -1) flushes chunk by chunk.
+func (f *sseFilter) Read(p []byte) (int, error) {
+	for {
+		if f.off < len(f.out) {
+			n := copy(p, f.out[f.off:])
+			f.off += n
+			return n, nil
+		}
+		if f.err != nil {
+			return 0, f.err
+		}
+		f.out, f.off = f.out[:0], 0
+		if len(f.in) == cap(f.in) {
+			f.in = append(f.in, 0)[:len(f.in)]
+		}
+		n, err := f.src.Read(f.in[len(f.in):cap(f.in)])
+		f.in = f.in[:len(f.in)+n]
+		f.process(err != nil)
+		f.err = err
+	}
+}
+
+func (f *sseFilter) Close() error { return f.src.Close() }
+
+// process moves complete events from in to out; at the end of the stream the
+// remainder goes out as it is.
+func (f *sseFilter) process(final bool) {
+	start := 0
+	for !f.pass {
+		end := eventEnd(f.in, start)
+		if end < 0 {
+			break
+		}
+		ev := f.in[start:end]
+		if !f.inspect(ev) {
+			f.out = append(f.out, ev...)
+		}
+		start = end
+	}
+	rest := f.in[start:]
+	if final || f.pass || len(rest) > maxEvent {
+		f.pass = f.pass || len(rest) > maxEvent
+		f.out = append(f.out, rest...)
+		rest = rest[:0]
+	}
+	f.in = f.in[:copy(f.in, rest)]
+}
+
+// eventEnd returns the offset after the blank line that ends the event
+// starting at from, or -1.
+func eventEnd(b []byte, from int) int {
+	i := from
+	for {
+		j := bytes.IndexByte(b[i:], '\n')
+		if j < 0 {
+			return -1
+		}
+		i += j + 1
+		if i < len(b) && b[i] == '\n' {
+			return i + 1
+		}
+		if i+1 < len(b) && b[i] == '\r' && b[i+1] == '\n' {
+			return i + 2
+		}
+	}
+}
+
+var (
+	usageKey  = []byte(`"usage"`)
+	dataField = []byte("data:")
+)
+
+// inspect records usage from an event and reports whether to drop it.
+func (f *sseFilter) inspect(ev []byte) (drop bool) {
+	if !bytes.Contains(ev, usageKey) {
+		return false
+	}
+	i := bytes.Index(ev, dataField)
+	if i < 0 || (i > 0 && ev[i-1] != '\n') {
+		return false
+	}
+	data := ev[i+len(dataField):]
+	if j := bytes.IndexByte(data, '\n'); j >= 0 {
+		data = data[:j]
+	}
+	data = bytes.TrimSpace(data)
+	var o enforce.Object
+	if o.Parse(data) != nil {
+		return false
+	}
+	s, ok := o.Lookup("usage")
+	if !ok {
+		return false
+	}
+	u, ok := parseUsage(o.Raw(s))
+	if !ok {
+		return false
+	}
+	f.c.usage, f.c.usageKnown = u, true
+	// The usage chunk OpenAI sends for include_usage has "choices": [].
+	// A provider that puts usage on a content chunk keeps the chunk.
+	if !f.c.hideUsage {
+		return false
+	}
+	ch, ok := o.Lookup("choices")
+	return ok && isEmptyArray(o.Raw(ch))
+}
+
+func isEmptyArray(b []byte) bool {
+	b = bytes.TrimSpace(b)
+	if len(b) < 2 || b[0] != '[' || b[len(b)-1] != ']' {
+		return false
+	}
+	return len(bytes.TrimSpace(b[1:len(b)-1])) == 0
+}
+
+// maxUsageCapture bounds the captured usage object.
+const maxUsageCapture = 16 << 10
+
+// usageSniffer passes a JSON response through untouched and picks the
+// top-level "usage" object out of it as it streams by, so a response is
+// never buffered whole. It tracks just enough JSON state for that: string
+// and escape state, depth, and whether the next string at depth 1 is a key.
+type usageSniffer struct {
+	src io.ReadCloser
+	c   *call
+
+	depth     int
+	inStr     bool
+	esc       bool
+	keyStr    bool
+	expectKey bool
+	top       bool // top-level value is an object
+	key       [8]byte
+	keyLen    int
+	keyLong   bool
+	usageNext bool
+	capturing bool
+	broken    bool
+	capBuf    []byte
+}
+
+func newUsageSniffer(src io.ReadCloser, c *call) *usageSniffer {
+	return &usageSniffer{src: src, c: c}
+}
+
+func (s *usageSniffer) Read(p []byte) (int, error) {
+	n, err := s.src.Read(p)
+	if n > 0 && !s.broken {
+		s.feed(p[:n])
+	}
+	return n, err
+}
+
+func (s *usageSniffer) Close() error { return s.src.Close() }
+
+func (s *usageSniffer) feed(b []byte) {
+	for i := 0; i < len(b); i++ {
+		if s.inStr && !s.keyStr && !s.capturing && !s.esc {
+			// Skip string content fast: to the next quote or backslash.
+			rest := b[i:]
+			q := bytes.IndexByte(rest, '"')
+			if q >= 0 {
+				rest = rest[:q]
+			}
+			if bs := bytes.IndexByte(rest, '\\'); bs >= 0 {
+				i += bs
+			} else if q >= 0 {
+				i += q
+			} else {
+				return
+			}
+		}
+		c := b[i]
+		if s.capturing {
+			if len(s.capBuf) >= maxUsageCapture {
+				s.capturing, s.broken = false, true
+				return
+			}
+			s.capBuf = append(s.capBuf, c)
+		}
+		if s.inStr {
+			switch {
+			case s.esc:
+				s.esc = false
+				s.keyLong = true // escaped keys are never "usage"
+			case c == '\\':
+				s.esc = true
+			case c == '"':
+				s.inStr = false
+				if s.keyStr {
+					s.usageNext = !s.keyLong && string(s.key[:s.keyLen]) == "usage"
+				}
+			case s.keyStr:
+				if s.keyLen < len(s.key) {
+					s.key[s.keyLen] = c
+					s.keyLen++
+				} else {
+					s.keyLong = true
+				}
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			s.inStr = true
+			s.keyStr = s.top && s.depth == 1 && s.expectKey
+			s.keyLen, s.keyLong = 0, false
+		case ':':
+			if s.depth == 1 {
+				s.expectKey = false
+			}
+		case ',':
+			if s.depth == 1 {
+				s.expectKey, s.usageNext = true, false
+			}
+		case '{', '[':
+			if s.depth == 0 {
+				s.top = c == '{'
+				s.expectKey = s.top
+			}
+			if s.depth == 1 && s.usageNext && c == '{' && !s.capturing {
+				s.capturing = true
+				s.capBuf = append(s.capBuf[:0], c)
+			}
+			s.depth++
+		case '}', ']':
+			s.depth--
+			if s.capturing && s.depth == 1 {
+				s.capturing = false
+				if u, ok := parseUsage(s.capBuf); ok {
+					s.c.usage, s.c.usageKnown = u, true
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,186 @@
+package state
+
+import (
+	"fmt"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/state/statetest"
+)
+
+const bigN = 1_000_000
+
+var big struct {
+	once   sync.Once
+	s      *State
+	hashes [][32]byte
+}
+
+// loadBig builds a state with 1M keys (and 100k users, 1000 teams) once per
+// benchmark binary.
+func loadBig(b *testing.B) *State {
+	big.once.Do(func() {
+		s := New()
+		bl := s.NewSnapshot(1)
+		if err := statetest.Snapshot(bigN, bl.Add); err != nil {
+			b.Fatal(err)
+		}
+		s.Install(bl)
+		big.s = s
+		big.hashes = make([][32]byte, bigN)
+		for i := range big.hashes {
+			big.hashes[i] = statetest.Hash(i)
+		}
+	})
+	return big.s
+}
+
+// BenchmarkLookupKey: 1M keys loaded, lookups of random present keys.
+func BenchmarkLookupKey(b *testing.B) {
+	s := loadBig(b)
+	// A fixed pseudo-random walk over all keys, so caches are cold as in
+	// production with many clients.
+	b.ReportAllocs()
+	b.ResetTimer()
+	j := 0
+	for i := 0; i < b.N; i++ {
+		j = (j + 7919) % bigN
+		if _, ok := s.LookupKey(&big.hashes[j], 0); !ok {
+			b.Fatal("miss")
+		}
+	}
+}
+
+func BenchmarkLookupKeyMiss(b *testing.B) {
+	s := loadBig(b)
+	h := statetest.Hash(bigN + 1)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		h[0] = byte(i)
+		h[1] = byte(i >> 8)
+		if _, ok := s.LookupKey(&h, 0); ok {
+			b.Fatal("hit")
+		}
+	}
+}
+
+func BenchmarkLookupKeyParallel(b *testing.B) {
+	s := loadBig(b)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		j := int(time.Now().UnixNano() % bigN)
+		for pb.Next() {
+			j = (j + 7919) % bigN
+			if _, ok := s.LookupKey(&big.hashes[j], 0); !ok {
+				b.Fatal("miss")
+			}
+		}
+	})
+}
+
+// BenchmarkApplyDeltaSmall: a delta updating 2 keys and deleting+recreating
+// one, against 1M keys.
+func BenchmarkApplyDeltaSmall(b *testing.B) {
+	s := loadBig(b)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		rev := s.Revision()
+		k := i % 1000
+		d := &syncv1.Delta{PrevRevision: rev, Revision: rev + 1, Changes: []*syncv1.Entity{
+			statetest.Key(k), statetest.Key(k + 1000), statetest.Tombstone(KindKey, statetest.TokenID(k+2000)),
+		}}
+		if err := s.ApplyDelta(d); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		rev++
+		_ = s.ApplyDelta(&syncv1.Delta{PrevRevision: rev, Revision: rev + 1, Changes: []*syncv1.Entity{statetest.Key(k + 2000)}})
+		b.StartTimer()
+	}
+}
+
+// BenchmarkBuild1M: Builder.Add of a whole 1M-key snapshot, then Install.
+func BenchmarkBuild1M(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		s := New()
+		bl := s.NewSnapshot(1)
+		if err := statetest.Snapshot(bigN, bl.Add); err != nil {
+			b.Fatal(err)
+		}
+		s.Install(bl)
+	}
+}
+
+// BenchmarkMemory1M reports the heap held per key with 1M keys (keys only)
+// and what a full GC costs with them loaded, against a Go map of pointers to
+// key structs holding the same data.
+func BenchmarkMemory1M(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		gcWall := func() time.Duration {
+			runtime.GC()
+			t0 := time.Now()
+			runtime.GC()
+			return time.Since(t0)
+		}
+		var m0, m1 runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&m0)
+		base := gcWall()
+
+		s := New()
+		bl := s.NewSnapshot(1)
+		for k := range bigN {
+			if err := bl.Add(statetest.Key(k)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		s.Install(bl)
+		runtime.GC()
+		runtime.ReadMemStats(&m1)
+		withTable := gcWall()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		pause := ms.PauseNs[(ms.NumGC+255)%256]
+		st := s.Stats()
+		b.ReportMetric(float64(m1.HeapAlloc-m0.HeapAlloc)/bigN, "heap-B/key")
+		b.ReportMetric(float64(st.KeyTableBytes)/bigN, "table-B/key")
+		b.ReportMetric(float64(withTable.Microseconds())/1000, "gc-ms")
+		b.ReportMetric(float64(base.Microseconds())/1000, "gc-empty-ms")
+		b.ReportMetric(float64(pause)/1000, "last-pause-µs")
+		runtime.KeepAlive(s)
+		s = nil
+
+		// Baseline: what DESIGN.md warns about.
+		m := make(map[[32]byte]*KeyInfo, bigN)
+		for k := range bigN {
+			e := statetest.Key(k).GetKey()
+			m[[32]byte(e.KeyHash)] = &KeyInfo{
+				TokenID: e.TokenId, UserID: e.UserId, TeamID: e.TeamId, OrganizationID: e.OrganizationId,
+				Limits: Limits{BudgetDuration: e.Limits.BudgetDuration}, Policy: &Policy{Models: e.Models},
+			}
+		}
+		var m2 runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&m2)
+		b.ReportMetric(float64(gcWall().Microseconds())/1000, "gc-ptrmap-ms")
+		b.ReportMetric(float64(m2.HeapAlloc-m0.HeapAlloc)/bigN, "ptrmap-B/key")
+		runtime.KeepAlive(m)
+	}
+}
+
+func ExampleState_LookupKey() {
+	s := New()
+	b := s.NewSnapshot(1)
+	_ = b.Add(statetest.Key(42))
+	s.Install(b)
+	h := statetest.Hash(42)
+	ki, ok := s.LookupKey(&h, time.Now().Unix())
+	fmt.Println(ok, ki.TokenID == statetest.TokenID(42), ki.TeamID)
+	// Output: true true team-42
+}

@@ -1,0 +1,385 @@
+// Package syncclient keeps a data plane's replica current: it holds one
+// SyncService stream to the control plane, applies the snapshot or deltas it
+// receives, and reconnects with jittered exponential backoff.
+//
+// # Architecture
+//
+// Run loops over sessions. A session dials (lazily, through one shared
+// grpc.ClientConn), sends Hello with the replica's revision, then applies
+// every message in order on the receiving goroutine: snapshot chunks go to
+// ApplyChunk (installed atomically on the last chunk), deltas to ApplyDelta
+// (which checks prev_revision; a gap ends the session so the next Hello
+// resubscribes from what the replica holds), heartbeats update the head
+// and the time of last contact. After each applied delta or snapshot the
+// client reports Applied{revision} so the control plane can show lag.
+//
+// # Thread safety
+//
+// Run must be called once. Status may be called from any goroutine.
+//
+// # Failure modes
+//
+//   - Control plane down or unreachable: sessions fail fast, backoff grows
+//     from MinBackoff to MaxBackoff with full jitter, so a restarted control
+//     plane is not hit by every proxy at the same instant. The replica keeps
+//     serving what it holds (static stability).
+//   - Wrong sync token: the control plane answers Unauthenticated; the client
+//     logs it (never the token) and keeps retrying at MaxBackoff.
+//   - Stream broken mid-snapshot: the partial snapshot is discarded; the
+//     replica still serves its previous state.
+//   - No message (not even a heartbeat) for StallTimeout: the session is
+//     considered dead and restarted.
+package syncclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
+)
+
+// Applier is the replica the client feeds.
+type Applier interface {
+	Revision() int64
+	ApplyChunk(c *syncv1.SnapshotChunk) (installed bool, err error)
+	AbortSnapshot()
+	ApplyDelta(d *syncv1.Delta) error
+}
+
+// Options configure a Client.
+type Options struct {
+	Addr    string // control plane gRPC address, host:port
+	Token   string // sync token
+	ProxyID string
+	Version string
+	Logger  *slog.Logger
+	// Registry, when set, receives the sync metrics.
+	Registry *prometheus.Registry
+	// MinBackoff and MaxBackoff bound reconnect delays (defaults 100ms, 5s).
+	MinBackoff, MaxBackoff time.Duration
+	// StallTimeout ends a session that received nothing (default 30s;
+	// heartbeats come every few seconds).
+	StallTimeout time.Duration
+	// DialOptions are appended to the defaults (tests use them).
+	DialOptions []grpc.DialOption
+}
+
+// Status is the client's view of the sync connection.
+type Status struct {
+	Connected   bool
+	Revision    int64
+	Head        int64
+	LastContact time.Time // last message from the control plane
+	CurrentAt   time.Time // last time the replica was known to be at the head
+}
+
+// Client is a sync client.
+type Client struct {
+	a   Applier
+	o   Options
+	log *slog.Logger
+
+	mu sync.Mutex
+	st Status
+
+	m metrics
+}
+
+type metrics struct {
+	connected  prometheus.Gauge
+	revision   prometheus.Gauge
+	head       prometheus.Gauge
+	reconnects prometheus.Counter
+	snapshots  prometheus.Counter
+	deltas     prometheus.Counter
+	errors     *prometheus.CounterVec
+}
+
+// New returns a client; call Run.
+func New(a Applier, o Options) *Client {
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = 100 * time.Millisecond
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = 5 * time.Second
+	}
+	if o.MaxBackoff < o.MinBackoff {
+		o.MaxBackoff = o.MinBackoff
+	}
+	if o.StallTimeout <= 0 {
+		o.StallTimeout = 30 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	c := &Client{a: a, o: o, log: o.Logger.With("component", "sync")}
+	c.st.Revision = a.Revision()
+	c.m = metrics{
+		connected:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "tollgate_sync_connected", Help: "1 while a sync stream to the control plane is established."}),
+		revision:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "tollgate_sync_revision", Help: "Revision of the state this proxy serves."}),
+		head:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "tollgate_sync_head_revision", Help: "Head revision last announced by the control plane."}),
+		reconnects: prometheus.NewCounter(prometheus.CounterOpts{Name: "tollgate_sync_sessions_total", Help: "Sync sessions started."}),
+		snapshots:  prometheus.NewCounter(prometheus.CounterOpts{Name: "tollgate_sync_snapshots_applied_total", Help: "Full snapshots installed."}),
+		deltas:     prometheus.NewCounter(prometheus.CounterOpts{Name: "tollgate_sync_deltas_applied_total", Help: "Deltas applied."}),
+		errors:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tollgate_sync_session_errors_total", Help: "Sync sessions ended by an error, by reason."}, []string{"reason"}),
+	}
+	c.m.revision.Set(float64(c.st.Revision))
+	if o.Registry != nil {
+		o.Registry.MustRegister(c.m.connected, c.m.revision, c.m.head, c.m.reconnects, c.m.snapshots, c.m.deltas, c.m.errors,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tollgate_sync_state_age_seconds", Help: "Seconds since the replica was last known to be at the control plane's head (-1: never)."}, func() float64 {
+				s := c.Status()
+				if s.CurrentAt.IsZero() {
+					return -1
+				}
+				return time.Since(s.CurrentAt).Seconds()
+			}),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tollgate_sync_last_contact_age_seconds", Help: "Seconds since the last message from the control plane (-1: never)."}, func() float64 {
+				s := c.Status()
+				if s.LastContact.IsZero() {
+					return -1
+				}
+				return time.Since(s.LastContact).Seconds()
+			}),
+		)
+	}
+	return c
+}
+
+// Status returns the current sync status.
+func (c *Client) Status() Status {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.st
+}
+
+// Run keeps the replica in sync until ctx ends.
+func (c *Client) Run(ctx context.Context) error {
+	opts := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256 << 20)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+	}, c.o.DialOptions...)
+	conn, err := grpc.NewClient(c.o.Addr, opts...)
+	if err != nil {
+		return fmt.Errorf("sync: %w", err)
+	}
+	defer conn.Close()
+	cl := syncv1.NewSyncServiceClient(conn)
+
+	backoff := c.o.MinBackoff
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := c.session(ctx, cl)
+		c.setConnected(false)
+		c.a.AbortSnapshot()
+		if ctx.Err() != nil {
+			return nil
+		}
+		reason, lvl := classify(err)
+		c.m.errors.WithLabelValues(reason).Inc()
+		c.log.Log(ctx, lvl, "sync session ended", "reason", reason, "err", sanitize(err))
+		if time.Since(start) > 10*time.Second {
+			backoff = c.o.MinBackoff // a session that lived resets the backoff
+		}
+		if reason == "unauthenticated" {
+			backoff = c.o.MaxBackoff
+		}
+		// Full jitter: sleep uniformly in [backoff/2, backoff].
+		d := backoff/2 + rand.N(backoff/2+1)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(d):
+		}
+		if backoff *= 2; backoff > c.o.MaxBackoff {
+			backoff = c.o.MaxBackoff
+		}
+	}
+	return nil
+}
+
+var errGapOrder = errors.New("delta out of order")
+
+func classify(err error) (string, slog.Level) {
+	switch status.Code(err) {
+	case codes.Unauthenticated, codes.PermissionDenied:
+		return "unauthenticated", slog.LevelError
+	case codes.FailedPrecondition:
+		return "sync_disabled", slog.LevelError
+	case codes.Unavailable:
+		return "unavailable", slog.LevelWarn
+	case codes.Aborted:
+		return "aborted", slog.LevelInfo
+	case codes.DeadlineExceeded:
+		return "stalled", slog.LevelWarn
+	}
+	if errors.Is(err, errGapOrder) {
+		return "gap", slog.LevelInfo
+	}
+	if errors.Is(err, io.EOF) {
+		return "eof", slog.LevelInfo
+	}
+	return "error", slog.LevelWarn
+}
+
+// sanitize keeps error text short; gRPC errors never carry our token, but
+// bound the length anyway.
+func sanitize(err error) string {
+	if err == nil {
+		return ""
+	}
+	s := err.Error()
+	if len(s) > 300 {
+		s = s[:300]
+	}
+	return s
+}
+
+func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sctx = metadata.AppendToOutgoingContext(sctx, "authorization", "Bearer "+c.o.Token)
+	c.m.reconnects.Inc()
+	stream, err := cl.Sync(sctx)
+	if err != nil {
+		return err
+	}
+	rev := c.a.Revision()
+	if err := stream.Send(&syncv1.ProxyMessage{Msg: &syncv1.ProxyMessage_Hello{Hello: &syncv1.Hello{ProxyId: c.o.ProxyID, Revision: rev, Version: c.o.Version}}}); err != nil {
+		return recvErr(stream, err)
+	}
+
+	// A watchdog ends the session when nothing arrives for StallTimeout.
+	alive := make(chan struct{}, 1)
+	go func() {
+		t := time.NewTimer(c.o.StallTimeout)
+		defer t.Stop()
+		for {
+			select {
+			case <-sctx.Done():
+				return
+			case <-alive:
+				if !t.Stop() {
+					select {
+					case <-t.C:
+					default:
+					}
+				}
+				t.Reset(c.o.StallTimeout)
+			case <-t.C:
+				c.log.Warn("sync stream stalled; reconnecting", "timeout", c.o.StallTimeout)
+				cancel()
+				return
+			}
+		}
+	}()
+
+	first := true
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			if sctx.Err() != nil && ctx.Err() == nil {
+				return status.Error(codes.DeadlineExceeded, "stream stalled")
+			}
+			return err
+		}
+		select {
+		case alive <- struct{}{}:
+		default:
+		}
+		now := time.Now()
+		if first {
+			first = false
+			c.setConnected(true)
+			c.log.Info("sync stream established", "control_plane", c.o.Addr, "revision", c.a.Revision())
+		}
+		switch m := msg.Msg.(type) {
+		case *syncv1.ControlMessage_Snapshot:
+			installed, err := c.a.ApplyChunk(m.Snapshot)
+			if err != nil {
+				return fmt.Errorf("snapshot chunk %d at revision %d: %w", m.Snapshot.GetSeq(), m.Snapshot.GetRevision(), err)
+			}
+			if installed {
+				c.m.snapshots.Inc()
+				c.log.Info("snapshot installed", "revision", m.Snapshot.GetRevision())
+				c.applied(stream, m.Snapshot.GetRevision(), now)
+			}
+		case *syncv1.ControlMessage_Delta:
+			d := m.Delta
+			cur := c.a.Revision()
+			if d.GetRevision() <= cur {
+				continue // already held (a snapshot newer than the stream's position)
+			}
+			if d.GetPrevRevision() != cur {
+				return fmt.Errorf("%w: holding %d, got delta %d after %d", errGapOrder, cur, d.GetRevision(), d.GetPrevRevision())
+			}
+			if err := c.a.ApplyDelta(d); err != nil {
+				return fmt.Errorf("delta %d: %w", d.GetRevision(), err)
+			}
+			c.m.deltas.Inc()
+			c.applied(stream, d.GetRevision(), now)
+		case *syncv1.ControlMessage_Heartbeat:
+			h := m.Heartbeat
+			c.mu.Lock()
+			c.st.Head = h.GetHeadRevision()
+			c.st.LastContact = now
+			if c.st.Revision >= h.GetHeadRevision() && c.st.Revision > 0 {
+				c.st.CurrentAt = now
+			}
+			c.mu.Unlock()
+			c.m.head.Set(float64(h.GetHeadRevision()))
+		}
+	}
+}
+
+func (c *Client) applied(stream grpc.BidiStreamingClient[syncv1.ProxyMessage, syncv1.ControlMessage], rev int64, now time.Time) {
+	c.mu.Lock()
+	c.st.Revision = rev
+	c.st.LastContact = now
+	if rev > c.st.Head {
+		c.st.Head = rev
+	}
+	if rev >= c.st.Head {
+		c.st.CurrentAt = now
+	}
+	c.mu.Unlock()
+	c.m.revision.Set(float64(rev))
+	// Best effort: a failed Send surfaces on the next Recv.
+	_ = stream.Send(&syncv1.ProxyMessage{Msg: &syncv1.ProxyMessage_Applied{Applied: &syncv1.Applied{Revision: rev}}})
+}
+
+func (c *Client) setConnected(v bool) {
+	c.mu.Lock()
+	c.st.Connected = v
+	c.mu.Unlock()
+	if v {
+		c.m.connected.Set(1)
+	} else {
+		c.m.connected.Set(0)
+	}
+}
+
+// recvErr returns the stream's real status after a failed Send (Send only
+// reports io.EOF).
+func recvErr(stream grpc.BidiStreamingClient[syncv1.ProxyMessage, syncv1.ControlMessage], err error) error {
+	if errors.Is(err, io.EOF) {
+		if _, rerr := stream.Recv(); rerr != nil {
+			return rerr
+		}
+	}
+	return err
+}

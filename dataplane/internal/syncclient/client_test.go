@@ -1,0 +1,230 @@
+package syncclient
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
+
+	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
+)
+
+// fakeApplier records what it is fed and enforces revision order.
+type fakeApplier struct {
+	mu      sync.Mutex
+	rev     int64
+	pending int64 // revision of a partial snapshot, -1 none
+	aborts  int
+	deltas  []int64
+}
+
+func (f *fakeApplier) Revision() int64 { f.mu.Lock(); defer f.mu.Unlock(); return f.rev }
+func (f *fakeApplier) ApplyChunk(c *syncv1.SnapshotChunk) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if c.GetLast() {
+		f.rev, f.pending = c.GetRevision(), -1
+		return true, nil
+	}
+	f.pending = c.GetRevision()
+	return false, nil
+}
+func (f *fakeApplier) AbortSnapshot() { f.mu.Lock(); f.aborts++; f.pending = -1; f.mu.Unlock() }
+func (f *fakeApplier) ApplyDelta(d *syncv1.Delta) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if d.GetPrevRevision() != f.rev {
+		return errors.New("gap")
+	}
+	f.rev = d.GetRevision()
+	f.deltas = append(f.deltas, d.GetRevision())
+	return nil
+}
+
+// fakeServer scripts one answer per session.
+type fakeServer struct {
+	syncv1.UnimplementedSyncServiceServer
+	mu       sync.Mutex
+	hellos   []int64
+	sessions []func(stream grpc.BidiStreamingServer[syncv1.ProxyMessage, syncv1.ControlMessage]) error
+	tokens   []string
+}
+
+func (s *fakeServer) Sync(stream grpc.BidiStreamingServer[syncv1.ProxyMessage, syncv1.ControlMessage]) error {
+	md, _ := metadata.FromIncomingContext(stream.Context())
+	m, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.tokens = append(s.tokens, md.Get("authorization")...)
+	s.hellos = append(s.hellos, m.GetHello().GetRevision())
+	var fn func(grpc.BidiStreamingServer[syncv1.ProxyMessage, syncv1.ControlMessage]) error
+	if len(s.sessions) > 0 {
+		fn, s.sessions = s.sessions[0], s.sessions[1:]
+	}
+	s.mu.Unlock()
+	if fn == nil {
+		<-stream.Context().Done()
+		return nil
+	}
+	return fn(stream)
+}
+
+func (s *fakeServer) Hellos() []int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]int64(nil), s.hellos...)
+}
+
+func start(t *testing.T, srv *fakeServer, a Applier) *Client {
+	t.Helper()
+	lis := bufconn.Listen(1 << 20)
+	g := grpc.NewServer()
+	syncv1.RegisterSyncServiceServer(g, srv)
+	go func() { _ = g.Serve(lis) }()
+	t.Cleanup(g.Stop)
+	c := New(a, Options{
+		Addr: "passthrough:///bufnet", Token: "tok", ProxyID: "p1",
+		MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond,
+		DialOptions: []grpc.DialOption{
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+		},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return c
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+type sendFn = grpc.BidiStreamingServer[syncv1.ProxyMessage, syncv1.ControlMessage]
+
+func snap(rev int64, seq int32, last bool) *syncv1.ControlMessage {
+	return &syncv1.ControlMessage{Msg: &syncv1.ControlMessage_Snapshot{Snapshot: &syncv1.SnapshotChunk{Revision: rev, Seq: seq, Last: last}}}
+}
+
+func delta(rev int64) *syncv1.ControlMessage {
+	return &syncv1.ControlMessage{Msg: &syncv1.ControlMessage_Delta{Delta: &syncv1.Delta{Revision: rev, PrevRevision: rev - 1}}}
+}
+
+func TestSnapshotThenDeltas(t *testing.T) {
+	srv := &fakeServer{sessions: []func(sendFn) error{func(s sendFn) error {
+		for _, m := range []*syncv1.ControlMessage{snap(5, 0, false), snap(5, 1, true), delta(6), delta(7)} {
+			if err := s.Send(m); err != nil {
+				return err
+			}
+		}
+		<-s.Context().Done()
+		return nil
+	}}}
+	a := &fakeApplier{}
+	c := start(t, srv, a)
+	eventually(t, "revision 7", func() bool { return a.Revision() == 7 })
+	if st := c.Status(); !st.Connected || st.Revision != 7 {
+		t.Fatalf("status %+v", st)
+	}
+	if srv.tokens[0] != "Bearer tok" {
+		t.Fatalf("token %q", srv.tokens)
+	}
+}
+
+func TestGapResubscribesFromHeldRevision(t *testing.T) {
+	srv := &fakeServer{sessions: []func(sendFn) error{
+		func(s sendFn) error {
+			_ = s.Send(snap(3, 0, true))
+			_ = s.Send(delta(4))
+			// Revision 5 is missing: the client must drop the stream.
+			_ = s.Send(delta(6))
+			<-s.Context().Done()
+			return nil
+		},
+		func(s sendFn) error {
+			_ = s.Send(delta(5))
+			_ = s.Send(delta(6))
+			<-s.Context().Done()
+			return nil
+		},
+	}}
+	a := &fakeApplier{}
+	start(t, srv, a)
+	eventually(t, "revision 6", func() bool { return a.Revision() == 6 })
+	if h := srv.Hellos(); len(h) < 2 || h[0] != 0 || h[1] != 4 {
+		t.Fatalf("hellos %v, want [0 4 ...]", h)
+	}
+}
+
+func TestBrokenSnapshotIsAbortedAndRetried(t *testing.T) {
+	srv := &fakeServer{sessions: []func(sendFn) error{
+		func(s sendFn) error {
+			_ = s.Send(snap(9, 0, false))
+			return status.Error(codes.Unavailable, "going away")
+		},
+		func(s sendFn) error {
+			_ = s.Send(snap(9, 0, false))
+			_ = s.Send(snap(9, 1, true))
+			<-s.Context().Done()
+			return nil
+		},
+	}}
+	a := &fakeApplier{}
+	start(t, srv, a)
+	eventually(t, "revision 9", func() bool { return a.Revision() == 9 })
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.aborts < 1 {
+		t.Fatal("partial snapshot not aborted")
+	}
+}
+
+func TestUnauthenticatedKeepsRetrying(t *testing.T) {
+	var n int
+	var mu sync.Mutex
+	refuse := func(s sendFn) error {
+		mu.Lock()
+		n++
+		mu.Unlock()
+		return status.Error(codes.Unauthenticated, "bad sync token")
+	}
+	srv := &fakeServer{sessions: []func(sendFn) error{refuse, refuse, func(s sendFn) error {
+		_ = s.Send(snap(1, 0, true))
+		<-s.Context().Done()
+		return nil
+	}}}
+	a := &fakeApplier{}
+	start(t, srv, a)
+	eventually(t, "revision 1 after refusals", func() bool { return a.Revision() == 1 })
+}
+
+func TestHeartbeatMarksCurrent(t *testing.T) {
+	srv := &fakeServer{sessions: []func(sendFn) error{func(s sendFn) error {
+		_ = s.Send(snap(2, 0, true))
+		_ = s.Send(&syncv1.ControlMessage{Msg: &syncv1.ControlMessage_Heartbeat{Heartbeat: &syncv1.Heartbeat{HeadRevision: 2}}})
+		<-s.Context().Done()
+		return nil
+	}}}
+	a := &fakeApplier{}
+	c := start(t, srv, a)
+	eventually(t, "heartbeat", func() bool { st := c.Status(); return st.Head == 2 && !st.CurrentAt.IsZero() })
+}

@@ -1,0 +1,165 @@
+// Command dataplane runs a Tollgate proxy: the OpenAI-compatible API in front
+// of the configured upstreams, deciding every request from a local replica of
+// the control plane's state (kept current over the sync stream and persisted
+// in a bbolt cache, so it keeps serving while the control plane is down).
+//
+// Every flag can also be set with an environment variable TOLLGATE_<FLAG>
+// (upper case, dashes as underscores); a flag given on the command line wins.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/tollgate-gw/tollgate/dataplane/internal/proxy"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/replica"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/syncclient"
+)
+
+// version is stamped by the build (-ldflags "-X main.version=...").
+var version = "dev"
+
+type options struct {
+	Listen       string
+	ControlPlane string
+	SyncToken    string
+	Cache        string
+	ID           string
+	LogLevel     string
+}
+
+func (o options) String() string {
+	tok := ""
+	if o.SyncToken != "" {
+		tok = "(sensitive)"
+	}
+	return fmt.Sprintf("listen=%s control-plane=%s sync-token=%s cache=%s id=%s", o.Listen, o.ControlPlane, tok, o.Cache, o.ID)
+}
+
+func main() {
+	var o options
+	host, _ := os.Hostname()
+	fs := flag.NewFlagSet("dataplane", flag.ContinueOnError)
+	fs.StringVar(&o.Listen, "listen", "127.0.0.1:4000", "address of the OpenAI-compatible API, health and /metrics")
+	fs.StringVar(&o.ControlPlane, "control-plane", "127.0.0.1:50051", "control plane gRPC address")
+	fs.StringVar(&o.SyncToken, "sync-token", "", "shared secret presented on the sync stream")
+	fs.StringVar(&o.Cache, "cache", "./tollgate-proxy.db", "bbolt cache of the synced state")
+	fs.StringVar(&o.ID, "id", host, "stable proxy id (default: hostname)")
+	fs.StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
+	if err := parseFlags(fs, os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		fmt.Fprintln(os.Stderr, "dataplane:", err)
+		os.Exit(2)
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(o.LogLevel)); err != nil {
+		fmt.Fprintln(os.Stderr, "dataplane: --log-level:", err)
+		os.Exit(2)
+	}
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})))
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o); err != nil {
+		slog.Error("dataplane failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+// parseFlags applies TOLLGATE_* environment variables, then the command line.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := "TOLLGATE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(name); ok && envErr == nil {
+			if err := f.Value.Set(v); err != nil {
+				envErr = fmt.Errorf("%s: %w", name, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return envErr
+	}
+	return fs.Parse(args)
+}
+
+func run(ctx context.Context, o options) error {
+	if o.SyncToken == "" {
+		slog.Warn("no --sync-token: the control plane will refuse this proxy; serving from the cache only")
+	}
+	slog.Info("starting data plane", "options", o.String(), "version", version)
+	start := time.Now()
+	rep, err := replica.Open(o.Cache, slog.Default())
+	if err != nil {
+		return fmt.Errorf("open cache: %w", err)
+	}
+	defer rep.Close()
+	if rep.State().Ready() {
+		slog.Info("serving from cache", "revision", rep.Revision(), "load", time.Since(start))
+	} else {
+		slog.Info("no cached state; not ready until the first snapshot arrives")
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	sc := syncclient.New(rep, syncclient.Options{
+		Addr:     o.ControlPlane,
+		Token:    o.SyncToken,
+		ProxyID:  o.ID,
+		Version:  version,
+		Registry: reg,
+	})
+	h := proxy.New(proxy.Options{
+		State:    rep.State(),
+		Registry: reg,
+		Logger:   slog.Default(),
+	})
+
+	ln, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", o.Listen, err)
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+	}
+	syncCtx, stopSync := context.WithCancel(context.Background())
+	syncDone := make(chan struct{})
+	go func() { defer close(syncDone); _ = sc.Run(syncCtx) }()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	slog.Info("data plane listening", "addr", ln.Addr().String())
+
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		stopSync()
+		<-syncDone
+		return err
+	}
+	slog.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	stopSync()
+	<-syncDone
+	return nil
+}
