@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"log/slog"
 	"os"
 	"runtime/debug"
@@ -23,7 +24,7 @@ import (
 // schemaVersion is the layout written by this package. Any other value on
 // disk is treated as corrupt: a cache is rebuilt from the control plane, so
 // there is no migration.
-const schemaVersion = 1
+const schemaVersion = 1 // values: CRC-32C || protobuf
 
 // lockTimeout bounds the wait for another process holding the file.
 var lockTimeout = 2 * time.Second // a variable for tests
@@ -148,7 +149,7 @@ func (c *Cache) moveAside(reason error) error {
 // openDB checks the file, opens it with bbolt and checks the schema.
 // Corruption of any kind comes back wrapping ErrCorrupt.
 func openDB(path string, log *slog.Logger) (db *bolt.DB, err error) {
-	if err := preflight(path); err != nil {
+	if err := verifyFile(path); err != nil {
 		return nil, err
 	}
 	// bbolt reads the file through mmap and panics (or faults) on some
@@ -237,6 +238,33 @@ func initSchema(db *bolt.DB, log *slog.Logger) error {
 	})
 }
 
+// castagnoli is hardware-accelerated on amd64 and arm64.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// appendValue appends e's stored form: CRC-32C (big endian) of the
+// protobuf bytes, then the bytes. bbolt checksums only its meta pages; the
+// CRC catches a damaged value that would still decode.
+func appendValue(dst []byte, e *syncv1.Entity) ([]byte, error) {
+	start := len(dst)
+	dst = append(dst, 0, 0, 0, 0)
+	dst, err := proto.MarshalOptions{}.MarshalAppend(dst, e)
+	if err != nil {
+		return nil, err
+	}
+	binary.BigEndian.PutUint32(dst[start:], crc32.Checksum(dst[start+4:], castagnoli))
+	return dst, nil
+}
+
+func decodeValue(v []byte, e *syncv1.Entity) error {
+	if len(v) < 4 {
+		return errors.New("short value")
+	}
+	if crc32.Checksum(v[4:], castagnoli) != binary.BigEndian.Uint32(v) {
+		return errors.New("checksum mismatch")
+	}
+	return proto.Unmarshal(v[4:], e)
+}
+
 // entityKey is the key of an entity inside a snapshot bucket.
 func entityKey(dst []byte, kind, id string) []byte {
 	dst = append(dst, kind...)
@@ -267,8 +295,9 @@ func (c *Cache) Revision() (rev int64, ok bool, err error) {
 
 // Load calls fn with every entity of the committed snapshot, in key order,
 // and returns its revision; ok is false (and fn is never called) when there
-// is none. The entity passed to fn is reused for the next call: fn must copy
-// what it keeps. An undecodable entity ends Load with an error wrapping
+// is none. Entities are decoded on another goroutine, ahead of fn; fn runs
+// on the caller's goroutine, one entity at a time, and must not keep e (nor
+// modify it). An undecodable entity ends Load with an error wrapping
 // ErrCorrupt; an error from fn ends it with that error.
 func (c *Cache) Load(fn func(e *syncv1.Entity) error) (rev int64, ok bool, err error) {
 	c.mu.Lock()
@@ -276,13 +305,50 @@ func (c *Cache) Load(fn func(e *syncv1.Entity) error) (rev int64, ok bool, err e
 	if c.db == nil {
 		return 0, false, ErrClosed
 	}
+	batches := make(chan []syncv1.Entity, 4)
+	stop := make(chan struct{})
+	type result struct {
+		rev int64
+		ok  bool
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		var r result
+		r.rev, r.ok, r.err = c.decodeAll(batches, stop)
+		close(batches)
+		done <- r
+	}()
 	var fnErr error
+	for batch := range batches {
+		for i := 0; i < len(batch) && fnErr == nil; i++ {
+			if fnErr = fn(&batch[i]); fnErr != nil {
+				close(stop)
+			}
+		}
+	}
+	r := <-done
+	if fnErr != nil {
+		return 0, false, fnErr
+	}
+	if r.err != nil {
+		return 0, false, r.err
+	}
+	return r.rev, r.ok, nil
+}
+
+const loadBatch = 1024
+
+// decodeAll reads the active snapshot in one read transaction and sends its
+// entities in batches until done or stop is closed.
+func (c *Cache) decodeAll(out chan<- []syncv1.Entity, stop <-chan struct{}) (rev int64, ok bool, err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
 			rev, ok, err = 0, false, fmt.Errorf("%w: reading snapshot: %v", ErrCorrupt, r)
 		}
 	}()
+	errStopped := errors.New("stopped")
 	err = c.db.View(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		active := meta.Get(keyActive)
@@ -290,29 +356,42 @@ func (c *Cache) Load(fn func(e *syncv1.Entity) error) (rev int64, ok bool, err e
 			return nil
 		}
 		ok, rev = true, getRevision(meta)
-		b := tx.Bucket(active)
-		var (
-			e   syncv1.Entity
-			key []byte
-		)
-		cur := b.Cursor()
+		var key []byte
+		batch := make([]syncv1.Entity, 0, loadBatch)
+		send := func() error {
+			select {
+			case out <- batch:
+				batch = make([]syncv1.Entity, 0, loadBatch)
+				return nil
+			case <-stop:
+				return errStopped
+			}
+		}
+		cur := tx.Bucket(active).Cursor()
 		for k, v := cur.First(); k != nil; k, v = cur.Next() {
-			if err := proto.Unmarshal(v, &e); err != nil {
+			batch = batch[:len(batch)+1]
+			e := &batch[len(batch)-1]
+			if err := decodeValue(v, e); err != nil {
 				return fmt.Errorf("%w: entity %q: %v", ErrCorrupt, k, err)
 			}
 			if key = entityKey(key[:0], e.Kind, e.Id); !bytes.Equal(key, k) {
 				return fmt.Errorf("%w: entity stored under %q is %s %q", ErrCorrupt, k, e.Kind, e.Id)
 			}
-			if fnErr = fn(&e); fnErr != nil {
-				return fnErr
+			if len(batch) == loadBatch {
+				if err := send(); err != nil {
+					return err
+				}
 			}
+		}
+		if len(batch) > 0 {
+			return send()
 		}
 		return nil
 	})
-	if err != nil {
-		return 0, false, err
+	if err == errStopped {
+		err = nil
 	}
-	return rev, ok, nil
+	return rev, ok, err
 }
 
 // ApplyDelta stores d's changes and revision in one transaction (fsynced):
@@ -344,7 +423,7 @@ func (c *Cache) ApplyDelta(d *syncv1.Delta) error {
 				}
 				continue
 			}
-			v, err := proto.Marshal(e)
+			v, err := appendValue(nil, e)
 			if err != nil {
 				return fmt.Errorf("cache: encode %s %q: %w", e.Kind, e.Id, err)
 			}
@@ -356,18 +435,30 @@ func (c *Cache) ApplyDelta(d *syncv1.Delta) error {
 	})
 }
 
-// SnapshotWriter writes a snapshot into a staging bucket, one transaction
-// per Write so that memory stays bounded; Commit makes it the active
-// snapshot in one last transaction. Until then the previous snapshot stays
-// the one Load and a restart see; a staging bucket left by a crash is
-// deleted by the next Open.
+// SnapshotWriter writes a snapshot into a staging bucket. Entities are
+// encoded as they come and written in transactions of about flushBytes
+// (memory stays bounded, fsyncs stay few); Commit writes the rest and makes
+// the snapshot active in one last transaction. Until then the previous
+// snapshot stays the one Load and a restart see; a staging bucket left by a
+// crash is deleted by the next Open.
 type SnapshotWriter struct {
 	c    *Cache
 	rev  int64
 	name []byte
 	done bool
 	n    int
+
+	buf  []byte // encoded keys and values not yet written
+	recs []rec
 }
+
+type rec struct {
+	k, v      [2]int // offsets into buf
+	tombstone bool
+}
+
+// flushBytes is the encoded size at which Write starts a transaction.
+var flushBytes = 16 << 20
 
 // BeginSnapshot starts writing a snapshot at revision rev, discarding any
 // other unfinished one.
@@ -414,87 +505,94 @@ func (c *Cache) BeginSnapshot(rev int64) (*SnapshotWriter, error) {
 // Revision is the snapshot's revision.
 func (w *SnapshotWriter) Revision() int64 { return w.rev }
 
-// Len is the number of entities written so far (tombstones excluded).
+// Len is the number of entities stored so far (tombstones excluded).
 func (w *SnapshotWriter) Len() int { return w.n }
 
 // snapshotFill packs staging pages: snapshot keys mostly arrive in order.
 const snapshotFill = 0.9
 
-// Write stores entities (one transaction). A tombstone removes an entity
-// written earlier in this snapshot.
+var errFinished = errors.New("cache: snapshot already committed or aborted")
+
+// Write adds entities to the snapshot; it writes a transaction when enough
+// is buffered. A tombstone removes an entity added earlier.
 func (w *SnapshotWriter) Write(entities []*syncv1.Entity) error {
 	if w.done {
-		return errors.New("cache: snapshot already committed or aborted")
+		return errFinished
 	}
-	type rec struct {
-		k, v      [2]int // offsets into buf
-		tombstone bool
-	}
-	recs := make([]rec, 0, len(entities))
-	buf := make([]byte, 0, 256*len(entities))
-	mo := proto.MarshalOptions{}
-	var err error
 	for _, e := range entities {
 		if e == nil {
 			continue
 		}
 		var r rec
-		r.k[0] = len(buf)
-		buf = entityKey(buf, e.Kind, e.Id)
-		r.k[1] = len(buf)
+		r.k[0] = len(w.buf)
+		w.buf = entityKey(w.buf, e.Kind, e.Id)
+		r.k[1] = len(w.buf)
 		if e.Deleted {
 			r.tombstone = true
 		} else {
-			r.v[0] = len(buf)
-			if buf, err = mo.MarshalAppend(buf, e); err != nil {
+			r.v[0] = len(w.buf)
+			b, err := appendValue(w.buf, e)
+			if err != nil {
 				return fmt.Errorf("cache: encode %s %q: %w", e.Kind, e.Id, err)
 			}
-			r.v[1] = len(buf)
+			w.buf = b
+			r.v[1] = len(w.buf)
 		}
-		recs = append(recs, r)
+		w.recs = append(w.recs, r)
 	}
-	// Sorted puts touch each page once; stable so a later duplicate wins.
-	slices.SortStableFunc(recs, func(a, b rec) int {
-		return bytes.Compare(buf[a.k[0]:a.k[1]], buf[b.k[0]:b.k[1]])
-	})
+	if len(w.buf) < flushBytes {
+		return nil
+	}
 	w.c.mu.Lock()
 	defer w.c.mu.Unlock()
 	if w.c.db == nil {
 		return ErrClosed
 	}
-	n := 0
-	err = w.c.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(w.name)
-		if b == nil {
-			return errors.New("cache: staging bucket vanished (snapshot restarted elsewhere?)")
-		}
-		b.FillPercent = snapshotFill
-		for _, r := range recs {
-			k := buf[r.k[0]:r.k[1]]
-			if r.tombstone {
-				if err := b.Delete(k); err != nil {
-					return err
-				}
-				continue
-			}
-			if err := b.Put(k, buf[r.v[0]:r.v[1]]); err != nil {
-				return fmt.Errorf("cache: store %q: %w", k, err)
-			}
-			n++
-		}
-		return nil
-	})
-	if err == nil {
-		w.n += n
-	}
-	return err
+	return w.c.db.Update(w.flush)
 }
 
-// Commit makes the staged snapshot the active one and sets the revision, in
-// one fsynced transaction, and drops the previous snapshot.
+// flush puts the buffered records into the staging bucket within tx.
+func (w *SnapshotWriter) flush(tx *bolt.Tx) error {
+	b := tx.Bucket(w.name)
+	if b == nil {
+		return errors.New("cache: staging bucket vanished (snapshot restarted elsewhere?)")
+	}
+	b.FillPercent = snapshotFill
+	// Sorted puts touch each page once; stable so that a later duplicate
+	// wins.
+	buf := w.buf
+	slices.SortStableFunc(w.recs, func(a, b rec) int {
+		return bytes.Compare(buf[a.k[0]:a.k[1]], buf[b.k[0]:b.k[1]])
+	})
+	n := 0
+	for _, r := range w.recs {
+		k := buf[r.k[0]:r.k[1]]
+		if r.tombstone {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := b.Put(k, buf[r.v[0]:r.v[1]]); err != nil {
+			return fmt.Errorf("cache: store %q: %w", k, err)
+		}
+		n++
+	}
+	// bbolt copies keys and values at commit: the buffer is reused after
+	// the transaction, never inside it.
+	tx.OnCommit(func() {
+		w.n += n
+		w.buf, w.recs = w.buf[:0], w.recs[:0]
+	})
+	return nil
+}
+
+// Commit writes what is buffered, makes the staged snapshot the active one
+// and sets the revision, in one fsynced transaction, and drops the previous
+// snapshot.
 func (w *SnapshotWriter) Commit() error {
 	if w.done {
-		return errors.New("cache: snapshot already committed or aborted")
+		return errFinished
 	}
 	w.c.mu.Lock()
 	defer w.c.mu.Unlock()
@@ -502,8 +600,8 @@ func (w *SnapshotWriter) Commit() error {
 		return ErrClosed
 	}
 	err := w.c.db.Update(func(tx *bolt.Tx) error {
-		if tx.Bucket(w.name) == nil {
-			return errors.New("cache: staging bucket vanished (snapshot restarted elsewhere?)")
+		if err := w.flush(tx); err != nil {
+			return err
 		}
 		meta := tx.Bucket(bucketMeta)
 		old := bytes.Clone(meta.Get(keyActive))
@@ -520,6 +618,7 @@ func (w *SnapshotWriter) Commit() error {
 	})
 	if err == nil {
 		w.done = true
+		w.buf, w.recs = nil, nil
 	}
 	return err
 }
@@ -530,6 +629,7 @@ func (w *SnapshotWriter) Abort() error {
 		return nil
 	}
 	w.done = true
+	w.buf, w.recs = nil, nil
 	w.c.mu.Lock()
 	defer w.c.mu.Unlock()
 	if w.c.db == nil {

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -15,9 +16,15 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
 
-	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/state/statetest"
+	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 )
+
+func TestMain(m *testing.M) {
+	// Small staging transactions, so that tests cross several of them.
+	flushBytes = 8 << 10
+	os.Exit(m.Run())
+}
 
 func logger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(testWriter{t}, nil))
@@ -371,13 +378,17 @@ func TestDirectoryIsNotMovedAside(t *testing.T) {
 	}
 }
 
+var damageCases = 40 + envInt("CACHE_DAMAGE_CASES")
+
 // TestRandomDamage flips bytes across a valid file: Open must either load it
 // or move it aside, never crash, and Load must fail cleanly if at all.
 func TestRandomDamage(t *testing.T) {
 	dir := t.TempDir()
 	orig := validFile(t, filepath.Join(dir, "orig.db"), 3000)
 	rng := rand.New(rand.NewPCG(7, 7))
-	for i := range 40 {
+	outcome := map[string]int{}
+	defer func() { t.Log(outcome) }()
+	for i := range damageCases {
 		b := bytes.Clone(orig)
 		for range 1 + rng.IntN(8) {
 			off := rng.IntN(len(b))
@@ -395,10 +406,78 @@ func TestRandomDamage(t *testing.T) {
 			t.Fatalf("case %d: Open = %v", i, err)
 		}
 		n := 0
-		_, _, err = c.Load(func(*syncv1.Entity) error { n++; return nil })
+		_, ok, err := c.Load(func(*syncv1.Entity) error { n++; return nil })
 		if err != nil && !errors.Is(err, ErrCorrupt) {
 			t.Fatalf("case %d: Load = %v", i, err)
 		}
+		switch {
+		case err != nil:
+			outcome["load corrupt"]++
+		case !ok:
+			outcome["moved aside"]++
+		case n == 3000:
+			outcome["intact"]++
+		default:
+			t.Fatalf("case %d: loaded %d of 3000 entities without an error", i, n)
+		}
 		_ = c.Close()
 	}
+}
+
+// TestChurnStaysValid: heavy random deltas and reopens never make a healthy
+// file look corrupt to the verifier.
+func TestChurnStaysValid(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.db")
+	c, err := Open(path, logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snapshot(t, c, 1, keys(3000))
+	rng := rand.New(rand.NewPCG(3, 3))
+	rev := int64(1)
+	live := map[int]bool{}
+	for i := range 3000 {
+		live[i] = true
+	}
+	for round := range 30 {
+		for range 10 {
+			var ch []*syncv1.Entity
+			for range 50 {
+				i := rng.IntN(6000)
+				if rng.IntN(2) == 0 {
+					ch = append(ch, statetest.Tombstone("key", statetest.TokenID(i)))
+					delete(live, i)
+				} else {
+					ch = append(ch, statetest.Key(i))
+					live[i] = true
+				}
+			}
+			if err := c.ApplyDelta(&syncv1.Delta{PrevRevision: rev, Revision: rev + 1, Changes: ch}); err != nil {
+				t.Fatal(err)
+			}
+			rev++
+		}
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := verifyFile(path); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		if c, err = Open(path, logger(t)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer c.Close()
+	r, _, got := load(t, c)
+	if r != rev || len(got) != len(live) {
+		t.Fatalf("rev %d/%d, %d entities, want %d", r, rev, len(got), len(live))
+	}
+	if len(corruptFiles(t, path)) != 0 {
+		t.Fatal("healthy file moved aside")
+	}
+}
+
+func envInt(name string) int {
+	n, _ := strconv.Atoi(os.Getenv(name))
+	return n
 }

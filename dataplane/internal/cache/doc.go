@@ -3,16 +3,18 @@
 //
 // # Architecture
 //
-// Entities are stored as protobuf bytes (syncv1.Entity) under
+// Entities are stored as protobuf bytes (syncv1.Entity), prefixed by their
+// CRC-32C (bbolt checksums only its meta pages), under
 // kind + 0x00 + id inside a snapshot bucket "snap/<n>". The "meta" bucket
 // holds the schema version, the revision and the name of the active
-// snapshot bucket. A snapshot is written into a new staging bucket, one
-// transaction per chunk (memory stays bounded), and activated by one final
-// transaction that points meta at it, sets the revision and deletes the
-// previous snapshot: a partial snapshot is never what Load or a restart
-// sees. A delta is one transaction with its revision. Commits are fsynced
-// (a committed revision survives kill -9); the freelist is not persisted
-// (NoFreelistSync) and is rebuilt at open by walking every page.
+// snapshot bucket. A snapshot is written into a new staging bucket in
+// transactions of ~16 MiB (memory stays bounded, fsyncs stay few) and
+// activated by one final transaction that points meta at it, sets the
+// revision and deletes the previous snapshot: a partial snapshot is never
+// what Load or a restart sees. A delta is one transaction with its
+// revision. Commits are fsynced (a committed revision survives kill -9); the
+// freelist is not persisted (NoFreelistSync) and is rebuilt at open by
+// walking every page.
 //
 // # Thread safety
 //

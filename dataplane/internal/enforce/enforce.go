@@ -81,6 +81,11 @@ type Principal struct {
 	Team *state.Team
 	User *state.User
 	Org  *state.Org
+
+	// hash is the key's SHA-256. It lives here, in memory the caller
+	// already owns, because a pointer handed to an interface method
+	// escapes: a local would cost an allocation per request.
+	hash [32]byte
 }
 
 var emptyPolicy state.Policy
@@ -105,12 +110,12 @@ func (e *Enforcer) Authenticate(key, path string, nowUnix int64, p *Principal) *
 	// would allocate (keys are longer than the compiler's 32-byte
 	// stack-conversion buffer). Validate bounded the length.
 	var buf [keys.MaxLen]byte
-	sum := sha256.Sum256(buf[:copy(buf[:], key)])
-	k, ok := e.State.LookupKey(&sum, nowUnix)
+	p.hash = sha256.Sum256(buf[:copy(buf[:], key)])
+	k, ok := e.State.LookupKey(&p.hash, nowUnix)
 	if !ok {
 		return RejInvalidKey
 	}
-	*p = Principal{Key: k}
+	p.Key, p.Team, p.User, p.Org = k, nil, nil, nil
 	if k.Blocked {
 		return RejKeyBlocked
 	}

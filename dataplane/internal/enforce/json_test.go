@@ -2,6 +2,7 @@ package enforce
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 	"unicode/utf8"
 )
@@ -143,6 +144,35 @@ func TestAppendString(t *testing.T) {
 		}
 		if !json.Valid([]byte(got)) {
 			t.Errorf("AppendString(%q) invalid JSON", in)
+		}
+	}
+}
+
+// TestStringBoundaries puts escapes and quotes at every offset around the
+// eight-byte and 64-byte steps of scanString.
+func TestStringBoundaries(t *testing.T) {
+	for n := 0; n < 140; n++ {
+		for _, esc := range []string{`\"`, `\\`, `\u00e9`, `\n`, `\\\"`} {
+			for p := 0; p <= n; p += 1 + n/20 {
+				val := strings.Repeat("a", p) + esc + strings.Repeat("b", n-p)
+				doc := `{"k":"` + val + `","z":1}`
+				var o Object
+				if err := o.Parse([]byte(doc)); err != nil {
+					t.Fatalf("%q: %v", doc, err)
+				}
+				s, ok := o.Lookup("k")
+				if !ok || string(o.Raw(s)) != `"`+val+`"` {
+					t.Fatalf("%q: k = %q", doc, o.Raw(s))
+				}
+				if _, ok := o.Lookup("z"); !ok {
+					t.Fatalf("%q: z lost", doc)
+				}
+			}
+		}
+		// An unterminated string of every length is refused.
+		var o Object
+		if o.Parse([]byte(`{"k":"`+strings.Repeat("a", n)+`\"}`)) == nil {
+			t.Fatalf("unterminated accepted at %d", n)
 		}
 	}
 }

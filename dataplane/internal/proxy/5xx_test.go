@@ -101,4 +101,7 @@ func TestMisconfiguredDeployment(t *testing.T) {
 	resp, b := e.do("POST", "/chat/completions", keyGood, `{"model":"nobase"}`)
 	envelope(t, resp, b, 500)
 	e.assertNoUpstream()
+	if !strings.Contains(metricsText(t, e), `outcome="misconfigured",route="/chat/completions"} 1`) {
+		t.Fatal("metric")
+	}
 }

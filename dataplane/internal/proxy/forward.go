@@ -9,6 +9,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
@@ -56,20 +57,18 @@ type call struct {
 	length    int64
 	stream    bool
 	hideUsage bool // include_usage was added by Tollgate, not asked for
-	scratch   [96]byte
 
 	// Filled while the response passes.
-	clientCtx   context.Context
-	upCtx       context.Context
-	upStart     time.Time
-	status      int
-	usage       Usage
-	usageKnown  bool
-	aborted     bool
-	outcome     int
-	errOutcome  bool
-	gateDone    func(Outcome)
-	upstreamErr error
+	clientCtx  context.Context
+	upCtx      context.Context
+	upStart    time.Time
+	status     int
+	usage      Usage
+	usageKnown bool
+	aborted    bool
+	outcome    int
+	errOutcome bool
+	gateDone   func(Outcome)
 }
 
 // Proxy-level outcomes follow the decision's in the metric label table.
@@ -115,20 +114,28 @@ func (h *handler) serveLLM(w http.ResponseWriter, r *http.Request, route enforce
 		h.reject(w, route, enforce.RejNotReady)
 		return
 	}
-	c := &call{route: route, path: r.URL.Path, start: start}
+	c := newCall(route, r.URL.Path, start)
 	if rej := h.authenticate(c, presentedKey(r)); rej != nil {
 		h.reject(w, route, rej)
+		c.release()
 		return
 	}
 	authDone := time.Now()
 	raw, rej := readBody(w, r, h.maxBody)
 	if rej != nil {
 		h.reject(w, route, rej)
+		c.release()
 		return
 	}
 	bodyStart := time.Now()
 	if rej := h.decide(c, raw); rej != nil {
-		h.reject(w, route, rej)
+		if rej == rejMisconfigured {
+			h.m.count(route, outMisconfigured)
+			writeRejection(w, rej)
+		} else {
+			h.reject(w, route, rej)
+		}
+		c.release()
 		return
 	}
 	h.m.decision.Observe((authDone.Sub(start) + time.Since(bodyStart)).Seconds())
@@ -137,11 +144,30 @@ func (h *handler) serveLLM(w http.ResponseWriter, r *http.Request, route enforce
 		done, rej := h.gate.Admit(r.Context(), &Admission{Route: route, Principal: &c.principal, Body: &c.body, Deployment: c.dep})
 		if rej != nil {
 			h.reject(w, route, rej)
+			c.release()
 			return
 		}
 		c.gateDone = done
 	}
 	h.forward(w, r, c)
+}
+
+// Calls are pooled: at ~1.3 KB (the located body members are inline) the
+// allocation and the garbage it makes were a third of the decision. A call
+// is released only once nothing can reach it any more: after the handler is
+// done with it, never after an aborted response, and nothing handed to the
+// transport (body segments) points into it.
+var calls = sync.Pool{New: func() any { return new(call) }}
+
+func newCall(route enforce.Route, path string, start time.Time) *call {
+	c := calls.Get().(*call)
+	c.route, c.path, c.start = route, path, start
+	return c
+}
+
+func (c *call) release() {
+	*c = call{} // drops references: a pooled call must not pin a body
+	calls.Put(c)
 }
 
 // authenticate runs the header-only checks.
@@ -164,22 +190,48 @@ func (h *handler) decide(c *call, raw []byte) *enforce.Rejection {
 		dep = deps[h.rr.Add(1)%uint64(len(deps))]
 	}
 	c.dep = dep
-	base := h.base(dep)
-	if base == nil {
+	tg := h.target(dep)
+	if tg.base == nil {
 		h.log.Error("model deployment has no usable api_base", "model", dep.ModelName, "deployment", dep.ID)
 		return rejMisconfigured
 	}
-	c.url = base.urls[c.route]
+	c.url = tg.base.urls[c.route]
 	if cred := h.credential(dep.APIKey); cred != "" {
 		c.auth = "Bearer " + cred
 	}
-	c.plan(raw, upstreamModelName(dep.UpstreamModel))
+	c.plan(raw, tg)
 	return nil
+}
+
+// target is what a deployment resolves to, computed once per published
+// deployment object (they are immutable, so the pointer is the key).
+type target struct {
+	base   *upstreamBase // nil: no usable api_base
+	model  string        // upstream model name, provider prefix stripped
+	quoted []byte        // model as a JSON string; never mutated
+}
+
+// maxTargets bounds the cache; models replaced by config changes leave stale
+// entries behind, so it is dropped wholesale when full.
+const maxTargets = 4096
+
+func (h *handler) target(m *state.Model) *target {
+	if v, ok := h.targets.Load(m); ok {
+		return v.(*target)
+	}
+	name := upstreamModelName(m.UpstreamModel)
+	t := &target{base: h.base(m), model: name, quoted: enforce.AppendString(nil, name)}
+	if h.nTargets.Add(1) > maxTargets {
+		h.targets.Clear()
+		h.nTargets.Store(1)
+	}
+	h.targets.Store(m, t)
+	return t
 }
 
 // plan lays out the upstream body as segments of the original bytes and at
 // most two replacements, so nothing is copied.
-func (c *call) plan(raw []byte, upstreamModel string) {
+func (c *call) plan(raw []byte, tg *target) {
 	b := &c.body
 	type edit struct {
 		at, end int
@@ -187,9 +239,11 @@ func (c *call) plan(raw []byte, upstreamModel string) {
 	}
 	var edits [2]edit
 	n := 0
-	if upstreamModel != b.Model {
-		q := enforce.AppendString(c.scratch[:0], upstreamModel)
-		edits[n] = edit{b.ModelValue.Start, b.ModelValue.End, q}
+	// Segments must never point into reused memory (the call is pooled
+	// and the transport may read a body after the request is over): the
+	// replacements are the target's immutable bytes or constants.
+	if tg.model != b.Model {
+		edits[n] = edit{b.ModelValue.Start, b.ModelValue.End, tg.quoted}
 		n++
 	}
 	c.stream = b.Stream && (c.route == enforce.RouteChat || c.route == enforce.RouteCompletions)
@@ -279,6 +333,7 @@ func (h *handler) forward(w http.ResponseWriter, r *http.Request, c *call) {
 		if v != nil {
 			panic(v)
 		}
+		c.release()
 	}()
 	h.rp.ServeHTTP(w, out)
 }
@@ -362,7 +417,6 @@ var (
 
 func (h *handler) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	c := r.Context().Value(callKey{}).(*call)
-	c.upstreamErr = err
 	c.errOutcome = true
 	switch {
 	case c.clientCtx.Err() != nil:

@@ -118,6 +118,8 @@ type handler struct {
 	rr       atomic.Uint64
 	// Parsed api_base URLs: configured ones and providers' defaults.
 	bases, defaultBases sync.Map // string -> *upstreamBase
+	targets             sync.Map // *state.Model -> *target
+	nTargets            atomic.Int64
 }
 
 // New returns the data plane's HTTP handler: the OpenAI-compatible routes,
@@ -175,12 +177,11 @@ func New(o Options) http.Handler {
 }
 
 var (
-	jsonCT     = []string{"application/json"}
-	allowPOST  = []string{"POST"}
-	allowGET   = []string{"GET, HEAD"}
-	aliveBody  = []byte(`"I'm alive!"`)
-	noSniff    = []string{"nosniff"}
-	emptyNoKey = ""
+	jsonCT    = []string{"application/json"}
+	allowPOST = []string{"POST"}
+	allowGET  = []string{"GET, HEAD"}
+	aliveBody = []byte(`"I'm alive!"`)
+	noSniff   = []string{"nosniff"}
 )
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -274,7 +275,7 @@ func presentedKey(r *http.Request) string {
 	if v := r.Header["X-Api-Key"]; len(v) > 0 {
 		return strings.TrimSpace(v[0])
 	}
-	return emptyNoKey
+	return ""
 }
 
 func (h *handler) serveModels(w http.ResponseWriter, r *http.Request) {

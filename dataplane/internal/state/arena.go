@@ -95,17 +95,19 @@ func uvarintLen(n int) int {
 	return 2
 }
 
-// interner deduplicates strings in an arena (user, team, org ids and budget
-// durations shared by many keys). It is an open-addressing table of strRef
-// with linear probing; only the writer uses it.
+// interner deduplicates strings in an arena (user, team, org ids shared by
+// many keys). It is an open-addressing table with linear probing; a slot
+// holds the high half of the string's hash above the strRef, so probes
+// rarely touch the arena and growing needs no rehash (the home position is
+// taken from that half). Only the writer uses it.
 type interner struct {
 	seed  maphash.Seed
-	slots []strRef
+	slots []uint64 // tag<<32 | strRef; 0 empty
 	n     int
 }
 
 func newInterner() *interner {
-	return &interner{seed: maphash.MakeSeed(), slots: make([]strRef, 64)}
+	return &interner{seed: maphash.MakeSeed(), slots: make([]uint64, 64)}
 }
 
 func (in *interner) intern(a *arena, s string) strRef {
@@ -113,35 +115,37 @@ func (in *interner) intern(a *arena, s string) strRef {
 		return 0
 	}
 	if (in.n+1)*4 > len(in.slots)*3 {
-		in.grow(a)
+		in.grow()
 	}
+	h := maphash.String(in.seed, s)
+	tag := h &^ (1<<32 - 1)
 	mask := uint64(len(in.slots) - 1)
-	for i := maphash.String(in.seed, s) & mask; ; i = (i + 1) & mask {
-		r := in.slots[i]
-		if r == 0 {
-			r = a.add(s)
-			in.slots[i] = r
+	for i := (h >> 32) & mask; ; i = (i + 1) & mask {
+		v := in.slots[i]
+		if v == 0 {
+			r := a.add(s)
+			in.slots[i] = tag | uint64(r)
 			in.n++
 			return r
 		}
-		if a.str(r) == s {
-			return r
+		if v&^(1<<32-1) == tag && a.str(strRef(v)) == s {
+			return strRef(v)
 		}
 	}
 }
 
-func (in *interner) grow(a *arena) {
+func (in *interner) grow() {
 	old := in.slots
-	in.slots = make([]strRef, 2*len(old))
+	in.slots = make([]uint64, 2*len(old))
 	mask := uint64(len(in.slots) - 1)
-	for _, r := range old {
-		if r == 0 {
+	for _, v := range old {
+		if v == 0 {
 			continue
 		}
-		i := maphash.String(in.seed, a.str(r)) & mask
+		i := (v >> 32) & mask // the home position comes from the tag
 		for in.slots[i] != 0 {
 			i = (i + 1) & mask
 		}
-		in.slots[i] = r
+		in.slots[i] = v
 	}
 }

@@ -10,21 +10,27 @@
 // organizations (64 shards each, so a change copies one shard), the model
 // index (by id, by public name, by access group) and the parsed settings.
 //
-// The key table holds no Go pointers. Keys are 80-byte records in per-shard
-// slices (64 shards chosen by a seeded hash of the key's SHA-256); each
-// shard has an open-addressing index of uint32 slots (record index, a 7-bit
-// tag, a previous-hash bit) with linear probing and backward-shift deletion,
-// so churn never leaves tombstones. Token, user, team and organization ids
-// are uint32 references into an append-only arena of 1 MiB byte chunks
-// (owner ids interned); policies (models, enforced params, allowed routes,
-// tags, per-model maps) and limit profiles are interned in small tables and
+// The key table holds no Go pointers. Keys are 104-byte records in
+// per-shard slices (64 shards chosen by a seeded hash of the key's SHA-256)
+// with the token id inline (longer than 32 bytes: in the arena); each shard
+// has an open-addressing index of uint32 slots (record index, a 7-bit tag, a
+// previous-hash bit) with linear probing and backward-shift deletion, so
+// churn never leaves tombstones in the index. User, team and organization
+// ids are interned uint32 references into an append-only arena of 1 MiB
+// byte chunks; policies (models, enforced params, allowed routes, tags,
+// per-model maps) and limit profiles are interned in small tables and
 // referenced by index, so identical policies are one *Policy. A previous
-// hash of a regenerated key is a full copy of the key's record, carrying its
-// grace deadline, in the shard of that previous hash: every lookup is one
-// shard, one read lock, no allocation. The writer keeps a token-id index and
-// free lists of deleted records (slots are reused); when deleted keys' ids
-// waste more than half the arena (and at least 32 MiB), a delta rebuilds the
-// table on the side and swaps it in (compaction).
+// hash of a regenerated key is a full copy of the key's record, carrying
+// its grace deadline, in the shard of that previous hash: every lookup is
+// one shard, one read lock, no allocation. Expiry and budget reset times are
+// kept as 32-bit unix seconds (clamped at 2106).
+//
+// Records are append-only: updates rewrite fields in place but never the
+// token id bytes (so a TokenID string a reader holds never changes), and a
+// deleted key, or a regenerated key's old record, becomes a tombstone. The
+// writer keeps a token-id index; when tombstones exceed a quarter of the
+// live records (and 16384), a delta rebuilds the table on the side and swaps
+// it in (compaction).
 //
 // Snapshots are built with NewSnapshot/Builder.Add into a fresh table and
 // maps that nobody reads, then published by Install with one pointer store.
@@ -51,7 +57,8 @@
 //   - Builder.Add rejects an invalid entity and stays usable.
 //   - Hashes are never echoed in errors.
 //   - Expired previous hashes stop matching at their deadline but keep
-//     their record until the key changes or the next snapshot.
+//     their record until the key changes, a compaction, or the next
+//     snapshot.
 //   - Interned policies and limit profiles that no key uses any more are
 //     kept until the next snapshot.
 package state

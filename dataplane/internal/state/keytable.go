@@ -2,6 +2,8 @@ package state
 
 import (
 	"hash/maphash"
+	"math"
+	"strings"
 	"sync"
 	"unsafe"
 
@@ -13,7 +15,13 @@ import (
 // RWMutex. A key's record sits in the shard chosen by (a seeded hash of) its
 // current hash; each previous hash still in its grace period gets a full copy
 // of the record (with the deadline) in the shard of that previous hash, so a
-// lookup touches exactly one shard and one lock.
+// lookup touches one shard, one lock, and in the common case three cache
+// lines: an index slot and the record (the token id is inline).
+//
+// Records are append-only: an update rewrites a record's fields in place but
+// never its token id bytes, and a removed record becomes a tombstone. So a
+// TokenID string handed to a reader (pointing into the record array) never
+// changes; when tombstones pile up, the table is rebuilt (compacted).
 //
 // Index slot layout (0 = empty):
 //
@@ -21,35 +29,45 @@ import (
 //	bits 24-30 7-bit tag from the hash, so most non-matching probes do not touch a record
 //	bits 0-23  record index + 1
 //
-// A global reference to a record is shard<<24 | index.
+// A global reference to a record is shard<<22 | index (4M records per
+// shard, 268M in all), which leaves the token-id index 4 bits for a tag.
 const (
 	shardBits   = 6
 	numShards   = 1 << shardBits
 	slotIdxMask = 1<<24 - 1
 	slotTagMask = 0x7f << 24
 	slotPrevBit = 1 << 31
-	// maxPerShard bounds record indexes so index+1 fits in 24 bits.
-	maxPerShard = slotIdxMask - 1
-	refIdxMask  = 1<<24 - 1
+	refShift    = 22
+	refIdxMask  = 1<<refShift - 1
+	maxPerShard = refIdxMask - 1 // index+1 fits the ref's index bits
 	noRef       = ^uint32(0)
+	// token-id index slot: ref+1 in the low 28 bits, a 4-bit hash tag above.
+	tokRefMask = 1<<28 - 1
+	tokTagMask = ^uint32(tokRefMask)
 
 	flagBlocked        = 1
 	flagServiceAccount = 2
-	polShift           = 2
+	flagHasPrev        = 4 // writer bookkeeping: the key has previous-hash copies
+	polShift           = 3
+
+	inlineTok = 32   // token ids up to this long live in the record
+	tokArena  = 0xff // tokLen marking a longer token id: strRef in tok[0:4]
+	tokDead   = 0    // tokLen of a tombstone
 )
 
-// entry is one key: 80 bytes, no pointers.
+// entry is one key: 104 bytes, no pointers.
 type entry struct {
 	hash    [32]byte
 	spend   int64
-	expires int64
-	resetAt int64
-	token   strRef
+	expires uint32 // unix seconds, clamped (0 never)
+	resetAt uint32
 	user    strRef
 	team    strRef
 	org     strRef
 	pol     uint32 // policy index<<polShift | flags
 	lim     uint32 // limits profile index
+	tok     [inlineTok]byte
+	tokLen  uint8
 }
 
 // prevEntry is a copy of a key's entry under one of its previous hashes.
@@ -58,7 +76,16 @@ type prevEntry struct {
 	validUntil int64 // the hash matches while nowUnix < validUntil
 }
 
-var _ [80 - unsafe.Sizeof(entry{})]struct{} // entry stays 80 bytes
+var _ [104 - unsafe.Sizeof(entry{})]struct{} // entry stays 104 bytes
+
+// setFields copies everything but the token id from src: bytes a reader's
+// TokenID string may point to are written once, when the record is created.
+func (e *entry) setFields(src *entry) {
+	e.hash = src.hash
+	e.spend, e.expires, e.resetAt = src.spend, src.expires, src.resetAt
+	e.user, e.team, e.org = src.user, src.team, src.org
+	e.pol, e.lim = src.pol, src.lim
+}
 
 type shard struct {
 	mu      sync.RWMutex
@@ -66,9 +93,7 @@ type shard struct {
 	prevs   []prevEntry
 	index   []uint32
 	n       int      // occupied index slots
-	freeE   []uint32 // reusable entries indexes (writer only)
-	freeP   []uint32
-	_       [40]byte // keep neighbouring shards' locks off one cache line
+	_       [88]byte // keep neighbouring shards' locks off one cache line
 }
 
 type keyTable struct {
@@ -80,12 +105,12 @@ type keyTable struct {
 
 	// Writer-only state: readers never touch it.
 	tokSeed maphash.Seed
-	tok     []uint32 // token id index: global ref of the key's entry + 1
+	tok     []uint32 // token id index: tag | global ref of the key's entry + 1
 	tokN    int
-	prevOf  map[string][]uint32 // token id (arena string) -> refs of its previous-hash copies
+	prevOf  map[string][]uint32 // token id -> refs of its previous-hash copies
 	keys    int
 	prevN   int
-	garbage int64 // arena bytes of deleted keys' token ids
+	dead    int // tombstoned records
 }
 
 func newKeyTable(d *dict) *keyTable {
@@ -95,7 +120,7 @@ func newKeyTable(d *dict) *keyTable {
 		ar:      newArena(),
 		ids:     newInterner(),
 		d:       d,
-		tok:     make([]uint32, 1024),
+		tok:     make([]uint32, 64),
 		prevOf:  make(map[string][]uint32),
 	}
 	for i := range t.shards {
@@ -149,41 +174,64 @@ func (t *keyTable) lookup(hash *[32]byte, now int64) (KeyInfo, bool) {
 
 func (t *keyTable) info(e *entry) KeyInfo {
 	return KeyInfo{
-		TokenID:        t.ar.str(e.token),
+		TokenID:        t.tokenID(e),
 		UserID:         t.ar.str(e.user),
 		TeamID:         t.ar.str(e.team),
 		OrganizationID: t.ar.str(e.org),
 		ServiceAccount: e.pol&flagServiceAccount != 0,
 		Blocked:        e.pol&flagBlocked != 0,
-		ExpiresUnix:    e.expires,
-		Limits:         t.d.limitsAt(e.lim, e.resetAt),
+		ExpiresUnix:    int64(e.expires),
+		Limits:         t.d.limitsAt(e.lim, int64(e.resetAt)),
 		Spend:          e.spend,
 		Policy:         t.d.policy(e.pol >> polShift),
 	}
 }
 
+// tokenID returns e's token id without copying: the bytes are immutable.
+func (t *keyTable) tokenID(e *entry) string {
+	if n := e.tokLen; n != tokArena {
+		return unsafe.String(&e.tok[0], int(n))
+	}
+	return t.ar.str(strRef(*(*uint32)(unsafe.Pointer(&e.tok[0]))))
+}
+
+// clampUnix stores a unix time in 32 bits: 0 stays "none", times before
+// the epoch become 1 (long past), times after 2106 become the last second.
+func clampUnix(v int64) uint32 {
+	switch {
+	case v < 0:
+		return 1
+	case v > math.MaxUint32:
+		return math.MaxUint32
+	}
+	return uint32(v)
+}
+
 // ---- writer side ----
 
 func (t *keyTable) mainAt(ref uint32) *entry {
-	return &t.shards[ref>>24].entries[ref&refIdxMask]
+	return &t.shards[ref>>refShift].entries[ref&refIdxMask]
 }
 
 func (t *keyTable) prevAt(ref uint32) *prevEntry {
-	return &t.shards[ref>>24].prevs[ref&refIdxMask]
+	return &t.shards[ref>>refShift].prevs[ref&refIdxMask]
+}
+
+// setToken writes a new record's token id (once, before it is published).
+func (t *keyTable) setToken(e *entry, id string) {
+	if len(id) <= inlineTok {
+		copy(e.tok[:], id)
+		e.tokLen = uint8(len(id))
+		return
+	}
+	*(*uint32)(unsafe.Pointer(&e.tok[0])) = uint32(t.ar.add(id))
+	e.tokLen = tokArena
 }
 
 // put inserts or replaces the key with token id id. k must be valid.
 func (t *keyTable) put(id string, k *syncv1.Key) {
 	var ne entry
 	copy(ne.hash[:], k.KeyHash)
-	slot, oldRef, found := t.findTok(id)
-	var oldHash [32]byte
-	if found {
-		old := t.mainAt(oldRef)
-		oldHash, ne.token = old.hash, old.token
-	} else {
-		ne.token = t.ar.add(id)
-	}
 	ne.user = t.ids.intern(t.ar, k.UserId)
 	ne.team = t.ids.intern(t.ar, k.TeamId)
 	ne.org = t.ids.intern(t.ar, k.OrganizationId)
@@ -194,30 +242,47 @@ func (t *keyTable) put(id string, k *syncv1.Key) {
 	if k.ServiceAccount {
 		ne.pol |= flagServiceAccount
 	}
+	if len(k.PreviousHashes) > 0 {
+		ne.pol |= flagHasPrev
+	}
 	ne.lim = t.d.internLimits(k.Limits)
-	ne.resetAt = k.Limits.GetBudgetResetAtUnix()
-	ne.expires = k.ExpiresUnix
+	ne.resetAt = clampUnix(k.Limits.GetBudgetResetAtUnix())
+	ne.expires = clampUnix(k.ExpiresUnix)
 	ne.spend = k.Spend
 
-	ref := oldRef
-	if found && oldHash == ne.hash {
-		sh := &t.shards[oldRef>>24]
-		sh.mu.Lock()
-		sh.entries[oldRef&refIdxMask] = ne
-		sh.mu.Unlock()
-	} else {
-		// Insert before removing the old record: a reader sees the old or
-		// the new hash, never a moment with neither.
-		ref = t.insertMain(&ne)
-		if found {
-			t.tok[slot] = ref + 1
-		} else {
-			t.addTok(id, ref)
-			t.keys++
+	slot, oldRef, found := t.findTok(id)
+	hadPrev := false
+	if found {
+		old := t.mainAt(oldRef)
+		hadPrev = old.pol&flagHasPrev != 0
+		ne.tok, ne.tokLen = old.tok, old.tokLen // an arena token id is shared
+		if old.hash == ne.hash {
+			sh := &t.shards[oldRef>>refShift]
+			sh.mu.Lock()
+			old.setFields(&ne)
+			sh.mu.Unlock()
+			if hadPrev || len(k.PreviousHashes) > 0 {
+				t.syncPrevs(id, &ne, k.PreviousHashes)
+			}
+			return
 		}
+	} else {
+		t.setToken(&ne, id)
+		t.reserveTok()
 	}
-	t.syncPrevs(t.ar.str(ne.token), &ne, k.PreviousHashes)
-	if found && ref != oldRef {
+	// Insert before removing the old record: a reader sees the old or the
+	// new hash, never a moment with neither.
+	ref := t.insertMain(&ne)
+	if found {
+		t.tok[slot] = t.tok[slot]&tokTagMask | (ref + 1)
+	} else {
+		t.addTok(id, ref)
+		t.keys++
+	}
+	if hadPrev || len(k.PreviousHashes) > 0 {
+		t.syncPrevs(id, &ne, k.PreviousHashes)
+	}
+	if found {
 		t.removeMain(oldRef)
 	}
 }
@@ -228,25 +293,22 @@ func (t *keyTable) del(id string) {
 	if !found {
 		return
 	}
-	key := t.ar.str(t.mainAt(ref).token)
-	for _, r := range t.prevOf[key] {
-		t.removePrev(r)
+	if t.mainAt(ref).pol&flagHasPrev != 0 {
+		for _, r := range t.prevOf[id] {
+			t.removePrev(r)
+		}
+		delete(t.prevOf, id)
 	}
-	delete(t.prevOf, key)
 	t.delTokSlot(slot)
 	t.removeMain(ref)
 	t.keys--
-	t.garbage += int64(uvarintLen(len(id)) + len(id))
 }
 
-// syncPrevs makes key's previous-hash copies match prevs, each a copy of
-// ne. Copies whose hash stays are overwritten in place (atomically for
+// syncPrevs makes key id's previous-hash copies match prevs, each a copy of
+// ne. Copies whose hash stays are updated in place (atomically for
 // readers); new ones are inserted before stale ones are removed.
-func (t *keyTable) syncPrevs(key string, ne *entry, prevs []*syncv1.PreviousHash) {
-	old := t.prevOf[key]
-	if len(prevs) == 0 && len(old) == 0 {
-		return
-	}
+func (t *keyTable) syncPrevs(id string, ne *entry, prevs []*syncv1.PreviousHash) {
+	old := t.prevOf[id]
 	var keep []uint32
 next:
 	for _, p := range prevs {
@@ -264,9 +326,11 @@ next:
 		}
 		for j, r := range old {
 			if r != noRef && t.prevAt(r).hash == pe.hash {
-				sh := &t.shards[r>>24]
+				sh := &t.shards[r>>refShift]
 				sh.mu.Lock()
-				sh.prevs[r&refIdxMask] = pe
+				dst := t.prevAt(r)
+				dst.setFields(&pe.entry)
+				dst.validUntil = pe.validUntil
 				sh.mu.Unlock()
 				keep = append(keep, r)
 				old[j] = noRef
@@ -281,9 +345,12 @@ next:
 		}
 	}
 	if len(keep) > 0 {
-		t.prevOf[key] = keep
+		if old == nil {
+			id = strings.Clone(id) // own the key: id may alias a message
+		}
+		t.prevOf[id] = keep
 	} else {
-		delete(t.prevOf, key)
+		delete(t.prevOf, id)
 	}
 }
 
@@ -292,22 +359,16 @@ func (t *keyTable) insertMain(e *entry) uint32 {
 	si := h >> (64 - shardBits)
 	sh := &t.shards[si]
 	sh.mu.Lock()
-	var i uint32
-	if n := len(sh.freeE); n > 0 {
-		i = sh.freeE[n-1]
-		sh.freeE = sh.freeE[:n-1]
-		sh.entries[i] = *e
-	} else {
-		if len(sh.entries) >= maxPerShard {
-			sh.mu.Unlock()
-			panic("state: key table shard full")
-		}
-		i = uint32(len(sh.entries))
-		sh.entries = append(sh.entries, *e)
+	t.reserveSlot(sh)
+	if len(sh.entries) >= maxPerShard {
+		sh.mu.Unlock()
+		panic("state: key table shard full")
 	}
+	i := uint32(len(sh.entries))
+	sh.entries = append(sh.entries, *e)
 	t.insertSlot(sh, h, (i+1)|tagOf(h))
 	sh.mu.Unlock()
-	return uint32(si)<<24 | i
+	return uint32(si)<<refShift | i
 }
 
 func (t *keyTable) insertPrev(p *prevEntry) uint32 {
@@ -315,46 +376,40 @@ func (t *keyTable) insertPrev(p *prevEntry) uint32 {
 	si := h >> (64 - shardBits)
 	sh := &t.shards[si]
 	sh.mu.Lock()
-	var i uint32
-	if n := len(sh.freeP); n > 0 {
-		i = sh.freeP[n-1]
-		sh.freeP = sh.freeP[:n-1]
-		sh.prevs[i] = *p
-	} else {
-		if len(sh.prevs) >= maxPerShard {
-			sh.mu.Unlock()
-			panic("state: key table shard full")
-		}
-		i = uint32(len(sh.prevs))
-		sh.prevs = append(sh.prevs, *p)
+	t.reserveSlot(sh)
+	if len(sh.prevs) >= maxPerShard {
+		sh.mu.Unlock()
+		panic("state: key table shard full")
 	}
+	i := uint32(len(sh.prevs))
+	sh.prevs = append(sh.prevs, *p)
 	t.insertSlot(sh, h, (i+1)|tagOf(h)|slotPrevBit)
 	sh.mu.Unlock()
 	t.prevN++
-	return uint32(si)<<24 | i
+	return uint32(si)<<refShift | i
 }
 
 func (t *keyTable) removeMain(ref uint32) {
-	sh := &t.shards[ref>>24]
+	sh := &t.shards[ref>>refShift]
 	i := ref & refIdxMask
 	sh.mu.Lock()
 	h := t.hashOf(&sh.entries[i].hash)
 	t.removeSlot(sh, h, (i+1)|tagOf(h))
-	sh.entries[i] = entry{}
-	sh.freeE = append(sh.freeE, i)
+	sh.entries[i].tokLen = tokDead
 	sh.mu.Unlock()
+	t.dead++
 }
 
 func (t *keyTable) removePrev(ref uint32) {
-	sh := &t.shards[ref>>24]
+	sh := &t.shards[ref>>refShift]
 	i := ref & refIdxMask
 	sh.mu.Lock()
 	h := t.hashOf(&sh.prevs[i].hash)
 	t.removeSlot(sh, h, (i+1)|tagOf(h)|slotPrevBit)
-	sh.prevs[i] = prevEntry{}
-	sh.freeP = append(sh.freeP, i)
+	sh.prevs[i].tokLen = tokDead
 	sh.mu.Unlock()
 	t.prevN--
+	t.dead++
 }
 
 // slotHash recomputes the hash of the record an index slot points to.
@@ -366,11 +421,18 @@ func (t *keyTable) slotHash(sh *shard, v uint32) uint64 {
 	return t.hashOf(&sh.entries[n].hash)
 }
 
-// insertSlot adds v at its probe position; the caller holds sh.mu.
-func (t *keyTable) insertSlot(sh *shard, h uint64, v uint32) {
+// reserveSlot grows sh's index if one more slot would exceed 3/4 load. It
+// must run before the new record is stored (growIndex indexes every live
+// record); the caller holds sh.mu.
+func (t *keyTable) reserveSlot(sh *shard) {
 	if (sh.n+1)*4 > len(sh.index)*3 {
 		t.growIndex(sh)
 	}
+}
+
+// insertSlot adds v at its probe position; the caller holds sh.mu and has
+// called reserveSlot.
+func (t *keyTable) insertSlot(sh *shard, h uint64, v uint32) {
 	mask := uint64(len(sh.index) - 1)
 	i := h & mask
 	for sh.index[i] != 0 {
@@ -380,24 +442,35 @@ func (t *keyTable) insertSlot(sh *shard, h uint64, v uint32) {
 	sh.n++
 }
 
+// growIndex doubles sh's index, rebuilt from the live records in memory
+// order (sequential reads instead of one cache miss per slot).
 func (t *keyTable) growIndex(sh *shard) {
-	old := sh.index
-	sh.index = make([]uint32, 2*len(old))
+	sh.index = make([]uint32, 2*len(sh.index))
 	mask := uint64(len(sh.index) - 1)
-	for _, v := range old {
-		if v == 0 {
-			continue
-		}
-		i := t.slotHash(sh, v) & mask
+	put := func(h uint64, v uint32) {
+		i := h & mask
 		for sh.index[i] != 0 {
 			i = (i + 1) & mask
 		}
 		sh.index[i] = v
 	}
+	for n := range sh.entries {
+		if e := &sh.entries[n]; e.tokLen != tokDead {
+			h := t.hashOf(&e.hash)
+			put(h, uint32(n+1)|tagOf(h))
+		}
+	}
+	for n := range sh.prevs {
+		if p := &sh.prevs[n]; p.tokLen != tokDead {
+			h := t.hashOf(&p.hash)
+			put(h, uint32(n+1)|tagOf(h)|slotPrevBit)
+		}
+	}
 }
 
-// removeSlot deletes v with backward-shift deletion (no tombstones, so
-// probe sequences never lengthen with churn); the caller holds sh.mu.
+// removeSlot deletes v with backward-shift deletion (no tombstones in the
+// index, so probe sequences never lengthen with churn); the caller holds
+// sh.mu.
 func (t *keyTable) removeSlot(sh *shard, h uint64, v uint32) {
 	mask := uint64(len(sh.index) - 1)
 	i := h & mask
@@ -440,46 +513,72 @@ func backShift(tab []uint32, i uint64, home func(uint32) uint64) {
 
 // ---- token id index (writer only) ----
 
+func tokTag(h uint64) uint32 { return uint32(h>>60) << 28 }
+
 func (t *keyTable) tokHome(v uint32) uint64 {
-	return maphash.String(t.tokSeed, t.ar.str(t.mainAt(v-1).token))
+	return maphash.String(t.tokSeed, t.tokenID(t.mainAt(v&tokRefMask-1)))
 }
 
+// findTok returns the token index slot of id and the ref of its record.
+// The tag spares most probes the cache miss of comparing a stored id.
 func (t *keyTable) findTok(id string) (slot uint64, ref uint32, ok bool) {
 	mask := uint64(len(t.tok) - 1)
-	for i := maphash.String(t.tokSeed, id) & mask; ; i = (i + 1) & mask {
+	h := maphash.String(t.tokSeed, id)
+	tag := tokTag(h)
+	for i := h & mask; ; i = (i + 1) & mask {
 		v := t.tok[i]
 		if v == 0 {
 			return i, 0, false
 		}
-		if t.ar.str(t.mainAt(v-1).token) == id {
-			return i, v - 1, true
+		if v&tokTagMask == tag {
+			if r := v&tokRefMask - 1; t.tokenID(t.mainAt(r)) == id {
+				return i, r, true
+			}
 		}
 	}
 }
 
-func (t *keyTable) addTok(id string, ref uint32) {
+// reserveTok grows the token index if one more key would exceed 3/4 load.
+// It must run before the key's record is stored (growTok indexes every live
+// record).
+func (t *keyTable) reserveTok() {
 	if (t.tokN+1)*4 > len(t.tok)*3 {
-		old := t.tok
-		t.tok = make([]uint32, 2*len(old))
-		mask := uint64(len(t.tok) - 1)
-		for _, v := range old {
-			if v == 0 {
-				continue
-			}
-			i := t.tokHome(v) & mask
-			for t.tok[i] != 0 {
-				i = (i + 1) & mask
-			}
-			t.tok[i] = v
-		}
+		t.growTok()
 	}
+}
+
+// addTok indexes a new key; reserveTok must have run before its record was
+// stored.
+func (t *keyTable) addTok(id string, ref uint32) {
 	mask := uint64(len(t.tok) - 1)
-	i := maphash.String(t.tokSeed, id) & mask
+	h := maphash.String(t.tokSeed, id)
+	i := h & mask
 	for t.tok[i] != 0 {
 		i = (i + 1) & mask
 	}
-	t.tok[i] = ref + 1
+	t.tok[i] = tokTag(h) | (ref + 1)
 	t.tokN++
+}
+
+// growTok doubles the token index, rebuilt from the live key records in
+// memory order rather than by chasing each old slot's record.
+func (t *keyTable) growTok() {
+	t.tok = make([]uint32, 2*len(t.tok))
+	mask := uint64(len(t.tok) - 1)
+	for si := range t.shards {
+		es := t.shards[si].entries
+		for n := range es {
+			if es[n].tokLen == tokDead {
+				continue
+			}
+			h := maphash.String(t.tokSeed, t.tokenID(&es[n]))
+			i := h & mask
+			for t.tok[i] != 0 {
+				i = (i + 1) & mask
+			}
+			t.tok[i] = tokTag(h) | (uint32(si)<<refShift | uint32(n)) + 1
+		}
+	}
 }
 
 func (t *keyTable) delTokSlot(i uint64) {
@@ -502,30 +601,34 @@ func (t *keyTable) trim() {
 	}
 }
 
-// compactDue reports whether deleted keys' strings waste enough of the
-// arena to rebuild the table.
+// compactMinDead is a variable so tests can force compaction.
+var compactMinDead = 16384
+
+// compactDue reports whether tombstones (deleted keys, regenerated keys'
+// old records, expired previous hashes) are worth rebuilding the table for.
 func (t *keyTable) compactDue() bool {
-	return t.garbage > compactMinGarbage && t.garbage*2 > t.ar.used
+	return t.dead > compactMinDead && t.dead*4 > t.keys+t.prevN
 }
 
-// compactMinGarbage is a variable so tests can force compaction.
-var compactMinGarbage int64 = 32 << 20
-
-// compacted returns a copy of t with fresh arena, interner and indexes,
-// holding only live keys; t itself is unchanged (readers may still use it).
-// It shares t's dict.
+// compacted returns a copy of t holding only live records, with fresh
+// arena, interner and indexes; t itself is unchanged (readers may still use
+// it). It shares t's dict.
 func (t *keyTable) compacted() *keyTable {
 	nt := newKeyTable(t.d)
 	for _, v := range t.tok {
 		if v == 0 {
 			continue
 		}
-		e := *t.mainAt(v - 1)
-		id := t.ar.str(e.token)
-		e.token = nt.ar.add(id)
+		src := t.mainAt(v&tokRefMask - 1)
+		id := t.tokenID(src) // points into t: copied into nt below
+		e := *src
+		if e.tokLen == tokArena {
+			nt.setToken(&e, id)
+		}
 		e.user = nt.ids.intern(nt.ar, t.ar.str(e.user))
 		e.team = nt.ids.intern(nt.ar, t.ar.str(e.team))
 		e.org = nt.ids.intern(nt.ar, t.ar.str(e.org))
+		nt.reserveTok()
 		ref := nt.insertMain(&e)
 		nt.addTok(id, ref)
 		nt.keys++
@@ -538,7 +641,7 @@ func (t *keyTable) compacted() *keyTable {
 				p.hash = h
 				refs = append(refs, nt.insertPrev(&p))
 			}
-			nt.prevOf[nt.ar.str(e.token)] = refs
+			nt.prevOf[strings.Clone(id)] = refs
 		}
 	}
 	nt.trim()
@@ -552,8 +655,8 @@ func (t *keyTable) memBytes() int64 {
 		sh := &t.shards[i]
 		n += int64(cap(sh.entries))*int64(unsafe.Sizeof(entry{})) +
 			int64(cap(sh.prevs))*int64(unsafe.Sizeof(prevEntry{})) +
-			int64(cap(sh.index)+cap(sh.freeE)+cap(sh.freeP))*4
+			int64(cap(sh.index))*4
 	}
-	n += int64(len(t.tok))*4 + int64(len(t.ids.slots))*4 + t.ar.size()
+	n += int64(len(t.tok))*4 + int64(len(t.ids.slots))*8 + t.ar.size()
 	return n
 }

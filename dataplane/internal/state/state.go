@@ -132,6 +132,7 @@ type Stats struct {
 	Revision       int64
 	Keys           int
 	PreviousHashes int // previous hashes in their grace period (or not yet purged)
+	DeadRecords    int // tombstoned key records awaiting compaction
 	Teams          int
 	Users          int
 	Orgs           int
@@ -154,6 +155,7 @@ func (s *State) Stats() Stats {
 		Revision:       v.rev,
 		Keys:           v.keys.keys,
 		PreviousHashes: v.keys.prevN,
+		DeadRecords:    v.keys.dead,
 		Teams:          v.teams.n,
 		Users:          v.users.n,
 		Orgs:           v.orgs.n,

@@ -11,8 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 
-	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/state/statetest"
+	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 )
 
 func hashOf(s string) [32]byte { return sha256.Sum256([]byte(s)) }
@@ -485,8 +485,15 @@ func TestInstallAtomic(t *testing.T) {
 // TestKeyTableModel applies random puts, regenerations and deletes through
 // deltas and compares every lookup with a plain map, with compaction forced.
 func TestKeyTableModel(t *testing.T) {
-	defer func(v int64) { compactMinGarbage = v }(compactMinGarbage)
-	compactMinGarbage = 1 << 10
+	// Few ids: deletes make garbage fast and the delta path compacts by
+	// itself. Many ids: the indexes grow; compaction is forced.
+	t.Run("ids=400", func(t *testing.T) { testKeyTableModel(t, 400, false) })
+	t.Run("ids=1500", func(t *testing.T) { testKeyTableModel(t, 1500, true) })
+}
+
+func testKeyTableModel(t *testing.T, ids int, force bool) {
+	defer func(v int) { compactMinDead = v }(compactMinDead)
+	compactMinDead = 64
 
 	type key struct {
 		secret string
@@ -503,8 +510,8 @@ func TestKeyTableModel(t *testing.T) {
 	compactions := 0
 	for round := 0; round < 300; round++ {
 		var changes []*syncv1.Entity
-		for range 1 + rng.IntN(20) {
-			id := fmt.Sprint("k", rng.IntN(400))
+		for range 1 + rng.IntN(40) {
+			id := fmt.Sprint("k", rng.IntN(ids))
 			switch op := rng.IntN(10); {
 			case op < 2:
 				delete(model, id)
@@ -537,6 +544,14 @@ func TestKeyTableModel(t *testing.T) {
 			t.Fatal(err)
 		}
 		if s.v.Load().keys != before {
+			compactions++
+		}
+		if force && round%40 == 39 {
+			s.mu.Lock()
+			nv := *s.v.Load()
+			nv.keys = nv.keys.compacted()
+			s.v.Store(&nv)
+			s.mu.Unlock()
 			compactions++
 		}
 		rev++

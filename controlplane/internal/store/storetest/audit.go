@@ -94,8 +94,8 @@ func testAuditFilters(t *testing.T, s store.Store) {
 			f.Page = p
 			return r.ListAudit(ctx, f)
 		})
-		if ids := ids(got, auditID); !slices.Equal(ids, want) || total != len(want) {
-			t.Errorf("ListAudit %s = %v total %d, want %v", c.name, ids, total, want)
+		if gotIDs := ids(got, auditID); !slices.Equal(gotIDs, want) || total != len(want) {
+			t.Errorf("ListAudit %s = %v total %d, want %v", c.name, gotIDs, total, want)
 		}
 	}
 	// Page 1 of size 3 is the three newest.

@@ -76,8 +76,8 @@ func testListKeysPages(t *testing.T, s store.Store) {
 		if total != 25 {
 			t.Errorf("size %d: total %d, want 25", size, total)
 		}
-		if ids := ids(got, keyID); !slices.Equal(ids, want) {
-			t.Errorf("size %d: keys across pages\n got  %v\n want %v (creation order)", size, ids, want)
+		if gotIDs := ids(got, keyID); !slices.Equal(gotIDs, want) {
+			t.Errorf("size %d: keys across pages\n got  %v\n want %v (creation order)", size, gotIDs, want)
 		}
 	}
 	// Exact page boundaries: 10, 10, 5, then nothing.
@@ -103,8 +103,8 @@ func testListKeysPages(t *testing.T, s store.Store) {
 		return tx.UpdateKey(ctx, k)
 	})
 	got, _ := pages(t, 25, func(p store.Page) ([]store.Key, int, error) { return r.ListKeys(ctx, store.KeyFilter{Page: p}) })
-	if ids := ids(got, keyID); !slices.Equal(ids, want) {
-		t.Errorf("after an update: %v, want %v", ids, want)
+	if gotIDs := ids(got, keyID); !slices.Equal(gotIDs, want) {
+		t.Errorf("after an update: %v, want %v", gotIDs, want)
 	}
 }
 
@@ -240,8 +240,8 @@ func testListKeyFilters(t *testing.T, s store.Store) {
 			f.Page = p
 			return r.ListKeys(ctx, f)
 		})
-		if ids := ids(got, keyID); !slices.Equal(ids, c.want) || total != len(c.want) {
-			t.Errorf("ListKeys(%+v) = %v total %d, want %v", c.f, ids, total, c.want)
+		if gotIDs := ids(got, keyID); !slices.Equal(gotIDs, c.want) || total != len(c.want) {
+			t.Errorf("ListKeys(%+v) = %v total %d, want %v", c.f, gotIDs, total, c.want)
 		}
 	}
 }
@@ -276,8 +276,8 @@ func testListTeams(t *testing.T, s store.Store) {
 			f.Page = p
 			return r.ListTeams(ctx, f)
 		})
-		if ids := ids(got, teamID); !slices.Equal(ids, want) || total != len(want) {
-			t.Errorf("ListTeams(%+v) = %v total %d, want %v", f, ids, total, want)
+		if gotIDs := ids(got, teamID); !slices.Equal(gotIDs, want) || total != len(want) {
+			t.Errorf("ListTeams(%+v) = %v total %d, want %v", f, gotIDs, total, want)
 		}
 	}
 	check(store.TeamFilter{}, "t0", "t1", "t2", "t3", "t4")
@@ -329,8 +329,8 @@ func testListUsers(t *testing.T, s store.Store) {
 			f.Page = p
 			return r.ListUsers(ctx, f)
 		})
-		if ids := ids(got, userID); !slices.Equal(ids, want) || total != len(want) {
-			t.Errorf("ListUsers(%+v) = %v total %d, want %v", f, ids, total, want)
+		if gotIDs := ids(got, userID); !slices.Equal(gotIDs, want) || total != len(want) {
+			t.Errorf("ListUsers(%+v) = %v total %d, want %v", f, gotIDs, total, want)
 		}
 	}
 	check(store.UserFilter{}, "alice", "bob", "carol", "dave", "erin")
@@ -368,8 +368,8 @@ func testListOrganizations(t *testing.T, s store.Store) {
 	got, total := pages(t, 5, func(p store.Page) ([]store.Organization, int, error) {
 		return s.Read().ListOrganizations(ctx, p)
 	})
-	if ids := ids(got, orgID); !slices.Equal(ids, want) || total != 12 {
-		t.Errorf("ListOrganizations = %v total %d, want %v", ids, total, want)
+	if gotIDs := ids(got, orgID); !slices.Equal(gotIDs, want) || total != 12 {
+		t.Errorf("ListOrganizations = %v total %d, want %v", gotIDs, total, want)
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"slices"
 	"testing"
-	"time"
 
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 )
@@ -37,7 +36,6 @@ func testRevisionsEmpty(t *testing.T, s store.Store) {
 // testOneRevisionPerTx: each committed write transaction is one change set,
 // however many objects it wrote, with the post-image of each.
 func testOneRevisionPerTx(t *testing.T, s store.Store) {
-	start := time.Now()
 	k, tm, u, o, m, st := fullKey("k"), fullTeam("t"), fullUser("u"), fullOrg("o"), fullModel("m"), fullSettings()
 	write(t, s, func(ctx context.Context, tx store.Tx) error {
 		return errors.Join(tx.CreateKey(ctx, k), tx.CreateTeam(ctx, tm), tx.CreateUser(ctx, u),
@@ -60,8 +58,8 @@ func testOneRevisionPerTx(t *testing.T, s store.Store) {
 	if cs.PrevRevision() != 0 {
 		t.Errorf("PrevRevision of revision 1 = %d", cs.PrevRevision())
 	}
-	if cs.CommittedAt.Before(start.Add(-time.Minute)) || cs.CommittedAt.After(time.Now().Add(time.Minute)) {
-		t.Errorf("CommittedAt = %v, want about %v", cs.CommittedAt, start)
+	if cs.CommittedAt.IsZero() {
+		t.Errorf("revision 1 has no CommittedAt")
 	}
 
 	k2 := k

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 )
@@ -38,7 +39,6 @@ func readState(t testing.TB, r store.Reader) state {
 	t.Helper()
 	ctx := context.Background()
 	var st state
-	var err error
 	all := store.Page{Size: store.MaxPageSize}
 	var errs [7]error
 	st.keys, _, errs[0] = r.ListKeys(ctx, store.KeyFilter{Page: all})
@@ -48,7 +48,7 @@ func readState(t testing.TB, r store.Reader) state {
 	st.models, errs[4] = r.ListModels(ctx)
 	st.settings, errs[5] = r.GetSettings(ctx)
 	st.audit, _, errs[6] = r.ListAudit(ctx, store.AuditFilter{Page: all})
-	if err = errors.Join(errs[:]...); err != nil {
+	if err := errors.Join(errs[:]...); err != nil {
 		t.Fatalf("reading the store: %v", err)
 	}
 	return st
@@ -172,11 +172,27 @@ func testUncommittedInvisible(t *testing.T, s store.Store) {
 		if err := tx.CreateTeam(ctx, newTeam("t", at(0))); err != nil {
 			return err
 		}
-		_, err := s.Read().GetKey(ctx, "k")
-		expectNotFound(t, "uncommitted key read outside its transaction", err)
-		_, n, err := s.Read().ListTeams(ctx, store.TeamFilter{})
-		if err != nil || n != 0 {
-			t.Errorf("ListTeams outside the transaction = total %d, %v; want 0", n, err)
+		// Read from another goroutine, as another request would: a reader
+		// must not wait for the writer.
+		type result struct {
+			errKey, errList error
+			teams           int
+		}
+		done := make(chan result, 1)
+		go func() {
+			var res result
+			_, res.errKey = s.Read().GetKey(context.Background(), "k")
+			_, res.teams, res.errList = s.Read().ListTeams(context.Background(), store.TeamFilter{})
+			done <- res
+		}()
+		select {
+		case res := <-done:
+			expectNotFound(t, "uncommitted key read outside its transaction", res.errKey)
+			if res.errList != nil || res.teams != 0 {
+				t.Errorf("ListTeams outside the transaction = total %d, %v; want 0", res.teams, res.errList)
+			}
+		case <-time.After(wait):
+			t.Errorf("Read blocked for %v while a write transaction was open", wait)
 		}
 		return nil
 	})

@@ -1,0 +1,93 @@
+package proxy
+
+import (
+	"io"
+	"strings"
+	"testing"
+	"testing/iotest"
+)
+
+func TestUsageSniffer(t *testing.T) {
+	tests := map[string]Usage{
+		`{"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}`:                                     {1, 2, 3},
+		`{"choices":[{"usage":{"prompt_tokens":9}}],"usage":{"prompt_tokens":1,"total_tokens":1}}`:                 {1, 0, 1},
+		`{"text":"\"usage\":{\"prompt_tokens\":9}","x":{"usage":{"prompt_tokens":9}},"usage":{"prompt_tokens":2}}`: {2, 0, 2},
+		` { "usage" : { "prompt_tokens" : 4 , "completion_tokens" : 1 } } `:                                        {4, 1, 5},
+		`{"a\\":"usage","usage":{"completion_tokens":7}}`:                                                          {0, 7, 7},
+	}
+	for doc, want := range tests {
+		for _, oneByte := range []bool{false, true} {
+			c := &call{}
+			var r io.Reader = strings.NewReader(doc)
+			if oneByte {
+				r = iotest.OneByteReader(r)
+			}
+			out, err := io.ReadAll(newUsageSniffer(io.NopCloser(r), c))
+			if err != nil || string(out) != doc {
+				t.Fatalf("passthrough changed the body: %q", out)
+			}
+			if !c.usageKnown || c.usage != want {
+				t.Errorf("%s (one byte %v): %+v %v, want %+v", doc, oneByte, c.usage, c.usageKnown, want)
+			}
+		}
+	}
+	for _, doc := range []string{`[{"usage":{"prompt_tokens":1}}]`, `{"x":{"usage":{"prompt_tokens":1}}}`, `{"error":{"message":"x"}}`, `"usage"`} {
+		c := &call{}
+		io.ReadAll(newUsageSniffer(io.NopCloser(strings.NewReader(doc)), c))
+		if c.usageKnown {
+			t.Errorf("%s: usage %+v", doc, c.usage)
+		}
+	}
+}
+
+func TestSSEFilter(t *testing.T) {
+	const (
+		chunk = "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}],\"usage\":null}"
+		usage = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":6,\"total_tokens\":11}}"
+		done  = "data: [DONE]"
+	)
+	for _, nl := range []string{"\n", "\r\n"} {
+		stream := chunk + nl + nl + ": comment" + nl + nl + usage + nl + nl + done + nl + nl
+		for _, hide := range []bool{false, true} {
+			for _, oneByte := range []bool{false, true} {
+				c := &call{hideUsage: hide}
+				var r io.Reader = strings.NewReader(stream)
+				if oneByte {
+					r = iotest.OneByteReader(r)
+				}
+				out, err := io.ReadAll(newSSEFilter(io.NopCloser(r), c))
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := stream
+				if hide {
+					want = strings.Replace(stream, usage+nl+nl, "", 1)
+				}
+				if string(out) != want {
+					t.Errorf("hide=%v oneByte=%v nl=%q:\n got %q\nwant %q", hide, oneByte, nl, out, want)
+				}
+				if !c.usageKnown || c.usage != (Usage{5, 6, 11}) {
+					t.Errorf("usage %+v", c.usage)
+				}
+			}
+		}
+	}
+}
+
+func TestSSEFilterUnterminatedTailPassesThrough(t *testing.T) {
+	c := &call{hideUsage: true}
+	in := "data: {\"a\":1}\n\ndata: partial"
+	out, _ := io.ReadAll(newSSEFilter(io.NopCloser(strings.NewReader(in)), c))
+	if string(out) != in {
+		t.Fatalf("%q", out)
+	}
+}
+
+func TestSSEFilterHugeEventPassesThrough(t *testing.T) {
+	c := &call{hideUsage: true}
+	in := "data: \"" + strings.Repeat("x", 3*maxEvent) + "\"\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\n"
+	out, _ := io.ReadAll(newSSEFilter(io.NopCloser(strings.NewReader(in)), c))
+	if string(out) != in {
+		t.Fatalf("lost bytes: %d vs %d", len(out), len(in))
+	}
+}
