@@ -149,6 +149,7 @@ func (c *Cache) moveAside(reason error) error {
 // openDB checks the file, opens it with bbolt and checks the schema.
 // Corruption of any kind comes back wrapping ErrCorrupt.
 func openDB(path string, log *slog.Logger) (db *bolt.DB, err error) {
+	_, statErr := os.Lstat(path)
 	if err := verifyFile(path); err != nil {
 		return nil, err
 	}
@@ -176,6 +177,11 @@ func openDB(path string, log *slog.Logger) (db *bolt.DB, err error) {
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("%w: %s", ErrLocked, path)
+		}
+		if errors.Is(statErr, os.ErrNotExist) {
+			// Nothing there to be corrupt: the directory is missing or
+			// not writable.
+			return nil, fmt.Errorf("cache: create %s: %w", path, err)
 		}
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}

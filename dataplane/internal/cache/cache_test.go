@@ -368,6 +368,14 @@ func TestLockedFileNotMovedAside(t *testing.T) {
 	}
 }
 
+func TestMissingDirectory(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "no", "such", "dir", "c.db")
+	_, err := Open(path, logger(t))
+	if err == nil || errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Open in a missing directory = %v", err)
+	}
+}
+
 func TestDirectoryIsNotMovedAside(t *testing.T) {
 	path := t.TempDir()
 	if _, err := Open(path, logger(t)); err == nil || errors.Is(err, ErrLocked) {

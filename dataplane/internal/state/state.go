@@ -269,13 +269,13 @@ func settingsFrom(e *syncv1.Entity) *Settings {
 // Install publishes b's snapshot in one atomic step: readers see the old
 // state or the new one, never a mix. b cannot be used afterwards.
 func (s *State) Install(b *Builder) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if b.done {
 		panic(errInstalled)
 	}
 	b.done = true
-	b.keys.trim()
+	b.keys.trim() // b is not shared: no lock needed, none held while copying
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.v.Store(&view{
 		rev:      b.rev,
 		keys:     b.keys,
