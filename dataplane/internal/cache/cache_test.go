@@ -238,6 +238,26 @@ func TestUnknownSchemaMovedAside(t *testing.T) {
 	expectMovedAside(t, path, nil)
 }
 
+// TestSyncedFreelistAccepted: a healthy file whose freelist was persisted
+// (another bbolt configuration or tool) still opens.
+func TestSyncedFreelistAccepted(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.db")
+	validFile(t, path, 100)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{NoFreelistSync: false})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put([]byte("x"), []byte("y")) })
+	db.Close()
+	if err := verifyFile(path); err != nil {
+		t.Fatal(err)
+	}
+	c := open(t, path)
+	if rev, ok, got := load(t, c); !ok || rev != 5 || len(got) != 100 {
+		t.Fatalf("rev %d ok %v n %d", rev, ok, len(got))
+	}
+}
+
 func TestForeignBboltFileMovedAside(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "c.db")
 	db, err := bolt.Open(path, 0o600, nil)

@@ -122,8 +122,14 @@ func BenchmarkOpen1M(b *testing.B) {
 		}
 		took := time.Since(t0)
 		_, peak := rssMB()
+		runtime.GC()
+		cur, _ := rssMB()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
 		b.ReportMetric(took.Seconds(), "s/open")
 		b.ReportMetric(peak, "peakRSS-MB")
+		b.ReportMetric(cur, "RSS-MB")
+		b.ReportMetric(float64(ms.HeapAlloc)/(1<<20), "heap-MB")
 		_ = r.Close()
 		runtime.GC()
 	}

@@ -6,7 +6,8 @@ import (
 	"unsafe"
 )
 
-// Strings of the key table (token ids; user, team and org ids) live in an
+// Strings of the key table (user, team and org ids; token ids longer than
+// fit in a record) live in an
 // arena of fixed-size byte chunks and are referenced by a uint32 strRef, so
 // a million keys hold no Go pointers. A string is stored once as
 // uvarint(len) || bytes and is never modified afterwards: readers turn it

@@ -126,25 +126,33 @@ func BenchmarkMemoryLatency(b *testing.B) {
 	}
 }
 
-// BenchmarkApplyDeltaSmall: a delta updating 2 keys and deleting+recreating
-// one, against 1M keys.
+// BenchmarkApplyDeltaSmall: deltas of three key changes against 1M keys:
+// two updates plus a delete (even iterations) or the re-creation of the
+// deleted key (odd ones).
 func BenchmarkApplyDeltaSmall(b *testing.B) {
 	s := loadBig(b)
+	keys := make([]*syncv1.Entity, 3000)
+	tombs := make([]*syncv1.Entity, 3000)
+	for i := range keys {
+		keys[i] = statetest.Key(i)
+		tombs[i] = statetest.Tombstone(KindKey, statetest.TokenID(i))
+	}
+	d := &syncv1.Delta{Changes: make([]*syncv1.Entity, 3)}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		rev := s.Revision()
-		k := i % 1000
-		d := &syncv1.Delta{PrevRevision: rev, Revision: rev + 1, Changes: []*syncv1.Entity{
-			statetest.Key(k), statetest.Key(k + 1000), statetest.Tombstone(KindKey, statetest.TokenID(k+2000)),
-		}}
+		k := i / 2 % 1000
+		d.Changes[0], d.Changes[1] = keys[k], keys[k+1000]
+		if i%2 == 0 {
+			d.Changes[2] = tombs[k+2000]
+		} else {
+			d.Changes[2] = keys[k+2000]
+		}
+		d.PrevRevision = s.Revision()
+		d.Revision = d.PrevRevision + 1
 		if err := s.ApplyDelta(d); err != nil {
 			b.Fatal(err)
 		}
-		b.StopTimer()
-		rev++
-		_ = s.ApplyDelta(&syncv1.Delta{PrevRevision: rev, Revision: rev + 1, Changes: []*syncv1.Entity{statetest.Key(k + 2000)}})
-		b.StartTimer()
 	}
 }
 

@@ -615,6 +615,7 @@ func (t *keyTable) compactDue() bool {
 // it). It shares t's dict.
 func (t *keyTable) compacted() *keyTable {
 	nt := newKeyTable(t.d)
+	nt.presize(t.keys, t.prevN)
 	for _, v := range t.tok {
 		if v == 0 {
 			continue
@@ -646,6 +647,26 @@ func (t *keyTable) compacted() *keyTable {
 	}
 	nt.trim()
 	return nt
+}
+
+// presize sizes an empty table for about keys keys and prevs previous
+// hashes, so that filling it never regrows an index.
+func (t *keyTable) presize(keys, prevs int) {
+	t.tok = make([]uint32, pow2(keys*4/3+1))
+	per := (keys+prevs)/numShards + (keys+prevs)/numShards/8 + 16
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.index = make([]uint32, pow2(per*4/3+1))
+		sh.entries = make([]entry, 0, keys/numShards+keys/numShards/16+8)
+	}
+}
+
+func pow2(n int) int {
+	p := 16
+	for p < n {
+		p *= 2
+	}
+	return p
 }
 
 // memBytes estimates the memory the table holds (for Stats).

@@ -201,20 +201,20 @@ func TestPreviousHashGrace(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustFind(t, s, "sk-new", 10)
-	if err := s.ApplyDelta(delta(5, 6, Tombstone(KindKey, "k1"))); err != nil {
+	if err := s.ApplyDelta(delta(5, 6, tombstone(KindKey, "k1"))); err != nil {
 		t.Fatal(err)
 	}
 	mustMiss(t, s, "sk-new", 10)
 	mustMiss(t, s, "sk-new2", 10)
 }
 
-// Tombstone is a local shorthand.
-func Tombstone(kind, id string) *syncv1.Entity { return statetest.Tombstone(kind, id) }
+// tombstone is a local shorthand.
+func tombstone(kind, id string) *syncv1.Entity { return statetest.Tombstone(kind, id) }
 
 func TestDeleteAndReuse(t *testing.T) {
 	s := New()
 	install(t, s, 1, keyEnt("k1", "sk-1"), keyEnt("k2", "sk-2"))
-	if err := s.ApplyDelta(delta(1, 2, Tombstone(KindKey, "k1"), Tombstone(KindKey, "missing"))); err != nil {
+	if err := s.ApplyDelta(delta(1, 2, tombstone(KindKey, "k1"), tombstone(KindKey, "missing"))); err != nil {
 		t.Fatal(err)
 	}
 	mustMiss(t, s, "sk-1", 0)
@@ -237,9 +237,9 @@ func TestGapLeavesStateUnchanged(t *testing.T) {
 	}
 	install(t, s, 10, keyEnt("k1", "sk-1"))
 	for _, d := range []*syncv1.Delta{
-		delta(9, 11, Tombstone(KindKey, "k1")),
-		delta(11, 12, Tombstone(KindKey, "k1")),
-		delta(10, 10, Tombstone(KindKey, "k1")),
+		delta(9, 11, tombstone(KindKey, "k1")),
+		delta(11, 12, tombstone(KindKey, "k1")),
+		delta(10, 10, tombstone(KindKey, "k1")),
 	} {
 		if err := s.ApplyDelta(d); !errors.Is(err, ErrGap) {
 			t.Fatalf("delta %d->%d: %v, want ErrGap", d.PrevRevision, d.Revision, err)
@@ -285,7 +285,7 @@ func TestInvalidEntityRejected(t *testing.T) {
 	mustFind(t, s, "sk-1", 0)
 
 	// A delta with one bad entity applies nothing.
-	err = s.ApplyDelta(delta(1, 2, Tombstone(KindKey, "k1"), statetest.Team(1), bad))
+	err = s.ApplyDelta(delta(1, 2, tombstone(KindKey, "k1"), statetest.Team(1), bad))
 	if !errors.Is(err, ErrInvalidEntity) {
 		t.Fatalf("ApplyDelta = %v", err)
 	}
@@ -351,7 +351,7 @@ func TestTeamsUsersOrgs(t *testing.T) {
 	}
 	blocked := statetest.Team(1)
 	blocked.GetTeam().Blocked = true
-	if err := s.ApplyDelta(delta(1, 2, blocked, Tombstone(KindUser, "user-1"), statetest.Team(2))); err != nil {
+	if err := s.ApplyDelta(delta(1, 2, blocked, tombstone(KindUser, "user-1"), statetest.Team(2))); err != nil {
 		t.Fatal(err)
 	}
 	if tm2, _ := s.Team("team-1"); !tm2.Blocked || tm.Blocked {
@@ -392,7 +392,7 @@ func TestAccessGroups(t *testing.T) {
 	if s.AccessGroup("none") != nil || s.Deployments("none") != nil {
 		t.Fatal("unknown group or model")
 	}
-	if err := s.ApplyDelta(delta(1, 2, Tombstone(KindModel, "d3"), statetest.Model("d2", "gpt-4o"))); err != nil {
+	if err := s.ApplyDelta(delta(1, 2, tombstone(KindModel, "d3"), statetest.Model("d2", "gpt-4o"))); err != nil {
 		t.Fatal(err)
 	}
 	if got := s.ModelNames(); !slices.Equal(got, []string{"claude", "gpt-4o"}) {
@@ -426,7 +426,7 @@ func TestSettingsParse(t *testing.T) {
 	if err := s.ApplyDelta(delta(2, 3, statetest.Settings(raw))); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.ApplyDelta(delta(3, 4, Tombstone(KindSettings, SettingsID))); err != nil {
+	if err := s.ApplyDelta(delta(3, 4, tombstone(KindSettings, SettingsID))); err != nil {
 		t.Fatal(err)
 	}
 	if s.Settings().ServiceAccountEnforcedParams != nil {
@@ -515,7 +515,7 @@ func testKeyTableModel(t *testing.T, ids int, force bool) {
 			switch op := rng.IntN(10); {
 			case op < 2:
 				delete(model, id)
-				changes = append(changes, Tombstone(KindKey, id))
+				changes = append(changes, tombstone(KindKey, id))
 			default:
 				k := model[id]
 				if k == nil || op < 5 {
@@ -626,4 +626,22 @@ func TestConcurrentReadersDuringDeltas(t *testing.T) {
 	}
 	stop.Store(true)
 	wg.Wait()
+}
+
+func TestResolveCredential(t *testing.T) {
+	t.Setenv("TOLLGATE_TEST_UPSTREAM_KEY", "sk-upstream")
+	for _, tc := range []struct {
+		in, want string
+		err      bool
+	}{
+		{"os.environ/TOLLGATE_TEST_UPSTREAM_KEY", "sk-upstream", false},
+		{"os.environ/TOLLGATE_TEST_UNSET_VAR", "", true},
+		{"sk-literal", "sk-literal", false},
+		{"", "", false},
+	} {
+		got, err := ResolveCredential(tc.in)
+		if got != tc.want || (err != nil) != tc.err {
+			t.Errorf("ResolveCredential(%q) = %q, %v", tc.in, got, err)
+		}
+	}
 }
