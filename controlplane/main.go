@@ -30,6 +30,7 @@ type options struct {
 	SyncToken   string
 	Config      string
 	LogLevel    string
+	PprofAddr   string
 }
 
 func (o options) String() string {
@@ -53,6 +54,7 @@ func newFlagSet(name string, o *options) *flag.FlagSet {
 	fs.StringVar(&o.SyncToken, "sync-token", "", "shared secret data planes present on the sync stream")
 	fs.StringVar(&o.Config, "config", "", "LiteLLM-style YAML config applied at start")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.PprofAddr, "pprof-addr", "", "serve net/http/pprof on this address (off when empty; bind it to loopback)")
 	return fs
 }
 

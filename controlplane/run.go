@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"path/filepath"
 	"strings"
 	"time"
@@ -126,6 +127,19 @@ func run(ctx context.Context, o options) error {
 	})
 	mux.Handle("GET /openapi.json", openapi.Handler())
 	mux.Handle("/", gw)
+
+	if o.PprofAddr != "" {
+		pm := http.NewServeMux()
+		pm.HandleFunc("/debug/pprof/", pprof.Index)
+		pm.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		pm.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		go func() {
+			psrv := &http.Server{Addr: o.PprofAddr, Handler: pm, ReadHeaderTimeout: 10 * time.Second}
+			if err := psrv.ListenAndServe(); err != nil {
+				slog.Error("pprof server", "err", err)
+			}
+		}()
+	}
 
 	gl, err := net.Listen("tcp", o.GRPCAddr)
 	if err != nil {

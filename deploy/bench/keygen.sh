@@ -32,5 +32,8 @@ ADDR=127.0.0.1:18080
 TOLLGATE_MASTER_KEY=$MK bin/controlplane --database-url "$BASE/$DBNAME?sslmode=disable" --http-addr $ADDR --grpc-addr 127.0.0.1:18051 --sync-token sk-bench-sync --log-level warn &
 CP=$!
 for _ in $(seq 100); do curl -sf http://$ADDR/health >/dev/null && break; sleep 0.1; done
-echo "== tollgate: $C clients on POST /key/generate, 4 clients on GET /key/info, $DUR"
-go run ./deploy/bench/keyload -url http://$ADDR -master-key "$MK" -c "$C" -info 4 -d "$DUR"
+go build -o bin/keyload ./deploy/bench/keyload
+echo "== tollgate: $C clients on POST /key/generate as fast as they go, 4 clients on GET /key/info, $DUR"
+bin/keyload -url http://$ADDR -master-key "$MK" -c "$C" -info 4 -d "$DUR"
+echo "== tollgate: $C clients on POST /key/generate held at 500 keys/s, GET /key/info at 200 req/s, $DUR"
+bin/keyload -url http://$ADDR -master-key "$MK" -c "$C" -info 4 -d "$DUR" -rate 500 -info-rate 200

@@ -28,6 +28,8 @@ func main() {
 	ic := flag.Int("info", 4, "concurrent /key/info clients")
 	d := flag.Duration("d", 20*time.Second, "duration")
 	warm := flag.Int("warm", 200, "keys created before measuring")
+	infoRate := flag.Float64("info-rate", 0, "total /key/info calls per second (0: as fast as they go)")
+	rate := flag.Float64("rate", 0, "total /key/generate calls per second across all clients (0: as fast as they go)")
 	flag.Parse()
 
 	tr := &http.Transport{MaxIdleConnsPerHost: 256}
@@ -65,12 +67,23 @@ func main() {
 	var genLat, infoLat []time.Duration
 	var wg sync.WaitGroup
 	start := time.Now()
+	// With -rate, a ticker hands out permits; the clients still run
+	// concurrently, so the rate is held with c requests in flight at most.
+	permits := pacer(ctx, *rate, *c)
+	infoPermits := pacer(ctx, *infoRate, *ic)
 	for i := 0; i < *c; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			var lat []time.Duration
 			for ctx.Err() == nil {
+				if permits != nil {
+					select {
+					case <-permits:
+					case <-ctx.Done():
+						continue
+					}
+				}
 				st, b, dt, err := call("POST", *base+"/key/generate", []byte(`{"max_budget":10,"rpm_limit":100,"metadata":{"bench":true}}`))
 				if err != nil || st != 200 {
 					if ctx.Err() == nil {
@@ -98,6 +111,13 @@ func main() {
 			var lat []time.Duration
 			n := i
 			for ctx.Err() == nil {
+				if infoPermits != nil {
+					select {
+					case <-infoPermits:
+					case <-ctx.Done():
+						continue
+					}
+				}
 				keysMu.Lock()
 				k := created[n%len(created)]
 				keysMu.Unlock()
@@ -119,9 +139,33 @@ func main() {
 	}
 	wg.Wait()
 	el := time.Since(start).Seconds()
-	fmt.Printf("duration %.1fs, %d generate clients, %d info clients\n", el, *c, *ic)
+	fmt.Printf("duration %.1fs, %d generate clients (target rate %v/s, 0 = unlimited), %d info clients\n", el, *c, *rate, *ic)
 	fmt.Printf("/key/generate: %d ok (%.0f keys/s), %d errors, latency %s\n", genOK.Load(), float64(genOK.Load())/el, genErr.Load(), pct(genLat))
 	fmt.Printf("/key/info:     %d ok (%.0f req/s), %d errors, latency %s\n", infoOK.Load(), float64(infoOK.Load())/el, infoErr.Load(), pct(infoLat))
+}
+
+// pacer hands out rate permits per second (nil when rate is 0).
+func pacer(ctx context.Context, rate float64, burst int) chan struct{} {
+	if rate <= 0 {
+		return nil
+	}
+	permits := make(chan struct{}, burst)
+	go func() {
+		t := time.NewTicker(time.Duration(float64(time.Second) / rate))
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				select {
+				case permits <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	return permits
 }
 
 func pct(l []time.Duration) string {
@@ -129,6 +173,8 @@ func pct(l []time.Duration) string {
 		return "n/a"
 	}
 	slices.Sort(l)
-	p := func(q float64) time.Duration { return l[min(len(l)-1, int(q*float64(len(l))))].Round(10 * time.Microsecond) }
+	p := func(q float64) time.Duration {
+		return l[min(len(l)-1, int(q*float64(len(l))))].Round(10 * time.Microsecond)
+	}
 	return fmt.Sprintf("p50 %s p90 %s p99 %s max %s", p(0.50), p(0.90), p(0.99), l[len(l)-1].Round(10*time.Microsecond))
 }

@@ -120,7 +120,9 @@ func main() {
 		lat = append(lat, d)
 	}
 	slices.Sort(lat)
-	p := func(q float64) time.Duration { return lat[min(len(lat)-1, int(q*float64(len(lat))))].Round(10 * time.Microsecond) }
+	p := func(q float64) time.Duration {
+		return lat[min(len(lat)-1, int(q*float64(len(lat))))].Round(10 * time.Microsecond)
+	}
 	fmt.Printf("%d revocations (%s) across %d proxies: slowest-proxy latency p50 %s p90 %s p99 %s max %s\n",
 		len(lat), *op, len(ps), p(0.5), p(0.9), p(0.99), lat[len(lat)-1].Round(10*time.Microsecond))
 }

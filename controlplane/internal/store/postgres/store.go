@@ -21,6 +21,8 @@ import (
 // Store is the Postgres implementation of store.Store.
 type Store struct {
 	pool *pgxpool.Pool
+	// readPool serves Read(): reads outside transactions.
+	readPool *pgxpool.Pool
 	// connConfig opens the dedicated connections (sequencer, listener) that
 	// must not come from the pool: they hold a session lock or LISTEN.
 	connConfig *pgx.ConnConfig
@@ -77,8 +79,19 @@ func Open(ctx context.Context, databaseURL string, opts ...Option) (*Store, erro
 	if err != nil {
 		return nil, fmt.Errorf("postgres: open: %w", classify(ctx, err))
 	}
+	// Reads outside transactions (auth lookups, /key/info, listings) get a
+	// pool of their own, so a burst of write transactions holding every
+	// write connection never queues a point read behind it.
+	rcfg := cfg.Copy()
+	rcfg.MaxConns = max(2, cfg.MaxConns/2)
+	readPool, err := pgxpool.NewWithConfig(ctx, rcfg)
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres: open: %w", classify(ctx, err))
+	}
 	s := &Store{
 		pool:       pool,
+		readPool:   readPool,
 		connConfig: dedicated,
 		opts:       o,
 		log:        o.logger.With("component", "store/postgres"),
@@ -119,6 +132,7 @@ func (s *Store) Close() error {
 		}
 		s.subsMu.Unlock()
 		s.pool.Close()
+		s.readPool.Close()
 	})
 	return nil
 }
@@ -131,7 +145,7 @@ func (s *Store) Ping(ctx context.Context) error {
 // Read returns a Reader on the pool: each call sees the latest committed
 // state.
 func (s *Store) Read() store.Reader {
-	return &reader{q: s.pool, fail: classify}
+	return &reader{q: s.readPool, fail: classify}
 }
 
 // Head returns the highest assigned revision.
