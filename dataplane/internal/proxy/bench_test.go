@@ -13,6 +13,7 @@ import (
 	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce/enforcetest"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/state/statetest"
 )
 
 const benchKeys = 1_000_000
@@ -58,6 +59,34 @@ const benchBody = `{"model":"gpt-4o-mini","messages":[{"role":"system","content"
 // lookup, team/user/org, route, model (key ∩ team ∩ org with access groups),
 // enforced params, budgets, deployment choice, credential, body plan.
 func BenchmarkDecision(b *testing.B) {
+	benchDecision(b, sharedBenchState)
+}
+
+var (
+	realOnce   sync.Once
+	realReader state.Reader
+)
+
+// BenchmarkDecisionRealState is BenchmarkDecision on the proxy's real,
+// snapshot-built state (pointer-free key table) with 1M keys, the state the
+// proxy serves from in production.
+func BenchmarkDecisionRealState(b *testing.B) {
+	benchDecision(b, func(tb testing.TB) (state.Reader, func(int) string) {
+		realOnce.Do(func() {
+			st := state.New()
+			bld := st.NewSnapshot(1)
+			if err := statetest.Snapshot(benchKeys, bld.Add); err != nil {
+				tb.Fatal(err)
+			}
+			st.Install(bld)
+			realReader = st
+		})
+		// Keys 4j and 4j+2 may use gpt-4o-mini (see statetest.Key).
+		return realReader, func(i int) string { return statetest.Secret((i % (benchKeys / 2)) * 2) }
+	})
+}
+
+func benchDecision(b *testing.B, mk func(testing.TB) (state.Reader, func(int) string)) {
 	for _, bc := range []struct {
 		name, body string
 	}{
@@ -65,7 +94,7 @@ func BenchmarkDecision(b *testing.B) {
 		{"stream", strings.Replace(benchBody, `"temperature"`, `"stream":true,"temperature"`, 1)},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			st, secret := sharedBenchState(b)
+			st, secret := mk(b)
 			h := New(Options{State: st, Getenv: func(string) string { return "sk-upstream" },
 				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}).(*handler)
 			body := []byte(bc.body)
