@@ -367,3 +367,65 @@ func metric(text, name string) string {
 	}
 	return ""
 }
+
+func TestCorruptCacheMovedAside(t *testing.T) {
+	t.Parallel()
+	d := newDeployment(t, CPOptions{})
+	key := ok(t, Do(t, "POST", d.cp.URL()+"/key/generate", d.cp.MasterKey, `{}`))["key"].(string)
+	dir := t.TempDir()
+	cache := filepath.Join(dir, "proxy.db")
+	if err := os.WriteFile(cache, []byte(strings.Repeat("not a bbolt file ", 4096)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// With the control plane up, the proxy moves the file aside and gets a
+	// fresh snapshot.
+	dp := StartDataPlane(t, DPOptions{ControlPlane: d.cp.GRPCAddr, SyncToken: d.cp.SyncToken, Cache: cache, Env: d.env})
+	waitStatus(t, dp, key, chat("gpt-4o-mini", ""), 200)
+	aside, _ := filepath.Glob(cache + ".corrupt-*")
+	if len(aside) != 1 {
+		t.Fatalf("corrupt cache not moved aside: %v", aside)
+	}
+	// Truncate the (now valid) cache while the control plane is down: the
+	// proxy must not serve from it, and must not be ready.
+	dp.Stop()
+	d.cp.Kill()
+	b, err := os.ReadFile(cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cache, b[:len(b)/3], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dp = StartDataPlane(t, DPOptions{ControlPlane: d.cp.GRPCAddr, SyncToken: d.cp.SyncToken, Cache: cache, Env: d.env, NoWaitReady: true})
+	time.Sleep(300 * time.Millisecond)
+	if r := Do(t, "GET", dp.URL()+"/health/readiness", "", nil); r.Status != 503 {
+		t.Fatalf("proxy with a truncated cache is ready: %d %s", r.Status, r.Body)
+	}
+	envelope(t, Do(t, "POST", dp.URL()+"/v1/chat/completions", key, chat("gpt-4o-mini", "")), 503)
+}
+
+func TestProxyMetrics(t *testing.T) {
+	t.Parallel()
+	d := newDeployment(t, CPOptions{})
+	dp := d.proxy(t)
+	key := ok(t, Do(t, "POST", d.cp.URL()+"/key/generate", d.cp.MasterKey, `{}`))["key"].(string)
+	waitStatus(t, dp, key, chat("gpt-4o-mini", ""), 200)
+	Do(t, "POST", dp.URL()+"/v1/chat/completions", RandomKey(), chat("gpt-4o-mini", ""))
+	r := Do(t, "GET", dp.URL()+"/metrics", "", nil)
+	if r.Status != 200 {
+		t.Fatalf("metrics: %d", r.Status)
+	}
+	text := string(r.Body)
+	for _, series := range []string{
+		"tollgate_proxy_requests_total", "tollgate_proxy_decision_seconds_bucket",
+		"tollgate_sync_connected 1", "tollgate_sync_revision", "tollgate_sync_head_revision",
+		"tollgate_sync_state_age_seconds", "tollgate_sync_snapshots_applied_total",
+	} {
+		if !strings.Contains(text, series) {
+			t.Errorf("metrics lack %s", series)
+		}
+	}
+	if strings.Contains(text, key) || strings.Contains(text, key[len(key)-8:]) {
+		t.Fatal("metrics contain key material")
+	}
+}
