@@ -31,6 +31,9 @@ type options struct {
 	Config      string
 	LogLevel    string
 	PprofAddr   string
+	TLSCert     string
+	TLSKey      string
+	ClientCA    string
 }
 
 func (o options) String() string {
@@ -40,8 +43,8 @@ func (o options) String() string {
 		}
 		return "(sensitive)"
 	}
-	return fmt.Sprintf("http-addr=%s grpc-addr=%s database-url=%s data-dir=%s master-key=%s sync-token=%s config=%s",
-		o.HTTPAddr, o.GRPCAddr, red(o.DatabaseURL), o.DataDir, red(o.MasterKey), red(o.SyncToken), o.Config)
+	return fmt.Sprintf("http-addr=%s grpc-addr=%s database-url=%s data-dir=%s master-key=%s sync-token=%s config=%s tls-cert=%s client-ca=%s",
+		o.HTTPAddr, o.GRPCAddr, red(o.DatabaseURL), o.DataDir, red(o.MasterKey), red(o.SyncToken), o.Config, o.TLSCert, o.ClientCA)
 }
 
 func newFlagSet(name string, o *options) *flag.FlagSet {
@@ -54,6 +57,9 @@ func newFlagSet(name string, o *options) *flag.FlagSet {
 	fs.StringVar(&o.SyncToken, "sync-token", "", "shared secret data planes present on the sync stream")
 	fs.StringVar(&o.Config, "config", "", "LiteLLM-style YAML config applied at start")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM certificate for REST and gRPC (TLS when set; reloaded when the file changes)")
+	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
+	fs.StringVar(&o.ClientCA, "client-ca", "", "PEM CA bundle: proxies must present a client certificate it signed on the sync stream (mutual TLS)")
 	fs.StringVar(&o.PprofAddr, "pprof-addr", "", "serve net/http/pprof on this address (off when empty; bind it to loopback)")
 	return fs
 }

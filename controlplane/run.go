@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,10 +15,14 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
 
 	"github.com/tollgate-gw/tollgate/controlplane/internal/api"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/config"
@@ -26,6 +31,7 @@ import (
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store/embedded"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store/postgres"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/syncserver"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/certs"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 )
@@ -84,14 +90,23 @@ func run(ctx context.Context, o options) error {
 		}
 	}
 
+	tlsCfg, err := serverTLS(o)
+	if err != nil {
+		return err
+	}
 	srv := api.New(st, o.MasterKey)
-	g := grpc.NewServer(
+	gopts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(api.MaxBodyBytes),
 		// Sync streams are endless: keepalive finds dead proxies, and
 		// proxies may ping every 20s.
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	)
+		grpc.ChainStreamInterceptor(requireClientCert(o.ClientCA != "")),
+	}
+	if tlsCfg != nil {
+		gopts = append(gopts, grpc.Creds(credentials.NewTLS(tlsCfg)))
+	}
+	g := grpc.NewServer(gopts...)
 	srv.Register(g)
 	if o.SyncToken == "" {
 		slog.Warn("no --sync-token: data planes cannot sync from this control plane")
@@ -160,7 +175,12 @@ func run(ctx context.Context, o options) error {
 	}
 	errc := make(chan error, 2)
 	go func() { errc <- g.Serve(gl) }()
-	go func() { errc <- hsrv.Serve(hl) }()
+	if tlsCfg != nil {
+		hsrv.TLSConfig = tlsCfg
+		go func() { errc <- hsrv.ServeTLS(hl, "", "") }()
+	} else {
+		go func() { errc <- hsrv.Serve(hl) }()
+	}
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	slog.Info("control plane ready", "http", hl.Addr().String(), "grpc", gl.Addr().String())
 
@@ -186,6 +206,39 @@ func run(ctx context.Context, o options) error {
 		g.Stop()
 	}
 	return nil
+}
+
+// serverTLS returns the listeners' TLS config (nil without --tls-cert).
+// Client certificates are verified when given and required only on the
+// sync stream (requireClientCert), so management clients need none.
+func serverTLS(o options) (*tls.Config, error) {
+	if o.TLSCert == "" && o.TLSKey == "" {
+		if o.ClientCA != "" {
+			return nil, errors.New("--client-ca needs --tls-cert and --tls-key")
+		}
+		return nil, nil
+	}
+	return certs.ServerConfig(o.TLSCert, o.TLSKey, o.ClientCA, tls.VerifyClientCertIfGiven, slog.Default())
+}
+
+// requireClientCert refuses sync streams whose peer did not present a
+// certificate verified against --client-ca (when on=true).
+func requireClientCert(on bool) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if on && info.FullMethod == syncv1.SyncService_Sync_FullMethodName {
+			p, _ := peer.FromContext(ss.Context())
+			ti, ok := p.AuthInfo.(credentials.TLSInfo)
+			if !ok || len(ti.State.VerifiedChains) == 0 {
+				addr := ""
+				if p != nil && p.Addr != nil {
+					addr = p.Addr.String()
+				}
+				slog.Warn("sync stream refused: no client certificate verified by --client-ca", "peer", addr)
+				return status.Error(codes.Unauthenticated, "a client certificate signed by the control plane's --client-ca is required")
+			}
+		}
+		return handler(srv, ss)
+	}
 }
 
 // applyConfig writes the config's models and general_settings to the store:
