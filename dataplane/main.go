@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -26,8 +27,13 @@ import (
 
 	"github.com/tollgate-gw/tollgate/dataplane/internal/proxy"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/replica"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/spend"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/syncclient"
 )
+
+// spendShipTimeout bounds the wait for the control plane to ack the spend
+// outbox on SIGTERM.
+const spendShipTimeout = 10 * time.Second
 
 // version is stamped by the build (-ldflags "-X main.version=...").
 var version = "dev"
@@ -39,6 +45,7 @@ type options struct {
 	Cache        string
 	ID           string
 	LogLevel     string
+	PprofAddr    string
 }
 
 func (o options) String() string {
@@ -59,6 +66,7 @@ func main() {
 	fs.StringVar(&o.Cache, "cache", "./tollgate-proxy.db", "bbolt cache of the synced state")
 	fs.StringVar(&o.ID, "id", host, "stable proxy id (default: hostname)")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.PprofAddr, "pprof-addr", "", "serve net/http/pprof on this address (off when empty; bind it to loopback)")
 	if err := parseFlags(fs, os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return
@@ -103,6 +111,9 @@ func run(ctx context.Context, o options) error {
 		slog.Warn("no --sync-token: the control plane will refuse this proxy; serving from the cache only")
 	}
 	slog.Info("starting data plane", "options", o.String(), "version", version)
+	if o.PprofAddr != "" {
+		servePprof(o.PprofAddr)
+	}
 	start := time.Now()
 	rep, err := replica.Open(o.Cache, slog.Default())
 	if err != nil {
@@ -115,8 +126,32 @@ func run(ctx context.Context, o options) error {
 		slog.Info("no cached state; not ready until the first snapshot arrives")
 	}
 
+	// The spend outbox is a file of its own next to the cache (see package
+	// spend): spend commits never queue behind a snapshot install.
+	outbox, err := spend.Open(o.Cache+".spend", spend.Options{Logger: slog.Default()})
+	if err != nil {
+		return fmt.Errorf("open spend outbox: %w", err)
+	}
+	defer outbox.Close()
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for name, help := range map[string]string{
+		"tollgate_spend_outbox_queued":   "Spend records waiting for their group commit (lost on a crash).",
+		"tollgate_spend_outbox_unacked":  "Spend records committed to the outbox, not yet acked by the control plane.",
+		"tollgate_spend_outbox_last_seq": "Sequence number of the last committed spend record.",
+	} {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 {
+			st := outbox.Stats()
+			switch name {
+			case "tollgate_spend_outbox_queued":
+				return float64(st.Queued)
+			case "tollgate_spend_outbox_unacked":
+				return float64(st.Unacked)
+			}
+			return float64(st.LastSeq)
+		}))
+	}
 
 	sc := syncclient.New(rep, syncclient.Options{
 		Addr:     o.ControlPlane,
@@ -124,11 +159,14 @@ func run(ctx context.Context, o options) error {
 		ProxyID:  o.ID,
 		Version:  version,
 		Registry: reg,
+		Spend:    outbox,
 	})
+	rec := &spend.Recorder{Outbox: outbox, State: rep.State()}
 	h := proxy.New(proxy.Options{
 		State:    rep.State(),
 		Registry: reg,
 		Logger:   slog.Default(),
+		OnUsage:  rec.Record,
 	})
 
 	ln, err := net.Listen("tcp", o.Listen)
@@ -159,7 +197,38 @@ func run(ctx context.Context, o options) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(sctx)
+	// Every finished request has handed its spend to the outbox by now.
+	// Ship it before leaving: a proxy behind an autoscaler never comes back
+	// to ship it later. Bounded, so a control plane that is down does not
+	// hold the exit; what is left stays in the outbox file.
+	shipCtx, cancelShip := context.WithTimeout(context.Background(), spendShipTimeout)
+	if err := outbox.WaitShipped(shipCtx); err != nil {
+		st := outbox.Stats()
+		slog.Warn("spend not fully shipped before exit; it stays in the outbox for the next start",
+			"unacked", st.Unacked, "queued", st.Queued, "err", err)
+	} else {
+		slog.Info("spend outbox shipped", "last_seq", outbox.Stats().LastSeq)
+	}
+	cancelShip()
 	stopSync()
 	<-syncDone
 	return nil
+}
+
+// servePprof serves net/http/pprof on its own listener (never on the proxy's
+// address: profiles are for operators, not API clients). It starts before
+// the cache is loaded, so that loading can be profiled too.
+func servePprof(addr string) {
+	pm := http.NewServeMux()
+	pm.HandleFunc("/debug/pprof/", pprof.Index)
+	pm.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	pm.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	pm.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	pm.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	go func() {
+		psrv := &http.Server{Addr: addr, Handler: pm, ReadHeaderTimeout: 10 * time.Second}
+		if err := psrv.ListenAndServe(); err != nil {
+			slog.Error("pprof server", "err", err)
+		}
+	}()
 }

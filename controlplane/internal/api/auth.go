@@ -94,7 +94,28 @@ func (s *Server) authenticate(ctx context.Context) (authz.Caller, error) {
 	if u.Blocked {
 		return authz.Caller{}, unauthorized("this key cannot be used for management calls")
 	}
-	return authz.Caller{ID: u.UserID, Role: u.UserRole, KeyTokenID: k.TokenID}, nil
+	c := authz.Caller{ID: u.UserID, Role: u.UserRole, KeyTokenID: k.TokenID, Self: userObj(&u)}
+	if c.Admin() {
+		return c, nil // admins need no memberships
+	}
+	for page := 1; ; page++ {
+		ts, total, err := r.ListTeams(ctx, store.TeamFilter{UserID: u.UserID, Page: store.Page{Page: page, Size: store.MaxPageSize}})
+		if err != nil {
+			return authz.Caller{}, storeError(ctx, err, "team")
+		}
+		for i := range ts {
+			if m, ok := ts[i].Member(u.UserID); ok {
+				if c.Teams == nil {
+					c.Teams = make(map[string]string, total)
+				}
+				c.Teams[ts[i].TeamID] = m.Role
+			}
+		}
+		if len(ts) == 0 || page*store.MaxPageSize >= total {
+			break
+		}
+	}
+	return c, nil
 }
 
 // authorize authenticates and asks authz whether the caller may perform
@@ -104,10 +125,7 @@ func (s *Server) authorize(ctx context.Context, action authz.Action, target auth
 	if err != nil {
 		return c, err
 	}
-	if d := authz.Decide(c, action, target); !d.Allowed {
-		return c, forbidden(d.Reason)
-	}
-	return c, nil
+	return c, decide(c, action, target)
 }
 
 func (s *Server) now() time.Time { return s.clock().UTC() }

@@ -10,6 +10,7 @@ import (
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/duration"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/settings"
 	adminv1 "github.com/tollgate-gw/tollgate/gen/tollgate/admin/v1"
 )
 
@@ -165,7 +166,11 @@ func checkRefs(ctx context.Context, tx store.Reader, k *store.Key) error {
 
 func (ks *keyService) generate(ctx context.Context, req *adminv1.GenerateKeyRequest, serviceAccount bool) (*adminv1.GenerateKeyResponse, error) {
 	s := ks.s
-	c, err := s.authorize(ctx, authz.KeyCreate, authz.Target{OwnerUserID: req.GetUserId()})
+	action := authz.KeyGenerate
+	if serviceAccount {
+		action = authz.KeyServiceAccountGenerate
+	}
+	c, err := s.begin(ctx, action)
 	if err != nil {
 		return nil, err
 	}
@@ -182,11 +187,34 @@ func (ks *keyService) generate(ctx context.Context, req *adminv1.GenerateKeyRequ
 			return nil, badRequest("user_id", "service account keys belong to a team and have no user_id")
 		}
 		k.ServiceAccount = true
-	} else if k.UserID == "" && !c.Master && c.Role != store.RoleProxyAdmin {
+	} else if k.UserID == "" && !c.Admin() {
 		k.UserID = c.ID // a non-admin's key is its own
+	}
+	if !c.Admin() && !serviceAccount && len(k.Models) == 0 && k.UserID == c.ID {
+		k.Models = c.Self.Models // a restricted user's key inherits its models
 	}
 	secret, err := s.secretFor("key", req.GetKey())
 	if err != nil {
+		return nil, err
+	}
+	// Decide (and ask the custom check) before anything is written, outside
+	// the transaction: the webhook must not hold a transaction open.
+	gen, err := s.generalSettings(ctx)
+	if err != nil {
+		return nil, storeError(ctx, err, "settings")
+	}
+	team, err := teamCeiling(ctx, s.store.Read(), &c, k.TeamID)
+	if err != nil {
+		return nil, storeError(ctx, err, "team")
+	}
+	after := keyObj(&k)
+	if team != nil && after.OrgID == "" {
+		after.OrgID = team.OrgID
+	}
+	if err := decide(c, action, authz.Target{After: &after, Team: team, Params: setFields(req), KeyGeneration: gen.KeyGenerationSettings}); err != nil {
+		return nil, err
+	}
+	if err := s.customKeyCheck(ctx, gen.CustomKeyGenerateWebhook, c, action, req); err != nil {
 		return nil, err
 	}
 	k.TokenID = keys.NewID()
@@ -226,7 +254,7 @@ func (s *Server) findKey(ctx context.Context, r store.Reader, ref string) (store
 		return store.Key{}, badRequest("key", "key is required")
 	}
 	if s.master.matches(ref) {
-		return store.Key{}, forbidden("the master key cannot be managed through the key API")
+		return store.Key{}, denied(authz.Decide(authz.Caller{}, authz.KeyInfo, authz.Target{MasterKey: true}))
 	}
 	var k store.Key
 	var err error
@@ -243,28 +271,56 @@ func (s *Server) findKey(ctx context.Context, r store.Reader, ref string) (store
 	return k, err
 }
 
-// mutateKey runs one read-modify-write of a key inside a transaction, with
-// authorization against the stored owner and an audit row.
+// mutateKey runs one read-modify-write of a key inside a transaction:
+// authorization on the stored key (is it visible, may the caller act on it),
+// fn, authorization of the result (nothing wider, no foreign team), the
+// reference checks, the write and its audit row. A refusal rolls back.
 func (s *Server) mutateKey(ctx context.Context, ref string, action authz.Action, auditAction string, fn func(tx store.Tx, k *store.Key) error) (store.Key, error) {
-	c, err := s.authenticate(ctx)
+	c, err := s.begin(ctx, action)
 	if err != nil {
 		return store.Key{}, err
 	}
+	var kg settings.KeyGenerationSettings
+	if !c.Admin() {
+		gen, err := s.generalSettings(ctx)
+		if err != nil {
+			return store.Key{}, storeError(ctx, err, "settings")
+		}
+		kg = gen.KeyGenerationSettings
+	}
 	var out store.Key
 	err = s.store.ReadWriteTx(ctx, func(ctx context.Context, tx store.Tx) error {
+		cc := c
 		k, err := s.findKey(ctx, tx, ref)
 		if err != nil {
 			return err
 		}
-		if d := authz.Decide(c, action, authz.Target{OwnerUserID: k.UserID}); !d.Allowed {
-			if authz.Decide(c, authz.KeyRead, authz.Target{OwnerUserID: k.UserID}).Allowed {
-				return forbidden(d.Reason)
-			}
-			return notFound("key", "key not found") // never hint that another's key exists
+		if err := withOrg(ctx, tx, &cc, k.OrganizationID); err != nil {
+			return err
 		}
 		before := k
+		bo := keyObj(&before)
+		if err := decide(cc, action, authz.Target{Before: &bo}); err != nil {
+			return err
+		}
 		if err := fn(tx, &k); err != nil {
 			return err
+		}
+		team, err := teamCeiling(ctx, tx, &cc, k.TeamID)
+		if err != nil {
+			return err
+		}
+		ao := keyObj(&k)
+		if team != nil && ao.OrgID == "" {
+			ao.OrgID = team.OrgID
+		}
+		if err := decide(cc, action, authz.Target{Before: &bo, After: &ao, Team: team, KeyGeneration: kg}); err != nil {
+			return err
+		}
+		if k.UserID != before.UserID || k.TeamID != before.TeamID || k.OrganizationID != before.OrganizationID {
+			if err := checkRefs(ctx, tx, &k); err != nil {
+				return err
+			}
 		}
 		k.UpdatedAt = s.now()
 		k.UpdatedBy = c.ID
@@ -427,11 +483,6 @@ func (ks *keyService) UpdateKey(ctx context.Context, req *adminv1.UpdateKeyReque
 		if orgSet {
 			k.OrganizationID = orgID
 		}
-		if userSet || teamSet || orgSet {
-			if err := checkRefs(ctx, tx, k); err != nil {
-				return err
-			}
-		}
 		if hasModels {
 			k.Models = models
 		}
@@ -526,7 +577,7 @@ func (ks *keyService) DeleteKeys(ctx context.Context, req *adminv1.DeleteKeysReq
 	if len(req.GetKeys())+len(req.GetKeyAliases()) > maxListLen {
 		return nil, badRequest("keys", "too many keys in one call")
 	}
-	c, err := s.authenticate(ctx)
+	c, err := s.begin(ctx, authz.KeyDelete)
 	if err != nil {
 		return nil, err
 	}
@@ -548,7 +599,7 @@ func (ks *keyService) DeleteKeys(ctx context.Context, req *adminv1.DeleteKeysReq
 		for _, alias := range req.GetKeyAliases() {
 			k, err := tx.GetKeyByAlias(ctx, alias)
 			if errors.Is(err, store.ErrNotFound) {
-				return notFound("key_aliases", "key alias "+alias+" not found")
+				return notFound("key", "key not found")
 			} else if err != nil {
 				return err
 			}
@@ -559,11 +610,13 @@ func (ks *keyService) DeleteKeys(ctx context.Context, req *adminv1.DeleteKeysReq
 		}
 		for i := range targets {
 			k := &targets[i]
-			if d := authz.Decide(c, authz.KeyDelete, authz.Target{OwnerUserID: k.UserID}); !d.Allowed {
-				if authz.Decide(c, authz.KeyRead, authz.Target{OwnerUserID: k.UserID}).Allowed {
-					return forbidden(d.Reason)
-				}
-				return notFound("keys", "key not found")
+			cc := c
+			if err := withOrg(ctx, tx, &cc, k.OrganizationID); err != nil {
+				return err
+			}
+			bo := keyObj(k)
+			if err := decide(cc, authz.KeyDelete, authz.Target{Before: &bo}); err != nil {
+				return err
 			}
 			if err := tx.DeleteKey(ctx, k.TokenID); err != nil {
 				return err
@@ -598,15 +651,19 @@ func (ks *keyService) GetKeyInfo(ctx context.Context, req *adminv1.GetKeyInfoReq
 	if err != nil {
 		return nil, storeError(ctx, err, "key")
 	}
-	if d := authz.Decide(c, authz.KeyRead, authz.Target{OwnerUserID: k.UserID}); !d.Allowed {
-		return nil, notFound("key", "key not found")
+	if err := withOrg(ctx, r, &c, k.OrganizationID); err != nil {
+		return nil, storeError(ctx, err, "key")
+	}
+	bo := keyObj(&k)
+	if err := decide(c, authz.KeyInfo, authz.Target{Before: &bo}); err != nil {
+		return nil, err
 	}
 	return &adminv1.GetKeyInfoResponse{Key: k.TokenID, Info: keyOut(&k)}, nil
 }
 
 func (ks *keyService) ListKeys(ctx context.Context, req *adminv1.ListKeysRequest) (*adminv1.ListKeysResponse, error) {
 	s := ks.s
-	c, err := s.authorize(ctx, authz.KeyList, authz.Target{})
+	c, err := s.begin(ctx, authz.KeyList)
 	if err != nil {
 		return nil, err
 	}
@@ -614,11 +671,23 @@ func (ks *keyService) ListKeys(ctx context.Context, req *adminv1.ListKeysRequest
 		UserID: req.GetUserId(), TeamID: req.GetTeamId(), OrganizationID: req.GetOrganizationId(), KeyAlias: req.GetKeyAlias(),
 		Page: store.Page{Page: int(req.GetPage()), Size: int(req.GetSize())}.Normalize(),
 	}
-	if !c.Master && c.Role != store.RoleProxyAdmin && c.Role != store.RoleProxyAdminViewer {
-		if f.UserID != "" && f.UserID != c.ID {
-			return nil, forbidden("you may only list your own keys")
+	if !c.ReadsAll() {
+		r := s.store.Read()
+		team, err := teamCeiling(ctx, r, &c, f.TeamID)
+		if err != nil {
+			return nil, storeError(ctx, err, "key")
 		}
-		f.UserID = c.ID
+		filter := authz.Object{UserID: f.UserID, TeamID: f.TeamID}
+		if team != nil {
+			filter.OrgID = team.OrgID
+		}
+		if err := decide(c, authz.KeyList, authz.Target{Before: &filter}); err != nil {
+			return nil, err
+		}
+		// Own keys only, unless a team admin lists its team's keys.
+		if f.TeamID == "" || c.TeamRole(f.TeamID, filter.OrgID) != store.TeamRoleAdmin {
+			f.UserID = c.ID
+		}
 	}
 	list, total, err := s.store.Read().ListKeys(ctx, f)
 	if err != nil {
@@ -721,11 +790,11 @@ func (ks *keyService) RegenerateKey(ctx context.Context, req *adminv1.Regenerate
 }
 
 func (ks *keyService) setBlocked(ctx context.Context, ref string, blocked bool) (*adminv1.Key, error) {
-	action := "blocked"
+	action, az := "blocked", authz.KeyBlock
 	if !blocked {
-		action = "unblocked"
+		action, az = "unblocked", authz.KeyUnblock
 	}
-	k, err := ks.s.mutateKey(ctx, ref, authz.KeyBlock, action, func(_ store.Tx, k *store.Key) error {
+	k, err := ks.s.mutateKey(ctx, ref, az, action, func(_ store.Tx, k *store.Key) error {
 		k.Blocked = blocked
 		return nil
 	})

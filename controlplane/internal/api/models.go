@@ -95,7 +95,7 @@ func applyDeployment(req *adminv1.ModelDeployment, m *store.Model, create bool) 
 
 func (ms *modelService) NewModel(ctx context.Context, req *adminv1.ModelDeployment) (*adminv1.ModelDeployment, error) {
 	s := ms.s
-	c, err := s.authorize(ctx, authz.ModelWrite, authz.Target{})
+	c, err := s.authorize(ctx, authz.ModelNew, authz.Target{})
 	if err != nil {
 		return nil, err
 	}
@@ -124,7 +124,7 @@ func (ms *modelService) NewModel(ctx context.Context, req *adminv1.ModelDeployme
 
 func (ms *modelService) UpdateModel(ctx context.Context, req *adminv1.ModelDeployment) (*adminv1.ModelDeployment, error) {
 	s := ms.s
-	c, err := s.authorize(ctx, authz.ModelWrite, authz.Target{})
+	c, err := s.authorize(ctx, authz.ModelUpdate, authz.Target{})
 	if err != nil {
 		return nil, err
 	}
@@ -160,7 +160,7 @@ func (ms *modelService) UpdateModel(ctx context.Context, req *adminv1.ModelDeplo
 
 func (ms *modelService) DeleteModel(ctx context.Context, req *adminv1.DeleteModelRequest) (*adminv1.DeleteResponse, error) {
 	s := ms.s
-	c, err := s.authorize(ctx, authz.ModelWrite, authz.Target{})
+	c, err := s.authorize(ctx, authz.ModelDelete, authz.Target{})
 	if err != nil {
 		return nil, err
 	}
@@ -188,7 +188,7 @@ func (ms *modelService) DeleteModel(ctx context.Context, req *adminv1.DeleteMode
 
 func (ms *modelService) GetModelInfo(ctx context.Context, req *adminv1.GetModelInfoRequest) (*adminv1.ModelInfoResponse, error) {
 	s := ms.s
-	if _, err := s.authorize(ctx, authz.ModelRead, authz.Target{}); err != nil {
+	if _, err := s.authorize(ctx, authz.ModelInfo, authz.Target{}); err != nil {
 		return nil, err
 	}
 	r := s.store.Read()

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"slices"
 
 	"github.com/tollgate-gw/tollgate/controlplane/internal/authz"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
@@ -19,7 +20,7 @@ var orgRoles = []string{"org_admin", store.RoleInternalUser, store.RoleInternalU
 
 func (os *orgService) NewOrganization(ctx context.Context, req *adminv1.NewOrganizationRequest) (*adminv1.Organization, error) {
 	s := os.s
-	c, err := s.authorize(ctx, authz.OrgWrite, authz.Target{})
+	c, err := s.authorize(ctx, authz.OrgNew, authz.Target{})
 	if err != nil {
 		return nil, err
 	}
@@ -55,8 +56,8 @@ func (os *orgService) NewOrganization(ctx context.Context, req *adminv1.NewOrgan
 	return orgOut(&o, nil), nil
 }
 
-func (s *Server) mutateOrg(ctx context.Context, id, action string, fn func(tx store.Tx, o *store.Organization) error) (store.Organization, error) {
-	c, err := s.authorize(ctx, authz.OrgWrite, authz.Target{})
+func (s *Server) mutateOrg(ctx context.Context, id string, az authz.Action, action string, fn func(tx store.Tx, o *store.Organization) error) (store.Organization, error) {
+	c, err := s.authorize(ctx, az, authz.Target{Before: &authz.Object{OrgID: id}})
 	if err != nil {
 		return store.Organization{}, err
 	}
@@ -98,7 +99,7 @@ func (os *orgService) UpdateOrganization(ctx context.Context, req *adminv1.Updat
 			return nil, err
 		}
 	}
-	o, err := s.mutateOrg(ctx, req.GetOrganizationId(), "updated", func(_ store.Tx, o *store.Organization) error {
+	o, err := s.mutateOrg(ctx, req.GetOrganizationId(), authz.OrgUpdate, "updated", func(_ store.Tx, o *store.Organization) error {
 		if req.OrganizationAlias != nil {
 			o.OrganizationAlias = req.GetOrganizationAlias().GetValue()
 		}
@@ -116,7 +117,7 @@ func (os *orgService) UpdateOrganization(ctx context.Context, req *adminv1.Updat
 
 func (os *orgService) DeleteOrganizations(ctx context.Context, req *adminv1.DeleteOrganizationsRequest) (*adminv1.DeleteResponse, error) {
 	s := os.s
-	c, err := s.authorize(ctx, authz.OrgWrite, authz.Target{})
+	c, err := s.authorize(ctx, authz.OrgDelete, authz.Target{})
 	if err != nil {
 		return nil, err
 	}
@@ -155,7 +156,7 @@ func (os *orgService) AddOrganizationMember(ctx context.Context, req *adminv1.Or
 	if err != nil {
 		return nil, err
 	}
-	o, err := s.mutateOrg(ctx, req.GetOrganizationId(), "updated", func(tx store.Tx, o *store.Organization) error {
+	o, err := s.mutateOrg(ctx, req.GetOrganizationId(), authz.OrgMemberAdd, "updated", func(tx store.Tx, o *store.Organization) error {
 		for _, m := range members {
 			for _, have := range o.Members {
 				if have.UserID == m.UserID {
@@ -177,15 +178,24 @@ func (os *orgService) AddOrganizationMember(ctx context.Context, req *adminv1.Or
 
 func (os *orgService) GetOrganizationInfo(ctx context.Context, req *adminv1.GetOrganizationInfoRequest) (*adminv1.Organization, error) {
 	s := os.s
-	if _, err := s.authorize(ctx, authz.OrgRead, authz.Target{}); err != nil {
+	c, err := s.authenticate(ctx)
+	if err != nil {
 		return nil, err
 	}
 	if err := checkID("organization_id", req.GetOrganizationId(), true); err != nil {
 		return nil, err
 	}
 	r := s.store.Read()
+	if err := withOrg(ctx, r, &c, req.GetOrganizationId()); err != nil {
+		return nil, storeError(ctx, err, "organization")
+	}
+	if err := decide(c, authz.OrgInfo, authz.Target{Before: &authz.Object{OrgID: req.GetOrganizationId()}}); err != nil {
+		return nil, err
+	}
 	o, err := r.GetOrganization(ctx, req.GetOrganizationId())
-	if err != nil {
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, notFound("organization_id", "organization not found")
+	} else if err != nil {
 		return nil, storeError(ctx, err, "organization")
 	}
 	ts, _, err := r.ListTeams(ctx, store.TeamFilter{OrganizationID: o.OrganizationID, Page: store.Page{Size: store.MaxPageSize}})
@@ -197,10 +207,28 @@ func (os *orgService) GetOrganizationInfo(ctx context.Context, req *adminv1.GetO
 
 func (os *orgService) ListOrganizations(ctx context.Context, req *adminv1.ListOrganizationsRequest) (*adminv1.ListOrganizationsResponse, error) {
 	s := os.s
-	if _, err := s.authorize(ctx, authz.OrgRead, authz.Target{}); err != nil {
+	c, err := s.authorize(ctx, authz.OrgList, authz.Target{})
+	if err != nil {
 		return nil, err
 	}
-	list, total, err := s.store.Read().ListOrganizations(ctx, store.Page{Page: int(req.GetPage()), Size: int(req.GetPageSize())}.Normalize())
+	var list []store.Organization
+	var total int
+	if c.ReadsAll() {
+		list, total, err = s.store.Read().ListOrganizations(ctx, store.Page{Page: int(req.GetPage()), Size: int(req.GetPageSize())}.Normalize())
+	} else {
+		// Organizations are few: a non-admin sees those it belongs to.
+		err = s.store.Read().EachOrganization(ctx, func(o store.Organization) error {
+			for _, m := range o.Members {
+				if m.UserID == c.ID {
+					list = append(list, o)
+					break
+				}
+			}
+			return nil
+		})
+		slices.SortFunc(list, func(a, b store.Organization) int { return a.CreatedAt.Compare(b.CreatedAt) })
+		total = len(list)
+	}
 	if err != nil {
 		return nil, storeError(ctx, err, "organization")
 	}

@@ -20,6 +20,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"time"
 
 	"google.golang.org/grpc"
@@ -34,9 +35,11 @@ import (
 
 // Server holds what every management service needs.
 type Server struct {
-	store  store.Store
-	master masterKey
-	clock  func() time.Time
+	store           store.Store
+	master          masterKey
+	clock           func() time.Time
+	httpClient      *http.Client
+	keyCheckTimeout time.Duration
 }
 
 // Option configures a Server.
@@ -47,7 +50,7 @@ func WithClock(now func() time.Time) Option { return func(s *Server) { s.clock =
 
 // New returns a Server over st that accepts masterKey as the admin credential.
 func New(st store.Store, masterKey string, opts ...Option) *Server {
-	s := &Server{store: st, master: newMasterKey(masterKey), clock: time.Now}
+	s := &Server{store: st, master: newMasterKey(masterKey), clock: time.Now, httpClient: &http.Client{}, keyCheckTimeout: KeyCheckTimeout}
 	for _, o := range opts {
 		o(s)
 	}
@@ -62,6 +65,8 @@ func (s *Server) Register(g grpc.ServiceRegistrar) {
 	adminv1.RegisterOrganizationServiceServer(g, &orgService{s: s})
 	adminv1.RegisterModelServiceServer(g, &modelService{s: s})
 	adminv1.RegisterSettingsServiceServer(g, &settingsService{s: s})
+	adminv1.RegisterAuditServiceServer(g, &auditService{s: s})
+	adminv1.RegisterSpendServiceServer(g, &spendService{s: s})
 }
 
 // audit writes one audit row in tx. before/after are API views (never key

@@ -67,7 +67,7 @@ func MergeSettings(base, patch json.RawMessage) (json.RawMessage, error) {
 
 func (ss *settingsService) UpdateSettings(ctx context.Context, req *adminv1.UpdateSettingsRequest) (*adminv1.Settings, error) {
 	s := ss.s
-	c, err := s.authorize(ctx, authz.SettingsWrite, authz.Target{})
+	c, err := s.authorize(ctx, authz.SettingsUpdate, authz.Target{})
 	if err != nil {
 		return nil, err
 	}

@@ -19,8 +19,14 @@ var teamRoles = []string{store.TeamRoleAdmin, store.TeamRoleUser}
 
 func (ts *teamService) NewTeam(ctx context.Context, req *adminv1.NewTeamRequest) (*adminv1.Team, error) {
 	s := ts.s
-	c, err := s.authorize(ctx, authz.TeamWrite, authz.Target{})
+	c, err := s.authenticate(ctx)
 	if err != nil {
+		return nil, err
+	}
+	if err := withOrg(ctx, s.store.Read(), &c, req.GetOrganizationId()); err != nil {
+		return nil, storeError(ctx, err, "organization")
+	}
+	if err := decide(c, authz.TeamNew, authz.Target{After: &authz.Object{OrgID: req.GetOrganizationId()}}); err != nil {
 		return nil, err
 	}
 	now := s.now()
@@ -91,9 +97,10 @@ func (ts *teamService) NewTeam(ctx context.Context, req *adminv1.NewTeamRequest)
 	return teamOut(&t), nil
 }
 
-// mutateTeam is one read-modify-write of a team with an audit row.
-func (s *Server) mutateTeam(ctx context.Context, teamID, auditAction string, fn func(tx store.Tx, t *store.Team) error) (store.Team, error) {
-	c, err := s.authorize(ctx, authz.TeamWrite, authz.Target{})
+// mutateTeam is one read-modify-write of a team with an audit row. target
+// builds what authz needs from the stored team (nil: the team itself).
+func (s *Server) mutateTeam(ctx context.Context, teamID string, action authz.Action, auditAction string, target func(c *authz.Caller, t *store.Team) []authz.Target, fn func(tx store.Tx, t *store.Team) error) (store.Team, error) {
+	c, err := s.begin(ctx, action)
 	if err != nil {
 		return store.Team{}, err
 	}
@@ -103,8 +110,26 @@ func (s *Server) mutateTeam(ctx context.Context, teamID, auditAction string, fn 
 	var out store.Team
 	err = s.store.ReadWriteTx(ctx, func(ctx context.Context, tx store.Tx) error {
 		t, err := tx.GetTeam(ctx, teamID)
-		if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return notFound("team_id", "team not found")
+		} else if err != nil {
 			return err
+		}
+		cc := c
+		if err := withOrg(ctx, tx, &cc, t.OrganizationID); err != nil {
+			return err
+		}
+		var tgs []authz.Target
+		if target != nil {
+			tgs = target(&cc, &t)
+		} else {
+			o := teamObj(&t)
+			tgs = []authz.Target{{Before: &o}}
+		}
+		for _, tg := range tgs {
+			if err := decide(cc, action, tg); err != nil {
+				return err
+			}
 		}
 		before := t
 		before.Members = append([]store.TeamMember(nil), t.Members...)
@@ -122,6 +147,27 @@ func (s *Server) mutateTeam(ctx context.Context, teamID, auditAction string, fn 
 		return store.Team{}, storeError(ctx, err, "team")
 	}
 	return out, nil
+}
+
+// memberTarget is the target of a member call on userID with the requested
+// role ("" keeps the current one).
+func memberTarget(t *store.Team, userID, role string) authz.Target {
+	var tg authz.Target
+	if m, ok := t.Member(userID); ok {
+		b := memberObj(t, m)
+		tg.Before = &b
+	} else {
+		// Not a member: the team is the reference (visibility).
+		tg.After = &authz.Object{UserID: userID, TeamID: t.TeamID, OrgID: t.OrganizationID, Role: role}
+	}
+	if role != "" {
+		a := authz.Object{UserID: userID, TeamID: t.TeamID, OrgID: t.OrganizationID, Role: role}
+		tg.After = &a
+	} else if tg.Before != nil {
+		a := *tg.Before
+		tg.After = &a
+	}
+	return tg
 }
 
 func (ts *teamService) UpdateTeam(ctx context.Context, req *adminv1.UpdateTeamRequest) (*adminv1.Team, error) {
@@ -145,7 +191,7 @@ func (ts *teamService) UpdateTeam(ctx context.Context, req *adminv1.UpdateTeamRe
 			return nil, err
 		}
 	}
-	t, err := s.mutateTeam(ctx, req.GetTeamId(), "updated", func(tx store.Tx, t *store.Team) error {
+	t, err := s.mutateTeam(ctx, req.GetTeamId(), authz.TeamUpdate, "updated", nil, func(tx store.Tx, t *store.Team) error {
 		if req.TeamAlias != nil {
 			t.TeamAlias = req.GetTeamAlias().GetValue()
 		}
@@ -177,7 +223,7 @@ func (ts *teamService) UpdateTeam(ctx context.Context, req *adminv1.UpdateTeamRe
 
 func (ts *teamService) DeleteTeams(ctx context.Context, req *adminv1.DeleteTeamsRequest) (*adminv1.DeleteResponse, error) {
 	s := ts.s
-	c, err := s.authorize(ctx, authz.TeamWrite, authz.Target{})
+	c, err := s.begin(ctx, authz.TeamDelete)
 	if err != nil {
 		return nil, err
 	}
@@ -190,8 +236,12 @@ func (ts *teamService) DeleteTeams(ctx context.Context, req *adminv1.DeleteTeams
 		for _, id := range req.GetTeamIds() {
 			t, err := tx.GetTeam(ctx, id)
 			if errors.Is(err, store.ErrNotFound) {
-				return notFound("team_ids", "team "+id+" not found")
+				return notFound("team_ids", "team not found")
 			} else if err != nil {
+				return err
+			}
+			o := teamObj(&t)
+			if err := decide(c, authz.TeamDelete, authz.Target{Before: &o}); err != nil {
 				return err
 			}
 			if err := tx.DeleteTeam(ctx, id); err != nil {
@@ -220,10 +270,26 @@ func (ts *teamService) AddTeamMember(ctx context.Context, req *adminv1.TeamMembe
 	if err != nil {
 		return nil, err
 	}
-	t, err := s.mutateTeam(ctx, req.GetTeamId(), "updated", func(tx store.Tx, t *store.Team) error {
+	admin := false
+	t, err := s.mutateTeam(ctx, req.GetTeamId(), authz.TeamMemberAdd, "updated", func(c *authz.Caller, t *store.Team) []authz.Target {
+		admin = c.Admin()
+		tgs := make([]authz.Target, 0, len(members))
+		for _, m := range members {
+			tgs = append(tgs, authz.Target{After: &authz.Object{UserID: m.UserID, TeamID: t.TeamID, OrgID: t.OrganizationID, Role: m.Role}})
+		}
+		return tgs
+	}, func(tx store.Tx, t *store.Team) error {
 		for _, m := range members {
 			if _, ok := t.Member(m.UserID); ok {
 				return badRequest("member", "user "+m.UserID+" is already a member of this team")
+			}
+			if !admin {
+				// Only proxy_admin creates users, implicitly or not.
+				if _, err := tx.GetUser(ctx, m.UserID); errors.Is(err, store.ErrNotFound) {
+					return badRequest("member", "user "+m.UserID+" does not exist; only proxy_admin may create users")
+				} else if err != nil {
+					return err
+				}
 			}
 			if err := s.ensureUser(ctx, tx, m.UserID, m.UserEmail); err != nil {
 				return err
@@ -246,7 +312,9 @@ func (ts *teamService) DeleteTeamMember(ctx context.Context, req *adminv1.TeamMe
 	if err := checkID("user_id", req.GetUserId(), true); err != nil {
 		return nil, err
 	}
-	t, err := ts.s.mutateTeam(ctx, req.GetTeamId(), "updated", func(tx store.Tx, t *store.Team) error {
+	t, err := ts.s.mutateTeam(ctx, req.GetTeamId(), authz.TeamMemberDelete, "updated", func(_ *authz.Caller, t *store.Team) []authz.Target {
+		return []authz.Target{memberTarget(t, req.GetUserId(), "")}
+	}, func(tx store.Tx, t *store.Team) error {
 		for i, m := range t.Members {
 			if m.UserID == req.GetUserId() {
 				t.Members = append(t.Members[:i:i], t.Members[i+1:]...)
@@ -273,7 +341,13 @@ func (ts *teamService) UpdateTeamMember(ctx context.Context, req *adminv1.TeamMe
 		return nil, err
 	}
 	var out store.TeamMember
-	_, err = ts.s.mutateTeam(ctx, req.GetTeamId(), "updated", func(tx store.Tx, t *store.Team) error {
+	_, err = ts.s.mutateTeam(ctx, req.GetTeamId(), authz.TeamMemberUpdate, "updated", func(_ *authz.Caller, t *store.Team) []authz.Target {
+		tg := memberTarget(t, req.GetUserId(), req.GetRole())
+		if tg.Before == nil {
+			tg.After = nil // not a member: 404 for team admins, as for a foreign team
+		}
+		return []authz.Target{tg}
+	}, func(tx store.Tx, t *store.Team) error {
 		for i := range t.Members {
 			m := &t.Members[i]
 			if m.UserID != req.GetUserId() {
@@ -297,11 +371,11 @@ func (ts *teamService) UpdateTeamMember(ctx context.Context, req *adminv1.TeamMe
 }
 
 func (ts *teamService) setBlocked(ctx context.Context, id string, blocked bool) (*adminv1.Team, error) {
-	action := "blocked"
+	action, az := "blocked", authz.TeamBlock
 	if !blocked {
-		action = "unblocked"
+		action, az = "unblocked", authz.TeamUnblock
 	}
-	t, err := ts.s.mutateTeam(ctx, id, action, func(_ store.Tx, t *store.Team) error {
+	t, err := ts.s.mutateTeam(ctx, id, az, action, nil, func(_ store.Tx, t *store.Team) error {
 		t.Blocked = blocked
 		return nil
 	})
@@ -330,23 +404,29 @@ func (ts *teamService) GetTeamInfo(ctx context.Context, req *adminv1.TeamIdReque
 	}
 	r := s.store.Read()
 	t, err := r.GetTeam(ctx, req.GetTeamId())
-	if err != nil {
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, notFound("team_id", "team not found")
+	} else if err != nil {
 		return nil, storeError(ctx, err, "team")
 	}
-	owner := ""
-	if _, ok := t.Member(c.ID); ok {
-		owner = c.ID
+	if err := withOrg(ctx, r, &c, t.OrganizationID); err != nil {
+		return nil, storeError(ctx, err, "team")
 	}
-	if d := authz.Decide(c, authz.TeamRead, authz.Target{OwnerUserID: owner}); !d.Allowed {
-		return nil, notFound("team_id", "team not found")
+	o := teamObj(&t)
+	if err := decide(c, authz.TeamInfo, authz.Target{Before: &o}); err != nil {
+		return nil, err
 	}
 	ks, _, err := r.ListKeys(ctx, store.KeyFilter{TeamID: t.TeamID, Page: store.Page{Size: store.MaxPageSize}})
 	if err != nil {
 		return nil, storeError(ctx, err, "team")
 	}
 	out := &adminv1.TeamInfoResponse{TeamId: t.TeamID, TeamInfo: teamOut(&t)}
+	// A team user sees its own keys in the team; admins see them all.
+	all := c.ReadsAll() || c.TeamRole(t.TeamID, t.OrganizationID) == store.TeamRoleAdmin
 	for i := range ks {
-		out.Keys = append(out.Keys, keyOut(&ks[i]))
+		if all || ks[i].UserID == c.ID {
+			out.Keys = append(out.Keys, keyOut(&ks[i]))
+		}
 	}
 	return out, nil
 }
@@ -358,10 +438,10 @@ func (ts *teamService) ListTeams(ctx context.Context, req *adminv1.ListTeamsRequ
 		return nil, err
 	}
 	f := store.TeamFilter{UserID: req.GetUserId(), OrganizationID: req.GetOrganizationId(), Page: store.Page{Page: int(req.GetPage()), Size: int(req.GetPageSize())}.Normalize()}
-	if d := authz.Decide(c, authz.TeamRead, authz.Target{}); !d.Allowed {
-		if f.UserID != "" && f.UserID != c.ID {
-			return nil, forbidden("you may only list your own teams")
-		}
+	if err := decide(c, authz.TeamList, authz.Target{Before: &authz.Object{UserID: f.UserID}}); err != nil {
+		return nil, err
+	}
+	if !c.ReadsAll() {
 		f.UserID = c.ID // non-admins see the teams they belong to
 	}
 	list, total, err := s.store.Read().ListTeams(ctx, f)

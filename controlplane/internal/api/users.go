@@ -27,7 +27,7 @@ const rolesList = `"proxy_admin", "proxy_admin_viewer", "internal_user" or "inte
 
 func (us *userService) NewUser(ctx context.Context, req *adminv1.NewUserRequest) (*adminv1.NewUserResponse, error) {
 	s := us.s
-	c, err := s.authorize(ctx, authz.UserWrite, authz.Target{})
+	c, err := s.authorize(ctx, authz.UserNew, authz.Target{})
 	if err != nil {
 		return nil, err
 	}
@@ -132,11 +132,15 @@ func teamIDs(ts []store.Team) []string {
 
 func (us *userService) UpdateUser(ctx context.Context, req *adminv1.UpdateUserRequest) (*adminv1.User, error) {
 	s := us.s
-	c, err := s.authorize(ctx, authz.UserWrite, authz.Target{OwnerUserID: req.GetUserId()})
+	c, err := s.begin(ctx, authz.UserUpdate)
 	if err != nil {
 		return nil, err
 	}
 	if err := checkID("user_id", req.GetUserId(), true); err != nil {
+		return nil, err
+	}
+	// Another user is invisible to a non-admin, whether it exists or not.
+	if err := decide(c, authz.UserUpdate, authz.Target{Before: &authz.Object{UserID: req.GetUserId()}}); err != nil {
 		return nil, err
 	}
 	p, err := patchFrom(s.now(), req.GetModels(), req.GetMaxBudget(), req.GetSoftBudget(), req.GetBudgetDuration(), req.GetRpmLimit(), req.GetTpmLimit(), req.GetMaxParallelRequests(), req.GetMetadata())
@@ -157,7 +161,9 @@ func (us *userService) UpdateUser(ctx context.Context, req *adminv1.UpdateUserRe
 	var out store.User
 	err = s.store.ReadWriteTx(ctx, func(ctx context.Context, tx store.Tx) error {
 		u, err := tx.GetUser(ctx, req.GetUserId())
-		if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return notFound("user_id", "user not found")
+		} else if err != nil {
 			return err
 		}
 		before := u
@@ -174,6 +180,10 @@ func (us *userService) UpdateUser(ctx context.Context, req *adminv1.UpdateUserRe
 			u.Blocked = req.GetBlocked().GetValue()
 		}
 		p.apply(&u.Models, &u.Limits, &u.Metadata)
+		bo, ao := userObj(&before), userObj(&u)
+		if err := decide(c, authz.UserUpdate, authz.Target{Before: &bo, After: &ao}); err != nil {
+			return err
+		}
 		u.UpdatedAt = s.now()
 		if err := tx.UpdateUser(ctx, u); err != nil {
 			return err
@@ -193,7 +203,7 @@ func (us *userService) UpdateUser(ctx context.Context, req *adminv1.UpdateUserRe
 
 func (us *userService) DeleteUsers(ctx context.Context, req *adminv1.DeleteUsersRequest) (*adminv1.DeleteResponse, error) {
 	s := us.s
-	c, err := s.authorize(ctx, authz.UserWrite, authz.Target{})
+	c, err := s.authorize(ctx, authz.UserDelete, authz.Target{})
 	if err != nil {
 		return nil, err
 	}
@@ -239,8 +249,8 @@ func (us *userService) GetUserInfo(ctx context.Context, req *adminv1.GetUserInfo
 	if err := checkID("user_id", id, true); err != nil {
 		return nil, err
 	}
-	if d := authz.Decide(c, authz.UserRead, authz.Target{OwnerUserID: id}); !d.Allowed {
-		return nil, notFound("user_id", "user not found")
+	if err := decide(c, authz.UserInfo, authz.Target{Before: &authz.Object{UserID: id}}); err != nil {
+		return nil, err
 	}
 	r := s.store.Read()
 	u, err := r.GetUser(ctx, id)
@@ -267,14 +277,28 @@ func (us *userService) GetUserInfo(ctx context.Context, req *adminv1.GetUserInfo
 
 func (us *userService) ListUsers(ctx context.Context, req *adminv1.ListUsersRequest) (*adminv1.ListUsersResponse, error) {
 	s := us.s
-	if _, err := s.authorize(ctx, authz.UserRead, authz.Target{}); err != nil {
+	c, err := s.authorize(ctx, authz.UserList, authz.Target{})
+	if err != nil {
 		return nil, err
 	}
 	f := store.UserFilter{UserRole: req.GetRole(), TeamID: req.GetTeamId(), Page: store.Page{Page: int(req.GetPage()), Size: int(req.GetPageSize())}.Normalize()}
 	r := s.store.Read()
-	list, total, err := r.ListUsers(ctx, f)
-	if err != nil {
-		return nil, storeError(ctx, err, "user")
+	var list []store.User
+	var total int
+	if c.ReadsAll() {
+		if list, total, err = r.ListUsers(ctx, f); err != nil {
+			return nil, storeError(ctx, err, "user")
+		}
+	} else {
+		// A non-admin sees itself, when it matches the filters.
+		u, err := r.GetUser(ctx, c.ID)
+		if err != nil {
+			return nil, storeError(ctx, err, "user")
+		}
+		_, inTeam := c.Teams[f.TeamID]
+		if (f.UserRole == "" || f.UserRole == u.UserRole) && (f.TeamID == "" || inTeam) && f.Page.Page == 1 {
+			list, total = []store.User{u}, 1
+		}
 	}
 	out := &adminv1.ListUsersResponse{Total: int32(total), Page: int32(f.Page.Page), PageSize: int32(f.Page.Size), TotalPages: int32((total + f.Page.Size - 1) / f.Page.Size)}
 	out.Users = make([]*adminv1.User, 0, len(list))

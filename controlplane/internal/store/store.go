@@ -136,11 +136,14 @@ type Key struct {
 	// PreviousHashes are old secrets still honoured until their grace period ends.
 	PreviousHashes []PreviousHash `json:"previous_hashes,omitempty"`
 
-	Spend     int64     `json:"spend,omitempty"` // micro-USD
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
-	CreatedBy string    `json:"created_by,omitempty"`
-	UpdatedBy string    `json:"updated_by,omitempty"`
+	Spend int64 `json:"spend,omitempty"` // micro-USD
+	// ModelSpend is the key's spend per public model name (micro-USD), for
+	// model_max_budget.
+	ModelSpend map[string]int64 `json:"model_spend,omitempty"`
+	CreatedAt  time.Time        `json:"created_at"`
+	UpdatedAt  time.Time        `json:"updated_at"`
+	CreatedBy  string           `json:"created_by,omitempty"`
+	UpdatedBy  string           `json:"updated_by,omitempty"`
 }
 
 // PreviousHash is a regenerated key's old secret, valid until ValidUntil.
@@ -364,6 +367,16 @@ type Reader interface {
 
 	// ListAudit returns audit entries newest first.
 	ListAudit(ctx context.Context, f AuditFilter) ([]AuditEntry, int, error)
+
+	// ListSpendLogs returns spend logs newest first (by StartTime, ties in
+	// reverse order of application).
+	ListSpendLogs(ctx context.Context, f SpendLogFilter) ([]SpendLog, int, error)
+	// GetEndUser returns an end user's spend; ErrNotFound when no request
+	// named it yet.
+	GetEndUser(ctx context.Context, endUserID string) (EndUser, error)
+	// SpendHighWater returns the highest sequence number applied from the
+	// outbox (proxyID, outboxID), 0 when none.
+	SpendHighWater(ctx context.Context, proxyID, outboxID string) (uint64, error)
 }
 
 // AuditEntry is one management mutation. Before and After are JSON objects
@@ -434,6 +447,18 @@ type Tx interface {
 	// AppendAudit writes an audit row in this transaction (no change record:
 	// audit rows are not synced to data planes).
 	AppendAudit(ctx context.Context, e AuditEntry) error
+
+	// ApplySpend applies the records of b above the high-water mark of
+	// (b.ProxyID, b.OutboxID) and raises the mark to the last of them, so a
+	// replayed batch (or its already-applied prefix) changes nothing. It
+	// adds each record's cost to its key (and the key's per-model spend),
+	// team, team member (when the user is a member), user, organization and
+	// end user, skipping those that no longer exist, and writes one spend
+	// log per record. Each touched key, team, user and organization gets
+	// one change record with its final spend, however many records touched
+	// it. Records must have increasing Seq (> 0). It returns the number of
+	// records applied.
+	ApplySpend(ctx context.Context, b SpendBatch) (applied int, err error)
 }
 
 // Store is the storage contract.

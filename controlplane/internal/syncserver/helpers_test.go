@@ -146,6 +146,7 @@ type fakeProxy struct {
 	snapRev    int64
 	nextSeq    int32
 	pending    map[string]*syncv1.Entity
+	acks       []*syncv1.SpendAck
 	snapshots  []int64 // revisions of complete snapshots
 	deltas     []int64 // revisions of applied deltas
 	heartbeats []*syncv1.Heartbeat
@@ -309,6 +310,8 @@ func (p *fakeProxy) apply(m *syncv1.ControlMessage) {
 			p.t.Errorf("proxy %s: heartbeat head %d below held revision %d", p.id, x.Heartbeat.GetHeadRevision(), p.rev)
 		}
 		p.heartbeats = append(p.heartbeats, x.Heartbeat)
+	case *syncv1.ControlMessage_SpendAck:
+		p.acks = append(p.acks, x.SpendAck)
 	default:
 		p.t.Errorf("proxy %s: empty control message", p.id)
 	}

@@ -229,6 +229,10 @@ type Server struct {
 
 	connsMu sync.Mutex
 	conns   map[*conn]struct{}
+
+	// Spend batches from every stream go through one applier (spend.go).
+	spendOnce sync.Once
+	spendQ    chan spendReq
 }
 
 type build struct {
@@ -244,6 +248,9 @@ type conn struct {
 	hello             int64
 	sent              atomic.Int64
 	applied           atomic.Int64
+	// abort ends the stream from the receiving goroutine (a spend batch
+	// that could not be applied).
+	abort context.CancelCauseFunc
 }
 
 // New returns a sync server reading st. token is the shared secret every

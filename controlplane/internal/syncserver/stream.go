@@ -36,8 +36,10 @@ type syncStream = grpc.BidiStreamingServer[syncv1.ProxyMessage, syncv1.ControlMe
 // Sync serves one proxy: authentication, the authoritative first answer to
 // its Hello, then deltas and heartbeats until the proxy leaves or the server
 // closes.
-func (s *Server) Sync(stream syncStream) error {
-	ctx := stream.Context()
+func (s *Server) Sync(raw syncStream) error {
+	stream := &lockedStream{syncStream: raw}
+	ctx, abort := context.WithCancelCause(stream.Context())
+	defer abort(nil)
 	addr := peerAddr(ctx)
 	select {
 	case <-s.done:
@@ -64,7 +66,7 @@ func (s *Server) Sync(stream syncStream) error {
 		return status.Error(codes.Unavailable, "sync feed is not ready; retry")
 	}
 
-	c := &conn{peer: addr, connectedAt: time.Now()}
+	c := &conn{peer: addr, connectedAt: time.Now(), abort: abort}
 	hello, err := s.recvHello(ctx, stream, c)
 	if err != nil {
 		s.log.Warn("sync: bad stream opening", "peer", addr, "err", err)
@@ -77,6 +79,9 @@ func (s *Server) Sync(stream syncStream) error {
 	s.conns[c] = struct{}{}
 	s.connsMu.Unlock()
 	err = s.serve(ctx, stream, c)
+	if cause := context.Cause(ctx); ctx.Err() != nil && cause != nil && status.Code(cause) != codes.Unknown {
+		err = cause // the receiving goroutine ended the stream
+	}
 	s.connsMu.Lock()
 	delete(s.conns, c)
 	s.connsMu.Unlock()
@@ -151,8 +156,10 @@ func peekProxyID(stream syncStream) string {
 }
 
 // recvHello waits for the Hello and then keeps receiving in the
-// background: Applied reports update c. The receiving goroutine ends with
-// the stream.
+// background: Applied reports update c; spend batches are applied in the
+// order they arrive and acked (a failure ends the stream through c.abort,
+// and the proxy resends what was not acked). The receiving goroutine ends
+// with the stream.
 func (s *Server) recvHello(ctx context.Context, stream syncStream, c *conn) (*syncv1.Hello, error) {
 	type first struct {
 		m   *syncv1.ProxyMessage
@@ -165,6 +172,7 @@ func (s *Server) recvHello(ctx context.Context, stream syncStream, c *conn) (*sy
 		if err != nil || m.GetHello() == nil {
 			return
 		}
+		hello := m.GetHello()
 		for {
 			m, err := stream.Recv()
 			if err != nil {
@@ -172,6 +180,18 @@ func (s *Server) recvHello(ctx context.Context, stream syncStream, c *conn) (*sy
 			}
 			if a := m.GetApplied(); a != nil {
 				c.applied.Store(a.GetRevision())
+			}
+			if b := m.GetSpendBatch(); b != nil {
+				batch, ack, err := s.parseSpend(hello.GetProxyId(), b)
+				if err != nil {
+					s.log.Warn("sync: spend batch refused", "proxy_id", hello.GetProxyId(), "err", err)
+					c.abort(err)
+					return
+				}
+				s.submitSpend(spendReq{batch: batch, ack: ack, send: stream.Send, abort: func(err error) {
+					s.log.Warn("sync: spend batch not applied; the proxy will resend it", "proxy_id", hello.GetProxyId(), "err", err)
+					c.abort(err)
+				}})
 			}
 			// A second Hello means nothing: the answer was authoritative.
 		}

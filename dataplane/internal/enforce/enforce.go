@@ -373,6 +373,9 @@ func over(l state.Limits, spend int64) bool { return l.MaxBudget >= 0 && spend >
 
 func usd(micros int64) string { return strconv.FormatFloat(money.ToUSD(micros), 'f', -1, 64) }
 
+// budgetRejection is a 429 (issue 5: a budget is a limit on use, like a
+// rate limit; LiteLLM answers 400, which clients treat as a bad request and
+// do not back off from).
 func budgetRejection(msg, param string) *Rejection {
-	return New(BudgetExceeded, http.StatusBadRequest, TypeBudget, msg, param)
+	return New(BudgetExceeded, http.StatusTooManyRequests, TypeBudget, msg, param)
 }

@@ -13,6 +13,12 @@
 // and the time of last contact. After each applied delta or snapshot the
 // client reports Applied{revision} so the control plane can show lag.
 //
+// With Options.Spend set, a shipper goroutine per session sends the spend
+// outbox's committed records as SpendBatch messages once the stream is
+// established (everything not yet acked, from the start) and whenever new
+// records commit, with up to spendWindow batches in flight; each SpendAck
+// deletes the acked records. Sends from the two goroutines are serialized.
+//
 // # Thread safety
 //
 // Run must be called once. Status may be called from any goroutine.
@@ -60,6 +66,22 @@ type Applier interface {
 	ApplyDelta(d *syncv1.Delta) error
 }
 
+// SpendSource is the spend outbox the client ships (spend.Outbox).
+type SpendSource interface {
+	// Batch returns up to max committed, unacked records with seq > after,
+	// or nil when there are none.
+	Batch(proxyID string, after uint64, max int) (*syncv1.SpendBatch, error)
+	Ack(outboxID string, lastSeq uint64) error
+	// Changed returns a channel closed at the next commit or ack.
+	Changed() <-chan struct{}
+}
+
+// Spend shipping: records per batch and batches in flight per stream.
+const (
+	spendBatchMax = 512
+	spendWindow   = 4
+)
+
 // Options configure a Client.
 type Options struct {
 	Addr    string // control plane gRPC address, host:port
@@ -76,6 +98,8 @@ type Options struct {
 	StallTimeout time.Duration
 	// DialOptions are appended to the defaults (tests use them).
 	DialOptions []grpc.DialOption
+	// Spend, when set, is shipped over the stream.
+	Spend SpendSource
 }
 
 // Status is the client's view of the sync connection.
@@ -96,6 +120,8 @@ type Client struct {
 	mu sync.Mutex
 	st Status
 
+	sendMu sync.Mutex // one Send at a time: receiving loop and spend shipper
+
 	m metrics
 }
 
@@ -107,6 +133,7 @@ type metrics struct {
 	snapshots  prometheus.Counter
 	deltas     prometheus.Counter
 	errors     *prometheus.CounterVec
+	spendSent  prometheus.Counter
 }
 
 // New returns a client; call Run.
@@ -135,11 +162,12 @@ func New(a Applier, o Options) *Client {
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{Name: "tollgate_sync_sessions_total", Help: "Sync sessions started."}),
 		snapshots:  prometheus.NewCounter(prometheus.CounterOpts{Name: "tollgate_sync_snapshots_applied_total", Help: "Full snapshots installed."}),
 		deltas:     prometheus.NewCounter(prometheus.CounterOpts{Name: "tollgate_sync_deltas_applied_total", Help: "Deltas applied."}),
+		spendSent:  prometheus.NewCounter(prometheus.CounterOpts{Name: "tollgate_spend_records_sent_total", Help: "Spend records sent to the control plane (resends included)."}),
 		errors:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tollgate_sync_session_errors_total", Help: "Sync sessions ended by an error, by reason."}, []string{"reason"}),
 	}
 	c.m.revision.Set(float64(c.st.Revision))
 	if o.Registry != nil {
-		o.Registry.MustRegister(c.m.connected, c.m.revision, c.m.head, c.m.reconnects, c.m.snapshots, c.m.deltas, c.m.errors,
+		o.Registry.MustRegister(c.m.connected, c.m.revision, c.m.head, c.m.reconnects, c.m.snapshots, c.m.deltas, c.m.errors, c.m.spendSent,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tollgate_sync_state_age_seconds", Help: "Seconds since the replica was last known to be at the control plane's head (-1: never)."}, func() float64 {
 				s := c.Status()
 				if s.CurrentAt.IsZero() {
@@ -259,7 +287,7 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 		return err
 	}
 	rev := c.a.Revision()
-	if err := stream.Send(&syncv1.ProxyMessage{Msg: &syncv1.ProxyMessage_Hello{Hello: &syncv1.Hello{ProxyId: c.o.ProxyID, Revision: rev, Version: c.o.Version}}}); err != nil {
+	if err := c.send(stream, &syncv1.ProxyMessage{Msg: &syncv1.ProxyMessage_Hello{Hello: &syncv1.Hello{ProxyId: c.o.ProxyID, Revision: rev, Version: c.o.Version}}}); err != nil {
 		return recvErr(stream, err)
 	}
 
@@ -288,6 +316,9 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 		}
 	}()
 
+	// Acks go to the shipper, which deletes the records off this goroutine
+	// (a deletion is an fsync; deltas should not wait for it).
+	acks := make(chan *syncv1.SpendAck, 64)
 	first := true
 	for {
 		msg, err := stream.Recv()
@@ -306,6 +337,9 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 			first = false
 			c.setConnected(true)
 			c.log.Info("sync stream established", "control_plane", c.o.Addr, "revision", c.a.Revision())
+			if c.o.Spend != nil {
+				go c.shipSpend(sctx, cancel, stream, acks)
+			}
 		}
 		switch m := msg.Msg.(type) {
 		case *syncv1.ControlMessage_Snapshot:
@@ -342,8 +376,63 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 			}
 			c.mu.Unlock()
 			c.m.head.Set(float64(h.GetHeadRevision()))
+		case *syncv1.ControlMessage_SpendAck:
+			select {
+			case acks <- m.SpendAck:
+			case <-sctx.Done():
+				return sctx.Err()
+			}
 		}
 	}
+}
+
+// shipSpend sends the outbox's records on one stream: everything unacked
+// first, then what commits, up to spendWindow unacked batches at a time. A
+// failure ends the session; the next one starts again from the oldest
+// unacked record (the control plane skips what it already applied).
+func (c *Client) shipSpend(ctx context.Context, cancel context.CancelFunc,
+	stream grpc.BidiStreamingClient[syncv1.ProxyMessage, syncv1.ControlMessage], acks <-chan *syncv1.SpendAck) {
+	src := c.o.Spend
+	var sent uint64       // last seq sent on this stream
+	var inflight []uint64 // last seq of each unacked batch, in order
+	for {
+		changed := src.Changed() // before reading, so no commit is missed
+		if len(inflight) < spendWindow {
+			b, err := src.Batch(c.o.ProxyID, sent, spendBatchMax)
+			if err != nil {
+				c.log.Error("spend outbox read failed", "err", err)
+				cancel()
+				return
+			}
+			if b != nil {
+				if err := c.send(stream, &syncv1.ProxyMessage{Msg: &syncv1.ProxyMessage_SpendBatch{SpendBatch: b}}); err != nil {
+					return // the receiving loop sees the stream's end
+				}
+				c.m.spendSent.Add(float64(len(b.GetRecords())))
+				sent = b.GetLastSeq()
+				inflight = append(inflight, sent)
+				continue
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case a := <-acks:
+			if err := src.Ack(a.GetOutboxId(), a.GetLastSeq()); err != nil {
+				c.log.Error("spend ack not recorded; the records will be sent again", "err", err)
+			}
+			for len(inflight) > 0 && inflight[0] <= a.GetLastSeq() {
+				inflight = inflight[1:]
+			}
+		}
+	}
+}
+
+func (c *Client) send(stream grpc.BidiStreamingClient[syncv1.ProxyMessage, syncv1.ControlMessage], m *syncv1.ProxyMessage) error {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	return stream.Send(m)
 }
 
 func (c *Client) applied(stream grpc.BidiStreamingClient[syncv1.ProxyMessage, syncv1.ControlMessage], rev int64, now time.Time) {
@@ -359,7 +448,7 @@ func (c *Client) applied(stream grpc.BidiStreamingClient[syncv1.ProxyMessage, sy
 	c.mu.Unlock()
 	c.m.revision.Set(float64(rev))
 	// Best effort: a failed Send surfaces on the next Recv.
-	_ = stream.Send(&syncv1.ProxyMessage{Msg: &syncv1.ProxyMessage_Applied{Applied: &syncv1.Applied{Revision: rev}}})
+	_ = c.send(stream, &syncv1.ProxyMessage{Msg: &syncv1.ProxyMessage_Applied{Applied: &syncv1.Applied{Revision: rev}}})
 }
 
 func (c *Client) setConnected(v bool) {

@@ -36,6 +36,11 @@ var (
 	bucketAuditIDs = []byte("audit_ids") // id → audit key
 
 	bucketChanges = []byte("changes") // big-endian revision → changeRecord JSON
+
+	bucketSpendSources = []byte("spend_sources")     // lp(proxy_id) + outbox_id → big-endian last applied seq
+	bucketSpendLogs    = []byte("spend_logs")        // time(start) + big-endian insert seq → SpendLog JSON
+	bucketSpendReqs    = []byte("spend_logs_by_req") // request_id + 0 + log key → nil
+	bucketEndUsers     = []byte("end_users")         // end_user_id → EndUser JSON
 )
 
 var (
@@ -54,6 +59,17 @@ const SettingsID = "settings"
 // file at its old version.
 var migrations = []func(*bolt.Tx) error{
 	migrateV1,
+	migrateV2,
+}
+
+// migrateV2 adds the spend buckets.
+func migrateV2(tx *bolt.Tx) error {
+	for _, name := range [][]byte{bucketSpendSources, bucketSpendLogs, bucketSpendReqs, bucketEndUsers} {
+		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+			return fmt.Errorf("create bucket %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // migrateV1 creates every bucket of the first schema.

@@ -27,6 +27,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Cascades", cascadeTests},
 		{"Settings", settingsTests},
 		{"Audit", auditTests},
+		{"Spend", spendTests},
 		{"Revisions", revisionTests},
 		{"Concurrency", concurrencyTests},
 		{"Snapshot", snapshotTests},

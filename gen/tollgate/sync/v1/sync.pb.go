@@ -27,6 +27,7 @@ type ProxyMessage struct {
 	//
 	//	*ProxyMessage_Hello
 	//	*ProxyMessage_Applied
+	//	*ProxyMessage_SpendBatch
 	Msg           isProxyMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -87,6 +88,15 @@ func (x *ProxyMessage) GetApplied() *Applied {
 	return nil
 }
 
+func (x *ProxyMessage) GetSpendBatch() *SpendBatch {
+	if x != nil {
+		if x, ok := x.Msg.(*ProxyMessage_SpendBatch); ok {
+			return x.SpendBatch
+		}
+	}
+	return nil
+}
+
 type isProxyMessage_Msg interface {
 	isProxyMessage_Msg()
 }
@@ -99,9 +109,15 @@ type ProxyMessage_Applied struct {
 	Applied *Applied `protobuf:"bytes,2,opt,name=applied,proto3,oneof"`
 }
 
+type ProxyMessage_SpendBatch struct {
+	SpendBatch *SpendBatch `protobuf:"bytes,3,opt,name=spend_batch,json=spendBatch,proto3,oneof"`
+}
+
 func (*ProxyMessage_Hello) isProxyMessage_Msg() {}
 
 func (*ProxyMessage_Applied) isProxyMessage_Msg() {}
+
+func (*ProxyMessage_SpendBatch) isProxyMessage_Msg() {}
 
 type Hello struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -209,6 +225,276 @@ func (x *Applied) GetRevision() int64 {
 	return 0
 }
 
+// SpendBatch carries spend records from the proxy's outbox, in sequence
+// order, with no gaps between first_seq and last_seq. Sequence numbers are
+// per (proxy_id, outbox_id): outbox_id is random and chosen when the proxy's
+// outbox file is created, so a proxy that lost its file (and restarts its
+// numbering) is never mistaken for a replay. The control plane applies a
+// batch in one transaction and answers SpendAck; records at or below the
+// high-water mark of (proxy_id, outbox_id) were applied before and are
+// skipped, so a replayed batch changes nothing.
+type SpendBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ProxyId       string                 `protobuf:"bytes,1,opt,name=proxy_id,json=proxyId,proto3" json:"proxy_id,omitempty"`
+	OutboxId      string                 `protobuf:"bytes,2,opt,name=outbox_id,json=outboxId,proto3" json:"outbox_id,omitempty"`
+	FirstSeq      uint64                 `protobuf:"varint,3,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
+	LastSeq       uint64                 `protobuf:"varint,4,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	Records       []*SpendRecord         `protobuf:"bytes,5,rep,name=records,proto3" json:"records,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SpendBatch) Reset() {
+	*x = SpendBatch{}
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SpendBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SpendBatch) ProtoMessage() {}
+
+func (x *SpendBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SpendBatch.ProtoReflect.Descriptor instead.
+func (*SpendBatch) Descriptor() ([]byte, []int) {
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SpendBatch) GetProxyId() string {
+	if x != nil {
+		return x.ProxyId
+	}
+	return ""
+}
+
+func (x *SpendBatch) GetOutboxId() string {
+	if x != nil {
+		return x.OutboxId
+	}
+	return ""
+}
+
+func (x *SpendBatch) GetFirstSeq() uint64 {
+	if x != nil {
+		return x.FirstSeq
+	}
+	return 0
+}
+
+func (x *SpendBatch) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
+func (x *SpendBatch) GetRecords() []*SpendRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+// SpendRecord is one request's spend. Never the key or the prompt.
+type SpendRecord struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Seq            uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	RequestId      string                 `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	TokenId        string                 `protobuf:"bytes,3,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	TeamId         string                 `protobuf:"bytes,4,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
+	UserId         string                 `protobuf:"bytes,5,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	OrganizationId string                 `protobuf:"bytes,6,opt,name=organization_id,json=organizationId,proto3" json:"organization_id,omitempty"`
+	// end_user is the request body's "user".
+	EndUser string `protobuf:"bytes,7,opt,name=end_user,json=endUser,proto3" json:"end_user,omitempty"`
+	// model is the public model name; deployment_id the deployment that served it.
+	Model            string `protobuf:"bytes,8,opt,name=model,proto3" json:"model,omitempty"`
+	DeploymentId     string `protobuf:"bytes,9,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
+	PromptTokens     int64  `protobuf:"varint,10,opt,name=prompt_tokens,json=promptTokens,proto3" json:"prompt_tokens,omitempty"`
+	CompletionTokens int64  `protobuf:"varint,11,opt,name=completion_tokens,json=completionTokens,proto3" json:"completion_tokens,omitempty"`
+	// cost in micro-USD.
+	Cost     int64 `protobuf:"varint,12,opt,name=cost,proto3" json:"cost,omitempty"`
+	Streamed bool  `protobuf:"varint,13,opt,name=streamed,proto3" json:"streamed,omitempty"`
+	// estimated is true when the upstream reported no usage and the tokens
+	// were estimated.
+	Estimated     bool   `protobuf:"varint,14,opt,name=estimated,proto3" json:"estimated,omitempty"`
+	Status        int32  `protobuf:"varint,15,opt,name=status,proto3" json:"status,omitempty"`
+	Route         string `protobuf:"bytes,16,opt,name=route,proto3" json:"route,omitempty"`
+	StartUnixNano int64  `protobuf:"varint,17,opt,name=start_unix_nano,json=startUnixNano,proto3" json:"start_unix_nano,omitempty"`
+	EndUnixNano   int64  `protobuf:"varint,18,opt,name=end_unix_nano,json=endUnixNano,proto3" json:"end_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SpendRecord) Reset() {
+	*x = SpendRecord{}
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SpendRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SpendRecord) ProtoMessage() {}
+
+func (x *SpendRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SpendRecord.ProtoReflect.Descriptor instead.
+func (*SpendRecord) Descriptor() ([]byte, []int) {
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SpendRecord) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *SpendRecord) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *SpendRecord) GetTokenId() string {
+	if x != nil {
+		return x.TokenId
+	}
+	return ""
+}
+
+func (x *SpendRecord) GetTeamId() string {
+	if x != nil {
+		return x.TeamId
+	}
+	return ""
+}
+
+func (x *SpendRecord) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *SpendRecord) GetOrganizationId() string {
+	if x != nil {
+		return x.OrganizationId
+	}
+	return ""
+}
+
+func (x *SpendRecord) GetEndUser() string {
+	if x != nil {
+		return x.EndUser
+	}
+	return ""
+}
+
+func (x *SpendRecord) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *SpendRecord) GetDeploymentId() string {
+	if x != nil {
+		return x.DeploymentId
+	}
+	return ""
+}
+
+func (x *SpendRecord) GetPromptTokens() int64 {
+	if x != nil {
+		return x.PromptTokens
+	}
+	return 0
+}
+
+func (x *SpendRecord) GetCompletionTokens() int64 {
+	if x != nil {
+		return x.CompletionTokens
+	}
+	return 0
+}
+
+func (x *SpendRecord) GetCost() int64 {
+	if x != nil {
+		return x.Cost
+	}
+	return 0
+}
+
+func (x *SpendRecord) GetStreamed() bool {
+	if x != nil {
+		return x.Streamed
+	}
+	return false
+}
+
+func (x *SpendRecord) GetEstimated() bool {
+	if x != nil {
+		return x.Estimated
+	}
+	return false
+}
+
+func (x *SpendRecord) GetStatus() int32 {
+	if x != nil {
+		return x.Status
+	}
+	return 0
+}
+
+func (x *SpendRecord) GetRoute() string {
+	if x != nil {
+		return x.Route
+	}
+	return ""
+}
+
+func (x *SpendRecord) GetStartUnixNano() int64 {
+	if x != nil {
+		return x.StartUnixNano
+	}
+	return 0
+}
+
+func (x *SpendRecord) GetEndUnixNano() int64 {
+	if x != nil {
+		return x.EndUnixNano
+	}
+	return 0
+}
+
 type ControlMessage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Msg:
@@ -216,6 +502,7 @@ type ControlMessage struct {
 	//	*ControlMessage_Snapshot
 	//	*ControlMessage_Delta
 	//	*ControlMessage_Heartbeat
+	//	*ControlMessage_SpendAck
 	Msg           isControlMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -223,7 +510,7 @@ type ControlMessage struct {
 
 func (x *ControlMessage) Reset() {
 	*x = ControlMessage{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[3]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -235,7 +522,7 @@ func (x *ControlMessage) String() string {
 func (*ControlMessage) ProtoMessage() {}
 
 func (x *ControlMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[3]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -248,7 +535,7 @@ func (x *ControlMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlMessage.ProtoReflect.Descriptor instead.
 func (*ControlMessage) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{3}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ControlMessage) GetMsg() isControlMessage_Msg {
@@ -285,6 +572,15 @@ func (x *ControlMessage) GetHeartbeat() *Heartbeat {
 	return nil
 }
 
+func (x *ControlMessage) GetSpendAck() *SpendAck {
+	if x != nil {
+		if x, ok := x.Msg.(*ControlMessage_SpendAck); ok {
+			return x.SpendAck
+		}
+	}
+	return nil
+}
+
 type isControlMessage_Msg interface {
 	isControlMessage_Msg()
 }
@@ -301,11 +597,71 @@ type ControlMessage_Heartbeat struct {
 	Heartbeat *Heartbeat `protobuf:"bytes,3,opt,name=heartbeat,proto3,oneof"`
 }
 
+type ControlMessage_SpendAck struct {
+	SpendAck *SpendAck `protobuf:"bytes,4,opt,name=spend_ack,json=spendAck,proto3,oneof"`
+}
+
 func (*ControlMessage_Snapshot) isControlMessage_Msg() {}
 
 func (*ControlMessage_Delta) isControlMessage_Msg() {}
 
 func (*ControlMessage_Heartbeat) isControlMessage_Msg() {}
+
+func (*ControlMessage_SpendAck) isControlMessage_Msg() {}
+
+// SpendAck confirms that every record of (the stream's proxy, outbox_id) up
+// to last_seq is durably applied; the proxy may delete them.
+type SpendAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	OutboxId      string                 `protobuf:"bytes,1,opt,name=outbox_id,json=outboxId,proto3" json:"outbox_id,omitempty"`
+	LastSeq       uint64                 `protobuf:"varint,2,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SpendAck) Reset() {
+	*x = SpendAck{}
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SpendAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SpendAck) ProtoMessage() {}
+
+func (x *SpendAck) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SpendAck.ProtoReflect.Descriptor instead.
+func (*SpendAck) Descriptor() ([]byte, []int) {
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SpendAck) GetOutboxId() string {
+	if x != nil {
+		return x.OutboxId
+	}
+	return ""
+}
+
+func (x *SpendAck) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
 
 // SnapshotChunk is part of a full snapshot at revision. A proxy applies the
 // snapshot only when the chunk with last=true arrives, all at once.
@@ -321,7 +677,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[4]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -333,7 +689,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[4]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -346,7 +702,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{4}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SnapshotChunk) GetRevision() int64 {
@@ -390,7 +746,7 @@ type Delta struct {
 
 func (x *Delta) Reset() {
 	*x = Delta{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[5]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -402,7 +758,7 @@ func (x *Delta) String() string {
 func (*Delta) ProtoMessage() {}
 
 func (x *Delta) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[5]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -415,7 +771,7 @@ func (x *Delta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delta.ProtoReflect.Descriptor instead.
 func (*Delta) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{5}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Delta) GetRevision() int64 {
@@ -456,7 +812,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[6]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -468,7 +824,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[6]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -481,7 +837,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{6}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Heartbeat) GetHeadRevision() int64 {
@@ -520,7 +876,7 @@ type Entity struct {
 
 func (x *Entity) Reset() {
 	*x = Entity{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[7]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -532,7 +888,7 @@ func (x *Entity) String() string {
 func (*Entity) ProtoMessage() {}
 
 func (x *Entity) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[7]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -545,7 +901,7 @@ func (x *Entity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entity.ProtoReflect.Descriptor instead.
 func (*Entity) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{7}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Entity) GetKind() string {
@@ -687,7 +1043,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[8]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -699,7 +1055,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[8]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -712,7 +1068,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{8}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Limits) GetMaxBudget() int64 {
@@ -774,7 +1130,7 @@ type ModelBudget struct {
 
 func (x *ModelBudget) Reset() {
 	*x = ModelBudget{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[9]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -786,7 +1142,7 @@ func (x *ModelBudget) String() string {
 func (*ModelBudget) ProtoMessage() {}
 
 func (x *ModelBudget) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[9]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -799,7 +1155,7 @@ func (x *ModelBudget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelBudget.ProtoReflect.Descriptor instead.
 func (*ModelBudget) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{9}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ModelBudget) GetBudgetLimit() int64 {
@@ -826,7 +1182,7 @@ type PreviousHash struct {
 
 func (x *PreviousHash) Reset() {
 	*x = PreviousHash{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[10]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -838,7 +1194,7 @@ func (x *PreviousHash) String() string {
 func (*PreviousHash) ProtoMessage() {}
 
 func (x *PreviousHash) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[10]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -851,7 +1207,7 @@ func (x *PreviousHash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviousHash.ProtoReflect.Descriptor instead.
 func (*PreviousHash) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{10}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PreviousHash) GetKeyHash() []byte {
@@ -899,7 +1255,7 @@ type Key struct {
 
 func (x *Key) Reset() {
 	*x = Key{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[11]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -911,7 +1267,7 @@ func (x *Key) String() string {
 func (*Key) ProtoMessage() {}
 
 func (x *Key) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[11]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -924,7 +1280,7 @@ func (x *Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Key.ProtoReflect.Descriptor instead.
 func (*Key) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{11}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Key) GetTokenId() string {
@@ -1079,7 +1435,7 @@ type TeamMember struct {
 
 func (x *TeamMember) Reset() {
 	*x = TeamMember{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[12]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1091,7 +1447,7 @@ func (x *TeamMember) String() string {
 func (*TeamMember) ProtoMessage() {}
 
 func (x *TeamMember) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[12]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1104,7 +1460,7 @@ func (x *TeamMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TeamMember.ProtoReflect.Descriptor instead.
 func (*TeamMember) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{12}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TeamMember) GetUserId() string {
@@ -1151,7 +1507,7 @@ type Team struct {
 
 func (x *Team) Reset() {
 	*x = Team{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[13]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1163,7 +1519,7 @@ func (x *Team) String() string {
 func (*Team) ProtoMessage() {}
 
 func (x *Team) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[13]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1176,7 +1532,7 @@ func (x *Team) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Team.ProtoReflect.Descriptor instead.
 func (*Team) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{13}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Team) GetTeamId() string {
@@ -1249,7 +1605,7 @@ type User struct {
 
 func (x *User) Reset() {
 	*x = User{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[14]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1261,7 +1617,7 @@ func (x *User) String() string {
 func (*User) ProtoMessage() {}
 
 func (x *User) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[14]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1274,7 +1630,7 @@ func (x *User) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use User.ProtoReflect.Descriptor instead.
 func (*User) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{14}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *User) GetUserId() string {
@@ -1332,7 +1688,7 @@ type Organization struct {
 
 func (x *Organization) Reset() {
 	*x = Organization{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[15]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1344,7 +1700,7 @@ func (x *Organization) String() string {
 func (*Organization) ProtoMessage() {}
 
 func (x *Organization) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[15]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1357,7 +1713,7 @@ func (x *Organization) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Organization.ProtoReflect.Descriptor instead.
 func (*Organization) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{15}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Organization) GetOrganizationId() string {
@@ -1418,7 +1774,7 @@ type Model struct {
 
 func (x *Model) Reset() {
 	*x = Model{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[16]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1430,7 +1786,7 @@ func (x *Model) String() string {
 func (*Model) ProtoMessage() {}
 
 func (x *Model) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[16]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1443,7 +1799,7 @@ func (x *Model) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Model.ProtoReflect.Descriptor instead.
 func (*Model) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{16}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Model) GetId() string {
@@ -1533,7 +1889,7 @@ type Settings struct {
 
 func (x *Settings) Reset() {
 	*x = Settings{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[17]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1545,7 +1901,7 @@ func (x *Settings) String() string {
 func (*Settings) ProtoMessage() {}
 
 func (x *Settings) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[17]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1558,7 +1914,7 @@ func (x *Settings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Settings.ProtoReflect.Descriptor instead.
 func (*Settings) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{17}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Settings) GetGeneralSettings() []byte {
@@ -1572,22 +1928,56 @@ var File_tollgate_sync_v1_sync_proto protoreflect.FileDescriptor
 
 const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\n" +
-	"\x1btollgate/sync/v1/sync.proto\x12\x10tollgate.sync.v1\"}\n" +
+	"\x1btollgate/sync/v1/sync.proto\x12\x10tollgate.sync.v1\"\xbe\x01\n" +
 	"\fProxyMessage\x12/\n" +
 	"\x05hello\x18\x01 \x01(\v2\x17.tollgate.sync.v1.HelloH\x00R\x05hello\x125\n" +
-	"\aapplied\x18\x02 \x01(\v2\x19.tollgate.sync.v1.AppliedH\x00R\aappliedB\x05\n" +
+	"\aapplied\x18\x02 \x01(\v2\x19.tollgate.sync.v1.AppliedH\x00R\aapplied\x12?\n" +
+	"\vspend_batch\x18\x03 \x01(\v2\x1c.tollgate.sync.v1.SpendBatchH\x00R\n" +
+	"spendBatchB\x05\n" +
 	"\x03msg\"X\n" +
 	"\x05Hello\x12\x19\n" +
 	"\bproxy_id\x18\x01 \x01(\tR\aproxyId\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\"%\n" +
 	"\aApplied\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x03R\brevision\"\xc4\x01\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"\xb5\x01\n" +
+	"\n" +
+	"SpendBatch\x12\x19\n" +
+	"\bproxy_id\x18\x01 \x01(\tR\aproxyId\x12\x1b\n" +
+	"\toutbox_id\x18\x02 \x01(\tR\boutboxId\x12\x1b\n" +
+	"\tfirst_seq\x18\x03 \x01(\x04R\bfirstSeq\x12\x19\n" +
+	"\blast_seq\x18\x04 \x01(\x04R\alastSeq\x127\n" +
+	"\arecords\x18\x05 \x03(\v2\x1d.tollgate.sync.v1.SpendRecordR\arecords\"\xa4\x04\n" +
+	"\vSpendRecord\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\x12\x19\n" +
+	"\btoken_id\x18\x03 \x01(\tR\atokenId\x12\x17\n" +
+	"\ateam_id\x18\x04 \x01(\tR\x06teamId\x12\x17\n" +
+	"\auser_id\x18\x05 \x01(\tR\x06userId\x12'\n" +
+	"\x0forganization_id\x18\x06 \x01(\tR\x0eorganizationId\x12\x19\n" +
+	"\bend_user\x18\a \x01(\tR\aendUser\x12\x14\n" +
+	"\x05model\x18\b \x01(\tR\x05model\x12#\n" +
+	"\rdeployment_id\x18\t \x01(\tR\fdeploymentId\x12#\n" +
+	"\rprompt_tokens\x18\n" +
+	" \x01(\x03R\fpromptTokens\x12+\n" +
+	"\x11completion_tokens\x18\v \x01(\x03R\x10completionTokens\x12\x12\n" +
+	"\x04cost\x18\f \x01(\x03R\x04cost\x12\x1a\n" +
+	"\bstreamed\x18\r \x01(\bR\bstreamed\x12\x1c\n" +
+	"\testimated\x18\x0e \x01(\bR\testimated\x12\x16\n" +
+	"\x06status\x18\x0f \x01(\x05R\x06status\x12\x14\n" +
+	"\x05route\x18\x10 \x01(\tR\x05route\x12&\n" +
+	"\x0fstart_unix_nano\x18\x11 \x01(\x03R\rstartUnixNano\x12\"\n" +
+	"\rend_unix_nano\x18\x12 \x01(\x03R\vendUnixNano\"\xff\x01\n" +
 	"\x0eControlMessage\x12=\n" +
 	"\bsnapshot\x18\x01 \x01(\v2\x1f.tollgate.sync.v1.SnapshotChunkH\x00R\bsnapshot\x12/\n" +
 	"\x05delta\x18\x02 \x01(\v2\x17.tollgate.sync.v1.DeltaH\x00R\x05delta\x12;\n" +
-	"\theartbeat\x18\x03 \x01(\v2\x1b.tollgate.sync.v1.HeartbeatH\x00R\theartbeatB\x05\n" +
-	"\x03msg\"\x87\x01\n" +
+	"\theartbeat\x18\x03 \x01(\v2\x1b.tollgate.sync.v1.HeartbeatH\x00R\theartbeat\x129\n" +
+	"\tspend_ack\x18\x04 \x01(\v2\x1a.tollgate.sync.v1.SpendAckH\x00R\bspendAckB\x05\n" +
+	"\x03msg\"B\n" +
+	"\bSpendAck\x12\x1b\n" +
+	"\toutbox_id\x18\x01 \x01(\tR\boutboxId\x12\x19\n" +
+	"\blast_seq\x18\x02 \x01(\x04R\alastSeq\"\x87\x01\n" +
 	"\rSnapshotChunk\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x05R\x03seq\x12\x12\n" +
@@ -1721,61 +2111,67 @@ func file_tollgate_sync_v1_sync_proto_rawDescGZIP() []byte {
 	return file_tollgate_sync_v1_sync_proto_rawDescData
 }
 
-var file_tollgate_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_tollgate_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_tollgate_sync_v1_sync_proto_goTypes = []any{
 	(*ProxyMessage)(nil),   // 0: tollgate.sync.v1.ProxyMessage
 	(*Hello)(nil),          // 1: tollgate.sync.v1.Hello
 	(*Applied)(nil),        // 2: tollgate.sync.v1.Applied
-	(*ControlMessage)(nil), // 3: tollgate.sync.v1.ControlMessage
-	(*SnapshotChunk)(nil),  // 4: tollgate.sync.v1.SnapshotChunk
-	(*Delta)(nil),          // 5: tollgate.sync.v1.Delta
-	(*Heartbeat)(nil),      // 6: tollgate.sync.v1.Heartbeat
-	(*Entity)(nil),         // 7: tollgate.sync.v1.Entity
-	(*Limits)(nil),         // 8: tollgate.sync.v1.Limits
-	(*ModelBudget)(nil),    // 9: tollgate.sync.v1.ModelBudget
-	(*PreviousHash)(nil),   // 10: tollgate.sync.v1.PreviousHash
-	(*Key)(nil),            // 11: tollgate.sync.v1.Key
-	(*TeamMember)(nil),     // 12: tollgate.sync.v1.TeamMember
-	(*Team)(nil),           // 13: tollgate.sync.v1.Team
-	(*User)(nil),           // 14: tollgate.sync.v1.User
-	(*Organization)(nil),   // 15: tollgate.sync.v1.Organization
-	(*Model)(nil),          // 16: tollgate.sync.v1.Model
-	(*Settings)(nil),       // 17: tollgate.sync.v1.Settings
-	nil,                    // 18: tollgate.sync.v1.Key.ModelMaxBudgetEntry
-	nil,                    // 19: tollgate.sync.v1.Key.ModelRpmLimitEntry
-	nil,                    // 20: tollgate.sync.v1.Key.ModelTpmLimitEntry
+	(*SpendBatch)(nil),     // 3: tollgate.sync.v1.SpendBatch
+	(*SpendRecord)(nil),    // 4: tollgate.sync.v1.SpendRecord
+	(*ControlMessage)(nil), // 5: tollgate.sync.v1.ControlMessage
+	(*SpendAck)(nil),       // 6: tollgate.sync.v1.SpendAck
+	(*SnapshotChunk)(nil),  // 7: tollgate.sync.v1.SnapshotChunk
+	(*Delta)(nil),          // 8: tollgate.sync.v1.Delta
+	(*Heartbeat)(nil),      // 9: tollgate.sync.v1.Heartbeat
+	(*Entity)(nil),         // 10: tollgate.sync.v1.Entity
+	(*Limits)(nil),         // 11: tollgate.sync.v1.Limits
+	(*ModelBudget)(nil),    // 12: tollgate.sync.v1.ModelBudget
+	(*PreviousHash)(nil),   // 13: tollgate.sync.v1.PreviousHash
+	(*Key)(nil),            // 14: tollgate.sync.v1.Key
+	(*TeamMember)(nil),     // 15: tollgate.sync.v1.TeamMember
+	(*Team)(nil),           // 16: tollgate.sync.v1.Team
+	(*User)(nil),           // 17: tollgate.sync.v1.User
+	(*Organization)(nil),   // 18: tollgate.sync.v1.Organization
+	(*Model)(nil),          // 19: tollgate.sync.v1.Model
+	(*Settings)(nil),       // 20: tollgate.sync.v1.Settings
+	nil,                    // 21: tollgate.sync.v1.Key.ModelMaxBudgetEntry
+	nil,                    // 22: tollgate.sync.v1.Key.ModelRpmLimitEntry
+	nil,                    // 23: tollgate.sync.v1.Key.ModelTpmLimitEntry
 }
 var file_tollgate_sync_v1_sync_proto_depIdxs = []int32{
 	1,  // 0: tollgate.sync.v1.ProxyMessage.hello:type_name -> tollgate.sync.v1.Hello
 	2,  // 1: tollgate.sync.v1.ProxyMessage.applied:type_name -> tollgate.sync.v1.Applied
-	4,  // 2: tollgate.sync.v1.ControlMessage.snapshot:type_name -> tollgate.sync.v1.SnapshotChunk
-	5,  // 3: tollgate.sync.v1.ControlMessage.delta:type_name -> tollgate.sync.v1.Delta
-	6,  // 4: tollgate.sync.v1.ControlMessage.heartbeat:type_name -> tollgate.sync.v1.Heartbeat
-	7,  // 5: tollgate.sync.v1.SnapshotChunk.entities:type_name -> tollgate.sync.v1.Entity
-	7,  // 6: tollgate.sync.v1.Delta.changes:type_name -> tollgate.sync.v1.Entity
-	11, // 7: tollgate.sync.v1.Entity.key:type_name -> tollgate.sync.v1.Key
-	13, // 8: tollgate.sync.v1.Entity.team:type_name -> tollgate.sync.v1.Team
-	14, // 9: tollgate.sync.v1.Entity.user:type_name -> tollgate.sync.v1.User
-	15, // 10: tollgate.sync.v1.Entity.organization:type_name -> tollgate.sync.v1.Organization
-	16, // 11: tollgate.sync.v1.Entity.model:type_name -> tollgate.sync.v1.Model
-	17, // 12: tollgate.sync.v1.Entity.settings:type_name -> tollgate.sync.v1.Settings
-	8,  // 13: tollgate.sync.v1.Key.limits:type_name -> tollgate.sync.v1.Limits
-	18, // 14: tollgate.sync.v1.Key.model_max_budget:type_name -> tollgate.sync.v1.Key.ModelMaxBudgetEntry
-	19, // 15: tollgate.sync.v1.Key.model_rpm_limit:type_name -> tollgate.sync.v1.Key.ModelRpmLimitEntry
-	20, // 16: tollgate.sync.v1.Key.model_tpm_limit:type_name -> tollgate.sync.v1.Key.ModelTpmLimitEntry
-	10, // 17: tollgate.sync.v1.Key.previous_hashes:type_name -> tollgate.sync.v1.PreviousHash
-	8,  // 18: tollgate.sync.v1.Team.limits:type_name -> tollgate.sync.v1.Limits
-	12, // 19: tollgate.sync.v1.Team.members:type_name -> tollgate.sync.v1.TeamMember
-	8,  // 20: tollgate.sync.v1.User.limits:type_name -> tollgate.sync.v1.Limits
-	8,  // 21: tollgate.sync.v1.Organization.limits:type_name -> tollgate.sync.v1.Limits
-	9,  // 22: tollgate.sync.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.sync.v1.ModelBudget
-	0,  // 23: tollgate.sync.v1.SyncService.Sync:input_type -> tollgate.sync.v1.ProxyMessage
-	3,  // 24: tollgate.sync.v1.SyncService.Sync:output_type -> tollgate.sync.v1.ControlMessage
-	24, // [24:25] is the sub-list for method output_type
-	23, // [23:24] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	3,  // 2: tollgate.sync.v1.ProxyMessage.spend_batch:type_name -> tollgate.sync.v1.SpendBatch
+	4,  // 3: tollgate.sync.v1.SpendBatch.records:type_name -> tollgate.sync.v1.SpendRecord
+	7,  // 4: tollgate.sync.v1.ControlMessage.snapshot:type_name -> tollgate.sync.v1.SnapshotChunk
+	8,  // 5: tollgate.sync.v1.ControlMessage.delta:type_name -> tollgate.sync.v1.Delta
+	9,  // 6: tollgate.sync.v1.ControlMessage.heartbeat:type_name -> tollgate.sync.v1.Heartbeat
+	6,  // 7: tollgate.sync.v1.ControlMessage.spend_ack:type_name -> tollgate.sync.v1.SpendAck
+	10, // 8: tollgate.sync.v1.SnapshotChunk.entities:type_name -> tollgate.sync.v1.Entity
+	10, // 9: tollgate.sync.v1.Delta.changes:type_name -> tollgate.sync.v1.Entity
+	14, // 10: tollgate.sync.v1.Entity.key:type_name -> tollgate.sync.v1.Key
+	16, // 11: tollgate.sync.v1.Entity.team:type_name -> tollgate.sync.v1.Team
+	17, // 12: tollgate.sync.v1.Entity.user:type_name -> tollgate.sync.v1.User
+	18, // 13: tollgate.sync.v1.Entity.organization:type_name -> tollgate.sync.v1.Organization
+	19, // 14: tollgate.sync.v1.Entity.model:type_name -> tollgate.sync.v1.Model
+	20, // 15: tollgate.sync.v1.Entity.settings:type_name -> tollgate.sync.v1.Settings
+	11, // 16: tollgate.sync.v1.Key.limits:type_name -> tollgate.sync.v1.Limits
+	21, // 17: tollgate.sync.v1.Key.model_max_budget:type_name -> tollgate.sync.v1.Key.ModelMaxBudgetEntry
+	22, // 18: tollgate.sync.v1.Key.model_rpm_limit:type_name -> tollgate.sync.v1.Key.ModelRpmLimitEntry
+	23, // 19: tollgate.sync.v1.Key.model_tpm_limit:type_name -> tollgate.sync.v1.Key.ModelTpmLimitEntry
+	13, // 20: tollgate.sync.v1.Key.previous_hashes:type_name -> tollgate.sync.v1.PreviousHash
+	11, // 21: tollgate.sync.v1.Team.limits:type_name -> tollgate.sync.v1.Limits
+	15, // 22: tollgate.sync.v1.Team.members:type_name -> tollgate.sync.v1.TeamMember
+	11, // 23: tollgate.sync.v1.User.limits:type_name -> tollgate.sync.v1.Limits
+	11, // 24: tollgate.sync.v1.Organization.limits:type_name -> tollgate.sync.v1.Limits
+	12, // 25: tollgate.sync.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.sync.v1.ModelBudget
+	0,  // 26: tollgate.sync.v1.SyncService.Sync:input_type -> tollgate.sync.v1.ProxyMessage
+	5,  // 27: tollgate.sync.v1.SyncService.Sync:output_type -> tollgate.sync.v1.ControlMessage
+	27, // [27:28] is the sub-list for method output_type
+	26, // [26:27] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_sync_v1_sync_proto_init() }
@@ -1786,13 +2182,15 @@ func file_tollgate_sync_v1_sync_proto_init() {
 	file_tollgate_sync_v1_sync_proto_msgTypes[0].OneofWrappers = []any{
 		(*ProxyMessage_Hello)(nil),
 		(*ProxyMessage_Applied)(nil),
+		(*ProxyMessage_SpendBatch)(nil),
 	}
-	file_tollgate_sync_v1_sync_proto_msgTypes[3].OneofWrappers = []any{
+	file_tollgate_sync_v1_sync_proto_msgTypes[5].OneofWrappers = []any{
 		(*ControlMessage_Snapshot)(nil),
 		(*ControlMessage_Delta)(nil),
 		(*ControlMessage_Heartbeat)(nil),
+		(*ControlMessage_SpendAck)(nil),
 	}
-	file_tollgate_sync_v1_sync_proto_msgTypes[7].OneofWrappers = []any{
+	file_tollgate_sync_v1_sync_proto_msgTypes[10].OneofWrappers = []any{
 		(*Entity_Key)(nil),
 		(*Entity_Team)(nil),
 		(*Entity_User)(nil),
@@ -1806,7 +2204,7 @@ func file_tollgate_sync_v1_sync_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tollgate_sync_v1_sync_proto_rawDesc), len(file_tollgate_sync_v1_sync_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

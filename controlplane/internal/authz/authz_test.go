@@ -1,0 +1,434 @@
+package authz
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/settings"
+)
+
+const (
+	self     = "u-self"
+	mate     = "u-mate"
+	stranger = "u-stranger"
+	t1       = "team-1" // the caller's team
+	t2       = "team-2" // a foreign team
+	o1       = "org-1"  // the caller's organization
+	o2       = "org-2"
+)
+
+func i64(v int64) *int64 { return &v }
+
+// callers are the profiles of the matrix.
+func callers() map[string]Caller {
+	member := func(role, teamRole string) Caller {
+		return Caller{ID: self, Role: role, Teams: map[string]string{t1: teamRole}, Orgs: map[string]string{o1: store.RoleInternalUser}}
+	}
+	return map[string]Caller{
+		"master":   {Master: true, ID: "master_key", Role: store.RoleProxyAdmin},
+		"padmin":   {ID: self, Role: store.RoleProxyAdmin},
+		"viewer":   {ID: self, Role: store.RoleProxyAdminViewer},
+		"tadmin":   member(store.RoleInternalUser, store.TeamRoleAdmin),
+		"tuser":    member(store.RoleInternalUser, store.TeamRoleUser),
+		"iviewer":  member(store.RoleInternalUserViewer, store.TeamRoleUser),
+		"loneuser": {ID: self, Role: store.RoleInternalUser},
+	}
+}
+
+// scope is own, same-team or foreign.
+type scope int
+
+const (
+	own scope = iota
+	sameTeam
+	foreign
+)
+
+func (s scope) user() string { return [...]string{self, mate, stranger}[s] }
+func (s scope) team() string { return [...]string{t1, t1, t2}[s] }
+func (s scope) org() string  { return [...]string{o1, o1, o2}[s] }
+
+// target builds the target of action a on an object of scope s.
+func target(a Action, s scope) Target {
+	key := &Object{UserID: s.user(), TeamID: s.team()}
+	switch a {
+	case KeyGenerate:
+		return Target{After: key}
+	case KeyServiceAccountGenerate:
+		return Target{After: &Object{TeamID: s.team(), ServiceAccount: true}}
+	case KeyUpdate, KeyRegenerate:
+		after := *key
+		return Target{Before: key, After: &after}
+	case KeyUnblock:
+		key.Blocked = true
+		return Target{Before: key}
+	case KeyInfo, KeyDelete, KeyBlock:
+		return Target{Before: key}
+	case KeyList, SpendRead:
+		return Target{Before: [...]*Object{{UserID: self}, {TeamID: t1}, {UserID: stranger}}[s]}
+	case TeamList:
+		return Target{Before: [...]*Object{{UserID: self}, {}, {UserID: stranger}}[s]}
+	case TeamNew:
+		return Target{After: &Object{OrgID: s.org()}}
+	case TeamInfo, TeamUpdate, TeamDelete, TeamBlock, TeamUnblock:
+		return Target{Before: &Object{TeamID: s.team()}}
+	case TeamMemberAdd:
+		return Target{After: &Object{UserID: "u-new", TeamID: s.team(), Role: store.TeamRoleUser}}
+	case TeamMemberUpdate, TeamMemberDelete:
+		b := &Object{UserID: s.user(), TeamID: s.team(), Role: store.TeamRoleUser}
+		if s == own {
+			b.Role = "" // filled per caller below
+		}
+		after := *b
+		after.MaxBudget = i64(1)
+		return Target{Before: b, After: &after}
+	case UserInfo, UserDelete:
+		return Target{Before: &Object{UserID: s.user(), Role: store.RoleInternalUser}}
+	case UserUpdate:
+		b := &Object{UserID: s.user(), Role: store.RoleInternalUser}
+		after := *b
+		return Target{Before: b, After: &after}
+	case UserNew:
+		return Target{After: &Object{UserID: "u-new"}}
+	case OrgInfo, OrgUpdate, OrgDelete, OrgMemberAdd:
+		return Target{Before: &Object{OrgID: s.org()}}
+	}
+	return Target{}
+}
+
+// expected holds, per caller profile and action, the outcome on own,
+// same-team and foreign objects: A allow, 0 = 400, 3 = 403, 4 = 404.
+var expected = map[string]map[Action]string{
+	"viewer": {
+		KeyGenerate: "333", KeyServiceAccountGenerate: "333", KeyUpdate: "333", KeyDelete: "333", KeyInfo: "AAA", KeyList: "AAA",
+		KeyRegenerate: "333", KeyBlock: "333", KeyUnblock: "333",
+		TeamNew: "333", TeamUpdate: "333", TeamDelete: "333", TeamMemberAdd: "333", TeamMemberDelete: "333", TeamMemberUpdate: "333",
+		TeamBlock: "333", TeamUnblock: "333", TeamInfo: "AAA", TeamList: "AAA",
+		UserNew: "333", UserUpdate: "333", UserDelete: "333", UserInfo: "AAA", UserList: "AAA",
+		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AAA", OrgList: "AAA",
+		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
+		SettingsRead: "AAA", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AAA",
+	},
+	"tadmin": {
+		KeyGenerate: "A33", KeyServiceAccountGenerate: "AA3", KeyUpdate: "AA4", KeyDelete: "AA4", KeyInfo: "AA4", KeyList: "AA3",
+		KeyRegenerate: "A34", KeyBlock: "AA4", KeyUnblock: "AA4",
+		TeamNew: "333", TeamUpdate: "333", TeamDelete: "333", TeamMemberAdd: "AA4", TeamMemberDelete: "AA4", TeamMemberUpdate: "3A4",
+		TeamBlock: "333", TeamUnblock: "333", TeamInfo: "AA4", TeamList: "AA3",
+		UserNew: "333", UserUpdate: "A44", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
+		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
+		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
+		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3",
+	},
+	"tuser": {
+		KeyGenerate: "A33", KeyServiceAccountGenerate: "333", KeyUpdate: "A44", KeyDelete: "A44", KeyInfo: "A44", KeyList: "AA3",
+		KeyRegenerate: "A44", KeyBlock: "A44", KeyUnblock: "344",
+		TeamNew: "333", TeamUpdate: "333", TeamDelete: "333", TeamMemberAdd: "334", TeamMemberDelete: "334", TeamMemberUpdate: "334",
+		TeamBlock: "333", TeamUnblock: "333", TeamInfo: "AA4", TeamList: "AA3",
+		UserNew: "333", UserUpdate: "A44", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
+		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
+		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
+		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3",
+	},
+	"iviewer": {
+		KeyGenerate: "333", KeyServiceAccountGenerate: "333", KeyUpdate: "333", KeyDelete: "333", KeyInfo: "A44", KeyList: "AA3",
+		KeyRegenerate: "333", KeyBlock: "333", KeyUnblock: "333",
+		TeamNew: "333", TeamUpdate: "333", TeamDelete: "333", TeamMemberAdd: "333", TeamMemberDelete: "333", TeamMemberUpdate: "333",
+		TeamBlock: "333", TeamUnblock: "333", TeamInfo: "AA4", TeamList: "AA3",
+		UserNew: "333", UserUpdate: "333", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
+		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
+		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
+		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3",
+	},
+	// An internal user in no team: team objects are all foreign to it (its
+	// "own" key in team-1 it may keep managing, but not create there).
+	"loneuser": {
+		KeyGenerate: "333", KeyServiceAccountGenerate: "333", KeyUpdate: "A44", KeyDelete: "A44", KeyInfo: "A44", KeyList: "AA3",
+		KeyRegenerate: "A44", KeyBlock: "A44", KeyUnblock: "344",
+		TeamNew: "333", TeamUpdate: "333", TeamDelete: "333", TeamMemberAdd: "444", TeamMemberDelete: "444", TeamMemberUpdate: "444",
+		TeamBlock: "333", TeamUnblock: "333", TeamInfo: "444", TeamList: "AA3",
+		UserNew: "333", UserUpdate: "A44", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
+		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "444", OrgList: "AAA",
+		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
+		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3",
+	},
+}
+
+func outcome(d Decision) byte {
+	if d.Allowed {
+		return 'A'
+	}
+	switch d.Status {
+	case 400:
+		return '0'
+	case 403:
+		return '3'
+	case 404:
+		return '4'
+	}
+	return '?'
+}
+
+// TestDecideMatrix runs every role against every action on its own, its
+// team's and a foreign object.
+func TestDecideMatrix(t *testing.T) {
+	for name, c := range callers() {
+		for _, a := range Actions() {
+			want := "AAA"
+			if name != "master" && name != "padmin" {
+				row, ok := expected[name]
+				if !ok {
+					t.Fatalf("no expectations for caller %s", name)
+				}
+				if want, ok = row[a]; !ok {
+					t.Fatalf("caller %s has no row for action %s: every action needs one", name, a)
+				}
+			}
+			for s := own; s <= foreign; s++ {
+				tg := target(a, s)
+				if (a == TeamMemberUpdate || a == TeamMemberDelete) && s == own {
+					tg.Before.Role, tg.After.Role = c.Teams[t1], c.Teams[t1]
+				}
+				d := Decide(c, a, tg)
+				if got := outcome(d); got != want[s] {
+					t.Errorf("%s %s on %s object: got %c (%d %q), want %c", name, a, [...]string{"own", "same-team", "foreign"}[s], got, d.Status, d.Reason, want[s])
+				}
+				if !d.Allowed && d.Reason == "" {
+					t.Errorf("%s %s: refusal without a reason", name, a)
+				}
+			}
+		}
+	}
+}
+
+func TestEveryActionHasARow(t *testing.T) {
+	for name, row := range expected {
+		if len(row) != len(Actions()) {
+			t.Errorf("caller %s has %d rows for %d actions", name, len(row), len(Actions()))
+		}
+	}
+}
+
+func TestMasterKeyIsNeverAKeyTarget(t *testing.T) {
+	for name, c := range callers() {
+		for _, a := range []Action{KeyBlock, KeyDelete, KeyRegenerate, KeyUpdate, KeyInfo} {
+			if d := Decide(c, a, Target{MasterKey: true}); d.Allowed || d.Status != 403 {
+				t.Errorf("%s %s on the master key: %+v", name, a, d)
+			}
+		}
+	}
+}
+
+func TestUnknownRoleAndAction(t *testing.T) {
+	if d := Decide(Caller{ID: "x", Role: "team"}, KeyInfo, Target{Before: &Object{UserID: "x"}}); d.Allowed {
+		t.Fatal("unknown role allowed")
+	}
+	if d := Decide(Caller{Master: true}, Action("key.steal"), Target{}); d.Allowed {
+		t.Fatal("unknown action allowed")
+	}
+}
+
+// The escalation paths LiteLLM's key endpoints have had, one by one.
+func TestEscalations(t *testing.T) {
+	cs := callers()
+	user := cs["tuser"]
+	user.Self = Object{UserID: self, Models: []string{"gpt-4o-mini"}, MaxBudget: i64(10e6), RPMLimit: i64(100)}
+	tadmin := cs["tadmin"]
+	team1 := &Object{TeamID: t1, Models: []string{"gpt-4o-mini", "gpt-4o"}, MaxBudget: i64(50e6)}
+	ownKey := func() *Object {
+		return &Object{UserID: self, TeamID: t1, Models: []string{"gpt-4o-mini"}, MaxBudget: i64(5e6), EnforcedParams: []string{"user"}}
+	}
+	exp := time.Now().Add(time.Hour)
+	cases := []struct {
+		name   string
+		c      Caller
+		a      Action
+		t      func() Target
+		status int
+		param  string
+	}{
+		{"move own key into a foreign team", user, KeyUpdate, func() Target {
+			b, a := ownKey(), ownKey()
+			a.TeamID = t2
+			return Target{Before: b, After: a}
+		}, 403, "team_id"},
+		{"give own key to another user", user, KeyUpdate, func() Target {
+			b, a := ownKey(), ownKey()
+			a.UserID = mate
+			return Target{Before: b, After: a, Team: team1}
+		}, 403, "user_id"},
+		{"raise own key max_budget", user, KeyUpdate, func() Target {
+			b, a := ownKey(), ownKey()
+			a.MaxBudget = i64(6e6)
+			return Target{Before: b, After: a, Team: team1}
+		}, 403, "max_budget"},
+		{"widen own key models", user, KeyUpdate, func() Target {
+			b, a := ownKey(), ownKey()
+			a.Models = []string{"gpt-4o-mini", "gpt-4o"}
+			return Target{Before: b, After: a, Team: team1}
+		}, 403, "models"},
+		{"clear own key models (all models)", user, KeyUpdate, func() Target {
+			b, a := ownKey(), ownKey()
+			a.Models = nil
+			return Target{Before: b, After: a, Team: team1}
+		}, 403, "models"},
+		{"drop an enforced param", user, KeyUpdate, func() Target {
+			b, a := ownKey(), ownKey()
+			a.EnforcedParams = nil
+			return Target{Before: b, After: a, Team: team1}
+		}, 403, "enforced_params"},
+		{"extend expiry", user, KeyUpdate, func() Target {
+			b, a := ownKey(), ownKey()
+			b.Expires = &exp
+			return Target{Before: b, After: a, Team: team1}
+		}, 403, "expires"},
+		{"unblock own key via update", user, KeyUpdate, func() Target {
+			b, a := ownKey(), ownKey()
+			b.Blocked = true
+			return Target{Before: b, After: a, Team: team1}
+		}, 403, "blocked"},
+		{"admin routes in allowed_routes", user, KeyGenerate, func() Target {
+			a := &Object{UserID: self, AllowedRoutes: []string{"/chat/completions", "/key/generate"}}
+			return Target{After: a}
+		}, 403, "allowed_routes"},
+		{"management_routes group", user, KeyGenerate, func() Target {
+			return Target{After: &Object{UserID: self, AllowedRoutes: []string{"management_routes"}}}
+		}, 403, "allowed_routes"},
+		{"set permissions", user, KeyGenerate, func() Target {
+			return Target{After: &Object{UserID: self, Permissions: true}}
+		}, 403, "permissions"},
+		{"create key wider than own budget", user, KeyGenerate, func() Target {
+			return Target{After: &Object{UserID: self, MaxBudget: i64(11e6)}}
+		}, 403, "max_budget"},
+		{"create key wider than own rpm", user, KeyGenerate, func() Target {
+			return Target{After: &Object{UserID: self, RPMLimit: i64(101)}}
+		}, 403, "rpm_limit"},
+		{"create key with a model outside own", user, KeyGenerate, func() Target {
+			return Target{After: &Object{UserID: self, Models: []string{"gpt-4o"}}}
+		}, 403, "models"},
+		{"create team key wider than the team's budget", tadmin, KeyGenerate, func() Target {
+			return Target{After: &Object{UserID: self, TeamID: t1, MaxBudget: i64(51e6)}, Team: team1}
+		}, 403, "max_budget"},
+		{"create key for another user", user, KeyGenerate, func() Target {
+			return Target{After: &Object{UserID: mate}}
+		}, 403, "user_id"},
+		{"team admin creates a key for a member", tadmin, KeyGenerate, func() Target {
+			return Target{After: &Object{UserID: mate, TeamID: t1}, Team: team1}
+		}, 403, "user_id"},
+		{"change own user_role", user, UserUpdate, func() Target {
+			return Target{Before: &Object{UserID: self, Role: store.RoleInternalUser}, After: &Object{UserID: self, Role: store.RoleProxyAdmin}}
+		}, 403, "user_role"},
+		{"raise own user max_budget", user, UserUpdate, func() Target {
+			return Target{Before: &Object{UserID: self, MaxBudget: i64(10e6)}, After: &Object{UserID: self, MaxBudget: i64(20e6)}}
+		}, 403, "max_budget"},
+		{"widen own user models", user, UserUpdate, func() Target {
+			return Target{Before: &Object{UserID: self, Models: []string{"a"}}, After: &Object{UserID: self, Models: []string{"a", "b"}}}
+		}, 403, "models"},
+		{"unblock self", user, UserUpdate, func() Target {
+			return Target{Before: &Object{UserID: self, Blocked: true}, After: &Object{UserID: self}}
+		}, 403, "blocked"},
+		{"regenerate a member's key", tadmin, KeyRegenerate, func() Target {
+			return Target{Before: &Object{UserID: mate, TeamID: t1}}
+		}, 403, "key"},
+		{"team member deletes another member's key", user, KeyDelete, func() Target {
+			return Target{Before: &Object{UserID: mate, TeamID: t1}}
+		}, 404, "key"},
+		{"team admin promotes a member", tadmin, TeamMemberUpdate, func() Target {
+			return Target{Before: &Object{UserID: mate, TeamID: t1, Role: store.TeamRoleUser}, After: &Object{UserID: mate, TeamID: t1, Role: store.TeamRoleAdmin}}
+		}, 403, "role"},
+		{"team admin adds an admin", tadmin, TeamMemberAdd, func() Target {
+			return Target{After: &Object{UserID: "u-new", TeamID: t1, Role: store.TeamRoleAdmin}}
+		}, 403, "member"},
+		{"team admin raises its own member budget", tadmin, TeamMemberUpdate, func() Target {
+			return Target{Before: &Object{UserID: self, TeamID: t1, Role: store.TeamRoleAdmin}, After: &Object{UserID: self, TeamID: t1, Role: store.TeamRoleAdmin, MaxBudget: i64(1e9)}}
+		}, 403, "user_id"},
+		{"internal user creates a user", user, UserNew, func() Target { return Target{} }, 403, ""},
+		{"internal user creates a team", user, TeamNew, func() Target { return Target{After: &Object{}} }, 403, ""},
+		{"internal user creates an organization", user, OrgNew, func() Target { return Target{} }, 403, ""},
+		{"viewer writes", cs["viewer"], KeyGenerate, func() Target { return Target{After: &Object{UserID: self}} }, 403, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			d := Decide(tc.c, tc.a, tc.t())
+			if d.Allowed || d.Status != tc.status || d.Param != tc.param {
+				t.Fatalf("got %+v, want %d param %q", d, tc.status, tc.param)
+			}
+		})
+	}
+	// And what stays allowed.
+	allowed := []struct {
+		name string
+		c    Caller
+		a    Action
+		t    Target
+	}{
+		{"lower own key budget", user, KeyUpdate, Target{Before: ownKey(), After: func() *Object { a := ownKey(); a.MaxBudget = i64(1e6); return a }(), Team: team1}},
+		{"narrow own key models", user, KeyUpdate, Target{Before: &Object{UserID: self, Models: []string{"gpt-4o-mini", "x"}}, After: &Object{UserID: self, Models: []string{"gpt-4o-mini"}}}},
+		{"LLM routes", user, KeyGenerate, Target{After: &Object{UserID: self, Models: []string{"gpt-4o-mini"}, AllowedRoutes: []string{"/v1/chat/completions", "llm_api_routes"}}}},
+		{"key within own limits", user, KeyGenerate, Target{After: &Object{UserID: self, Models: []string{"gpt-4o-mini"}, MaxBudget: i64(10e6), RPMLimit: i64(100)}}},
+		{"omitted limits inherit", user, KeyGenerate, Target{After: &Object{UserID: self}}},
+		{"move own key into own team", user, KeyUpdate, Target{Before: &Object{UserID: self}, After: &Object{UserID: self, TeamID: t1}, Team: team1}},
+		{"lower own user budget", user, UserUpdate, Target{Before: &Object{UserID: self, MaxBudget: i64(10e6)}, After: &Object{UserID: self, MaxBudget: i64(5e6)}}},
+		{"team admin removes itself", tadmin, TeamMemberDelete, Target{Before: &Object{UserID: self, TeamID: t1, Role: store.TeamRoleAdmin}}},
+		{"org admin creates a team in its org", Caller{ID: self, Role: store.RoleInternalUser, Orgs: map[string]string{o1: OrgAdmin}}, TeamNew, Target{After: &Object{OrgID: o1}}},
+		{"org admin manages a team of its org", Caller{ID: self, Role: store.RoleInternalUser, Orgs: map[string]string{o1: OrgAdmin}}, TeamMemberAdd, Target{After: &Object{UserID: "u-new", TeamID: t2, OrgID: o1, Role: store.TeamRoleUser}}},
+	}
+	for _, tc := range allowed {
+		if d := Decide(tc.c, tc.a, tc.t); !d.Allowed {
+			t.Errorf("%s: refused: %+v", tc.name, d)
+		}
+	}
+}
+
+func TestKeyGenerationSettings(t *testing.T) {
+	cs := callers()
+	kg := settings.KeyGenerationSettings{
+		TeamKeyGeneration:     settings.TeamKeyGeneration{AllowedTeamMemberRoles: []string{"admin"}, RequiredParams: []string{"tags"}},
+		PersonalKeyGeneration: settings.PersonalKeyGeneration{AllowedUserRoles: []string{"proxy_admin"}, RequiredParams: []string{"key_alias"}},
+	}
+	check := func(name string, c Caller, a Action, tg Target, status int, msg string) {
+		t.Helper()
+		tg.KeyGeneration = kg
+		d := Decide(c, a, tg)
+		if status == 0 {
+			if !d.Allowed {
+				t.Errorf("%s: refused %+v", name, d)
+			}
+			return
+		}
+		if d.Allowed || d.Status != status || !strings.Contains(d.Reason, msg) {
+			t.Errorf("%s: got %+v, want %d %q", name, d, status, msg)
+		}
+	}
+	check("team user may not create team keys", cs["tuser"], KeyGenerate, Target{After: &Object{UserID: self, TeamID: t1}, Params: []string{"team_id", "tags"}}, 403,
+		"Team member role user not in allowed_team_member_roles=['admin']")
+	check("team admin may", cs["tadmin"], KeyGenerate, Target{After: &Object{UserID: self, TeamID: t1}, Params: []string{"team_id", "tags"}}, 0, "")
+	check("team key without a required param", cs["tadmin"], KeyGenerate, Target{After: &Object{UserID: self, TeamID: t1}, Params: []string{"team_id"}}, 400,
+		"Required param tags not in data")
+	check("personal key restricted", cs["tuser"], KeyGenerate, Target{After: &Object{UserID: self}, Params: []string{"key_alias"}}, 403,
+		"Personal key creation has been restricted by admin. Allowed roles=['proxy_admin']. Your role=internal_user")
+	check("admin personal key without required param", cs["master"], KeyGenerate, Target{After: &Object{}}, 400, "Required param key_alias not in data")
+	check("admin personal key with it", cs["master"], KeyGenerate, Target{After: &Object{}, Params: []string{"key_alias"}}, 0, "")
+	check("move own key into a team as a team user", cs["tuser"], KeyUpdate, Target{Before: &Object{UserID: self}, After: &Object{UserID: self, TeamID: t1}}, 403,
+		"not in allowed_team_member_roles")
+}
+
+var sink Decision
+
+// BenchmarkDecide measures the decision alone (no store).
+func BenchmarkDecide(b *testing.B) {
+	c := callers()["tuser"]
+	c.Self = Object{UserID: self, Models: []string{"gpt-4o-mini", "gpt-4o"}, MaxBudget: i64(10e6)}
+	before := &Object{UserID: self, TeamID: t1, Models: []string{"gpt-4o-mini"}, MaxBudget: i64(5e6), EnforcedParams: []string{"user"}, AllowedRoutes: []string{"/chat/completions"}}
+	after := *before
+	after.MaxBudget = i64(4e6)
+	tg := Target{Before: before, After: &after, Team: &Object{TeamID: t1, Models: []string{"gpt-4o-mini", "gpt-4o"}}}
+	b.ReportAllocs()
+	for b.Loop() {
+		sink = Decide(c, KeyUpdate, tg)
+	}
+	if !sink.Allowed {
+		b.Fatal(sink)
+	}
+}

@@ -1,0 +1,175 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"time"
+)
+
+// SpendRecord is one request's spend as a proxy reported it. It never holds
+// the key's secret or the prompt: TokenID names the key.
+type SpendRecord struct {
+	// Seq is the record's sequence number in its proxy's outbox.
+	Seq              uint64    `json:"seq"`
+	RequestID        string    `json:"request_id"`
+	TokenID          string    `json:"token_id,omitempty"`
+	TeamID           string    `json:"team_id,omitempty"`
+	UserID           string    `json:"user_id,omitempty"`
+	OrganizationID   string    `json:"organization_id,omitempty"`
+	EndUser          string    `json:"end_user,omitempty"`
+	Model            string    `json:"model,omitempty"`
+	DeploymentID     string    `json:"deployment_id,omitempty"`
+	PromptTokens     int64     `json:"prompt_tokens"`
+	CompletionTokens int64     `json:"completion_tokens"`
+	Cost             int64     `json:"cost"` // micro-USD
+	Streamed         bool      `json:"streamed,omitempty"`
+	Estimated        bool      `json:"estimated,omitempty"`
+	Status           int       `json:"status,omitempty"`
+	Route            string    `json:"route,omitempty"`
+	StartTime        time.Time `json:"start_time"`
+	EndTime          time.Time `json:"end_time"`
+}
+
+// SpendBatch is a run of records from one proxy outbox, in increasing Seq
+// order. Sequence numbers are scoped by (ProxyID, OutboxID).
+type SpendBatch struct {
+	ProxyID  string
+	OutboxID string
+	Records  []SpendRecord
+}
+
+// SpendLog is a stored spend record and where it came from.
+type SpendLog struct {
+	SpendRecord
+	ProxyID  string `json:"proxy_id"`
+	OutboxID string `json:"outbox_id"`
+}
+
+// SpendLogFilter narrows ListSpendLogs. Empty fields do not filter; Since is
+// inclusive and Until exclusive, on StartTime; zero times do not bound.
+type SpendLogFilter struct {
+	TokenID   string
+	RequestID string
+	UserID    string
+	TeamID    string
+	EndUser   string
+	Since     time.Time
+	Until     time.Time
+	Page      Page
+}
+
+// EndUser is a customer of the operator: the "user" field of requests.
+type EndUser struct {
+	EndUserID string    `json:"end_user_id"`
+	Spend     int64     `json:"spend"` // micro-USD
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Validate checks what every backend relies on: a source, and records with
+// increasing, positive sequence numbers.
+func (b *SpendBatch) Validate() error {
+	if b.ProxyID == "" || b.OutboxID == "" {
+		return errors.New("store: spend batch without proxy_id or outbox_id")
+	}
+	var prev uint64
+	for i := range b.Records {
+		if b.Records[i].Seq <= prev {
+			return fmt.Errorf("store: spend batch sequence numbers not increasing at %d", b.Records[i].Seq)
+		}
+		prev = b.Records[i].Seq
+	}
+	return nil
+}
+
+// Above returns the records with Seq > hw (the batch's records are in
+// increasing order).
+func (b *SpendBatch) Above(hw uint64) []SpendRecord {
+	i := sort.Search(len(b.Records), func(i int) bool { return b.Records[i].Seq > hw })
+	return b.Records[i:]
+}
+
+// MemberRef names a team membership.
+type MemberRef struct{ TeamID, UserID string }
+
+// SpendTotals is what a run of records adds to each entity, so that a
+// backend writes each touched entity once per batch.
+type SpendTotals struct {
+	Keys      map[string]int64
+	KeyModels map[string]map[string]int64
+	Teams     map[string]int64
+	Members   map[MemberRef]int64
+	Users     map[string]int64
+	Orgs      map[string]int64
+	EndUsers  map[string]int64
+}
+
+// Totals sums recs per entity.
+func Totals(recs []SpendRecord) SpendTotals {
+	t := SpendTotals{
+		Keys: map[string]int64{}, KeyModels: map[string]map[string]int64{}, Teams: map[string]int64{},
+		Members: map[MemberRef]int64{}, Users: map[string]int64{}, Orgs: map[string]int64{}, EndUsers: map[string]int64{},
+	}
+	for i := range recs {
+		r := &recs[i]
+		if r.TokenID != "" {
+			t.Keys[r.TokenID] += r.Cost
+			if r.Model != "" {
+				m := t.KeyModels[r.TokenID]
+				if m == nil {
+					m = map[string]int64{}
+					t.KeyModels[r.TokenID] = m
+				}
+				m[r.Model] += r.Cost
+			}
+		}
+		if r.TeamID != "" {
+			t.Teams[r.TeamID] += r.Cost
+			if r.UserID != "" {
+				t.Members[MemberRef{r.TeamID, r.UserID}] += r.Cost
+			}
+		}
+		if r.UserID != "" {
+			t.Users[r.UserID] += r.Cost
+		}
+		if r.OrganizationID != "" {
+			t.Orgs[r.OrganizationID] += r.Cost
+		}
+		if r.EndUser != "" {
+			t.EndUsers[r.EndUser] += r.Cost
+		}
+	}
+	return t
+}
+
+// SortedIDs returns m's keys in order (backends lock rows in a fixed order
+// so that concurrent batches never deadlock).
+func SortedIDs(m map[string]int64) []string {
+	ids := make([]string, 0, len(m))
+	for id := range m {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// AddToKey adds the totals' spend to k.
+func (t *SpendTotals) AddToKey(k *Key) {
+	k.Spend += t.Keys[k.TokenID]
+	for model, c := range t.KeyModels[k.TokenID] {
+		if k.ModelSpend == nil {
+			k.ModelSpend = map[string]int64{}
+		}
+		k.ModelSpend[model] += c
+	}
+}
+
+// AddToTeam adds the totals' spend to tm and to its members.
+func (t *SpendTotals) AddToTeam(tm *Team) {
+	tm.Spend += t.Teams[tm.TeamID]
+	for i := range tm.Members {
+		tm.Members[i].Spend += t.Members[MemberRef{tm.TeamID, tm.Members[i].UserID}]
+	}
+}

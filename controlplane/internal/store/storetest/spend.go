@@ -1,0 +1,260 @@
+package storetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
+)
+
+var spendTests = []test{
+	{"AddsToEveryScope", testSpendScopes},
+	{"ReplayChangesNothing", testSpendReplay},
+	{"OverlapAppliesOnlyNew", testSpendOverlap},
+	{"OutboxesAreIndependent", testSpendOutboxes},
+	{"OneChangePerEntity", testSpendCoalesced},
+	{"MissingEntitiesStillLogged", testSpendMissing},
+	{"RejectsBadBatch", testSpendBadBatch},
+	{"LogFilters", testSpendLogFilters},
+}
+
+// spendFixture: org o1 ⊃ team t1 with member u1 (and u2), key k1 of u1 in t1.
+func spendFixture(t *testing.T, s store.Store) int64 {
+	write(t, s, func(ctx context.Context, tx store.Tx) error {
+		o := newOrg("o1", at(0))
+		tm := newTeam("t1", at(1))
+		tm.OrganizationID = "o1"
+		tm.Members = []store.TeamMember{{UserID: "u1", Role: store.TeamRoleUser}, {UserID: "u2", Role: store.TeamRoleAdmin}}
+		k := newKey("k1", at(2))
+		k.UserID, k.TeamID, k.OrganizationID = "u1", "t1", "o1"
+		k.Spend = 7 // spend already there is added to, not replaced
+		return errors.Join(tx.CreateOrganization(ctx, o), tx.CreateTeam(ctx, tm), tx.CreateUser(ctx, newUser("u1", at(3))),
+			tx.CreateUser(ctx, newUser("u2", at(4))), tx.CreateKey(ctx, k))
+	})
+	waitHead(t, s, 1)
+	return 1
+}
+
+func spendRec(seq uint64, cost int64) store.SpendRecord {
+	return store.SpendRecord{
+		Seq: seq, RequestID: fmt.Sprintf("req-%d", seq), TokenID: "k1", TeamID: "t1", UserID: "u1", OrganizationID: "o1",
+		EndUser: "cust-1", Model: "gpt-4o-mini", DeploymentID: "dep-1", PromptTokens: 10, CompletionTokens: 5,
+		Cost: cost, Streamed: seq%2 == 0, Status: 200, Route: "/chat/completions",
+		StartTime: at(int(seq)), EndTime: at(int(seq) + 1),
+	}
+}
+
+func batch(proxy, outbox string, recs ...store.SpendRecord) store.SpendBatch {
+	return store.SpendBatch{ProxyID: proxy, OutboxID: outbox, Records: recs}
+}
+
+func apply(t *testing.T, s store.Store, b store.SpendBatch) int {
+	t.Helper()
+	var n int
+	write(t, s, func(ctx context.Context, tx store.Tx) error {
+		var err error
+		n, err = tx.ApplySpend(ctx, b)
+		return err
+	})
+	return n
+}
+
+type spends struct{ key, team, member, other, user, org, end int64 }
+
+func readSpends(t *testing.T, s store.Store) spends {
+	t.Helper()
+	ctx := t.Context()
+	r := s.Read()
+	k, err1 := r.GetKey(ctx, "k1")
+	tm, err2 := r.GetTeam(ctx, "t1")
+	u, err3 := r.GetUser(ctx, "u1")
+	o, err4 := r.GetOrganization(ctx, "o1")
+	e, err5 := r.GetEndUser(ctx, "cust-1")
+	if errors.Is(err5, store.ErrNotFound) {
+		err5 = nil
+	}
+	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
+		t.Fatalf("reading spend: %v", err)
+	}
+	m1, _ := tm.Member("u1")
+	m2, _ := tm.Member("u2")
+	return spends{k.Spend, tm.Spend, m1.Spend, m2.Spend, u.Spend, o.Spend, e.Spend}
+}
+
+func testSpendScopes(t *testing.T, s store.Store) {
+	spendFixture(t, s)
+	if n := apply(t, s, batch("p1", "ob1", spendRec(1, 100), spendRec(2, 20), spendRec(3, 3))); n != 3 {
+		t.Fatalf("ApplySpend applied %d, want 3", n)
+	}
+	want := spends{key: 7 + 123, team: 123, member: 123, other: 0, user: 123, org: 123, end: 123}
+	if got := readSpends(t, s); got != want {
+		t.Fatalf("spend = %+v, want %+v", got, want)
+	}
+	k, _ := s.Read().GetKey(t.Context(), "k1")
+	if k.ModelSpend["gpt-4o-mini"] != 123 {
+		t.Errorf("key model spend = %v, want gpt-4o-mini: 123", k.ModelSpend)
+	}
+	hw, err := s.Read().SpendHighWater(t.Context(), "p1", "ob1")
+	if err != nil || hw != 3 {
+		t.Errorf("SpendHighWater = %d, %v; want 3", hw, err)
+	}
+	logs, total, err := s.Read().ListSpendLogs(t.Context(), store.SpendLogFilter{})
+	if err != nil || total != 3 || len(logs) != 3 {
+		t.Fatalf("ListSpendLogs = %d logs, total %d, %v", len(logs), total, err)
+	}
+	want3 := store.SpendLog{SpendRecord: spendRec(3, 3), ProxyID: "p1", OutboxID: "ob1"}
+	expectEqual(t, "newest spend log", want3, logs[0])
+	// The spend reached the change log, for the proxies' budget checks.
+	cs := changeSet(t, s, 2)
+	expectChanges(t, cs, "key/k1/put", "team/t1/put", "user/u1/put", "organization/o1/put")
+	expectPostImage(t, findChange(t, cs, store.KindKey, "k1"), k)
+	tm, _ := s.Read().GetTeam(t.Context(), "t1")
+	expectPostImage(t, findChange(t, cs, store.KindTeam, "t1"), tm)
+}
+
+func testSpendReplay(t *testing.T, s store.Store) {
+	spendFixture(t, s)
+	b := batch("p1", "ob1", spendRec(1, 100), spendRec(2, 20))
+	apply(t, s, b)
+	waitHead(t, s, 2)
+	before := readSpends(t, s)
+	if n := apply(t, s, b); n != 0 {
+		t.Fatalf("replayed batch applied %d records", n)
+	}
+	if got := readSpends(t, s); got != before {
+		t.Fatalf("replay changed spend: %+v -> %+v", before, got)
+	}
+	if _, total, _ := s.Read().ListSpendLogs(t.Context(), store.SpendLogFilter{}); total != 2 {
+		t.Fatalf("replay: %d spend logs, want 2", total)
+	}
+	time.Sleep(20 * time.Millisecond)
+	waitHead(t, s, 2) // no new revision
+}
+
+func testSpendOverlap(t *testing.T, s store.Store) {
+	spendFixture(t, s)
+	apply(t, s, batch("p1", "ob1", spendRec(1, 1), spendRec(2, 2), spendRec(3, 4)))
+	if n := apply(t, s, batch("p1", "ob1", spendRec(2, 2), spendRec(3, 4), spendRec(4, 8), spendRec(5, 16))); n != 2 {
+		t.Fatalf("overlapping batch applied %d, want 2", n)
+	}
+	if got := readSpends(t, s); got.team != 31 || got.key != 7+31 {
+		t.Fatalf("spend = %+v, want team 31, key 38", got)
+	}
+	if _, total, _ := s.Read().ListSpendLogs(t.Context(), store.SpendLogFilter{}); total != 5 {
+		t.Fatalf("%d spend logs, want 5", total)
+	}
+}
+
+func testSpendOutboxes(t *testing.T, s store.Store) {
+	spendFixture(t, s)
+	apply(t, s, batch("p1", "ob1", spendRec(1, 1)))
+	// The same proxy with a new outbox (its file was lost) starts again at 1.
+	if n := apply(t, s, batch("p1", "ob2", spendRec(1, 2))); n != 1 {
+		t.Fatalf("new outbox applied %d, want 1", n)
+	}
+	if n := apply(t, s, batch("p2", "ob1", spendRec(1, 4))); n != 1 {
+		t.Fatalf("other proxy applied %d, want 1", n)
+	}
+	if got := readSpends(t, s); got.team != 7 {
+		t.Fatalf("team spend = %d, want 7", got.team)
+	}
+}
+
+func testSpendCoalesced(t *testing.T, s store.Store) {
+	spendFixture(t, s)
+	recs := make([]store.SpendRecord, 500)
+	for i := range recs {
+		recs[i] = spendRec(uint64(i+1), 1)
+		if i%2 == 1 {
+			recs[i].UserID, recs[i].TokenID = "u2", ""
+		}
+	}
+	apply(t, s, batch("p1", "ob1", recs...))
+	cs := changeSet(t, s, 2)
+	expectChanges(t, cs, "key/k1/put", "team/t1/put", "user/u1/put", "user/u2/put", "organization/o1/put")
+	if got := readSpends(t, s); got != (spends{key: 257, team: 500, member: 250, other: 250, user: 250, org: 500, end: 500}) {
+		t.Fatalf("spend = %+v", got)
+	}
+}
+
+func testSpendMissing(t *testing.T, s store.Store) {
+	r := spendRec(1, 5)
+	r.TokenID, r.TeamID, r.UserID, r.OrganizationID, r.EndUser = "gone", "gone", "gone", "gone", ""
+	if n := apply(t, s, batch("p1", "ob1", r)); n != 1 {
+		t.Fatalf("applied %d, want 1", n)
+	}
+	logs, total, err := s.Read().ListSpendLogs(t.Context(), store.SpendLogFilter{TokenID: "gone"})
+	if err != nil || total != 1 || logs[0].Cost != 5 {
+		t.Fatalf("ListSpendLogs = %+v, %d, %v", logs, total, err)
+	}
+	if head, _ := s.Head(t.Context()); head != 0 {
+		t.Fatalf("head = %d: a batch that touched no synced entity must not make a change set", head)
+	}
+	if _, err := s.Read().GetEndUser(t.Context(), "nobody"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("GetEndUser(nobody) = %v, want ErrNotFound", err)
+	}
+}
+
+func testSpendBadBatch(t *testing.T, s store.Store) {
+	for name, b := range map[string]store.SpendBatch{
+		"no proxy":       batch("", "ob1", spendRec(1, 1)),
+		"no outbox":      batch("p1", "", spendRec(1, 1)),
+		"not increasing": batch("p1", "ob1", spendRec(2, 1), spendRec(2, 1)),
+		"zero seq":       batch("p1", "ob1", spendRec(0, 1)),
+	} {
+		err := s.ReadWriteTx(t.Context(), func(ctx context.Context, tx store.Tx) error {
+			_, err := tx.ApplySpend(ctx, b)
+			return err
+		})
+		if err == nil {
+			t.Errorf("%s: ApplySpend accepted the batch", name)
+		}
+	}
+}
+
+func testSpendLogFilters(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	var recs []store.SpendRecord
+	for i := 1; i <= 12; i++ {
+		r := spendRec(uint64(i), int64(i))
+		r.StartTime = at(10 * i)
+		r.TokenID = fmt.Sprintf("k%d", i%3)
+		r.UserID = fmt.Sprintf("u%d", i%2)
+		r.TeamID = fmt.Sprintf("t%d", i%4)
+		recs = append(recs, r)
+	}
+	apply(t, s, batch("p1", "ob1", recs[:6]...))
+	apply(t, s, batch("p1", "ob1", recs[6:]...))
+	seqs := func(f store.SpendLogFilter) ([]uint64, int) {
+		t.Helper()
+		logs, total, err := s.Read().ListSpendLogs(ctx, f)
+		if err != nil {
+			t.Fatalf("ListSpendLogs(%+v): %v", f, err)
+		}
+		out := []uint64{}
+		for _, l := range logs {
+			out = append(out, l.Seq)
+		}
+		return out, total
+	}
+	check := func(name string, f store.SpendLogFilter, want []uint64, wantTotal int) {
+		t.Helper()
+		got, total := seqs(f)
+		if fmt.Sprint(got) != fmt.Sprint(want) || total != wantTotal {
+			t.Errorf("%s: got %v (total %d), want %v (total %d)", name, got, total, want, wantTotal)
+		}
+	}
+	check("all", store.SpendLogFilter{}, []uint64{12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1}, 12)
+	check("token", store.SpendLogFilter{TokenID: "k1"}, []uint64{10, 7, 4, 1}, 4)
+	check("user", store.SpendLogFilter{UserID: "u0"}, []uint64{12, 10, 8, 6, 4, 2}, 6)
+	check("team", store.SpendLogFilter{TeamID: "t3"}, []uint64{11, 7, 3}, 3)
+	check("request", store.SpendLogFilter{RequestID: "req-5"}, []uint64{5}, 1)
+	check("request+user mismatch", store.SpendLogFilter{RequestID: "req-5", UserID: "u0"}, []uint64{}, 0)
+	check("window", store.SpendLogFilter{Since: at(30), Until: at(60)}, []uint64{5, 4, 3}, 3)
+	check("far bounds", store.SpendLogFilter{Since: time.Date(1000, 1, 1, 0, 0, 0, 0, time.UTC), Until: time.Date(2999, 1, 1, 0, 0, 0, 0, time.UTC), TeamID: "t3"}, []uint64{11, 7, 3}, 3)
+	check("page 2", store.SpendLogFilter{Page: store.Page{Page: 2, Size: 5}}, []uint64{7, 6, 5, 4, 3}, 12)
+	check("page past end", store.SpendLogFilter{Page: store.Page{Page: 9, Size: 5}}, []uint64{}, 12)
+}

@@ -1,0 +1,397 @@
+package spend
+
+import (
+	"bytes"
+	"context"
+	crand "crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
+
+	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
+)
+
+var (
+	bucketMeta    = []byte("meta")
+	bucketRecords = []byte("records") // big-endian seq → SpendRecord (protobuf)
+	metaOutboxID  = []byte("outbox_id")
+	metaSeq       = []byte("last_seq") // last assigned seq (kept when records are acked away)
+)
+
+// Defaults.
+const (
+	DefaultMaxGroup = 512
+	// maxQueued bounds the records waiting for a commit; beyond it Append
+	// blocks (back-pressure on a stalled disk rather than lost spend).
+	maxQueued = 200_000
+)
+
+// Options configure Open.
+type Options struct {
+	// MaxGroup is the most records one commit holds (default 512).
+	MaxGroup int
+	Logger   *slog.Logger
+}
+
+// Outbox is a durable queue of spend records.
+type Outbox struct {
+	db       *bolt.DB
+	id       string
+	maxGroup int
+	log      *slog.Logger
+
+	mu        sync.Mutex
+	queue     []*syncv1.SpendRecord // appended, not yet committed
+	space     *sync.Cond            // signalled when the queue shrinks
+	work      chan struct{}         // wakes the writer
+	closed    bool
+	lastSeq   uint64 // last committed seq
+	ackedSeq  uint64 // every seq ≤ ackedSeq is acked (deleted)
+	changed   chan struct{}
+	committed uint64 // records committed since open (stats)
+	groups    uint64 // commits since open
+	commitDur time.Duration
+	maxCommit time.Duration
+	writerErr error
+
+	writerDone chan struct{}
+}
+
+// Open opens (or creates) the outbox file at path.
+func Open(path string, o Options) (*Outbox, error) {
+	if o.MaxGroup <= 0 {
+		o.MaxGroup = DefaultMaxGroup
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		return nil, fmt.Errorf("spend outbox %s: %w", path, err)
+	}
+	ob := &Outbox{db: db, maxGroup: o.MaxGroup, log: o.Logger.With("component", "spend"),
+		work: make(chan struct{}, 1), changed: make(chan struct{}), writerDone: make(chan struct{})}
+	ob.space = sync.NewCond(&ob.mu)
+	err = db.Update(func(tx *bolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		recs, err := tx.CreateBucketIfNotExists(bucketRecords)
+		if err != nil {
+			return err
+		}
+		if id := meta.Get(metaOutboxID); id != nil {
+			ob.id = string(id)
+		} else {
+			var b [16]byte
+			if _, err := crand.Read(b[:]); err != nil {
+				return err
+			}
+			ob.id = hex.EncodeToString(b[:])
+			if err := meta.Put(metaOutboxID, []byte(ob.id)); err != nil {
+				return err
+			}
+		}
+		if v := meta.Get(metaSeq); len(v) == 8 {
+			ob.lastSeq = binary.BigEndian.Uint64(v)
+		}
+		ob.ackedSeq = ob.lastSeq
+		if k, _ := recs.Cursor().First(); k != nil {
+			ob.ackedSeq = binary.BigEndian.Uint64(k) - 1
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("spend outbox %s: %w", path, err)
+	}
+	if n := ob.lastSeq - ob.ackedSeq; n > 0 {
+		ob.log.Info("spend outbox holds unshipped records", "records", n, "outbox_id", ob.id)
+	}
+	go ob.writer()
+	return ob, nil
+}
+
+// ID is the outbox id (random, fixed when the file was created).
+func (ob *Outbox) ID() string { return ob.id }
+
+// ErrClosed is returned by Append after Close.
+var ErrClosed = errors.New("spend outbox closed")
+
+// Append queues r for the next group commit. r.Seq is assigned then; the
+// caller must not modify r afterwards.
+func (ob *Outbox) Append(r *syncv1.SpendRecord) error {
+	ob.mu.Lock()
+	for len(ob.queue) >= maxQueued && !ob.closed {
+		ob.space.Wait()
+	}
+	if ob.closed {
+		ob.mu.Unlock()
+		return ErrClosed
+	}
+	ob.queue = append(ob.queue, r)
+	ob.mu.Unlock()
+	select {
+	case ob.work <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// writer commits the queue group by group until Close.
+func (ob *Outbox) writer() {
+	defer close(ob.writerDone)
+	backoff := 10 * time.Millisecond
+	for {
+		ob.mu.Lock()
+		for len(ob.queue) == 0 {
+			if ob.closed {
+				ob.mu.Unlock()
+				return
+			}
+			ob.mu.Unlock()
+			<-ob.work
+			ob.mu.Lock()
+		}
+		n := min(len(ob.queue), ob.maxGroup)
+		group := ob.queue[:n:n]
+		first := ob.lastSeq + 1
+		ob.mu.Unlock()
+
+		start := time.Now()
+		err := ob.commit(group, first)
+		took := time.Since(start)
+
+		ob.mu.Lock()
+		if err != nil {
+			ob.writerErr = err
+			closed := ob.closed
+			ob.mu.Unlock()
+			ob.log.Error("spend outbox commit failed; retrying", "records", n, "err", err)
+			if closed {
+				return // Close gives up: the records were never durable
+			}
+			time.Sleep(backoff)
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		backoff = 10 * time.Millisecond
+		ob.writerErr = nil
+		ob.queue = ob.queue[n:]
+		if len(ob.queue) == 0 {
+			ob.queue = nil // release the backing array
+		}
+		ob.lastSeq = first + uint64(n) - 1
+		ob.committed += uint64(n)
+		ob.groups++
+		ob.commitDur += took
+		ob.maxCommit = max(ob.maxCommit, took)
+		ob.broadcastLocked()
+		ob.space.Broadcast()
+		ob.mu.Unlock()
+	}
+}
+
+// commit writes group with sequence numbers from first, in one fsynced
+// bbolt transaction.
+func (ob *Outbox) commit(group []*syncv1.SpendRecord, first uint64) error {
+	return ob.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketRecords)
+		b.FillPercent = 1 // keys only ever grow
+		var key [8]byte
+		buf := make([]byte, 0, 256)
+		for i, r := range group {
+			seq := first + uint64(i)
+			r.Seq = seq
+			var err error
+			buf, err = proto.MarshalOptions{}.MarshalAppend(buf[:0], r)
+			if err != nil {
+				return err
+			}
+			binary.BigEndian.PutUint64(key[:], seq)
+			if err := b.Put(key[:], bytes.Clone(buf)); err != nil {
+				return err
+			}
+		}
+		binary.BigEndian.PutUint64(key[:], first+uint64(len(group))-1)
+		return tx.Bucket(bucketMeta).Put(metaSeq, key[:])
+	})
+}
+
+func (ob *Outbox) broadcastLocked() {
+	close(ob.changed)
+	ob.changed = make(chan struct{})
+}
+
+// Changed returns a channel closed at the next commit or ack.
+func (ob *Outbox) Changed() <-chan struct{} {
+	ob.mu.Lock()
+	defer ob.mu.Unlock()
+	return ob.changed
+}
+
+// Batch returns up to max committed records with seq > after (and not yet
+// acked), or nil when there are none.
+func (ob *Outbox) Batch(proxyID string, after uint64, max int) (*syncv1.SpendBatch, error) {
+	ob.mu.Lock()
+	after = maxU(after, ob.ackedSeq)
+	last := ob.lastSeq
+	ob.mu.Unlock()
+	if after >= last {
+		return nil, nil
+	}
+	b := &syncv1.SpendBatch{ProxyId: proxyID, OutboxId: ob.id}
+	err := ob.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketRecords).Cursor()
+		var key [8]byte
+		binary.BigEndian.PutUint64(key[:], after+1)
+		for k, v := c.Seek(key[:]); k != nil && len(b.Records) < max; k, v = c.Next() {
+			r := new(syncv1.SpendRecord)
+			if err := proto.Unmarshal(v, r); err != nil {
+				return fmt.Errorf("spend outbox: record %x: %w", k, err)
+			}
+			b.Records = append(b.Records, r)
+		}
+		return nil
+	})
+	if err != nil || len(b.Records) == 0 {
+		return nil, err
+	}
+	b.FirstSeq, b.LastSeq = b.Records[0].Seq, b.Records[len(b.Records)-1].Seq
+	return b, nil
+}
+
+func maxU(a, b uint64) uint64 {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+// Ack deletes every record up to lastSeq: the control plane applied them.
+// An ack for another outbox id (a stale stream) is ignored.
+func (ob *Outbox) Ack(outboxID string, lastSeq uint64) error {
+	if outboxID != ob.id {
+		return nil
+	}
+	ob.mu.Lock()
+	if lastSeq > ob.lastSeq {
+		lastSeq = ob.lastSeq // never beyond what exists
+	}
+	from := ob.ackedSeq
+	ob.mu.Unlock()
+	if lastSeq <= from {
+		return nil
+	}
+	err := ob.db.Update(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketRecords).Cursor()
+		for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) <= lastSeq; k, _ = c.Next() {
+			if err := c.Delete(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("spend outbox ack: %w", err)
+	}
+	ob.mu.Lock()
+	if lastSeq > ob.ackedSeq {
+		ob.ackedSeq = lastSeq
+	}
+	ob.broadcastLocked()
+	ob.mu.Unlock()
+	return nil
+}
+
+// Stats describe the outbox.
+type Stats struct {
+	Queued    int    // appended, not yet committed
+	Unacked   uint64 // committed, not yet acked
+	LastSeq   uint64
+	AckedSeq  uint64
+	Committed uint64 // records committed since Open
+	Groups    uint64 // commits since Open
+	// MeanCommit and MaxCommit are the durations of a group commit (the
+	// window in which queued records are not yet durable).
+	MeanCommit, MaxCommit time.Duration
+}
+
+// Stats returns the outbox's counters.
+func (ob *Outbox) Stats() Stats {
+	ob.mu.Lock()
+	defer ob.mu.Unlock()
+	st := Stats{Queued: len(ob.queue), Unacked: ob.lastSeq - ob.ackedSeq, LastSeq: ob.lastSeq, AckedSeq: ob.ackedSeq,
+		Committed: ob.committed, Groups: ob.groups, MaxCommit: ob.maxCommit}
+	if ob.groups > 0 {
+		st.MeanCommit = ob.commitDur / time.Duration(ob.groups)
+	}
+	return st
+}
+
+// Flush waits until everything appended so far is committed.
+func (ob *Outbox) Flush(ctx context.Context) error {
+	ob.mu.Lock()
+	target := ob.lastSeq + uint64(len(ob.queue))
+	ob.mu.Unlock()
+	return ob.waitFor(ctx, func() bool { return ob.lastSeq >= target })
+}
+
+// WaitShipped waits until every record appended so far is committed and
+// acked by the control plane.
+func (ob *Outbox) WaitShipped(ctx context.Context) error {
+	ob.mu.Lock()
+	target := ob.lastSeq + uint64(len(ob.queue))
+	ob.mu.Unlock()
+	return ob.waitFor(ctx, func() bool { return ob.ackedSeq >= target })
+}
+
+// waitFor waits until done (called under mu) holds.
+func (ob *Outbox) waitFor(ctx context.Context, done func() bool) error {
+	for {
+		ob.mu.Lock()
+		ok, ch := done(), ob.changed
+		ob.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Close commits what is queued, stops the writer and closes the file.
+// Append fails afterwards.
+func (ob *Outbox) Close() error {
+	ob.mu.Lock()
+	if ob.closed {
+		ob.mu.Unlock()
+		return nil
+	}
+	ob.closed = true
+	ob.space.Broadcast()
+	ob.mu.Unlock()
+	select {
+	case ob.work <- struct{}{}:
+	default:
+	}
+	<-ob.writerDone
+	ob.mu.Lock()
+	lost := len(ob.queue)
+	ob.mu.Unlock()
+	if lost > 0 {
+		ob.log.Error("spend outbox closed with uncommitted records", "records", lost)
+	}
+	return ob.db.Close()
+}

@@ -1,0 +1,212 @@
+package spend
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
+)
+
+func open(t testing.TB, path string) *Outbox {
+	t.Helper()
+	ob, err := Open(path, Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ob
+}
+
+func rec(i int) *syncv1.SpendRecord {
+	return &syncv1.SpendRecord{RequestId: fmt.Sprintf("r%d", i), TokenId: "k1", Cost: int64(i), PromptTokens: 10, CompletionTokens: 5}
+}
+
+func flush(t testing.TB, ob *Outbox) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := ob.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func allRecords(t testing.TB, ob *Outbox) []*syncv1.SpendRecord {
+	t.Helper()
+	var out []*syncv1.SpendRecord
+	var after uint64
+	for {
+		b, err := ob.Batch("p", after, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b == nil {
+			return out
+		}
+		if b.FirstSeq != b.Records[0].Seq || b.LastSeq != b.Records[len(b.Records)-1].Seq || b.OutboxId != ob.ID() {
+			t.Fatalf("batch header %d..%d %q does not match its records", b.FirstSeq, b.LastSeq, b.OutboxId)
+		}
+		out = append(out, b.Records...)
+		after = b.LastSeq
+	}
+}
+
+// Concurrent appenders: every record is committed once, with gapless
+// increasing sequence numbers, and in fewer commits than records.
+func TestGroupCommit(t *testing.T) {
+	ob := open(t, filepath.Join(t.TempDir(), "spend"))
+	defer ob.Close()
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 250 {
+				if err := ob.Append(rec(g*1000 + i)); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	flush(t, ob)
+	recs := allRecords(t, ob)
+	if len(recs) != 2000 {
+		t.Fatalf("%d records, want 2000", len(recs))
+	}
+	seen := map[string]bool{}
+	for i, r := range recs {
+		if r.Seq != uint64(i+1) {
+			t.Fatalf("record %d has seq %d", i, r.Seq)
+		}
+		if seen[r.RequestId] {
+			t.Fatalf("record %s twice", r.RequestId)
+		}
+		seen[r.RequestId] = true
+	}
+	if st := ob.Stats(); st.LastSeq != 2000 || st.Unacked != 2000 || st.Queued != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// What was committed survives a reopen (as after SIGKILL: the file is
+// reopened without Close having run for the records' sake), and numbering
+// continues after it; the outbox id is kept.
+func TestCommittedSurvivesReopen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "spend")
+	ob := open(t, path)
+	for i := range 10 {
+		ob.Append(rec(i))
+	}
+	flush(t, ob)
+	id := ob.ID()
+	// Simulate a crash: close the file under the writer without Close.
+	ob.db.Close()
+
+	ob2 := open(t, path)
+	defer ob2.Close()
+	if ob2.ID() != id {
+		t.Fatalf("outbox id changed across reopen: %s -> %s", id, ob2.ID())
+	}
+	if n := len(allRecords(t, ob2)); n != 10 {
+		t.Fatalf("%d records after reopen, want 10", n)
+	}
+	ob2.Append(rec(10))
+	flush(t, ob2)
+	recs := allRecords(t, ob2)
+	if len(recs) != 11 || recs[10].Seq != 11 {
+		t.Fatalf("after reopen: %d records, last seq %d", len(recs), recs[len(recs)-1].Seq)
+	}
+}
+
+// Ack deletes the acked prefix; numbering never restarts, even when every
+// record is acked and the file is reopened (a restart must not reuse
+// sequence numbers the control plane already applied).
+func TestAckDeletes(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "spend")
+	ob := open(t, path)
+	for i := range 10 {
+		ob.Append(rec(i))
+	}
+	flush(t, ob)
+	if err := ob.Ack("other-outbox", 10); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(allRecords(t, ob)); n != 10 {
+		t.Fatalf("an ack for another outbox deleted records: %d left", n)
+	}
+	if err := ob.Ack(ob.ID(), 4); err != nil {
+		t.Fatal(err)
+	}
+	recs := allRecords(t, ob)
+	if len(recs) != 6 || recs[0].Seq != 5 {
+		t.Fatalf("after ack 4: %d records from seq %d", len(recs), recs[0].Seq)
+	}
+	if b, _ := ob.Batch("p", 0, 100); b.FirstSeq != 5 {
+		t.Fatalf("Batch(after 0) starts at %d, want 5", b.FirstSeq)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	if err := ob.WaitShipped(ctx); err == nil {
+		t.Fatal("WaitShipped returned with records unacked")
+	}
+	cancel()
+	ob.Ack(ob.ID(), 10)
+	if err := ob.WaitShipped(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ob.Close()
+
+	ob2 := open(t, path)
+	defer ob2.Close()
+	if b, _ := ob2.Batch("p", 0, 100); b != nil {
+		t.Fatalf("acked records came back: %v", b)
+	}
+	ob2.Append(rec(99))
+	flush(t, ob2)
+	if recs := allRecords(t, ob2); len(recs) != 1 || recs[0].Seq != 11 {
+		t.Fatalf("after full ack and reopen: %v", recs)
+	}
+}
+
+// Close commits what is queued.
+func TestCloseCommitsQueue(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "spend")
+	ob := open(t, path)
+	for i := range 1000 {
+		ob.Append(rec(i))
+	}
+	if err := ob.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ob.Append(rec(1)); err != ErrClosed {
+		t.Fatalf("Append after Close = %v", err)
+	}
+	ob2 := open(t, path)
+	defer ob2.Close()
+	if n := len(allRecords(t, ob2)); n != 1000 {
+		t.Fatalf("%d records after Close and reopen, want 1000", n)
+	}
+}
+
+// BenchmarkOutbox measures sustained appends from concurrent request
+// goroutines, each record durable (fsynced) before the benchmark ends.
+func BenchmarkOutbox(b *testing.B) {
+	ob := open(b, filepath.Join(b.TempDir(), "spend"))
+	defer ob.Close()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			ob.Append(rec(i))
+			i++
+		}
+	})
+	flush(b, ob)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
+	st := ob.Stats()
+	b.ReportMetric(float64(st.Committed)/float64(max(st.Groups, 1)), "records/group")
+	b.ReportMetric(float64(st.MeanCommit.Microseconds())/1000, "ms/commit")
+	b.ReportMetric(float64(st.MaxCommit.Microseconds())/1000, "max-ms/commit")
+}

@@ -1,0 +1,79 @@
+package spend
+
+import (
+	crand "crypto/rand"
+	"encoding/hex"
+
+	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
+
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/money"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/proxy"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
+)
+
+// Recorder turns the proxy's outcomes into spend records in an outbox.
+type Recorder struct {
+	Outbox *Outbox
+	State  state.Reader
+}
+
+// Record is the proxy's OnUsage hook. Requests that cost nothing and are
+// not billable (an upstream error without usage) are not recorded.
+func (rc *Recorder) Record(o proxy.Outcome) {
+	r := NewRecord(rc.State, o)
+	if r == nil {
+		return
+	}
+	if err := rc.Outbox.Append(r); err != nil {
+		rc.Outbox.log.Error("spend record dropped", "err", err, "token_id", o.TokenID, "cost", r.Cost)
+	}
+}
+
+// NewRecord prices an outcome with its deployment's prices (pico-USD per
+// token; the total is rounded up to the micro-USD once). It returns nil for an
+// outcome with nothing to bill: no usage and an error status.
+func NewRecord(st state.Reader, o proxy.Outcome) *syncv1.SpendRecord {
+	prompt, completion := o.Usage.PromptTokens, o.Usage.CompletionTokens
+	estimated := false
+	if !o.UsageKnown {
+		if o.Status >= 400 || o.Status == 0 {
+			return nil
+		}
+		// A 2xx without usage: an aborted stream, or an upstream that
+		// ignored include_usage. Nothing was reported; the record says so.
+		estimated = true
+	}
+	var in, out int64
+	for _, d := range st.Deployments(o.Model) {
+		if d.ID == o.DeploymentID {
+			in, out = d.InputCost, d.OutputCost
+			break
+		}
+	}
+	end := o.Start.Add(o.Duration)
+	return &syncv1.SpendRecord{
+		RequestId:        newRequestID(),
+		TokenId:          o.TokenID,
+		TeamId:           o.TeamID,
+		UserId:           o.UserID,
+		OrganizationId:   o.OrganizationID,
+		EndUser:          o.EndUser,
+		Model:            o.Model,
+		DeploymentId:     o.DeploymentID,
+		PromptTokens:     prompt,
+		CompletionTokens: completion,
+		Cost:             money.Cost(1, max(prompt, 0)*in+max(completion, 0)*out), // rounded up once
+		Streamed:         o.Streamed,
+		Estimated:        estimated,
+		Status:           int32(o.Status),
+		Route:            o.Route.Path(),
+		StartUnixNano:    o.Start.UnixNano(),
+		EndUnixNano:      end.UnixNano(),
+	}
+}
+
+func newRequestID() string {
+	var b [16]byte
+	_, _ = crand.Read(b[:])
+	return "req-" + hex.EncodeToString(b[:])
+}
