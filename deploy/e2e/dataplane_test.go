@@ -352,10 +352,18 @@ func TestTwoControlPlanesOnePostgres(t *testing.T) {
 		waitStatus(t, p1, k, chat("gpt-4o-mini", ""), 200)
 		waitStatus(t, p2, k, chat("gpt-4o-mini", ""), 200)
 	}
-	m1 := Do(t, "GET", p1.URL()+"/metrics", "", nil)
-	m2 := Do(t, "GET", p2.URL()+"/metrics", "", nil)
-	if rv1, rv2 := metric(string(m1.Body), "tollgate_sync_revision"), metric(string(m2.Body), "tollgate_sync_revision"); rv1 != rv2 || rv1 == "" {
-		t.Fatalf("revisions differ: %q vs %q", rv1, rv2)
+	// The calls above spend, and their spend becomes revisions shortly
+	// after: the proxies converge on the same revision once it is applied.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		m1 := Do(t, "GET", p1.URL()+"/metrics", "", nil)
+		m2 := Do(t, "GET", p2.URL()+"/metrics", "", nil)
+		rv1, rv2 := metric(string(m1.Body), "tollgate_sync_revision"), metric(string(m2.Body), "tollgate_sync_revision")
+		if rv1 == rv2 && rv1 != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("revisions differ: %q vs %q", rv1, rv2)
+		}
 	}
 }
 

@@ -480,3 +480,14 @@ func (d *kdec) std(dst any) bool {
 	v, ok := d.value()
 	return ok && json.Unmarshal(v, dst) == nil
 }
+
+// DecodeJSON is json.Unmarshal(b, v), except that when v has its own
+// UnmarshalJSON (a *Key) that method is called directly: json.Unmarshal
+// would first validate and rescan b, tripling the cost of a key. Backends
+// decode stored documents with it.
+func DecodeJSON(b []byte, v any) error {
+	if u, ok := v.(json.Unmarshaler); ok {
+		return u.UnmarshalJSON(b)
+	}
+	return json.Unmarshal(b, v)
+}

@@ -92,7 +92,7 @@ func changeEntity(c store.Change) (*syncv1.Entity, error) {
 }
 
 func decode(c store.Change, v any) error {
-	if err := json.Unmarshal(c.Data, v); err != nil {
+	if err := store.DecodeJSON(c.Data, v); err != nil {
 		return badEntity(c.Kind, c.ID, "decode post-image: "+err.Error())
 	}
 	return nil

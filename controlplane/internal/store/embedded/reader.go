@@ -35,7 +35,7 @@ const ctxEvery = 4096
 // decode unmarshals a stored entity.
 func decode[T any](kind string, id, v []byte) (T, error) {
 	var x T
-	if err := json.Unmarshal(v, &x); err != nil {
+	if err := store.DecodeJSON(v, &x); err != nil {
 		return x, fmt.Errorf("embedded: decode %s %q: %w", kind, id, err)
 	}
 	return x, nil
@@ -416,7 +416,7 @@ func decodeBatch[T any](kind string, raw [][2][]byte, out []T) error {
 func decodeRange[T any](kind string, raw [][2][]byte, out []T) error {
 	for i, kv := range raw {
 		var x T
-		if err := json.Unmarshal(kv[1], &x); err != nil {
+		if err := store.DecodeJSON(kv[1], &x); err != nil {
 			return fmt.Errorf("embedded: decode %s %q: %w", kind, kv[0], err)
 		}
 		out[i] = x

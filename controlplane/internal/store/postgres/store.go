@@ -271,7 +271,7 @@ FROM revision_head`).Scan(&head, &pending)
 	if pending && exact {
 		return errPendingInView
 	}
-	if err := fn(head, &reader{q: tx, fail: classify}); err != nil {
+	if err := fn(head, &reader{q: tx, fail: classify, snap: tx}); err != nil {
 		return err
 	}
 	return classify(ctx, tx.Commit(ctx))
