@@ -108,10 +108,14 @@ func run(ctx context.Context, o options) error {
 	}
 	g := grpc.NewServer(gopts...)
 	srv.Register(g)
-	if o.SyncToken == "" {
-		slog.Warn("no --sync-token: data planes cannot sync from this control plane")
+	syncOpts := []syncserver.Option{syncserver.WithLogger(slog.Default())}
+	switch {
+	case o.ClientCA != "":
+		syncOpts = append(syncOpts, syncserver.WithPeerAuthenticated())
+	case o.SyncToken == "":
+		slog.Warn("no --sync-token and no --client-ca: data planes cannot sync from this control plane")
 	}
-	ss := syncserver.New(st, o.SyncToken, syncserver.WithLogger(slog.Default()))
+	ss := syncserver.New(st, o.SyncToken, syncOpts...)
 	syncCtx, stopSync := context.WithCancel(ctx)
 	defer stopSync()
 	go func() {
@@ -228,7 +232,9 @@ func requireClientCert(on bool) grpc.StreamServerInterceptor {
 		if on && info.FullMethod == syncv1.SyncService_Sync_FullMethodName {
 			p, _ := peer.FromContext(ss.Context())
 			ti, ok := p.AuthInfo.(credentials.TLSInfo)
-			if !ok || len(ti.State.VerifiedChains) == 0 {
+			// certs verified any certificate presented during the
+			// handshake; here one must have been presented.
+			if !ok || len(ti.State.PeerCertificates) == 0 {
 				addr := ""
 				if p != nil && p.Addr != nil {
 					addr = p.Addr.String()

@@ -24,7 +24,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/certs"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/proxy"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/replica"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/spend"
@@ -46,6 +49,9 @@ type options struct {
 	ID           string
 	LogLevel     string
 	PprofAddr    string
+	TLSCA        string
+	TLSCert      string
+	TLSKey       string
 }
 
 func (o options) String() string {
@@ -66,6 +72,9 @@ func main() {
 	fs.StringVar(&o.Cache, "cache", "./tollgate-proxy.db", "bbolt cache of the synced state")
 	fs.StringVar(&o.ID, "id", host, "stable proxy id (default: hostname)")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.TLSCA, "tls-ca", "", "PEM CA bundle that signed the control plane's certificate: sync over TLS when set")
+	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM client certificate presented to the control plane (mutual TLS); reloaded when the file changes")
+	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
 	fs.StringVar(&o.PprofAddr, "pprof-addr", "", "serve net/http/pprof on this address (off when empty; bind it to loopback)")
 	if err := parseFlags(fs, os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -107,8 +116,8 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 }
 
 func run(ctx context.Context, o options) error {
-	if o.SyncToken == "" {
-		slog.Warn("no --sync-token: the control plane will refuse this proxy; serving from the cache only")
+	if o.SyncToken == "" && o.TLSCert == "" {
+		slog.Warn("no --sync-token and no client certificate: the control plane will refuse this proxy; serving from the cache only")
 	}
 	slog.Info("starting data plane", "options", o.String(), "version", version)
 	if o.PprofAddr != "" {
@@ -153,13 +162,23 @@ func run(ctx context.Context, o options) error {
 		}))
 	}
 
+	var dialOpts []grpc.DialOption
+	if o.TLSCA != "" || o.TLSCert != "" {
+		host, _, _ := net.SplitHostPort(o.ControlPlane)
+		tc, err := certs.ClientConfig(o.TLSCA, o.TLSCert, o.TLSKey, host, slog.Default())
+		if err != nil {
+			return fmt.Errorf("sync TLS: %w", err)
+		}
+		dialOpts = append(dialOpts, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	}
 	sc := syncclient.New(rep, syncclient.Options{
-		Addr:     o.ControlPlane,
-		Token:    o.SyncToken,
-		ProxyID:  o.ID,
-		Version:  version,
-		Registry: reg,
-		Spend:    outbox,
+		DialOptions: dialOpts,
+		Addr:        o.ControlPlane,
+		Token:       o.SyncToken,
+		ProxyID:     o.ID,
+		Version:     version,
+		Registry:    reg,
+		Spend:       outbox,
 	})
 	rec := &spend.Recorder{Outbox: outbox, State: rep.State()}
 	h := proxy.New(proxy.Options{

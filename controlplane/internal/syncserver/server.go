@@ -35,6 +35,9 @@ type options struct {
 	snapshotMaxLag int64
 	snapshotTTL    time.Duration
 	onSnapshot     func(SnapshotInfo)
+	// peerAuth: streams are authenticated by the transport (mutual TLS,
+	// checked before the handler runs); a token, when set, is required too.
+	peerAuth bool
 }
 
 func defaultOptions() options {
@@ -251,6 +254,14 @@ type conn struct {
 	// abort ends the stream from the receiving goroutine (a spend batch
 	// that could not be applied).
 	abort context.CancelCauseFunc
+}
+
+// WithPeerAuthenticated declares that the transport already authenticated
+// every stream (mutual TLS with a client CA): with an empty token, streams
+// are then served on the certificate alone instead of being refused; with a
+// token, both are required.
+func WithPeerAuthenticated() Option {
+	return func(o *options) { o.peerAuth = true }
 }
 
 // New returns a sync server reading st. token is the shared secret every

@@ -46,11 +46,13 @@ func (s *Server) Sync(raw syncStream) error {
 		return errShutdown()
 	default:
 	}
-	if !s.hasToken {
+	if !s.hasToken && !s.o.peerAuth {
 		s.log.Warn("sync: refused stream: control plane has no --sync-token", "peer", addr)
 		return status.Error(codes.FailedPrecondition, "control plane has no --sync-token; data-plane sync is disabled")
 	}
-	if reason := s.authenticate(ctx); reason != "" {
+	// Without a token, the transport verified the client certificate
+	// (WithPeerAuthenticated); with one, it is required as well.
+	if reason := s.authenticate(ctx); s.hasToken && reason != "" {
 		// The claimed id only helps the operator find the misconfigured
 		// proxy; it is not trusted for anything.
 		s.log.Warn("sync: refused stream: "+reason, "peer", addr, "proxy_id", peekProxyID(stream))

@@ -158,15 +158,42 @@ func ServerConfig(certFile, keyFile, clientCAFile string, auth tls.ClientAuthTyp
 			NextProtos:   []string{"h2", "http/1.1"},
 		}
 		if clientCAFile != "" {
-			c.ClientAuth = auth
-			if auth != tls.RequireAndVerifyClientCert && auth != tls.VerifyClientCertIfGiven {
-				c.ClientAuth = tls.RequireAndVerifyClientCert
+			// Verify here rather than in crypto/tls, so that every refusal
+			// gets one clear log line naming the certificate and the reason.
+			c.ClientAuth = tls.RequestClientCert
+			required := auth != tls.VerifyClientCertIfGiven
+			c.VerifyConnection = func(cs tls.ConnectionState) error {
+				if err := verifyClient(cs, pool, required); err != nil {
+					m.log.Warn("TLS client certificate refused", "reason", err.Error())
+					return err
+				}
+				return nil
 			}
-			c.ClientCAs = pool
 		}
 		return c, nil
 	}
 	return base, nil
+}
+
+func verifyClient(cs tls.ConnectionState, pool *x509.CertPool, required bool) error {
+	if len(cs.PeerCertificates) == 0 {
+		if required {
+			return errors.New("no client certificate presented")
+		}
+		return nil
+	}
+	leaf := cs.PeerCertificates[0]
+	inter := x509.NewCertPool()
+	for _, ic := range cs.PeerCertificates[1:] {
+		inter.AddCert(ic)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{
+		Roots: pool, Intermediates: inter,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}); err != nil {
+		return fmt.Errorf("client certificate %q: %w", leaf.Subject.CommonName, err)
+	}
+	return nil
 }
 
 // ClientConfig returns a TLS client config that trusts caFile (the system

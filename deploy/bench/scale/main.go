@@ -47,7 +47,7 @@ type config struct {
 	smallDir, smallDB string
 	n, smallN         int
 	prefix            string
-	blocks            int
+	blocks, first     int
 	port              int
 	readyTimeout      time.Duration
 	pprof             bool
@@ -65,6 +65,7 @@ func main() {
 	flag.IntVar(&c.smallN, "small-n", 1000, "keys in the small store (for the report)")
 	flag.StringVar(&c.prefix, "prefix", "sk-seed-", "seeded keys' plaintext prefix")
 	flag.IntVar(&c.blocks, "blocks", 100, "keys blocked per delta measurement")
+	flag.IntVar(&c.first, "first", 1, "index of the first seeded key to block (the store must have them unblocked)")
 	flag.IntVar(&c.port, "port", 18300, "first loopback port to use (uses 10)")
 	flag.DurationVar(&c.readyTimeout, "ready-timeout", 120*time.Second, "give up waiting for readiness after")
 	flag.BoolVar(&c.pprof, "pprof", false, "start every process with --pprof-addr (ports +7..+9)")
@@ -173,10 +174,10 @@ func (b *bench) run() error {
 	}
 
 	// (e) at N keys, while both proxies follow.
-	if err := b.checkKey(1, 200, "proxy1", "proxy2"); err != nil {
+	if err := b.checkKey(c.first, 200, "proxy1", "proxy2"); err != nil {
 		return err
 	}
-	b.deltaBig, err = b.blockKeys(1, c.blocks, "proxy1", "proxy2")
+	b.deltaBig, err = b.blockKeys(c.first, c.blocks, "proxy1", "proxy2")
 	if err != nil {
 		return fmt.Errorf("deltas at %d keys: %w", c.n, err)
 	}
@@ -194,13 +195,13 @@ func (b *bench) run() error {
 	if ld, ok := logField(p1.log, `replica: loaded from cache`, "took"); ok {
 		b.row("    proxy 1: cache load (its log)", ld)
 	}
-	if err := b.checkKey(1+c.blocks, 200, "proxy1-restart"); err != nil {
+	if err := b.checkKey(c.first+c.blocks, 200, "proxy1-restart"); err != nil {
 		return err
 	}
-	if err := b.checkKey(1, 401, "proxy1-restart"); err != nil {
+	if err := b.checkKey(c.first, 401, "proxy1-restart"); err != nil {
 		return err
 	}
-	b.row("    seeded key "+c.prefix+strconv.Itoa(1+c.blocks)+" on GET /v1/models", "200 (and blocked "+c.prefix+"1: 401)")
+	b.row("    seeded key "+b.key(c.first+c.blocks)+" on GET /v1/models", "200 (and blocked "+b.key(c.first)+": 401)")
 	b.rss("(d) RSS proxy 1 restarted from cache", p1)
 	b.kill("proxy1-restart", syscall.SIGTERM)
 	b.kill("proxy2", syscall.SIGTERM)
@@ -219,10 +220,10 @@ func (b *bench) run() error {
 			}
 			b.row(name+": start → ready", dur(took))
 		}
-		if err := b.checkKey(1, 200, "proxy1-small", "proxy2-small"); err != nil {
+		if err := b.checkKey(c.first, 200, "proxy1-small", "proxy2-small"); err != nil {
 			return err
 		}
-		b.deltaSm, err = b.blockKeys(1, c.blocks, "proxy1-small", "proxy2-small")
+		b.deltaSm, err = b.blockKeys(c.first, c.blocks, "proxy1-small", "proxy2-small")
 		if err != nil {
 			return fmt.Errorf("deltas at %d keys: %w", c.smallN, err)
 		}
