@@ -374,6 +374,13 @@ func matrix() map[string]endpoint {
 	e["/audit"] = endpoint{own: o, team: tm, foreign: fo, want: adminOnly}
 	o, tm, fo = same(func(_ *world, _ fixture) call { return get("/spend/logs") })
 	e["/spend/logs"] = endpoint{own: o, team: tm, foreign: fo, want: allRead}
+	// An end user nobody has billed: 404 for everyone (admins and viewers
+	// read customers; others get the same 404, never a hint).
+	noCustomer := map[string]string{"master": "444", "padmin": "444", "viewer": "444", "tadmin": "444", "tuser": "444", "iviewer": "444"}
+	for _, p := range []string{"/customer/info", "/end_user/info"} {
+		o, tm, fo = same(func(_ *world, _ fixture) call { return get(p + "?end_user_id=nobody-billed") })
+		e[p] = endpoint{own: o, team: tm, foreign: fo, want: noCustomer}
+	}
 	return e
 }
 

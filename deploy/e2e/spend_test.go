@@ -218,9 +218,13 @@ func TestSpendEndToEnd(t *testing.T) {
 		StartDataPlane(t, dp1.Options())
 		w.waitSpend(t, w.upstreamCost())
 
-		// An end user's spend.
-		// (The REST binding of /customer/info waits for its authorization
-		// row; the store side is covered by the conformance suite.)
+		// An end user's spend: every traffic call named "customer-1"
+		// (40 + 30 + 10 calls).
+		cust := ok(t, Do(t, "GET", w.u+"/customer/info?end_user_id=customer-1", w.mk, nil))
+		if got := cust["spend"].(float64); math.Abs(got-80*costPerCall/1e6) > 1e-9 {
+			t.Errorf("/customer/info spend %v USD, want %v", got, 80*costPerCall/1e6)
+		}
+		envelope(t, Do(t, "GET", w.u+"/customer/info?end_user_id=nobody", w.mk, nil), 404)
 
 		// A key at its max_budget is refused with 429 budget_exceeded once
 		// its synced spend reaches the budget.
