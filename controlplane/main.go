@@ -3,6 +3,8 @@
 //
 //	controlplane [flags]            run the control plane
 //	controlplane migrate [flags]    apply Postgres migrations and exit
+//	controlplane import-litellm --from URL [--config FILE] [--dry-run] [flags]
+//	                                import a LiteLLM proxy database (see import.go)
 //
 // Every flag can also be set with an environment variable TOLLGATE_<FLAG>
 // (upper case, dashes as underscores); a flag given on the command line wins.
@@ -87,6 +89,9 @@ func main() {
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		cmd, args = args[0], args[1:]
 	}
+	if cmd == "import-litellm" {
+		os.Exit(importLiteLLMMain(args))
+	}
 	var o options
 	fs := newFlagSet("controlplane "+cmd, &o)
 	if err := parseFlags(fs, args); err != nil {
@@ -112,7 +117,7 @@ func main() {
 	case "migrate":
 		err = migrate(ctx, o)
 	default:
-		err = fmt.Errorf("unknown command %q (want run or migrate)", cmd)
+		err = fmt.Errorf("unknown command %q (want run, migrate or import-litellm)", cmd)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "controlplane:", err)
