@@ -26,6 +26,8 @@ import (
 
 	"github.com/tollgate-gw/tollgate/controlplane/internal/api"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/config"
+	"github.com/tollgate-gw/tollgate/controlplane/internal/events"
+	"github.com/tollgate-gw/tollgate/controlplane/internal/jobs"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/openapi"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store/embedded"
@@ -89,6 +91,8 @@ func run(ctx context.Context, o options) error {
 			return fmt.Errorf("apply config %s: %w", o.Config, err)
 		}
 	}
+	events.Run(ctx, st, o.MasterKey)                // lifecycle event webhook and auto_rotate (controlplane/internal/events)
+	jobs.StartBudgetResets(ctx, st, slog.Default()) // spend reset exactly at budget_reset_at (controlplane/internal/jobs)
 
 	tlsCfg, err := serverTLS(o)
 	if err != nil {

@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/certs"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/limits"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/proxy"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/replica"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/spend"
@@ -171,6 +172,9 @@ func run(ctx context.Context, o options) error {
 		}
 		dialOpts = append(dialOpts, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	}
+	// Rate limits and budget reservations, with shares leased over the
+	// sync stream (package limits).
+	lim := limits.New(limits.Options{Registry: reg})
 	sc := syncclient.New(rep, syncclient.Options{
 		DialOptions: dialOpts,
 		Addr:        o.ControlPlane,
@@ -179,6 +183,7 @@ func run(ctx context.Context, o options) error {
 		Version:     version,
 		Registry:    reg,
 		Spend:       outbox,
+		Leases:      lim,
 	})
 	rec := &spend.Recorder{Outbox: outbox, State: rep.State()}
 	h := proxy.New(proxy.Options{
@@ -186,6 +191,7 @@ func run(ctx context.Context, o options) error {
 		Registry: reg,
 		Logger:   slog.Default(),
 		OnUsage:  rec.Record,
+		Gate:     lim,
 	})
 
 	ln, err := net.Listen("tcp", o.Listen)

@@ -89,7 +89,8 @@ type UpstreamRequest struct {
 }
 
 // NewUpstream starts a fake upstream. Chat completions answer with usage
-// {prompt_tokens: 10, completion_tokens: 5}; with "stream": true they send
+// {prompt_tokens: 10, completion_tokens: 5} (after metadata.upstream_delay_ms
+// when the body sets it); with "stream": true they send
 // three content chunks, then a usage chunk when stream_options.include_usage
 // is set, then [DONE].
 func NewUpstream(t testing.TB) *Upstream {
@@ -124,6 +125,17 @@ func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
 	u.requests = append(u.requests, UpstreamRequest{Path: r.URL.Path, Header: r.Header.Clone(), Body: body, Raw: raw})
 	u.mu.Unlock()
 	model, _ := body["model"].(string)
+	// A slow upstream on demand: "metadata": {"upstream_delay_ms": N} (the
+	// body reaches the upstream as the client sent it).
+	if md, ok := body["metadata"].(map[string]any); ok {
+		if ms, ok := md["upstream_delay_ms"].(float64); ok && ms > 0 {
+			select {
+			case <-time.After(time.Duration(ms) * time.Millisecond):
+			case <-r.Context().Done():
+				return
+			}
+		}
+	}
 	switch {
 	case strings.HasSuffix(r.URL.Path, "/embeddings"):
 		w.Header().Set("Content-Type", "application/json")

@@ -28,6 +28,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tollgate-gw/tollgate/controlplane/internal/authz"
+	"github.com/tollgate-gw/tollgate/controlplane/internal/events"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
 	adminv1 "github.com/tollgate-gw/tollgate/gen/tollgate/admin/v1"
@@ -82,7 +83,7 @@ func (s *Server) audit(ctx context.Context, tx store.Tx, c authz.Caller, action,
 		}
 		return b
 	}
-	return tx.AppendAudit(ctx, store.AuditEntry{
+	e := store.AuditEntry{
 		ID:         keys.NewID(),
 		Action:     action,
 		ObjectType: objectType,
@@ -92,7 +93,24 @@ func (s *Server) audit(ctx context.Context, tx store.Tx, c authz.Caller, action,
 		Before:     enc(before),
 		After:      enc(after),
 		CreatedAt:  s.now(),
-	})
+	}
+	if err := tx.AppendAudit(ctx, e); err != nil {
+		return err
+	}
+	return s.emit(ctx, tx, e)
+}
+
+// emit enqueues the lifecycle event of an audit row (key.created,
+// key.updated, ..., user.created, team.created) in the same transaction,
+// for the event webhook (controlplane/internal/events). Its data is the
+// object's ids and display fields, never key material.
+func (s *Server) emit(ctx context.Context, tx store.Tx, e store.AuditEntry) error {
+	typ := events.ForAudit(e.Action, e.ObjectType)
+	if typ == "" {
+		return nil
+	}
+	data := events.AuditPayload(e.ObjectType, e.ObjectID, e.Caller, e.ChangedBy, e.Before, e.After, e.CreatedAt)
+	return events.Enqueue(ctx, tx, typ, data, e.CreatedAt)
 }
 
 // nilIfNil keeps typed-nil protos out of audit rows.

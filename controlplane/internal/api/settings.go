@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/tollgate-gw/tollgate/controlplane/internal/authz"
+	"github.com/tollgate-gw/tollgate/controlplane/internal/events"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/settings"
 	adminv1 "github.com/tollgate-gw/tollgate/gen/tollgate/admin/v1"
@@ -78,6 +79,9 @@ func (ss *settingsService) UpdateSettings(ctx context.Context, req *adminv1.Upda
 		if _, ok := req.GetGeneralSettings().GetFields()[k]; ok {
 			return nil, badRequest("general_settings."+k, k+" cannot be set through the API; use the control plane's flags")
 		}
+	}
+	if v, ok := req.GetGeneralSettings().GetFields()["webhook_secret"]; ok && !events.SecretReference(v.GetStringValue()) {
+		return nil, badRequest("general_settings.webhook_secret", "webhook_secret must be an os.environ/NAME reference (settings are stored and readable); or set "+events.EnvWebhookSecret)
 	}
 	patch, err := protojson.Marshal(req.GetGeneralSettings())
 	if err != nil || len(patch) > maxJSONObject {

@@ -377,6 +377,9 @@ type Reader interface {
 	// SpendHighWater returns the highest sequence number applied from the
 	// outbox (proxyID, outboxID), 0 when none.
 	SpendHighWater(ctx context.Context, proxyID, outboxID string) (uint64, error)
+
+	// EventReader: the event outbox and the rotation schedule (events.go).
+	EventReader
 }
 
 // AuditEntry is one management mutation. Before and After are JSON objects
@@ -459,6 +462,9 @@ type Tx interface {
 	// it. Records must have increasing Seq (> 0). It returns the number of
 	// records applied.
 	ApplySpend(ctx context.Context, b SpendBatch) (applied int, err error)
+
+	// EventWriter: the event outbox (events.go).
+	EventWriter
 }
 
 // Store is the storage contract.

@@ -140,17 +140,18 @@ type fakeProxy struct {
 	msgs   chan *syncv1.ControlMessage
 	errc   chan error
 
-	rev        int64
-	state      map[string]*syncv1.Entity
-	inSnap     bool
-	snapRev    int64
-	nextSeq    int32
-	pending    map[string]*syncv1.Entity
-	acks       []*syncv1.SpendAck
-	snapshots  []int64 // revisions of complete snapshots
-	deltas     []int64 // revisions of applied deltas
-	heartbeats []*syncv1.Heartbeat
-	received   [][]byte // every message, re-encoded
+	rev         int64
+	leaseGrants []*syncv1.LeaseGrant
+	state       map[string]*syncv1.Entity
+	inSnap      bool
+	snapRev     int64
+	nextSeq     int32
+	pending     map[string]*syncv1.Entity
+	acks        []*syncv1.SpendAck
+	snapshots   []int64 // revisions of complete snapshots
+	deltas      []int64 // revisions of applied deltas
+	heartbeats  []*syncv1.Heartbeat
+	received    [][]byte // every message, re-encoded
 }
 
 // connect opens a stream with the given token ("" for none) and sends
@@ -198,6 +199,12 @@ func (p *fakeProxy) next(timeout time.Duration) (*syncv1.ControlMessage, error) 
 	select {
 	case m := <-p.msgs:
 		p.apply(m)
+		if m.GetLeaseGrant() != nil {
+			// Rate-limit shares are not part of the revision protocol
+			// these tests check.
+			p.leaseGrants = append(p.leaseGrants, m.GetLeaseGrant())
+			return p.next(timeout)
+		}
 		return m, nil
 	case err := <-p.errc:
 		p.errc <- err // stays readable
@@ -238,7 +245,7 @@ func (p *fakeProxy) quiet(d time.Duration) {
 		select {
 		case m := <-p.msgs:
 			p.apply(m)
-			if m.GetHeartbeat() == nil {
+			if m.GetHeartbeat() == nil && m.GetLeaseGrant() == nil {
 				p.t.Fatalf("proxy %s: unexpected %T while quiet", p.id, m.GetMsg())
 			}
 		case err := <-p.errc:
@@ -312,6 +319,8 @@ func (p *fakeProxy) apply(m *syncv1.ControlMessage) {
 		p.heartbeats = append(p.heartbeats, x.Heartbeat)
 	case *syncv1.ControlMessage_SpendAck:
 		p.acks = append(p.acks, x.SpendAck)
+	case *syncv1.ControlMessage_LeaseGrant:
+		// Rate-limit shares: not part of the revision protocol.
 	default:
 		p.t.Errorf("proxy %s: empty control message", p.id)
 	}

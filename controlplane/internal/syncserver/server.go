@@ -233,6 +233,9 @@ type Server struct {
 	connsMu sync.Mutex
 	conns   map[*conn]struct{}
 
+	// Rate-limit leases of the connected proxies (leases.go).
+	leases leases
+
 	// Spend batches from every stream go through one applier (spend.go).
 	spendOnce sync.Once
 	spendQ    chan spendReq
@@ -254,6 +257,8 @@ type conn struct {
 	// abort ends the stream from the receiving goroutine (a spend batch
 	// that could not be applied).
 	abort context.CancelCauseFunc
+	// send is the stream's (locked) Send, for lease grants.
+	send func(*syncv1.ControlMessage) error
 }
 
 // WithPeerAuthenticated declares that the transport already authenticated

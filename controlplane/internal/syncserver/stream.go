@@ -68,7 +68,7 @@ func (s *Server) Sync(raw syncStream) error {
 		return status.Error(codes.Unavailable, "sync feed is not ready; retry")
 	}
 
-	c := &conn{peer: addr, connectedAt: time.Now(), abort: abort}
+	c := &conn{peer: addr, connectedAt: time.Now(), abort: abort, send: stream.Send}
 	hello, err := s.recvHello(ctx, stream, c)
 	if err != nil {
 		s.log.Warn("sync: bad stream opening", "peer", addr, "err", err)
@@ -81,6 +81,7 @@ func (s *Server) Sync(raw syncStream) error {
 	s.conns[c] = struct{}{}
 	s.connsMu.Unlock()
 	err = s.serve(ctx, stream, c)
+	s.leases.leave(c)
 	if cause := context.Cause(ctx); ctx.Err() != nil && cause != nil && status.Code(cause) != codes.Unknown {
 		err = cause // the receiving goroutine ended the stream
 	}
@@ -182,6 +183,9 @@ func (s *Server) recvHello(ctx context.Context, stream syncStream, c *conn) (*sy
 			}
 			if a := m.GetApplied(); a != nil {
 				c.applied.Store(a.GetRevision())
+			}
+			if lr := m.GetLeaseRequest(); lr != nil {
+				s.leases.request(c, lr)
 			}
 			if b := m.GetSpendBatch(); b != nil {
 				batch, ack, err := s.parseSpend(hello.GetProxyId(), b)
@@ -332,6 +336,9 @@ func (s *Server) follow(ctx context.Context, stream syncStream, c *conn, target 
 				return err
 			}
 			pendingHB = false
+			// Rate-limit shares (leases.go) once the proxy is current:
+			// never ahead of the authoritative first answer.
+			s.leases.join(c)
 		}
 		batch, _, wake, inRing := s.feed.after(sent, s.o.batch, buf[:0])
 		if !inRing {

@@ -81,6 +81,10 @@ type Principal struct {
 	Team *state.Team
 	User *state.User
 	Org  *state.Org
+	// NowUnix is the clock Authenticate checked expiry with; budgets use it
+	// to honour a budget_reset_at that has passed before the control plane
+	// has reset the spend.
+	NowUnix int64
 
 	// hash is the key's SHA-256. It lives here, in memory the caller
 	// already owns, because a pointer handed to an interface method
@@ -115,7 +119,7 @@ func (e *Enforcer) Authenticate(key, path string, nowUnix int64, p *Principal) *
 	if !ok {
 		return RejInvalidKey
 	}
-	p.Key, p.Team, p.User, p.Org = k, nil, nil, nil
+	p.Key, p.Team, p.User, p.Org, p.NowUnix = k, nil, nil, nil, nowUnix
 	if k.Blocked {
 		return RejKeyBlocked
 	}
@@ -348,28 +352,52 @@ func missingParam(param, msg string) *Rejection {
 	return New(MissingParam, http.StatusBadRequest, TypeBadRequest, msg, param)
 }
 
-// checkBudgets is the simple, local budget check: spend as last synced
-// against max_budget. Leased budgets (reserve an estimate, settle the actual
-// cost) replace it in the gate after rate limits.
+// checkBudgets is the local budget check: spend as last synced against
+// max_budget (a scope whose budget_reset_at has passed counts as zero spend
+// until the control plane resets it). The rate-limit gate then reserves an
+// estimate per in-flight request against what remains.
 func checkBudgets(p *Principal) *Rejection {
+	now := p.NowUnix
 	k := &p.Key
-	if over(k.Limits, k.Spend) {
-		return budgetRejection("Budget has been exceeded! Current cost: "+usd(k.Spend)+", Max budget: "+usd(k.Limits.MaxBudget), "")
+	if s := EffectiveSpend(k.Limits, k.Spend, now); over(k.Limits, s) {
+		return budgetRejection("Budget has been exceeded! Current cost: "+usd(s)+", Max budget: "+usd(k.Limits.MaxBudget), "")
 	}
-	if t := p.Team; t != nil && over(t.Limits, t.Spend) {
-		return budgetRejection("Budget has been exceeded! Team="+t.TeamID+" Current cost: "+usd(t.Spend)+", Max budget: "+usd(t.Limits.MaxBudget), "")
+	if t := p.Team; t != nil {
+		if s := EffectiveSpend(t.Limits, t.Spend, now); over(t.Limits, s) {
+			return budgetRejection("Budget has been exceeded! Team="+t.TeamID+" Current cost: "+usd(s)+", Max budget: "+usd(t.Limits.MaxBudget), "")
+		}
 	}
 	// A team key spends the team's budget, not its user's personal one.
-	if u := p.User; u != nil && p.Team == nil && over(u.Limits, u.Spend) {
-		return budgetRejection("ExceededBudget: User="+u.UserID+" over budget. Spend="+usd(u.Spend)+", Budget="+usd(u.Limits.MaxBudget), "")
+	if u := p.User; u != nil && p.Team == nil {
+		if s := EffectiveSpend(u.Limits, u.Spend, now); over(u.Limits, s) {
+			return budgetRejection("ExceededBudget: User="+u.UserID+" over budget. Spend="+usd(s)+", Budget="+usd(u.Limits.MaxBudget), "")
+		}
 	}
-	if o := p.Org; o != nil && over(o.Limits, o.Spend) {
-		return budgetRejection("Budget has been exceeded! Organization="+o.OrganizationID+" Current cost: "+usd(o.Spend)+", Max budget: "+usd(o.Limits.MaxBudget), "")
+	if o := p.Org; o != nil {
+		if s := EffectiveSpend(o.Limits, o.Spend, now); over(o.Limits, s) {
+			return budgetRejection("Budget has been exceeded! Organization="+o.OrganizationID+" Current cost: "+usd(s)+", Max budget: "+usd(o.Limits.MaxBudget), "")
+		}
 	}
 	return nil
 }
 
+// EffectiveSpend is the spend a budget check counts: zero once
+// budget_reset_at has passed (the control plane resets the stored spend;
+// the proxy does not wait for it).
+func EffectiveSpend(l state.Limits, spend, nowUnix int64) int64 {
+	if l.BudgetResetAtUnix > 0 && nowUnix >= l.BudgetResetAtUnix {
+		return 0
+	}
+	return spend
+}
+
 func over(l state.Limits, spend int64) bool { return l.MaxBudget >= 0 && spend >= l.MaxBudget }
+
+// USD formats micro-USD as dollars, as budget messages show them.
+func USD(micros int64) string { return usd(micros) }
+
+// BudgetRejection is a 429 budget_exceeded with msg.
+func BudgetRejection(msg string) *Rejection { return budgetRejection(msg, "") }
 
 func usd(micros int64) string { return strconv.FormatFloat(money.ToUSD(micros), 'f', -1, 64) }
 

@@ -173,6 +173,9 @@ func (o *Object) Lookup(name string) (Span, bool) {
 // Raw returns the bytes of s in the parsed document.
 func (o *Object) Raw(s Span) []byte { return o.raw[s.Start:s.End] }
 
+// Size is the length of the parsed raw bytes.
+func (o *Object) Size() int { return len(o.raw) }
+
 // End is the offset just after the last member's value: where a new member
 // can be inserted as ","+member. It is 0 when the object has no member.
 func (o *Object) End() int {

@@ -86,17 +86,34 @@ func BenchmarkDecisionRealState(b *testing.B) {
 	})
 }
 
+// NewBenchGate, when set (by the external test package, which may import
+// the limits package), adds the "+gate" variants to the decision
+// benchmarks: the decision followed by the rate-limit and budget gate's
+// Admit and its done.
+var NewBenchGate func() Gate
+
 func benchDecision(b *testing.B, mk func(testing.TB) (state.Reader, func(int) string)) {
-	for _, bc := range []struct {
+	type benchCase struct {
 		name, body string
-	}{
-		{"chat", benchBody},
-		{"stream", strings.Replace(benchBody, `"temperature"`, `"stream":true,"temperature"`, 1)},
-	} {
+		gate       bool
+	}
+	cases := []benchCase{
+		{"chat", benchBody, false},
+		{"stream", strings.Replace(benchBody, `"temperature"`, `"stream":true,"temperature"`, 1), false},
+	}
+	if NewBenchGate != nil {
+		cases = append(cases, benchCase{"chat+gate", benchBody, true})
+	}
+	for _, bc := range cases {
 		b.Run(bc.name, func(b *testing.B) {
 			st, secret := mk(b)
+			var gate Gate
+			if bc.gate {
+				gate = NewBenchGate()
+			}
 			h := New(Options{State: st, Getenv: func(string) string { return "sk-upstream" },
-				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}).(*handler)
+				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Gate: gate}).(*handler)
+			hdr := http.Header{}
 			body := []byte(bc.body)
 			reqs := make([]*http.Request, 1024)
 			for i := range reqs {
@@ -114,6 +131,13 @@ func benchDecision(b *testing.B, mk func(testing.TB) (state.Reader, func(int) st
 				}
 				if rej := h.decide(c, body); rej != nil {
 					b.Fatal(rej.Message)
+				}
+				if h.gate != nil {
+					done, rej := h.gate.Admit(r.Context(), &Admission{Route: c.route, Principal: &c.principal, Body: &c.body, Deployment: c.dep, Header: hdr})
+					if rej != nil {
+						b.Fatal(rej.Message)
+					}
+					done(Outcome{Status: 200, UsageKnown: true, Usage: Usage{PromptTokens: 40, CompletionTokens: 2, TotalTokens: 42}})
 				}
 				c.release()
 			}

@@ -141,7 +141,7 @@ func (h *handler) serveLLM(w http.ResponseWriter, r *http.Request, route enforce
 	h.m.decision.Observe((authDone.Sub(start) + time.Since(bodyStart)).Seconds())
 
 	if h.gate != nil {
-		done, rej := h.gate.Admit(r.Context(), &Admission{Route: route, Principal: &c.principal, Body: &c.body, Deployment: c.dep})
+		done, rej := h.gate.Admit(r.Context(), &Admission{Route: route, Principal: &c.principal, Body: &c.body, Deployment: c.dep, Header: w.Header()})
 		if rej != nil {
 			h.reject(w, route, rej)
 			c.release()

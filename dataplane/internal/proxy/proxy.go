@@ -64,6 +64,9 @@ type Admission struct {
 	Principal  *enforce.Principal
 	Body       *enforce.Body
 	Deployment *state.Model
+	// Header is the response's header map: an admitting gate may add
+	// headers (x-ratelimit-*); the upstream's are added after them.
+	Header http.Header
 }
 
 // Usage is token usage as the upstream reported it.

@@ -76,6 +76,17 @@ type SpendSource interface {
 	Changed() <-chan struct{}
 }
 
+// Leases is the rate-limit gate the client reports for (limits.Limiter).
+type Leases interface {
+	// Uses returns the use to report and the asks, nil when nothing changed.
+	Uses() *syncv1.LeaseRequest
+	// Notify is signalled when an ask is waiting.
+	Notify() <-chan struct{}
+	ReportInterval() time.Duration
+	Apply(g *syncv1.LeaseGrant)
+	SetConnected(bool)
+}
+
 // Spend shipping: records per batch and batches in flight per stream.
 const (
 	spendBatchMax = 512
@@ -100,6 +111,8 @@ type Options struct {
 	DialOptions []grpc.DialOption
 	// Spend, when set, is shipped over the stream.
 	Spend SpendSource
+	// Leases, when set, reports rate-limit use and receives grants.
+	Leases Leases
 }
 
 // Status is the client's view of the sync connection.
@@ -340,6 +353,10 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 			if c.o.Spend != nil {
 				go c.shipSpend(sctx, cancel, stream, acks)
 			}
+			if c.o.Leases != nil {
+				c.o.Leases.SetConnected(true)
+				go c.reportLeases(sctx, stream)
+			}
 		}
 		switch m := msg.Msg.(type) {
 		case *syncv1.ControlMessage_Snapshot:
@@ -376,6 +393,10 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 			}
 			c.mu.Unlock()
 			c.m.head.Set(float64(h.GetHeadRevision()))
+		case *syncv1.ControlMessage_LeaseGrant:
+			if c.o.Leases != nil {
+				c.o.Leases.Apply(m.LeaseGrant)
+			}
 		case *syncv1.ControlMessage_SpendAck:
 			select {
 			case acks <- m.SpendAck:
@@ -451,7 +472,30 @@ func (c *Client) applied(stream grpc.BidiStreamingClient[syncv1.ProxyMessage, sy
 	_ = c.send(stream, &syncv1.ProxyMessage{Msg: &syncv1.ProxyMessage_Applied{Applied: &syncv1.Applied{Revision: rev}}})
 }
 
+// reportLeases sends rate-limit use and asks while the stream lives.
+func (c *Client) reportLeases(ctx context.Context, stream grpc.BidiStreamingClient[syncv1.ProxyMessage, syncv1.ControlMessage]) {
+	l := c.o.Leases
+	t := time.NewTicker(l.ReportInterval())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-l.Notify():
+		}
+		if r := l.Uses(); r != nil {
+			if err := c.send(stream, &syncv1.ProxyMessage{Msg: &syncv1.ProxyMessage_LeaseRequest{LeaseRequest: r}}); err != nil {
+				return // the receiving loop sees the stream's end
+			}
+		}
+	}
+}
+
 func (c *Client) setConnected(v bool) {
+	if !v && c.o.Leases != nil {
+		c.o.Leases.SetConnected(false)
+	}
 	c.mu.Lock()
 	c.st.Connected = v
 	c.mu.Unlock()

@@ -420,6 +420,9 @@ func logField(path, pattern, key string) (string, bool) {
 		if line := sc.Text(); re.MatchString(line) {
 			if m := kv.FindStringSubmatch(line); m != nil {
 				val = strings.Trim(m[1], `"`)
+				if d, err := time.ParseDuration(val); err == nil {
+					val = dur(d)
+				}
 			}
 		}
 	}

@@ -13,6 +13,11 @@
 //	keys_by_user     lp(user_id) + order → ∅        ListKeys(user), DeleteUser
 //	keys_by_team     lp(team_id) + order → ∅        ListKeys(team), DeleteTeam
 //	keys_by_org      lp(org_id) + order → ∅         ListKeys(org), DeleteOrganization
+//	keys_by_rotation time(key_rotation_at) + token_id → ∅  KeysDueForRotation (auto_rotate keys only)
+//	events           seq → Event JSON               the event outbox, in enqueue order
+//	events_by_id     event_id → seq                 uniqueness, MarkEvent*
+//	events_due       time(next_attempt_at) + seq → ∅  pending events, for ClaimEvents
+//	events_delivered time(delivered_at) + seq → ∅   PurgeEvents
 //	teams_by_created, users_by_created, organizations_by_created
 //	audit            time(created_at) + seq → AuditEntry JSON (walked backwards: newest first)
 //	audit_ids        id → audit key                 uniqueness of audit ids

@@ -2,6 +2,7 @@ package embedded
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -41,6 +42,12 @@ var (
 	bucketSpendLogs    = []byte("spend_logs")        // time(start) + big-endian insert seq → SpendLog JSON
 	bucketSpendReqs    = []byte("spend_logs_by_req") // request_id + 0 + log key → nil
 	bucketEndUsers     = []byte("end_users")         // end_user_id → EndUser JSON
+
+	bucketEvents          = []byte("events")           // big-endian seq → Event JSON
+	bucketEventIDs        = []byte("events_by_id")     // event_id → big-endian seq
+	bucketEventsDue       = []byte("events_due")       // time(next_attempt_at) + seq → nil, pending only
+	bucketEventsDelivered = []byte("events_delivered") // time(delivered_at) + seq → nil
+	bucketKeysRotation    = []byte("keys_by_rotation") // time(key_rotation_at) + token_id → nil, auto_rotate only
 )
 
 var (
@@ -60,6 +67,35 @@ const SettingsID = "settings"
 var migrations = []func(*bolt.Tx) error{
 	migrateV1,
 	migrateV2,
+	migrateV3,
+}
+
+// migrateV3 adds the event outbox and the rotation index (filled from the
+// keys that already rotate).
+func migrateV3(tx *bolt.Tx) error {
+	for _, name := range [][]byte{bucketEvents, bucketEventIDs, bucketEventsDue, bucketEventsDelivered, bucketKeysRotation} {
+		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+			return fmt.Errorf("create bucket %s: %w", name, err)
+		}
+	}
+	keys := tx.Bucket(bucketKeys)
+	if keys == nil {
+		return nil
+	}
+	rot := tx.Bucket(bucketKeysRotation)
+	return keys.ForEach(func(id, v []byte) error {
+		var k struct {
+			AutoRotate    bool       `json:"auto_rotate"`
+			KeyRotationAt *time.Time `json:"key_rotation_at"`
+		}
+		if err := json.Unmarshal(v, &k); err != nil {
+			return fmt.Errorf("decode key %s: %w", id, err)
+		}
+		if k.AutoRotate && k.KeyRotationAt != nil {
+			return rot.Put(join(timeKey(*k.KeyRotationAt), id), empty)
+		}
+		return nil
+	})
 }
 
 // migrateV2 adds the spend buckets.

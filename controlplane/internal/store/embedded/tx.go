@@ -214,6 +214,9 @@ func keyIndexes(k *store.Key) [][3][]byte {
 	if k.OrganizationID != "" {
 		ix = append(ix, [3][]byte{bucketKeysOrg, join(lp(k.OrganizationID), ord), empty})
 	}
+	if k.AutoRotate && k.KeyRotationAt != nil {
+		ix = append(ix, [3][]byte{bucketKeysRotation, join(timeKey(*k.KeyRotationAt), id), empty})
+	}
 	return ix
 }
 

@@ -241,11 +241,11 @@ func (t *tx) CreateKey(ctx context.Context, k store.Key) error {
 	// statement would abort the whole transaction, and the callback may
 	// want to go on after a conflict (as it can with the embedded store).
 	tag, err := t.pg.Exec(ctx, `
-INSERT INTO keys (token_id, key_hash, key_alias, user_id, team_id, organization_id, service_account, created_at, created_ns, doc)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+INSERT INTO keys (token_id, key_hash, key_alias, user_id, team_id, organization_id, service_account, created_at, created_ns, doc, rotation_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT DO NOTHING`,
 		k.TokenID, k.KeyHash, nullIfEmpty(k.KeyAlias), nullIfEmpty(k.UserID), nullIfEmpty(k.TeamID),
-		nullIfEmpty(k.OrganizationID), k.ServiceAccount, k.CreatedAt, nanos(k.CreatedAt), doc)
+		nullIfEmpty(k.OrganizationID), k.ServiceAccount, k.CreatedAt, nanos(k.CreatedAt), doc, rotationAt(&k))
 	if err != nil {
 		return t.fail(ctx, err)
 	}
@@ -306,7 +306,7 @@ WITH conflict AS (
 ), updated AS (
     UPDATE keys
     SET key_hash = $2, key_alias = $3, user_id = $4, team_id = $5, organization_id = $6,
-        service_account = $7, created_at = $8, created_ns = $9, doc = $10
+        service_account = $7, created_at = $8, created_ns = $9, doc = $10, rotation_at = $11
     WHERE token_id = $1 AND NOT EXISTS (SELECT 1 FROM conflict)
     RETURNING 1
 )
@@ -314,7 +314,7 @@ SELECT EXISTS (SELECT 1 FROM keys WHERE token_id = $1),
        (SELECT field FROM conflict),
        EXISTS (SELECT 1 FROM updated)`,
 		k.TokenID, k.KeyHash, nullIfEmpty(k.KeyAlias), nullIfEmpty(k.UserID), nullIfEmpty(k.TeamID),
-		nullIfEmpty(k.OrganizationID), k.ServiceAccount, k.CreatedAt, nanos(k.CreatedAt), doc).
+		nullIfEmpty(k.OrganizationID), k.ServiceAccount, k.CreatedAt, nanos(k.CreatedAt), doc, rotationAt(&k)).
 		Scan(&exists, &field, &updated)
 	if err != nil {
 		return t.fail(ctx, err)

@@ -28,6 +28,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Settings", settingsTests},
 		{"Audit", auditTests},
 		{"Spend", spendTests},
+		{"Events", eventTests},
 		{"Revisions", revisionTests},
 		{"Concurrency", concurrencyTests},
 		{"Snapshot", snapshotTests},

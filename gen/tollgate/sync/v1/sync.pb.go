@@ -28,6 +28,7 @@ type ProxyMessage struct {
 	//	*ProxyMessage_Hello
 	//	*ProxyMessage_Applied
 	//	*ProxyMessage_SpendBatch
+	//	*ProxyMessage_LeaseRequest
 	Msg           isProxyMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -97,6 +98,15 @@ func (x *ProxyMessage) GetSpendBatch() *SpendBatch {
 	return nil
 }
 
+func (x *ProxyMessage) GetLeaseRequest() *LeaseRequest {
+	if x != nil {
+		if x, ok := x.Msg.(*ProxyMessage_LeaseRequest); ok {
+			return x.LeaseRequest
+		}
+	}
+	return nil
+}
+
 type isProxyMessage_Msg interface {
 	isProxyMessage_Msg()
 }
@@ -113,11 +123,154 @@ type ProxyMessage_SpendBatch struct {
 	SpendBatch *SpendBatch `protobuf:"bytes,3,opt,name=spend_batch,json=spendBatch,proto3,oneof"`
 }
 
+type ProxyMessage_LeaseRequest struct {
+	LeaseRequest *LeaseRequest `protobuf:"bytes,4,opt,name=lease_request,json=leaseRequest,proto3,oneof"`
+}
+
 func (*ProxyMessage_Hello) isProxyMessage_Msg() {}
 
 func (*ProxyMessage_Applied) isProxyMessage_Msg() {}
 
 func (*ProxyMessage_SpendBatch) isProxyMessage_Msg() {}
+
+func (*ProxyMessage_LeaseRequest) isProxyMessage_Msg() {}
+
+// LeaseRequest reports this proxy's use of rate limits (rpm, tpm, parallel
+// requests) and asks for more of those it has (nearly) exhausted. A proxy
+// starts each window of each limit with an implicit share
+// (limit / proxies, the remainder going to the lowest indexes; see
+// LeaseGrant); the control plane counts those shares as held and grants more
+// from what no proxy holds, reclaiming the unused part of other proxies'
+// shares when nothing is left.
+type LeaseRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Uses          []*LeaseUse            `protobuf:"bytes,1,rep,name=uses,proto3" json:"uses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseRequest) Reset() {
+	*x = LeaseRequest{}
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseRequest) ProtoMessage() {}
+
+func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseRequest.ProtoReflect.Descriptor instead.
+func (*LeaseRequest) Descriptor() ([]byte, []int) {
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *LeaseRequest) GetUses() []*LeaseUse {
+	if x != nil {
+		return x.Uses
+	}
+	return nil
+}
+
+// LeaseUse is one limit in one window.
+type LeaseUse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// scope names the limit: "<kind>:<id>:<metric>" with kind key, team or
+	// user and metric rpm, tpm or par; per-model key limits are
+	// "key:<token id>:rpm:<model>" and "key:<token id>:tpm:<model>".
+	Scope string `protobuf:"bytes,1,opt,name=scope,proto3" json:"scope,omitempty"`
+	// limit is the configured limit the proxy enforces.
+	Limit int64 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	// window_unix is the window's start (minute-aligned unix seconds) for rpm
+	// and tpm, 0 for parallel requests.
+	WindowUnix int64 `protobuf:"varint,3,opt,name=window_unix,json=windowUnix,proto3" json:"window_unix,omitempty"`
+	// used is what this proxy admitted in the window (tokens settled with the
+	// actual usage for tpm; requests in flight for parallel).
+	Used int64 `protobuf:"varint,4,opt,name=used,proto3" json:"used,omitempty"`
+	// want is how much more the proxy asks for; 0 is a report only.
+	Want          int64 `protobuf:"varint,5,opt,name=want,proto3" json:"want,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseUse) Reset() {
+	*x = LeaseUse{}
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseUse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseUse) ProtoMessage() {}
+
+func (x *LeaseUse) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseUse.ProtoReflect.Descriptor instead.
+func (*LeaseUse) Descriptor() ([]byte, []int) {
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *LeaseUse) GetScope() string {
+	if x != nil {
+		return x.Scope
+	}
+	return ""
+}
+
+func (x *LeaseUse) GetLimit() int64 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *LeaseUse) GetWindowUnix() int64 {
+	if x != nil {
+		return x.WindowUnix
+	}
+	return 0
+}
+
+func (x *LeaseUse) GetUsed() int64 {
+	if x != nil {
+		return x.Used
+	}
+	return 0
+}
+
+func (x *LeaseUse) GetWant() int64 {
+	if x != nil {
+		return x.Want
+	}
+	return 0
+}
 
 type Hello struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -131,7 +284,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[1]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -143,7 +296,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[1]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -156,7 +309,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{1}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Hello) GetProxyId() string {
@@ -190,7 +343,7 @@ type Applied struct {
 
 func (x *Applied) Reset() {
 	*x = Applied{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[2]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -202,7 +355,7 @@ func (x *Applied) String() string {
 func (*Applied) ProtoMessage() {}
 
 func (x *Applied) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[2]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -215,7 +368,7 @@ func (x *Applied) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Applied.ProtoReflect.Descriptor instead.
 func (*Applied) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{2}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Applied) GetRevision() int64 {
@@ -246,7 +399,7 @@ type SpendBatch struct {
 
 func (x *SpendBatch) Reset() {
 	*x = SpendBatch{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[3]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -258,7 +411,7 @@ func (x *SpendBatch) String() string {
 func (*SpendBatch) ProtoMessage() {}
 
 func (x *SpendBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[3]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -271,7 +424,7 @@ func (x *SpendBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SpendBatch.ProtoReflect.Descriptor instead.
 func (*SpendBatch) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{3}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SpendBatch) GetProxyId() string {
@@ -341,7 +494,7 @@ type SpendRecord struct {
 
 func (x *SpendRecord) Reset() {
 	*x = SpendRecord{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[4]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -353,7 +506,7 @@ func (x *SpendRecord) String() string {
 func (*SpendRecord) ProtoMessage() {}
 
 func (x *SpendRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[4]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -366,7 +519,7 @@ func (x *SpendRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SpendRecord.ProtoReflect.Descriptor instead.
 func (*SpendRecord) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{4}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SpendRecord) GetSeq() uint64 {
@@ -503,6 +656,7 @@ type ControlMessage struct {
 	//	*ControlMessage_Delta
 	//	*ControlMessage_Heartbeat
 	//	*ControlMessage_SpendAck
+	//	*ControlMessage_LeaseGrant
 	Msg           isControlMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -510,7 +664,7 @@ type ControlMessage struct {
 
 func (x *ControlMessage) Reset() {
 	*x = ControlMessage{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[5]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -522,7 +676,7 @@ func (x *ControlMessage) String() string {
 func (*ControlMessage) ProtoMessage() {}
 
 func (x *ControlMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[5]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -535,7 +689,7 @@ func (x *ControlMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlMessage.ProtoReflect.Descriptor instead.
 func (*ControlMessage) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{5}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ControlMessage) GetMsg() isControlMessage_Msg {
@@ -581,6 +735,15 @@ func (x *ControlMessage) GetSpendAck() *SpendAck {
 	return nil
 }
 
+func (x *ControlMessage) GetLeaseGrant() *LeaseGrant {
+	if x != nil {
+		if x, ok := x.Msg.(*ControlMessage_LeaseGrant); ok {
+			return x.LeaseGrant
+		}
+	}
+	return nil
+}
+
 type isControlMessage_Msg interface {
 	isControlMessage_Msg()
 }
@@ -601,6 +764,10 @@ type ControlMessage_SpendAck struct {
 	SpendAck *SpendAck `protobuf:"bytes,4,opt,name=spend_ack,json=spendAck,proto3,oneof"`
 }
 
+type ControlMessage_LeaseGrant struct {
+	LeaseGrant *LeaseGrant `protobuf:"bytes,5,opt,name=lease_grant,json=leaseGrant,proto3,oneof"`
+}
+
 func (*ControlMessage_Snapshot) isControlMessage_Msg() {}
 
 func (*ControlMessage_Delta) isControlMessage_Msg() {}
@@ -608,6 +775,135 @@ func (*ControlMessage_Delta) isControlMessage_Msg() {}
 func (*ControlMessage_Heartbeat) isControlMessage_Msg() {}
 
 func (*ControlMessage_SpendAck) isControlMessage_Msg() {}
+
+func (*ControlMessage_LeaseGrant) isControlMessage_Msg() {}
+
+// LeaseGrant tells a proxy its place among the proxies connected to this
+// control plane (sent on connect and whenever the set changes) and the
+// allowances it now holds. An allowance replaces the implicit share for its
+// (scope, window): it is the total the proxy may admit in that window, and
+// may be lower than before when the control plane reclaimed unused share.
+type LeaseGrant struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// proxies is the number of proxies connected to this control plane (0:
+	// unchanged); index is this proxy's position among them.
+	Proxies       int32             `protobuf:"varint,1,opt,name=proxies,proto3" json:"proxies,omitempty"`
+	Index         int32             `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	Allowances    []*LeaseAllowance `protobuf:"bytes,3,rep,name=allowances,proto3" json:"allowances,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseGrant) Reset() {
+	*x = LeaseGrant{}
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseGrant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseGrant) ProtoMessage() {}
+
+func (x *LeaseGrant) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseGrant.ProtoReflect.Descriptor instead.
+func (*LeaseGrant) Descriptor() ([]byte, []int) {
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *LeaseGrant) GetProxies() int32 {
+	if x != nil {
+		return x.Proxies
+	}
+	return 0
+}
+
+func (x *LeaseGrant) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *LeaseGrant) GetAllowances() []*LeaseAllowance {
+	if x != nil {
+		return x.Allowances
+	}
+	return nil
+}
+
+type LeaseAllowance struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Scope         string                 `protobuf:"bytes,1,opt,name=scope,proto3" json:"scope,omitempty"`
+	WindowUnix    int64                  `protobuf:"varint,2,opt,name=window_unix,json=windowUnix,proto3" json:"window_unix,omitempty"`
+	Allowance     int64                  `protobuf:"varint,3,opt,name=allowance,proto3" json:"allowance,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseAllowance) Reset() {
+	*x = LeaseAllowance{}
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseAllowance) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseAllowance) ProtoMessage() {}
+
+func (x *LeaseAllowance) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseAllowance.ProtoReflect.Descriptor instead.
+func (*LeaseAllowance) Descriptor() ([]byte, []int) {
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *LeaseAllowance) GetScope() string {
+	if x != nil {
+		return x.Scope
+	}
+	return ""
+}
+
+func (x *LeaseAllowance) GetWindowUnix() int64 {
+	if x != nil {
+		return x.WindowUnix
+	}
+	return 0
+}
+
+func (x *LeaseAllowance) GetAllowance() int64 {
+	if x != nil {
+		return x.Allowance
+	}
+	return 0
+}
 
 // SpendAck confirms that every record of (the stream's proxy, outbox_id) up
 // to last_seq is durably applied; the proxy may delete them.
@@ -621,7 +917,7 @@ type SpendAck struct {
 
 func (x *SpendAck) Reset() {
 	*x = SpendAck{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[6]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -633,7 +929,7 @@ func (x *SpendAck) String() string {
 func (*SpendAck) ProtoMessage() {}
 
 func (x *SpendAck) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[6]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -646,7 +942,7 @@ func (x *SpendAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SpendAck.ProtoReflect.Descriptor instead.
 func (*SpendAck) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{6}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SpendAck) GetOutboxId() string {
@@ -677,7 +973,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[7]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -689,7 +985,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[7]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -702,7 +998,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{7}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SnapshotChunk) GetRevision() int64 {
@@ -746,7 +1042,7 @@ type Delta struct {
 
 func (x *Delta) Reset() {
 	*x = Delta{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[8]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -758,7 +1054,7 @@ func (x *Delta) String() string {
 func (*Delta) ProtoMessage() {}
 
 func (x *Delta) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[8]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -771,7 +1067,7 @@ func (x *Delta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delta.ProtoReflect.Descriptor instead.
 func (*Delta) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{8}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Delta) GetRevision() int64 {
@@ -812,7 +1108,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[9]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -824,7 +1120,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[9]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -837,7 +1133,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{9}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Heartbeat) GetHeadRevision() int64 {
@@ -876,7 +1172,7 @@ type Entity struct {
 
 func (x *Entity) Reset() {
 	*x = Entity{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[10]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -888,7 +1184,7 @@ func (x *Entity) String() string {
 func (*Entity) ProtoMessage() {}
 
 func (x *Entity) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[10]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -901,7 +1197,7 @@ func (x *Entity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entity.ProtoReflect.Descriptor instead.
 func (*Entity) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{10}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Entity) GetKind() string {
@@ -1043,7 +1339,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[11]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1055,7 +1351,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[11]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1068,7 +1364,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{11}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Limits) GetMaxBudget() int64 {
@@ -1130,7 +1426,7 @@ type ModelBudget struct {
 
 func (x *ModelBudget) Reset() {
 	*x = ModelBudget{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[12]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1142,7 +1438,7 @@ func (x *ModelBudget) String() string {
 func (*ModelBudget) ProtoMessage() {}
 
 func (x *ModelBudget) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[12]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1155,7 +1451,7 @@ func (x *ModelBudget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelBudget.ProtoReflect.Descriptor instead.
 func (*ModelBudget) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{12}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ModelBudget) GetBudgetLimit() int64 {
@@ -1182,7 +1478,7 @@ type PreviousHash struct {
 
 func (x *PreviousHash) Reset() {
 	*x = PreviousHash{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[13]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1194,7 +1490,7 @@ func (x *PreviousHash) String() string {
 func (*PreviousHash) ProtoMessage() {}
 
 func (x *PreviousHash) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[13]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1207,7 +1503,7 @@ func (x *PreviousHash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviousHash.ProtoReflect.Descriptor instead.
 func (*PreviousHash) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{13}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PreviousHash) GetKeyHash() []byte {
@@ -1255,7 +1551,7 @@ type Key struct {
 
 func (x *Key) Reset() {
 	*x = Key{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[14]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1267,7 +1563,7 @@ func (x *Key) String() string {
 func (*Key) ProtoMessage() {}
 
 func (x *Key) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[14]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1280,7 +1576,7 @@ func (x *Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Key.ProtoReflect.Descriptor instead.
 func (*Key) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{14}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Key) GetTokenId() string {
@@ -1435,7 +1731,7 @@ type TeamMember struct {
 
 func (x *TeamMember) Reset() {
 	*x = TeamMember{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[15]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1447,7 +1743,7 @@ func (x *TeamMember) String() string {
 func (*TeamMember) ProtoMessage() {}
 
 func (x *TeamMember) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[15]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1460,7 +1756,7 @@ func (x *TeamMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TeamMember.ProtoReflect.Descriptor instead.
 func (*TeamMember) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{15}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *TeamMember) GetUserId() string {
@@ -1507,7 +1803,7 @@ type Team struct {
 
 func (x *Team) Reset() {
 	*x = Team{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[16]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1519,7 +1815,7 @@ func (x *Team) String() string {
 func (*Team) ProtoMessage() {}
 
 func (x *Team) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[16]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1532,7 +1828,7 @@ func (x *Team) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Team.ProtoReflect.Descriptor instead.
 func (*Team) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{16}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Team) GetTeamId() string {
@@ -1605,7 +1901,7 @@ type User struct {
 
 func (x *User) Reset() {
 	*x = User{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[17]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1617,7 +1913,7 @@ func (x *User) String() string {
 func (*User) ProtoMessage() {}
 
 func (x *User) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[17]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1630,7 +1926,7 @@ func (x *User) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use User.ProtoReflect.Descriptor instead.
 func (*User) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{17}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *User) GetUserId() string {
@@ -1688,7 +1984,7 @@ type Organization struct {
 
 func (x *Organization) Reset() {
 	*x = Organization{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[18]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1700,7 +1996,7 @@ func (x *Organization) String() string {
 func (*Organization) ProtoMessage() {}
 
 func (x *Organization) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[18]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1713,7 +2009,7 @@ func (x *Organization) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Organization.ProtoReflect.Descriptor instead.
 func (*Organization) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{18}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Organization) GetOrganizationId() string {
@@ -1774,7 +2070,7 @@ type Model struct {
 
 func (x *Model) Reset() {
 	*x = Model{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[19]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1786,7 +2082,7 @@ func (x *Model) String() string {
 func (*Model) ProtoMessage() {}
 
 func (x *Model) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[19]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1799,7 +2095,7 @@ func (x *Model) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Model.ProtoReflect.Descriptor instead.
 func (*Model) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{19}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Model) GetId() string {
@@ -1889,7 +2185,7 @@ type Settings struct {
 
 func (x *Settings) Reset() {
 	*x = Settings{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[20]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1901,7 +2197,7 @@ func (x *Settings) String() string {
 func (*Settings) ProtoMessage() {}
 
 func (x *Settings) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[20]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1914,7 +2210,7 @@ func (x *Settings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Settings.ProtoReflect.Descriptor instead.
 func (*Settings) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{20}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Settings) GetGeneralSettings() []byte {
@@ -1928,13 +2224,23 @@ var File_tollgate_sync_v1_sync_proto protoreflect.FileDescriptor
 
 const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\n" +
-	"\x1btollgate/sync/v1/sync.proto\x12\x10tollgate.sync.v1\"\xbe\x01\n" +
+	"\x1btollgate/sync/v1/sync.proto\x12\x10tollgate.sync.v1\"\x85\x02\n" +
 	"\fProxyMessage\x12/\n" +
 	"\x05hello\x18\x01 \x01(\v2\x17.tollgate.sync.v1.HelloH\x00R\x05hello\x125\n" +
 	"\aapplied\x18\x02 \x01(\v2\x19.tollgate.sync.v1.AppliedH\x00R\aapplied\x12?\n" +
 	"\vspend_batch\x18\x03 \x01(\v2\x1c.tollgate.sync.v1.SpendBatchH\x00R\n" +
-	"spendBatchB\x05\n" +
-	"\x03msg\"X\n" +
+	"spendBatch\x12E\n" +
+	"\rlease_request\x18\x04 \x01(\v2\x1e.tollgate.sync.v1.LeaseRequestH\x00R\fleaseRequestB\x05\n" +
+	"\x03msg\">\n" +
+	"\fLeaseRequest\x12.\n" +
+	"\x04uses\x18\x01 \x03(\v2\x1a.tollgate.sync.v1.LeaseUseR\x04uses\"\x7f\n" +
+	"\bLeaseUse\x12\x14\n" +
+	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x03R\x05limit\x12\x1f\n" +
+	"\vwindow_unix\x18\x03 \x01(\x03R\n" +
+	"windowUnix\x12\x12\n" +
+	"\x04used\x18\x04 \x01(\x03R\x04used\x12\x12\n" +
+	"\x04want\x18\x05 \x01(\x03R\x04want\"X\n" +
 	"\x05Hello\x12\x19\n" +
 	"\bproxy_id\x18\x01 \x01(\tR\aproxyId\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x18\n" +
@@ -1968,13 +2274,27 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\x06status\x18\x0f \x01(\x05R\x06status\x12\x14\n" +
 	"\x05route\x18\x10 \x01(\tR\x05route\x12&\n" +
 	"\x0fstart_unix_nano\x18\x11 \x01(\x03R\rstartUnixNano\x12\"\n" +
-	"\rend_unix_nano\x18\x12 \x01(\x03R\vendUnixNano\"\xff\x01\n" +
+	"\rend_unix_nano\x18\x12 \x01(\x03R\vendUnixNano\"\xc0\x02\n" +
 	"\x0eControlMessage\x12=\n" +
 	"\bsnapshot\x18\x01 \x01(\v2\x1f.tollgate.sync.v1.SnapshotChunkH\x00R\bsnapshot\x12/\n" +
 	"\x05delta\x18\x02 \x01(\v2\x17.tollgate.sync.v1.DeltaH\x00R\x05delta\x12;\n" +
 	"\theartbeat\x18\x03 \x01(\v2\x1b.tollgate.sync.v1.HeartbeatH\x00R\theartbeat\x129\n" +
-	"\tspend_ack\x18\x04 \x01(\v2\x1a.tollgate.sync.v1.SpendAckH\x00R\bspendAckB\x05\n" +
-	"\x03msg\"B\n" +
+	"\tspend_ack\x18\x04 \x01(\v2\x1a.tollgate.sync.v1.SpendAckH\x00R\bspendAck\x12?\n" +
+	"\vlease_grant\x18\x05 \x01(\v2\x1c.tollgate.sync.v1.LeaseGrantH\x00R\n" +
+	"leaseGrantB\x05\n" +
+	"\x03msg\"~\n" +
+	"\n" +
+	"LeaseGrant\x12\x18\n" +
+	"\aproxies\x18\x01 \x01(\x05R\aproxies\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x05R\x05index\x12@\n" +
+	"\n" +
+	"allowances\x18\x03 \x03(\v2 .tollgate.sync.v1.LeaseAllowanceR\n" +
+	"allowances\"e\n" +
+	"\x0eLeaseAllowance\x12\x14\n" +
+	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x1f\n" +
+	"\vwindow_unix\x18\x02 \x01(\x03R\n" +
+	"windowUnix\x12\x1c\n" +
+	"\tallowance\x18\x03 \x01(\x03R\tallowance\"B\n" +
 	"\bSpendAck\x12\x1b\n" +
 	"\toutbox_id\x18\x01 \x01(\tR\boutboxId\x12\x19\n" +
 	"\blast_seq\x18\x02 \x01(\x04R\alastSeq\"\x87\x01\n" +
@@ -2111,67 +2431,75 @@ func file_tollgate_sync_v1_sync_proto_rawDescGZIP() []byte {
 	return file_tollgate_sync_v1_sync_proto_rawDescData
 }
 
-var file_tollgate_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_tollgate_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_tollgate_sync_v1_sync_proto_goTypes = []any{
 	(*ProxyMessage)(nil),   // 0: tollgate.sync.v1.ProxyMessage
-	(*Hello)(nil),          // 1: tollgate.sync.v1.Hello
-	(*Applied)(nil),        // 2: tollgate.sync.v1.Applied
-	(*SpendBatch)(nil),     // 3: tollgate.sync.v1.SpendBatch
-	(*SpendRecord)(nil),    // 4: tollgate.sync.v1.SpendRecord
-	(*ControlMessage)(nil), // 5: tollgate.sync.v1.ControlMessage
-	(*SpendAck)(nil),       // 6: tollgate.sync.v1.SpendAck
-	(*SnapshotChunk)(nil),  // 7: tollgate.sync.v1.SnapshotChunk
-	(*Delta)(nil),          // 8: tollgate.sync.v1.Delta
-	(*Heartbeat)(nil),      // 9: tollgate.sync.v1.Heartbeat
-	(*Entity)(nil),         // 10: tollgate.sync.v1.Entity
-	(*Limits)(nil),         // 11: tollgate.sync.v1.Limits
-	(*ModelBudget)(nil),    // 12: tollgate.sync.v1.ModelBudget
-	(*PreviousHash)(nil),   // 13: tollgate.sync.v1.PreviousHash
-	(*Key)(nil),            // 14: tollgate.sync.v1.Key
-	(*TeamMember)(nil),     // 15: tollgate.sync.v1.TeamMember
-	(*Team)(nil),           // 16: tollgate.sync.v1.Team
-	(*User)(nil),           // 17: tollgate.sync.v1.User
-	(*Organization)(nil),   // 18: tollgate.sync.v1.Organization
-	(*Model)(nil),          // 19: tollgate.sync.v1.Model
-	(*Settings)(nil),       // 20: tollgate.sync.v1.Settings
-	nil,                    // 21: tollgate.sync.v1.Key.ModelMaxBudgetEntry
-	nil,                    // 22: tollgate.sync.v1.Key.ModelRpmLimitEntry
-	nil,                    // 23: tollgate.sync.v1.Key.ModelTpmLimitEntry
+	(*LeaseRequest)(nil),   // 1: tollgate.sync.v1.LeaseRequest
+	(*LeaseUse)(nil),       // 2: tollgate.sync.v1.LeaseUse
+	(*Hello)(nil),          // 3: tollgate.sync.v1.Hello
+	(*Applied)(nil),        // 4: tollgate.sync.v1.Applied
+	(*SpendBatch)(nil),     // 5: tollgate.sync.v1.SpendBatch
+	(*SpendRecord)(nil),    // 6: tollgate.sync.v1.SpendRecord
+	(*ControlMessage)(nil), // 7: tollgate.sync.v1.ControlMessage
+	(*LeaseGrant)(nil),     // 8: tollgate.sync.v1.LeaseGrant
+	(*LeaseAllowance)(nil), // 9: tollgate.sync.v1.LeaseAllowance
+	(*SpendAck)(nil),       // 10: tollgate.sync.v1.SpendAck
+	(*SnapshotChunk)(nil),  // 11: tollgate.sync.v1.SnapshotChunk
+	(*Delta)(nil),          // 12: tollgate.sync.v1.Delta
+	(*Heartbeat)(nil),      // 13: tollgate.sync.v1.Heartbeat
+	(*Entity)(nil),         // 14: tollgate.sync.v1.Entity
+	(*Limits)(nil),         // 15: tollgate.sync.v1.Limits
+	(*ModelBudget)(nil),    // 16: tollgate.sync.v1.ModelBudget
+	(*PreviousHash)(nil),   // 17: tollgate.sync.v1.PreviousHash
+	(*Key)(nil),            // 18: tollgate.sync.v1.Key
+	(*TeamMember)(nil),     // 19: tollgate.sync.v1.TeamMember
+	(*Team)(nil),           // 20: tollgate.sync.v1.Team
+	(*User)(nil),           // 21: tollgate.sync.v1.User
+	(*Organization)(nil),   // 22: tollgate.sync.v1.Organization
+	(*Model)(nil),          // 23: tollgate.sync.v1.Model
+	(*Settings)(nil),       // 24: tollgate.sync.v1.Settings
+	nil,                    // 25: tollgate.sync.v1.Key.ModelMaxBudgetEntry
+	nil,                    // 26: tollgate.sync.v1.Key.ModelRpmLimitEntry
+	nil,                    // 27: tollgate.sync.v1.Key.ModelTpmLimitEntry
 }
 var file_tollgate_sync_v1_sync_proto_depIdxs = []int32{
-	1,  // 0: tollgate.sync.v1.ProxyMessage.hello:type_name -> tollgate.sync.v1.Hello
-	2,  // 1: tollgate.sync.v1.ProxyMessage.applied:type_name -> tollgate.sync.v1.Applied
-	3,  // 2: tollgate.sync.v1.ProxyMessage.spend_batch:type_name -> tollgate.sync.v1.SpendBatch
-	4,  // 3: tollgate.sync.v1.SpendBatch.records:type_name -> tollgate.sync.v1.SpendRecord
-	7,  // 4: tollgate.sync.v1.ControlMessage.snapshot:type_name -> tollgate.sync.v1.SnapshotChunk
-	8,  // 5: tollgate.sync.v1.ControlMessage.delta:type_name -> tollgate.sync.v1.Delta
-	9,  // 6: tollgate.sync.v1.ControlMessage.heartbeat:type_name -> tollgate.sync.v1.Heartbeat
-	6,  // 7: tollgate.sync.v1.ControlMessage.spend_ack:type_name -> tollgate.sync.v1.SpendAck
-	10, // 8: tollgate.sync.v1.SnapshotChunk.entities:type_name -> tollgate.sync.v1.Entity
-	10, // 9: tollgate.sync.v1.Delta.changes:type_name -> tollgate.sync.v1.Entity
-	14, // 10: tollgate.sync.v1.Entity.key:type_name -> tollgate.sync.v1.Key
-	16, // 11: tollgate.sync.v1.Entity.team:type_name -> tollgate.sync.v1.Team
-	17, // 12: tollgate.sync.v1.Entity.user:type_name -> tollgate.sync.v1.User
-	18, // 13: tollgate.sync.v1.Entity.organization:type_name -> tollgate.sync.v1.Organization
-	19, // 14: tollgate.sync.v1.Entity.model:type_name -> tollgate.sync.v1.Model
-	20, // 15: tollgate.sync.v1.Entity.settings:type_name -> tollgate.sync.v1.Settings
-	11, // 16: tollgate.sync.v1.Key.limits:type_name -> tollgate.sync.v1.Limits
-	21, // 17: tollgate.sync.v1.Key.model_max_budget:type_name -> tollgate.sync.v1.Key.ModelMaxBudgetEntry
-	22, // 18: tollgate.sync.v1.Key.model_rpm_limit:type_name -> tollgate.sync.v1.Key.ModelRpmLimitEntry
-	23, // 19: tollgate.sync.v1.Key.model_tpm_limit:type_name -> tollgate.sync.v1.Key.ModelTpmLimitEntry
-	13, // 20: tollgate.sync.v1.Key.previous_hashes:type_name -> tollgate.sync.v1.PreviousHash
-	11, // 21: tollgate.sync.v1.Team.limits:type_name -> tollgate.sync.v1.Limits
-	15, // 22: tollgate.sync.v1.Team.members:type_name -> tollgate.sync.v1.TeamMember
-	11, // 23: tollgate.sync.v1.User.limits:type_name -> tollgate.sync.v1.Limits
-	11, // 24: tollgate.sync.v1.Organization.limits:type_name -> tollgate.sync.v1.Limits
-	12, // 25: tollgate.sync.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.sync.v1.ModelBudget
-	0,  // 26: tollgate.sync.v1.SyncService.Sync:input_type -> tollgate.sync.v1.ProxyMessage
-	5,  // 27: tollgate.sync.v1.SyncService.Sync:output_type -> tollgate.sync.v1.ControlMessage
-	27, // [27:28] is the sub-list for method output_type
-	26, // [26:27] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	3,  // 0: tollgate.sync.v1.ProxyMessage.hello:type_name -> tollgate.sync.v1.Hello
+	4,  // 1: tollgate.sync.v1.ProxyMessage.applied:type_name -> tollgate.sync.v1.Applied
+	5,  // 2: tollgate.sync.v1.ProxyMessage.spend_batch:type_name -> tollgate.sync.v1.SpendBatch
+	1,  // 3: tollgate.sync.v1.ProxyMessage.lease_request:type_name -> tollgate.sync.v1.LeaseRequest
+	2,  // 4: tollgate.sync.v1.LeaseRequest.uses:type_name -> tollgate.sync.v1.LeaseUse
+	6,  // 5: tollgate.sync.v1.SpendBatch.records:type_name -> tollgate.sync.v1.SpendRecord
+	11, // 6: tollgate.sync.v1.ControlMessage.snapshot:type_name -> tollgate.sync.v1.SnapshotChunk
+	12, // 7: tollgate.sync.v1.ControlMessage.delta:type_name -> tollgate.sync.v1.Delta
+	13, // 8: tollgate.sync.v1.ControlMessage.heartbeat:type_name -> tollgate.sync.v1.Heartbeat
+	10, // 9: tollgate.sync.v1.ControlMessage.spend_ack:type_name -> tollgate.sync.v1.SpendAck
+	8,  // 10: tollgate.sync.v1.ControlMessage.lease_grant:type_name -> tollgate.sync.v1.LeaseGrant
+	9,  // 11: tollgate.sync.v1.LeaseGrant.allowances:type_name -> tollgate.sync.v1.LeaseAllowance
+	14, // 12: tollgate.sync.v1.SnapshotChunk.entities:type_name -> tollgate.sync.v1.Entity
+	14, // 13: tollgate.sync.v1.Delta.changes:type_name -> tollgate.sync.v1.Entity
+	18, // 14: tollgate.sync.v1.Entity.key:type_name -> tollgate.sync.v1.Key
+	20, // 15: tollgate.sync.v1.Entity.team:type_name -> tollgate.sync.v1.Team
+	21, // 16: tollgate.sync.v1.Entity.user:type_name -> tollgate.sync.v1.User
+	22, // 17: tollgate.sync.v1.Entity.organization:type_name -> tollgate.sync.v1.Organization
+	23, // 18: tollgate.sync.v1.Entity.model:type_name -> tollgate.sync.v1.Model
+	24, // 19: tollgate.sync.v1.Entity.settings:type_name -> tollgate.sync.v1.Settings
+	15, // 20: tollgate.sync.v1.Key.limits:type_name -> tollgate.sync.v1.Limits
+	25, // 21: tollgate.sync.v1.Key.model_max_budget:type_name -> tollgate.sync.v1.Key.ModelMaxBudgetEntry
+	26, // 22: tollgate.sync.v1.Key.model_rpm_limit:type_name -> tollgate.sync.v1.Key.ModelRpmLimitEntry
+	27, // 23: tollgate.sync.v1.Key.model_tpm_limit:type_name -> tollgate.sync.v1.Key.ModelTpmLimitEntry
+	17, // 24: tollgate.sync.v1.Key.previous_hashes:type_name -> tollgate.sync.v1.PreviousHash
+	15, // 25: tollgate.sync.v1.Team.limits:type_name -> tollgate.sync.v1.Limits
+	19, // 26: tollgate.sync.v1.Team.members:type_name -> tollgate.sync.v1.TeamMember
+	15, // 27: tollgate.sync.v1.User.limits:type_name -> tollgate.sync.v1.Limits
+	15, // 28: tollgate.sync.v1.Organization.limits:type_name -> tollgate.sync.v1.Limits
+	16, // 29: tollgate.sync.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.sync.v1.ModelBudget
+	0,  // 30: tollgate.sync.v1.SyncService.Sync:input_type -> tollgate.sync.v1.ProxyMessage
+	7,  // 31: tollgate.sync.v1.SyncService.Sync:output_type -> tollgate.sync.v1.ControlMessage
+	31, // [31:32] is the sub-list for method output_type
+	30, // [30:31] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_sync_v1_sync_proto_init() }
@@ -2183,14 +2511,16 @@ func file_tollgate_sync_v1_sync_proto_init() {
 		(*ProxyMessage_Hello)(nil),
 		(*ProxyMessage_Applied)(nil),
 		(*ProxyMessage_SpendBatch)(nil),
+		(*ProxyMessage_LeaseRequest)(nil),
 	}
-	file_tollgate_sync_v1_sync_proto_msgTypes[5].OneofWrappers = []any{
+	file_tollgate_sync_v1_sync_proto_msgTypes[7].OneofWrappers = []any{
 		(*ControlMessage_Snapshot)(nil),
 		(*ControlMessage_Delta)(nil),
 		(*ControlMessage_Heartbeat)(nil),
 		(*ControlMessage_SpendAck)(nil),
+		(*ControlMessage_LeaseGrant)(nil),
 	}
-	file_tollgate_sync_v1_sync_proto_msgTypes[10].OneofWrappers = []any{
+	file_tollgate_sync_v1_sync_proto_msgTypes[14].OneofWrappers = []any{
 		(*Entity_Key)(nil),
 		(*Entity_Team)(nil),
 		(*Entity_User)(nil),
@@ -2204,7 +2534,7 @@ func file_tollgate_sync_v1_sync_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tollgate_sync_v1_sync_proto_rawDesc), len(file_tollgate_sync_v1_sync_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

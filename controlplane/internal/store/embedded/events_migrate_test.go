@@ -1,0 +1,60 @@
+package embedded_test
+
+import (
+	"context"
+	"encoding/binary"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
+	"github.com/tollgate-gw/tollgate/controlplane/internal/store/embedded"
+)
+
+// A schema-2 file (before the outbox) with a rotating key comes out of the
+// v3 step with the outbox buckets and the key scheduled.
+func TestMigrateV3SchedulesRotatingKeys(t *testing.T) {
+	ctx := context.Background()
+	s, path := open(t)
+	due := time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
+	rot := newKey("rot", 0)
+	rot.AutoRotate, rot.RotationInterval, rot.KeyRotationAt = true, "30d", &due
+	write(t, s, func(ctx context.Context, tx store.Tx) error {
+		if err := tx.CreateKey(ctx, rot); err != nil {
+			return err
+		}
+		return tx.CreateKey(ctx, newKey("plain", 1))
+	})
+	s.Close()
+
+	// Turn the file back into schema version 2.
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		for _, b := range []string{"events", "events_by_id", "events_due", "events_delivered", "keys_by_rotation"} {
+			if err := tx.DeleteBucket([]byte(b)); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(embedded.BucketMeta).Put(embedded.MetaSchemaVersion, binary.BigEndian.AppendUint64(nil, 2))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s2, err := embedded.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	got, err := s2.Read().KeysDueForRotation(ctx, due, 10)
+	if err != nil || len(got) != 1 || got[0].TokenID != "rot" {
+		t.Fatalf("KeysDueForRotation after migration: %v, %v", got, err)
+	}
+	write(t, s2, func(ctx context.Context, tx store.Tx) error {
+		return tx.EnqueueEvent(ctx, store.Event{ID: "e1", Type: store.EventKeyCreated, CreatedAt: due})
+	})
+}

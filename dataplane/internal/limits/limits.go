@@ -1,0 +1,736 @@
+// Package limits is the proxy's rate-limit and budget-reservation gate
+// (proxy.Gate): rpm, tpm and max_parallel_requests on the key, its team and
+// its user, the key's per-model rpm/tpm, and a reservation of an estimated
+// cost per in-flight request against the remaining budget.
+//
+// # Limits across proxies (leased shares)
+//
+// Every limit is counted per window (rpm and tpm: the wall-clock minute;
+// parallel: one window for ever, counting requests in flight). A proxy may
+// admit up to its allowance in a window. It starts each window with an
+// implicit share, limit / proxies (the remainder of the division going to
+// the lowest indexes), where proxies and its index come from the control
+// plane (LeaseGrant, on connect and whenever the set of proxies changes), so
+// the shares of all proxies add up to the limit. A proxy that has used 80% of
+// its allowance asks for more (LeaseRequest over the sync stream); the
+// control plane grants from what no proxy holds, reclaiming the unused part
+// of other proxies' shares (they report their use every reportInterval).
+// Grants arrive asynchronously: the decision never waits for the network.
+//
+// When the control plane is unreachable the proxy keeps enforcing with the
+// allowances it holds and with implicit shares computed from the last known
+// number of proxies; tollgate_limits_degraded is 1.
+//
+// # Budgets
+//
+// The decision already refused a scope whose synced spend is at or above its
+// max budget. The gate then reserves the request's estimated cost (prompt
+// bytes / 4 tokens at the input price, max_tokens or 256 tokens at the
+// output price) on the key, team, user (without a team) and organization: a
+// request is admitted only while synced spend + this proxy's reservations
+// in flight + the actual cost of its finished requests that the synced
+// spend does not show yet is below the max budget. When a request ends its
+// reservation becomes its actual cost, pending until the synced spend rises
+// by as much (the spend outbox ships it within milliseconds).
+//
+// A rejected request consumes nothing: counters taken before a later check
+// refused are given back before Admit returns.
+package limits
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/proxy"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
+	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
+)
+
+// Window is the rpm/tpm window (LiteLLM's limits are per minute).
+const Window = 60
+
+const (
+	metricRPM uint8 = iota
+	metricTPM
+	metricPar
+)
+
+var metricNames = [...]string{"rpm", "tpm", "par"}
+
+// askAt: a proxy asks for more once its remaining allowance is at most this
+// fraction (1/askAt) of its allowance.
+const askAt = 5
+
+// reportInterval is how often a proxy reports its use of active limits.
+const reportInterval = 200 * time.Millisecond
+
+// askEvery bounds how often one limit is asked for (refused requests would
+// otherwise ask once each).
+const askEvery = int64(50 * time.Millisecond)
+
+type scopeKey struct {
+	kind   string // "key", "team", "user"
+	id     string
+	metric uint8
+	model  string
+}
+
+func (k scopeKey) String() string {
+	s := k.kind + ":" + k.id + ":" + metricNames[k.metric]
+	if k.model != "" {
+		s += ":" + k.model
+	}
+	return s
+}
+
+type counter struct {
+	scope  string
+	metric uint8
+
+	mu        sync.Mutex
+	limit     int64
+	window    int64 // window start (unix s); 0 for parallel
+	allowance int64 // -1: the implicit share
+	used      int64
+	reported  int64 // used at the last report (-1: never)
+	asked     bool
+	lastAsk   int64 // unix ns of the last ask
+	touched   int64 // unix s of the last use
+}
+
+// Options configure a Limiter.
+type Options struct {
+	// Now nil: time.Now.
+	Now func() time.Time
+	// Registry receives tollgate_limits_degraded.
+	Registry *prometheus.Registry
+}
+
+// Limiter is the gate. Use New.
+type Limiter struct {
+	now func() time.Time
+	// Plain maps under a RWMutex: sync.Map would box every struct key
+	// (an allocation per lookup).
+	mu       sync.RWMutex
+	counters map[scopeKey]*counter
+	byScope  map[string]*counter
+	budgets  map[budgetKey]*budget
+
+	members   atomic.Uint64 // proxies<<32 | index
+	connected atomic.Bool
+	notify    chan struct{}
+}
+
+type budgetKey struct{ kind, id string }
+
+// New returns a Limiter that is degraded until SetConnected(true).
+func New(o Options) *Limiter {
+	l := &Limiter{now: o.Now, notify: make(chan struct{}, 1),
+		counters: map[scopeKey]*counter{}, byScope: map[string]*counter{}, budgets: map[budgetKey]*budget{}}
+	if l.now == nil {
+		l.now = time.Now
+	}
+	l.members.Store(1 << 32)
+	if o.Registry != nil {
+		o.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tollgate_limits_degraded",
+			Help: "1 while the control plane is unreachable: rate limits are enforced with the shares this proxy holds.",
+		}, func() float64 {
+			if l.connected.Load() {
+				return 0
+			}
+			return 1
+		}))
+	}
+	return l
+}
+
+// share is index's implicit share of limit among n proxies.
+func share(limit int64, n, index int64) int64 {
+	if n <= 1 {
+		return limit
+	}
+	s := limit / n
+	if index < limit%n {
+		s++
+	}
+	return s
+}
+
+func (l *Limiter) implicit(limit int64) int64 {
+	m := l.members.Load()
+	return share(limit, int64(m>>32), int64(m&0xffffffff))
+}
+
+func (c *counter) allowanceLocked(l *Limiter) int64 {
+	if c.allowance >= 0 {
+		return c.allowance
+	}
+	return l.implicit(c.limit)
+}
+
+// roll moves c to window w (locked).
+func (c *counter) roll(w int64) {
+	if c.window != w {
+		c.window, c.used, c.allowance, c.asked, c.reported = w, 0, -1, false, -1
+	}
+}
+
+func (l *Limiter) counter(k scopeKey) *counter {
+	l.mu.RLock()
+	c, ok := l.counters[k]
+	l.mu.RUnlock()
+	if ok {
+		return c
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if c, ok := l.counters[k]; ok {
+		return c
+	}
+	scope := k.String()
+	if c, ok = l.byScope[scope]; ok {
+		// Granted before this proxy used the limit (a reclaim, or a
+		// window already open when it joined).
+		c.metric = k.metric
+		l.counters[k] = c
+		return c
+	}
+	c = &counter{scope: scope, metric: k.metric, allowance: -1, reported: -1}
+	l.counters[k] = c
+	l.byScope[scope] = c
+	return c
+}
+
+// take admits n units of c in window w if its allowance has room (used <
+// allowance: one request's tokens may overshoot a tpm share). It returns the
+// allowance and what remains after the take.
+func (l *Limiter) take(c *counter, limit, w, n, nowNano int64) (ok bool, allowance, remaining int64) {
+	c.mu.Lock()
+	c.roll(w)
+	c.limit = limit
+	c.touched = nowNano / 1e9
+	a := c.allowanceLocked(l)
+	if c.used >= a {
+		ask := !c.asked && nowNano-c.lastAsk >= askEvery
+		if ask {
+			c.asked, c.lastAsk = true, nowNano
+		}
+		c.mu.Unlock()
+		if ask {
+			l.wake()
+		}
+		return false, a, 0
+	}
+	c.used += n
+	rem := a - c.used
+	// The first use of a window is reported at once, so that the control
+	// plane knows this proxy is using it before it reclaims shares.
+	ask := c.reported < 0
+	if rem*askAt <= a && !c.asked && nowNano-c.lastAsk >= askEvery {
+		c.asked, ask, c.lastAsk = true, true, nowNano
+	}
+	c.mu.Unlock()
+	if ask {
+		l.wake()
+	}
+	return true, a, max(rem, 0)
+}
+
+// give returns n units to c if it is still in window w.
+func (c *counter) give(w, n int64) {
+	c.mu.Lock()
+	if c.window == w {
+		c.used -= n
+	}
+	c.mu.Unlock()
+}
+
+func (l *Limiter) wake() {
+	select {
+	case l.notify <- struct{}{}:
+	default:
+	}
+}
+
+type taken struct {
+	c      *counter
+	window int64
+	n      int64
+}
+
+type admitted struct {
+	l       *Limiter
+	took    [12]taken
+	nt      int
+	estTok  int64
+	resv    [4]*budget
+	nresv   int
+	estCost int64
+	// Prices (pico-USD per token) to settle the actual cost.
+	inPrice, outPrice int64
+	fn      func(proxy.Outcome) // ad.done, bound once (a method value allocates)
+}
+
+// Admissions are pooled: done puts them back, so done must be called
+// exactly once (proxy.Gate's contract).
+var admissions sync.Pool
+
+func getAdmitted() *admitted {
+	if v := admissions.Get(); v != nil {
+		return v.(*admitted)
+	}
+	ad := new(admitted)
+	ad.fn = ad.done
+	return ad
+}
+
+// Admit implements proxy.Gate.
+func (l *Limiter) Admit(_ context.Context, a *proxy.Admission) (func(proxy.Outcome), *enforce.Rejection) {
+	p := a.Principal
+	now := l.now()
+	nowUnix, nowNano := now.Unix(), now.UnixNano()
+	w := nowUnix - nowUnix%Window
+	ad := getAdmitted()
+	ad.l, ad.nt, ad.nresv, ad.estCost, ad.inPrice, ad.outPrice = l, 0, 0, 0, 0, 0
+	estTok := int64(a.Body.Size()/4 + 1)
+	ad.estTok = estTok
+
+	type lim struct {
+		kind, id string
+		l        state.Limits
+	}
+	var scopes [3]lim
+	ns := 0
+	k := &p.Key
+	scopes[ns] = lim{"key", k.TokenID, k.Limits}
+	ns++
+	if p.Team != nil {
+		scopes[ns] = lim{"team", p.Team.TeamID, p.Team.Limits}
+		ns++
+	}
+	if p.User != nil {
+		scopes[ns] = lim{"user", p.User.UserID, p.User.Limits}
+		ns++
+	}
+	// Header figures: the scope with the least remaining.
+	hdrReqLimit, hdrReqRem, hdrTokLimit, hdrTokRem := int64(-1), int64(0), int64(-1), int64(0)
+	fail := func(metric uint8, limit int64, who string) (func(proxy.Outcome), *enforce.Rejection) {
+		ad.rollback()
+		admissions.Put(ad)
+		retry := Window - nowUnix%Window
+		what := "requests per minute"
+		switch metric {
+		case metricTPM:
+			what = "tokens per minute"
+		case metricPar:
+			what = "parallel requests"
+			retry = 1
+		}
+		rej := enforce.New(enforce.RateLimited, http.StatusTooManyRequests, "rate_limit_error",
+			"Rate limit exceeded for "+who+": "+what+" limit "+strconv.FormatInt(limit, 10)+". Retry after "+strconv.FormatInt(retry, 10)+"s.", "")
+		h := http.Header{"Retry-After": {strconv.FormatInt(retry, 10)}}
+		if metric == metricRPM {
+			h["X-Ratelimit-Limit-Requests"] = []string{strconv.FormatInt(limit, 10)}
+			h["X-Ratelimit-Remaining-Requests"] = []string{"0"}
+		} else if metric == metricTPM {
+			h["X-Ratelimit-Limit-Tokens"] = []string{strconv.FormatInt(limit, 10)}
+			h["X-Ratelimit-Remaining-Tokens"] = []string{"0"}
+		}
+		rej.Header = h
+		return nil, rej
+	}
+	check := func(sk scopeKey, limit, w, n int64) bool {
+		c := l.counter(sk)
+		ok, al, rem := l.take(c, limit, w, n, nowNano)
+		if !ok {
+			return false
+		}
+		ad.took[ad.nt] = taken{c, w, n}
+		ad.nt++
+		// Scale this proxy's remaining share to the whole limit.
+		if al > 0 && sk.metric != metricPar {
+			rem = rem * limit / al
+		}
+		switch sk.metric {
+		case metricRPM:
+			if hdrReqLimit < 0 || rem < hdrReqRem {
+				hdrReqLimit, hdrReqRem = limit, rem
+			}
+		case metricTPM:
+			if hdrTokLimit < 0 || rem < hdrTokRem {
+				hdrTokLimit, hdrTokRem = limit, rem
+			}
+		}
+		return true
+	}
+	for _, s := range scopes[:ns] {
+		if v := s.l.MaxParallelRequests; v >= 0 {
+			if !check(scopeKey{s.kind, s.id, metricPar, ""}, v, 0, 1) {
+				return fail(metricPar, v, s.kind+" "+s.id)
+			}
+		}
+		if v := s.l.RPMLimit; v >= 0 {
+			if !check(scopeKey{s.kind, s.id, metricRPM, ""}, v, w, 1) {
+				return fail(metricRPM, v, s.kind+" "+s.id)
+			}
+		}
+		if v := s.l.TPMLimit; v >= 0 {
+			if !check(scopeKey{s.kind, s.id, metricTPM, ""}, v, w, estTok) {
+				return fail(metricTPM, v, s.kind+" "+s.id)
+			}
+		}
+	}
+	if pol := k.Policy; pol != nil && a.Body != nil {
+		model := a.Body.Model
+		if v, ok := pol.ModelRPMLimit[model]; ok && v >= 0 {
+			if !check(scopeKey{"key", k.TokenID, metricRPM, model}, v, w, 1) {
+				return fail(metricRPM, v, "key "+k.TokenID+" model "+model)
+			}
+		}
+		if v, ok := pol.ModelTPMLimit[model]; ok && v >= 0 {
+			if !check(scopeKey{"key", k.TokenID, metricTPM, model}, v, w, estTok) {
+				return fail(metricTPM, v, "key "+k.TokenID+" model "+model)
+			}
+		}
+	}
+
+	// Budget reservations.
+	if rej := ad.reserve(p, a, nowUnix); rej != nil {
+		ad.rollback()
+		admissions.Put(ad)
+		return nil, rej
+	}
+	if a.Header != nil && (hdrReqLimit >= 0 || hdrTokLimit >= 0) {
+		hv := make([]string, 4) // one allocation for the four values
+		if hdrReqLimit >= 0 {
+			hv[0], hv[1] = strconv.FormatInt(hdrReqLimit, 10), strconv.FormatInt(hdrReqRem, 10)
+			a.Header["X-Ratelimit-Limit-Requests"] = hv[0:1:1]
+			a.Header["X-Ratelimit-Remaining-Requests"] = hv[1:2:2]
+		}
+		if hdrTokLimit >= 0 {
+			hv[2], hv[3] = strconv.FormatInt(hdrTokLimit, 10), strconv.FormatInt(hdrTokRem, 10)
+			a.Header["X-Ratelimit-Limit-Tokens"] = hv[2:3:3]
+			a.Header["X-Ratelimit-Remaining-Tokens"] = hv[3:4:4]
+		}
+	}
+	if ad.nt == 0 && ad.nresv == 0 {
+		admissions.Put(ad)
+		return noop, nil
+	}
+	return ad.fn, nil
+}
+
+func noop(proxy.Outcome) {}
+
+// estimateCost is the reservation for one request (micro-USD, rounded up).
+func estimateCost(a *proxy.Admission, estTok int64) int64 {
+	dep := a.Deployment
+	if dep == nil || (dep.InputCost <= 0 && dep.OutputCost <= 0) {
+		return 0
+	}
+	out := int64(256)
+	if v, ok := a.Body.Lookup("max_tokens"); ok {
+		if n, err := strconv.ParseInt(string(a.Body.Raw(v)), 10, 64); err == nil && n > 0 {
+			out = n
+		}
+	} else if v, ok := a.Body.Lookup("max_completion_tokens"); ok {
+		if n, err := strconv.ParseInt(string(a.Body.Raw(v)), 10, 64); err == nil && n > 0 {
+			out = n
+		}
+	}
+	pico := estTok*dep.InputCost + out*dep.OutputCost
+	return (pico + 999_999) / 1_000_000
+}
+
+func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix int64) *enforce.Rejection {
+	type bscope struct {
+		kind, id string
+		l        *state.Limits
+		spend    int64
+	}
+	var bs [4]bscope
+	n := 0
+	k := &p.Key
+	if k.Limits.MaxBudget >= 0 {
+		bs[n] = bscope{"key", k.TokenID, &k.Limits, k.Spend}
+		n++
+	}
+	if t := p.Team; t != nil && t.Limits.MaxBudget >= 0 {
+		bs[n] = bscope{"team", t.TeamID, &t.Limits, t.Spend}
+		n++
+	}
+	if u := p.User; u != nil && p.Team == nil && u.Limits.MaxBudget >= 0 {
+		bs[n] = bscope{"user", u.UserID, &u.Limits, u.Spend}
+		n++
+	}
+	if o := p.Org; o != nil && o.Limits.MaxBudget >= 0 {
+		bs[n] = bscope{"org", o.OrganizationID, &o.Limits, o.Spend}
+		n++
+	}
+	if n == 0 {
+		return nil
+	}
+	est := estimateCost(a, ad.estTok)
+	ad.estCost = est
+	if dep := a.Deployment; dep != nil {
+		ad.inPrice, ad.outPrice = dep.InputCost, dep.OutputCost
+	}
+	for _, b := range bs[:n] {
+		r := ad.l.reservation(budgetKey{b.kind, b.id})
+		spend := enforce.EffectiveSpend(*b.l, b.spend, nowUnix)
+		r.mu.Lock()
+		r.observe(spend)
+		// Admit while synced spend + this proxy's settled-but-unsynced
+		// cost + its reservations in flight is below the budget, then
+		// reserve: concurrent requests see each other's estimates.
+		held := r.pending + r.reserved
+		if spend+held >= b.l.MaxBudget {
+			r.mu.Unlock()
+			return enforce.BudgetRejection(budgetMessage(b.kind, b.id) + " Current cost: " + enforce.USD(spend) + " (+" + enforce.USD(held) +
+				" in flight or not yet synced on this proxy), Max budget: " + enforce.USD(b.l.MaxBudget))
+		}
+		r.reserved += est
+		r.mu.Unlock()
+		ad.resv[ad.nresv] = r
+		ad.nresv++
+	}
+	return nil
+}
+
+func budgetMessage(kind, id string) string {
+	switch kind {
+	case "team":
+		return "Budget has been exceeded! Team=" + id
+	case "user":
+		return "ExceededBudget: User=" + id + " over budget."
+	case "org":
+		return "Budget has been exceeded! Organization=" + id
+	}
+	return "Budget has been exceeded!"
+}
+
+// budget is one scope's budget use on this proxy (micro-USD).
+type budget struct {
+	mu sync.Mutex
+	// reserved is the estimated cost of this proxy's requests in flight.
+	reserved int64
+	// pending is the actual cost of this proxy's finished requests that
+	// the synced spend does not show yet; base is the synced spend last
+	// seen. A rise of the synced spend is taken as those records arriving
+	// (spend of other proxies arriving first makes this count less, never
+	// more, than the truth).
+	pending, base int64
+}
+
+func (b *budget) observe(spend int64) {
+	switch {
+	case spend > b.base:
+		b.pending = max(b.pending-(spend-b.base), 0)
+	case spend < b.base: // a reset: a new period
+		b.pending = 0
+	}
+	b.base = spend
+}
+
+func (l *Limiter) reservation(k budgetKey) *budget {
+	l.mu.RLock()
+	r, ok := l.budgets[k]
+	l.mu.RUnlock()
+	if ok {
+		return r
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if r, ok := l.budgets[k]; ok {
+		return r
+	}
+	r = new(budget)
+	l.budgets[k] = r
+	return r
+}
+
+// rollback gives back everything taken so far (a rejected request).
+func (ad *admitted) rollback() {
+	for _, t := range ad.took[:ad.nt] {
+		t.c.give(t.window, t.n)
+	}
+	for _, r := range ad.resv[:ad.nresv] {
+		r.mu.Lock()
+		r.reserved -= ad.estCost
+		r.mu.Unlock()
+	}
+	ad.nt, ad.nresv = 0, 0
+}
+
+// done settles an admitted request: parallel slots and budget reservations
+// are released, tpm reservations are corrected to the actual usage.
+func (ad *admitted) done(o proxy.Outcome) {
+	for _, t := range ad.took[:ad.nt] {
+		switch t.c.metric {
+		case metricPar:
+			t.c.give(t.window, t.n)
+		case metricTPM:
+			actual := int64(0)
+			if o.UsageKnown {
+				actual = o.Usage.TotalTokens
+				if actual == 0 {
+					actual = o.Usage.PromptTokens + o.Usage.CompletionTokens
+				}
+			} else if o.Status >= 200 && o.Status < 300 {
+				actual = t.n // no usage reported: keep the estimate
+			}
+			t.c.give(t.window, t.n-actual)
+		}
+	}
+	if ad.nresv > 0 {
+		var actual int64
+		if o.UsageKnown {
+			actual = (o.Usage.PromptTokens*ad.inPrice + o.Usage.CompletionTokens*ad.outPrice + 999_999) / 1_000_000
+		}
+		for _, r := range ad.resv[:ad.nresv] {
+			r.mu.Lock()
+			r.reserved -= ad.estCost
+			r.pending += actual
+			r.mu.Unlock()
+		}
+	}
+	ad.l, ad.nt, ad.nresv, ad.inPrice, ad.outPrice = nil, 0, 0, 0, 0
+	clear(ad.took[:])
+	clear(ad.resv[:])
+	admissions.Put(ad)
+}
+
+// Notify is signalled when a limit needs more allowance.
+func (l *Limiter) Notify() <-chan struct{} { return l.notify }
+
+// ReportInterval is how often Uses should be sent even without Notify.
+func (l *Limiter) ReportInterval() time.Duration { return reportInterval }
+
+// SetConnected records whether the sync stream is up (degraded when not).
+// A new connection resends every outstanding ask.
+func (l *Limiter) SetConnected(v bool) {
+	l.connected.Store(v)
+	if v {
+		l.mu.RLock()
+		for _, c := range l.counters {
+			c.mu.Lock()
+			c.reported = -1
+			c.mu.Unlock()
+		}
+		l.mu.RUnlock()
+		l.wake()
+	}
+}
+
+// Uses returns what to report: every limit of the current window whose use
+// changed since the last report, and every ask. Idle counters of past
+// windows are dropped.
+func (l *Limiter) Uses() *syncv1.LeaseRequest {
+	nowUnix := l.now().Unix()
+	w := nowUnix - nowUnix%Window
+	var req *syncv1.LeaseRequest
+	var drop []scopeKey
+	l.mu.RLock()
+	for k, c := range l.counters {
+		c.mu.Lock()
+		if c.metric != metricPar && c.window != w {
+			if c.window < w-Window {
+				drop = append(drop, k)
+			}
+			c.mu.Unlock()
+			continue
+		}
+		if c.metric == metricPar && c.used == 0 && nowUnix-c.touched > 2*Window {
+			drop = append(drop, k)
+			c.mu.Unlock()
+			continue
+		}
+		if c.used == c.reported && !c.asked {
+			c.mu.Unlock()
+			continue
+		}
+		u := &syncv1.LeaseUse{Scope: c.scope, Limit: c.limit, WindowUnix: c.window, Used: c.used}
+		if c.asked {
+			m := l.members.Load() >> 32
+			u.Want = max(1, c.limit/int64(max(m, 1))/2)
+		}
+		c.reported = c.used
+		c.mu.Unlock()
+		if req == nil {
+			req = &syncv1.LeaseRequest{}
+		}
+		req.Uses = append(req.Uses, u)
+	}
+	var orphans []string
+	if len(l.byScope) > len(l.counters) {
+		for sc, c := range l.byScope {
+			c.mu.Lock()
+			if nowUnix-c.touched > 2*Window && c.used == 0 {
+				orphans = append(orphans, sc)
+			}
+			c.mu.Unlock()
+		}
+	}
+	l.mu.RUnlock()
+	if len(orphans) > 0 {
+		l.mu.Lock()
+		for _, sc := range orphans {
+			if c := l.byScope[sc]; c != nil && c.limit == 0 && c.used == 0 {
+				delete(l.byScope, sc)
+			}
+		}
+		l.mu.Unlock()
+	}
+	if len(drop) > 0 {
+		// A dropped counter still referenced by a request in flight is
+		// settled harmlessly; its window is over or it is idle.
+		l.mu.Lock()
+		for _, k := range drop {
+			if c, ok := l.counters[k]; ok {
+				delete(l.byScope, c.scope)
+				delete(l.counters, k)
+			}
+		}
+		l.mu.Unlock()
+	}
+	return req
+}
+
+// Apply installs a grant from the control plane.
+func (l *Limiter) Apply(g *syncv1.LeaseGrant) {
+	if n := g.GetProxies(); n > 0 {
+		l.members.Store(uint64(n)<<32 | uint64(uint32(g.GetIndex())))
+	}
+	for _, a := range g.GetAllowances() {
+		l.mu.RLock()
+		c, ok := l.byScope[a.GetScope()]
+		l.mu.RUnlock()
+		if !ok {
+			// Not used here yet: keep the allowance for when it is.
+			l.mu.Lock()
+			if c, ok = l.byScope[a.GetScope()]; !ok {
+				c = &counter{scope: a.GetScope(), window: a.GetWindowUnix(), allowance: a.GetAllowance(), reported: 0, touched: l.now().Unix()}
+				l.byScope[c.scope] = c
+			}
+			l.mu.Unlock()
+		}
+		c.mu.Lock()
+		switch {
+		case a.GetWindowUnix() > c.window:
+			c.roll(a.GetWindowUnix())
+			c.allowance = a.GetAllowance()
+		case a.GetWindowUnix() == c.window:
+			c.allowance = a.GetAllowance()
+			c.asked = false
+		}
+		c.mu.Unlock()
+	}
+}

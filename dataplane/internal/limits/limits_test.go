@@ -1,0 +1,323 @@
+package limits
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/proxy"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
+	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
+)
+
+var noLimits = state.Limits{MaxBudget: -1, SoftBudget: -1, RPMLimit: -1, TPMLimit: -1, MaxParallelRequests: -1}
+
+// fixedNow is the middle of a minute, so a test never crosses a window.
+var fixedNow = time.Unix(1_800_000_030, 0)
+
+func newLimiter() *Limiter {
+	return New(Options{Now: func() time.Time { return fixedNow }})
+}
+
+type fixture struct {
+	p    enforce.Principal
+	body enforce.Body
+	dep  state.Model
+}
+
+func newFixture(t testing.TB, body string) *fixture {
+	f := &fixture{}
+	f.p.Key = state.KeyInfo{TokenID: "tok-1", TeamID: "team-1", UserID: "user-1", Limits: noLimits, Policy: &state.Policy{}}
+	f.p.Team = &state.Team{TeamID: "team-1", Limits: noLimits}
+	f.p.User = &state.User{UserID: "user-1", Limits: noLimits}
+	f.p.NowUnix = fixedNow.Unix()
+	if rej := enforce.ParseBody([]byte(body), &f.body); rej != nil {
+		t.Fatal(rej.Message)
+	}
+	f.dep = state.Model{ID: "dep", ModelName: "m"}
+	return f
+}
+
+func (f *fixture) admit(l *Limiter) (func(proxy.Outcome), *enforce.Rejection, http.Header) {
+	h := http.Header{}
+	done, rej := l.Admit(context.Background(), &proxy.Admission{Route: enforce.RouteChat, Principal: &f.p, Body: &f.body, Deployment: &f.dep, Header: h})
+	return done, rej, h
+}
+
+const smallBody = `{"model":"m","messages":[{"role":"user","content":"hi"}]}`
+
+func used(l *Limiter, kind, id string, metric uint8, model string) int64 {
+	l.mu.RLock()
+	c, ok := l.counters[scopeKey{kind, id, metric, model}]
+	l.mu.RUnlock()
+	if !ok {
+		return 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.used
+}
+
+func TestRPMExactAndHeaders(t *testing.T) {
+	l := newLimiter()
+	f := newFixture(t, smallBody)
+	f.p.Key.Limits.RPMLimit = 5
+	for i := range 5 {
+		done, rej, h := f.admit(l)
+		if rej != nil {
+			t.Fatalf("request %d refused: %s", i, rej.Message)
+		}
+		if got := h.Get("X-Ratelimit-Limit-Requests"); got != "5" {
+			t.Fatalf("limit header %q", got)
+		}
+		if got, want := h.Get("X-Ratelimit-Remaining-Requests"), []string{"4", "3", "2", "1", "0"}[i]; got != want {
+			t.Fatalf("request %d remaining %q, want %s", i, got, want)
+		}
+		done(proxy.Outcome{Status: 200})
+	}
+	_, rej, _ := f.admit(l)
+	if rej == nil {
+		t.Fatal("6th request admitted")
+	}
+	if rej.Status != 429 || rej.Type != "rate_limit_error" || rej.Outcome != enforce.RateLimited {
+		t.Fatalf("rejection %+v", rej)
+	}
+	if rej.Header.Get("Retry-After") != "30" || rej.Header.Get("X-Ratelimit-Remaining-Requests") != "0" {
+		t.Fatalf("headers %v", rej.Header)
+	}
+	if got := used(l, "key", "tok-1", metricRPM, ""); got != 5 {
+		t.Fatalf("used %d after a rejection, want 5", got)
+	}
+}
+
+func TestRejectedConsumesNothing(t *testing.T) {
+	l := newLimiter()
+	f := newFixture(t, smallBody)
+	f.p.Key.Limits.RPMLimit = 100
+	f.p.Key.Limits.TPMLimit = 10_000
+	f.p.Key.Limits.MaxParallelRequests = 10
+	f.p.User.Limits.RPMLimit = 2 // the last check refuses
+	for range 2 {
+		if _, rej, _ := f.admit(l); rej != nil {
+			t.Fatal(rej.Message)
+		}
+	}
+	tpm := used(l, "key", "tok-1", metricTPM, "")
+	for range 5 {
+		if _, rej, _ := f.admit(l); rej == nil {
+			t.Fatal("admitted over the user's rpm")
+		}
+	}
+	if got := used(l, "key", "tok-1", metricRPM, ""); got != 2 {
+		t.Fatalf("key rpm used %d, want 2", got)
+	}
+	if got := used(l, "key", "tok-1", metricTPM, ""); got != tpm {
+		t.Fatalf("key tpm used %d, want %d", got, tpm)
+	}
+	if got := used(l, "key", "tok-1", metricPar, ""); got != 2 {
+		t.Fatalf("key parallel %d, want 2 (the two admitted, not released)", got)
+	}
+	// A budget refusal also gives the counters back.
+	f.p.User.Limits.RPMLimit = -1
+	f.p.Key.Limits.MaxBudget = 100
+	f.p.Key.Spend = 99
+	f.dep.InputCost = 10_000_000 // 10 micro-USD per token: a big estimate
+	if _, rej, _ := f.admit(l); rej != nil {
+		t.Fatalf("first request under budget refused: %s", rej.Message)
+	}
+	if _, rej, _ := f.admit(l); rej == nil || rej.Type != enforce.TypeBudget {
+		t.Fatalf("second request while the first's reservation is in flight: %+v", rej)
+	}
+	if got := used(l, "key", "tok-1", metricRPM, ""); got != 3 {
+		t.Fatalf("key rpm used %d, want 3", got)
+	}
+}
+
+func TestParallelReleasedOnEveryPath(t *testing.T) {
+	l := newLimiter()
+	f := newFixture(t, smallBody)
+	f.p.Team.Limits.MaxParallelRequests = 2
+	for _, o := range []proxy.Outcome{
+		{Status: 200, UsageKnown: true, Usage: proxy.Usage{TotalTokens: 10}},
+		{Status: 499, Aborted: true}, // client disconnect
+		{Status: 502},                // upstream unreachable
+		{Status: 500},
+		{Status: 200, Streamed: true, Aborted: true},
+	} {
+		d1, rej, _ := f.admit(l)
+		if rej != nil {
+			t.Fatal(rej.Message)
+		}
+		d2, rej, _ := f.admit(l)
+		if rej != nil {
+			t.Fatal(rej.Message)
+		}
+		_, rej, _ = f.admit(l)
+		if rej == nil || rej.Header.Get("Retry-After") != "1" {
+			t.Fatalf("third parallel request: %+v", rej)
+		}
+		d1(o)
+		d2(o)
+		if got := used(l, "team", "team-1", metricPar, ""); got != 0 {
+			t.Fatalf("outcome %+v: %d slots still held", o, got)
+		}
+	}
+}
+
+func TestTPMSettledWithUsage(t *testing.T) {
+	l := newLimiter()
+	f := newFixture(t, smallBody)
+	f.p.Key.Limits.TPMLimit = 1000
+	est := int64(len(smallBody)/4 + 1)
+	done, rej, h := f.admit(l)
+	if rej != nil {
+		t.Fatal(rej.Message)
+	}
+	if h.Get("X-Ratelimit-Limit-Tokens") != "1000" {
+		t.Fatalf("headers %v", h)
+	}
+	if got := used(l, "key", "tok-1", metricTPM, ""); got != est {
+		t.Fatalf("reserved %d, want %d", got, est)
+	}
+	done(proxy.Outcome{Status: 200, UsageKnown: true, Usage: proxy.Usage{PromptTokens: 300, CompletionTokens: 200, TotalTokens: 500}})
+	if got := used(l, "key", "tok-1", metricTPM, ""); got != 500 {
+		t.Fatalf("settled %d, want 500", got)
+	}
+	done2, _, _ := f.admit(l)
+	done2(proxy.Outcome{Status: 502}) // no usage, failed: nothing counted
+	if got := used(l, "key", "tok-1", metricTPM, ""); got != 500 {
+		t.Fatalf("after a failed request %d, want 500", got)
+	}
+	d, _, _ := f.admit(l)
+	d(proxy.Outcome{Status: 200, UsageKnown: true, Usage: proxy.Usage{TotalTokens: 600}})
+	if _, rej, _ := f.admit(l); rej == nil {
+		t.Fatal("admitted with 1100 of 1000 tokens used")
+	}
+}
+
+func TestPerModelLimits(t *testing.T) {
+	l := newLimiter()
+	f := newFixture(t, smallBody)
+	f.p.Key.Policy = &state.Policy{ModelRPMLimit: map[string]int64{"m": 1}, ModelTPMLimit: map[string]int64{"other": 1}}
+	if _, rej, _ := f.admit(l); rej != nil {
+		t.Fatal(rej.Message)
+	}
+	if _, rej, _ := f.admit(l); rej == nil {
+		t.Fatal("per-model rpm not enforced")
+	}
+}
+
+func TestSharesAndLeases(t *testing.T) {
+	l := newLimiter()
+	l.SetConnected(true)
+	f := newFixture(t, smallBody)
+	f.p.Key.Limits.RPMLimit = 31
+	l.Apply(&syncv1.LeaseGrant{Proxies: 3, Index: 0}) // 11 of 31
+	n := 0
+	for range 20 {
+		if _, rej, _ := f.admit(l); rej == nil {
+			n++
+		}
+	}
+	if n != 11 {
+		t.Fatalf("admitted %d with a share of 11", n)
+	}
+	r := l.Uses()
+	if r == nil || len(r.Uses) != 1 || r.Uses[0].Want <= 0 || r.Uses[0].Used != 11 || r.Uses[0].Scope != "key:tok-1:rpm" {
+		t.Fatalf("uses %v", r)
+	}
+	w := fixedNow.Unix() - fixedNow.Unix()%60
+	l.Apply(&syncv1.LeaseGrant{Allowances: []*syncv1.LeaseAllowance{{Scope: "key:tok-1:rpm", WindowUnix: w, Allowance: 14}}})
+	n = 0
+	for range 20 {
+		if _, rej, _ := f.admit(l); rej == nil {
+			n++
+		}
+	}
+	if n != 3 {
+		t.Fatalf("admitted %d more after a grant of 3", n)
+	}
+	if l.Uses() == nil {
+		t.Fatal("the exhausted allowance was not reported")
+	}
+}
+
+func TestBudgetResetPassedCountsZero(t *testing.T) {
+	l := newLimiter()
+	f := newFixture(t, smallBody)
+	f.p.Key.Limits.MaxBudget = 100
+	f.p.Key.Spend = 500
+	f.p.Key.Limits.BudgetResetAtUnix = fixedNow.Unix() - 1
+	if _, rej, _ := f.admit(l); rej != nil {
+		t.Fatalf("refused after budget_reset_at: %s", rej.Message)
+	}
+	f.p.Key.Limits.BudgetResetAtUnix = fixedNow.Unix() + 10
+	if _, rej, _ := f.admit(l); rej == nil {
+		t.Fatal("admitted over budget before budget_reset_at")
+	}
+}
+
+func BenchmarkAdmit(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		set  func(f *fixture)
+	}{
+		{"none", func(*fixture) {}},
+		{"budget", func(f *fixture) { f.p.Key.Limits.MaxBudget = 1 << 40 }},
+		{"rpm+tpm+parallel+budget", func(f *fixture) {
+			f.p.Key.Limits = state.Limits{MaxBudget: 1 << 40, RPMLimit: 1 << 40, TPMLimit: 1 << 50, MaxParallelRequests: 1 << 40, SoftBudget: -1}
+		}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			l := newLimiter()
+			f := newFixture(b, smallBody)
+			bc.set(f)
+			h := http.Header{}
+			a := &proxy.Admission{Route: enforce.RouteChat, Principal: &f.p, Body: &f.body, Deployment: &f.dep, Header: h}
+			b.ReportAllocs()
+			for b.Loop() {
+				done, rej := l.Admit(context.Background(), a)
+				if rej != nil {
+					b.Fatal(rej.Message)
+				}
+				done(proxy.Outcome{Status: 200, UsageKnown: true, Usage: proxy.Usage{TotalTokens: 10}})
+			}
+		})
+	}
+}
+
+func TestBudgetCountsSettledUnsyncedCost(t *testing.T) {
+	l := newLimiter()
+	f := newFixture(t, smallBody)
+	f.p.Key.Limits.MaxBudget = 100
+	f.dep.OutputCost = 1_000_000 // 1 micro-USD per completion token
+	// max_tokens 1: the estimate is 1 micro-USD; each call really costs 30.
+	if rej := enforce.ParseBody([]byte(`{"model":"m","max_tokens":1,"messages":[]}`), &f.body); rej != nil {
+		t.Fatal(rej.Message)
+	}
+	usage := proxy.Outcome{Status: 200, UsageKnown: true, Usage: proxy.Usage{CompletionTokens: 30, TotalTokens: 30}}
+	n := 0
+	for range 10 {
+		done, rej, _ := f.admit(l)
+		if rej != nil {
+			break
+		}
+		n++
+		done(usage)
+	}
+	if n != 4 { // 0, 30, 60, 90 are below 100; 120 is not
+		t.Fatalf("admitted %d sequential requests before the spend synced, want 4", n)
+	}
+	// Part of it synced: 60 of the 120 arrives; the rest is still counted.
+	f.p.Key.Spend = 60
+	if _, rej, _ := f.admit(l); rej == nil {
+		t.Fatal("admitted at 60 synced + 60 pending of 100")
+	}
+	// A reset (budget_reset_at passed) starts a new period.
+	f.p.Key.Limits.BudgetResetAtUnix = fixedNow.Unix()
+	if _, rej, _ := f.admit(l); rej != nil {
+		t.Fatalf("refused after the reset: %s", rej.Message)
+	}
+}

@@ -1,0 +1,702 @@
+// Command proxybench is the driver of the side-by-side proxy benchmark
+// (deploy/bench/proxy.sh, issue 7). It drives real processes only:
+//
+//   - a mock OpenAI-compatible upstream (bin/mockupstream, its own process);
+//   - a control plane on its embedded store, seeded with -keys keys by
+//     bin/seed (controlplane/internal/cmd/seed) before it starts;
+//   - one Tollgate proxy (bin/dataplane, with --pprof-addr);
+//   - a bare httputil.ReverseProxy (bin/bareproxy) with Tollgate's transport.
+//
+// Two keys are created over REST: a plain one, and one with max_budget,
+// rpm/tpm limits (high enough never to refuse) and enforced params (the
+// request bodies carry them). Load comes from vegeta (as a library) over
+// keep-alive connections. For each mode (JSON, SSE stream) and round, the
+// four targets (direct to the upstream, bare proxy, Tollgate plain key,
+// Tollgate limited key) are driven one after the other, in an order rotated
+// every round:
+//
+//   - a throughput phase: -workers workers as fast as they go for -duration;
+//     CPU of the proxy process (utime+stime from /proc/<pid>/stat) before and
+//     after, divided by the requests;
+//   - a latency phase: a constant -rate for -lat-duration, not saturating the
+//     machine, for the latency a proxy adds.
+//
+// Then CPU profiles of the Tollgate proxy are taken under load (see
+// -profile-out). Results go to stdout as markdown.
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	vegeta "github.com/tsenart/vegeta/v12/lib"
+)
+
+type config struct {
+	bin, work          string
+	keys               int
+	port               int
+	rounds             int
+	workers            int
+	duration           time.Duration
+	rate               int
+	latDuration        time.Duration
+	warmup             time.Duration
+	delay              time.Duration
+	modes              string
+	profile            time.Duration
+	profileOut         string
+	upstreamCredential string
+}
+
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+}
+
+type bench struct {
+	c      config
+	procs  []*proc
+	mk     string
+	tok    string
+	client *http.Client
+}
+
+type target struct {
+	name    string // short name in the tables
+	url     string
+	bearer  string
+	cpuProc *proc // the proxy whose CPU is charged (nil: direct)
+}
+
+// sample is one phase of one target in one round.
+type sample struct {
+	target, mode, phase string
+	round               int
+	m                   vegeta.Metrics
+	proxyCPU, upCPU     time.Duration // settled (see measure)
+	loadCPU             time.Duration // the proxy's, during the load only
+	cpCPU               time.Duration
+}
+
+func main() {
+	var c config
+	flag.StringVar(&c.bin, "bin", "bin", "directory with controlplane, dataplane, seed, mockupstream, bareproxy")
+	flag.StringVar(&c.work, "work", "", "work directory (stores, caches, logs); required")
+	flag.IntVar(&c.keys, "keys", 100_000, "keys seeded into the control plane's store")
+	flag.IntVar(&c.port, "port", 18400, "first of 6 consecutive loopback ports")
+	flag.IntVar(&c.rounds, "rounds", 3, "rounds per target and mode")
+	flag.IntVar(&c.workers, "workers", 16, "concurrent workers (keep-alive connections) in the throughput phase")
+	flag.DurationVar(&c.duration, "duration", 4*time.Second, "throughput phase per target and round")
+	flag.IntVar(&c.rate, "rate", 200, "requests/s of the latency phase")
+	flag.DurationVar(&c.latDuration, "lat-duration", 2*time.Second, "latency phase per target and round (0: none)")
+	flag.DurationVar(&c.warmup, "warmup", time.Second, "unrecorded load per target before the rounds")
+	flag.DurationVar(&c.delay, "delay", 0, "the mock upstream's fixed delay")
+	flag.StringVar(&c.modes, "modes", "json,stream", "modes to run: json, stream")
+	flag.DurationVar(&c.profile, "profile", 6*time.Second, "CPU profile of the Tollgate proxy under load (0: none)")
+	flag.StringVar(&c.profileOut, "profile-out", "", "CPU profiles go to <this>.pprof (limited key, JSON, saturated), <this>-stream.pprof (plain key, SSE, saturated), <this>-rate.pprof (limited key, JSON, constant -rate) (default <work>/dataplane)")
+	flag.Parse()
+	if c.work == "" {
+		fmt.Fprintln(os.Stderr, "proxybench: -work is required")
+		os.Exit(2)
+	}
+	if c.profileOut == "" {
+		c.profileOut = filepath.Join(c.work, "dataplane")
+	}
+	c.upstreamCredential = "sk-mock-upstream"
+	b := &bench{c: c, mk: "sk-bench-" + randHex(12), tok: "sk-sync-" + randHex(12),
+		client: &http.Client{Timeout: 10 * time.Second}}
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		s := <-sigs
+		fmt.Fprintf(os.Stderr, "proxybench: %v, stopping\n", s)
+		b.stopAll()
+		os.Exit(1)
+	}()
+	err := b.run()
+	b.stopAll()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "proxybench:", err)
+		os.Exit(1)
+	}
+}
+
+func randHex(n int) string {
+	p := make([]byte, n)
+	rand.Read(p)
+	return hex.EncodeToString(p)
+}
+
+func (b *bench) addr(off int) string { return "127.0.0.1:" + strconv.Itoa(b.c.port+off) }
+
+func (b *bench) run() error {
+	c := b.c
+	upstream, cpHTTP, cpGRPC, dpAddr, pprofAddr, bareAddr := b.addr(0), b.addr(1), b.addr(2), b.addr(3), b.addr(4), b.addr(5)
+	store := filepath.Join(c.work, "store")
+
+	t0 := time.Now()
+	seed := exec.Command(filepath.Join(c.bin, "seed"), "--data-dir", store, "-n", strconv.Itoa(c.keys),
+		"-api-base", "http://"+upstream+"/v1")
+	seed.Stdout, seed.Stderr = io.Discard, os.Stderr
+	if err := seed.Run(); err != nil {
+		return fmt.Errorf("seed: %w", err)
+	}
+	fmt.Printf("seeded %d keys (and 1 model, gpt-4o-mini -> http://%s/v1) in %s\n", c.keys, upstream, time.Since(t0).Round(time.Millisecond))
+
+	mock, err := b.start("mockupstream", nil, "-listen", upstream, "-delay", c.delay.String())
+	if err != nil {
+		return err
+	}
+	cp, err := b.start("controlplane", nil, "--data-dir", store, "--http-addr", cpHTTP, "--grpc-addr", cpGRPC,
+		"--master-key", b.mk, "--sync-token", b.tok, "--log-level", "warn")
+	if err != nil {
+		return err
+	}
+	bare, err := b.start("bareproxy", nil, "-listen", bareAddr, "-upstream", "http://"+upstream)
+	if err != nil {
+		return err
+	}
+	if err := b.waitHTTP(mock, "http://"+upstream+"/health", 10*time.Second); err != nil {
+		return err
+	}
+	if err := b.waitHTTP(cp, "http://"+cpHTTP+"/health", 60*time.Second); err != nil {
+		return err
+	}
+	if err := b.waitHTTP(bare, "http://"+bareAddr+"/healthz", 10*time.Second); err != nil {
+		return err
+	}
+	t1 := time.Now()
+	dp, err := b.start("dataplane", []string{"OPENAI_API_KEY=" + c.upstreamCredential},
+		"--listen", dpAddr, "--control-plane", cpGRPC, "--sync-token", b.tok,
+		"--cache", filepath.Join(c.work, "proxy.db"), "--id", "bench-1", "--pprof-addr", pprofAddr, "--log-level", "warn")
+	if err != nil {
+		return err
+	}
+	if err := b.waitHTTP(dp, "http://"+dpAddr+"/health/readiness", 60*time.Second); err != nil {
+		return err
+	}
+	fmt.Printf("proxy ready with the %d-key snapshot in %s\n", c.keys, time.Since(t1).Round(time.Millisecond))
+
+	plain, err := b.generate(map[string]any{"key_alias": "bench-plain"})
+	if err != nil {
+		return err
+	}
+	limited, err := b.generate(map[string]any{
+		"key_alias":       "bench-limits",
+		"max_budget":      1_000_000.0,
+		"rpm_limit":       1_000_000_000,
+		"tpm_limit":       2_000_000_000,
+		"enforced_params": []string{"user", "metadata.generation_name"},
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Println(`keys: plain {}; limited {"max_budget":1000000,"rpm_limit":1e9,"tpm_limit":2e9,"enforced_params":["user","metadata.generation_name"]}`)
+
+	bodies := map[string][]byte{
+		"json":   []byte(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":64,"user":"bench-user","metadata":{"generation_name":"bench"}}`),
+		"stream": []byte(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":64,"user":"bench-user","metadata":{"generation_name":"bench"},"stream":true,"stream_options":{"include_usage":true}}`),
+	}
+	path := "/v1/chat/completions"
+	targets := []target{
+		{name: "direct", url: "http://" + upstream + path, bearer: c.upstreamCredential},
+		{name: "bare", url: "http://" + bareAddr + path, bearer: c.upstreamCredential, cpuProc: bare},
+		{name: "tollgate-plain", url: "http://" + dpAddr + path, bearer: plain, cpuProc: dp},
+		{name: "tollgate-limits", url: "http://" + dpAddr + path, bearer: limited, cpuProc: dp},
+	}
+
+	// The proxy learns the new keys over its sync stream: wait for them.
+	deadline := time.Now().Add(30 * time.Second)
+	for _, t := range targets {
+		for {
+			code, body, err := b.do(t.url, t.bearer, bodies["json"])
+			if err == nil && code == 200 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s never answered 200: %d %s %v", t.name, code, body, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	// The limited key's enforced params are live: a body without them is refused.
+	code, _, err := b.do(targets[3].url, limited, []byte(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`))
+	if err != nil {
+		return err
+	}
+	fmt.Printf("check: limited key without the enforced params -> HTTP %d (want 400)\n", code)
+
+	modes := strings.Split(c.modes, ",")
+	var samples []sample
+	for _, mode := range modes {
+		body, ok := bodies[mode]
+		if !ok {
+			return fmt.Errorf("unknown mode %q", mode)
+		}
+		if c.warmup > 0 {
+			for _, t := range targets {
+				b.attack(t, body, vegeta.Rate{}, c.warmup)
+			}
+		}
+		for r := 0; r < c.rounds; r++ {
+			for i := range targets {
+				t := targets[(i+r)%len(targets)]
+				s := b.measure(t, body, vegeta.Rate{}, c.duration, mock, cp)
+				s.mode, s.phase, s.round = mode, "throughput", r+1
+				samples = append(samples, s)
+				printRound(s)
+			}
+			if c.latDuration > 0 {
+				for i := range targets {
+					t := targets[(i+r)%len(targets)]
+					s := b.measure(t, body, vegeta.Rate{Freq: c.rate, Per: time.Second}, c.latDuration, mock, cp)
+					s.mode, s.phase, s.round = mode, "latency", r+1
+					samples = append(samples, s)
+					printRound(s)
+				}
+			}
+		}
+	}
+
+	report(samples, targets, modes, c)
+	for _, p := range []*proc{bare, dp, cp, mock} {
+		logTail(p)
+	}
+
+	if c.profile > 0 {
+		// Saturated, JSON and (where the goal is hardest) SSE; then at the
+		// constant rate, where the spend pipeline's per-request cost shows.
+		profiles := []struct {
+			t    target
+			mode string
+			rate vegeta.Rate
+			out  string
+		}{
+			{targets[3], "json", vegeta.Rate{}, c.profileOut + ".pprof"},
+			{targets[2], "stream", vegeta.Rate{}, c.profileOut + "-stream.pprof"},
+			{targets[3], "json", vegeta.Rate{Freq: c.rate, Per: time.Second}, c.profileOut + "-rate.pprof"},
+		}
+		for _, p := range profiles {
+			if _, ok := bodies[p.mode]; !ok || !strings.Contains(c.modes, p.mode) {
+				continue
+			}
+			if err := b.profile(p.t, p.mode, bodies[p.mode], p.rate, "http://"+pprofAddr, p.out); err != nil {
+				fmt.Println("profile:", err)
+			}
+		}
+	}
+	return nil
+}
+
+// measure runs one phase against one target and charges the CPU that the
+// target's proxy, the mock upstream and the control plane used meanwhile.
+//
+// Work a request causes after its response (the spend record's outbox commit
+// and shipping, the control plane applying it and the resulting delta coming
+// back to the proxy) is charged too: after the load stops, the sample waits
+// until the proxy and the control plane are idle (under one tick per 250 ms,
+// at most 10 s) and reports the CPU both at the end of the load and settled.
+func (b *bench) measure(t target, body []byte, rate vegeta.Rate, d time.Duration, mock, cp *proc) sample {
+	p0, u0, c0 := cpuOf(t.cpuProc), cpuOf(mock), cpuOf(cp)
+	m := b.attack(t, body, rate, d)
+	p1 := cpuOf(t.cpuProc)
+	settle(t.cpuProc, cp)
+	p2, u2, c2 := cpuOf(t.cpuProc), cpuOf(mock), cpuOf(cp)
+	return sample{target: t.name, m: m, loadCPU: p1 - p0, proxyCPU: p2 - p0, upCPU: u2 - u0, cpCPU: c2 - c0}
+}
+
+// settle waits until the processes use less than one clock tick in 250 ms.
+func settle(ps ...*proc) {
+	sum := func() (d time.Duration) {
+		for _, p := range ps {
+			d += cpuOf(p)
+		}
+		return d
+	}
+	end := time.Now().Add(10 * time.Second)
+	prev := sum()
+	for time.Now().Before(end) {
+		time.Sleep(250 * time.Millisecond)
+		cur := sum()
+		if cur-prev < 10*time.Millisecond {
+			return
+		}
+		prev = cur
+	}
+}
+
+func (b *bench) attack(t target, body []byte, rate vegeta.Rate, d time.Duration) vegeta.Metrics {
+	hdr := http.Header{"Authorization": {"Bearer " + t.bearer}, "Content-Type": {"application/json"}}
+	tr := vegeta.NewStaticTargeter(vegeta.Target{Method: "POST", URL: t.url, Body: body, Header: hdr})
+	opts := []func(*vegeta.Attacker){
+		vegeta.KeepAlive(true), vegeta.HTTP2(false), vegeta.Timeout(10 * time.Second),
+		vegeta.Connections(b.c.workers * 2), vegeta.Workers(uint64(b.c.workers)),
+	}
+	if rate.Freq == 0 {
+		opts = append(opts, vegeta.MaxWorkers(uint64(b.c.workers)))
+	}
+	a := vegeta.NewAttacker(opts...)
+	var m vegeta.Metrics
+	for res := range a.Attack(tr, rate, d, t.name) {
+		m.Add(res)
+	}
+	m.Close()
+	return m
+}
+
+// cpuOf returns utime+stime of a process from /proc/<pid>/stat.
+func cpuOf(p *proc) time.Duration {
+	if p == nil {
+		return 0
+	}
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the parenthesised command name; utime and stime are
+	// fields 14 and 15 of the whole line, in clock ticks (USER_HZ = 100).
+	s := string(raw)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+func usPer(d time.Duration, n uint64) float64 {
+	if n == 0 {
+		return 0
+	}
+	return float64(d.Microseconds()) / float64(n)
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.3f", float64(d)/1e6) }
+
+func printRound(s sample) {
+	fmt.Printf("round %d %-6s %-10s %-16s req=%-6d ok=%5.1f%% rps=%7.0f p50=%sms p90=%sms p99=%sms proxy=%6.1fµs/req (load %6.1f) upstream=%6.1fµs/req cp=%6.1fµs/req codes=%v%s\n",
+		s.round, s.mode, s.phase, s.target, s.m.Requests, s.m.Success*100, s.m.Throughput,
+		ms(s.m.Latencies.P50), ms(s.m.Latencies.P90), ms(s.m.Latencies.P99),
+		usPer(s.proxyCPU, s.m.Requests), usPer(s.loadCPU, s.m.Requests), usPer(s.upCPU, s.m.Requests), usPer(s.cpCPU, s.m.Requests),
+		s.m.StatusCodes, errs(s.m.Errors))
+}
+
+func errs(e []string) string {
+	if len(e) == 0 {
+		return ""
+	}
+	if len(e) > 3 {
+		e = e[:3]
+	}
+	return " errors=" + strings.Join(e, "; ")
+}
+
+type agg struct {
+	req         uint64
+	ok          float64
+	rps         []float64
+	proxy, up   time.Duration
+	load        time.Duration
+	cp          time.Duration
+	perRoundCPU []float64
+	p50s        []time.Duration
+	p90s, p99s  []time.Duration
+}
+
+func median[T float64 | time.Duration](v []T) T {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]T(nil), v...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
+
+func aggregate(samples []sample, mode, phase string) map[string]*agg {
+	out := map[string]*agg{}
+	for _, s := range samples {
+		if s.mode != mode || s.phase != phase {
+			continue
+		}
+		a := out[s.target]
+		if a == nil {
+			a = &agg{}
+			out[s.target] = a
+		}
+		a.req += s.m.Requests
+		a.ok += s.m.Success * float64(s.m.Requests)
+		a.rps = append(a.rps, s.m.Throughput)
+		a.proxy += s.proxyCPU
+		a.load += s.loadCPU
+		a.up += s.upCPU
+		a.cp += s.cpCPU
+		a.perRoundCPU = append(a.perRoundCPU, usPer(s.proxyCPU, s.m.Requests))
+		a.p50s = append(a.p50s, s.m.Latencies.P50)
+		a.p90s = append(a.p90s, s.m.Latencies.P90)
+		a.p99s = append(a.p99s, s.m.Latencies.P99)
+	}
+	return out
+}
+
+func report(samples []sample, targets []target, modes []string, c config) {
+	fmt.Printf("\n## Results: %d keys, %d rounds, mock upstream delay %s\n", c.keys, c.rounds, c.delay)
+	fmt.Println("\nLatencies and throughput: median of the rounds. CPU: the process's utime+stime (/proc/<pid>/stat, 10 ms ticks)")
+	fmt.Println("summed over the rounds ÷ requests, including the work left after the load (spend shipping and its deltas) until idle;")
+	fmt.Println("\"during load\" stops at the last response. × bare: the proxy's CPU/request over the bare proxy's.")
+	for _, mode := range modes {
+		th := aggregate(samples, mode, "throughput")
+		lat := aggregate(samples, mode, "latency")
+		bare := th["bare"]
+		bareLat := lat["bare"]
+		fmt.Printf("\n### %s, throughput phase: %d workers as fast as they go, %s per round\n\n", mode, c.workers, c.duration)
+		fmt.Println("| target | req/s | p50 ms | p90 ms | p99 ms | proxy CPU µs/req (per round) | × bare | during load µs/req | upstream µs/req | control plane µs/req | ok |")
+		fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+		for _, t := range targets {
+			a := th[t.name]
+			if a == nil {
+				continue
+			}
+			cpu, ratio, rounds, load := "—", "—", "", "—"
+			if t.cpuProc != nil {
+				v := usPer(a.proxy, a.req)
+				cpu = fmt.Sprintf("%.1f", v)
+				load = fmt.Sprintf("%.1f", usPer(a.load, a.req))
+				parts := make([]string, len(a.perRoundCPU))
+				for i, x := range a.perRoundCPU {
+					parts[i] = fmt.Sprintf("%.0f", x)
+				}
+				rounds = " (" + strings.Join(parts, ", ") + ")"
+				if bare != nil && bare.proxy > 0 {
+					ratio = fmt.Sprintf("%.2f×", v/usPer(bare.proxy, bare.req))
+				}
+			}
+			fmt.Printf("| %s | %.0f | %s | %s | %s | %s%s | %s | %s | %.1f | %.1f | %.2f%% |\n", t.name, median(a.rps),
+				ms(median(a.p50s)), ms(median(a.p90s)), ms(median(a.p99s)), cpu, rounds, ratio, load,
+				usPer(a.up, a.req), usPer(a.cp, a.req), 100*a.ok/float64(max(a.req, 1)))
+		}
+		if len(lat) == 0 {
+			continue
+		}
+		fmt.Printf("\n### %s, latency phase: constant %d req/s, %s per round\n\n", mode, c.rate, c.latDuration)
+		fmt.Println("| target | p50 ms | p90 ms | p99 ms | p50 added over bare µs | proxy CPU µs/req | control plane µs/req | ok |")
+		fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|")
+		for _, t := range targets {
+			a := lat[t.name]
+			if a == nil {
+				continue
+			}
+			added := "—"
+			if bareLat != nil {
+				added = fmt.Sprintf("%+.0f", float64(median(a.p50s)-median(bareLat.p50s))/1e3)
+			}
+			cpu := "—"
+			if t.cpuProc != nil {
+				cpu = fmt.Sprintf("%.0f", usPer(a.proxy, a.req))
+			}
+			fmt.Printf("| %s | %s | %s | %s | %s | %s | %.0f | %.2f%% |\n", t.name, ms(median(a.p50s)), ms(median(a.p90s)), ms(median(a.p99s)),
+				added, cpu, usPer(a.cp, a.req), 100*a.ok/float64(max(a.req, 1)))
+		}
+	}
+	// The goals of issue 7.
+	fmt.Printf("\n### Goals (issue 7)\n\n")
+	for _, mode := range modes {
+		th := aggregate(samples, mode, "throughput")
+		lat := aggregate(samples, mode, "latency")
+		bare, plain, limits := th["bare"], th["tollgate-plain"], th["tollgate-limits"]
+		if bare == nil || plain == nil || limits == nil || bare.proxy == 0 {
+			continue
+		}
+		ratio := func(a *agg) (float64, float64) {
+			return usPer(a.proxy, a.req) / usPer(bare.proxy, bare.req), usPer(a.load, a.req) / usPer(bare.load, bare.req)
+		}
+		pr, pl := ratio(plain)
+		lr, ll := ratio(limits)
+		fmt.Printf("- %s: plain key CPU/request ≤ 1.3× bare: %.2f× (during load %.2f×) — %s\n", mode, pr, pl, verdict(pr <= 1.3))
+		fmt.Printf("- %s: budgets/limits/params CPU/request ≤ 1.5× bare: %.2f× (during load %.2f×) — %s\n", mode, lr, ll, verdict(lr <= 1.5))
+		if lat["bare"] != nil && lat["tollgate-plain"] != nil {
+			add := median(lat["tollgate-plain"].p50s) - median(lat["bare"].p50s)
+			addl := median(lat["tollgate-limits"].p50s) - median(lat["bare"].p50s)
+			fmt.Printf("- %s: plain key adds < 100 µs to p50 over bare (at %d req/s): %+.0f µs — %s (limited key: %+.0f µs)\n",
+				mode, c.rate, float64(add)/1e3, verdict(add < 100*time.Microsecond), float64(addl)/1e3)
+		}
+	}
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "MISSED"
+}
+
+// profile takes a CPU profile of the proxy while the target is under load.
+func (b *bench) profile(t target, mode string, body []byte, rate vegeta.Rate, pprofURL, out string) error {
+	done := make(chan struct{})
+	go func() {
+		b.attack(t, body, rate, b.c.profile+2*time.Second)
+		close(done)
+	}()
+	time.Sleep(time.Second)
+	cl := &http.Client{Timeout: b.c.profile + 30*time.Second}
+	resp, err := cl.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", pprofURL, int(b.c.profile.Seconds())))
+	if err != nil {
+		<-done
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(out)
+	if err != nil {
+		<-done
+		return err
+	}
+	_, err = io.Copy(f, resp.Body)
+	f.Close()
+	<-done
+	if err == nil && resp.StatusCode != 200 {
+		err = fmt.Errorf("pprof: HTTP %d", resp.StatusCode)
+	}
+	if err == nil {
+		load := fmt.Sprintf("%d workers as fast as they go", b.c.workers)
+		if rate.Freq > 0 {
+			load = fmt.Sprintf("constant %d req/s", rate.Freq)
+		}
+		fmt.Printf("\nCPU profile of the Tollgate proxy (%s, %s, %s, %s): %s\n", t.name, mode, load, b.c.profile, out)
+	}
+	return err
+}
+
+func (b *bench) generate(req map[string]any) (string, error) {
+	raw, _ := json.Marshal(req)
+	hr, _ := http.NewRequest("POST", "http://"+b.addr(1)+"/key/generate", bytes.NewReader(raw))
+	hr.Header.Set("Authorization", "Bearer "+b.mk)
+	hr.Header.Set("Content-Type", "application/json")
+	resp, err := b.client.Do(hr)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var out struct {
+		Key string `json:"key"`
+	}
+	if resp.StatusCode != 200 || json.Unmarshal(body, &out) != nil || out.Key == "" {
+		return "", fmt.Errorf("/key/generate: HTTP %d: %s", resp.StatusCode, body)
+	}
+	return out.Key, nil
+}
+
+func (b *bench) do(url, bearer string, body []byte) (int, []byte, error) {
+	hr, _ := http.NewRequest("POST", url, bytes.NewReader(body))
+	hr.Header.Set("Authorization", "Bearer "+bearer)
+	hr.Header.Set("Content-Type", "application/json")
+	resp, err := b.client.Do(hr)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, out, nil
+}
+
+func (b *bench) start(name string, env []string, args ...string) (*proc, error) {
+	logPath := filepath.Join(b.c.work, name+".log")
+	lf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(filepath.Join(b.c.bin, name), args...)
+	cmd.Stdout, cmd.Stderr = lf, lf
+	cmd.Env = append(os.Environ(), env...)
+	// Children die with the driver, whatever kills it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	lf.Close()
+	p := &proc{name: name, cmd: cmd, log: logPath}
+	b.procs = append(b.procs, p)
+	return p, nil
+}
+
+func (b *bench) waitHTTP(p *proc, url string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	for {
+		req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+		resp, err := b.client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return nil
+			}
+		}
+		if ctx.Err() != nil {
+			tail, _ := os.ReadFile(p.log)
+			if len(tail) > 2000 {
+				tail = tail[len(tail)-2000:]
+			}
+			return fmt.Errorf("%s not ready at %s within %s (%v); log:\n%s", p.name, url, timeout, err, tail)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stopAll stops the processes in reverse order of start (proxy first, so it
+// ships its spend), SIGTERM then SIGKILL after 15 s.
+func (b *bench) stopAll() {
+	for i := len(b.procs) - 1; i >= 0; i-- {
+		p := b.procs[i]
+		if p.cmd.ProcessState != nil {
+			continue
+		}
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- p.cmd.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			p.cmd.Process.Kill()
+			<-done
+		}
+	}
+	b.procs = nil
+}
+
+// logTail prints the last lines of a process's log, when it logged anything
+// (the processes run at --log-level warn).
+func logTail(p *proc) {
+	raw, err := os.ReadFile(p.log)
+	if err != nil || len(bytes.TrimSpace(raw)) == 0 {
+		return
+	}
+	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+	n := len(lines)
+	if len(lines) > 8 {
+		lines = lines[len(lines)-8:]
+	}
+	fmt.Printf("\n%s logged %d lines; the last:\n", p.name, n)
+	for _, l := range lines {
+		if len(l) > 300 {
+			l = l[:300] + "..."
+		}
+		fmt.Println("    " + l)
+	}
+}

@@ -1,0 +1,287 @@
+package e2e
+
+import (
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// limitKey creates a key with the given limits and waits until every proxy
+// knows it, without consuming any counter (an unknown model is refused
+// before the rate limits).
+func limitKey(t *testing.T, d *deployment, body map[string]any, dps ...*DataPlane) string {
+	t.Helper()
+	k := ok(t, Do(t, "POST", d.cp.URL()+"/key/generate", d.cp.MasterKey, body))
+	key := k["key"].(string)
+	for _, dp := range dps {
+		waitStatus(t, dp, key, chat("no-such-model", ""), 400)
+	}
+	return key
+}
+
+// inWindow waits until at least need seconds remain in the current minute
+// (rpm windows are wall-clock minutes).
+func inWindow(need int) {
+	if s := time.Now().Second(); s > 60-need {
+		time.Sleep(time.Duration(61-s) * time.Second)
+	}
+}
+
+func TestRateLimitsAcrossProxies(t *testing.T) {
+	d := newDeployment(t, CPOptions{})
+	dps := []*DataPlane{d.proxy(t), d.proxy(t), d.proxy(t)}
+
+	t.Run("rpm even load", func(t *testing.T) {
+		key := limitKey(t, d, map[string]any{"rpm_limit": 30}, dps...)
+		inWindow(20)
+		var admitted, refused atomic.Int64
+		var first429 atomic.Pointer[Response]
+		var firstOK atomic.Pointer[Response]
+		var wg sync.WaitGroup
+		for w := range 9 {
+			wg.Go(func() {
+				for i := range 10 {
+					dp := dps[(w+i)%3]
+					r := Do(t, "POST", dp.URL()+"/v1/chat/completions", key, chat("gpt-4o-mini", ""))
+					switch r.Status {
+					case 200:
+						admitted.Add(1)
+						firstOK.CompareAndSwap(nil, &r)
+					case 429:
+						refused.Add(1)
+						first429.CompareAndSwap(nil, &r)
+					default:
+						t.Errorf("status %d: %s", r.Status, r.Body)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		n := admitted.Load()
+		t.Logf("rpm_limit 30, 90 requests over 3 proxies: %d admitted, %d refused", n, refused.Load())
+		if n < 29 || n > 36 { // 0.95x .. 1.2x
+			t.Fatalf("admitted %d, want 0.95-1.2 x 30", n)
+		}
+		r := first429.Load()
+		e := envelope(t, *r, 429)
+		if e["type"] != "rate_limit_error" {
+			t.Fatalf("429 body %s", r.Body)
+		}
+		if ra, err := strconv.Atoi(r.Header.Get("Retry-After")); err != nil || ra < 1 || ra > 60 {
+			t.Fatalf("Retry-After %q", r.Header.Get("Retry-After"))
+		}
+		if r.Header.Get("X-Ratelimit-Limit-Requests") != "30" || r.Header.Get("X-Ratelimit-Remaining-Requests") != "0" {
+			t.Fatalf("429 headers %v", r.Header)
+		}
+		okr := firstOK.Load()
+		if okr.Header.Get("X-Ratelimit-Limit-Requests") != "30" || okr.Header.Get("X-Ratelimit-Remaining-Requests") == "" {
+			t.Fatalf("admitted response headers %v", okr.Header)
+		}
+	})
+
+	t.Run("rpm all load on one proxy", func(t *testing.T) {
+		// The other proxies' unused shares are reclaimed through leases.
+		key := limitKey(t, d, map[string]any{"rpm_limit": 30}, dps...)
+		inWindow(20)
+		n := 0
+		for range 150 {
+			r := Do(t, "POST", dps[0].URL()+"/v1/chat/completions", key, chat("gpt-4o-mini", ""))
+			if r.Status == 200 {
+				n++
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		t.Logf("rpm_limit 30, 150 requests through one of 3 proxies: %d admitted", n)
+		if n < 29 || n > 36 {
+			t.Fatalf("admitted %d, want 0.95-1.2 x 30", n)
+		}
+	})
+
+	t.Run("rejected request consumes nothing", func(t *testing.T) {
+		// A key with rpm 3 whose requests are refused by its parallel
+		// limit: the refusals must not use up its requests.
+		key := limitKey(t, d, map[string]any{"rpm_limit": 3, "max_parallel_requests": 1}, dps...)
+		inWindow(20)
+		slow := chat("gpt-4o-mini", `,"metadata":{"upstream_delay_ms":1500}`)
+		done := make(chan Response, 1)
+		go func() { done <- Do(t, "POST", dps[0].URL()+"/v1/chat/completions", key, slow) }()
+		time.Sleep(300 * time.Millisecond)
+		for range 5 {
+			for _, dp := range dps {
+				r := Do(t, "POST", dp.URL()+"/v1/chat/completions", key, chat("gpt-4o-mini", ""))
+				if r.Status != 429 || r.Header.Get("Retry-After") == "" {
+					t.Fatalf("parallel request admitted or without Retry-After: %d %v", r.Status, r.Header)
+				}
+			}
+		}
+		if r := <-done; r.Status != 200 {
+			t.Fatalf("slow request: %d %s", r.Status, r.Body)
+		}
+		// 15 refusals later the key still has 2 of its 3 requests. With
+		// one parallel slot and 3 requests shared by 3 proxies, the slot
+		// and the requests move (leases) to the proxies that ask, once
+		// the others' use has been still for a moment: retry briefly.
+		n := 0
+		deadline := time.Now().Add(5 * time.Second)
+		for i := 0; n < 2 && time.Now().Before(deadline); i++ {
+			r := Do(t, "POST", dps[i%3].URL()+"/v1/chat/completions", key, chat("gpt-4o-mini", ""))
+			if r.Status == 200 {
+				n++
+				continue
+			}
+			if r.Status != 429 {
+				t.Fatalf("after refusals: %d %s", r.Status, r.Body)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if n != 2 {
+			t.Fatalf("after 15 refusals only %d more admitted, want 2 (rpm 3, one used)", n)
+		}
+		time.Sleep(time.Second) // let every lease settle, then nothing is left
+		for i := range 9 {
+			if r := Do(t, "POST", dps[i%3].URL()+"/v1/chat/completions", key, chat("gpt-4o-mini", "")); r.Status != 429 {
+				t.Fatalf("a 4th request in the minute: %d %s", r.Status, r.Body)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+
+	t.Run("max_parallel_requests with a slow upstream", func(t *testing.T) {
+		key := limitKey(t, d, map[string]any{"max_parallel_requests": 3}, dps...)
+		slow := chat("gpt-4o-mini", `,"metadata":{"upstream_delay_ms":1000}`)
+		var admitted, refused atomic.Int64
+		var wg sync.WaitGroup
+		for i := range 12 {
+			wg.Go(func() {
+				r := Do(t, "POST", dps[i%3].URL()+"/v1/chat/completions", key, slow)
+				switch r.Status {
+				case 200:
+					admitted.Add(1)
+				case 429:
+					refused.Add(1)
+					if r.Header.Get("Retry-After") == "" {
+						t.Errorf("429 without Retry-After")
+					}
+				default:
+					t.Errorf("status %d", r.Status)
+				}
+			})
+		}
+		wg.Wait()
+		t.Logf("max_parallel_requests 3, 12 concurrent slow requests over 3 proxies: %d admitted", admitted.Load())
+		if admitted.Load() != 3 {
+			t.Fatalf("admitted %d concurrently, want 3", admitted.Load())
+		}
+		// Every slot came back.
+		for i := range 3 {
+			if r := Do(t, "POST", dps[i].URL()+"/v1/chat/completions", key, chat("gpt-4o-mini", "")); r.Status != 200 {
+				t.Fatalf("after the slow requests: %d %s", r.Status, r.Body)
+			}
+		}
+	})
+
+	t.Run("degraded without the control plane", func(t *testing.T) {
+		if g := proxyGauge(t, dps[0], "tollgate_limits_degraded"); g != 0 {
+			t.Fatalf("tollgate_limits_degraded %v while connected", g)
+		}
+		key := limitKey(t, d, map[string]any{"rpm_limit": 6}, dps...)
+		inWindow(15)
+		d.cp.Kill()
+		for _, dp := range dps {
+			deadline := time.Now().Add(10 * time.Second)
+			for proxyGauge(t, dp, "tollgate_limits_degraded") != 1 {
+				if time.Now().After(deadline) {
+					t.Fatalf("proxy %s not degraded without its control plane", dp.ID)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+		// Each proxy keeps enforcing its share (2 of 6).
+		n := 0
+		for i := range 30 {
+			if r := Do(t, "POST", dps[i%3].URL()+"/v1/chat/completions", key, chat("gpt-4o-mini", "")); r.Status == 200 {
+				n++
+			}
+		}
+		t.Logf("rpm_limit 6, control plane down, 30 requests over 3 proxies: %d admitted", n)
+		if n != 6 {
+			t.Fatalf("admitted %d with the control plane down, want the 6 held in shares", n)
+		}
+	})
+}
+
+// TestBudgetHammeredAcrossProxies: 24 concurrent clients over 3 proxies
+// against a budget of 10 calls. Reservations keep each proxy from admitting
+// a burst at spend just below the budget.
+func TestBudgetHammeredAcrossProxies(t *testing.T) {
+	d := newDeployment(t, CPOptions{})
+	dps := []*DataPlane{d.proxy(t), d.proxy(t), d.proxy(t)}
+	for _, delay := range []int{0, 20} {
+		t.Run(fmt.Sprintf("upstream %dms", delay), func(t *testing.T) {
+			hammerBudget(t, d, dps, delay)
+		})
+	}
+}
+
+func hammerBudget(t *testing.T, d *deployment, dps []*DataPlane, delayMS int) {
+	const budget = 10 * costPerCall // micro-USD
+	key := limitKey(t, d, map[string]any{"max_budget": float64(budget) / 1e6}, dps...)
+	body := chat("gpt-4o-mini", fmt.Sprintf(`,"metadata":{"upstream_delay_ms":%d}`, delayMS))
+	var admitted atomic.Int64
+	var wg sync.WaitGroup
+	for c := range 24 {
+		wg.Go(func() {
+			dp := dps[c%3]
+			refusedSince := time.Time{}
+			for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
+				r := Do(t, "POST", dp.URL()+"/v1/chat/completions", key, body)
+				switch r.Status {
+				case 200:
+					admitted.Add(1)
+					refusedSince = time.Time{}
+				case 429:
+					// Refused while others are in flight, or for good:
+					// stop after a second of refusals.
+					if refusedSince.IsZero() {
+						refusedSince = time.Now()
+					} else if time.Since(refusedSince) > time.Second {
+						return
+					}
+					time.Sleep(10 * time.Millisecond)
+				default:
+					t.Errorf("status %d: %s", r.Status, r.Body)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	// Wait for the spend to settle, then compare.
+	var spend int64
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		k := ok(t, Do(t, "GET", d.cp.URL()+"/key/info?key="+key, d.cp.MasterKey, nil))
+		f, _ := k["info"].(map[string]any)["spend"].(float64)
+		spend = int64(f*1e6 + 0.5)
+		if spend == admitted.Load()*costPerCall || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	n := admitted.Load()
+	t.Logf("upstream %d ms: max_budget %d micro-USD (%d calls), 24 clients over 3 proxies: %d admitted, spend %d micro-USD (overspend %d)",
+		delayMS, budget, budget/costPerCall, n, spend, spend-budget)
+	if spend != n*costPerCall {
+		t.Fatalf("spend %d, want %d for %d admitted calls", spend, n*costPerCall, n)
+	}
+	if spend < budget*9/10 {
+		t.Fatalf("only %d of %d usable", spend, budget)
+	}
+	// The published bound: at most one in-flight request per concurrent
+	// client over the budget (24 clients).
+	if spend > budget+24*costPerCall {
+		t.Fatalf("spend %d over the bound %d", spend, budget+24*costPerCall)
+	}
+}
