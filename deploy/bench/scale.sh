@@ -24,6 +24,7 @@
 #                                    # copy them on later runs instead of seeding again
 #   PPROF=1 ...                      # every process gets --pprof-addr (ports 18307-18309)
 #   WORK=/path ...                   # where caches, stores and logs go (default: mktemp -d)
+#   COMMIT=<sha> ...                 # names the source in the header when run outside a git checkout
 #
 # Seeding goes through the store API (controlplane/internal/cmd/seed), not
 # REST: ~10,000 keys/s embedded. Key i's plaintext is sk-seed-<i>. Needs
@@ -37,7 +38,12 @@ BLOCKS=${BLOCKS:-100}
 echo "== scale benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "command: N=$N SMALL_N=$SMALL_N BLOCKS=$BLOCKS${DB:+ DB=$DB} deploy/bench/scale.sh"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(uname -sr)"
-echo "go: $(go version | cut -d' ' -f3-), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)')"
+if git rev-parse --git-dir >/dev/null 2>&1; then
+  commit="$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' + uncommitted changes')"
+else
+  commit="${COMMIT:-unknown} (not a git checkout)"
+fi
+echo "go: $(go version | cut -d' ' -f3-), commit $commit"
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 mkdir -p bin

@@ -276,7 +276,7 @@ type admitted struct {
 	estCost int64
 	// Prices (pico-USD per token) to settle the actual cost.
 	inPrice, outPrice int64
-	fn      func(proxy.Outcome) // ad.done, bound once (a method value allocates)
+	fn                func(proxy.Outcome) // ad.done, bound once (a method value allocates)
 }
 
 // Admissions are pooled: done puts them back, so done must be called

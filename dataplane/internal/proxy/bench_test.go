@@ -133,7 +133,8 @@ func benchDecision(b *testing.B, mk func(testing.TB) (state.Reader, func(int) st
 					b.Fatal(rej.Message)
 				}
 				if h.gate != nil {
-					done, rej := h.gate.Admit(r.Context(), &Admission{Route: c.route, Principal: &c.principal, Body: &c.body, Deployment: c.dep, Header: hdr})
+					c.adm = Admission{Route: c.route, Principal: &c.principal, Body: &c.body, Deployment: c.dep, Header: hdr}
+					done, rej := h.gate.Admit(r.Context(), &c.adm)
 					if rej != nil {
 						b.Fatal(rej.Message)
 					}

@@ -69,6 +69,7 @@ type call struct {
 	outcome    int
 	errOutcome bool
 	gateDone   func(Outcome)
+	adm        Admission // what the gate sees (inline: no allocation)
 }
 
 // Proxy-level outcomes follow the decision's in the metric label table.
@@ -141,7 +142,8 @@ func (h *handler) serveLLM(w http.ResponseWriter, r *http.Request, route enforce
 	h.m.decision.Observe((authDone.Sub(start) + time.Since(bodyStart)).Seconds())
 
 	if h.gate != nil {
-		done, rej := h.gate.Admit(r.Context(), &Admission{Route: route, Principal: &c.principal, Body: &c.body, Deployment: c.dep, Header: w.Header()})
+		c.adm = Admission{Route: route, Principal: &c.principal, Body: &c.body, Deployment: c.dep, Header: w.Header()}
+		done, rej := h.gate.Admit(r.Context(), &c.adm)
 		if rej != nil {
 			h.reject(w, route, rej)
 			c.release()
