@@ -37,14 +37,24 @@ const (
 type Options struct {
 	// MaxGroup is the most records one commit holds (default 512).
 	MaxGroup int
-	Logger   *slog.Logger
+	// Window is how long the writer lets records gather after the first
+	// one arrives at an idle outbox, so that a modest request rate shares
+	// fsyncs too (default DefaultWindow; negative: commit at once). It is
+	// the crash-loss bound: a SIGKILL loses at most the records of the last
+	// Window (plus one commit's duration); SIGTERM loses none.
+	Window time.Duration
+	Logger *slog.Logger
 }
+
+// DefaultWindow is the default group-commit window.
+const DefaultWindow = 5 * time.Millisecond
 
 // Outbox is a durable queue of spend records.
 type Outbox struct {
 	db       *bolt.DB
 	id       string
 	maxGroup int
+	window   time.Duration
 	log      *slog.Logger
 
 	mu        sync.Mutex
@@ -62,12 +72,16 @@ type Outbox struct {
 	writerErr error
 
 	writerDone chan struct{}
+	closing    chan struct{} // closed by Close: ends a group window early
 }
 
 // Open opens (or creates) the outbox file at path.
 func Open(path string, o Options) (*Outbox, error) {
 	if o.MaxGroup <= 0 {
 		o.MaxGroup = DefaultMaxGroup
+	}
+	if o.Window == 0 {
+		o.Window = DefaultWindow
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -76,8 +90,8 @@ func Open(path string, o Options) (*Outbox, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spend outbox %s: %w", path, err)
 	}
-	ob := &Outbox{db: db, maxGroup: o.MaxGroup, log: o.Logger.With("component", "spend"),
-		work: make(chan struct{}, 1), changed: make(chan struct{}), writerDone: make(chan struct{})}
+	ob := &Outbox{db: db, maxGroup: o.MaxGroup, window: o.Window, log: o.Logger.With("component", "spend"),
+		work: make(chan struct{}, 1), changed: make(chan struct{}), writerDone: make(chan struct{}), closing: make(chan struct{})}
 	ob.space = sync.NewCond(&ob.mu)
 	err = db.Update(func(tx *bolt.Tx) error {
 		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
@@ -160,6 +174,15 @@ func (ob *Outbox) writer() {
 			ob.mu.Unlock()
 			<-ob.work
 			ob.mu.Lock()
+			if ob.window > 0 && len(ob.queue) < ob.maxGroup && !ob.closed {
+				// Let the group fill for one window (Close cuts it short).
+				ob.mu.Unlock()
+				select {
+				case <-time.After(ob.window):
+				case <-ob.closing:
+				}
+				ob.mu.Lock()
+			}
 		}
 		n := min(len(ob.queue), ob.maxGroup)
 		group := ob.queue[:n:n]
@@ -381,6 +404,7 @@ func (ob *Outbox) Close() error {
 	}
 	ob.closed = true
 	ob.space.Broadcast()
+	close(ob.closing)
 	ob.mu.Unlock()
 	select {
 	case ob.work <- struct{}{}:

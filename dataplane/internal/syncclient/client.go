@@ -91,6 +91,12 @@ type Leases interface {
 const (
 	spendBatchMax = 512
 	spendWindow   = 4
+	// spendLinger lets records gather before a batch goes out when the
+	// stream is idle: at modest rates one batch then carries many records,
+	// and the control plane applies one transaction (and sends every proxy
+	// one delta) for them instead of one per request. Budgets do not wait
+	// for it: proxies count their own unsettled spend locally.
+	spendLinger = 100 * time.Millisecond
 )
 
 // Options configure a Client.
@@ -439,6 +445,13 @@ func (c *Client) shipSpend(ctx context.Context, cancel context.CancelFunc,
 		case <-ctx.Done():
 			return
 		case <-changed:
+			if len(inflight) == 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(spendLinger):
+				}
+			}
 		case a := <-acks:
 			if err := src.Ack(a.GetOutboxId(), a.GetLastSeq()); err != nil {
 				c.log.Error("spend ack not recorded; the records will be sent again", "err", err)
