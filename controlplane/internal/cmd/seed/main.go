@@ -24,7 +24,8 @@
 // embedded store is opened with a retention of 1 while seeding; with
 // Postgres the rows of older revisions are deleted from the change log once
 // the sequencer has numbered them (-trim-log=false keeps them). Proxies
-// that start empty get a snapshot either way.
+// that start empty get a snapshot either way. A Postgres database is
+// vacuumed and analyzed at the end, as after any bulk load.
 package main
 
 import (
@@ -194,6 +195,11 @@ func run(ctx context.Context, c config) error {
 				return err
 			}
 		}
+		// As after any bulk load: statistics, the visibility map and hint
+		// bits, so that the first reads do not pay for them.
+		if err := vacuum(ctx, c.dbURL); err != nil {
+			return err
+		}
 	}
 	oldest, err := st.Oldest(ctx)
 	if err != nil {
@@ -329,6 +335,17 @@ func trimPostgresLog(ctx context.Context, url string, head int64) error {
 	if _, err := conn.Exec(ctx, "DELETE FROM changes WHERE revision < $1", head); err != nil {
 		return fmt.Errorf("trim change log: %w", err)
 	}
-	_, err = conn.Exec(ctx, "VACUUM changes")
-	return err
+	return nil
+}
+
+func vacuum(ctx context.Context, url string) error {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "VACUUM (ANALYZE)"); err != nil {
+		return fmt.Errorf("vacuum: %w", err)
+	}
+	return nil
 }
