@@ -131,7 +131,8 @@ func seedLiteLLM(t *testing.T, url, upstreamURL string) litellmKeys {
 	}{
 		{`INSERT INTO "LiteLLM_BudgetTable" (budget_id, max_budget, rpm_limit, budget_duration, budget_reset_at, created_by, updated_by) VALUES
 			('budget-org', 500, 10000, '30d', $1, 'admin', 'admin'), ('budget-member', 20, NULL, NULL, NULL, 'admin', 'admin'),
-			('budget-key-soft', NULL, NULL, NULL, NULL, 'admin', 'admin')`, []any{future}},
+			('budget-key-soft', NULL, NULL, NULL, NULL, 'admin', 'admin'),
+			('budget-cust', 50, 5, NULL, NULL, 'admin', 'admin')`, []any{future}},
 		{`UPDATE "LiteLLM_BudgetTable" SET soft_budget = 8 WHERE budget_id = 'budget-key-soft'`, nil},
 		{`INSERT INTO "LiteLLM_OrganizationTable" (organization_id, organization_alias, budget_id, models, spend, metadata, created_by, updated_by)
 			VALUES ('org-acme', 'Acme', 'budget-org', '{gpt-4o-mini,db-model}', 12.5, '{"tier":"gold"}', 'admin', 'admin')`, nil},
@@ -155,7 +156,9 @@ func seedLiteLLM(t *testing.T, url, upstreamURL string) litellmKeys {
 			[]any{h[0], name(k.bob), h[1], name(k.svc), h[2], name(k.alice), h[3], name(k.broke), h[4], name(k.blocked), h[5], name(k.expired), future}},
 		{`UPDATE "LiteLLM_VerificationToken" SET blocked = true WHERE key_alias = 'blocked'`, nil},
 		{`UPDATE "LiteLLM_VerificationToken" SET expires = now() - interval '1 day' WHERE key_alias = 'expired'`, nil},
-		{`INSERT INTO "LiteLLM_EndUserTable" (user_id, spend) VALUES ('customer-1', 0.75), ('customer-2', 0.1)`, nil},
+		{`INSERT INTO "LiteLLM_EndUserTable" (user_id, alias, spend, budget_id, blocked) VALUES
+			('customer-1', 'Customer One', 0.75, 'budget-cust', false), ('customer-2', NULL, 0.1, NULL, true)`, nil},
+		{`UPDATE "LiteLLM_TeamTable" SET team_member_permissions = '{/key/info,/key/generate}' WHERE team_id = 'team-eng'`, nil},
 		{`INSERT INTO "LiteLLM_ProxyModelTable" (model_id, model_name, litellm_params, model_info, created_by, updated_by)
 			VALUES ('db-model-1', 'db-model', $1, '{"input_cost_per_token":0.000001,"output_cost_per_token":0.000002}', 'admin', 'admin')`,
 			[]any{fmt.Sprintf(`{"model":"openai/gpt-4o","api_base":"%s/v1","api_key":"os.environ/UPSTREAM_API_KEY"}`, upstreamURL)}},
@@ -204,8 +207,8 @@ func TestImportLiteLLM(t *testing.T) {
 			o.DataDir = t.TempDir()
 		}
 		// 3 models from the config + 1 from the database, 1 org, 1 team,
-		// 3 users, 6 keys, general_settings.
-		const all = "total: created=16 updated=0 unchanged=0"
+		// 3 users, 6 keys, 2 end users, general_settings.
+		const all = "total: created=18 updated=0 unchanged=0"
 
 		// A dry run writes nothing: a second one still plans to create everything.
 		out, tot := runImport(t, o, from, cfg, "--dry-run")
@@ -213,7 +216,10 @@ func TestImportLiteLLM(t *testing.T) {
 			t.Fatalf("dry run: %s\n%s", tot, out)
 		}
 		t.Logf("dry-run report:\n%s", out)
-		for _, want := range []string{"end users / customers", "key model aliases", "per-model budgets on teams",
+		if !regexp.MustCompile(`end_user +2 +0 +0`).MatchString(out) {
+			t.Errorf("report does not plan 2 end users:\n%s", out)
+		}
+		for _, want := range []string{"end-user rate limits", "key model aliases", "per-model budgets on teams",
 			`user role "customer"`, "LiteLLM_SpendLogs", "LiteLLM_DeprecatedVerificationToken", "LiteLLM_BudgetTable.allowed_models", "budget resets"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("report lacks %q:\n%s", want, out)
@@ -225,7 +231,7 @@ func TestImportLiteLLM(t *testing.T) {
 		if _, tot := runImport(t, o, from, cfg); tot != all {
 			t.Fatalf("import: %s", tot)
 		}
-		if out, tot := runImport(t, o, from, cfg); tot != "total: created=0 updated=0 unchanged=16" {
+		if out, tot := runImport(t, o, from, cfg); tot != "total: created=0 updated=0 unchanged=18" {
 			t.Fatalf("second import: %s\n%s", tot, out)
 		}
 
@@ -260,6 +266,20 @@ func TestImportLiteLLM(t *testing.T) {
 		if !strings.Contains(fmt.Sprint(team), "engineering") || !strings.Contains(fmt.Sprint(team), "bob") {
 			t.Fatalf("team info: %v", team)
 		}
+		if info, _ := team["team_info"].(map[string]any); fmt.Sprint(info["team_member_permissions"]) != "[/key/info /key/generate]" {
+			t.Fatalf("team_member_permissions: %v", info["team_member_permissions"])
+		}
+		// End users with their spend, budget and blocked flag. customer-1
+		// also spent through the proxy above, so its spend is at least the
+		// imported one.
+		c1 := ok(t, Do(t, "GET", u+"/customer/info?end_user_id=customer-1", mk, nil))
+		if sp, _ := c1["spend"].(float64); sp < 0.75 || c1["max_budget"] != 50.0 || c1["alias"] != "Customer One" || c1["blocked"] == true {
+			t.Fatalf("customer-1: %v", c1)
+		}
+		c2 := ok(t, Do(t, "GET", u+"/customer/info?end_user_id=customer-2", mk, nil))
+		if c2["spend"] != 0.1 || c2["blocked"] != true || c2["max_budget"] != nil {
+			t.Fatalf("customer-2: %v", c2)
+		}
 		ok(t, Do(t, "GET", u+"/user/info?user_id=bob", mk, nil))
 		ok(t, Do(t, "GET", u+"/organization/info?organization_id=org-acme", mk, nil))
 
@@ -267,7 +287,7 @@ func TestImportLiteLLM(t *testing.T) {
 		// spend stands). The embedded store needs the control plane stopped.
 		dp.Stop()
 		cp.Stop()
-		if out, tot := runImport(t, o, from, cfg); tot != "total: created=0 updated=0 unchanged=16" {
+		if out, tot := runImport(t, o, from, cfg); tot != "total: created=0 updated=0 unchanged=18" {
 			t.Fatalf("re-import after traffic: %s\n%s", tot, out)
 		}
 	})

@@ -109,6 +109,12 @@ func (s *Server) authenticate(ctx context.Context) (authz.Caller, error) {
 					c.Teams = make(map[string]string, total)
 				}
 				c.Teams[ts[i].TeamID] = m.Role
+				if m.Role == store.TeamRoleUser && len(ts[i].TeamMemberPermissions) > 0 {
+					if c.TeamPermissions == nil {
+						c.TeamPermissions = map[string][]string{}
+					}
+					c.TeamPermissions[ts[i].TeamID] = ts[i].TeamMemberPermissions
+				}
 			}
 		}
 		if len(ts) == 0 || page*store.MaxPageSize >= total {

@@ -3,6 +3,9 @@ package api
 import (
 	"context"
 	"errors"
+	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/tollgate-gw/tollgate/controlplane/internal/authz"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
@@ -46,6 +49,9 @@ func (ts *teamService) NewTeam(ctx context.Context, req *adminv1.NewTeamRequest)
 		return nil, err
 	}
 	if t.TeamMemberBudget, err = usdPtr("team_member_budget", req.GetTeamMemberBudget()); err != nil {
+		return nil, err
+	}
+	if t.TeamMemberPermissions, err = memberPermissions(req.GetTeamMemberPermissions()); err != nil {
 		return nil, err
 	}
 	if t.Metadata, err = structJSON("metadata", req.GetMetadata()); err != nil {
@@ -95,6 +101,24 @@ func (ts *teamService) NewTeam(ctx context.Context, req *adminv1.NewTeamRequest)
 		return nil, storeError(ctx, err, "team")
 	}
 	return teamOut(&t), nil
+}
+
+// memberPermissions validates team_member_permissions: known key-management
+// routes, each once. An empty list is nil (no list).
+func memberPermissions(in []string) ([]string, error) {
+	out, err := strList("team_member_permissions", in)
+	if err != nil || len(out) == 0 {
+		return nil, err
+	}
+	for i, r := range out {
+		if !slices.Contains(authz.TeamMemberRoutes, r) {
+			return nil, badRequest("team_member_permissions", "team_member_permissions may only list key-management routes "+strings.Join(authz.TeamMemberRoutes, ", ")+"; got "+strconv.Quote(r))
+		}
+		if slices.Contains(out[:i], r) {
+			return nil, badRequest("team_member_permissions", "team_member_permissions lists "+strconv.Quote(r)+" twice")
+		}
+	}
+	return out, nil
 }
 
 // mutateTeam is one read-modify-write of a team with an audit row. target
@@ -181,6 +205,13 @@ func (ts *teamService) UpdateTeam(ctx context.Context, req *adminv1.UpdateTeamRe
 	if err != nil {
 		return nil, err
 	}
+	perms, hasPerms, err := listValue("team_member_permissions", req.GetTeamMemberPermissions())
+	if err != nil {
+		return nil, err
+	}
+	if perms, err = memberPermissions(perms); err != nil {
+		return nil, err
+	}
 	if req.TeamAlias != nil {
 		if err := checkID("team_alias", req.GetTeamAlias().GetValue(), false); err != nil {
 			return nil, err
@@ -209,6 +240,9 @@ func (ts *teamService) UpdateTeam(ctx context.Context, req *adminv1.UpdateTeamRe
 		p.apply(&t.Models, &t.Limits, &t.Metadata)
 		if memberBudget != nil {
 			t.TeamMemberBudget = memberBudget
+		}
+		if hasPerms {
+			t.TeamMemberPermissions = perms
 		}
 		if req.Blocked != nil {
 			t.Blocked = req.GetBlocked().GetValue()

@@ -46,6 +46,12 @@ type Caller struct {
 	// Teams maps the id of every team the caller belongs to to its team role
 	// (store.TeamRoleAdmin or store.TeamRoleUser).
 	Teams map[string]string
+	// TeamPermissions maps the id of a team in which the caller has team
+	// role "user" to the team's team_member_permissions, when the team set
+	// a non-empty list: the key-management routes (KeyRoutes) the caller may
+	// call on its keys in that team. A team absent from the map has no
+	// list, and its members may do what the role table allows.
+	TeamPermissions map[string][]string
 	// Orgs maps organization ids to the caller's organization role
 	// (OrgAdmin, internal_user, ...). Handlers fill it for the organizations
 	// a call involves.
@@ -73,6 +79,38 @@ func (c *Caller) TeamRole(team, org string) string {
 		return store.TeamRoleAdmin
 	}
 	return c.Teams[team]
+}
+
+// KeyRoutes maps each key action to the route that names it in a team's
+// team_member_permissions.
+var KeyRoutes = map[Action]string{
+	KeyGenerate: "/key/generate", KeyUpdate: "/key/update", KeyDelete: "/key/delete", KeyInfo: "/key/info",
+	KeyList: "/key/list", KeyRegenerate: "/key/regenerate", KeyBlock: "/key/block", KeyUnblock: "/key/unblock",
+}
+
+// TeamMemberRoutes are the routes team_member_permissions may list
+// (LiteLLM's KeyManagementRoutes; /key/health is accepted and unused).
+var TeamMemberRoutes = []string{
+	"/key/generate", "/key/update", "/key/delete", "/key/info", "/key/list",
+	"/key/regenerate", "/key/block", "/key/unblock", "/key/health",
+}
+
+// teamPermission refuses a key action a of a team member with role "user"
+// in team when the team's team_member_permissions do not list its route.
+// Team admins, org admins and teams without a list are not restricted here.
+func teamPermission(c *Caller, a Action, team, org string) Decision {
+	if team == "" || c.TeamRole(team, org) != store.TeamRoleUser {
+		return allow
+	}
+	perms, ok := c.TeamPermissions[team]
+	if !ok || len(perms) == 0 {
+		return allow
+	}
+	route := KeyRoutes[a]
+	if route == "" || slices.Contains(perms, route) {
+		return allow
+	}
+	return forbid("team_id", fmt.Sprintf("Team member does not have permission for %s in team %s. Allowed routes (team_member_permissions)=%s", route, team, pyList(perms)))
 }
 
 // Action is a management operation: one per endpoint.
@@ -270,6 +308,11 @@ func Decide(c Caller, a Action, t Target) Decision {
 			if f.TeamID != "" && c.TeamRole(f.TeamID, f.OrgID) == store.TeamRoleAdmin {
 				return allow // a team admin lists its team's keys
 			}
+			if a == KeyList {
+				if d := teamPermission(&c, a, f.TeamID, f.OrgID); !d.Allowed {
+					return d
+				}
+			}
 			if f.UserID != "" && f.UserID != c.ID {
 				return forbid("user_id", "you may only list your own keys")
 			}
@@ -362,6 +405,9 @@ func keyCreate(c *Caller, a Action, t Target) Decision {
 			if !kg.TeamKeyGeneration.RoleAllowed(role) {
 				return forbid("team_id", teamRoleMsg(role, kg))
 			}
+			if d := teamPermission(c, a, k.TeamID, k.OrgID); !d.Allowed {
+				return d
+			}
 		} else if !kg.PersonalKeyGeneration.RoleAllowed(c.Role) {
 			return forbid("", fmt.Sprintf("Personal key creation has been restricted by admin. Allowed roles=%s. Your role=%s",
 				pyList(kg.PersonalKeyGeneration.AllowedUserRoles), c.Role))
@@ -405,6 +451,14 @@ func keyObject(c *Caller, a Action, t Target) Decision {
 	teamAdmin := c.TeamRole(b.TeamID, b.OrgID) == store.TeamRoleAdmin
 	if !own && !teamAdmin {
 		return hidden("key") // never hint that another's key exists
+	}
+	if d := teamPermission(c, a, b.TeamID, b.OrgID); !d.Allowed {
+		return d
+	}
+	if k := t.After; k != nil && k.TeamID != b.TeamID {
+		if d := teamPermission(c, a, k.TeamID, k.OrgID); !d.Allowed {
+			return d
+		}
 	}
 	switch a {
 	case KeyInfo, KeyDelete, KeyBlock:

@@ -34,6 +34,19 @@ func callers() map[string]Caller {
 		"tuser":    member(store.RoleInternalUser, store.TeamRoleUser),
 		"iviewer":  member(store.RoleInternalUserViewer, store.TeamRoleUser),
 		"loneuser": {ID: self, Role: store.RoleInternalUser},
+		// A team user whose team lists LiteLLM's read-only default in
+		// team_member_permissions.
+		"tuserro": func() Caller {
+			c := member(store.RoleInternalUser, store.TeamRoleUser)
+			c.TeamPermissions = map[string][]string{t1: {"/key/info", "/key/health"}}
+			return c
+		}(),
+		// A team admin is not restricted by its team's list.
+		"tadminro": func() Caller {
+			c := member(store.RoleInternalUser, store.TeamRoleAdmin)
+			c.TeamPermissions = map[string][]string{t1: {"/key/info"}}
+			return c
+		}(),
 	}
 }
 
@@ -137,6 +150,29 @@ var expected = map[string]map[Action]string{
 		TeamNew: "333", TeamUpdate: "333", TeamDelete: "333", TeamMemberAdd: "333", TeamMemberDelete: "333", TeamMemberUpdate: "333",
 		TeamBlock: "333", TeamUnblock: "333", TeamInfo: "AA4", TeamList: "AA3",
 		UserNew: "333", UserUpdate: "333", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
+		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
+		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
+		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3",
+	},
+	// tuser with team_member_permissions ["/key/info", "/key/health"] on
+	// team-1: only reads its keys there.
+	"tuserro": {
+		KeyGenerate: "333", KeyServiceAccountGenerate: "333", KeyUpdate: "344", KeyDelete: "344", KeyInfo: "A44", KeyList: "A33",
+		KeyRegenerate: "344", KeyBlock: "344", KeyUnblock: "344",
+		TeamNew: "333", TeamUpdate: "333", TeamDelete: "333", TeamMemberAdd: "334", TeamMemberDelete: "334", TeamMemberUpdate: "334",
+		TeamBlock: "333", TeamUnblock: "333", TeamInfo: "AA4", TeamList: "AA3",
+		UserNew: "333", UserUpdate: "A44", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
+		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
+		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
+		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3",
+	},
+	// tadmin's team lists only /key/info: admins are not restricted by it.
+	"tadminro": {
+		KeyGenerate: "A33", KeyServiceAccountGenerate: "AA3", KeyUpdate: "AA4", KeyDelete: "AA4", KeyInfo: "AA4", KeyList: "AA3",
+		KeyRegenerate: "A34", KeyBlock: "AA4", KeyUnblock: "AA4",
+		TeamNew: "333", TeamUpdate: "333", TeamDelete: "333", TeamMemberAdd: "AA4", TeamMemberDelete: "AA4", TeamMemberUpdate: "3A4",
+		TeamBlock: "333", TeamUnblock: "333", TeamInfo: "AA4", TeamList: "AA3",
+		UserNew: "333", UserUpdate: "A44", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
 		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3",
@@ -412,6 +448,59 @@ func TestKeyGenerationSettings(t *testing.T) {
 	check("admin personal key with it", cs["master"], KeyGenerate, Target{After: &Object{}, Params: []string{"key_alias"}}, 0, "")
 	check("move own key into a team as a team user", cs["tuser"], KeyUpdate, Target{Before: &Object{UserID: self}, After: &Object{UserID: self, TeamID: t1}}, 403,
 		"not in allowed_team_member_roles")
+}
+
+// TestTeamMemberPermissions: a team's team_member_permissions restrict what
+// its members with team role "user" may do with their keys in the team.
+func TestTeamMemberPermissions(t *testing.T) {
+	user := func(perms ...string) Caller {
+		c := Caller{ID: self, Role: store.RoleInternalUser, Teams: map[string]string{t1: store.TeamRoleUser, t2: store.TeamRoleUser}}
+		if perms != nil {
+			c.TeamPermissions = map[string][]string{t1: perms}
+		}
+		return c
+	}
+	ownKey := func(team string) *Object { return &Object{UserID: self, TeamID: team} }
+	upd := func(b, a *Object) Target { return Target{Before: b, After: a} }
+	cases := []struct {
+		name  string
+		c     Caller
+		a     Action
+		t     Target
+		allow bool
+	}{
+		{"no list: generate", user(), KeyGenerate, Target{After: ownKey(t1)}, true},
+		{"listed: generate", user("/key/generate"), KeyGenerate, Target{After: ownKey(t1)}, true},
+		{"not listed: generate", user("/key/info"), KeyGenerate, Target{After: ownKey(t1)}, false},
+		{"not listed, other team without a list: generate", user("/key/info"), KeyGenerate, Target{After: ownKey(t2)}, true},
+		{"not listed, personal key: generate", user("/key/info"), KeyGenerate, Target{After: ownKey("")}, true},
+		{"listed: delete", user("/key/delete"), KeyDelete, Target{Before: ownKey(t1)}, true},
+		{"not listed: delete", user("/key/generate", "/key/info"), KeyDelete, Target{Before: ownKey(t1)}, false},
+		{"not listed: update", user("/key/generate"), KeyUpdate, upd(ownKey(t1), ownKey(t1)), false},
+		{"listed: update", user("/key/update"), KeyUpdate, upd(ownKey(t1), ownKey(t1)), true},
+		{"not listed: move a key into the team", user("/key/info"), KeyUpdate, upd(ownKey(t2), ownKey(t1)), false},
+		{"not listed: regenerate", user("/key/update"), KeyRegenerate, Target{Before: ownKey(t1)}, false},
+		{"listed: regenerate", user("/key/regenerate"), KeyRegenerate, Target{Before: ownKey(t1)}, true},
+		{"not listed: block", user("/key/info"), KeyBlock, Target{Before: ownKey(t1)}, false},
+		{"listed: info", user("/key/info"), KeyInfo, Target{Before: ownKey(t1)}, true},
+		{"not listed: info", user("/key/generate"), KeyInfo, Target{Before: ownKey(t1)}, false},
+		{"not listed: list the team's keys", user("/key/info"), KeyList, Target{Before: &Object{TeamID: t1}}, false},
+		{"listed: list the team's keys", user("/key/list"), KeyList, Target{Before: &Object{TeamID: t1}}, true},
+		{"not listed: list own keys", user("/key/info"), KeyList, Target{Before: &Object{UserID: self}}, true},
+		{"team admin: not restricted", Caller{ID: self, Role: store.RoleInternalUser, Teams: map[string]string{t1: store.TeamRoleAdmin}, TeamPermissions: map[string][]string{t1: {"/key/info"}}}, KeyDelete, Target{Before: ownKey(t1)}, true},
+		{"org admin: not restricted", Caller{ID: self, Role: store.RoleInternalUser, Teams: map[string]string{t1: store.TeamRoleUser}, Orgs: map[string]string{o1: OrgAdmin}, TeamPermissions: map[string][]string{t1: {"/key/info"}}}, KeyDelete, Target{Before: &Object{UserID: self, TeamID: t1, OrgID: o1}}, true},
+		{"proxy admin: not restricted", Caller{ID: self, Role: store.RoleProxyAdmin, Teams: map[string]string{t1: store.TeamRoleUser}, TeamPermissions: map[string][]string{t1: {"/key/info"}}}, KeyDelete, Target{Before: ownKey(t1)}, true},
+	}
+	for _, tc := range cases {
+		d := Decide(tc.c, tc.a, tc.t)
+		if d.Allowed != tc.allow {
+			t.Errorf("%s: got %+v, want allowed=%v", tc.name, d, tc.allow)
+			continue
+		}
+		if !d.Allowed && (d.Status != 403 || d.Param != "team_id" || !strings.Contains(d.Reason, KeyRoutes[tc.a])) {
+			t.Errorf("%s: refusal %+v should be 403 on team_id naming %s", tc.name, d, KeyRoutes[tc.a])
+		}
+	}
 }
 
 var sink Decision

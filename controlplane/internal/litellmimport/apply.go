@@ -205,6 +205,26 @@ func apply(ctx context.Context, r store.Reader, w store.Tx, p *Plan, now time.Ti
 			return nil, fmt.Errorf("model %s (%s): %w", m.ModelName, m.ID, err)
 		}
 	}
+	for _, e := range p.EndUsers {
+		old, err := r.GetEndUser(ctx, e.EndUserID)
+		if err := step(res, KindEndUser, err, func() bool {
+			// End users have no budget window: the higher spend wins, so a
+			// re-import never gives budget back.
+			e.Spend = max(old.Spend, e.Spend)
+			e.CreatedAt, e.UpdatedAt = old.CreatedAt, old.UpdatedAt
+			return same(normEndUser(old), normEndUser(e))
+		}, func(create bool) error {
+			if w == nil {
+				return nil
+			}
+			if !create {
+				e.UpdatedAt = now
+			}
+			return w.PutEndUser(ctx, e)
+		}); err != nil {
+			return nil, fmt.Errorf("end user %s: %w", e.EndUserID, err)
+		}
+	}
 	if len(p.GeneralSettings) > 0 {
 		cur, err := r.GetSettings(ctx)
 		if err != nil {
@@ -308,6 +328,11 @@ func normUser(u store.User) store.User {
 	return u
 }
 
+func normEndUser(e store.EndUser) store.EndUser {
+	e.CreatedAt, e.UpdatedAt = time.Time{}, time.Time{}
+	return e
+}
+
 func normKey(k store.Key) store.Key {
 	k.Limits = normLimits(k.Limits)
 	k.Metadata, k.Permissions = normRaw(k.Metadata), normRaw(k.Permissions)
@@ -339,7 +364,11 @@ func jsonEqual(a, b []byte) bool {
 }
 
 // kindOrder is the order reports list kinds in.
-var kindOrder = []string{store.KindOrganization, store.KindTeam, store.KindUser, store.KindKey, store.KindModel, store.KindSettings}
+var kindOrder = []string{store.KindOrganization, store.KindTeam, store.KindUser, store.KindKey, store.KindModel, KindEndUser, store.KindSettings}
+
+// KindEndUser names end users (LiteLLM_EndUserTable rows) in a Result; they
+// are not synced to proxies, so the store has no kind for them.
+const KindEndUser = "end_user"
 
 // Report writes a human-readable summary of an import.
 func Report(out io.Writer, src *Source, p *Plan, res *Result, dryRun bool) {

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/crypto/nacl/secretbox"
 
+	"github.com/tollgate-gw/tollgate/controlplane/internal/authz"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/config"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/duration"
@@ -42,6 +43,7 @@ type Plan struct {
 	Users           []store.User
 	Keys            []store.Key
 	Models          []store.Model
+	EndUsers        []store.EndUser
 	GeneralSettings json.RawMessage
 
 	// Unsupported counts objects (or fields of objects) Tollgate does not
@@ -58,6 +60,8 @@ var BehaviourDifferences = []string{
 	"budgets and rate limits hold across all proxies together (leases); LiteLLM enforces them per replica from a cached spend",
 	"a blocked or deleted key stops working on every proxy within milliseconds (LiteLLM caches keys for up to user_api_key_cache_ttl)",
 	"spend totals are imported, per-request history (LiteLLM_SpendLogs) is not; re-imports keep the higher of Tollgate's and LiteLLM's spend, or Tollgate's after a Tollgate budget reset",
+	"end users' max_budget and blocked are imported and shown in /customer/info but not yet enforced by the proxies (LiteLLM refuses a blocked or over-budget end user's requests)",
+	"a team without team_member_permissions lets its members with role user manage their own keys in the team as the role table allows (LiteLLM's default is read-only, [/key/info, /key/health]); lists that are set are imported and enforced",
 	"models listed on keys, teams and users are checked by exact name (plus all-proxy-models, all-team-models and *); wildcard routes like openai/* are not expanded",
 }
 
@@ -372,6 +376,14 @@ func (m *mapper) teams(src *Source) {
 		if t.ModelID != nil {
 			m.unsupported("team model aliases (LiteLLM_ModelTable)", 1)
 		}
+		for _, r := range t.TeamMemberPermissions {
+			switch {
+			case !slices.Contains(authz.TeamMemberRoutes, r):
+				m.note("%s: team_member_permissions entry %q is not a key-management route Tollgate knows; dropped", what, r)
+			case !slices.Contains(team.TeamMemberPermissions, r):
+				team.TeamMemberPermissions = append(team.TeamMemberPermissions, r)
+			}
+		}
 		m.plan.Teams = append(m.plan.Teams, team)
 	}
 }
@@ -659,25 +671,45 @@ func (m *mapper) modelSpend(what string, r Raw) map[string]int64 {
 	return out
 }
 
+// maxIDLen is the longest end-user id (and alias) imported: the API's limit
+// on ids, so that /customer/info can name every imported end user.
+const maxIDLen = 256
+
+// endUsers converts LiteLLM_EndUserTable rows: spend, alias, blocked, and
+// max_budget from the row's LiteLLM_BudgetTable budget.
 func (m *mapper) endUsers(src *Source) {
-	var spend float64
 	for _, e := range src.EndUsers {
-		spend += e.Spend
-	}
-	if n := len(src.EndUsers); n > 0 {
-		m.unsupported(fmt.Sprintf("end users / customers (LiteLLM_EndUserTable, $%.6f spend not carried over; Tollgate tracks end-user spend from new requests)", spend), n)
-	}
-	var budgets, blocked int
-	for _, e := range src.EndUsers {
+		what := "end user " + e.UserID
+		if e.UserID == "" || len(e.UserID) > maxIDLen {
+			m.note("%s: user_id is empty or longer than %d bytes; skipped", what, maxIDLen)
+			m.unsupported("end users with an empty or over-long user_id (skipped)", 1)
+			continue
+		}
+		eu := store.EndUser{
+			EndUserID: e.UserID,
+			Alias:     e.Alias,
+			Spend:     m.usd(what+" spend", e.Spend),
+			Blocked:   e.Blocked,
+			CreatedAt: m.now,
+			UpdatedAt: m.now,
+		}
+		if len(eu.Alias) > maxIDLen {
+			m.note("%s: alias longer than %d bytes; dropped", what, maxIDLen)
+			eu.Alias = ""
+		}
 		if e.BudgetID != "" {
-			budgets++
+			b, ok := m.budgets[e.BudgetID]
+			if !ok {
+				m.note("%s: budget_id %s is not in LiteLLM_BudgetTable; imported without a budget", what, e.BudgetID)
+			} else {
+				eu.MaxBudget = m.usdPtr(what+" max_budget", b.MaxBudget)
+				if b.RPMLimit != nil || b.TPMLimit != nil || b.MaxParallelRequests != nil || b.BudgetDuration != "" || b.SoftBudget != nil {
+					m.unsupported("end-user rate limits, soft budgets and budget durations (only max_budget is kept)", 1)
+				}
+			}
 		}
-		if e.Blocked {
-			blocked++
-		}
+		m.plan.EndUsers = append(m.plan.EndUsers, eu)
 	}
-	m.unsupported("end-user budgets", budgets)
-	m.unsupported("blocked end users", blocked)
 }
 
 // models converts LiteLLM_ProxyModelTable rows by running them through the

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -33,6 +34,7 @@ func source(plain string) *Source {
 			{BudgetID: "b-org", MaxBudget: f64(100), RPMLimit: i64(1000), BudgetDuration: "30d", BudgetResetAt: ts("2030-01-01T00:00:00")},
 			{BudgetID: "b-member", MaxBudget: f64(5)},
 			{BudgetID: "b-key", SoftBudget: f64(0.5)},
+			{BudgetID: "b-cust", MaxBudget: f64(7), RPMLimit: i64(3)},
 		},
 		Organizations:  []Organization{{OrganizationID: "org1", OrganizationAlias: "Acme", BudgetID: "b-org", Spend: 1.25, Models: []string{"gpt-4o-mini"}}},
 		OrgMemberships: []OrgMembership{{UserID: "alice", OrganizationID: "org1", UserRole: "org_admin"}},
@@ -40,6 +42,7 @@ func source(plain string) *Source {
 			TeamID: "t1", TeamAlias: "eng", OrganizationID: "org1", Spend: 0.75, MaxBudget: f64(50),
 			MembersWithRoles: Raw(`[{"user_id":"alice","role":"admin","user_email":null},{"user_id":"bob","role":"user"}]`),
 			Metadata:         Raw(`{}`), ModelMaxBudget: Raw(`{"gpt-4":{"budget_limit":1}}`),
+			TeamMemberPermissions: []string{"/key/generate", "/key/info", "/team/update", "/key/info"},
 		}},
 		TeamMemberships: []TeamMembership{{UserID: "bob", TeamID: "t1", Spend: 0.5, BudgetID: "b-member"}},
 		Users: []User{
@@ -60,7 +63,8 @@ func source(plain string) *Source {
 			{Token: "sk-legacy-plaintext", KeyAlias: "bob-key", TeamID: "t1", Metadata: Raw(`{"service_account_id":"svc"}`)},
 			{Token: "not-a-hash"},
 		},
-		EndUsers:    []EndUser{{UserID: "cust1", Spend: 0.3}, {UserID: "cust2", BudgetID: "b-member"}},
+		EndUsers: []EndUser{{UserID: "cust1", Alias: "Customer One", Spend: 0.3, Blocked: true}, {UserID: "cust2", BudgetID: "b-member"},
+			{UserID: "cust3", BudgetID: "b-cust"}, {UserID: ""}},
 		ProxyModels: []ProxyModel{{ModelID: "m1", ModelName: "db-model", LiteLLMParams: Raw(`{"model":"openai/gpt-4o","api_key":"os.environ/OPENAI_API_KEY"}`), ModelInfo: Raw(`{"input_cost_per_token":0.000001}`)}},
 		Unread:      map[string]int{"LiteLLM_TagTable": 2},
 	}
@@ -108,7 +112,22 @@ func TestMap(t *testing.T) {
 	if m.ID != "m1" || m.UpstreamModel != "openai/gpt-4o" || m.InputCostPerToken != 1_000_000 || m.FromConfig {
 		t.Fatalf("model %+v", m)
 	}
-	for _, want := range []string{"end users", "per-model budgets on teams", "user role \"customer\"", "key model aliases", "allowed_cache_controls", "tag budgets", "duplicate key aliases", "neither a SHA-256"} {
+	if len(p.EndUsers) != 3 {
+		t.Fatalf("end users %+v", p.EndUsers)
+	}
+	if e := p.EndUsers[0]; e.EndUserID != "cust1" || e.Alias != "Customer One" || e.Spend != 300_000 || !e.Blocked || e.MaxBudget != nil {
+		t.Fatalf("cust1 %+v", e)
+	}
+	if e := p.EndUsers[1]; e.EndUserID != "cust2" || e.MaxBudget == nil || *e.MaxBudget != 5_000_000 || e.Blocked {
+		t.Fatalf("cust2 %+v", e)
+	}
+	if e := p.EndUsers[2]; e.MaxBudget == nil || *e.MaxBudget != 7_000_000 {
+		t.Fatalf("cust3 %+v", e)
+	}
+	if got := p.Teams[0].TeamMemberPermissions; !slices.Equal(got, []string{"/key/generate", "/key/info"}) {
+		t.Fatalf("team_member_permissions %v", got)
+	}
+	for _, want := range []string{"end-user rate limits", "end users with an empty", "per-model budgets on teams", "user role \"customer\"", "key model aliases", "allowed_cache_controls", "tag budgets", "duplicate key aliases", "neither a SHA-256"} {
 		found := false
 		for f := range p.Unsupported {
 			found = found || strings.Contains(f, want)
@@ -117,10 +136,8 @@ func TestMap(t *testing.T) {
 			t.Errorf("unsupported lacks %q: %v", want, p.Unsupported)
 		}
 	}
-	for f, n := range p.Unsupported {
-		if strings.HasPrefix(f, "end users") && n != 2 {
-			t.Errorf("%s: %d", f, n)
-		}
+	if !strings.Contains(strings.Join(p.Notes, "\n"), `team_member_permissions entry "/team/update"`) {
+		t.Errorf("no note about the dropped permission: %v", p.Notes)
 	}
 }
 
@@ -138,14 +155,14 @@ func TestApplyIdempotent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h, _ := st.Head(ctx); h != 0 || dry.Totals().Created != 7 {
+	if h, _ := st.Head(ctx); h != 0 || dry.Totals().Created != 10 {
 		t.Fatalf("dry run: head %d, %+v", h, dry.Totals())
 	}
 	res, err := Apply(ctx, st, p, false, now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Totals() != (Counts{Created: 7}) {
+	if res.Totals() != (Counts{Created: 10}) {
 		t.Fatalf("first import %+v", res.Totals())
 	}
 	head, _ := st.Head(ctx)
@@ -154,7 +171,7 @@ func TestApplyIdempotent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Totals() != (Counts{Unchanged: 7}) {
+	if res.Totals() != (Counts{Unchanged: 10}) {
 		t.Fatalf("second import %+v", res.Totals())
 	}
 	if h, _ := st.Head(ctx); h != head {
@@ -170,6 +187,17 @@ func TestApplyIdempotent(t *testing.T) {
 		}
 		cur.Spend += 1_000_000
 		return tx.UpdateKey(ctx, cur)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// End-user spend accrued in Tollgate survives too.
+	if err := st.ReadWriteTx(ctx, func(ctx context.Context, tx store.Tx) error {
+		cur, err := tx.GetEndUser(ctx, "cust1")
+		if err != nil {
+			return err
+		}
+		cur.Spend += 1_000_000
+		return tx.PutEndUser(ctx, cur)
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -189,9 +217,15 @@ func TestApplyIdempotent(t *testing.T) {
 	if got.Spend != 3_500_000 || *got.RPMLimit != 61 {
 		t.Fatalf("key after re-import: spend %d rpm %d", got.Spend, *got.RPMLimit)
 	}
+	if c := res.Kinds[KindEndUser]; c.Unchanged != 3 {
+		t.Fatalf("end users %+v", c)
+	}
+	if e, err := st.Read().GetEndUser(ctx, "cust1"); err != nil || e.Spend != 1_300_000 || !e.Blocked || e.Alias != "Customer One" {
+		t.Fatalf("cust1 after re-import: %+v, %v", e, err)
+	}
 	var sb strings.Builder
 	Report(&sb, src, p, res, false)
-	if !strings.Contains(sb.String(), "total: created=0 updated=1 unchanged=6") {
+	if !strings.Contains(sb.String(), "total: created=0 updated=1 unchanged=9") {
 		t.Fatalf("report:\n%s", sb.String())
 	}
 	_ = json.Valid

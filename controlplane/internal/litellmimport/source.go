@@ -150,6 +150,9 @@ type Team struct {
 	AccessGroupIDs      []string  `json:"access_group_ids"`
 	BudgetLimits        Raw       `json:"budget_limits"`
 	ModelID             *int64    `json:"model_id"`
+	// TeamMemberPermissions are the key-management routes team members
+	// with role "user" may call (LiteLLM's team_member_permissions).
+	TeamMemberPermissions []string `json:"team_member_permissions"`
 }
 
 // TeamMembership is a LiteLLM_TeamMembership row.
@@ -206,6 +209,7 @@ type OrgMembership struct {
 // EndUser is a LiteLLM_EndUserTable row.
 type EndUser struct {
 	UserID   string  `json:"user_id"`
+	Alias    string  `json:"alias"`
 	Spend    float64 `json:"spend"`
 	BudgetID string  `json:"budget_id"`
 	Blocked  bool    `json:"blocked"`

@@ -62,8 +62,16 @@ type SpendLogFilter struct {
 
 // EndUser is a customer of the operator: the "user" field of requests.
 type EndUser struct {
-	EndUserID string    `json:"end_user_id"`
-	Spend     int64     `json:"spend"` // micro-USD
+	EndUserID string `json:"end_user_id"`
+	Spend     int64  `json:"spend"` // micro-USD
+	// Alias is a display name (LiteLLM's alias).
+	Alias string `json:"alias,omitempty"`
+	// MaxBudget is the end user's budget (micro-USD; nil: none), as LiteLLM
+	// records it. Recorded and shown; proxies do not enforce it yet.
+	MaxBudget *int64 `json:"max_budget,omitempty"`
+	// Blocked is LiteLLM's blocked flag. Recorded and shown; proxies do not
+	// enforce it yet.
+	Blocked   bool      `json:"blocked,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
 }

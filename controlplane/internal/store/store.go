@@ -175,12 +175,16 @@ type Team struct {
 	Models         []string     `json:"models,omitempty"`
 	Limits
 	// TeamMemberBudget is the default max_budget_in_team for members (micro-USD).
-	TeamMemberBudget *int64          `json:"team_member_budget,omitempty"`
-	Metadata         json.RawMessage `json:"metadata,omitempty"`
-	Blocked          bool            `json:"blocked,omitempty"`
-	Spend            int64           `json:"spend,omitempty"`
-	CreatedAt        time.Time       `json:"created_at"`
-	UpdatedAt        time.Time       `json:"updated_at"`
+	TeamMemberBudget *int64 `json:"team_member_budget,omitempty"`
+	// TeamMemberPermissions lists the key-management routes (e.g.
+	// "/key/generate") members with team role "user" may call on their keys
+	// in the team; empty means no list (the role table applies).
+	TeamMemberPermissions []string        `json:"team_member_permissions,omitempty"`
+	Metadata              json.RawMessage `json:"metadata,omitempty"`
+	Blocked               bool            `json:"blocked,omitempty"`
+	Spend                 int64           `json:"spend,omitempty"`
+	CreatedAt             time.Time       `json:"created_at"`
+	UpdatedAt             time.Time       `json:"updated_at"`
 }
 
 // Member returns the membership of userID, if any.
@@ -462,6 +466,12 @@ type Tx interface {
 	// it. Records must have increasing Seq (> 0). It returns the number of
 	// records applied.
 	ApplySpend(ctx context.Context, b SpendBatch) (applied int, err error)
+
+	// PutEndUser creates or replaces an end user (its spend, alias, budget
+	// and blocked flag; CreatedAt is kept when it exists, else e.CreatedAt,
+	// else now). Used by the LiteLLM import; request spend goes through
+	// ApplySpend.
+	PutEndUser(ctx context.Context, e EndUser) error
 
 	// EventWriter: the event outbox (events.go).
 	EventWriter

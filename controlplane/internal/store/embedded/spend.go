@@ -156,6 +156,35 @@ func (t *tx) ApplySpend(_ context.Context, b store.SpendBatch) (int, error) {
 	return len(recs), nil
 }
 
+// PutEndUser creates or replaces an end user, keeping its created_at.
+func (t *tx) PutEndUser(_ context.Context, e store.EndUser) error {
+	if err := t.check(); err != nil {
+		return err
+	}
+	if err := checkFields("end user", "*end_user_id", e.EndUserID, "alias", e.Alias); err != nil {
+		return err
+	}
+	now := time.Now()
+	if v := t.btx.Bucket(bucketEndUsers).Get([]byte(e.EndUserID)); v != nil {
+		old, err := decode[store.EndUser]("end user", []byte(e.EndUserID), v)
+		if err != nil {
+			return err
+		}
+		e.CreatedAt = old.CreatedAt
+	}
+	if e.CreatedAt.IsZero() {
+		e.CreatedAt = now
+	}
+	if e.UpdatedAt.IsZero() {
+		e.UpdatedAt = now
+	}
+	doc, err := marshal("end user", e)
+	if err != nil {
+		return err
+	}
+	return t.put(bucketEndUsers, []byte(e.EndUserID), doc)
+}
+
 func (r *reader) GetEndUser(_ context.Context, id string) (e store.EndUser, err error) {
 	err = r.view(func(tx *bolt.Tx) error {
 		e, err = get[store.EndUser](tx, bucketEndUsers, "end user", id)

@@ -31,8 +31,77 @@ type reader struct {
 	fail func(context.Context, error) error
 	// snap is set on Snapshot's reader (q is then snap): Each* read
 	// through a cursor instead of paging by id (eachCursor).
-	snap    pgx.Tx
+	snap    *serialQuerier
 	cursors int // cursors declared on snap, for unique names
+}
+
+// serialQuerier runs one statement at a time on a transaction's connection,
+// so that a snapshot's Each* can fetch its next page while fn runs, and fn
+// may still use the reader (its statement waits for the fetch). A Query
+// holds the connection until its rows are closed, a QueryRow until Scan:
+// every caller here scans and closes at once.
+type serialQuerier struct {
+	mu sync.Mutex
+	q  querier
+}
+
+func (s *serialQuerier) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.q.Exec(ctx, sql, args...)
+}
+
+func (s *serialQuerier) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	s.mu.Lock()
+	rows, err := s.q.Query(ctx, sql, args...)
+	if err != nil {
+		s.mu.Unlock()
+		return nil, err
+	}
+	return &unlockRows{Rows: rows, mu: &s.mu}, nil
+}
+
+func (s *serialQuerier) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	s.mu.Lock()
+	return unlockRow{row: s.q.QueryRow(ctx, sql, args...), mu: &s.mu}
+}
+
+type unlockRows struct {
+	pgx.Rows
+	mu   *sync.Mutex
+	done bool
+}
+
+// Next releases the connection when the rows are exhausted, as pgx closes
+// them then (callers may rely on that and not call Close).
+func (r *unlockRows) Next() bool {
+	if r.Rows.Next() {
+		return true
+	}
+	r.release()
+	return false
+}
+
+func (r *unlockRows) Close() {
+	r.Rows.Close()
+	r.release()
+}
+
+func (r *unlockRows) release() {
+	if !r.done {
+		r.done = true
+		r.mu.Unlock()
+	}
+}
+
+type unlockRow struct {
+	row pgx.Row
+	mu  *sync.Mutex
+}
+
+func (r unlockRow) Scan(dest ...any) error {
+	defer r.mu.Unlock()
+	return r.row.Scan(dest...)
 }
 
 var _ store.Reader = (*reader)(nil)
@@ -329,10 +398,10 @@ func (p *rowPage) read(rows pgx.Rows) error {
 }
 
 // eachCursor is each for a snapshot (a million keys go through here): one
-// query through a cursor, fetchPage rows at a time, instead of a thousand;
-// and while Postgres produces the next page (the fetch runs on its own
-// goroutine), this page is decoded on every CPU. fn runs only once that
-// fetch has returned: the connection is idle while fn may use it.
+// query through a cursor, fetchPage rows at a time, instead of a thousand.
+// While Postgres produces the next page (fetched on its own goroutine), this
+// page is decoded on every CPU and handed to fn; if fn uses the reader, its
+// statement waits for that fetch (serialQuerier).
 //
 // Rows come in heap order: a sequential scan. ORDER BY id made the database
 // walk the primary key and fetch rows at random, which took a million keys
@@ -347,11 +416,6 @@ func eachCursor[T any](ctx context.Context, r *reader, t table, fn func(T) error
 	if _, err := r.snap.Exec(ctx, "DECLARE "+name+" NO SCROLL CURSOR FOR SELECT "+t.id+", doc FROM "+t.name, simple); err != nil {
 		return r.fail(ctx, err)
 	}
-	defer func() {
-		// Also ends with the transaction; closing it early frees its
-		// memory on the server when fn failed halfway.
-		_, _ = r.snap.Exec(context.WithoutCancel(ctx), "CLOSE "+name, simple)
-	}()
 	fetch := func(p *rowPage) error {
 		rows, err := r.snap.Query(ctx, "FETCH "+strconv.Itoa(fetchPage)+" FROM "+name, simple)
 		if err != nil {
@@ -359,24 +423,27 @@ func eachCursor[T any](ctx context.Context, r *reader, t table, fn func(T) error
 		}
 		return p.read(rows)
 	}
+	var next chan error // the fetch in flight, if any
+	defer func() {
+		if next != nil {
+			<-next
+		}
+		// Also ends with the transaction; closing it early frees its
+		// memory on the server when fn failed halfway.
+		_, _ = r.snap.Exec(context.WithoutCancel(ctx), "CLOSE "+name, simple)
+	}()
 	page, spare := new(rowPage), new(rowPage)
 	if err := fetch(page); err != nil {
 		return r.fail(ctx, err)
 	}
 	items := make([]T, fetchPage)
 	for {
-		var next chan error
 		if len(page.rows) == fetchPage {
 			next = make(chan error, 1)
-			go func(p *rowPage) { next <- fetch(p) }(spare)
+			go func(p *rowPage, done chan<- error) { done <- fetch(p) }(spare, next)
 		}
-		derr := decodeRows(t, page.rows, items[:len(page.rows)])
-		var nerr error
-		if next != nil {
-			nerr = <-next // the connection is idle from here on
-		}
-		if derr != nil {
-			return derr
+		if err := decodeRows(t, page.rows, items[:len(page.rows)]); err != nil {
+			return err
 		}
 		for i := range page.rows {
 			if err := fn(items[i]); err != nil {
@@ -388,8 +455,10 @@ func eachCursor[T any](ctx context.Context, r *reader, t table, fn func(T) error
 		if next == nil {
 			return nil
 		}
-		if nerr != nil {
-			return r.fail(ctx, nerr)
+		err := <-next
+		next = nil
+		if err != nil {
+			return r.fail(ctx, err)
 		}
 		if err := ctx.Err(); err != nil {
 			return err

@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"time"
@@ -134,11 +135,39 @@ func spendDocs[T any](ctx context.Context, t *tx, tb table, kind string, totals 
 	return nil
 }
 
-// GetEndUser reads an end user's spend.
+// PutEndUser creates or replaces an end user, keeping its created_at.
+func (t *tx) PutEndUser(ctx context.Context, e store.EndUser) error {
+	if err := t.check(); err != nil {
+		return err
+	}
+	if e.EndUserID == "" {
+		return errors.New("postgres: end user without end_user_id")
+	}
+	now := time.Now()
+	created := e.CreatedAt
+	if created.IsZero() {
+		created = now
+	}
+	updated := e.UpdatedAt
+	if updated.IsZero() {
+		updated = now
+	}
+	if _, err := t.pg.Exec(ctx, `
+INSERT INTO end_users (end_user_id, spend, alias, max_budget, blocked, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (end_user_id) DO UPDATE SET spend = excluded.spend, alias = excluded.alias,
+    max_budget = excluded.max_budget, blocked = excluded.blocked, updated_at = excluded.updated_at`,
+		e.EndUserID, e.Spend, e.Alias, e.MaxBudget, e.Blocked, created, updated); err != nil {
+		return t.fail(ctx, err)
+	}
+	return nil
+}
+
+// GetEndUser reads an end user.
 func (r *reader) GetEndUser(ctx context.Context, id string) (store.EndUser, error) {
 	var e store.EndUser
-	err := r.q.QueryRow(ctx, "SELECT end_user_id, spend, created_at, updated_at FROM end_users WHERE end_user_id = $1", id).
-		Scan(&e.EndUserID, &e.Spend, &e.CreatedAt, &e.UpdatedAt)
+	err := r.q.QueryRow(ctx, "SELECT end_user_id, spend, alias, max_budget, blocked, created_at, updated_at FROM end_users WHERE end_user_id = $1", id).
+		Scan(&e.EndUserID, &e.Spend, &e.Alias, &e.MaxBudget, &e.Blocked, &e.CreatedAt, &e.UpdatedAt)
 	if err != nil {
 		return store.EndUser{}, r.fail(ctx, err)
 	}

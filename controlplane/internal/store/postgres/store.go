@@ -271,7 +271,8 @@ FROM revision_head`).Scan(&head, &pending)
 	if pending && exact {
 		return errPendingInView
 	}
-	if err := fn(head, &reader{q: tx, fail: classify, snap: tx}); err != nil {
+	sq := &serialQuerier{q: tx}
+	if err := fn(head, &reader{q: sq, fail: classify, snap: sq}); err != nil {
 		return err
 	}
 	return classify(ctx, tx.Commit(ctx))

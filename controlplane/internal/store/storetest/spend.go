@@ -19,6 +19,7 @@ var spendTests = []test{
 	{"MissingEntitiesStillLogged", testSpendMissing},
 	{"RejectsBadBatch", testSpendBadBatch},
 	{"LogFilters", testSpendLogFilters},
+	{"PutEndUser", testPutEndUser},
 }
 
 // spendFixture: org o1 ⊃ team t1 with member u1 (and u2), key k1 of u1 in t1.
@@ -257,4 +258,58 @@ func testSpendLogFilters(t *testing.T, s store.Store) {
 	check("far bounds", store.SpendLogFilter{Since: time.Date(1000, 1, 1, 0, 0, 0, 0, time.UTC), Until: time.Date(2999, 1, 1, 0, 0, 0, 0, time.UTC), TeamID: "t3"}, []uint64{11, 7, 3}, 3)
 	check("page 2", store.SpendLogFilter{Page: store.Page{Page: 2, Size: 5}}, []uint64{7, 6, 5, 4, 3}, 12)
 	check("page past end", store.SpendLogFilter{Page: store.Page{Page: 9, Size: 5}}, []uint64{}, 12)
+}
+
+// testPutEndUser: PutEndUser upserts an end user (spend, alias, budget,
+// blocked), keeps its created_at, and request spend adds to it.
+func testPutEndUser(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	get := func() store.EndUser {
+		t.Helper()
+		e, err := s.Read().GetEndUser(ctx, "cust-1")
+		if err != nil {
+			t.Fatalf("GetEndUser: %v", err)
+		}
+		return e
+	}
+	budget := int64(25_000_000)
+	put := func(e store.EndUser) {
+		t.Helper()
+		write(t, s, func(ctx context.Context, tx store.Tx) error { return tx.PutEndUser(ctx, e) })
+	}
+	put(store.EndUser{EndUserID: "cust-1", Spend: 1_500_000, Alias: "Acme", MaxBudget: &budget, Blocked: true, CreatedAt: at(1), UpdatedAt: at(2)})
+	e := get()
+	if e.EndUserID != "cust-1" || e.Spend != 1_500_000 || e.Alias != "Acme" || e.MaxBudget == nil || *e.MaxBudget != budget || !e.Blocked ||
+		!e.CreatedAt.Equal(at(1)) || !e.UpdatedAt.Equal(at(2)) {
+		t.Fatalf("after PutEndUser: %+v", e)
+	}
+	// Putting the same end user again is idempotent.
+	put(store.EndUser{EndUserID: "cust-1", Spend: 1_500_000, Alias: "Acme", MaxBudget: &budget, Blocked: true, CreatedAt: at(1), UpdatedAt: at(2)})
+	if got := get(); got.Spend != 1_500_000 || !got.CreatedAt.Equal(at(1)) {
+		t.Fatalf("after a second PutEndUser: %+v", got)
+	}
+	// Request spend adds to it and keeps the rest.
+	spendFixture(t, s)
+	apply(t, s, batch("p1", "ob1", spendRec(1, 100)))
+	e = get()
+	if e.Spend != 1_500_100 || e.Alias != "Acme" || e.MaxBudget == nil || *e.MaxBudget != budget || !e.Blocked || !e.CreatedAt.Equal(at(1)) {
+		t.Fatalf("after ApplySpend: %+v", e)
+	}
+	// A replace keeps created_at and clears what it leaves out.
+	put(store.EndUser{EndUserID: "cust-1", Spend: 7, CreatedAt: at(9), UpdatedAt: at(10)})
+	e = get()
+	if e.Spend != 7 || e.Alias != "" || e.MaxBudget != nil || e.Blocked || !e.CreatedAt.Equal(at(1)) || !e.UpdatedAt.Equal(at(10)) {
+		t.Fatalf("after a replacing PutEndUser: %+v", e)
+	}
+	// Zero times are filled in.
+	put(store.EndUser{EndUserID: "cust-2"})
+	if e, err := s.Read().GetEndUser(ctx, "cust-2"); err != nil || e.CreatedAt.IsZero() || e.UpdatedAt.IsZero() {
+		t.Fatalf("cust-2: %+v, %v", e, err)
+	}
+	// An end user needs an id.
+	if err := s.ReadWriteTx(ctx, func(ctx context.Context, tx store.Tx) error {
+		return tx.PutEndUser(ctx, store.EndUser{Spend: 1})
+	}); err == nil {
+		t.Fatal("PutEndUser without end_user_id succeeded")
+	}
 }

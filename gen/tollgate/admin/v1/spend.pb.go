@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
+	wrapperspb "google.golang.org/protobuf/types/known/wrapperspb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -452,9 +453,14 @@ type Customer struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	UserId string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// spend in USD.
-	Spend         float64                `protobuf:"fixed64,2,opt,name=spend,proto3" json:"spend,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	Spend     float64                `protobuf:"fixed64,2,opt,name=spend,proto3" json:"spend,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	Alias     string                 `protobuf:"bytes,5,opt,name=alias,proto3" json:"alias,omitempty"`
+	// max_budget in USD (absent: none). Recorded, not yet enforced by proxies.
+	MaxBudget *wrapperspb.DoubleValue `protobuf:"bytes,6,opt,name=max_budget,json=maxBudget,proto3" json:"max_budget,omitempty"`
+	// blocked is recorded, not yet enforced by proxies.
+	Blocked       bool `protobuf:"varint,7,opt,name=blocked,proto3" json:"blocked,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -517,11 +523,32 @@ func (x *Customer) GetUpdatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Customer) GetAlias() string {
+	if x != nil {
+		return x.Alias
+	}
+	return ""
+}
+
+func (x *Customer) GetMaxBudget() *wrapperspb.DoubleValue {
+	if x != nil {
+		return x.MaxBudget
+	}
+	return nil
+}
+
+func (x *Customer) GetBlocked() bool {
+	if x != nil {
+		return x.Blocked
+	}
+	return false
+}
+
 var File_tollgate_admin_v1_spend_proto protoreflect.FileDescriptor
 
 const file_tollgate_admin_v1_spend_proto_rawDesc = "" +
 	"\n" +
-	"\x1dtollgate/admin/v1/spend.proto\x12\x11tollgate.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x02\n" +
+	"\x1dtollgate/admin/v1/spend.proto\x12\x11tollgate.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/wrappers.proto\"\x86\x02\n" +
 	"\x14ListSpendLogsRequest\x12\x17\n" +
 	"\aapi_key\x18\x01 \x01(\tR\x06apiKey\x12\x1d\n" +
 	"\n" +
@@ -566,14 +593,18 @@ const file_tollgate_admin_v1_spend_proto_rawDesc = "" +
 	"\vtotal_pages\x18\x05 \x01(\x05R\n" +
 	"totalPages\"8\n" +
 	"\x16GetCustomerInfoRequest\x12\x1e\n" +
-	"\vend_user_id\x18\x01 \x01(\tR\tendUserId\"\xaf\x01\n" +
+	"\vend_user_id\x18\x01 \x01(\tR\tendUserId\"\x9c\x02\n" +
 	"\bCustomer\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
 	"\x05spend\x18\x02 \x01(\x01R\x05spend\x129\n" +
 	"\n" +
 	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
-	"updated_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt2\xcd\x01\n" +
+	"updated_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x14\n" +
+	"\x05alias\x18\x05 \x01(\tR\x05alias\x12;\n" +
+	"\n" +
+	"max_budget\x18\x06 \x01(\v2\x1c.google.protobuf.DoubleValueR\tmaxBudget\x12\x18\n" +
+	"\ablocked\x18\a \x01(\bR\ablocked2\xcd\x01\n" +
 	"\fSpendService\x12b\n" +
 	"\rListSpendLogs\x12'.tollgate.admin.v1.ListSpendLogsRequest\x1a(.tollgate.admin.v1.ListSpendLogsResponse\x12Y\n" +
 	"\x0fGetCustomerInfo\x12).tollgate.admin.v1.GetCustomerInfoRequest\x1a\x1b.tollgate.admin.v1.CustomerB?Z=github.com/tollgate-gw/tollgate/gen/tollgate/admin/v1;adminv1b\x06proto3"
@@ -598,6 +629,7 @@ var file_tollgate_admin_v1_spend_proto_goTypes = []any{
 	(*GetCustomerInfoRequest)(nil), // 3: tollgate.admin.v1.GetCustomerInfoRequest
 	(*Customer)(nil),               // 4: tollgate.admin.v1.Customer
 	(*timestamppb.Timestamp)(nil),  // 5: google.protobuf.Timestamp
+	(*wrapperspb.DoubleValue)(nil), // 6: google.protobuf.DoubleValue
 }
 var file_tollgate_admin_v1_spend_proto_depIdxs = []int32{
 	5, // 0: tollgate.admin.v1.SpendLog.start_time:type_name -> google.protobuf.Timestamp
@@ -605,15 +637,16 @@ var file_tollgate_admin_v1_spend_proto_depIdxs = []int32{
 	1, // 2: tollgate.admin.v1.ListSpendLogsResponse.spend_logs:type_name -> tollgate.admin.v1.SpendLog
 	5, // 3: tollgate.admin.v1.Customer.created_at:type_name -> google.protobuf.Timestamp
 	5, // 4: tollgate.admin.v1.Customer.updated_at:type_name -> google.protobuf.Timestamp
-	0, // 5: tollgate.admin.v1.SpendService.ListSpendLogs:input_type -> tollgate.admin.v1.ListSpendLogsRequest
-	3, // 6: tollgate.admin.v1.SpendService.GetCustomerInfo:input_type -> tollgate.admin.v1.GetCustomerInfoRequest
-	2, // 7: tollgate.admin.v1.SpendService.ListSpendLogs:output_type -> tollgate.admin.v1.ListSpendLogsResponse
-	4, // 8: tollgate.admin.v1.SpendService.GetCustomerInfo:output_type -> tollgate.admin.v1.Customer
-	7, // [7:9] is the sub-list for method output_type
-	5, // [5:7] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	6, // 5: tollgate.admin.v1.Customer.max_budget:type_name -> google.protobuf.DoubleValue
+	0, // 6: tollgate.admin.v1.SpendService.ListSpendLogs:input_type -> tollgate.admin.v1.ListSpendLogsRequest
+	3, // 7: tollgate.admin.v1.SpendService.GetCustomerInfo:input_type -> tollgate.admin.v1.GetCustomerInfoRequest
+	2, // 8: tollgate.admin.v1.SpendService.ListSpendLogs:output_type -> tollgate.admin.v1.ListSpendLogsResponse
+	4, // 9: tollgate.admin.v1.SpendService.GetCustomerInfo:output_type -> tollgate.admin.v1.Customer
+	8, // [8:10] is the sub-list for method output_type
+	6, // [6:8] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_admin_v1_spend_proto_init() }

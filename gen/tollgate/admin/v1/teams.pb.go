@@ -121,8 +121,11 @@ type Team struct {
 	Spend               float64                 `protobuf:"fixed64,16,opt,name=spend,proto3" json:"spend,omitempty"`
 	CreatedAt           *timestamppb.Timestamp  `protobuf:"bytes,17,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	UpdatedAt           *timestamppb.Timestamp  `protobuf:"bytes,18,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Key-management routes members with team role "user" may call on their
+	// keys in the team (LiteLLM's team_member_permissions); empty: no list.
+	TeamMemberPermissions []string `protobuf:"bytes,19,rep,name=team_member_permissions,json=teamMemberPermissions,proto3" json:"team_member_permissions,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *Team) Reset() {
@@ -281,24 +284,32 @@ func (x *Team) GetUpdatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Team) GetTeamMemberPermissions() []string {
+	if x != nil {
+		return x.TeamMemberPermissions
+	}
+	return nil
+}
+
 type NewTeamRequest struct {
-	state               protoimpl.MessageState  `protogen:"open.v1"`
-	TeamId              string                  `protobuf:"bytes,1,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
-	TeamAlias           string                  `protobuf:"bytes,2,opt,name=team_alias,json=teamAlias,proto3" json:"team_alias,omitempty"`
-	OrganizationId      string                  `protobuf:"bytes,3,opt,name=organization_id,json=organizationId,proto3" json:"organization_id,omitempty"`
-	MembersWithRoles    []*TeamMember           `protobuf:"bytes,4,rep,name=members_with_roles,json=membersWithRoles,proto3" json:"members_with_roles,omitempty"`
-	Models              []string                `protobuf:"bytes,5,rep,name=models,proto3" json:"models,omitempty"`
-	MaxBudget           *wrapperspb.DoubleValue `protobuf:"bytes,6,opt,name=max_budget,json=maxBudget,proto3" json:"max_budget,omitempty"`
-	SoftBudget          *wrapperspb.DoubleValue `protobuf:"bytes,7,opt,name=soft_budget,json=softBudget,proto3" json:"soft_budget,omitempty"`
-	BudgetDuration      string                  `protobuf:"bytes,8,opt,name=budget_duration,json=budgetDuration,proto3" json:"budget_duration,omitempty"`
-	RpmLimit            *wrapperspb.Int32Value  `protobuf:"bytes,9,opt,name=rpm_limit,json=rpmLimit,proto3" json:"rpm_limit,omitempty"`
-	TpmLimit            *wrapperspb.Int32Value  `protobuf:"bytes,10,opt,name=tpm_limit,json=tpmLimit,proto3" json:"tpm_limit,omitempty"`
-	MaxParallelRequests *wrapperspb.Int32Value  `protobuf:"bytes,11,opt,name=max_parallel_requests,json=maxParallelRequests,proto3" json:"max_parallel_requests,omitempty"`
-	TeamMemberBudget    *wrapperspb.DoubleValue `protobuf:"bytes,12,opt,name=team_member_budget,json=teamMemberBudget,proto3" json:"team_member_budget,omitempty"`
-	Metadata            *structpb.Struct        `protobuf:"bytes,13,opt,name=metadata,proto3" json:"metadata,omitempty"`
-	Blocked             bool                    `protobuf:"varint,14,opt,name=blocked,proto3" json:"blocked,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	state                 protoimpl.MessageState  `protogen:"open.v1"`
+	TeamId                string                  `protobuf:"bytes,1,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
+	TeamAlias             string                  `protobuf:"bytes,2,opt,name=team_alias,json=teamAlias,proto3" json:"team_alias,omitempty"`
+	OrganizationId        string                  `protobuf:"bytes,3,opt,name=organization_id,json=organizationId,proto3" json:"organization_id,omitempty"`
+	MembersWithRoles      []*TeamMember           `protobuf:"bytes,4,rep,name=members_with_roles,json=membersWithRoles,proto3" json:"members_with_roles,omitempty"`
+	Models                []string                `protobuf:"bytes,5,rep,name=models,proto3" json:"models,omitempty"`
+	MaxBudget             *wrapperspb.DoubleValue `protobuf:"bytes,6,opt,name=max_budget,json=maxBudget,proto3" json:"max_budget,omitempty"`
+	SoftBudget            *wrapperspb.DoubleValue `protobuf:"bytes,7,opt,name=soft_budget,json=softBudget,proto3" json:"soft_budget,omitempty"`
+	BudgetDuration        string                  `protobuf:"bytes,8,opt,name=budget_duration,json=budgetDuration,proto3" json:"budget_duration,omitempty"`
+	RpmLimit              *wrapperspb.Int32Value  `protobuf:"bytes,9,opt,name=rpm_limit,json=rpmLimit,proto3" json:"rpm_limit,omitempty"`
+	TpmLimit              *wrapperspb.Int32Value  `protobuf:"bytes,10,opt,name=tpm_limit,json=tpmLimit,proto3" json:"tpm_limit,omitempty"`
+	MaxParallelRequests   *wrapperspb.Int32Value  `protobuf:"bytes,11,opt,name=max_parallel_requests,json=maxParallelRequests,proto3" json:"max_parallel_requests,omitempty"`
+	TeamMemberBudget      *wrapperspb.DoubleValue `protobuf:"bytes,12,opt,name=team_member_budget,json=teamMemberBudget,proto3" json:"team_member_budget,omitempty"`
+	Metadata              *structpb.Struct        `protobuf:"bytes,13,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	Blocked               bool                    `protobuf:"varint,14,opt,name=blocked,proto3" json:"blocked,omitempty"`
+	TeamMemberPermissions []string                `protobuf:"bytes,15,rep,name=team_member_permissions,json=teamMemberPermissions,proto3" json:"team_member_permissions,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *NewTeamRequest) Reset() {
@@ -429,6 +440,13 @@ func (x *NewTeamRequest) GetBlocked() bool {
 	return false
 }
 
+func (x *NewTeamRequest) GetTeamMemberPermissions() []string {
+	if x != nil {
+		return x.TeamMemberPermissions
+	}
+	return nil
+}
+
 // UpdateTeamRequest changes the fields present; absent fields stay.
 type UpdateTeamRequest struct {
 	state               protoimpl.MessageState  `protogen:"open.v1"`
@@ -445,8 +463,10 @@ type UpdateTeamRequest struct {
 	TeamMemberBudget    *wrapperspb.DoubleValue `protobuf:"bytes,11,opt,name=team_member_budget,json=teamMemberBudget,proto3" json:"team_member_budget,omitempty"`
 	Metadata            *structpb.Struct        `protobuf:"bytes,12,opt,name=metadata,proto3" json:"metadata,omitempty"`
 	Blocked             *wrapperspb.BoolValue   `protobuf:"bytes,13,opt,name=blocked,proto3" json:"blocked,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// team_member_permissions replaces the list; [] clears it.
+	TeamMemberPermissions *structpb.ListValue `protobuf:"bytes,14,opt,name=team_member_permissions,json=teamMemberPermissions,proto3" json:"team_member_permissions,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *UpdateTeamRequest) Reset() {
@@ -566,6 +586,13 @@ func (x *UpdateTeamRequest) GetMetadata() *structpb.Struct {
 func (x *UpdateTeamRequest) GetBlocked() *wrapperspb.BoolValue {
 	if x != nil {
 		return x.Blocked
+	}
+	return nil
+}
+
+func (x *UpdateTeamRequest) GetTeamMemberPermissions() *structpb.ListValue {
+	if x != nil {
+		return x.TeamMemberPermissions
 	}
 	return nil
 }
@@ -1032,7 +1059,7 @@ const file_tollgate_admin_v1_teams_proto_rawDesc = "" +
 	"\x12max_budget_in_team\x18\x03 \x01(\v2\x1c.google.protobuf.DoubleValueR\x0fmaxBudgetInTeam\x12\x14\n" +
 	"\x05spend\x18\x04 \x01(\x01R\x05spend\x12\x1d\n" +
 	"\n" +
-	"user_email\x18\x05 \x01(\tR\tuserEmail\"\xa1\a\n" +
+	"user_email\x18\x05 \x01(\tR\tuserEmail\"\xd9\a\n" +
 	"\x04Team\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12\x1d\n" +
 	"\n" +
@@ -1057,7 +1084,8 @@ const file_tollgate_admin_v1_teams_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
-	"updated_at\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xdb\x05\n" +
+	"updated_at\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x126\n" +
+	"\x17team_member_permissions\x18\x13 \x03(\tR\x15teamMemberPermissions\"\x93\x06\n" +
 	"\x0eNewTeamRequest\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12\x1d\n" +
 	"\n" +
@@ -1076,7 +1104,8 @@ const file_tollgate_admin_v1_teams_proto_rawDesc = "" +
 	"\x15max_parallel_requests\x18\v \x01(\v2\x1b.google.protobuf.Int32ValueR\x13maxParallelRequests\x12J\n" +
 	"\x12team_member_budget\x18\f \x01(\v2\x1c.google.protobuf.DoubleValueR\x10teamMemberBudget\x123\n" +
 	"\bmetadata\x18\r \x01(\v2\x17.google.protobuf.StructR\bmetadata\x12\x18\n" +
-	"\ablocked\x18\x0e \x01(\bR\ablocked\"\xa3\x06\n" +
+	"\ablocked\x18\x0e \x01(\bR\ablocked\x126\n" +
+	"\x17team_member_permissions\x18\x0f \x03(\tR\x15teamMemberPermissions\"\xf7\x06\n" +
 	"\x11UpdateTeamRequest\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12;\n" +
 	"\n" +
@@ -1094,7 +1123,8 @@ const file_tollgate_admin_v1_teams_proto_rawDesc = "" +
 	" \x01(\v2\x1b.google.protobuf.Int32ValueR\x13maxParallelRequests\x12J\n" +
 	"\x12team_member_budget\x18\v \x01(\v2\x1c.google.protobuf.DoubleValueR\x10teamMemberBudget\x123\n" +
 	"\bmetadata\x18\f \x01(\v2\x17.google.protobuf.StructR\bmetadata\x124\n" +
-	"\ablocked\x18\r \x01(\v2\x1a.google.protobuf.BoolValueR\ablocked\"/\n" +
+	"\ablocked\x18\r \x01(\v2\x1a.google.protobuf.BoolValueR\ablocked\x12R\n" +
+	"\x17team_member_permissions\x18\x0e \x01(\v2\x1a.google.protobuf.ListValueR\x15teamMemberPermissions\"/\n" +
 	"\x12DeleteTeamsRequest\x12\x19\n" +
 	"\bteam_ids\x18\x01 \x03(\tR\ateamIds\"\xaa\x01\n" +
 	"\x14TeamMemberAddRequest\x12\x17\n" +
@@ -1206,37 +1236,38 @@ var file_tollgate_admin_v1_teams_proto_depIdxs = []int32{
 	12, // 29: tollgate.admin.v1.UpdateTeamRequest.team_member_budget:type_name -> google.protobuf.DoubleValue
 	15, // 30: tollgate.admin.v1.UpdateTeamRequest.metadata:type_name -> google.protobuf.Struct
 	18, // 31: tollgate.admin.v1.UpdateTeamRequest.blocked:type_name -> google.protobuf.BoolValue
-	19, // 32: tollgate.admin.v1.TeamMemberAddRequest.member:type_name -> google.protobuf.Value
-	12, // 33: tollgate.admin.v1.TeamMemberAddRequest.max_budget_in_team:type_name -> google.protobuf.DoubleValue
-	12, // 34: tollgate.admin.v1.TeamMemberUpdateRequest.max_budget_in_team:type_name -> google.protobuf.DoubleValue
-	1,  // 35: tollgate.admin.v1.TeamInfoResponse.team_info:type_name -> tollgate.admin.v1.Team
-	20, // 36: tollgate.admin.v1.TeamInfoResponse.keys:type_name -> tollgate.admin.v1.Key
-	1,  // 37: tollgate.admin.v1.ListTeamsResponse.teams:type_name -> tollgate.admin.v1.Team
-	2,  // 38: tollgate.admin.v1.TeamService.NewTeam:input_type -> tollgate.admin.v1.NewTeamRequest
-	3,  // 39: tollgate.admin.v1.TeamService.UpdateTeam:input_type -> tollgate.admin.v1.UpdateTeamRequest
-	4,  // 40: tollgate.admin.v1.TeamService.DeleteTeams:input_type -> tollgate.admin.v1.DeleteTeamsRequest
-	5,  // 41: tollgate.admin.v1.TeamService.AddTeamMember:input_type -> tollgate.admin.v1.TeamMemberAddRequest
-	6,  // 42: tollgate.admin.v1.TeamService.DeleteTeamMember:input_type -> tollgate.admin.v1.TeamMemberDeleteRequest
-	7,  // 43: tollgate.admin.v1.TeamService.UpdateTeamMember:input_type -> tollgate.admin.v1.TeamMemberUpdateRequest
-	8,  // 44: tollgate.admin.v1.TeamService.BlockTeam:input_type -> tollgate.admin.v1.TeamIdRequest
-	8,  // 45: tollgate.admin.v1.TeamService.UnblockTeam:input_type -> tollgate.admin.v1.TeamIdRequest
-	8,  // 46: tollgate.admin.v1.TeamService.GetTeamInfo:input_type -> tollgate.admin.v1.TeamIdRequest
-	10, // 47: tollgate.admin.v1.TeamService.ListTeams:input_type -> tollgate.admin.v1.ListTeamsRequest
-	1,  // 48: tollgate.admin.v1.TeamService.NewTeam:output_type -> tollgate.admin.v1.Team
-	1,  // 49: tollgate.admin.v1.TeamService.UpdateTeam:output_type -> tollgate.admin.v1.Team
-	21, // 50: tollgate.admin.v1.TeamService.DeleteTeams:output_type -> tollgate.admin.v1.DeleteResponse
-	1,  // 51: tollgate.admin.v1.TeamService.AddTeamMember:output_type -> tollgate.admin.v1.Team
-	1,  // 52: tollgate.admin.v1.TeamService.DeleteTeamMember:output_type -> tollgate.admin.v1.Team
-	0,  // 53: tollgate.admin.v1.TeamService.UpdateTeamMember:output_type -> tollgate.admin.v1.TeamMember
-	1,  // 54: tollgate.admin.v1.TeamService.BlockTeam:output_type -> tollgate.admin.v1.Team
-	1,  // 55: tollgate.admin.v1.TeamService.UnblockTeam:output_type -> tollgate.admin.v1.Team
-	9,  // 56: tollgate.admin.v1.TeamService.GetTeamInfo:output_type -> tollgate.admin.v1.TeamInfoResponse
-	11, // 57: tollgate.admin.v1.TeamService.ListTeams:output_type -> tollgate.admin.v1.ListTeamsResponse
-	48, // [48:58] is the sub-list for method output_type
-	38, // [38:48] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	17, // 32: tollgate.admin.v1.UpdateTeamRequest.team_member_permissions:type_name -> google.protobuf.ListValue
+	19, // 33: tollgate.admin.v1.TeamMemberAddRequest.member:type_name -> google.protobuf.Value
+	12, // 34: tollgate.admin.v1.TeamMemberAddRequest.max_budget_in_team:type_name -> google.protobuf.DoubleValue
+	12, // 35: tollgate.admin.v1.TeamMemberUpdateRequest.max_budget_in_team:type_name -> google.protobuf.DoubleValue
+	1,  // 36: tollgate.admin.v1.TeamInfoResponse.team_info:type_name -> tollgate.admin.v1.Team
+	20, // 37: tollgate.admin.v1.TeamInfoResponse.keys:type_name -> tollgate.admin.v1.Key
+	1,  // 38: tollgate.admin.v1.ListTeamsResponse.teams:type_name -> tollgate.admin.v1.Team
+	2,  // 39: tollgate.admin.v1.TeamService.NewTeam:input_type -> tollgate.admin.v1.NewTeamRequest
+	3,  // 40: tollgate.admin.v1.TeamService.UpdateTeam:input_type -> tollgate.admin.v1.UpdateTeamRequest
+	4,  // 41: tollgate.admin.v1.TeamService.DeleteTeams:input_type -> tollgate.admin.v1.DeleteTeamsRequest
+	5,  // 42: tollgate.admin.v1.TeamService.AddTeamMember:input_type -> tollgate.admin.v1.TeamMemberAddRequest
+	6,  // 43: tollgate.admin.v1.TeamService.DeleteTeamMember:input_type -> tollgate.admin.v1.TeamMemberDeleteRequest
+	7,  // 44: tollgate.admin.v1.TeamService.UpdateTeamMember:input_type -> tollgate.admin.v1.TeamMemberUpdateRequest
+	8,  // 45: tollgate.admin.v1.TeamService.BlockTeam:input_type -> tollgate.admin.v1.TeamIdRequest
+	8,  // 46: tollgate.admin.v1.TeamService.UnblockTeam:input_type -> tollgate.admin.v1.TeamIdRequest
+	8,  // 47: tollgate.admin.v1.TeamService.GetTeamInfo:input_type -> tollgate.admin.v1.TeamIdRequest
+	10, // 48: tollgate.admin.v1.TeamService.ListTeams:input_type -> tollgate.admin.v1.ListTeamsRequest
+	1,  // 49: tollgate.admin.v1.TeamService.NewTeam:output_type -> tollgate.admin.v1.Team
+	1,  // 50: tollgate.admin.v1.TeamService.UpdateTeam:output_type -> tollgate.admin.v1.Team
+	21, // 51: tollgate.admin.v1.TeamService.DeleteTeams:output_type -> tollgate.admin.v1.DeleteResponse
+	1,  // 52: tollgate.admin.v1.TeamService.AddTeamMember:output_type -> tollgate.admin.v1.Team
+	1,  // 53: tollgate.admin.v1.TeamService.DeleteTeamMember:output_type -> tollgate.admin.v1.Team
+	0,  // 54: tollgate.admin.v1.TeamService.UpdateTeamMember:output_type -> tollgate.admin.v1.TeamMember
+	1,  // 55: tollgate.admin.v1.TeamService.BlockTeam:output_type -> tollgate.admin.v1.Team
+	1,  // 56: tollgate.admin.v1.TeamService.UnblockTeam:output_type -> tollgate.admin.v1.Team
+	9,  // 57: tollgate.admin.v1.TeamService.GetTeamInfo:output_type -> tollgate.admin.v1.TeamInfoResponse
+	11, // 58: tollgate.admin.v1.TeamService.ListTeams:output_type -> tollgate.admin.v1.ListTeamsResponse
+	49, // [49:59] is the sub-list for method output_type
+	39, // [39:49] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_admin_v1_teams_proto_init() }
