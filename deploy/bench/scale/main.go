@@ -50,6 +50,7 @@ type config struct {
 	blocks, first     int
 	port              int
 	readyTimeout      time.Duration
+	idle              time.Duration
 	pprof             bool
 }
 
@@ -68,6 +69,7 @@ func main() {
 	flag.IntVar(&c.first, "first", 1, "index of the first seeded key to block (the store must have them unblocked)")
 	flag.IntVar(&c.port, "port", 18300, "first loopback port to use (uses 10)")
 	flag.DurationVar(&c.readyTimeout, "ready-timeout", 120*time.Second, "give up waiting for readiness after")
+	flag.DurationVar(&c.idle, "idle", 61*time.Second, "measure the control plane's idle CPU over this long (0: skip)")
 	flag.BoolVar(&c.pprof, "pprof", false, "start every process with --pprof-addr (ports +7..+9)")
 	flag.Parse()
 	if c.work == "" || (c.dataDir == "") == (c.dbURL == "") {
@@ -84,11 +86,12 @@ func main() {
 }
 
 type proc struct {
-	name  string
-	cmd   *exec.Cmd
-	log   string
-	start time.Time
-	done  chan struct{}
+	name     string
+	cmd      *exec.Cmd
+	log      string
+	start    time.Time
+	done     chan struct{}
+	pressure string // while it got ready (proxies)
 }
 
 type bench struct {
@@ -139,6 +142,7 @@ func (b *bench) run() error {
 		return err
 	}
 	b.row("(a) proxy 1, empty cache: start → ready", dur(took))
+	b.row("    meanwhile", p1.pressure)
 	if build, ok := logField(cp.log, `sync: snapshot built`, "took"); ok {
 		b.row("    control plane snapshot build (its log)", build)
 	}
@@ -156,6 +160,7 @@ func (b *bench) run() error {
 		return err
 	}
 	b.row("(b) proxy 2, empty cache, snapshot cached on CP: start → ready", dur(took))
+	b.row("    meanwhile", p2.pressure)
 	if sent, ok := logField(cp.log, `sync: snapshot sent.*proxy_id=proxy2`, "took"); ok {
 		b.row("    control plane: proxy connected → snapshot sent", sent)
 	}
@@ -171,6 +176,18 @@ func (b *bench) run() error {
 	b.row("(d) proxy 2 cache file", size(p2cache))
 	if c.dataDir != "" {
 		b.row("(d) control plane store file (embedded)", size(filepath.Join(c.dataDir, "tollgate.db")))
+	}
+
+	// Background cost at N keys: the control plane's CPU while nothing
+	// happens (its periodic jobs), and Postgres's.
+	if b.c.idle > 0 {
+		c0, p0 := procCPU(cp.cmd.Process.Pid), postgresCPU()
+		time.Sleep(b.c.idle)
+		row := fmt.Sprintf("%.0f%% of a core", float64(procCPU(cp.cmd.Process.Pid)-c0)/float64(b.c.idle)*100)
+		if c.dbURL != "" {
+			row += fmt.Sprintf(" (+ local postgres processes %.0f%%)", float64(postgresCPU()-p0)/float64(b.c.idle)*100)
+		}
+		b.row(fmt.Sprintf("(d) control plane CPU, idle, over %s", b.c.idle), row)
 	}
 
 	// (e) at N keys, while both proxies follow.
@@ -192,6 +209,7 @@ func (b *bench) run() error {
 		return err
 	}
 	b.row("(c) CP killed, proxy 1 restarted: start → ready from cache", dur(took))
+	b.row("    meanwhile", p1.pressure)
 	if ld, ok := logField(p1.log, `replica: loaded from cache`, "took"); ok {
 		b.row("    proxy 1: cache load (its log)", ld)
 	}
@@ -292,6 +310,36 @@ func (b *bench) startCP(name, dir, url string) (*proc, error) {
 	return p, nil
 }
 
+// stalls reads the kernel's pressure totals (microseconds during which some
+// task waited for a CPU, and for I/O); ok is false without PSI.
+func stalls() (cpu, io int64, ok bool) {
+	read := func(res string) (int64, bool) {
+		raw, err := os.ReadFile("/proc/pressure/" + res)
+		if err != nil {
+			return 0, false
+		}
+		line, _, _ := strings.Cut(string(raw), "\n") // "some avg10=... total=N"
+		_, tot, found := strings.Cut(line, "total=")
+		v, err := strconv.ParseInt(strings.TrimSpace(tot), 10, 64)
+		return v, found && err == nil
+	}
+	c, ok1 := read("cpu")
+	i, ok2 := read("io")
+	return c, i, ok1 && ok2
+}
+
+// pressure describes the stalls since (cpu0, io0) over d: how much of the
+// time some task on the machine (ours or not) waited for a CPU or for I/O.
+// It tells a noisy measurement from a clean one on a shared machine.
+func pressure(cpu0, io0 int64, d time.Duration) string {
+	cpu1, io1, ok := stalls()
+	if !ok || d <= 0 {
+		return "unavailable"
+	}
+	pct := func(us int64) float64 { return float64(us) / float64(d.Microseconds()) * 100 }
+	return fmt.Sprintf("machine: some task waiting for CPU %.0f%% of the time, for I/O %.0f%%", pct(cpu1-cpu0), pct(io1-io0))
+}
+
 // startProxy starts proxy slot i (1 or 2) and waits for readiness; took is
 // from just before exec to the first 200.
 func (b *bench) startProxy(name string, i int, cache string) (*proc, time.Duration, error) {
@@ -300,6 +348,8 @@ func (b *bench) startProxy(name string, i int, cache string) (*proc, time.Durati
 	if b.c.pprof {
 		args = append(args, "--pprof-addr", b.addr(7+i))
 	}
+	cpu0, io0, _ := stalls()
+	cp0 := b.cpCPU()
 	p, err := b.start(name, args...)
 	if err != nil {
 		return nil, 0, err
@@ -307,7 +357,19 @@ func (b *bench) startProxy(name string, i int, cache string) (*proc, time.Durati
 	if err := b.waitHTTP(p, b.proxyURL(name)+"/health/readiness", b.c.readyTimeout); err != nil {
 		return nil, 0, fmt.Errorf("%s: %w (log %s)", name, err, p.log)
 	}
-	return p, time.Since(p.start), nil
+	took := time.Since(p.start)
+	p.pressure = fmt.Sprintf("CPU used: proxy %s, control plane %s; %s", dur(procCPU(p.cmd.Process.Pid)), dur(b.cpCPU()-cp0), pressure(cpu0, io0, took))
+	return p, took, nil
+}
+
+// cpCPU is the CPU time of the running control plane (0 if none).
+func (b *bench) cpCPU() time.Duration {
+	for _, name := range []string{"cp", "cp-small"} {
+		if p, ok := b.procs[name]; ok {
+			return procCPU(p.cmd.Process.Pid)
+		}
+	}
+	return 0
 }
 
 func (b *bench) proxyURL(name string) string {
@@ -382,6 +444,38 @@ func (b *bench) rss(label string, p *proc) {
 		return fmt.Sprintf("%.0f MB", v/1024)
 	}
 	b.row(label, fmt.Sprintf("VmRSS %s, VmHWM %s (anon %s, file %s)", mb("VmRSS"), mb("VmHWM"), mb("RssAnon"), mb("RssFile")))
+}
+
+// procCPU is a process's user+system CPU time (clock ticks of 10 ms).
+func procCPU(pid int) time.Duration {
+	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	s := string(raw)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	k, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+k) * 10 * time.Millisecond
+}
+
+// postgresCPU sums procCPU over the local processes named postgres.
+func postgresCPU() time.Duration {
+	ents, _ := os.ReadDir("/proc")
+	var total time.Duration
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if comm, err := os.ReadFile("/proc/" + e.Name() + "/comm"); err == nil && strings.TrimSpace(string(comm)) == "postgres" {
+			total += procCPU(pid)
+		}
+	}
+	return total
 }
 
 func size(path string) string {
