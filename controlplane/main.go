@@ -15,6 +15,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/flagenv"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -67,21 +68,7 @@ func newFlagSet(name string, o *options) *flag.FlagSet {
 }
 
 // parseFlags applies TOLLGATE_* environment variables, then the command line.
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		env := "TOLLGATE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(env); ok {
-			if err := f.Value.Set(v); err != nil && envErr == nil {
-				envErr = fmt.Errorf("%s: %w", env, err)
-			}
-		}
-	})
-	if envErr != nil {
-		return envErr
-	}
-	return fs.Parse(args)
-}
+func parseFlags(fs *flag.FlagSet, args []string) error { return flagenv.Parse(fs, args) }
 
 func main() {
 	args := os.Args[1:]

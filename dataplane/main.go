@@ -12,13 +12,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/flagenv"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -100,21 +100,7 @@ func main() {
 }
 
 // parseFlags applies TOLLGATE_* environment variables, then the command line.
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		name := "TOLLGATE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(name); ok && envErr == nil {
-			if err := f.Value.Set(v); err != nil {
-				envErr = fmt.Errorf("%s: %w", name, err)
-			}
-		}
-	})
-	if envErr != nil {
-		return envErr
-	}
-	return fs.Parse(args)
-}
+func parseFlags(fs *flag.FlagSet, args []string) error { return flagenv.Parse(fs, args) }
 
 func run(ctx context.Context, o options) error {
 	if o.SyncToken == "" && o.TLSCert == "" {
