@@ -43,19 +43,25 @@ func StartDataPlane(t testing.TB, o DPOptions) *DataPlane {
 	if o.Cache == "" {
 		o.Cache = filepath.Join(t.TempDir(), "tollgate-proxy.db")
 	}
-	if o.Addr == "" {
-		o.Addr = FreeAddr(t)
-	}
 	if o.ID == "" {
 		o.ID = "proxy-" + RandomKey()[3:9]
 	}
-	args := []string{"--listen", o.Addr, "--control-plane", o.ControlPlane, "--sync-token", o.SyncToken, "--cache", o.Cache, "--id", o.ID}
-	p := Start(t, "dataplane "+o.ID, bin, args, o.Env)
-	dp := &DataPlane{Process: p, Addr: o.Addr, Cache: o.Cache, ID: o.ID, ControlPlane: o.ControlPlane, SyncToken: o.SyncToken, Env: o.Env}
-	WaitHTTP(t, p, dp.URL()+"/health/liveliness", 200, 30*time.Second)
-	if !o.NoWaitReady {
-		WaitHTTP(t, p, dp.URL()+"/health/readiness", 200, 30*time.Second)
-	}
+	fixed := o.Addr
+	var dp *DataPlane
+	startRetrying(t, fixed == "", func() (*Process, []string) {
+		o.Addr = fixed
+		if o.Addr == "" {
+			o.Addr = FreeAddr(t)
+		}
+		args := []string{"--listen", o.Addr, "--control-plane", o.ControlPlane, "--sync-token", o.SyncToken, "--cache", o.Cache, "--id", o.ID}
+		p := Start(t, "dataplane "+o.ID, bin, args, o.Env)
+		dp = &DataPlane{Process: p, Addr: o.Addr, Cache: o.Cache, ID: o.ID, ControlPlane: o.ControlPlane, SyncToken: o.SyncToken, Env: o.Env}
+		waits := []string{dp.URL() + "/health/liveliness"}
+		if !o.NoWaitReady {
+			waits = append(waits, dp.URL()+"/health/readiness")
+		}
+		return p, waits
+	})
 	return dp
 }
 

@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -19,6 +20,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -63,15 +65,68 @@ func Binary(t testing.TB, name string) string {
 	return filepath.Join(binDir, name)
 }
 
-// FreeAddr returns a loopback address with a free port.
+// FreeAddr returns a loopback address with a port that was free a moment
+// ago. Ports come from below the kernel's ephemeral range (32768+), so the
+// outgoing connections of other tests cannot take them between FreeAddr and
+// the process binding them; processes started with an address FreeAddr chose
+// are restarted on a new one if another test took it anyway
+// (see startRetrying).
 func FreeAddr(t testing.TB) string {
 	t.Helper()
+	for range 200 {
+		port := 10000 + int(nextPort.Add(1)%22000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		addr := l.Addr().String()
+		l.Close()
+		return addr
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// nextPort walks the port range from a random start, so parallel test
+// binaries rarely try the same ports.
+var nextPort = func() *atomic.Uint32 {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	v := &atomic.Uint32{}
+	v.Store(uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]))
+	return v
+}()
+
+// errAddrInUse reports that a process exited because its listen address was
+// taken.
+var errAddrInUse = errors.New("address already in use")
+
+// startRetrying starts a process through start (which picks fresh addresses
+// when pick is true) and waits for url(status); when the process dies
+// because another test took its port, it tries again with new addresses.
+func startRetrying(t testing.TB, pick bool, start func() (*Process, []string)) *Process {
+	t.Helper()
+	for attempt := 0; ; attempt++ {
+		p, waits := start()
+		var err error
+		for _, u := range waits {
+			if err = waitHTTP(p, u, 200, 30*time.Second); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			return p
+		}
+		if pick && errors.Is(err, errAddrInUse) && attempt < 5 {
+			t.Logf("%s: port taken, retrying on new addresses", p.Name)
+			continue
+		}
+		t.Fatal(err)
+	}
 }
 
 // RandomKey returns a fresh "sk-" key for use as a master key or sync token.
@@ -212,12 +267,25 @@ func StartControlPlane(t testing.TB, o CPOptions) *ControlPlane {
 	if o.SyncToken == "" {
 		o.SyncToken = RandomKey()
 	}
-	if o.HTTPAddr == "" {
-		o.HTTPAddr = FreeAddr(t)
-	}
-	if o.GRPCAddr == "" {
-		o.GRPCAddr = FreeAddr(t)
-	}
+	pick := o.HTTPAddr == "" || o.GRPCAddr == ""
+	fixedHTTP, fixedGRPC := o.HTTPAddr, o.GRPCAddr
+	var cp *ControlPlane
+	startRetrying(t, pick, func() (*Process, []string) {
+		o.HTTPAddr, o.GRPCAddr = fixedHTTP, fixedGRPC
+		if o.HTTPAddr == "" {
+			o.HTTPAddr = FreeAddr(t)
+		}
+		if o.GRPCAddr == "" {
+			o.GRPCAddr = FreeAddr(t)
+		}
+		cp = startControlPlane(t, bin, o)
+		return cp.Process, []string{"http://" + o.HTTPAddr + "/health"}
+	})
+	return cp
+}
+
+func startControlPlane(t testing.TB, bin string, o CPOptions) *ControlPlane {
+	t.Helper()
 	args := []string{"--http-addr", o.HTTPAddr, "--grpc-addr", o.GRPCAddr, "--sync-token", o.SyncToken}
 	if o.DatabaseURL != "" {
 		args = append(args, "--database-url", o.DatabaseURL)
@@ -232,9 +300,7 @@ func StartControlPlane(t testing.TB, o CPOptions) *ControlPlane {
 		env = append([]string{"TOLLGATE_MASTER_KEY="}, o.Env...)
 	}
 	p := Start(t, "controlplane", bin, args, env)
-	cp := &ControlPlane{Process: p, HTTPAddr: o.HTTPAddr, GRPCAddr: o.GRPCAddr, MasterKey: o.MasterKey, SyncToken: o.SyncToken, DataDir: o.DataDir, DatabaseURL: o.DatabaseURL, Config: o.Config}
-	WaitHTTP(t, p, "http://"+o.HTTPAddr+"/health", 200, 30*time.Second)
-	return cp
+	return &ControlPlane{Process: p, HTTPAddr: o.HTTPAddr, GRPCAddr: o.GRPCAddr, MasterKey: o.MasterKey, SyncToken: o.SyncToken, DataDir: o.DataDir, DatabaseURL: o.DatabaseURL, Config: o.Config}
 }
 
 // Options returns options that restart the same control plane.
@@ -248,21 +314,31 @@ func (cp *ControlPlane) URL() string { return "http://" + cp.HTTPAddr }
 // WaitHTTP polls url until it answers status, or fails the test.
 func WaitHTTP(t testing.TB, p *Process, url string, status int, timeout time.Duration) {
 	t.Helper()
+	if err := waitHTTP(p, url, status, timeout); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitHTTP(p *Process, url string, status int, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		if p != nil && p.Exited() {
-			t.Fatalf("%s exited: %v\n%s", p.Name, p.err, p.Output())
+			out := p.Output()
+			if strings.Contains(out, "address already in use") {
+				return fmt.Errorf("%s exited: %w\n%s", p.Name, errAddrInUse, out)
+			}
+			return fmt.Errorf("%s exited: %v\n%s", p.Name, p.err, out)
 		}
 		resp, err := http.Get(url)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == status {
-				return
+				return nil
 			}
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatalf("%s did not answer %d within %s", url, status, timeout)
+	return fmt.Errorf("%s did not answer %d within %s", url, status, timeout)
 }
 
 // Response is a decoded HTTP answer.
