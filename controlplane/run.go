@@ -33,6 +33,7 @@ import (
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store/embedded"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store/postgres"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/syncserver"
+	"github.com/tollgate-gw/tollgate/controlplane/internal/ui"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/certs"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
@@ -150,6 +151,14 @@ func run(ctx context.Context, o options) error {
 	})
 	mux.Handle("GET /openapi.json", openapi.Handler())
 	mux.Handle("/", gw)
+	// The admin UI (controlplane/internal/ui) calls gw with the session's
+	// credential, so the API's authorization applies unchanged.
+	uiHandler, err := ui.New(ui.Config{API: gw, Identify: srv.Identify, MasterKey: o.MasterKey, Secure: tlsCfg != nil})
+	if err != nil {
+		return err
+	}
+	mux.Handle(ui.Prefix, uiHandler)
+	mux.Handle(ui.Prefix+"/", uiHandler)
 
 	if o.PprofAddr != "" {
 		pm := http.NewServeMux()
