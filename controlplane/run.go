@@ -121,6 +121,7 @@ func run(ctx context.Context, o options) error {
 		slog.Warn("no --sync-token and no --client-ca: data planes cannot sync from this control plane")
 	}
 	ss := syncserver.New(st, o.SyncToken, syncOpts...)
+	srv.SetProxyStats(ss.Stats) // GET /proxies
 	syncCtx, stopSync := context.WithCancel(ctx)
 	defer stopSync()
 	go func() {

@@ -30,6 +30,7 @@ import (
 	"github.com/tollgate-gw/tollgate/controlplane/internal/authz"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/events"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
+	"github.com/tollgate-gw/tollgate/controlplane/internal/syncserver"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
 	adminv1 "github.com/tollgate-gw/tollgate/gen/tollgate/admin/v1"
 )
@@ -41,6 +42,7 @@ type Server struct {
 	clock           func() time.Time
 	httpClient      *http.Client
 	keyCheckTimeout time.Duration
+	proxyStats      func() syncserver.Stats
 }
 
 // Option configures a Server.
@@ -68,6 +70,7 @@ func (s *Server) Register(g grpc.ServiceRegistrar) {
 	adminv1.RegisterSettingsServiceServer(g, &settingsService{s: s})
 	adminv1.RegisterAuditServiceServer(g, &auditService{s: s})
 	adminv1.RegisterSpendServiceServer(g, &spendService{s: s})
+	adminv1.RegisterProxyServiceServer(g, &proxyService{s: s})
 }
 
 // audit writes one audit row in tx. before/after are API views (never key

@@ -1,9 +1,12 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"slices"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -42,34 +45,12 @@ func (ss *spendService) ListSpendLogs(ctx context.Context, req *adminv1.ListSpen
 		return nil, err
 	}
 	r := s.store.Read()
-	before := &authz.Object{UserID: f.UserID, TeamID: f.TeamID}
-	if f.TeamID != "" {
-		if t, err := r.GetTeam(ctx, f.TeamID); err == nil {
-			before.OrgID = t.OrganizationID
-		}
-	}
-	c, err := s.authorize(ctx, authz.SpendRead, authz.Target{Before: before})
+	empty, err := s.spendScope(ctx, r, &f, req.GetApiKey())
 	if err != nil {
 		return nil, err
 	}
-	if !c.ReadsAll() && (f.TeamID == "" || c.TeamRole(f.TeamID, before.OrgID) != store.TeamRoleAdmin) {
-		f.UserID = c.ID // others see their own spend only
-	}
-	if ref := req.GetApiKey(); ref != "" {
-		k, err := s.findKey(ctx, r, ref)
-		switch {
-		case err == nil:
-			f.TokenID = k.TokenID
-		case status.Code(err) == codes.NotFound:
-			// A deleted key keeps its logs: filter by the id as given
-			// (a plaintext key that matches nothing matches no log).
-			f.TokenID = ref
-			if len(ref) > maxIDLen || strings.HasPrefix(ref, keys.Prefix) {
-				return emptySpendPage(f.Page), nil
-			}
-		default:
-			return nil, storeError(ctx, err, "key")
-		}
+	if empty {
+		return emptySpendPage(f.Page), nil
 	}
 	list, total, err := r.ListSpendLogs(ctx, f)
 	if err != nil {
@@ -88,6 +69,43 @@ func (ss *spendService) ListSpendLogs(ctx context.Context, req *adminv1.ListSpen
 		})
 	}
 	return out, nil
+}
+
+// spendScope authorizes a spend read filtered by f and narrows f to what the
+// caller may see: admins and viewers everything, a team admin its team,
+// everyone else its own spend. apiKey (a key or its token_id) becomes
+// f.TokenID. empty reports a filter that can match nothing.
+func (s *Server) spendScope(ctx context.Context, r store.Reader, f *store.SpendLogFilter, apiKey string) (empty bool, err error) {
+	before := &authz.Object{UserID: f.UserID, TeamID: f.TeamID}
+	if f.TeamID != "" {
+		if t, err := r.GetTeam(ctx, f.TeamID); err == nil {
+			before.OrgID = t.OrganizationID
+		}
+	}
+	c, err := s.authorize(ctx, authz.SpendRead, authz.Target{Before: before})
+	if err != nil {
+		return false, err
+	}
+	if !c.ReadsAll() && (f.TeamID == "" || c.TeamRole(f.TeamID, before.OrgID) != store.TeamRoleAdmin) {
+		f.UserID = c.ID // others see their own spend only
+	}
+	if ref := apiKey; ref != "" {
+		k, err := s.findKey(ctx, r, ref)
+		switch {
+		case err == nil:
+			f.TokenID = k.TokenID
+		case status.Code(err) == codes.NotFound:
+			// A deleted key keeps its logs: filter by the id as given
+			// (a plaintext key that matches nothing matches no log).
+			f.TokenID = ref
+			if len(ref) > maxIDLen || strings.HasPrefix(ref, keys.Prefix) {
+				return true, nil
+			}
+		default:
+			return false, storeError(ctx, err, "key")
+		}
+	}
+	return false, nil
 }
 
 func emptySpendPage(p store.Page) *adminv1.ListSpendLogsResponse {
@@ -117,4 +135,133 @@ func (ss *spendService) GetCustomerInfo(ctx context.Context, req *adminv1.GetCus
 	}
 	return &adminv1.Customer{UserId: e.EndUserID, Spend: money.ToUSD(e.Spend), Alias: e.Alias, MaxBudget: usdValue(e.MaxBudget), Blocked: e.Blocked,
 		CreatedAt: timestamppb.New(e.CreatedAt), UpdatedAt: timestamppb.New(e.UpdatedAt)}, nil
+}
+
+// Spend report bounds: the report sums spend logs read page by page, so it
+// reads at most maxReportRows of them (newest first) and says so when a
+// range holds more. A store-side aggregate would lift this bound.
+const (
+	maxReportRows = 20000
+	maxReportDays = 366
+)
+
+// GetSpendReport sums spend per UTC day and group (key, team, user, model
+// or end user) over [start_date, end_date), for what the caller may see
+// (the same narrowing as /spend/logs).
+func (ss *spendService) GetSpendReport(ctx context.Context, req *adminv1.GetSpendReportRequest) (*adminv1.GetSpendReportResponse, error) {
+	s := ss.s
+	groupOf, by, err := reportGroup(req.GetGroupBy())
+	if err != nil {
+		return nil, err
+	}
+	f := store.SpendLogFilter{UserID: req.GetUserId(), TeamID: req.GetTeamId()}
+	for _, p := range []struct{ n, v string }{{"user_id", f.UserID}, {"team_id", f.TeamID}} {
+		if err := checkID(p.n, p.v, false); err != nil {
+			return nil, err
+		}
+	}
+	if f.Since, err = auditTime("start_date", req.GetStartDate()); err != nil {
+		return nil, err
+	}
+	if f.Until, err = auditTime("end_date", req.GetEndDate()); err != nil {
+		return nil, err
+	}
+	day := func(t time.Time) time.Time { return t.UTC().Truncate(24 * time.Hour) }
+	if f.Until.IsZero() {
+		f.Until = day(s.now()).Add(24 * time.Hour)
+	}
+	if f.Since.IsZero() {
+		f.Since = f.Until.Add(-30 * 24 * time.Hour)
+	}
+	if !f.Since.Before(f.Until) {
+		return nil, badRequest("start_date", "start_date must be before end_date")
+	}
+	if f.Until.Sub(f.Since) > maxReportDays*24*time.Hour {
+		return nil, badRequest("end_date", "a spend report covers at most 366 days")
+	}
+	r := s.store.Read()
+	empty, err := s.spendScope(ctx, r, &f, req.GetApiKey())
+	if err != nil {
+		return nil, err
+	}
+	out := &adminv1.GetSpendReportResponse{GroupBy: by, StartDate: f.Since.Format(time.RFC3339), EndDate: f.Until.Format(time.RFC3339)}
+	first, last := day(f.Since), day(f.Until.Add(-time.Nanosecond))
+	index := map[string]int{}
+	for d := first; !d.After(last); d = d.Add(24 * time.Hour) {
+		index[d.Format(time.DateOnly)] = len(out.Days)
+		out.Days = append(out.Days, &adminv1.SpendReportDay{GroupByDay: d.Format(time.DateOnly), Groups: []*adminv1.SpendReportGroup{}})
+	}
+	if empty {
+		return out, nil
+	}
+	type cell struct {
+		day   int
+		group string
+	}
+	type sum struct{ cost, requests, tokens int64 }
+	sums := map[cell]*sum{}
+	read := 0
+	for page := 1; read < maxReportRows; page++ {
+		f.Page = store.Page{Page: page, Size: store.MaxPageSize}
+		list, total, err := r.ListSpendLogs(ctx, f)
+		if err != nil {
+			return nil, storeError(ctx, err, "spend logs")
+		}
+		for i := range list {
+			l := &list[i]
+			di, ok := index[day(l.StartTime).Format(time.DateOnly)]
+			if !ok {
+				continue
+			}
+			k := cell{di, groupOf(l)}
+			c := sums[k]
+			if c == nil {
+				c = &sum{}
+				sums[k] = c
+			}
+			c.cost += l.Cost
+			c.requests++
+			c.tokens += l.PromptTokens + l.CompletionTokens
+		}
+		read += len(list)
+		if len(list) == 0 || read >= total {
+			break
+		}
+		if read >= maxReportRows {
+			out.Truncated = true
+		}
+	}
+	cells := make([]cell, 0, len(sums))
+	for k := range sums {
+		cells = append(cells, k)
+	}
+	slices.SortFunc(cells, func(a, b cell) int { return cmp.Or(cmp.Compare(a.day, b.day), cmp.Compare(a.group, b.group)) })
+	dayTotals := make([]int64, len(out.Days))
+	for _, k := range cells {
+		c := sums[k]
+		dayTotals[k.day] += c.cost
+		out.Days[k.day].Groups = append(out.Days[k.day].Groups, &adminv1.SpendReportGroup{
+			Group: k.group, TotalSpend: money.ToUSD(c.cost), Requests: c.requests, TotalTokens: c.tokens})
+	}
+	for i, t := range dayTotals {
+		out.Days[i].TotalSpend = money.ToUSD(t)
+	}
+	return out, nil
+}
+
+// reportGroup maps group_by to the field a log row is grouped by.
+func reportGroup(v string) (func(*store.SpendLog) string, string, error) {
+	switch v {
+	case "", "team", "team_id":
+		return func(l *store.SpendLog) string { return l.TeamID }, "team", nil
+	case "api_key", "key":
+		return func(l *store.SpendLog) string { return l.TokenID }, "api_key", nil
+	case "user", "user_id":
+		return func(l *store.SpendLog) string { return l.UserID }, "user", nil
+	case "model":
+		return func(l *store.SpendLog) string { return l.Model }, "model", nil
+	case "customer", "end_user":
+		return func(l *store.SpendLog) string { return l.EndUser }, "customer", nil
+	}
+	return nil, "", badRequest("group_by", "group_by must be one of api_key, team, user, model, customer")
 }

@@ -162,6 +162,8 @@ const (
 
 	AuditRead Action = "audit.read"
 	SpendRead Action = "spend.read"
+	// ProxyList reads the connected data-plane proxies (sync state).
+	ProxyList Action = "proxy.list"
 )
 
 // Aliases kept for callers written against the first version of this package.
@@ -177,6 +179,7 @@ const (
 var reads = map[Action]bool{
 	KeyInfo: true, KeyList: true, TeamInfo: true, TeamList: true, UserInfo: true, UserList: true,
 	OrgInfo: true, OrgList: true, ModelInfo: true, SettingsRead: true, AuditRead: true, SpendRead: true,
+	ProxyList: true,
 }
 
 // Actions lists every action (for tests that must cover them all).
@@ -187,7 +190,7 @@ func Actions() []Action {
 		UserNew, UserUpdate, UserDelete, UserInfo, UserList,
 		OrgNew, OrgUpdate, OrgDelete, OrgMemberAdd, OrgInfo, OrgList,
 		ModelNew, ModelUpdate, ModelDelete, ModelInfo,
-		SettingsRead, SettingsUpdate, AuditRead, SpendRead,
+		SettingsRead, SettingsUpdate, AuditRead, SpendRead, ProxyList,
 	}
 }
 
@@ -363,6 +366,8 @@ func Decide(c Caller, a Action, t Target) Decision {
 		return forbid("", "only proxy_admin may read or change settings")
 	case AuditRead:
 		return forbid("", "only proxy_admin may read the audit log")
+	case ProxyList:
+		return forbid("", "only proxy_admin and proxy_admin_viewer may see the proxies")
 	}
 	return forbid("", "not allowed")
 }

@@ -122,7 +122,7 @@ var expected = map[string]map[Action]string{
 		UserNew: "333", UserUpdate: "333", UserDelete: "333", UserInfo: "AAA", UserList: "AAA",
 		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AAA", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
-		SettingsRead: "AAA", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AAA",
+		SettingsRead: "AAA", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AAA", ProxyList: "AAA",
 	},
 	"tadmin": {
 		KeyGenerate: "A33", KeyServiceAccountGenerate: "AA3", KeyUpdate: "AA4", KeyDelete: "AA4", KeyInfo: "AA4", KeyList: "AA3",
@@ -132,7 +132,7 @@ var expected = map[string]map[Action]string{
 		UserNew: "333", UserUpdate: "A44", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
 		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
-		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3",
+		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 	},
 	"tuser": {
 		KeyGenerate: "A33", KeyServiceAccountGenerate: "333", KeyUpdate: "A44", KeyDelete: "A44", KeyInfo: "A44", KeyList: "AA3",
@@ -142,7 +142,7 @@ var expected = map[string]map[Action]string{
 		UserNew: "333", UserUpdate: "A44", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
 		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
-		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3",
+		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 	},
 	"iviewer": {
 		KeyGenerate: "333", KeyServiceAccountGenerate: "333", KeyUpdate: "333", KeyDelete: "333", KeyInfo: "A44", KeyList: "AA3",
@@ -152,7 +152,7 @@ var expected = map[string]map[Action]string{
 		UserNew: "333", UserUpdate: "333", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
 		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
-		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3",
+		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 	},
 	// tuser with team_member_permissions ["/key/info", "/key/health"] on
 	// team-1: only reads its keys there.
@@ -164,7 +164,7 @@ var expected = map[string]map[Action]string{
 		UserNew: "333", UserUpdate: "A44", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
 		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
-		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3",
+		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 	},
 	// tadmin's team lists only /key/info: admins are not restricted by it.
 	"tadminro": {
@@ -175,7 +175,7 @@ var expected = map[string]map[Action]string{
 		UserNew: "333", UserUpdate: "A44", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
 		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
-		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3",
+		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 	},
 	// An internal user in no team: team objects are all foreign to it (its
 	// "own" key in team-1 it may keep managing, but not create there).
@@ -187,7 +187,7 @@ var expected = map[string]map[Action]string{
 		UserNew: "333", UserUpdate: "A44", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
 		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "444", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
-		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3",
+		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 	},
 }
 

@@ -201,6 +201,15 @@ type ProxyStats struct {
 	// AppliedRevision is the last revision the proxy reported persisted
 	// (0 until it reports).
 	AppliedRevision int64
+	// LastSeen is when the proxy last sent anything (ConnectedAt before).
+	LastSeen time.Time
+	// LastSpendBatch is when the proxy last shipped spend (zero: never).
+	LastSpendBatch time.Time
+	// OutboxDepth is how many spend records wait in the proxy's outbox as
+	// of its last batch, minus those acked since; -1 when it never said.
+	OutboxDepth int64
+	// SpendAckedSeq is the last outbox sequence acked to the proxy.
+	SpendAckedSeq uint64
 }
 
 // Server implements syncv1.SyncServiceServer.
@@ -254,6 +263,13 @@ type conn struct {
 	hello             int64
 	sent              atomic.Int64
 	applied           atomic.Int64
+	// lastSeen and spendAt are unix nanoseconds of the last message and
+	// the last spend batch received; outboxLast is the proxy's reported
+	// outbox head (0: not reported) and acked the last seq acked to it.
+	lastSeen   atomic.Int64
+	spendAt    atomic.Int64
+	outboxLast atomic.Uint64
+	acked      atomic.Uint64
 	// abort ends the stream from the receiving goroutine (a spend batch
 	// that could not be applied).
 	abort context.CancelCauseFunc
@@ -513,10 +529,21 @@ func (s *Server) Stats() Stats {
 	s.snapMu.Unlock()
 	s.connsMu.Lock()
 	for c := range s.conns {
-		st.Proxies = append(st.Proxies, ProxyStats{
-			ID: c.id, Peer: c.peer, Version: c.version, ConnectedAt: c.connectedAt,
+		ps := ProxyStats{
+			ID: c.id, Peer: c.peer, Version: c.version, ConnectedAt: c.connectedAt, LastSeen: c.connectedAt,
 			HelloRevision: c.hello, SentRevision: c.sent.Load(), AppliedRevision: c.applied.Load(),
-		})
+			OutboxDepth: -1, SpendAckedSeq: c.acked.Load(),
+		}
+		if t := c.lastSeen.Load(); t != 0 {
+			ps.LastSeen = time.Unix(0, t)
+		}
+		if t := c.spendAt.Load(); t != 0 {
+			ps.LastSpendBatch = time.Unix(0, t)
+		}
+		if ol := c.outboxLast.Load(); ol != 0 {
+			ps.OutboxDepth = int64(ol - min(ol, ps.SpendAckedSeq))
+		}
+		st.Proxies = append(st.Proxies, ps)
 	}
 	s.connsMu.Unlock()
 	slices.SortFunc(st.Proxies, func(a, b ProxyStats) int {

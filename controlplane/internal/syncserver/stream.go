@@ -181,6 +181,7 @@ func (s *Server) recvHello(ctx context.Context, stream syncStream, c *conn) (*sy
 			if err != nil {
 				return
 			}
+			c.lastSeen.Store(time.Now().UnixNano())
 			if a := m.GetApplied(); a != nil {
 				c.applied.Store(a.GetRevision())
 			}
@@ -194,7 +195,19 @@ func (s *Server) recvHello(ctx context.Context, stream syncStream, c *conn) (*sy
 					c.abort(err)
 					return
 				}
-				s.submitSpend(spendReq{batch: batch, ack: ack, send: stream.Send, abort: func(err error) {
+				c.spendAt.Store(time.Now().UnixNano())
+				if ol := b.GetOutboxLastSeq(); ol >= b.GetLastSeq() {
+					c.outboxLast.Store(ol)
+				}
+				last := b.GetLastSeq()
+				send := func(m *syncv1.ControlMessage) error {
+					err := stream.Send(m)
+					if err == nil {
+						c.acked.Store(last)
+					}
+					return err
+				}
+				s.submitSpend(spendReq{batch: batch, ack: ack, send: send, abort: func(err error) {
 					s.log.Warn("sync: spend batch not applied; the proxy will resend it", "proxy_id", hello.GetProxyId(), "err", err)
 					c.abort(err)
 				}})

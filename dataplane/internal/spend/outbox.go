@@ -271,7 +271,7 @@ func (ob *Outbox) Batch(proxyID string, after uint64, max int) (*syncv1.SpendBat
 	if after >= last {
 		return nil, nil
 	}
-	b := &syncv1.SpendBatch{ProxyId: proxyID, OutboxId: ob.id}
+	b := &syncv1.SpendBatch{ProxyId: proxyID, OutboxId: ob.id, OutboxLastSeq: last}
 	err := ob.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketRecords).Cursor()
 		var key [8]byte

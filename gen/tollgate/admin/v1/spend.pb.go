@@ -544,6 +544,308 @@ func (x *Customer) GetBlocked() bool {
 	return false
 }
 
+type GetSpendReportRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// start_date (inclusive) and end_date (exclusive), YYYY-MM-DD or RFC 3339;
+	// default: the last 30 days. At most 366 days.
+	StartDate string `protobuf:"bytes,1,opt,name=start_date,json=startDate,proto3" json:"start_date,omitempty"`
+	EndDate   string `protobuf:"bytes,2,opt,name=end_date,json=endDate,proto3" json:"end_date,omitempty"`
+	// group_by: api_key (the key's token_id), team, user, model, customer
+	// (the requests' end user). Default: team.
+	GroupBy string `protobuf:"bytes,3,opt,name=group_by,json=groupBy,proto3" json:"group_by,omitempty"`
+	// Optional filters, as in ListSpendLogsRequest.
+	ApiKey        string `protobuf:"bytes,4,opt,name=api_key,json=apiKey,proto3" json:"api_key,omitempty"`
+	TeamId        string `protobuf:"bytes,5,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
+	UserId        string `protobuf:"bytes,6,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSpendReportRequest) Reset() {
+	*x = GetSpendReportRequest{}
+	mi := &file_tollgate_admin_v1_spend_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSpendReportRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSpendReportRequest) ProtoMessage() {}
+
+func (x *GetSpendReportRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_admin_v1_spend_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSpendReportRequest.ProtoReflect.Descriptor instead.
+func (*GetSpendReportRequest) Descriptor() ([]byte, []int) {
+	return file_tollgate_admin_v1_spend_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *GetSpendReportRequest) GetStartDate() string {
+	if x != nil {
+		return x.StartDate
+	}
+	return ""
+}
+
+func (x *GetSpendReportRequest) GetEndDate() string {
+	if x != nil {
+		return x.EndDate
+	}
+	return ""
+}
+
+func (x *GetSpendReportRequest) GetGroupBy() string {
+	if x != nil {
+		return x.GroupBy
+	}
+	return ""
+}
+
+func (x *GetSpendReportRequest) GetApiKey() string {
+	if x != nil {
+		return x.ApiKey
+	}
+	return ""
+}
+
+func (x *GetSpendReportRequest) GetTeamId() string {
+	if x != nil {
+		return x.TeamId
+	}
+	return ""
+}
+
+func (x *GetSpendReportRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+type SpendReportGroup struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// group is the token_id, team id, user id, model or end user ("" when
+	// the request had none).
+	Group string `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// total_spend in USD.
+	TotalSpend    float64 `protobuf:"fixed64,2,opt,name=total_spend,json=totalSpend,proto3" json:"total_spend,omitempty"`
+	Requests      int64   `protobuf:"varint,3,opt,name=requests,proto3" json:"requests,omitempty"`
+	TotalTokens   int64   `protobuf:"varint,4,opt,name=total_tokens,json=totalTokens,proto3" json:"total_tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SpendReportGroup) Reset() {
+	*x = SpendReportGroup{}
+	mi := &file_tollgate_admin_v1_spend_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SpendReportGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SpendReportGroup) ProtoMessage() {}
+
+func (x *SpendReportGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_admin_v1_spend_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SpendReportGroup.ProtoReflect.Descriptor instead.
+func (*SpendReportGroup) Descriptor() ([]byte, []int) {
+	return file_tollgate_admin_v1_spend_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SpendReportGroup) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *SpendReportGroup) GetTotalSpend() float64 {
+	if x != nil {
+		return x.TotalSpend
+	}
+	return 0
+}
+
+func (x *SpendReportGroup) GetRequests() int64 {
+	if x != nil {
+		return x.Requests
+	}
+	return 0
+}
+
+func (x *SpendReportGroup) GetTotalTokens() int64 {
+	if x != nil {
+		return x.TotalTokens
+	}
+	return 0
+}
+
+type SpendReportDay struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// group_by_day is the UTC day, YYYY-MM-DD.
+	GroupByDay string              `protobuf:"bytes,1,opt,name=group_by_day,json=groupByDay,proto3" json:"group_by_day,omitempty"`
+	Groups     []*SpendReportGroup `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`
+	// total_spend of the day in USD.
+	TotalSpend    float64 `protobuf:"fixed64,3,opt,name=total_spend,json=totalSpend,proto3" json:"total_spend,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SpendReportDay) Reset() {
+	*x = SpendReportDay{}
+	mi := &file_tollgate_admin_v1_spend_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SpendReportDay) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SpendReportDay) ProtoMessage() {}
+
+func (x *SpendReportDay) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_admin_v1_spend_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SpendReportDay.ProtoReflect.Descriptor instead.
+func (*SpendReportDay) Descriptor() ([]byte, []int) {
+	return file_tollgate_admin_v1_spend_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *SpendReportDay) GetGroupByDay() string {
+	if x != nil {
+		return x.GroupByDay
+	}
+	return ""
+}
+
+func (x *SpendReportDay) GetGroups() []*SpendReportGroup {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+func (x *SpendReportDay) GetTotalSpend() float64 {
+	if x != nil {
+		return x.TotalSpend
+	}
+	return 0
+}
+
+type GetSpendReportResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// days lists every day of the range, oldest first, including days
+	// without spend (their groups are empty).
+	Days      []*SpendReportDay `protobuf:"bytes,1,rep,name=days,proto3" json:"days,omitempty"`
+	GroupBy   string            `protobuf:"bytes,2,opt,name=group_by,json=groupBy,proto3" json:"group_by,omitempty"`
+	StartDate string            `protobuf:"bytes,3,opt,name=start_date,json=startDate,proto3" json:"start_date,omitempty"`
+	EndDate   string            `protobuf:"bytes,4,opt,name=end_date,json=endDate,proto3" json:"end_date,omitempty"`
+	// truncated: the range held more rows than one report reads
+	// (100,000); the figures cover the newest rows only.
+	Truncated     bool `protobuf:"varint,5,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSpendReportResponse) Reset() {
+	*x = GetSpendReportResponse{}
+	mi := &file_tollgate_admin_v1_spend_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSpendReportResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSpendReportResponse) ProtoMessage() {}
+
+func (x *GetSpendReportResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_admin_v1_spend_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSpendReportResponse.ProtoReflect.Descriptor instead.
+func (*GetSpendReportResponse) Descriptor() ([]byte, []int) {
+	return file_tollgate_admin_v1_spend_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *GetSpendReportResponse) GetDays() []*SpendReportDay {
+	if x != nil {
+		return x.Days
+	}
+	return nil
+}
+
+func (x *GetSpendReportResponse) GetGroupBy() string {
+	if x != nil {
+		return x.GroupBy
+	}
+	return ""
+}
+
+func (x *GetSpendReportResponse) GetStartDate() string {
+	if x != nil {
+		return x.StartDate
+	}
+	return ""
+}
+
+func (x *GetSpendReportResponse) GetEndDate() string {
+	if x != nil {
+		return x.EndDate
+	}
+	return ""
+}
+
+func (x *GetSpendReportResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
+}
+
 var File_tollgate_admin_v1_spend_proto protoreflect.FileDescriptor
 
 const file_tollgate_admin_v1_spend_proto_rawDesc = "" +
@@ -604,10 +906,38 @@ const file_tollgate_admin_v1_spend_proto_rawDesc = "" +
 	"\x05alias\x18\x05 \x01(\tR\x05alias\x12;\n" +
 	"\n" +
 	"max_budget\x18\x06 \x01(\v2\x1c.google.protobuf.DoubleValueR\tmaxBudget\x12\x18\n" +
-	"\ablocked\x18\a \x01(\bR\ablocked2\xcd\x01\n" +
+	"\ablocked\x18\a \x01(\bR\ablocked\"\xb7\x01\n" +
+	"\x15GetSpendReportRequest\x12\x1d\n" +
+	"\n" +
+	"start_date\x18\x01 \x01(\tR\tstartDate\x12\x19\n" +
+	"\bend_date\x18\x02 \x01(\tR\aendDate\x12\x19\n" +
+	"\bgroup_by\x18\x03 \x01(\tR\agroupBy\x12\x17\n" +
+	"\aapi_key\x18\x04 \x01(\tR\x06apiKey\x12\x17\n" +
+	"\ateam_id\x18\x05 \x01(\tR\x06teamId\x12\x17\n" +
+	"\auser_id\x18\x06 \x01(\tR\x06userId\"\x88\x01\n" +
+	"\x10SpendReportGroup\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x1f\n" +
+	"\vtotal_spend\x18\x02 \x01(\x01R\n" +
+	"totalSpend\x12\x1a\n" +
+	"\brequests\x18\x03 \x01(\x03R\brequests\x12!\n" +
+	"\ftotal_tokens\x18\x04 \x01(\x03R\vtotalTokens\"\x90\x01\n" +
+	"\x0eSpendReportDay\x12 \n" +
+	"\fgroup_by_day\x18\x01 \x01(\tR\n" +
+	"groupByDay\x12;\n" +
+	"\x06groups\x18\x02 \x03(\v2#.tollgate.admin.v1.SpendReportGroupR\x06groups\x12\x1f\n" +
+	"\vtotal_spend\x18\x03 \x01(\x01R\n" +
+	"totalSpend\"\xc2\x01\n" +
+	"\x16GetSpendReportResponse\x125\n" +
+	"\x04days\x18\x01 \x03(\v2!.tollgate.admin.v1.SpendReportDayR\x04days\x12\x19\n" +
+	"\bgroup_by\x18\x02 \x01(\tR\agroupBy\x12\x1d\n" +
+	"\n" +
+	"start_date\x18\x03 \x01(\tR\tstartDate\x12\x19\n" +
+	"\bend_date\x18\x04 \x01(\tR\aendDate\x12\x1c\n" +
+	"\ttruncated\x18\x05 \x01(\bR\ttruncated2\xb4\x02\n" +
 	"\fSpendService\x12b\n" +
 	"\rListSpendLogs\x12'.tollgate.admin.v1.ListSpendLogsRequest\x1a(.tollgate.admin.v1.ListSpendLogsResponse\x12Y\n" +
-	"\x0fGetCustomerInfo\x12).tollgate.admin.v1.GetCustomerInfoRequest\x1a\x1b.tollgate.admin.v1.CustomerB?Z=github.com/tollgate-gw/tollgate/gen/tollgate/admin/v1;adminv1b\x06proto3"
+	"\x0fGetCustomerInfo\x12).tollgate.admin.v1.GetCustomerInfoRequest\x1a\x1b.tollgate.admin.v1.Customer\x12e\n" +
+	"\x0eGetSpendReport\x12(.tollgate.admin.v1.GetSpendReportRequest\x1a).tollgate.admin.v1.GetSpendReportResponseB?Z=github.com/tollgate-gw/tollgate/gen/tollgate/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_tollgate_admin_v1_spend_proto_rawDescOnce sync.Once
@@ -621,32 +951,40 @@ func file_tollgate_admin_v1_spend_proto_rawDescGZIP() []byte {
 	return file_tollgate_admin_v1_spend_proto_rawDescData
 }
 
-var file_tollgate_admin_v1_spend_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_tollgate_admin_v1_spend_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_tollgate_admin_v1_spend_proto_goTypes = []any{
 	(*ListSpendLogsRequest)(nil),   // 0: tollgate.admin.v1.ListSpendLogsRequest
 	(*SpendLog)(nil),               // 1: tollgate.admin.v1.SpendLog
 	(*ListSpendLogsResponse)(nil),  // 2: tollgate.admin.v1.ListSpendLogsResponse
 	(*GetCustomerInfoRequest)(nil), // 3: tollgate.admin.v1.GetCustomerInfoRequest
 	(*Customer)(nil),               // 4: tollgate.admin.v1.Customer
-	(*timestamppb.Timestamp)(nil),  // 5: google.protobuf.Timestamp
-	(*wrapperspb.DoubleValue)(nil), // 6: google.protobuf.DoubleValue
+	(*GetSpendReportRequest)(nil),  // 5: tollgate.admin.v1.GetSpendReportRequest
+	(*SpendReportGroup)(nil),       // 6: tollgate.admin.v1.SpendReportGroup
+	(*SpendReportDay)(nil),         // 7: tollgate.admin.v1.SpendReportDay
+	(*GetSpendReportResponse)(nil), // 8: tollgate.admin.v1.GetSpendReportResponse
+	(*timestamppb.Timestamp)(nil),  // 9: google.protobuf.Timestamp
+	(*wrapperspb.DoubleValue)(nil), // 10: google.protobuf.DoubleValue
 }
 var file_tollgate_admin_v1_spend_proto_depIdxs = []int32{
-	5, // 0: tollgate.admin.v1.SpendLog.start_time:type_name -> google.protobuf.Timestamp
-	5, // 1: tollgate.admin.v1.SpendLog.end_time:type_name -> google.protobuf.Timestamp
-	1, // 2: tollgate.admin.v1.ListSpendLogsResponse.spend_logs:type_name -> tollgate.admin.v1.SpendLog
-	5, // 3: tollgate.admin.v1.Customer.created_at:type_name -> google.protobuf.Timestamp
-	5, // 4: tollgate.admin.v1.Customer.updated_at:type_name -> google.protobuf.Timestamp
-	6, // 5: tollgate.admin.v1.Customer.max_budget:type_name -> google.protobuf.DoubleValue
-	0, // 6: tollgate.admin.v1.SpendService.ListSpendLogs:input_type -> tollgate.admin.v1.ListSpendLogsRequest
-	3, // 7: tollgate.admin.v1.SpendService.GetCustomerInfo:input_type -> tollgate.admin.v1.GetCustomerInfoRequest
-	2, // 8: tollgate.admin.v1.SpendService.ListSpendLogs:output_type -> tollgate.admin.v1.ListSpendLogsResponse
-	4, // 9: tollgate.admin.v1.SpendService.GetCustomerInfo:output_type -> tollgate.admin.v1.Customer
-	8, // [8:10] is the sub-list for method output_type
-	6, // [6:8] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	9,  // 0: tollgate.admin.v1.SpendLog.start_time:type_name -> google.protobuf.Timestamp
+	9,  // 1: tollgate.admin.v1.SpendLog.end_time:type_name -> google.protobuf.Timestamp
+	1,  // 2: tollgate.admin.v1.ListSpendLogsResponse.spend_logs:type_name -> tollgate.admin.v1.SpendLog
+	9,  // 3: tollgate.admin.v1.Customer.created_at:type_name -> google.protobuf.Timestamp
+	9,  // 4: tollgate.admin.v1.Customer.updated_at:type_name -> google.protobuf.Timestamp
+	10, // 5: tollgate.admin.v1.Customer.max_budget:type_name -> google.protobuf.DoubleValue
+	6,  // 6: tollgate.admin.v1.SpendReportDay.groups:type_name -> tollgate.admin.v1.SpendReportGroup
+	7,  // 7: tollgate.admin.v1.GetSpendReportResponse.days:type_name -> tollgate.admin.v1.SpendReportDay
+	0,  // 8: tollgate.admin.v1.SpendService.ListSpendLogs:input_type -> tollgate.admin.v1.ListSpendLogsRequest
+	3,  // 9: tollgate.admin.v1.SpendService.GetCustomerInfo:input_type -> tollgate.admin.v1.GetCustomerInfoRequest
+	5,  // 10: tollgate.admin.v1.SpendService.GetSpendReport:input_type -> tollgate.admin.v1.GetSpendReportRequest
+	2,  // 11: tollgate.admin.v1.SpendService.ListSpendLogs:output_type -> tollgate.admin.v1.ListSpendLogsResponse
+	4,  // 12: tollgate.admin.v1.SpendService.GetCustomerInfo:output_type -> tollgate.admin.v1.Customer
+	8,  // 13: tollgate.admin.v1.SpendService.GetSpendReport:output_type -> tollgate.admin.v1.GetSpendReportResponse
+	11, // [11:14] is the sub-list for method output_type
+	8,  // [8:11] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_admin_v1_spend_proto_init() }
@@ -660,7 +998,7 @@ func file_tollgate_admin_v1_spend_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tollgate_admin_v1_spend_proto_rawDesc), len(file_tollgate_admin_v1_spend_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

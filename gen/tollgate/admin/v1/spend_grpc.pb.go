@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	SpendService_ListSpendLogs_FullMethodName   = "/tollgate.admin.v1.SpendService/ListSpendLogs"
 	SpendService_GetCustomerInfo_FullMethodName = "/tollgate.admin.v1.SpendService/GetCustomerInfo"
+	SpendService_GetSpendReport_FullMethodName  = "/tollgate.admin.v1.SpendService/GetSpendReport"
 )
 
 // SpendServiceClient is the client API for SpendService service.
@@ -32,6 +33,9 @@ const (
 type SpendServiceClient interface {
 	ListSpendLogs(ctx context.Context, in *ListSpendLogsRequest, opts ...grpc.CallOption) (*ListSpendLogsResponse, error)
 	GetCustomerInfo(ctx context.Context, in *GetCustomerInfoRequest, opts ...grpc.CallOption) (*Customer, error)
+	// GetSpendReport sums spend per UTC day and group (LiteLLM's
+	// /global/spend/report, grouped by key, team, user, model or end user).
+	GetSpendReport(ctx context.Context, in *GetSpendReportRequest, opts ...grpc.CallOption) (*GetSpendReportResponse, error)
 }
 
 type spendServiceClient struct {
@@ -62,6 +66,16 @@ func (c *spendServiceClient) GetCustomerInfo(ctx context.Context, in *GetCustome
 	return out, nil
 }
 
+func (c *spendServiceClient) GetSpendReport(ctx context.Context, in *GetSpendReportRequest, opts ...grpc.CallOption) (*GetSpendReportResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetSpendReportResponse)
+	err := c.cc.Invoke(ctx, SpendService_GetSpendReport_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SpendServiceServer is the server API for SpendService service.
 // All implementations must embed UnimplementedSpendServiceServer
 // for forward compatibility.
@@ -71,6 +85,9 @@ func (c *spendServiceClient) GetCustomerInfo(ctx context.Context, in *GetCustome
 type SpendServiceServer interface {
 	ListSpendLogs(context.Context, *ListSpendLogsRequest) (*ListSpendLogsResponse, error)
 	GetCustomerInfo(context.Context, *GetCustomerInfoRequest) (*Customer, error)
+	// GetSpendReport sums spend per UTC day and group (LiteLLM's
+	// /global/spend/report, grouped by key, team, user, model or end user).
+	GetSpendReport(context.Context, *GetSpendReportRequest) (*GetSpendReportResponse, error)
 	mustEmbedUnimplementedSpendServiceServer()
 }
 
@@ -86,6 +103,9 @@ func (UnimplementedSpendServiceServer) ListSpendLogs(context.Context, *ListSpend
 }
 func (UnimplementedSpendServiceServer) GetCustomerInfo(context.Context, *GetCustomerInfoRequest) (*Customer, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetCustomerInfo not implemented")
+}
+func (UnimplementedSpendServiceServer) GetSpendReport(context.Context, *GetSpendReportRequest) (*GetSpendReportResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetSpendReport not implemented")
 }
 func (UnimplementedSpendServiceServer) mustEmbedUnimplementedSpendServiceServer() {}
 func (UnimplementedSpendServiceServer) testEmbeddedByValue()                      {}
@@ -144,6 +164,24 @@ func _SpendService_GetCustomerInfo_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SpendService_GetSpendReport_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetSpendReportRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SpendServiceServer).GetSpendReport(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SpendService_GetSpendReport_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SpendServiceServer).GetSpendReport(ctx, req.(*GetSpendReportRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SpendService_ServiceDesc is the grpc.ServiceDesc for SpendService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -158,6 +196,10 @@ var SpendService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetCustomerInfo",
 			Handler:    _SpendService_GetCustomerInfo_Handler,
+		},
+		{
+			MethodName: "GetSpendReport",
+			Handler:    _SpendService_GetSpendReport_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -387,12 +387,16 @@ func (x *Applied) GetRevision() int64 {
 // high-water mark of (proxy_id, outbox_id) were applied before and are
 // skipped, so a replayed batch changes nothing.
 type SpendBatch struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ProxyId       string                 `protobuf:"bytes,1,opt,name=proxy_id,json=proxyId,proto3" json:"proxy_id,omitempty"`
-	OutboxId      string                 `protobuf:"bytes,2,opt,name=outbox_id,json=outboxId,proto3" json:"outbox_id,omitempty"`
-	FirstSeq      uint64                 `protobuf:"varint,3,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
-	LastSeq       uint64                 `protobuf:"varint,4,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
-	Records       []*SpendRecord         `protobuf:"bytes,5,rep,name=records,proto3" json:"records,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	ProxyId  string                 `protobuf:"bytes,1,opt,name=proxy_id,json=proxyId,proto3" json:"proxy_id,omitempty"`
+	OutboxId string                 `protobuf:"bytes,2,opt,name=outbox_id,json=outboxId,proto3" json:"outbox_id,omitempty"`
+	FirstSeq uint64                 `protobuf:"varint,3,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
+	LastSeq  uint64                 `protobuf:"varint,4,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	Records  []*SpendRecord         `protobuf:"bytes,5,rep,name=records,proto3" json:"records,omitempty"`
+	// outbox_last_seq is the highest sequence committed to the outbox when the
+	// batch was read (0: not reported), so the control plane can show how many
+	// records wait to be shipped: outbox_last_seq minus the last acked seq.
+	OutboxLastSeq uint64 `protobuf:"varint,6,opt,name=outbox_last_seq,json=outboxLastSeq,proto3" json:"outbox_last_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -460,6 +464,13 @@ func (x *SpendBatch) GetRecords() []*SpendRecord {
 		return x.Records
 	}
 	return nil
+}
+
+func (x *SpendBatch) GetOutboxLastSeq() uint64 {
+	if x != nil {
+		return x.OutboxLastSeq
+	}
+	return 0
 }
 
 // SpendRecord is one request's spend. Never the key or the prompt.
@@ -2246,14 +2257,15 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\"%\n" +
 	"\aApplied\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x03R\brevision\"\xb5\x01\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"\xdd\x01\n" +
 	"\n" +
 	"SpendBatch\x12\x19\n" +
 	"\bproxy_id\x18\x01 \x01(\tR\aproxyId\x12\x1b\n" +
 	"\toutbox_id\x18\x02 \x01(\tR\boutboxId\x12\x1b\n" +
 	"\tfirst_seq\x18\x03 \x01(\x04R\bfirstSeq\x12\x19\n" +
 	"\blast_seq\x18\x04 \x01(\x04R\alastSeq\x127\n" +
-	"\arecords\x18\x05 \x03(\v2\x1d.tollgate.sync.v1.SpendRecordR\arecords\"\xa4\x04\n" +
+	"\arecords\x18\x05 \x03(\v2\x1d.tollgate.sync.v1.SpendRecordR\arecords\x12&\n" +
+	"\x0foutbox_last_seq\x18\x06 \x01(\x04R\routboxLastSeq\"\xa4\x04\n" +
 	"\vSpendRecord\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1d\n" +
 	"\n" +
