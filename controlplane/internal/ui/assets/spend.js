@@ -35,10 +35,14 @@ function chart(title, report, width) {
       width, height: 220,
       scales: { x: { time: true } },
       series: [{}, ...names.map((n, i) => ({ label: n || '(none)', stroke: palette[i % palette.length], width: 2, value: (u, v) => v == null ? '—' : usd(v) }))],
-      axes: [{}, { values: (u, vals) => vals.map(v => '$' + v.toFixed(v < 1 ? 4 : 2)), size: 70 }],
+      axes: [{}, { values: (u, vals) => vals.map(v => v === 0 ? '$0' : '$' + (Math.abs(v) < 0.01 ? v.toPrecision(2) : v.toFixed(2))), size: 80 }],
     };
     // uPlot measures its container, so it is built once the figure is in the document.
-    requestAnimationFrame(() => { if (plotBox.isConnected) new uPlot(opts, [xs, ...ys], plotBox); });
+    requestAnimationFrame(() => {
+      if (!plotBox.isConnected) return;
+      opts.width = Math.max(plotBox.clientWidth, 320);
+      new uPlot(opts, [xs, ...ys], plotBox);
+    });
   } else {
     plotBox.append(h('p', { class: 'empty' }, 'No spend in this period.'));
   }
