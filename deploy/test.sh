@@ -28,6 +28,19 @@ if ! diff -r "$tmp/gen.before" gen >/dev/null || ! diff -r "$tmp/spec.before" co
   exit 1
 fi
 
+echo "== browser for the admin UI test (deploy/e2e/ui_test.go)"
+# TestUIBrowser drives /ui in Debian's Chromium (headless, through
+# playwright-core pinned in deploy/e2e/ui); under CI=true it fails without it.
+if [ -z "${TOLLGATE_CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  elif command -v sudo >/dev/null; then
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "chromium is missing and cannot be installed (not root, no sudo): TestUIBrowser will fail under CI=true"
+  fi
+fi
+
 echo "== go test -race"
 go test -race -count=1 -timeout 25m ./... 2>&1 | tee "$tmp/test.log"
 status=${PIPESTATUS[0]}
