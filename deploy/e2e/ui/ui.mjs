@@ -37,7 +37,8 @@ async function chat(key) {
   return res.status;
 }
 
-const shot = (page, name) => page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
+// Screenshots mask the once-shown secret: artifacts are kept, keys are not.
+const shot = (page, name) => page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true, mask: [page.locator('#new-secret')] });
 
 const profile = mkdtempSync(join(tmpdir(), 'tollgate-chromium-'));
 const ctx = await chromium.launchPersistentContext(profile, {
@@ -181,6 +182,11 @@ try {
   const csrfStatus = await page.evaluate(() => fetch('/ui/api/team/new', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{"team_alias":"x"}' }).then(r => r.status));
   assert.equal(csrfStatus, 403, 'a write without the CSRF header is refused');
   await shot(page, '08-internal-user-teams');
+  await page.getByRole('link', { name: 'Spend' }).click();
+  await page.getByRole('heading', { name: 'Spend logs' }).waitFor();
+  await page.getByText('your own spend only').waitFor();
+  assert.equal(await page.getByRole('table', { name: 'Spend logs' }).getByRole('row').filter({ hasText: teamID }).count(), 0, 'no foreign spend');
+  await shot(page, '09-internal-user-spend');
   step('internal user: own keys only, no admin actions');
 
   // ---- Keyboard: create a key with Tab / Enter only.

@@ -127,8 +127,10 @@ function matches(k) {
 }
 
 export async function render({ rerender }) {
+  // Search and status filter in the page, so they read the largest page.
+  const size = filters.search || filters.status !== 'all' ? 100 : filters.size;
   const res = await api('/key/list', { query: {
-    page: filters.page, size: filters.size, user_id: filters.user_id, team_id: filters.team_id,
+    page: filters.page, size, user_id: filters.user_id, team_id: filters.team_id,
     key_alias: filters.key_alias, return_full_object: 'true',
   } });
   const rows = (res.keys_full || []).filter(matches);
@@ -154,7 +156,7 @@ export async function render({ rerender }) {
   const cols = [
     { label: 'Alias', get: k => k.key_alias || '—' },
     { label: 'Key', get: k => h('code', {}, k.key_name) },
-    { label: 'Owner', get: k => k.service_account ? `team ${k.team_id} (service account)` : (k.user_id || '—') },
+    { label: 'Owner', get: k => k.service_account ? 'service account' : (k.user_id || '—') },
     { label: 'Team', get: k => k.team_id || '—' },
     { label: 'Models', get: k => list(k.models) },
     { label: 'Spend / budget', get: k => budget(k.spend, k.max_budget, k.soft_budget) },
