@@ -374,6 +374,10 @@ func matrix() map[string]endpoint {
 	e["/audit"] = endpoint{own: o, team: tm, foreign: fo, want: adminOnly}
 	o, tm, fo = same(func(_ *world, _ fixture) call { return get("/spend/logs") })
 	e["/spend/logs"] = endpoint{own: o, team: tm, foreign: fo, want: allRead}
+	o, tm, fo = same(func(_ *world, _ fixture) call { return get("/global/spend/report?group_by=team") })
+	e["/global/spend/report"] = endpoint{own: o, team: tm, foreign: fo, want: allRead}
+	o, tm, fo = same(func(_ *world, _ fixture) call { return get("/proxies") })
+	e["/proxies"] = endpoint{own: o, team: tm, foreign: fo, want: map[string]string{"tadmin": "333", "tuser": "333", "iviewer": "333"}}
 	// An end user nobody has billed: 404 for everyone (admins and viewers
 	// read customers; others get the same 404, never a hint).
 	noCustomer := map[string]string{"master": "444", "padmin": "444", "viewer": "444", "tadmin": "444", "tuser": "444", "iviewer": "444"}
