@@ -689,11 +689,22 @@ func (ks *keyService) ListKeys(ctx context.Context, req *adminv1.ListKeysRequest
 			f.UserID = c.ID
 		}
 	}
-	list, total, err := s.store.Read().ListKeys(ctx, f)
+	keep, err := keyPredicate(req, s.now())
+	if err != nil {
+		return nil, err
+	}
+	var list []store.Key
+	var total int
+	truncated := false
+	if keep == nil {
+		list, total, err = s.store.Read().ListKeys(ctx, f)
+	} else {
+		list, total, truncated, err = s.scanKeys(ctx, f, keep)
+	}
 	if err != nil {
 		return nil, storeError(ctx, err, "key")
 	}
-	out := &adminv1.ListKeysResponse{TotalCount: int32(total), CurrentPage: int32(f.Page.Page)}
+	out := &adminv1.ListKeysResponse{TotalCount: int32(total), CurrentPage: int32(f.Page.Page), Truncated: truncated}
 	out.TotalPages = int32((total + f.Page.Size - 1) / f.Page.Size)
 	out.Keys = make([]string, 0, len(list))
 	for i := range list {
@@ -810,4 +821,82 @@ func (ks *keyService) BlockKey(ctx context.Context, req *adminv1.BlockKeyRequest
 
 func (ks *keyService) UnblockKey(ctx context.Context, req *adminv1.BlockKeyRequest) (*adminv1.Key, error) {
 	return ks.setBlocked(ctx, req.GetKey(), false)
+}
+
+// maxKeyScan bounds how many keys one filtered /key/list examines: the
+// store filters by owner, team, organization and alias; blocked,
+// expires_before and search are applied here, over at most this many keys.
+const maxKeyScan = 10000
+
+// keyPredicate returns the in-handler filter of a /key/list request, or nil
+// when it has none.
+func keyPredicate(req *adminv1.ListKeysRequest, now time.Time) (func(*store.Key) bool, error) {
+	var preds []func(*store.Key) bool
+	if b := req.GetBlocked(); b != nil {
+		want := b.GetValue()
+		preds = append(preds, func(k *store.Key) bool { return k.Blocked == want })
+	}
+	if v := req.GetExpiresBefore(); v != "" {
+		t, err := auditTime("expires_before", v)
+		if err != nil {
+			return nil, err
+		}
+		preds = append(preds, func(k *store.Key) bool { return k.Expires != nil && k.Expires.Before(t) })
+	}
+	if q := strings.ToLower(strings.TrimSpace(req.GetSearch())); q != "" {
+		if len(q) > maxIDLen {
+			return nil, badRequest("search", "search is too long")
+		}
+		preds = append(preds, func(k *store.Key) bool {
+			for _, f := range []string{k.KeyAlias, k.KeyName, k.TokenID, k.UserID, k.TeamID} {
+				if strings.Contains(strings.ToLower(f), q) {
+					return true
+				}
+			}
+			return false
+		})
+	}
+	if len(preds) == 0 {
+		return nil, nil
+	}
+	return func(k *store.Key) bool {
+		for _, p := range preds {
+			if !p(k) {
+				return false
+			}
+		}
+		return true
+	}, nil
+}
+
+// scanKeys pages through the store's matches of f (at most maxKeyScan),
+// keeps those keep accepts and returns f.Page of them with their count.
+func (s *Server) scanKeys(ctx context.Context, f store.KeyFilter, keep func(*store.Key) bool) (page []store.Key, total int, truncated bool, err error) {
+	want := f.Page
+	from, to := want.Offset(), want.Offset()+want.Size
+	r := s.store.Read()
+	seen := 0
+	for p := 1; ; p++ {
+		f.Page = store.Page{Page: p, Size: store.MaxPageSize}
+		list, n, err := r.ListKeys(ctx, f)
+		if err != nil {
+			return nil, 0, false, err
+		}
+		for i := range list {
+			if !keep(&list[i]) {
+				continue
+			}
+			if total >= from && total < to {
+				page = append(page, list[i])
+			}
+			total++
+		}
+		seen += len(list)
+		if len(list) == 0 || seen >= n {
+			return page, total, false, nil
+		}
+		if seen >= maxKeyScan {
+			return page, total, true, nil
+		}
+	}
 }

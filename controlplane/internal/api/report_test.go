@@ -175,3 +175,44 @@ func TestIdentify(t *testing.T) {
 		t.Fatal("unknown key identified")
 	}
 }
+
+func TestListKeysFilters(t *testing.T) {
+	f := newFixture(t)
+	f.call(t, master, "POST", "/key/generate", `{"user_id":"bob","key_alias":"bob-soon","duration":"2d"}`, 200)
+	blocked := f.call(t, master, "POST", "/key/generate", `{"user_id":"bob","key_alias":"bob-blocked","blocked":true}`, 200)["token_id"].(string)
+	aliases := func(out map[string]any) []string {
+		var a []string
+		for _, k := range out["keys_full"].([]any) {
+			a = append(a, k.(map[string]any)["key_alias"].(string))
+		}
+		return a
+	}
+	list := func(cred, q string) map[string]any {
+		return f.call(t, cred, "GET", "/key/list?return_full_object=true&"+q, "", 200)
+	}
+	if got := aliases(list(master, "blocked=true")); len(got) != 1 || got[0] != "bob-blocked" {
+		t.Errorf("blocked=true: %v", got)
+	}
+	if out := list(master, "blocked=false"); out["total_count"] != float64(3) {
+		t.Errorf("blocked=false: %v", out["total_count"])
+	}
+	if got := aliases(list(master, "expires_before=2026-03-20")); len(got) != 1 || got[0] != "bob-soon" {
+		t.Errorf("expires_before: %v", got)
+	}
+	if got := aliases(list(master, "search=BOB-")); len(got) != 2 {
+		t.Errorf("search: %v", got)
+	}
+	if got := list(master, "search="+blocked[:8]); got["total_count"] != float64(1) {
+		t.Errorf("search by token id: %v", got)
+	}
+	// Pages count the filtered keys.
+	out := list(master, "search=bob&size=1&page=2")
+	if out["total_count"] != float64(3) || out["total_pages"] != float64(3) || len(out["keys_full"].([]any)) != 1 {
+		t.Errorf("paged search: %v", out)
+	}
+	// A user's filters apply to its own keys only.
+	if out := list(f.userKey, "search=bob"); out["total_count"] != float64(0) {
+		t.Errorf("alice searching bob: %v", out)
+	}
+	f.call(t, master, "GET", "/key/list?expires_before=soon", "", 400)
+}

@@ -152,6 +152,25 @@ try {
   await shot(page, '06-keys-blocked');
   step('key blocked in the UI; proxy answers 401');
 
+  // ---- Key filters (applied by the API).
+  const adminKeys = page.getByRole('table', { name: 'Keys visible to you' });
+  await page.getByLabel('Status').selectOption('blocked');
+  await page.getByRole('button', { name: 'Apply filters' }).click();
+  await until('only blocked keys', async () => {
+    const aliases = await adminKeys.locator('tbody tr td[data-col="Alias"]').allTextContents();
+    return aliases.length === 1 && aliases[0] === 'ui-sa';
+  });
+  await page.getByLabel('Status').selectOption('all');
+  await page.getByLabel('Search').fill('mine');
+  await page.getByLabel('Search').press('Enter');
+  await until('search results', async () => {
+    const aliases = await adminKeys.locator('tbody tr td[data-col="Alias"]').allTextContents();
+    return aliases.length === 1 && aliases[0] === 'mine-key';
+  });
+  await page.getByLabel('Search').fill('');
+  await page.getByRole('button', { name: 'Apply filters' }).click();
+  step('key filters: status and search');
+
   await page.getByRole('button', { name: 'Sign out' }).click();
   await cred.waitFor();
   const after = await page.evaluate(() => fetch('/ui/api/key/list').then(r => r.status));

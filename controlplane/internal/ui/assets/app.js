@@ -136,7 +136,8 @@ async function start() {
   document.getElementById('signout').addEventListener('click', async () => {
     await fetch('/ui/session/logout', { method: 'POST', credentials: 'same-origin', headers: { 'X-Tollgate-CSRF': state.me ? state.me.csrf_token : '' } });
     state.me = null;
-    showSignIn('Signed out.');
+    // A fresh page: nothing of the previous session stays in memory.
+    location.replace('/ui/');
   });
   window.addEventListener('hashchange', () => { route().then(() => document.getElementById('main').focus()); });
   const res = await fetch('/ui/session', { credentials: 'same-origin', cache: 'no-store' });

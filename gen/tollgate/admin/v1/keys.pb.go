@@ -1292,8 +1292,16 @@ type ListKeysRequest struct {
 	KeyAlias       string                 `protobuf:"bytes,6,opt,name=key_alias,json=keyAlias,proto3" json:"key_alias,omitempty"`
 	// return_full_object returns Key objects in keys_full instead of token ids.
 	ReturnFullObject bool `protobuf:"varint,7,opt,name=return_full_object,json=returnFullObject,proto3" json:"return_full_object,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// blocked keeps only blocked (true) or unblocked (false) keys.
+	Blocked *wrapperspb.BoolValue `protobuf:"bytes,8,opt,name=blocked,proto3" json:"blocked,omitempty"`
+	// expires_before keeps keys with an expiry before this time (RFC 3339 or
+	// YYYY-MM-DD), expired ones included.
+	ExpiresBefore string `protobuf:"bytes,9,opt,name=expires_before,json=expiresBefore,proto3" json:"expires_before,omitempty"`
+	// search keeps keys whose alias, key_name, token_id, user_id or team_id
+	// contains it (case-insensitive).
+	Search        string `protobuf:"bytes,10,opt,name=search,proto3" json:"search,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListKeysRequest) Reset() {
@@ -1375,14 +1383,39 @@ func (x *ListKeysRequest) GetReturnFullObject() bool {
 	return false
 }
 
+func (x *ListKeysRequest) GetBlocked() *wrapperspb.BoolValue {
+	if x != nil {
+		return x.Blocked
+	}
+	return nil
+}
+
+func (x *ListKeysRequest) GetExpiresBefore() string {
+	if x != nil {
+		return x.ExpiresBefore
+	}
+	return ""
+}
+
+func (x *ListKeysRequest) GetSearch() string {
+	if x != nil {
+		return x.Search
+	}
+	return ""
+}
+
 type ListKeysResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// keys are token ids (LiteLLM returns hashed tokens here; we never return hashes).
-	Keys          []string `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
-	KeysFull      []*Key   `protobuf:"bytes,2,rep,name=keys_full,json=keysFull,proto3" json:"keys_full,omitempty"`
-	TotalCount    int32    `protobuf:"varint,3,opt,name=total_count,json=totalCount,proto3" json:"total_count,omitempty"`
-	CurrentPage   int32    `protobuf:"varint,4,opt,name=current_page,json=currentPage,proto3" json:"current_page,omitempty"`
-	TotalPages    int32    `protobuf:"varint,5,opt,name=total_pages,json=totalPages,proto3" json:"total_pages,omitempty"`
+	Keys        []string `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	KeysFull    []*Key   `protobuf:"bytes,2,rep,name=keys_full,json=keysFull,proto3" json:"keys_full,omitempty"`
+	TotalCount  int32    `protobuf:"varint,3,opt,name=total_count,json=totalCount,proto3" json:"total_count,omitempty"`
+	CurrentPage int32    `protobuf:"varint,4,opt,name=current_page,json=currentPage,proto3" json:"current_page,omitempty"`
+	TotalPages  int32    `protobuf:"varint,5,opt,name=total_pages,json=totalPages,proto3" json:"total_pages,omitempty"`
+	// truncated: blocked, expires_before or search were given and more keys
+	// matched the other filters than one listing examines (10,000); the
+	// answer covers the oldest of them. Narrow with user_id or team_id.
+	Truncated     bool `protobuf:"varint,6,opt,name=truncated,proto3" json:"truncated,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1450,6 +1483,13 @@ func (x *ListKeysResponse) GetTotalPages() int32 {
 		return x.TotalPages
 	}
 	return 0
+}
+
+func (x *ListKeysResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
 }
 
 type RegenerateKeyRequest struct {
@@ -1809,7 +1849,7 @@ const file_tollgate_admin_v1_keys_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\"R\n" +
 	"\x12GetKeyInfoResponse\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12*\n" +
-	"\x04info\x18\x02 \x01(\v2\x16.tollgate.admin.v1.KeyR\x04info\"\xdf\x01\n" +
+	"\x04info\x18\x02 \x01(\v2\x16.tollgate.admin.v1.KeyR\x04info\"\xd4\x02\n" +
 	"\x0fListKeysRequest\x12\x12\n" +
 	"\x04page\x18\x01 \x01(\x05R\x04page\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x05R\x04size\x12\x17\n" +
@@ -1817,7 +1857,11 @@ const file_tollgate_admin_v1_keys_proto_rawDesc = "" +
 	"\ateam_id\x18\x04 \x01(\tR\x06teamId\x12'\n" +
 	"\x0forganization_id\x18\x05 \x01(\tR\x0eorganizationId\x12\x1b\n" +
 	"\tkey_alias\x18\x06 \x01(\tR\bkeyAlias\x12,\n" +
-	"\x12return_full_object\x18\a \x01(\bR\x10returnFullObject\"\xc0\x01\n" +
+	"\x12return_full_object\x18\a \x01(\bR\x10returnFullObject\x124\n" +
+	"\ablocked\x18\b \x01(\v2\x1a.google.protobuf.BoolValueR\ablocked\x12%\n" +
+	"\x0eexpires_before\x18\t \x01(\tR\rexpiresBefore\x12\x16\n" +
+	"\x06search\x18\n" +
+	" \x01(\tR\x06search\"\xde\x01\n" +
 	"\x10ListKeysResponse\x12\x12\n" +
 	"\x04keys\x18\x01 \x03(\tR\x04keys\x123\n" +
 	"\tkeys_full\x18\x02 \x03(\v2\x16.tollgate.admin.v1.KeyR\bkeysFull\x12\x1f\n" +
@@ -1825,7 +1869,8 @@ const file_tollgate_admin_v1_keys_proto_rawDesc = "" +
 	"totalCount\x12!\n" +
 	"\fcurrent_page\x18\x04 \x01(\x05R\vcurrentPage\x12\x1f\n" +
 	"\vtotal_pages\x18\x05 \x01(\x05R\n" +
-	"totalPages\"\xb8\x03\n" +
+	"totalPages\x12\x1c\n" +
+	"\ttruncated\x18\x06 \x01(\bR\ttruncated\"\xb8\x03\n" +
 	"\x14RegenerateKeyRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x17\n" +
 	"\anew_key\x18\x02 \x01(\tR\x06newKey\x12!\n" +
@@ -1970,40 +2015,41 @@ var file_tollgate_admin_v1_keys_proto_depIdxs = []int32{
 	26, // 65: tollgate.admin.v1.UpdateKeyRequest.auto_rotate:type_name -> google.protobuf.BoolValue
 	28, // 66: tollgate.admin.v1.UpdateKeyRequest.rotation_interval:type_name -> google.protobuf.StringValue
 	1,  // 67: tollgate.admin.v1.GetKeyInfoResponse.info:type_name -> tollgate.admin.v1.Key
-	1,  // 68: tollgate.admin.v1.ListKeysResponse.keys_full:type_name -> tollgate.admin.v1.Key
-	23, // 69: tollgate.admin.v1.RegenerateKeyRequest.max_budget:type_name -> google.protobuf.DoubleValue
-	24, // 70: tollgate.admin.v1.RegenerateKeyRequest.rpm_limit:type_name -> google.protobuf.Int32Value
-	24, // 71: tollgate.admin.v1.RegenerateKeyRequest.tpm_limit:type_name -> google.protobuf.Int32Value
-	28, // 72: tollgate.admin.v1.RegenerateKeyRequest.duration:type_name -> google.protobuf.StringValue
-	29, // 73: tollgate.admin.v1.RegenerateKeyRequest.models:type_name -> google.protobuf.ListValue
-	25, // 74: tollgate.admin.v1.RegenerateKeyRequest.metadata:type_name -> google.protobuf.Struct
-	30, // 75: tollgate.admin.v1.GenerateKeyRequest.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
-	30, // 76: tollgate.admin.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
-	30, // 77: tollgate.admin.v1.GenerateKeyResponse.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
-	30, // 78: tollgate.admin.v1.UpdateKeyRequest.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
-	0,  // 79: tollgate.admin.v1.KeyService.GenerateKey:input_type -> tollgate.admin.v1.GenerateKeyRequest
-	0,  // 80: tollgate.admin.v1.KeyService.GenerateServiceAccountKey:input_type -> tollgate.admin.v1.GenerateKeyRequest
-	3,  // 81: tollgate.admin.v1.KeyService.UpdateKey:input_type -> tollgate.admin.v1.UpdateKeyRequest
-	4,  // 82: tollgate.admin.v1.KeyService.DeleteKeys:input_type -> tollgate.admin.v1.DeleteKeysRequest
-	5,  // 83: tollgate.admin.v1.KeyService.GetKeyInfo:input_type -> tollgate.admin.v1.GetKeyInfoRequest
-	7,  // 84: tollgate.admin.v1.KeyService.ListKeys:input_type -> tollgate.admin.v1.ListKeysRequest
-	9,  // 85: tollgate.admin.v1.KeyService.RegenerateKey:input_type -> tollgate.admin.v1.RegenerateKeyRequest
-	10, // 86: tollgate.admin.v1.KeyService.BlockKey:input_type -> tollgate.admin.v1.BlockKeyRequest
-	10, // 87: tollgate.admin.v1.KeyService.UnblockKey:input_type -> tollgate.admin.v1.BlockKeyRequest
-	2,  // 88: tollgate.admin.v1.KeyService.GenerateKey:output_type -> tollgate.admin.v1.GenerateKeyResponse
-	2,  // 89: tollgate.admin.v1.KeyService.GenerateServiceAccountKey:output_type -> tollgate.admin.v1.GenerateKeyResponse
-	1,  // 90: tollgate.admin.v1.KeyService.UpdateKey:output_type -> tollgate.admin.v1.Key
-	31, // 91: tollgate.admin.v1.KeyService.DeleteKeys:output_type -> tollgate.admin.v1.DeleteResponse
-	6,  // 92: tollgate.admin.v1.KeyService.GetKeyInfo:output_type -> tollgate.admin.v1.GetKeyInfoResponse
-	8,  // 93: tollgate.admin.v1.KeyService.ListKeys:output_type -> tollgate.admin.v1.ListKeysResponse
-	2,  // 94: tollgate.admin.v1.KeyService.RegenerateKey:output_type -> tollgate.admin.v1.GenerateKeyResponse
-	1,  // 95: tollgate.admin.v1.KeyService.BlockKey:output_type -> tollgate.admin.v1.Key
-	1,  // 96: tollgate.admin.v1.KeyService.UnblockKey:output_type -> tollgate.admin.v1.Key
-	88, // [88:97] is the sub-list for method output_type
-	79, // [79:88] is the sub-list for method input_type
-	79, // [79:79] is the sub-list for extension type_name
-	79, // [79:79] is the sub-list for extension extendee
-	0,  // [0:79] is the sub-list for field type_name
+	26, // 68: tollgate.admin.v1.ListKeysRequest.blocked:type_name -> google.protobuf.BoolValue
+	1,  // 69: tollgate.admin.v1.ListKeysResponse.keys_full:type_name -> tollgate.admin.v1.Key
+	23, // 70: tollgate.admin.v1.RegenerateKeyRequest.max_budget:type_name -> google.protobuf.DoubleValue
+	24, // 71: tollgate.admin.v1.RegenerateKeyRequest.rpm_limit:type_name -> google.protobuf.Int32Value
+	24, // 72: tollgate.admin.v1.RegenerateKeyRequest.tpm_limit:type_name -> google.protobuf.Int32Value
+	28, // 73: tollgate.admin.v1.RegenerateKeyRequest.duration:type_name -> google.protobuf.StringValue
+	29, // 74: tollgate.admin.v1.RegenerateKeyRequest.models:type_name -> google.protobuf.ListValue
+	25, // 75: tollgate.admin.v1.RegenerateKeyRequest.metadata:type_name -> google.protobuf.Struct
+	30, // 76: tollgate.admin.v1.GenerateKeyRequest.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
+	30, // 77: tollgate.admin.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
+	30, // 78: tollgate.admin.v1.GenerateKeyResponse.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
+	30, // 79: tollgate.admin.v1.UpdateKeyRequest.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
+	0,  // 80: tollgate.admin.v1.KeyService.GenerateKey:input_type -> tollgate.admin.v1.GenerateKeyRequest
+	0,  // 81: tollgate.admin.v1.KeyService.GenerateServiceAccountKey:input_type -> tollgate.admin.v1.GenerateKeyRequest
+	3,  // 82: tollgate.admin.v1.KeyService.UpdateKey:input_type -> tollgate.admin.v1.UpdateKeyRequest
+	4,  // 83: tollgate.admin.v1.KeyService.DeleteKeys:input_type -> tollgate.admin.v1.DeleteKeysRequest
+	5,  // 84: tollgate.admin.v1.KeyService.GetKeyInfo:input_type -> tollgate.admin.v1.GetKeyInfoRequest
+	7,  // 85: tollgate.admin.v1.KeyService.ListKeys:input_type -> tollgate.admin.v1.ListKeysRequest
+	9,  // 86: tollgate.admin.v1.KeyService.RegenerateKey:input_type -> tollgate.admin.v1.RegenerateKeyRequest
+	10, // 87: tollgate.admin.v1.KeyService.BlockKey:input_type -> tollgate.admin.v1.BlockKeyRequest
+	10, // 88: tollgate.admin.v1.KeyService.UnblockKey:input_type -> tollgate.admin.v1.BlockKeyRequest
+	2,  // 89: tollgate.admin.v1.KeyService.GenerateKey:output_type -> tollgate.admin.v1.GenerateKeyResponse
+	2,  // 90: tollgate.admin.v1.KeyService.GenerateServiceAccountKey:output_type -> tollgate.admin.v1.GenerateKeyResponse
+	1,  // 91: tollgate.admin.v1.KeyService.UpdateKey:output_type -> tollgate.admin.v1.Key
+	31, // 92: tollgate.admin.v1.KeyService.DeleteKeys:output_type -> tollgate.admin.v1.DeleteResponse
+	6,  // 93: tollgate.admin.v1.KeyService.GetKeyInfo:output_type -> tollgate.admin.v1.GetKeyInfoResponse
+	8,  // 94: tollgate.admin.v1.KeyService.ListKeys:output_type -> tollgate.admin.v1.ListKeysResponse
+	2,  // 95: tollgate.admin.v1.KeyService.RegenerateKey:output_type -> tollgate.admin.v1.GenerateKeyResponse
+	1,  // 96: tollgate.admin.v1.KeyService.BlockKey:output_type -> tollgate.admin.v1.Key
+	1,  // 97: tollgate.admin.v1.KeyService.UnblockKey:output_type -> tollgate.admin.v1.Key
+	89, // [89:98] is the sub-list for method output_type
+	80, // [80:89] is the sub-list for method input_type
+	80, // [80:80] is the sub-list for extension type_name
+	80, // [80:80] is the sub-list for extension extendee
+	0,  // [0:80] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_admin_v1_keys_proto_init() }
