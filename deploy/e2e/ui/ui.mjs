@@ -144,6 +144,66 @@ try {
   }
   step('admin pages rendered');
 
+  // ---- Admin writes on the other pages.
+  const dialogDone = async () => { await page.getByRole('dialog').waitFor({ state: 'detached' }); };
+  await page.getByRole('link', { name: 'Models', exact: true }).click();
+  await page.getByRole('button', { name: 'New model' }).click();
+  let d = page.getByRole('dialog');
+  await d.getByLabel('Public model name').fill('ui-model');
+  await d.getByLabel('Upstream model').fill('openai/gpt-4o-mini');
+  await d.getByLabel('Upstream base URL').fill('http://127.0.0.1:9/v1');
+  await d.getByLabel('Upstream credential').fill('os.environ/UPSTREAM_API_KEY');
+  await d.getByLabel('Input price (USD per token)').fill('0.000001');
+  await d.getByLabel('Access groups').fill('ui-group');
+  await d.getByRole('button', { name: 'Add model' }).click();
+  await dialogDone();
+  await page.getByRole('row').filter({ hasText: 'ui-model' }).filter({ hasText: 'ui-group' }).waitFor();
+
+  await page.getByRole('link', { name: 'Users', exact: true }).click();
+  await page.getByRole('button', { name: 'New user' }).click();
+  d = page.getByRole('dialog');
+  await d.getByLabel('User ID').fill('ui-made');
+  await d.getByLabel('Role').selectOption('internal_user_viewer');
+  await d.getByRole('button', { name: 'Create user' }).click();
+  await dialogDone();
+  await page.getByRole('row').filter({ hasText: 'ui-made' }).filter({ hasText: 'internal_user_viewer' }).waitFor();
+
+  await page.getByRole('link', { name: 'Organizations', exact: true }).click();
+  await page.getByRole('button', { name: 'New organization' }).click();
+  await page.getByRole('dialog').getByLabel('Organization name').fill('ui-org');
+  await page.getByRole('dialog').getByRole('button', { name: 'Create organization' }).click();
+  await dialogDone();
+  await page.getByRole('row').filter({ hasText: 'ui-org' }).waitFor();
+
+  await page.getByRole('link', { name: 'Teams', exact: true }).click();
+  await page.getByRole('button', { name: 'ui-team', exact: true }).click();
+  await page.getByRole('dialog').getByRole('button', { name: 'Add member' }).click();
+  d = page.getByRole('dialog', { name: 'Add member' });
+  await d.getByLabel('User ID').fill('ui-made');
+  await d.getByLabel('Team role').selectOption('admin');
+  await d.getByRole('button', { name: 'Add member' }).click();
+  await page.getByRole('dialog', { name: 'Add member' }).waitFor({ state: 'detached' });
+  // The team dialog reopens with the new member.
+  await page.getByRole('dialog').getByRole('row').filter({ hasText: 'ui-made' }).filter({ hasText: 'admin' }).waitFor();
+  await shot(page, '05-team-detail');
+  await page.keyboard.press('Escape');
+  await dialogDone();
+
+  await page.getByRole('link', { name: 'Keys', exact: true }).click();
+  await page.getByRole('button', { name: 'Edit mine-key' }).click();
+  await page.getByRole('dialog').getByLabel('Requests per minute').fill('10');
+  await page.getByRole('dialog').getByRole('button', { name: 'Save' }).click();
+  await dialogDone();
+  await page.getByRole('row').filter({ hasText: 'mine-key' }).filter({ hasText: '10 rpm' }).waitFor();
+  await page.getByRole('button', { name: 'Regenerate mine-key' }).click();
+  await page.getByRole('dialog').getByLabel('Grace period for the old secret').fill('1h');
+  await page.getByRole('dialog').getByRole('button', { name: 'Regenerate' }).click();
+  await page.locator('#new-secret').waitFor();
+  await page.getByText('It is shown only once').waitFor();
+  await page.getByRole('dialog').getByRole('button', { name: 'Close' }).click();
+  await dialogDone();
+  step('admin writes: model, user, organization, team member, key limits, regenerate');
+
   // ---- Block the key in the UI; the proxy refuses it.
   await page.getByRole('link', { name: 'Keys' }).click();
   await page.getByRole('button', { name: 'Block ui-sa' }).click();

@@ -115,7 +115,7 @@ export function collect(form, specs, keepEmpty) {
   for (const s of specs) {
     const el = form.elements.namedItem(s.name);
     if (!el) continue;
-    if (s.type === 'bool') { if (el.checked || keepEmpty) out[s.name] = el.checked; continue; }
+    if (s.type === 'bool') { if (el.checked || keepEmpty || s.sendFalse) out[s.name] = el.checked; continue; }
     const raw = el.value.trim();
     if (raw === '') { if (keepEmpty && s.clearable !== false) out[s.name] = null; continue; }
     switch (s.type) {
@@ -138,7 +138,7 @@ export function collect(form, specs, keepEmpty) {
 
 // dialog opens a modal <dialog> (focus is trapped and Escape closes it, by
 // the browser) and resolves with the result of onSubmit, or null.
-export function dialog(title, body, { submitLabel = 'Save', danger = false, onSubmit, cancelLabel = 'Cancel' } = {}) {
+export function dialog(title, body, { submitLabel = 'Save', danger = false, onSubmit, cancelLabel = 'Cancel', ref } = {}) {
   return new Promise(resolve => {
     const titleId = nextId('dlg');
     const err = h('p', { class: 'error', role: 'alert' });
@@ -161,6 +161,7 @@ export function dialog(title, body, { submitLabel = 'Save', danger = false, onSu
     });
     d.addEventListener('close', () => { d.remove(); resolve(result); });
     document.body.append(d);
+    if (ref) ref.el = d;
     d.showModal();
   });
 }

@@ -28,8 +28,11 @@ function head(id, title, ...actions) {
 
 // ---- Teams
 
-async function teamDetail(t, rerender) {
+async function teamDetail(t, rerenderPage) {
   const info = await api('/team/info', { query: { team_id: t.team_id } });
+  // After a member change: the page and this dialog show the new state.
+  const ref = {};
+  const rerender = () => { if (ref.el) ref.el.close(); rerenderPage(); teamDetail(t, rerenderPage); };
   const team = info.team_info;
   const myRole = (me().teams || {})[t.team_id];
   const manageMembers = canWrite() && (isAdmin() || myRole === 'admin');
@@ -66,7 +69,7 @@ async function teamDetail(t, rerender) {
     h('h3', {}, 'Keys in this team'),
     table([{ label: 'Alias', get: k => k.key_alias || '—' }, { label: 'Key', get: k => k.key_name }, { label: 'Owner', get: k => k.service_account ? 'service account' : k.user_id },
       { label: 'Spend', get: k => usd(k.spend) }, { label: 'Blocked', get: k => k.blocked ? 'yes' : 'no' }], info.keys || [], 'Team keys'));
-  await dialog(`Team ${team.team_alias || team.team_id}`, body, {});
+  await dialog(`Team ${team.team_alias || team.team_id}`, body, { ref });
 }
 
 export const teams = {
@@ -126,7 +129,7 @@ export const users = {
       { name: 'models', label: 'Models', type: 'list' },
       ...limitSpecs(),
       { name: 'teams', label: 'Join teams', type: 'list' },
-      { name: 'auto_create_key', label: 'Also create a personal key', type: 'bool', value: false },
+      { name: 'auto_create_key', label: 'Also create a personal key', type: 'bool', value: false, sendFalse: true },
     ];
     const cols = [
       { label: 'User', get: u => u.user_alias ? `${u.user_alias} (${u.user_id})` : u.user_id },

@@ -67,8 +67,8 @@ export const spendPage = {
       { name: 'user_id', label: 'User', value: logFilters.user_id },
       { name: 'team_id', label: 'Team', value: logFilters.team_id },
       { name: 'request_id', label: 'Request ID', value: logFilters.request_id },
-      { name: 'start_date', label: 'From (YYYY-MM-DD)', value: logFilters.start_date },
-      { name: 'end_date', label: 'Until (YYYY-MM-DD, exclusive)', value: logFilters.end_date },
+      { name: 'start_date', label: 'From', type: 'date', value: logFilters.start_date },
+      { name: 'end_date', label: 'Until (exclusive)', type: 'date', value: logFilters.end_date },
     ];
     const filter = h('form', { class: 'filters', role: 'search', 'aria-label': 'Filter spend logs', onsubmit: ev => {
       ev.preventDefault();
@@ -122,8 +122,8 @@ export const auditPage = {
       { name: 'object_type', label: 'Object type', type: 'select', value: auditFilters.object_type, options: [['', 'Any'], ...['key', 'team', 'user', 'organization', 'model', 'settings'].map(x => [x, x])] },
       { name: 'object_id', label: 'Object ID', value: auditFilters.object_id },
       { name: 'caller', label: 'Caller', value: auditFilters.caller, placeholder: 'user id or master_key' },
-      { name: 'start_time', label: 'From (YYYY-MM-DD)', value: auditFilters.start_time },
-      { name: 'end_time', label: 'Until (YYYY-MM-DD, exclusive)', value: auditFilters.end_time },
+      { name: 'start_time', label: 'From', type: 'date', value: auditFilters.start_time },
+      { name: 'end_time', label: 'Until (exclusive)', type: 'date', value: auditFilters.end_time },
     ];
     const filter = h('form', { class: 'filters', role: 'search', 'aria-label': 'Filter the audit log', onsubmit: ev => {
       ev.preventDefault();
