@@ -125,3 +125,52 @@ func TestSpendBatchInvalid(t *testing.T) {
 		}
 	}
 }
+
+// Stats shows, per proxy, when it was last heard from and how many spend
+// records wait in its outbox: what it reported as its outbox head minus
+// what was acked since. A proxy that never reports its head shows -1.
+func TestStatsOutboxDepthAndLastSeen(t *testing.T) {
+	st, err := embedded.Open(filepath.Join(t.TempDir(), "tollgate.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	seed(t, st, 1)
+	h := newHarness(t, st, testToken)
+	head := waitStoreHead(t, st)
+	p := h.connect("p1", testToken, 0, true)
+	p.waitRev(head, 10*time.Second)
+	stats := func() ProxyStats {
+		for _, ps := range h.srv.Stats().Proxies {
+			if ps.ID == "p1" {
+				return ps
+			}
+		}
+		t.Fatal("p1 not in Stats")
+		return ProxyStats{}
+	}
+	if ps := stats(); ps.OutboxDepth != -1 || !ps.LastSpendBatch.IsZero() {
+		t.Fatalf("before any batch: %+v", ps)
+	}
+	before := stats().LastSeen
+
+	m := spendBatchMsg("ob-1", 1, 4, 25)
+	m.GetSpendBatch().OutboxLastSeq = 10 // 6 more records wait behind this batch
+	if err := p.stream.Send(m); err != nil {
+		t.Fatal(err)
+	}
+	waitAck(t, p)
+	ps := stats()
+	if ps.OutboxDepth != 6 || ps.SpendAckedSeq != 4 || ps.LastSpendBatch.IsZero() || !ps.LastSeen.After(before) {
+		t.Fatalf("after a batch with 6 behind it: %+v", ps)
+	}
+	m = spendBatchMsg("ob-1", 5, 10, 25)
+	m.GetSpendBatch().OutboxLastSeq = 10
+	if err := p.stream.Send(m); err != nil {
+		t.Fatal(err)
+	}
+	waitAck(t, p)
+	if ps := stats(); ps.OutboxDepth != 0 || ps.SpendAckedSeq != 10 {
+		t.Fatalf("after the outbox drained: %+v", ps)
+	}
+}

@@ -200,12 +200,11 @@ func (s *Server) recvHello(ctx context.Context, stream syncStream, c *conn) (*sy
 					c.outboxLast.Store(ol)
 				}
 				last := b.GetLastSeq()
+				// Recorded before the ack is sent, so Stats never lags what
+				// the proxy saw; a failed Send ends the stream (and c).
 				send := func(m *syncv1.ControlMessage) error {
-					err := stream.Send(m)
-					if err == nil {
-						c.acked.Store(last)
-					}
-					return err
+					c.acked.Store(last)
+					return stream.Send(m)
 				}
 				s.submitSpend(spendReq{batch: batch, ack: ack, send: send, abort: func(err error) {
 					s.log.Warn("sync: spend batch not applied; the proxy will resend it", "proxy_id", hello.GetProxyId(), "err", err)
