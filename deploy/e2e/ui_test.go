@@ -38,8 +38,9 @@ func artifactsDir(t *testing.T, name string) string {
 // and a service-account key created in the page, the secret copied from the
 // clipboard and used through a real proxy, the request found in the spend
 // view, the key blocked in the page and refused by the proxy (401), then an
-// internal user who sees only its own keys and no admin actions, and a key
-// created with the keyboard alone. Screenshots go to artifactsDir. Under
+// internal user who sees only its own keys and no admin actions, a key
+// created with the keyboard alone, and a proxy_admin_viewer who reads
+// everything and has no write actions. Screenshots go to artifactsDir. Under
 // CI=true a missing node or Chromium is a failure.
 func TestUIBrowser(t *testing.T) {
 	t.Parallel()
@@ -76,16 +77,17 @@ func TestUIBrowser(t *testing.T) {
 	ok(t, Do(t, "POST", u+"/key/generate", mk, `{"user_id":"ui-user","key_alias":"mine-key"}`))
 	ok(t, Do(t, "POST", u+"/user/new", mk, `{"user_id":"ui-other","user_role":"internal_user","auto_create_key":false}`))
 	ok(t, Do(t, "POST", u+"/key/generate", mk, `{"user_id":"ui-other","key_alias":"other-key"}`))
+	viewerKey := ok(t, Do(t, "POST", u+"/user/new", mk, `{"user_id":"ui-viewer","user_role":"proxy_admin_viewer","auto_create_key":true}`))["key"].(string)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	start := time.Now()
 	cmd := exec.CommandContext(ctx, "node", "ui.mjs")
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "CP_URL="+u, "PROXY_URL="+dp.URL(), "MASTER_KEY="+mk, "USER_KEY="+userKey,
+	cmd.Env = append(os.Environ(), "CP_URL="+u, "PROXY_URL="+dp.URL(), "MASTER_KEY="+mk, "USER_KEY="+userKey, "VIEWER_KEY="+viewerKey,
 		"CHROMIUM="+chromium, "ARTIFACTS="+artifactsDir(t, "ui"))
 	out, err := cmd.CombinedOutput()
-	t.Logf("node ui.mjs (%s):\n%s", time.Since(start).Round(time.Millisecond), redact(string(out), mk, userKey))
+	t.Logf("node ui.mjs (%s):\n%s", time.Since(start).Round(time.Millisecond), redact(string(out), mk, userKey, viewerKey))
 	if err != nil || !strings.HasSuffix(strings.TrimSpace(string(out)), "ok") {
 		t.Fatalf("browser flow failed: %v", err)
 	}

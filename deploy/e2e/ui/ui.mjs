@@ -3,6 +3,7 @@
 // be checked". Run by deploy/e2e/ui_test.go, which starts the control plane,
 // a proxy and a fake upstream and passes them in the environment:
 //   CP_URL, MASTER_KEY, PROXY_URL, USER_KEY (an internal_user's own key),
+//   VIEWER_KEY (a proxy_admin_viewer's key),
 //   CHROMIUM, ARTIFACTS (screenshot directory).
 // It prints progress lines and "ok" at the end; never a key.
 import { chromium } from 'playwright-core';
@@ -38,6 +39,15 @@ async function chat(key) {
 }
 
 // Screenshots mask the once-shown secret: artifacts are kept, keys are not.
+// assertLabelled fails when a form control has no label or a button no name.
+async function assertLabelled(page, where) {
+  const bad = await page.evaluate(() => [
+    ...[...document.querySelectorAll('input, select, textarea')].filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).map(e => `control ${e.name || e.id}`),
+    ...[...document.querySelectorAll('button, a[href]')].filter(e => !(e.getAttribute('aria-label') || e.textContent.trim())).map(e => `${e.tagName} without a name`),
+  ]);
+  assert.deepEqual(bad, [], `unlabelled controls on ${where}`);
+}
+
 const shot = (page, name) => page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true, mask: [page.locator('#new-secret')] });
 
 const profile = mkdtempSync(join(tmpdir(), 'tollgate-chromium-'));
@@ -140,6 +150,7 @@ try {
     await page.getByRole('heading', { name: heading, level: 1 }).waitFor();
     if (name === 'proxies') await page.getByRole('table', { name: 'Connected proxies' }).getByRole('row').nth(1).filter({ hasText: 'current' }).waitFor();
     if (name === 'audit') await page.getByRole('row').filter({ hasText: 'ui-team' }).first().waitFor().catch(() => {});
+    await assertLabelled(page, name);
     await shot(page, `05-${name}`);
   }
   step('admin pages rendered');
@@ -269,6 +280,7 @@ try {
   step('internal user: own keys only, no admin actions');
 
   // ---- Keyboard: create a key with Tab / Enter only.
+  await assertLabelled(page, 'internal user pages');
   await page.getByRole('link', { name: 'Keys' }).click();
   const newKey = page.getByRole('button', { name: 'New key' });
   await newKey.waitFor();
@@ -288,6 +300,23 @@ try {
   await page.keyboard.press('Escape');
   await keysTable.getByRole('row').filter({ hasText: 'kbd-key' }).waitFor();
   step('keyboard-only key creation');
+
+  // ---- A proxy_admin_viewer reads everything and can change nothing.
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await cred.waitFor();
+  await cred.fill(env('VIEWER_KEY'));
+  await cred.press('Enter');
+  await page.getByRole('heading', { name: 'Keys', level: 1 }).waitFor();
+  await page.getByRole('table', { name: 'Keys visible to you' }).getByRole('row').filter({ hasText: 'ui-sa' }).waitFor();
+  assert.equal(await page.getByRole('button', { name: /^(New key|New service-account key|Edit|Block|Delete)/ }).count(), 0, 'viewer has no write buttons');
+  assert.equal(await nav.getByRole('link', { name: 'Audit log' }).count(), 0, 'viewer cannot read the audit log');
+  await nav.getByRole('link', { name: 'Proxies' }).click();
+  await page.getByRole('table', { name: 'Connected proxies' }).getByRole('row').nth(1).waitFor();
+  await nav.getByRole('link', { name: 'Users' }).click();
+  await page.getByRole('row').filter({ hasText: 'ui-made' }).waitFor();
+  assert.equal(await page.getByRole('button', { name: 'New user' }).count(), 0);
+  await shot(page, '10-viewer-users');
+  step('proxy_admin_viewer: reads everything, no write actions');
 
   assert.deepEqual(errors.filter(e => !e.includes('Failed to load resource')), [], 'no script errors or CSP violations');
   console.log('ok');
