@@ -300,6 +300,11 @@ try {
   await page.keyboard.press('Escape');
   await keysTable.getByRole('row').filter({ hasText: 'kbd-key' }).waitFor();
   step('keyboard-only key creation');
+  await page.getByRole('button', { name: 'Delete kbd-key' }).click();
+  await page.getByRole('dialog').getByText('This cannot be undone').waitFor();
+  await page.getByRole('dialog').getByRole('button', { name: 'Delete' }).click();
+  await keysTable.getByRole('row').filter({ hasText: 'kbd-key' }).waitFor({ state: 'detached' });
+  step('key deleted after a confirmation');
 
   // ---- A proxy_admin_viewer reads everything and can change nothing.
   await page.getByRole('button', { name: 'Sign out' }).click();

@@ -8,11 +8,12 @@ const filters = { search: '', user_id: '', team_id: '', key_alias: '', status: '
 // Every /key/generate field; the common ones first, the rest under
 // "More options". Empty fields are not sent, so the API's defaults apply.
 export function keySpecs(serviceAccount) {
-  const teams = Object.keys(me().teams || {});
+  // A service-account key needs a team the caller administers.
+  const adminTeams = Object.entries(me().teams || {}).filter(([, r]) => r === 'admin').map(([t]) => t);
   return {
     basic: [
       { name: 'key_alias', label: 'Key alias', help: 'A name to find the key by.' },
-      serviceAccount ? { name: 'team_id', label: 'Team ID', required: true, help: 'Service-account keys belong to a team and no user.', value: teams[0] || '' }
+      serviceAccount ? { name: 'team_id', label: 'Team ID', required: true, help: 'Service-account keys belong to a team and no user.', value: adminTeams[0] || '' }
         : { name: 'team_id', label: 'Team ID (optional)', value: '' },
       serviceAccount ? null : { name: 'user_id', label: 'User ID (optional)', help: isAdmin() ? 'Empty: the key has no owner user.' : 'Your own keys are stamped with your user id.' },
       { name: 'models', label: 'Models', type: 'list', help: 'Comma-separated; empty: every model the owner may use.' },
