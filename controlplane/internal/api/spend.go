@@ -137,20 +137,15 @@ func (ss *spendService) GetCustomerInfo(ctx context.Context, req *adminv1.GetCus
 		CreatedAt: timestamppb.New(e.CreatedAt), UpdatedAt: timestamppb.New(e.UpdatedAt)}, nil
 }
 
-// Spend report bounds: the report sums spend logs read page by page, so it
-// reads at most maxReportRows of them (newest first) and says so when a
-// range holds more. A store-side aggregate would lift this bound.
-const (
-	maxReportRows = 20000
-	maxReportDays = 366
-)
+// maxReportDays bounds a report's range.
+const maxReportDays = 366
 
 // GetSpendReport sums spend per UTC day and group (key, team, user, model
 // or end user) over [start_date, end_date), for what the caller may see
 // (the same narrowing as /spend/logs).
 func (ss *spendService) GetSpendReport(ctx context.Context, req *adminv1.GetSpendReportRequest) (*adminv1.GetSpendReportResponse, error) {
 	s := ss.s
-	groupOf, by, err := reportGroup(req.GetGroupBy())
+	by, err := reportGroup(req.GetGroupBy())
 	if err != nil {
 		return nil, err
 	}
@@ -194,48 +189,44 @@ func (ss *spendService) GetSpendReport(ctx context.Context, req *adminv1.GetSpen
 	if empty {
 		return out, nil
 	}
-	type cell struct {
-		day   int
-		group string
+	rep, ok := r.(store.SpendReporter)
+	if !ok {
+		return nil, apiError(codes.Unimplemented, 501, "not_implemented", "", "this store cannot sum spend")
 	}
-	type sum struct{ cost, requests, tokens int64 }
-	sums := map[cell]*sum{}
-	read := 0
-	for page := 1; read < maxReportRows; page++ {
-		f.Page = store.Page{Page: page, Size: store.MaxPageSize}
-		list, total, err := r.ListSpendLogs(ctx, f)
-		if err != nil {
-			return nil, storeError(ctx, err, "spend logs")
-		}
-		for i := range list {
-			l := &list[i]
-			di, ok := index[day(l.StartTime).Format(time.DateOnly)]
-			if !ok {
-				continue
-			}
-			k := cell{di, groupOf(l)}
-			c := sums[k]
-			if c == nil {
-				c = &sum{}
-				sums[k] = c
-			}
-			c.cost += l.Cost
-			c.requests++
-			c.tokens += l.PromptTokens + l.CompletionTokens
-		}
-		read += len(list)
-		if len(list) == 0 || read >= total {
-			break
-		}
-		if read >= maxReportRows {
-			out.Truncated = true
+	rows, err := rep.SpendReport(ctx, f, reportColumn[by])
+	if err != nil {
+		return nil, storeError(ctx, err, "spend logs")
+	}
+	sums := map[reportCell]*reportSum{}
+	for _, row := range rows {
+		if di, ok := index[row.Day.Format(time.DateOnly)]; ok {
+			sums[reportCell{di, row.Group}] = &reportSum{row.Cost, row.Requests, row.Tokens}
 		}
 	}
-	cells := make([]cell, 0, len(sums))
+	return reportOut(out, sums), nil
+}
+
+// reportColumn maps a report's group_by to the store's group.
+var reportColumn = map[string]store.SpendGroup{
+	"api_key": store.SpendByKey, "team": store.SpendByTeam, "user": store.SpendByUser,
+	"model": store.SpendByModel, "customer": store.SpendByEndUser,
+}
+
+// reportCell is one (day index, group) of a report; reportSum its figures.
+type reportCell struct {
+	day   int
+	group string
+}
+
+type reportSum struct{ cost, requests, tokens int64 }
+
+// reportOut fills out's days with sums, groups in order.
+func reportOut(out *adminv1.GetSpendReportResponse, sums map[reportCell]*reportSum) *adminv1.GetSpendReportResponse {
+	cells := make([]reportCell, 0, len(sums))
 	for k := range sums {
 		cells = append(cells, k)
 	}
-	slices.SortFunc(cells, func(a, b cell) int { return cmp.Or(cmp.Compare(a.day, b.day), cmp.Compare(a.group, b.group)) })
+	slices.SortFunc(cells, func(a, b reportCell) int { return cmp.Or(cmp.Compare(a.day, b.day), cmp.Compare(a.group, b.group)) })
 	dayTotals := make([]int64, len(out.Days))
 	for _, k := range cells {
 		c := sums[k]
@@ -246,22 +237,22 @@ func (ss *spendService) GetSpendReport(ctx context.Context, req *adminv1.GetSpen
 	for i, t := range dayTotals {
 		out.Days[i].TotalSpend = money.ToUSD(t)
 	}
-	return out, nil
+	return out
 }
 
-// reportGroup maps group_by to the field a log row is grouped by.
-func reportGroup(v string) (func(*store.SpendLog) string, string, error) {
+// reportGroup normalizes group_by.
+func reportGroup(v string) (string, error) {
 	switch v {
 	case "", "team", "team_id":
-		return func(l *store.SpendLog) string { return l.TeamID }, "team", nil
+		return "team", nil
 	case "api_key", "key":
-		return func(l *store.SpendLog) string { return l.TokenID }, "api_key", nil
+		return "api_key", nil
 	case "user", "user_id":
-		return func(l *store.SpendLog) string { return l.UserID }, "user", nil
+		return "user", nil
 	case "model":
-		return func(l *store.SpendLog) string { return l.Model }, "model", nil
+		return "model", nil
 	case "customer", "end_user":
-		return func(l *store.SpendLog) string { return l.EndUser }, "customer", nil
+		return "customer", nil
 	}
-	return nil, "", badRequest("group_by", "group_by must be one of api_key, team, user, model, customer")
+	return "", badRequest("group_by", "group_by must be one of api_key, team, user, model, customer")
 }

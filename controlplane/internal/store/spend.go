@@ -1,10 +1,12 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -180,4 +182,54 @@ func (t *SpendTotals) AddToTeam(tm *Team) {
 	for i := range tm.Members {
 		tm.Members[i].Spend += t.Members[MemberRef{tm.TeamID, tm.Members[i].UserID}]
 	}
+}
+
+// SpendGroup is what SpendReporter.SpendReport groups spend logs by.
+type SpendGroup string
+
+// The groups of a spend report.
+const (
+	SpendByKey     SpendGroup = "token_id"
+	SpendByTeam    SpendGroup = "team_id"
+	SpendByUser    SpendGroup = "user_id"
+	SpendByModel   SpendGroup = "model"
+	SpendByEndUser SpendGroup = "end_user"
+)
+
+// Valid reports whether g is one of the groups above.
+func (g SpendGroup) Valid() bool {
+	switch g {
+	case SpendByKey, SpendByTeam, SpendByUser, SpendByModel, SpendByEndUser:
+		return true
+	}
+	return false
+}
+
+// SpendDay sums the spend logs of one UTC day and group.
+type SpendDay struct {
+	Day      time.Time // midnight UTC
+	Group    string    // "" for logs without the grouped field
+	Cost     int64     // micro-USD
+	Requests int64
+	Tokens   int64 // prompt + completion
+}
+
+// SpendReporter is implemented by readers that sum spend logs themselves
+// (both backends do), in one pass instead of page by page.
+//
+// SpendReport sums the logs f matches (f.Page is ignored) per UTC day of
+// their StartTime and per group, ordered by day, then group. An invalid
+// group is an error.
+type SpendReporter interface {
+	SpendReport(ctx context.Context, f SpendLogFilter, by SpendGroup) ([]SpendDay, error)
+}
+
+// SortSpendDays orders report rows by day, then group.
+func SortSpendDays(rows []SpendDay) {
+	slices.SortFunc(rows, func(a, b SpendDay) int {
+		if c := a.Day.Compare(b.Day); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Group, b.Group)
+	})
 }

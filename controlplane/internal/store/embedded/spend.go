@@ -243,53 +243,127 @@ func (r *reader) ListSpendLogs(ctx context.Context, f store.SpendLogFilter) (log
 			total++
 			return nil
 		}
-		lb := tx.Bucket(bucketSpendLogs)
-		if f.RequestID != "" {
-			prefix := join([]byte(f.RequestID), []byte{0})
-			var keys [][]byte
-			c := tx.Bucket(bucketSpendReqs).Cursor()
-			for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-				keys = append(keys, bytes.Clone(k[len(prefix):]))
-			}
-			for i := len(keys) - 1; i >= 0; i-- { // newest first
-				if v := lb.Get(keys[i]); v != nil {
-					if err := visit(v); err != nil {
-						return err
-					}
-				}
-			}
-			return nil
-		}
-		c := lb.Cursor()
-		var k, v []byte
-		if f.Until.IsZero() {
-			k, v = c.Last()
-		} else if k, v = c.Seek(timeKey(f.Until)); k == nil {
-			k, v = c.Last()
-		} else {
-			k, v = c.Prev()
-		}
-		var since []byte
-		if !f.Since.IsZero() {
-			since = timeKey(f.Since)
-		}
-		for n := 1; k != nil; k, v = c.Prev() {
-			if n++; n%ctxEvery == 0 {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-			}
-			if since != nil && bytes.Compare(k, since) < 0 {
-				break
-			}
-			if err := visit(v); err != nil {
-				return err
-			}
-		}
-		return nil
+		return walkSpendLogs(ctx, tx, f, visit)
 	})
 	if err != nil {
 		return nil, 0, err
 	}
 	return logs, total, nil
+}
+
+// walkSpendLogs calls visit with each log within f's time bounds, newest
+// first (a request id seeks its index instead). visit filters the rest.
+func walkSpendLogs(ctx context.Context, tx *bolt.Tx, f store.SpendLogFilter, visit func(v []byte) error) error {
+	lb := tx.Bucket(bucketSpendLogs)
+	if f.RequestID != "" {
+		prefix := join([]byte(f.RequestID), []byte{0})
+		var keys [][]byte
+		c := tx.Bucket(bucketSpendReqs).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			keys = append(keys, bytes.Clone(k[len(prefix):]))
+		}
+		for i := len(keys) - 1; i >= 0; i-- { // newest first
+			if v := lb.Get(keys[i]); v != nil {
+				if err := visit(v); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	c := lb.Cursor()
+	var k, v []byte
+	if f.Until.IsZero() {
+		k, v = c.Last()
+	} else if k, v = c.Seek(timeKey(f.Until)); k == nil {
+		k, v = c.Last()
+	} else {
+		k, v = c.Prev()
+	}
+	var since []byte
+	if !f.Since.IsZero() {
+		since = timeKey(f.Since)
+	}
+	for n := 1; k != nil; k, v = c.Prev() {
+		if n++; n%ctxEvery == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		if since != nil && bytes.Compare(k, since) < 0 {
+			break
+		}
+		if err := visit(v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// spendSum is the part of a spend log a report reads.
+type spendSum struct {
+	spendLight
+	Model            string `json:"model"`
+	PromptTokens     int64  `json:"prompt_tokens"`
+	CompletionTokens int64  `json:"completion_tokens"`
+	Cost             int64  `json:"cost"`
+}
+
+// SpendReport sums the logs f matches per UTC day and group in one walk.
+func (r *reader) SpendReport(ctx context.Context, f store.SpendLogFilter, by store.SpendGroup) ([]store.SpendDay, error) {
+	if !by.Valid() {
+		return nil, fmt.Errorf("embedded: unknown spend group %q", by)
+	}
+	type cell struct {
+		day   int64
+		group string
+	}
+	sums := map[cell]*store.SpendDay{}
+	err := r.view(func(tx *bolt.Tx) error {
+		return walkSpendLogs(ctx, tx, f, func(v []byte) error {
+			var l spendSum
+			if err := json.Unmarshal(v, &l); err != nil {
+				return fmt.Errorf("embedded: decode spend log: %w", err)
+			}
+			if (f.TokenID != "" && l.TokenID != f.TokenID) || (f.RequestID != "" && l.RequestID != f.RequestID) ||
+				(f.UserID != "" && l.UserID != f.UserID) || (f.TeamID != "" && l.TeamID != f.TeamID) ||
+				(f.EndUser != "" && l.EndUser != f.EndUser) ||
+				(!f.Since.IsZero() && l.StartTime.Before(f.Since)) || (!f.Until.IsZero() && !l.StartTime.Before(f.Until)) {
+				return nil
+			}
+			var g string
+			switch by {
+			case store.SpendByKey:
+				g = l.TokenID
+			case store.SpendByTeam:
+				g = l.TeamID
+			case store.SpendByUser:
+				g = l.UserID
+			case store.SpendByModel:
+				g = l.Model
+			case store.SpendByEndUser:
+				g = l.EndUser
+			}
+			day := l.StartTime.UTC().Truncate(24 * time.Hour)
+			k := cell{day.Unix(), g}
+			d := sums[k]
+			if d == nil {
+				d = &store.SpendDay{Day: day, Group: g}
+				sums[k] = d
+			}
+			d.Cost += l.Cost
+			d.Requests++
+			d.Tokens += l.PromptTokens + l.CompletionTokens
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]store.SpendDay, 0, len(sums))
+	for _, d := range sums {
+		out = append(out, *d)
+	}
+	store.SortSpendDays(out)
+	return out, nil
 }

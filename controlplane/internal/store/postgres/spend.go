@@ -188,7 +188,8 @@ func (r *reader) SpendHighWater(ctx context.Context, proxyID, outboxID string) (
 }
 
 // ListSpendLogs returns spend logs newest first.
-func (r *reader) ListSpendLogs(ctx context.Context, f store.SpendLogFilter) ([]store.SpendLog, int, error) {
+// spendWhere is the WHERE clause of f (its page aside).
+func spendWhere(f store.SpendLogFilter) where {
 	var w where
 	w.eq("token_id", f.TokenID)
 	w.eq("request_id", f.RequestID)
@@ -201,6 +202,48 @@ func (r *reader) ListSpendLogs(ctx context.Context, f store.SpendLogFilter) ([]s
 	if !f.Until.IsZero() {
 		w.add("start_ns < ?", unixNano(f.Until))
 	}
+	return w
+}
+
+// nsPerDay divides start_ns into UTC days (unix time has no leap seconds).
+const nsPerDay = int64(24 * time.Hour)
+
+// SpendReport sums the logs f matches per UTC day and group in one query.
+func (r *reader) SpendReport(ctx context.Context, f store.SpendLogFilter, by store.SpendGroup) ([]store.SpendDay, error) {
+	if !by.Valid() {
+		return nil, fmt.Errorf("postgres: unknown spend group %q", by)
+	}
+	w := spendWhere(f)
+	// by is one of the constant column names checked above, never input.
+	col := "coalesce(" + string(by) + ", '')"
+	// Integer division, floored for times before 1970 too (numeric
+	// division rounds the nanosecond before midnight into the next day).
+	rows, err := r.q.Query(ctx, fmt.Sprintf(`SELECT CASE WHEN start_ns >= 0 THEN start_ns / %[1]d ELSE -((-start_ns + %[1]d - 1) / %[1]d) END AS day, %[2]s AS grp,
+sum(cost)::bigint, count(*), sum(prompt_tokens + completion_tokens)::bigint
+FROM spend_logs%[3]s GROUP BY 1, 2 ORDER BY 1, 2`, nsPerDay, col, w.sql()), w.args...)
+	if err != nil {
+		return nil, r.fail(ctx, err)
+	}
+	defer rows.Close()
+	out := []store.SpendDay{}
+	for rows.Next() {
+		var d store.SpendDay
+		var day int64
+		if err := rows.Scan(&day, &d.Group, &d.Cost, &d.Requests, &d.Tokens); err != nil {
+			return nil, r.fail(ctx, err)
+		}
+		d.Day = time.Unix(day*int64(24*time.Hour/time.Second), 0).UTC()
+		out = append(out, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, r.fail(ctx, err)
+	}
+	store.SortSpendDays(out) // Go's string order, as the embedded store
+	return out, nil
+}
+
+func (r *reader) ListSpendLogs(ctx context.Context, f store.SpendLogFilter) ([]store.SpendLog, int, error) {
+	w := spendWhere(f)
 	p := f.Page.Normalize()
 	var total int
 	if err := r.q.QueryRow(ctx, "SELECT count(*) FROM spend_logs"+w.sql(), w.args...).Scan(&total); err != nil {

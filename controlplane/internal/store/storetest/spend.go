@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"testing"
 	"time"
 
@@ -19,6 +20,7 @@ var spendTests = []test{
 	{"MissingEntitiesStillLogged", testSpendMissing},
 	{"RejectsBadBatch", testSpendBadBatch},
 	{"LogFilters", testSpendLogFilters},
+	{"Report", testSpendReport},
 	{"PutEndUser", testPutEndUser},
 }
 
@@ -311,5 +313,63 @@ func testPutEndUser(t *testing.T, s store.Store) {
 		return tx.PutEndUser(ctx, store.EndUser{Spend: 1})
 	}); err == nil {
 		t.Fatal("PutEndUser without end_user_id succeeded")
+	}
+}
+
+// SpendReport sums per UTC day and group in one pass: days split at
+// midnight UTC, a log without the grouped field is group "", the filter's
+// bounds and fields apply, and rows come ordered by day, then group.
+func testSpendReport(t *testing.T, s store.Store) {
+	spendFixture(t, s)
+	rep, ok := s.Read().(store.SpendReporter)
+	if !ok {
+		t.Fatal("the backend's reader does not implement store.SpendReporter")
+	}
+	day1 := time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
+	rec := func(seq uint64, at time.Time, user, model string, cost int64) store.SpendRecord {
+		r := spendRec(seq, cost)
+		r.StartTime, r.EndTime, r.UserID, r.Model = at, at.Add(time.Second), user, model
+		if user == "" {
+			r.TokenID, r.TeamID, r.OrganizationID = "", "", ""
+		}
+		return r
+	}
+	apply(t, s, batch("p1", "ob", rec(1, day1.Add(-time.Nanosecond), "u1", "m-a", 100), // the day before
+		rec(2, day1, "u1", "m-a", 10), rec(3, day1.Add(23*time.Hour), "u2", "m-b", 20),
+		rec(4, day1.Add(24*time.Hour), "u1", "m-b", 40), rec(5, day1.Add(25*time.Hour), "", "m-b", 80)))
+
+	ctx := t.Context()
+	f := store.SpendLogFilter{Since: day1, Until: day1.Add(48 * time.Hour)}
+	got, err := rep.SpendReport(ctx, f, store.SpendByUser)
+	if err != nil {
+		t.Fatal(err)
+	}
+	day2 := day1.Add(24 * time.Hour)
+	want := []store.SpendDay{
+		{Day: day1, Group: "u1", Cost: 10, Requests: 1, Tokens: 15},
+		{Day: day1, Group: "u2", Cost: 20, Requests: 1, Tokens: 15},
+		{Day: day2, Group: "", Cost: 80, Requests: 1, Tokens: 15},
+		{Day: day2, Group: "u1", Cost: 40, Requests: 1, Tokens: 15},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("by user:\n got %+v\nwant %+v", got, want)
+	}
+	got, err = rep.SpendReport(ctx, store.SpendLogFilter{UserID: "u1"}, store.SpendByModel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = []store.SpendDay{
+		{Day: day1.Add(-24 * time.Hour), Group: "m-a", Cost: 100, Requests: 1, Tokens: 15},
+		{Day: day1, Group: "m-a", Cost: 10, Requests: 1, Tokens: 15},
+		{Day: day2, Group: "m-b", Cost: 40, Requests: 1, Tokens: 15},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("u1 by model:\n got %+v\nwant %+v", got, want)
+	}
+	if got, err := rep.SpendReport(ctx, store.SpendLogFilter{TeamID: "nope"}, store.SpendByTeam); err != nil || len(got) != 0 {
+		t.Errorf("no match: %v %v", got, err)
+	}
+	if _, err := rep.SpendReport(ctx, f, "prompt"); err == nil {
+		t.Error("an unknown group is not refused")
 	}
 }

@@ -770,13 +770,10 @@ type GetSpendReportResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// days lists every day of the range, oldest first, including days
 	// without spend (their groups are empty).
-	Days      []*SpendReportDay `protobuf:"bytes,1,rep,name=days,proto3" json:"days,omitempty"`
-	GroupBy   string            `protobuf:"bytes,2,opt,name=group_by,json=groupBy,proto3" json:"group_by,omitempty"`
-	StartDate string            `protobuf:"bytes,3,opt,name=start_date,json=startDate,proto3" json:"start_date,omitempty"`
-	EndDate   string            `protobuf:"bytes,4,opt,name=end_date,json=endDate,proto3" json:"end_date,omitempty"`
-	// truncated: the range held more rows than one report reads
-	// (100,000); the figures cover the newest rows only.
-	Truncated     bool `protobuf:"varint,5,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	Days          []*SpendReportDay `protobuf:"bytes,1,rep,name=days,proto3" json:"days,omitempty"`
+	GroupBy       string            `protobuf:"bytes,2,opt,name=group_by,json=groupBy,proto3" json:"group_by,omitempty"`
+	StartDate     string            `protobuf:"bytes,3,opt,name=start_date,json=startDate,proto3" json:"start_date,omitempty"`
+	EndDate       string            `protobuf:"bytes,4,opt,name=end_date,json=endDate,proto3" json:"end_date,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -837,13 +834,6 @@ func (x *GetSpendReportResponse) GetEndDate() string {
 		return x.EndDate
 	}
 	return ""
-}
-
-func (x *GetSpendReportResponse) GetTruncated() bool {
-	if x != nil {
-		return x.Truncated
-	}
-	return false
 }
 
 var File_tollgate_admin_v1_spend_proto protoreflect.FileDescriptor
@@ -926,14 +916,13 @@ const file_tollgate_admin_v1_spend_proto_rawDesc = "" +
 	"groupByDay\x12;\n" +
 	"\x06groups\x18\x02 \x03(\v2#.tollgate.admin.v1.SpendReportGroupR\x06groups\x12\x1f\n" +
 	"\vtotal_spend\x18\x03 \x01(\x01R\n" +
-	"totalSpend\"\xc2\x01\n" +
+	"totalSpend\"\xa4\x01\n" +
 	"\x16GetSpendReportResponse\x125\n" +
 	"\x04days\x18\x01 \x03(\v2!.tollgate.admin.v1.SpendReportDayR\x04days\x12\x19\n" +
 	"\bgroup_by\x18\x02 \x01(\tR\agroupBy\x12\x1d\n" +
 	"\n" +
 	"start_date\x18\x03 \x01(\tR\tstartDate\x12\x19\n" +
-	"\bend_date\x18\x04 \x01(\tR\aendDate\x12\x1c\n" +
-	"\ttruncated\x18\x05 \x01(\bR\ttruncated2\xb4\x02\n" +
+	"\bend_date\x18\x04 \x01(\tR\aendDate2\xb4\x02\n" +
 	"\fSpendService\x12b\n" +
 	"\rListSpendLogs\x12'.tollgate.admin.v1.ListSpendLogsRequest\x1a(.tollgate.admin.v1.ListSpendLogsResponse\x12Y\n" +
 	"\x0fGetCustomerInfo\x12).tollgate.admin.v1.GetCustomerInfoRequest\x1a\x1b.tollgate.admin.v1.Customer\x12e\n" +
