@@ -40,7 +40,8 @@ func artifactsDir(t *testing.T, name string) string {
 // view, the key blocked in the page and refused by the proxy (401), then an
 // internal user who sees only its own keys and no admin actions, a key
 // created with the keyboard alone, and a proxy_admin_viewer who reads
-// everything and has no write actions. Screenshots go to artifactsDir. Under
+// everything and has no write actions; on the embedded store and on
+// Postgres. Screenshots go to artifactsDir. Under
 // CI=true a missing node or Chromium is a failure.
 func TestUIBrowser(t *testing.T) {
 	t.Parallel()
@@ -67,7 +68,12 @@ func TestUIBrowser(t *testing.T) {
 		}
 	}
 
-	d := newDeployment(t, CPOptions{})
+	backends(t, func(t *testing.T, o CPOptions) { uiFlow(t, dir, chromium, o) })
+}
+
+// uiFlow runs ui.mjs against a fresh deployment on o's store.
+func uiFlow(t *testing.T, dir, chromium string, o CPOptions) {
+	d := newDeployment(t, o)
 	dp := d.proxy(t)
 	u, mk := d.cp.URL(), d.cp.MasterKey
 
@@ -85,7 +91,7 @@ func TestUIBrowser(t *testing.T) {
 	cmd := exec.CommandContext(ctx, "node", "ui.mjs")
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "CP_URL="+u, "PROXY_URL="+dp.URL(), "MASTER_KEY="+mk, "USER_KEY="+userKey, "VIEWER_KEY="+viewerKey,
-		"CHROMIUM="+chromium, "ARTIFACTS="+artifactsDir(t, "ui"))
+		"CHROMIUM="+chromium, "ARTIFACTS="+artifactsDir(t, filepath.Join("ui", filepath.Base(t.Name()))))
 	out, err := cmd.CombinedOutput()
 	t.Logf("node ui.mjs (%s):\n%s", time.Since(start).Round(time.Millisecond), redact(string(out), mk, userKey, viewerKey))
 	if err != nil || !strings.HasSuffix(strings.TrimSpace(string(out)), "ok") {
