@@ -272,9 +272,15 @@ try {
   const csrfStatus = await page.evaluate(() => fetch('/ui/api/team/new', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{"team_alias":"x"}' }).then(r => r.status));
   assert.equal(csrfStatus, 403, 'a write without the CSRF header is refused');
   await shot(page, '08-internal-user-teams');
-  await page.getByRole('link', { name: 'Spend' }).click();
-  await page.getByRole('heading', { name: 'Spend logs' }).waitFor();
+  await until('the user\'s own request to pass the proxy', async () => (await chat(USER_KEY)) === 200, 10000, 50);
+  await until('the user\'s own request in its spend view', async () => {
+    await page.getByRole('link', { name: 'Spend' }).click();
+    await page.reload();
+    await page.getByRole('heading', { name: 'Spend logs' }).waitFor();
+    return (await page.getByRole('table', { name: 'Spend logs' }).getByRole('row').filter({ hasText: 'ui-user' }).count()) === 1;
+  }, 20000, 500);
   await page.getByText('your own spend only').waitFor();
+  await page.getByRole('figure', { name: 'Spend per user' }).locator('canvas').waitFor();
   assert.equal(await page.getByRole('table', { name: 'Spend logs' }).getByRole('row').filter({ hasText: teamID }).count(), 0, 'no foreign spend');
   await shot(page, '09-internal-user-spend');
   step('internal user: own keys only, no admin actions');
