@@ -20,6 +20,9 @@ type Identity struct {
 	Admin    bool
 	// Teams maps team ids to the caller's team role.
 	Teams map[string]string
+	// KeyTokenID is the token_id of the virtual key used ("" for the
+	// master key).
+	KeyTokenID string
 }
 
 // Identify authenticates credential exactly as a management call would
@@ -35,5 +38,5 @@ func (s *Server) Identify(ctx context.Context, credential string) (Identity, err
 }
 
 func identityOf(c *authz.Caller) Identity {
-	return Identity{UserID: c.ID, Role: c.Role, Master: c.Master, ReadsAll: c.ReadsAll(), Admin: c.Admin(), Teams: c.Teams}
+	return Identity{UserID: c.ID, Role: c.Role, Master: c.Master, ReadsAll: c.ReadsAll(), Admin: c.Admin(), Teams: c.Teams, KeyTokenID: c.KeyTokenID}
 }

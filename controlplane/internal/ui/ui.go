@@ -49,7 +49,9 @@ type Config struct {
 	Identify Identifier
 	// MasterKey derives the cookie-sealing and CSRF keys.
 	MasterKey string
-	// Secure marks the cookie Secure (the listener serves TLS).
+	// Secure marks the cookie Secure (the listener serves TLS). Requests
+	// that arrived over TLS, or say so in X-Forwarded-Proto (a TLS
+	// terminator in front), get a Secure cookie in any case.
 	Secure bool
 	// TTL is the session lifetime (DefaultTTL when zero).
 	TTL time.Duration
@@ -153,8 +155,11 @@ type sessionInfo struct {
 	Admin    bool              `json:"is_admin"`
 	ReadsAll bool              `json:"reads_all"`
 	Teams    map[string]string `json:"teams"`
-	CSRF     string            `json:"csrf_token"`
-	Expires  time.Time         `json:"expires"`
+	// KeyTokenID names the key the session signed in with, so the page
+	// can warn before it blocks, deletes or regenerates it.
+	KeyTokenID string    `json:"key_token_id"`
+	CSRF       string    `json:"csrf_token"`
+	Expires    time.Time `json:"expires"`
 }
 
 func (h *Handler) info(id api.Identity, ss session) sessionInfo {
@@ -163,7 +168,7 @@ func (h *Handler) info(id api.Identity, ss session) sessionInfo {
 		teams = map[string]string{}
 	}
 	return sessionInfo{UserID: id.UserID, Role: id.Role, Master: id.Master, Admin: id.Admin, ReadsAll: id.ReadsAll,
-		Teams: teams, CSRF: h.sealer.csrf(ss.ID), Expires: time.Unix(ss.Expires, 0).UTC()}
+		Teams: teams, KeyTokenID: id.KeyTokenID, CSRF: h.sealer.csrf(ss.ID), Expires: time.Unix(ss.Expires, 0).UTC()}
 }
 
 func writeJSON(w http.ResponseWriter, v any) {
@@ -222,7 +227,7 @@ func (h *Handler) signIn(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	http.SetCookie(w, &http.Cookie{
-		Name: CookieName, Value: v, Path: Prefix, HttpOnly: true, Secure: h.cfg.Secure,
+		Name: CookieName, Value: v, Path: Prefix, HttpOnly: true, Secure: h.secure(r),
 		SameSite: http.SameSiteStrictMode, Expires: time.Unix(ss.Expires, 0),
 	})
 	writeJSON(w, h.info(id, ss))
@@ -256,8 +261,14 @@ func (h *Handler) whoami(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, h.info(id, ss))
 }
 
-func (h *Handler) clearCookie(w http.ResponseWriter) {
-	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: "", Path: Prefix, HttpOnly: true, Secure: h.cfg.Secure,
+// secure reports whether the cookie must be Secure. A forged
+// X-Forwarded-Proto can only make the browser drop its own cookie.
+func (h *Handler) secure(r *http.Request) bool {
+	return h.cfg.Secure || r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https")
+}
+
+func (h *Handler) clearCookie(w http.ResponseWriter, r *http.Request) {
+	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: "", Path: Prefix, HttpOnly: true, Secure: h.secure(r),
 		SameSite: http.SameSiteStrictMode, MaxAge: -1})
 }
 
@@ -271,7 +282,7 @@ func (h *Handler) signOut(w http.ResponseWriter, r *http.Request) {
 		}
 		h.revoked.add(ss.ID, ss.Expires, h.cfg.Now())
 	}
-	h.clearCookie(w)
+	h.clearCookie(w, r)
 	writeJSON(w, map[string]string{"status": "signed_out"})
 }
 

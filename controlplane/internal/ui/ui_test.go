@@ -294,3 +294,16 @@ func TestSessionExpiresTamperAndSignOut(t *testing.T) {
 		t.Errorf("expired session: %d", w.Code)
 	}
 }
+
+func TestSecureCookieBehindTLSTerminator(t *testing.T) {
+	e := newEnv(t)
+	hdr := map[string]string{CSRFHeader: "x", "Content-Type": "application/json", "X-Forwarded-Proto": "https"}
+	w := e.do("POST", "/ui/session", `{"credential":"`+master+`"}`, hdr, nil)
+	if cs := w.Result().Cookies(); w.Code != 200 || len(cs) != 1 || !cs[0].Secure {
+		t.Fatalf("behind a TLS terminator: %d %v", w.Code, cs)
+	}
+	w = e.do("POST", "/ui/session", `{"credential":"`+master+`"}`, map[string]string{CSRFHeader: "x", "Content-Type": "application/json"}, nil)
+	if cs := w.Result().Cookies(); len(cs) != 1 || cs[0].Secure {
+		t.Fatalf("plain HTTP on loopback: %v", cs)
+	}
+}

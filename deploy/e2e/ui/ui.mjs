@@ -263,6 +263,10 @@ try {
   assert.ok(owners.length >= 1 && owners.every(o => o === 'ui-user'), `only the user's own keys: ${JSON.stringify(owners)}`);
   assert.equal(await keysTable.getByText('ui-sa').count(), 0);
   assert.equal(await keysTable.getByText('other-key').count(), 0);
+  await page.getByRole('button', { name: 'Regenerate ui-user-login' }).click();
+  await page.getByRole('dialog').getByText('This is the key you signed in with').waitFor();
+  await page.keyboard.press('Escape');
+  await page.getByRole('dialog').waitFor({ state: 'detached' });
   await shot(page, '07-internal-user-keys');
   await page.getByRole('link', { name: 'Teams' }).click();
   await page.getByRole('heading', { name: 'Teams', level: 1 }).waitFor();

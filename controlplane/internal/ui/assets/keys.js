@@ -96,9 +96,15 @@ async function editKey(k, rerender) {
   if (done) { notify('Key updated.'); rerender(); }
 }
 
+// sessionKey: the key this session signed in with (changing it ends the
+// session once the old secret stops working).
+const sessionKey = k => me().key_token_id && k.token_id === me().key_token_id;
+const sessionWarning = 'This is the key you signed in with: this session ends when its secret stops working.';
+
 async function regenerate(k, rerender) {
   const specs = [{ name: 'grace_period', label: 'Grace period for the old secret', placeholder: 'e.g. 24h (empty: the old secret stops now)' }];
-  const res = await dialog(`Regenerate ${k.key_alias || k.key_name}`, h('div', {}, h('p', {}, 'A new secret replaces the current one; alias and limits are kept.'), specs.map(field)), {
+  const res = await dialog(`Regenerate ${k.key_alias || k.key_name}`, h('div', {}, h('p', {}, 'A new secret replaces the current one; alias and limits are kept.'),
+    sessionKey(k) ? h('p', { class: 'warning' }, sessionWarning) : null, specs.map(field)), {
     submitLabel: 'Regenerate', danger: true,
     onSubmit: async form => api('/key/regenerate', { method: 'POST', body: { key: k.token_id, ...collect(form, specs) } }),
   });
@@ -161,10 +167,13 @@ export async function render({ rerender }) {
     h('button', { type: 'button', onclick: () => editKey(k, rerender), 'aria-label': `Edit ${k.key_alias || k.key_name}` }, 'Edit'),
     k.blocked
       ? h('button', { type: 'button', 'aria-label': `Unblock ${k.key_alias || k.key_name}`, onclick: () => act(() => api('/key/unblock', { method: 'POST', body: { key: k.token_id } }), 'Key unblocked.') }, 'Unblock')
-      : h('button', { type: 'button', 'aria-label': `Block ${k.key_alias || k.key_name}`, onclick: () => act(() => api('/key/block', { method: 'POST', body: { key: k.token_id } }), 'Key blocked.') }, 'Block'),
+      : h('button', { type: 'button', 'aria-label': `Block ${k.key_alias || k.key_name}`, onclick: async () => {
+        if (sessionKey(k) && !await confirmDialog('Block the key you signed in with', sessionWarning, 'Block')) return;
+        act(() => api('/key/block', { method: 'POST', body: { key: k.token_id } }), 'Key blocked.');
+      } }, 'Block'),
     h('button', { type: 'button', 'aria-label': `Regenerate ${k.key_alias || k.key_name}`, onclick: () => regenerate(k, rerender) }, 'Regenerate'),
     h('button', { type: 'button', class: 'danger', 'aria-label': `Delete ${k.key_alias || k.key_name}`, onclick: async () => {
-      if (await confirmDialog('Delete key', `Delete ${k.key_alias || k.key_name}? Requests with it fail at once. This cannot be undone.`)) {
+      if (await confirmDialog('Delete key', `Delete ${k.key_alias || k.key_name}? Requests with it fail at once. This cannot be undone.` + (sessionKey(k) ? ' ' + sessionWarning : ''))) {
         act(() => api('/key/delete', { method: 'POST', body: { keys: [k.token_id] } }), 'Key deleted.');
       }
     } }, 'Delete')) });
