@@ -16,7 +16,8 @@
 //
 // Sign-in (POST /ui/session) checks the credential (the master key or a
 // user's own virtual key) with api.Server.Identify and sets one cookie:
-// HttpOnly, SameSite=Strict, Path=/ui, Secure when the listener uses TLS.
+// HttpOnly, SameSite=Strict, Path=/ui, Secure when the request came over TLS
+// (directly or, per X-Forwarded-Proto, through a TLS terminator).
 // Its value is the credential, a random session id and an expiry sealed
 // with AES-256-GCM under a key derived (HKDF-SHA256) from the master key, so
 // any control-plane replica with the same master key accepts it, scripts on
