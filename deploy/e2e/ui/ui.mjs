@@ -67,7 +67,7 @@ try {
   const page = ctx.pages()[0] || await ctx.newPage();
   page.on('pageerror', e => errors.push(`pageerror: ${e.message}`));
   page.on('console', m => { if (m.type() === 'error') errors.push(`console: ${m.text()}`); });
-  page.setDefaultTimeout(10000);
+  page.setDefaultTimeout(20000); // generous: CI runs this beside every other e2e test
 
   // ---- Security headers and the sign-in page, by keyboard.
   const resp = await page.goto(`${CP}/ui/`);
@@ -127,7 +127,7 @@ try {
   step('service-account key created; secret copied from the clipboard');
 
   // ---- Use it through the proxy.
-  await until('the proxy to accept the new key', async () => (await chat(secret)) === 200, 10000, 50);
+  await until('the proxy to accept the new key', async () => (await chat(secret)) === 200, 20000, 50);
   step('proxy accepted the key (200)');
 
   // ---- See the request in the spend view.
@@ -138,7 +138,7 @@ try {
     await page.reload();
     await page.getByRole('heading', { name: 'Spend logs' }).waitFor();
     return (await page.getByRole('table', { name: 'Spend logs' }).getByRole('row').filter({ hasText: teamID }).count()) > 0;
-  }, 20000, 500);
+  }, 40000, 500);
   await page.locator('figure.chart canvas').first().waitFor();
   await page.getByRole('figure', { name: 'Spend per team' }).waitFor();
   await shot(page, '04-spend');
@@ -219,7 +219,7 @@ try {
   await page.getByRole('link', { name: 'Keys' }).click();
   await page.getByRole('button', { name: 'Block ui-sa' }).click();
   await page.getByRole('row').filter({ hasText: 'ui-sa' }).getByText('blocked').waitFor();
-  await until('the proxy to refuse the blocked key', async () => (await chat(secret)) === 401, 10000, 50);
+  await until('the proxy to refuse the blocked key', async () => (await chat(secret)) === 401, 20000, 50);
   await shot(page, '06-keys-blocked');
   step('key blocked in the UI; proxy answers 401');
 
@@ -276,13 +276,13 @@ try {
   const csrfStatus = await page.evaluate(() => fetch('/ui/api/team/new', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{"team_alias":"x"}' }).then(r => r.status));
   assert.equal(csrfStatus, 403, 'a write without the CSRF header is refused');
   await shot(page, '08-internal-user-teams');
-  await until('the user\'s own request to pass the proxy', async () => (await chat(USER_KEY)) === 200, 10000, 50);
+  await until('the user\'s own request to pass the proxy', async () => (await chat(USER_KEY)) === 200, 20000, 50);
   await until('the user\'s own request in its spend view', async () => {
     await page.getByRole('link', { name: 'Spend' }).click();
     await page.reload();
     await page.getByRole('heading', { name: 'Spend logs' }).waitFor();
     return (await page.getByRole('table', { name: 'Spend logs' }).getByRole('row').filter({ hasText: 'ui-user' }).count()) === 1;
-  }, 20000, 500);
+  }, 40000, 500);
   await page.getByText('your own spend only').waitFor();
   await page.getByRole('figure', { name: 'Spend per user' }).locator('canvas').waitFor();
   assert.equal(await page.getByRole('table', { name: 'Spend logs' }).getByRole('row').filter({ hasText: teamID }).count(), 0, 'no foreign spend');
