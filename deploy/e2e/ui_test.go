@@ -75,6 +75,9 @@ func TestUIBrowser(t *testing.T) {
 func uiFlow(t *testing.T, dir, chromium string, o CPOptions) {
 	d := newDeployment(t, o)
 	dp := d.proxy(t)
+	// A second proxy that stops: the proxies page must show it stale.
+	gone := d.proxy(t)
+	gone.Stop()
 	u, mk := d.cp.URL(), d.cp.MasterKey
 
 	// The internal user (and a stranger whose key it must not see) are
@@ -90,7 +93,7 @@ func uiFlow(t *testing.T, dir, chromium string, o CPOptions) {
 	start := time.Now()
 	cmd := exec.CommandContext(ctx, "node", "ui.mjs")
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "CP_URL="+u, "PROXY_URL="+dp.URL(), "MASTER_KEY="+mk, "USER_KEY="+userKey, "VIEWER_KEY="+viewerKey,
+	cmd.Env = append(os.Environ(), "CP_URL="+u, "PROXY_URL="+dp.URL(), "MASTER_KEY="+mk, "USER_KEY="+userKey, "VIEWER_KEY="+viewerKey, "GONE_PROXY="+gone.ID,
 		"CHROMIUM="+chromium, "ARTIFACTS="+artifactsDir(t, filepath.Join("ui", filepath.Base(t.Name()))))
 	out, err := cmd.CombinedOutput()
 	t.Logf("node ui.mjs (%s):\n%s", time.Since(start).Round(time.Millisecond), redact(string(out), mk, userKey, viewerKey))

@@ -34,13 +34,16 @@ func (ps *proxyService) ListProxies(ctx context.Context, _ *adminv1.ListProxiesR
 }
 
 func proxiesOut(st syncserver.Stats) *adminv1.ListProxiesResponse {
-	out := &adminv1.ListProxiesResponse{HeadRevision: st.Head, Proxies: make([]*adminv1.Proxy, 0, len(st.Proxies))}
-	for _, p := range st.Proxies {
+	out := &adminv1.ListProxiesResponse{HeadRevision: st.Head, Proxies: make([]*adminv1.Proxy, 0, len(st.Proxies)+len(st.Disconnected))}
+	for _, p := range append(st.Proxies[:len(st.Proxies):len(st.Proxies)], st.Disconnected...) {
 		q := &adminv1.Proxy{
 			ProxyId: p.ID, Peer: p.Peer, Version: p.Version, ConnectedAt: timestamppb.New(p.ConnectedAt),
 			HelloRevision: p.HelloRevision, SentRevision: p.SentRevision, AppliedRevision: p.AppliedRevision,
 			Lag: max(st.Head-p.AppliedRevision, 0), LastSeen: timestamppb.New(p.LastSeen),
-			OutboxDepth: p.OutboxDepth, SpendAckedSeq: p.SpendAckedSeq,
+			OutboxDepth: p.OutboxDepth, SpendAckedSeq: p.SpendAckedSeq, Connected: p.Connected,
+		}
+		if !p.DisconnectedAt.IsZero() {
+			q.DisconnectedAt = timestamppb.New(p.DisconnectedAt)
 		}
 		if !p.LastSpendBatch.IsZero() {
 			q.LastSpendBatch = timestamppb.New(p.LastSpendBatch)

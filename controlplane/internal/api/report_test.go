@@ -35,8 +35,10 @@ func newFixture(t *testing.T) *fixture {
 	srv := api.New(st, master, api.WithClock(func() time.Time { return now }))
 	srv.SetProxyStats(func() syncserver.Stats {
 		return syncserver.Stats{Head: 7, Proxies: []syncserver.ProxyStats{
-			{ID: "p1", AppliedRevision: 7, OutboxDepth: 0, ConnectedAt: now, LastSeen: now},
-			{ID: "p2", AppliedRevision: 4, OutboxDepth: -1, ConnectedAt: now, LastSeen: now},
+			{ID: "p1", AppliedRevision: 7, OutboxDepth: 0, ConnectedAt: now, LastSeen: now, Connected: true},
+			{ID: "p2", AppliedRevision: 4, OutboxDepth: -1, ConnectedAt: now, LastSeen: now, Connected: true},
+		}, Disconnected: []syncserver.ProxyStats{
+			{ID: "p0", AppliedRevision: 2, OutboxDepth: 3, ConnectedAt: now, LastSeen: now, DisconnectedAt: now},
 		}}
 	})
 	gw, err := srv.Gateway(context.Background())
@@ -150,8 +152,14 @@ func TestListProxies(t *testing.T) {
 		t.Errorf("head_revision %v", out["head_revision"])
 	}
 	ps := out["proxies"].([]any)
-	if len(ps) != 2 {
+	if len(ps) != 3 {
 		t.Fatalf("proxies: %v", ps)
+	}
+	if p0 := ps[2].(map[string]any); p0["proxy_id"] != "p0" || p0["connected"] != false || p0["disconnected_at"] == nil {
+		t.Errorf("disconnected p0 (listed last): %v", p0)
+	}
+	if p1 := ps[0].(map[string]any); p1["connected"] != true || p1["disconnected_at"] != nil {
+		t.Errorf("p1: %v", p1)
 	}
 	p2 := ps[1].(map[string]any)
 	if p2["proxy_id"] != "p2" || (p2["lag"] != "3" && p2["lag"] != float64(3)) || (p2["outbox_depth"] != "-1" && p2["outbox_depth"] != float64(-1)) {

@@ -186,6 +186,10 @@ type Stats struct {
 	SnapshotBytes    int64
 	SnapshotBuilds   int64
 	Proxies          []ProxyStats // ordered by ID, then peer
+	// Disconnected lists proxies whose stream ended within the last
+	// goneTTL and that have not come back (by ID): the stalest replica of
+	// all is the one that stopped syncing.
+	Disconnected []ProxyStats
 }
 
 // ProxyStats describes one connected proxy.
@@ -210,7 +214,17 @@ type ProxyStats struct {
 	OutboxDepth int64
 	// SpendAckedSeq is the last outbox sequence acked to the proxy.
 	SpendAckedSeq uint64
+	// Connected is false in Stats.Disconnected.
+	Connected      bool
+	DisconnectedAt time.Time
 }
+
+// Disconnected proxies stay in Stats.Disconnected for goneTTL, at most
+// maxGone of them.
+const (
+	goneTTL = time.Hour
+	maxGone = 1000
+)
 
 // Server implements syncv1.SyncServiceServer.
 type Server struct {
@@ -241,6 +255,7 @@ type Server struct {
 
 	connsMu sync.Mutex
 	conns   map[*conn]struct{}
+	gone    map[string]ProxyStats // by proxy id, under connsMu
 
 	// Rate-limit leases of the connected proxies (leases.go).
 	leases leases
@@ -528,26 +543,69 @@ func (s *Server) Stats() Stats {
 	}
 	s.snapMu.Unlock()
 	s.connsMu.Lock()
+	live := map[string]bool{}
 	for c := range s.conns {
-		ps := ProxyStats{
-			ID: c.id, Peer: c.peer, Version: c.version, ConnectedAt: c.connectedAt, LastSeen: c.connectedAt,
-			HelloRevision: c.hello, SentRevision: c.sent.Load(), AppliedRevision: c.applied.Load(),
-			OutboxDepth: -1, SpendAckedSeq: c.acked.Load(),
+		live[c.id] = true
+		st.Proxies = append(st.Proxies, c.stats())
+	}
+	now := time.Now()
+	for id, ps := range s.gone {
+		switch {
+		case now.Sub(ps.DisconnectedAt) > goneTTL:
+			delete(s.gone, id)
+		case !live[id]:
+			st.Disconnected = append(st.Disconnected, ps)
 		}
-		if t := c.lastSeen.Load(); t != 0 {
-			ps.LastSeen = time.Unix(0, t)
-		}
-		if t := c.spendAt.Load(); t != 0 {
-			ps.LastSpendBatch = time.Unix(0, t)
-		}
-		if ol := c.outboxLast.Load(); ol != 0 {
-			ps.OutboxDepth = int64(ol - min(ol, ps.SpendAckedSeq))
-		}
-		st.Proxies = append(st.Proxies, ps)
 	}
 	s.connsMu.Unlock()
-	slices.SortFunc(st.Proxies, func(a, b ProxyStats) int {
-		return cmp.Or(cmp.Compare(a.ID, b.ID), cmp.Compare(a.Peer, b.Peer))
-	})
+	for _, list := range [][]ProxyStats{st.Proxies, st.Disconnected} {
+		slices.SortFunc(list, func(a, b ProxyStats) int {
+			return cmp.Or(cmp.Compare(a.ID, b.ID), cmp.Compare(a.Peer, b.Peer))
+		})
+	}
 	return st
+}
+
+// stats is c's line in Stats.
+func (c *conn) stats() ProxyStats {
+	ps := ProxyStats{
+		ID: c.id, Peer: c.peer, Version: c.version, ConnectedAt: c.connectedAt, LastSeen: c.connectedAt,
+		HelloRevision: c.hello, SentRevision: c.sent.Load(), AppliedRevision: c.applied.Load(),
+		OutboxDepth: -1, SpendAckedSeq: c.acked.Load(),
+	}
+	if t := c.lastSeen.Load(); t != 0 {
+		ps.LastSeen = time.Unix(0, t)
+	}
+	if t := c.spendAt.Load(); t != 0 {
+		ps.LastSpendBatch = time.Unix(0, t)
+	}
+	if ol := c.outboxLast.Load(); ol != 0 {
+		ps.OutboxDepth = int64(ol - min(ol, ps.SpendAckedSeq))
+	}
+	ps.Connected = true
+	return ps
+}
+
+// forget moves c from the connected proxies to the recently disconnected
+// ones. Call with connsMu held.
+func (s *Server) forgetLocked(c *conn) {
+	delete(s.conns, c)
+	if c.id == "" {
+		return
+	}
+	if s.gone == nil {
+		s.gone = map[string]ProxyStats{}
+	}
+	if _, ok := s.gone[c.id]; !ok && len(s.gone) >= maxGone {
+		var oldest string
+		for id, ps := range s.gone {
+			if oldest == "" || ps.DisconnectedAt.Before(s.gone[oldest].DisconnectedAt) {
+				oldest = id
+			}
+		}
+		delete(s.gone, oldest)
+	}
+	ps := c.stats()
+	ps.Connected, ps.DisconnectedAt = false, time.Now()
+	s.gone[c.id] = ps
 }

@@ -174,3 +174,48 @@ func TestStatsOutboxDepthAndLastSeen(t *testing.T) {
 		t.Fatalf("after the outbox drained: %+v", ps)
 	}
 }
+
+// A proxy whose stream ends moves to Stats.Disconnected (with its last
+// revisions), and leaves it when it connects again.
+func TestStatsKeepsRecentlyDisconnectedProxies(t *testing.T) {
+	st, err := embedded.Open(filepath.Join(t.TempDir(), "tollgate.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	seed(t, st, 1)
+	h := newHarness(t, st, testToken)
+	head := waitStoreHead(t, st)
+	p := h.connect("p1", testToken, 0, true)
+	p.waitRev(head, 10*time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for stats := h.srv.Stats(); len(stats.Proxies) != 1 || stats.Proxies[0].SentRevision != head || !stats.Proxies[0].Connected; stats = h.srv.Stats() {
+		if time.Now().After(deadline) {
+			t.Fatalf("p1 never got %d: %+v", head, stats.Proxies)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	p.cancel()
+	var gone ProxyStats
+	for stats := h.srv.Stats(); ; stats = h.srv.Stats() {
+		if len(stats.Proxies) == 0 && len(stats.Disconnected) == 1 {
+			gone = stats.Disconnected[0]
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("p1 not moved to Disconnected: %+v", stats)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if gone.ID != "p1" || gone.Connected || gone.DisconnectedAt.IsZero() || gone.SentRevision != head {
+		t.Fatalf("disconnected p1: %+v", gone)
+	}
+	q := h.connect("p1", testToken, head, true)
+	q.waitRev(head, 10*time.Second)
+	for stats := h.srv.Stats(); len(stats.Proxies) != 1 || len(stats.Disconnected) != 0; stats = h.srv.Stats() {
+		if time.Now().After(deadline) {
+			t.Fatalf("p1 back: %+v", stats)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

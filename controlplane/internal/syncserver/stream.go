@@ -86,7 +86,7 @@ func (s *Server) Sync(raw syncStream) error {
 		err = cause // the receiving goroutine ended the stream
 	}
 	s.connsMu.Lock()
-	delete(s.conns, c)
+	s.forgetLocked(c)
 	s.connsMu.Unlock()
 
 	attrs := []any{"proxy_id", c.id, "peer", addr, "sent_revision", c.sent.Load(),

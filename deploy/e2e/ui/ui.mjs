@@ -3,7 +3,8 @@
 // be checked". Run by deploy/e2e/ui_test.go, which starts the control plane,
 // a proxy and a fake upstream and passes them in the environment:
 //   CP_URL, MASTER_KEY, PROXY_URL, USER_KEY (an internal_user's own key),
-//   VIEWER_KEY (a proxy_admin_viewer's key),
+//   VIEWER_KEY (a proxy_admin_viewer's key), GONE_PROXY (the id of a proxy that
+//   connected and stopped),
 //   CHROMIUM, ARTIFACTS (screenshot directory).
 // It prints progress lines and "ok" at the end; never a key.
 import { chromium } from 'playwright-core';
@@ -148,7 +149,11 @@ try {
   for (const [name, heading] of [['users', 'Users'], ['organizations', 'Organizations'], ['models', 'Models'], ['settings', 'Settings'], ['audit', 'Audit log'], ['proxies', 'Proxies']]) {
     await page.getByRole('link', { name: heading, exact: true }).click();
     await page.getByRole('heading', { name: heading, level: 1 }).waitFor();
-    if (name === 'proxies') await page.getByRole('table', { name: 'Connected proxies' }).getByRole('row').nth(1).filter({ hasText: 'current' }).waitFor();
+    if (name === 'proxies') {
+      const proxies = page.getByRole('table', { name: 'Proxies' });
+      await proxies.getByRole('row').filter({ hasText: 'current' }).waitFor();
+      await proxies.getByRole('row').filter({ hasText: env('GONE_PROXY') }).filter({ hasText: 'disconnected' }).waitFor();
+    }
     if (name === 'audit') await page.getByRole('row').filter({ hasText: 'ui-team' }).first().waitFor().catch(() => {});
     await assertLabelled(page, name);
     await shot(page, `05-${name}`);
@@ -326,7 +331,7 @@ try {
   assert.equal(await page.getByRole('button', { name: /^(New key|New service-account key|Edit|Block|Delete)/ }).count(), 0, 'viewer has no write buttons');
   assert.equal(await nav.getByRole('link', { name: 'Audit log' }).count(), 0, 'viewer cannot read the audit log');
   await nav.getByRole('link', { name: 'Proxies' }).click();
-  await page.getByRole('table', { name: 'Connected proxies' }).getByRole('row').nth(1).waitFor();
+  await page.getByRole('table', { name: 'Proxies' }).getByRole('row').filter({ hasText: 'current' }).waitFor();
   await nav.getByRole('link', { name: 'Users' }).click();
   await page.getByRole('row').filter({ hasText: 'ui-made' }).waitFor();
   assert.equal(await page.getByRole('button', { name: 'New user' }).count(), 0);

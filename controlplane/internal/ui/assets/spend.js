@@ -158,10 +158,11 @@ export const proxiesPage = {
     return h('section', { 'aria-labelledby': 'proxies-title' },
       h('div', { class: 'page-head' }, h('h1', { id: 'proxies-title' }, 'Proxies'),
         h('div', { class: 'head-actions' }, h('button', { type: 'button', onclick: () => rerender() }, 'Refresh'))),
-      h('p', { class: 'hint' }, `Head revision ${res.head_revision}. Lag is head minus the revision the proxy reported persisted. A proxy missing here is not connected to this control-plane replica.`),
+      h('p', { class: 'hint' }, `Head revision ${res.head_revision}. Lag is head minus the revision the proxy reported persisted. Proxies disconnected within the last hour are listed as such; a proxy missing here has not synced from this control-plane replica in that time.`),
       table([
         { label: 'Proxy', get: p => p.proxy_id || '(no id)' },
-        { label: 'State', get: p => stale(p) ? h('span', { class: 'tag warn' }, 'behind') : h('span', { class: 'tag ok' }, 'current') },
+        { label: 'State', get: p => !p.connected ? h('span', { class: 'tag bad' }, `disconnected ${when(p.disconnected_at)}`)
+          : stale(p) ? h('span', { class: 'tag warn' }, 'behind') : h('span', { class: 'tag ok' }, 'current') },
         { label: 'Revision', get: p => String(p.applied_revision) },
         { label: 'Lag', get: p => String(p.lag) },
         { label: 'Last heard from', get: p => when(p.last_seen) },
@@ -170,6 +171,6 @@ export const proxiesPage = {
         { label: 'Connected since', get: p => when(p.connected_at) },
         { label: 'Peer', get: p => p.peer },
         { label: 'Version', get: p => p.version || '—' },
-      ], res.proxies || [], 'Connected proxies'));
+      ], res.proxies || [], 'Proxies'));
   },
 };

@@ -83,8 +83,13 @@ type Proxy struct {
 	OutboxDepth int64 `protobuf:"varint,11,opt,name=outbox_depth,json=outboxDepth,proto3" json:"outbox_depth,omitempty"`
 	// spend_acked_seq is the last outbox sequence this replica acked.
 	SpendAckedSeq uint64 `protobuf:"varint,12,opt,name=spend_acked_seq,json=spendAckedSeq,proto3" json:"spend_acked_seq,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// connected is false for a proxy whose stream to this replica ended
+	// within the last hour and has not come back; its other fields are as
+	// of that moment.
+	Connected      bool                   `protobuf:"varint,13,opt,name=connected,proto3" json:"connected,omitempty"`
+	DisconnectedAt *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=disconnected_at,json=disconnectedAt,proto3" json:"disconnected_at,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Proxy) Reset() {
@@ -201,10 +206,26 @@ func (x *Proxy) GetSpendAckedSeq() uint64 {
 	return 0
 }
 
+func (x *Proxy) GetConnected() bool {
+	if x != nil {
+		return x.Connected
+	}
+	return false
+}
+
+func (x *Proxy) GetDisconnectedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DisconnectedAt
+	}
+	return nil
+}
+
 type ListProxiesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// head_revision is the newest revision this replica's sync service read.
-	HeadRevision  int64    `protobuf:"varint,1,opt,name=head_revision,json=headRevision,proto3" json:"head_revision,omitempty"`
+	HeadRevision int64 `protobuf:"varint,1,opt,name=head_revision,json=headRevision,proto3" json:"head_revision,omitempty"`
+	// proxies: connected first, then those disconnected within the hour;
+	// each ordered by proxy_id.
 	Proxies       []*Proxy `protobuf:"bytes,2,rep,name=proxies,proto3" json:"proxies,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -259,7 +280,7 @@ var File_tollgate_admin_v1_proxies_proto protoreflect.FileDescriptor
 const file_tollgate_admin_v1_proxies_proto_rawDesc = "" +
 	"\n" +
 	"\x1ftollgate/admin/v1/proxies.proto\x12\x11tollgate.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x14\n" +
-	"\x12ListProxiesRequest\"\xe2\x03\n" +
+	"\x12ListProxiesRequest\"\xc5\x04\n" +
 	"\x05Proxy\x12\x19\n" +
 	"\bproxy_id\x18\x01 \x01(\tR\aproxyId\x12\x12\n" +
 	"\x04peer\x18\x02 \x01(\tR\x04peer\x12\x18\n" +
@@ -273,7 +294,9 @@ const file_tollgate_admin_v1_proxies_proto_rawDesc = "" +
 	"\x10last_spend_batch\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\x0elastSpendBatch\x12!\n" +
 	"\foutbox_depth\x18\v \x01(\x03R\voutboxDepth\x12&\n" +
-	"\x0fspend_acked_seq\x18\f \x01(\x04R\rspendAckedSeq\"n\n" +
+	"\x0fspend_acked_seq\x18\f \x01(\x04R\rspendAckedSeq\x12\x1c\n" +
+	"\tconnected\x18\r \x01(\bR\tconnected\x12C\n" +
+	"\x0fdisconnected_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\x0edisconnectedAt\"n\n" +
 	"\x13ListProxiesResponse\x12#\n" +
 	"\rhead_revision\x18\x01 \x01(\x03R\fheadRevision\x122\n" +
 	"\aproxies\x18\x02 \x03(\v2\x18.tollgate.admin.v1.ProxyR\aproxies2l\n" +
@@ -303,14 +326,15 @@ var file_tollgate_admin_v1_proxies_proto_depIdxs = []int32{
 	3, // 0: tollgate.admin.v1.Proxy.connected_at:type_name -> google.protobuf.Timestamp
 	3, // 1: tollgate.admin.v1.Proxy.last_seen:type_name -> google.protobuf.Timestamp
 	3, // 2: tollgate.admin.v1.Proxy.last_spend_batch:type_name -> google.protobuf.Timestamp
-	1, // 3: tollgate.admin.v1.ListProxiesResponse.proxies:type_name -> tollgate.admin.v1.Proxy
-	0, // 4: tollgate.admin.v1.ProxyService.ListProxies:input_type -> tollgate.admin.v1.ListProxiesRequest
-	2, // 5: tollgate.admin.v1.ProxyService.ListProxies:output_type -> tollgate.admin.v1.ListProxiesResponse
-	5, // [5:6] is the sub-list for method output_type
-	4, // [4:5] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	3, // 3: tollgate.admin.v1.Proxy.disconnected_at:type_name -> google.protobuf.Timestamp
+	1, // 4: tollgate.admin.v1.ListProxiesResponse.proxies:type_name -> tollgate.admin.v1.Proxy
+	0, // 5: tollgate.admin.v1.ProxyService.ListProxies:input_type -> tollgate.admin.v1.ListProxiesRequest
+	2, // 6: tollgate.admin.v1.ProxyService.ListProxies:output_type -> tollgate.admin.v1.ListProxiesResponse
+	6, // [6:7] is the sub-list for method output_type
+	5, // [5:6] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_admin_v1_proxies_proto_init() }

@@ -27,7 +27,8 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // ProxyService shows the data-plane proxies connected to this control-plane
-// replica, from what its sync service knows. proxy_admin and
+// replica (and those disconnected within the hour), from what its sync
+// service knows. proxy_admin and
 // proxy_admin_viewer only.
 type ProxyServiceClient interface {
 	ListProxies(ctx context.Context, in *ListProxiesRequest, opts ...grpc.CallOption) (*ListProxiesResponse, error)
@@ -56,7 +57,8 @@ func (c *proxyServiceClient) ListProxies(ctx context.Context, in *ListProxiesReq
 // for forward compatibility.
 //
 // ProxyService shows the data-plane proxies connected to this control-plane
-// replica, from what its sync service knows. proxy_admin and
+// replica (and those disconnected within the hour), from what its sync
+// service knows. proxy_admin and
 // proxy_admin_viewer only.
 type ProxyServiceServer interface {
 	ListProxies(context.Context, *ListProxiesRequest) (*ListProxiesResponse, error)
