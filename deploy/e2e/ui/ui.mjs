@@ -78,6 +78,8 @@ try {
   assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval/);
   const cred = page.getByLabel('Master key or your own virtual key');
   await cred.waitFor();
+  assert.equal(await page.getByRole('button', { name: 'Sign out' }).isVisible(), false, 'no Sign out before signing in');
+  assert.equal(await page.getByRole('navigation', { name: 'Sections' }).isVisible(), false, 'no navigation before signing in');
   await shot(page, '01-sign-in');
   await until('focus on the credential field', () => page.evaluate(() => document.activeElement && document.activeElement.id === 'credential'));
   await page.keyboard.type(MASTER);
