@@ -220,7 +220,13 @@ try {
   await page.getByText('It is shown only once').waitFor();
   await page.getByRole('dialog').getByRole('button', { name: 'Close' }).click();
   await dialogDone();
-  step('admin writes: model, user, organization, team member, key limits, regenerate');
+  await page.getByRole('link', { name: 'Settings', exact: true }).click();
+  await page.getByRole('button', { name: 'Change settings' }).click();
+  await page.getByRole('dialog').getByRole('textbox').fill('{"ui_note": "set from the admin UI"}');
+  await page.getByRole('dialog').getByRole('button', { name: 'Apply' }).click();
+  await dialogDone();
+  await page.getByRole('row').filter({ hasText: 'ui_note' }).filter({ hasText: 'set from the admin UI' }).waitFor();
+  step('admin writes: model, user, organization, team member, key limits, regenerate, settings');
 
   // ---- Block the key in the UI; the proxy refuses it.
   await page.getByRole('link', { name: 'Keys' }).click();
