@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
@@ -213,6 +214,7 @@ func (h *Handler) signIn(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		msg := "this key cannot sign in: use the master key or your own active virtual key"
+		slog.Warn("admin ui: sign-in refused", "remote", r.RemoteAddr, "status", code) // never the key
 		if code >= 500 {
 			msg = "the control plane could not check the key, try again"
 		}
@@ -226,6 +228,7 @@ func (h *Handler) signIn(w http.ResponseWriter, r *http.Request) {
 		api.WriteError(w, http.StatusInternalServerError, "internal_error", "", "internal error")
 		return
 	}
+	slog.Info("admin ui: signed in", "user_id", id.UserID, "role", id.Role, "remote", r.RemoteAddr)
 	http.SetCookie(w, &http.Cookie{
 		Name: CookieName, Value: v, Path: Prefix, HttpOnly: true, Secure: h.secure(r),
 		SameSite: http.SameSiteStrictMode, Expires: time.Unix(ss.Expires, 0),
