@@ -56,6 +56,18 @@ type EventReader interface {
 	// KeysDueForRotation returns up to limit keys with AutoRotate set and
 	// KeyRotationAt ≤ now, earliest first (served by an index).
 	KeysDueForRotation(ctx context.Context, now time.Time, limit int) ([]Key, error)
+	// BudgetResetsDue returns up to limit keys, teams, users and
+	// organizations whose BudgetResetAt is before until, earliest first
+	// (served by an index, so the budget-reset job never scans every key).
+	BudgetResetsDue(ctx context.Context, until time.Time, limit int) ([]BudgetReset, error)
+}
+
+// BudgetReset names an object whose budget resets at At. Kind is KindKey,
+// KindTeam, KindUser or KindOrganization; ID is its primary id.
+type BudgetReset struct {
+	Kind string
+	ID   string
+	At   time.Time
 }
 
 // EventWriter writes the outbox (part of Tx). None of these writes records a
