@@ -19,6 +19,9 @@ const (
 	EventKeyUnblocked   = "key.unblocked"
 	EventUserCreated    = "user.created"
 	EventTeamCreated    = "team.created"
+	// EventSoftBudgetCrossed: spend reached an object's soft_budget (once
+	// per budget period), enqueued with the spend batch that crossed it.
+	EventSoftBudgetCrossed = "budget.soft_budget_crossed"
 )
 
 // Event is one entry of the durable event outbox: enqueued in the same

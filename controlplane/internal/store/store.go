@@ -464,8 +464,8 @@ type Tx interface {
 	// log per record. Each touched key, team, user and organization gets
 	// one change record with its final spend, however many records touched
 	// it. Records must have increasing Seq (> 0). It returns the number of
-	// records applied.
-	ApplySpend(ctx context.Context, b SpendBatch) (applied int, err error)
+	// records applied and the soft budgets they made spend cross.
+	ApplySpend(ctx context.Context, b SpendBatch) (SpendResult, error)
 
 	// PutEndUser creates or replaces an end user (its spend, alias, budget
 	// and blocked flag; CreatedAt is kept when it exists, else e.CreatedAt,

@@ -10,6 +10,7 @@ import (
 
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 
+	"github.com/tollgate-gw/tollgate/controlplane/internal/events"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 )
 
@@ -162,11 +163,14 @@ func (s *Server) applyGroup(group []spendReq) {
 	err := s.st.ReadWriteTx(s.base, func(ctx context.Context, tx store.Tx) error {
 		applied = 0
 		for _, b := range merged {
-			n, err := tx.ApplySpend(ctx, b)
+			res, err := tx.ApplySpend(ctx, b)
 			if err != nil {
 				return err
 			}
-			applied += n
+			applied += res.Applied
+			if err := events.EnqueueSoftBudgets(ctx, tx, res.SoftBudgetCrossings, time.Now()); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
