@@ -116,6 +116,14 @@ type SpendTotals struct {
 	// Crossings collects, as the Add* methods run, every object whose
 	// spend went from below its soft budget to at or above it.
 	Crossings []SoftBudgetCrossing
+	// After collects the spend each Add* left on its object.
+	After []ObjectSpend
+}
+
+// ObjectSpend is an object's spend after a batch (micro-USD).
+type ObjectSpend struct {
+	Kind, ID string
+	Spend    int64
 }
 
 // SoftBudgetCrossing is an object whose spend reached its soft_budget in a
@@ -137,6 +145,10 @@ type SoftBudgetCrossing struct {
 type SpendResult struct {
 	Applied             int // records applied (0 for a replay)
 	SoftBudgetCrossings []SoftBudgetCrossing
+	// Spends is the spend of every key, team, user and organization the
+	// batch touched, after it (proxies learn from it when their synced
+	// state holds their records: DESIGN.md, "Money").
+	Spends []ObjectSpend
 }
 
 func (t *SpendTotals) cross(kind, id string, before int64, l *Limits, after int64) *SoftBudgetCrossing {
@@ -201,6 +213,7 @@ func SortedIDs(m map[string]int64) []string {
 func (t *SpendTotals) AddToKey(k *Key) {
 	before := k.Spend
 	k.Spend += t.Keys[k.TokenID]
+	t.After = append(t.After, ObjectSpend{KindKey, k.TokenID, k.Spend})
 	if c := t.cross(KindKey, k.TokenID, before, &k.Limits, k.Spend); c != nil {
 		c.KeyName, c.KeyAlias, c.UserID, c.TeamID = k.KeyName, k.KeyAlias, k.UserID, k.TeamID
 	}
@@ -216,6 +229,7 @@ func (t *SpendTotals) AddToKey(k *Key) {
 func (t *SpendTotals) AddToTeam(tm *Team) {
 	before := tm.Spend
 	tm.Spend += t.Teams[tm.TeamID]
+	t.After = append(t.After, ObjectSpend{KindTeam, tm.TeamID, tm.Spend})
 	t.cross(KindTeam, tm.TeamID, before, &tm.Limits, tm.Spend)
 	for i := range tm.Members {
 		tm.Members[i].Spend += t.Members[MemberRef{tm.TeamID, tm.Members[i].UserID}]
@@ -226,6 +240,7 @@ func (t *SpendTotals) AddToTeam(tm *Team) {
 func (t *SpendTotals) AddToUser(u *User) {
 	before := u.Spend
 	u.Spend += t.Users[u.UserID]
+	t.After = append(t.After, ObjectSpend{KindUser, u.UserID, u.Spend})
 	t.cross(KindUser, u.UserID, before, &u.Limits, u.Spend)
 }
 
@@ -233,5 +248,6 @@ func (t *SpendTotals) AddToUser(u *User) {
 func (t *SpendTotals) AddToOrg(o *Organization) {
 	before := o.Spend
 	o.Spend += t.Orgs[o.OrganizationID]
+	t.After = append(t.After, ObjectSpend{KindOrganization, o.OrganizationID, o.Spend})
 	t.cross(KindOrganization, o.OrganizationID, before, &o.Limits, o.Spend)
 }

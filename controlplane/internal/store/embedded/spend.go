@@ -153,7 +153,7 @@ func (t *tx) ApplySpend(_ context.Context, b store.SpendBatch) (store.SpendResul
 	if err := t.put(bucketSpendSources, spendSourceKey(b.ProxyID, b.OutboxID), u64(recs[len(recs)-1].Seq)); err != nil {
 		return store.SpendResult{}, err
 	}
-	return store.SpendResult{Applied: len(recs), SoftBudgetCrossings: tot.Crossings}, nil
+	return store.SpendResult{Applied: len(recs), SoftBudgetCrossings: tot.Crossings, Spends: tot.After}, nil
 }
 
 // PutEndUser creates or replaces an end user, keeping its created_at.

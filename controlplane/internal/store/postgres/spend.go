@@ -94,7 +94,7 @@ UPDATE spend_sources SET last_seq = $3 WHERE proxy_id = $1 AND outbox_id = $2`,
 		b.ProxyID, b.OutboxID, int64(recs[len(recs)-1].Seq)); err != nil {
 		return store.SpendResult{}, t.fail(ctx, err)
 	}
-	return store.SpendResult{Applied: len(recs), SoftBudgetCrossings: tot.Crossings}, nil
+	return store.SpendResult{Applied: len(recs), SoftBudgetCrossings: tot.Crossings, Spends: tot.After}, nil
 }
 
 var spendLogColumns = []string{"proxy_id", "outbox_id", "seq", "request_id", "token_id", "team_id", "user_id",

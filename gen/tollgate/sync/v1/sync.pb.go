@@ -908,9 +908,16 @@ func (x *LeaseAllowance) GetAllowance() int64 {
 // SpendAck confirms that every record of (the stream's proxy, outbox_id) up
 // to last_seq is durably applied; the proxy may delete them.
 type SpendAck struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	OutboxId      string                 `protobuf:"bytes,1,opt,name=outbox_id,json=outboxId,proto3" json:"outbox_id,omitempty"`
-	LastSeq       uint64                 `protobuf:"varint,2,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	OutboxId string                 `protobuf:"bytes,1,opt,name=outbox_id,json=outboxId,proto3" json:"outbox_id,omitempty"`
+	LastSeq  uint64                 `protobuf:"varint,2,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	// spends is the spend (micro-USD) of every key, team, user and
+	// organization the acked records touched, as the transaction that applied
+	// them left it. Spend only rises within a budget period, so once the
+	// proxy's synced spend of an object reaches this figure, its synced state
+	// holds these records: until then the proxy keeps counting their cost
+	// against the budget itself.
+	Spends        []*ObjectSpend `protobuf:"bytes,3,rep,name=spends,proto3" json:"spends,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -959,6 +966,75 @@ func (x *SpendAck) GetLastSeq() uint64 {
 	return 0
 }
 
+func (x *SpendAck) GetSpends() []*ObjectSpend {
+	if x != nil {
+		return x.Spends
+	}
+	return nil
+}
+
+// ObjectSpend is an object's spend after a spend transaction.
+type ObjectSpend struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// kind is "key", "team", "user" or "organization".
+	Kind          string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Id            string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Spend         int64  `protobuf:"varint,3,opt,name=spend,proto3" json:"spend,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ObjectSpend) Reset() {
+	*x = ObjectSpend{}
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ObjectSpend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ObjectSpend) ProtoMessage() {}
+
+func (x *ObjectSpend) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ObjectSpend.ProtoReflect.Descriptor instead.
+func (*ObjectSpend) Descriptor() ([]byte, []int) {
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ObjectSpend) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ObjectSpend) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ObjectSpend) GetSpend() int64 {
+	if x != nil {
+		return x.Spend
+	}
+	return 0
+}
+
 // SnapshotChunk is part of a full snapshot at revision. A proxy applies the
 // snapshot only when the chunk with last=true arrives, all at once.
 type SnapshotChunk struct {
@@ -973,7 +1049,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[11]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -985,7 +1061,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[11]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -998,7 +1074,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{11}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SnapshotChunk) GetRevision() int64 {
@@ -1042,7 +1118,7 @@ type Delta struct {
 
 func (x *Delta) Reset() {
 	*x = Delta{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[12]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1054,7 +1130,7 @@ func (x *Delta) String() string {
 func (*Delta) ProtoMessage() {}
 
 func (x *Delta) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[12]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1067,7 +1143,7 @@ func (x *Delta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delta.ProtoReflect.Descriptor instead.
 func (*Delta) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{12}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Delta) GetRevision() int64 {
@@ -1108,7 +1184,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[13]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1120,7 +1196,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[13]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1133,7 +1209,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{13}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Heartbeat) GetHeadRevision() int64 {
@@ -1172,7 +1248,7 @@ type Entity struct {
 
 func (x *Entity) Reset() {
 	*x = Entity{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[14]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1184,7 +1260,7 @@ func (x *Entity) String() string {
 func (*Entity) ProtoMessage() {}
 
 func (x *Entity) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[14]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1197,7 +1273,7 @@ func (x *Entity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entity.ProtoReflect.Descriptor instead.
 func (*Entity) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{14}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Entity) GetKind() string {
@@ -1339,7 +1415,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[15]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1351,7 +1427,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[15]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1364,7 +1440,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{15}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Limits) GetMaxBudget() int64 {
@@ -1426,7 +1502,7 @@ type ModelBudget struct {
 
 func (x *ModelBudget) Reset() {
 	*x = ModelBudget{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[16]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1438,7 +1514,7 @@ func (x *ModelBudget) String() string {
 func (*ModelBudget) ProtoMessage() {}
 
 func (x *ModelBudget) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[16]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1451,7 +1527,7 @@ func (x *ModelBudget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelBudget.ProtoReflect.Descriptor instead.
 func (*ModelBudget) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{16}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ModelBudget) GetBudgetLimit() int64 {
@@ -1478,7 +1554,7 @@ type PreviousHash struct {
 
 func (x *PreviousHash) Reset() {
 	*x = PreviousHash{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[17]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1490,7 +1566,7 @@ func (x *PreviousHash) String() string {
 func (*PreviousHash) ProtoMessage() {}
 
 func (x *PreviousHash) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[17]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1503,7 +1579,7 @@ func (x *PreviousHash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviousHash.ProtoReflect.Descriptor instead.
 func (*PreviousHash) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{17}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PreviousHash) GetKeyHash() []byte {
@@ -1551,7 +1627,7 @@ type Key struct {
 
 func (x *Key) Reset() {
 	*x = Key{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[18]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1563,7 +1639,7 @@ func (x *Key) String() string {
 func (*Key) ProtoMessage() {}
 
 func (x *Key) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[18]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1576,7 +1652,7 @@ func (x *Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Key.ProtoReflect.Descriptor instead.
 func (*Key) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{18}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Key) GetTokenId() string {
@@ -1731,7 +1807,7 @@ type TeamMember struct {
 
 func (x *TeamMember) Reset() {
 	*x = TeamMember{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[19]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1743,7 +1819,7 @@ func (x *TeamMember) String() string {
 func (*TeamMember) ProtoMessage() {}
 
 func (x *TeamMember) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[19]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1756,7 +1832,7 @@ func (x *TeamMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TeamMember.ProtoReflect.Descriptor instead.
 func (*TeamMember) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{19}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *TeamMember) GetUserId() string {
@@ -1803,7 +1879,7 @@ type Team struct {
 
 func (x *Team) Reset() {
 	*x = Team{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[20]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1815,7 +1891,7 @@ func (x *Team) String() string {
 func (*Team) ProtoMessage() {}
 
 func (x *Team) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[20]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1828,7 +1904,7 @@ func (x *Team) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Team.ProtoReflect.Descriptor instead.
 func (*Team) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{20}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Team) GetTeamId() string {
@@ -1901,7 +1977,7 @@ type User struct {
 
 func (x *User) Reset() {
 	*x = User{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[21]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1913,7 +1989,7 @@ func (x *User) String() string {
 func (*User) ProtoMessage() {}
 
 func (x *User) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[21]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1926,7 +2002,7 @@ func (x *User) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use User.ProtoReflect.Descriptor instead.
 func (*User) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{21}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *User) GetUserId() string {
@@ -1984,7 +2060,7 @@ type Organization struct {
 
 func (x *Organization) Reset() {
 	*x = Organization{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[22]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1996,7 +2072,7 @@ func (x *Organization) String() string {
 func (*Organization) ProtoMessage() {}
 
 func (x *Organization) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[22]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2009,7 +2085,7 @@ func (x *Organization) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Organization.ProtoReflect.Descriptor instead.
 func (*Organization) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{22}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Organization) GetOrganizationId() string {
@@ -2070,7 +2146,7 @@ type Model struct {
 
 func (x *Model) Reset() {
 	*x = Model{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[23]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2082,7 +2158,7 @@ func (x *Model) String() string {
 func (*Model) ProtoMessage() {}
 
 func (x *Model) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[23]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2095,7 +2171,7 @@ func (x *Model) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Model.ProtoReflect.Descriptor instead.
 func (*Model) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{23}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Model) GetId() string {
@@ -2185,7 +2261,7 @@ type Settings struct {
 
 func (x *Settings) Reset() {
 	*x = Settings{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[24]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2197,7 +2273,7 @@ func (x *Settings) String() string {
 func (*Settings) ProtoMessage() {}
 
 func (x *Settings) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[24]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2210,7 +2286,7 @@ func (x *Settings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Settings.ProtoReflect.Descriptor instead.
 func (*Settings) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{24}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Settings) GetGeneralSettings() []byte {
@@ -2294,10 +2370,15 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x1f\n" +
 	"\vwindow_unix\x18\x02 \x01(\x03R\n" +
 	"windowUnix\x12\x1c\n" +
-	"\tallowance\x18\x03 \x01(\x03R\tallowance\"B\n" +
+	"\tallowance\x18\x03 \x01(\x03R\tallowance\"y\n" +
 	"\bSpendAck\x12\x1b\n" +
 	"\toutbox_id\x18\x01 \x01(\tR\boutboxId\x12\x19\n" +
-	"\blast_seq\x18\x02 \x01(\x04R\alastSeq\"\x87\x01\n" +
+	"\blast_seq\x18\x02 \x01(\x04R\alastSeq\x125\n" +
+	"\x06spends\x18\x03 \x03(\v2\x1d.tollgate.sync.v1.ObjectSpendR\x06spends\"G\n" +
+	"\vObjectSpend\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x14\n" +
+	"\x05spend\x18\x03 \x01(\x03R\x05spend\"\x87\x01\n" +
 	"\rSnapshotChunk\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x05R\x03seq\x12\x12\n" +
@@ -2431,7 +2512,7 @@ func file_tollgate_sync_v1_sync_proto_rawDescGZIP() []byte {
 	return file_tollgate_sync_v1_sync_proto_rawDescData
 }
 
-var file_tollgate_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_tollgate_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_tollgate_sync_v1_sync_proto_goTypes = []any{
 	(*ProxyMessage)(nil),   // 0: tollgate.sync.v1.ProxyMessage
 	(*LeaseRequest)(nil),   // 1: tollgate.sync.v1.LeaseRequest
@@ -2444,23 +2525,24 @@ var file_tollgate_sync_v1_sync_proto_goTypes = []any{
 	(*LeaseGrant)(nil),     // 8: tollgate.sync.v1.LeaseGrant
 	(*LeaseAllowance)(nil), // 9: tollgate.sync.v1.LeaseAllowance
 	(*SpendAck)(nil),       // 10: tollgate.sync.v1.SpendAck
-	(*SnapshotChunk)(nil),  // 11: tollgate.sync.v1.SnapshotChunk
-	(*Delta)(nil),          // 12: tollgate.sync.v1.Delta
-	(*Heartbeat)(nil),      // 13: tollgate.sync.v1.Heartbeat
-	(*Entity)(nil),         // 14: tollgate.sync.v1.Entity
-	(*Limits)(nil),         // 15: tollgate.sync.v1.Limits
-	(*ModelBudget)(nil),    // 16: tollgate.sync.v1.ModelBudget
-	(*PreviousHash)(nil),   // 17: tollgate.sync.v1.PreviousHash
-	(*Key)(nil),            // 18: tollgate.sync.v1.Key
-	(*TeamMember)(nil),     // 19: tollgate.sync.v1.TeamMember
-	(*Team)(nil),           // 20: tollgate.sync.v1.Team
-	(*User)(nil),           // 21: tollgate.sync.v1.User
-	(*Organization)(nil),   // 22: tollgate.sync.v1.Organization
-	(*Model)(nil),          // 23: tollgate.sync.v1.Model
-	(*Settings)(nil),       // 24: tollgate.sync.v1.Settings
-	nil,                    // 25: tollgate.sync.v1.Key.ModelMaxBudgetEntry
-	nil,                    // 26: tollgate.sync.v1.Key.ModelRpmLimitEntry
-	nil,                    // 27: tollgate.sync.v1.Key.ModelTpmLimitEntry
+	(*ObjectSpend)(nil),    // 11: tollgate.sync.v1.ObjectSpend
+	(*SnapshotChunk)(nil),  // 12: tollgate.sync.v1.SnapshotChunk
+	(*Delta)(nil),          // 13: tollgate.sync.v1.Delta
+	(*Heartbeat)(nil),      // 14: tollgate.sync.v1.Heartbeat
+	(*Entity)(nil),         // 15: tollgate.sync.v1.Entity
+	(*Limits)(nil),         // 16: tollgate.sync.v1.Limits
+	(*ModelBudget)(nil),    // 17: tollgate.sync.v1.ModelBudget
+	(*PreviousHash)(nil),   // 18: tollgate.sync.v1.PreviousHash
+	(*Key)(nil),            // 19: tollgate.sync.v1.Key
+	(*TeamMember)(nil),     // 20: tollgate.sync.v1.TeamMember
+	(*Team)(nil),           // 21: tollgate.sync.v1.Team
+	(*User)(nil),           // 22: tollgate.sync.v1.User
+	(*Organization)(nil),   // 23: tollgate.sync.v1.Organization
+	(*Model)(nil),          // 24: tollgate.sync.v1.Model
+	(*Settings)(nil),       // 25: tollgate.sync.v1.Settings
+	nil,                    // 26: tollgate.sync.v1.Key.ModelMaxBudgetEntry
+	nil,                    // 27: tollgate.sync.v1.Key.ModelRpmLimitEntry
+	nil,                    // 28: tollgate.sync.v1.Key.ModelTpmLimitEntry
 }
 var file_tollgate_sync_v1_sync_proto_depIdxs = []int32{
 	3,  // 0: tollgate.sync.v1.ProxyMessage.hello:type_name -> tollgate.sync.v1.Hello
@@ -2469,37 +2551,38 @@ var file_tollgate_sync_v1_sync_proto_depIdxs = []int32{
 	1,  // 3: tollgate.sync.v1.ProxyMessage.lease_request:type_name -> tollgate.sync.v1.LeaseRequest
 	2,  // 4: tollgate.sync.v1.LeaseRequest.uses:type_name -> tollgate.sync.v1.LeaseUse
 	6,  // 5: tollgate.sync.v1.SpendBatch.records:type_name -> tollgate.sync.v1.SpendRecord
-	11, // 6: tollgate.sync.v1.ControlMessage.snapshot:type_name -> tollgate.sync.v1.SnapshotChunk
-	12, // 7: tollgate.sync.v1.ControlMessage.delta:type_name -> tollgate.sync.v1.Delta
-	13, // 8: tollgate.sync.v1.ControlMessage.heartbeat:type_name -> tollgate.sync.v1.Heartbeat
+	12, // 6: tollgate.sync.v1.ControlMessage.snapshot:type_name -> tollgate.sync.v1.SnapshotChunk
+	13, // 7: tollgate.sync.v1.ControlMessage.delta:type_name -> tollgate.sync.v1.Delta
+	14, // 8: tollgate.sync.v1.ControlMessage.heartbeat:type_name -> tollgate.sync.v1.Heartbeat
 	10, // 9: tollgate.sync.v1.ControlMessage.spend_ack:type_name -> tollgate.sync.v1.SpendAck
 	8,  // 10: tollgate.sync.v1.ControlMessage.lease_grant:type_name -> tollgate.sync.v1.LeaseGrant
 	9,  // 11: tollgate.sync.v1.LeaseGrant.allowances:type_name -> tollgate.sync.v1.LeaseAllowance
-	14, // 12: tollgate.sync.v1.SnapshotChunk.entities:type_name -> tollgate.sync.v1.Entity
-	14, // 13: tollgate.sync.v1.Delta.changes:type_name -> tollgate.sync.v1.Entity
-	18, // 14: tollgate.sync.v1.Entity.key:type_name -> tollgate.sync.v1.Key
-	20, // 15: tollgate.sync.v1.Entity.team:type_name -> tollgate.sync.v1.Team
-	21, // 16: tollgate.sync.v1.Entity.user:type_name -> tollgate.sync.v1.User
-	22, // 17: tollgate.sync.v1.Entity.organization:type_name -> tollgate.sync.v1.Organization
-	23, // 18: tollgate.sync.v1.Entity.model:type_name -> tollgate.sync.v1.Model
-	24, // 19: tollgate.sync.v1.Entity.settings:type_name -> tollgate.sync.v1.Settings
-	15, // 20: tollgate.sync.v1.Key.limits:type_name -> tollgate.sync.v1.Limits
-	25, // 21: tollgate.sync.v1.Key.model_max_budget:type_name -> tollgate.sync.v1.Key.ModelMaxBudgetEntry
-	26, // 22: tollgate.sync.v1.Key.model_rpm_limit:type_name -> tollgate.sync.v1.Key.ModelRpmLimitEntry
-	27, // 23: tollgate.sync.v1.Key.model_tpm_limit:type_name -> tollgate.sync.v1.Key.ModelTpmLimitEntry
-	17, // 24: tollgate.sync.v1.Key.previous_hashes:type_name -> tollgate.sync.v1.PreviousHash
-	15, // 25: tollgate.sync.v1.Team.limits:type_name -> tollgate.sync.v1.Limits
-	19, // 26: tollgate.sync.v1.Team.members:type_name -> tollgate.sync.v1.TeamMember
-	15, // 27: tollgate.sync.v1.User.limits:type_name -> tollgate.sync.v1.Limits
-	15, // 28: tollgate.sync.v1.Organization.limits:type_name -> tollgate.sync.v1.Limits
-	16, // 29: tollgate.sync.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.sync.v1.ModelBudget
-	0,  // 30: tollgate.sync.v1.SyncService.Sync:input_type -> tollgate.sync.v1.ProxyMessage
-	7,  // 31: tollgate.sync.v1.SyncService.Sync:output_type -> tollgate.sync.v1.ControlMessage
-	31, // [31:32] is the sub-list for method output_type
-	30, // [30:31] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	11, // 12: tollgate.sync.v1.SpendAck.spends:type_name -> tollgate.sync.v1.ObjectSpend
+	15, // 13: tollgate.sync.v1.SnapshotChunk.entities:type_name -> tollgate.sync.v1.Entity
+	15, // 14: tollgate.sync.v1.Delta.changes:type_name -> tollgate.sync.v1.Entity
+	19, // 15: tollgate.sync.v1.Entity.key:type_name -> tollgate.sync.v1.Key
+	21, // 16: tollgate.sync.v1.Entity.team:type_name -> tollgate.sync.v1.Team
+	22, // 17: tollgate.sync.v1.Entity.user:type_name -> tollgate.sync.v1.User
+	23, // 18: tollgate.sync.v1.Entity.organization:type_name -> tollgate.sync.v1.Organization
+	24, // 19: tollgate.sync.v1.Entity.model:type_name -> tollgate.sync.v1.Model
+	25, // 20: tollgate.sync.v1.Entity.settings:type_name -> tollgate.sync.v1.Settings
+	16, // 21: tollgate.sync.v1.Key.limits:type_name -> tollgate.sync.v1.Limits
+	26, // 22: tollgate.sync.v1.Key.model_max_budget:type_name -> tollgate.sync.v1.Key.ModelMaxBudgetEntry
+	27, // 23: tollgate.sync.v1.Key.model_rpm_limit:type_name -> tollgate.sync.v1.Key.ModelRpmLimitEntry
+	28, // 24: tollgate.sync.v1.Key.model_tpm_limit:type_name -> tollgate.sync.v1.Key.ModelTpmLimitEntry
+	18, // 25: tollgate.sync.v1.Key.previous_hashes:type_name -> tollgate.sync.v1.PreviousHash
+	16, // 26: tollgate.sync.v1.Team.limits:type_name -> tollgate.sync.v1.Limits
+	20, // 27: tollgate.sync.v1.Team.members:type_name -> tollgate.sync.v1.TeamMember
+	16, // 28: tollgate.sync.v1.User.limits:type_name -> tollgate.sync.v1.Limits
+	16, // 29: tollgate.sync.v1.Organization.limits:type_name -> tollgate.sync.v1.Limits
+	17, // 30: tollgate.sync.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.sync.v1.ModelBudget
+	0,  // 31: tollgate.sync.v1.SyncService.Sync:input_type -> tollgate.sync.v1.ProxyMessage
+	7,  // 32: tollgate.sync.v1.SyncService.Sync:output_type -> tollgate.sync.v1.ControlMessage
+	32, // [32:33] is the sub-list for method output_type
+	31, // [31:32] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_sync_v1_sync_proto_init() }
@@ -2520,7 +2603,7 @@ func file_tollgate_sync_v1_sync_proto_init() {
 		(*ControlMessage_SpendAck)(nil),
 		(*ControlMessage_LeaseGrant)(nil),
 	}
-	file_tollgate_sync_v1_sync_proto_msgTypes[14].OneofWrappers = []any{
+	file_tollgate_sync_v1_sync_proto_msgTypes[15].OneofWrappers = []any{
 		(*Entity_Key)(nil),
 		(*Entity_Team)(nil),
 		(*Entity_User)(nil),
@@ -2534,7 +2617,7 @@ func file_tollgate_sync_v1_sync_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tollgate_sync_v1_sync_proto_rawDesc), len(file_tollgate_sync_v1_sync_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
