@@ -33,7 +33,11 @@ func inWindow(need int) {
 }
 
 func TestRateLimitsAcrossProxies(t *testing.T) {
-	d := newDeployment(t, CPOptions{})
+	backends(t, func(t *testing.T, o CPOptions) { rateLimitsAcrossProxies(t, o) })
+}
+
+func rateLimitsAcrossProxies(t *testing.T, o CPOptions) {
+	d := newDeployment(t, o)
 	dps := []*DataPlane{d.proxy(t), d.proxy(t), d.proxy(t)}
 
 	t.Run("rpm even load", func(t *testing.T) {
@@ -220,17 +224,19 @@ func TestRateLimitsAcrossProxies(t *testing.T) {
 // remaining budget in flight or unsynced, so together they overshoot by at
 // most about one request per proxy.
 func TestBudgetHammeredAcrossProxies(t *testing.T) {
-	d := newDeployment(t, CPOptions{})
-	dps := []*DataPlane{d.proxy(t), d.proxy(t), d.proxy(t)}
-	for _, delay := range []int{0, 20} {
-		t.Run(fmt.Sprintf("upstream %dms", delay), func(t *testing.T) {
-			const budget = 10 * costPerCall
-			n, spend := hammerBudget(t, d, dps, 24, budget, delay)
-			t.Logf("upstream %d ms: max_budget %d micro-USD (%d calls), 24 clients over 3 proxies: %d admitted, spend %d micro-USD (overspend %d)",
-				delay, budget, budget/costPerCall, n, spend, spend-budget)
-			checkBudgetBound(t, n, spend, budget, 24, len(dps))
-		})
-	}
+	backends(t, func(t *testing.T, o CPOptions) {
+		d := newDeployment(t, o)
+		dps := []*DataPlane{d.proxy(t), d.proxy(t), d.proxy(t)}
+		for _, delay := range []int{0, 20} {
+			t.Run(fmt.Sprintf("upstream %dms", delay), func(t *testing.T) {
+				const budget = 10 * costPerCall
+				n, spend := hammerBudget(t, d, dps, 24, budget, delay)
+				t.Logf("upstream %d ms: max_budget %d micro-USD (%d calls), 24 clients over 3 proxies: %d admitted, spend %d micro-USD (overspend %d)",
+					delay, budget, budget/costPerCall, n, spend, spend-budget)
+				checkBudgetBound(t, n, spend, budget, 24, len(dps))
+			})
+		}
+	})
 }
 
 // checkBudgetBound checks exact spend, usability and the published bound.
