@@ -10,12 +10,12 @@
 //
 // Scheduling: the job reads the store's index of budget_reset_at
 // (Reader.BudgetResetsDue, so it costs the same with a million keys as with
-// ten) every ScanInterval for resets due within Lookahead and sleeps until each is due (timer precision: the reset
-// lands within milliseconds of budget_reset_at). After a reset the next one
-// is scheduled directly, so recurring resets are exact. A budget_reset_at
-// set or moved through the API to less than ScanInterval ahead of the last
-// scan is reset at the next scan, up to ScanInterval late (the proxies
-// honour it on time regardless). Spend settled in the instant between the
+// ten) every ScanInterval, and after every committed change (at most every
+// 200 ms, so a budget_reset_at set or moved through the API is scheduled at
+// once), for resets due within Lookahead, and sleeps until each is due
+// (timer precision: the reset lands within milliseconds of budget_reset_at).
+// After a reset the next one is scheduled directly, so recurring resets are
+// exact. Spend settled in the instant between the
 // proxies' local reset and the stored reset is counted in the old period.
 //
 // With several control-plane replicas, every replica runs the job; a reset
@@ -53,12 +53,20 @@ func StartBudgetResets(ctx context.Context, st store.Store, log *slog.Logger) {
 	go runResets(ctx, st, log.With("component", "budget_reset"), ScanInterval)
 }
 
+// rescanAfterChange: after a committed change the job reads the index
+// again (a budget_reset_at set or moved through the API is then scheduled
+// at once), at most this often.
+const rescanAfterChange = 200 * time.Millisecond
+
 func runResets(ctx context.Context, st store.Store, log *slog.Logger, every time.Duration) {
 	var sched []due
+	changed := st.Subscribe(ctx)
 	nextScan := time.Now()
+	var lastScan time.Time
 	for ctx.Err() == nil {
 		now := time.Now()
 		if !now.Before(nextScan) {
+			lastScan = now
 			s, more, err := scan(ctx, st, now.Add(Lookahead))
 			if err != nil {
 				if ctx.Err() != nil {
@@ -103,6 +111,11 @@ func runResets(ctx context.Context, st store.Store, log *slog.Logger, every time
 			t.Stop()
 			return
 		case <-t.C:
+		case <-changed:
+			t.Stop()
+			if at := lastScan.Add(rescanAfterChange); at.Before(nextScan) {
+				nextScan = at
+			}
 		}
 	}
 }
