@@ -48,6 +48,14 @@ var (
 	bucketEventsDue       = []byte("events_due")       // time(next_attempt_at) + seq → nil, pending only
 	bucketEventsDelivered = []byte("events_delivered") // time(delivered_at) + seq → nil
 	bucketKeysRotation    = []byte("keys_by_rotation") // time(key_rotation_at) + token_id → nil, auto_rotate only
+
+	bucketModelGroups = []byte("model_groups")        // group_name → ModelGroup JSON
+	bucketJobs        = []byte("jobs")                // job_id → Job JSON
+	bucketJobsTeam    = []byte("jobs_by_team")        // lp(team_id) + big-endian seq → job_id
+	bucketJobCalls    = []byte("job_calls")           // lp(job_id) + big-endian seq → JobCall JSON
+	bucketJobCallIDs  = []byte("job_call_ids")        // call_id → nil
+	bucketCreditTxns  = []byte("credit_transactions") // lp(team_id) + big-endian seq → CreditTransaction JSON
+	bucketCreditTxIDs = []byte("credit_transaction_ids")
 )
 
 var (
@@ -68,6 +76,17 @@ var migrations = []func(*bolt.Tx) error{
 	migrateV1,
 	migrateV2,
 	migrateV3,
+	migrateV4,
+}
+
+// migrateV4 adds the SaaS team API's buckets.
+func migrateV4(tx *bolt.Tx) error {
+	for _, name := range [][]byte{bucketModelGroups, bucketJobs, bucketJobsTeam, bucketJobCalls, bucketJobCallIDs, bucketCreditTxns, bucketCreditTxIDs} {
+		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+			return fmt.Errorf("create bucket %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // migrateV3 adds the event outbox and the rotation index (filled from the
