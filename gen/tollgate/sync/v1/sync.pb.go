@@ -1797,8 +1797,10 @@ type Team struct {
 	Blocked          bool                   `protobuf:"varint,6,opt,name=blocked,proto3" json:"blocked,omitempty"`
 	Spend            int64                  `protobuf:"varint,7,opt,name=spend,proto3" json:"spend,omitempty"`
 	TeamMemberBudget int64                  `protobuf:"varint,8,opt,name=team_member_budget,json=teamMemberBudget,proto3" json:"team_member_budget,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// saas is set for teams of the SaaS team API (/api/*).
+	Saas          *TeamSaaS `protobuf:"bytes,9,opt,name=saas,proto3" json:"saas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Team) Reset() {
@@ -1887,6 +1889,162 @@ func (x *Team) GetTeamMemberBudget() int64 {
 	return 0
 }
 
+func (x *Team) GetSaas() *TeamSaaS {
+	if x != nil {
+		return x.Saas
+	}
+	return nil
+}
+
+// TeamSaaS is a SaaS team's status, credits and model groups; a proxy
+// refuses a team that is not active or has no credits left.
+type TeamSaaS struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// status: active, suspended or paused.
+	Status           string            `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	CreditsAllocated int64             `protobuf:"varint,2,opt,name=credits_allocated,json=creditsAllocated,proto3" json:"credits_allocated,omitempty"`
+	CreditsUsed      int64             `protobuf:"varint,3,opt,name=credits_used,json=creditsUsed,proto3" json:"credits_used,omitempty"`
+	CreditsRemaining int64             `protobuf:"varint,4,opt,name=credits_remaining,json=creditsRemaining,proto3" json:"credits_remaining,omitempty"`
+	ModelGroups      []*TeamModelGroup `protobuf:"bytes,5,rep,name=model_groups,json=modelGroups,proto3" json:"model_groups,omitempty"`
+	// key_name is the display form of the team's key ("sk-...abcd").
+	KeyName       string `protobuf:"bytes,6,opt,name=key_name,json=keyName,proto3" json:"key_name,omitempty"`
+	TeamAlias     string `protobuf:"bytes,7,opt,name=team_alias,json=teamAlias,proto3" json:"team_alias,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TeamSaaS) Reset() {
+	*x = TeamSaaS{}
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TeamSaaS) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TeamSaaS) ProtoMessage() {}
+
+func (x *TeamSaaS) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TeamSaaS.ProtoReflect.Descriptor instead.
+func (*TeamSaaS) Descriptor() ([]byte, []int) {
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *TeamSaaS) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *TeamSaaS) GetCreditsAllocated() int64 {
+	if x != nil {
+		return x.CreditsAllocated
+	}
+	return 0
+}
+
+func (x *TeamSaaS) GetCreditsUsed() int64 {
+	if x != nil {
+		return x.CreditsUsed
+	}
+	return 0
+}
+
+func (x *TeamSaaS) GetCreditsRemaining() int64 {
+	if x != nil {
+		return x.CreditsRemaining
+	}
+	return 0
+}
+
+func (x *TeamSaaS) GetModelGroups() []*TeamModelGroup {
+	if x != nil {
+		return x.ModelGroups
+	}
+	return nil
+}
+
+func (x *TeamSaaS) GetKeyName() string {
+	if x != nil {
+		return x.KeyName
+	}
+	return ""
+}
+
+func (x *TeamSaaS) GetTeamAlias() string {
+	if x != nil {
+		return x.TeamAlias
+	}
+	return ""
+}
+
+// TeamModelGroup is a model group with its models, highest priority first.
+type TeamModelGroup struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Models        []string               `protobuf:"bytes,2,rep,name=models,proto3" json:"models,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TeamModelGroup) Reset() {
+	*x = TeamModelGroup{}
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TeamModelGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TeamModelGroup) ProtoMessage() {}
+
+func (x *TeamModelGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TeamModelGroup.ProtoReflect.Descriptor instead.
+func (*TeamModelGroup) Descriptor() ([]byte, []int) {
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *TeamModelGroup) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *TeamModelGroup) GetModels() []string {
+	if x != nil {
+		return x.Models
+	}
+	return nil
+}
+
 type User struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
@@ -1901,7 +2059,7 @@ type User struct {
 
 func (x *User) Reset() {
 	*x = User{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[21]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1913,7 +2071,7 @@ func (x *User) String() string {
 func (*User) ProtoMessage() {}
 
 func (x *User) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[21]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1926,7 +2084,7 @@ func (x *User) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use User.ProtoReflect.Descriptor instead.
 func (*User) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{21}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *User) GetUserId() string {
@@ -1984,7 +2142,7 @@ type Organization struct {
 
 func (x *Organization) Reset() {
 	*x = Organization{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[22]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1996,7 +2154,7 @@ func (x *Organization) String() string {
 func (*Organization) ProtoMessage() {}
 
 func (x *Organization) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[22]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2009,7 +2167,7 @@ func (x *Organization) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Organization.ProtoReflect.Descriptor instead.
 func (*Organization) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{22}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Organization) GetOrganizationId() string {
@@ -2070,7 +2228,7 @@ type Model struct {
 
 func (x *Model) Reset() {
 	*x = Model{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[23]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2082,7 +2240,7 @@ func (x *Model) String() string {
 func (*Model) ProtoMessage() {}
 
 func (x *Model) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[23]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2095,7 +2253,7 @@ func (x *Model) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Model.ProtoReflect.Descriptor instead.
 func (*Model) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{23}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Model) GetId() string {
@@ -2185,7 +2343,7 @@ type Settings struct {
 
 func (x *Settings) Reset() {
 	*x = Settings{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[24]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2197,7 +2355,7 @@ func (x *Settings) String() string {
 func (*Settings) ProtoMessage() {}
 
 func (x *Settings) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[24]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2210,7 +2368,7 @@ func (x *Settings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Settings.ProtoReflect.Descriptor instead.
 func (*Settings) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{24}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Settings) GetGeneralSettings() []byte {
@@ -2376,7 +2534,7 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12+\n" +
 	"\x12max_budget_in_team\x18\x03 \x01(\x03R\x0fmaxBudgetInTeam\x12\x14\n" +
-	"\x05spend\x18\x04 \x01(\x03R\x05spend\"\xa8\x02\n" +
+	"\x05spend\x18\x04 \x01(\x03R\x05spend\"\xd8\x02\n" +
 	"\x04Team\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12'\n" +
 	"\x0forganization_id\x18\x02 \x01(\tR\x0eorganizationId\x12\x16\n" +
@@ -2385,7 +2543,20 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\amembers\x18\x05 \x03(\v2\x1c.tollgate.sync.v1.TeamMemberR\amembers\x12\x18\n" +
 	"\ablocked\x18\x06 \x01(\bR\ablocked\x12\x14\n" +
 	"\x05spend\x18\a \x01(\x03R\x05spend\x12,\n" +
-	"\x12team_member_budget\x18\b \x01(\x03R\x10teamMemberBudget\"\xb6\x01\n" +
+	"\x12team_member_budget\x18\b \x01(\x03R\x10teamMemberBudget\x12.\n" +
+	"\x04saas\x18\t \x01(\v2\x1a.tollgate.sync.v1.TeamSaaSR\x04saas\"\x9e\x02\n" +
+	"\bTeamSaaS\x12\x16\n" +
+	"\x06status\x18\x01 \x01(\tR\x06status\x12+\n" +
+	"\x11credits_allocated\x18\x02 \x01(\x03R\x10creditsAllocated\x12!\n" +
+	"\fcredits_used\x18\x03 \x01(\x03R\vcreditsUsed\x12+\n" +
+	"\x11credits_remaining\x18\x04 \x01(\x03R\x10creditsRemaining\x12C\n" +
+	"\fmodel_groups\x18\x05 \x03(\v2 .tollgate.sync.v1.TeamModelGroupR\vmodelGroups\x12\x19\n" +
+	"\bkey_name\x18\x06 \x01(\tR\akeyName\x12\x1d\n" +
+	"\n" +
+	"team_alias\x18\a \x01(\tR\tteamAlias\"<\n" +
+	"\x0eTeamModelGroup\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06models\x18\x02 \x03(\tR\x06models\"\xb6\x01\n" +
 	"\x04User\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
 	"\tuser_role\x18\x02 \x01(\tR\buserRole\x12\x16\n" +
@@ -2431,7 +2602,7 @@ func file_tollgate_sync_v1_sync_proto_rawDescGZIP() []byte {
 	return file_tollgate_sync_v1_sync_proto_rawDescData
 }
 
-var file_tollgate_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_tollgate_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_tollgate_sync_v1_sync_proto_goTypes = []any{
 	(*ProxyMessage)(nil),   // 0: tollgate.sync.v1.ProxyMessage
 	(*LeaseRequest)(nil),   // 1: tollgate.sync.v1.LeaseRequest
@@ -2454,13 +2625,15 @@ var file_tollgate_sync_v1_sync_proto_goTypes = []any{
 	(*Key)(nil),            // 18: tollgate.sync.v1.Key
 	(*TeamMember)(nil),     // 19: tollgate.sync.v1.TeamMember
 	(*Team)(nil),           // 20: tollgate.sync.v1.Team
-	(*User)(nil),           // 21: tollgate.sync.v1.User
-	(*Organization)(nil),   // 22: tollgate.sync.v1.Organization
-	(*Model)(nil),          // 23: tollgate.sync.v1.Model
-	(*Settings)(nil),       // 24: tollgate.sync.v1.Settings
-	nil,                    // 25: tollgate.sync.v1.Key.ModelMaxBudgetEntry
-	nil,                    // 26: tollgate.sync.v1.Key.ModelRpmLimitEntry
-	nil,                    // 27: tollgate.sync.v1.Key.ModelTpmLimitEntry
+	(*TeamSaaS)(nil),       // 21: tollgate.sync.v1.TeamSaaS
+	(*TeamModelGroup)(nil), // 22: tollgate.sync.v1.TeamModelGroup
+	(*User)(nil),           // 23: tollgate.sync.v1.User
+	(*Organization)(nil),   // 24: tollgate.sync.v1.Organization
+	(*Model)(nil),          // 25: tollgate.sync.v1.Model
+	(*Settings)(nil),       // 26: tollgate.sync.v1.Settings
+	nil,                    // 27: tollgate.sync.v1.Key.ModelMaxBudgetEntry
+	nil,                    // 28: tollgate.sync.v1.Key.ModelRpmLimitEntry
+	nil,                    // 29: tollgate.sync.v1.Key.ModelTpmLimitEntry
 }
 var file_tollgate_sync_v1_sync_proto_depIdxs = []int32{
 	3,  // 0: tollgate.sync.v1.ProxyMessage.hello:type_name -> tollgate.sync.v1.Hello
@@ -2479,27 +2652,29 @@ var file_tollgate_sync_v1_sync_proto_depIdxs = []int32{
 	14, // 13: tollgate.sync.v1.Delta.changes:type_name -> tollgate.sync.v1.Entity
 	18, // 14: tollgate.sync.v1.Entity.key:type_name -> tollgate.sync.v1.Key
 	20, // 15: tollgate.sync.v1.Entity.team:type_name -> tollgate.sync.v1.Team
-	21, // 16: tollgate.sync.v1.Entity.user:type_name -> tollgate.sync.v1.User
-	22, // 17: tollgate.sync.v1.Entity.organization:type_name -> tollgate.sync.v1.Organization
-	23, // 18: tollgate.sync.v1.Entity.model:type_name -> tollgate.sync.v1.Model
-	24, // 19: tollgate.sync.v1.Entity.settings:type_name -> tollgate.sync.v1.Settings
+	23, // 16: tollgate.sync.v1.Entity.user:type_name -> tollgate.sync.v1.User
+	24, // 17: tollgate.sync.v1.Entity.organization:type_name -> tollgate.sync.v1.Organization
+	25, // 18: tollgate.sync.v1.Entity.model:type_name -> tollgate.sync.v1.Model
+	26, // 19: tollgate.sync.v1.Entity.settings:type_name -> tollgate.sync.v1.Settings
 	15, // 20: tollgate.sync.v1.Key.limits:type_name -> tollgate.sync.v1.Limits
-	25, // 21: tollgate.sync.v1.Key.model_max_budget:type_name -> tollgate.sync.v1.Key.ModelMaxBudgetEntry
-	26, // 22: tollgate.sync.v1.Key.model_rpm_limit:type_name -> tollgate.sync.v1.Key.ModelRpmLimitEntry
-	27, // 23: tollgate.sync.v1.Key.model_tpm_limit:type_name -> tollgate.sync.v1.Key.ModelTpmLimitEntry
+	27, // 21: tollgate.sync.v1.Key.model_max_budget:type_name -> tollgate.sync.v1.Key.ModelMaxBudgetEntry
+	28, // 22: tollgate.sync.v1.Key.model_rpm_limit:type_name -> tollgate.sync.v1.Key.ModelRpmLimitEntry
+	29, // 23: tollgate.sync.v1.Key.model_tpm_limit:type_name -> tollgate.sync.v1.Key.ModelTpmLimitEntry
 	17, // 24: tollgate.sync.v1.Key.previous_hashes:type_name -> tollgate.sync.v1.PreviousHash
 	15, // 25: tollgate.sync.v1.Team.limits:type_name -> tollgate.sync.v1.Limits
 	19, // 26: tollgate.sync.v1.Team.members:type_name -> tollgate.sync.v1.TeamMember
-	15, // 27: tollgate.sync.v1.User.limits:type_name -> tollgate.sync.v1.Limits
-	15, // 28: tollgate.sync.v1.Organization.limits:type_name -> tollgate.sync.v1.Limits
-	16, // 29: tollgate.sync.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.sync.v1.ModelBudget
-	0,  // 30: tollgate.sync.v1.SyncService.Sync:input_type -> tollgate.sync.v1.ProxyMessage
-	7,  // 31: tollgate.sync.v1.SyncService.Sync:output_type -> tollgate.sync.v1.ControlMessage
-	31, // [31:32] is the sub-list for method output_type
-	30, // [30:31] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	21, // 27: tollgate.sync.v1.Team.saas:type_name -> tollgate.sync.v1.TeamSaaS
+	22, // 28: tollgate.sync.v1.TeamSaaS.model_groups:type_name -> tollgate.sync.v1.TeamModelGroup
+	15, // 29: tollgate.sync.v1.User.limits:type_name -> tollgate.sync.v1.Limits
+	15, // 30: tollgate.sync.v1.Organization.limits:type_name -> tollgate.sync.v1.Limits
+	16, // 31: tollgate.sync.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.sync.v1.ModelBudget
+	0,  // 32: tollgate.sync.v1.SyncService.Sync:input_type -> tollgate.sync.v1.ProxyMessage
+	7,  // 33: tollgate.sync.v1.SyncService.Sync:output_type -> tollgate.sync.v1.ControlMessage
+	33, // [33:34] is the sub-list for method output_type
+	32, // [32:33] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_sync_v1_sync_proto_init() }
@@ -2534,7 +2709,7 @@ func file_tollgate_sync_v1_sync_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tollgate_sync_v1_sync_proto_rawDesc), len(file_tollgate_sync_v1_sync_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
