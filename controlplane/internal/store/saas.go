@@ -100,9 +100,13 @@ type Job struct {
 	CompletedAt     *time.Time      `json:"completed_at,omitempty"`
 }
 
-// JobCall is one upstream attempt made for a job (a fallback makes several).
+// JobCall is one upstream attempt made for a job. One LLM call of the API
+// (RequestID, the call_id its client sees) makes one attempt per model of
+// its group until one succeeds; CallID names the attempt.
 type JobCall struct {
 	CallID       string `json:"call_id"`
+	RequestID    string `json:"request_id"`
+	Attempt      int    `json:"attempt"`
 	JobID        string `json:"job_id"`
 	TeamID       string `json:"team_id"`
 	ModelGroup   string `json:"model_group"`

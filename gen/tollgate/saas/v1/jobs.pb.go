@@ -220,7 +220,9 @@ type RecordCallRequest struct {
 	LatencyMs int64 `protobuf:"varint,13,opt,name=latency_ms,json=latencyMs,proto3" json:"latency_ms,omitempty"`
 	Status    int32 `protobuf:"varint,14,opt,name=status,proto3" json:"status,omitempty"`
 	// error is empty when the attempt succeeded.
-	Error         string `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
+	// attempt numbers the attempts of call_id from 1 (one per model tried).
+	Attempt       int32 `protobuf:"varint,16,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -358,6 +360,13 @@ func (x *RecordCallRequest) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *RecordCallRequest) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
 }
 
 type CompleteJobRequest struct {
@@ -611,7 +620,7 @@ const file_tollgate_saas_v1_jobs_proto_rawDesc = "" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x1f\n" +
 	"\vmodel_group\x18\x03 \x01(\tR\n" +
-	"modelGroup\"\xc3\x03\n" +
+	"modelGroup\"\xdd\x03\n" +
 	"\x11RecordCallRequest\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x17\n" +
@@ -630,7 +639,8 @@ const file_tollgate_saas_v1_jobs_proto_rawDesc = "" +
 	"\n" +
 	"latency_ms\x18\r \x01(\x03R\tlatencyMs\x12\x16\n" +
 	"\x06status\x18\x0e \x01(\x05R\x06status\x12\x14\n" +
-	"\x05error\x18\x0f \x01(\tR\x05error\"\x9d\x01\n" +
+	"\x05error\x18\x0f \x01(\tR\x05error\x12\x18\n" +
+	"\aattempt\x18\x10 \x01(\x05R\aattempt\"\x9d\x01\n" +
 	"\x12CompleteJobRequest\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x16\n" +
