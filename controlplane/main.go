@@ -36,9 +36,9 @@ type options struct {
 	PprofAddr   string
 	// CreditUSD is the LiteLLM-side budget one SaaS credit buys.
 	CreditUSD float64
-	TLSCert     string
-	TLSKey      string
-	ClientCA    string
+	TLSCert   string
+	TLSKey    string
+	ClientCA  string
 }
 
 func (o options) String() string {
