@@ -470,7 +470,7 @@ func (s *Service) createTeam(r *http.Request) (any, error) {
 		}
 		k := store.Key{
 			TokenID: sa.KeyTokenID, KeyHash: keys.Hash(secret), KeyName: sa.KeyName, KeyAlias: req.TeamID + "_key",
-			TeamID: req.TeamID, OrganizationID: req.OrganizationID, ServiceAccount: true,
+			TeamID: req.TeamID, OrganizationID: req.OrganizationID,
 			Metadata:  json.RawMessage(`{"created_by":"saas_api"}`),
 			CreatedAt: now, UpdatedAt: now, CreatedBy: "master_key",
 		}
