@@ -16,9 +16,14 @@ import (
 
 // saasConfig has a model whose upstream always fails (500) and two that
 // work, for model-group fallback.
-func saasConfig(t *testing.T, goodURL, badURL string) string {
+func saasConfig(t *testing.T, goodURL, badURL, deadURL string) string {
 	t.Helper()
 	cfg := fmt.Sprintf(`model_list:
+  - model_name: dead-model
+    litellm_params:
+      model: openai/dead-model
+      api_base: %[3]s/v1
+      api_key: os.environ/UPSTREAM_API_KEY
   - model_name: primary-model
     litellm_params:
       model: openai/primary-model
@@ -42,7 +47,7 @@ func saasConfig(t *testing.T, goodURL, badURL string) string {
       model: openai/gpt-4o-mini
       api_base: %[1]s/v1
       api_key: os.environ/UPSTREAM_API_KEY
-`, goodURL, badURL)
+`, goodURL, badURL, deadURL)
 	p := filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -155,7 +160,9 @@ func TestSaaS(t *testing.T) {
 			http.Error(w, `{"error":{"message":"upstream overloaded"}}`, http.StatusInternalServerError)
 		}))
 		t.Cleanup(bad.Close)
-		o.Config = saasConfig(t, good.URL, bad.URL)
+		// Nothing listens there: a connection error.
+		dead := "http://" + FreeAddr(t)
+		o.Config = saasConfig(t, good.URL, bad.URL, dead)
 		cp := StartControlPlane(t, o)
 		env := []string{"UPSTREAM_API_KEY=" + upstreamSecret}
 		e := &saasEnv{cp: cp}
@@ -195,6 +202,8 @@ func TestSaaS(t *testing.T) {
 		ok(t, e.admin(t, "POST", "/api/model-groups/create", map[string]any{
 			"group_name": "ChatAgent", "models": []map[string]any{{"model_name": "chat-model", "priority": 0}}}))
 		ok(t, e.admin(t, "POST", "/api/model-groups/create", map[string]any{
+			"group_name": "DeadFirst", "models": []map[string]any{{"model_name": "dead-model", "priority": 0}, {"model_name": "chat-model", "priority": 5}}}))
+		ok(t, e.admin(t, "POST", "/api/model-groups/create", map[string]any{
 			"group_name": "Premium", "models": []map[string]any{{"model_name": "gpt-4o-mini", "priority": 0}}}))
 		g := ok(t, e.admin(t, "GET", "/api/model-groups/ResumeAgent", nil))
 		if ms := g["models"].([]any); ms[0].(map[string]any)["model_name"] != "primary-model" {
@@ -208,6 +217,10 @@ func TestSaaS(t *testing.T) {
 		if created["team_id"] != "acme-eng" || created["organization_id"] != "org_acme" || created["status"] != "active" ||
 			created["credits_allocated"] != 3.0 || created["credits_remaining"] != 3.0 ||
 			fmt.Sprint(created["model_groups"]) != "[ResumeAgent ChatAgent]" {
+			t.Fatalf("create team response %v", created)
+		}
+		ok(t, e.admin(t, "PUT", "/api/teams/acme-eng/model-groups", map[string]any{"model_groups": []string{"ResumeAgent", "ChatAgent", "DeadFirst"}}))
+		if m := ok(t, e.admin(t, "GET", "/api/teams/acme-eng", nil)); fmt.Sprint(m["model_groups"]) != "[ResumeAgent ChatAgent DeadFirst]" {
 			t.Fatalf("create team response %v", created)
 		}
 		keyB, _ := e.createTeam(t, map[string]any{
@@ -322,6 +335,26 @@ func TestSaaS(t *testing.T) {
 			}
 		})
 
+		t.Run("fallback on a connection error", func(t *testing.T) {
+			j := ok(t, e.team(t, dps[1], "POST", "/api/jobs/create", keyA, map[string]any{"job_type": "x"}))
+			id := j["job_id"].(string)
+			e.waitEveryProxy(t, "DeadFirst assigned", func(dp *DataPlane) (bool, string) {
+				r := e.team(t, dp, "GET", "/api/teams/verify", keyA, nil)
+				return strings.Contains(string(r.Body), "DeadFirst"), string(r.Body)
+			})
+			c := ok(t, e.team(t, dps[2], "POST", "/api/jobs/"+id+"/llm-call", keyA, map[string]any{
+				"model_group": "DeadFirst", "messages": []map[string]any{{"role": "user", "content": "hi"}}}))
+			if c["response"].(map[string]any)["content"] != "Hello from upstream" {
+				t.Fatalf("llm-call %v", c)
+			}
+			got := ok(t, e.team(t, dps[0], "GET", "/api/jobs/"+id, keyA, nil))
+			calls := got["calls"].([]any)
+			if len(calls) != 1 || calls[0].(map[string]any)["attempts"] != 2.0 || calls[0].(map[string]any)["error"] != nil {
+				t.Fatalf("job %s", mustJSON(got))
+			}
+			ok(t, e.team(t, dps[0], "POST", "/api/jobs/"+id+"/complete", keyA, map[string]any{"status": "failed"}))
+		})
+
 		t.Run("failed job costs nothing", func(t *testing.T) {
 			j := ok(t, e.team(t, dps[1], "POST", "/api/jobs/create", keyA, map[string]any{"team_id": "acme-eng", "job_type": "x"}))
 			id := j["job_id"].(string)
@@ -403,6 +436,12 @@ func TestSaaS(t *testing.T) {
 			add := ok(t, e.admin(t, "POST", "/api/credits/teams/one-credit/add", map[string]any{"credits_amount": 2, "reason": "top-up"}))
 			if add["credits_remaining"] != 2.0 {
 				t.Fatalf("add %v", add)
+			}
+			// The LiteLLM-side budget follows the credits: 3 allocated × $0.10.
+			ti := Do(t, "GET", cp.URL()+"/team/info?team_id=one-credit", cp.MasterKey, nil)
+			e.keep(ti)
+			if ti.Status != 200 || !strings.Contains(string(ti.Body), `"max_budget":0.3`) {
+				t.Fatalf("team info: %d %s", ti.Status, ti.Body)
 			}
 			e.waitEveryProxy(t, "credits added", refused(keyC, false))
 		})
