@@ -137,7 +137,8 @@ func run(ctx context.Context, o options) error {
 	if err != nil || rate <= 0 {
 		return errors.New("--credit-usd must be a positive amount of USD")
 	}
-	saas := saasapi.New(st, saasapi.Options{MasterKey: o.MasterKey, SyncToken: o.SyncToken, CreditRate: rate, Logger: slog.Default()})
+	saas := saasapi.New(st, saasapi.Options{MasterKey: o.MasterKey, SyncToken: o.SyncToken, CreditRate: rate,
+		PeerAuthenticated: o.ClientCA != "", Logger: slog.Default()})
 	saasv1.RegisterJobServiceServer(g, saas.JobServer())
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(g, hs)

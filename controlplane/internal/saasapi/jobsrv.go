@@ -8,7 +8,9 @@ import (
 	"strings"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	saasv1 "github.com/tollgate-gw/tollgate/gen/tollgate/saas/v1"
@@ -46,15 +48,24 @@ func HTTPStatus(c codes.Code) int {
 	return http.StatusServiceUnavailable
 }
 
+// auth accepts the sync token, or (with PeerAuthenticated) a client
+// certificate verified against --client-ca.
 func (j *JobServer) auth(ctx context.Context) error {
 	md, _ := metadata.FromIncomingContext(ctx)
 	vals := md.Get("authorization")
 	const scheme = "bearer "
-	if !j.s.hasTok || len(vals) != 1 || len(vals[0]) <= len(scheme) || !strings.EqualFold(vals[0][:len(scheme)], scheme) ||
-		!digestEq(j.s.token, strings.TrimSpace(vals[0][len(scheme):])) {
-		return status.Error(codes.Unauthenticated, "a valid sync token is required")
+	if j.s.hasTok && len(vals) == 1 && len(vals[0]) > len(scheme) && strings.EqualFold(vals[0][:len(scheme)], scheme) &&
+		digestEq(j.s.token, strings.TrimSpace(vals[0][len(scheme):])) {
+		return nil
 	}
-	return nil
+	if j.s.peer {
+		if p, ok := peer.FromContext(ctx); ok {
+			if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.VerifiedChains) > 0 {
+				return nil
+			}
+		}
+	}
+	return status.Error(codes.Unauthenticated, "a valid sync token is required")
 }
 
 func reply(body []byte, err error) (*saasv1.JobReply, error) {

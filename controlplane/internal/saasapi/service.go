@@ -26,6 +26,10 @@ type Options struct {
 	MasterKey string
 	// SyncToken authenticates JobService callers (the proxies).
 	SyncToken string
+	// PeerAuthenticated accepts JobService callers that presented a client
+	// certificate verified against the control plane's --client-ca (as the
+	// sync stream does), when they send no valid token.
+	PeerAuthenticated bool
 	// CreditRate is the budget per credit in micro-USD; 0: DefaultCreditRate.
 	CreditRate int64
 	Logger     *slog.Logger
@@ -39,6 +43,7 @@ type Service struct {
 	master [32]byte
 	token  [32]byte
 	hasTok bool
+	peer   bool
 	rate   int64
 	log    *slog.Logger
 	now    func() time.Time
@@ -46,7 +51,7 @@ type Service struct {
 
 // New returns the service.
 func New(st store.Store, o Options) *Service {
-	s := &Service{st: st, master: sha256.Sum256([]byte(o.MasterKey)), rate: o.CreditRate, log: o.Logger, now: o.Now}
+	s := &Service{st: st, master: sha256.Sum256([]byte(o.MasterKey)), rate: o.CreditRate, log: o.Logger, now: o.Now, peer: o.PeerAuthenticated}
 	if o.SyncToken != "" {
 		s.token, s.hasTok = sha256.Sum256([]byte(o.SyncToken)), true
 	}
