@@ -294,8 +294,11 @@ func TestSaaS(t *testing.T) {
 			if r.Status != 200 || !strings.HasPrefix(r.Header.Get("Content-Type"), "text/event-stream") {
 				t.Fatalf("stream: %d %s", r.Status, r.Body)
 			}
-			if d := SSEData(r.Body); len(d) < 4 || d[len(d)-1] != "[DONE]" {
+			if d := SSEData(r.Body); len(d) < 4 || d[len(d)-1] != "[DONE]" || !strings.Contains(d[0], `"model":"ChatAgent"`) {
 				t.Fatalf("stream data %v", d)
+			}
+			if strings.Contains(string(r.Body), "chat-model") || r.Header.Get("X-Litellm-Model-Id") != "" {
+				t.Fatalf("stream exposes the model: %v %s", r.Header, r.Body)
 			}
 			// Completed on another proxy: counts every call made before.
 			done := ok(t, e.team(t, dps[0], "POST", "/api/jobs/"+jobID+"/complete", keyA, map[string]any{
@@ -303,7 +306,7 @@ func TestSaaS(t *testing.T) {
 			costs := done["costs"].(map[string]any)
 			if done["status"] != "completed" || costs["total_calls"] != 2.0 || costs["successful_calls"] != 2.0 ||
 				costs["failed_calls"] != 0.0 || costs["credit_applied"] != true || costs["credits_remaining"] != 2.0 ||
-				costs["total_attempts"] != 3.0 || len(done["calls"].([]any)) != 2 {
+				costs["total_attempts"] != 3.0 || costs["total_tokens"] != 30.0 || len(done["calls"].([]any)) != 2 {
 				t.Fatalf("complete %s", mustJSON(done))
 			}
 			// Again, elsewhere: nothing changes.

@@ -36,7 +36,10 @@ func (q *llmRequest) upstreamBody(model string, stream bool) []byte {
 		m["response_format"] = q.ResponseFormat
 	}
 	if stream {
+		// The final chunk carries the usage (SaaS LiteLLM's clients read
+		// it there; the call's record needs it).
 		m["stream"] = true
+		m["stream_options"] = map[string]any{"include_usage": true}
 	}
 	b, _ := json.Marshal(m)
 	return b
@@ -92,7 +95,7 @@ func (h *handler) llmCall(stream bool) func(w http.ResponseWriter, r *http.Reque
 		}
 		callID := newID()
 		for i, model := range g.Models {
-			a := h.attempt(r, c, q.upstreamBody(model, stream), w, stream)
+			a := h.attempt(r, c, q.ModelGroup, q.upstreamBody(model, stream), w, stream)
 			errText := ""
 			switch {
 			case a.status >= 200 && a.status < 300:
@@ -159,7 +162,7 @@ func (h *handler) cost(model string, a *attempt) int64 {
 }
 
 // attempt runs one model through the proxy's own handler.
-func (h *handler) attempt(r *http.Request, c *caller, body []byte, w http.ResponseWriter, stream bool) *attempt {
+func (h *handler) attempt(r *http.Request, c *caller, group string, body []byte, w http.ResponseWriter, stream bool) *attempt {
 	ctx, cancel := context.WithTimeout(r.Context(), h.o.AttemptTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "/chat/completions", bytes.NewReader(body))
@@ -170,14 +173,18 @@ func (h *handler) attempt(r *http.Request, c *caller, body []byte, w http.Respon
 	req.Header.Set("Content-Type", "application/json")
 	req.RemoteAddr = r.RemoteAddr
 	start := time.Now()
-	rw := &captureWriter{hdr: http.Header{}, out: w, stream: stream}
+	rw := &captureWriter{hdr: http.Header{}, out: w, stream: stream, group: group}
 	h.o.Proxy.ServeHTTP(rw, req)
+	rw.finish()
 	a := &attempt{status: rw.status, latency: time.Since(start), deployment: rw.hdr.Get("X-Litellm-Model-Id"), committed: rw.committed}
 	if a.status == 0 {
 		a.status = http.StatusOK
 	}
 	if rw.committed {
 		a.usage = rw.usage
+		if a.usage.TotalTokens == 0 {
+			a.usage.TotalTokens = a.usage.PromptTokens + a.usage.CompletionTokens
+		}
 		return a
 	}
 	a.body = rw.buf.Bytes()
@@ -187,6 +194,9 @@ func (h *handler) attempt(r *http.Request, c *caller, body []byte, w http.Respon
 		}
 		_ = json.Unmarshal(a.body, &resp)
 		a.usage = resp.Usage
+	}
+	if a.usage.TotalTokens == 0 {
+		a.usage.TotalTokens = a.usage.PromptTokens + a.usage.CompletionTokens
 	}
 	return a
 }
@@ -248,7 +258,7 @@ func (h *handler) refusal(w http.ResponseWriter, a *attempt) {
 // is buffered. A streaming one is held back until its status is known: a
 // 2xx goes to the client as it comes (chunk by chunk, usage sniffed from the
 // final chunk), anything else is buffered so that the next model can be
-// tried.
+// tried. Streamed chunks name the model group, not the model.
 type captureWriter struct {
 	hdr       http.Header
 	out       http.ResponseWriter
@@ -258,6 +268,7 @@ type captureWriter struct {
 	buf       bytes.Buffer
 	line      []byte
 	usage     usage
+	group     string // replaces the model in streamed chunks
 }
 
 func (c *captureWriter) Header() http.Header { return c.hdr }
@@ -289,38 +300,79 @@ func (c *captureWriter) Write(p []byte) (int, error) {
 		}
 		return c.buf.Write(p)
 	}
-	c.sniff(p)
-	return c.out.Write(p)
-}
-
-func (c *captureWriter) Flush() {
-	if f, ok := c.out.(http.Flusher); ok && c.committed {
-		f.Flush()
+	if err := c.relayLines(p); err != nil {
+		return 0, err
 	}
+	return len(p), nil
 }
 
-// sniff reads usage from SSE data lines as they pass.
-func (c *captureWriter) sniff(p []byte) {
+// relayLines sends the complete SSE lines of p (the rest waits for its
+// newline): each data chunk with its model replaced by the model group,
+// and its usage noted.
+func (c *captureWriter) relayLines(p []byte) error {
 	c.line = append(c.line, p...)
 	consumed := 0
+	var out []byte
 	for {
 		i := bytes.IndexByte(c.line[consumed:], '\n')
 		if i < 0 {
 			break
 		}
-		ln := bytes.TrimSpace(c.line[consumed : consumed+i])
+		ln := c.line[consumed : consumed+i+1]
 		consumed += i + 1
-		if d, ok := bytes.CutPrefix(ln, []byte("data:")); ok && bytes.Contains(d, []byte(`"usage"`)) {
-			var chunk struct {
-				Usage *usage `json:"usage"`
-			}
-			if json.Unmarshal(bytes.TrimSpace(d), &chunk) == nil && chunk.Usage != nil {
-				c.usage = *chunk.Usage
-			}
-		}
+		out = append(out, c.rewrite(ln)...)
 	}
 	c.line = append(c.line[:0], c.line[consumed:]...)
 	if len(c.line) > 1<<20 {
+		// Not SSE as we know it: pass it on untouched.
+		out = append(out, c.line...)
 		c.line = c.line[:0]
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	_, err := c.out.Write(out)
+	return err
+}
+
+// rewrite returns one SSE line as the client gets it.
+func (c *captureWriter) rewrite(ln []byte) []byte {
+	d, ok := bytes.CutPrefix(bytes.TrimRight(ln, "\r\n"), []byte("data:"))
+	d = bytes.TrimSpace(d)
+	if !ok || len(d) == 0 || d[0] != '{' {
+		return ln
+	}
+	var chunk map[string]json.RawMessage
+	if json.Unmarshal(d, &chunk) != nil {
+		return ln
+	}
+	if u, ok := chunk["usage"]; ok {
+		var us usage
+		if json.Unmarshal(u, &us) == nil && (us.TotalTokens > 0 || us.PromptTokens > 0 || us.CompletionTokens > 0) {
+			c.usage = us
+		}
+	}
+	if _, ok := chunk["model"]; !ok {
+		return ln
+	}
+	chunk["model"], _ = json.Marshal(c.group)
+	b, err := json.Marshal(chunk)
+	if err != nil {
+		return ln
+	}
+	return append(append([]byte("data: "), b...), '\n')
+}
+
+// finish sends a last line that had no newline.
+func (c *captureWriter) finish() {
+	if c.committed && len(c.line) > 0 {
+		_, _ = c.out.Write(c.rewrite(c.line))
+		c.line = c.line[:0]
+	}
+}
+
+func (c *captureWriter) Flush() {
+	if f, ok := c.out.(http.Flusher); ok && c.committed {
+		f.Flush()
 	}
 }
