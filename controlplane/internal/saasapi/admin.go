@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tollgate-gw/tollgate/controlplane/internal/events"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
 )
@@ -44,6 +45,7 @@ func (s *Service) Handler() http.Handler {
 	h("GET /api/model-groups", s.listGroups)
 	h("GET /api/model-groups/{name}", s.getGroup)
 	h("POST /api/teams/create", s.createTeam)
+	h("GET /api/teams", s.listTeams)
 	h("GET /api/teams/{id}", s.getTeam)
 	h("PUT /api/teams/{id}/model-groups", s.assignGroups)
 	for _, verb := range []string{"PUT", "POST"} {
@@ -480,6 +482,18 @@ func (s *Service) createTeam(r *http.Request) (any, error) {
 			}
 			return err
 		}
+		// Lifecycle events, as /team/new and /key/generate emit them: ids
+		// and display names, never the key.
+		teamDoc, _ := json.Marshal(map[string]any{"team_id": team.TeamID, "team_alias": team.TeamAlias, "organization_id": team.OrganizationID})
+		keyDoc, _ := json.Marshal(map[string]any{"token_id": k.TokenID, "key_name": k.KeyName, "key_alias": k.KeyAlias,
+			"team_id": k.TeamID, "organization_id": k.OrganizationID})
+		changedBy := r.Header.Get("litellm-changed-by")
+		if err := events.Enqueue(ctx, tx, store.EventTeamCreated, events.AuditPayload(store.KindTeam, team.TeamID, "master_key", changedBy, nil, teamDoc, now), now); err != nil {
+			return err
+		}
+		if err := events.Enqueue(ctx, tx, store.EventKeyCreated, events.AuditPayload(store.KindKey, k.TokenID, "master_key", changedBy, nil, keyDoc, now), now); err != nil {
+			return err
+		}
 		if credits > 0 {
 			if err := tx.AddCreditTransaction(ctx, store.CreditTransaction{
 				TransactionID: newUUID(), TeamID: req.TeamID, OrganizationID: req.OrganizationID,
@@ -510,6 +524,25 @@ func modelsOf(gs []store.TeamModelGroup) []string {
 		return []string{}
 	}
 	return m
+}
+
+// listTeams lists every SaaS team (with its status and credits).
+func (s *Service) listTeams(r *http.Request) (any, error) {
+	out := []map[string]any{}
+	for page := 1; ; page++ {
+		ts, total, err := s.st.Read().ListTeams(r.Context(), store.TeamFilter{Page: store.Page{Page: page, Size: store.MaxPageSize}})
+		if err != nil {
+			return nil, err
+		}
+		for i := range ts {
+			if ts[i].SaaS != nil {
+				out = append(out, teamView(&ts[i]))
+			}
+		}
+		if page*store.MaxPageSize >= total {
+			return out, nil
+		}
+	}
 }
 
 func (s *Service) getTeam(r *http.Request) (any, error) {

@@ -133,6 +133,13 @@ func TestCreateTeam(t *testing.T) {
 		if len(txs) != 1 || txs[0].BalanceAfter != 4 || txs[0].Type != store.CreditAllocation {
 			t.Fatalf("transactions %+v", txs)
 		}
+		evs, _, _ := st.Read().ListEvents(ctx, store.EventFilter{})
+		if len(evs) != 2 || evs[0].Type != store.EventTeamCreated || evs[1].Type != store.EventKeyCreated || strings.Contains(string(evs[1].Payload), key) {
+			t.Fatalf("events %+v", evs)
+		}
+		if l := admin(t, s, "GET", "/api/teams", nil); l.status != 200 || !strings.Contains(l.raw, `"team_id":"t1"`) || strings.Contains(l.raw, key) {
+			t.Fatalf("list teams: %d %s", l.status, l.raw)
+		}
 		g := admin(t, s, "GET", "/api/teams/t1", nil)
 		if g.status != 200 || strings.Contains(g.raw, key) || !strings.HasPrefix(g.body["virtual_key"].(string), "sk-...") {
 			t.Fatalf("GET team: %d %s", g.status, g.raw)
