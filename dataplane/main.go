@@ -194,20 +194,22 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("job service client: %w", err)
 	}
 	defer jobConn.Close()
-	api := saas.New(saas.Options{
+	saasOpts := saas.Options{
 		State:   rep.State(),
 		Proxy:   h,
 		Jobs:    saasv1.NewJobServiceClient(jobConn),
 		ProxyID: o.ID,
 		Logger:  slog.Default(),
-	})
+	}
+	api := saas.New(saasOpts)
+	groups := saas.NewGroupRouter(saasOpts)
 
 	ln, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", o.Listen, err)
 	}
 	srv := &http.Server{
-		Handler:           routes(h, api),
+		Handler:           routes(h, api, groups),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
@@ -249,12 +251,14 @@ func run(ctx context.Context, o options) error {
 }
 
 // routes puts the SaaS team API (/api/*) and GET /health beside the
-// OpenAI-compatible handler.
-func routes(proxyH, api http.Handler) http.Handler {
+// OpenAI-compatible handler, and lets a SaaS team's key name a model group
+// as the model of a chat completion.
+func routes(proxyH, api http.Handler, groups *saas.GroupRouter) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case strings.HasPrefix(r.URL.Path, "/api/"):
 			api.ServeHTTP(w, r)
+		case (r.URL.Path == "/chat/completions" || r.URL.Path == "/v1/chat/completions") && groups.Serve(w, r):
 		case r.URL.Path == "/health" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
 			w.Header().Set("Content-Type", "application/json")
 			_, _ = w.Write([]byte(`{"status":"healthy"}`))

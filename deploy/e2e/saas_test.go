@@ -381,6 +381,20 @@ func TestSaaS(t *testing.T) {
 			if r := Do(t, "POST", dps[1].URL()+"/chat/completions", keyA, chat("gpt-4o-mini", "")); r.Status == 200 {
 				t.Fatalf("chat with a model outside the groups admitted")
 			}
+			// A group as the model: its models in priority order, with
+			// fallback (primary-model fails, backup-model answers).
+			before := badHits.Load()
+			r := Do(t, "POST", dps[2].URL()+"/v1/chat/completions", keyA, chat("ResumeAgent", ""))
+			if r.Status != 200 || badHits.Load() == before || good.Last(t).Body["model"] != "backup-model" {
+				t.Fatalf("chat with a model group: %d %s", r.Status, r.Body)
+			}
+			r = Do(t, "POST", dps[0].URL()+"/chat/completions", keyA, chat("ChatAgent", `,"stream":true`))
+			if r.Status != 200 || !strings.Contains(string(r.Body), "[DONE]") {
+				t.Fatalf("streamed chat with a model group: %d %s", r.Status, r.Body)
+			}
+			if r := Do(t, "POST", dps[0].URL()+"/chat/completions", keyA, chat("Premium", "")); r.Status == 200 {
+				t.Fatalf("chat with a group the team does not have admitted")
+			}
 		})
 
 		t.Run("cross-team access refused", func(t *testing.T) {

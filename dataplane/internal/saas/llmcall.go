@@ -53,6 +53,7 @@ type attempt struct {
 	usage      usage
 	latency    time.Duration
 	committed  bool // streaming: the response went to the client
+	header     http.Header
 }
 
 type usage struct {
@@ -161,22 +162,33 @@ func (h *handler) cost(model string, a *attempt) int64 {
 	return 0
 }
 
-// attempt runs one model through the proxy's own handler.
+// attempt runs one model of an llm-call through the proxy's own handler
+// with the team's key.
 func (h *handler) attempt(r *http.Request, c *caller, group string, body []byte, w http.ResponseWriter, stream bool) *attempt {
+	hdr := http.Header{"Authorization": {"Bearer " + c.raw}, "Content-Type": {"application/json"}}
+	return h.forward(r, "/chat/completions", hdr, body, w, stream, group)
+}
+
+// forward runs body through the proxy's handler at path with hdr. A
+// streamed 2xx goes to w as it comes (chunks naming group instead of the
+// model when group is set, with every proxy header otherwise); anything
+// else is buffered in the attempt.
+func (h *handler) forward(r *http.Request, path string, hdr http.Header, body []byte, w http.ResponseWriter, stream bool, group string) *attempt {
 	ctx, cancel := context.WithTimeout(r.Context(), h.o.AttemptTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "/chat/completions", bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, path, bytes.NewReader(body))
 	if err != nil {
 		return &attempt{status: 0}
 	}
-	req.Header.Set("Authorization", "Bearer "+c.raw)
-	req.Header.Set("Content-Type", "application/json")
+	req.Header = hdr
+	req.Header.Del("Content-Length")
 	req.RemoteAddr = r.RemoteAddr
 	start := time.Now()
 	rw := &captureWriter{hdr: http.Header{}, out: w, stream: stream, group: group}
 	h.o.Proxy.ServeHTTP(rw, req)
 	rw.finish()
-	a := &attempt{status: rw.status, latency: time.Since(start), deployment: rw.hdr.Get("X-Litellm-Model-Id"), committed: rw.committed}
+	a := &attempt{status: rw.status, latency: time.Since(start), deployment: rw.hdr.Get("X-Litellm-Model-Id"),
+		committed: rw.committed, header: rw.hdr}
 	if a.status == 0 {
 		a.status = http.StatusOK
 	}
@@ -281,9 +293,17 @@ func (c *captureWriter) WriteHeader(code int) {
 	if c.stream && code >= 200 && code < 300 {
 		c.committed = true
 		h := c.out.Header()
-		h.Set("Content-Type", c.hdr.Get("Content-Type"))
-		h.Set("Cache-Control", "no-cache")
-		h.Set("X-Accel-Buffering", "no")
+		if c.group == "" {
+			// An OpenAI route: the proxy's headers as they are.
+			for k, v := range c.hdr {
+				h[k] = v
+			}
+		} else {
+			// llm-call-stream: nothing that names the deployment.
+			h.Set("Content-Type", c.hdr.Get("Content-Type"))
+			h.Set("Cache-Control", "no-cache")
+			h.Set("X-Accel-Buffering", "no")
+		}
 		c.out.WriteHeader(code)
 	}
 }
@@ -299,6 +319,9 @@ func (c *captureWriter) Write(p []byte) (int, error) {
 			return 0, http.ErrContentLength
 		}
 		return c.buf.Write(p)
+	}
+	if c.group == "" {
+		return c.out.Write(p)
 	}
 	if err := c.relayLines(p); err != nil {
 		return 0, err

@@ -55,7 +55,9 @@ type handler struct {
 }
 
 // New returns the handler of the team endpoints (mount it at "/api/").
-func New(o Options) http.Handler {
+func New(o Options) http.Handler { return newHandler(o).mux }
+
+func newHandler(o Options) *handler {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -86,7 +88,7 @@ func New(o Options) http.Handler {
 	h.mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeDetail(w, http.StatusNotFound, "Not Found")
 	})
-	return h.mux
+	return h
 }
 
 // caller is the authenticated team.
