@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -83,6 +84,10 @@ var upstream = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewDecoder(r.Body).Decode(&body)
 	w.Header().Set("X-Litellm-Model-Id", "dep-"+body.Model)
 	switch {
+	case body.Model == "slow":
+		// The proxy answers 504 when the attempt's deadline passes.
+		<-r.Context().Done()
+		w.WriteHeader(http.StatusGatewayTimeout)
 	case body.Model == "bad":
 		w.WriteHeader(500)
 		_, _ = w.Write([]byte(`{"error":{"message":"boom"}}`))
@@ -103,11 +108,11 @@ var upstream = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 func setup() (http.Handler, *fakeJobs) {
 	st := &fakeState{keys: map[[32]byte]state.KeyInfo{}, teams: map[string]*state.Team{}}
 	st.add("sk-team-a-secret", "a", "active", 5, state.TeamModelGroup{Name: "G", Models: []string{"bad", "good"}})
-	st.add("sk-team-b-secret", "b", "active", 5)
+	st.add("sk-team-b-secret", "b", "active", 5, state.TeamModelGroup{Name: "S", Models: []string{"slow", "good"}})
 	st.add("sk-team-s-secret", "s", "suspended", 5)
 	st.add("sk-team-z-secret", "z", "active", 0)
-	jobs := &fakeJobs{jobTeam: map[string]string{"ja": "a"}}
-	return New(Options{State: st, Proxy: upstream, Jobs: jobs, ProxyID: "p1"}), jobs
+	jobs := &fakeJobs{jobTeam: map[string]string{"ja": "a", "jb": "b"}}
+	return New(Options{State: st, Proxy: upstream, Jobs: jobs, ProxyID: "p1", AttemptTimeout: 50 * time.Millisecond}), jobs
 }
 
 func do(h http.Handler, method, path, auth, body string) *httptest.ResponseRecorder {
@@ -191,5 +196,13 @@ func TestStreamNamesTheGroup(t *testing.T) {
 	}
 	if r := jobs.records[len(jobs.records)-1]; r.TotalTokens != 7 || r.Error != "" {
 		t.Fatalf("record %v", r)
+	}
+}
+
+func TestLLMCallFallsBackOnTimeout(t *testing.T) {
+	h, jobs := setup()
+	w := do(h, "POST", "/api/jobs/jb/llm-call", "Bearer sk-team-b-secret", `{"model_group":"S","messages":[{"role":"user","content":"x"}]}`)
+	if w.Code != 200 || len(jobs.records) != 2 || jobs.records[0].Status != 504 || jobs.records[0].Error == "" || jobs.records[1].Model != "good" {
+		t.Fatalf("%d %s %v", w.Code, w.Body, jobs.records)
 	}
 }
