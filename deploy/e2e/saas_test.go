@@ -250,6 +250,13 @@ func TestSaaS(t *testing.T) {
 				t.Fatalf("team %v", tm)
 			}
 			ok(t, e.admin(t, "GET", "/api/teams/acme-eng", nil))
+			// The admin key on a proxy too (checked by the control plane).
+			ar := Do(t, "GET", dps[1].URL()+"/api/teams/acme-eng", "", nil, "X-Admin-Key", cp.MasterKey)
+			e.keep(ar)
+			if m := ok(t, ar); m["status"] != "active" || m["credits_remaining"] != 3.0 {
+				t.Fatalf("admin GET team on a proxy: %v", m)
+			}
+			detail(t, Do(t, "GET", dps[1].URL()+"/api/teams/acme-eng", "", nil, "X-Admin-Key", "sk-wrong"), 401, "Invalid admin API key")
 			b := ok(t, e.team(t, dps[2], "GET", "/api/credits/teams/acme-eng/balance", keyA, nil))
 			b2 := ok(t, e.team(t, dps[2], "GET", "/api/credits/balance?team_id=acme-eng", keyA, nil))
 			if b["credits_remaining"] != 3.0 || b2["credits_remaining"] != 3.0 {

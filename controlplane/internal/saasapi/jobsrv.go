@@ -2,6 +2,9 @@ package saasapi
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -135,4 +138,18 @@ func (j *JobServer) ListCreditTransactions(ctx context.Context, r *saasv1.ListCr
 		return nil, err
 	}
 	return reply(j.s.ListTransactions(ctx, r.TeamId, int(r.Limit)))
+}
+
+func (j *JobServer) AdminGetTeam(ctx context.Context, r *saasv1.AdminGetTeamRequest) (*saasv1.JobReply, error) {
+	if err := j.auth(ctx); err != nil {
+		return nil, err
+	}
+	if len(r.AdminKeySha256) != sha256.Size || subtle.ConstantTimeCompare(r.AdminKeySha256, j.s.master[:]) != 1 {
+		return reply(nil, fail(http.StatusUnauthorized, detailInvalidAdmin))
+	}
+	t, err := getSaaSTeam(ctx, j.s.st.Read(), r.TeamId)
+	if err != nil {
+		return reply(nil, j.s.storeError("admin get team", err))
+	}
+	return reply(json.Marshal(teamView(&t)))
 }

@@ -74,7 +74,7 @@ func newHandler(o Options) *handler {
 	// open: read-only, answered for a suspended or credit-less team too;
 	// active: refused unless the team is active with credits left.
 	h.route("GET /api/teams/verify", false, h.verify)
-	h.route("GET /api/teams/{id}", false, h.team)
+	h.mux.HandleFunc("GET /api/teams/{id}", h.teamOrAdmin)
 	h.route("GET /api/credits/teams/{id}/balance", false, h.balance)
 	h.route("GET /api/credits/balance", false, h.balance)
 	h.route("POST /api/credits/teams/{id}/check", false, h.check)
@@ -99,25 +99,29 @@ type caller struct {
 }
 
 func (h *handler) route(pattern string, active bool, fn func(w http.ResponseWriter, r *http.Request, c *caller)) {
-	h.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-		c, status, detail := h.authenticate(r)
-		if c == nil {
-			writeDetail(w, status, detail)
+	h.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) { h.serve(pattern, active, fn, w, r) })
+}
+
+// serve authenticates the team key, refuses a team that may not call
+// (active) and another team's id, then runs fn.
+func (h *handler) serve(pattern string, active bool, fn func(w http.ResponseWriter, r *http.Request, c *caller), w http.ResponseWriter, r *http.Request) {
+	c, status, detail := h.authenticate(r)
+	if c == nil {
+		writeDetail(w, status, detail)
+		return
+	}
+	if active && c.team.SaaS.Refused() {
+		writeDetail(w, http.StatusForbidden, detailRefused)
+		return
+	}
+	if id := r.PathValue("id"); id != "" && !strings.HasPrefix(pattern, "POST /api/jobs/") && !strings.HasPrefix(pattern, "GET /api/jobs/") {
+		if id != c.team.TeamID {
+			writeDetail(w, http.StatusForbidden, detailOtherTeam)
 			return
 		}
-		if active && c.team.SaaS.Refused() {
-			writeDetail(w, http.StatusForbidden, detailRefused)
-			return
-		}
-		if id := r.PathValue("id"); id != "" && !strings.HasPrefix(pattern, "POST /api/jobs/") && !strings.HasPrefix(pattern, "GET /api/jobs/") {
-			if id != c.team.TeamID {
-				writeDetail(w, http.StatusForbidden, detailOtherTeam)
-				return
-			}
-		}
-		r.Body = http.MaxBytesReader(w, r.Body, 4<<20)
-		fn(w, r, c)
-	})
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, 4<<20)
+	fn(w, r, c)
 }
 
 // authenticate resolves the team key from memory. Every failure of the key
@@ -184,6 +188,12 @@ func (h *handler) rpcError(w http.ResponseWriter, err error) {
 		code, detail = http.StatusForbidden, st.Message()
 	case codes.NotFound:
 		code, detail = http.StatusNotFound, st.Message()
+	case codes.Unauthenticated:
+		if st.Message() == "Invalid admin API key" {
+			code, detail = http.StatusUnauthorized, st.Message()
+		} else {
+			h.o.Logger.Warn("saas: the control plane refused this proxy's job service credentials")
+		}
 	default:
 		h.o.Logger.Warn("saas: job service call failed", "code", st.Code().String())
 	}
@@ -263,6 +273,21 @@ func (h *handler) verify(w http.ResponseWriter, _ *http.Request, c *caller) {
 
 func (h *handler) team(w http.ResponseWriter, _ *http.Request, c *caller) {
 	writeJSON(w, http.StatusOK, teamView(c.team))
+}
+
+// teamOrAdmin serves GET /api/teams/{id} to the team's key from memory,
+// or to X-Admin-Key through the control plane (which alone can check it).
+func (h *handler) teamOrAdmin(w http.ResponseWriter, r *http.Request) {
+	adm := r.Header.Get("X-Admin-Key")
+	if adm == "" {
+		h.serve("GET /api/teams/{id}", false, h.team, w, r)
+		return
+	}
+	sum := sha256.Sum256([]byte(strings.TrimSpace(adm)))
+	ctx, cancel := h.rpcCtx(r)
+	defer cancel()
+	rep, err := h.o.Jobs.AdminGetTeam(ctx, &saasv1.AdminGetTeamRequest{TeamId: r.PathValue("id"), AdminKeySha256: sum[:]})
+	h.relay(w, rep, err)
 }
 
 func (h *handler) balance(w http.ResponseWriter, r *http.Request, c *caller) {

@@ -21,6 +21,58 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type AdminGetTeamRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	TeamId         string                 `protobuf:"bytes,1,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
+	AdminKeySha256 []byte                 `protobuf:"bytes,2,opt,name=admin_key_sha256,json=adminKeySha256,proto3" json:"admin_key_sha256,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *AdminGetTeamRequest) Reset() {
+	*x = AdminGetTeamRequest{}
+	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminGetTeamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminGetTeamRequest) ProtoMessage() {}
+
+func (x *AdminGetTeamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminGetTeamRequest.ProtoReflect.Descriptor instead.
+func (*AdminGetTeamRequest) Descriptor() ([]byte, []int) {
+	return file_tollgate_saas_v1_jobs_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *AdminGetTeamRequest) GetTeamId() string {
+	if x != nil {
+		return x.TeamId
+	}
+	return ""
+}
+
+func (x *AdminGetTeamRequest) GetAdminKeySha256() []byte {
+	if x != nil {
+		return x.AdminKeySha256
+	}
+	return nil
+}
+
 type CreateJobRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	TeamId  string                 `protobuf:"bytes,1,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
@@ -34,7 +86,7 @@ type CreateJobRequest struct {
 
 func (x *CreateJobRequest) Reset() {
 	*x = CreateJobRequest{}
-	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[0]
+	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -46,7 +98,7 @@ func (x *CreateJobRequest) String() string {
 func (*CreateJobRequest) ProtoMessage() {}
 
 func (x *CreateJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[0]
+	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -59,7 +111,7 @@ func (x *CreateJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJobRequest.ProtoReflect.Descriptor instead.
 func (*CreateJobRequest) Descriptor() ([]byte, []int) {
-	return file_tollgate_saas_v1_jobs_proto_rawDescGZIP(), []int{0}
+	return file_tollgate_saas_v1_jobs_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *CreateJobRequest) GetTeamId() string {
@@ -100,7 +152,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[1]
+	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -112,7 +164,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[1]
+	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -125,7 +177,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_tollgate_saas_v1_jobs_proto_rawDescGZIP(), []int{1}
+	return file_tollgate_saas_v1_jobs_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *GetJobRequest) GetTeamId() string {
@@ -153,7 +205,7 @@ type StartCallRequest struct {
 
 func (x *StartCallRequest) Reset() {
 	*x = StartCallRequest{}
-	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[2]
+	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -165,7 +217,7 @@ func (x *StartCallRequest) String() string {
 func (*StartCallRequest) ProtoMessage() {}
 
 func (x *StartCallRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[2]
+	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -178,7 +230,7 @@ func (x *StartCallRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartCallRequest.ProtoReflect.Descriptor instead.
 func (*StartCallRequest) Descriptor() ([]byte, []int) {
-	return file_tollgate_saas_v1_jobs_proto_rawDescGZIP(), []int{2}
+	return file_tollgate_saas_v1_jobs_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *StartCallRequest) GetTeamId() string {
@@ -229,7 +281,7 @@ type RecordCallRequest struct {
 
 func (x *RecordCallRequest) Reset() {
 	*x = RecordCallRequest{}
-	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[3]
+	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -241,7 +293,7 @@ func (x *RecordCallRequest) String() string {
 func (*RecordCallRequest) ProtoMessage() {}
 
 func (x *RecordCallRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[3]
+	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -254,7 +306,7 @@ func (x *RecordCallRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordCallRequest.ProtoReflect.Descriptor instead.
 func (*RecordCallRequest) Descriptor() ([]byte, []int) {
-	return file_tollgate_saas_v1_jobs_proto_rawDescGZIP(), []int{3}
+	return file_tollgate_saas_v1_jobs_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RecordCallRequest) GetTeamId() string {
@@ -383,7 +435,7 @@ type CompleteJobRequest struct {
 
 func (x *CompleteJobRequest) Reset() {
 	*x = CompleteJobRequest{}
-	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[4]
+	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -395,7 +447,7 @@ func (x *CompleteJobRequest) String() string {
 func (*CompleteJobRequest) ProtoMessage() {}
 
 func (x *CompleteJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[4]
+	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -408,7 +460,7 @@ func (x *CompleteJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteJobRequest.ProtoReflect.Descriptor instead.
 func (*CompleteJobRequest) Descriptor() ([]byte, []int) {
-	return file_tollgate_saas_v1_jobs_proto_rawDescGZIP(), []int{4}
+	return file_tollgate_saas_v1_jobs_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CompleteJobRequest) GetTeamId() string {
@@ -457,7 +509,7 @@ type ListTeamJobsRequest struct {
 
 func (x *ListTeamJobsRequest) Reset() {
 	*x = ListTeamJobsRequest{}
-	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[5]
+	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -469,7 +521,7 @@ func (x *ListTeamJobsRequest) String() string {
 func (*ListTeamJobsRequest) ProtoMessage() {}
 
 func (x *ListTeamJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[5]
+	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -482,7 +534,7 @@ func (x *ListTeamJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTeamJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListTeamJobsRequest) Descriptor() ([]byte, []int) {
-	return file_tollgate_saas_v1_jobs_proto_rawDescGZIP(), []int{5}
+	return file_tollgate_saas_v1_jobs_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListTeamJobsRequest) GetTeamId() string {
@@ -516,7 +568,7 @@ type ListCreditTransactionsRequest struct {
 
 func (x *ListCreditTransactionsRequest) Reset() {
 	*x = ListCreditTransactionsRequest{}
-	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[6]
+	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -528,7 +580,7 @@ func (x *ListCreditTransactionsRequest) String() string {
 func (*ListCreditTransactionsRequest) ProtoMessage() {}
 
 func (x *ListCreditTransactionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[6]
+	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -541,7 +593,7 @@ func (x *ListCreditTransactionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCreditTransactionsRequest.ProtoReflect.Descriptor instead.
 func (*ListCreditTransactionsRequest) Descriptor() ([]byte, []int) {
-	return file_tollgate_saas_v1_jobs_proto_rawDescGZIP(), []int{6}
+	return file_tollgate_saas_v1_jobs_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListCreditTransactionsRequest) GetTeamId() string {
@@ -568,7 +620,7 @@ type JobReply struct {
 
 func (x *JobReply) Reset() {
 	*x = JobReply{}
-	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[7]
+	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -580,7 +632,7 @@ func (x *JobReply) String() string {
 func (*JobReply) ProtoMessage() {}
 
 func (x *JobReply) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[7]
+	mi := &file_tollgate_saas_v1_jobs_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -593,7 +645,7 @@ func (x *JobReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobReply.ProtoReflect.Descriptor instead.
 func (*JobReply) Descriptor() ([]byte, []int) {
-	return file_tollgate_saas_v1_jobs_proto_rawDescGZIP(), []int{7}
+	return file_tollgate_saas_v1_jobs_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *JobReply) GetBody() []byte {
@@ -607,7 +659,10 @@ var File_tollgate_saas_v1_jobs_proto protoreflect.FileDescriptor
 
 const file_tollgate_saas_v1_jobs_proto_rawDesc = "" +
 	"\n" +
-	"\x1btollgate/saas/v1/jobs.proto\x12\x10tollgate.saas.v1\"{\n" +
+	"\x1btollgate/saas/v1/jobs.proto\x12\x10tollgate.saas.v1\"X\n" +
+	"\x13AdminGetTeamRequest\x12\x17\n" +
+	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12(\n" +
+	"\x10admin_key_sha256\x18\x02 \x01(\fR\x0eadminKeySha256\"{\n" +
 	"\x10CreateJobRequest\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x19\n" +
@@ -655,7 +710,7 @@ const file_tollgate_saas_v1_jobs_proto_rawDesc = "" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\x05R\x05limit\"\x1e\n" +
 	"\bJobReply\x12\x12\n" +
-	"\x04body\x18\x01 \x01(\fR\x04body2\xc7\x04\n" +
+	"\x04body\x18\x01 \x01(\fR\x04body2\x9a\x05\n" +
 	"\n" +
 	"JobService\x12K\n" +
 	"\tCreateJob\x12\".tollgate.saas.v1.CreateJobRequest\x1a\x1a.tollgate.saas.v1.JobReply\x12E\n" +
@@ -665,7 +720,8 @@ const file_tollgate_saas_v1_jobs_proto_rawDesc = "" +
 	"RecordCall\x12#.tollgate.saas.v1.RecordCallRequest\x1a\x1a.tollgate.saas.v1.JobReply\x12O\n" +
 	"\vCompleteJob\x12$.tollgate.saas.v1.CompleteJobRequest\x1a\x1a.tollgate.saas.v1.JobReply\x12Q\n" +
 	"\fListTeamJobs\x12%.tollgate.saas.v1.ListTeamJobsRequest\x1a\x1a.tollgate.saas.v1.JobReply\x12e\n" +
-	"\x16ListCreditTransactions\x12/.tollgate.saas.v1.ListCreditTransactionsRequest\x1a\x1a.tollgate.saas.v1.JobReplyB=Z;github.com/tollgate-gw/tollgate/gen/tollgate/saas/v1;saasv1b\x06proto3"
+	"\x16ListCreditTransactions\x12/.tollgate.saas.v1.ListCreditTransactionsRequest\x1a\x1a.tollgate.saas.v1.JobReply\x12Q\n" +
+	"\fAdminGetTeam\x12%.tollgate.saas.v1.AdminGetTeamRequest\x1a\x1a.tollgate.saas.v1.JobReplyB=Z;github.com/tollgate-gw/tollgate/gen/tollgate/saas/v1;saasv1b\x06proto3"
 
 var (
 	file_tollgate_saas_v1_jobs_proto_rawDescOnce sync.Once
@@ -679,34 +735,37 @@ func file_tollgate_saas_v1_jobs_proto_rawDescGZIP() []byte {
 	return file_tollgate_saas_v1_jobs_proto_rawDescData
 }
 
-var file_tollgate_saas_v1_jobs_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_tollgate_saas_v1_jobs_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_tollgate_saas_v1_jobs_proto_goTypes = []any{
-	(*CreateJobRequest)(nil),              // 0: tollgate.saas.v1.CreateJobRequest
-	(*GetJobRequest)(nil),                 // 1: tollgate.saas.v1.GetJobRequest
-	(*StartCallRequest)(nil),              // 2: tollgate.saas.v1.StartCallRequest
-	(*RecordCallRequest)(nil),             // 3: tollgate.saas.v1.RecordCallRequest
-	(*CompleteJobRequest)(nil),            // 4: tollgate.saas.v1.CompleteJobRequest
-	(*ListTeamJobsRequest)(nil),           // 5: tollgate.saas.v1.ListTeamJobsRequest
-	(*ListCreditTransactionsRequest)(nil), // 6: tollgate.saas.v1.ListCreditTransactionsRequest
-	(*JobReply)(nil),                      // 7: tollgate.saas.v1.JobReply
+	(*AdminGetTeamRequest)(nil),           // 0: tollgate.saas.v1.AdminGetTeamRequest
+	(*CreateJobRequest)(nil),              // 1: tollgate.saas.v1.CreateJobRequest
+	(*GetJobRequest)(nil),                 // 2: tollgate.saas.v1.GetJobRequest
+	(*StartCallRequest)(nil),              // 3: tollgate.saas.v1.StartCallRequest
+	(*RecordCallRequest)(nil),             // 4: tollgate.saas.v1.RecordCallRequest
+	(*CompleteJobRequest)(nil),            // 5: tollgate.saas.v1.CompleteJobRequest
+	(*ListTeamJobsRequest)(nil),           // 6: tollgate.saas.v1.ListTeamJobsRequest
+	(*ListCreditTransactionsRequest)(nil), // 7: tollgate.saas.v1.ListCreditTransactionsRequest
+	(*JobReply)(nil),                      // 8: tollgate.saas.v1.JobReply
 }
 var file_tollgate_saas_v1_jobs_proto_depIdxs = []int32{
-	0, // 0: tollgate.saas.v1.JobService.CreateJob:input_type -> tollgate.saas.v1.CreateJobRequest
-	1, // 1: tollgate.saas.v1.JobService.GetJob:input_type -> tollgate.saas.v1.GetJobRequest
-	2, // 2: tollgate.saas.v1.JobService.StartCall:input_type -> tollgate.saas.v1.StartCallRequest
-	3, // 3: tollgate.saas.v1.JobService.RecordCall:input_type -> tollgate.saas.v1.RecordCallRequest
-	4, // 4: tollgate.saas.v1.JobService.CompleteJob:input_type -> tollgate.saas.v1.CompleteJobRequest
-	5, // 5: tollgate.saas.v1.JobService.ListTeamJobs:input_type -> tollgate.saas.v1.ListTeamJobsRequest
-	6, // 6: tollgate.saas.v1.JobService.ListCreditTransactions:input_type -> tollgate.saas.v1.ListCreditTransactionsRequest
-	7, // 7: tollgate.saas.v1.JobService.CreateJob:output_type -> tollgate.saas.v1.JobReply
-	7, // 8: tollgate.saas.v1.JobService.GetJob:output_type -> tollgate.saas.v1.JobReply
-	7, // 9: tollgate.saas.v1.JobService.StartCall:output_type -> tollgate.saas.v1.JobReply
-	7, // 10: tollgate.saas.v1.JobService.RecordCall:output_type -> tollgate.saas.v1.JobReply
-	7, // 11: tollgate.saas.v1.JobService.CompleteJob:output_type -> tollgate.saas.v1.JobReply
-	7, // 12: tollgate.saas.v1.JobService.ListTeamJobs:output_type -> tollgate.saas.v1.JobReply
-	7, // 13: tollgate.saas.v1.JobService.ListCreditTransactions:output_type -> tollgate.saas.v1.JobReply
-	7, // [7:14] is the sub-list for method output_type
-	0, // [0:7] is the sub-list for method input_type
+	1, // 0: tollgate.saas.v1.JobService.CreateJob:input_type -> tollgate.saas.v1.CreateJobRequest
+	2, // 1: tollgate.saas.v1.JobService.GetJob:input_type -> tollgate.saas.v1.GetJobRequest
+	3, // 2: tollgate.saas.v1.JobService.StartCall:input_type -> tollgate.saas.v1.StartCallRequest
+	4, // 3: tollgate.saas.v1.JobService.RecordCall:input_type -> tollgate.saas.v1.RecordCallRequest
+	5, // 4: tollgate.saas.v1.JobService.CompleteJob:input_type -> tollgate.saas.v1.CompleteJobRequest
+	6, // 5: tollgate.saas.v1.JobService.ListTeamJobs:input_type -> tollgate.saas.v1.ListTeamJobsRequest
+	7, // 6: tollgate.saas.v1.JobService.ListCreditTransactions:input_type -> tollgate.saas.v1.ListCreditTransactionsRequest
+	0, // 7: tollgate.saas.v1.JobService.AdminGetTeam:input_type -> tollgate.saas.v1.AdminGetTeamRequest
+	8, // 8: tollgate.saas.v1.JobService.CreateJob:output_type -> tollgate.saas.v1.JobReply
+	8, // 9: tollgate.saas.v1.JobService.GetJob:output_type -> tollgate.saas.v1.JobReply
+	8, // 10: tollgate.saas.v1.JobService.StartCall:output_type -> tollgate.saas.v1.JobReply
+	8, // 11: tollgate.saas.v1.JobService.RecordCall:output_type -> tollgate.saas.v1.JobReply
+	8, // 12: tollgate.saas.v1.JobService.CompleteJob:output_type -> tollgate.saas.v1.JobReply
+	8, // 13: tollgate.saas.v1.JobService.ListTeamJobs:output_type -> tollgate.saas.v1.JobReply
+	8, // 14: tollgate.saas.v1.JobService.ListCreditTransactions:output_type -> tollgate.saas.v1.JobReply
+	8, // 15: tollgate.saas.v1.JobService.AdminGetTeam:output_type -> tollgate.saas.v1.JobReply
+	8, // [8:16] is the sub-list for method output_type
+	0, // [0:8] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
@@ -723,7 +782,7 @@ func file_tollgate_saas_v1_jobs_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tollgate_saas_v1_jobs_proto_rawDesc), len(file_tollgate_saas_v1_jobs_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ const (
 	JobService_CompleteJob_FullMethodName            = "/tollgate.saas.v1.JobService/CompleteJob"
 	JobService_ListTeamJobs_FullMethodName           = "/tollgate.saas.v1.JobService/ListTeamJobs"
 	JobService_ListCreditTransactions_FullMethodName = "/tollgate.saas.v1.JobService/ListCreditTransactions"
+	JobService_AdminGetTeam_FullMethodName           = "/tollgate.saas.v1.JobService/AdminGetTeam"
 )
 
 // JobServiceClient is the client API for JobService service.
@@ -55,6 +56,11 @@ type JobServiceClient interface {
 	CompleteJob(ctx context.Context, in *CompleteJobRequest, opts ...grpc.CallOption) (*JobReply, error)
 	ListTeamJobs(ctx context.Context, in *ListTeamJobsRequest, opts ...grpc.CallOption) (*JobReply, error)
 	ListCreditTransactions(ctx context.Context, in *ListCreditTransactionsRequest, opts ...grpc.CallOption) (*JobReply, error)
+	// AdminGetTeam serves GET /api/teams/{id} to a caller of a proxy that
+	// presented X-Admin-Key: the proxy holds no master key, so it sends the
+	// SHA-256 of what it was given (never the key) and the control plane
+	// compares it with its own. A mismatch is UNAUTHENTICATED.
+	AdminGetTeam(ctx context.Context, in *AdminGetTeamRequest, opts ...grpc.CallOption) (*JobReply, error)
 }
 
 type jobServiceClient struct {
@@ -135,6 +141,16 @@ func (c *jobServiceClient) ListCreditTransactions(ctx context.Context, in *ListC
 	return out, nil
 }
 
+func (c *jobServiceClient) AdminGetTeam(ctx context.Context, in *AdminGetTeamRequest, opts ...grpc.CallOption) (*JobReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(JobReply)
+	err := c.cc.Invoke(ctx, JobService_AdminGetTeam_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // JobServiceServer is the server API for JobService service.
 // All implementations must embed UnimplementedJobServiceServer
 // for forward compatibility.
@@ -162,6 +178,11 @@ type JobServiceServer interface {
 	CompleteJob(context.Context, *CompleteJobRequest) (*JobReply, error)
 	ListTeamJobs(context.Context, *ListTeamJobsRequest) (*JobReply, error)
 	ListCreditTransactions(context.Context, *ListCreditTransactionsRequest) (*JobReply, error)
+	// AdminGetTeam serves GET /api/teams/{id} to a caller of a proxy that
+	// presented X-Admin-Key: the proxy holds no master key, so it sends the
+	// SHA-256 of what it was given (never the key) and the control plane
+	// compares it with its own. A mismatch is UNAUTHENTICATED.
+	AdminGetTeam(context.Context, *AdminGetTeamRequest) (*JobReply, error)
 	mustEmbedUnimplementedJobServiceServer()
 }
 
@@ -192,6 +213,9 @@ func (UnimplementedJobServiceServer) ListTeamJobs(context.Context, *ListTeamJobs
 }
 func (UnimplementedJobServiceServer) ListCreditTransactions(context.Context, *ListCreditTransactionsRequest) (*JobReply, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListCreditTransactions not implemented")
+}
+func (UnimplementedJobServiceServer) AdminGetTeam(context.Context, *AdminGetTeamRequest) (*JobReply, error) {
+	return nil, status.Error(codes.Unimplemented, "method AdminGetTeam not implemented")
 }
 func (UnimplementedJobServiceServer) mustEmbedUnimplementedJobServiceServer() {}
 func (UnimplementedJobServiceServer) testEmbeddedByValue()                    {}
@@ -340,6 +364,24 @@ func _JobService_ListCreditTransactions_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _JobService_AdminGetTeam_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AdminGetTeamRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).AdminGetTeam(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobService_AdminGetTeam_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).AdminGetTeam(ctx, req.(*AdminGetTeamRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // JobService_ServiceDesc is the grpc.ServiceDesc for JobService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -374,6 +416,10 @@ var JobService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListCreditTransactions",
 			Handler:    _JobService_ListCreditTransactions_Handler,
+		},
+		{
+			MethodName: "AdminGetTeam",
+			Handler:    _JobService_AdminGetTeam_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
