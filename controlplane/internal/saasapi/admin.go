@@ -29,6 +29,11 @@ func (s *Service) Handler() http.Handler {
 				writeError(w, err)
 				return
 			}
+			changedBy := r.Header.Get("litellm-changed-by")
+			if len(changedBy) > 256 {
+				changedBy = changedBy[:256]
+			}
+			r = r.WithContext(context.WithValue(r.Context(), changedByKey{}, changedBy))
 			v, err := fn(r)
 			if err != nil {
 				writeError(w, s.storeError(pattern, err))
@@ -175,9 +180,13 @@ func (s *Service) createOrg(r *http.Request) (any, error) {
 	return orgView(&o), nil
 }
 
+// changedByKey carries the litellm-changed-by header to the audit rows.
+type changedByKey struct{}
+
 func (s *Service) audit(ctx context.Context, tx store.Tx, action, kind, id string) error {
+	by, _ := ctx.Value(changedByKey{}).(string)
 	return tx.AppendAudit(ctx, store.AuditEntry{ID: newUUID(), Action: action, ObjectType: kind, ObjectID: id,
-		Caller: "master_key", ChangedBy: "saas_api", CreatedAt: s.now().UTC()})
+		Caller: "master_key", ChangedBy: by, CreatedAt: s.now().UTC()})
 }
 
 func (s *Service) org(ctx context.Context, id string) (store.Organization, error) {
@@ -487,7 +496,7 @@ func (s *Service) createTeam(r *http.Request) (any, error) {
 		teamDoc, _ := json.Marshal(map[string]any{"team_id": team.TeamID, "team_alias": team.TeamAlias, "organization_id": team.OrganizationID})
 		keyDoc, _ := json.Marshal(map[string]any{"token_id": k.TokenID, "key_name": k.KeyName, "key_alias": k.KeyAlias,
 			"team_id": k.TeamID, "organization_id": k.OrganizationID})
-		changedBy := r.Header.Get("litellm-changed-by")
+		changedBy, _ := ctx.Value(changedByKey{}).(string)
 		if err := events.Enqueue(ctx, tx, store.EventTeamCreated, events.AuditPayload(store.KindTeam, team.TeamID, "master_key", changedBy, nil, teamDoc, now), now); err != nil {
 			return err
 		}

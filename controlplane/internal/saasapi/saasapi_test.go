@@ -151,6 +151,12 @@ func TestStatusAndCredits(t *testing.T) {
 	backends(t, func(t *testing.T, s *Service, st store.Store) {
 		ctx := context.Background()
 		seed(t, s, "t1", 1)
+		if r := call(t, s, "PUT", "/api/teams/t1/suspend", nil, "X-Admin-Key", master, "litellm-changed-by", "ops@example.com"); r.status != 200 {
+			t.Fatalf("suspend: %d %s", r.status, r.raw)
+		}
+		if a, _, _ := st.Read().ListAudit(ctx, store.AuditFilter{ObjectType: "team", ObjectID: "t1"}); len(a) == 0 || a[0].ChangedBy != "ops@example.com" || a[0].Caller != "master_key" {
+			t.Fatalf("audit %+v", a)
+		}
 		for _, c := range []struct{ path, want string }{{"suspend", "suspended"}, {"pause", "paused"}, {"resume", "active"}} {
 			r := admin(t, s, "PUT", "/api/teams/t1/"+c.path, nil)
 			tm, _ := st.Read().GetTeam(ctx, "t1")
