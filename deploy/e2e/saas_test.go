@@ -226,6 +226,26 @@ func TestSaaS(t *testing.T) {
 		keyB, _ := e.createTeam(t, map[string]any{
 			"organization_id": "org_acme", "team_id": "other-team", "model_groups": []string{"ChatAgent"}, "credits_allocated": 5})
 
+		t.Run("the seed's create-team example", func(t *testing.T) {
+			ok(t, e.admin(t, "POST", "/api/model-groups/create", map[string]any{
+				"group_name": "gpt-models", "models": []map[string]any{{"model_name": "gpt-4o-mini", "priority": 0}}}))
+			key, m := e.createTeam(t, map[string]any{
+				"organization_id": "org_acme", "team_id": "acme-prod", "team_alias": "ACME Production",
+				"access_groups": []string{"gpt-models"}, "credits_allocated": 1000})
+			if m["team_id"] != "acme-prod" || m["team_alias"] != "ACME Production" || m["status"] != "active" ||
+				m["credits_allocated"] != 1000.0 || m["credits_remaining"] != 1000.0 ||
+				fmt.Sprint(m["access_groups"]) != "[gpt-models]" || fmt.Sprint(m["model_groups"]) != "[gpt-models]" {
+				t.Fatalf("create team %v", m)
+			}
+			b := ok(t, e.team(t, dps[2], "GET", "/api/credits/balance?team_id=acme-prod", key, nil))
+			if b["credits_remaining"] != 1000.0 || b["credits_allocated"] != 1000.0 || b["credits_used"] != 0.0 {
+				t.Fatalf("balance %v", b)
+			}
+			if r := Do(t, "POST", dps[0].URL()+"/chat/completions", key, chat("gpt-4o-mini", "")); r.Status != 200 {
+				t.Fatalf("chat: %d %s", r.Status, r.Body)
+			}
+		})
+
 		t.Run("team key errors", func(t *testing.T) {
 			for _, c := range []struct{ name, auth string }{
 				{"missing header", ""}, {"bad format", "Basic abc"}, {"not a key", "Bearer nope"}, {"unknown key", "Bearer sk-unknown-0123456789abcdef"},
@@ -439,14 +459,18 @@ func TestSaaS(t *testing.T) {
 		}
 
 		t.Run("suspend, pause and resume on every proxy", func(t *testing.T) {
-			for _, action := range []string{"suspend", "pause"} {
-				s := ok(t, e.admin(t, "PUT", "/api/teams/acme-eng/"+action, nil))
+			for i, action := range []string{"suspend", "pause", "suspend"} {
+				method := "PUT"
+				if i == 2 {
+					method = "POST" // the dashboard's form
+				}
+				s := ok(t, e.admin(t, method, "/api/teams/acme-eng/"+action, nil))
 				e.waitEveryProxy(t, action, refused(keyA, true))
 				v := ok(t, e.team(t, dps[2], "GET", "/api/teams/acme-eng", keyA, nil))
 				if v["status"] != s["status"] {
 					t.Fatalf("status after %s: %v", action, v)
 				}
-				ok(t, e.admin(t, "PUT", "/api/teams/acme-eng/resume", nil))
+				ok(t, e.admin(t, method, "/api/teams/acme-eng/resume", nil))
 				e.waitEveryProxy(t, "resume after "+action, refused(keyA, false))
 			}
 		})

@@ -53,6 +53,9 @@ func (s *Service) Handler() http.Handler {
 	h("GET /api/teams", s.listTeams)
 	h("GET /api/teams/{id}", s.getTeam)
 	h("PUT /api/teams/{id}/model-groups", s.assignGroups)
+	h("PUT /api/teams/{id}", s.updateTeamReq)
+	h("GET /api/teams/{id}/usage", s.teamUsage)
+	h("POST /api/credits/add", s.addCreditsBody)
 	for _, verb := range []string{"PUT", "POST"} {
 		h(verb+" /api/teams/{id}/suspend", s.setStatus(store.TeamStatusSuspended, "suspended"))
 		h(verb+" /api/teams/{id}/pause", s.setStatus(store.TeamStatusPaused, "paused"))
@@ -256,59 +259,82 @@ func (s *Service) orgUsage(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	type usage struct {
-		TotalJobs      int     `json:"total_jobs"`
-		SuccessfulJobs int     `json:"successful_jobs"`
-		FailedJobs     int     `json:"failed_jobs"`
-		CreditsUsed    int     `json:"credits_used"`
-		TotalTokens    int64   `json:"total_tokens"`
-		TotalCostUSD   float64 `json:"total_cost_usd"`
-	}
 	var all usage
 	teams := map[string]*usage{}
-	rd := s.st.Read()
 	for _, t := range ts {
-		u := &usage{}
-		teams[t.TeamID] = u
-		for page := 1; ; page++ {
-			jobs, total, err := rd.ListJobs(ctx, store.JobFilter{TeamID: t.TeamID, Page: store.Page{Page: page, Size: store.MaxPageSize}})
-			if err != nil {
-				return nil, err
-			}
-			for _, j := range jobs {
-				if !strings.HasPrefix(j.CreatedAt.UTC().Format("2006-01-02"), period) {
-					continue
-				}
-				u.TotalJobs++
-				switch j.Status {
-				case store.JobCompleted:
-					u.SuccessfulJobs++
-				case store.JobFailed:
-					u.FailedJobs++
-				}
-				if j.CreditApplied {
-					u.CreditsUsed++
-				}
-				calls, err := rd.ListJobCalls(ctx, j.JobID)
-				if err != nil {
-					return nil, err
-				}
-				sum := summarize(calls)
-				u.TotalTokens += sum.TotalTokens
-				u.TotalCostUSD += sum.TotalCostUSD
-			}
-			if page*store.MaxPageSize >= total {
-				break
-			}
+		u, _, err := s.usage(ctx, t.TeamID, period)
+		if err != nil {
+			return nil, err
 		}
-		all.TotalJobs += u.TotalJobs
-		all.SuccessfulJobs += u.SuccessfulJobs
-		all.FailedJobs += u.FailedJobs
-		all.CreditsUsed += u.CreditsUsed
-		all.TotalTokens += u.TotalTokens
-		all.TotalCostUSD += u.TotalCostUSD
+		teams[t.TeamID] = u
+		all.add(u)
 	}
 	return map[string]any{"organization_id": o.OrganizationID, "period": period, "summary": all, "teams": teams}, nil
+}
+
+// usage is a team's or an organization's job usage over a period.
+type usage struct {
+	TotalJobs      int     `json:"total_jobs"`
+	SuccessfulJobs int     `json:"successful_jobs"`
+	FailedJobs     int     `json:"failed_jobs"`
+	CreditsUsed    int     `json:"credits_used"`
+	TotalTokens    int64   `json:"total_tokens"`
+	TotalCostUSD   float64 `json:"total_cost_usd"`
+}
+
+func (u *usage) add(o *usage) {
+	u.TotalJobs += o.TotalJobs
+	u.SuccessfulJobs += o.SuccessfulJobs
+	u.FailedJobs += o.FailedJobs
+	u.CreditsUsed += o.CreditsUsed
+	u.TotalTokens += o.TotalTokens
+	u.TotalCostUSD += o.TotalCostUSD
+}
+
+// usage sums a team's jobs created in period (a YYYY-MM or YYYY-MM-DD
+// prefix of the UTC creation date), with a count and cost per job type.
+func (s *Service) usage(ctx context.Context, teamID, period string) (*usage, map[string]map[string]any, error) {
+	u := &usage{}
+	byType := map[string]map[string]any{}
+	rd := s.st.Read()
+	for page := 1; ; page++ {
+		jobs, total, err := rd.ListJobs(ctx, store.JobFilter{TeamID: teamID, Page: store.Page{Page: page, Size: store.MaxPageSize}})
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, j := range jobs {
+			if !strings.HasPrefix(j.CreatedAt.UTC().Format("2006-01-02"), period) {
+				continue
+			}
+			u.TotalJobs++
+			switch j.Status {
+			case store.JobCompleted:
+				u.SuccessfulJobs++
+			case store.JobFailed:
+				u.FailedJobs++
+			}
+			if j.CreditApplied {
+				u.CreditsUsed++
+			}
+			calls, err := rd.ListJobCalls(ctx, j.JobID)
+			if err != nil {
+				return nil, nil, err
+			}
+			sum := summarize(calls)
+			u.TotalTokens += sum.TotalTokens
+			u.TotalCostUSD += sum.TotalCostUSD
+			bt := byType[j.JobType]
+			if bt == nil {
+				bt = map[string]any{"count": 0, "cost_usd": 0.0}
+				byType[j.JobType] = bt
+			}
+			bt["count"] = bt["count"].(int) + 1
+			bt["cost_usd"] = bt["cost_usd"].(float64) + sum.TotalCostUSD
+		}
+		if page*store.MaxPageSize >= total {
+			return u, byType, nil
+		}
+	}
 }
 
 // ---- model groups
@@ -398,9 +424,9 @@ func teamView(t *store.Team) map[string]any {
 	sa := t.SaaS
 	return map[string]any{
 		"team_id": t.TeamID, "team_alias": nilIfEmpty(t.TeamAlias), "organization_id": t.OrganizationID,
-		"status": sa.Status, "model_groups": sa.GroupNames(),
+		"status": sa.Status, "model_groups": sa.GroupNames(), "access_groups": sa.GroupNames(),
 		"credits_allocated": sa.CreditsAllocated, "credits_used": sa.CreditsUsed, "credits_remaining": sa.CreditsRemaining,
-		"virtual_key": sa.KeyName,
+		"virtual_key": sa.KeyName, "created_at": t.CreatedAt.Format(time.RFC3339Nano),
 		"credits": map[string]any{
 			"team_id": t.TeamID, "organization_id": t.OrganizationID,
 			"credits_allocated": sa.CreditsAllocated, "credits_used": sa.CreditsUsed, "credits_remaining": sa.CreditsRemaining,
@@ -520,7 +546,7 @@ func (s *Service) createTeam(r *http.Request) (any, error) {
 	sa := team.SaaS
 	return map[string]any{
 		"team_id": team.TeamID, "organization_id": team.OrganizationID, "team_alias": nilIfEmpty(team.TeamAlias),
-		"model_groups": sa.GroupNames(), "allowed_models": modelsOf(sa.ModelGroups),
+		"model_groups": sa.GroupNames(), "access_groups": sa.GroupNames(), "allowed_models": modelsOf(sa.ModelGroups),
 		"credits_allocated": sa.CreditsAllocated, "credits_remaining": sa.CreditsRemaining,
 		"status": sa.Status, "virtual_key": secret,
 		"message": "Team created successfully",
@@ -619,6 +645,108 @@ func (s *Service) assignGroups(r *http.Request) (any, error) {
 	return map[string]any{"team_id": t.TeamID, "model_groups": t.SaaS.GroupNames(), "message": "Model groups assigned successfully"}, nil
 }
 
+// updateTeamReq is PUT /api/teams/{id}: team_alias, model_groups (or
+// access_groups) and metadata, each when given.
+func (s *Service) updateTeamReq(r *http.Request) (any, error) {
+	var req struct {
+		TeamAlias    *string         `json:"team_alias"`
+		ModelGroups  *[]string       `json:"model_groups"`
+		AccessGroups *[]string       `json:"access_groups"`
+		Metadata     json.RawMessage `json:"metadata"`
+	}
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if req.TeamAlias != nil && tooLong(*req.TeamAlias) {
+		return nil, fail(http.StatusUnprocessableEntity, "team_alias too long")
+	}
+	groups := req.ModelGroups
+	if groups == nil {
+		groups = req.AccessGroups
+	}
+	if groups != nil && len(*groups) > 64 {
+		return nil, fail(http.StatusUnprocessableEntity, "at most 64 model groups")
+	}
+	md, err := jsonObject(req.Metadata, "metadata")
+	if err != nil {
+		return nil, err
+	}
+	t, err := s.updateTeam(r.Context(), r.PathValue("id"), func(ctx context.Context, tx store.Tx, t *store.Team) error {
+		if req.TeamAlias != nil {
+			t.TeamAlias = *req.TeamAlias
+		}
+		if md != nil {
+			t.Metadata = md
+		}
+		if groups != nil {
+			resolved, err := resolveGroups(ctx, tx, *groups)
+			if err != nil {
+				return err
+			}
+			t.SaaS.ModelGroups = resolved
+			t.Models = teamModels(resolved)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return teamView(&t), nil
+}
+
+// teamUsage is GET /api/teams/{id}/usage?period=YYYY-MM.
+func (s *Service) teamUsage(r *http.Request) (any, error) {
+	period := r.URL.Query().Get("period")
+	if !periodPattern.MatchString(period) {
+		return nil, fail(http.StatusUnprocessableEntity, "period is required, as YYYY-MM")
+	}
+	t, err := getSaaSTeam(r.Context(), s.st.Read(), r.PathValue("id"))
+	if err != nil {
+		return nil, err
+	}
+	u, byType, err := s.usage(r.Context(), t.TeamID, period)
+	if err != nil {
+		return nil, err
+	}
+	avg := 0.0
+	if u.TotalJobs > 0 {
+		avg = u.TotalCostUSD / float64(u.TotalJobs)
+	}
+	return map[string]any{"team_id": t.TeamID, "period": period, "summary": map[string]any{
+		"total_jobs": u.TotalJobs, "successful_jobs": u.SuccessfulJobs, "failed_jobs": u.FailedJobs,
+		"credits_used": u.CreditsUsed, "total_tokens": u.TotalTokens, "total_cost_usd": u.TotalCostUSD,
+		"avg_cost_per_job": avg,
+	}, "job_types": byType}, nil
+}
+
+// addCreditsBody is POST /api/credits/add {team_id, amount, description}
+// (the admin dashboard's form of /api/credits/teams/{id}/add).
+func (s *Service) addCreditsBody(r *http.Request) (any, error) {
+	var req struct {
+		TeamID        string          `json:"team_id"`
+		Amount        *int64          `json:"amount"`
+		CreditsAmount *int64          `json:"credits_amount"`
+		Description   string          `json:"description"`
+		Reason        string          `json:"reason"`
+		Metadata      json.RawMessage `json:"metadata"`
+	}
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	amount := req.CreditsAmount
+	if amount == nil {
+		amount = req.Amount
+	}
+	reason := req.Reason
+	if reason == "" {
+		reason = req.Description
+	}
+	if req.TeamID == "" {
+		return nil, fail(http.StatusUnprocessableEntity, "team_id is required")
+	}
+	return s.grant(r.Context(), req.TeamID, amount, reason, req.Metadata)
+}
+
 func (s *Service) setStatus(status, verb string) func(r *http.Request) (any, error) {
 	return func(r *http.Request) (any, error) {
 		t, err := s.updateTeam(r.Context(), r.PathValue("id"), func(_ context.Context, _ store.Tx, t *store.Team) error {
@@ -646,21 +774,27 @@ func (s *Service) addCredits(r *http.Request) (any, error) {
 	if amount == nil {
 		amount = req.Credits
 	}
+	return s.grant(r.Context(), r.PathValue("id"), amount, req.Reason, req.Metadata)
+}
+
+// grant adds credits to a team with a transaction row; the team's budget
+// follows.
+func (s *Service) grant(ctx context.Context, teamID string, amount *int64, reason string, metadata json.RawMessage) (any, error) {
 	if amount == nil || *amount <= 0 || *amount > 1e12 {
 		return nil, fail(http.StatusUnprocessableEntity, "credits_amount must be a positive integer")
 	}
-	if len(req.Reason) > 1024 {
+	if len(reason) > 1024 {
 		return nil, fail(http.StatusUnprocessableEntity, "reason too long")
 	}
-	if req.Reason == "" {
-		req.Reason = "Manual credit allocation"
+	if reason == "" {
+		reason = "Manual credit allocation"
 	}
-	md, err := jsonObject(req.Metadata, "metadata")
+	md, err := jsonObject(metadata, "metadata")
 	if err != nil {
 		return nil, err
 	}
 	var txn store.CreditTransaction
-	t, err := s.updateTeam(r.Context(), r.PathValue("id"), func(ctx context.Context, tx store.Tx, t *store.Team) error {
+	t, err := s.updateTeam(ctx, teamID, func(ctx context.Context, tx store.Tx, t *store.Team) error {
 		sa := t.SaaS
 		before := sa.CreditsRemaining
 		sa.CreditsAllocated += *amount
@@ -669,7 +803,7 @@ func (s *Service) addCredits(r *http.Request) (any, error) {
 		txn = store.CreditTransaction{
 			TransactionID: newUUID(), TeamID: t.TeamID, OrganizationID: t.OrganizationID,
 			Type: store.CreditAllocation, Amount: *amount, BalanceBefore: before, BalanceAfter: sa.CreditsRemaining,
-			Reason: req.Reason, Metadata: md, CreatedAt: s.now().UTC(),
+			Reason: reason, Metadata: md, CreatedAt: s.now().UTC(),
 		}
 		return tx.AddCreditTransaction(ctx, txn)
 	})

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store/embedded"
@@ -273,6 +274,37 @@ func TestFailedJobsCostNothing(t *testing.T) {
 		}
 		if txs, _, _ := st.Read().ListCreditTransactions(ctx, "t1", store.Page{}); len(txs) != 1 {
 			t.Fatalf("transactions %+v", txs)
+		}
+	})
+}
+
+func TestTeamUpdateCreditsAddAndUsage(t *testing.T) {
+	backends(t, func(t *testing.T, s *Service, st store.Store) {
+		ctx, dec := context.Background(), decoder(t)
+		seed(t, s, "t1", 2)
+		if r := admin(t, s, "POST", "/api/model-groups/create", map[string]any{"group_name": "H", "models": []map[string]any{{"model_name": "m3", "priority": 0}}}); r.status != 200 {
+			t.Fatal(r.raw)
+		}
+		r := admin(t, s, "PUT", "/api/teams/t1", map[string]any{"team_alias": "Prod", "access_groups": []string{"H"}})
+		tm, _ := st.Read().GetTeam(ctx, "t1")
+		if r.status != 200 || tm.TeamAlias != "Prod" || strings.Join(tm.Models, ",") != "m3" || r.body["access_groups"].([]any)[0] != "H" {
+			t.Fatalf("update: %d %s; %+v", r.status, r.raw, tm)
+		}
+		wantDetail(t, admin(t, s, "PUT", "/api/teams/t1", map[string]any{"model_groups": []string{"nope"}}), 404, "Model group 'nope' not found")
+		if tm2, _ := st.Read().GetTeam(ctx, "t1"); strings.Join(tm2.Models, ",") != "m3" {
+			t.Fatalf("refused update changed the team: %+v", tm2)
+		}
+		if r := admin(t, s, "POST", "/api/credits/add", map[string]any{"team_id": "t1", "amount": 3, "description": "top-up"}); r.status != 200 || r.body["credits_remaining"] != 5.0 {
+			t.Fatalf("credits/add: %d %s", r.status, r.raw)
+		}
+		job := dec(s.CreateJob(ctx, "t1", "", "resume", nil))["job_id"].(string)
+		dec(s.CompleteJob(ctx, "t1", job, "completed", nil, ""))
+		u := admin(t, s, "GET", "/api/teams/t1/usage?period="+time.Now().UTC().Format("2006-01"), nil)
+		if u.status != 200 || u.body["summary"].(map[string]any)["total_jobs"] != 1.0 || u.body["summary"].(map[string]any)["credits_used"] != 1.0 {
+			t.Fatalf("usage: %d %s", u.status, u.raw)
+		}
+		if r := admin(t, s, "GET", "/api/teams/t1/usage?period=bad", nil); r.status != 422 {
+			t.Fatalf("bad period: %d", r.status)
 		}
 	})
 }

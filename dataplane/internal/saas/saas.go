@@ -253,7 +253,7 @@ func teamView(t *state.Team) map[string]any {
 	}
 	return map[string]any{
 		"team_id": t.TeamID, "team_alias": alias, "organization_id": t.OrganizationID,
-		"status": sa.Status, "model_groups": groups,
+		"status": sa.Status, "model_groups": groups, "access_groups": groups,
 		"credits_allocated": sa.CreditsAllocated, "credits_used": sa.CreditsUsed, "credits_remaining": sa.CreditsRemaining,
 		"virtual_key": sa.KeyName,
 		"credits": map[string]any{
