@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -56,6 +57,9 @@ func (s *Service) Handler() http.Handler {
 	h("PUT /api/teams/{id}", s.updateTeamReq)
 	h("GET /api/teams/{id}/usage", s.teamUsage)
 	h("POST /api/credits/add", s.addCreditsBody)
+	h("GET /api/credits/balance", s.balance)
+	h("GET /api/credits/teams/{id}/balance", s.balance)
+	h("GET /api/credits/teams/{id}/transactions", s.transactions)
 	for _, verb := range []string{"PUT", "POST"} {
 		h(verb+" /api/teams/{id}/suspend", s.setStatus(store.TeamStatusSuspended, "suspended"))
 		h(verb+" /api/teams/{id}/pause", s.setStatus(store.TeamStatusPaused, "paused"))
@@ -745,6 +749,34 @@ func (s *Service) addCreditsBody(r *http.Request) (any, error) {
 		return nil, fail(http.StatusUnprocessableEntity, "team_id is required")
 	}
 	return s.grant(r.Context(), req.TeamID, amount, reason, req.Metadata)
+}
+
+// balance is a team's balance for the admin (proxies answer the team's key).
+func (s *Service) balance(r *http.Request) (any, error) {
+	id := r.PathValue("id")
+	if id == "" {
+		id = r.URL.Query().Get("team_id")
+	}
+	t, err := getSaaSTeam(r.Context(), s.st.Read(), id)
+	if err != nil {
+		return nil, err
+	}
+	sa := t.SaaS
+	return map[string]any{"team_id": t.TeamID, "organization_id": t.OrganizationID, "status": sa.Status,
+		"credits_allocated": sa.CreditsAllocated, "credits_used": sa.CreditsUsed, "credits_remaining": sa.CreditsRemaining}, nil
+}
+
+func (s *Service) transactions(r *http.Request) (any, error) {
+	t, err := getSaaSTeam(r.Context(), s.st.Read(), r.PathValue("id"))
+	if err != nil {
+		return nil, err
+	}
+	limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
+	b, err := s.ListTransactions(r.Context(), t.TeamID, limit)
+	if err != nil {
+		return nil, err
+	}
+	return json.RawMessage(b), nil
 }
 
 func (s *Service) setStatus(status, verb string) func(r *http.Request) (any, error) {

@@ -297,6 +297,12 @@ func TestTeamUpdateCreditsAddAndUsage(t *testing.T) {
 		if r := admin(t, s, "POST", "/api/credits/add", map[string]any{"team_id": "t1", "amount": 3, "description": "top-up"}); r.status != 200 || r.body["credits_remaining"] != 5.0 {
 			t.Fatalf("credits/add: %d %s", r.status, r.raw)
 		}
+		if b := admin(t, s, "GET", "/api/credits/balance?team_id=t1", nil); b.status != 200 || b.body["credits_remaining"] != 5.0 {
+			t.Fatalf("admin balance: %d %s", b.status, b.raw)
+		}
+		if x := admin(t, s, "GET", "/api/credits/teams/t1/transactions", nil); x.status != 200 || x.body["total"] != 2.0 {
+			t.Fatalf("admin transactions: %d %s", x.status, x.raw)
+		}
 		job := dec(s.CreateJob(ctx, "t1", "", "resume", nil))["job_id"].(string)
 		dec(s.CompleteJob(ctx, "t1", job, "completed", nil, ""))
 		u := admin(t, s, "GET", "/api/teams/t1/usage?period="+time.Now().UTC().Format("2006-01"), nil)
