@@ -39,13 +39,20 @@ func (g *GroupRouter) Serve(w http.ResponseWriter, r *http.Request) bool {
 	if t == nil || len(t.SaaS.ModelGroups) == 0 {
 		return false
 	}
-	raw, err := io.ReadAll(io.LimitReader(r.Body, maxGroupBody+1))
-	r.Body.Close()
-	r.Body = io.NopCloser(bytes.NewReader(raw))
-	r.ContentLength = int64(len(raw))
+	orig := r.Body
+	raw, err := io.ReadAll(io.LimitReader(orig, maxGroupBody+1))
 	if err != nil || len(raw) > maxGroupBody {
+		// Too large to look at: the proxy gets the body whole (what was
+		// read, then the rest) and applies its own limit.
+		r.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(raw), orig), orig}
 		return false
 	}
+	orig.Close()
+	r.Body = io.NopCloser(bytes.NewReader(raw))
+	r.ContentLength = int64(len(raw))
 	var body map[string]json.RawMessage
 	if json.Unmarshal(raw, &body) != nil {
 		return false
