@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -204,5 +205,29 @@ func TestLLMCallFallsBackOnTimeout(t *testing.T) {
 	w := do(h, "POST", "/api/jobs/jb/llm-call", "Bearer sk-team-b-secret", `{"model_group":"S","messages":[{"role":"user","content":"x"}]}`)
 	if w.Code != 200 || len(jobs.records) != 2 || jobs.records[0].Status != 504 || jobs.records[0].Error == "" || jobs.records[1].Model != "good" {
 		t.Fatalf("%d %s %v", w.Code, w.Body, jobs.records)
+	}
+}
+
+func TestGroupRouter(t *testing.T) {
+	st := &fakeState{keys: map[[32]byte]state.KeyInfo{}, teams: map[string]*state.Team{}}
+	st.add("sk-team-a-secret", "a", "active", 5, state.TeamModelGroup{Name: "G", Models: []string{"bad", "good"}})
+	g := NewGroupRouter(Options{State: st, Proxy: upstream})
+	serve := func(key, body string) (*httptest.ResponseRecorder, bool, string) {
+		req := httptest.NewRequest("POST", "/chat/completions", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+key)
+		w := httptest.NewRecorder()
+		handled := g.Serve(w, req)
+		rest, _ := io.ReadAll(req.Body)
+		return w, handled, string(rest)
+	}
+	w, handled, _ := serve("sk-team-a-secret", `{"model":"G","messages":[]}`)
+	if !handled || w.Code != 200 || !strings.Contains(w.Body.String(), `"model":"good"`) {
+		t.Fatalf("group as model: %v %d %s", handled, w.Code, w.Body)
+	}
+	// A model name, or another key: left to the proxy with the body intact.
+	for _, c := range []struct{ key, body string }{{"sk-team-a-secret", `{"model":"good"}`}, {"sk-other-key-123", `{"model":"G"}`}} {
+		if _, handled, rest := serve(c.key, c.body); handled || rest != c.body {
+			t.Fatalf("%s: handled %v, body %q", c.key, handled, rest)
+		}
 	}
 }
