@@ -336,11 +336,20 @@ func TestSaaS(t *testing.T) {
 				costs["total_attempts"] != 3.0 || costs["total_tokens"] != 30.0 || len(done["calls"].([]any)) != 2 {
 				t.Fatalf("complete %s", mustJSON(done))
 			}
-			// Again, elsewhere: nothing changes.
-			again := ok(t, e.team(t, dps[1], "POST", "/api/jobs/"+jobID+"/complete", keyA, map[string]any{"status": "completed"}))
-			if c := again["costs"].(map[string]any); c["credits_remaining"] != 2.0 || c["credit_applied"] != true {
-				t.Fatalf("second complete %s", mustJSON(again))
+			// Again, on every proxy at once: nothing changes.
+			var wg sync.WaitGroup
+			for _, dp := range dps {
+				wg.Go(func() {
+					r := Do(t, "POST", dp.URL()+"/api/jobs/"+jobID+"/complete", keyA, map[string]any{"status": "completed"})
+					var m map[string]any
+					_ = json.Unmarshal(r.Body, &m)
+					c, _ := m["costs"].(map[string]any)
+					if r.Status != 200 || c["credits_remaining"] != 2.0 || c["credit_applied"] != true {
+						t.Errorf("repeated complete on %s: %d %s", dp.ID, r.Status, r.Body)
+					}
+				})
 			}
+			wg.Wait()
 			e.waitEveryProxy(t, "balance after the credit", func(dp *DataPlane) (bool, string) {
 				r := e.team(t, dp, "GET", "/api/credits/teams/acme-eng/balance", keyA, nil)
 				return r.Status == 200 && r.JSON(t)["credits_remaining"] == 2.0, string(r.Body)
@@ -478,8 +487,31 @@ func TestSaaS(t *testing.T) {
 		t.Run("zero credits on every proxy, then credits added", func(t *testing.T) {
 			keyC, _ := e.createTeam(t, map[string]any{"organization_id": "org_acme", "team_id": "one-credit",
 				"model_groups": []string{"ChatAgent"}, "credits_allocated": 1})
-			j := ok(t, e.team(t, dps[0], "POST", "/api/jobs/create", keyC, map[string]any{"job_type": "x"}))
-			ok(t, e.team(t, dps[1], "POST", "/api/jobs/"+j["job_id"].(string)+"/complete", keyC, map[string]any{"status": "completed"}))
+			// Three jobs completed at once on three proxies with one credit
+			// left: exactly one takes it.
+			var ids []string
+			for i := range 3 {
+				j := ok(t, e.team(t, dps[i], "POST", "/api/jobs/create", keyC, map[string]any{"job_type": "x"}))
+				ids = append(ids, j["job_id"].(string))
+			}
+			var applied atomic.Int64
+			var wg sync.WaitGroup
+			for i, id := range ids {
+				wg.Go(func() {
+					r := Do(t, "POST", dps[(i+1)%3].URL()+"/api/jobs/"+id+"/complete", keyC, map[string]any{"status": "completed"})
+					var m map[string]any
+					_ = json.Unmarshal(r.Body, &m)
+					if c, _ := m["costs"].(map[string]any); r.Status != 200 {
+						t.Errorf("complete: %d %s", r.Status, r.Body)
+					} else if c["credit_applied"] == true {
+						applied.Add(1)
+					}
+				})
+			}
+			wg.Wait()
+			if applied.Load() != 1 {
+				t.Fatalf("%d credits applied from one", applied.Load())
+			}
 			e.waitEveryProxy(t, "zero credits", refused(keyC, true))
 			add := ok(t, e.admin(t, "POST", "/api/credits/teams/one-credit/add", map[string]any{"credits_amount": 2, "reason": "top-up"}))
 			if add["credits_remaining"] != 2.0 {
