@@ -18,7 +18,14 @@
 // limit, upstream credential and spend record applies). A connection
 // error, a 5xx or a timeout moves on to the next model; every attempt is
 // recorded on the control plane before the client gets its answer, so a
-// completion on another proxy counts it.
+// completion on another proxy counts it. GroupRouter applies the same
+// resolution when a SaaS team's key names one of its groups as the model of
+// a plain /chat/completions request.
+//
+// # Thread safety
+//
+// Handlers share nothing mutable: each request reads the replica's
+// immutable team and key records and writes only its own response.
 //
 // # Failure modes
 //
