@@ -133,6 +133,11 @@ func (e *Enforcer) Authenticate(key, path string, nowUnix int64, p *Principal) *
 		if !ok || t.Blocked {
 			return RejTeamBlocked
 		}
+		// A SaaS team that is suspended, paused or out of credits makes
+		// no call, on any route.
+		if t.SaaS != nil && t.SaaS.Refused() {
+			return RejTeamSuspended
+		}
 		p.Team = t
 		if orgID == "" {
 			orgID = t.OrganizationID

@@ -52,6 +52,14 @@ var (
 	bucketKeysRotation    = []byte("keys_by_rotation") // time(key_rotation_at) + token_id → nil, auto_rotate only
 
 	bucketBudgetResets = []byte("budget_resets") // time(budget_reset_at) + kind + 0 + id → nil (keys, teams, users, orgs)
+
+	bucketModelGroups = []byte("model_groups")        // group_name → ModelGroup JSON
+	bucketJobs        = []byte("jobs")                // job_id → Job JSON
+	bucketJobsTeam    = []byte("jobs_by_team")        // lp(team_id) + big-endian seq → job_id
+	bucketJobCalls    = []byte("job_calls")           // lp(job_id) + big-endian seq → JobCall JSON
+	bucketJobCallIDs  = []byte("job_call_ids")        // call_id → nil
+	bucketCreditTxns  = []byte("credit_transactions") // lp(team_id) + big-endian seq → CreditTransaction JSON
+	bucketCreditTxIDs = []byte("credit_transaction_ids")
 )
 
 var (
@@ -73,6 +81,7 @@ var migrations = []func(*bolt.Tx) error{
 	migrateV2,
 	migrateV3,
 	migrateV4,
+	migrateV5,
 }
 
 // migrateV4 adds the budget-reset schedule, filled from the keys, teams,
@@ -114,6 +123,16 @@ func resetKey(at time.Time, kind, id string) []byte {
 	k := append(timeKey(at), kind...)
 	k = append(k, 0)
 	return append(k, id...)
+}
+
+// migrateV5 adds the SaaS team API's buckets.
+func migrateV5(tx *bolt.Tx) error {
+	for _, name := range [][]byte{bucketModelGroups, bucketJobs, bucketJobsTeam, bucketJobCalls, bucketJobCallIDs, bucketCreditTxns, bucketCreditTxIDs} {
+		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+			return fmt.Errorf("create bucket %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // migrateV3 adds the event outbox and the rotation index (filled from the

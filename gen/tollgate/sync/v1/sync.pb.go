@@ -1873,8 +1873,10 @@ type Team struct {
 	Blocked          bool                   `protobuf:"varint,6,opt,name=blocked,proto3" json:"blocked,omitempty"`
 	Spend            int64                  `protobuf:"varint,7,opt,name=spend,proto3" json:"spend,omitempty"`
 	TeamMemberBudget int64                  `protobuf:"varint,8,opt,name=team_member_budget,json=teamMemberBudget,proto3" json:"team_member_budget,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// saas is set for teams of the SaaS team API (/api/*).
+	Saas          *TeamSaaS `protobuf:"bytes,9,opt,name=saas,proto3" json:"saas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Team) Reset() {
@@ -1963,6 +1965,162 @@ func (x *Team) GetTeamMemberBudget() int64 {
 	return 0
 }
 
+func (x *Team) GetSaas() *TeamSaaS {
+	if x != nil {
+		return x.Saas
+	}
+	return nil
+}
+
+// TeamSaaS is a SaaS team's status, credits and model groups; a proxy
+// refuses a team that is not active or has no credits left.
+type TeamSaaS struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// status: active, suspended or paused.
+	Status           string            `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	CreditsAllocated int64             `protobuf:"varint,2,opt,name=credits_allocated,json=creditsAllocated,proto3" json:"credits_allocated,omitempty"`
+	CreditsUsed      int64             `protobuf:"varint,3,opt,name=credits_used,json=creditsUsed,proto3" json:"credits_used,omitempty"`
+	CreditsRemaining int64             `protobuf:"varint,4,opt,name=credits_remaining,json=creditsRemaining,proto3" json:"credits_remaining,omitempty"`
+	ModelGroups      []*TeamModelGroup `protobuf:"bytes,5,rep,name=model_groups,json=modelGroups,proto3" json:"model_groups,omitempty"`
+	// key_name is the display form of the team's key ("sk-...abcd").
+	KeyName       string `protobuf:"bytes,6,opt,name=key_name,json=keyName,proto3" json:"key_name,omitempty"`
+	TeamAlias     string `protobuf:"bytes,7,opt,name=team_alias,json=teamAlias,proto3" json:"team_alias,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TeamSaaS) Reset() {
+	*x = TeamSaaS{}
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TeamSaaS) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TeamSaaS) ProtoMessage() {}
+
+func (x *TeamSaaS) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TeamSaaS.ProtoReflect.Descriptor instead.
+func (*TeamSaaS) Descriptor() ([]byte, []int) {
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *TeamSaaS) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *TeamSaaS) GetCreditsAllocated() int64 {
+	if x != nil {
+		return x.CreditsAllocated
+	}
+	return 0
+}
+
+func (x *TeamSaaS) GetCreditsUsed() int64 {
+	if x != nil {
+		return x.CreditsUsed
+	}
+	return 0
+}
+
+func (x *TeamSaaS) GetCreditsRemaining() int64 {
+	if x != nil {
+		return x.CreditsRemaining
+	}
+	return 0
+}
+
+func (x *TeamSaaS) GetModelGroups() []*TeamModelGroup {
+	if x != nil {
+		return x.ModelGroups
+	}
+	return nil
+}
+
+func (x *TeamSaaS) GetKeyName() string {
+	if x != nil {
+		return x.KeyName
+	}
+	return ""
+}
+
+func (x *TeamSaaS) GetTeamAlias() string {
+	if x != nil {
+		return x.TeamAlias
+	}
+	return ""
+}
+
+// TeamModelGroup is a model group with its models, highest priority first.
+type TeamModelGroup struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Models        []string               `protobuf:"bytes,2,rep,name=models,proto3" json:"models,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TeamModelGroup) Reset() {
+	*x = TeamModelGroup{}
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TeamModelGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TeamModelGroup) ProtoMessage() {}
+
+func (x *TeamModelGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TeamModelGroup.ProtoReflect.Descriptor instead.
+func (*TeamModelGroup) Descriptor() ([]byte, []int) {
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *TeamModelGroup) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *TeamModelGroup) GetModels() []string {
+	if x != nil {
+		return x.Models
+	}
+	return nil
+}
+
 type User struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
@@ -1977,7 +2135,7 @@ type User struct {
 
 func (x *User) Reset() {
 	*x = User{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[22]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1989,7 +2147,7 @@ func (x *User) String() string {
 func (*User) ProtoMessage() {}
 
 func (x *User) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[22]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2002,7 +2160,7 @@ func (x *User) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use User.ProtoReflect.Descriptor instead.
 func (*User) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{22}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *User) GetUserId() string {
@@ -2060,7 +2218,7 @@ type Organization struct {
 
 func (x *Organization) Reset() {
 	*x = Organization{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[23]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2072,7 +2230,7 @@ func (x *Organization) String() string {
 func (*Organization) ProtoMessage() {}
 
 func (x *Organization) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[23]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2085,7 +2243,7 @@ func (x *Organization) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Organization.ProtoReflect.Descriptor instead.
 func (*Organization) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{23}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Organization) GetOrganizationId() string {
@@ -2146,7 +2304,7 @@ type Model struct {
 
 func (x *Model) Reset() {
 	*x = Model{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[24]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2158,7 +2316,7 @@ func (x *Model) String() string {
 func (*Model) ProtoMessage() {}
 
 func (x *Model) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[24]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2171,7 +2329,7 @@ func (x *Model) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Model.ProtoReflect.Descriptor instead.
 func (*Model) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{24}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Model) GetId() string {
@@ -2261,7 +2419,7 @@ type Settings struct {
 
 func (x *Settings) Reset() {
 	*x = Settings{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[25]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2273,7 +2431,7 @@ func (x *Settings) String() string {
 func (*Settings) ProtoMessage() {}
 
 func (x *Settings) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[25]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2286,7 +2444,7 @@ func (x *Settings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Settings.ProtoReflect.Descriptor instead.
 func (*Settings) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{25}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Settings) GetGeneralSettings() []byte {
@@ -2457,7 +2615,7 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12+\n" +
 	"\x12max_budget_in_team\x18\x03 \x01(\x03R\x0fmaxBudgetInTeam\x12\x14\n" +
-	"\x05spend\x18\x04 \x01(\x03R\x05spend\"\xa8\x02\n" +
+	"\x05spend\x18\x04 \x01(\x03R\x05spend\"\xd8\x02\n" +
 	"\x04Team\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12'\n" +
 	"\x0forganization_id\x18\x02 \x01(\tR\x0eorganizationId\x12\x16\n" +
@@ -2466,7 +2624,20 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\amembers\x18\x05 \x03(\v2\x1c.tollgate.sync.v1.TeamMemberR\amembers\x12\x18\n" +
 	"\ablocked\x18\x06 \x01(\bR\ablocked\x12\x14\n" +
 	"\x05spend\x18\a \x01(\x03R\x05spend\x12,\n" +
-	"\x12team_member_budget\x18\b \x01(\x03R\x10teamMemberBudget\"\xb6\x01\n" +
+	"\x12team_member_budget\x18\b \x01(\x03R\x10teamMemberBudget\x12.\n" +
+	"\x04saas\x18\t \x01(\v2\x1a.tollgate.sync.v1.TeamSaaSR\x04saas\"\x9e\x02\n" +
+	"\bTeamSaaS\x12\x16\n" +
+	"\x06status\x18\x01 \x01(\tR\x06status\x12+\n" +
+	"\x11credits_allocated\x18\x02 \x01(\x03R\x10creditsAllocated\x12!\n" +
+	"\fcredits_used\x18\x03 \x01(\x03R\vcreditsUsed\x12+\n" +
+	"\x11credits_remaining\x18\x04 \x01(\x03R\x10creditsRemaining\x12C\n" +
+	"\fmodel_groups\x18\x05 \x03(\v2 .tollgate.sync.v1.TeamModelGroupR\vmodelGroups\x12\x19\n" +
+	"\bkey_name\x18\x06 \x01(\tR\akeyName\x12\x1d\n" +
+	"\n" +
+	"team_alias\x18\a \x01(\tR\tteamAlias\"<\n" +
+	"\x0eTeamModelGroup\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06models\x18\x02 \x03(\tR\x06models\"\xb6\x01\n" +
 	"\x04User\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
 	"\tuser_role\x18\x02 \x01(\tR\buserRole\x12\x16\n" +
@@ -2512,7 +2683,7 @@ func file_tollgate_sync_v1_sync_proto_rawDescGZIP() []byte {
 	return file_tollgate_sync_v1_sync_proto_rawDescData
 }
 
-var file_tollgate_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_tollgate_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_tollgate_sync_v1_sync_proto_goTypes = []any{
 	(*ProxyMessage)(nil),   // 0: tollgate.sync.v1.ProxyMessage
 	(*LeaseRequest)(nil),   // 1: tollgate.sync.v1.LeaseRequest
@@ -2536,13 +2707,15 @@ var file_tollgate_sync_v1_sync_proto_goTypes = []any{
 	(*Key)(nil),            // 19: tollgate.sync.v1.Key
 	(*TeamMember)(nil),     // 20: tollgate.sync.v1.TeamMember
 	(*Team)(nil),           // 21: tollgate.sync.v1.Team
-	(*User)(nil),           // 22: tollgate.sync.v1.User
-	(*Organization)(nil),   // 23: tollgate.sync.v1.Organization
-	(*Model)(nil),          // 24: tollgate.sync.v1.Model
-	(*Settings)(nil),       // 25: tollgate.sync.v1.Settings
-	nil,                    // 26: tollgate.sync.v1.Key.ModelMaxBudgetEntry
-	nil,                    // 27: tollgate.sync.v1.Key.ModelRpmLimitEntry
-	nil,                    // 28: tollgate.sync.v1.Key.ModelTpmLimitEntry
+	(*TeamSaaS)(nil),       // 22: tollgate.sync.v1.TeamSaaS
+	(*TeamModelGroup)(nil), // 23: tollgate.sync.v1.TeamModelGroup
+	(*User)(nil),           // 24: tollgate.sync.v1.User
+	(*Organization)(nil),   // 25: tollgate.sync.v1.Organization
+	(*Model)(nil),          // 26: tollgate.sync.v1.Model
+	(*Settings)(nil),       // 27: tollgate.sync.v1.Settings
+	nil,                    // 28: tollgate.sync.v1.Key.ModelMaxBudgetEntry
+	nil,                    // 29: tollgate.sync.v1.Key.ModelRpmLimitEntry
+	nil,                    // 30: tollgate.sync.v1.Key.ModelTpmLimitEntry
 }
 var file_tollgate_sync_v1_sync_proto_depIdxs = []int32{
 	3,  // 0: tollgate.sync.v1.ProxyMessage.hello:type_name -> tollgate.sync.v1.Hello
@@ -2562,27 +2735,29 @@ var file_tollgate_sync_v1_sync_proto_depIdxs = []int32{
 	15, // 14: tollgate.sync.v1.Delta.changes:type_name -> tollgate.sync.v1.Entity
 	19, // 15: tollgate.sync.v1.Entity.key:type_name -> tollgate.sync.v1.Key
 	21, // 16: tollgate.sync.v1.Entity.team:type_name -> tollgate.sync.v1.Team
-	22, // 17: tollgate.sync.v1.Entity.user:type_name -> tollgate.sync.v1.User
-	23, // 18: tollgate.sync.v1.Entity.organization:type_name -> tollgate.sync.v1.Organization
-	24, // 19: tollgate.sync.v1.Entity.model:type_name -> tollgate.sync.v1.Model
-	25, // 20: tollgate.sync.v1.Entity.settings:type_name -> tollgate.sync.v1.Settings
+	24, // 17: tollgate.sync.v1.Entity.user:type_name -> tollgate.sync.v1.User
+	25, // 18: tollgate.sync.v1.Entity.organization:type_name -> tollgate.sync.v1.Organization
+	26, // 19: tollgate.sync.v1.Entity.model:type_name -> tollgate.sync.v1.Model
+	27, // 20: tollgate.sync.v1.Entity.settings:type_name -> tollgate.sync.v1.Settings
 	16, // 21: tollgate.sync.v1.Key.limits:type_name -> tollgate.sync.v1.Limits
-	26, // 22: tollgate.sync.v1.Key.model_max_budget:type_name -> tollgate.sync.v1.Key.ModelMaxBudgetEntry
-	27, // 23: tollgate.sync.v1.Key.model_rpm_limit:type_name -> tollgate.sync.v1.Key.ModelRpmLimitEntry
-	28, // 24: tollgate.sync.v1.Key.model_tpm_limit:type_name -> tollgate.sync.v1.Key.ModelTpmLimitEntry
+	28, // 22: tollgate.sync.v1.Key.model_max_budget:type_name -> tollgate.sync.v1.Key.ModelMaxBudgetEntry
+	29, // 23: tollgate.sync.v1.Key.model_rpm_limit:type_name -> tollgate.sync.v1.Key.ModelRpmLimitEntry
+	30, // 24: tollgate.sync.v1.Key.model_tpm_limit:type_name -> tollgate.sync.v1.Key.ModelTpmLimitEntry
 	18, // 25: tollgate.sync.v1.Key.previous_hashes:type_name -> tollgate.sync.v1.PreviousHash
 	16, // 26: tollgate.sync.v1.Team.limits:type_name -> tollgate.sync.v1.Limits
 	20, // 27: tollgate.sync.v1.Team.members:type_name -> tollgate.sync.v1.TeamMember
-	16, // 28: tollgate.sync.v1.User.limits:type_name -> tollgate.sync.v1.Limits
-	16, // 29: tollgate.sync.v1.Organization.limits:type_name -> tollgate.sync.v1.Limits
-	17, // 30: tollgate.sync.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.sync.v1.ModelBudget
-	0,  // 31: tollgate.sync.v1.SyncService.Sync:input_type -> tollgate.sync.v1.ProxyMessage
-	7,  // 32: tollgate.sync.v1.SyncService.Sync:output_type -> tollgate.sync.v1.ControlMessage
-	32, // [32:33] is the sub-list for method output_type
-	31, // [31:32] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	22, // 28: tollgate.sync.v1.Team.saas:type_name -> tollgate.sync.v1.TeamSaaS
+	23, // 29: tollgate.sync.v1.TeamSaaS.model_groups:type_name -> tollgate.sync.v1.TeamModelGroup
+	16, // 30: tollgate.sync.v1.User.limits:type_name -> tollgate.sync.v1.Limits
+	16, // 31: tollgate.sync.v1.Organization.limits:type_name -> tollgate.sync.v1.Limits
+	17, // 32: tollgate.sync.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.sync.v1.ModelBudget
+	0,  // 33: tollgate.sync.v1.SyncService.Sync:input_type -> tollgate.sync.v1.ProxyMessage
+	7,  // 34: tollgate.sync.v1.SyncService.Sync:output_type -> tollgate.sync.v1.ControlMessage
+	34, // [34:35] is the sub-list for method output_type
+	33, // [33:34] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_sync_v1_sync_proto_init() }
@@ -2617,7 +2792,7 @@ func file_tollgate_sync_v1_sync_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tollgate_sync_v1_sync_proto_rawDesc), len(file_tollgate_sync_v1_sync_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   29,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
