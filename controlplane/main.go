@@ -34,9 +34,11 @@ type options struct {
 	Config      string
 	LogLevel    string
 	PprofAddr   string
-	TLSCert     string
-	TLSKey      string
-	ClientCA    string
+	// CreditUSD is the LiteLLM-side budget one SaaS credit buys.
+	CreditUSD float64
+	TLSCert   string
+	TLSKey    string
+	ClientCA  string
 }
 
 func (o options) String() string {
@@ -64,6 +66,7 @@ func newFlagSet(name string, o *options) *flag.FlagSet {
 	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
 	fs.StringVar(&o.ClientCA, "client-ca", "", "PEM CA bundle: proxies must present a client certificate it signed on the sync stream (mutual TLS)")
 	fs.StringVar(&o.PprofAddr, "pprof-addr", "", "serve net/http/pprof on this address (off when empty; bind it to loopback)")
+	fs.Float64Var(&o.CreditUSD, "credit-usd", 0.10, "SaaS team API: the team budget (USD) one credit buys; a team's max_budget is credits_allocated × this")
 	return fs
 }
 

@@ -29,6 +29,7 @@ import (
 	"github.com/tollgate-gw/tollgate/controlplane/internal/events"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/jobs"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/openapi"
+	"github.com/tollgate-gw/tollgate/controlplane/internal/saasapi"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store/embedded"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store/postgres"
@@ -36,6 +37,8 @@ import (
 	"github.com/tollgate-gw/tollgate/controlplane/internal/ui"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/certs"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/money"
+	saasv1 "github.com/tollgate-gw/tollgate/gen/tollgate/saas/v1"
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 )
 
@@ -130,6 +133,15 @@ func run(ctx context.Context, o options) error {
 		}
 	}()
 	syncv1.RegisterSyncServiceServer(g, ss)
+	// SaaS team API: admin endpoints on REST, JobService for the proxies
+	// (controlplane/internal/saasapi).
+	rate, err := money.FromUSD(o.CreditUSD)
+	if err != nil || rate <= 0 {
+		return errors.New("--credit-usd must be a positive amount of USD")
+	}
+	saas := saasapi.New(st, saasapi.Options{MasterKey: o.MasterKey, SyncToken: o.SyncToken, CreditRate: rate,
+		PeerAuthenticated: o.ClientCA != "", Logger: slog.Default()})
+	saasv1.RegisterJobServiceServer(g, saas.JobServer())
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(g, hs)
 	reflection.Register(g)
@@ -151,6 +163,7 @@ func run(ctx context.Context, o options) error {
 		_, _ = w.Write([]byte(`{"status":"healthy"}`))
 	})
 	mux.Handle("GET /openapi.json", openapi.Handler())
+	mux.Handle("/api/", saas.Handler())
 	mux.Handle("/", gw)
 	// The admin UI (controlplane/internal/ui) calls gw with the session's
 	// credential, so the API's authorization applies unchanged.

@@ -19,6 +19,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -26,13 +27,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/certs"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/limits"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/proxy"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/replica"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/saas"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/spend"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/syncclient"
+	saasv1 "github.com/tollgate-gw/tollgate/gen/tollgate/saas/v1"
 )
 
 // spendShipTimeout bounds the wait for the control plane to ack the spend
@@ -180,12 +184,32 @@ func run(ctx context.Context, o options) error {
 		Gate:     lim,
 	})
 
+	// SaaS team API (/api/*): decided from the replica, jobs on the
+	// control plane's JobService (package saas).
+	jobConn, err := grpc.NewClient(o.ControlPlane, append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(bearer{token: o.SyncToken, secure: len(dialOpts) > 0}),
+	}, dialOpts...)...)
+	if err != nil {
+		return fmt.Errorf("job service client: %w", err)
+	}
+	defer jobConn.Close()
+	saasOpts := saas.Options{
+		State:   rep.State(),
+		Proxy:   h,
+		Jobs:    saasv1.NewJobServiceClient(jobConn),
+		ProxyID: o.ID,
+		Logger:  slog.Default(),
+	}
+	api := saas.New(saasOpts)
+	groups := saas.NewGroupRouter(saasOpts)
+
 	ln, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", o.Listen, err)
 	}
 	srv := &http.Server{
-		Handler:           h,
+		Handler:           routes(h, api, groups),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
@@ -225,6 +249,36 @@ func run(ctx context.Context, o options) error {
 	<-syncDone
 	return nil
 }
+
+// routes puts the SaaS team API (/api/*) and GET /health beside the
+// OpenAI-compatible handler, and lets a SaaS team's key name a model group
+// as the model of a chat completion.
+func routes(proxyH, api http.Handler, groups *saas.GroupRouter) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/api/"):
+			api.ServeHTTP(w, r)
+		case (r.URL.Path == "/chat/completions" || r.URL.Path == "/v1/chat/completions") && groups.Serve(w, r):
+		case r.URL.Path == "/health" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte(`{"status":"healthy"}`))
+		default:
+			proxyH.ServeHTTP(w, r)
+		}
+	})
+}
+
+// bearer sends the sync token on JobService calls.
+type bearer struct {
+	token  string
+	secure bool
+}
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + b.token}, nil
+}
+
+func (b bearer) RequireTransportSecurity() bool { return b.secure }
 
 // servePprof serves net/http/pprof on its own listener (never on the proxy's
 // address: profiles are for operators, not API clients). It starts before

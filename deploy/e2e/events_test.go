@@ -256,3 +256,60 @@ func TestAutoRotateDeliversSignedSecret(t *testing.T) {
 		}
 	})
 }
+
+// TestSoftBudgetAlertOnce: spend crossing a key's and a team's soft_budget
+// sends one budget.soft_budget_crossed event each to the webhook (not one per
+// request), naming the object, its spend and its soft budget; requests keep
+// flowing (a soft budget never refuses).
+func TestSoftBudgetAlertOnce(t *testing.T) {
+	backends(t, func(t *testing.T, o CPOptions) {
+		d, h := eventDeployment(t, o, nil)
+		dp := d.proxy(t)
+		u, mk := d.cp.URL(), d.cp.MasterKey
+		// One request costs about $0.000005 (10 prompt, 5 completion tokens).
+		ok(t, Do(t, "POST", u+"/team/new", mk, `{"team_id":"soft-team","soft_budget":0.00002}`))
+		g := ok(t, Do(t, "POST", u+"/key/generate", mk, `{"key_alias":"soft-key","team_id":"soft-team","soft_budget":0.00001,"max_budget":1}`))
+		key, tok := g["key"].(string), g["token_id"].(string)
+		waitStatus(t, dp, key, chat("gpt-4o-mini", ""), 200)
+		for range 7 { // 8 requests: about $0.00004 in all
+			if r := Do(t, "POST", dp.URL()+"/v1/chat/completions", key, chat("gpt-4o-mini", "")); r.Status != 200 {
+				t.Fatalf("request refused under a soft budget: %d %s", r.Status, r.Body)
+			}
+		}
+		kd := h.waitFor(t, 15*time.Second, func(d delivery) bool {
+			return d.Type == "budget.soft_budget_crossed" && d.Data["object_type"] == "key"
+		})
+		if !kd.SigOK || kd.Data["token"] != tok || kd.Data["key_alias"] != "soft-key" || kd.Data["soft_budget"] != 0.00001 ||
+			kd.Data["event"] != "soft_budget_crossed" || kd.Data["event_group"] != "key" || kd.Data["max_budget"] != 1.0 {
+			t.Fatalf("key alert: %s", kd.Body)
+		}
+		// The batch that crossed may hold several requests.
+		if s, _ := kd.Data["spend"].(float64); s < 0.00001 || s > 0.00004+1e-9 {
+			t.Fatalf("key alert spend %v", kd.Data["spend"])
+		}
+		td := h.waitFor(t, 15*time.Second, func(d delivery) bool {
+			return d.Type == "budget.soft_budget_crossed" && d.Data["object_type"] == "team"
+		})
+		if td.Data["team_id"] != "soft-team" || td.Data["soft_budget"] != 0.00002 {
+			t.Fatalf("team alert: %s", td.Body)
+		}
+		// Let every spend batch land, then count: one alert per object.
+		time.Sleep(1500 * time.Millisecond)
+		n := map[any]int{}
+		for _, dl := range h.deliveries() {
+			if dl.Type == "budget.soft_budget_crossed" && dl.Status == 200 {
+				n[dl.Data["object_type"]]++
+			}
+			if strings.Contains(string(dl.Body), key[3:]) {
+				t.Fatalf("alert carries the key: %s", dl.Body)
+			}
+		}
+		if n["key"] != 1 || n["team"] != 1 || len(n) != 2 {
+			t.Fatalf("alerts per object = %v, want one for the key and one for the team", n)
+		}
+		info := ok(t, Do(t, "GET", u+"/key/info?key="+tok, mk, nil))
+		if s, _ := info["info"].(map[string]any)["spend"].(float64); s < 0.000035 {
+			t.Fatalf("key spend %v after 8 requests", info["info"])
+		}
+	})
+}

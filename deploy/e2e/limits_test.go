@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"fmt"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -31,7 +33,11 @@ func inWindow(need int) {
 }
 
 func TestRateLimitsAcrossProxies(t *testing.T) {
-	d := newDeployment(t, CPOptions{})
+	backends(t, func(t *testing.T, o CPOptions) { rateLimitsAcrossProxies(t, o) })
+}
+
+func rateLimitsAcrossProxies(t *testing.T, o CPOptions) {
+	d := newDeployment(t, o)
 	dps := []*DataPlane{d.proxy(t), d.proxy(t), d.proxy(t)}
 
 	t.Run("rpm even load", func(t *testing.T) {
@@ -214,27 +220,85 @@ func TestRateLimitsAcrossProxies(t *testing.T) {
 }
 
 // TestBudgetHammeredAcrossProxies: 24 concurrent clients over 3 proxies
-// against a budget of 10 calls. Reservations keep each proxy from admitting
-// a burst at spend just below the budget.
+// against a budget of 10 calls. Each proxy holds at most its share of the
+// remaining budget in flight or unsynced, so together they overshoot by at
+// most about one request per proxy.
 func TestBudgetHammeredAcrossProxies(t *testing.T) {
-	d := newDeployment(t, CPOptions{})
-	dps := []*DataPlane{d.proxy(t), d.proxy(t), d.proxy(t)}
-	for _, delay := range []int{0, 20} {
-		t.Run(fmt.Sprintf("upstream %dms", delay), func(t *testing.T) {
-			hammerBudget(t, d, dps, delay)
-		})
+	backends(t, func(t *testing.T, o CPOptions) {
+		d := newDeployment(t, o)
+		dps := []*DataPlane{d.proxy(t), d.proxy(t), d.proxy(t)}
+		for _, delay := range []int{0, 20} {
+			t.Run(fmt.Sprintf("upstream %dms", delay), func(t *testing.T) {
+				const budget = 10 * costPerCall
+				n, spend := hammerBudget(t, d, dps, 24, budget, delay)
+				t.Logf("upstream %d ms: max_budget %d micro-USD (%d calls), 24 clients over 3 proxies: %d admitted, spend %d micro-USD (overspend %d)",
+					delay, budget, budget/costPerCall, n, spend, spend-budget)
+				checkBudgetBound(t, n, spend, budget, 24, len(dps))
+			})
+		}
+	})
+}
+
+// checkBudgetBound checks exact spend, usability and the published bound.
+func checkBudgetBound(t *testing.T, n, spend, budget int64, clients, proxies int) {
+	t.Helper()
+	if spend != n*costPerCall {
+		t.Fatalf("spend %d, want %d for %d admitted calls", spend, n*costPerCall, n)
+	}
+	if spend < budget*9/10 {
+		t.Fatalf("only %d of %d usable", spend, budget)
+	}
+	// The published bound (DESIGN.md): at most one in-flight request per
+	// concurrent client over the budget. By construction it is tighter:
+	// about one request per proxy (each may admit one while it holds less
+	// than its share) plus what is applied in the milliseconds one proxy
+	// sees the spend before another; checked here as twice the proxies.
+	bound := int64(min(clients, 2*proxies)) * costPerCall
+	if over := spend - budget; over > bound {
+		t.Fatalf("spend %d: %d over the budget, bound %d", spend, over, bound)
 	}
 }
 
-func hammerBudget(t *testing.T, d *deployment, dps []*DataPlane, delayMS int) {
-	const budget = 10 * costPerCall // micro-USD
+// TestBudgetOverspendTable measures overspend at 1, 8 and 64 concurrent
+// clients with 1 and 3 proxies (deploy/bench/overspend.sh runs it with
+// TOLLGATE_OVERSPEND_TABLE=1 and prints the README's table).
+func TestBudgetOverspendTable(t *testing.T) {
+	if os.Getenv("TOLLGATE_OVERSPEND_TABLE") == "" {
+		t.Skip("a measurement: set TOLLGATE_OVERSPEND_TABLE=1 (deploy/bench/overspend.sh)")
+	}
+	const budget = 40 * costPerCall
+	rows := []string{"| proxies | clients | budget (calls) | admitted calls | overspend (calls) | usable |", "|---|---|---|---|---|---|"}
+	for _, proxies := range []int{1, 3} {
+		d := newDeployment(t, CPOptions{DatabaseURL: os.Getenv("TOLLGATE_OVERSPEND_DB")})
+		var dps []*DataPlane
+		for range proxies {
+			dps = append(dps, d.proxy(t))
+		}
+		for _, clients := range []int{1, 8, 64} {
+			for _, delay := range []int{0, 20} {
+				n, spend := hammerBudget(t, d, dps, clients, budget, delay)
+				t.Run(fmt.Sprintf("%d proxies %d clients %d ms", proxies, clients, delay), func(t *testing.T) {
+					checkBudgetBound(t, n, spend, budget, clients, proxies)
+				})
+				rows = append(rows, fmt.Sprintf("| %d | %d (upstream %d ms) | %d | %d | %d | %.0f%% |", proxies, clients, delay,
+					budget/costPerCall, n, (spend-budget)/costPerCall, 100*float64(min(spend, budget))/float64(budget)))
+			}
+		}
+	}
+	fmt.Println(strings.Join(rows, "\n"))
+}
+
+// hammerBudget runs clients concurrent clients, round robin over dps,
+// against a fresh key with max_budget budget (micro-USD) until the budget
+// refuses them, and returns the admitted calls and the settled spend.
+func hammerBudget(t *testing.T, d *deployment, dps []*DataPlane, clients int, budget int64, delayMS int) (int64, int64) {
 	key := limitKey(t, d, map[string]any{"max_budget": float64(budget) / 1e6}, dps...)
 	body := chat("gpt-4o-mini", fmt.Sprintf(`,"metadata":{"upstream_delay_ms":%d}`, delayMS))
 	var admitted atomic.Int64
 	var wg sync.WaitGroup
-	for c := range 24 {
+	for c := range clients {
 		wg.Go(func() {
-			dp := dps[c%3]
+			dp := dps[c%len(dps)]
 			refusedSince := time.Time{}
 			for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
 				r := Do(t, "POST", dp.URL()+"/v1/chat/completions", key, body)
@@ -270,18 +334,64 @@ func hammerBudget(t *testing.T, d *deployment, dps []*DataPlane, delayMS int) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	n := admitted.Load()
-	t.Logf("upstream %d ms: max_budget %d micro-USD (%d calls), 24 clients over 3 proxies: %d admitted, spend %d micro-USD (overspend %d)",
-		delayMS, budget, budget/costPerCall, n, spend, spend-budget)
-	if spend != n*costPerCall {
-		t.Fatalf("spend %d, want %d for %d admitted calls", spend, n*costPerCall, n)
-	}
-	if spend < budget*9/10 {
-		t.Fatalf("only %d of %d usable", spend, budget)
-	}
-	// The published bound: at most one in-flight request per concurrent
-	// client over the budget (24 clients).
-	if spend > budget+24*costPerCall {
-		t.Fatalf("spend %d over the bound %d", spend, budget+24*costPerCall)
-	}
+	return admitted.Load(), spend
+}
+
+// TestBudgetDurationResetsOnTime: a key with a 10 s budget_duration spends
+// its budget, is refused on every proxy, and works again on every proxy
+// within a second of budget_reset_at, which the control plane advances by
+// the duration.
+func TestBudgetDurationResetsOnTime(t *testing.T) {
+	backends(t, func(t *testing.T, o CPOptions) {
+		d := newDeployment(t, o)
+		dps := []*DataPlane{d.proxy(t), d.proxy(t)}
+		g := ok(t, Do(t, "POST", d.cp.URL()+"/key/generate", d.cp.MasterKey,
+			map[string]any{"max_budget": float64(2*costPerCall) / 1e6, "budget_duration": "10s"}))
+		key, tok := g["key"].(string), g["token_id"].(string)
+		resetAt := func() time.Time {
+			info := ok(t, Do(t, "GET", d.cp.URL()+"/key/info?key="+tok, d.cp.MasterKey, nil))["info"].(map[string]any)
+			ts, _ := info["budget_reset_at"].(string)
+			at, err := time.Parse(time.RFC3339Nano, ts)
+			if err != nil {
+				t.Fatalf("budget_reset_at %q: %v", ts, err)
+			}
+			return at
+		}
+		first := resetAt()
+		if d := time.Until(first); d <= 0 || d > 11*time.Second {
+			t.Fatalf("budget_reset_at %s is not within the 10 s duration", first)
+		}
+		if time.Until(first) < 4*time.Second { // leave room to spend the budget
+			time.Sleep(time.Until(first) + 200*time.Millisecond)
+			first = resetAt()
+		}
+		waitStatus(t, dps[0], key, chat("gpt-4o-mini", ""), 200)
+		waitStatus(t, dps[1], key, chat("gpt-4o-mini", ""), 200)
+		for _, dp := range dps {
+			waitStatus(t, dp, key, chat("gpt-4o-mini", ""), 429)
+		}
+		if time.Now().After(first) {
+			t.Skip("the machine was too slow to spend the budget within its period")
+		}
+		time.Sleep(time.Until(first))
+		for _, dp := range dps {
+			start := time.Now()
+			r := waitStatus(t, dp, key, chat("gpt-4o-mini", ""), 200)
+			if late := time.Since(first); late > time.Second {
+				t.Fatalf("proxy %s admitted again %s after budget_reset_at (waited %s): %s", dp.ID, late, time.Since(start), r.Body)
+			}
+		}
+		// The control plane reset the stored spend and advanced the reset.
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			next := resetAt()
+			if next.Sub(first) >= 10*time.Second-time.Millisecond {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("budget_reset_at still %s after %s", next, first)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
 }

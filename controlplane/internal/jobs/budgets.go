@@ -8,13 +8,14 @@
 // wait for it: a scope whose budget_reset_at has passed counts as zero
 // spend on the proxy already (dataplane/internal/enforce.EffectiveSpend).
 //
-// Scheduling: the job scans the store every ScanInterval for resets due
-// within Lookahead and sleeps until each is due (timer precision: the reset
-// lands within milliseconds of budget_reset_at). After a reset the next one
-// is scheduled directly, so recurring resets are exact. A budget_reset_at
-// set or moved through the API to less than ScanInterval ahead of the last
-// scan is reset at the next scan, up to ScanInterval late (the proxies
-// honour it on time regardless). Spend settled in the instant between the
+// Scheduling: the job reads the store's index of budget_reset_at
+// (Reader.BudgetResetsDue, so it costs the same with a million keys as with
+// ten) every ScanInterval, and after every committed change (at most every
+// 200 ms, so a budget_reset_at set or moved through the API is scheduled at
+// once), for resets due within Lookahead, and sleeps until each is due
+// (timer precision: the reset lands within milliseconds of budget_reset_at).
+// After a reset the next one is scheduled directly, so recurring resets are
+// exact. Spend settled in the instant between the
 // proxies' local reset and the stored reset is counted in the old period.
 //
 // With several control-plane replicas, every replica runs the job; a reset
@@ -52,13 +53,21 @@ func StartBudgetResets(ctx context.Context, st store.Store, log *slog.Logger) {
 	go runResets(ctx, st, log.With("component", "budget_reset"), ScanInterval)
 }
 
+// rescanAfterChange: after a committed change the job reads the index
+// again (a budget_reset_at set or moved through the API is then scheduled
+// at once), at most this often.
+const rescanAfterChange = 200 * time.Millisecond
+
 func runResets(ctx context.Context, st store.Store, log *slog.Logger, every time.Duration) {
 	var sched []due
+	changed := st.Subscribe(ctx)
 	nextScan := time.Now()
+	var lastScan time.Time
 	for ctx.Err() == nil {
 		now := time.Now()
 		if !now.Before(nextScan) {
-			s, err := scan(ctx, st, now.Add(Lookahead))
+			lastScan = now
+			s, more, err := scan(ctx, st, now.Add(Lookahead))
 			if err != nil {
 				if ctx.Err() != nil {
 					return
@@ -68,6 +77,10 @@ func runResets(ctx context.Context, st store.Store, log *slog.Logger, every time
 			} else {
 				sched = mergeDue(sched, s)
 				nextScan = now.Add(every)
+				if last := len(s) - 1; more && s[last].at.Before(nextScan) {
+					// Scan again once the last of this batch is due.
+					nextScan = s[last].at
+				}
 			}
 		}
 		for len(sched) > 0 && !sched[0].at.After(now) {
@@ -98,6 +111,11 @@ func runResets(ctx context.Context, st store.Store, log *slog.Logger, every time
 			t.Stop()
 			return
 		case <-t.C:
+		case <-changed:
+			t.Stop()
+			if at := lastScan.Add(rescanAfterChange); at.Before(nextScan) {
+				nextScan = at
+			}
 		}
 	}
 }
@@ -117,31 +135,22 @@ func mergeDue(a, b []due) []due {
 	return a
 }
 
-// scan returns the resets due before until.
-func scan(ctx context.Context, st store.Store, until time.Time) ([]due, error) {
-	r := st.Read()
-	var out []due
-	add := func(kind, id string, l store.Limits) {
-		if l.BudgetResetAt != nil && l.BudgetResetAt.Before(until) {
-			out = append(out, due{*l.BudgetResetAt, kind, id})
-		}
+// scanLimit bounds one scan; when more resets are due, the job scans again
+// as soon as it has worked through the batch.
+const scanLimit = 10000
+
+// scan returns the resets due before until, read from the store's index of
+// budget_reset_at (never a scan of every key), and whether there may be more.
+func scan(ctx context.Context, st store.Store, until time.Time) ([]due, bool, error) {
+	list, err := st.Read().BudgetResetsDue(ctx, until, scanLimit)
+	if err != nil {
+		return nil, false, err
 	}
-	if err := r.EachKey(ctx, func(k store.Key) error { add(store.KindKey, k.TokenID, k.Limits); return nil }); err != nil {
-		return nil, err
+	out := make([]due, len(list))
+	for i, b := range list {
+		out[i] = due{b.At, b.Kind, b.ID}
 	}
-	if err := r.EachTeam(ctx, func(t store.Team) error { add(store.KindTeam, t.TeamID, t.Limits); return nil }); err != nil {
-		return nil, err
-	}
-	if err := r.EachUser(ctx, func(u store.User) error { add(store.KindUser, u.UserID, u.Limits); return nil }); err != nil {
-		return nil, err
-	}
-	if err := r.EachOrganization(ctx, func(o store.Organization) error {
-		add(store.KindOrganization, o.OrganizationID, o.Limits)
-		return nil
-	}); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return out, len(list) == scanLimit, nil
 }
 
 // advance returns the first reset after now, or nil when the duration is

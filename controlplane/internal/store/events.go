@@ -19,6 +19,9 @@ const (
 	EventKeyUnblocked   = "key.unblocked"
 	EventUserCreated    = "user.created"
 	EventTeamCreated    = "team.created"
+	// EventSoftBudgetCrossed: spend reached an object's soft_budget (once
+	// per budget period), enqueued with the spend batch that crossed it.
+	EventSoftBudgetCrossed = "budget.soft_budget_crossed"
 )
 
 // Event is one entry of the durable event outbox: enqueued in the same
@@ -56,6 +59,18 @@ type EventReader interface {
 	// KeysDueForRotation returns up to limit keys with AutoRotate set and
 	// KeyRotationAt ≤ now, earliest first (served by an index).
 	KeysDueForRotation(ctx context.Context, now time.Time, limit int) ([]Key, error)
+	// BudgetResetsDue returns up to limit keys, teams, users and
+	// organizations whose BudgetResetAt is before until, earliest first
+	// (served by an index, so the budget-reset job never scans every key).
+	BudgetResetsDue(ctx context.Context, until time.Time, limit int) ([]BudgetReset, error)
+}
+
+// BudgetReset names an object whose budget resets at At. Kind is KindKey,
+// KindTeam, KindUser or KindOrganization; ID is its primary id.
+type BudgetReset struct {
+	Kind string
+	ID   string
+	At   time.Time
 }
 
 // EventWriter writes the outbox (part of Tx). None of these writes records a

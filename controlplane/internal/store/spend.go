@@ -114,6 +114,52 @@ type SpendTotals struct {
 	Users     map[string]int64
 	Orgs      map[string]int64
 	EndUsers  map[string]int64
+
+	// Crossings collects, as the Add* methods run, every object whose
+	// spend went from below its soft budget to at or above it.
+	Crossings []SoftBudgetCrossing
+	// After collects the spend each Add* left on its object.
+	After []ObjectSpend
+}
+
+// ObjectSpend is an object's spend after a batch (micro-USD).
+type ObjectSpend struct {
+	Kind, ID string
+	Spend    int64
+}
+
+// SoftBudgetCrossing is an object whose spend reached its soft_budget in a
+// batch. Spend is reset at every budget period, so an object crosses at
+// most once per period; a replayed batch applies nothing and crosses
+// nothing. Money is micro-USD.
+type SoftBudgetCrossing struct {
+	Kind          string // KindKey, KindTeam, KindUser or KindOrganization
+	ID            string
+	Spend         int64
+	SoftBudget    int64
+	MaxBudget     *int64
+	BudgetResetAt *time.Time
+	// For a key: its display form, alias, user and team.
+	KeyName, KeyAlias, UserID, TeamID string
+}
+
+// SpendResult is what ApplySpend did.
+type SpendResult struct {
+	Applied             int // records applied (0 for a replay)
+	SoftBudgetCrossings []SoftBudgetCrossing
+	// Spends is the spend of every key, team, user and organization the
+	// batch touched, after it (proxies learn from it when their synced
+	// state holds their records: DESIGN.md, "Money").
+	Spends []ObjectSpend
+}
+
+func (t *SpendTotals) cross(kind, id string, before int64, l *Limits, after int64) *SoftBudgetCrossing {
+	if l.SoftBudget == nil || before >= *l.SoftBudget || after < *l.SoftBudget {
+		return nil
+	}
+	t.Crossings = append(t.Crossings, SoftBudgetCrossing{Kind: kind, ID: id, Spend: after, SoftBudget: *l.SoftBudget,
+		MaxBudget: l.MaxBudget, BudgetResetAt: l.BudgetResetAt})
+	return &t.Crossings[len(t.Crossings)-1]
 }
 
 // Totals sums recs per entity.
@@ -167,7 +213,12 @@ func SortedIDs(m map[string]int64) []string {
 
 // AddToKey adds the totals' spend to k.
 func (t *SpendTotals) AddToKey(k *Key) {
+	before := k.Spend
 	k.Spend += t.Keys[k.TokenID]
+	t.After = append(t.After, ObjectSpend{KindKey, k.TokenID, k.Spend})
+	if c := t.cross(KindKey, k.TokenID, before, &k.Limits, k.Spend); c != nil {
+		c.KeyName, c.KeyAlias, c.UserID, c.TeamID = k.KeyName, k.KeyAlias, k.UserID, k.TeamID
+	}
 	for model, c := range t.KeyModels[k.TokenID] {
 		if k.ModelSpend == nil {
 			k.ModelSpend = map[string]int64{}
@@ -178,10 +229,29 @@ func (t *SpendTotals) AddToKey(k *Key) {
 
 // AddToTeam adds the totals' spend to tm and to its members.
 func (t *SpendTotals) AddToTeam(tm *Team) {
+	before := tm.Spend
 	tm.Spend += t.Teams[tm.TeamID]
+	t.After = append(t.After, ObjectSpend{KindTeam, tm.TeamID, tm.Spend})
+	t.cross(KindTeam, tm.TeamID, before, &tm.Limits, tm.Spend)
 	for i := range tm.Members {
 		tm.Members[i].Spend += t.Members[MemberRef{tm.TeamID, tm.Members[i].UserID}]
 	}
+}
+
+// AddToUser adds the totals' spend to u.
+func (t *SpendTotals) AddToUser(u *User) {
+	before := u.Spend
+	u.Spend += t.Users[u.UserID]
+	t.After = append(t.After, ObjectSpend{KindUser, u.UserID, u.Spend})
+	t.cross(KindUser, u.UserID, before, &u.Limits, u.Spend)
+}
+
+// AddToOrg adds the totals' spend to o.
+func (t *SpendTotals) AddToOrg(o *Organization) {
+	before := o.Spend
+	o.Spend += t.Orgs[o.OrganizationID]
+	t.After = append(t.After, ObjectSpend{KindOrganization, o.OrganizationID, o.Spend})
+	t.cross(KindOrganization, o.OrganizationID, before, &o.Limits, o.Spend)
 }
 
 // SpendGroup is what SpendReporter.SpendReport groups spend logs by.

@@ -183,8 +183,10 @@ type Team struct {
 	Metadata              json.RawMessage `json:"metadata,omitempty"`
 	Blocked               bool            `json:"blocked,omitempty"`
 	Spend                 int64           `json:"spend,omitempty"`
-	CreatedAt             time.Time       `json:"created_at"`
-	UpdatedAt             time.Time       `json:"updated_at"`
+	// SaaS is set on teams of the SaaS team API (saas.go).
+	SaaS      *TeamSaaS `json:"saas,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // Member returns the membership of userID, if any.
@@ -384,6 +386,8 @@ type Reader interface {
 
 	// EventReader: the event outbox and the rotation schedule (events.go).
 	EventReader
+	// SaaSReader: model groups, jobs and credit transactions (saas.go).
+	SaaSReader
 }
 
 // AuditEntry is one management mutation. Before and After are JSON objects
@@ -464,8 +468,8 @@ type Tx interface {
 	// log per record. Each touched key, team, user and organization gets
 	// one change record with its final spend, however many records touched
 	// it. Records must have increasing Seq (> 0). It returns the number of
-	// records applied.
-	ApplySpend(ctx context.Context, b SpendBatch) (applied int, err error)
+	// records applied and the soft budgets they made spend cross.
+	ApplySpend(ctx context.Context, b SpendBatch) (SpendResult, error)
 
 	// PutEndUser creates or replaces an end user (its spend, alias, budget
 	// and blocked flag; CreatedAt is kept when it exists, else e.CreatedAt,
@@ -475,6 +479,8 @@ type Tx interface {
 
 	// EventWriter: the event outbox (events.go).
 	EventWriter
+	// SaaSWriter: model groups, jobs and credit transactions (saas.go).
+	SaaSWriter
 }
 
 // Store is the storage contract.

@@ -251,6 +251,20 @@ func teamEntity(t *store.Team) *syncv1.Entity {
 			}
 		}
 	}
+	if sa := t.SaaS; sa != nil {
+		ps := &syncv1.TeamSaaS{
+			Status:           sa.Status,
+			CreditsAllocated: sa.CreditsAllocated,
+			CreditsUsed:      sa.CreditsUsed,
+			CreditsRemaining: sa.CreditsRemaining,
+			KeyName:          sa.KeyName,
+			TeamAlias:        t.TeamAlias,
+		}
+		for _, g := range sa.ModelGroups {
+			ps.ModelGroups = append(ps.ModelGroups, &syncv1.TeamModelGroup{Name: g.Name, Models: g.Models})
+		}
+		pt.Saas = ps
+	}
 	return &syncv1.Entity{Kind: store.KindTeam, Id: t.TeamID, Value: &syncv1.Entity_Team{Team: pt}}
 }
 

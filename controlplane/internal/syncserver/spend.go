@@ -10,6 +10,7 @@ import (
 
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 
+	"github.com/tollgate-gw/tollgate/controlplane/internal/events"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 )
 
@@ -159,14 +160,22 @@ func (s *Server) applyGroup(group []spendReq) {
 	}
 	start := time.Now()
 	applied := 0
+	var after map[objectRef]int64
 	err := s.st.ReadWriteTx(s.base, func(ctx context.Context, tx store.Tx) error {
 		applied = 0
+		after = map[objectRef]int64{}
 		for _, b := range merged {
-			n, err := tx.ApplySpend(ctx, b)
+			res, err := tx.ApplySpend(ctx, b)
 			if err != nil {
 				return err
 			}
-			applied += n
+			applied += res.Applied
+			for _, o := range res.Spends {
+				after[objectRef{o.Kind, o.ID}] = o.Spend // a later batch of the group leaves more
+			}
+			if err := events.EnqueueSoftBudgets(ctx, tx, res.SoftBudgetCrossings, time.Now()); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
@@ -179,8 +188,40 @@ func (s *Server) applyGroup(group []spendReq) {
 	}
 	s.log.Debug("sync: spend applied", "batches", len(group), "sources", len(merged), "applied", applied, "took", time.Since(start))
 	for _, r := range group {
-		if err := r.send(r.ack); err != nil {
+		if err := r.send(withSpends(r.ack, r.batch, after)); err != nil {
 			r.abort(err)
 		}
 	}
+}
+
+type objectRef struct{ kind, id string }
+
+// withSpends adds to ack the spend, after the group's transaction, of every
+// object the batch's records touched (a batch that was a replay touched
+// nothing new: its objects' current spend is unknown here and left out; the
+// proxy then treats its records as synced).
+func withSpends(ack *syncv1.ControlMessage, b store.SpendBatch, after map[objectRef]int64) *syncv1.ControlMessage {
+	a := ack.GetSpendAck()
+	if a == nil || len(after) == 0 {
+		return ack
+	}
+	seen := map[objectRef]bool{}
+	add := func(kind, id string) {
+		ref := objectRef{kind, id}
+		if id == "" || seen[ref] {
+			return
+		}
+		seen[ref] = true
+		if v, ok := after[ref]; ok {
+			a.Spends = append(a.Spends, &syncv1.ObjectSpend{Kind: kind, Id: id, Spend: v})
+		}
+	}
+	for i := range b.Records {
+		r := &b.Records[i]
+		add(store.KindKey, r.TokenID)
+		add(store.KindTeam, r.TeamID)
+		add(store.KindUser, r.UserID)
+		add(store.KindOrganization, r.OrganizationID)
+	}
+	return ack
 }

@@ -133,6 +133,11 @@ func (e *Enforcer) Authenticate(key, path string, nowUnix int64, p *Principal) *
 		if !ok || t.Blocked {
 			return RejTeamBlocked
 		}
+		// A SaaS team that is suspended, paused or out of credits makes
+		// no call, on any route.
+		if t.SaaS != nil && t.SaaS.Refused() {
+			return RejTeamSuspended
+		}
 		p.Team = t
 		if orgID == "" {
 			orgID = t.OrganizationID
@@ -365,6 +370,19 @@ func checkBudgets(p *Principal) *Rejection {
 	if t := p.Team; t != nil {
 		if s := EffectiveSpend(t.Limits, t.Spend, now); over(t.Limits, s) {
 			return budgetRejection("Budget has been exceeded! Team="+t.TeamID+" Current cost: "+usd(s)+", Max budget: "+usd(t.Limits.MaxBudget), "")
+		}
+		// The key's user as a member of the team: max_budget_in_team, else
+		// the team's team_member_budget.
+		if k.UserID != "" {
+			if m, ok := t.Member(k.UserID); ok {
+				limit := m.MaxBudgetInTeam
+				if limit < 0 {
+					limit = t.TeamMemberBudget
+				}
+				if limit >= 0 && m.Spend >= limit {
+					return budgetRejection("Budget has been exceeded! User="+k.UserID+" in Team="+t.TeamID+" Current cost: "+usd(m.Spend)+", Max budget: "+usd(limit), "")
+				}
+			}
 		}
 	}
 	// A team key spends the team's budget, not its user's personal one.

@@ -241,3 +241,35 @@ func TestServiceAccountEnvelopeByteForByte(t *testing.T) {
 		t.Fatalf("got %s", rej.Envelope())
 	}
 }
+
+// A team member at its max_budget_in_team (or, without one, the team's
+// team_member_budget) is refused on the team's keys; other members are not.
+func TestTeamMemberBudget(t *testing.T) {
+	st := fixture()
+	st.AddTeam(&state.Team{TeamID: "tmembers", Limits: enforcetest.NoLimits, TeamMemberBudget: 20, Members: []state.TeamMember{
+		{UserID: "capped", Role: "user", MaxBudgetInTeam: 10, Spend: 10},
+		{UserID: "default", Role: "user", MaxBudgetInTeam: -1, Spend: 20},
+		{UserID: "fine", Role: "user", MaxBudgetInTeam: -1, Spend: 19},
+	}})
+	e := &enforce.Enforcer{State: st}
+	for user, want := range map[string]string{
+		"capped":  "Budget has been exceeded! User=capped in Team=tmembers Current cost: 0.00001, Max budget: 0.00001",
+		"default": "Budget has been exceeded! User=default in Team=tmembers Current cost: 0.00002, Max budget: 0.00002",
+		"fine":    "",
+	} {
+		st.AddKey("sk-member-"+user, state.KeyInfo{UserID: user, TeamID: "tmembers", Limits: enforcetest.NoLimits})
+		var p enforce.Principal
+		if rej := e.Authenticate("sk-member-"+user, "/chat/completions", now, &p); rej != nil {
+			t.Fatal(rej.Message)
+		}
+		var b enforce.Body
+		enforce.ParseBody([]byte(`{"model":"gpt-4o"}`), &b)
+		_, rej := e.Authorize(&p, &b)
+		switch {
+		case want == "" && rej != nil && rej.Type == "budget_exceeded":
+			t.Fatalf("%s refused: %s", user, rej.Message)
+		case want != "" && (rej == nil || rej.Message != want || rej.Status != 429):
+			t.Fatalf("%s: got %+v, want 429 %q", user, rej, want)
+		}
+	}
+}

@@ -210,6 +210,10 @@ var (
 		"Authentication Error - Expired Key.", "")
 	RejTeamBlocked = static(TeamBlocked, http.StatusUnauthorized, TypeAuth,
 		"Authentication Error, Team is blocked or no longer exists. Update via `/team/unblock` if you're admin.", "")
+	// RejTeamSuspended refuses a SaaS team that is suspended, paused or out
+	// of credits (SaaS LiteLLM's message, in Tollgate's envelope).
+	RejTeamSuspended = static(TeamBlocked, http.StatusForbidden, TypeAuth,
+		"Team suspended or insufficient credits", "")
 	RejUserBlocked = static(UserBlocked, http.StatusUnauthorized, TypeAuth,
 		"Authentication Error, User is blocked.", "")
 	RejOrgBlocked = static(OrgBlocked, http.StatusUnauthorized, TypeAuth,

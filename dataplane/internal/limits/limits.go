@@ -122,6 +122,7 @@ type Limiter struct {
 	counters map[scopeKey]*counter
 	byScope  map[string]*counter
 	budgets  map[budgetKey]*budget
+	outTok   map[string]*atomic.Int64 // deployment id → mean completion tokens × 16
 
 	members   atomic.Uint64 // proxies<<32 | index
 	connected atomic.Bool
@@ -133,7 +134,8 @@ type budgetKey struct{ kind, id string }
 // New returns a Limiter that is degraded until SetConnected(true).
 func New(o Options) *Limiter {
 	l := &Limiter{now: o.Now, notify: make(chan struct{}, 1),
-		counters: map[scopeKey]*counter{}, byScope: map[string]*counter{}, budgets: map[budgetKey]*budget{}}
+		counters: map[scopeKey]*counter{}, byScope: map[string]*counter{}, budgets: map[budgetKey]*budget{},
+		outTok: map[string]*atomic.Int64{}}
 	if l.now == nil {
 		l.now = time.Now
 	}
@@ -274,8 +276,10 @@ type admitted struct {
 	resv    [4]*budget
 	nresv   int
 	estCost int64
-	// Prices (pico-USD per token) to settle the actual cost.
+	// Prices (pico-USD per token) to settle the actual cost, and the
+	// deployment (its completions feed the estimate).
 	inPrice, outPrice int64
+	depID             string
 	fn                func(proxy.Outcome) // ad.done, bound once (a method value allocates)
 }
 
@@ -430,13 +434,16 @@ func (l *Limiter) Admit(_ context.Context, a *proxy.Admission) (func(proxy.Outco
 
 func noop(proxy.Outcome) {}
 
-// estimateCost is the reservation for one request (micro-USD, rounded up).
-func estimateCost(a *proxy.Admission, estTok int64) int64 {
+// estimateCost is the reservation for one request (micro-USD, rounded up):
+// the prompt at estTok tokens, and max_tokens (max_completion_tokens) when
+// the request sets it, else what this deployment's responses have used
+// (outTokens).
+func (l *Limiter) estimateCost(a *proxy.Admission, estTok int64) int64 {
 	dep := a.Deployment
 	if dep == nil || (dep.InputCost <= 0 && dep.OutputCost <= 0) {
 		return 0
 	}
-	out := int64(256)
+	out := int64(-1)
 	if v, ok := a.Body.Lookup("max_tokens"); ok {
 		if n, err := strconv.ParseInt(string(a.Body.Raw(v)), 10, 64); err == nil && n > 0 {
 			out = n
@@ -446,8 +453,54 @@ func estimateCost(a *proxy.Admission, estTok int64) int64 {
 			out = n
 		}
 	}
+	if out < 0 {
+		out = l.outTokens(dep.ID)
+	}
 	pico := estTok*dep.InputCost + out*dep.OutputCost
 	return (pico + 999_999) / 1_000_000
+}
+
+// Completion-token estimate per deployment, for requests without
+// max_tokens: an exponentially weighted mean of the completions seen
+// (weight 1/8, kept ×16 in fixed point), reserved with a quarter on top;
+// 256 tokens until the deployment has answered once.
+const defaultOutTokens = 256
+
+func (l *Limiter) outTokens(depID string) int64 {
+	l.mu.RLock()
+	v := l.outTok[depID]
+	l.mu.RUnlock()
+	if v == nil {
+		return defaultOutTokens
+	}
+	m := v.Load() // mean × 16
+	return (m*5/4+15)/16 + 1
+}
+
+func (l *Limiter) observeOutTokens(depID string, n int64) {
+	if depID == "" || n < 0 {
+		return
+	}
+	l.mu.RLock()
+	v := l.outTok[depID]
+	l.mu.RUnlock()
+	if v == nil {
+		l.mu.Lock()
+		if v = l.outTok[depID]; v == nil {
+			v = new(atomic.Int64)
+			v.Store(n * 16)
+			l.outTok[depID] = v
+			l.mu.Unlock()
+			return
+		}
+		l.mu.Unlock()
+	}
+	for {
+		old := v.Load()
+		if v.CompareAndSwap(old, old+(n*16-old)/8) {
+			return
+		}
+	}
 }
 
 func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix int64) *enforce.Rejection {
@@ -478,24 +531,49 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix in
 	if n == 0 {
 		return nil
 	}
-	est := estimateCost(a, ad.estTok)
+	est := ad.l.estimateCost(a, ad.estTok)
 	ad.estCost = est
 	if dep := a.Deployment; dep != nil {
-		ad.inPrice, ad.outPrice = dep.InputCost, dep.OutputCost
+		ad.inPrice, ad.outPrice, ad.depID = dep.InputCost, dep.OutputCost, dep.ID
 	}
+	nowNano := ad.l.now().UnixNano()
 	for _, b := range bs[:n] {
 		r := ad.l.reservation(budgetKey{b.kind, b.id})
 		spend := enforce.EffectiveSpend(*b.l, b.spend, nowUnix)
+		remaining := b.l.MaxBudget - spend
+		// This proxy's share of what remains: the shares of the proxies
+		// connected to the control plane add up to the remaining budget,
+		// so together they never hold more than is left.
+		allowed := ad.l.implicit(max(remaining, 0))
+		// The period: before budget_reset_at it ends there; after it (the
+		// proxy honours the reset before the control plane records it) a
+		// new one has begun.
+		period := b.l.BudgetResetAtUnix
+		if period > 0 && nowUnix >= period {
+			period++
+		}
 		r.mu.Lock()
-		r.observe(spend)
-		// Admit while synced spend + this proxy's settled-but-unsynced
-		// cost + its reservations in flight is below the budget, then
-		// reserve: concurrent requests see each other's estimates.
-		held := r.pending + r.reserved
-		if spend+held >= b.l.MaxBudget {
+		r.observe(spend, period, nowNano)
+		// Admit while this proxy's reservations in flight + the cost of
+		// its finished requests that the synced spend does not hold yet
+		// is below its share, then reserve: concurrent requests see each
+		// other's estimates.
+		held := r.held()
+		// The request's estimate must fit in the share; a proxy holding
+		// nothing may admit one request whose estimate is larger (else a
+		// share smaller than one estimate would strand the budget).
+		if (held > 0 && held+est > allowed) || (held == 0 && allowed <= 0) {
 			r.mu.Unlock()
-			return enforce.BudgetRejection(budgetMessage(b.kind, b.id) + " Current cost: " + enforce.USD(spend) + " (+" + enforce.USD(held) +
-				" in flight or not yet synced on this proxy), Max budget: " + enforce.USD(b.l.MaxBudget))
+			msg := budgetMessage(b.kind, b.id) + " Current cost: " + enforce.USD(spend)
+			if held > 0 {
+				msg += " (+" + enforce.USD(held) + " in flight or not yet synced on this proxy)"
+			}
+			msg += ", Max budget: " + enforce.USD(b.l.MaxBudget)
+			if remaining > 0 {
+				msg += ". The remaining " + enforce.USD(remaining) + " is held by requests in flight (this proxy's share: " +
+					enforce.USD(allowed) + ", 1/" + strconv.FormatUint(ad.l.members.Load()>>32, 10) + ")."
+			}
+			return enforce.BudgetRejection(msg)
 		}
 		r.reserved += est
 		r.mu.Unlock()
@@ -518,26 +596,114 @@ func budgetMessage(kind, id string) string {
 }
 
 // budget is one scope's budget use on this proxy (micro-USD).
+//
+// What this proxy admitted and the synced spend does not show yet is
+// reserved (estimates of requests in flight) + pending (actual cost of
+// finished requests whose records the control plane has not acked) + the
+// acked costs still waiting for the synced spend to reach the figure the
+// ack named (the spend the applying transaction left). Spend only rises
+// within a period, so a synced spend at or above that figure holds them.
 type budget struct {
-	mu sync.Mutex
-	// reserved is the estimated cost of this proxy's requests in flight.
+	mu       sync.Mutex
 	reserved int64
-	// pending is the actual cost of this proxy's finished requests that
-	// the synced spend does not show yet; base is the synced spend last
-	// seen. A rise of the synced spend is taken as those records arriving
-	// (spend of other proxies arriving first makes this count less, never
-	// more, than the truth).
-	pending, base int64
+	pending  int64
+	acked    []ackedCost
+	ackedSum int64
+	// base is the synced spend last seen and period the budget period it
+	// belongs to (a fall of the spend or a new period starts afresh).
+	base, period int64
 }
 
-func (b *budget) observe(spend int64) {
-	switch {
-	case spend > b.base:
-		b.pending = max(b.pending-(spend-b.base), 0)
-	case spend < b.base: // a reset: a new period
-		b.pending = 0
+type ackedCost struct {
+	until  int64 // synced spend that holds it
+	amount int64
+	at     int64 // unix ns of the ack
+	seen   int64 // unix ns when the synced spend first held it (0: not yet)
+}
+
+// syncSkew is how long a proxy keeps counting its own acked cost after its
+// synced spend holds it: the other proxies apply the same delta a moment
+// later, and until they do, their shares of the remaining budget still
+// count it as remaining. (Counting it twice here for that moment is the
+// safe side.)
+const syncSkew = int64(100 * time.Millisecond)
+
+// ackedTTL: an acked cost is dropped after this long even if the synced
+// spend never reached its figure (the object was deleted or reset).
+const ackedTTL = int64(10 * time.Second)
+
+func (b *budget) held() int64 { return b.reserved + b.pending + b.ackedSum }
+
+// observe drops the acked costs the synced spend now holds (locked). A new
+// budget period starts this proxy's count afresh: what it admitted in the
+// last one belongs to that period (the control plane counts a record that
+// it applies after the reset in the new period: at most the records of the
+// ~100 ms before the reset, which this proxy then does not count twice).
+func (b *budget) observe(spend, period, nowNano int64) {
+	if spend < b.base || period != b.period {
+		b.acked, b.ackedSum, b.pending = b.acked[:0], 0, 0
+		b.period = period
 	}
 	b.base = spend
+	for j := range b.acked {
+		if b.acked[j].until > spend {
+			break
+		}
+		if b.acked[j].seen == 0 {
+			b.acked[j].seen = nowNano
+		}
+	}
+	i := 0
+	for i < len(b.acked) && ((b.acked[i].seen != 0 && nowNano-b.acked[i].seen >= syncSkew) || nowNano-b.acked[i].at > ackedTTL) {
+		b.ackedSum -= b.acked[i].amount
+		i++
+	}
+	if i > 0 {
+		b.acked = append(b.acked[:0], b.acked[i:]...)
+	}
+	if len(b.acked) == 0 {
+		b.ackedSum = 0
+	}
+}
+
+// Acked implements syncclient.Leases: records costing costs (per object)
+// were applied by a transaction that left the objects' spend at spends.
+func (l *Limiter) Acked(costs, spends []*syncv1.ObjectSpend) {
+	nowNano := l.now().UnixNano()
+	for _, c := range costs {
+		kind := c.GetKind()
+		if kind == "organization" {
+			kind = "org"
+		}
+		l.mu.RLock()
+		r, ok := l.budgets[budgetKey{kind, c.GetId()}]
+		l.mu.RUnlock()
+		if !ok {
+			continue // no budget on it here
+		}
+		until := int64(-1)
+		for _, s := range spends {
+			if s.GetKind() == c.GetKind() && s.GetId() == c.GetId() {
+				until = s.GetSpend()
+				break
+			}
+		}
+		r.mu.Lock()
+		amount := min(c.GetSpend(), r.pending)
+		r.pending -= amount
+		// Without a figure (the object is gone), the cost counts as synced.
+		if until >= 0 && amount > 0 {
+			// Acks come in order and spend only rises, so the list stays
+			// sorted by until.
+			e := ackedCost{until: until, amount: amount, at: nowNano}
+			if until <= r.base {
+				e.seen = nowNano // the delta came first
+			}
+			r.acked = append(r.acked, e)
+			r.ackedSum += amount
+		}
+		r.mu.Unlock()
+	}
 }
 
 func (l *Limiter) reservation(k budgetKey) *budget {
@@ -594,6 +760,9 @@ func (ad *admitted) done(o proxy.Outcome) {
 		var actual int64
 		if o.UsageKnown {
 			actual = (o.Usage.PromptTokens*ad.inPrice + o.Usage.CompletionTokens*ad.outPrice + 999_999) / 1_000_000
+			ad.l.observeOutTokens(ad.depID, o.Usage.CompletionTokens)
+		} else if o.Status >= 200 && o.Status < 300 {
+			actual = ad.estCost // billed from an estimate: keep ours until the ack
 		}
 		for _, r := range ad.resv[:ad.nresv] {
 			r.mu.Lock()
@@ -602,7 +771,7 @@ func (ad *admitted) done(o proxy.Outcome) {
 			r.mu.Unlock()
 		}
 	}
-	ad.l, ad.nt, ad.nresv, ad.inPrice, ad.outPrice = nil, 0, 0, 0, 0
+	ad.l, ad.nt, ad.nresv, ad.inPrice, ad.outPrice, ad.depID = nil, 0, 0, 0, 0, ""
 	clear(ad.took[:])
 	clear(ad.resv[:])
 	admissions.Put(ad)

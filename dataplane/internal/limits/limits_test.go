@@ -3,6 +3,7 @@ package limits
 import (
 	"context"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -320,4 +321,83 @@ func TestBudgetCountsSettledUnsyncedCost(t *testing.T) {
 	if _, rej, _ := f.admit(l); rej != nil {
 		t.Fatalf("refused after the reset: %s", rej.Message)
 	}
+}
+
+// With three proxies, one proxy holds at most a third of the remaining
+// budget in flight; together they cannot admit more than remains.
+func TestBudgetShareAmongProxies(t *testing.T) {
+	l := newLimiter()
+	l.Apply(&syncv1.LeaseGrant{Proxies: 3, Index: 0})
+	f := newFixture(t, smallBody)
+	f.p.Key.Limits.MaxBudget = 300
+	f.dep.OutputCost = 10_000_000 // 10 micro-USD per completion token
+	if rej := enforce.ParseBody([]byte(`{"model":"m","max_tokens":1,"messages":[]}`), &f.body); rej != nil {
+		t.Fatal(rej.Message)
+	}
+	var dones []func(proxy.Outcome)
+	for range 20 {
+		done, rej, _ := f.admit(l)
+		if rej != nil {
+			if !strings.Contains(rej.Message, "held by requests in flight") {
+				t.Fatalf("refusal does not say why: %s", rej.Message)
+			}
+			break
+		}
+		dones = append(dones, done)
+	}
+	if len(dones) != 10 { // estimates 10 each: 0..90 held are below the share of 100
+		t.Fatalf("admitted %d concurrent requests with a share of 100 and estimates of 10, want 10", len(dones))
+	}
+	for _, d := range dones {
+		d(proxy.Outcome{Status: 500}) // failed upstream: nothing billed, reservations released
+	}
+	if _, rej, _ := f.admit(l); rej != nil {
+		t.Fatalf("refused after the reservations were released: %s", rej.Message)
+	}
+}
+
+// The cost of finished requests stays counted until the control plane acks
+// their records AND the synced spend reaches the figure the ack names:
+// spend from other proxies arriving first does not release it.
+func TestBudgetAckedCostHeldUntilSynced(t *testing.T) {
+	now := fixedNow
+	l := New(Options{Now: func() time.Time { return now }})
+	f := newFixture(t, smallBody)
+	f.p.Key.Limits.MaxBudget = 100
+	f.dep.OutputCost = 1_000_000
+	if rej := enforce.ParseBody([]byte(`{"model":"m","max_tokens":1,"messages":[]}`), &f.body); rej != nil {
+		t.Fatal(rej.Message)
+	}
+	usage := proxy.Outcome{Status: 200, UsageKnown: true, Usage: proxy.Usage{CompletionTokens: 40, TotalTokens: 40}}
+	for range 2 { // 80 pending
+		done, rej, _ := f.admit(l)
+		if rej != nil {
+			t.Fatal(rej.Message)
+		}
+		done(usage)
+	}
+	// Another proxy's 30 is synced: 30 + 80 ≥ 100.
+	f.p.Key.Spend = 30
+	if _, rej, _ := f.admit(l); rej == nil {
+		t.Fatal("admitted with 30 synced (another proxy's) + 80 of ours unsynced")
+	}
+	// Our records are applied: the transaction left the key at 110.
+	l.Acked([]*syncv1.ObjectSpend{{Kind: "key", Id: "tok-1", Spend: 80}}, []*syncv1.ObjectSpend{{Kind: "key", Id: "tok-1", Spend: 110}})
+	if _, rej, _ := f.admit(l); rej == nil {
+		t.Fatal("admitted after the ack but before the synced spend holds it")
+	}
+	// Synced: 110 ≥ 100 refuses on the synced spend alone; at a raised
+	// budget nothing of ours is counted twice once the other proxies have
+	// had the moment they need to see the same spend.
+	f.p.Key.Spend = 110
+	f.p.Key.Limits.MaxBudget = 111
+	if _, rej, _ := f.admit(l); rej == nil {
+		t.Fatal("stopped counting our cost the instant the synced spend held it")
+	}
+	now = now.Add(150 * time.Millisecond)
+	done, rej, _ := f.admit(l)
+	if rej != nil {
+		t.Fatalf("refused at 110 synced of 111 with nothing unsynced: %s", rej.Message)
+	}
+	done(proxy.Outcome{Status: 500})
 }

@@ -396,6 +396,11 @@ func (h *handler) modifyResponse(resp *http.Response) error {
 			resp.Header["Llm_provider-"+k] = v
 		}
 	}
+	// The deployment that served, under LiteLLM's header name (the SaaS
+	// team API prices a job's calls with it).
+	if c.dep != nil {
+		resp.Header["X-Litellm-Model-Id"] = []string{c.dep.ID}
+	}
 	if c.stream && isEventStream(resp.Header.Get("Content-Type")) {
 		resp.Body = newSSEFilter(resp.Body, c)
 		resp.Header.Del("Content-Length")

@@ -300,10 +300,12 @@ func maxU(a, b uint64) uint64 {
 }
 
 // Ack deletes every record up to lastSeq: the control plane applied them.
-// An ack for another outbox id (a stale stream) is ignored.
-func (ob *Outbox) Ack(outboxID string, lastSeq uint64) error {
+// It returns what the deleted records cost per key, team, user and
+// organization (ObjectSpend.Spend holds the cost), for the budget gate. An
+// ack for another outbox id (a stale stream) is ignored.
+func (ob *Outbox) Ack(outboxID string, lastSeq uint64) ([]*syncv1.ObjectSpend, error) {
 	if outboxID != ob.id {
-		return nil
+		return nil, nil
 	}
 	ob.mu.Lock()
 	if lastSeq > ob.lastSeq {
@@ -312,11 +314,23 @@ func (ob *Outbox) Ack(outboxID string, lastSeq uint64) error {
 	from := ob.ackedSeq
 	ob.mu.Unlock()
 	if lastSeq <= from {
-		return nil
+		return nil, nil
 	}
+	type ref struct{ kind, id string }
+	var costs map[ref]int64
 	err := ob.db.Update(func(tx *bolt.Tx) error {
+		costs = map[ref]int64{}
+		var r syncv1.SpendRecord
 		c := tx.Bucket(bucketRecords).Cursor()
-		for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) <= lastSeq; k, _ = c.Next() {
+		for k, v := c.First(); k != nil && binary.BigEndian.Uint64(k) <= lastSeq; k, v = c.Next() {
+			r.Reset()
+			if err := proto.Unmarshal(v, &r); err == nil && r.Cost > 0 {
+				for _, o := range [...]ref{{"key", r.TokenId}, {"team", r.TeamId}, {"user", r.UserId}, {"organization", r.OrganizationId}} {
+					if o.id != "" {
+						costs[o] += r.Cost
+					}
+				}
+			}
 			if err := c.Delete(); err != nil {
 				return err
 			}
@@ -324,7 +338,7 @@ func (ob *Outbox) Ack(outboxID string, lastSeq uint64) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("spend outbox ack: %w", err)
+		return nil, fmt.Errorf("spend outbox ack: %w", err)
 	}
 	ob.mu.Lock()
 	if lastSeq > ob.ackedSeq {
@@ -332,7 +346,11 @@ func (ob *Outbox) Ack(outboxID string, lastSeq uint64) error {
 	}
 	ob.broadcastLocked()
 	ob.mu.Unlock()
-	return nil
+	out := make([]*syncv1.ObjectSpend, 0, len(costs))
+	for o, c := range costs {
+		out = append(out, &syncv1.ObjectSpend{Kind: o.kind, Id: o.id, Spend: c})
+	}
+	return out, nil
 }
 
 // Stats describe the outbox.

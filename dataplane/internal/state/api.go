@@ -66,6 +66,41 @@ type Team struct {
 	// TeamMemberBudget is the default per-member budget in micro-USD (-1:
 	// none) for members without their own max_budget_in_team.
 	TeamMemberBudget int64
+	// SaaS is set for teams of the SaaS team API (/api/*).
+	SaaS *TeamSaaS
+}
+
+// TeamSaaS is a SaaS team's status, credits and model groups.
+type TeamSaaS struct {
+	Status           string // active | suspended | paused
+	CreditsAllocated int64
+	CreditsUsed      int64
+	CreditsRemaining int64
+	ModelGroups      []TeamModelGroup
+	KeyName          string // display form of the team's key
+	TeamAlias        string
+}
+
+// TeamModelGroup is a model group with its models, highest priority first.
+type TeamModelGroup struct {
+	Name   string
+	Models []string
+}
+
+// Refused reports whether the team may make no call: not active, or no
+// credits left.
+func (s *TeamSaaS) Refused() bool {
+	return s.Status != "active" || s.CreditsRemaining <= 0
+}
+
+// Group returns the team's model group name.
+func (s *TeamSaaS) Group(name string) (TeamModelGroup, bool) {
+	for _, g := range s.ModelGroups {
+		if g.Name == name {
+			return g, true
+		}
+	}
+	return TeamModelGroup{}, false
 }
 
 // Member returns the membership of userID in t.

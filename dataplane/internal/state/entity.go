@@ -155,6 +155,20 @@ func teamFrom(e *syncv1.Entity) *Team {
 			}
 		}
 	}
+	if sa := t.GetSaas(); sa != nil {
+		ts := &TeamSaaS{
+			Status:           sa.GetStatus(),
+			CreditsAllocated: sa.GetCreditsAllocated(),
+			CreditsUsed:      sa.GetCreditsUsed(),
+			CreditsRemaining: sa.GetCreditsRemaining(),
+			KeyName:          sa.GetKeyName(),
+			TeamAlias:        sa.GetTeamAlias(),
+		}
+		for _, g := range sa.GetModelGroups() {
+			ts.ModelGroups = append(ts.ModelGroups, TeamModelGroup{Name: g.GetName(), Models: nilIfEmpty(g.GetModels())})
+		}
+		out.SaaS = ts
+	}
 	return out
 }
 

@@ -71,7 +71,9 @@ type SpendSource interface {
 	// Batch returns up to max committed, unacked records with seq > after,
 	// or nil when there are none.
 	Batch(proxyID string, after uint64, max int) (*syncv1.SpendBatch, error)
-	Ack(outboxID string, lastSeq uint64) error
+	// Ack deletes the records up to lastSeq and returns their cost per
+	// object (ObjectSpend.Spend is the cost).
+	Ack(outboxID string, lastSeq uint64) ([]*syncv1.ObjectSpend, error)
 	// Changed returns a channel closed at the next commit or ack.
 	Changed() <-chan struct{}
 }
@@ -85,6 +87,9 @@ type Leases interface {
 	ReportInterval() time.Duration
 	Apply(g *syncv1.LeaseGrant)
 	SetConnected(bool)
+	// Acked tells the budget gate that records costing costs (per object)
+	// are applied, and the spend (per object) that holds them.
+	Acked(costs, spends []*syncv1.ObjectSpend)
 }
 
 // Spend shipping: records per batch and batches in flight per stream.
@@ -453,8 +458,11 @@ func (c *Client) shipSpend(ctx context.Context, cancel context.CancelFunc,
 				}
 			}
 		case a := <-acks:
-			if err := src.Ack(a.GetOutboxId(), a.GetLastSeq()); err != nil {
+			costs, err := src.Ack(a.GetOutboxId(), a.GetLastSeq())
+			if err != nil {
 				c.log.Error("spend ack not recorded; the records will be sent again", "err", err)
+			} else if c.o.Leases != nil && len(costs) > 0 {
+				c.o.Leases.Acked(costs, a.GetSpends())
 			}
 			for len(inflight) > 0 && inflight[0] <= a.GetLastSeq() {
 				inflight = inflight[1:]

@@ -67,6 +67,30 @@ func (r *reader) KeysDueForRotation(_ context.Context, now time.Time, limit int)
 	return keys, err
 }
 
+// BudgetResetsDue walks budget_resets up to until.
+func (r *reader) BudgetResetsDue(_ context.Context, until time.Time, limit int) (out []store.BudgetReset, err error) {
+	if limit <= 0 {
+		limit = store.MaxPageSize
+	}
+	end := timeKey(until)
+	err = r.view(func(tx *bolt.Tx) error {
+		out = []store.BudgetReset{}
+		c := tx.Bucket(bucketBudgetResets).Cursor()
+		for k, _ := c.First(); k != nil && len(out) < limit; k, _ = c.Next() {
+			if len(k) < timeKeyLen || bytes.Compare(k[:timeKeyLen], end) >= 0 {
+				break
+			}
+			kind, id, ok := bytes.Cut(k[timeKeyLen:], []byte{0})
+			if !ok {
+				return fmt.Errorf("embedded: malformed budget reset entry %x", k)
+			}
+			out = append(out, store.BudgetReset{Kind: string(kind), ID: string(id), At: timeFromKey(k[:timeKeyLen])})
+		}
+		return nil
+	})
+	return out, err
+}
+
 // eventAt reads the stored event and its seq key.
 func (t *tx) eventAt(id string) (store.Event, []byte, error) {
 	seq := t.btx.Bucket(bucketEventIDs).Get([]byte(id))

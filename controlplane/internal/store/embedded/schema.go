@@ -7,6 +7,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 )
 
 // Bucket names. Primary buckets map an id to the entity's JSON; index
@@ -48,6 +50,16 @@ var (
 	bucketEventsDue       = []byte("events_due")       // time(next_attempt_at) + seq → nil, pending only
 	bucketEventsDelivered = []byte("events_delivered") // time(delivered_at) + seq → nil
 	bucketKeysRotation    = []byte("keys_by_rotation") // time(key_rotation_at) + token_id → nil, auto_rotate only
+
+	bucketBudgetResets = []byte("budget_resets") // time(budget_reset_at) + kind + 0 + id → nil (keys, teams, users, orgs)
+
+	bucketModelGroups = []byte("model_groups")        // group_name → ModelGroup JSON
+	bucketJobs        = []byte("jobs")                // job_id → Job JSON
+	bucketJobsTeam    = []byte("jobs_by_team")        // lp(team_id) + big-endian seq → job_id
+	bucketJobCalls    = []byte("job_calls")           // lp(job_id) + big-endian seq → JobCall JSON
+	bucketJobCallIDs  = []byte("job_call_ids")        // call_id → nil
+	bucketCreditTxns  = []byte("credit_transactions") // lp(team_id) + big-endian seq → CreditTransaction JSON
+	bucketCreditTxIDs = []byte("credit_transaction_ids")
 )
 
 var (
@@ -68,6 +80,59 @@ var migrations = []func(*bolt.Tx) error{
 	migrateV1,
 	migrateV2,
 	migrateV3,
+	migrateV4,
+	migrateV5,
+}
+
+// migrateV4 adds the budget-reset schedule, filled from the keys, teams,
+// users and organizations that have a budget_reset_at.
+func migrateV4(tx *bolt.Tx) error {
+	resets, err := tx.CreateBucketIfNotExists(bucketBudgetResets)
+	if err != nil {
+		return fmt.Errorf("create bucket %s: %w", bucketBudgetResets, err)
+	}
+	for _, e := range []struct {
+		bucket []byte
+		kind   string
+	}{{bucketKeys, store.KindKey}, {bucketTeams, store.KindTeam}, {bucketUsers, store.KindUser}, {bucketOrgs, store.KindOrganization}} {
+		b := tx.Bucket(e.bucket)
+		if b == nil {
+			continue
+		}
+		err := b.ForEach(func(id, v []byte) error {
+			var x struct {
+				BudgetResetAt *time.Time `json:"budget_reset_at"`
+			}
+			if err := json.Unmarshal(v, &x); err != nil {
+				return fmt.Errorf("decode %s %s: %w", e.kind, id, err)
+			}
+			if x.BudgetResetAt != nil {
+				return resets.Put(resetKey(*x.BudgetResetAt, e.kind, string(id)), empty)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// resetKey is the budget_resets key of an object's next reset.
+func resetKey(at time.Time, kind, id string) []byte {
+	k := append(timeKey(at), kind...)
+	k = append(k, 0)
+	return append(k, id...)
+}
+
+// migrateV5 adds the SaaS team API's buckets.
+func migrateV5(tx *bolt.Tx) error {
+	for _, name := range [][]byte{bucketModelGroups, bucketJobs, bucketJobsTeam, bucketJobCalls, bucketJobCallIDs, bucketCreditTxns, bucketCreditTxIDs} {
+		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+			return fmt.Errorf("create bucket %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // migrateV3 adds the event outbox and the rotation index (filled from the
@@ -173,6 +238,12 @@ func timeKey(t time.Time) []byte {
 	b := make([]byte, 0, timeKeyLen)
 	b = binary.BigEndian.AppendUint64(b, uint64(t.Unix())^(1<<63))
 	return binary.BigEndian.AppendUint32(b, uint32(t.Nanosecond()))
+}
+
+// timeFromKey decodes a timeKey (in UTC).
+func timeFromKey(b []byte) time.Time {
+	sec := int64(binary.BigEndian.Uint64(b[:8]) ^ (1 << 63))
+	return time.Unix(sec, int64(binary.BigEndian.Uint32(b[8:12]))).UTC()
 }
 
 // orderKey is the creation-order key: created_at, then id (ties by id).

@@ -28,23 +28,23 @@ func readHighWater(tx *bolt.Tx, proxyID, outboxID string) uint64 {
 
 // ApplySpend applies a batch in the caller's transaction (bbolt has one
 // writer at a time, so the high-water mark cannot race).
-func (t *tx) ApplySpend(_ context.Context, b store.SpendBatch) (int, error) {
+func (t *tx) ApplySpend(_ context.Context, b store.SpendBatch) (store.SpendResult, error) {
 	if err := t.check(); err != nil {
-		return 0, err
+		return store.SpendResult{}, err
 	}
 	if err := b.Validate(); err != nil {
-		return 0, err
+		return store.SpendResult{}, err
 	}
 	if err := checkFields("spend batch", "*proxy_id", b.ProxyID, "*outbox_id", b.OutboxID); err != nil {
-		return 0, err
+		return store.SpendResult{}, err
 	}
 	recs := b.Above(readHighWater(t.btx, b.ProxyID, b.OutboxID))
 	if len(recs) == 0 {
-		return 0, nil
+		return store.SpendResult{}, nil
 	}
 	for i := range recs {
 		if err := checkFields("spend record", "request_id", recs[i].RequestID); err != nil {
-			return 0, err
+			return store.SpendResult{}, err
 		}
 	}
 	tot := store.Totals(recs)
@@ -79,28 +79,28 @@ func (t *tx) ApplySpend(_ context.Context, b store.SpendBatch) (int, error) {
 		tot.AddToKey(&k)
 		return &k, err
 	}); err != nil {
-		return 0, err
+		return store.SpendResult{}, err
 	}
 	if err := collect(bucketTeams, store.KindTeam, tot.Teams, func(v []byte) (any, error) {
 		tm, err := decode[store.Team](store.KindTeam, nil, v)
 		tot.AddToTeam(&tm)
 		return &tm, err
 	}); err != nil {
-		return 0, err
+		return store.SpendResult{}, err
 	}
 	if err := collect(bucketUsers, store.KindUser, tot.Users, func(v []byte) (any, error) {
 		u, err := decode[store.User](store.KindUser, nil, v)
-		u.Spend += tot.Users[u.UserID]
+		tot.AddToUser(&u)
 		return &u, err
 	}); err != nil {
-		return 0, err
+		return store.SpendResult{}, err
 	}
 	if err := collect(bucketOrgs, store.KindOrganization, tot.Orgs, func(v []byte) (any, error) {
 		o, err := decode[store.Organization](store.KindOrganization, nil, v)
-		o.Spend += tot.Orgs[o.OrganizationID]
+		tot.AddToOrg(&o)
 		return &o, err
 	}); err != nil {
-		return 0, err
+		return store.SpendResult{}, err
 	}
 	now := time.Now()
 	for _, id := range store.SortedIDs(tot.EndUsers) {
@@ -108,14 +108,14 @@ func (t *tx) ApplySpend(_ context.Context, b store.SpendBatch) (int, error) {
 		if v := t.btx.Bucket(bucketEndUsers).Get([]byte(id)); v != nil {
 			var err error
 			if e, err = decode[store.EndUser]("end user", []byte(id), v); err != nil {
-				return 0, err
+				return store.SpendResult{}, err
 			}
 		}
 		e.Spend += tot.EndUsers[id]
 		e.UpdatedAt = now
 		doc, err := marshal("end user", e)
 		if err != nil {
-			return 0, err
+			return store.SpendResult{}, err
 		}
 		puts = append(puts, put{bucket: bucketEndUsers, id: []byte(id), doc: doc})
 	}
@@ -123,14 +123,14 @@ func (t *tx) ApplySpend(_ context.Context, b store.SpendBatch) (int, error) {
 	for i := range recs {
 		doc, err := marshal("spend log", store.SpendLog{SpendRecord: recs[i], ProxyID: b.ProxyID, OutboxID: b.OutboxID})
 		if err != nil {
-			return 0, err
+			return store.SpendResult{}, err
 		}
 		logs[i] = doc
 	}
 
 	for _, p := range puts {
 		if err := t.put(p.bucket, p.id, p.doc); err != nil {
-			return 0, err
+			return store.SpendResult{}, err
 		}
 		if p.kind != "" {
 			t.record(p.kind, string(p.id), store.OpPut, p.doc)
@@ -140,20 +140,20 @@ func (t *tx) ApplySpend(_ context.Context, b store.SpendBatch) (int, error) {
 	for i := range recs {
 		n, err := lb.NextSequence()
 		if err != nil {
-			return 0, t.fail(err)
+			return store.SpendResult{}, t.fail(err)
 		}
 		key := join(timeKey(recs[i].StartTime), u64(n))
 		if err := t.put(bucketSpendLogs, key, logs[i]); err != nil {
-			return 0, err
+			return store.SpendResult{}, err
 		}
 		if err := t.put(bucketSpendReqs, join([]byte(recs[i].RequestID), []byte{0}, key), empty); err != nil {
-			return 0, err
+			return store.SpendResult{}, err
 		}
 	}
 	if err := t.put(bucketSpendSources, spendSourceKey(b.ProxyID, b.OutboxID), u64(recs[len(recs)-1].Seq)); err != nil {
-		return 0, err
+		return store.SpendResult{}, err
 	}
-	return len(recs), nil
+	return store.SpendResult{Applied: len(recs), SoftBudgetCrossings: tot.Crossings, Spends: tot.After}, nil
 }
 
 // PutEndUser creates or replaces an end user, keeping its created_at.

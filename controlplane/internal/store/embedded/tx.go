@@ -217,6 +217,9 @@ func keyIndexes(k *store.Key) [][3][]byte {
 	if k.AutoRotate && k.KeyRotationAt != nil {
 		ix = append(ix, [3][]byte{bucketKeysRotation, join(timeKey(*k.KeyRotationAt), id), empty})
 	}
+	if k.BudgetResetAt != nil {
+		ix = append(ix, [3][]byte{bucketBudgetResets, resetKey(*k.BudgetResetAt, store.KindKey, k.TokenID), empty})
+	}
 	return ix
 }
 
@@ -303,7 +306,21 @@ var (
 
 // createdAt is what update and delete need from a stored entity.
 type createdAt struct {
-	CreatedAt time.Time `json:"created_at"`
+	CreatedAt     time.Time  `json:"created_at"`
+	BudgetResetAt *time.Time `json:"budget_reset_at"`
+}
+
+// budgetResetOf is the budget_reset_at of a team, user or organization.
+func budgetResetOf(v any) *time.Time {
+	switch x := v.(type) {
+	case store.Team:
+		return x.BudgetResetAt
+	case store.User:
+		return x.BudgetResetAt
+	case store.Organization:
+		return x.BudgetResetAt
+	}
+	return nil
 }
 
 func (t *tx) create(e entity, id string, created time.Time, v any) error {
@@ -320,7 +337,7 @@ func (t *tx) create(e entity, id string, created time.Time, v any) error {
 	if t.btx.Bucket(e.bucket).Get([]byte(id)) != nil {
 		return &store.ConflictError{Field: e.field}
 	}
-	if err := t.write(e, id, created, doc); err != nil {
+	if err := t.write(e, id, created, budgetResetOf(v), doc); err != nil {
 		return err
 	}
 	t.record(e.kind, id, store.OpPut, doc)
@@ -344,16 +361,26 @@ func (t *tx) update(e entity, id string, created time.Time, v any) error {
 			return err
 		}
 	}
-	if err := t.write(e, id, created, doc); err != nil {
+	if old.BudgetResetAt != nil {
+		if err := t.del(bucketBudgetResets, resetKey(*old.BudgetResetAt, e.kind, id)); err != nil {
+			return err
+		}
+	}
+	if err := t.write(e, id, created, budgetResetOf(v), doc); err != nil {
 		return err
 	}
 	t.record(e.kind, id, store.OpPut, doc)
 	return nil
 }
 
-func (t *tx) write(e entity, id string, created time.Time, doc []byte) error {
+func (t *tx) write(e entity, id string, created time.Time, reset *time.Time, doc []byte) error {
 	if err := t.put(e.bucket, []byte(id), doc); err != nil {
 		return err
+	}
+	if reset != nil {
+		if err := t.put(bucketBudgetResets, resetKey(*reset, e.kind, id), empty); err != nil {
+			return err
+		}
 	}
 	if e.created != nil {
 		return t.put(e.created, orderKey(created, id), empty)
@@ -371,6 +398,11 @@ func (t *tx) remove(e entity, id string) error {
 	}
 	if e.created != nil {
 		if err := t.del(e.created, orderKey(old.CreatedAt, id)); err != nil {
+			return err
+		}
+	}
+	if old.BudgetResetAt != nil {
+		if err := t.del(bucketBudgetResets, resetKey(*old.BudgetResetAt, e.kind, id)); err != nil {
 			return err
 		}
 	}

@@ -35,6 +35,11 @@ var conflictFields = map[string]string{
 	"organizations_pkey": "organization_id",
 	"models_pkey":        "id",
 	"audit_pkey":         "id",
+
+	"model_groups_pkey":        "group_name",
+	"jobs_pkey":                "job_id",
+	"job_calls_pkey":           "call_id",
+	"credit_transactions_pkey": "transaction_id",
 }
 
 // retryError marks an error after which the whole transaction callback must

@@ -118,6 +118,35 @@ ORDER BY rotation_at, token_id LIMIT $2`, now, limit)
 	return out, nil
 }
 
+func (r *reader) BudgetResetsDue(ctx context.Context, until time.Time, limit int) ([]store.BudgetReset, error) {
+	if limit <= 0 {
+		limit = store.MaxPageSize
+	}
+	// Each branch walks its partial index; the union is small (due soon).
+	rows, err := r.q.Query(ctx, `
+(SELECT 'key' AS kind, token_id AS id, budget_reset_at FROM keys WHERE budget_reset_at < $1 ORDER BY budget_reset_at LIMIT $2)
+UNION ALL
+(SELECT 'team', team_id, budget_reset_at FROM teams WHERE budget_reset_at < $1 ORDER BY budget_reset_at LIMIT $2)
+UNION ALL
+(SELECT 'user', user_id, budget_reset_at FROM users WHERE budget_reset_at < $1 ORDER BY budget_reset_at LIMIT $2)
+UNION ALL
+(SELECT 'organization', organization_id, budget_reset_at FROM organizations WHERE budget_reset_at < $1 ORDER BY budget_reset_at LIMIT $2)
+ORDER BY 3, 1, 2
+LIMIT $2`, until, limit)
+	if err != nil {
+		return nil, r.fail(ctx, err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.BudgetReset, error) {
+		var b store.BudgetReset
+		err := row.Scan(&b.Kind, &b.ID, &b.At)
+		return b, err
+	})
+	if err != nil {
+		return nil, r.fail(ctx, err)
+	}
+	return out, nil
+}
+
 func (t *tx) EnqueueEvent(ctx context.Context, e store.Event) error {
 	if err := t.check(); err != nil {
 		return err

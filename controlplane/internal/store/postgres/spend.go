@@ -19,48 +19,48 @@ import (
 // Entity rows are locked in id order, so concurrent batches queue instead
 // of deadlocking; a racing writer of the same row surfaces as a
 // serialization failure, and ReadWriteTx runs the batch again.
-func (t *tx) ApplySpend(ctx context.Context, b store.SpendBatch) (int, error) {
+func (t *tx) ApplySpend(ctx context.Context, b store.SpendBatch) (store.SpendResult, error) {
 	if err := t.check(); err != nil {
-		return 0, err
+		return store.SpendResult{}, err
 	}
 	if err := b.Validate(); err != nil {
-		return 0, err
+		return store.SpendResult{}, err
 	}
 	if len(b.Records) == 0 {
-		return 0, nil
+		return store.SpendResult{}, nil
 	}
 	if _, err := t.pg.Exec(ctx, `
 INSERT INTO spend_sources (proxy_id, outbox_id, last_seq) VALUES ($1, $2, 0)
 ON CONFLICT DO NOTHING`, b.ProxyID, b.OutboxID); err != nil {
-		return 0, t.fail(ctx, err)
+		return store.SpendResult{}, t.fail(ctx, err)
 	}
 	var hw int64
 	if err := t.pg.QueryRow(ctx, `
 SELECT last_seq FROM spend_sources WHERE proxy_id = $1 AND outbox_id = $2 FOR UPDATE`,
 		b.ProxyID, b.OutboxID).Scan(&hw); err != nil {
-		return 0, t.fail(ctx, err)
+		return store.SpendResult{}, t.fail(ctx, err)
 	}
 	recs := b.Above(uint64(hw))
 	if len(recs) == 0 {
-		return 0, nil
+		return store.SpendResult{}, nil
 	}
 	tot := store.Totals(recs)
 
 	if err := spendDocs(ctx, t, keysTable, store.KindKey, tot.Keys,
 		func(k *store.Key) string { tot.AddToKey(k); return k.TokenID }); err != nil {
-		return 0, err
+		return store.SpendResult{}, err
 	}
 	if err := spendDocs(ctx, t, teamsTable, store.KindTeam, tot.Teams,
 		func(tm *store.Team) string { tot.AddToTeam(tm); return tm.TeamID }); err != nil {
-		return 0, err
+		return store.SpendResult{}, err
 	}
 	if err := spendDocs(ctx, t, usersTable, store.KindUser, tot.Users,
-		func(u *store.User) string { u.Spend += tot.Users[u.UserID]; return u.UserID }); err != nil {
-		return 0, err
+		func(u *store.User) string { tot.AddToUser(u); return u.UserID }); err != nil {
+		return store.SpendResult{}, err
 	}
 	if err := spendDocs(ctx, t, orgsTable, store.KindOrganization, tot.Orgs,
-		func(o *store.Organization) string { o.Spend += tot.Orgs[o.OrganizationID]; return o.OrganizationID }); err != nil {
-		return 0, err
+		func(o *store.Organization) string { tot.AddToOrg(o); return o.OrganizationID }); err != nil {
+		return store.SpendResult{}, err
 	}
 	if len(tot.EndUsers) > 0 {
 		ids := store.SortedIDs(tot.EndUsers)
@@ -74,7 +74,7 @@ INSERT INTO end_users (end_user_id, spend, created_at, updated_at)
 SELECT u.id, u.cost, $3, $3 FROM unnest($1::text[], $2::bigint[]) AS u(id, cost)
 ON CONFLICT (end_user_id) DO UPDATE SET spend = end_users.spend + excluded.spend, updated_at = excluded.updated_at`,
 			ids, costs, now); err != nil {
-			return 0, t.fail(ctx, err)
+			return store.SpendResult{}, t.fail(ctx, err)
 		}
 	}
 
@@ -87,14 +87,14 @@ ON CONFLICT (end_user_id) DO UPDATE SET spend = end_users.spend + excluded.spend
 			r.StartTime.UnixNano(), r.EndTime.UnixNano()}
 	}
 	if _, err := t.pg.CopyFrom(ctx, pgx.Identifier{"spend_logs"}, spendLogColumns, pgx.CopyFromRows(rows)); err != nil {
-		return 0, t.fail(ctx, err)
+		return store.SpendResult{}, t.fail(ctx, err)
 	}
 	if _, err := t.pg.Exec(ctx, `
 UPDATE spend_sources SET last_seq = $3 WHERE proxy_id = $1 AND outbox_id = $2`,
 		b.ProxyID, b.OutboxID, int64(recs[len(recs)-1].Seq)); err != nil {
-		return 0, t.fail(ctx, err)
+		return store.SpendResult{}, t.fail(ctx, err)
 	}
-	return len(recs), nil
+	return store.SpendResult{Applied: len(recs), SoftBudgetCrossings: tot.Crossings, Spends: tot.After}, nil
 }
 
 var spendLogColumns = []string{"proxy_id", "outbox_id", "seq", "request_id", "token_id", "team_id", "user_id",

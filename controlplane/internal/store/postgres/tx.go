@@ -241,11 +241,11 @@ func (t *tx) CreateKey(ctx context.Context, k store.Key) error {
 	// statement would abort the whole transaction, and the callback may
 	// want to go on after a conflict (as it can with the embedded store).
 	tag, err := t.pg.Exec(ctx, `
-INSERT INTO keys (token_id, key_hash, key_alias, user_id, team_id, organization_id, service_account, created_at, created_ns, doc, rotation_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+INSERT INTO keys (token_id, key_hash, key_alias, user_id, team_id, organization_id, service_account, created_at, created_ns, doc, rotation_at, budget_reset_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 ON CONFLICT DO NOTHING`,
 		k.TokenID, k.KeyHash, nullIfEmpty(k.KeyAlias), nullIfEmpty(k.UserID), nullIfEmpty(k.TeamID),
-		nullIfEmpty(k.OrganizationID), k.ServiceAccount, k.CreatedAt, nanos(k.CreatedAt), doc, rotationAt(&k))
+		nullIfEmpty(k.OrganizationID), k.ServiceAccount, k.CreatedAt, nanos(k.CreatedAt), doc, rotationAt(&k), k.BudgetResetAt)
 	if err != nil {
 		return t.fail(ctx, err)
 	}
@@ -306,7 +306,7 @@ WITH conflict AS (
 ), updated AS (
     UPDATE keys
     SET key_hash = $2, key_alias = $3, user_id = $4, team_id = $5, organization_id = $6,
-        service_account = $7, created_at = $8, created_ns = $9, doc = $10, rotation_at = $11
+        service_account = $7, created_at = $8, created_ns = $9, doc = $10, rotation_at = $11, budget_reset_at = $12
     WHERE token_id = $1 AND NOT EXISTS (SELECT 1 FROM conflict)
     RETURNING 1
 )
@@ -314,7 +314,7 @@ SELECT EXISTS (SELECT 1 FROM keys WHERE token_id = $1),
        (SELECT field FROM conflict),
        EXISTS (SELECT 1 FROM updated)`,
 		k.TokenID, k.KeyHash, nullIfEmpty(k.KeyAlias), nullIfEmpty(k.UserID), nullIfEmpty(k.TeamID),
-		nullIfEmpty(k.OrganizationID), k.ServiceAccount, k.CreatedAt, nanos(k.CreatedAt), doc, rotationAt(&k)).
+		nullIfEmpty(k.OrganizationID), k.ServiceAccount, k.CreatedAt, nanos(k.CreatedAt), doc, rotationAt(&k), k.BudgetResetAt).
 		Scan(&exists, &field, &updated)
 	if err != nil {
 		return t.fail(ctx, err)
@@ -374,10 +374,10 @@ func (t *tx) CreateTeam(ctx context.Context, tm store.Team) error {
 		return err
 	}
 	tag, err := t.pg.Exec(ctx, `
-INSERT INTO teams (team_id, organization_id, created_at, created_ns, doc)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO teams (team_id, organization_id, created_at, created_ns, doc, budget_reset_at)
+VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT DO NOTHING`,
-		tm.TeamID, nullIfEmpty(tm.OrganizationID), tm.CreatedAt, nanos(tm.CreatedAt), doc)
+		tm.TeamID, nullIfEmpty(tm.OrganizationID), tm.CreatedAt, nanos(tm.CreatedAt), doc, tm.BudgetResetAt)
 	if err != nil {
 		return t.fail(ctx, err)
 	}
@@ -409,9 +409,9 @@ func (t *tx) UpdateTeam(ctx context.Context, tm store.Team) error {
 // writeTeam replaces a stored team and its team_members rows.
 func (t *tx) writeTeam(ctx context.Context, tm store.Team, doc []byte) error {
 	tag, err := t.pg.Exec(ctx, `
-UPDATE teams SET organization_id = $2, created_at = $3, created_ns = $4, doc = $5
+UPDATE teams SET organization_id = $2, created_at = $3, created_ns = $4, doc = $5, budget_reset_at = $6
 WHERE team_id = $1`,
-		tm.TeamID, nullIfEmpty(tm.OrganizationID), tm.CreatedAt, nanos(tm.CreatedAt), doc)
+		tm.TeamID, nullIfEmpty(tm.OrganizationID), tm.CreatedAt, nanos(tm.CreatedAt), doc, tm.BudgetResetAt)
 	if err != nil {
 		return t.fail(ctx, err)
 	}
@@ -471,9 +471,9 @@ func (t *tx) CreateUser(ctx context.Context, u store.User) error {
 		return err
 	}
 	tag, err := t.pg.Exec(ctx, `
-INSERT INTO users (user_id, user_role, created_at, created_ns, doc)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT DO NOTHING`, u.UserID, u.UserRole, u.CreatedAt, nanos(u.CreatedAt), doc)
+INSERT INTO users (user_id, user_role, created_at, created_ns, doc, budget_reset_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT DO NOTHING`, u.UserID, u.UserRole, u.CreatedAt, nanos(u.CreatedAt), doc, u.BudgetResetAt)
 	if err != nil {
 		return t.fail(ctx, err)
 	}
@@ -493,8 +493,8 @@ func (t *tx) UpdateUser(ctx context.Context, u store.User) error {
 		return err
 	}
 	tag, err := t.pg.Exec(ctx, `
-UPDATE users SET user_role = $2, created_at = $3, created_ns = $4, doc = $5
-WHERE user_id = $1`, u.UserID, u.UserRole, u.CreatedAt, nanos(u.CreatedAt), doc)
+UPDATE users SET user_role = $2, created_at = $3, created_ns = $4, doc = $5, budget_reset_at = $6
+WHERE user_id = $1`, u.UserID, u.UserRole, u.CreatedAt, nanos(u.CreatedAt), doc, u.BudgetResetAt)
 	if err != nil {
 		return t.fail(ctx, err)
 	}
@@ -618,9 +618,9 @@ func (t *tx) CreateOrganization(ctx context.Context, o store.Organization) error
 		return err
 	}
 	tag, err := t.pg.Exec(ctx, `
-INSERT INTO organizations (organization_id, created_at, created_ns, doc)
-VALUES ($1, $2, $3, $4)
-ON CONFLICT DO NOTHING`, o.OrganizationID, o.CreatedAt, nanos(o.CreatedAt), doc)
+INSERT INTO organizations (organization_id, created_at, created_ns, doc, budget_reset_at)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT DO NOTHING`, o.OrganizationID, o.CreatedAt, nanos(o.CreatedAt), doc, o.BudgetResetAt)
 	if err != nil {
 		return t.fail(ctx, err)
 	}
@@ -640,8 +640,8 @@ func (t *tx) UpdateOrganization(ctx context.Context, o store.Organization) error
 		return err
 	}
 	tag, err := t.pg.Exec(ctx, `
-UPDATE organizations SET created_at = $2, created_ns = $3, doc = $4
-WHERE organization_id = $1`, o.OrganizationID, o.CreatedAt, nanos(o.CreatedAt), doc)
+UPDATE organizations SET created_at = $2, created_ns = $3, doc = $4, budget_reset_at = $5
+WHERE organization_id = $1`, o.OrganizationID, o.CreatedAt, nanos(o.CreatedAt), doc, o.BudgetResetAt)
 	if err != nil {
 		return t.fail(ctx, err)
 	}

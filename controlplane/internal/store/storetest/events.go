@@ -21,6 +21,7 @@ var eventTests = []test{
 	{"ConcurrentClaimsDisjoint", testEventConcurrentClaims},
 	{"Purge", testEventPurge},
 	{"RotationSchedule", testRotationSchedule},
+	{"BudgetResetSchedule", testBudgetResetSchedule},
 }
 
 func newEvent(i int) store.Event {
@@ -324,5 +325,90 @@ func testRotationSchedule(t *testing.T, s store.Store) {
 	})
 	if due, err := s.Read().KeysDueForRotation(ctx, at(10000), 10); err != nil || !slices.Equal(ids(due, keyID), []string{"due-early"}) {
 		t.Fatalf("after updates: %v, %v", ids(due, keyID), err)
+	}
+}
+
+func testBudgetResetSchedule(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	reset := func(l *store.Limits, at *time.Time) {
+		l.BudgetDuration, l.BudgetResetAt = "1d", at
+	}
+	write(t, s, func(ctx context.Context, tx store.Tx) error {
+		k1, k2, k3 := newKey("k-late", at(0)), newKey("k-future", at(0)), newKey("k-plain", at(0))
+		reset(&k1.Limits, ptr(at(60).In(zone)))
+		reset(&k2.Limits, ptr(at(5000)))
+		tm, u, o := newTeam("t-early", at(0)), newUser("u-mid", at(0)), newOrg("o-mid", at(0))
+		reset(&tm.Limits, ptr(at(10)))
+		reset(&u.Limits, ptr(at(30)))
+		reset(&o.Limits, ptr(at(40)))
+		for _, k := range []store.Key{k1, k2, k3} {
+			if err := tx.CreateKey(ctx, k); err != nil {
+				return err
+			}
+		}
+		if err := tx.CreateTeam(ctx, tm); err != nil {
+			return err
+		}
+		if err := tx.CreateUser(ctx, u); err != nil {
+			return err
+		}
+		return tx.CreateOrganization(ctx, o)
+	})
+	names := func(list []store.BudgetReset) []string {
+		out := []string{}
+		for _, b := range list {
+			out = append(out, b.Kind+":"+b.ID)
+		}
+		return out
+	}
+	due, err := s.Read().BudgetResetsDue(ctx, at(100), 10)
+	want := []string{"team:t-early", "user:u-mid", "organization:o-mid", "key:k-late"}
+	if err != nil || !slices.Equal(names(due), want) {
+		t.Fatalf("BudgetResetsDue = %v, %v; want %v", names(due), err, want)
+	}
+	if !due[3].At.Equal(at(60)) {
+		t.Fatalf("due[3].At = %v, want %v", due[3].At, at(60))
+	}
+	if due, _ := s.Read().BudgetResetsDue(ctx, at(100), 2); !slices.Equal(names(due), want[:2]) {
+		t.Fatalf("limit 2: %v", names(due))
+	}
+	if due, _ := s.Read().BudgetResetsDue(ctx, at(30), 10); !slices.Equal(names(due), want[:1]) {
+		t.Fatalf("until is exclusive: %v", names(due))
+	}
+	// A reset moves the slot; removing the reset or deleting the object
+	// drops it.
+	write(t, s, func(ctx context.Context, tx store.Tx) error {
+		tm, err := tx.GetTeam(ctx, "t-early")
+		if err != nil {
+			return err
+		}
+		tm.BudgetResetAt = ptr(at(9000))
+		if err := tx.UpdateTeam(ctx, tm); err != nil {
+			return err
+		}
+		u, err := tx.GetUser(ctx, "u-mid")
+		if err != nil {
+			return err
+		}
+		u.BudgetResetAt, u.BudgetDuration = nil, ""
+		if err := tx.UpdateUser(ctx, u); err != nil {
+			return err
+		}
+		k, err := tx.GetKey(ctx, "k-future")
+		if err != nil {
+			return err
+		}
+		k.BudgetResetAt = ptr(at(50))
+		if err := tx.UpdateKey(ctx, k); err != nil {
+			return err
+		}
+		if err := tx.DeleteOrganization(ctx, "o-mid"); err != nil {
+			return err
+		}
+		return tx.DeleteKey(ctx, "k-late")
+	})
+	due, err = s.Read().BudgetResetsDue(ctx, at(10000), 10)
+	if want := []string{"key:k-future", "team:t-early"}; err != nil || !slices.Equal(names(due), want) {
+		t.Fatalf("after updates: %v, %v; want %v", names(due), err, want)
 	}
 }

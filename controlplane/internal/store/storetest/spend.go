@@ -22,6 +22,7 @@ var spendTests = []test{
 	{"LogFilters", testSpendLogFilters},
 	{"Report", testSpendReport},
 	{"PutEndUser", testPutEndUser},
+	{"SoftBudgetCrossedOnce", testSoftBudgetCrossing},
 }
 
 // spendFixture: org o1 ⊃ team t1 with member u1 (and u2), key k1 of u1 in t1.
@@ -56,13 +57,18 @@ func batch(proxy, outbox string, recs ...store.SpendRecord) store.SpendBatch {
 
 func apply(t *testing.T, s store.Store, b store.SpendBatch) int {
 	t.Helper()
-	var n int
+	return applyResult(t, s, b).Applied
+}
+
+func applyResult(t *testing.T, s store.Store, b store.SpendBatch) store.SpendResult {
+	t.Helper()
+	var res store.SpendResult
 	write(t, s, func(ctx context.Context, tx store.Tx) error {
 		var err error
-		n, err = tx.ApplySpend(ctx, b)
+		res, err = tx.ApplySpend(ctx, b)
 		return err
 	})
-	return n
+	return res
 }
 
 type spends struct{ key, team, member, other, user, org, end int64 }
@@ -313,6 +319,72 @@ func testPutEndUser(t *testing.T, s store.Store) {
 		return tx.PutEndUser(ctx, store.EndUser{Spend: 1})
 	}); err == nil {
 		t.Fatal("PutEndUser without end_user_id succeeded")
+	}
+}
+
+// Soft budgets: the batch that takes spend from below to at-or-above a soft
+// budget reports the crossing, once; later batches and replays do not.
+func testSoftBudgetCrossing(t *testing.T, s store.Store) {
+	spendFixture(t, s)
+	write(t, s, func(ctx context.Context, tx store.Tx) error {
+		k, err := tx.GetKey(ctx, "k1")
+		if err != nil {
+			return err
+		}
+		k.SoftBudget, k.MaxBudget, k.KeyAlias = ptr(int64(100)), ptr(int64(1000)), "soft"
+		if err := tx.UpdateKey(ctx, k); err != nil {
+			return err
+		}
+		tm, err := tx.GetTeam(ctx, "t1")
+		if err != nil {
+			return err
+		}
+		tm.SoftBudget = ptr(int64(150))
+		if err := tx.UpdateTeam(ctx, tm); err != nil {
+			return err
+		}
+		u, err := tx.GetUser(ctx, "u1")
+		if err != nil {
+			return err
+		}
+		u.SoftBudget = ptr(int64(10))
+		return tx.UpdateUser(ctx, u)
+	})
+	kinds := func(r store.SpendResult) []string {
+		out := []string{}
+		for _, c := range r.SoftBudgetCrossings {
+			out = append(out, fmt.Sprintf("%s:%s:%d/%d", c.Kind, c.ID, c.Spend, c.SoftBudget))
+		}
+		return out
+	}
+	// Key spend starts at 7: 7+50 = 57 < 100; user 0 -> 50 crosses 10.
+	first := applyResult(t, s, batch("p1", "ob1", spendRec(1, 50)))
+	if got := kinds(first); fmt.Sprint(got) != "[user:u1:50/10]" {
+		t.Fatalf("first batch crossings = %v", got)
+	}
+	// Spends: every touched key, team, user and org with its spend after.
+	after := map[string]int64{}
+	for _, o := range first.Spends {
+		after[o.Kind+":"+o.ID] = o.Spend
+	}
+	if fmt.Sprint(after) != "map[key:k1:57 organization:o1:50 team:t1:50 user:u1:50]" {
+		t.Fatalf("spends after the first batch = %v", after)
+	}
+	// Key 57 -> 107 crosses 100; team 50 -> 100 does not reach 150.
+	res := applyResult(t, s, batch("p1", "ob1", spendRec(2, 50)))
+	if got := kinds(res); fmt.Sprint(got) != "[key:k1:107/100]" {
+		t.Fatalf("second batch crossings = %v", got)
+	}
+	if c := res.SoftBudgetCrossings[0]; c.KeyAlias != "soft" || c.UserID != "u1" || c.TeamID != "t1" || c.MaxBudget == nil || *c.MaxBudget != 1000 {
+		t.Fatalf("key crossing details = %+v", c)
+	}
+	// A replay applies nothing and crosses nothing.
+	if got := applyResult(t, s, batch("p1", "ob1", spendRec(2, 50))); got.Applied != 0 || len(got.SoftBudgetCrossings) != 0 {
+		t.Fatalf("replay = %+v", got)
+	}
+	// Team 100 -> 160 crosses 150; the key is already above and stays quiet.
+	if got := kinds(applyResult(t, s, batch("p1", "ob1", spendRec(3, 60)))); fmt.Sprint(got) != "[team:t1:160/150]" {
+		t.Fatalf("third batch crossings = %v", got)
 	}
 }
 

@@ -919,9 +919,16 @@ func (x *LeaseAllowance) GetAllowance() int64 {
 // SpendAck confirms that every record of (the stream's proxy, outbox_id) up
 // to last_seq is durably applied; the proxy may delete them.
 type SpendAck struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	OutboxId      string                 `protobuf:"bytes,1,opt,name=outbox_id,json=outboxId,proto3" json:"outbox_id,omitempty"`
-	LastSeq       uint64                 `protobuf:"varint,2,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	OutboxId string                 `protobuf:"bytes,1,opt,name=outbox_id,json=outboxId,proto3" json:"outbox_id,omitempty"`
+	LastSeq  uint64                 `protobuf:"varint,2,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	// spends is the spend (micro-USD) of every key, team, user and
+	// organization the acked records touched, as the transaction that applied
+	// them left it. Spend only rises within a budget period, so once the
+	// proxy's synced spend of an object reaches this figure, its synced state
+	// holds these records: until then the proxy keeps counting their cost
+	// against the budget itself.
+	Spends        []*ObjectSpend `protobuf:"bytes,3,rep,name=spends,proto3" json:"spends,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -970,6 +977,75 @@ func (x *SpendAck) GetLastSeq() uint64 {
 	return 0
 }
 
+func (x *SpendAck) GetSpends() []*ObjectSpend {
+	if x != nil {
+		return x.Spends
+	}
+	return nil
+}
+
+// ObjectSpend is an object's spend after a spend transaction.
+type ObjectSpend struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// kind is "key", "team", "user" or "organization".
+	Kind          string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Id            string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Spend         int64  `protobuf:"varint,3,opt,name=spend,proto3" json:"spend,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ObjectSpend) Reset() {
+	*x = ObjectSpend{}
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ObjectSpend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ObjectSpend) ProtoMessage() {}
+
+func (x *ObjectSpend) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ObjectSpend.ProtoReflect.Descriptor instead.
+func (*ObjectSpend) Descriptor() ([]byte, []int) {
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ObjectSpend) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ObjectSpend) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ObjectSpend) GetSpend() int64 {
+	if x != nil {
+		return x.Spend
+	}
+	return 0
+}
+
 // SnapshotChunk is part of a full snapshot at revision. A proxy applies the
 // snapshot only when the chunk with last=true arrives, all at once.
 type SnapshotChunk struct {
@@ -984,7 +1060,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[11]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -996,7 +1072,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[11]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1009,7 +1085,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{11}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SnapshotChunk) GetRevision() int64 {
@@ -1053,7 +1129,7 @@ type Delta struct {
 
 func (x *Delta) Reset() {
 	*x = Delta{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[12]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1065,7 +1141,7 @@ func (x *Delta) String() string {
 func (*Delta) ProtoMessage() {}
 
 func (x *Delta) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[12]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1078,7 +1154,7 @@ func (x *Delta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delta.ProtoReflect.Descriptor instead.
 func (*Delta) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{12}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Delta) GetRevision() int64 {
@@ -1119,7 +1195,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[13]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1131,7 +1207,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[13]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1144,7 +1220,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{13}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Heartbeat) GetHeadRevision() int64 {
@@ -1183,7 +1259,7 @@ type Entity struct {
 
 func (x *Entity) Reset() {
 	*x = Entity{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[14]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1195,7 +1271,7 @@ func (x *Entity) String() string {
 func (*Entity) ProtoMessage() {}
 
 func (x *Entity) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[14]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1208,7 +1284,7 @@ func (x *Entity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entity.ProtoReflect.Descriptor instead.
 func (*Entity) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{14}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Entity) GetKind() string {
@@ -1350,7 +1426,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[15]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1362,7 +1438,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[15]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1375,7 +1451,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{15}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Limits) GetMaxBudget() int64 {
@@ -1437,7 +1513,7 @@ type ModelBudget struct {
 
 func (x *ModelBudget) Reset() {
 	*x = ModelBudget{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[16]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1449,7 +1525,7 @@ func (x *ModelBudget) String() string {
 func (*ModelBudget) ProtoMessage() {}
 
 func (x *ModelBudget) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[16]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1462,7 +1538,7 @@ func (x *ModelBudget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelBudget.ProtoReflect.Descriptor instead.
 func (*ModelBudget) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{16}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ModelBudget) GetBudgetLimit() int64 {
@@ -1489,7 +1565,7 @@ type PreviousHash struct {
 
 func (x *PreviousHash) Reset() {
 	*x = PreviousHash{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[17]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1501,7 +1577,7 @@ func (x *PreviousHash) String() string {
 func (*PreviousHash) ProtoMessage() {}
 
 func (x *PreviousHash) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[17]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1514,7 +1590,7 @@ func (x *PreviousHash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviousHash.ProtoReflect.Descriptor instead.
 func (*PreviousHash) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{17}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PreviousHash) GetKeyHash() []byte {
@@ -1562,7 +1638,7 @@ type Key struct {
 
 func (x *Key) Reset() {
 	*x = Key{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[18]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1574,7 +1650,7 @@ func (x *Key) String() string {
 func (*Key) ProtoMessage() {}
 
 func (x *Key) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[18]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1587,7 +1663,7 @@ func (x *Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Key.ProtoReflect.Descriptor instead.
 func (*Key) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{18}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Key) GetTokenId() string {
@@ -1742,7 +1818,7 @@ type TeamMember struct {
 
 func (x *TeamMember) Reset() {
 	*x = TeamMember{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[19]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1754,7 +1830,7 @@ func (x *TeamMember) String() string {
 func (*TeamMember) ProtoMessage() {}
 
 func (x *TeamMember) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[19]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1767,7 +1843,7 @@ func (x *TeamMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TeamMember.ProtoReflect.Descriptor instead.
 func (*TeamMember) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{19}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *TeamMember) GetUserId() string {
@@ -1808,13 +1884,15 @@ type Team struct {
 	Blocked          bool                   `protobuf:"varint,6,opt,name=blocked,proto3" json:"blocked,omitempty"`
 	Spend            int64                  `protobuf:"varint,7,opt,name=spend,proto3" json:"spend,omitempty"`
 	TeamMemberBudget int64                  `protobuf:"varint,8,opt,name=team_member_budget,json=teamMemberBudget,proto3" json:"team_member_budget,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// saas is set for teams of the SaaS team API (/api/*).
+	Saas          *TeamSaaS `protobuf:"bytes,9,opt,name=saas,proto3" json:"saas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Team) Reset() {
 	*x = Team{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[20]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1826,7 +1904,7 @@ func (x *Team) String() string {
 func (*Team) ProtoMessage() {}
 
 func (x *Team) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[20]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1839,7 +1917,7 @@ func (x *Team) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Team.ProtoReflect.Descriptor instead.
 func (*Team) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{20}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Team) GetTeamId() string {
@@ -1898,6 +1976,162 @@ func (x *Team) GetTeamMemberBudget() int64 {
 	return 0
 }
 
+func (x *Team) GetSaas() *TeamSaaS {
+	if x != nil {
+		return x.Saas
+	}
+	return nil
+}
+
+// TeamSaaS is a SaaS team's status, credits and model groups; a proxy
+// refuses a team that is not active or has no credits left.
+type TeamSaaS struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// status: active, suspended or paused.
+	Status           string            `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	CreditsAllocated int64             `protobuf:"varint,2,opt,name=credits_allocated,json=creditsAllocated,proto3" json:"credits_allocated,omitempty"`
+	CreditsUsed      int64             `protobuf:"varint,3,opt,name=credits_used,json=creditsUsed,proto3" json:"credits_used,omitempty"`
+	CreditsRemaining int64             `protobuf:"varint,4,opt,name=credits_remaining,json=creditsRemaining,proto3" json:"credits_remaining,omitempty"`
+	ModelGroups      []*TeamModelGroup `protobuf:"bytes,5,rep,name=model_groups,json=modelGroups,proto3" json:"model_groups,omitempty"`
+	// key_name is the display form of the team's key ("sk-...abcd").
+	KeyName       string `protobuf:"bytes,6,opt,name=key_name,json=keyName,proto3" json:"key_name,omitempty"`
+	TeamAlias     string `protobuf:"bytes,7,opt,name=team_alias,json=teamAlias,proto3" json:"team_alias,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TeamSaaS) Reset() {
+	*x = TeamSaaS{}
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TeamSaaS) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TeamSaaS) ProtoMessage() {}
+
+func (x *TeamSaaS) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TeamSaaS.ProtoReflect.Descriptor instead.
+func (*TeamSaaS) Descriptor() ([]byte, []int) {
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *TeamSaaS) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *TeamSaaS) GetCreditsAllocated() int64 {
+	if x != nil {
+		return x.CreditsAllocated
+	}
+	return 0
+}
+
+func (x *TeamSaaS) GetCreditsUsed() int64 {
+	if x != nil {
+		return x.CreditsUsed
+	}
+	return 0
+}
+
+func (x *TeamSaaS) GetCreditsRemaining() int64 {
+	if x != nil {
+		return x.CreditsRemaining
+	}
+	return 0
+}
+
+func (x *TeamSaaS) GetModelGroups() []*TeamModelGroup {
+	if x != nil {
+		return x.ModelGroups
+	}
+	return nil
+}
+
+func (x *TeamSaaS) GetKeyName() string {
+	if x != nil {
+		return x.KeyName
+	}
+	return ""
+}
+
+func (x *TeamSaaS) GetTeamAlias() string {
+	if x != nil {
+		return x.TeamAlias
+	}
+	return ""
+}
+
+// TeamModelGroup is a model group with its models, highest priority first.
+type TeamModelGroup struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Models        []string               `protobuf:"bytes,2,rep,name=models,proto3" json:"models,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TeamModelGroup) Reset() {
+	*x = TeamModelGroup{}
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TeamModelGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TeamModelGroup) ProtoMessage() {}
+
+func (x *TeamModelGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TeamModelGroup.ProtoReflect.Descriptor instead.
+func (*TeamModelGroup) Descriptor() ([]byte, []int) {
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *TeamModelGroup) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *TeamModelGroup) GetModels() []string {
+	if x != nil {
+		return x.Models
+	}
+	return nil
+}
+
 type User struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
@@ -1912,7 +2146,7 @@ type User struct {
 
 func (x *User) Reset() {
 	*x = User{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[21]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1924,7 +2158,7 @@ func (x *User) String() string {
 func (*User) ProtoMessage() {}
 
 func (x *User) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[21]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1937,7 +2171,7 @@ func (x *User) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use User.ProtoReflect.Descriptor instead.
 func (*User) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{21}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *User) GetUserId() string {
@@ -1995,7 +2229,7 @@ type Organization struct {
 
 func (x *Organization) Reset() {
 	*x = Organization{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[22]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2007,7 +2241,7 @@ func (x *Organization) String() string {
 func (*Organization) ProtoMessage() {}
 
 func (x *Organization) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[22]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2020,7 +2254,7 @@ func (x *Organization) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Organization.ProtoReflect.Descriptor instead.
 func (*Organization) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{22}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Organization) GetOrganizationId() string {
@@ -2081,7 +2315,7 @@ type Model struct {
 
 func (x *Model) Reset() {
 	*x = Model{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[23]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2093,7 +2327,7 @@ func (x *Model) String() string {
 func (*Model) ProtoMessage() {}
 
 func (x *Model) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[23]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2106,7 +2340,7 @@ func (x *Model) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Model.ProtoReflect.Descriptor instead.
 func (*Model) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{23}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Model) GetId() string {
@@ -2196,7 +2430,7 @@ type Settings struct {
 
 func (x *Settings) Reset() {
 	*x = Settings{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[24]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2208,7 +2442,7 @@ func (x *Settings) String() string {
 func (*Settings) ProtoMessage() {}
 
 func (x *Settings) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[24]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2221,7 +2455,7 @@ func (x *Settings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Settings.ProtoReflect.Descriptor instead.
 func (*Settings) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{24}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Settings) GetGeneralSettings() []byte {
@@ -2306,10 +2540,15 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x1f\n" +
 	"\vwindow_unix\x18\x02 \x01(\x03R\n" +
 	"windowUnix\x12\x1c\n" +
-	"\tallowance\x18\x03 \x01(\x03R\tallowance\"B\n" +
+	"\tallowance\x18\x03 \x01(\x03R\tallowance\"y\n" +
 	"\bSpendAck\x12\x1b\n" +
 	"\toutbox_id\x18\x01 \x01(\tR\boutboxId\x12\x19\n" +
-	"\blast_seq\x18\x02 \x01(\x04R\alastSeq\"\x87\x01\n" +
+	"\blast_seq\x18\x02 \x01(\x04R\alastSeq\x125\n" +
+	"\x06spends\x18\x03 \x03(\v2\x1d.tollgate.sync.v1.ObjectSpendR\x06spends\"G\n" +
+	"\vObjectSpend\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x14\n" +
+	"\x05spend\x18\x03 \x01(\x03R\x05spend\"\x87\x01\n" +
 	"\rSnapshotChunk\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x05R\x03seq\x12\x12\n" +
@@ -2388,7 +2627,7 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12+\n" +
 	"\x12max_budget_in_team\x18\x03 \x01(\x03R\x0fmaxBudgetInTeam\x12\x14\n" +
-	"\x05spend\x18\x04 \x01(\x03R\x05spend\"\xa8\x02\n" +
+	"\x05spend\x18\x04 \x01(\x03R\x05spend\"\xd8\x02\n" +
 	"\x04Team\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12'\n" +
 	"\x0forganization_id\x18\x02 \x01(\tR\x0eorganizationId\x12\x16\n" +
@@ -2397,7 +2636,20 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\amembers\x18\x05 \x03(\v2\x1c.tollgate.sync.v1.TeamMemberR\amembers\x12\x18\n" +
 	"\ablocked\x18\x06 \x01(\bR\ablocked\x12\x14\n" +
 	"\x05spend\x18\a \x01(\x03R\x05spend\x12,\n" +
-	"\x12team_member_budget\x18\b \x01(\x03R\x10teamMemberBudget\"\xb6\x01\n" +
+	"\x12team_member_budget\x18\b \x01(\x03R\x10teamMemberBudget\x12.\n" +
+	"\x04saas\x18\t \x01(\v2\x1a.tollgate.sync.v1.TeamSaaSR\x04saas\"\x9e\x02\n" +
+	"\bTeamSaaS\x12\x16\n" +
+	"\x06status\x18\x01 \x01(\tR\x06status\x12+\n" +
+	"\x11credits_allocated\x18\x02 \x01(\x03R\x10creditsAllocated\x12!\n" +
+	"\fcredits_used\x18\x03 \x01(\x03R\vcreditsUsed\x12+\n" +
+	"\x11credits_remaining\x18\x04 \x01(\x03R\x10creditsRemaining\x12C\n" +
+	"\fmodel_groups\x18\x05 \x03(\v2 .tollgate.sync.v1.TeamModelGroupR\vmodelGroups\x12\x19\n" +
+	"\bkey_name\x18\x06 \x01(\tR\akeyName\x12\x1d\n" +
+	"\n" +
+	"team_alias\x18\a \x01(\tR\tteamAlias\"<\n" +
+	"\x0eTeamModelGroup\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06models\x18\x02 \x03(\tR\x06models\"\xb6\x01\n" +
 	"\x04User\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
 	"\tuser_role\x18\x02 \x01(\tR\buserRole\x12\x16\n" +
@@ -2443,7 +2695,7 @@ func file_tollgate_sync_v1_sync_proto_rawDescGZIP() []byte {
 	return file_tollgate_sync_v1_sync_proto_rawDescData
 }
 
-var file_tollgate_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_tollgate_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_tollgate_sync_v1_sync_proto_goTypes = []any{
 	(*ProxyMessage)(nil),   // 0: tollgate.sync.v1.ProxyMessage
 	(*LeaseRequest)(nil),   // 1: tollgate.sync.v1.LeaseRequest
@@ -2456,23 +2708,26 @@ var file_tollgate_sync_v1_sync_proto_goTypes = []any{
 	(*LeaseGrant)(nil),     // 8: tollgate.sync.v1.LeaseGrant
 	(*LeaseAllowance)(nil), // 9: tollgate.sync.v1.LeaseAllowance
 	(*SpendAck)(nil),       // 10: tollgate.sync.v1.SpendAck
-	(*SnapshotChunk)(nil),  // 11: tollgate.sync.v1.SnapshotChunk
-	(*Delta)(nil),          // 12: tollgate.sync.v1.Delta
-	(*Heartbeat)(nil),      // 13: tollgate.sync.v1.Heartbeat
-	(*Entity)(nil),         // 14: tollgate.sync.v1.Entity
-	(*Limits)(nil),         // 15: tollgate.sync.v1.Limits
-	(*ModelBudget)(nil),    // 16: tollgate.sync.v1.ModelBudget
-	(*PreviousHash)(nil),   // 17: tollgate.sync.v1.PreviousHash
-	(*Key)(nil),            // 18: tollgate.sync.v1.Key
-	(*TeamMember)(nil),     // 19: tollgate.sync.v1.TeamMember
-	(*Team)(nil),           // 20: tollgate.sync.v1.Team
-	(*User)(nil),           // 21: tollgate.sync.v1.User
-	(*Organization)(nil),   // 22: tollgate.sync.v1.Organization
-	(*Model)(nil),          // 23: tollgate.sync.v1.Model
-	(*Settings)(nil),       // 24: tollgate.sync.v1.Settings
-	nil,                    // 25: tollgate.sync.v1.Key.ModelMaxBudgetEntry
-	nil,                    // 26: tollgate.sync.v1.Key.ModelRpmLimitEntry
-	nil,                    // 27: tollgate.sync.v1.Key.ModelTpmLimitEntry
+	(*ObjectSpend)(nil),    // 11: tollgate.sync.v1.ObjectSpend
+	(*SnapshotChunk)(nil),  // 12: tollgate.sync.v1.SnapshotChunk
+	(*Delta)(nil),          // 13: tollgate.sync.v1.Delta
+	(*Heartbeat)(nil),      // 14: tollgate.sync.v1.Heartbeat
+	(*Entity)(nil),         // 15: tollgate.sync.v1.Entity
+	(*Limits)(nil),         // 16: tollgate.sync.v1.Limits
+	(*ModelBudget)(nil),    // 17: tollgate.sync.v1.ModelBudget
+	(*PreviousHash)(nil),   // 18: tollgate.sync.v1.PreviousHash
+	(*Key)(nil),            // 19: tollgate.sync.v1.Key
+	(*TeamMember)(nil),     // 20: tollgate.sync.v1.TeamMember
+	(*Team)(nil),           // 21: tollgate.sync.v1.Team
+	(*TeamSaaS)(nil),       // 22: tollgate.sync.v1.TeamSaaS
+	(*TeamModelGroup)(nil), // 23: tollgate.sync.v1.TeamModelGroup
+	(*User)(nil),           // 24: tollgate.sync.v1.User
+	(*Organization)(nil),   // 25: tollgate.sync.v1.Organization
+	(*Model)(nil),          // 26: tollgate.sync.v1.Model
+	(*Settings)(nil),       // 27: tollgate.sync.v1.Settings
+	nil,                    // 28: tollgate.sync.v1.Key.ModelMaxBudgetEntry
+	nil,                    // 29: tollgate.sync.v1.Key.ModelRpmLimitEntry
+	nil,                    // 30: tollgate.sync.v1.Key.ModelTpmLimitEntry
 }
 var file_tollgate_sync_v1_sync_proto_depIdxs = []int32{
 	3,  // 0: tollgate.sync.v1.ProxyMessage.hello:type_name -> tollgate.sync.v1.Hello
@@ -2481,37 +2736,40 @@ var file_tollgate_sync_v1_sync_proto_depIdxs = []int32{
 	1,  // 3: tollgate.sync.v1.ProxyMessage.lease_request:type_name -> tollgate.sync.v1.LeaseRequest
 	2,  // 4: tollgate.sync.v1.LeaseRequest.uses:type_name -> tollgate.sync.v1.LeaseUse
 	6,  // 5: tollgate.sync.v1.SpendBatch.records:type_name -> tollgate.sync.v1.SpendRecord
-	11, // 6: tollgate.sync.v1.ControlMessage.snapshot:type_name -> tollgate.sync.v1.SnapshotChunk
-	12, // 7: tollgate.sync.v1.ControlMessage.delta:type_name -> tollgate.sync.v1.Delta
-	13, // 8: tollgate.sync.v1.ControlMessage.heartbeat:type_name -> tollgate.sync.v1.Heartbeat
+	12, // 6: tollgate.sync.v1.ControlMessage.snapshot:type_name -> tollgate.sync.v1.SnapshotChunk
+	13, // 7: tollgate.sync.v1.ControlMessage.delta:type_name -> tollgate.sync.v1.Delta
+	14, // 8: tollgate.sync.v1.ControlMessage.heartbeat:type_name -> tollgate.sync.v1.Heartbeat
 	10, // 9: tollgate.sync.v1.ControlMessage.spend_ack:type_name -> tollgate.sync.v1.SpendAck
 	8,  // 10: tollgate.sync.v1.ControlMessage.lease_grant:type_name -> tollgate.sync.v1.LeaseGrant
 	9,  // 11: tollgate.sync.v1.LeaseGrant.allowances:type_name -> tollgate.sync.v1.LeaseAllowance
-	14, // 12: tollgate.sync.v1.SnapshotChunk.entities:type_name -> tollgate.sync.v1.Entity
-	14, // 13: tollgate.sync.v1.Delta.changes:type_name -> tollgate.sync.v1.Entity
-	18, // 14: tollgate.sync.v1.Entity.key:type_name -> tollgate.sync.v1.Key
-	20, // 15: tollgate.sync.v1.Entity.team:type_name -> tollgate.sync.v1.Team
-	21, // 16: tollgate.sync.v1.Entity.user:type_name -> tollgate.sync.v1.User
-	22, // 17: tollgate.sync.v1.Entity.organization:type_name -> tollgate.sync.v1.Organization
-	23, // 18: tollgate.sync.v1.Entity.model:type_name -> tollgate.sync.v1.Model
-	24, // 19: tollgate.sync.v1.Entity.settings:type_name -> tollgate.sync.v1.Settings
-	15, // 20: tollgate.sync.v1.Key.limits:type_name -> tollgate.sync.v1.Limits
-	25, // 21: tollgate.sync.v1.Key.model_max_budget:type_name -> tollgate.sync.v1.Key.ModelMaxBudgetEntry
-	26, // 22: tollgate.sync.v1.Key.model_rpm_limit:type_name -> tollgate.sync.v1.Key.ModelRpmLimitEntry
-	27, // 23: tollgate.sync.v1.Key.model_tpm_limit:type_name -> tollgate.sync.v1.Key.ModelTpmLimitEntry
-	17, // 24: tollgate.sync.v1.Key.previous_hashes:type_name -> tollgate.sync.v1.PreviousHash
-	15, // 25: tollgate.sync.v1.Team.limits:type_name -> tollgate.sync.v1.Limits
-	19, // 26: tollgate.sync.v1.Team.members:type_name -> tollgate.sync.v1.TeamMember
-	15, // 27: tollgate.sync.v1.User.limits:type_name -> tollgate.sync.v1.Limits
-	15, // 28: tollgate.sync.v1.Organization.limits:type_name -> tollgate.sync.v1.Limits
-	16, // 29: tollgate.sync.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.sync.v1.ModelBudget
-	0,  // 30: tollgate.sync.v1.SyncService.Sync:input_type -> tollgate.sync.v1.ProxyMessage
-	7,  // 31: tollgate.sync.v1.SyncService.Sync:output_type -> tollgate.sync.v1.ControlMessage
-	31, // [31:32] is the sub-list for method output_type
-	30, // [30:31] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	11, // 12: tollgate.sync.v1.SpendAck.spends:type_name -> tollgate.sync.v1.ObjectSpend
+	15, // 13: tollgate.sync.v1.SnapshotChunk.entities:type_name -> tollgate.sync.v1.Entity
+	15, // 14: tollgate.sync.v1.Delta.changes:type_name -> tollgate.sync.v1.Entity
+	19, // 15: tollgate.sync.v1.Entity.key:type_name -> tollgate.sync.v1.Key
+	21, // 16: tollgate.sync.v1.Entity.team:type_name -> tollgate.sync.v1.Team
+	24, // 17: tollgate.sync.v1.Entity.user:type_name -> tollgate.sync.v1.User
+	25, // 18: tollgate.sync.v1.Entity.organization:type_name -> tollgate.sync.v1.Organization
+	26, // 19: tollgate.sync.v1.Entity.model:type_name -> tollgate.sync.v1.Model
+	27, // 20: tollgate.sync.v1.Entity.settings:type_name -> tollgate.sync.v1.Settings
+	16, // 21: tollgate.sync.v1.Key.limits:type_name -> tollgate.sync.v1.Limits
+	28, // 22: tollgate.sync.v1.Key.model_max_budget:type_name -> tollgate.sync.v1.Key.ModelMaxBudgetEntry
+	29, // 23: tollgate.sync.v1.Key.model_rpm_limit:type_name -> tollgate.sync.v1.Key.ModelRpmLimitEntry
+	30, // 24: tollgate.sync.v1.Key.model_tpm_limit:type_name -> tollgate.sync.v1.Key.ModelTpmLimitEntry
+	18, // 25: tollgate.sync.v1.Key.previous_hashes:type_name -> tollgate.sync.v1.PreviousHash
+	16, // 26: tollgate.sync.v1.Team.limits:type_name -> tollgate.sync.v1.Limits
+	20, // 27: tollgate.sync.v1.Team.members:type_name -> tollgate.sync.v1.TeamMember
+	22, // 28: tollgate.sync.v1.Team.saas:type_name -> tollgate.sync.v1.TeamSaaS
+	23, // 29: tollgate.sync.v1.TeamSaaS.model_groups:type_name -> tollgate.sync.v1.TeamModelGroup
+	16, // 30: tollgate.sync.v1.User.limits:type_name -> tollgate.sync.v1.Limits
+	16, // 31: tollgate.sync.v1.Organization.limits:type_name -> tollgate.sync.v1.Limits
+	17, // 32: tollgate.sync.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.sync.v1.ModelBudget
+	0,  // 33: tollgate.sync.v1.SyncService.Sync:input_type -> tollgate.sync.v1.ProxyMessage
+	7,  // 34: tollgate.sync.v1.SyncService.Sync:output_type -> tollgate.sync.v1.ControlMessage
+	34, // [34:35] is the sub-list for method output_type
+	33, // [33:34] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_sync_v1_sync_proto_init() }
@@ -2532,7 +2790,7 @@ func file_tollgate_sync_v1_sync_proto_init() {
 		(*ControlMessage_SpendAck)(nil),
 		(*ControlMessage_LeaseGrant)(nil),
 	}
-	file_tollgate_sync_v1_sync_proto_msgTypes[14].OneofWrappers = []any{
+	file_tollgate_sync_v1_sync_proto_msgTypes[15].OneofWrappers = []any{
 		(*Entity_Key)(nil),
 		(*Entity_Team)(nil),
 		(*Entity_User)(nil),
@@ -2546,7 +2804,7 @@ func file_tollgate_sync_v1_sync_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tollgate_sync_v1_sync_proto_rawDesc), len(file_tollgate_sync_v1_sync_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
