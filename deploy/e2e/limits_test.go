@@ -259,15 +259,16 @@ func checkBudgetBound(t *testing.T, n, spend, budget int64, clients, proxies int
 	}
 }
 
-// TestBudgetOverspendTable measures overspend at 1, 8 and 64 concurrent
-// clients with 1 and 3 proxies (deploy/bench/overspend.sh runs it with
-// TOLLGATE_OVERSPEND_TABLE=1 and prints the README's table).
+// TestBudgetOverspendTable measures budget overspend and rpm accuracy at 1,
+// 8 and 64 concurrent clients with 1 and 3 proxies (deploy/bench/overspend.sh
+// runs it with TOLLGATE_OVERSPEND_TABLE=1 and prints the README's tables).
 func TestBudgetOverspendTable(t *testing.T) {
 	if os.Getenv("TOLLGATE_OVERSPEND_TABLE") == "" {
 		t.Skip("a measurement: set TOLLGATE_OVERSPEND_TABLE=1 (deploy/bench/overspend.sh)")
 	}
 	const budget = 40 * costPerCall
 	rows := []string{"| proxies | clients | budget (calls) | admitted calls | overspend (calls) | usable |", "|---|---|---|---|---|---|"}
+	rpmRows := []string{"| proxies | clients | rpm_limit | requests | admitted | admitted / limit |", "|---|---|---|---|---|---|"}
 	for _, proxies := range []int{1, 3} {
 		d := newDeployment(t, CPOptions{DatabaseURL: os.Getenv("TOLLGATE_OVERSPEND_DB")})
 		var dps []*DataPlane
@@ -283,9 +284,47 @@ func TestBudgetOverspendTable(t *testing.T) {
 				rows = append(rows, fmt.Sprintf("| %d | %d (upstream %d ms) | %d | %d | %d | %.0f%% |", proxies, clients, delay,
 					budget/costPerCall, n, (spend-budget)/costPerCall, 100*float64(min(spend, budget))/float64(budget)))
 			}
+			const rpm = 60
+			n := hammerRPM(t, d, dps, clients, rpm)
+			t.Run(fmt.Sprintf("%d proxies %d clients rpm", proxies, clients), func(t *testing.T) {
+				if ratio := float64(n) / rpm; ratio < 0.95 || ratio > 1.2 {
+					t.Fatalf("admitted %d with rpm_limit %d (%.2f×), want 0.95–1.2×", n, rpm, ratio)
+				}
+			})
+			rpmRows = append(rpmRows, fmt.Sprintf("| %d | %d | %d | %d | %d | %.2f× |", proxies, clients, rpm, 3*rpm, n, float64(n)/rpm))
 		}
 	}
 	fmt.Println(strings.Join(rows, "\n"))
+	fmt.Println()
+	fmt.Println(strings.Join(rpmRows, "\n"))
+}
+
+// hammerRPM sends 3×limit requests from clients concurrent clients, round
+// robin over dps, with a fresh key whose rpm_limit is limit, inside one
+// wall-clock minute, and returns how many were admitted.
+func hammerRPM(t *testing.T, d *deployment, dps []*DataPlane, clients int, limit int64) int64 {
+	key := limitKey(t, d, map[string]any{"rpm_limit": limit}, dps...)
+	inWindow(15)
+	var sent, admitted atomic.Int64
+	var wg sync.WaitGroup
+	for c := range clients {
+		wg.Go(func() {
+			for i := 0; sent.Add(1) <= 3*limit; i++ {
+				dp := dps[(c+i)%len(dps)]
+				r := Do(t, "POST", dp.URL()+"/v1/chat/completions", key, chat("gpt-4o-mini", ""))
+				switch r.Status {
+				case 200:
+					admitted.Add(1)
+				case 429:
+				default:
+					t.Errorf("status %d: %s", r.Status, r.Body)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return admitted.Load()
 }
 
 // hammerBudget runs clients concurrent clients, round robin over dps,
