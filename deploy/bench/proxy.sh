@@ -6,6 +6,7 @@
 #   KEYS=1000000 ROUNDS=5 DURATION=10s deploy/bench/proxy.sh
 #   DELAY=20ms deploy/bench/proxy.sh         # the mock upstream waits 20 ms per answer
 #   MODES=json deploy/bench/proxy.sh         # skip SSE streaming
+#   PROXIES=3 deploy/bench/proxy.sh          # Tollgate targets round robin over 3 proxies (CPU summed)
 #   BIN=/path deploy/bench/proxy.sh          # use binaries built there (controlplane, dataplane,
 #                                            # seed, mockupstream, bareproxy, proxybench); no build
 #
@@ -49,6 +50,7 @@ DELAY=${DELAY:-0s}
 MODES=${MODES:-json,stream}
 PROFILE=${PROFILE:-6s}
 PORT=${PORT:-18400}
+PROXIES=${PROXIES:-1}
 
 stamp=$(date -u +%Y-%m-%dT%H%M%SZ)
 mkdir -p deploy/bench/results
@@ -68,7 +70,7 @@ trap 'exit 130' INT TERM
 
 {
   echo "== proxy benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "command: KEYS=$KEYS ROUNDS=$ROUNDS WORKERS=$WORKERS DURATION=$DURATION RATE=$RATE LAT_DURATION=$LAT_DURATION DELAY=$DELAY MODES=$MODES PROFILE=$PROFILE deploy/bench/proxy.sh"
+  echo "command: KEYS=$KEYS ROUNDS=$ROUNDS WORKERS=$WORKERS DURATION=$DURATION RATE=$RATE LAT_DURATION=$LAT_DURATION DELAY=$DELAY MODES=$MODES PROFILE=$PROFILE PROXIES=$PROXIES deploy/bench/proxy.sh"
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(uname -sr)"
   echo "go: $(go version | cut -d' ' -f3-), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)')"
   echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -87,7 +89,7 @@ fi
 
 "$BIN/proxybench" -bin "$BIN" -work "$work" -keys "$KEYS" -port "$PORT" -rounds "$ROUNDS" -workers "$WORKERS" \
   -duration "$DURATION" -rate "$RATE" -lat-duration "$LAT_DURATION" -delay "$DELAY" -modes "$MODES" \
-  -profile "$PROFILE" -profile-out "$prof" > >(tee -a "$out") 2>&1 &
+  -profile "$PROFILE" -profile-out "$prof" -proxies "$PROXIES" > >(tee -a "$out") 2>&1 &
 driver=$!
 wait "$driver"
 driver=

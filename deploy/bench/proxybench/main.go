@@ -63,6 +63,7 @@ type config struct {
 	profile            time.Duration
 	profileOut         string
 	upstreamCredential string
+	proxies            int
 }
 
 type proc struct {
@@ -80,10 +81,11 @@ type bench struct {
 }
 
 type target struct {
-	name    string // short name in the tables
-	url     string
-	bearer  string
-	cpuProc *proc // the proxy whose CPU is charged (nil: direct)
+	name     string   // short name in the tables
+	url      string   // the first of urls
+	urls     []string // load goes round robin over these (several proxies)
+	bearer   string
+	cpuProcs []*proc // the proxies whose CPU is charged (none: direct)
 }
 
 // sample is one phase of one target in one round.
@@ -101,7 +103,8 @@ func main() {
 	flag.StringVar(&c.bin, "bin", "bin", "directory with controlplane, dataplane, seed, mockupstream, bareproxy")
 	flag.StringVar(&c.work, "work", "", "work directory (stores, caches, logs); required")
 	flag.IntVar(&c.keys, "keys", 100_000, "keys seeded into the control plane's store")
-	flag.IntVar(&c.port, "port", 18400, "first of 6 consecutive loopback ports")
+	flag.IntVar(&c.port, "port", 18400, "first of 6 consecutive loopback ports (+2 per extra proxy)")
+	flag.IntVar(&c.proxies, "proxies", 1, "Tollgate proxies the Tollgate targets spread their load over (1 or 3); CPU per request is the sum of theirs")
 	flag.IntVar(&c.rounds, "rounds", 3, "rounds per target and mode")
 	flag.IntVar(&c.workers, "workers", 16, "concurrent workers (keep-alive connections) in the throughput phase")
 	flag.DurationVar(&c.duration, "duration", 4*time.Second, "throughput phase per target and round")
@@ -195,6 +198,24 @@ func (b *bench) run() error {
 		return err
 	}
 	fmt.Printf("proxy ready with the %d-key snapshot in %s\n", c.keys, time.Since(t1).Round(time.Millisecond))
+	dps, dpURLs := []*proc{dp}, []string{"http://" + dpAddr}
+	for i := 1; i < c.proxies; i++ {
+		addr := b.addr(6 + 2*(i-1))
+		p, err := b.start(fmt.Sprintf("dataplane-%d", i+1), []string{"OPENAI_API_KEY=" + c.upstreamCredential},
+			"--listen", addr, "--control-plane", cpGRPC, "--sync-token", b.tok,
+			"--cache", filepath.Join(c.work, fmt.Sprintf("proxy-%d.db", i+1)), "--id", fmt.Sprintf("bench-%d", i+1),
+			"--pprof-addr", b.addr(7+2*(i-1)), "--log-level", "warn")
+		if err != nil {
+			return err
+		}
+		if err := b.waitHTTP(p, "http://"+addr+"/health/readiness", 60*time.Second); err != nil {
+			return err
+		}
+		dps, dpURLs = append(dps, p), append(dpURLs, "http://"+addr)
+	}
+	if c.proxies > 1 {
+		fmt.Printf("%d proxies ready; the Tollgate targets go round robin over them\n", len(dps))
+	}
 
 	plain, err := b.generate(map[string]any{"key_alias": "bench-plain"})
 	if err != nil {
@@ -219,23 +240,25 @@ func (b *bench) run() error {
 	path := "/v1/chat/completions"
 	targets := []target{
 		{name: "direct", url: "http://" + upstream + path, bearer: c.upstreamCredential},
-		{name: "bare", url: "http://" + bareAddr + path, bearer: c.upstreamCredential, cpuProc: bare},
-		{name: "tollgate-plain", url: "http://" + dpAddr + path, bearer: plain, cpuProc: dp},
-		{name: "tollgate-limits", url: "http://" + dpAddr + path, bearer: limited, cpuProc: dp},
+		{name: "bare", url: "http://" + bareAddr + path, bearer: c.upstreamCredential, cpuProcs: []*proc{bare}},
+		{name: "tollgate-plain", url: dpURLs[0] + path, urls: withPath(dpURLs, path), bearer: plain, cpuProcs: dps},
+		{name: "tollgate-limits", url: dpURLs[0] + path, urls: withPath(dpURLs, path), bearer: limited, cpuProcs: dps},
 	}
 
 	// The proxy learns the new keys over its sync stream: wait for them.
 	deadline := time.Now().Add(30 * time.Second)
 	for _, t := range targets {
-		for {
-			code, body, err := b.do(t.url, t.bearer, bodies["json"])
-			if err == nil && code == 200 {
-				break
+		for _, u := range append([]string{t.url}, t.urls...) {
+			for {
+				code, body, err := b.do(u, t.bearer, bodies["json"])
+				if err == nil && code == 200 {
+					break
+				}
+				if time.Now().After(deadline) {
+					return fmt.Errorf("%s never answered 200: %d %s %v", t.name, code, body, err)
+				}
+				time.Sleep(20 * time.Millisecond)
 			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("%s never answered 200: %d %s %v", t.name, code, body, err)
-			}
-			time.Sleep(20 * time.Millisecond)
 		}
 	}
 	// The limited key's enforced params are live: a body without them is refused.
@@ -316,11 +339,11 @@ func (b *bench) run() error {
 // until the proxy and the control plane are idle (under one tick per 250 ms,
 // at most 10 s) and reports the CPU both at the end of the load and settled.
 func (b *bench) measure(t target, body []byte, rate vegeta.Rate, d time.Duration, mock, cp *proc) sample {
-	p0, u0, c0 := cpuOf(t.cpuProc), cpuOf(mock), cpuOf(cp)
+	p0, u0, c0 := cpuAll(t.cpuProcs), cpuOf(mock), cpuOf(cp)
 	m := b.attack(t, body, rate, d)
-	p1 := cpuOf(t.cpuProc)
-	settle(t.cpuProc, cp)
-	p2, u2, c2 := cpuOf(t.cpuProc), cpuOf(mock), cpuOf(cp)
+	p1 := cpuAll(t.cpuProcs)
+	settle(append([]*proc{cp}, t.cpuProcs...)...)
+	p2, u2, c2 := cpuAll(t.cpuProcs), cpuOf(mock), cpuOf(cp)
 	return sample{target: t.name, m: m, loadCPU: p1 - p0, proxyCPU: p2 - p0, upCPU: u2 - u0, cpCPU: c2 - c0}
 }
 
@@ -346,7 +369,11 @@ func settle(ps ...*proc) {
 
 func (b *bench) attack(t target, body []byte, rate vegeta.Rate, d time.Duration) vegeta.Metrics {
 	hdr := http.Header{"Authorization": {"Bearer " + t.bearer}, "Content-Type": {"application/json"}}
-	tr := vegeta.NewStaticTargeter(vegeta.Target{Method: "POST", URL: t.url, Body: body, Header: hdr})
+	var tgts []vegeta.Target
+	for _, u := range append([]string{t.url}, t.urls...)[min(len(t.urls), 1):] {
+		tgts = append(tgts, vegeta.Target{Method: "POST", URL: u, Body: body, Header: hdr})
+	}
+	tr := vegeta.NewStaticTargeter(tgts...)
 	opts := []func(*vegeta.Attacker){
 		vegeta.KeepAlive(true), vegeta.HTTP2(false), vegeta.Timeout(10 * time.Second),
 		vegeta.Connections(b.c.workers * 2), vegeta.Workers(uint64(b.c.workers)),
@@ -361,6 +388,22 @@ func (b *bench) attack(t target, body []byte, rate vegeta.Rate, d time.Duration)
 	}
 	m.Close()
 	return m
+}
+
+// cpuAll sums cpuOf over ps.
+func cpuAll(ps []*proc) (d time.Duration) {
+	for _, p := range ps {
+		d += cpuOf(p)
+	}
+	return d
+}
+
+func withPath(bases []string, path string) []string {
+	out := make([]string, len(bases))
+	for i, b := range bases {
+		out[i] = b + path
+	}
+	return out
 }
 
 // cpuOf returns utime+stime of a process from /proc/<pid>/stat.
@@ -474,7 +517,7 @@ func report(samples []sample, targets []target, modes []string, c config) {
 				continue
 			}
 			cpu, ratio, rounds, load := "—", "—", "", "—"
-			if t.cpuProc != nil {
+			if len(t.cpuProcs) > 0 {
 				v := usPer(a.proxy, a.req)
 				cpu = fmt.Sprintf("%.1f", v)
 				load = fmt.Sprintf("%.1f", usPer(a.load, a.req))
@@ -507,7 +550,7 @@ func report(samples []sample, targets []target, modes []string, c config) {
 				added = fmt.Sprintf("%+.0f", float64(median(a.p50s)-median(bareLat.p50s))/1e3)
 			}
 			cpu := "—"
-			if t.cpuProc != nil {
+			if len(t.cpuProcs) > 0 {
 				cpu = fmt.Sprintf("%.0f", usPer(a.proxy, a.req))
 			}
 			fmt.Printf("| %s | %s | %s | %s | %s | %s | %.0f | %.2f%% |\n", t.name, ms(median(a.p50s)), ms(median(a.p90s)), ms(median(a.p99s)),
@@ -621,7 +664,8 @@ func (b *bench) start(name string, env []string, args ...string) (*proc, error) 
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(filepath.Join(b.c.bin, name), args...)
+	bin, _, _ := strings.Cut(name, "-") // "dataplane-2" runs bin/dataplane
+	cmd := exec.Command(filepath.Join(b.c.bin, bin), args...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.Env = append(os.Environ(), env...)
 	// Children die with the driver, whatever kills it.
