@@ -120,19 +120,29 @@ func runResets(ctx context.Context, st store.Store, log *slog.Logger, every time
 	}
 }
 
-// mergeDue adds b to a, sorted by time, without duplicates.
+// mergeDue adds b to a, sorted by time, one entry per object: an object in
+// both keeps b's time (b is the newer reading of the store, so a reset moved
+// earlier or later through the API is rescheduled).
 func mergeDue(a, b []due) []due {
-	seen := make(map[[2]string]bool, len(a))
-	for _, d := range a {
-		seen[[2]string{d.kind, d.id}] = true
-	}
+	fresh := make(map[[2]string]bool, len(b))
 	for _, d := range b {
-		if !seen[[2]string{d.kind, d.id}] {
-			a = append(a, d)
+		fresh[[2]string{d.kind, d.id}] = true
+	}
+	out := a[:0]
+	for _, d := range a {
+		if !fresh[[2]string{d.kind, d.id}] {
+			out = append(out, d)
 		}
 	}
-	sort.Slice(a, func(i, j int) bool { return a[i].at.Before(a[j].at) })
-	return a
+	seen := make(map[[2]string]bool, len(b))
+	for _, d := range b {
+		if k := [2]string{d.kind, d.id}; !seen[k] {
+			seen[k] = true
+			out = append(out, d)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].at.Before(out[j].at) })
+	return out
 }
 
 // scanLimit bounds one scan; when more resets are due, the job scans again

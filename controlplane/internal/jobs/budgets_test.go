@@ -73,3 +73,20 @@ func TestBudgetResetAtTheSecond(t *testing.T) {
 		t.Fatalf("second period not reset: %d", got.Spend)
 	}
 }
+
+// A newer scan's time for an object replaces the scheduled one (a reset
+// moved earlier through the API must not wait for the old time).
+func TestMergeDueTakesTheNewerReading(t *testing.T) {
+	t0 := time.Unix(1_800_000_000, 0)
+	sched := []due{{t0.Add(50 * time.Second), store.KindKey, "k1"}, {t0.Add(20 * time.Second), store.KindTeam, "t1"}}
+	got := mergeDue(sched, []due{{t0.Add(10 * time.Second), store.KindKey, "k1"}, {t0.Add(30 * time.Second), store.KindUser, "u1"}})
+	want := []due{{t0.Add(10 * time.Second), store.KindKey, "k1"}, {t0.Add(20 * time.Second), store.KindTeam, "t1"}, {t0.Add(30 * time.Second), store.KindUser, "u1"}}
+	if len(got) != len(want) {
+		t.Fatalf("mergeDue = %v, want %v", got, want)
+	}
+	for i := range want {
+		if !got[i].at.Equal(want[i].at) || got[i].kind != want[i].kind || got[i].id != want[i].id {
+			t.Fatalf("mergeDue = %v, want %v", got, want)
+		}
+	}
+}

@@ -63,7 +63,11 @@ func (j *JobServer) auth(ctx context.Context) error {
 	}
 	if j.s.peer {
 		if p, ok := peer.FromContext(ctx); ok {
-			if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.VerifiedChains) > 0 {
+			// The control plane's TLS config verifies every certificate
+			// presented against --client-ca during the handshake itself
+			// (pkg/certs: VerifyConnection, so crypto/tls leaves
+			// VerifiedChains empty); here one must have been presented.
+			if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
 				return nil
 			}
 		}

@@ -124,9 +124,12 @@ type Limiter struct {
 	budgets  map[budgetKey]*budget
 	outTok   map[string]*atomic.Int64 // deployment id → mean completion tokens × 16
 
-	members   atomic.Uint64 // proxies<<32 | index
-	connected atomic.Bool
-	notify    chan struct{}
+	members atomic.Uint64 // proxies<<32 | index
+	// drainEpoch counts the acks after which the spend outbox held no
+	// unacked record (see Acked).
+	drainEpoch atomic.Uint64
+	connected  atomic.Bool
+	notify     chan struct{}
 }
 
 type budgetKey struct{ kind, id string }
@@ -553,6 +556,7 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix in
 			period++
 		}
 		r.mu.Lock()
+		r.catchUp(ad.l.drainEpoch.Load())
 		r.observe(spend, period, nowNano)
 		// Admit while this proxy's reservations in flight + the cost of
 		// its finished requests that the synced spend does not hold yet
@@ -612,6 +616,15 @@ type budget struct {
 	// base is the synced spend last seen and period the budget period it
 	// belongs to (a fall of the spend or a new period starts afresh).
 	base, period int64
+	// epoch is the Limiter's drainEpoch when pending last changed.
+	epoch uint64
+}
+
+// catchUp drops pending that predates the outbox's last drain (locked).
+func (b *budget) catchUp(epoch uint64) {
+	if b.epoch != epoch {
+		b.pending, b.epoch = 0, epoch
+	}
 }
 
 type ackedCost struct {
@@ -668,8 +681,18 @@ func (b *budget) observe(spend, period, nowNano int64) {
 
 // Acked implements syncclient.Leases: records costing costs (per object)
 // were applied by a transaction that left the objects' spend at spends.
-func (l *Limiter) Acked(costs, spends []*syncv1.ObjectSpend) {
+// drained says the outbox holds no unacked record: whatever is still
+// pending then has no record to wait for (a price changed between the
+// decision and the record, an append failed) and is dropped, so the count
+// cannot creep up.
+func (l *Limiter) Acked(costs, spends []*syncv1.ObjectSpend, drained bool) {
 	nowNano := l.now().UnixNano()
+	if drained {
+		// Lazily: each budget drops its older pending when it next sees
+		// the new epoch (O(1) here, however many budgets there are).
+		defer l.drainEpoch.Add(1)
+	}
+	epoch := l.drainEpoch.Load()
 	for _, c := range costs {
 		kind := c.GetKind()
 		if kind == "organization" {
@@ -689,6 +712,7 @@ func (l *Limiter) Acked(costs, spends []*syncv1.ObjectSpend) {
 			}
 		}
 		r.mu.Lock()
+		r.catchUp(epoch)
 		amount := min(c.GetSpend(), r.pending)
 		r.pending -= amount
 		// Without a figure (the object is gone), the cost counts as synced.
@@ -758,14 +782,19 @@ func (ad *admitted) done(o proxy.Outcome) {
 	}
 	if ad.nresv > 0 {
 		var actual int64
-		if o.UsageKnown {
-			actual = (o.Usage.PromptTokens*ad.inPrice + o.Usage.CompletionTokens*ad.outPrice + 999_999) / 1_000_000
-			ad.l.observeOutTokens(ad.depID, o.Usage.CompletionTokens)
-		} else if o.Status >= 200 && o.Status < 300 {
-			actual = ad.estCost // billed from an estimate: keep ours until the ack
+		// Exactly what the spend record bills (spend.NewRecord), so the
+		// record's ack releases it: the reported usage, or the proxy's
+		// estimate for a 2xx without usage; nothing for an error.
+		if o.UsageKnown || o.UsageEstimated {
+			actual = (max(o.Usage.PromptTokens, 0)*ad.inPrice + max(o.Usage.CompletionTokens, 0)*ad.outPrice + 999_999) / 1_000_000
 		}
+		if o.UsageKnown {
+			ad.l.observeOutTokens(ad.depID, o.Usage.CompletionTokens)
+		}
+		epoch := ad.l.drainEpoch.Load()
 		for _, r := range ad.resv[:ad.nresv] {
 			r.mu.Lock()
+			r.catchUp(epoch)
 			r.reserved -= ad.estCost
 			r.pending += actual
 			r.mu.Unlock()

@@ -382,7 +382,7 @@ func TestBudgetAckedCostHeldUntilSynced(t *testing.T) {
 		t.Fatal("admitted with 30 synced (another proxy's) + 80 of ours unsynced")
 	}
 	// Our records are applied: the transaction left the key at 110.
-	l.Acked([]*syncv1.ObjectSpend{{Kind: "key", Id: "tok-1", Spend: 80}}, []*syncv1.ObjectSpend{{Kind: "key", Id: "tok-1", Spend: 110}})
+	l.Acked([]*syncv1.ObjectSpend{{Kind: "key", Id: "tok-1", Spend: 80}}, []*syncv1.ObjectSpend{{Kind: "key", Id: "tok-1", Spend: 110}}, false)
 	if _, rej, _ := f.admit(l); rej == nil {
 		t.Fatal("admitted after the ack but before the synced spend holds it")
 	}
@@ -398,6 +398,35 @@ func TestBudgetAckedCostHeldUntilSynced(t *testing.T) {
 	done, rej, _ := f.admit(l)
 	if rej != nil {
 		t.Fatalf("refused at 110 synced of 111 with nothing unsynced: %s", rej.Message)
+	}
+	done(proxy.Outcome{Status: 500})
+}
+
+// A 2xx without usage counts what the spend record bills (the proxy's
+// estimate), and a drained outbox leaves nothing counted: a cost the
+// records never carried (a price changed, an append failed) cannot pile up.
+func TestBudgetPendingDroppedWhenOutboxDrained(t *testing.T) {
+	l := newLimiter()
+	f := newFixture(t, smallBody)
+	f.p.Key.Limits.MaxBudget = 100
+	f.dep.OutputCost = 1_000_000
+	if rej := enforce.ParseBody([]byte(`{"model":"m","max_tokens":1,"messages":[]}`), &f.body); rej != nil {
+		t.Fatal(rej.Message)
+	}
+	for range 4 { // 4 × 30 estimated
+		done, rej, _ := f.admit(l)
+		if rej != nil {
+			t.Fatal(rej.Message)
+		}
+		done(proxy.Outcome{Status: 200, UsageEstimated: true, Usage: proxy.Usage{CompletionTokens: 30}})
+	}
+	if _, rej, _ := f.admit(l); rej == nil {
+		t.Fatal("admitted with 120 estimated and unsynced against a budget of 100")
+	}
+	l.Acked(nil, nil, true) // every record acked, none carried these costs
+	done, rej, _ := f.admit(l)
+	if rej != nil {
+		t.Fatalf("still counting after the outbox drained: %s", rej.Message)
 	}
 	done(proxy.Outcome{Status: 500})
 }

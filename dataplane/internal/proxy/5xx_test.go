@@ -74,6 +74,12 @@ func TestStreamBrokenMidwayIsAborted(t *testing.T) {
 	if len(u) != 1 || !u[0].Aborted || u[0].Status != 200 {
 		t.Fatalf("usage %+v", u)
 	}
+	// No usage came: the outcome carries an estimate from the request and
+	// the streamed bytes, marked as such, for the spend record to bill.
+	chunk := int64(len("data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n"))
+	if u[0].UsageKnown || !u[0].UsageEstimated || u[0].Usage.CompletionTokens != chunk/4 || u[0].Usage.PromptTokens < 1 {
+		t.Fatalf("estimated usage %+v, want %d completion tokens from %d streamed bytes", u[0], chunk/4, chunk)
+	}
 	if !strings.Contains(metricsText(t, e), `outcome="upstream_timeout",route="/chat/completions"} 1`) {
 		t.Fatal("metric")
 	}

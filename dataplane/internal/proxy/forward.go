@@ -65,6 +65,7 @@ type call struct {
 	status     int
 	usage      Usage
 	usageKnown bool
+	respBytes  int64 // response bytes read from the upstream
 	aborted    bool
 	outcome    int
 	errOutcome bool
@@ -491,11 +492,22 @@ func (h *handler) finish(c *call) {
 	if o.OrganizationID == "" && c.principal.Org != nil {
 		o.OrganizationID = c.principal.Org.OrganizationID
 	}
-	if c.gateDone != nil {
-		c.gateDone(o)
+	if !c.usageKnown && c.status >= 200 && c.status < 300 {
+		// No usage reported (an abandoned or broken stream, an upstream
+		// that ignores include_usage): bill an estimate from what was
+		// sent and streamed, ~4 bytes a token (the response's bytes
+		// include its JSON/SSE framing, so this errs high).
+		o.Usage = Usage{PromptTokens: int64(c.body.Size())/4 + 1, CompletionTokens: c.respBytes / 4}
+		o.Usage.TotalTokens = o.Usage.PromptTokens + o.Usage.CompletionTokens
+		o.UsageEstimated = true
 	}
+	// The spend record first, then the gate: a gate that learns the
+	// outbox is fully acked can then drop what it still counts as unsynced.
 	if h.onUsage != nil {
 		h.onUsage(o)
+	}
+	if c.gateDone != nil {
+		c.gateDone(o)
 	}
 }
 

@@ -97,6 +97,10 @@ type Outcome struct {
 	// aborted stream, an upstream that ignores include_usage).
 	UsageKnown bool
 	Usage      Usage
+	// UsageEstimated is set when a 2xx response reported no usage: Usage
+	// then holds an estimate from the request and response sizes, which
+	// the spend record bills (marked estimated) and budgets count.
+	UsageEstimated bool
 	// Aborted is set when the response broke after its headers were sent.
 	Aborted bool
 	// Start is when the request arrived; Duration runs until the response

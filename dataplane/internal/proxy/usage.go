@@ -65,6 +65,7 @@ func (f *sseFilter) Read(p []byte) (int, error) {
 			f.in = append(f.in, 0)[:len(f.in)]
 		}
 		n, err := f.src.Read(f.in[len(f.in):cap(f.in)])
+		f.c.respBytes += int64(n)
 		f.in = f.in[:len(f.in)+n]
 		f.process(err != nil)
 		f.err = err
@@ -197,6 +198,7 @@ func newUsageSniffer(src io.ReadCloser, c *call) *usageSniffer {
 
 func (s *usageSniffer) Read(p []byte) (int, error) {
 	n, err := s.src.Read(p)
+	s.c.respBytes += int64(n)
 	if n > 0 && !s.broken {
 		s.feed(p[:n])
 	}

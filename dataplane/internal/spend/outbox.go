@@ -301,9 +301,18 @@ func maxU(a, b uint64) uint64 {
 
 // Ack deletes every record up to lastSeq: the control plane applied them.
 // It returns what the deleted records cost per key, team, user and
-// organization (ObjectSpend.Spend holds the cost), for the budget gate. An
-// ack for another outbox id (a stale stream) is ignored.
-func (ob *Outbox) Ack(outboxID string, lastSeq uint64) ([]*syncv1.ObjectSpend, error) {
+// organization (ObjectSpend.Spend holds the cost), for the budget gate, and
+// whether no appended record is left unacked. An ack for another outbox id
+// (a stale stream) is ignored.
+func (ob *Outbox) Ack(outboxID string, lastSeq uint64) ([]*syncv1.ObjectSpend, bool, error) {
+	costs, err := ob.ack(outboxID, lastSeq)
+	ob.mu.Lock()
+	drained := ob.ackedSeq == ob.lastSeq && len(ob.queue) == 0
+	ob.mu.Unlock()
+	return costs, drained && err == nil, err
+}
+
+func (ob *Outbox) ack(outboxID string, lastSeq uint64) ([]*syncv1.ObjectSpend, error) {
 	if outboxID != ob.id {
 		return nil, nil
 	}
@@ -325,7 +334,11 @@ func (ob *Outbox) Ack(outboxID string, lastSeq uint64) ([]*syncv1.ObjectSpend, e
 		for k, v := c.First(); k != nil && binary.BigEndian.Uint64(k) <= lastSeq; k, v = c.Next() {
 			r.Reset()
 			if err := proto.Unmarshal(v, &r); err == nil && r.Cost > 0 {
-				for _, o := range [...]ref{{"key", r.TokenId}, {"team", r.TeamId}, {"user", r.UserId}, {"organization", r.OrganizationId}} {
+				user := r.UserId
+				if r.TeamId != "" {
+					user = "" // a team key spends the team's budget, not its user's (as the gate counts it)
+				}
+				for _, o := range [...]ref{{"key", r.TokenId}, {"team", r.TeamId}, {"user", user}, {"organization", r.OrganizationId}} {
 					if o.id != "" {
 						costs[o] += r.Cost
 					}

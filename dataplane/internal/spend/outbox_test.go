@@ -130,19 +130,19 @@ func TestAckDeletes(t *testing.T) {
 		ob.Append(rec(i))
 	}
 	flush(t, ob)
-	if _, err := ob.Ack("other-outbox", 10); err != nil {
+	if _, _, err := ob.Ack("other-outbox", 10); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(allRecords(t, ob)); n != 10 {
 		t.Fatalf("an ack for another outbox deleted records: %d left", n)
 	}
-	costs, err := ob.Ack(ob.ID(), 4)
+	costs, drained, err := ob.Ack(ob.ID(), 4)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// rec(0..3) at seq 1..4, costs 0+1+2+3, all of key k1.
-	if len(costs) != 1 || costs[0].GetKind() != "key" || costs[0].GetId() != "k1" || costs[0].GetSpend() != 6 {
-		t.Fatalf("acked costs = %v, want key k1: 6", costs)
+	if len(costs) != 1 || costs[0].GetKind() != "key" || costs[0].GetId() != "k1" || costs[0].GetSpend() != 6 || drained {
+		t.Fatalf("acked costs = %v (drained %v), want key k1: 6, not drained", costs, drained)
 	}
 	recs := allRecords(t, ob)
 	if len(recs) != 6 || recs[0].Seq != 5 {
@@ -156,7 +156,9 @@ func TestAckDeletes(t *testing.T) {
 		t.Fatal("WaitShipped returned with records unacked")
 	}
 	cancel()
-	ob.Ack(ob.ID(), 10)
+	if _, drained, _ := ob.Ack(ob.ID(), 10); !drained {
+		t.Fatal("every record acked, but not drained")
+	}
 	if err := ob.WaitShipped(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -72,8 +72,9 @@ type SpendSource interface {
 	// or nil when there are none.
 	Batch(proxyID string, after uint64, max int) (*syncv1.SpendBatch, error)
 	// Ack deletes the records up to lastSeq and returns their cost per
-	// object (ObjectSpend.Spend is the cost).
-	Ack(outboxID string, lastSeq uint64) ([]*syncv1.ObjectSpend, error)
+	// object (ObjectSpend.Spend is the cost) and whether every record
+	// appended so far is now acked.
+	Ack(outboxID string, lastSeq uint64) ([]*syncv1.ObjectSpend, bool, error)
 	// Changed returns a channel closed at the next commit or ack.
 	Changed() <-chan struct{}
 }
@@ -88,8 +89,9 @@ type Leases interface {
 	Apply(g *syncv1.LeaseGrant)
 	SetConnected(bool)
 	// Acked tells the budget gate that records costing costs (per object)
-	// are applied, and the spend (per object) that holds them.
-	Acked(costs, spends []*syncv1.ObjectSpend)
+	// are applied, the spend (per object) that holds them, and whether the
+	// outbox is drained (nothing the gate counts as unacked is left).
+	Acked(costs, spends []*syncv1.ObjectSpend, drained bool)
 }
 
 // Spend shipping: records per batch and batches in flight per stream.
@@ -458,11 +460,11 @@ func (c *Client) shipSpend(ctx context.Context, cancel context.CancelFunc,
 				}
 			}
 		case a := <-acks:
-			costs, err := src.Ack(a.GetOutboxId(), a.GetLastSeq())
+			costs, drained, err := src.Ack(a.GetOutboxId(), a.GetLastSeq())
 			if err != nil {
 				c.log.Error("spend ack not recorded; the records will be sent again", "err", err)
-			} else if c.o.Leases != nil && len(costs) > 0 {
-				c.o.Leases.Acked(costs, a.GetSpends())
+			} else if c.o.Leases != nil && (len(costs) > 0 || drained) {
+				c.o.Leases.Acked(costs, a.GetSpends(), drained)
 			}
 			for len(inflight) > 0 && inflight[0] <= a.GetLastSeq() {
 				inflight = inflight[1:]
