@@ -53,6 +53,7 @@ type attempt struct {
 	usage      usage
 	latency    time.Duration
 	committed  bool // streaming: the response went to the client
+	aborted    bool // the response broke after it started (http.ErrAbortHandler)
 	header     http.Header
 }
 
@@ -64,7 +65,7 @@ type usage struct {
 
 // retryable is a failure the next model may not have: connection error
 // (502), timeout (504) or any 5xx.
-func (a *attempt) retryable() bool { return a.status >= 500 || a.status == 0 }
+func (a *attempt) retryable() bool { return a.aborted || a.status >= 500 || a.status == 0 }
 
 func (h *handler) llmCall(stream bool) func(w http.ResponseWriter, r *http.Request, c *caller) {
 	return func(w http.ResponseWriter, r *http.Request, c *caller) {
@@ -99,6 +100,8 @@ func (h *handler) llmCall(stream bool) func(w http.ResponseWriter, r *http.Reque
 			a := h.attempt(r, c, q.ModelGroup, q.upstreamBody(model, stream), w, stream)
 			errText := ""
 			switch {
+			case a.aborted:
+				errText = "the response broke after it started"
 			case a.status >= 200 && a.status < 300:
 			case a.retryable():
 				errText = "upstream failed with status " + strconv.Itoa(a.status)
@@ -112,6 +115,15 @@ func (h *handler) llmCall(stream bool) func(w http.ResponseWriter, r *http.Reque
 				Cost: h.cost(model, a), LatencyMs: a.latency.Milliseconds(), Status: int32(a.status), Error: errText,
 			}
 			recErr := h.record(r, rec)
+			if a.aborted && a.committed {
+				// Recorded as failed (so a completed job with it costs no
+				// credit); now break the client's response as the proxy
+				// would have.
+				if recErr != nil {
+					h.o.Logger.Warn("saas: broken call not recorded", "job_id", jobID, "err", recErr)
+				}
+				panic(http.ErrAbortHandler)
+			}
 			if a.committed {
 				// The stream went out; its record is written before the
 				// response ends (the handler returns after this).
@@ -185,10 +197,25 @@ func (h *handler) forward(r *http.Request, path string, hdr http.Header, body []
 	req.RemoteAddr = r.RemoteAddr
 	start := time.Now()
 	rw := &captureWriter{hdr: http.Header{}, out: w, stream: stream, group: group}
-	h.o.Proxy.ServeHTTP(rw, req)
-	rw.finish()
+	aborted := false
+	func() {
+		// The proxy aborts a response that broke after its headers with
+		// http.ErrAbortHandler; catch it so the attempt is recorded first.
+		defer func() {
+			if v := recover(); v != nil {
+				if v != http.ErrAbortHandler {
+					panic(v)
+				}
+				aborted = true
+			}
+		}()
+		h.o.Proxy.ServeHTTP(rw, req)
+	}()
+	if !aborted {
+		rw.finish()
+	}
 	a := &attempt{status: rw.status, latency: time.Since(start), deployment: rw.hdr.Get("X-Litellm-Model-Id"),
-		committed: rw.committed, header: rw.hdr}
+		committed: rw.committed, header: rw.hdr, aborted: aborted}
 	if a.status == 0 {
 		a.status = http.StatusOK
 	}

@@ -89,6 +89,14 @@ var upstream = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The proxy answers 504 when the attempt's deadline passes.
 		<-r.Context().Done()
 		w.WriteHeader(http.StatusGatewayTimeout)
+	case body.Model == "broken":
+		// Headers and a first chunk, then the upstream connection breaks:
+		// the proxy aborts the response.
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(200)
+		_, _ = w.Write([]byte(`data: {"model":"broken","choices":[{"delta":{"content":"Hi"}}]}` + "\n\n"))
+		w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler)
 	case body.Model == "bad":
 		w.WriteHeader(500)
 		_, _ = w.Write([]byte(`{"error":{"message":"boom"}}`))
@@ -112,7 +120,8 @@ func setup() (http.Handler, *fakeJobs) {
 	st.add("sk-team-b-secret", "b", "active", 5, state.TeamModelGroup{Name: "S", Models: []string{"slow", "good"}})
 	st.add("sk-team-s-secret", "s", "suspended", 5)
 	st.add("sk-team-z-secret", "z", "active", 0)
-	jobs := &fakeJobs{jobTeam: map[string]string{"ja": "a", "jb": "b"}}
+	st.add("sk-team-c-secret", "c", "active", 5, state.TeamModelGroup{Name: "B", Models: []string{"broken", "good"}})
+	jobs := &fakeJobs{jobTeam: map[string]string{"ja": "a", "jb": "b", "jc": "c"}}
 	return New(Options{State: st, Proxy: upstream, Jobs: jobs, ProxyID: "p1", AttemptTimeout: 50 * time.Millisecond}), jobs
 }
 
@@ -229,5 +238,27 @@ func TestGroupRouter(t *testing.T) {
 		if _, handled, rest := serve(c.key, c.body); handled || rest != c.body {
 			t.Fatalf("%s: handled %v, body %q", c.key, handled, rest)
 		}
+	}
+}
+
+// A call whose response breaks is recorded as failed before anything else:
+// streamed, the client's response is then aborted (the job will cost no
+// credit); not yet streamed, the next model of the group answers.
+func TestBrokenCallIsRecordedAsFailed(t *testing.T) {
+	h, jobs := setup()
+	func() {
+		defer func() {
+			if v := recover(); v != http.ErrAbortHandler {
+				t.Fatalf("streamed broken call: recovered %v, want http.ErrAbortHandler", v)
+			}
+		}()
+		do(h, "POST", "/api/jobs/jc/llm-call-stream", "Bearer sk-team-c-secret", `{"model_group":"B","messages":[{"role":"user","content":"x"}]}`)
+	}()
+	if len(jobs.records) != 1 || jobs.records[0].Model != "broken" || jobs.records[0].Error == "" {
+		t.Fatalf("records after a broken stream: %v", jobs.records)
+	}
+	w := do(h, "POST", "/api/jobs/jc/llm-call", "Bearer sk-team-c-secret", `{"model_group":"B","messages":[{"role":"user","content":"x"}]}`)
+	if w.Code != 200 || len(jobs.records) != 3 || jobs.records[1].Error == "" || jobs.records[2].Model != "good" || jobs.records[2].Error != "" {
+		t.Fatalf("non-streamed broken call: %d %s, records %v", w.Code, w.Body, jobs.records)
 	}
 }
