@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	saasv1 "github.com/tollgate-gw/tollgate/gen/tollgate/saas/v1"
@@ -288,6 +289,12 @@ func (h *handler) refusal(w http.ResponseWriter, a *attempt) {
 		msg := env.Error.Message
 		if msg == "" {
 			msg = http.StatusText(a.status)
+		}
+		// A 429 keeps its Retry-After and rate-limit headers (DESIGN.md).
+		for k, v := range a.header {
+			if k == "Retry-After" || strings.HasPrefix(k, "X-Ratelimit-") {
+				w.Header()[k] = v
+			}
 		}
 		writeDetail(w, a.status, msg)
 	}
