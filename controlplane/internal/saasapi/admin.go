@@ -6,11 +6,13 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tollgate-gw/tollgate/controlplane/internal/events"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
@@ -69,7 +71,35 @@ func (s *Service) Handler() http.Handler {
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fail(http.StatusNotFound, "Not Found"))
 	})
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Ids come from the path and the query: text the stores can hold
+		// or 404, never a driver error (Postgres refuses NUL and invalid
+		// UTF-8).
+		if !saneRequestText(r) {
+			writeError(w, fail(http.StatusNotFound, "Not Found"))
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// saneRequestText reports whether r's path and query are valid UTF-8 of a
+// sane length without control characters.
+func saneRequestText(r *http.Request) bool {
+	for _, v := range []string{r.URL.Path, r.URL.RawQuery} {
+		if len(v) > 4096 || !utf8.ValidString(v) {
+			return false
+		}
+		for _, c := range v {
+			if c < 0x20 || c == 0x7f {
+				return false
+			}
+		}
+	}
+	if q, err := url.QueryUnescape(r.URL.RawQuery); err != nil || !utf8.ValidString(q) || strings.ContainsRune(q, 0) {
+		return false
+	}
+	return true
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -10,9 +10,11 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -55,7 +57,37 @@ type handler struct {
 }
 
 // New returns the handler of the team endpoints (mount it at "/api/").
-func New(o Options) http.Handler { return newHandler(o).mux }
+func New(o Options) http.Handler {
+	mux := newHandler(o).mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Ids from the path and query go to the control plane: text it can
+		// store, or 404 here.
+		if !saneRequestText(r) {
+			writeDetail(w, http.StatusNotFound, "Not Found")
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// saneRequestText reports whether r's path and query are valid UTF-8 of a
+// sane length without control characters.
+func saneRequestText(r *http.Request) bool {
+	for _, v := range []string{r.URL.Path, r.URL.RawQuery} {
+		if len(v) > 4096 || !utf8.ValidString(v) {
+			return false
+		}
+		for _, c := range v {
+			if c < 0x20 || c == 0x7f {
+				return false
+			}
+		}
+	}
+	if q, err := url.QueryUnescape(r.URL.RawQuery); err != nil || !utf8.ValidString(q) || strings.ContainsRune(q, 0) {
+		return false
+	}
+	return true
+}
 
 func newHandler(o Options) *handler {
 	if o.Logger == nil {

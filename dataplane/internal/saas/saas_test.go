@@ -262,3 +262,11 @@ func TestBrokenCallIsRecordedAsFailed(t *testing.T) {
 		t.Fatalf("non-streamed broken call: %d %s, records %v", w.Code, w.Body, jobs.records)
 	}
 }
+
+// Ids the control plane could not store are 404 here, not a 5xx later.
+func TestInsaneIDsAre404(t *testing.T) {
+	h, _ := setup()
+	for _, path := range []string{"/api/jobs/a%00b", "/api/credits/balance?team_id=%ff", "/api/teams/x%01y"} {
+		wantDetail(t, do(h, "GET", path, "Bearer sk-team-a-secret", ""), 404, "Not Found")
+	}
+}
