@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -18,6 +19,9 @@ import (
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
 )
+
+// maxCredits bounds a team's credits_allocated.
+const maxCredits = int64(1e12)
 
 // maxBody bounds a request body.
 const maxBody = 1 << 20
@@ -505,6 +509,9 @@ func (s *Service) createTeam(r *http.Request) (any, error) {
 	if credits < 0 || credits > 1e12 {
 		return nil, fail(http.StatusUnprocessableEntity, "credits_allocated must be between 0 and 10^12")
 	}
+	if s.rate > 0 && credits > math.MaxInt64/s.rate {
+		return nil, fail(http.StatusUnprocessableEntity, "credits_allocated times the credit rate exceeds the largest budget")
+	}
 	md, err := jsonObject(req.Metadata, "metadata")
 	if err != nil {
 		return nil, err
@@ -859,6 +866,9 @@ func (s *Service) grant(ctx context.Context, teamID string, amount *int64, reaso
 	t, err := s.updateTeam(ctx, teamID, func(ctx context.Context, tx store.Tx, t *store.Team) error {
 		sa := t.SaaS
 		before := sa.CreditsRemaining
+		if sa.CreditsAllocated > maxCredits-*amount || (s.rate > 0 && sa.CreditsAllocated+*amount > math.MaxInt64/s.rate) {
+			return fail(http.StatusUnprocessableEntity, "credits_allocated would exceed 10^12 credits or the largest budget")
+		}
 		sa.CreditsAllocated += *amount
 		sa.CreditsRemaining += *amount
 		t.Limits.MaxBudget = s.budget(sa)
