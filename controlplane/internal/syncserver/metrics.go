@@ -51,12 +51,16 @@ func newMetrics(s *Server, reg prometheus.Registerer) metrics {
 			_, hi := s.feed.bounds()
 			return float64(hi)
 		}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tollgate_cp_sync_max_lag_revisions", Help: "Largest gap between the head and the revision a connected proxy reported applied (0 with no proxy)."}, func() float64 {
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tollgate_cp_sync_max_lag_revisions", Help: "Largest gap between the head and the revision a connected proxy reported applied (before its first report: the revision it connected with; 0 with no proxy)."}, func() float64 {
 			_, hi := s.feed.bounds()
 			lag := int64(0)
 			s.connsMu.Lock()
 			for c := range s.conns {
-				lag = max(lag, hi-c.applied.Load())
+				applied := c.applied.Load()
+				if applied == 0 {
+					applied = c.hello // not reported yet: what it held on connecting
+				}
+				lag = max(lag, hi-applied)
 			}
 			s.connsMu.Unlock()
 			return float64(max(lag, 0))
