@@ -3,6 +3,7 @@ package monitor
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -11,6 +12,8 @@ import (
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -94,5 +97,37 @@ tollgate_cp_grpc_requests_total{code="PermissionDenied",method="/tollgate.admin.
 func TestRedactPath(t *testing.T) {
 	if got := RedactPath("/key/sk-abc/regenerate"); got != "/key/[redacted]/regenerate" {
 		t.Fatal(got)
+	}
+}
+
+func TestSpansForManagementCalls(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	defer tp.Shutdown(context.Background())
+	defer telemetry.UseTracerProvider(tp)()
+	m := New(prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+
+	const parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("traceparent", parent))
+	m.UnaryInterceptor()(ctx, nil, &grpc.UnaryServerInfo{FullMethod: "/tollgate.admin.v1.KeyService/GetKeyInfo"},
+		func(ctx context.Context, req any) (any, error) { return nil, nil })
+
+	gw := runtime.NewServeMux(runtime.WithMiddlewares(m.GatewayMiddleware()))
+	gw.HandlePath("POST", "/key/generate", func(w http.ResponseWriter, r *http.Request, _ map[string]string) {})
+	r := httptest.NewRequest("POST", "/key/generate", nil)
+	r.Header.Set("Traceparent", parent)
+	m.HTTP(gw).ServeHTTP(httptest.NewRecorder(), r)
+
+	spans := rec.Ended()
+	if len(spans) != 2 {
+		t.Fatalf("%d spans", len(spans))
+	}
+	if spans[0].Name() != "/tollgate.admin.v1.KeyService/GetKeyInfo" || spans[1].Name() != "POST /key/generate" {
+		t.Fatalf("span names %q, %q", spans[0].Name(), spans[1].Name())
+	}
+	for _, s := range spans {
+		if s.Parent().TraceID().String() != "0af7651916cd43dd8448eb211c80319c" {
+			t.Fatalf("%s: not a child of the caller's traceparent", s.Name())
+		}
 	}
 }
