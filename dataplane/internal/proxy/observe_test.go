@@ -144,3 +144,13 @@ func TestTracingSpanPerRequestAndTraceparentUpstream(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkServeHTTPTraced is BenchmarkServeHTTP with tracing on (spans
+// recorded by a sampler-on provider whose processor drops them): the cost of
+// a span per request, its attributes and the traceparent injection.
+func BenchmarkServeHTTPTraced(b *testing.B) {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sdktrace.NewSimpleSpanProcessor(tracetest.NewNoopExporter())))
+	defer tp.Shutdown(context.Background())
+	defer telemetry.UseTracerProvider(tp)()
+	BenchmarkServeHTTP(b)
+}
