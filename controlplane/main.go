@@ -15,13 +15,24 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/tollgate-gw/tollgate/controlplane/pkg/flagenv"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/flagenv"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/telemetry"
 )
+
+// redactURL hides a password in a URL for logging.
+func redactURL(s string) string {
+	if u, err := url.Parse(s); err == nil && u.User != nil {
+		return u.Redacted()
+	}
+	return s
+}
 
 // options are the control plane's flags.
 type options struct {
@@ -33,6 +44,8 @@ type options struct {
 	SyncToken   string
 	Config      string
 	LogLevel    string
+	LogFormat   string
+	OTLP        string
 	PprofAddr   string
 	// CreditUSD is the LiteLLM-side budget one SaaS credit buys.
 	CreditUSD float64
@@ -48,8 +61,8 @@ func (o options) String() string {
 		}
 		return "(sensitive)"
 	}
-	return fmt.Sprintf("http-addr=%s grpc-addr=%s database-url=%s data-dir=%s master-key=%s sync-token=%s config=%s tls-cert=%s client-ca=%s",
-		o.HTTPAddr, o.GRPCAddr, red(o.DatabaseURL), o.DataDir, red(o.MasterKey), red(o.SyncToken), o.Config, o.TLSCert, o.ClientCA)
+	return fmt.Sprintf("http-addr=%s grpc-addr=%s database-url=%s data-dir=%s master-key=%s sync-token=%s config=%s tls-cert=%s client-ca=%s log-format=%s otlp-endpoint=%s",
+		o.HTTPAddr, o.GRPCAddr, red(o.DatabaseURL), o.DataDir, red(o.MasterKey), red(o.SyncToken), o.Config, o.TLSCert, o.ClientCA, o.LogFormat, redactURL(o.OTLP))
 }
 
 func newFlagSet(name string, o *options) *flag.FlagSet {
@@ -62,6 +75,8 @@ func newFlagSet(name string, o *options) *flag.FlagSet {
 	fs.StringVar(&o.SyncToken, "sync-token", "", "shared secret data planes present on the sync stream")
 	fs.StringVar(&o.Config, "config", "", "LiteLLM-style YAML config applied at start")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.LogFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&o.OTLP, "otlp-endpoint", "", "OpenTelemetry OTLP/HTTP endpoint for traces (e.g. http://collector:4318); off when empty and OTEL_EXPORTER_OTLP_ENDPOINT is unset")
 	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM certificate for REST and gRPC (TLS when set; reloaded when the file changes)")
 	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
 	fs.StringVar(&o.ClientCA, "client-ca", "", "PEM CA bundle: proxies must present a client certificate it signed on the sync stream (mutual TLS)")
@@ -91,16 +106,15 @@ func main() {
 		fmt.Fprintln(os.Stderr, "controlplane:", err)
 		os.Exit(2)
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(o.LogLevel)); err != nil {
-		fmt.Fprintln(os.Stderr, "controlplane: --log-level:", err)
+	logger, err := telemetry.NewLogger(os.Stderr, o.LogFormat, o.LogLevel)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "controlplane:", err)
 		os.Exit(2)
 	}
-	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+	slog.SetDefault(logger)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	var err error
 	switch cmd {
 	case "run":
 		err = run(ctx, o)

@@ -11,9 +11,12 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"path/filepath"
-	"strings"
 	"time"
 
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -28,16 +31,19 @@ import (
 	"github.com/tollgate-gw/tollgate/controlplane/internal/config"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/events"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/jobs"
+	"github.com/tollgate-gw/tollgate/controlplane/internal/monitor"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/openapi"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/saasapi"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store/embedded"
+	"github.com/tollgate-gw/tollgate/controlplane/internal/store/metered"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store/postgres"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/syncserver"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/ui"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/certs"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/money"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/telemetry"
 	saasv1 "github.com/tollgate-gw/tollgate/gen/tollgate/saas/v1"
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 )
@@ -84,12 +90,29 @@ func run(ctx context.Context, o options) error {
 		return errors.New("the master key must start with sk- and be 4 to 256 printable characters")
 	}
 	slog.Info("starting control plane", "options", o.String())
+	shutdownTracing, err := telemetry.SetupTracing(ctx, telemetry.TracingEndpoint(o.OTLP), "tollgate-controlplane", "", slog.Default())
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = shutdownTracing(sctx)
+	}()
 
-	st, err := openStore(ctx, o)
+	// One registry for every control-plane metric, served on GET /metrics
+	// of --http-addr (see README "Observability").
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(events.Collectors()...)
+	mon := monitor.New(reg, slog.Default())
+
+	raw, err := openStore(ctx, o)
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)
 	}
-	defer st.Close()
+	defer raw.Close()
+	st := metered.Wrap(raw, reg)
 	if cfg != nil {
 		if err := applyConfig(ctx, st, cfg); err != nil {
 			return fmt.Errorf("apply config %s: %w", o.Config, err)
@@ -110,13 +133,14 @@ func run(ctx context.Context, o options) error {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ChainStreamInterceptor(requireClientCert(o.ClientCA != "")),
+		grpc.ChainUnaryInterceptor(mon.UnaryInterceptor()),
 	}
 	if tlsCfg != nil {
 		gopts = append(gopts, grpc.Creds(credentials.NewTLS(tlsCfg)))
 	}
 	g := grpc.NewServer(gopts...)
 	srv.Register(g)
-	syncOpts := []syncserver.Option{syncserver.WithLogger(slog.Default())}
+	syncOpts := []syncserver.Option{syncserver.WithLogger(slog.Default()), syncserver.WithRegistry(reg)}
 	switch {
 	case o.ClientCA != "":
 		syncOpts = append(syncOpts, syncserver.WithPeerAuthenticated())
@@ -146,7 +170,7 @@ func run(ctx context.Context, o options) error {
 	healthpb.RegisterHealthServer(g, hs)
 	reflection.Register(g)
 
-	gw, err := srv.Gateway(ctx)
+	gw, err := srv.Gateway(ctx, runtime.WithMiddlewares(mon.GatewayMiddleware()))
 	if err != nil {
 		return err
 	}
@@ -164,6 +188,7 @@ func run(ctx context.Context, o options) error {
 	})
 	mux.Handle("GET /openapi.json", openapi.Handler())
 	mux.Handle("/api/", saas.Handler())
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.Handle("/", gw)
 	// The admin UI (controlplane/internal/ui) calls gw with the session's
 	// credential, so the API's authorization applies unchanged.
@@ -197,7 +222,7 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("listen %s: %w", o.HTTPAddr, err)
 	}
 	hsrv := &http.Server{
-		Handler:           accessLog(mux),
+		Handler:           mon.HTTP(mux),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,
@@ -347,38 +372,4 @@ func jsonEqual(a, b []byte) bool {
 	xa, _ := json.Marshal(x)
 	ya, _ := json.Marshal(y)
 	return string(xa) == string(ya)
-}
-
-// accessLog logs each request without query strings, and with any path
-// segment that could be a key replaced.
-func accessLog(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		rw := &statusWriter{ResponseWriter: w, status: 200}
-		next.ServeHTTP(rw, r)
-		slog.Debug("http", "method", r.Method, "path", redactPath(r.URL.Path), "status", rw.status, "dur", time.Since(start))
-	})
-}
-
-func redactPath(p string) string {
-	parts := strings.Split(p, "/")
-	for i, s := range parts {
-		if strings.HasPrefix(s, "sk-") || len(s) > 40 {
-			parts[i] = "[redacted]"
-		}
-	}
-	return strings.Join(parts, "/")
-}
-
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (s *statusWriter) WriteHeader(code int) { s.status = code; s.ResponseWriter.WriteHeader(code) }
-
-func (s *statusWriter) Flush() {
-	if f, ok := s.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
 }

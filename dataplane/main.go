@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -30,6 +31,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/certs"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/telemetry"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/limits"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/proxy"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/replica"
@@ -53,6 +55,8 @@ type options struct {
 	Cache        string
 	ID           string
 	LogLevel     string
+	LogFormat    string
+	OTLPEndpoint string
 	PprofAddr    string
 	TLSCA        string
 	TLSCert      string
@@ -64,7 +68,8 @@ func (o options) String() string {
 	if o.SyncToken != "" {
 		tok = "(sensitive)"
 	}
-	return fmt.Sprintf("listen=%s control-plane=%s sync-token=%s cache=%s id=%s", o.Listen, o.ControlPlane, tok, o.Cache, o.ID)
+	return fmt.Sprintf("listen=%s control-plane=%s sync-token=%s cache=%s id=%s log-format=%s otlp-endpoint=%s",
+		o.Listen, o.ControlPlane, tok, o.Cache, o.ID, o.LogFormat, redactURL(o.OTLPEndpoint))
 }
 
 func main() {
@@ -77,6 +82,8 @@ func main() {
 	fs.StringVar(&o.Cache, "cache", "./tollgate-proxy.db", "bbolt cache of the synced state")
 	fs.StringVar(&o.ID, "id", host, "stable proxy id (default: hostname)")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.LogFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&o.OTLPEndpoint, "otlp-endpoint", "", "OpenTelemetry OTLP/HTTP endpoint for traces (e.g. http://collector:4318); off when empty and OTEL_EXPORTER_OTLP_ENDPOINT is unset")
 	fs.StringVar(&o.TLSCA, "tls-ca", "", "PEM CA bundle that signed the control plane's certificate: sync over TLS when set")
 	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM client certificate presented to the control plane (mutual TLS); reloaded when the file changes")
 	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
@@ -88,12 +95,12 @@ func main() {
 		fmt.Fprintln(os.Stderr, "dataplane:", err)
 		os.Exit(2)
 	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(o.LogLevel)); err != nil {
-		fmt.Fprintln(os.Stderr, "dataplane: --log-level:", err)
+	logger, err := telemetry.NewLogger(os.Stderr, o.LogFormat, o.LogLevel)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "dataplane:", err)
 		os.Exit(2)
 	}
-	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})))
+	slog.SetDefault(logger)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -114,6 +121,15 @@ func run(ctx context.Context, o options) error {
 	if o.PprofAddr != "" {
 		servePprof(o.PprofAddr)
 	}
+	shutdownTracing, err := telemetry.SetupTracing(ctx, telemetry.TracingEndpoint(o.OTLPEndpoint), "tollgate-dataplane", version, slog.Default())
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = shutdownTracing(sctx)
+	}()
 	start := time.Now()
 	rep, err := replica.Open(o.Cache, slog.Default())
 	if err != nil {
@@ -136,22 +152,7 @@ func run(ctx context.Context, o options) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	for name, help := range map[string]string{
-		"tollgate_spend_outbox_queued":   "Spend records waiting for their group commit (lost on a crash).",
-		"tollgate_spend_outbox_unacked":  "Spend records committed to the outbox, not yet acked by the control plane.",
-		"tollgate_spend_outbox_last_seq": "Sequence number of the last committed spend record.",
-	} {
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 {
-			st := outbox.Stats()
-			switch name {
-			case "tollgate_spend_outbox_queued":
-				return float64(st.Queued)
-			case "tollgate_spend_outbox_unacked":
-				return float64(st.Unacked)
-			}
-			return float64(st.LastSeq)
-		}))
-	}
+	registerOutboxMetrics(reg, outbox)
 
 	var dialOpts []grpc.DialOption
 	if o.TLSCA != "" || o.TLSCert != "" {
@@ -296,4 +297,36 @@ func servePprof(addr string) {
 			slog.Error("pprof server", "err", err)
 		}
 	}()
+}
+
+// redactURL hides a password in a URL for logging.
+func redactURL(s string) string {
+	if u, err := url.Parse(s); err == nil && u.User != nil {
+		return u.Redacted()
+	}
+	return s
+}
+
+// registerOutboxMetrics exposes the spend outbox's depth and age.
+func registerOutboxMetrics(reg prometheus.Registerer, outbox *spend.Outbox) {
+	gauge := func(name, help string, f func(spend.Stats) float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(outbox.Stats()) })
+	}
+	reg.MustRegister(
+		gauge("tollgate_spend_outbox_queued", "Spend records waiting for their group commit (lost on a crash).",
+			func(st spend.Stats) float64 { return float64(st.Queued) }),
+		gauge("tollgate_spend_outbox_unacked", "Spend records committed to the outbox, not yet acked by the control plane.",
+			func(st spend.Stats) float64 { return float64(st.Unacked) }),
+		gauge("tollgate_spend_outbox_last_seq", "Sequence number of the last committed spend record.",
+			func(st spend.Stats) float64 { return float64(st.LastSeq) }),
+		gauge("tollgate_spend_outbox_oldest_unacked_age_seconds", "Seconds since the oldest spend record not yet acked by the control plane was committed (0 when none).",
+			func(st spend.Stats) float64 {
+				if st.OldestUnacked.IsZero() {
+					return 0
+				}
+				return time.Since(st.OldestUnacked).Seconds()
+			}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tollgate_spend_outbox_committed_total", Help: "Spend records committed to the outbox since start."},
+			func() float64 { return float64(outbox.Stats().Committed) }),
+	)
 }

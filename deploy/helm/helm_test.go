@@ -14,7 +14,10 @@ package helm_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +26,9 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/rulefmt"
+	"github.com/prometheus/prometheus/promql/parser"
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	batchv1 "k8s.io/api/batch/v1"
@@ -33,6 +39,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"sigs.k8s.io/yaml"
 )
 
 const (
@@ -98,6 +105,7 @@ var variants = []struct {
 		"--set", "proxy.autoscaling.enabled=false", "--set", "proxy.podDisruptionBudget.enabled=false",
 		"--set", "config.create=false", "--set", "config.existingConfigMap=my-config",
 		"--set", "serviceAccount.create=false"}},
+	{"tls", []string{"-f", filepath.Join("testdata", "values-tls.yaml")}},
 	{"dev-secret", []string{"--set", "secrets.createDevSecret=true",
 		"--set", "secrets.devValues.masterKey=sk-dev-master-0123456789",
 		"--set", "secrets.devValues.syncToken=sk-dev-sync-0123456789",
@@ -134,6 +142,11 @@ func TestChart(t *testing.T) {
 				checkEmbedded(t, objs, v.name == "embedded")
 			case "dev-secret":
 				checkDevSecret(t, out, objs)
+			case "tls":
+				checkTLS(t, objs, "tollgate-cp-cert", "tollgate-cp-cert", "tollgate-proxy-cert", "tollgate-proxy-cert")
+			}
+			if (v.name == "tls" || v.name == "full") != (len(objs.promRules) == 1) {
+				t.Errorf("%d PrometheusRule(s) rendered", len(objs.promRules))
 			}
 		})
 	}
@@ -150,6 +163,8 @@ func TestChartRefusesBadCombinations(t *testing.T) {
 		{[]string{"--set", "proxy.podDisruptionBudget.minAvailable=1"}, "not both"},
 		{[]string{"--set", "secrets.masterKey.existingSecret="}, "secrets.masterKey.existingSecret is required"},
 		{[]string{"--set", "secrets.createDevSecret=true"}, "secrets.devValues.masterKey is required"},
+		{[]string{"--set", "tls.enabled=true"}, "tls.controlPlane.existingSecret is required"},
+		{[]string{"--set", "tls.enabled=true", "--set", "tls.controlPlane.existingSecret=x", "--set", "tls.mutual.enabled=true"}, "tls.mutual.proxy.existingSecret is required"},
 	}
 	for _, c := range cases {
 		out, err := helm(t, append([]string{"template", "rel", chartDir, "--kube-version", kubeVersion}, c.args...)...)
@@ -186,6 +201,7 @@ type rendered struct {
 	pvcs        []*corev1.PersistentVolumeClaim
 	sas         []*corev1.ServiceAccount
 	ingresses   []*networkingv1.Ingress
+	promRules   []*rulefmt.RuleGroups
 }
 
 var docSep = regexp.MustCompile(`(?m)^---\s*$`)
@@ -200,6 +216,11 @@ func decodeAll(t *testing.T, manifest string) *rendered {
 			continue
 		}
 		n++
+		var head struct{ Kind string }
+		if err := yaml.Unmarshal([]byte(doc), &head); err == nil && head.Kind == "PrometheusRule" {
+			r.promRules = append(r.promRules, decodePrometheusRule(t, doc))
+			continue
+		}
 		obj, gvk, err := dec.Decode([]byte(doc), nil, nil)
 		if err != nil {
 			t.Errorf("strict decode failed: %v\n%s", err, doc)
@@ -236,6 +257,39 @@ func decodeAll(t *testing.T, manifest string) *rendered {
 		t.Fatal("helm template rendered nothing")
 	}
 	return r
+}
+
+// decodePrometheusRule decodes the Prometheus Operator's PrometheusRule (a CRD, so not in
+// k8s.io/api) strictly, and its spec the way Prometheus parses a rules file.
+func decodePrometheusRule(t *testing.T, doc string) *rulefmt.RuleGroups {
+	t.Helper()
+	var pr struct {
+		APIVersion string `json:"apiVersion"`
+		Kind       string `json:"kind"`
+		Metadata   struct {
+			Name   string            `json:"name"`
+			Labels map[string]string `json:"labels"`
+		} `json:"metadata"`
+		Spec json.RawMessage `json:"spec"`
+	}
+	if err := yaml.UnmarshalStrict([]byte(doc), &pr); err != nil {
+		t.Fatalf("PrometheusRule: %v", err)
+	}
+	if pr.APIVersion != "monitoring.coreos.com/v1" || pr.Metadata.Name == "" {
+		t.Errorf("PrometheusRule apiVersion %q name %q", pr.APIVersion, pr.Metadata.Name)
+	}
+	spec, err := yaml.JSONToYAML(pr.Spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	groups, errs := rulefmt.Parse(spec, false, model.UTF8Validation, parser.NewParser(parser.Options{}), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	for _, err := range errs {
+		t.Errorf("PrometheusRule spec: %v", err)
+	}
+	if groups == nil {
+		t.FailNow()
+	}
+	return groups
 }
 
 func stripComments(doc string) string {
@@ -607,6 +661,7 @@ func checkFull(t *testing.T, r *rendered) {
 	if len(r.netpols[0].Spec.Ingress[0].From) != 2 || len(r.netpols[0].Spec.Ingress[1].From) != 2 {
 		t.Errorf("NetworkPolicy extra peers missing: %+v", r.netpols[0].Spec.Ingress)
 	}
+	checkTLS(t, r, "tollgate-controlplane-tls", "tollgate-ca", "tollgate-proxy-tls", "tollgate-ca")
 }
 
 func checkEmbedded(t *testing.T, r *rendered, persistent bool) {
@@ -654,6 +709,121 @@ func checkDevSecret(t *testing.T, manifest string, r *rendered) {
 				}
 			}
 		}
+	}
+}
+
+// checkTLS: the control plane serves TLS from the server Secret (and verifies proxies against
+// the client CA), probes use HTTPS, and proxies verify the control plane with the CA and present
+// their client certificate; every flag names a file that a read-only Secret mount provides.
+func checkTLS(t *testing.T, r *rendered, serverSecret, caSecret, clientSecret, clientCASecret string) {
+	t.Helper()
+	cp, px := component(r, "controlplane"), component(r, "proxy")
+	if cp == nil || px == nil {
+		t.Fatal("missing Deployments")
+	}
+	cpc, pxc := cp.Spec.Template.Spec.Containers[0], px.Spec.Template.Spec.Containers[0]
+	for _, pr := range []*corev1.Probe{cpc.ReadinessProbe, cpc.LivenessProbe} {
+		if pr == nil || pr.HTTPGet == nil || pr.HTTPGet.Scheme != corev1.URISchemeHTTPS {
+			t.Errorf("control plane probe must use HTTPS with TLS on: %+v", pr)
+		}
+	}
+	if cp.Spec.Template.Annotations["prometheus.io/scheme"] != "https" {
+		t.Errorf("control plane scrape scheme %q", cp.Spec.Template.Annotations["prometheus.io/scheme"])
+	}
+	checkFileFlag(t, cp, cpc, "--tls-cert", serverSecret, "tls.crt")
+	checkFileFlag(t, cp, cpc, "--tls-key", serverSecret, "tls.key")
+	checkFileFlag(t, cp, cpc, "--client-ca", clientCASecret, "ca.crt")
+	checkFileFlag(t, px, pxc, "--tls-ca", caSecret, "ca.crt")
+	checkFileFlag(t, px, pxc, "--tls-cert", clientSecret, "tls.crt")
+	checkFileFlag(t, px, pxc, "--tls-key", clientSecret, "tls.key")
+	for _, c := range []corev1.Container{cpc, pxc} {
+		if !contains(c.Args, "--log-format=json") || !contains(c.Args, "--otlp-endpoint=http://otel-collector.observability:4318") {
+			t.Errorf("%s args %v: want --log-format=json and --otlp-endpoint", c.Name, c.Args)
+		}
+	}
+	want, err := os.ReadFile(filepath.Join("..", "observability", "prometheus-rules.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, errs := rulefmt.Parse(want, false, model.UTF8Validation, parser.NewParser(parser.Options{}), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if len(errs) > 0 || len(r.promRules) != 1 {
+		t.Fatalf("rules: %v, %d PrometheusRules", errs, len(r.promRules))
+	}
+	got := r.promRules[0]
+	if len(got.Groups) != len(ref.Groups) {
+		t.Fatalf("PrometheusRule has %d groups, deploy/observability %d", len(got.Groups), len(ref.Groups))
+	}
+	for i := range ref.Groups {
+		if len(got.Groups[i].Rules) != len(ref.Groups[i].Rules) {
+			t.Errorf("group %s: %d rules, want %d", ref.Groups[i].Name, len(got.Groups[i].Rules), len(ref.Groups[i].Rules))
+			continue
+		}
+		for j, rr := range ref.Groups[i].Rules {
+			if g := got.Groups[i].Rules[j]; g.Alert != rr.Alert || g.Expr != rr.Expr || g.Annotations["summary"] != rr.Annotations["summary"] {
+				t.Errorf("rule %s differs from deploy/observability", rr.Alert)
+			}
+		}
+	}
+}
+
+// checkFileFlag finds --flag=<dir>/<file> in c's args and requires a read-only mount of dir from a
+// volume of Secret secret that projects file.
+func checkFileFlag(t *testing.T, d *appsv1.Deployment, c corev1.Container, flag, secret, file string) {
+	t.Helper()
+	var path string
+	for _, a := range c.Args {
+		if v, ok := strings.CutPrefix(a, flag+"="); ok {
+			path = v
+		}
+	}
+	if path == "" {
+		t.Errorf("%s: no %s in %v", c.Name, flag, c.Args)
+		return
+	}
+	dir, name := filepath.Dir(path), filepath.Base(path)
+	if name != file {
+		t.Errorf("%s %s=%s: want a file named %s", c.Name, flag, path, file)
+	}
+	for _, m := range c.VolumeMounts {
+		if m.MountPath != dir {
+			continue
+		}
+		if !m.ReadOnly {
+			t.Errorf("%s: %s must be mounted read-only", c.Name, dir)
+		}
+		for _, v := range d.Spec.Template.Spec.Volumes {
+			if v.Name != m.Name {
+				continue
+			}
+			if v.Secret == nil || v.Secret.SecretName != secret {
+				t.Errorf("%s %s: volume %s is not Secret %s", c.Name, flag, v.Name, secret)
+				return
+			}
+			for _, it := range v.Secret.Items {
+				if it.Path == name {
+					return
+				}
+			}
+			t.Errorf("%s %s: Secret volume %s projects no %s", c.Name, flag, v.Name, name)
+			return
+		}
+	}
+	t.Errorf("%s %s: no volume mounted at %s", c.Name, flag, dir)
+}
+
+// TestChartRulesMatchDeploy keeps the chart's copy of the alert rules identical to
+// deploy/observability/prometheus-rules.yaml (Helm cannot read files outside the chart).
+func TestChartRulesMatchDeploy(t *testing.T) {
+	a, err := os.ReadFile(filepath.Join(chartDir, "files", "prometheus-rules.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join("..", "observability", "prometheus-rules.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a, b) {
+		t.Fatal("deploy/helm/tollgate/files/prometheus-rules.yaml differs from deploy/observability/prometheus-rules.yaml: copy it")
 	}
 }
 

@@ -32,9 +32,10 @@ func headerMatcher(h string) (string, bool) {
 }
 
 // Gateway returns the REST handler serving every management service
-// in-process (no network hop) at LiteLLM's paths.
-func (s *Server) Gateway(ctx context.Context) (http.Handler, error) {
-	mux := runtime.NewServeMux(
+// in-process (no network hop) at LiteLLM's paths. opts are applied after
+// the defaults (run.go adds the monitor's route middleware).
+func (s *Server) Gateway(ctx context.Context, opts ...runtime.ServeMuxOption) (http.Handler, error) {
+	mux := runtime.NewServeMux(append([]runtime.ServeMuxOption{
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},
@@ -44,7 +45,7 @@ func (s *Server) Gateway(ctx context.Context) (http.Handler, error) {
 		runtime.WithErrorHandler(gatewayError),
 		runtime.WithRoutingErrorHandler(routingError),
 		runtime.WithDisablePathLengthFallback(),
-	)
+	}, opts...)...)
 	for _, reg := range []func() error{
 		func() error { return adminv1.RegisterKeyServiceHandlerServer(ctx, mux, &keyService{s: s}) },
 		func() error { return adminv1.RegisterTeamServiceHandlerServer(ctx, mux, &teamService{s: s}) },

@@ -193,7 +193,12 @@ func (j *Job) deliver(ctx context.Context, cfg Config) error {
 					results[i] = errors.New("no webhook configured")
 				}
 			default:
+				t0 := time.Now()
 				results[i] = j.send(ctx, cfg, e)
+				countDelivery(e.Type, results[i], false, time.Since(t0))
+			}
+			if released[i] {
+				countDelivery(e.Type, nil, true, 0)
 			}
 			if results[i] == nil && !released[i] {
 				ok++

@@ -43,6 +43,11 @@
 // SHA-256 digests in constant time. A server created with an empty token
 // refuses every stream with FailedPrecondition: sync is off rather than open.
 //
+// With WithRegistry the server exposes its metrics (metrics.go): connected
+// streams, head revision and the worst lag a proxy reported, snapshot
+// builds, spend batches and records applied (and failed groups), and lease
+// grants. No metric is labelled by proxy id, key or team.
+//
 // # Thread safety
 //
 // Server methods are safe for concurrent use. Snapshots and ring entries are

@@ -2,6 +2,7 @@ package syncserver
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
@@ -42,6 +43,8 @@ type leases struct {
 	members []*conn
 	pools   map[poolKey]*pool
 	lastGC  time.Time
+	// grants counts lease grants sent (metrics).
+	grants atomic.Int64
 }
 
 type poolKey struct {
@@ -126,7 +129,7 @@ func (l *leases) join(c *conn) {
 	l.members = append(l.members, c)
 	out := l.membershipLocked()
 	l.mu.Unlock()
-	deliver(out)
+	l.deliver(out)
 }
 
 func (l *leases) leave(c *conn) {
@@ -148,7 +151,7 @@ func (l *leases) leave(c *conn) {
 	}
 	out := l.membershipLocked()
 	l.mu.Unlock()
-	deliver(out)
+	l.deliver(out)
 }
 
 // request records a proxy's use and answers its asks.
@@ -230,7 +233,7 @@ func (l *leases) request(c *conn, r *syncv1.LeaseRequest) {
 	for q, g := range others {
 		out = append(out, leaseSend{q, g})
 	}
-	deliver(out)
+	l.deliver(out)
 }
 
 // gcLocked drops windows that have ended and idle parallel pools.
@@ -243,8 +246,9 @@ func (l *leases) gcLocked(now time.Time) {
 	}
 }
 
-func deliver(out []leaseSend) {
+func (l *leases) deliver(out []leaseSend) {
 	for _, s := range out {
+		l.grants.Add(1)
 		if s.c.send == nil {
 			continue
 		}

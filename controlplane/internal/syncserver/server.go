@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
@@ -35,6 +37,7 @@ type options struct {
 	snapshotMaxLag int64
 	snapshotTTL    time.Duration
 	onSnapshot     func(SnapshotInfo)
+	registry       prometheus.Registerer
 	// peerAuth: streams are authenticated by the transport (mutual TLS,
 	// checked before the handler runs); a token, when set, is required too.
 	peerAuth bool
@@ -263,6 +266,8 @@ type Server struct {
 	// Spend batches from every stream go through one applier (spend.go).
 	spendOnce sync.Once
 	spendQ    chan spendReq
+
+	m metrics
 }
 
 type build struct {
@@ -325,6 +330,7 @@ func New(st store.Store, token string, opts ...Option) *Server {
 	if s.hasToken {
 		s.digest = sha256.Sum256([]byte(token))
 	}
+	s.m = newMetrics(s, o.registry)
 	return s
 }
 
@@ -493,6 +499,10 @@ func (s *Server) build(b *build) {
 		err = errors.New("store returned no snapshot")
 	}
 	info := SnapshotInfo{Duration: time.Since(start), Err: err}
+	s.m.snapshotBuild.Observe(info.Duration.Seconds())
+	if err != nil {
+		s.m.snapshotErrors.Inc()
+	}
 	if err != nil {
 		sn = nil
 		if s.base.Err() == nil {

@@ -179,13 +179,17 @@ func (s *Server) applyGroup(group []spendReq) {
 		}
 		return nil
 	})
+	s.m.spendApply.Observe(time.Since(start).Seconds())
 	if err != nil {
+		s.m.spendErrors.Inc()
 		err = s.storeErr(s.base, "applying spend", err)
 		for _, r := range group {
 			r.abort(err)
 		}
 		return
 	}
+	s.m.spendBatches.Add(float64(len(group)))
+	s.m.spendRecords.Add(float64(applied))
 	s.log.Debug("sync: spend applied", "batches", len(group), "sources", len(merged), "applied", applied, "took", time.Since(start))
 	for _, r := range group {
 		if err := r.send(withSpends(r.ack, r.batch, after)); err != nil {

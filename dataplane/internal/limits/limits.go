@@ -130,6 +130,8 @@ type Limiter struct {
 	drainEpoch atomic.Uint64
 	connected  atomic.Bool
 	notify     chan struct{}
+
+	grants, allowances atomic.Uint64 // lease grants and allowances received (metrics)
 }
 
 type budgetKey struct{ kind, id string }
@@ -152,7 +154,36 @@ func New(o Options) *Limiter {
 				return 0
 			}
 			return 1
-		}))
+		}),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "tollgate_limits_lease_proxies",
+				Help: "Proxies the control plane last said share the rate limits (each holds about 1/N of a limit it has not leased).",
+			}, func() float64 { return float64(l.members.Load() >> 32) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "tollgate_limits_leased_scopes",
+				Help: "Rate-limit scopes (key, team, user, model windows) this proxy holds an explicit leased allowance for.",
+			}, func() float64 {
+				l.mu.RLock()
+				defer l.mu.RUnlock()
+				n := 0
+				for _, c := range l.byScope {
+					c.mu.Lock()
+					if c.allowance >= 0 {
+						n++
+					}
+					c.mu.Unlock()
+				}
+				return float64(n)
+			}),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "tollgate_limits_lease_grants_total",
+				Help: "Lease grants received from the control plane.",
+			}, func() float64 { return float64(l.grants.Load()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "tollgate_limits_lease_allowances_total",
+				Help: "Leased allowances (one scope's share of a window) received from the control plane.",
+			}, func() float64 { return float64(l.allowances.Load()) }),
+		)
 	}
 	return l
 }
@@ -904,6 +935,8 @@ func (l *Limiter) Uses() *syncv1.LeaseRequest {
 
 // Apply installs a grant from the control plane.
 func (l *Limiter) Apply(g *syncv1.LeaseGrant) {
+	l.grants.Add(1)
+	l.allowances.Add(uint64(len(g.GetAllowances())))
 	if n := g.GetProxies(); n > 0 {
 		l.members.Store(uint64(n)<<32 | uint64(uint32(g.GetIndex())))
 	}

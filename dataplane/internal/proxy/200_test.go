@@ -41,7 +41,7 @@ func TestChatNonStream(t *testing.T) {
 	if resp.Header.Get("Set-Cookie") != "" || resp.Header.Get("Openai-Organization") != "" || resp.Header.Get("X-Ratelimit-Remaining-Requests") != "" {
 		t.Fatalf("leaked upstream headers: %v", resp.Header)
 	}
-	if resp.Header.Get("Llm_provider-X-Ratelimit-Remaining-Requests") != "99" || resp.Header.Get("X-Request-Id") != "req-upstream" {
+	if resp.Header.Get("Llm_provider-X-Ratelimit-Remaining-Requests") != "99" || resp.Header.Get("Llm_provider-X-Request-Id") != "req-upstream" {
 		t.Fatalf("headers not passed: %v", resp.Header)
 	}
 	u := e.usage()

@@ -15,6 +15,17 @@
 // credential come from the deployment only, and only an allowlist of client
 // headers is forwarded.
 //
+// Observability (observe.go, metrics.go): every request gets a request id
+// (the client's x-request-id when telemetry.SaneRequestID accepts it, else a
+// generated one), echoed in the response, forwarded upstream and put on the
+// request's log lines; the provider's own x-request-id reaches the client as
+// llm_provider-x-request-id. When tracing is on (telemetry.Tracing), the
+// request runs inside a server span whose parent is the client's
+// traceparent, and the upstream request carries the span's traceparent;
+// when it is off the only cost is one atomic load. Counters are resolved
+// once (per route and outcome, and per deployment, route and status class
+// in the cached target), so counting never looks up labels.
+//
 // Usage is read from the response as it passes: from the final usage chunk of
 // an SSE stream (hidden from a client that did not ask for it) or from the
 // top-level "usage" object of a JSON response, without buffering it.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -12,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/telemetry"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
 )
@@ -48,6 +51,9 @@ type call struct {
 	principal enforce.Principal
 	body      enforce.Body
 	dep       *state.Model
+	tg        *target
+	reqID     string
+	key       string // as presented; only ever logged as keys.DisplayName
 
 	// The upstream request.
 	url       *url.URL
@@ -105,7 +111,7 @@ func outcomeName(o int) string {
 var rejMisconfigured = enforce.New(enforce.OK, http.StatusInternalServerError, enforce.TypeInternal,
 	"The model's deployment has no usable api_base configured", "")
 
-func (h *handler) serveLLM(w http.ResponseWriter, r *http.Request, route enforce.Route) {
+func (h *handler) serveLLM(w http.ResponseWriter, r *http.Request, route enforce.Route, rid string) {
 	start := time.Now()
 	if r.Method != http.MethodPost {
 		w.Header()["Allow"] = allowPOST
@@ -117,7 +123,8 @@ func (h *handler) serveLLM(w http.ResponseWriter, r *http.Request, route enforce
 		return
 	}
 	c := newCall(route, r.URL.Path, start)
-	if rej := h.authenticate(c, presentedKey(r)); rej != nil {
+	c.reqID, c.key = rid, presentedKey(r)
+	if rej := h.authenticate(c, c.key); rej != nil {
 		h.reject(w, route, rej)
 		c.release()
 		return
@@ -133,6 +140,7 @@ func (h *handler) serveLLM(w http.ResponseWriter, r *http.Request, route enforce
 	if rej := h.decide(c, raw); rej != nil {
 		if rej == rejMisconfigured {
 			h.m.count(route, outMisconfigured)
+			noteOutcome(w, outMisconfigured, c.body.Model)
 			writeRejection(w, rej)
 		} else {
 			h.reject(w, route, rej)
@@ -147,6 +155,9 @@ func (h *handler) serveLLM(w http.ResponseWriter, r *http.Request, route enforce
 		done, rej := h.gate.Admit(r.Context(), &c.adm)
 		if rej != nil {
 			h.reject(w, route, rej)
+			c.tg.count(route, rej.Status)
+			noteOutcome(w, int(rej.Outcome), c.body.Model)
+			h.logRequest(r.Context(), c, rej.Status, int(rej.Outcome))
 			c.release()
 			return
 		}
@@ -195,9 +206,10 @@ func (h *handler) decide(c *call, raw []byte) *enforce.Rejection {
 	c.dep = dep
 	tg := h.target(dep)
 	if tg.base == nil {
-		h.log.Error("model deployment has no usable api_base", "model", dep.ModelName, "deployment", dep.ID)
+		h.log.Error("model deployment has no usable api_base", "model", dep.ModelName, "deployment", dep.ID, "request_id", c.reqID)
 		return rejMisconfigured
 	}
+	c.tg = tg
 	c.url = tg.base.urls[c.route]
 	if cred := h.credential(dep.APIKey); cred != "" {
 		c.auth = "Bearer " + cred
@@ -212,6 +224,13 @@ type target struct {
 	base   *upstreamBase // nil: no usable api_base
 	model  string        // upstream model name, provider prefix stripped
 	quoted []byte        // model as a JSON string; never mutated
+	counts *modelCounters
+}
+
+func (t *target) count(route enforce.Route, status int) {
+	if t != nil && t.counts != nil {
+		t.counts.count(route, status)
+	}
 }
 
 // maxTargets bounds the cache; models replaced by config changes leave stale
@@ -223,7 +242,7 @@ func (h *handler) target(m *state.Model) *target {
 		return v.(*target)
 	}
 	name := upstreamModelName(m.UpstreamModel)
-	t := &target{base: h.base(m), model: name, quoted: enforce.AppendString(nil, name)}
+	t := &target{base: h.base(m), model: name, quoted: enforce.AppendString(nil, name), counts: h.m.modelCounters(m.ModelName)}
 	if h.nTargets.Add(1) > maxTargets {
 		h.targets.Clear()
 		h.nTargets.Store(1)
@@ -333,6 +352,8 @@ func (h *handler) forward(w http.ResponseWriter, r *http.Request, c *call) {
 			c.aborted = true
 		}
 		h.finish(c)
+		noteOutcome(w, c.outcome, c.body.Model)
+		h.logRequest(r.Context(), c, c.status, c.outcome)
 		if v != nil {
 			panic(v)
 		}
@@ -369,6 +390,9 @@ func (h *handler) rewrite(pr *httputil.ProxyRequest) {
 	if c.auth != "" {
 		hdr["Authorization"] = []string{c.auth}
 	}
+	if telemetry.Tracing() {
+		injectTrace(pr.In.Context(), hdr)
+	}
 	segs := c.segs
 	nseg := c.nseg
 	pr.Out.Body = newSegReader(segs, nseg)
@@ -387,6 +411,12 @@ func (h *handler) modifyResponse(resp *http.Response) error {
 	h.m.upstream[c.route].Observe(time.Since(c.upStart).Seconds())
 	for _, k := range responseHeaderDrops {
 		delete(resp.Header, k)
+	}
+	// x-request-id is Tollgate's (set before the call); the provider's own
+	// goes on under LiteLLM's prefix for provider headers.
+	if v, ok := resp.Header["X-Request-Id"]; ok {
+		delete(resp.Header, "X-Request-Id")
+		resp.Header["Llm_provider-X-Request-Id"] = v
 	}
 	// The upstream account's rate limits are not the caller's; LiteLLM
 	// passes them on under this prefix, and Tollgate's own x-ratelimit-*
@@ -440,7 +470,7 @@ func (h *handler) upstreamError(w http.ResponseWriter, r *http.Request, err erro
 		c.status = rejUpstreamDown.Status
 		writeRejection(w, rejUpstreamDown)
 	}
-	h.log.Warn("upstream call failed", "route", c.route.Path(), "model", c.body.Model,
+	h.log.WarnContext(r.Context(), "upstream call failed", "request_id", c.reqID, "route", c.route.Path(), "model", c.body.Model,
 		"deployment", c.dep.ID, "status", c.status, "err", err)
 }
 
@@ -467,6 +497,7 @@ func (h *handler) finish(c *call) {
 		c.outcome = int(enforce.OK)
 	}
 	h.m.count(c.route, c.outcome)
+	c.tg.count(c.route, c.status)
 	if h.onUsage == nil && c.gateDone == nil {
 		return
 	}
@@ -509,6 +540,23 @@ func (h *handler) finish(c *call) {
 	if c.gateDone != nil {
 		c.gateDone(o)
 	}
+}
+
+// logRequest logs a request that passed the decision, at debug level, with
+// its request id and the key in display form only (sk-...abcd).
+func (h *handler) logRequest(ctx context.Context, c *call, status, outcome int) {
+	if !h.log.Enabled(ctx, slog.LevelDebug) {
+		return
+	}
+	h.log.LogAttrs(ctx, slog.LevelDebug, "proxy request",
+		slog.String("request_id", c.reqID),
+		slog.String("route", c.route.Path()),
+		slog.String("model", c.body.Model),
+		slog.Int("status", status),
+		slog.String("outcome", outcomeName(outcome)),
+		slog.String("key", keys.DisplayName(c.key)),
+		slog.String("token_id", c.principal.Key.TokenID),
+		slog.Duration("dur", time.Since(c.start)))
 }
 
 // segReader reads the planned body segments in order.

@@ -14,6 +14,32 @@ type metrics struct {
 	requests [enforce.NumRoutes][numOutcomes]prometheus.Counter
 	decision prometheus.Histogram
 	upstream [enforce.NumRoutes]prometheus.Observer
+	byModel  *prometheus.CounterVec
+}
+
+// statusClasses label tollgate_proxy_model_requests_total.
+var statusClasses = [...]string{"2xx", "3xx", "4xx", "5xx"}
+
+// modelCounters are one model's series, resolved once per deployment
+// object (package target cache), so counting is an index and an add.
+type modelCounters [enforce.NumRoutes][len(statusClasses)]prometheus.Counter
+
+func (m *metrics) modelCounters(model string) *modelCounters {
+	var mc modelCounters
+	for r := 1; r < enforce.NumRoutes; r++ {
+		for i, cls := range statusClasses {
+			mc[r][i] = m.byModel.WithLabelValues(routeLabel(enforce.Route(r)), model, cls)
+		}
+	}
+	return &mc
+}
+
+func (mc *modelCounters) count(route enforce.Route, status int) {
+	i := status/100 - 2
+	if i < 0 || i >= len(statusClasses) {
+		i = 3
+	}
+	mc[route][i].Inc()
 }
 
 // routeLabel is the route label; index 0 is any path that is not a route.
@@ -41,7 +67,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Help:    "Time from sending a request upstream to receiving its response headers.",
 		Buckets: prometheus.ExponentialBuckets(0.005, 2, 14), // 5 ms .. ~41 s
 	}, []string{"route"}))
-	m := &metrics{decision: decision}
+	byModel := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tollgate_proxy_model_requests_total",
+		Help: "Requests that passed the decision (a configured model), by route, model name and status class of the answer (rate-limit and budget refusals included).",
+	}, []string{"route", "model", "status"}))
+	m := &metrics{decision: decision, byModel: byModel}
 	for r := 0; r < enforce.NumRoutes; r++ {
 		for o := 0; o < numOutcomes; o++ {
 			m.requests[r][o] = requests.WithLabelValues(routeLabel(enforce.Route(r)), outcomeName(o))

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/telemetry"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
 )
@@ -214,6 +215,15 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	route := enforce.RouteOf(r.URL.Path)
+	rid := requestID(w, r)
+	if telemetry.Tracing() {
+		h.serveTraced(w, r, route, rid)
+		return
+	}
+	h.serveRoute(w, r, route, rid)
+}
+
+func (h *handler) serveRoute(w http.ResponseWriter, r *http.Request, route enforce.Route, rid string) {
 	switch route {
 	case 0:
 		// The path is not logged: a confused client may put a key in it.
@@ -221,7 +231,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case enforce.RouteModels:
 		h.serveModels(w, r)
 	default:
-		h.serveLLM(w, r, route)
+		h.serveLLM(w, r, route, rid)
 	}
 }
 
@@ -250,6 +260,7 @@ func (h *handler) readiness(w http.ResponseWriter) {
 // reject sends a rejection and counts it.
 func (h *handler) reject(w http.ResponseWriter, route enforce.Route, rej *enforce.Rejection) {
 	h.m.count(route, int(rej.Outcome))
+	noteOutcome(w, int(rej.Outcome), "")
 	writeRejection(w, rej)
 }
 
@@ -318,6 +329,7 @@ func (h *handler) serveModels(w http.ResponseWriter, r *http.Request) {
 	}
 	b = append(b, "]}"...)
 	h.m.count(route, int(enforce.OK))
+	noteOutcome(w, int(enforce.OK), "")
 	w.Header()["Content-Type"] = jsonCT
 	w.Write(b)
 }

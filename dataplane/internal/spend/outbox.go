@@ -70,9 +70,42 @@ type Outbox struct {
 	commitDur time.Duration
 	maxCommit time.Duration
 	writerErr error
+	// marks remembers when each unacked group was committed (in seq
+	// order), for the age of the oldest unacked record.
+	marks []commitMark
 
 	writerDone chan struct{}
 	closing    chan struct{} // closed by Close: ends a group window early
+}
+
+// commitMark: records up to last were committed at (or, for records found
+// in the file at Open, before) at.
+type commitMark struct {
+	last uint64
+	at   time.Time
+}
+
+// maxMarks bounds the commit marks kept while the control plane does not
+// ack (an hour of back-to-back commits would otherwise grow without bound).
+const maxMarks = 1024
+
+// addMarkLocked appends m; beyond maxMarks adjacent marks are merged, each
+// pair keeping the earlier time, so the oldest age errs on the old side.
+func (ob *Outbox) addMarkLocked(m commitMark) {
+	ob.marks = append(ob.marks, m)
+	if len(ob.marks) <= maxMarks {
+		return
+	}
+	j := 0
+	for i := 0; i < len(ob.marks); i += 2 {
+		mk := ob.marks[i]
+		if i+1 < len(ob.marks) {
+			mk.last = ob.marks[i+1].last
+		}
+		ob.marks[j] = mk
+		j++
+	}
+	ob.marks = ob.marks[:j]
 }
 
 // Open opens (or creates) the outbox file at path.
@@ -128,6 +161,7 @@ func Open(path string, o Options) (*Outbox, error) {
 		return nil, fmt.Errorf("spend outbox %s: %w", path, err)
 	}
 	if n := ob.lastSeq - ob.ackedSeq; n > 0 {
+		ob.marks = append(ob.marks, commitMark{last: ob.lastSeq, at: time.Now()})
 		ob.log.Info("spend outbox holds unshipped records", "records", n, "outbox_id", ob.id)
 	}
 	go ob.writer()
@@ -213,6 +247,7 @@ func (ob *Outbox) writer() {
 			ob.queue = nil // release the backing array
 		}
 		ob.lastSeq = first + uint64(n) - 1
+		ob.addMarkLocked(commitMark{last: ob.lastSeq, at: start})
 		ob.committed += uint64(n)
 		ob.groups++
 		ob.commitDur += took
@@ -357,6 +392,14 @@ func (ob *Outbox) ack(outboxID string, lastSeq uint64) ([]*syncv1.ObjectSpend, e
 	if lastSeq > ob.ackedSeq {
 		ob.ackedSeq = lastSeq
 	}
+	i := 0
+	for i < len(ob.marks) && ob.marks[i].last <= ob.ackedSeq {
+		i++
+	}
+	ob.marks = ob.marks[i:]
+	if len(ob.marks) == 0 {
+		ob.marks = nil
+	}
 	ob.broadcastLocked()
 	ob.mu.Unlock()
 	out := make([]*syncv1.ObjectSpend, 0, len(costs))
@@ -377,6 +420,10 @@ type Stats struct {
 	// MeanCommit and MaxCommit are the durations of a group commit (the
 	// window in which queued records are not yet durable).
 	MeanCommit, MaxCommit time.Duration
+	// OldestUnacked is when the oldest record not yet acked was committed
+	// (zero when everything is acked; records found in the file at Open
+	// count from Open).
+	OldestUnacked time.Time
 }
 
 // Stats returns the outbox's counters.
@@ -387,6 +434,9 @@ func (ob *Outbox) Stats() Stats {
 		Committed: ob.committed, Groups: ob.groups, MaxCommit: ob.maxCommit}
 	if ob.groups > 0 {
 		st.MeanCommit = ob.commitDur / time.Duration(ob.groups)
+	}
+	if len(ob.marks) > 0 && st.Unacked > 0 {
+		st.OldestUnacked = ob.marks[0].at
 	}
 	return st
 }

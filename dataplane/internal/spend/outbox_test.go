@@ -217,3 +217,53 @@ func BenchmarkOutbox(b *testing.B) {
 	b.ReportMetric(float64(st.MeanCommit.Microseconds())/1000, "ms/commit")
 	b.ReportMetric(float64(st.MaxCommit.Microseconds())/1000, "max-ms/commit")
 }
+
+// The age of the oldest unacked record follows commits and acks, survives a
+// reopen (counted from Open), and the marks stay bounded.
+func TestOldestUnacked(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "spend")
+	ob := open(t, path)
+	if !ob.Stats().OldestUnacked.IsZero() {
+		t.Fatal("empty outbox has an oldest record")
+	}
+	before := time.Now()
+	ob.Append(rec(1))
+	flush(t, ob)
+	first := ob.Stats().OldestUnacked
+	if first.Before(before) || first.After(time.Now()) {
+		t.Fatalf("oldest %v, want between %v and now", first, before)
+	}
+	time.Sleep(10 * time.Millisecond)
+	ob.Append(rec(2))
+	flush(t, ob)
+	if got := ob.Stats().OldestUnacked; !got.Equal(first) {
+		t.Fatalf("a newer commit moved the oldest: %v != %v", got, first)
+	}
+	ob.Ack(ob.ID(), 1)
+	if got := ob.Stats().OldestUnacked; !got.After(first) {
+		t.Fatalf("ack of the oldest did not advance it: %v", got)
+	}
+	ob.Close()
+	start := time.Now()
+	ob = open(t, path)
+	if got := ob.Stats().OldestUnacked; got.Before(start) {
+		t.Fatalf("records found at Open count from Open, got %v", got)
+	}
+	ob.Ack(ob.ID(), 2)
+	if !ob.Stats().OldestUnacked.IsZero() {
+		t.Fatal("all acked, still an oldest record")
+	}
+	for i := range 3 * maxMarks {
+		ob.mu.Lock()
+		ob.lastSeq++
+		ob.addMarkLocked(commitMark{last: ob.lastSeq, at: start.Add(time.Duration(i))})
+		ob.mu.Unlock()
+	}
+	if st := ob.Stats(); len(ob.marks) > maxMarks || !st.OldestUnacked.Equal(start) {
+		t.Fatalf("%d marks, oldest %v", len(ob.marks), st.OldestUnacked)
+	}
+	ob.mu.Lock()
+	ob.lastSeq = 2 // the fake marks above have no records behind them
+	ob.mu.Unlock()
+	ob.Close()
+}

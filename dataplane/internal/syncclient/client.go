@@ -160,6 +160,8 @@ type metrics struct {
 	deltas     prometheus.Counter
 	errors     *prometheus.CounterVec
 	spendSent  prometheus.Counter
+	applySnap  prometheus.Observer
+	applyDelta prometheus.Observer
 }
 
 // New returns a client; call Run.
@@ -191,9 +193,20 @@ func New(a Applier, o Options) *Client {
 		spendSent:  prometheus.NewCounter(prometheus.CounterOpts{Name: "tollgate_spend_records_sent_total", Help: "Spend records sent to the control plane (resends included)."}),
 		errors:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tollgate_sync_session_errors_total", Help: "Sync sessions ended by an error, by reason."}, []string{"reason"}),
 	}
+	apply := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "tollgate_sync_apply_seconds",
+		Help:    "Time to apply what the control plane sent, by kind: a delta, or a whole snapshot (every chunk, including the atomic install).",
+		Buckets: []float64{50e-6, 250e-6, 1e-3, 5e-3, 25e-3, 100e-3, 500e-3, 2, 10, 30},
+	}, []string{"kind"})
+	c.m.applySnap = apply.WithLabelValues("snapshot")
+	c.m.applyDelta = apply.WithLabelValues("delta")
 	c.m.revision.Set(float64(c.st.Revision))
 	if o.Registry != nil {
-		o.Registry.MustRegister(c.m.connected, c.m.revision, c.m.head, c.m.reconnects, c.m.snapshots, c.m.deltas, c.m.errors, c.m.spendSent,
+		o.Registry.MustRegister(c.m.connected, c.m.revision, c.m.head, c.m.reconnects, c.m.snapshots, c.m.deltas, c.m.errors, c.m.spendSent, apply,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tollgate_sync_revision_lag", Help: "Revisions the served state is behind the head the control plane last announced (0 when current)."}, func() float64 {
+				s := c.Status()
+				return float64(max(s.Head-s.Revision, 0))
+			}),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tollgate_sync_state_age_seconds", Help: "Seconds since the replica was last known to be at the control plane's head (-1: never)."}, func() float64 {
 				s := c.Status()
 				if s.CurrentAt.IsZero() {
@@ -346,6 +359,7 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 	// (a deletion is an fsync; deltas should not wait for it).
 	acks := make(chan *syncv1.SpendAck, 64)
 	first := true
+	var snapApply time.Duration // chunks of the snapshot being received
 	for {
 		msg, err := stream.Recv()
 		if err != nil {
@@ -373,11 +387,15 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 		}
 		switch m := msg.Msg.(type) {
 		case *syncv1.ControlMessage_Snapshot:
+			t0 := time.Now()
 			installed, err := c.a.ApplyChunk(m.Snapshot)
+			snapApply += time.Since(t0)
 			if err != nil {
 				return fmt.Errorf("snapshot chunk %d at revision %d: %w", m.Snapshot.GetSeq(), m.Snapshot.GetRevision(), err)
 			}
 			if installed {
+				c.m.applySnap.Observe(snapApply.Seconds())
+				snapApply = 0
 				c.m.snapshots.Inc()
 				c.log.Info("snapshot installed", "revision", m.Snapshot.GetRevision())
 				c.applied(stream, m.Snapshot.GetRevision(), now)
@@ -391,9 +409,11 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 			if d.GetPrevRevision() != cur {
 				return fmt.Errorf("%w: holding %d, got delta %d after %d", errGapOrder, cur, d.GetRevision(), d.GetPrevRevision())
 			}
+			t0 := time.Now()
 			if err := c.a.ApplyDelta(d); err != nil {
 				return fmt.Errorf("delta %d: %w", d.GetRevision(), err)
 			}
+			c.m.applyDelta.Observe(time.Since(t0).Seconds())
 			c.m.deltas.Inc()
 			c.applied(stream, d.GetRevision(), now)
 		case *syncv1.ControlMessage_Heartbeat:
