@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce/enforcetest"
@@ -19,13 +20,13 @@ func (refusingGate) Admit(context.Context, *Admission) (func(Outcome), *enforce.
 	return nil, r
 }
 
-type settlingGate struct{ settled []Outcome }
+type settlingGate struct{ settled chan Outcome }
 
 func (g *settlingGate) Admit(_ context.Context, a *Admission) (func(Outcome), *enforce.Rejection) {
 	if a.Deployment == nil || a.Principal.Key.TokenID == "" || a.Body.Model == "" {
 		panic("incomplete admission")
 	}
-	return func(o Outcome) { g.settled = append(g.settled, o) }, nil
+	return func(o Outcome) { g.settled <- o }, nil
 }
 
 func TestGateRefusal(t *testing.T) {
@@ -39,14 +40,24 @@ func TestGateRefusal(t *testing.T) {
 }
 
 func TestGateSettles(t *testing.T) {
-	g := &settlingGate{}
+	g := &settlingGate{settled: make(chan Outcome, 4)}
 	e := newEnv(t, func(o *Options) { o.Gate = g })
 	if resp, b := e.do("POST", "/chat/completions", keyGood, `{"model":"gpt-4o"}`); resp.StatusCode != 200 {
 		t.Fatalf("%d %s", resp.StatusCode, b)
 	}
 	e.usage()
-	if len(g.settled) != 1 || g.settled[0].Usage.TotalTokens != 8 {
-		t.Fatalf("settled %+v", g.settled)
+	select {
+	case o := <-g.settled:
+		if o.Usage.TotalTokens != 8 {
+			t.Fatalf("settled %+v", o)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the gate was never settled")
+	}
+	select {
+	case o := <-g.settled:
+		t.Fatalf("settled twice: %+v", o)
+	case <-time.After(50 * time.Millisecond):
 	}
 }
 
