@@ -66,11 +66,11 @@ type EndUser struct {
 	Spend     int64  `json:"spend"` // micro-USD
 	// Alias is a display name (LiteLLM's alias).
 	Alias string `json:"alias,omitempty"`
-	// MaxBudget is the end user's budget (micro-USD; nil: none), as LiteLLM
-	// records it. Recorded and shown; proxies do not enforce it yet.
+	// MaxBudget is the end user's budget (micro-USD; nil: none, then
+	// general_settings.max_end_user_budget applies). Proxies refuse a
+	// request naming the end user once Spend reaches it.
 	MaxBudget *int64 `json:"max_budget,omitempty"`
-	// Blocked is LiteLLM's blocked flag. Recorded and shown; proxies do not
-	// enforce it yet.
+	// Blocked: proxies refuse every request naming the end user.
 	Blocked   bool      `json:"blocked,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`

@@ -20,11 +20,17 @@ var spendTests = []test{
 	{"RejectsBadBatch", testSpendBadBatch},
 	{"LogFilters", testSpendLogFilters},
 	{"PutEndUser", testPutEndUser},
+	{"EndUserChanges", testEndUserChanges},
+	{"ListEndUsers", testListEndUsers},
 	{"SoftBudgetCrossedOnce", testSoftBudgetCrossing},
 }
 
 // spendFixture: org o1 ⊃ team t1 with member u1 (and u2), key k1 of u1 in t1.
 func spendFixture(t *testing.T, s store.Store) int64 {
+	head, err := s.Head(t.Context())
+	if err != nil {
+		t.Fatalf("Head: %v", err)
+	}
 	write(t, s, func(ctx context.Context, tx store.Tx) error {
 		o := newOrg("o1", at(0))
 		tm := newTeam("t1", at(1))
@@ -36,8 +42,8 @@ func spendFixture(t *testing.T, s store.Store) int64 {
 		return errors.Join(tx.CreateOrganization(ctx, o), tx.CreateTeam(ctx, tm), tx.CreateUser(ctx, newUser("u1", at(3))),
 			tx.CreateUser(ctx, newUser("u2", at(4))), tx.CreateKey(ctx, k))
 	})
-	waitHead(t, s, 1)
-	return 1
+	waitHead(t, s, head+1)
+	return head + 1
 }
 
 func spendRec(seq uint64, cost int64) store.SpendRecord {
@@ -116,8 +122,13 @@ func testSpendScopes(t *testing.T, s store.Store) {
 	expectEqual(t, "newest spend log", want3, logs[0])
 	// The spend reached the change log, for the proxies' budget checks.
 	cs := changeSet(t, s, 2)
-	expectChanges(t, cs, "key/k1/put", "team/t1/put", "user/u1/put", "organization/o1/put")
+	expectChanges(t, cs, "key/k1/put", "team/t1/put", "user/u1/put", "organization/o1/put", "end_user/cust-1/put")
 	expectPostImage(t, findChange(t, cs, store.KindKey, "k1"), k)
+	eu, err := s.Read().GetEndUser(t.Context(), "cust-1")
+	if err != nil {
+		t.Fatalf("GetEndUser: %v", err)
+	}
+	expectPostImage(t, findChange(t, cs, store.KindEndUser, "cust-1"), eu)
 	tm, _ := s.Read().GetTeam(t.Context(), "t1")
 	expectPostImage(t, findChange(t, cs, store.KindTeam, "t1"), tm)
 }
@@ -181,7 +192,7 @@ func testSpendCoalesced(t *testing.T, s store.Store) {
 	}
 	apply(t, s, batch("p1", "ob1", recs...))
 	cs := changeSet(t, s, 2)
-	expectChanges(t, cs, "key/k1/put", "team/t1/put", "user/u1/put", "user/u2/put", "organization/o1/put")
+	expectChanges(t, cs, "key/k1/put", "team/t1/put", "user/u1/put", "user/u2/put", "organization/o1/put", "end_user/cust-1/put")
 	if got := readSpends(t, s); got != (spends{key: 257, team: 500, member: 250, other: 250, user: 250, org: 500, end: 500}) {
 		t.Fatalf("spend = %+v", got)
 	}
@@ -295,6 +306,7 @@ func testPutEndUser(t *testing.T, s store.Store) {
 		t.Fatalf("after a second PutEndUser: %+v", got)
 	}
 	// Request spend adds to it and keeps the rest.
+	waitHead(t, s, 2) // each put was a change set
 	spendFixture(t, s)
 	apply(t, s, batch("p1", "ob1", spendRec(1, 100)))
 	e = get()
@@ -383,5 +395,73 @@ func testSoftBudgetCrossing(t *testing.T, s store.Store) {
 	// Team 100 -> 160 crosses 150; the key is already above and stays quiet.
 	if got := kinds(applyResult(t, s, batch("p1", "ob1", spendRec(3, 60)))); fmt.Sprint(got) != "[team:t1:160/150]" {
 		t.Fatalf("third batch crossings = %v", got)
+	}
+}
+
+// testEndUserChanges: every end-user write is a change the proxies see
+// (PutEndUser a put with the post-image, DeleteEndUser a tombstone), and
+// DeleteEndUser of an unknown end user is ErrNotFound and changes nothing.
+func testEndUserChanges(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	budget := int64(3)
+	write(t, s, func(ctx context.Context, tx store.Tx) error {
+		return tx.PutEndUser(ctx, store.EndUser{EndUserID: "cust-1", Alias: "A", MaxBudget: &budget, Blocked: true})
+	})
+	cs := changeSet(t, s, 1)
+	expectChanges(t, cs, "end_user/cust-1/put")
+	e, err := s.Read().GetEndUser(ctx, "cust-1")
+	if err != nil {
+		t.Fatalf("GetEndUser: %v", err)
+	}
+	expectPostImage(t, findChange(t, cs, store.KindEndUser, "cust-1"), e)
+
+	err = s.ReadWriteTx(ctx, func(ctx context.Context, tx store.Tx) error { return tx.DeleteEndUser(ctx, "nobody") })
+	if !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("DeleteEndUser(nobody) = %v, want ErrNotFound", err)
+	}
+	write(t, s, func(ctx context.Context, tx store.Tx) error { return tx.DeleteEndUser(ctx, "cust-1") })
+	expectChanges(t, changeSet(t, s, 2), "end_user/cust-1/delete")
+	if _, err := s.Read().GetEndUser(ctx, "cust-1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("GetEndUser after delete = %v, want ErrNotFound", err)
+	}
+	// Spend naming it again creates it afresh, with a change.
+	write(t, s, func(ctx context.Context, tx store.Tx) error { return tx.CreateKey(ctx, newKey("k1", at(2))) })
+	waitHead(t, s, 3)
+	r := spendRec(1, 4)
+	r.TeamID, r.UserID, r.OrganizationID = "", "", ""
+	apply(t, s, batch("p1", "ob1", r))
+	cs = changeSet(t, s, 4)
+	expectChanges(t, cs, "key/k1/put", "end_user/cust-1/put")
+	e, err = s.Read().GetEndUser(ctx, "cust-1")
+	if err != nil || e.Spend != 4 || e.MaxBudget != nil || e.Blocked {
+		t.Fatalf("end user after spend = %+v, %v", e, err)
+	}
+	expectPostImage(t, findChange(t, cs, store.KindEndUser, "cust-1"), e)
+	expectReplayed(t, s.Read(), replay(t, allChanges(t, s)))
+}
+
+// testListEndUsers: ListEndUsers pages in id order; EachEndUser visits all.
+func testListEndUsers(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	ids := []string{"c", "a", "e", "b", "d"}
+	write(t, s, func(ctx context.Context, tx store.Tx) error {
+		for _, id := range ids {
+			if err := tx.PutEndUser(ctx, store.EndUser{EndUserID: id}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	got, total, err := s.Read().ListEndUsers(ctx, store.Page{Page: 2, Size: 2})
+	if err != nil || total != 5 || len(got) != 2 || got[0].EndUserID != "c" || got[1].EndUserID != "d" {
+		t.Fatalf("ListEndUsers page 2 = %+v, %d, %v", got, total, err)
+	}
+	got, total, err = s.Read().ListEndUsers(ctx, store.Page{Page: 9, Size: 2})
+	if err != nil || total != 5 || got == nil || len(got) != 0 {
+		t.Fatalf("ListEndUsers past the end = %+v, %d, %v", got, total, err)
+	}
+	n := 0
+	if err := s.Read().EachEndUser(ctx, func(store.EndUser) error { n++; return nil }); err != nil || n != 5 {
+		t.Fatalf("EachEndUser visited %d, %v", n, err)
 	}
 }
