@@ -176,6 +176,7 @@ func (r *memReader) EachUser(ctx context.Context, fn func(store.User) error) err
 func (r *memReader) EachOrganization(ctx context.Context, fn func(store.Organization) error) error {
 	return each(ctx, r.orgs, fn)
 }
+func (r *memReader) EachEndUser(context.Context, func(store.EndUser) error) error { return nil }
 
 // ReadWriteTx serializes transactions and applies their writes at commit.
 func (m *memStore) ReadWriteTx(ctx context.Context, fn func(context.Context, store.Tx) error) error {
