@@ -257,6 +257,12 @@ func (e *Enforcer) Authorize(p *Principal, b *Body) ([]*state.Model, *Rejection)
 	if r := checkBudgets(p); r != nil {
 		return nil, r
 	}
+	if r := e.checkEndUser(p, b); r != nil {
+		return nil, r
+	}
+	if r := e.checkModelBudget(p, b.Model); r != nil {
+		return nil, r
+	}
 	return deps, nil
 }
 
@@ -395,6 +401,59 @@ func checkBudgets(p *Principal) *Rejection {
 		if s := EffectiveSpend(o.Limits, o.Spend, now); over(o.Limits, s) {
 			return budgetRejection("Budget has been exceeded! Organization="+o.OrganizationID+" Current cost: "+usd(s)+", Max budget: "+usd(o.Limits.MaxBudget), "")
 		}
+	}
+	return nil
+}
+
+// checkEndUser refuses a request whose body "user" names a blocked end user
+// or one whose synced spend is at or above its max_budget, else
+// general_settings.max_end_user_budget (an end user never seen has spent
+// nothing). One map lookup; nothing when the body has no "user".
+func (e *Enforcer) checkEndUser(p *Principal, b *Body) *Rejection {
+	if !b.User.Present() {
+		return nil
+	}
+	id := b.EndUser()
+	if id == "" {
+		return nil
+	}
+	var spend int64
+	limit := int64(-1)
+	if u, ok := e.State.EndUser(id); ok {
+		if u.Blocked {
+			// LiteLLM's wording; 403 (LiteLLM answers 400): a block is a
+			// refusal by policy, and a client must not retry it as it would
+			// a 429.
+			return New(EndUserBlocked, http.StatusForbidden, TypeAuth,
+				"User blocked from making LLM API Calls. User="+clip(id), "user")
+		}
+		spend, limit = u.Spend, u.MaxBudget
+	}
+	if limit < 0 {
+		if s := e.State.Settings(); s != nil && s.HasMaxEndUserBudget {
+			limit = s.MaxEndUserBudget
+		}
+	}
+	if limit >= 0 && spend >= limit {
+		return budgetRejection("ExceededBudget: End User="+clip(id)+" over budget. Spend="+usd(spend)+", Budget="+usd(limit), "user")
+	}
+	return nil
+}
+
+// checkModelBudget refuses model when the key's synced spend on it is at or
+// above its model_max_budget. The per-model spend is reset with the key's
+// spend (budget_duration), so a key budget_reset_at that has passed counts
+// it as zero too.
+func (e *Enforcer) checkModelBudget(p *Principal, model string) *Rejection {
+	mb, ok := p.policy().ModelMaxBudget[model]
+	if !ok || mb.BudgetLimit < 0 {
+		return nil
+	}
+	k := &p.Key
+	spend := EffectiveSpend(k.Limits, e.State.KeyModelSpend(k.TokenID, model), p.NowUnix)
+	if spend >= mb.BudgetLimit {
+		return budgetRejection("LiteLLM Virtual Key: "+k.TokenID+", exceeded budget for model="+clip(model)+
+			". Current cost: "+usd(spend)+", Max budget: "+usd(mb.BudgetLimit), "model")
 	}
 	return nil
 }
