@@ -54,6 +54,7 @@ func (s *Server) Gateway(ctx context.Context) (http.Handler, error) {
 		func() error { return adminv1.RegisterSettingsServiceHandlerServer(ctx, mux, &settingsService{s: s}) },
 		func() error { return adminv1.RegisterAuditServiceHandlerServer(ctx, mux, &auditService{s: s}) },
 		func() error { return adminv1.RegisterSpendServiceHandlerServer(ctx, mux, &spendService{s: s}) },
+		func() error { return adminv1.RegisterCustomerServiceHandlerServer(ctx, mux, &customerService{s: s}) },
 	} {
 		if err := reg(); err != nil {
 			return nil, err

@@ -68,6 +68,7 @@ func (s *Server) Register(g grpc.ServiceRegistrar) {
 	adminv1.RegisterSettingsServiceServer(g, &settingsService{s: s})
 	adminv1.RegisterAuditServiceServer(g, &auditService{s: s})
 	adminv1.RegisterSpendServiceServer(g, &spendService{s: s})
+	adminv1.RegisterCustomerServiceServer(g, &customerService{s: s})
 }
 
 // audit writes one audit row in tx. before/after are API views (never key

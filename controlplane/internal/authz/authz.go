@@ -162,6 +162,14 @@ const (
 
 	AuditRead Action = "audit.read"
 	SpendRead Action = "spend.read"
+
+	// End users (customers): the request body's "user".
+	CustomerNew     Action = "customer.new"
+	CustomerUpdate  Action = "customer.update"
+	CustomerDelete  Action = "customer.delete"
+	CustomerBlock   Action = "customer.block"
+	CustomerUnblock Action = "customer.unblock"
+	CustomerList    Action = "customer.list"
 )
 
 // Aliases kept for callers written against the first version of this package.
@@ -177,6 +185,7 @@ const (
 var reads = map[Action]bool{
 	KeyInfo: true, KeyList: true, TeamInfo: true, TeamList: true, UserInfo: true, UserList: true,
 	OrgInfo: true, OrgList: true, ModelInfo: true, SettingsRead: true, AuditRead: true, SpendRead: true,
+	CustomerList: true,
 }
 
 // Actions lists every action (for tests that must cover them all).
@@ -188,6 +197,7 @@ func Actions() []Action {
 		OrgNew, OrgUpdate, OrgDelete, OrgMemberAdd, OrgInfo, OrgList,
 		ModelNew, ModelUpdate, ModelDelete, ModelInfo,
 		SettingsRead, SettingsUpdate, AuditRead, SpendRead,
+		CustomerNew, CustomerUpdate, CustomerDelete, CustomerBlock, CustomerUnblock, CustomerList,
 	}
 }
 
@@ -363,6 +373,10 @@ func Decide(c Caller, a Action, t Target) Decision {
 		return forbid("", "only proxy_admin may read or change settings")
 	case AuditRead:
 		return forbid("", "only proxy_admin may read the audit log")
+	case CustomerNew, CustomerUpdate, CustomerDelete, CustomerBlock, CustomerUnblock:
+		return forbid("", "only proxy_admin may manage end users")
+	case CustomerList:
+		return forbid("", "only proxy_admin and proxy_admin_viewer may list end users")
 	}
 	return forbid("", "not allowed")
 }
