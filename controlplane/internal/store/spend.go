@@ -145,8 +145,8 @@ type SoftBudgetCrossing struct {
 type SpendResult struct {
 	Applied             int // records applied (0 for a replay)
 	SoftBudgetCrossings []SoftBudgetCrossing
-	// Spends is the spend of every key, team, user and organization the
-	// batch touched, after it (proxies learn from it when their synced
+	// Spends is the spend of every key, team, user, organization and end
+	// user the batch touched, after it (proxies learn from it when their synced
 	// state holds their records: DESIGN.md, "Money").
 	Spends []ObjectSpend
 }

@@ -222,6 +222,7 @@ func withSpends(ack *syncv1.ControlMessage, b store.SpendBatch, after map[object
 		add(store.KindTeam, r.TeamID)
 		add(store.KindUser, r.UserID)
 		add(store.KindOrganization, r.OrganizationID)
+		add(store.KindEndUser, r.EndUser)
 	}
 	return ack
 }

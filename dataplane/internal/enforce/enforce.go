@@ -85,6 +85,13 @@ type Principal struct {
 	// to honour a budget_reset_at that has passed before the control plane
 	// has reset the spend.
 	NowUnix int64
+	// EndUserID is the body's "user" when a budget applies to it (its own
+	// max_budget, else max_end_user_budget; Authorize sets it), with its
+	// synced spend and that budget (micro-USD), for the gate's reservation.
+	// "" when none applies.
+	EndUserID     string
+	EndUserSpend  int64
+	EndUserBudget int64
 
 	// hash is the key's SHA-256. It lives here, in memory the caller
 	// already owns, because a pointer handed to an interface method
@@ -120,6 +127,7 @@ func (e *Enforcer) Authenticate(key, path string, nowUnix int64, p *Principal) *
 		return RejInvalidKey
 	}
 	p.Key, p.Team, p.User, p.Org, p.NowUnix = k, nil, nil, nil, nowUnix
+	p.EndUserID, p.EndUserSpend, p.EndUserBudget = "", 0, -1
 	if k.Blocked {
 		return RejKeyBlocked
 	}
@@ -410,6 +418,7 @@ func checkBudgets(p *Principal) *Rejection {
 // general_settings.max_end_user_budget (an end user never seen has spent
 // nothing). One map lookup; nothing when the body has no "user".
 func (e *Enforcer) checkEndUser(p *Principal, b *Body) *Rejection {
+	p.EndUserID, p.EndUserSpend, p.EndUserBudget = "", 0, -1
 	if !b.User.Present() {
 		return nil
 	}
@@ -434,9 +443,13 @@ func (e *Enforcer) checkEndUser(p *Principal, b *Body) *Rejection {
 			limit = s.MaxEndUserBudget
 		}
 	}
-	if limit >= 0 && spend >= limit {
+	if limit < 0 {
+		return nil
+	}
+	if spend >= limit {
 		return budgetRejection("ExceededBudget: End User="+clip(id)+" over budget. Spend="+usd(spend)+", Budget="+usd(limit), "user")
 	}
+	p.EndUserID, p.EndUserSpend, p.EndUserBudget = id, spend, limit
 	return nil
 }
 

@@ -26,7 +26,8 @@
 // The decision already refused a scope whose synced spend is at or above its
 // max budget. The gate then reserves the request's estimated cost (prompt
 // bytes / 4 tokens at the input price, max_tokens or 256 tokens at the
-// output price) on the key, team, user (without a team) and organization: a
+// output price) on the key, team, user (without a team), organization and
+// end user (the body's "user", when a budget applies to it): a
 // request is admitted only while synced spend + this proxy's reservations
 // in flight + the actual cost of its finished requests that the synced
 // spend does not show yet is below the max budget. When a request ends its
@@ -273,7 +274,7 @@ type admitted struct {
 	took    [12]taken
 	nt      int
 	estTok  int64
-	resv    [4]*budget
+	resv    [5]*budget
 	nresv   int
 	estCost int64
 	// Prices (pico-USD per token) to settle the actual cost, and the
@@ -509,7 +510,7 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix in
 		l        *state.Limits
 		spend    int64
 	}
-	var bs [4]bscope
+	var bs [5]bscope
 	n := 0
 	k := &p.Key
 	if k.Limits.MaxBudget >= 0 {
@@ -526,6 +527,14 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix in
 	}
 	if o := p.Org; o != nil && o.Limits.MaxBudget >= 0 {
 		bs[n] = bscope{"org", o.OrganizationID, &o.Limits, o.Spend}
+		n++
+	}
+	// The end user (body "user") with a budget: its own max_budget or
+	// max_end_user_budget (end users have no budget period).
+	var eul state.Limits
+	if p.EndUserID != "" && p.EndUserBudget >= 0 {
+		eul.MaxBudget = p.EndUserBudget
+		bs[n] = bscope{"end_user", p.EndUserID, &eul, p.EndUserSpend}
 		n++
 	}
 	if n == 0 {
@@ -591,6 +600,8 @@ func budgetMessage(kind, id string) string {
 		return "ExceededBudget: User=" + id + " over budget."
 	case "org":
 		return "Budget has been exceeded! Organization=" + id
+	case "end_user":
+		return "ExceededBudget: End User=" + id + " over budget."
 	}
 	return "Budget has been exceeded!"
 }

@@ -325,7 +325,7 @@ func (ob *Outbox) Ack(outboxID string, lastSeq uint64) ([]*syncv1.ObjectSpend, e
 		for k, v := c.First(); k != nil && binary.BigEndian.Uint64(k) <= lastSeq; k, v = c.Next() {
 			r.Reset()
 			if err := proto.Unmarshal(v, &r); err == nil && r.Cost > 0 {
-				for _, o := range [...]ref{{"key", r.TokenId}, {"team", r.TeamId}, {"user", r.UserId}, {"organization", r.OrganizationId}} {
+				for _, o := range [...]ref{{"key", r.TokenId}, {"team", r.TeamId}, {"user", r.UserId}, {"organization", r.OrganizationId}, {"end_user", r.EndUser}} {
 					if o.id != "" {
 						costs[o] += r.Cost
 					}

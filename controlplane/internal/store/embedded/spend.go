@@ -113,6 +113,7 @@ func (t *tx) ApplySpend(_ context.Context, b store.SpendBatch) (store.SpendResul
 		}
 		e.Spend += tot.EndUsers[id]
 		e.UpdatedAt = now
+		tot.After = append(tot.After, store.ObjectSpend{Kind: store.KindEndUser, ID: id, Spend: e.Spend})
 		doc, err := marshal("end user", e)
 		if err != nil {
 			return store.SpendResult{}, err

@@ -87,6 +87,7 @@ RETURNING `+endUserColumns, ids, costs, now)
 			if err := t.recordEndUser(&eus[i]); err != nil {
 				return store.SpendResult{}, err
 			}
+			tot.After = append(tot.After, store.ObjectSpend{Kind: store.KindEndUser, ID: eus[i].EndUserID, Spend: eus[i].Spend})
 		}
 	}
 

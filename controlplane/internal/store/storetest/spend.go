@@ -372,12 +372,13 @@ func testSoftBudgetCrossing(t *testing.T, s store.Store) {
 	if got := kinds(first); fmt.Sprint(got) != "[user:u1:50/10]" {
 		t.Fatalf("first batch crossings = %v", got)
 	}
-	// Spends: every touched key, team, user and org with its spend after.
+	// Spends: every touched key, team, user, org and end user with its
+	// spend after.
 	after := map[string]int64{}
 	for _, o := range first.Spends {
 		after[o.Kind+":"+o.ID] = o.Spend
 	}
-	if fmt.Sprint(after) != "map[key:k1:57 organization:o1:50 team:t1:50 user:u1:50]" {
+	if fmt.Sprint(after) != "map[end_user:cust-1:50 key:k1:57 organization:o1:50 team:t1:50 user:u1:50]" {
 		t.Fatalf("spends after the first batch = %v", after)
 	}
 	// Key 57 -> 107 crosses 100; team 50 -> 100 does not reach 150.
