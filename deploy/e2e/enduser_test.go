@@ -15,6 +15,23 @@ func customerSpend(t *testing.T, u, mk, id string) int64 {
 	return int64(math.Round(f * 1e6))
 }
 
+// waitRefusal sends body until the proxy refuses it with 429 and a message
+// starting with prefix (admitted calls and other refusals are passed over).
+func waitRefusal(t *testing.T, dp *DataPlane, key, body, prefix string) Response {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r := Do(t, "POST", dp.URL()+"/v1/chat/completions", key, body)
+		if r.Status == 429 && strings.Contains(string(r.Body), `"message":"`+prefix) {
+			return r
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("proxy %s: %d %s, want 429 %q", dp.ID, r.Status, r.Body, prefix)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // TestEndUserBudgets: end users created through /customer/new (and
 // /end_user/new) are enforced by the proxy on the body's "user": a budget
 // of two calls is refused once spent while another end user is not; a
@@ -42,13 +59,11 @@ func TestEndUserBudgets(t *testing.T) {
 		envelope(t, Do(t, "POST", u+"/customer/new", mk, map[string]any{"user_id": "capped"}), 400)
 		ok(t, Do(t, "POST", u+"/end_user/new", mk, map[string]any{"user_id": "free"}))
 
-		// Spent through the proxy until refused (the decision reads the
-		// synced spend: each admitted call adds costPerCall).
-		r := waitStatus(t, dp, key, as("capped"), 429)
-		e := envelope(t, r, 429)
-		msg, _ := e["message"].(string)
-		if e["type"] != "budget_exceeded" || !strings.HasPrefix(msg, "ExceededBudget: End User=capped over budget. Spend=") ||
-			!strings.HasSuffix(msg, ", Budget=0.00001") {
+		// Spent through the proxy until the synced spend reaches the budget:
+		// the gate reserves an estimate per request (refusing while one is
+		// in flight or unsynced), then the decision refuses for good.
+		r := waitRefusal(t, dp, key, as("capped"), "ExceededBudget: End User=capped over budget. Spend=")
+		if e := envelope(t, r, 429); e["type"] != "budget_exceeded" || !strings.HasSuffix(e["message"].(string), ", Budget=0.00001") {
 			t.Fatalf("refusal %s", r.Body)
 		}
 		spent := customerSpend(t, u, mk, "capped")
@@ -120,7 +135,7 @@ func TestModelBudgetPerKey(t *testing.T) {
 			"model_max_budget": map[string]any{"gpt-4o-mini": map[string]any{"budget_limit": 2 * costPerCall / 1e6, "time_period": "1d"}},
 		}))
 		key, tokenID := k["key"].(string), k["token_id"].(string)
-		r := waitStatus(t, dp, key, chat("gpt-4o-mini", ""), 429)
+		r := waitRefusal(t, dp, key, chat("gpt-4o-mini", ""), "LiteLLM Virtual Key: ")
 		e := envelope(t, r, 429)
 		msg, _ := e["message"].(string)
 		if e["type"] != "budget_exceeded" || !strings.HasPrefix(msg, "LiteLLM Virtual Key: "+tokenID+", exceeded budget for model=gpt-4o-mini. Current cost: ") ||
