@@ -50,6 +50,9 @@ func TestEndUserBudgets(t *testing.T) {
 		envelope(t, Do(t, "POST", u+"/customer/new", mk, map[string]any{"alias": "no id"}), 400)
 		envelope(t, Do(t, "POST", u+"/customer/new", mk, map[string]any{"user_id": "neg", "max_budget": -1}), 400)
 		envelope(t, Do(t, "POST", u+"/customer/new", mk, map[string]any{"user_id": "bid", "budget_id": "b1"}), 400)
+		envelope(t, Do(t, "POST", u+"/customer/new", mk, map[string]any{"user_id": "bid", "budget_duration": "1d"}), 400)
+		envelope(t, Do(t, "POST", u+"/customer/new", mk, map[string]any{"user_id": "bid", "rpm_limit": 5}), 400)
+		envelope(t, Do(t, "GET", u+"/customer/info?end_user_id=bid", mk, nil), 404)
 		envelope(t, Do(t, "GET", u+"/customer/info?end_user_id=neg", mk, nil), 404)
 
 		capped := ok(t, Do(t, "POST", u+"/customer/new", mk, map[string]any{"user_id": "capped", "alias": "Capped Inc", "max_budget": 2 * costPerCall / 1e6}))
@@ -119,6 +122,17 @@ func TestEndUserBudgets(t *testing.T) {
 		waitStatus(t, dp, key, as("banned"), 429)
 		if r := Do(t, "GET", u+"/audit?page_size=100", mk, nil); r.Status != 200 || !strings.Contains(string(r.Body), `"object_type":"end_user"`) {
 			t.Fatalf("no end_user audit rows: %d %s", r.Status, r.Body)
+		}
+
+		// A proxy started now gets the end users in its snapshot: "capped"
+		// (within its raised budget) blocked, "free" over the default.
+		ok(t, Do(t, "POST", u+"/customer/block", mk, map[string]any{"user_ids": []string{"capped"}}))
+		waitStatus(t, dp, key, as("capped"), 403)
+		dp2 := d.proxy(t)
+		waitStatus(t, dp2, key, as("capped"), 403)
+		if r := Do(t, "POST", dp2.URL()+"/v1/chat/completions", key, as("free")); r.Status != 429 ||
+			!strings.Contains(string(r.Body), "ExceededBudget: End User=free over budget. Spend=0.0000") {
+			t.Fatalf("free on a new proxy: %d %s", r.Status, r.Body)
 		}
 	})
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/tollgate-gw/tollgate/controlplane/internal/authz"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
@@ -27,11 +28,25 @@ func customerOut(e *store.EndUser) *adminv1.Customer {
 		Blocked: e.Blocked, CreatedAt: timestamppb.New(e.CreatedAt), UpdatedAt: timestamppb.New(e.UpdatedAt)}
 }
 
-// noBudgetID refuses LiteLLM's budget_id: Tollgate has no budget table, and
-// silently ignoring a budget would leave the end user unlimited.
-func noBudgetID(id string) error {
-	if id != "" {
+// unsupportedFields refuses the LiteLLM end-user fields Tollgate does not
+// enforce: budget_id (Tollgate has no budget table), budget_duration (end
+// users have no budget period), rpm_limit and tpm_limit. Silently ignoring
+// a limit would leave the end user unlimited.
+func unsupportedFields(req interface {
+	GetBudgetId() string
+	GetBudgetDuration() string
+	GetRpmLimit() *wrapperspb.Int64Value
+	GetTpmLimit() *wrapperspb.Int64Value
+}) error {
+	switch {
+	case req.GetBudgetId() != "":
 		return badRequest("budget_id", "budget_id is not supported: set max_budget (USD) on the end user")
+	case req.GetBudgetDuration() != "":
+		return badRequest("budget_duration", "budget_duration is not supported on end users: their spend has no budget period")
+	case req.GetRpmLimit() != nil:
+		return badRequest("rpm_limit", "rpm_limit is not supported on end users")
+	case req.GetTpmLimit() != nil:
+		return badRequest("tpm_limit", "tpm_limit is not supported on end users")
 	}
 	return nil
 }
@@ -48,7 +63,7 @@ func (cs *customerService) NewCustomer(ctx context.Context, req *adminv1.NewCust
 	if err := checkID("alias", req.GetAlias(), false); err != nil {
 		return nil, err
 	}
-	if err := noBudgetID(req.GetBudgetId()); err != nil {
+	if err := unsupportedFields(req); err != nil {
 		return nil, err
 	}
 	budget, err := usdPtr("max_budget", req.GetMaxBudget())
@@ -88,7 +103,7 @@ func (cs *customerService) UpdateCustomer(ctx context.Context, req *adminv1.Upda
 			return nil, err
 		}
 	}
-	if err := noBudgetID(req.GetBudgetId()); err != nil {
+	if err := unsupportedFields(req); err != nil {
 		return nil, err
 	}
 	budget, err := usdPtr("max_budget", req.GetMaxBudget())

@@ -284,6 +284,23 @@ func TestEmptyStoreSnapshotIsOneEmptyLastChunk(t *testing.T) {
 	}
 }
 
+func TestSnapshotCarriesEndUsers(t *testing.T) {
+	r := &memReader{endUsers: []store.EndUser{{EndUserID: "c1", Spend: 3, MaxBudget: ptr[int64](9), Blocked: true}}}
+	sn, err := buildSnapshot(context.Background(), slog.New(slog.DiscardHandler), 1, r, 10, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m syncv1.ControlMessage
+	if len(sn.chunks) != 1 || proto.Unmarshal(sn.chunks[0], &m) != nil {
+		t.Fatalf("got %d chunks", len(sn.chunks))
+	}
+	es := m.GetSnapshot().GetEntities()
+	want := &syncv1.EndUser{EndUserId: "c1", Spend: 3, MaxBudget: 9, Blocked: true}
+	if len(es) != 1 || es[0].GetKind() != "end_user" || es[0].GetId() != "c1" || !proto.Equal(es[0].GetEndUser(), want) {
+		t.Fatalf("snapshot entities %v", es)
+	}
+}
+
 func TestPreencodedSendsTheBytesVerbatim(t *testing.T) {
 	d := &syncv1.ControlMessage{Msg: &syncv1.ControlMessage_Heartbeat{Heartbeat: &syncv1.Heartbeat{HeadRevision: 9}}}
 	raw, _ := proto.Marshal(d)

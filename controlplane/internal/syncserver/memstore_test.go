@@ -146,6 +146,7 @@ type memReader struct {
 	users    []store.User
 	orgs     []store.Organization
 	models   []store.Model
+	endUsers []store.EndUser
 	settings store.Settings
 }
 
@@ -176,7 +177,9 @@ func (r *memReader) EachUser(ctx context.Context, fn func(store.User) error) err
 func (r *memReader) EachOrganization(ctx context.Context, fn func(store.Organization) error) error {
 	return each(ctx, r.orgs, fn)
 }
-func (r *memReader) EachEndUser(context.Context, func(store.EndUser) error) error { return nil }
+func (r *memReader) EachEndUser(ctx context.Context, fn func(store.EndUser) error) error {
+	return each(ctx, r.endUsers, fn)
+}
 
 // ReadWriteTx serializes transactions and applies their writes at commit.
 func (m *memStore) ReadWriteTx(ctx context.Context, fn func(context.Context, store.Tx) error) error {

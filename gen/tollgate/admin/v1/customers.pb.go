@@ -32,9 +32,14 @@ type NewCustomerRequest struct {
 	Blocked   bool                    `protobuf:"varint,4,opt,name=blocked,proto3" json:"blocked,omitempty"`
 	// budget_id names a LiteLLM budget table row; not supported (refused
 	// with 400: set max_budget instead).
-	BudgetId      string `protobuf:"bytes,5,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	BudgetId string `protobuf:"bytes,5,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
+	// Not supported on end users, refused with 400 when set (never dropped
+	// silently).
+	BudgetDuration string                 `protobuf:"bytes,6,opt,name=budget_duration,json=budgetDuration,proto3" json:"budget_duration,omitempty"`
+	RpmLimit       *wrapperspb.Int64Value `protobuf:"bytes,7,opt,name=rpm_limit,json=rpmLimit,proto3" json:"rpm_limit,omitempty"`
+	TpmLimit       *wrapperspb.Int64Value `protobuf:"bytes,8,opt,name=tpm_limit,json=tpmLimit,proto3" json:"tpm_limit,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *NewCustomerRequest) Reset() {
@@ -102,15 +107,39 @@ func (x *NewCustomerRequest) GetBudgetId() string {
 	return ""
 }
 
+func (x *NewCustomerRequest) GetBudgetDuration() string {
+	if x != nil {
+		return x.BudgetDuration
+	}
+	return ""
+}
+
+func (x *NewCustomerRequest) GetRpmLimit() *wrapperspb.Int64Value {
+	if x != nil {
+		return x.RpmLimit
+	}
+	return nil
+}
+
+func (x *NewCustomerRequest) GetTpmLimit() *wrapperspb.Int64Value {
+	if x != nil {
+		return x.TpmLimit
+	}
+	return nil
+}
+
 type UpdateCustomerRequest struct {
-	state         protoimpl.MessageState  `protogen:"open.v1"`
-	UserId        string                  `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	Alias         *wrapperspb.StringValue `protobuf:"bytes,2,opt,name=alias,proto3" json:"alias,omitempty"`
-	MaxBudget     *wrapperspb.DoubleValue `protobuf:"bytes,3,opt,name=max_budget,json=maxBudget,proto3" json:"max_budget,omitempty"`
-	Blocked       *wrapperspb.BoolValue   `protobuf:"bytes,4,opt,name=blocked,proto3" json:"blocked,omitempty"`
-	BudgetId      string                  `protobuf:"bytes,5,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state          protoimpl.MessageState  `protogen:"open.v1"`
+	UserId         string                  `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Alias          *wrapperspb.StringValue `protobuf:"bytes,2,opt,name=alias,proto3" json:"alias,omitempty"`
+	MaxBudget      *wrapperspb.DoubleValue `protobuf:"bytes,3,opt,name=max_budget,json=maxBudget,proto3" json:"max_budget,omitempty"`
+	Blocked        *wrapperspb.BoolValue   `protobuf:"bytes,4,opt,name=blocked,proto3" json:"blocked,omitempty"`
+	BudgetId       string                  `protobuf:"bytes,5,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
+	BudgetDuration string                  `protobuf:"bytes,6,opt,name=budget_duration,json=budgetDuration,proto3" json:"budget_duration,omitempty"`
+	RpmLimit       *wrapperspb.Int64Value  `protobuf:"bytes,7,opt,name=rpm_limit,json=rpmLimit,proto3" json:"rpm_limit,omitempty"`
+	TpmLimit       *wrapperspb.Int64Value  `protobuf:"bytes,8,opt,name=tpm_limit,json=tpmLimit,proto3" json:"tpm_limit,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *UpdateCustomerRequest) Reset() {
@@ -176,6 +205,27 @@ func (x *UpdateCustomerRequest) GetBudgetId() string {
 		return x.BudgetId
 	}
 	return ""
+}
+
+func (x *UpdateCustomerRequest) GetBudgetDuration() string {
+	if x != nil {
+		return x.BudgetDuration
+	}
+	return ""
+}
+
+func (x *UpdateCustomerRequest) GetRpmLimit() *wrapperspb.Int64Value {
+	if x != nil {
+		return x.RpmLimit
+	}
+	return nil
+}
+
+func (x *UpdateCustomerRequest) GetTpmLimit() *wrapperspb.Int64Value {
+	if x != nil {
+		return x.TpmLimit
+	}
+	return nil
 }
 
 type CustomerIDsRequest struct {
@@ -322,21 +372,27 @@ var File_tollgate_admin_v1_customers_proto protoreflect.FileDescriptor
 
 const file_tollgate_admin_v1_customers_proto_rawDesc = "" +
 	"\n" +
-	"!tollgate/admin/v1/customers.proto\x12\x11tollgate.admin.v1\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1etollgate/admin/v1/common.proto\x1a\x1dtollgate/admin/v1/spend.proto\"\xb7\x01\n" +
+	"!tollgate/admin/v1/customers.proto\x12\x11tollgate.admin.v1\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1etollgate/admin/v1/common.proto\x1a\x1dtollgate/admin/v1/spend.proto\"\xd4\x02\n" +
 	"\x12NewCustomerRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
 	"\x05alias\x18\x02 \x01(\tR\x05alias\x12;\n" +
 	"\n" +
 	"max_budget\x18\x03 \x01(\v2\x1c.google.protobuf.DoubleValueR\tmaxBudget\x12\x18\n" +
 	"\ablocked\x18\x04 \x01(\bR\ablocked\x12\x1b\n" +
-	"\tbudget_id\x18\x05 \x01(\tR\bbudgetId\"\xf4\x01\n" +
+	"\tbudget_id\x18\x05 \x01(\tR\bbudgetId\x12'\n" +
+	"\x0fbudget_duration\x18\x06 \x01(\tR\x0ebudgetDuration\x128\n" +
+	"\trpm_limit\x18\a \x01(\v2\x1b.google.protobuf.Int64ValueR\brpmLimit\x128\n" +
+	"\ttpm_limit\x18\b \x01(\v2\x1b.google.protobuf.Int64ValueR\btpmLimit\"\x91\x03\n" +
 	"\x15UpdateCustomerRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x122\n" +
 	"\x05alias\x18\x02 \x01(\v2\x1c.google.protobuf.StringValueR\x05alias\x12;\n" +
 	"\n" +
 	"max_budget\x18\x03 \x01(\v2\x1c.google.protobuf.DoubleValueR\tmaxBudget\x124\n" +
 	"\ablocked\x18\x04 \x01(\v2\x1a.google.protobuf.BoolValueR\ablocked\x12\x1b\n" +
-	"\tbudget_id\x18\x05 \x01(\tR\bbudgetId\"/\n" +
+	"\tbudget_id\x18\x05 \x01(\tR\bbudgetId\x12'\n" +
+	"\x0fbudget_duration\x18\x06 \x01(\tR\x0ebudgetDuration\x128\n" +
+	"\trpm_limit\x18\a \x01(\v2\x1b.google.protobuf.Int64ValueR\brpmLimit\x128\n" +
+	"\ttpm_limit\x18\b \x01(\v2\x1b.google.protobuf.Int64ValueR\btpmLimit\"/\n" +
 	"\x12CustomerIDsRequest\x12\x19\n" +
 	"\buser_ids\x18\x01 \x03(\tR\auserIds\"G\n" +
 	"\x14ListCustomersRequest\x12\x12\n" +
@@ -372,34 +428,39 @@ var file_tollgate_admin_v1_customers_proto_goTypes = []any{
 	(*ListCustomersRequest)(nil),   // 3: tollgate.admin.v1.ListCustomersRequest
 	(*CustomersResponse)(nil),      // 4: tollgate.admin.v1.CustomersResponse
 	(*wrapperspb.DoubleValue)(nil), // 5: google.protobuf.DoubleValue
-	(*wrapperspb.StringValue)(nil), // 6: google.protobuf.StringValue
-	(*wrapperspb.BoolValue)(nil),   // 7: google.protobuf.BoolValue
-	(*Customer)(nil),               // 8: tollgate.admin.v1.Customer
-	(*DeleteResponse)(nil),         // 9: tollgate.admin.v1.DeleteResponse
+	(*wrapperspb.Int64Value)(nil),  // 6: google.protobuf.Int64Value
+	(*wrapperspb.StringValue)(nil), // 7: google.protobuf.StringValue
+	(*wrapperspb.BoolValue)(nil),   // 8: google.protobuf.BoolValue
+	(*Customer)(nil),               // 9: tollgate.admin.v1.Customer
+	(*DeleteResponse)(nil),         // 10: tollgate.admin.v1.DeleteResponse
 }
 var file_tollgate_admin_v1_customers_proto_depIdxs = []int32{
 	5,  // 0: tollgate.admin.v1.NewCustomerRequest.max_budget:type_name -> google.protobuf.DoubleValue
-	6,  // 1: tollgate.admin.v1.UpdateCustomerRequest.alias:type_name -> google.protobuf.StringValue
-	5,  // 2: tollgate.admin.v1.UpdateCustomerRequest.max_budget:type_name -> google.protobuf.DoubleValue
-	7,  // 3: tollgate.admin.v1.UpdateCustomerRequest.blocked:type_name -> google.protobuf.BoolValue
-	8,  // 4: tollgate.admin.v1.CustomersResponse.customers:type_name -> tollgate.admin.v1.Customer
-	0,  // 5: tollgate.admin.v1.CustomerService.NewCustomer:input_type -> tollgate.admin.v1.NewCustomerRequest
-	1,  // 6: tollgate.admin.v1.CustomerService.UpdateCustomer:input_type -> tollgate.admin.v1.UpdateCustomerRequest
-	2,  // 7: tollgate.admin.v1.CustomerService.DeleteCustomers:input_type -> tollgate.admin.v1.CustomerIDsRequest
-	2,  // 8: tollgate.admin.v1.CustomerService.BlockCustomers:input_type -> tollgate.admin.v1.CustomerIDsRequest
-	2,  // 9: tollgate.admin.v1.CustomerService.UnblockCustomers:input_type -> tollgate.admin.v1.CustomerIDsRequest
-	3,  // 10: tollgate.admin.v1.CustomerService.ListCustomers:input_type -> tollgate.admin.v1.ListCustomersRequest
-	8,  // 11: tollgate.admin.v1.CustomerService.NewCustomer:output_type -> tollgate.admin.v1.Customer
-	8,  // 12: tollgate.admin.v1.CustomerService.UpdateCustomer:output_type -> tollgate.admin.v1.Customer
-	9,  // 13: tollgate.admin.v1.CustomerService.DeleteCustomers:output_type -> tollgate.admin.v1.DeleteResponse
-	4,  // 14: tollgate.admin.v1.CustomerService.BlockCustomers:output_type -> tollgate.admin.v1.CustomersResponse
-	4,  // 15: tollgate.admin.v1.CustomerService.UnblockCustomers:output_type -> tollgate.admin.v1.CustomersResponse
-	4,  // 16: tollgate.admin.v1.CustomerService.ListCustomers:output_type -> tollgate.admin.v1.CustomersResponse
-	11, // [11:17] is the sub-list for method output_type
-	5,  // [5:11] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	6,  // 1: tollgate.admin.v1.NewCustomerRequest.rpm_limit:type_name -> google.protobuf.Int64Value
+	6,  // 2: tollgate.admin.v1.NewCustomerRequest.tpm_limit:type_name -> google.protobuf.Int64Value
+	7,  // 3: tollgate.admin.v1.UpdateCustomerRequest.alias:type_name -> google.protobuf.StringValue
+	5,  // 4: tollgate.admin.v1.UpdateCustomerRequest.max_budget:type_name -> google.protobuf.DoubleValue
+	8,  // 5: tollgate.admin.v1.UpdateCustomerRequest.blocked:type_name -> google.protobuf.BoolValue
+	6,  // 6: tollgate.admin.v1.UpdateCustomerRequest.rpm_limit:type_name -> google.protobuf.Int64Value
+	6,  // 7: tollgate.admin.v1.UpdateCustomerRequest.tpm_limit:type_name -> google.protobuf.Int64Value
+	9,  // 8: tollgate.admin.v1.CustomersResponse.customers:type_name -> tollgate.admin.v1.Customer
+	0,  // 9: tollgate.admin.v1.CustomerService.NewCustomer:input_type -> tollgate.admin.v1.NewCustomerRequest
+	1,  // 10: tollgate.admin.v1.CustomerService.UpdateCustomer:input_type -> tollgate.admin.v1.UpdateCustomerRequest
+	2,  // 11: tollgate.admin.v1.CustomerService.DeleteCustomers:input_type -> tollgate.admin.v1.CustomerIDsRequest
+	2,  // 12: tollgate.admin.v1.CustomerService.BlockCustomers:input_type -> tollgate.admin.v1.CustomerIDsRequest
+	2,  // 13: tollgate.admin.v1.CustomerService.UnblockCustomers:input_type -> tollgate.admin.v1.CustomerIDsRequest
+	3,  // 14: tollgate.admin.v1.CustomerService.ListCustomers:input_type -> tollgate.admin.v1.ListCustomersRequest
+	9,  // 15: tollgate.admin.v1.CustomerService.NewCustomer:output_type -> tollgate.admin.v1.Customer
+	9,  // 16: tollgate.admin.v1.CustomerService.UpdateCustomer:output_type -> tollgate.admin.v1.Customer
+	10, // 17: tollgate.admin.v1.CustomerService.DeleteCustomers:output_type -> tollgate.admin.v1.DeleteResponse
+	4,  // 18: tollgate.admin.v1.CustomerService.BlockCustomers:output_type -> tollgate.admin.v1.CustomersResponse
+	4,  // 19: tollgate.admin.v1.CustomerService.UnblockCustomers:output_type -> tollgate.admin.v1.CustomersResponse
+	4,  // 20: tollgate.admin.v1.CustomerService.ListCustomers:output_type -> tollgate.admin.v1.CustomersResponse
+	15, // [15:21] is the sub-list for method output_type
+	9,  // [9:15] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_admin_v1_customers_proto_init() }
