@@ -15,14 +15,15 @@ func customerSpend(t *testing.T, u, mk, id string) int64 {
 	return int64(math.Round(f * 1e6))
 }
 
-// waitRefusal sends body until the proxy refuses it with 429 and a message
-// starting with prefix (admitted calls and other refusals are passed over).
+// waitRefusal sends body until the proxy's decision refuses it: 429 with a
+// message starting with prefix (admitted calls, other refusals and the
+// gate's refusals while cost is in flight or unsynced are passed over).
 func waitRefusal(t *testing.T, dp *DataPlane, key, body, prefix string) Response {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		r := Do(t, "POST", dp.URL()+"/v1/chat/completions", key, body)
-		if r.Status == 429 && strings.Contains(string(r.Body), `"message":"`+prefix) {
+		if r.Status == 429 && strings.Contains(string(r.Body), `"message":"`+prefix) && !strings.Contains(string(r.Body), "in flight") {
 			return r
 		}
 		if time.Now().After(deadline) {
@@ -149,12 +150,17 @@ func TestModelBudgetPerKey(t *testing.T) {
 			"model_max_budget": map[string]any{"gpt-4o-mini": map[string]any{"budget_limit": 2 * costPerCall / 1e6, "time_period": "1d"}},
 		}))
 		key, tokenID := k["key"].(string), k["token_id"].(string)
-		r := waitRefusal(t, dp, key, chat("gpt-4o-mini", ""), "LiteLLM Virtual Key: ")
+		r := waitRefusal(t, dp, key, chat("gpt-4o-mini", ""), "LiteLLM Virtual Key: "+tokenID+", exceeded budget for model=gpt-4o-mini. Current cost: ")
 		e := envelope(t, r, 429)
 		msg, _ := e["message"].(string)
 		if e["type"] != "budget_exceeded" || !strings.HasPrefix(msg, "LiteLLM Virtual Key: "+tokenID+", exceeded budget for model=gpt-4o-mini. Current cost: ") ||
 			!strings.HasSuffix(msg, ", Max budget: 0.00001") {
 			t.Fatalf("refusal %s", r.Body)
+		}
+		// Reserved in the gate as well as checked: exactly the budget was
+		// spent (two calls), however fast they came.
+		if info := ok(t, Do(t, "GET", u+"/key/info?key="+tokenID, mk, nil)); info["info"].(map[string]any)["spend"] != 2*costPerCall/1e6 {
+			t.Fatalf("key spend %v, want two calls", info["info"].(map[string]any)["spend"])
 		}
 		// Other models are not limited by it.
 		waitStatus(t, dp, key, chat("gpt-4", ""), 200)

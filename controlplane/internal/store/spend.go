@@ -222,8 +222,14 @@ func (t *SpendTotals) AddToKey(k *Key) {
 			k.ModelSpend = map[string]int64{}
 		}
 		k.ModelSpend[model] += c
+		if _, ok := k.ModelMaxBudget[model]; ok {
+			t.After = append(t.After, ObjectSpend{KindKeyModel, KeyModelID(k.TokenID, model), k.ModelSpend[model]})
+		}
 	}
 }
+
+// KeyModelID names a key's spend on a model in ObjectSpend (KindKeyModel).
+func KeyModelID(tokenID, model string) string { return tokenID + "/" + model }
 
 // AddToTeam adds the totals' spend to tm and to its members.
 func (t *SpendTotals) AddToTeam(tm *Team) {

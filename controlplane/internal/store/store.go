@@ -287,6 +287,9 @@ const (
 	KindSettings     = "settings"
 	// KindEndUser: an EndUser (spend.go), id end_user_id.
 	KindEndUser = "end_user"
+	// KindKeyModel names a key's spend on one model in SpendResult.Spends
+	// (id "<token_id>/<model>"); it is not an entity of its own.
+	KindKeyModel = "key_model"
 )
 
 // Change operations.

@@ -92,6 +92,13 @@ type Principal struct {
 	EndUserID     string
 	EndUserSpend  int64
 	EndUserBudget int64
+	// ModelBudget is the key's model_max_budget for the requested model
+	// (micro-USD) when HasModelBudget, and ModelSpend the key's synced
+	// spend on it, set by Authorize for the gate's reservation. (A flag, so
+	// that a zero Principal has no budget.)
+	ModelBudget    int64
+	ModelSpend     int64
+	HasModelBudget bool
 
 	// hash is the key's SHA-256. It lives here, in memory the caller
 	// already owns, because a pointer handed to an interface method
@@ -128,6 +135,7 @@ func (e *Enforcer) Authenticate(key, path string, nowUnix int64, p *Principal) *
 	}
 	p.Key, p.Team, p.User, p.Org, p.NowUnix = k, nil, nil, nil, nowUnix
 	p.EndUserID, p.EndUserSpend, p.EndUserBudget = "", 0, -1
+	p.ModelBudget, p.ModelSpend, p.HasModelBudget = 0, 0, false
 	if k.Blocked {
 		return RejKeyBlocked
 	}
@@ -458,12 +466,15 @@ func (e *Enforcer) checkEndUser(p *Principal, b *Body) *Rejection {
 // spend (budget_duration), so a key budget_reset_at that has passed counts
 // it as zero too.
 func (e *Enforcer) checkModelBudget(p *Principal, model string) *Rejection {
+	p.ModelBudget, p.ModelSpend, p.HasModelBudget = 0, 0, false
 	mb, ok := p.policy().ModelMaxBudget[model]
 	if !ok || mb.BudgetLimit < 0 {
 		return nil
 	}
 	k := &p.Key
-	spend := EffectiveSpend(k.Limits, e.State.KeyModelSpend(k.TokenID, model), p.NowUnix)
+	synced := e.State.KeyModelSpend(k.TokenID, model)
+	p.ModelBudget, p.ModelSpend, p.HasModelBudget = mb.BudgetLimit, synced, true
+	spend := EffectiveSpend(k.Limits, synced, p.NowUnix)
 	if spend >= mb.BudgetLimit {
 		return budgetRejection("LiteLLM Virtual Key: "+k.TokenID+", exceeded budget for model="+clip(model)+
 			". Current cost: "+usd(spend)+", Max budget: "+usd(mb.BudgetLimit), "model")

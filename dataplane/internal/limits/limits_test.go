@@ -441,3 +441,41 @@ func TestEndUserBudgetReserved(t *testing.T) {
 		t.Fatalf("cust-2 refused: %s", rej.Message)
 	}
 }
+
+// A key's model_max_budget is reserved per (key, model): settled unsynced
+// cost on the model counts, other models are not held by it.
+func TestModelBudgetReserved(t *testing.T) {
+	l := newLimiter()
+	f := newFixture(t, smallBody)
+	f.p.ModelBudget, f.p.HasModelBudget = 100, true
+	f.dep.OutputCost = 1_000_000
+	if rej := enforce.ParseBody([]byte(`{"model":"m","max_tokens":1,"messages":[]}`), &f.body); rej != nil {
+		t.Fatal(rej.Message)
+	}
+	usage := proxy.Outcome{Status: 200, UsageKnown: true, Usage: proxy.Usage{CompletionTokens: 30, TotalTokens: 30}}
+	n := 0
+	var last *enforce.Rejection
+	for range 10 {
+		done, rej, _ := f.admit(l)
+		if rej != nil {
+			last = rej
+			break
+		}
+		n++
+		done(usage)
+	}
+	if n != 4 {
+		t.Fatalf("admitted %d sequential requests before the spend synced, want 4", n)
+	}
+	if last == nil || last.Status != 429 || !strings.HasPrefix(last.Message, "LiteLLM Virtual Key: tok-1, exceeded budget for model=m. Current cost: 0") {
+		t.Fatalf("refusal %+v", last)
+	}
+	// The same key on a model without a budget is not held.
+	f.p.HasModelBudget = false
+	if rej := enforce.ParseBody([]byte(`{"model":"other","max_tokens":1,"messages":[]}`), &f.body); rej != nil {
+		t.Fatal(rej.Message)
+	}
+	if _, rej, _ := f.admit(l); rej != nil {
+		t.Fatalf("another model refused: %s", rej.Message)
+	}
+}

@@ -330,6 +330,11 @@ func (ob *Outbox) Ack(outboxID string, lastSeq uint64) ([]*syncv1.ObjectSpend, e
 						costs[o] += r.Cost
 					}
 				}
+				// A key's spend on the model, for model_max_budget (the
+				// limiter ignores those it holds no budget for).
+				if r.TokenId != "" && r.Model != "" {
+					costs[ref{"key_model", r.TokenId + "/" + r.Model}] += r.Cost
+				}
 			}
 			if err := c.Delete(); err != nil {
 				return err

@@ -22,6 +22,7 @@ var spendTests = []test{
 	{"PutEndUser", testPutEndUser},
 	{"EndUserChanges", testEndUserChanges},
 	{"ListEndUsers", testListEndUsers},
+	{"KeyModelSpendReported", testKeyModelSpendReported},
 	{"SoftBudgetCrossedOnce", testSoftBudgetCrossing},
 }
 
@@ -464,5 +465,36 @@ func testListEndUsers(t *testing.T, s store.Store) {
 	n := 0
 	if err := s.Read().EachEndUser(ctx, func(store.EndUser) error { n++; return nil }); err != nil || n != 5 {
 		t.Fatalf("EachEndUser visited %d, %v", n, err)
+	}
+}
+
+// testKeyModelSpendReported: the spend a batch left on a key's budgeted
+// models is in SpendResult.Spends (KindKeyModel), for the proxies'
+// per-model reservations; unbudgeted models are not.
+func testKeyModelSpendReported(t *testing.T, s store.Store) {
+	spendFixture(t, s)
+	write(t, s, func(ctx context.Context, tx store.Tx) error {
+		k, err := tx.GetKey(ctx, "k1")
+		if err != nil {
+			return err
+		}
+		k.ModelMaxBudget = map[string]store.ModelBudget{"gpt-4o-mini": {BudgetLimit: 100}}
+		return tx.UpdateKey(ctx, k)
+	})
+	other := spendRec(2, 7)
+	other.Model = "gpt-4o"
+	res := applyResult(t, s, batch("p1", "ob1", spendRec(1, 30), other))
+	got := map[string]int64{}
+	for _, o := range res.Spends {
+		if o.Kind == store.KindKeyModel {
+			got[o.ID] = o.Spend
+		}
+	}
+	if fmt.Sprint(got) != "map[k1/gpt-4o-mini:30]" {
+		t.Fatalf("key model spends = %v", got)
+	}
+	k, err := s.Read().GetKey(t.Context(), "k1")
+	if err != nil || k.ModelSpend["gpt-4o-mini"] != 30 || k.ModelSpend["gpt-4o"] != 7 {
+		t.Fatalf("model spend = %v, %v", k.ModelSpend, err)
 	}
 }

@@ -912,7 +912,7 @@ type SpendAck struct {
 	OutboxId string                 `protobuf:"bytes,1,opt,name=outbox_id,json=outboxId,proto3" json:"outbox_id,omitempty"`
 	LastSeq  uint64                 `protobuf:"varint,2,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
 	// spends is the spend (micro-USD) of every key, team, user,
-	// organization and end user the acked records touched, as the transaction that applied
+	// organization, end user and budgeted key model the acked records touched, as the transaction that applied
 	// them left it. Spend only rises within a budget period, so once the
 	// proxy's synced spend of an object reaches this figure, its synced state
 	// holds these records: until then the proxy keeps counting their cost
@@ -976,7 +976,9 @@ func (x *SpendAck) GetSpends() []*ObjectSpend {
 // ObjectSpend is an object's spend after a spend transaction.
 type ObjectSpend struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// kind is "key", "team", "user", "organization" or "end_user".
+	// kind is "key", "team", "user", "organization", "end_user" or
+	// "key_model" (id "<token_id>/<model>": a key's spend on a model of its
+	// model_max_budget).
 	Kind          string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
 	Id            string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
 	Spend         int64  `protobuf:"varint,3,opt,name=spend,proto3" json:"spend,omitempty"`
