@@ -385,7 +385,42 @@ func matrix() map[string]endpoint {
 		o, tm, fo = same(func(_ *world, _ fixture) call { return get(p + "?end_user_id=nobody-billed") })
 		e[p] = endpoint{own: o, team: tm, foreign: fo, want: noCustomer}
 	}
+	// End users: proxy_admin writes; admins and viewers list.
+	for _, base := range []string{"/customer", "/end_user"} {
+		o, tm, fo = same(func(w *world, _ fixture) call {
+			return post(base+"/new", map[string]any{"user_id": w.id("c"), "max_budget": 1})
+		})
+		e[base+"/new"] = endpoint{own: o, team: tm, foreign: fo, want: adminOnly}
+		o, tm, fo = same(func(w *world, _ fixture) call {
+			return post(base+"/update", map[string]any{"user_id": w.endUser(), "alias": "renamed"})
+		})
+		e[base+"/update"] = endpoint{own: o, team: tm, foreign: fo, want: adminOnly}
+		o, tm, fo = same(func(w *world, _ fixture) call {
+			return post(base+"/delete", map[string]any{"user_ids": []string{w.endUser()}})
+		})
+		e[base+"/delete"] = endpoint{own: o, team: tm, foreign: fo, want: adminOnly}
+		o, tm, fo = same(func(w *world, _ fixture) call {
+			return post(base+"/block", map[string]any{"user_ids": []string{w.id("c")}})
+		})
+		e[base+"/block"] = endpoint{own: o, team: tm, foreign: fo, want: adminOnly}
+		o, tm, fo = same(func(w *world, _ fixture) call {
+			return post(base+"/unblock", map[string]any{"user_ids": []string{w.endUser()}})
+		})
+		e[base+"/unblock"] = endpoint{own: o, team: tm, foreign: fo, want: adminOnly}
+		o, tm, fo = same(func(_ *world, _ fixture) call { return get(base + "/list") })
+		e[base+"/list"] = endpoint{own: o, team: tm, foreign: fo, want: readsAdminViewer}
+	}
 	return e
+}
+
+// readsAdminViewer: admins and viewers may call it, nobody else.
+var readsAdminViewer = map[string]string{"tadmin": "333", "tuser": "333", "iviewer": "333"}
+
+// endUser creates a throwaway end user and returns its id.
+func (w *world) endUser() string {
+	id := w.id("c")
+	ok(w.t, Do(w.t, "POST", w.u+"/customer/new", w.mk, map[string]any{"user_id": id}))
+	return id
 }
 
 // model creates a throwaway model and returns its id.

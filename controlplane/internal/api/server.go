@@ -71,6 +71,7 @@ func (s *Server) Register(g grpc.ServiceRegistrar) {
 	adminv1.RegisterAuditServiceServer(g, &auditService{s: s})
 	adminv1.RegisterSpendServiceServer(g, &spendService{s: s})
 	adminv1.RegisterProxyServiceServer(g, &proxyService{s: s})
+	adminv1.RegisterCustomerServiceServer(g, &customerService{s: s})
 }
 
 // audit writes one audit row in tx. before/after are API views (never key

@@ -133,8 +133,7 @@ func (ss *spendService) GetCustomerInfo(ctx context.Context, req *adminv1.GetCus
 	if err != nil {
 		return nil, storeError(ctx, err, "customer")
 	}
-	return &adminv1.Customer{UserId: e.EndUserID, Spend: money.ToUSD(e.Spend), Alias: e.Alias, MaxBudget: usdValue(e.MaxBudget), Blocked: e.Blocked,
-		CreatedAt: timestamppb.New(e.CreatedAt), UpdatedAt: timestamppb.New(e.UpdatedAt)}, nil
+	return customerOut(&e), nil
 }
 
 // maxReportDays bounds a report's range.

@@ -164,6 +164,14 @@ const (
 	SpendRead Action = "spend.read"
 	// ProxyList reads the connected data-plane proxies (sync state).
 	ProxyList Action = "proxy.list"
+
+	// End users (customers): the request body's "user".
+	CustomerNew     Action = "customer.new"
+	CustomerUpdate  Action = "customer.update"
+	CustomerDelete  Action = "customer.delete"
+	CustomerBlock   Action = "customer.block"
+	CustomerUnblock Action = "customer.unblock"
+	CustomerList    Action = "customer.list"
 )
 
 // Aliases kept for callers written against the first version of this package.
@@ -180,6 +188,7 @@ var reads = map[Action]bool{
 	KeyInfo: true, KeyList: true, TeamInfo: true, TeamList: true, UserInfo: true, UserList: true,
 	OrgInfo: true, OrgList: true, ModelInfo: true, SettingsRead: true, AuditRead: true, SpendRead: true,
 	ProxyList: true,
+	CustomerList: true,
 }
 
 // Actions lists every action (for tests that must cover them all).
@@ -191,6 +200,7 @@ func Actions() []Action {
 		OrgNew, OrgUpdate, OrgDelete, OrgMemberAdd, OrgInfo, OrgList,
 		ModelNew, ModelUpdate, ModelDelete, ModelInfo,
 		SettingsRead, SettingsUpdate, AuditRead, SpendRead, ProxyList,
+		CustomerNew, CustomerUpdate, CustomerDelete, CustomerBlock, CustomerUnblock, CustomerList,
 	}
 }
 
@@ -368,6 +378,10 @@ func Decide(c Caller, a Action, t Target) Decision {
 		return forbid("", "only proxy_admin may read the audit log")
 	case ProxyList:
 		return forbid("", "only proxy_admin and proxy_admin_viewer may see the proxies")
+	case CustomerNew, CustomerUpdate, CustomerDelete, CustomerBlock, CustomerUnblock:
+		return forbid("", "only proxy_admin may manage end users")
+	case CustomerList:
+		return forbid("", "only proxy_admin and proxy_admin_viewer may list end users")
 	}
 	return forbid("", "not allowed")
 }

@@ -123,6 +123,7 @@ var expected = map[string]map[Action]string{
 		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AAA", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "AAA", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AAA", ProxyList: "AAA",
+		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "AAA",
 	},
 	"tadmin": {
 		KeyGenerate: "A33", KeyServiceAccountGenerate: "AA3", KeyUpdate: "AA4", KeyDelete: "AA4", KeyInfo: "AA4", KeyList: "AA3",
@@ -133,6 +134,7 @@ var expected = map[string]map[Action]string{
 		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
+		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
 	},
 	"tuser": {
 		KeyGenerate: "A33", KeyServiceAccountGenerate: "333", KeyUpdate: "A44", KeyDelete: "A44", KeyInfo: "A44", KeyList: "AA3",
@@ -143,6 +145,7 @@ var expected = map[string]map[Action]string{
 		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
+		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
 	},
 	"iviewer": {
 		KeyGenerate: "333", KeyServiceAccountGenerate: "333", KeyUpdate: "333", KeyDelete: "333", KeyInfo: "A44", KeyList: "AA3",
@@ -153,6 +156,7 @@ var expected = map[string]map[Action]string{
 		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
+		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
 	},
 	// tuser with team_member_permissions ["/key/info", "/key/health"] on
 	// team-1: only reads its keys there.
@@ -165,6 +169,7 @@ var expected = map[string]map[Action]string{
 		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
+		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
 	},
 	// tadmin's team lists only /key/info: admins are not restricted by it.
 	"tadminro": {
@@ -176,6 +181,7 @@ var expected = map[string]map[Action]string{
 		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
+		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
 	},
 	// An internal user in no team: team objects are all foreign to it (its
 	// "own" key in team-1 it may keep managing, but not create there).
@@ -188,6 +194,7 @@ var expected = map[string]map[Action]string{
 		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "444", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
+		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
 	},
 }
 

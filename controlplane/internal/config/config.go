@@ -598,7 +598,8 @@ func (p *parser) stringList(q pair, path string) []string {
 }
 
 // general builds GeneralSettings from general_settings and LiteLLM's
-// litellm_settings.key_generation_settings, and resolves the secrets.
+// litellm_settings.key_generation_settings and max_end_user_budget, and
+// resolves the secrets.
 func (p *parser) general(cfg *Config, gen, lit *pair, envNames map[string]bool) {
 	type source struct {
 		q      pair
@@ -641,23 +642,25 @@ func (p *parser) general(cfg *Config, gen, lit *pair, envNames map[string]bool) 
 	if lit != nil && lit.Val.Kind == yaml.MappingNode {
 		ps, _ := p.w.pairs(lit.Val, "litellm_settings")
 		for _, q := range ps {
-			if q.Name != "key_generation_settings" || isNull(q.Val) {
+			// LiteLLM documents these under litellm_settings; Tollgate
+			// keeps them with the other proxy-wide settings.
+			if (q.Name != "key_generation_settings" && q.Name != "max_end_user_budget") || isNull(q.Val) {
 				continue
 			}
-			const lp = "litellm_settings.key_generation_settings"
+			lp := "litellm_settings." + q.Name
 			v, _ := p.w.value(q.Val, lp, 1)
 			if g, dup := src[q.Name]; dup {
 				a, _ := json.Marshal(v)
 				b, _ := json.Marshal(fields[q.Name])
 				if !bytes.Equal(a, b) {
-					p.errAt(q.Key, "%s conflicts with general_settings.key_generation_settings (line %d); keep one", lp, g.q.Key.Line)
+					p.errAt(q.Key, "%s conflicts with general_settings.%s (line %d); keep one", lp, q.Name, g.q.Key.Line)
 				}
 				continue
 			}
 			present = true
 			fields[q.Name] = v
 			src[q.Name] = source{q, "litellm_settings"}
-			p.warnAt(q.Key, "%s is applied as general_settings.key_generation_settings", lp)
+			p.warnAt(q.Key, "%s is applied as general_settings.%s", lp, q.Name)
 		}
 	}
 	if !present {

@@ -364,6 +364,17 @@ general_settings:
 			},
 		},
 		{
+			name: "litellm_settings.max_end_user_budget moves to general_settings",
+			in:   "litellm_settings:\n  max_end_user_budget: 0.5\n",
+			warn: []string{"config.yaml:2: litellm_settings.max_end_user_budget is applied as general_settings.max_end_user_budget"},
+			check: func(t *testing.T, c *Config) {
+				g, err := settings.Parse(c.GeneralSettings)
+				if err != nil || g.MaxEndUserBudget == nil || *g.MaxEndUserBudget != 0.5 {
+					t.Errorf("GeneralSettings = %s, %v", c.GeneralSettings, err)
+				}
+			},
+		},
+		{
 			name: "identical key_generation_settings in both places",
 			in: `general_settings:
   key_generation_settings: {team_key_generation: {allowed_team_member_roles: [admin]}}

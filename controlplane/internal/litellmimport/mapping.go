@@ -60,7 +60,7 @@ var BehaviourDifferences = []string{
 	"budgets and rate limits hold across all proxies together (leases); LiteLLM enforces them per replica from a cached spend",
 	"a blocked or deleted key stops working on every proxy within milliseconds (LiteLLM caches keys for up to user_api_key_cache_ttl)",
 	"spend totals are imported, per-request history (LiteLLM_SpendLogs) is not; re-imports keep the higher of Tollgate's and LiteLLM's spend, or Tollgate's after a Tollgate budget reset",
-	"end users' max_budget and blocked are imported and shown in /customer/info but not yet enforced by the proxies (LiteLLM refuses a blocked or over-budget end user's requests)",
+	"end users' max_budget and blocked are enforced by every proxy; a blocked end user gets 403 and one over budget 429 (LiteLLM answers 400 to both); end users have no budget period",
 	"a team without team_member_permissions lets its members with role user manage their own keys in the team as the role table allows (LiteLLM's default is read-only, [/key/info, /key/health]); lists that are set are imported and enforced",
 	"models listed on keys, teams and users are checked by exact name (plus all-proxy-models, all-team-models and *); wildcard routes like openai/* are not expanded",
 }

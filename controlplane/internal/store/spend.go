@@ -68,11 +68,11 @@ type EndUser struct {
 	Spend     int64  `json:"spend"` // micro-USD
 	// Alias is a display name (LiteLLM's alias).
 	Alias string `json:"alias,omitempty"`
-	// MaxBudget is the end user's budget (micro-USD; nil: none), as LiteLLM
-	// records it. Recorded and shown; proxies do not enforce it yet.
+	// MaxBudget is the end user's budget (micro-USD; nil: none, then
+	// general_settings.max_end_user_budget applies). Proxies refuse a
+	// request naming the end user once Spend reaches it.
 	MaxBudget *int64 `json:"max_budget,omitempty"`
-	// Blocked is LiteLLM's blocked flag. Recorded and shown; proxies do not
-	// enforce it yet.
+	// Blocked: proxies refuse every request naming the end user.
 	Blocked   bool      `json:"blocked,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
@@ -147,8 +147,8 @@ type SoftBudgetCrossing struct {
 type SpendResult struct {
 	Applied             int // records applied (0 for a replay)
 	SoftBudgetCrossings []SoftBudgetCrossing
-	// Spends is the spend of every key, team, user and organization the
-	// batch touched, after it (proxies learn from it when their synced
+	// Spends is the spend of every key, team, user, organization and end
+	// user the batch touched, after it (proxies learn from it when their synced
 	// state holds their records: DESIGN.md, "Money").
 	Spends []ObjectSpend
 }
@@ -224,8 +224,14 @@ func (t *SpendTotals) AddToKey(k *Key) {
 			k.ModelSpend = map[string]int64{}
 		}
 		k.ModelSpend[model] += c
+		if _, ok := k.ModelMaxBudget[model]; ok {
+			t.After = append(t.After, ObjectSpend{KindKeyModel, KeyModelID(k.TokenID, model), k.ModelSpend[model]})
+		}
 	}
 }
+
+// KeyModelID names a key's spend on a model in ObjectSpend (KindKeyModel).
+func KeyModelID(tokenID, model string) string { return tokenID + "/" + model }
 
 // AddToTeam adds the totals' spend to tm and to its members.
 func (t *SpendTotals) AddToTeam(tm *Team) {

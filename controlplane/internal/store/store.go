@@ -285,6 +285,11 @@ const (
 	KindOrganization = "organization"
 	KindModel        = "model"
 	KindSettings     = "settings"
+	// KindEndUser: an EndUser (spend.go), id end_user_id.
+	KindEndUser = "end_user"
+	// KindKeyModel names a key's spend on one model in SpendResult.Spends
+	// (id "<token_id>/<model>"); it is not an entity of its own.
+	KindKeyModel = "key_model"
 )
 
 // Change operations.
@@ -380,6 +385,12 @@ type Reader interface {
 	// GetEndUser returns an end user's spend; ErrNotFound when no request
 	// named it yet.
 	GetEndUser(ctx context.Context, endUserID string) (EndUser, error)
+	// ListEndUsers returns end users ordered by end_user_id (they are
+	// created by requests as often as by the API, so id order is the
+	// stable one).
+	ListEndUsers(ctx context.Context, p Page) ([]EndUser, int, error)
+	// EachEndUser calls fn for every end user, as EachKey.
+	EachEndUser(ctx context.Context, fn func(EndUser) error) error
 	// SpendHighWater returns the highest sequence number applied from the
 	// outbox (proxyID, outboxID), 0 when none.
 	SpendHighWater(ctx context.Context, proxyID, outboxID string) (uint64, error)
@@ -465,17 +476,21 @@ type Tx interface {
 	// adds each record's cost to its key (and the key's per-model spend),
 	// team, team member (when the user is a member), user, organization and
 	// end user, skipping those that no longer exist, and writes one spend
-	// log per record. Each touched key, team, user and organization gets
-	// one change record with its final spend, however many records touched
-	// it. Records must have increasing Seq (> 0). It returns the number of
+	// log per record. Each touched key, team, user, organization and end
+	// user gets one change record with its final spend, however many
+	// records touched it (an end user a record names for the first time is
+	// created). Records must have increasing Seq (> 0). It returns the number of
 	// records applied and the soft budgets they made spend cross.
 	ApplySpend(ctx context.Context, b SpendBatch) (SpendResult, error)
 
 	// PutEndUser creates or replaces an end user (its spend, alias, budget
 	// and blocked flag; CreatedAt is kept when it exists, else e.CreatedAt,
-	// else now). Used by the LiteLLM import; request spend goes through
-	// ApplySpend.
+	// else now) and records a change. Used by the end-user API and the
+	// LiteLLM import; request spend goes through ApplySpend.
 	PutEndUser(ctx context.Context, e EndUser) error
+	// DeleteEndUser deletes an end user (ErrNotFound if none) and records
+	// a tombstone. A later request naming it creates it afresh.
+	DeleteEndUser(ctx context.Context, endUserID string) error
 
 	// EventWriter: the event outbox (events.go).
 	EventWriter

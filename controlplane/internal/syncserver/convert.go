@@ -79,6 +79,11 @@ func changeEntity(c store.Change) (*syncv1.Entity, error) {
 		if err = decode(c, &s); err == nil {
 			e, err = settingsEntity(&s)
 		}
+	case store.KindEndUser:
+		var u store.EndUser
+		if err = decode(c, &u); err == nil {
+			e = endUserEntity(&u)
+		}
 	default:
 		return nil, badEntity(c.Kind, c.ID, "unknown kind")
 	}
@@ -142,6 +147,14 @@ func (s *keyScratch) fill(k *store.Key) (*syncv1.Entity, error) {
 		s.k.ModelMaxBudget = make(map[string]*syncv1.ModelBudget, len(k.ModelMaxBudget))
 		for m, b := range k.ModelMaxBudget {
 			s.k.ModelMaxBudget[m] = &syncv1.ModelBudget{BudgetLimit: b.BudgetLimit, TimePeriod: b.TimePeriod}
+			// Only the budgeted models' spend: the rest is no proxy's
+			// business and would grow every key's message.
+			if sp := k.ModelSpend[m]; sp != 0 {
+				if s.k.ModelSpend == nil {
+					s.k.ModelSpend = make(map[string]int64, len(k.ModelMaxBudget))
+				}
+				s.k.ModelSpend[m] = sp
+			}
 		}
 	}
 	if len(k.ModelRPMLimit) > 0 {
@@ -286,6 +299,15 @@ func orgEntity(o *store.Organization) *syncv1.Entity {
 		Limits:         limits(&o.Limits),
 		Blocked:        o.Blocked,
 		Spend:          o.Spend,
+	}}}
+}
+
+func endUserEntity(u *store.EndUser) *syncv1.Entity {
+	return &syncv1.Entity{Kind: store.KindEndUser, Id: u.EndUserID, Value: &syncv1.Entity_EndUser{EndUser: &syncv1.EndUser{
+		EndUserId: u.EndUserID,
+		Spend:     u.Spend,
+		MaxBudget: orNone(u.MaxBudget),
+		Blocked:   u.Blocked,
 	}}}
 }
 

@@ -29,6 +29,8 @@ func TestKeyConversion(t *testing.T) {
 		ModelTPMLimit:  map[string]int64{"m2": 9},
 		EnforcedParams: []string{"user"}, AllowedRoutes: []string{"/chat/completions"}, Tags: []string{"x"},
 		Blocked: true, Expires: &exp, Spend: 42, Metadata: json.RawMessage(` {"a":1} `),
+		// Only the spend of budgeted models is sent.
+		ModelSpend: map[string]int64{"m1": 3, "m2": 30},
 		PreviousHashes: []store.PreviousHash{
 			{KeyHash: sha256Hex("old"), ValidUntil: valid},
 			{KeyHash: "not-hex", ValidUntil: valid},                // dropped
@@ -48,6 +50,7 @@ func TestKeyConversion(t *testing.T) {
 		Limits: &syncv1.Limits{MaxBudget: 7, SoftBudget: -1, BudgetDuration: "30d", BudgetResetAtUnix: valid.Unix(),
 			RpmLimit: -1, TpmLimit: 0, MaxParallelRequests: -1},
 		ModelMaxBudget: map[string]*syncv1.ModelBudget{"m1": {BudgetLimit: 5, TimePeriod: "1d"}},
+		ModelSpend:     map[string]int64{"m1": 3},
 		ModelTpmLimit:  map[string]int64{"m2": 9},
 		EnforcedParams: []string{"user"}, AllowedRoutes: []string{"/chat/completions"}, Tags: []string{"x"},
 		Blocked: true, ExpiresUnix: exp.Unix(), Spend: 42, Metadata: []byte(`{"a":1}`),
@@ -73,6 +76,27 @@ func TestKeyConversion(t *testing.T) {
 	k.Metadata = json.RawMessage("null")
 	if e, _ := keyEntity(&k); e.GetKey().GetMetadata() != nil {
 		t.Error("null metadata must be empty")
+	}
+}
+
+func TestEndUserConversion(t *testing.T) {
+	e, err := changeEntity(store.Change{Kind: store.KindEndUser, ID: "cust", Op: store.OpPut,
+		Data: json.RawMessage(`{"end_user_id":"cust","spend":12,"alias":"A","max_budget":30,"blocked":true}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &syncv1.EndUser{EndUserId: "cust", Spend: 12, MaxBudget: 30, Blocked: true}
+	if e.GetKind() != "end_user" || e.GetId() != "cust" || !proto.Equal(e.GetEndUser(), want) {
+		t.Fatalf("got %v, want %v", e, want)
+	}
+	// No budget of its own is -1 on the wire (the proxy's default applies).
+	e, _ = changeEntity(store.Change{Kind: store.KindEndUser, ID: "c2", Op: store.OpPut, Data: json.RawMessage(`{"end_user_id":"c2"}`)})
+	if e.GetEndUser().GetMaxBudget() != -1 {
+		t.Fatalf("max_budget without one = %d, want -1", e.GetEndUser().GetMaxBudget())
+	}
+	e, _ = changeEntity(store.Change{Kind: store.KindEndUser, ID: "c2", Op: store.OpDelete})
+	if !e.GetDeleted() || e.GetKind() != "end_user" {
+		t.Fatalf("tombstone = %v", e)
 	}
 }
 
@@ -257,6 +281,23 @@ func TestEmptyStoreSnapshotIsOneEmptyLastChunk(t *testing.T) {
 	var m syncv1.ControlMessage
 	if len(sn.chunks) != 1 || proto.Unmarshal(sn.chunks[0], &m) != nil || !m.GetSnapshot().GetLast() || len(m.GetSnapshot().GetEntities()) != 0 {
 		t.Fatalf("got %d chunks: %v", len(sn.chunks), &m)
+	}
+}
+
+func TestSnapshotCarriesEndUsers(t *testing.T) {
+	r := &memReader{endUsers: []store.EndUser{{EndUserID: "c1", Spend: 3, MaxBudget: ptr[int64](9), Blocked: true}}}
+	sn, err := buildSnapshot(context.Background(), slog.New(slog.DiscardHandler), 1, r, 10, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m syncv1.ControlMessage
+	if len(sn.chunks) != 1 || proto.Unmarshal(sn.chunks[0], &m) != nil {
+		t.Fatalf("got %d chunks", len(sn.chunks))
+	}
+	es := m.GetSnapshot().GetEntities()
+	want := &syncv1.EndUser{EndUserId: "c1", Spend: 3, MaxBudget: 9, Blocked: true}
+	if len(es) != 1 || es[0].GetKind() != "end_user" || es[0].GetId() != "c1" || !proto.Equal(es[0].GetEndUser(), want) {
+		t.Fatalf("snapshot entities %v", es)
 	}
 }
 

@@ -297,6 +297,9 @@ func buildSnapshot(ctx context.Context, log *slog.Logger, revision int64, r stor
 	if err := r.EachUser(ctx, func(u store.User) error { return add(userEntity(&u), nil) }); err != nil {
 		return nil, err
 	}
+	if err := r.EachEndUser(ctx, func(u store.EndUser) error { return add(endUserEntity(&u), nil) }); err != nil {
+		return nil, err
+	}
 	var ks keyScratch
 	ko := keyOrder{c: c}
 	if err := r.EachKey(ctx, func(k store.Key) error {

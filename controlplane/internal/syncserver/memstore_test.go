@@ -146,6 +146,7 @@ type memReader struct {
 	users    []store.User
 	orgs     []store.Organization
 	models   []store.Model
+	endUsers []store.EndUser
 	settings store.Settings
 }
 
@@ -175,6 +176,9 @@ func (r *memReader) EachUser(ctx context.Context, fn func(store.User) error) err
 }
 func (r *memReader) EachOrganization(ctx context.Context, fn func(store.Organization) error) error {
 	return each(ctx, r.orgs, fn)
+}
+func (r *memReader) EachEndUser(ctx context.Context, fn func(store.EndUser) error) error {
+	return each(ctx, r.endUsers, fn)
 }
 
 // ReadWriteTx serializes transactions and applies their writes at commit.

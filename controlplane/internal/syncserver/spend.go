@@ -226,6 +226,10 @@ func withSpends(ack *syncv1.ControlMessage, b store.SpendBatch, after map[object
 		add(store.KindTeam, r.TeamID)
 		add(store.KindUser, r.UserID)
 		add(store.KindOrganization, r.OrganizationID)
+		add(store.KindEndUser, r.EndUser)
+		if r.TokenID != "" && r.Model != "" {
+			add(store.KindKeyModel, store.KeyModelID(r.TokenID, r.Model))
+		}
 	}
 	return ack
 }

@@ -85,6 +85,20 @@ type Principal struct {
 	// to honour a budget_reset_at that has passed before the control plane
 	// has reset the spend.
 	NowUnix int64
+	// EndUserID is the body's "user" when a budget applies to it (its own
+	// max_budget, else max_end_user_budget; Authorize sets it), with its
+	// synced spend and that budget (micro-USD), for the gate's reservation.
+	// "" when none applies.
+	EndUserID     string
+	EndUserSpend  int64
+	EndUserBudget int64
+	// ModelBudget is the key's model_max_budget for the requested model
+	// (micro-USD) when HasModelBudget, and ModelSpend the key's synced
+	// spend on it, set by Authorize for the gate's reservation. (A flag, so
+	// that a zero Principal has no budget.)
+	ModelBudget    int64
+	ModelSpend     int64
+	HasModelBudget bool
 
 	// hash is the key's SHA-256. It lives here, in memory the caller
 	// already owns, because a pointer handed to an interface method
@@ -120,6 +134,8 @@ func (e *Enforcer) Authenticate(key, path string, nowUnix int64, p *Principal) *
 		return RejInvalidKey
 	}
 	p.Key, p.Team, p.User, p.Org, p.NowUnix = k, nil, nil, nil, nowUnix
+	p.EndUserID, p.EndUserSpend, p.EndUserBudget = "", 0, -1
+	p.ModelBudget, p.ModelSpend, p.HasModelBudget = 0, 0, false
 	if k.Blocked {
 		return RejKeyBlocked
 	}
@@ -255,6 +271,12 @@ func (e *Enforcer) Authorize(p *Principal, b *Body) ([]*state.Model, *Rejection)
 		return nil, r
 	}
 	if r := checkBudgets(p); r != nil {
+		return nil, r
+	}
+	if r := e.checkEndUser(p, b); r != nil {
+		return nil, r
+	}
+	if r := e.checkModelBudget(p, b.Model); r != nil {
 		return nil, r
 	}
 	return deps, nil
@@ -395,6 +417,67 @@ func checkBudgets(p *Principal) *Rejection {
 		if s := EffectiveSpend(o.Limits, o.Spend, now); over(o.Limits, s) {
 			return budgetRejection("Budget has been exceeded! Organization="+o.OrganizationID+" Current cost: "+usd(s)+", Max budget: "+usd(o.Limits.MaxBudget), "")
 		}
+	}
+	return nil
+}
+
+// checkEndUser refuses a request whose body "user" names a blocked end user
+// or one whose synced spend is at or above its max_budget, else
+// general_settings.max_end_user_budget (an end user never seen has spent
+// nothing). One map lookup; nothing when the body has no "user".
+func (e *Enforcer) checkEndUser(p *Principal, b *Body) *Rejection {
+	p.EndUserID, p.EndUserSpend, p.EndUserBudget = "", 0, -1
+	if !b.User.Present() {
+		return nil
+	}
+	id := b.EndUser()
+	if id == "" {
+		return nil
+	}
+	var spend int64
+	limit := int64(-1)
+	if u, ok := e.State.EndUser(id); ok {
+		if u.Blocked {
+			// LiteLLM's wording; 403 (LiteLLM answers 400): a block is a
+			// refusal by policy, and a client must not retry it as it would
+			// a 429.
+			return New(EndUserBlocked, http.StatusForbidden, TypeAuth,
+				"User blocked from making LLM API Calls. User="+clip(id), "user")
+		}
+		spend, limit = u.Spend, u.MaxBudget
+	}
+	if limit < 0 {
+		if s := e.State.Settings(); s != nil && s.HasMaxEndUserBudget {
+			limit = s.MaxEndUserBudget
+		}
+	}
+	if limit < 0 {
+		return nil
+	}
+	if spend >= limit {
+		return budgetRejection("ExceededBudget: End User="+clip(id)+" over budget. Spend="+usd(spend)+", Budget="+usd(limit), "user")
+	}
+	p.EndUserID, p.EndUserSpend, p.EndUserBudget = id, spend, limit
+	return nil
+}
+
+// checkModelBudget refuses model when the key's synced spend on it is at or
+// above its model_max_budget. The per-model spend is reset with the key's
+// spend (budget_duration), so a key budget_reset_at that has passed counts
+// it as zero too.
+func (e *Enforcer) checkModelBudget(p *Principal, model string) *Rejection {
+	p.ModelBudget, p.ModelSpend, p.HasModelBudget = 0, 0, false
+	mb, ok := p.policy().ModelMaxBudget[model]
+	if !ok || mb.BudgetLimit < 0 {
+		return nil
+	}
+	k := &p.Key
+	synced := e.State.KeyModelSpend(k.TokenID, model)
+	p.ModelBudget, p.ModelSpend, p.HasModelBudget = mb.BudgetLimit, synced, true
+	spend := EffectiveSpend(k.Limits, synced, p.NowUnix)
+	if spend >= mb.BudgetLimit {
+		return budgetRejection("LiteLLM Virtual Key: "+k.TokenID+", exceeded budget for model="+clip(model)+
+			". Current cost: "+usd(spend)+", Max budget: "+usd(mb.BudgetLimit), "model")
 	}
 	return nil
 }

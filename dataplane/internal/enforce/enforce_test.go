@@ -1,6 +1,7 @@
 package enforce_test
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
@@ -271,5 +272,97 @@ func TestTeamMemberBudget(t *testing.T) {
 		case want != "" && (rej == nil || rej.Message != want || rej.Status != 429):
 			t.Fatalf("%s: got %+v, want 429 %q", user, rej, want)
 		}
+	}
+}
+
+// authorizeBody authenticates secret and authorizes body.
+func authorizeBody(t *testing.T, e *enforce.Enforcer, secret, body string) *enforce.Rejection {
+	t.Helper()
+	var p enforce.Principal
+	if rej := e.Authenticate(secret, "/chat/completions", now, &p); rej != nil {
+		t.Fatal(rej.Message)
+	}
+	var b enforce.Body
+	if rej := enforce.ParseBody([]byte(body), &b); rej != nil {
+		t.Fatal(rej.Message)
+	}
+	_, rej := e.Authorize(&p, &b)
+	return rej
+}
+
+func TestEndUserBudget(t *testing.T) {
+	st := fixture()
+	st.AddEndUser(&state.EndUser{EndUserID: "broke", Spend: 10, MaxBudget: 10})
+	st.AddEndUser(&state.EndUser{EndUserID: "fine", Spend: 9, MaxBudget: 10})
+	st.AddEndUser(&state.EndUser{EndUserID: "blocked", MaxBudget: -1, Blocked: true})
+	st.AddEndUser(&state.EndUser{EndUserID: "nobudget", Spend: 50, MaxBudget: -1})
+	e := &enforce.Enforcer{State: st}
+	type want struct {
+		status  int
+		message string
+	}
+	check := func(name, body string, w want) {
+		t.Helper()
+		rej := authorizeBody(t, e, "sk-open", body)
+		switch {
+		case w.status == 0 && rej != nil:
+			t.Errorf("%s: refused %d %s", name, rej.Status, rej.Message)
+		case w.status != 0 && (rej == nil || rej.Status != w.status || rej.Message != w.message):
+			t.Errorf("%s: got %+v, want %d %q", name, rej, w.status, w.message)
+		}
+	}
+	over := want{429, "ExceededBudget: End User=broke over budget. Spend=0.00001, Budget=0.00001"}
+	check("at its budget", `{"model":"gpt-4o","user":"broke"}`, over)
+	check("below its budget", `{"model":"gpt-4o","user":"fine"}`, want{})
+	check("blocked", `{"model":"gpt-4o","user":"blocked"}`, want{403, "User blocked from making LLM API Calls. User=blocked"})
+	check("no user", `{"model":"gpt-4o"}`, want{})
+	check("user not a string", `{"model":"gpt-4o","user":7}`, want{})
+	check("never seen, no default", `{"model":"gpt-4o","user":"stranger"}`, want{})
+	check("no budget, no default", `{"model":"gpt-4o","user":"nobudget"}`, want{})
+
+	// max_end_user_budget applies to end users without their own budget,
+	// and to those never seen (spend 0): a default of 0 refuses them all.
+	st.SetSettings(&state.Settings{Raw: []byte(`{"max_end_user_budget":0.00004}`), MaxEndUserBudget: 40, HasMaxEndUserBudget: true})
+	check("own budget wins", `{"model":"gpt-4o","user":"fine"}`, want{})
+	check("default applies", `{"model":"gpt-4o","user":"nobudget"}`,
+		want{429, "ExceededBudget: End User=nobudget over budget. Spend=0.00005, Budget=0.00004"})
+	check("never seen, under the default", `{"model":"gpt-4o","user":"stranger"}`, want{})
+	st.SetSettings(&state.Settings{Raw: []byte(`{"max_end_user_budget":0}`), MaxEndUserBudget: 0, HasMaxEndUserBudget: true})
+	check("never seen, default 0", `{"model":"gpt-4o","user":"stranger"}`,
+		want{429, "ExceededBudget: End User=stranger over budget. Spend=0, Budget=0"})
+
+	// The key's own budget is checked first (DESIGN.md's order).
+	rej := authorizeBody(t, e, "sk-broke", `{"model":"gpt-4o","user":"broke"}`)
+	if rej == nil || !strings.HasPrefix(rej.Message, "Budget has been exceeded! Current cost") {
+		t.Fatalf("key over budget and end user over budget: %+v", rej)
+	}
+}
+
+func TestModelBudget(t *testing.T) {
+	st := fixture()
+	pol := &state.Policy{ModelMaxBudget: map[string]state.ModelBudget{"gpt-4o-mini": {BudgetLimit: 10, TimePeriod: "1d"}}}
+	st.AddKey("sk-modelbudget", state.KeyInfo{TokenID: "tok-mb", Limits: enforcetest.NoLimits, Policy: pol})
+	resetPassed := enforcetest.NoLimits
+	resetPassed.BudgetResetAtUnix = now - 1
+	st.AddKey("sk-modelbudget-reset", state.KeyInfo{TokenID: "tok-mbr", Limits: resetPassed, Policy: pol})
+	st.SetKeyModelSpend("tok-mb", "gpt-4o-mini", 10)
+	st.SetKeyModelSpend("tok-mb", "gpt-4o", 1000) // no budget on it
+	st.SetKeyModelSpend("tok-mbr", "gpt-4o-mini", 10)
+	e := &enforce.Enforcer{State: st}
+	rej := authorizeBody(t, e, "sk-modelbudget", `{"model":"gpt-4o-mini"}`)
+	want := "LiteLLM Virtual Key: tok-mb, exceeded budget for model=gpt-4o-mini. Current cost: 0.00001, Max budget: 0.00001"
+	if rej == nil || rej.Status != 429 || rej.Type != "budget_exceeded" || rej.Message != want {
+		t.Fatalf("over its model budget: %+v, want 429 %q", rej, want)
+	}
+	if rej := authorizeBody(t, e, "sk-modelbudget", `{"model":"gpt-4o"}`); rej != nil {
+		t.Fatalf("another model refused: %s", rej.Message)
+	}
+	st.SetKeyModelSpend("tok-mb", "gpt-4o-mini", 9)
+	if rej := authorizeBody(t, e, "sk-modelbudget", `{"model":"gpt-4o-mini"}`); rej != nil {
+		t.Fatalf("below its model budget refused: %s", rej.Message)
+	}
+	// The per-model spend resets with the key's budget period.
+	if rej := authorizeBody(t, e, "sk-modelbudget-reset", `{"model":"gpt-4o-mini"}`); rej != nil {
+		t.Fatalf("after budget_reset_at refused: %s", rej.Message)
 	}
 }

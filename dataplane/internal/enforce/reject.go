@@ -33,6 +33,7 @@ const (
 	UnsupportedMedia
 	NotFound
 	MethodNotAllowed
+	EndUserBlocked
 	numDecisionOutcomes
 )
 
@@ -58,6 +59,7 @@ var outcomeNames = [...]string{
 	UnsupportedMedia: "unsupported_media_type",
 	NotFound:         "not_found",
 	MethodNotAllowed: "method_not_allowed",
+	EndUserBlocked:   "end_user_blocked",
 }
 
 // NumOutcomes is the number of decision outcomes, for label tables.

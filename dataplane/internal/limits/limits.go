@@ -26,7 +26,9 @@
 // The decision already refused a scope whose synced spend is at or above its
 // max budget. The gate then reserves the request's estimated cost (prompt
 // bytes / 4 tokens at the input price, max_tokens or 256 tokens at the
-// output price) on the key, team, user (without a team) and organization: a
+// output price) on the key, team, user (without a team), organization, end
+// user (the body's "user", when a budget applies to it) and the key's
+// model_max_budget for the requested model: a
 // request is admitted only while synced spend + this proxy's reservations
 // in flight + the actual cost of its finished requests that the synced
 // spend does not show yet is below the max budget. When a request ends its
@@ -41,6 +43,7 @@ import (
 	"context"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -307,7 +310,7 @@ type admitted struct {
 	took    [12]taken
 	nt      int
 	estTok  int64
-	resv    [4]*budget
+	resv    [6]*budget
 	nresv   int
 	estCost int64
 	// Prices (pico-USD per token) to settle the actual cost, and the
@@ -543,7 +546,7 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix in
 		l        *state.Limits
 		spend    int64
 	}
-	var bs [4]bscope
+	var bs [6]bscope
 	n := 0
 	k := &p.Key
 	if k.Limits.MaxBudget >= 0 {
@@ -560,6 +563,22 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix in
 	}
 	if o := p.Org; o != nil && o.Limits.MaxBudget >= 0 {
 		bs[n] = bscope{"org", o.OrganizationID, &o.Limits, o.Spend}
+		n++
+	}
+	// The end user (body "user") with a budget: its own max_budget or
+	// max_end_user_budget (end users have no budget period).
+	var eul state.Limits
+	if p.EndUserID != "" && p.EndUserBudget >= 0 {
+		eul.MaxBudget = p.EndUserBudget
+		bs[n] = bscope{"end_user", p.EndUserID, &eul, p.EndUserSpend}
+		n++
+	}
+	// The key's model_max_budget for this model: its spend resets with the
+	// key's budget period.
+	var mbl state.Limits
+	if p.HasModelBudget && a.Body != nil {
+		mbl.MaxBudget, mbl.BudgetResetAtUnix = p.ModelBudget, k.Limits.BudgetResetAtUnix
+		bs[n] = bscope{"key_model", k.TokenID + "/" + a.Body.Model, &mbl, p.ModelSpend}
 		n++
 	}
 	if n == 0 {
@@ -626,6 +645,11 @@ func budgetMessage(kind, id string) string {
 		return "ExceededBudget: User=" + id + " over budget."
 	case "org":
 		return "Budget has been exceeded! Organization=" + id
+	case "end_user":
+		return "ExceededBudget: End User=" + id + " over budget."
+	case "key_model":
+		tok, model, _ := strings.Cut(id, "/")
+		return "LiteLLM Virtual Key: " + tok + ", exceeded budget for model=" + model + "."
 	}
 	return "Budget has been exceeded!"
 }

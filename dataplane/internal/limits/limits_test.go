@@ -402,6 +402,84 @@ func TestBudgetAckedCostHeldUntilSynced(t *testing.T) {
 	done(proxy.Outcome{Status: 500})
 }
 
+// An end user with a budget is reserved like the key: settled but unsynced
+// cost counts, and the refusal names the end user. Without EndUserID (no
+// budget applies) nothing is reserved for it.
+func TestEndUserBudgetReserved(t *testing.T) {
+	l := newLimiter()
+	f := newFixture(t, smallBody)
+	f.p.EndUserID, f.p.EndUserBudget = "cust-1", 100
+	f.dep.OutputCost = 1_000_000
+	if rej := enforce.ParseBody([]byte(`{"model":"m","max_tokens":1,"messages":[],"user":"cust-1"}`), &f.body); rej != nil {
+		t.Fatal(rej.Message)
+	}
+	usage := proxy.Outcome{Status: 200, UsageKnown: true, Usage: proxy.Usage{CompletionTokens: 30, TotalTokens: 30}}
+	n := 0
+	var last *enforce.Rejection
+	for range 10 {
+		done, rej, _ := f.admit(l)
+		if rej != nil {
+			last = rej
+			break
+		}
+		n++
+		done(usage)
+	}
+	if n != 4 {
+		t.Fatalf("admitted %d sequential requests before the spend synced, want 4", n)
+	}
+	if last == nil || last.Status != 429 || !strings.HasPrefix(last.Message, "ExceededBudget: End User=cust-1 over budget.") {
+		t.Fatalf("refusal %+v", last)
+	}
+	// Another end user (or none) is not held by cust-1's reservations.
+	f.p.EndUserID, f.p.EndUserBudget = "", -1
+	if _, rej, _ := f.admit(l); rej != nil {
+		t.Fatalf("refused without an end-user budget: %s", rej.Message)
+	}
+	f.p.EndUserID, f.p.EndUserBudget = "cust-2", 100
+	if _, rej, _ := f.admit(l); rej != nil {
+		t.Fatalf("cust-2 refused: %s", rej.Message)
+	}
+}
+
+// A key's model_max_budget is reserved per (key, model): settled unsynced
+// cost on the model counts, other models are not held by it.
+func TestModelBudgetReserved(t *testing.T) {
+	l := newLimiter()
+	f := newFixture(t, smallBody)
+	f.p.ModelBudget, f.p.HasModelBudget = 100, true
+	f.dep.OutputCost = 1_000_000
+	if rej := enforce.ParseBody([]byte(`{"model":"m","max_tokens":1,"messages":[]}`), &f.body); rej != nil {
+		t.Fatal(rej.Message)
+	}
+	usage := proxy.Outcome{Status: 200, UsageKnown: true, Usage: proxy.Usage{CompletionTokens: 30, TotalTokens: 30}}
+	n := 0
+	var last *enforce.Rejection
+	for range 10 {
+		done, rej, _ := f.admit(l)
+		if rej != nil {
+			last = rej
+			break
+		}
+		n++
+		done(usage)
+	}
+	if n != 4 {
+		t.Fatalf("admitted %d sequential requests before the spend synced, want 4", n)
+	}
+	if last == nil || last.Status != 429 || !strings.HasPrefix(last.Message, "LiteLLM Virtual Key: tok-1, exceeded budget for model=m. Current cost: 0") {
+		t.Fatalf("refusal %+v", last)
+	}
+	// The same key on a model without a budget is not held.
+	f.p.HasModelBudget = false
+	if rej := enforce.ParseBody([]byte(`{"model":"other","max_tokens":1,"messages":[]}`), &f.body); rej != nil {
+		t.Fatal(rej.Message)
+	}
+	if _, rej, _ := f.admit(l); rej != nil {
+		t.Fatalf("another model refused: %s", rej.Message)
+	}
+}
+
 // A 2xx without usage counts what the spend record bills (the proxy's
 // estimate), and a drained outbox leaves nothing counted: a cost the
 // records never carried (a price changed, an append failed) cannot pile up.

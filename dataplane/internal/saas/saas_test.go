@@ -34,13 +34,15 @@ func (f *fakeState) LookupKey(h *[32]byte, _ int64) (state.KeyInfo, bool) {
 	k, ok := f.keys[*h]
 	return k, ok
 }
-func (f *fakeState) Team(id string) (*state.Team, bool) { t, ok := f.teams[id]; return t, ok }
-func (f *fakeState) User(string) (*state.User, bool)    { return nil, false }
-func (f *fakeState) Org(string) (*state.Org, bool)      { return nil, false }
-func (f *fakeState) Deployments(string) []*state.Model  { return nil }
-func (f *fakeState) ModelNames() []string               { return nil }
-func (f *fakeState) AccessGroup(string) []string        { return nil }
-func (f *fakeState) Settings() *state.Settings          { return &state.Settings{} }
+func (f *fakeState) Team(id string) (*state.Team, bool)    { t, ok := f.teams[id]; return t, ok }
+func (f *fakeState) User(string) (*state.User, bool)       { return nil, false }
+func (f *fakeState) Org(string) (*state.Org, bool)         { return nil, false }
+func (f *fakeState) Deployments(string) []*state.Model     { return nil }
+func (f *fakeState) ModelNames() []string                  { return nil }
+func (f *fakeState) AccessGroup(string) []string           { return nil }
+func (f *fakeState) Settings() *state.Settings             { return &state.Settings{} }
+func (f *fakeState) EndUser(string) (*state.EndUser, bool) { return nil, false }
+func (f *fakeState) KeyModelSpend(string, string) int64    { return 0 }
 func (f *fakeState) add(secret, team, status string, credits int64, groups ...state.TeamModelGroup) {
 	f.keys[sha256.Sum256([]byte(secret))] = state.KeyInfo{TokenID: "tok-" + team, TeamID: team, Policy: &state.Policy{}}
 	f.teams[team] = &state.Team{TeamID: team, SaaS: &state.TeamSaaS{Status: status, CreditsRemaining: credits, ModelGroups: groups, KeyName: "sk-...abcd"}}

@@ -373,10 +373,15 @@ func (ob *Outbox) ack(outboxID string, lastSeq uint64) ([]*syncv1.ObjectSpend, e
 				if r.TeamId != "" {
 					user = "" // a team key spends the team's budget, not its user's (as the gate counts it)
 				}
-				for _, o := range [...]ref{{"key", r.TokenId}, {"team", r.TeamId}, {"user", user}, {"organization", r.OrganizationId}} {
+				for _, o := range [...]ref{{"key", r.TokenId}, {"team", r.TeamId}, {"user", user}, {"organization", r.OrganizationId}, {"end_user", r.EndUser}} {
 					if o.id != "" {
 						costs[o] += r.Cost
 					}
+				}
+				// A key's spend on the model, for model_max_budget (the
+				// limiter ignores those it holds no budget for).
+				if r.TokenId != "" && r.Model != "" {
+					costs[ref{"key_model", r.TokenId + "/" + r.Model}] += r.Cost
 				}
 			}
 			if err := c.Delete(); err != nil {

@@ -146,11 +146,25 @@ type Model struct {
 	RPM, TPM      int64 // -1 none
 }
 
+// EndUser is an end user (the request body's "user") as the decision reads
+// it. Immutable once published.
+type EndUser struct {
+	EndUserID string
+	Spend     int64 // micro-USD
+	MaxBudget int64 // micro-USD; negative: none (Settings.MaxEndUserBudget applies)
+	Blocked   bool
+}
+
 // Settings is the parsed part of general_settings the decision needs.
 type Settings struct {
 	// ServiceAccountEnforcedParams is
 	// general_settings.service_account_settings.enforced_params.
 	ServiceAccountEnforcedParams []string
+	// MaxEndUserBudget is general_settings.max_end_user_budget in micro-USD,
+	// when HasMaxEndUserBudget: the budget of an end user without its own
+	// max_budget. (A flag, so that the zero Settings has no budget.)
+	MaxEndUserBudget    int64
+	HasMaxEndUserBudget bool
 	// Raw is the whole general_settings JSON object.
 	Raw []byte
 }
@@ -177,4 +191,9 @@ type Reader interface {
 	// AccessGroup returns the public model names in an access group.
 	AccessGroup(group string) []string
 	Settings() *Settings
+	// EndUser returns an end user by id (false: never seen, so no spend).
+	EndUser(id string) (*EndUser, bool)
+	// KeyModelSpend is a key's synced spend on a model (micro-USD), kept
+	// only for the models of its model_max_budget (0 otherwise).
+	KeyModelSpend(tokenID, model string) int64
 }

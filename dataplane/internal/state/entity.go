@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/money"
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 )
 
@@ -19,6 +20,7 @@ const (
 	KindOrganization = "organization"
 	KindModel        = "model"
 	KindSettings     = "settings"
+	KindEndUser      = "end_user"
 
 	// SettingsID is the id of the single settings entity.
 	SettingsID = "settings"
@@ -54,7 +56,7 @@ func Validate(e *syncv1.Entity) error {
 		return invalid(e, "id too long")
 	}
 	switch e.Kind {
-	case KindKey, KindTeam, KindUser, KindOrganization, KindModel:
+	case KindKey, KindTeam, KindUser, KindOrganization, KindModel, KindEndUser:
 	case KindSettings:
 		if e.Id != SettingsID {
 			return invalid(e, "settings id must be "+SettingsID)
@@ -93,6 +95,10 @@ func Validate(e *syncv1.Entity) error {
 	case KindOrganization:
 		if e.GetOrganization() == nil {
 			return invalid(e, "missing organization value")
+		}
+	case KindEndUser:
+		if e.GetEndUser() == nil {
+			return invalid(e, "missing end_user value")
 		}
 	case KindModel:
 		m := e.GetModel()
@@ -195,6 +201,11 @@ func orgFrom(e *syncv1.Entity) *Org {
 	}
 }
 
+func endUserFrom(e *syncv1.Entity) *EndUser {
+	u := e.GetEndUser()
+	return &EndUser{EndUserID: e.Id, Spend: u.Spend, MaxBudget: u.MaxBudget, Blocked: u.Blocked}
+}
+
 func modelFrom(e *syncv1.Entity) *Model {
 	m := e.GetModel()
 	return &Model{
@@ -236,6 +247,7 @@ func parseSettings(raw []byte) (*Settings, error) {
 		ServiceAccountSettings *struct {
 			EnforcedParams []string `json:"enforced_params"`
 		} `json:"service_account_settings"`
+		MaxEndUserBudget json.RawMessage `json:"max_end_user_budget"`
 	}
 	if raw[0] != '{' {
 		return nil, errors.New("general_settings is not a JSON object")
@@ -244,6 +256,13 @@ func parseSettings(raw []byte) (*Settings, error) {
 		return nil, fmt.Errorf("general_settings: %s", strings.TrimPrefix(err.Error(), "json: "))
 	}
 	s := &Settings{Raw: bytes.Clone(raw)}
+	// The control plane validated it; anything else (null) is no budget.
+	var usd float64
+	if v := gs.MaxEndUserBudget; len(v) > 0 && string(v) != "null" && json.Unmarshal(v, &usd) == nil {
+		if m, err := money.FromUSD(usd); err == nil {
+			s.MaxEndUserBudget, s.HasMaxEndUserBudget = m, true
+		}
+	}
 	if sa := gs.ServiceAccountSettings; sa != nil && len(sa.EnforcedParams) > 0 {
 		s.ServiceAccountEnforcedParams = sa.EnforcedParams
 	}

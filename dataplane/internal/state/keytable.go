@@ -102,6 +102,8 @@ type keyTable struct {
 	ar     *arena
 	ids    *interner
 	d      *dict
+	// ms holds per-model spend, only for keys with a model_max_budget.
+	ms *modelSpends
 
 	// Writer-only state: readers never touch it.
 	tokSeed maphash.Seed
@@ -120,6 +122,7 @@ func newKeyTable(d *dict) *keyTable {
 		ar:      newArena(),
 		ids:     newInterner(),
 		d:       d,
+		ms:      newModelSpends(),
 		tok:     make([]uint32, 64),
 		prevOf:  make(map[string][]uint32),
 	}
@@ -249,6 +252,7 @@ func (t *keyTable) put(id string, k *syncv1.Key) {
 	ne.resetAt = clampUnix(k.Limits.GetBudgetResetAtUnix())
 	ne.expires = clampUnix(k.ExpiresUnix)
 	ne.spend = k.Spend
+	t.ms.set(id, k)
 
 	slot, oldRef, found := t.findTok(id)
 	hadPrev := false
@@ -289,6 +293,7 @@ func (t *keyTable) put(id string, k *syncv1.Key) {
 
 // del removes the key with token id id, if present.
 func (t *keyTable) del(id string) {
+	t.ms.del(id)
 	slot, ref, found := t.findTok(id)
 	if !found {
 		return
@@ -615,6 +620,7 @@ func (t *keyTable) compactDue() bool {
 // it). It shares t's dict.
 func (t *keyTable) compacted() *keyTable {
 	nt := newKeyTable(t.d)
+	nt.ms = t.ms // keyed by token id, which compaction keeps
 	nt.presize(t.keys, t.prevN)
 	for _, v := range t.tok {
 		if v == 0 {
@@ -680,4 +686,49 @@ func (t *keyTable) memBytes() int64 {
 	}
 	n += int64(len(t.tok))*4 + int64(len(t.ids.slots))*8 + t.ar.size()
 	return n
+}
+
+// modelSpends is the per-model spend of the keys that have a
+// model_max_budget (few, in practice): a map under a lock beside the
+// pointer-free table, so keys without one cost nothing. Only the budgeted
+// models are kept (the control plane sends only those).
+type modelSpends struct {
+	mu sync.RWMutex
+	m  map[string]map[string]int64 // token id -> model -> micro-USD
+}
+
+func newModelSpends() *modelSpends { return &modelSpends{m: make(map[string]map[string]int64)} }
+
+func (s *modelSpends) set(id string, k *syncv1.Key) {
+	var spend map[string]int64
+	if len(k.ModelMaxBudget) > 0 {
+		for m, v := range k.ModelSpend {
+			if _, ok := k.ModelMaxBudget[m]; ok && v != 0 {
+				if spend == nil {
+					spend = make(map[string]int64, len(k.ModelMaxBudget))
+				}
+				spend[strings.Clone(m)] = v
+			}
+		}
+	}
+	s.mu.Lock()
+	if spend == nil {
+		delete(s.m, id)
+	} else {
+		s.m[strings.Clone(id)] = spend
+	}
+	s.mu.Unlock()
+}
+
+func (s *modelSpends) del(id string) {
+	s.mu.Lock()
+	delete(s.m, id)
+	s.mu.Unlock()
+}
+
+func (s *modelSpends) get(id, model string) int64 {
+	s.mu.RLock()
+	v := s.m[id][model]
+	s.mu.RUnlock()
+	return v
 }

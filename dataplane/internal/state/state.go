@@ -29,6 +29,7 @@ type view struct {
 	teams    cowMap[Team]
 	users    cowMap[User]
 	orgs     cowMap[Org]
+	endUsers cowMap[EndUser]
 	models   *modelIndex
 	settings *Settings
 }
@@ -79,6 +80,24 @@ func (s *State) Org(id string) (*Org, bool) {
 		return v.orgs.get(id)
 	}
 	return nil, false
+}
+
+// EndUser returns an end user (the request body's "user"); the result is
+// immutable and shared. One map lookup.
+func (s *State) EndUser(id string) (*EndUser, bool) {
+	if v := s.v.Load(); v != nil {
+		return v.endUsers.get(id)
+	}
+	return nil, false
+}
+
+// KeyModelSpend is the key's synced spend on model, for its
+// model_max_budget (0 when the key has none for model).
+func (s *State) KeyModelSpend(tokenID, model string) int64 {
+	if v := s.v.Load(); v != nil {
+		return v.keys.ms.get(tokenID, model)
+	}
+	return 0
 }
 
 // Deployments returns the deployments of a public model name, ordered by
@@ -136,6 +155,7 @@ type Stats struct {
 	Teams          int
 	Users          int
 	Orgs           int
+	EndUsers       int
 	Models         int
 	Policies       int   // distinct interned policies
 	LimitProfiles  int   // distinct interned key limit profiles
@@ -159,6 +179,7 @@ func (s *State) Stats() Stats {
 		Teams:          v.teams.n,
 		Users:          v.users.n,
 		Orgs:           v.orgs.n,
+		EndUsers:       v.endUsers.n,
 		Models:         len(v.models.byID),
 		Policies:       len(*v.keys.d.policies.Load()),
 		LimitProfiles:  len(*v.keys.d.limits.Load()),
@@ -176,6 +197,7 @@ type Builder struct {
 	teams    cowMap[Team]
 	users    cowMap[User]
 	orgs     cowMap[Org]
+	endUsers cowMap[EndUser]
 	models   map[string]*Model
 	settings *Settings
 	n        int
@@ -191,6 +213,7 @@ func (s *State) NewSnapshot(rev int64) *Builder {
 		teams:    newCowMap[Team](),
 		users:    newCowMap[User](),
 		orgs:     newCowMap[Org](),
+		endUsers: newCowMap[EndUser](),
 		models:   make(map[string]*Model),
 		settings: emptySettings,
 	}
@@ -243,6 +266,12 @@ func (b *Builder) Add(e *syncv1.Entity) error {
 		} else {
 			b.orgs.set(e.Id, orgFrom(e))
 		}
+	case KindEndUser:
+		if e.Deleted {
+			b.endUsers.del(e.Id)
+		} else {
+			b.endUsers.set(e.Id, endUserFrom(e))
+		}
 	case KindModel:
 		if e.Deleted {
 			delete(b.models, e.Id)
@@ -282,6 +311,7 @@ func (s *State) Install(b *Builder) {
 		teams:    b.teams,
 		users:    b.users,
 		orgs:     b.orgs,
+		endUsers: b.endUsers,
 		models:   newModelIndex(b.models),
 		settings: b.settings,
 	})
@@ -293,10 +323,11 @@ func (s *State) Install(b *Builder) {
 // when d does not follow the loaded revision (ErrGap) or holds an invalid
 // entity (ErrInvalidEntity).
 //
-// Visibility: key changes are applied one by one, each atomically (a
+// Visibility: key changes (with their per-model spend) are applied one by
+// one, each atomically (a
 // reader sees a key before or after, never torn; a regenerated key's old
 // secret never stops matching mid-update when it has a grace period). Teams,
-// users, organizations, models, settings and the revision then change
+// users, organizations, end users, models, settings and the revision then change
 // together in one atomic step. So a reader may briefly see the delta's keys
 // before its other objects; Revision() == d.Revision means all of d is
 // visible.
@@ -327,6 +358,7 @@ func (s *State) ApplyDelta(d *syncv1.Delta) error {
 		teams  map[string]*Team
 		users  map[string]*User
 		orgs   map[string]*Org
+		ends   map[string]*EndUser
 		models map[string]*Model
 	)
 	for _, e := range d.Changes {
@@ -343,6 +375,8 @@ func (s *State) ApplyDelta(d *syncv1.Delta) error {
 			users = change(users, e, userFrom)
 		case KindOrganization:
 			orgs = change(orgs, e, orgFrom)
+		case KindEndUser:
+			ends = change(ends, e, endUserFrom)
 		case KindModel:
 			if models == nil {
 				models = maps.Clone(v.models.byID)
@@ -359,6 +393,7 @@ func (s *State) ApplyDelta(d *syncv1.Delta) error {
 	nv.teams = v.teams.with(teams)
 	nv.users = v.users.with(users)
 	nv.orgs = v.orgs.with(orgs)
+	nv.endUsers = v.endUsers.with(ends)
 	if models != nil {
 		nv.models = newModelIndex(models)
 	}

@@ -645,3 +645,114 @@ func TestResolveCredential(t *testing.T) {
 		}
 	}
 }
+
+func endUserEnt(id string, spend, budget int64, blocked bool) *syncv1.Entity {
+	return &syncv1.Entity{Kind: KindEndUser, Id: id, Value: &syncv1.Entity_EndUser{EndUser: &syncv1.EndUser{
+		EndUserId: id, Spend: spend, MaxBudget: budget, Blocked: blocked}}}
+}
+
+func TestEndUsers(t *testing.T) {
+	s := New()
+	install(t, s, 1, endUserEnt("c1", 5, 10, false), endUserEnt("c2", 0, -1, true))
+	if u, ok := s.EndUser("c1"); !ok || *u != (EndUser{EndUserID: "c1", Spend: 5, MaxBudget: 10}) {
+		t.Fatalf("c1 = %+v, %v", u, ok)
+	}
+	if u, ok := s.EndUser("c2"); !ok || !u.Blocked || u.MaxBudget != -1 {
+		t.Fatalf("c2 = %+v, %v", u, ok)
+	}
+	if err := s.ApplyDelta(delta(1, 2, endUserEnt("c1", 9, 10, false), tombstone(KindEndUser, "c2"), endUserEnt("c3", 1, 2, false))); err != nil {
+		t.Fatal(err)
+	}
+	if u, _ := s.EndUser("c1"); u.Spend != 9 {
+		t.Fatalf("c1 spend after delta = %d", u.Spend)
+	}
+	if _, ok := s.EndUser("c2"); ok {
+		t.Fatal("deleted end user kept")
+	}
+	if _, ok := s.EndUser("c3"); !ok {
+		t.Fatal("new end user missing")
+	}
+	if st := s.Stats(); st.EndUsers != 2 {
+		t.Fatalf("Stats.EndUsers = %d", st.EndUsers)
+	}
+	bad := &syncv1.Entity{Kind: KindEndUser, Id: "c4"}
+	if err := s.ApplyDelta(delta(2, 3, bad)); !errors.Is(err, ErrInvalidEntity) {
+		t.Fatalf("end user without value: %v", err)
+	}
+}
+
+func TestMaxEndUserBudgetSetting(t *testing.T) {
+	s := New()
+	if s.Settings().HasMaxEndUserBudget {
+		t.Fatal("default settings have an end-user budget")
+	}
+	install(t, s, 1, statetest.Settings(`{"max_end_user_budget":0.25}`))
+	if st := s.Settings(); !st.HasMaxEndUserBudget || st.MaxEndUserBudget != 250_000 {
+		t.Fatalf("settings %+v", st)
+	}
+	for _, raw := range []string{`{"max_end_user_budget":null}`, `{"max_end_user_budget":"1"}`, `{"max_end_user_budget":-1}`, `{}`} {
+		install(t, s, 2, statetest.Settings(raw))
+		if s.Settings().HasMaxEndUserBudget {
+			t.Fatalf("%s: has an end-user budget", raw)
+		}
+	}
+	install(t, s, 3, statetest.Settings(`{"max_end_user_budget":0}`))
+	if st := s.Settings(); !st.HasMaxEndUserBudget || st.MaxEndUserBudget != 0 {
+		t.Fatalf("a budget of 0: %+v", st)
+	}
+}
+
+// TestKeyModelSpend: only the budgeted models' spend is kept, replaced by
+// each put, dropped with the key or its model_max_budget, and kept across
+// compaction.
+func TestKeyModelSpend(t *testing.T) {
+	s := New()
+	budgeted := func(spend map[string]int64) func(*syncv1.Key) {
+		return func(k *syncv1.Key) {
+			k.ModelMaxBudget = map[string]*syncv1.ModelBudget{"m1": {BudgetLimit: 10}}
+			k.ModelSpend = spend
+		}
+	}
+	install(t, s, 1, keyEnt("k1", "sk-1", budgeted(map[string]int64{"m1": 4, "m2": 7})),
+		keyEnt("k2", "sk-2", func(k *syncv1.Key) { k.ModelSpend = map[string]int64{"m1": 3} }))
+	if got := s.KeyModelSpend("k1", "m1"); got != 4 {
+		t.Fatalf("k1 m1 = %d", got)
+	}
+	if got := s.KeyModelSpend("k1", "m2"); got != 0 {
+		t.Fatalf("unbudgeted model kept: %d", got)
+	}
+	if got := s.KeyModelSpend("k2", "m1"); got != 0 {
+		t.Fatalf("key without model_max_budget kept spend: %d", got)
+	}
+	if err := s.ApplyDelta(delta(1, 2, keyEnt("k1", "sk-1", budgeted(map[string]int64{"m1": 6})))); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.KeyModelSpend("k1", "m1"); got != 6 {
+		t.Fatalf("after delta k1 m1 = %d", got)
+	}
+	// The reset job zeroes it: the post-image has no model_spend.
+	if err := s.ApplyDelta(delta(2, 3, keyEnt("k1", "sk-1", budgeted(nil)))); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.KeyModelSpend("k1", "m1"); got != 0 {
+		t.Fatalf("after reset k1 m1 = %d", got)
+	}
+	if err := s.ApplyDelta(delta(3, 4, keyEnt("k1", "sk-1", budgeted(map[string]int64{"m1": 8})))); err != nil {
+		t.Fatal(err)
+	}
+	old := compactMinDead
+	compactMinDead = 0
+	defer func() { compactMinDead = old }()
+	if err := s.ApplyDelta(delta(4, 5, tombstone(KindKey, "k2"))); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.KeyModelSpend("k1", "m1"); got != 8 {
+		t.Fatalf("after compaction k1 m1 = %d", got)
+	}
+	if err := s.ApplyDelta(delta(5, 6, tombstone(KindKey, "k1"))); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.KeyModelSpend("k1", "m1"); got != 0 {
+		t.Fatalf("deleted key kept model spend: %d", got)
+	}
+}

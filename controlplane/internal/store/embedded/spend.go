@@ -113,11 +113,12 @@ func (t *tx) ApplySpend(_ context.Context, b store.SpendBatch) (store.SpendResul
 		}
 		e.Spend += tot.EndUsers[id]
 		e.UpdatedAt = now
+		tot.After = append(tot.After, store.ObjectSpend{Kind: store.KindEndUser, ID: id, Spend: e.Spend})
 		doc, err := marshal("end user", e)
 		if err != nil {
 			return store.SpendResult{}, err
 		}
-		puts = append(puts, put{bucket: bucketEndUsers, id: []byte(id), doc: doc})
+		puts = append(puts, put{bucketEndUsers, []byte(id), doc, store.KindEndUser})
 	}
 	logs := make([][]byte, len(recs))
 	for i := range recs {
@@ -182,7 +183,60 @@ func (t *tx) PutEndUser(_ context.Context, e store.EndUser) error {
 	if err != nil {
 		return err
 	}
-	return t.put(bucketEndUsers, []byte(e.EndUserID), doc)
+	if err := t.put(bucketEndUsers, []byte(e.EndUserID), doc); err != nil {
+		return err
+	}
+	t.record(store.KindEndUser, e.EndUserID, store.OpPut, doc)
+	return nil
+}
+
+// DeleteEndUser deletes an end user and records a tombstone.
+func (t *tx) DeleteEndUser(_ context.Context, id string) error {
+	if err := t.check(); err != nil {
+		return err
+	}
+	if id == "" || t.btx.Bucket(bucketEndUsers).Get([]byte(id)) == nil {
+		return store.ErrNotFound
+	}
+	if err := t.del(bucketEndUsers, []byte(id)); err != nil {
+		return err
+	}
+	t.record(store.KindEndUser, id, store.OpDelete, nil)
+	return nil
+}
+
+// ListEndUsers pages through the end users in id order.
+func (r *reader) ListEndUsers(ctx context.Context, p store.Page) (out []store.EndUser, total int, err error) {
+	p = p.Normalize()
+	lo, hi := p.Offset(), p.Offset()+p.Size
+	err = r.view(func(tx *bolt.Tx) error {
+		out, total = []store.EndUser{}, 0
+		c := tx.Bucket(bucketEndUsers).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if total%ctxEvery == 0 {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+			}
+			if total >= lo && total < hi {
+				e, err := decode[store.EndUser]("end user", k, v)
+				if err != nil {
+					return err
+				}
+				out = append(out, e)
+			}
+			total++
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	return out, total, nil
+}
+
+func (r *reader) EachEndUser(ctx context.Context, fn func(store.EndUser) error) error {
+	return each(ctx, r, bucketEndUsers, store.KindEndUser, fn)
 }
 
 func (r *reader) GetEndUser(_ context.Context, id string) (e store.EndUser, err error) {

@@ -69,12 +69,25 @@ SELECT last_seq FROM spend_sources WHERE proxy_id = $1 AND outbox_id = $2 FOR UP
 			costs[i] = tot.EndUsers[id]
 		}
 		now := time.Now()
-		if _, err := t.pg.Exec(ctx, `
+		// RETURNING the post-image: every end user gets a change record, so
+		// proxies see the spend their budget checks need.
+		rows, err := t.pg.Query(ctx, `
 INSERT INTO end_users (end_user_id, spend, created_at, updated_at)
 SELECT u.id, u.cost, $3, $3 FROM unnest($1::text[], $2::bigint[]) AS u(id, cost)
-ON CONFLICT (end_user_id) DO UPDATE SET spend = end_users.spend + excluded.spend, updated_at = excluded.updated_at`,
-			ids, costs, now); err != nil {
+ON CONFLICT (end_user_id) DO UPDATE SET spend = end_users.spend + excluded.spend, updated_at = excluded.updated_at
+RETURNING `+endUserColumns, ids, costs, now)
+		if err != nil {
 			return store.SpendResult{}, t.fail(ctx, err)
+		}
+		eus, err := scanEndUsers(rows)
+		if err != nil {
+			return store.SpendResult{}, t.fail(ctx, err)
+		}
+		for i := range eus {
+			if err := t.recordEndUser(&eus[i]); err != nil {
+				return store.SpendResult{}, err
+			}
+			tot.After = append(tot.After, store.ObjectSpend{Kind: store.KindEndUser, ID: eus[i].EndUserID, Spend: eus[i].Spend})
 		}
 	}
 
@@ -152,15 +165,116 @@ func (t *tx) PutEndUser(ctx context.Context, e store.EndUser) error {
 	if updated.IsZero() {
 		updated = now
 	}
-	if _, err := t.pg.Exec(ctx, `
+	rows, err := t.pg.Query(ctx, `
 INSERT INTO end_users (end_user_id, spend, alias, max_budget, blocked, created_at, updated_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (end_user_id) DO UPDATE SET spend = excluded.spend, alias = excluded.alias,
-    max_budget = excluded.max_budget, blocked = excluded.blocked, updated_at = excluded.updated_at`,
-		e.EndUserID, e.Spend, e.Alias, e.MaxBudget, e.Blocked, created, updated); err != nil {
+    max_budget = excluded.max_budget, blocked = excluded.blocked, updated_at = excluded.updated_at
+RETURNING `+endUserColumns,
+		e.EndUserID, e.Spend, e.Alias, e.MaxBudget, e.Blocked, created, updated)
+	if err != nil {
 		return t.fail(ctx, err)
 	}
+	eus, err := scanEndUsers(rows)
+	if err != nil {
+		return t.fail(ctx, err)
+	}
+	for i := range eus {
+		if err := t.recordEndUser(&eus[i]); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+const endUserColumns = "end_user_id, spend, alias, max_budget, blocked, created_at, updated_at"
+
+// scanEndUsers reads rows of endUserColumns and closes them.
+func scanEndUsers(rows pgx.Rows) ([]store.EndUser, error) {
+	defer rows.Close()
+	var out []store.EndUser
+	for rows.Next() {
+		var e store.EndUser
+		if err := rows.Scan(&e.EndUserID, &e.Spend, &e.Alias, &e.MaxBudget, &e.Blocked, &e.CreatedAt, &e.UpdatedAt); err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+func (t *tx) recordEndUser(e *store.EndUser) error {
+	doc, err := json.Marshal(e)
+	if err != nil {
+		return fmt.Errorf("postgres: encode end user: %w", err)
+	}
+	t.record(store.KindEndUser, e.EndUserID, store.OpPut, doc)
+	return nil
+}
+
+// DeleteEndUser deletes an end user and records a tombstone.
+func (t *tx) DeleteEndUser(ctx context.Context, id string) error {
+	if err := t.check(); err != nil {
+		return err
+	}
+	tag, err := t.pg.Exec(ctx, "DELETE FROM end_users WHERE end_user_id = $1", id)
+	if err != nil {
+		return t.fail(ctx, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return store.ErrNotFound
+	}
+	t.record(store.KindEndUser, id, store.OpDelete, nil)
+	return nil
+}
+
+// ListEndUsers pages through the end users in id order.
+func (r *reader) ListEndUsers(ctx context.Context, p store.Page) ([]store.EndUser, int, error) {
+	p = p.Normalize()
+	var total int
+	if err := r.q.QueryRow(ctx, "SELECT count(*) FROM end_users").Scan(&total); err != nil {
+		return nil, 0, r.fail(ctx, err)
+	}
+	if total == 0 || p.Offset() >= total {
+		return []store.EndUser{}, total, nil
+	}
+	rows, err := r.q.Query(ctx, "SELECT "+endUserColumns+" FROM end_users ORDER BY end_user_id LIMIT $1 OFFSET $2", p.Size, p.Offset())
+	if err != nil {
+		return nil, 0, r.fail(ctx, err)
+	}
+	out, err := scanEndUsers(rows)
+	if err != nil {
+		return nil, 0, r.fail(ctx, err)
+	}
+	if out == nil {
+		out = []store.EndUser{}
+	}
+	return out, total, nil
+}
+
+// EachEndUser walks the end users in id order, a batch per query, calling
+// fn with no rows open (fn may read through r).
+func (r *reader) EachEndUser(ctx context.Context, fn func(store.EndUser) error) error {
+	after := ""
+	for {
+		rows, err := r.q.Query(ctx, "SELECT "+endUserColumns+" FROM end_users WHERE end_user_id > $1 ORDER BY end_user_id LIMIT 1000", after)
+		if err != nil {
+			return r.fail(ctx, err)
+		}
+		batch, err := scanEndUsers(rows)
+		if err != nil {
+			return r.fail(ctx, err)
+		}
+		for _, e := range batch {
+			if err := fn(e); err != nil {
+				return err
+			}
+		}
+		if len(batch) < 1000 {
+			return nil
+		}
+		after = batch[len(batch)-1].EndUserID
+	}
 }
 
 // GetEndUser reads an end user.

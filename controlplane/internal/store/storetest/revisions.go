@@ -262,6 +262,7 @@ func expectReplayed(t testing.TB, r store.Reader, st replayed) {
 	users := map[string]store.User{}
 	orgs := map[string]store.Organization{}
 	models := map[string]store.Model{}
+	endUsers := map[string]store.EndUser{}
 	ms, err := r.ListModels(ctx)
 	for _, m := range ms {
 		models[m.ID] = m
@@ -271,7 +272,8 @@ func expectReplayed(t testing.TB, r store.Reader, st replayed) {
 		r.EachKey(ctx, func(v store.Key) error { keys[v.TokenID] = v; return nil }),
 		r.EachTeam(ctx, func(v store.Team) error { teams[v.TeamID] = v; return nil }),
 		r.EachUser(ctx, func(v store.User) error { users[v.UserID] = v; return nil }),
-		r.EachOrganization(ctx, func(v store.Organization) error { orgs[v.OrganizationID] = v; return nil }))
+		r.EachOrganization(ctx, func(v store.Organization) error { orgs[v.OrganizationID] = v; return nil }),
+		r.EachEndUser(ctx, func(v store.EndUser) error { endUsers[v.EndUserID] = v; return nil }))
 	if err != nil {
 		t.Fatalf("reading the store: %v", err)
 	}
@@ -280,6 +282,7 @@ func expectReplayed(t testing.TB, r store.Reader, st replayed) {
 	expectSameObjects(t, store.KindUser, st[store.KindUser], users)
 	expectSameObjects(t, store.KindOrganization, st[store.KindOrganization], orgs)
 	expectSameObjects(t, store.KindModel, st[store.KindModel], models)
+	expectSameObjects(t, store.KindEndUser, st[store.KindEndUser], endUsers)
 	var rs store.Settings
 	switch len(st[store.KindSettings]) {
 	case 0:
@@ -295,7 +298,7 @@ func expectReplayed(t testing.TB, r store.Reader, st replayed) {
 	expectEqual(t, "replayed settings", settings, rs)
 	for kind := range st {
 		switch kind {
-		case store.KindKey, store.KindTeam, store.KindUser, store.KindOrganization, store.KindModel, store.KindSettings:
+		case store.KindKey, store.KindTeam, store.KindUser, store.KindOrganization, store.KindModel, store.KindSettings, store.KindEndUser:
 		default:
 			t.Errorf("the log holds unknown kind %q", kind)
 		}

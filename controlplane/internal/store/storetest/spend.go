@@ -22,11 +22,18 @@ var spendTests = []test{
 	{"LogFilters", testSpendLogFilters},
 	{"Report", testSpendReport},
 	{"PutEndUser", testPutEndUser},
+	{"EndUserChanges", testEndUserChanges},
+	{"ListEndUsers", testListEndUsers},
+	{"KeyModelSpendReported", testKeyModelSpendReported},
 	{"SoftBudgetCrossedOnce", testSoftBudgetCrossing},
 }
 
 // spendFixture: org o1 ⊃ team t1 with member u1 (and u2), key k1 of u1 in t1.
 func spendFixture(t *testing.T, s store.Store) int64 {
+	head, err := s.Head(t.Context())
+	if err != nil {
+		t.Fatalf("Head: %v", err)
+	}
 	write(t, s, func(ctx context.Context, tx store.Tx) error {
 		o := newOrg("o1", at(0))
 		tm := newTeam("t1", at(1))
@@ -38,8 +45,8 @@ func spendFixture(t *testing.T, s store.Store) int64 {
 		return errors.Join(tx.CreateOrganization(ctx, o), tx.CreateTeam(ctx, tm), tx.CreateUser(ctx, newUser("u1", at(3))),
 			tx.CreateUser(ctx, newUser("u2", at(4))), tx.CreateKey(ctx, k))
 	})
-	waitHead(t, s, 1)
-	return 1
+	waitHead(t, s, head+1)
+	return head + 1
 }
 
 func spendRec(seq uint64, cost int64) store.SpendRecord {
@@ -118,8 +125,13 @@ func testSpendScopes(t *testing.T, s store.Store) {
 	expectEqual(t, "newest spend log", want3, logs[0])
 	// The spend reached the change log, for the proxies' budget checks.
 	cs := changeSet(t, s, 2)
-	expectChanges(t, cs, "key/k1/put", "team/t1/put", "user/u1/put", "organization/o1/put")
+	expectChanges(t, cs, "key/k1/put", "team/t1/put", "user/u1/put", "organization/o1/put", "end_user/cust-1/put")
 	expectPostImage(t, findChange(t, cs, store.KindKey, "k1"), k)
+	eu, err := s.Read().GetEndUser(t.Context(), "cust-1")
+	if err != nil {
+		t.Fatalf("GetEndUser: %v", err)
+	}
+	expectPostImage(t, findChange(t, cs, store.KindEndUser, "cust-1"), eu)
 	tm, _ := s.Read().GetTeam(t.Context(), "t1")
 	expectPostImage(t, findChange(t, cs, store.KindTeam, "t1"), tm)
 }
@@ -183,7 +195,7 @@ func testSpendCoalesced(t *testing.T, s store.Store) {
 	}
 	apply(t, s, batch("p1", "ob1", recs...))
 	cs := changeSet(t, s, 2)
-	expectChanges(t, cs, "key/k1/put", "team/t1/put", "user/u1/put", "user/u2/put", "organization/o1/put")
+	expectChanges(t, cs, "key/k1/put", "team/t1/put", "user/u1/put", "user/u2/put", "organization/o1/put", "end_user/cust-1/put")
 	if got := readSpends(t, s); got != (spends{key: 257, team: 500, member: 250, other: 250, user: 250, org: 500, end: 500}) {
 		t.Fatalf("spend = %+v", got)
 	}
@@ -297,6 +309,7 @@ func testPutEndUser(t *testing.T, s store.Store) {
 		t.Fatalf("after a second PutEndUser: %+v", got)
 	}
 	// Request spend adds to it and keeps the rest.
+	waitHead(t, s, 2) // each put was a change set
 	spendFixture(t, s)
 	apply(t, s, batch("p1", "ob1", spendRec(1, 100)))
 	e = get()
@@ -362,12 +375,13 @@ func testSoftBudgetCrossing(t *testing.T, s store.Store) {
 	if got := kinds(first); fmt.Sprint(got) != "[user:u1:50/10]" {
 		t.Fatalf("first batch crossings = %v", got)
 	}
-	// Spends: every touched key, team, user and org with its spend after.
+	// Spends: every touched key, team, user, org and end user with its
+	// spend after.
 	after := map[string]int64{}
 	for _, o := range first.Spends {
 		after[o.Kind+":"+o.ID] = o.Spend
 	}
-	if fmt.Sprint(after) != "map[key:k1:57 organization:o1:50 team:t1:50 user:u1:50]" {
+	if fmt.Sprint(after) != "map[end_user:cust-1:50 key:k1:57 organization:o1:50 team:t1:50 user:u1:50]" {
 		t.Fatalf("spends after the first batch = %v", after)
 	}
 	// Key 57 -> 107 crosses 100; team 50 -> 100 does not reach 150.
@@ -443,5 +457,104 @@ func testSpendReport(t *testing.T, s store.Store) {
 	}
 	if _, err := rep.SpendReport(ctx, f, "prompt"); err == nil {
 		t.Error("an unknown group is not refused")
+	}
+}
+
+// testEndUserChanges: every end-user write is a change the proxies see
+// (PutEndUser a put with the post-image, DeleteEndUser a tombstone), and
+// DeleteEndUser of an unknown end user is ErrNotFound and changes nothing.
+func testEndUserChanges(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	budget := int64(3)
+	write(t, s, func(ctx context.Context, tx store.Tx) error {
+		return tx.PutEndUser(ctx, store.EndUser{EndUserID: "cust-1", Alias: "A", MaxBudget: &budget, Blocked: true})
+	})
+	cs := changeSet(t, s, 1)
+	expectChanges(t, cs, "end_user/cust-1/put")
+	e, err := s.Read().GetEndUser(ctx, "cust-1")
+	if err != nil {
+		t.Fatalf("GetEndUser: %v", err)
+	}
+	expectPostImage(t, findChange(t, cs, store.KindEndUser, "cust-1"), e)
+
+	err = s.ReadWriteTx(ctx, func(ctx context.Context, tx store.Tx) error { return tx.DeleteEndUser(ctx, "nobody") })
+	if !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("DeleteEndUser(nobody) = %v, want ErrNotFound", err)
+	}
+	write(t, s, func(ctx context.Context, tx store.Tx) error { return tx.DeleteEndUser(ctx, "cust-1") })
+	expectChanges(t, changeSet(t, s, 2), "end_user/cust-1/delete")
+	if _, err := s.Read().GetEndUser(ctx, "cust-1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("GetEndUser after delete = %v, want ErrNotFound", err)
+	}
+	// Spend naming it again creates it afresh, with a change.
+	write(t, s, func(ctx context.Context, tx store.Tx) error { return tx.CreateKey(ctx, newKey("k1", at(2))) })
+	waitHead(t, s, 3)
+	r := spendRec(1, 4)
+	r.TeamID, r.UserID, r.OrganizationID = "", "", ""
+	apply(t, s, batch("p1", "ob1", r))
+	cs = changeSet(t, s, 4)
+	expectChanges(t, cs, "key/k1/put", "end_user/cust-1/put")
+	e, err = s.Read().GetEndUser(ctx, "cust-1")
+	if err != nil || e.Spend != 4 || e.MaxBudget != nil || e.Blocked {
+		t.Fatalf("end user after spend = %+v, %v", e, err)
+	}
+	expectPostImage(t, findChange(t, cs, store.KindEndUser, "cust-1"), e)
+	expectReplayed(t, s.Read(), replay(t, allChanges(t, s)))
+}
+
+// testListEndUsers: ListEndUsers pages in id order; EachEndUser visits all.
+func testListEndUsers(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	ids := []string{"c", "a", "e", "b", "d"}
+	write(t, s, func(ctx context.Context, tx store.Tx) error {
+		for _, id := range ids {
+			if err := tx.PutEndUser(ctx, store.EndUser{EndUserID: id}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	got, total, err := s.Read().ListEndUsers(ctx, store.Page{Page: 2, Size: 2})
+	if err != nil || total != 5 || len(got) != 2 || got[0].EndUserID != "c" || got[1].EndUserID != "d" {
+		t.Fatalf("ListEndUsers page 2 = %+v, %d, %v", got, total, err)
+	}
+	got, total, err = s.Read().ListEndUsers(ctx, store.Page{Page: 9, Size: 2})
+	if err != nil || total != 5 || got == nil || len(got) != 0 {
+		t.Fatalf("ListEndUsers past the end = %+v, %d, %v", got, total, err)
+	}
+	n := 0
+	if err := s.Read().EachEndUser(ctx, func(store.EndUser) error { n++; return nil }); err != nil || n != 5 {
+		t.Fatalf("EachEndUser visited %d, %v", n, err)
+	}
+}
+
+// testKeyModelSpendReported: the spend a batch left on a key's budgeted
+// models is in SpendResult.Spends (KindKeyModel), for the proxies'
+// per-model reservations; unbudgeted models are not.
+func testKeyModelSpendReported(t *testing.T, s store.Store) {
+	spendFixture(t, s)
+	write(t, s, func(ctx context.Context, tx store.Tx) error {
+		k, err := tx.GetKey(ctx, "k1")
+		if err != nil {
+			return err
+		}
+		k.ModelMaxBudget = map[string]store.ModelBudget{"gpt-4o-mini": {BudgetLimit: 100}}
+		return tx.UpdateKey(ctx, k)
+	})
+	other := spendRec(2, 7)
+	other.Model = "gpt-4o"
+	res := applyResult(t, s, batch("p1", "ob1", spendRec(1, 30), other))
+	got := map[string]int64{}
+	for _, o := range res.Spends {
+		if o.Kind == store.KindKeyModel {
+			got[o.ID] = o.Spend
+		}
+	}
+	if fmt.Sprint(got) != "map[k1/gpt-4o-mini:30]" {
+		t.Fatalf("key model spends = %v", got)
+	}
+	k, err := s.Read().GetKey(t.Context(), "k1")
+	if err != nil || k.ModelSpend["gpt-4o-mini"] != 30 || k.ModelSpend["gpt-4o"] != 7 {
+		t.Fatalf("model spend = %v, %v", k.ModelSpend, err)
 	}
 }

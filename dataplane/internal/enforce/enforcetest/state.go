@@ -27,6 +27,8 @@ type State struct {
 	models   map[string][]*state.Model
 	groups   map[string][]string
 	settings *state.Settings
+	endUsers map[string]*state.EndUser
+	mspend   map[[2]string]int64
 
 	// bulk is a pointer-free table for benchmark-sized key sets: the hash
 	// indexes a record, and token ids live in one arena string, so a
@@ -47,6 +49,8 @@ func New() *State {
 		models:   map[string][]*state.Model{},
 		groups:   map[string][]string{},
 		settings: &state.Settings{},
+		endUsers: map[string]*state.EndUser{},
+		mspend:   map[[2]string]int64{},
 	}
 	s.ready.Store(true)
 	s.rev.Store(1)
@@ -89,6 +93,16 @@ func (s *State) AddModel(m *state.Model) {
 			s.groups[g] = append(s.groups[g], m.ModelName)
 		}
 	}
+}
+
+// AddEndUser stores an end user.
+func (s *State) AddEndUser(u *state.EndUser) { s.mu.Lock(); s.endUsers[u.EndUserID] = u; s.mu.Unlock() }
+
+// SetKeyModelSpend sets a key's spend on a model.
+func (s *State) SetKeyModelSpend(tokenID, model string, spend int64) {
+	s.mu.Lock()
+	s.mspend[[2]string{tokenID, model}] = spend
+	s.mu.Unlock()
 }
 
 // SetSettings replaces the settings.
@@ -198,6 +212,21 @@ func (s *State) Settings() *state.Settings {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.settings
+}
+
+// EndUser implements state.Reader.
+func (s *State) EndUser(id string) (*state.EndUser, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	u, ok := s.endUsers[id]
+	return u, ok
+}
+
+// KeyModelSpend implements state.Reader.
+func (s *State) KeyModelSpend(tokenID, model string) int64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.mspend[[2]string{tokenID, model}]
 }
 
 var _ state.Reader = (*State)(nil)

@@ -457,9 +457,10 @@ type Customer struct {
 	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
 	Alias     string                 `protobuf:"bytes,5,opt,name=alias,proto3" json:"alias,omitempty"`
-	// max_budget in USD (absent: none). Recorded, not yet enforced by proxies.
+	// max_budget in USD (absent: none, general_settings.max_end_user_budget
+	// applies). Proxies refuse the end user once spend reaches it.
 	MaxBudget *wrapperspb.DoubleValue `protobuf:"bytes,6,opt,name=max_budget,json=maxBudget,proto3" json:"max_budget,omitempty"`
-	// blocked is recorded, not yet enforced by proxies.
+	// blocked: proxies refuse every request naming the end user.
 	Blocked       bool `protobuf:"varint,7,opt,name=blocked,proto3" json:"blocked,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

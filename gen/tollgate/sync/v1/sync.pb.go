@@ -922,8 +922,8 @@ type SpendAck struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	OutboxId string                 `protobuf:"bytes,1,opt,name=outbox_id,json=outboxId,proto3" json:"outbox_id,omitempty"`
 	LastSeq  uint64                 `protobuf:"varint,2,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
-	// spends is the spend (micro-USD) of every key, team, user and
-	// organization the acked records touched, as the transaction that applied
+	// spends is the spend (micro-USD) of every key, team, user,
+	// organization, end user and budgeted key model the acked records touched, as the transaction that applied
 	// them left it. Spend only rises within a budget period, so once the
 	// proxy's synced spend of an object reaches this figure, its synced state
 	// holds these records: until then the proxy keeps counting their cost
@@ -987,7 +987,9 @@ func (x *SpendAck) GetSpends() []*ObjectSpend {
 // ObjectSpend is an object's spend after a spend transaction.
 type ObjectSpend struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// kind is "key", "team", "user" or "organization".
+	// kind is "key", "team", "user", "organization", "end_user" or
+	// "key_model" (id "<token_id>/<model>": a key's spend on a model of its
+	// model_max_budget).
 	Kind          string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
 	Id            string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
 	Spend         int64  `protobuf:"varint,3,opt,name=spend,proto3" json:"spend,omitempty"`
@@ -1240,7 +1242,7 @@ func (x *Heartbeat) GetServerTimeUnixNano() int64 {
 // Entity is one object's state; deleted=true is a tombstone for (kind, id).
 type Entity struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// kind: key, team, user, organization, model, settings.
+	// kind: key, team, user, organization, model, settings, end_user.
 	Kind    string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
 	Id      string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
 	Deleted bool   `protobuf:"varint,3,opt,name=deleted,proto3" json:"deleted,omitempty"`
@@ -1252,6 +1254,7 @@ type Entity struct {
 	//	*Entity_Organization
 	//	*Entity_Model
 	//	*Entity_Settings
+	//	*Entity_EndUser
 	Value         isEntity_Value `protobuf_oneof:"value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1369,6 +1372,15 @@ func (x *Entity) GetSettings() *Settings {
 	return nil
 }
 
+func (x *Entity) GetEndUser() *EndUser {
+	if x != nil {
+		if x, ok := x.Value.(*Entity_EndUser); ok {
+			return x.EndUser
+		}
+	}
+	return nil
+}
+
 type isEntity_Value interface {
 	isEntity_Value()
 }
@@ -1397,6 +1409,10 @@ type Entity_Settings struct {
 	Settings *Settings `protobuf:"bytes,15,opt,name=settings,proto3,oneof"`
 }
 
+type Entity_EndUser struct {
+	EndUser *EndUser `protobuf:"bytes,16,opt,name=end_user,json=endUser,proto3,oneof"`
+}
+
 func (*Entity_Key) isEntity_Value() {}
 
 func (*Entity_Team) isEntity_Value() {}
@@ -1408,6 +1424,8 @@ func (*Entity_Organization) isEntity_Value() {}
 func (*Entity_Model) isEntity_Value() {}
 
 func (*Entity_Settings) isEntity_Value() {}
+
+func (*Entity_EndUser) isEntity_Value() {}
 
 // Limits shared by keys, teams, users and orgs. Money is micro-USD; a
 // negative value means "no limit".
@@ -1631,7 +1649,10 @@ type Key struct {
 	Spend          int64           `protobuf:"varint,18,opt,name=spend,proto3" json:"spend,omitempty"`
 	Tags           []string        `protobuf:"bytes,19,rep,name=tags,proto3" json:"tags,omitempty"`
 	// metadata is the key's metadata JSON object (may be empty).
-	Metadata      []byte `protobuf:"bytes,20,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	Metadata []byte `protobuf:"bytes,20,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	// model_spend is the key's spend per model (micro-USD), sent only for
+	// the models named in model_max_budget (the only ones a proxy checks).
+	ModelSpend    map[string]int64 `protobuf:"bytes,21,rep,name=model_spend,json=modelSpend,proto3" json:"model_spend,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1802,6 +1823,13 @@ func (x *Key) GetTags() []string {
 func (x *Key) GetMetadata() []byte {
 	if x != nil {
 		return x.Metadata
+	}
+	return nil
+}
+
+func (x *Key) GetModelSpend() map[string]int64 {
+	if x != nil {
+		return x.ModelSpend
 	}
 	return nil
 }
@@ -2420,6 +2448,77 @@ func (x *Model) GetTpm() int64 {
 	return 0
 }
 
+// EndUser is a customer of the operator: the "user" field of requests.
+// Money is micro-USD; max_budget is negative when the end user has none
+// (general_settings.max_end_user_budget then applies).
+type EndUser struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	EndUserId     string                 `protobuf:"bytes,1,opt,name=end_user_id,json=endUserId,proto3" json:"end_user_id,omitempty"`
+	Spend         int64                  `protobuf:"varint,2,opt,name=spend,proto3" json:"spend,omitempty"`
+	MaxBudget     int64                  `protobuf:"varint,3,opt,name=max_budget,json=maxBudget,proto3" json:"max_budget,omitempty"`
+	Blocked       bool                   `protobuf:"varint,4,opt,name=blocked,proto3" json:"blocked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndUser) Reset() {
+	*x = EndUser{}
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndUser) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndUser) ProtoMessage() {}
+
+func (x *EndUser) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndUser.ProtoReflect.Descriptor instead.
+func (*EndUser) Descriptor() ([]byte, []int) {
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *EndUser) GetEndUserId() string {
+	if x != nil {
+		return x.EndUserId
+	}
+	return ""
+}
+
+func (x *EndUser) GetSpend() int64 {
+	if x != nil {
+		return x.Spend
+	}
+	return 0
+}
+
+func (x *EndUser) GetMaxBudget() int64 {
+	if x != nil {
+		return x.MaxBudget
+	}
+	return 0
+}
+
+func (x *EndUser) GetBlocked() bool {
+	if x != nil {
+		return x.Blocked
+	}
+	return false
+}
+
 // Settings is general_settings as a JSON object.
 type Settings struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -2430,7 +2529,7 @@ type Settings struct {
 
 func (x *Settings) Reset() {
 	*x = Settings{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[27]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2442,7 +2541,7 @@ func (x *Settings) String() string {
 func (*Settings) ProtoMessage() {}
 
 func (x *Settings) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[27]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2455,7 +2554,7 @@ func (x *Settings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Settings.ProtoReflect.Descriptor instead.
 func (*Settings) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{27}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Settings) GetGeneralSettings() []byte {
@@ -2561,7 +2660,7 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\achanges\x18\x04 \x03(\v2\x18.tollgate.sync.v1.EntityR\achanges\"c\n" +
 	"\tHeartbeat\x12#\n" +
 	"\rhead_revision\x18\x01 \x01(\x03R\fheadRevision\x121\n" +
-	"\x15server_time_unix_nano\x18\x02 \x01(\x03R\x12serverTimeUnixNano\"\x87\x03\n" +
+	"\x15server_time_unix_nano\x18\x02 \x01(\x03R\x12serverTimeUnixNano\"\xbf\x03\n" +
 	"\x06Entity\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x18\n" +
@@ -2572,7 +2671,8 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\x04user\x18\f \x01(\v2\x16.tollgate.sync.v1.UserH\x00R\x04user\x12D\n" +
 	"\forganization\x18\r \x01(\v2\x1e.tollgate.sync.v1.OrganizationH\x00R\forganization\x12/\n" +
 	"\x05model\x18\x0e \x01(\v2\x17.tollgate.sync.v1.ModelH\x00R\x05model\x128\n" +
-	"\bsettings\x18\x0f \x01(\v2\x1a.tollgate.sync.v1.SettingsH\x00R\bsettingsB\a\n" +
+	"\bsettings\x18\x0f \x01(\v2\x1a.tollgate.sync.v1.SettingsH\x00R\bsettings\x126\n" +
+	"\bend_user\x18\x10 \x01(\v2\x19.tollgate.sync.v1.EndUserH\x00R\aendUserB\a\n" +
 	"\x05value\"\x90\x02\n" +
 	"\x06Limits\x12\x1d\n" +
 	"\n" +
@@ -2590,7 +2690,7 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"timePeriod\"S\n" +
 	"\fPreviousHash\x12\x19\n" +
 	"\bkey_hash\x18\x01 \x01(\fR\akeyHash\x12(\n" +
-	"\x10valid_until_unix\x18\x02 \x01(\x03R\x0evalidUntilUnix\"\xa1\b\n" +
+	"\x10valid_until_unix\x18\x02 \x01(\x03R\x0evalidUntilUnix\"\xa8\t\n" +
 	"\x03Key\x12\x19\n" +
 	"\btoken_id\x18\x01 \x01(\tR\atokenId\x12\x19\n" +
 	"\bkey_hash\x18\x02 \x01(\fR\akeyHash\x12\x1b\n" +
@@ -2612,7 +2712,9 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\x0fprevious_hashes\x18\x11 \x03(\v2\x1e.tollgate.sync.v1.PreviousHashR\x0epreviousHashes\x12\x14\n" +
 	"\x05spend\x18\x12 \x01(\x03R\x05spend\x12\x12\n" +
 	"\x04tags\x18\x13 \x03(\tR\x04tags\x12\x1a\n" +
-	"\bmetadata\x18\x14 \x01(\fR\bmetadata\x1a`\n" +
+	"\bmetadata\x18\x14 \x01(\fR\bmetadata\x12F\n" +
+	"\vmodel_spend\x18\x15 \x03(\v2%.tollgate.sync.v1.Key.ModelSpendEntryR\n" +
+	"modelSpend\x1a`\n" +
 	"\x13ModelMaxBudgetEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x123\n" +
 	"\x05value\x18\x02 \x01(\v2\x1d.tollgate.sync.v1.ModelBudgetR\x05value:\x028\x01\x1a@\n" +
@@ -2620,6 +2722,9 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\x1a@\n" +
 	"\x12ModelTpmLimitEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\x1a=\n" +
+	"\x0fModelSpendEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"|\n" +
 	"\n" +
@@ -2677,7 +2782,13 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\raccess_groups\x18\t \x03(\tR\faccessGroups\x12\x10\n" +
 	"\x03rpm\x18\n" +
 	" \x01(\x03R\x03rpm\x12\x10\n" +
-	"\x03tpm\x18\v \x01(\x03R\x03tpm\"5\n" +
+	"\x03tpm\x18\v \x01(\x03R\x03tpm\"x\n" +
+	"\aEndUser\x12\x1e\n" +
+	"\vend_user_id\x18\x01 \x01(\tR\tendUserId\x12\x14\n" +
+	"\x05spend\x18\x02 \x01(\x03R\x05spend\x12\x1d\n" +
+	"\n" +
+	"max_budget\x18\x03 \x01(\x03R\tmaxBudget\x12\x18\n" +
+	"\ablocked\x18\x04 \x01(\bR\ablocked\"5\n" +
 	"\bSettings\x12)\n" +
 	"\x10general_settings\x18\x01 \x01(\fR\x0fgeneralSettings2[\n" +
 	"\vSyncService\x12L\n" +
@@ -2695,7 +2806,7 @@ func file_tollgate_sync_v1_sync_proto_rawDescGZIP() []byte {
 	return file_tollgate_sync_v1_sync_proto_rawDescData
 }
 
-var file_tollgate_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_tollgate_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_tollgate_sync_v1_sync_proto_goTypes = []any{
 	(*ProxyMessage)(nil),   // 0: tollgate.sync.v1.ProxyMessage
 	(*LeaseRequest)(nil),   // 1: tollgate.sync.v1.LeaseRequest
@@ -2724,10 +2835,12 @@ var file_tollgate_sync_v1_sync_proto_goTypes = []any{
 	(*User)(nil),           // 24: tollgate.sync.v1.User
 	(*Organization)(nil),   // 25: tollgate.sync.v1.Organization
 	(*Model)(nil),          // 26: tollgate.sync.v1.Model
-	(*Settings)(nil),       // 27: tollgate.sync.v1.Settings
-	nil,                    // 28: tollgate.sync.v1.Key.ModelMaxBudgetEntry
-	nil,                    // 29: tollgate.sync.v1.Key.ModelRpmLimitEntry
-	nil,                    // 30: tollgate.sync.v1.Key.ModelTpmLimitEntry
+	(*EndUser)(nil),        // 27: tollgate.sync.v1.EndUser
+	(*Settings)(nil),       // 28: tollgate.sync.v1.Settings
+	nil,                    // 29: tollgate.sync.v1.Key.ModelMaxBudgetEntry
+	nil,                    // 30: tollgate.sync.v1.Key.ModelRpmLimitEntry
+	nil,                    // 31: tollgate.sync.v1.Key.ModelTpmLimitEntry
+	nil,                    // 32: tollgate.sync.v1.Key.ModelSpendEntry
 }
 var file_tollgate_sync_v1_sync_proto_depIdxs = []int32{
 	3,  // 0: tollgate.sync.v1.ProxyMessage.hello:type_name -> tollgate.sync.v1.Hello
@@ -2750,26 +2863,28 @@ var file_tollgate_sync_v1_sync_proto_depIdxs = []int32{
 	24, // 17: tollgate.sync.v1.Entity.user:type_name -> tollgate.sync.v1.User
 	25, // 18: tollgate.sync.v1.Entity.organization:type_name -> tollgate.sync.v1.Organization
 	26, // 19: tollgate.sync.v1.Entity.model:type_name -> tollgate.sync.v1.Model
-	27, // 20: tollgate.sync.v1.Entity.settings:type_name -> tollgate.sync.v1.Settings
-	16, // 21: tollgate.sync.v1.Key.limits:type_name -> tollgate.sync.v1.Limits
-	28, // 22: tollgate.sync.v1.Key.model_max_budget:type_name -> tollgate.sync.v1.Key.ModelMaxBudgetEntry
-	29, // 23: tollgate.sync.v1.Key.model_rpm_limit:type_name -> tollgate.sync.v1.Key.ModelRpmLimitEntry
-	30, // 24: tollgate.sync.v1.Key.model_tpm_limit:type_name -> tollgate.sync.v1.Key.ModelTpmLimitEntry
-	18, // 25: tollgate.sync.v1.Key.previous_hashes:type_name -> tollgate.sync.v1.PreviousHash
-	16, // 26: tollgate.sync.v1.Team.limits:type_name -> tollgate.sync.v1.Limits
-	20, // 27: tollgate.sync.v1.Team.members:type_name -> tollgate.sync.v1.TeamMember
-	22, // 28: tollgate.sync.v1.Team.saas:type_name -> tollgate.sync.v1.TeamSaaS
-	23, // 29: tollgate.sync.v1.TeamSaaS.model_groups:type_name -> tollgate.sync.v1.TeamModelGroup
-	16, // 30: tollgate.sync.v1.User.limits:type_name -> tollgate.sync.v1.Limits
-	16, // 31: tollgate.sync.v1.Organization.limits:type_name -> tollgate.sync.v1.Limits
-	17, // 32: tollgate.sync.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.sync.v1.ModelBudget
-	0,  // 33: tollgate.sync.v1.SyncService.Sync:input_type -> tollgate.sync.v1.ProxyMessage
-	7,  // 34: tollgate.sync.v1.SyncService.Sync:output_type -> tollgate.sync.v1.ControlMessage
-	34, // [34:35] is the sub-list for method output_type
-	33, // [33:34] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	28, // 20: tollgate.sync.v1.Entity.settings:type_name -> tollgate.sync.v1.Settings
+	27, // 21: tollgate.sync.v1.Entity.end_user:type_name -> tollgate.sync.v1.EndUser
+	16, // 22: tollgate.sync.v1.Key.limits:type_name -> tollgate.sync.v1.Limits
+	29, // 23: tollgate.sync.v1.Key.model_max_budget:type_name -> tollgate.sync.v1.Key.ModelMaxBudgetEntry
+	30, // 24: tollgate.sync.v1.Key.model_rpm_limit:type_name -> tollgate.sync.v1.Key.ModelRpmLimitEntry
+	31, // 25: tollgate.sync.v1.Key.model_tpm_limit:type_name -> tollgate.sync.v1.Key.ModelTpmLimitEntry
+	18, // 26: tollgate.sync.v1.Key.previous_hashes:type_name -> tollgate.sync.v1.PreviousHash
+	32, // 27: tollgate.sync.v1.Key.model_spend:type_name -> tollgate.sync.v1.Key.ModelSpendEntry
+	16, // 28: tollgate.sync.v1.Team.limits:type_name -> tollgate.sync.v1.Limits
+	20, // 29: tollgate.sync.v1.Team.members:type_name -> tollgate.sync.v1.TeamMember
+	22, // 30: tollgate.sync.v1.Team.saas:type_name -> tollgate.sync.v1.TeamSaaS
+	23, // 31: tollgate.sync.v1.TeamSaaS.model_groups:type_name -> tollgate.sync.v1.TeamModelGroup
+	16, // 32: tollgate.sync.v1.User.limits:type_name -> tollgate.sync.v1.Limits
+	16, // 33: tollgate.sync.v1.Organization.limits:type_name -> tollgate.sync.v1.Limits
+	17, // 34: tollgate.sync.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.sync.v1.ModelBudget
+	0,  // 35: tollgate.sync.v1.SyncService.Sync:input_type -> tollgate.sync.v1.ProxyMessage
+	7,  // 36: tollgate.sync.v1.SyncService.Sync:output_type -> tollgate.sync.v1.ControlMessage
+	36, // [36:37] is the sub-list for method output_type
+	35, // [35:36] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_sync_v1_sync_proto_init() }
@@ -2797,6 +2912,7 @@ func file_tollgate_sync_v1_sync_proto_init() {
 		(*Entity_Organization)(nil),
 		(*Entity_Model)(nil),
 		(*Entity_Settings)(nil),
+		(*Entity_EndUser)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2804,7 +2920,7 @@ func file_tollgate_sync_v1_sync_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tollgate_sync_v1_sync_proto_rawDesc), len(file_tollgate_sync_v1_sync_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   31,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
