@@ -187,7 +187,7 @@ const (
 var reads = map[Action]bool{
 	KeyInfo: true, KeyList: true, TeamInfo: true, TeamList: true, UserInfo: true, UserList: true,
 	OrgInfo: true, OrgList: true, ModelInfo: true, SettingsRead: true, AuditRead: true, SpendRead: true,
-	ProxyList: true,
+	ProxyList:    true,
 	CustomerList: true,
 }
 
