@@ -434,3 +434,31 @@ func TestBudgetDurationResetsOnTime(t *testing.T) {
 		}
 	})
 }
+
+// TestTeamMemberBudget: a member's max_budget_in_team (set through
+// /team/member_update) stops that member's key in the team on every proxy
+// once spent; another member's key in the same team keeps working.
+func TestTeamMemberBudget(t *testing.T) {
+	backends(t, func(t *testing.T, o CPOptions) {
+		d := newDeployment(t, o)
+		dps := []*DataPlane{d.proxy(t), d.proxy(t)}
+		u, mk := d.cp.URL(), d.cp.MasterKey
+		ok(t, Do(t, "POST", u+"/user/new", mk, `{"user_id":"capped","user_role":"internal_user","auto_create_key":false}`))
+		ok(t, Do(t, "POST", u+"/user/new", mk, `{"user_id":"free","user_role":"internal_user","auto_create_key":false}`))
+		ok(t, Do(t, "POST", u+"/team/new", mk, `{"team_id":"tm-budget","members_with_roles":[{"user_id":"capped","role":"user"},{"user_id":"free","role":"user"}]}`))
+		ok(t, Do(t, "POST", u+"/team/member_update", mk, map[string]any{"team_id": "tm-budget", "user_id": "capped", "max_budget_in_team": float64(2*costPerCall) / 1e6}))
+		capped := ok(t, Do(t, "POST", u+"/key/generate", mk, `{"team_id":"tm-budget","user_id":"capped"}`))["key"].(string)
+		free := ok(t, Do(t, "POST", u+"/key/generate", mk, `{"team_id":"tm-budget","user_id":"free"}`))["key"].(string)
+		waitStatus(t, dps[0], capped, chat("gpt-4o-mini", ""), 200)
+		waitStatus(t, dps[1], capped, chat("gpt-4o-mini", ""), 200)
+		for _, dp := range dps {
+			r := waitStatus(t, dp, capped, chat("gpt-4o-mini", ""), 429)
+			if !strings.Contains(string(r.Body), "User=capped in Team=tm-budget") || !strings.Contains(string(r.Body), "budget_exceeded") {
+				t.Fatalf("member refusal: %s", r.Body)
+			}
+		}
+		for _, dp := range dps {
+			waitStatus(t, dp, free, chat("gpt-4o-mini", ""), 200)
+		}
+	})
+}

@@ -240,9 +240,15 @@ func (t *SpendTotals) AddToTeam(tm *Team) {
 	t.After = append(t.After, ObjectSpend{KindTeam, tm.TeamID, tm.Spend})
 	t.cross(KindTeam, tm.TeamID, before, &tm.Limits, tm.Spend)
 	for i := range tm.Members {
-		tm.Members[i].Spend += t.Members[MemberRef{tm.TeamID, tm.Members[i].UserID}]
+		if c, ok := t.Members[MemberRef{tm.TeamID, tm.Members[i].UserID}]; ok {
+			tm.Members[i].Spend += c
+			t.After = append(t.After, ObjectSpend{KindTeamMember, TeamMemberID(tm.TeamID, tm.Members[i].UserID), tm.Members[i].Spend})
+		}
 	}
 }
+
+// TeamMemberID names a user's spend in a team in ObjectSpend (KindTeamMember).
+func TeamMemberID(teamID, userID string) string { return teamID + "/" + userID }
 
 // AddToUser adds the totals' spend to u.
 func (t *SpendTotals) AddToUser(u *User) {

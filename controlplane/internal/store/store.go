@@ -290,6 +290,9 @@ const (
 	// KindKeyModel names a key's spend on one model in SpendResult.Spends
 	// (id "<token_id>/<model>"); it is not an entity of its own.
 	KindKeyModel = "key_model"
+	// KindTeamMember names a user's spend in a team in SpendResult.Spends
+	// (id "<team_id>/<user_id>"); memberships live on their team.
+	KindTeamMember = "team_member"
 )
 
 // Change operations.

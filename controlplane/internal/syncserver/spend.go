@@ -227,6 +227,9 @@ func withSpends(ack *syncv1.ControlMessage, b store.SpendBatch, after map[object
 		add(store.KindUser, r.UserID)
 		add(store.KindOrganization, r.OrganizationID)
 		add(store.KindEndUser, r.EndUser)
+		if r.TeamID != "" && r.UserID != "" {
+			add(store.KindTeamMember, store.TeamMemberID(r.TeamID, r.UserID))
+		}
 		if r.TokenID != "" && r.Model != "" {
 			add(store.KindKeyModel, store.KeyModelID(r.TokenID, r.Model))
 		}

@@ -310,7 +310,7 @@ type admitted struct {
 	took    [12]taken
 	nt      int
 	estTok  int64
-	resv    [6]*budget
+	resv    [7]*budget
 	nresv   int
 	estCost int64
 	// Prices (pico-USD per token) to settle the actual cost, and the
@@ -546,7 +546,7 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix in
 		l        *state.Limits
 		spend    int64
 	}
-	var bs [6]bscope
+	var bs [7]bscope
 	n := 0
 	k := &p.Key
 	if k.Limits.MaxBudget >= 0 {
@@ -572,6 +572,22 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix in
 		eul.MaxBudget = p.EndUserBudget
 		bs[n] = bscope{"end_user", p.EndUserID, &eul, p.EndUserSpend}
 		n++
+	}
+	// The key's user as a member of its team: max_budget_in_team, else the
+	// team's team_member_budget (no budget period).
+	var tml state.Limits
+	if t := p.Team; t != nil && k.UserID != "" {
+		if m, ok := t.Member(k.UserID); ok {
+			limit := m.MaxBudgetInTeam
+			if limit < 0 {
+				limit = t.TeamMemberBudget
+			}
+			if limit >= 0 {
+				tml.MaxBudget = limit
+				bs[n] = bscope{"team_member", t.TeamID + "/" + k.UserID, &tml, m.Spend}
+				n++
+			}
+		}
 	}
 	// The key's model_max_budget for this model: its spend resets with the
 	// key's budget period.
@@ -647,6 +663,9 @@ func budgetMessage(kind, id string) string {
 		return "Budget has been exceeded! Organization=" + id
 	case "end_user":
 		return "ExceededBudget: End User=" + id + " over budget."
+	case "team_member":
+		team, user, _ := strings.Cut(id, "/")
+		return "Budget has been exceeded! User=" + user + " in Team=" + team
 	case "key_model":
 		tok, model, _ := strings.Cut(id, "/")
 		return "LiteLLM Virtual Key: " + tok + ", exceeded budget for model=" + model + "."

@@ -508,3 +508,38 @@ func TestBudgetPendingDroppedWhenOutboxDrained(t *testing.T) {
 	}
 	done(proxy.Outcome{Status: 500})
 }
+
+// A team member's budget (max_budget_in_team, else team_member_budget) is
+// reserved like the key's: the member's settled but unsynced cost counts.
+func TestTeamMemberBudgetReserved(t *testing.T) {
+	l := newLimiter()
+	f := newFixture(t, smallBody)
+	f.p.Team = &state.Team{TeamID: "team-1", Limits: noLimits, TeamMemberBudget: 100,
+		Members: []state.TeamMember{{UserID: "user-1", Role: "user", MaxBudgetInTeam: -1}}}
+	f.dep.OutputCost = 1_000_000
+	if rej := enforce.ParseBody([]byte(`{"model":"m","max_tokens":1,"messages":[]}`), &f.body); rej != nil {
+		t.Fatal(rej.Message)
+	}
+	usage := proxy.Outcome{Status: 200, UsageKnown: true, Usage: proxy.Usage{CompletionTokens: 30, TotalTokens: 30}}
+	n := 0
+	var last *enforce.Rejection
+	for range 10 {
+		done, rej, _ := f.admit(l)
+		if rej != nil {
+			last = rej
+			break
+		}
+		n++
+		done(usage)
+	}
+	if n != 4 || last == nil || !strings.HasPrefix(last.Message, "Budget has been exceeded! User=user-1 in Team=team-1") {
+		t.Fatalf("admitted %d, refusal %+v; want 4 and the member named", n, last)
+	}
+	// The ack and the synced member spend release it.
+	l.Acked([]*syncv1.ObjectSpend{{Kind: "team_member", Id: "team-1/user-1", Spend: 120}}, []*syncv1.ObjectSpend{{Kind: "team_member", Id: "team-1/user-1", Spend: 120}}, false)
+	f.p.Team.TeamMemberBudget = 1000
+	f.p.Team.Members[0].Spend = 120
+	if _, rej, _ := f.admit(l); rej != nil {
+		t.Fatalf("refused with 120 of 1000 spent: %s", rej.Message)
+	}
+}

@@ -383,6 +383,10 @@ func (ob *Outbox) ack(outboxID string, lastSeq uint64) ([]*syncv1.ObjectSpend, e
 				if r.TokenId != "" && r.Model != "" {
 					costs[ref{"key_model", r.TokenId + "/" + r.Model}] += r.Cost
 				}
+				// The user's spend in the team, for team-member budgets.
+				if r.TeamId != "" && r.UserId != "" {
+					costs[ref{"team_member", r.TeamId + "/" + r.UserId}] += r.Cost
+				}
 			}
 			if err := c.Delete(); err != nil {
 				return err

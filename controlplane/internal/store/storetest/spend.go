@@ -381,7 +381,7 @@ func testSoftBudgetCrossing(t *testing.T, s store.Store) {
 	for _, o := range first.Spends {
 		after[o.Kind+":"+o.ID] = o.Spend
 	}
-	if fmt.Sprint(after) != "map[end_user:cust-1:50 key:k1:57 organization:o1:50 team:t1:50 user:u1:50]" {
+	if fmt.Sprint(after) != "map[end_user:cust-1:50 key:k1:57 organization:o1:50 team:t1:50 team_member:t1/u1:50 user:u1:50]" {
 		t.Fatalf("spends after the first batch = %v", after)
 	}
 	// Key 57 -> 107 crosses 100; team 50 -> 100 does not reach 150.
