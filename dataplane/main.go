@@ -165,7 +165,7 @@ func run(ctx context.Context, o options) error {
 	}
 	// Rate limits and budget reservations, with shares leased over the
 	// sync stream (package limits).
-	lim := limits.New(limits.Options{Registry: reg})
+	lim := limits.New(limits.Options{Registry: reg, MembersFile: o.Cache + ".proxies"})
 	sc := syncclient.New(rep, syncclient.Options{
 		DialOptions: dialOpts,
 		Addr:        o.ControlPlane,

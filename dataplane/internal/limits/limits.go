@@ -42,6 +42,7 @@ package limits
 import (
 	"context"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -114,6 +115,11 @@ type Options struct {
 	Now func() time.Time
 	// Registry receives tollgate_limits_degraded.
 	Registry *prometheus.Registry
+	// MembersFile, when set, keeps the last known number of proxies (a
+	// few bytes, rewritten when it changes), so a proxy restarted while the
+	// control plane is down divides limits and budgets by it instead of
+	// counting itself alone.
+	MembersFile string
 }
 
 // Limiter is the gate. Use New.
@@ -135,6 +141,10 @@ type Limiter struct {
 	notify     chan struct{}
 
 	grants, allowances atomic.Uint64 // lease grants and allowances received (metrics)
+
+	membersFile  string
+	saveMu       sync.Mutex
+	savedMembers uint64
 }
 
 type budgetKey struct{ kind, id string }
@@ -148,6 +158,17 @@ func New(o Options) *Limiter {
 		l.now = time.Now
 	}
 	l.members.Store(1 << 32)
+	l.membersFile = o.MembersFile
+	if o.MembersFile != "" {
+		if b, err := os.ReadFile(o.MembersFile); err == nil {
+			if n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 31); err == nil && n > 0 {
+				// The index is unknown until the control plane answers: 0
+				// (its share is the largest by at most one unit).
+				l.members.Store(n << 32)
+				l.savedMembers = n
+			}
+		}
+	}
 	if o.Registry != nil {
 		o.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "tollgate_limits_degraded",
@@ -982,6 +1003,7 @@ func (l *Limiter) Apply(g *syncv1.LeaseGrant) {
 	l.allowances.Add(uint64(len(g.GetAllowances())))
 	if n := g.GetProxies(); n > 0 {
 		l.members.Store(uint64(n)<<32 | uint64(uint32(g.GetIndex())))
+		l.saveMembers(uint64(n))
 	}
 	for _, a := range g.GetAllowances() {
 		l.mu.RLock()
@@ -1007,4 +1029,25 @@ func (l *Limiter) Apply(g *syncv1.LeaseGrant) {
 		}
 		c.mu.Unlock()
 	}
+}
+
+// saveMembers writes n to the members file when it changed (atomically:
+// a temporary file renamed over it). A failure only costs the fallback.
+func (l *Limiter) saveMembers(n uint64) {
+	if l.membersFile == "" {
+		return
+	}
+	l.saveMu.Lock()
+	defer l.saveMu.Unlock()
+	if n == l.savedMembers {
+		return
+	}
+	tmp := l.membersFile + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(n, 10)+"\n"), 0o600); err != nil {
+		return
+	}
+	if err := os.Rename(tmp, l.membersFile); err != nil {
+		return
+	}
+	l.savedMembers = n
 }

@@ -3,6 +3,7 @@ package limits
 import (
 	"context"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -541,5 +542,19 @@ func TestTeamMemberBudgetReserved(t *testing.T) {
 	f.p.Team.Members[0].Spend = 120
 	if _, rej, _ := f.admit(l); rej != nil {
 		t.Fatalf("refused with 120 of 1000 spent: %s", rej.Message)
+	}
+}
+
+// The number of proxies survives a restart without the control plane.
+func TestMembersFileKeepsTheProxyCount(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cache.proxies")
+	l := New(Options{Now: func() time.Time { return fixedNow }, MembersFile: path})
+	if got := l.implicit(300); got != 300 {
+		t.Fatalf("alone: share %d, want 300", got)
+	}
+	l.Apply(&syncv1.LeaseGrant{Proxies: 3, Index: 2})
+	restarted := New(Options{Now: func() time.Time { return fixedNow }, MembersFile: path})
+	if got := restarted.implicit(300); got != 100 {
+		t.Fatalf("after a restart: share %d of 300, want 100 (3 proxies)", got)
 	}
 }
