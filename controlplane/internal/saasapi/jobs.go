@@ -117,14 +117,24 @@ func (s *Service) RecordCall(ctx context.Context, c store.JobCall) ([]byte, erro
 	}
 	c.CreatedAt = s.now().UTC()
 	err := s.st.ReadWriteTx(ctx, func(ctx context.Context, tx store.Tx) error {
-		if _, err := teamJob(ctx, tx, c.TeamID, c.JobID); err != nil {
+		j, err := teamJob(ctx, tx, c.TeamID, c.JobID)
+		if err != nil {
 			return err
 		}
-		err := tx.AddJobCall(ctx, c)
+		err = tx.AddJobCall(ctx, c)
 		if errors.Is(err, store.ErrConflict) {
 			return nil // a retried record: stored already
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		if j.Status == store.JobCompleted || j.Status == store.JobFailed {
+			return nil // kept for the record; the completion's summary is final
+		}
+		// Rewrite the job row (unchanged) so that a completion racing with
+		// this call conflicts with it (Postgres, repeatable read) instead of
+		// deciding the credit without seeing the call.
+		return tx.UpdateJob(ctx, j)
 	})
 	if err != nil {
 		return nil, s.storeError("record call", err)
