@@ -543,6 +543,16 @@ func (s *Service) createTeam(r *http.Request) (any, error) {
 			Models: teamModels(resolved), Limits: store.Limits{MaxBudget: s.budget(sa)},
 			Metadata: md, SaaS: sa, CreatedAt: now, UpdatedAt: now,
 		}
+		// A team id with history (jobs or credit transactions of a deleted
+		// team) is not reused: the new team would read the old one's. (An
+		// existing team is CreateTeam's conflict, below.)
+		if _, err := tx.GetTeam(ctx, req.TeamID); errors.Is(err, store.ErrNotFound) {
+			if err := refuseReusedTeamID(ctx, tx, req.TeamID); err != nil {
+				return err
+			}
+		} else if err != nil {
+			return err
+		}
 		if err := tx.CreateTeam(ctx, team); err != nil {
 			return err
 		}
@@ -887,4 +897,20 @@ func (s *Service) grant(ctx context.Context, teamID string, amount *int64, reaso
 		"credits_allocated": t.SaaS.CreditsAllocated, "credits_remaining": t.SaaS.CreditsRemaining,
 		"transaction": txView(&txn),
 	}, nil
+}
+
+// refuseReusedTeamID is a 409 when teamID has jobs or credit transactions
+// left by a deleted team.
+func refuseReusedTeamID(ctx context.Context, r store.Reader, teamID string) error {
+	if _, n, err := r.ListJobs(ctx, store.JobFilter{TeamID: teamID, Page: store.Page{Page: 1, Size: 1}}); err != nil {
+		return err
+	} else if n > 0 {
+		return fail(http.StatusConflict, "Team '%s' was used before and has job history; choose another team_id", teamID)
+	}
+	if _, n, err := r.ListCreditTransactions(ctx, teamID, store.Page{Page: 1, Size: 1}); err != nil {
+		return err
+	} else if n > 0 {
+		return fail(http.StatusConflict, "Team '%s' was used before and has credit history; choose another team_id", teamID)
+	}
+	return nil
 }
