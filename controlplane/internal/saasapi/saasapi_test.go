@@ -314,3 +314,22 @@ func TestTeamUpdateCreditsAddAndUsage(t *testing.T) {
 		}
 	})
 }
+
+// A team deleted with jobs behind it leaves its id unusable for a new SaaS
+// team: the new team would read the old one's jobs and credits.
+func TestTeamIDWithHistoryIsNotReused(t *testing.T) {
+	backends(t, func(t *testing.T, s *Service, st store.Store) {
+		ctx := context.Background()
+		seed(t, s, "old", 2)
+		if _, err := s.CreateJob(ctx, "old", "", "x", nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.ReadWriteTx(ctx, func(ctx context.Context, tx store.Tx) error { return tx.DeleteTeam(ctx, "old") }); err != nil {
+			t.Fatal(err)
+		}
+		r := admin(t, s, "POST", "/api/teams/create", map[string]any{"organization_id": "org", "team_id": "old", "access_groups": []string{"G"}})
+		if r.status != 409 || !strings.Contains(r.raw, "used before") {
+			t.Fatalf("re-created team: %d %s", r.status, r.raw)
+		}
+	})
+}
