@@ -114,10 +114,18 @@ func (s *sealer) csrfOK(sid, presented string) bool {
 }
 
 // revoked remembers signed-out session ids until they would have expired.
+// Expired ids are swept at most once a minute (a sign-in/sign-out loop
+// must not make every sign-out walk the whole map). The map is capped at
+// maxRevoked live ids: past that (100k sign-outs within a session's 8 h)
+// it is emptied, which lets cookies already signed out work again until
+// they expire, rather than grow without bound.
 type revoked struct {
-	mu  sync.Mutex
-	ids map[string]int64
+	mu        sync.Mutex
+	ids       map[string]int64
+	lastSweep int64
 }
+
+const maxRevoked = 100_000
 
 func (r *revoked) add(id string, exp int64, now time.Time) {
 	r.mu.Lock()
@@ -125,9 +133,15 @@ func (r *revoked) add(id string, exp int64, now time.Time) {
 	if r.ids == nil {
 		r.ids = map[string]int64{}
 	}
-	for k, e := range r.ids {
-		if e <= now.Unix() {
-			delete(r.ids, k)
+	if n := now.Unix(); n-r.lastSweep >= 60 || len(r.ids) >= maxRevoked {
+		r.lastSweep = n
+		for k, e := range r.ids {
+			if e <= n {
+				delete(r.ids, k)
+			}
+		}
+		if len(r.ids) >= maxRevoked {
+			clear(r.ids)
 		}
 	}
 	r.ids[id] = exp
