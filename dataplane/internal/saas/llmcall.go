@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	saasv1 "github.com/tollgate-gw/tollgate/gen/tollgate/saas/v1"
@@ -187,8 +188,17 @@ func (h *handler) attempt(r *http.Request, c *caller, group string, body []byte,
 // model when group is set, with every proxy header otherwise); anything
 // else is buffered in the attempt.
 func (h *handler) forward(r *http.Request, path string, hdr http.Header, body []byte, w http.ResponseWriter, stream bool, group string) *attempt {
-	ctx, cancel := context.WithTimeout(r.Context(), h.o.AttemptTimeout)
+	// AttemptTimeout bounds the wait for the answer to start; a stream
+	// that has started may run as long as the proxy lets it.
+	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
+	var started atomic.Bool
+	timer := time.AfterFunc(h.o.AttemptTimeout, func() {
+		if !started.Load() {
+			cancel()
+		}
+	})
+	defer timer.Stop()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, path, bytes.NewReader(body))
 	if err != nil {
 		return &attempt{status: 0}
@@ -197,7 +207,7 @@ func (h *handler) forward(r *http.Request, path string, hdr http.Header, body []
 	req.Header.Del("Content-Length")
 	req.RemoteAddr = r.RemoteAddr
 	start := time.Now()
-	rw := &captureWriter{hdr: http.Header{}, out: w, stream: stream, group: group}
+	rw := &captureWriter{hdr: http.Header{}, out: w, stream: stream, group: group, started: &started}
 	aborted := false
 	func() {
 		// The proxy aborts a response that broke after its headers with
@@ -314,7 +324,8 @@ type captureWriter struct {
 	buf       bytes.Buffer
 	line      []byte
 	usage     usage
-	group     string // replaces the model in streamed chunks
+	group     string       // replaces the model in streamed chunks
+	started   *atomic.Bool // set once a streamed 2xx is committed to the client
 }
 
 func (c *captureWriter) Header() http.Header { return c.hdr }
@@ -326,6 +337,9 @@ func (c *captureWriter) WriteHeader(code int) {
 	c.status = code
 	if c.stream && code >= 200 && code < 300 {
 		c.committed = true
+		if c.started != nil {
+			c.started.Store(true)
+		}
 		h := c.out.Header()
 		if c.group == "" {
 			// An OpenAI route: the proxy's headers as they are.

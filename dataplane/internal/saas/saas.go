@@ -44,8 +44,9 @@ type Options struct {
 	ProxyID string
 	Logger  *slog.Logger
 	Now     func() time.Time
-	// AttemptTimeout bounds one model attempt of an LLM call (then the
-	// next model is tried). 0: 120s.
+	// AttemptTimeout bounds one model attempt of an LLM call until its
+	// answer starts (then the next model is tried); a stream that has
+	// started is not cut by it. 0: 120s.
 	AttemptTimeout time.Duration
 	// RPCTimeout bounds a JobService call. 0: 10s.
 	RPCTimeout time.Duration
