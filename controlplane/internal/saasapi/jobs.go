@@ -234,11 +234,22 @@ func (s *Service) ListJobs(ctx context.Context, teamID string, limit, offset int
 	if offset < 0 {
 		offset = 0
 	}
-	// Pages are aligned to limit; offsets inside a page round down.
-	page := offset/limit + 1
+	// The store pages in multiples of limit: read the one or two pages
+	// that hold [offset, offset+limit).
+	page, skip := offset/limit+1, offset%limit
 	jobs, total, err := s.st.Read().ListJobs(ctx, store.JobFilter{TeamID: teamID, Page: store.Page{Page: page, Size: limit}})
 	if err != nil {
 		return nil, s.storeError("list jobs", err)
+	}
+	if skip > 0 {
+		jobs = jobs[min(skip, len(jobs)):]
+		if offset+len(jobs) < total {
+			more, _, err := s.st.Read().ListJobs(ctx, store.JobFilter{TeamID: teamID, Page: store.Page{Page: page + 1, Size: limit}})
+			if err != nil {
+				return nil, s.storeError("list jobs", err)
+			}
+			jobs = append(jobs, more[:min(skip, len(more))]...)
+		}
 	}
 	views := make([]map[string]any, 0, len(jobs))
 	for i := range jobs {
@@ -252,7 +263,7 @@ func (s *Service) ListTransactions(ctx context.Context, teamID string, limit int
 	if limit <= 0 || limit > store.MaxPageSize {
 		limit = 50
 	}
-	txs, _, err := s.st.Read().ListCreditTransactions(ctx, teamID, store.Page{Size: limit})
+	txs, total, err := s.st.Read().ListCreditTransactions(ctx, teamID, store.Page{Size: limit})
 	if err != nil {
 		return nil, s.storeError("list transactions", err)
 	}
@@ -260,7 +271,7 @@ func (s *Service) ListTransactions(ctx context.Context, teamID string, limit int
 	for i := range txs {
 		views = append(views, txView(&txs[i]))
 	}
-	return json.Marshal(map[string]any{"team_id": teamID, "total": len(views), "transactions": views})
+	return json.Marshal(map[string]any{"team_id": teamID, "total": total, "transactions": views})
 }
 
 // summary is a job's cost summary. A call (one LLM call of the API) failed

@@ -333,3 +333,21 @@ func TestTeamIDWithHistoryIsNotReused(t *testing.T) {
 		}
 	})
 }
+
+// Job listings honour any offset, not only multiples of the limit.
+func TestListJobsOffset(t *testing.T) {
+	backends(t, func(t *testing.T, s *Service, st store.Store) {
+		ctx, dec := context.Background(), decoder(t)
+		seed(t, s, "t1", 1)
+		var ids []string
+		for range 5 {
+			ids = append(ids, dec(s.CreateJob(ctx, "t1", "", "x", nil))["job_id"].(string))
+		}
+		got := dec(s.ListJobs(ctx, "t1", 2, 1))
+		jobs := got["jobs"].([]any)
+		// Newest first: ids[4], ids[3], ids[2], ...; offset 1, limit 2.
+		if got["total"] != 5.0 || len(jobs) != 2 || jobs[0].(map[string]any)["job_id"] != ids[3] || jobs[1].(map[string]any)["job_id"] != ids[2] {
+			t.Fatalf("offset 1 limit 2: %v", got)
+		}
+	})
+}
