@@ -7,17 +7,16 @@ import (
 	"io"
 	"math"
 	"net/http"
-	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/tollgate-gw/tollgate/controlplane/internal/events"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/reqtext"
 )
 
 // maxCredits bounds a team's credits_allocated.
@@ -79,31 +78,12 @@ func (s *Service) Handler() http.Handler {
 		// Ids come from the path and the query: text the stores can hold
 		// or 404, never a driver error (Postgres refuses NUL and invalid
 		// UTF-8).
-		if !saneRequestText(r) {
+		if !reqtext.Sane(r) {
 			writeError(w, fail(http.StatusNotFound, "Not Found"))
 			return
 		}
 		mux.ServeHTTP(w, r)
 	})
-}
-
-// saneRequestText reports whether r's path and query are valid UTF-8 of a
-// sane length without control characters.
-func saneRequestText(r *http.Request) bool {
-	for _, v := range []string{r.URL.Path, r.URL.RawQuery} {
-		if len(v) > 4096 || !utf8.ValidString(v) {
-			return false
-		}
-		for _, c := range v {
-			if c < 0x20 || c == 0x7f {
-				return false
-			}
-		}
-	}
-	if q, err := url.QueryUnescape(r.URL.RawQuery); err != nil || !utf8.ValidString(q) || strings.ContainsRune(q, 0) {
-		return false
-	}
-	return true
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -226,7 +206,7 @@ type changedByKey struct{}
 
 func (s *Service) audit(ctx context.Context, tx store.Tx, action, kind, id string) error {
 	by, _ := ctx.Value(changedByKey{}).(string)
-	return tx.AppendAudit(ctx, store.AuditEntry{ID: newUUID(), Action: action, ObjectType: kind, ObjectID: id,
+	return tx.AppendAudit(ctx, store.AuditEntry{ID: events.NewID(), Action: action, ObjectType: kind, ObjectID: id,
 		Caller: "master_key", ChangedBy: by, CreatedAt: s.now().UTC()})
 }
 
@@ -582,7 +562,7 @@ func (s *Service) createTeam(r *http.Request) (any, error) {
 		}
 		if credits > 0 {
 			if err := tx.AddCreditTransaction(ctx, store.CreditTransaction{
-				TransactionID: newUUID(), TeamID: req.TeamID, OrganizationID: req.OrganizationID,
+				TransactionID: events.NewID(), TeamID: req.TeamID, OrganizationID: req.OrganizationID,
 				Type: store.CreditAllocation, Amount: credits, BalanceBefore: 0, BalanceAfter: credits,
 				Reason: "Initial allocation", CreatedAt: now,
 			}); err != nil {
@@ -883,7 +863,7 @@ func (s *Service) grant(ctx context.Context, teamID string, amount *int64, reaso
 		sa.CreditsRemaining += *amount
 		t.Limits.MaxBudget = s.budget(sa)
 		txn = store.CreditTransaction{
-			TransactionID: newUUID(), TeamID: t.TeamID, OrganizationID: t.OrganizationID,
+			TransactionID: events.NewID(), TeamID: t.TeamID, OrganizationID: t.OrganizationID,
 			Type: store.CreditAllocation, Amount: *amount, BalanceBefore: before, BalanceAfter: sa.CreditsRemaining,
 			Reason: reason, Metadata: md, CreatedAt: s.now().UTC(),
 		}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/tollgate-gw/tollgate/controlplane/internal/events"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 )
 
@@ -31,7 +32,7 @@ func (s *Service) CreateJob(ctx context.Context, teamID, userID, jobType string,
 	if err != nil {
 		return nil, err
 	}
-	j := store.Job{JobID: newUUID(), TeamID: teamID, UserID: userID, JobType: jobType, Status: store.JobPending,
+	j := store.Job{JobID: events.NewID(), TeamID: teamID, UserID: userID, JobType: jobType, Status: store.JobPending,
 		Metadata: md, CreatedAt: s.now().UTC()}
 	err = s.st.ReadWriteTx(ctx, func(ctx context.Context, tx store.Tx) error {
 		t, err := getSaaSTeam(ctx, tx, teamID)
@@ -192,7 +193,7 @@ func (s *Service) CompleteJob(ctx context.Context, teamID, jobID, status string,
 				return err
 			}
 			if err := tx.AddCreditTransaction(ctx, store.CreditTransaction{
-				TransactionID: newUUID(), TeamID: teamID, OrganizationID: team.OrganizationID, JobID: jobID,
+				TransactionID: events.NewID(), TeamID: teamID, OrganizationID: team.OrganizationID, JobID: jobID,
 				Type: store.CreditDeduction, Amount: 1, BalanceBefore: before, BalanceAfter: sa.CreditsRemaining,
 				Reason: "Job " + j.JobType + " completed successfully", CreatedAt: now,
 			}); err != nil {

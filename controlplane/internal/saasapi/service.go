@@ -2,7 +2,6 @@ package saasapi
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
@@ -106,17 +105,6 @@ func (s *Service) storeError(op string, err error) *apiError {
 	}
 	s.log.Error("saas api: store failure", "op", op, "err", err)
 	return &apiError{status: http.StatusServiceUnavailable, detail: detailUnavailable}
-}
-
-// newUUID returns a random (version 4) UUID.
-func newUUID() string {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		panic("saasapi: crypto/rand failed: " + err.Error())
-	}
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
 
 // teamModels is what a SaaS team's key may call on /chat/completions: the

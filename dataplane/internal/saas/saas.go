@@ -10,11 +10,9 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -22,6 +20,7 @@ import (
 	saasv1 "github.com/tollgate-gw/tollgate/gen/tollgate/saas/v1"
 
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/reqtext"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
 )
 
@@ -63,31 +62,12 @@ func New(o Options) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Ids from the path and query go to the control plane: text it can
 		// store, or 404 here.
-		if !saneRequestText(r) {
+		if !reqtext.Sane(r) {
 			writeDetail(w, http.StatusNotFound, "Not Found")
 			return
 		}
 		mux.ServeHTTP(w, r)
 	})
-}
-
-// saneRequestText reports whether r's path and query are valid UTF-8 of a
-// sane length without control characters.
-func saneRequestText(r *http.Request) bool {
-	for _, v := range []string{r.URL.Path, r.URL.RawQuery} {
-		if len(v) > 4096 || !utf8.ValidString(v) {
-			return false
-		}
-		for _, c := range v {
-			if c < 0x20 || c == 0x7f {
-				return false
-			}
-		}
-	}
-	if q, err := url.QueryUnescape(r.URL.RawQuery); err != nil || !utf8.ValidString(q) || strings.ContainsRune(q, 0) {
-		return false
-	}
-	return true
 }
 
 func newHandler(o Options) *handler {
