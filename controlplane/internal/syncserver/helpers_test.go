@@ -474,3 +474,7 @@ func addKey(t testing.TB, st store.Store, id string) (plaintext string, rev int6
 	rev = write(t, st, func(ctx context.Context, tx store.Tx) error { return tx.CreateKey(ctx, testKey(id, plaintext)) })
 	return plaintext, rev
 }
+
+// withBatch sets how many change sets one read of the change log takes
+// (tests: 1 keeps a lagging stream from reading ahead).
+func withBatch(n int) Option { return func(o *options) { o.batch = n } }
