@@ -94,11 +94,7 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = shutdownTracing(sctx)
-	}()
+	defer shutdownTracing()
 
 	// One registry for every control-plane metric, served on GET /metrics
 	// of --http-addr (see README "Observability").

@@ -125,11 +125,7 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = shutdownTracing(sctx)
-	}()
+	defer shutdownTracing()
 	start := time.Now()
 	rep, err := replica.Open(o.Cache, slog.Default())
 	if err != nil {

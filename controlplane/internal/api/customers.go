@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"slices"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -169,7 +170,7 @@ func (cs *customerService) DeleteCustomers(ctx context.Context, req *adminv1.Cus
 		for _, id := range req.GetUserIds() {
 			e, err := tx.GetEndUser(ctx, id)
 			if errors.Is(err, store.ErrNotFound) {
-				if contains(deleted, id) {
+				if slices.Contains(deleted, id) {
 					continue // named twice
 				}
 				return notFound("user_ids", "end user "+id+" not found")
@@ -190,15 +191,6 @@ func (cs *customerService) DeleteCustomers(ctx context.Context, req *adminv1.Cus
 		return nil, storeError(ctx, err, "end user")
 	}
 	return &adminv1.DeleteResponse{DeletedIds: deleted}, nil
-}
-
-func contains(l []string, s string) bool {
-	for _, v := range l {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // BlockCustomers blocks end users, creating those not seen yet (an operator

@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/shares"
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 )
 
@@ -12,7 +13,7 @@ import (
 // bookkeeper of every active limit window, in memory.
 //
 // Each proxy connected to this control plane starts every window of every
-// limit with an implicit share, share(limit, proxies, index) (limit /
+// limit with an implicit share, shares.Of(limit, proxies, index) (limit /
 // proxies, the remainder to the lowest indexes), so the shares add up to the
 // limit without a round trip. The proxies report their use of active limits
 // (LeaseRequest, every 200 ms while it changes) and ask for more when they
@@ -79,17 +80,6 @@ func (p *pool) reclaimable(q *conn, now time.Time) bool {
 type leaseSend struct {
 	c *conn
 	m *syncv1.LeaseGrant
-}
-
-func share(limit, n, index int64) int64 {
-	if n <= 1 {
-		return limit
-	}
-	s := limit / n
-	if index < limit%n {
-		s++
-	}
-	return s
 }
 
 func (l *leases) index(c *conn) int {
@@ -179,7 +169,7 @@ func (l *leases) request(c *conn, r *syncv1.LeaseRequest) {
 				changed: map[*conn]time.Time{}, created: now}
 			n := int64(len(l.members))
 			for i, m := range l.members {
-				p.alloc[m] = share(p.limit, n, int64(i))
+				p.alloc[m] = shares.Of(p.limit, n, int64(i))
 			}
 			l.pools[k] = p
 		}

@@ -67,11 +67,12 @@ func TracesURL(endpoint string) (string, error) {
 // SetupTracing exports spans of service to endpoint (see TracingEndpoint)
 // over OTLP/HTTP (protobuf) and installs the W3C propagator. With an empty
 // endpoint it does nothing and Tracing stays false. The returned shutdown
-// flushes buffered spans; call it on exit.
-func SetupTracing(ctx context.Context, endpoint, service, version string, log *slog.Logger) (shutdown func(context.Context) error, err error) {
+// flushes buffered spans (for at most 5 s) and turns tracing off; call it
+// once, at exit.
+func SetupTracing(ctx context.Context, endpoint, service, version string, log *slog.Logger) (shutdown func(), err error) {
 	otel.SetTextMapPropagator(Propagator)
 	if endpoint == "" {
-		return func(context.Context) error { return nil }, nil
+		return func() {}, nil
 	}
 	u, err := TracesURL(endpoint)
 	if err != nil {
@@ -99,9 +100,11 @@ func SetupTracing(ctx context.Context, endpoint, service, version string, log *s
 	if pu, err := url.Parse(u); err == nil {
 		log.Info("tracing on", "otlp_traces_url", pu.Redacted())
 	}
-	return func(ctx context.Context) error {
+	return func() {
 		tracing.Store(false)
-		return tp.Shutdown(ctx)
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = tp.Shutdown(sctx)
 	}, nil
 }
 

@@ -99,6 +99,13 @@ type Principal struct {
 	ModelBudget    int64
 	ModelSpend     int64
 	HasModelBudget bool
+	// MemberBudget is the key's user's budget in the key's team
+	// (max_budget_in_team, else the team's team_member_budget) when
+	// HasMemberBudget, and MemberSpend its synced spend there, set by the
+	// budget check for the gate's reservation.
+	MemberBudget    int64
+	MemberSpend     int64
+	HasMemberBudget bool
 
 	// hash is the key's SHA-256. It lives here, in memory the caller
 	// already owns, because a pointer handed to an interface method
@@ -136,6 +143,7 @@ func (e *Enforcer) Authenticate(key, path string, nowUnix int64, p *Principal) *
 	p.Key, p.Team, p.User, p.Org, p.NowUnix = k, nil, nil, nil, nowUnix
 	p.EndUserID, p.EndUserSpend, p.EndUserBudget = "", 0, -1
 	p.ModelBudget, p.ModelSpend, p.HasModelBudget = 0, 0, false
+	p.MemberBudget, p.MemberSpend, p.HasMemberBudget = 0, 0, false
 	if k.Blocked {
 		return RejKeyBlocked
 	}
@@ -395,12 +403,14 @@ func checkBudgets(p *Principal) *Rejection {
 		}
 		// The key's user as a member of the team: max_budget_in_team, else
 		// the team's team_member_budget.
+		p.MemberBudget, p.MemberSpend, p.HasMemberBudget = 0, 0, false
 		if k.UserID != "" {
 			if m, ok := t.Member(k.UserID); ok {
 				limit := m.MaxBudgetInTeam
 				if limit < 0 {
 					limit = t.TeamMemberBudget
 				}
+				p.MemberBudget, p.MemberSpend, p.HasMemberBudget = limit, m.Spend, limit >= 0
 				if limit >= 0 && m.Spend >= limit {
 					return budgetRejection("Budget has been exceeded! User="+k.UserID+" in Team="+t.TeamID+" Current cost: "+usd(m.Spend)+", Max budget: "+usd(limit), "")
 				}

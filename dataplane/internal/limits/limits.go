@@ -51,6 +51,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/shares"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/proxy"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
@@ -212,21 +213,10 @@ func New(o Options) *Limiter {
 	return l
 }
 
-// share is index's implicit share of limit among n proxies.
-func share(limit int64, n, index int64) int64 {
-	if n <= 1 {
-		return limit
-	}
-	s := limit / n
-	if index < limit%n {
-		s++
-	}
-	return s
-}
-
+// implicit is this proxy's share of limit among the proxies it knows of.
 func (l *Limiter) implicit(limit int64) int64 {
 	m := l.members.Load()
-	return share(limit, int64(m>>32), int64(m&0xffffffff))
+	return shares.Of(limit, int64(m>>32), int64(m&0xffffffff))
 }
 
 func (c *counter) allowanceLocked(l *Limiter) int64 {
@@ -465,7 +455,7 @@ func (l *Limiter) Admit(_ context.Context, a *proxy.Admission) (func(proxy.Outco
 	}
 
 	// Budget reservations.
-	if rej := ad.reserve(p, a, nowUnix); rej != nil {
+	if rej := ad.reserve(p, a, nowUnix, nowNano); rej != nil {
 		ad.rollback()
 		admissions.Put(ad)
 		return nil, rej
@@ -561,7 +551,7 @@ func (l *Limiter) observeOutTokens(depID string, n int64) {
 	}
 }
 
-func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix int64) *enforce.Rejection {
+func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix, nowNano int64) *enforce.Rejection {
 	type bscope struct {
 		kind, id string
 		l        *state.Limits
@@ -594,21 +584,13 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix in
 		bs[n] = bscope{"end_user", p.EndUserID, &eul, p.EndUserSpend}
 		n++
 	}
-	// The key's user as a member of its team: max_budget_in_team, else the
-	// team's team_member_budget (no budget period).
+	// The key's user as a member of its team (the decision resolved its
+	// budget; no budget period).
 	var tml state.Limits
-	if t := p.Team; t != nil && k.UserID != "" {
-		if m, ok := t.Member(k.UserID); ok {
-			limit := m.MaxBudgetInTeam
-			if limit < 0 {
-				limit = t.TeamMemberBudget
-			}
-			if limit >= 0 {
-				tml.MaxBudget = limit
-				bs[n] = bscope{"team_member", t.TeamID + "/" + k.UserID, &tml, m.Spend}
-				n++
-			}
-		}
+	if t := p.Team; t != nil && p.HasMemberBudget {
+		tml.MaxBudget = p.MemberBudget
+		bs[n] = bscope{"team_member", t.TeamID + "/" + k.UserID, &tml, p.MemberSpend}
+		n++
 	}
 	// The key's model_max_budget for this model: its spend resets with the
 	// key's budget period.
@@ -626,7 +608,6 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix in
 	if dep := a.Deployment; dep != nil {
 		ad.inPrice, ad.outPrice, ad.depID = dep.InputCost, dep.OutputCost, dep.ID
 	}
-	nowNano := ad.l.now().UnixNano()
 	for _, b := range bs[:n] {
 		r := ad.l.reservation(budgetKey{b.kind, b.id})
 		spend := enforce.EffectiveSpend(*b.l, b.spend, nowUnix)
@@ -788,6 +769,7 @@ func (l *Limiter) Acked(costs, spends []*syncv1.ObjectSpend, drained bool) {
 		defer l.drainEpoch.Add(1)
 	}
 	epoch := l.drainEpoch.Load()
+	var figures map[[2]string]int64 // spends by (kind, id)
 	for _, c := range costs {
 		kind := c.GetKind()
 		if kind == "organization" {
@@ -799,12 +781,15 @@ func (l *Limiter) Acked(costs, spends []*syncv1.ObjectSpend, drained bool) {
 		if !ok {
 			continue // no budget on it here
 		}
-		until := int64(-1)
-		for _, s := range spends {
-			if s.GetKind() == c.GetKind() && s.GetId() == c.GetId() {
-				until = s.GetSpend()
-				break
+		if figures == nil { // built once, when a budget here needs it
+			figures = make(map[[2]string]int64, len(spends))
+			for _, s := range spends {
+				figures[[2]string{s.GetKind(), s.GetId()}] = s.GetSpend()
 			}
+		}
+		until, ok := figures[[2]string{c.GetKind(), c.GetId()}]
+		if !ok {
+			until = -1
 		}
 		r.mu.Lock()
 		r.catchUp(epoch)

@@ -517,6 +517,8 @@ func TestTeamMemberBudgetReserved(t *testing.T) {
 	f := newFixture(t, smallBody)
 	f.p.Team = &state.Team{TeamID: "team-1", Limits: noLimits, TeamMemberBudget: 100,
 		Members: []state.TeamMember{{UserID: "user-1", Role: "user", MaxBudgetInTeam: -1}}}
+	// What the decision resolves for the gate (enforce: team_member_budget).
+	f.p.MemberBudget, f.p.HasMemberBudget = 100, true
 	f.dep.OutputCost = 1_000_000
 	if rej := enforce.ParseBody([]byte(`{"model":"m","max_tokens":1,"messages":[]}`), &f.body); rej != nil {
 		t.Fatal(rej.Message)
@@ -540,6 +542,7 @@ func TestTeamMemberBudgetReserved(t *testing.T) {
 	l.Acked([]*syncv1.ObjectSpend{{Kind: "team_member", Id: "team-1/user-1", Spend: 120}}, []*syncv1.ObjectSpend{{Kind: "team_member", Id: "team-1/user-1", Spend: 120}}, false)
 	f.p.Team.TeamMemberBudget = 1000
 	f.p.Team.Members[0].Spend = 120
+	f.p.MemberBudget, f.p.MemberSpend = 1000, 120
 	if _, rej, _ := f.admit(l); rej != nil {
 		t.Fatalf("refused with 120 of 1000 spent: %s", rej.Message)
 	}
