@@ -58,6 +58,7 @@ type options struct {
 	LogFormat    string
 	OTLPEndpoint string
 	PprofAddr    string
+	SpendWindow  time.Duration
 	TLSCA        string
 	TLSCert      string
 	TLSKey       string
@@ -87,6 +88,7 @@ func main() {
 	fs.StringVar(&o.TLSCA, "tls-ca", "", "PEM CA bundle that signed the control plane's certificate: sync over TLS when set")
 	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM client certificate presented to the control plane (mutual TLS); reloaded when the file changes")
 	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
+	fs.DurationVar(&o.SpendWindow, "spend-commit-window", spend.DefaultWindow, "how long the spend outbox lets records gather before one fsynced commit; a SIGKILL loses at most this much spend (shorter: more fsyncs per request; 0: commit every record at once)")
 	fs.StringVar(&o.PprofAddr, "pprof-addr", "", "serve net/http/pprof on this address (off when empty; bind it to loopback)")
 	if err := parseFlags(fs, os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -140,7 +142,11 @@ func run(ctx context.Context, o options) error {
 
 	// The spend outbox is a file of its own next to the cache (see package
 	// spend): spend commits never queue behind a snapshot install.
-	outbox, err := spend.Open(o.Cache+".spend", spend.Options{Logger: slog.Default()})
+	window := o.SpendWindow
+	if window <= 0 {
+		window = -1 // spend.Options: negative commits at once, 0 is the default
+	}
+	outbox, err := spend.Open(o.Cache+".spend", spend.Options{Window: window, Logger: slog.Default()})
 	if err != nil {
 		return fmt.Errorf("open spend outbox: %w", err)
 	}

@@ -129,6 +129,13 @@ func TestEndUserBudgets(t *testing.T) {
 		// (within its raised budget) blocked, "free" over the default.
 		ok(t, Do(t, "POST", u+"/customer/block", mk, map[string]any{"user_ids": []string{"capped"}}))
 		waitStatus(t, dp, key, as("capped"), 403)
+		// (Once free's spend from its admitted calls has been applied: the
+		// refusal below names it.)
+		for deadline := time.Now().Add(5 * time.Second); customerSpend(t, u, mk, "free") == 0; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("free's spend never reached the control plane")
+			}
+		}
 		dp2 := d.proxy(t)
 		waitStatus(t, dp2, key, as("capped"), 403)
 		if r := Do(t, "POST", dp2.URL()+"/v1/chat/completions", key, as("free")); r.Status != 429 ||
