@@ -7,8 +7,9 @@
 //
 // Record (the proxy's OnUsage hook) prices an outcome and queues it in
 // memory; one writer goroutine commits the queue to bbolt in groups (group
-// commit: whatever queued while the previous commit was fsyncing, at most
-// MaxGroup records, one fsync per group). The commit assigns each record the
+// commit: whatever queued while the previous commit was fsyncing, or for one
+// Window after a record reached an idle outbox, at most MaxGroup records,
+// one fsynced transaction per group). The commit assigns each record the
 // next sequence number of this outbox. The file is its own (by default the
 // cache path plus ".spend"), so spend commits never wait behind a snapshot
 // install in the cache, and a rebuilt cache never takes spend with it.
@@ -25,8 +26,9 @@
 //
 //   - SIGKILL or a crash: committed records survive (bbolt fsyncs each
 //     commit) and the restarted proxy ships them. What is lost is what was
-//     queued but not committed: at most one group, i.e. records from the last
-//     commit interval (≈ one fsync; see README, "Spend").
+//     queued but not committed: the records of the last Window (20 ms by
+//     default) plus the commit in progress, at most one group (see README,
+//     "Spend"; deploy/e2e TestSpendLostOnSIGKILL measures it).
 //   - SIGTERM: the proxy stops taking requests, Close commits the queue, and
 //     the proxy waits (bounded) until the control plane acked everything.
 //   - Control plane unreachable: records accumulate on disk and ship when it
