@@ -554,26 +554,26 @@ func (l *Limiter) observeOutTokens(depID string, n int64) {
 func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix, nowNano int64) *enforce.Rejection {
 	type bscope struct {
 		kind, id string
-		l        *state.Limits
+		l        state.Limits // a copy: pointers to locals would move them to the heap
 		spend    int64
 	}
 	var bs [7]bscope
 	n := 0
 	k := &p.Key
 	if k.Limits.MaxBudget >= 0 {
-		bs[n] = bscope{"key", k.TokenID, &k.Limits, k.Spend}
+		bs[n] = bscope{"key", k.TokenID, k.Limits, k.Spend}
 		n++
 	}
 	if t := p.Team; t != nil && t.Limits.MaxBudget >= 0 {
-		bs[n] = bscope{"team", t.TeamID, &t.Limits, t.Spend}
+		bs[n] = bscope{"team", t.TeamID, t.Limits, t.Spend}
 		n++
 	}
 	if u := p.User; u != nil && p.Team == nil && u.Limits.MaxBudget >= 0 {
-		bs[n] = bscope{"user", u.UserID, &u.Limits, u.Spend}
+		bs[n] = bscope{"user", u.UserID, u.Limits, u.Spend}
 		n++
 	}
 	if o := p.Org; o != nil && o.Limits.MaxBudget >= 0 {
-		bs[n] = bscope{"org", o.OrganizationID, &o.Limits, o.Spend}
+		bs[n] = bscope{"org", o.OrganizationID, o.Limits, o.Spend}
 		n++
 	}
 	// The end user (body "user") with a budget: its own max_budget or
@@ -581,7 +581,7 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix, n
 	var eul state.Limits
 	if p.EndUserID != "" && p.EndUserBudget >= 0 {
 		eul.MaxBudget = p.EndUserBudget
-		bs[n] = bscope{"end_user", p.EndUserID, &eul, p.EndUserSpend}
+		bs[n] = bscope{"end_user", p.EndUserID, eul, p.EndUserSpend}
 		n++
 	}
 	// The key's user as a member of its team (the decision resolved its
@@ -589,7 +589,7 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix, n
 	var tml state.Limits
 	if t := p.Team; t != nil && p.HasMemberBudget {
 		tml.MaxBudget = p.MemberBudget
-		bs[n] = bscope{"team_member", t.TeamID + "/" + k.UserID, &tml, p.MemberSpend}
+		bs[n] = bscope{"team_member", t.TeamID + "/" + k.UserID, tml, p.MemberSpend}
 		n++
 	}
 	// The key's model_max_budget for this model: its spend resets with the
@@ -597,7 +597,7 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix, n
 	var mbl state.Limits
 	if p.HasModelBudget && a.Body != nil {
 		mbl.MaxBudget, mbl.BudgetResetAtUnix = p.ModelBudget, k.Limits.BudgetResetAtUnix
-		bs[n] = bscope{"key_model", k.TokenID + "/" + a.Body.Model, &mbl, p.ModelSpend}
+		bs[n] = bscope{"key_model", k.TokenID + "/" + a.Body.Model, mbl, p.ModelSpend}
 		n++
 	}
 	if n == 0 {
@@ -610,7 +610,7 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix, n
 	}
 	for _, b := range bs[:n] {
 		r := ad.l.reservation(budgetKey{b.kind, b.id})
-		spend := enforce.EffectiveSpend(*b.l, b.spend, nowUnix)
+		spend := enforce.EffectiveSpend(b.l, b.spend, nowUnix)
 		remaining := b.l.MaxBudget - spend
 		// This proxy's share of what remains: the shares of the proxies
 		// connected to the control plane add up to the remaining budget,
