@@ -2,7 +2,7 @@
 # Side-by-side proxy benchmark (issue 7): Tollgate next to a bare
 # httputil.ReverseProxy, on loopback, real processes only.
 #
-#   deploy/bench/proxy.sh                    # defaults: 100,000 keys, 3 rounds, ~4 minutes
+#   deploy/bench/proxy.sh                    # defaults: 100,000 keys, 5 rounds, ~5 minutes
 #   KEYS=1000000 ROUNDS=5 DURATION=10s deploy/bench/proxy.sh
 #   DELAY=20ms deploy/bench/proxy.sh         # the mock upstream waits 20 ms per answer
 #   MODES=json deploy/bench/proxy.sh         # skip SSE streaming
@@ -41,7 +41,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 KEYS=${KEYS:-100000}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 WORKERS=${WORKERS:-16}
 DURATION=${DURATION:-4s}
 RATE=${RATE:-200}

@@ -105,7 +105,7 @@ func main() {
 	flag.IntVar(&c.keys, "keys", 100_000, "keys seeded into the control plane's store")
 	flag.IntVar(&c.port, "port", 18400, "first of 6 consecutive loopback ports (+2 per extra proxy)")
 	flag.IntVar(&c.proxies, "proxies", 1, "Tollgate proxies the Tollgate targets spread their load over (1 or 3); CPU per request is the sum of theirs")
-	flag.IntVar(&c.rounds, "rounds", 3, "rounds per target and mode")
+	flag.IntVar(&c.rounds, "rounds", 5, "rounds per target and mode (the tables show the median round)")
 	flag.IntVar(&c.workers, "workers", 16, "concurrent workers (keep-alive connections) in the throughput phase")
 	flag.DurationVar(&c.duration, "duration", 4*time.Second, "throughput phase per target and round")
 	flag.IntVar(&c.rate, "rate", 200, "requests/s of the latency phase")
