@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -55,9 +56,18 @@ func TestSSEFilter(t *testing.T) {
 				if oneByte {
 					r = iotest.OneByteReader(r)
 				}
-				out, err := io.ReadAll(newSSEFilter(io.NopCloser(r), c))
+				// Closed after each stream: the next one reads through
+				// recycled buffers, which must carry nothing over.
+				f := newSSEFilter(io.NopCloser(r), c)
+				out, err := io.ReadAll(f)
 				if err != nil {
 					t.Fatal(err)
+				}
+				if err := f.Close(); err != nil {
+					t.Fatal(err)
+				}
+				if n, err := f.Read(make([]byte, 8)); n != 0 || err != http.ErrBodyReadAfterClose {
+					t.Fatalf("read after close: %d, %v", n, err)
 				}
 				want := stream
 				if hide {
