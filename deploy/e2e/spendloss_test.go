@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"io"
+	"math"
 	"net/http"
 	"strings"
 	"sync"
@@ -119,5 +120,5 @@ func keySpendMicro(t *testing.T, u, mk, key string) int64 {
 	t.Helper()
 	k := ok(t, Do(t, "GET", u+"/key/info?key="+key, mk, nil))
 	f, _ := k["info"].(map[string]any)["spend"].(float64)
-	return int64(f*1e6 + 0.5)
+	return int64(math.Round(f * 1e6))
 }

@@ -554,7 +554,7 @@ func (l *Limiter) observeOutTokens(depID string, n int64) {
 func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix, nowNano int64) *enforce.Rejection {
 	type bscope struct {
 		kind, id string
-		l        state.Limits // a copy: pointers to locals would move them to the heap
+		l        state.Limits // a copy: pointers into locals moved them to the heap
 		spend    int64
 	}
 	var bs [7]bscope
@@ -578,25 +578,20 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix, n
 	}
 	// The end user (body "user") with a budget: its own max_budget or
 	// max_end_user_budget (end users have no budget period).
-	var eul state.Limits
 	if p.EndUserID != "" && p.EndUserBudget >= 0 {
-		eul.MaxBudget = p.EndUserBudget
-		bs[n] = bscope{"end_user", p.EndUserID, eul, p.EndUserSpend}
+		bs[n] = bscope{"end_user", p.EndUserID, state.Limits{MaxBudget: p.EndUserBudget}, p.EndUserSpend}
 		n++
 	}
 	// The key's user as a member of its team (the decision resolved its
 	// budget; no budget period).
-	var tml state.Limits
 	if t := p.Team; t != nil && p.HasMemberBudget {
-		tml.MaxBudget = p.MemberBudget
-		bs[n] = bscope{"team_member", t.TeamID + "/" + k.UserID, tml, p.MemberSpend}
+		bs[n] = bscope{"team_member", t.TeamID + "/" + k.UserID, state.Limits{MaxBudget: p.MemberBudget}, p.MemberSpend}
 		n++
 	}
 	// The key's model_max_budget for this model: its spend resets with the
 	// key's budget period.
-	var mbl state.Limits
 	if p.HasModelBudget && a.Body != nil {
-		mbl.MaxBudget, mbl.BudgetResetAtUnix = p.ModelBudget, k.Limits.BudgetResetAtUnix
+		mbl := state.Limits{MaxBudget: p.ModelBudget, BudgetResetAtUnix: k.Limits.BudgetResetAtUnix}
 		bs[n] = bscope{"key_model", k.TokenID + "/" + a.Body.Model, mbl, p.ModelSpend}
 		n++
 	}
