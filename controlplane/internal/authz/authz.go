@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/money"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/settings"
 )
 
@@ -222,7 +223,7 @@ type Object struct {
 	Role string
 
 	Models         []string
-	MaxBudget      *int64 // micro-USD
+	MaxBudget      *int64 // nano-USD
 	RPMLimit       *int64
 	TPMLimit       *int64
 	MaxParallel    *int64
@@ -629,7 +630,7 @@ func field(b *Object, f func(*Object) *int64) *int64 {
 
 func limitString(name string, v int64) string {
 	if name == "max_budget" {
-		return fmt.Sprintf("%g USD", float64(v)/1e6)
+		return fmt.Sprintf("%g USD", money.ToUSD(v))
 	}
 	return fmt.Sprint(v)
 }

@@ -132,7 +132,7 @@ func unreadDescription(tbl string) string {
 	return tbl
 }
 
-// usd converts a LiteLLM float to micro-USD; bad values become 0 with a note.
+// usd converts a LiteLLM float to nano-USD; bad values become 0 with a note.
 func (m *mapper) usd(what string, v float64) int64 {
 	if v < 0 && v > -1e-9 {
 		v = 0

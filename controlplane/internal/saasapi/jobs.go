@@ -4,13 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"math"
 	"net/http"
 	"slices"
 	"time"
 
 	"github.com/tollgate-gw/tollgate/controlplane/internal/events"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/money"
 )
 
 // The job operations behind JobService. Each names the caller's team (the
@@ -314,7 +314,7 @@ func summarize(calls []store.JobCall) summary {
 			s.FailedCalls++
 		}
 	}
-	s.TotalCostUSD = math.Round(float64(cost)) / 1e6
+	s.TotalCostUSD = money.ToUSD(cost)
 	if s.Attempts > 0 {
 		s.AvgLatencyMS = lat / int64(s.Attempts)
 	}

@@ -16,8 +16,8 @@ import (
 )
 
 // DefaultCreditRate is the LiteLLM-side budget one credit buys, in
-// micro-USD ($0.10, SaaS LiteLLM's rate).
-const DefaultCreditRate int64 = 100_000
+// nano-USD ($0.10, SaaS LiteLLM's rate).
+const DefaultCreditRate int64 = 100_000_000
 
 // Options configures New.
 type Options struct {
@@ -29,7 +29,7 @@ type Options struct {
 	// certificate verified against the control plane's --client-ca (as the
 	// sync stream does), when they send no valid token.
 	PeerAuthenticated bool
-	// CreditRate is the budget per credit in micro-USD; 0: DefaultCreditRate.
+	// CreditRate is the budget per credit in nano-USD; 0: DefaultCreditRate.
 	CreditRate int64
 	Logger     *slog.Logger
 	// Now is the clock; nil: time.Now.

@@ -118,7 +118,7 @@ type JobCall struct {
 	PromptTokens     int64  `json:"prompt_tokens"`
 	CompletionTokens int64  `json:"completion_tokens"`
 	TotalTokens      int64  `json:"total_tokens"`
-	Cost             int64  `json:"cost"` // micro-USD
+	Cost             int64  `json:"cost"` // nano-USD
 	LatencyMS        int64  `json:"latency_ms"`
 	Status           int    `json:"status"`          // HTTP status of the attempt
 	Error            string `json:"error,omitempty"` // empty when the call succeeded

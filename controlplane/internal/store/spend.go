@@ -25,7 +25,7 @@ type SpendRecord struct {
 	DeploymentID     string    `json:"deployment_id,omitempty"`
 	PromptTokens     int64     `json:"prompt_tokens"`
 	CompletionTokens int64     `json:"completion_tokens"`
-	Cost             int64     `json:"cost"` // micro-USD
+	Cost             int64     `json:"cost"` // nano-USD
 	Streamed         bool      `json:"streamed,omitempty"`
 	Estimated        bool      `json:"estimated,omitempty"`
 	Status           int       `json:"status,omitempty"`
@@ -65,10 +65,10 @@ type SpendLogFilter struct {
 // EndUser is a customer of the operator: the "user" field of requests.
 type EndUser struct {
 	EndUserID string `json:"end_user_id"`
-	Spend     int64  `json:"spend"` // micro-USD
+	Spend     int64  `json:"spend"` // nano-USD
 	// Alias is a display name (LiteLLM's alias).
 	Alias string `json:"alias,omitempty"`
-	// MaxBudget is the end user's budget (micro-USD; nil: none, then
+	// MaxBudget is the end user's budget (nano-USD; nil: none, then
 	// general_settings.max_end_user_budget applies). Proxies refuse a
 	// request naming the end user once Spend reaches it.
 	MaxBudget *int64 `json:"max_budget,omitempty"`
@@ -122,7 +122,7 @@ type SpendTotals struct {
 	After []ObjectSpend
 }
 
-// ObjectSpend is an object's spend after a batch (micro-USD).
+// ObjectSpend is an object's spend after a batch (nano-USD).
 type ObjectSpend struct {
 	Kind, ID string
 	Spend    int64
@@ -131,7 +131,7 @@ type ObjectSpend struct {
 // SoftBudgetCrossing is an object whose spend reached its soft_budget in a
 // batch. Spend is reset at every budget period, so an object crosses at
 // most once per period; a replayed batch applies nothing and crosses
-// nothing. Money is micro-USD.
+// nothing. Money is nano-USD.
 type SoftBudgetCrossing struct {
 	Kind          string // KindKey, KindTeam, KindUser or KindOrganization
 	ID            string
@@ -291,7 +291,7 @@ func (g SpendGroup) Valid() bool {
 type SpendDay struct {
 	Day      time.Time // midnight UTC
 	Group    string    // "" for logs without the grouped field
-	Cost     int64     // micro-USD
+	Cost     int64     // nano-USD
 	Requests int64
 	Tokens   int64 // prompt + completion
 }

@@ -83,12 +83,12 @@ func (p Page) Offset() int { n := p.Normalize(); return (n.Page - 1) * n.Size }
 
 // ModelBudget is a per-model budget on a key.
 type ModelBudget struct {
-	BudgetLimit int64  `json:"budget_limit"` // micro-USD
+	BudgetLimit int64  `json:"budget_limit"` // nano-USD
 	TimePeriod  string `json:"time_period,omitempty"`
 }
 
 // Limits are the budget and rate limits shared by keys, users, teams and orgs.
-// A nil pointer means "no limit". Money is integer micro-USD.
+// A nil pointer means "no limit". Money is integer nano-USD.
 type Limits struct {
 	MaxBudget           *int64     `json:"max_budget,omitempty"`
 	SoftBudget          *int64     `json:"soft_budget,omitempty"`
@@ -136,8 +136,8 @@ type Key struct {
 	// PreviousHashes are old secrets still honoured until their grace period ends.
 	PreviousHashes []PreviousHash `json:"previous_hashes,omitempty"`
 
-	Spend int64 `json:"spend,omitempty"` // micro-USD
-	// ModelSpend is the key's spend per public model name (micro-USD), for
+	Spend int64 `json:"spend,omitempty"` // nano-USD
+	// ModelSpend is the key's spend per public model name (nano-USD), for
 	// model_max_budget.
 	ModelSpend map[string]int64 `json:"model_spend,omitempty"`
 	CreatedAt  time.Time        `json:"created_at"`
@@ -162,7 +162,7 @@ const (
 type TeamMember struct {
 	UserID          string `json:"user_id"`
 	Role            string `json:"role"`                         // admin | user
-	MaxBudgetInTeam *int64 `json:"max_budget_in_team,omitempty"` // micro-USD
+	MaxBudgetInTeam *int64 `json:"max_budget_in_team,omitempty"` // nano-USD
 	Spend           int64  `json:"spend,omitempty"`
 }
 
@@ -174,7 +174,7 @@ type Team struct {
 	Members        []TeamMember `json:"members,omitempty"`
 	Models         []string     `json:"models,omitempty"`
 	Limits
-	// TeamMemberBudget is the default max_budget_in_team for members (micro-USD).
+	// TeamMemberBudget is the default max_budget_in_team for members (nano-USD).
 	TeamMemberBudget *int64 `json:"team_member_budget,omitempty"`
 	// TeamMemberPermissions lists the key-management routes (e.g.
 	// "/key/generate") members with team role "user" may call on their keys
@@ -254,8 +254,9 @@ type Model struct {
 	// never returned by the management API.
 	APIKey     string `json:"api_key,omitempty"`
 	APIVersion string `json:"api_version,omitempty"`
-	// Prices are pico-USD (1e-12 USD) per token: micro-USD per token would
-	// round most real prices to zero. cost(micro-USD) = tokens × price / 1e6.
+	// Prices are pico-USD (1e-12 USD) per token, finer than amounts so that
+	// any price is kept: cost(nano-USD) = ⌈tokens × price / 1000⌉ (exact for
+	// whole nano-USD prices; see money.RequestCost).
 	InputCostPerToken  int64    `json:"input_cost_per_token,omitempty"`
 	OutputCostPerToken int64    `json:"output_cost_per_token,omitempty"`
 	AccessGroups       []string `json:"access_groups,omitempty"`

@@ -1,29 +1,38 @@
 // Package money converts between USD on the wire and the integers Tollgate
-// computes with: micro-USD for amounts, pico-USD per token for prices.
+// computes with: nano-USD (1e-9 USD) for amounts (spend, budgets, costs,
+// credits' worth) and pico-USD (1e-12 USD) per token for prices.
+//
+// A nano-USD int64 covers ±9.2 billion USD. Every price that is a whole
+// number of nano-USD per token ($0.001 per million tokens and its
+// multiples: $0.02/M is 20 nano-USD per token, $0.15/M 150) gives exact costs;
+// only a sub-nano part of a price is rounded up, once per request.
 package money
 
 import (
 	"errors"
 	"math"
+	"math/bits"
 )
 
-// MaxUSD bounds any amount accepted on the wire (a trillion dollars), so
-// conversions never overflow int64 micro-USD.
-const MaxUSD = 1e12
+// MaxUSD bounds any amount accepted on the wire (a billion dollars), so
+// conversions never overflow int64 nano-USD (9.2e9 USD) and sums of many
+// such amounts stay far from it.
+const MaxUSD = 1e9
 
 // ErrInvalid reports a negative, non-finite or absurdly large amount.
 var ErrInvalid = errors.New("amount must be a finite, non-negative number of USD")
 
-// FromUSD converts USD to micro-USD, rounding to the nearest micro-dollar.
+// FromUSD converts USD to nano-USD, rounding to the nearest nano-dollar.
 func FromUSD(usd float64) (int64, error) {
 	if math.IsNaN(usd) || math.IsInf(usd, 0) || usd < 0 || usd > MaxUSD {
 		return 0, ErrInvalid
 	}
-	return int64(math.Round(usd * 1e6)), nil
+	return int64(math.Round(usd * 1e9)), nil
 }
 
-// ToUSD converts micro-USD to USD.
-func ToUSD(micros int64) float64 { return float64(micros) / 1e6 }
+// ToUSD converts nano-USD to USD: the float64 nearest to the exact decimal
+// amount (so 855 nano-USD is 8.55e-07, encoded without noise).
+func ToUSD(nanos int64) float64 { return float64(nanos) / 1e9 }
 
 // PriceFromUSD converts a per-token price in USD to pico-USD per token.
 func PriceFromUSD(usdPerToken float64) (int64, error) {
@@ -36,12 +45,31 @@ func PriceFromUSD(usdPerToken float64) (int64, error) {
 // PriceToUSD converts pico-USD per token to USD per token.
 func PriceToUSD(pico int64) float64 { return float64(pico) / 1e12 }
 
-// Cost returns the micro-USD cost of tokens at a pico-USD-per-token price,
-// rounded up so that fractions of a micro-dollar are never given away.
+// Cost returns the nano-USD cost of tokens at a pico-USD-per-token price,
+// exact when the price is a whole number of nano-USD, else rounded up so
+// that fractions of a nano-dollar are never given away.
 func Cost(tokens, picoPerToken int64) int64 {
-	if tokens <= 0 || picoPerToken <= 0 {
-		return 0
+	return RequestCost(tokens, picoPerToken, 0, 0)
+}
+
+// RequestCost returns the nano-USD cost of a request: prompt tokens at the
+// input price plus completion tokens at the output price (pico-USD per
+// token), summed exactly and rounded up once. Negative arguments count as
+// zero; a cost beyond int64 saturates at math.MaxInt64.
+func RequestCost(prompt, inPico, completion, outPico int64) int64 {
+	hi1, lo1 := bits.Mul64(uint64(max(prompt, 0)), uint64(max(inPico, 0)))
+	hi2, lo2 := bits.Mul64(uint64(max(completion, 0)), uint64(max(outPico, 0)))
+	lo, c := bits.Add64(lo1, lo2, 0)
+	hi, c2 := bits.Add64(hi1, hi2, c)
+	if c2 != 0 || hi >= 1000 { // the quotient would not fit in 64 bits
+		return math.MaxInt64
 	}
-	p := tokens * picoPerToken
-	return (p + 999_999) / 1_000_000
+	q, r := bits.Div64(hi, lo, 1000)
+	if q >= math.MaxInt64 {
+		return math.MaxInt64
+	}
+	if r != 0 {
+		q++ // rounded up once
+	}
+	return int64(q)
 }

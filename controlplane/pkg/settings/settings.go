@@ -168,7 +168,7 @@ func Parse(raw json.RawMessage) (General, error) {
 			return General{}, &Error{Path: "max_end_user_budget", Msg: "must be a number of USD"}
 		}
 		if _, err := money.FromUSD(f); err != nil {
-			return General{}, &Error{Path: "max_end_user_budget", Msg: "must be a finite, non-negative number of USD (at most 1e12)"}
+			return General{}, &Error{Path: "max_end_user_budget", Msg: "must be a finite, non-negative number of USD (at most 1e9)"}
 		}
 		g.MaxEndUserBudget = &f
 	}

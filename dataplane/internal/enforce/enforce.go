@@ -87,13 +87,13 @@ type Principal struct {
 	NowUnix int64
 	// EndUserID is the body's "user" when a budget applies to it (its own
 	// max_budget, else max_end_user_budget; Authorize sets it), with its
-	// synced spend and that budget (micro-USD), for the gate's reservation.
+	// synced spend and that budget (nano-USD), for the gate's reservation.
 	// "" when none applies.
 	EndUserID     string
 	EndUserSpend  int64
 	EndUserBudget int64
 	// ModelBudget is the key's model_max_budget for the requested model
-	// (micro-USD) when HasModelBudget, and ModelSpend the key's synced
+	// (nano-USD) when HasModelBudget, and ModelSpend the key's synced
 	// spend on it, set by Authorize for the gate's reservation. (A flag, so
 	// that a zero Principal has no budget.)
 	ModelBudget    int64
@@ -504,13 +504,13 @@ func EffectiveSpend(l state.Limits, spend, nowUnix int64) int64 {
 
 func over(l state.Limits, spend int64) bool { return l.MaxBudget >= 0 && spend >= l.MaxBudget }
 
-// USD formats micro-USD as dollars, as budget messages show them.
-func USD(micros int64) string { return usd(micros) }
+// USD formats nano-USD as dollars, as budget messages show them.
+func USD(nanos int64) string { return usd(nanos) }
 
 // BudgetRejection is a 429 budget_exceeded with msg.
 func BudgetRejection(msg string) *Rejection { return budgetRejection(msg, "") }
 
-func usd(micros int64) string { return strconv.FormatFloat(money.ToUSD(micros), 'f', -1, 64) }
+func usd(nanos int64) string { return strconv.FormatFloat(money.ToUSD(nanos), 'f', -1, 64) }
 
 // budgetRejection is a 429 (issue 5: a budget is a limit on use, like a
 // rate limit; LiteLLM answers 400, which clients treat as a bad request and

@@ -51,6 +51,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/money"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/shares"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/proxy"
@@ -482,7 +483,7 @@ func (l *Limiter) Admit(_ context.Context, a *proxy.Admission) (func(proxy.Outco
 
 func noop(proxy.Outcome) {}
 
-// estimateCost is the reservation for one request (micro-USD, rounded up):
+// estimateCost is the reservation for one request (nano-USD, rounded up):
 // the prompt at estTok tokens, and max_tokens (max_completion_tokens) when
 // the request sets it, else what this deployment's responses have used
 // (outTokens).
@@ -504,8 +505,7 @@ func (l *Limiter) estimateCost(a *proxy.Admission, estTok int64) int64 {
 	if out < 0 {
 		out = l.outTokens(dep.ID)
 	}
-	pico := estTok*dep.InputCost + out*dep.OutputCost
-	return (pico + 999_999) / 1_000_000
+	return money.RequestCost(estTok, dep.InputCost, out, dep.OutputCost)
 }
 
 // Completion-token estimate per deployment, for requests without
@@ -670,7 +670,7 @@ func budgetMessage(kind, id string) string {
 	return "Budget has been exceeded!"
 }
 
-// budget is one scope's budget use on this proxy (micro-USD).
+// budget is one scope's budget use on this proxy (nano-USD).
 //
 // What this proxy admitted and the synced spend does not show yet is
 // reserved (estimates of requests in flight) + pending (actual cost of
@@ -861,7 +861,7 @@ func (ad *admitted) done(o proxy.Outcome) {
 		// record's ack releases it: the reported usage, or the proxy's
 		// estimate for a 2xx without usage; nothing for an error.
 		if o.UsageKnown || o.UsageEstimated {
-			actual = (max(o.Usage.PromptTokens, 0)*ad.inPrice + max(o.Usage.CompletionTokens, 0)*ad.outPrice + 999_999) / 1_000_000
+			actual = money.RequestCost(o.Usage.PromptTokens, ad.inPrice, o.Usage.CompletionTokens, ad.outPrice)
 		}
 		if o.UsageKnown {
 			ad.l.observeOutTokens(ad.depID, o.Usage.CompletionTokens)

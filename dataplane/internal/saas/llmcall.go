@@ -170,7 +170,7 @@ func (h *handler) record(r *http.Request, rec *saasv1.RecordCallRequest) error {
 func (h *handler) cost(model string, a *attempt) int64 {
 	for _, d := range h.o.State.Deployments(model) {
 		if d.ID == a.deployment {
-			return money.Cost(1, max(a.usage.PromptTokens, 0)*d.InputCost+max(a.usage.CompletionTokens, 0)*d.OutputCost)
+			return money.RequestCost(a.usage.PromptTokens, d.InputCost, a.usage.CompletionTokens, d.OutputCost)
 		}
 	}
 	return 0

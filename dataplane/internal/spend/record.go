@@ -30,7 +30,7 @@ func (rc *Recorder) Record(o proxy.Outcome) {
 }
 
 // NewRecord prices an outcome with its deployment's prices (pico-USD per
-// token; the total is rounded up to the micro-USD once). It returns nil for an
+// token; the total is exact in nano-USD, rounded up once for sub-nano prices). It returns nil for an
 // outcome with nothing to bill: no usage and an error status.
 func NewRecord(st state.Reader, o proxy.Outcome) *syncv1.SpendRecord {
 	prompt, completion := o.Usage.PromptTokens, o.Usage.CompletionTokens
@@ -62,7 +62,7 @@ func NewRecord(st state.Reader, o proxy.Outcome) *syncv1.SpendRecord {
 		DeploymentId:     o.DeploymentID,
 		PromptTokens:     prompt,
 		CompletionTokens: completion,
-		Cost:             money.Cost(1, max(prompt, 0)*in+max(completion, 0)*out), // rounded up once
+		Cost:             money.RequestCost(prompt, in, completion, out), // nano-USD, rounded up once
 		Streamed:         o.Streamed,
 		Estimated:        estimated,
 		Status:           int32(o.Status),

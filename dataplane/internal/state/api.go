@@ -1,6 +1,6 @@
 package state
 
-// Limits mirror syncv1.Limits: money in micro-USD, -1 (or any negative) means
+// Limits mirror syncv1.Limits: money in nano-USD, -1 (or any negative) means
 // no limit, budget_reset_at in unix seconds (0 none).
 type Limits struct {
 	MaxBudget           int64
@@ -24,7 +24,7 @@ type Policy struct {
 	ModelMaxBudget map[string]ModelBudget
 }
 
-// ModelBudget is a per-model budget on a key (micro-USD).
+// ModelBudget is a per-model budget on a key (nano-USD).
 type ModelBudget struct {
 	BudgetLimit int64
 	TimePeriod  string
@@ -63,7 +63,7 @@ type Team struct {
 	Members        []TeamMember
 	Blocked        bool
 	Spend          int64
-	// TeamMemberBudget is the default per-member budget in micro-USD (-1:
+	// TeamMemberBudget is the default per-member budget in nano-USD (-1:
 	// none) for members without their own max_budget_in_team.
 	TeamMemberBudget int64
 	// SaaS is set for teams of the SaaS team API (/api/*).
@@ -150,8 +150,8 @@ type Model struct {
 // it. Immutable once published.
 type EndUser struct {
 	EndUserID string
-	Spend     int64 // micro-USD
-	MaxBudget int64 // micro-USD; negative: none (Settings.MaxEndUserBudget applies)
+	Spend     int64 // nano-USD
+	MaxBudget int64 // nano-USD; negative: none (Settings.MaxEndUserBudget applies)
 	Blocked   bool
 }
 
@@ -160,7 +160,7 @@ type Settings struct {
 	// ServiceAccountEnforcedParams is
 	// general_settings.service_account_settings.enforced_params.
 	ServiceAccountEnforcedParams []string
-	// MaxEndUserBudget is general_settings.max_end_user_budget in micro-USD,
+	// MaxEndUserBudget is general_settings.max_end_user_budget in nano-USD,
 	// when HasMaxEndUserBudget: the budget of an end user without its own
 	// max_budget. (A flag, so that the zero Settings has no budget.)
 	MaxEndUserBudget    int64
@@ -193,7 +193,7 @@ type Reader interface {
 	Settings() *Settings
 	// EndUser returns an end user by id (false: never seen, so no spend).
 	EndUser(id string) (*EndUser, bool)
-	// KeyModelSpend is a key's synced spend on a model (micro-USD), kept
+	// KeyModelSpend is a key's synced spend on a model (nano-USD), kept
 	// only for the models of its model_max_budget (0 otherwise).
 	KeyModelSpend(tokenID, model string) int64
 }

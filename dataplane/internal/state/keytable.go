@@ -694,7 +694,7 @@ func (t *keyTable) memBytes() int64 {
 // models are kept (the control plane sends only those).
 type modelSpends struct {
 	mu sync.RWMutex
-	m  map[string]map[string]int64 // token id -> model -> micro-USD
+	m  map[string]map[string]int64 // token id -> model -> nano-USD
 }
 
 func newModelSpends() *modelSpends { return &modelSpends{m: make(map[string]map[string]int64)} }

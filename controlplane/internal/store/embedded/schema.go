@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"math"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -82,6 +83,180 @@ var migrations = []func(*bolt.Tx) error{
 	migrateV3,
 	migrateV4,
 	migrateV5,
+	migrateV6,
+}
+
+// migrateV6 moves money from micro-USD to nano-USD: every amount stored in
+// the keys, teams (and their members), users, organizations, end users,
+// spend logs, job calls and the change log's documents is multiplied by
+// 1000 (saturating at the int64 bounds). Prices stay pico-USD per token;
+// credits are counts.
+func migrateV6(tx *bolt.Tx) error {
+	doc := func(kind string) func([]byte) ([]byte, error) {
+		return func(v []byte) ([]byte, error) { return nanoDoc(kind, v) }
+	}
+	for _, e := range []struct {
+		bucket []byte
+		fn     func([]byte) ([]byte, error)
+	}{
+		{bucketKeys, doc(store.KindKey)}, {bucketTeams, doc(store.KindTeam)}, {bucketUsers, doc(store.KindUser)},
+		{bucketOrgs, doc(store.KindOrganization)}, {bucketEndUsers, doc(store.KindEndUser)},
+		{bucketSpendLogs, doc("spend log")}, {bucketJobCalls, doc("job call")},
+		{bucketChanges, nanoChanges},
+	} {
+		if err := rewrite(tx.Bucket(e.bucket), e.fn); err != nil {
+			return fmt.Errorf("%s: %w", e.bucket, err)
+		}
+	}
+	return nil
+}
+
+// rewrite replaces every value of b with fn's result (collected first:
+// bbolt forbids writes during ForEach).
+func rewrite(b *bolt.Bucket, fn func([]byte) ([]byte, error)) error {
+	if b == nil {
+		return nil
+	}
+	var ks, vs [][]byte
+	err := b.ForEach(func(k, v []byte) error {
+		if v == nil { // a nested bucket
+			return nil
+		}
+		nv, err := fn(v)
+		if err != nil {
+			return fmt.Errorf("decode %q: %w", k, err)
+		}
+		ks, vs = append(ks, append([]byte(nil), k...)), append(vs, nv)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for i := range ks {
+		if err := b.Put(ks[i], vs[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// nanoChanges converts the documents of a change record.
+func nanoChanges(v []byte) ([]byte, error) {
+	var rec changeRecord
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return nil, err
+	}
+	for i, c := range rec.Changes {
+		if c.Data == nil {
+			continue
+		}
+		d, err := nanoDoc(c.Kind, c.Data)
+		if err != nil {
+			return nil, err
+		}
+		rec.Changes[i].Data = d
+	}
+	return json.Marshal(rec)
+}
+
+// nanoDoc converts the money fields of one stored document (kind as in
+// change records, or "spend log" / "job call"); other kinds are returned
+// unchanged.
+func nanoDoc(kind string, v []byte) ([]byte, error) {
+	var x any
+	switch kind {
+	case store.KindKey:
+		var k store.Key
+		if err := json.Unmarshal(v, &k); err != nil {
+			return nil, err
+		}
+		nanoLimits(&k.Limits)
+		k.Spend = nano(k.Spend)
+		for m, b := range k.ModelMaxBudget {
+			b.BudgetLimit = nano(b.BudgetLimit)
+			k.ModelMaxBudget[m] = b
+		}
+		for m, s := range k.ModelSpend {
+			k.ModelSpend[m] = nano(s)
+		}
+		x = k
+	case store.KindTeam:
+		var t store.Team
+		if err := json.Unmarshal(v, &t); err != nil {
+			return nil, err
+		}
+		nanoLimits(&t.Limits)
+		t.Spend = nano(t.Spend)
+		nanoPtr(t.TeamMemberBudget)
+		for i := range t.Members {
+			nanoPtr(t.Members[i].MaxBudgetInTeam)
+			t.Members[i].Spend = nano(t.Members[i].Spend)
+		}
+		x = t
+	case store.KindUser:
+		var u store.User
+		if err := json.Unmarshal(v, &u); err != nil {
+			return nil, err
+		}
+		nanoLimits(&u.Limits)
+		u.Spend = nano(u.Spend)
+		x = u
+	case store.KindOrganization:
+		var o store.Organization
+		if err := json.Unmarshal(v, &o); err != nil {
+			return nil, err
+		}
+		nanoLimits(&o.Limits)
+		o.Spend = nano(o.Spend)
+		x = o
+	case store.KindEndUser:
+		var e store.EndUser
+		if err := json.Unmarshal(v, &e); err != nil {
+			return nil, err
+		}
+		e.Spend = nano(e.Spend)
+		nanoPtr(e.MaxBudget)
+		x = e
+	case "spend log":
+		var l store.SpendLog
+		if err := json.Unmarshal(v, &l); err != nil {
+			return nil, err
+		}
+		l.Cost = nano(l.Cost)
+		x = l
+	case "job call":
+		var c store.JobCall
+		if err := json.Unmarshal(v, &c); err != nil {
+			return nil, err
+		}
+		c.Cost = nano(c.Cost)
+		x = c
+	default:
+		return v, nil
+	}
+	return json.Marshal(x)
+}
+
+func nanoLimits(l *store.Limits) {
+	nanoPtr(l.MaxBudget)
+	nanoPtr(l.SoftBudget)
+}
+
+func nanoPtr(p *int64) {
+	if p != nil {
+		*p = nano(*p)
+	}
+}
+
+// nano converts micro-USD to nano-USD, saturating.
+func nano(micros int64) int64 {
+	switch {
+	case micros > math.MaxInt64/1000:
+		return math.MaxInt64
+	case micros < math.MinInt64/1000:
+		return math.MinInt64
+	}
+	return micros * 1000
 }
 
 // migrateV4 adds the budget-reset schedule, filled from the keys, teams,

@@ -30,7 +30,7 @@ export function clear(el) { while (el.firstChild) el.firstChild.remove(); return
 export function usd(v) {
   if (v === undefined || v === null || v === '') return '—';
   const n = Number(v);
-  return '$' + (Math.abs(n) < 0.01 && n !== 0 ? n.toFixed(6) : n.toFixed(2));
+  return '$' + (Math.abs(n) < 0.01 && n !== 0 ? n.toFixed(9).replace(/0{1,3}$/, '') : n.toFixed(2)); // nano-USD precision, at least 6 decimals
 }
 
 export function when(ts) {

@@ -267,7 +267,7 @@ type RecordCallRequest struct {
 	PromptTokens     int64                  `protobuf:"varint,9,opt,name=prompt_tokens,json=promptTokens,proto3" json:"prompt_tokens,omitempty"`
 	CompletionTokens int64                  `protobuf:"varint,10,opt,name=completion_tokens,json=completionTokens,proto3" json:"completion_tokens,omitempty"`
 	TotalTokens      int64                  `protobuf:"varint,11,opt,name=total_tokens,json=totalTokens,proto3" json:"total_tokens,omitempty"`
-	// cost in micro-USD.
+	// cost in nano-USD.
 	Cost      int64 `protobuf:"varint,12,opt,name=cost,proto3" json:"cost,omitempty"`
 	LatencyMs int64 `protobuf:"varint,13,opt,name=latency_ms,json=latencyMs,proto3" json:"latency_ms,omitempty"`
 	Status    int32 `protobuf:"varint,14,opt,name=status,proto3" json:"status,omitempty"`

@@ -489,7 +489,7 @@ type SpendRecord struct {
 	DeploymentId     string `protobuf:"bytes,9,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
 	PromptTokens     int64  `protobuf:"varint,10,opt,name=prompt_tokens,json=promptTokens,proto3" json:"prompt_tokens,omitempty"`
 	CompletionTokens int64  `protobuf:"varint,11,opt,name=completion_tokens,json=completionTokens,proto3" json:"completion_tokens,omitempty"`
-	// cost in micro-USD.
+	// cost in nano-USD.
 	Cost     int64 `protobuf:"varint,12,opt,name=cost,proto3" json:"cost,omitempty"`
 	Streamed bool  `protobuf:"varint,13,opt,name=streamed,proto3" json:"streamed,omitempty"`
 	// estimated is true when the upstream reported no usage and the tokens
@@ -922,7 +922,7 @@ type SpendAck struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	OutboxId string                 `protobuf:"bytes,1,opt,name=outbox_id,json=outboxId,proto3" json:"outbox_id,omitempty"`
 	LastSeq  uint64                 `protobuf:"varint,2,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
-	// spends is the spend (micro-USD) of every key, team, user,
+	// spends is the spend (nano-USD) of every key, team, user,
 	// organization, end user and budgeted key model the acked records touched, as the transaction that applied
 	// them left it. Spend only rises within a budget period, so once the
 	// proxy's synced spend of an object reaches this figure, its synced state
@@ -1427,7 +1427,7 @@ func (*Entity_Settings) isEntity_Value() {}
 
 func (*Entity_EndUser) isEntity_Value() {}
 
-// Limits shared by keys, teams, users and orgs. Money is micro-USD; a
+// Limits shared by keys, teams, users and orgs. Money is nano-USD; a
 // negative value means "no limit".
 type Limits struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
@@ -1650,7 +1650,7 @@ type Key struct {
 	Tags           []string        `protobuf:"bytes,19,rep,name=tags,proto3" json:"tags,omitempty"`
 	// metadata is the key's metadata JSON object (may be empty).
 	Metadata []byte `protobuf:"bytes,20,opt,name=metadata,proto3" json:"metadata,omitempty"`
-	// model_spend is the key's spend per model (micro-USD), sent only for
+	// model_spend is the key's spend per model (nano-USD), sent only for
 	// the models named in model_max_budget (the only ones a proxy checks).
 	ModelSpend    map[string]int64 `protobuf:"bytes,21,rep,name=model_spend,json=modelSpend,proto3" json:"model_spend,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
@@ -2449,7 +2449,7 @@ func (x *Model) GetTpm() int64 {
 }
 
 // EndUser is a customer of the operator: the "user" field of requests.
-// Money is micro-USD; max_budget is negative when the end user has none
+// Money is nano-USD; max_budget is negative when the end user has none
 // (general_settings.max_end_user_budget then applies).
 type EndUser struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
