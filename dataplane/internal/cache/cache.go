@@ -23,8 +23,13 @@ import (
 
 // schemaVersion is the layout written by this package. Any other value on
 // disk is treated as corrupt: a cache is rebuilt from the control plane, so
-// there is no migration.
-const schemaVersion = 1 // values: CRC-32C || protobuf
+// there is no migration. Version 2 holds money in nano-USD; a version-1
+// cache (micro-USD) is emptied at Open (revision 0), so the proxy fetches a
+// full snapshot instead of reading micro-USD amounts as nano-USD.
+const schemaVersion = 2 // values: CRC-32C || protobuf
+
+// schemaMicroUSD is the previous layout: the same, with money in micro-USD.
+const schemaMicroUSD = 1
 
 // lockTimeout bounds the wait for another process holding the file.
 var lockTimeout = 2 * time.Second // a variable for tests
@@ -217,6 +222,23 @@ func initSchema(db *bolt.DB, log *slog.Logger) error {
 				return err
 			}
 			return meta.Put(keyRevision, binary.BigEndian.AppendUint64(nil, 0))
+		}
+		if v := meta.Get(keySchema); len(v) == 4 && binary.BigEndian.Uint32(v) == schemaMicroUSD {
+			log.Warn("cache: holds money in micro-USD (an older release); discarding it, a full snapshot follows")
+			for _, name := range names {
+				if !bytes.Equal(name, bucketMeta) {
+					if err := tx.DeleteBucket(name); err != nil {
+						return err
+					}
+				}
+			}
+			if err := meta.Delete(keyActive); err != nil {
+				return err
+			}
+			if err := meta.Put(keyRevision, binary.BigEndian.AppendUint64(nil, 0)); err != nil {
+				return err
+			}
+			return meta.Put(keySchema, binary.BigEndian.AppendUint32(nil, schemaVersion))
 		}
 		if v := meta.Get(keySchema); len(v) != 4 || binary.BigEndian.Uint32(v) != schemaVersion {
 			return fmt.Errorf("%w: unknown schema version %x", ErrCorrupt, v)

@@ -509,3 +509,33 @@ func envInt(name string) int {
 	n, _ := strconv.Atoi(os.Getenv(name))
 	return n
 }
+
+// A cache written before money was nano-USD (schema 1) is emptied at Open,
+// not moved aside as corrupt: the proxy starts at revision 0 and fetches a
+// full snapshot, and never reads the cached micro-USD amounts.
+func TestMicroUSDCacheDiscarded(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.db")
+	c := open(t, path)
+	snapshot(t, c, 7, keys(3))
+	_ = c.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put(keySchema, []byte{0, 0, 0, schemaMicroUSD})
+	})
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c2 := open(t, path)
+	if rev, ok, got := load(t, c2); ok || rev != 0 || len(got) != 0 {
+		t.Fatalf("micro-USD cache loaded: revision %d, ok %v, %d entities", rev, ok, len(got))
+	}
+	if len(corruptFiles(t, path)) != 0 {
+		t.Fatal("an older cache is not corruption")
+	}
+	snapshot(t, c2, 8, keys(2))
+	if err := c2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c3 := open(t, path)
+	if rev, ok, got := load(t, c3); !ok || rev != 8 || len(got) != 2 {
+		t.Fatalf("after a new snapshot and reopen: revision %d, ok %v, %d entities", rev, ok, len(got))
+	}
+}

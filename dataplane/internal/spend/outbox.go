@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
@@ -23,6 +24,10 @@ var (
 	bucketRecords = []byte("records") // big-endian seq → SpendRecord (protobuf)
 	metaOutboxID  = []byte("outbox_id")
 	metaSeq       = []byte("last_seq") // last assigned seq (kept when records are acked away)
+	// metaMoney is the unit of the records' costs: "nano-usd". An outbox
+	// without it was written in micro-USD; Open converts its records.
+	metaMoney = []byte("money")
+	nanoUSD   = []byte("nano-usd")
 )
 
 // Defaults.
@@ -157,6 +162,14 @@ func Open(path string, o Options) (*Outbox, error) {
 			}
 			ob.id = hex.EncodeToString(b[:])
 			if err := meta.Put(metaOutboxID, []byte(ob.id)); err != nil {
+				return err
+			}
+		}
+		if !bytes.Equal(meta.Get(metaMoney), nanoUSD) {
+			if err := microToNano(recs); err != nil {
+				return err
+			}
+			if err := meta.Put(metaMoney, nanoUSD); err != nil {
 				return err
 			}
 		}
@@ -307,6 +320,38 @@ func (ob *Outbox) Changed() <-chan struct{} {
 	ob.mu.Lock()
 	defer ob.mu.Unlock()
 	return ob.changed
+}
+
+// microToNano rewrites the records of an outbox written before costs were
+// nano-USD (micro-USD then), so that they ship with the amount they billed.
+func microToNano(recs *bolt.Bucket) error {
+	var ks, vs [][]byte
+	err := recs.ForEach(func(k, v []byte) error {
+		r := new(syncv1.SpendRecord)
+		if err := proto.Unmarshal(v, r); err != nil {
+			return fmt.Errorf("record %x: %w", k, err)
+		}
+		if r.Cost > math.MaxInt64/1000 {
+			r.Cost = math.MaxInt64
+		} else {
+			r.Cost *= 1000
+		}
+		b, err := proto.Marshal(r)
+		if err != nil {
+			return err
+		}
+		ks, vs = append(ks, bytes.Clone(k)), append(vs, b)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for i := range ks {
+		if err := recs.Put(ks[i], vs[i]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Batch returns up to max committed records with seq > after (and not yet

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 )
 
@@ -266,4 +268,48 @@ func TestOldestUnacked(t *testing.T) {
 	ob.lastSeq = 2 // the fake marks above have no records behind them
 	ob.mu.Unlock()
 	ob.Close()
+}
+
+// An outbox written before costs were nano-USD (no "money" mark) ships its
+// unacked records converted: a record of 855 micro-USD ships as 855,000
+// nano-USD, once (a reopen converts nothing again), and new records keep
+// their nano-USD cost.
+func TestOldMicroOutboxConverted(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "spend")
+	ob := open(t, path)
+	for i := range 3 {
+		ob.Append(rec(855 + i))
+	}
+	flush(t, ob)
+	ob.Close()
+	// Turn the file into one written by a micro-USD proxy.
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete(metaMoney) }); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	for round := range 2 {
+		ob2 := open(t, path)
+		recs := allRecords(t, ob2)
+		if len(recs) != 3 {
+			t.Fatalf("round %d: %d records", round, len(recs))
+		}
+		for i, r := range recs {
+			if want := int64(855+i) * 1000; r.Cost != want {
+				t.Fatalf("round %d: record %d costs %d nano-USD, want %d", round, i, r.Cost, want)
+			}
+		}
+		if round == 1 {
+			ob2.Append(rec(7))
+			flush(t, ob2)
+			if recs := allRecords(t, ob2); len(recs) != 4 || recs[3].Cost != 7 {
+				t.Fatalf("new record after conversion: %+v", recs[len(recs)-1])
+			}
+		}
+		ob2.Close()
+	}
 }
