@@ -14,6 +14,7 @@ import (
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store/embedded"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/syncserver"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/money"
 )
 
 const master = "sk-master-report-test"
@@ -51,16 +52,20 @@ func newFixture(t *testing.T) *fixture {
 	f.userKey = f.call(t, master, "POST", "/key/generate", `{"user_id":"alice"}`, 200)["key"].(string)
 	bobKey := f.call(t, master, "POST", "/key/generate", `{"user_id":"bob"}`, 200)["token_id"].(string)
 	aliceKey := f.call(t, master, "GET", "/key/info?key="+f.userKey, "", 200)["key"].(string)
-	rec := func(seq uint64, tok, user, model string, cost int64, at time.Time) store.SpendRecord {
+	rec := func(seq uint64, tok, user, model string, usd float64, at time.Time) store.SpendRecord {
+		cost, err := money.FromUSD(usd)
+		if err != nil {
+			t.Fatal(err)
+		}
 		return store.SpendRecord{Seq: seq, RequestID: "r" + string(rune('0'+seq)), TokenID: tok, UserID: user, Model: model,
 			PromptTokens: 10, CompletionTokens: 5, Cost: cost, Status: 200, Route: "/chat/completions", StartTime: at, EndTime: at}
 	}
 	d1, d2 := now.Add(-48*time.Hour), now.Add(-time.Hour)
 	err = st.ReadWriteTx(context.Background(), func(ctx context.Context, tx store.Tx) error {
 		_, err := tx.ApplySpend(ctx, store.SpendBatch{ProxyID: "p1", OutboxID: "o1", Records: []store.SpendRecord{
-			rec(1, aliceKey, "alice", "gpt-4o", 1_000_000, d1),
-			rec(2, aliceKey, "alice", "gpt-4o", 500_000, d2),
-			rec(3, bobKey, "bob", "gpt-4o-mini", 250_000, d2),
+			rec(1, aliceKey, "alice", "gpt-4o", 1, d1),
+			rec(2, aliceKey, "alice", "gpt-4o", 0.5, d2),
+			rec(3, bobKey, "bob", "gpt-4o-mini", 0.25, d2),
 		}})
 		return err
 	})

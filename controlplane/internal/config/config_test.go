@@ -575,7 +575,7 @@ general_settings:
       - admin
 `, "config.yaml:3:5: general_settings.key_generation_settings.team_key_generation must be an object"},
 		{"max_end_user_budget negative", "general_settings:\n  max_end_user_budget: -5\n",
-			"config.yaml:2:24: general_settings.max_end_user_budget must be a finite, non-negative number of USD (at most 1e12)"},
+			"config.yaml:2:24: general_settings.max_end_user_budget must be a finite, non-negative number of USD (at most 1e9)"},
 		{"store_prompts_in_spend_logs string", "general_settings:\n  store_prompts_in_spend_logs: \"yes\"\n",
 			"config.yaml:2:32: general_settings.store_prompts_in_spend_logs must be true or false"},
 		{"key_generation_settings in litellm_settings invalid", `litellm_settings:

@@ -16,7 +16,17 @@ import (
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store/embedded"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/money"
 )
+
+// usdN is an amount in USD as the store holds it (nano-USD).
+func usdN(v float64) int64 {
+	n, err := money.FromUSD(v)
+	if err != nil {
+		panic(err)
+	}
+	return n
+}
 
 func f64(v float64) *float64 { return &v }
 func i64(v int64) *int64     { return &v }
@@ -79,29 +89,29 @@ func TestMap(t *testing.T) {
 		t.Fatalf("counts: %d orgs %d teams %d users %d keys %d models", len(p.Organizations), len(p.Teams), len(p.Users), len(p.Keys), len(p.Models))
 	}
 	org := p.Organizations[0]
-	if org.Spend != 1_250_000 || *org.MaxBudget != 100_000_000 || *org.RPMLimit != 1000 || org.BudgetDuration != "30d" ||
+	if org.Spend != usdN(1.25) || *org.MaxBudget != usdN(100) || *org.RPMLimit != 1000 || org.BudgetDuration != "30d" ||
 		!org.BudgetResetAt.Equal(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)) || len(org.Members) != 1 || org.Members[0].Role != "org_admin" {
 		t.Fatalf("org %+v", org)
 	}
 	team := p.Teams[0]
 	bob, ok := team.Member("bob")
-	if !ok || bob.Spend != 500_000 || *bob.MaxBudgetInTeam != 5_000_000 || team.Spend != 750_000 || len(team.Members) != 2 || team.Metadata != nil {
+	if !ok || bob.Spend != usdN(0.5) || *bob.MaxBudgetInTeam != usdN(5) || team.Spend != usdN(0.75) || len(team.Members) != 2 || team.Metadata != nil {
 		t.Fatalf("team %+v", team)
 	}
 	if a, _ := team.Member("alice"); a.Role != store.TeamRoleAdmin {
 		t.Fatalf("alice %+v", a)
 	}
-	if u := p.Users[1]; u.UserRole != store.RoleInternalUser || *u.MaxBudget != 10_000_000 || u.BudgetDuration != "1mo" ||
+	if u := p.Users[1]; u.UserRole != store.RoleInternalUser || *u.MaxBudget != usdN(10) || u.BudgetDuration != "1mo" ||
 		!u.BudgetResetAt.Equal(time.Date(2030, 2, 1, 0, 0, 0, 123e6, time.UTC)) {
 		t.Fatalf("bob user %+v", u)
 	}
 	k := p.Keys[0]
 	if k.KeyHash != keys.Hash(plain) || k.TokenID != TokenID(keys.Hash(plain)) || len(k.TokenID) != 32 || k.KeyAlias != "bob-key" ||
-		k.Spend != 2_500_000 || *k.MaxBudget != 3_000_000 || *k.SoftBudget != 500_000 || k.BudgetDuration != "7d" ||
+		k.Spend != usdN(2.5) || *k.MaxBudget != usdN(3) || *k.SoftBudget != usdN(0.5) || k.BudgetDuration != "7d" ||
 		*k.RPMLimit != 60 || *k.TPMLimit != 10000 || *k.MaxParallelRequests != 4 || k.Expires == nil ||
 		len(k.Models) != 1 || k.Tags[0] != "prod" || k.ModelRPMLimit["gpt-4o-mini"] != 5 ||
-		k.ModelMaxBudget["gpt-4o-mini"] != (store.ModelBudget{BudgetLimit: 500_000, TimePeriod: "1d"}) ||
-		k.ModelSpend["gpt-4o-mini"] != 250_000 || k.ServiceAccount || k.KeyName != keys.DisplayName(plain) {
+		k.ModelMaxBudget["gpt-4o-mini"] != (store.ModelBudget{BudgetLimit: usdN(0.5), TimePeriod: "1d"}) ||
+		k.ModelSpend["gpt-4o-mini"] != usdN(0.25) || k.ServiceAccount || k.KeyName != keys.DisplayName(plain) {
 		t.Fatalf("key %+v", k)
 	}
 	legacy := p.Keys[1]
@@ -115,13 +125,13 @@ func TestMap(t *testing.T) {
 	if len(p.EndUsers) != 3 {
 		t.Fatalf("end users %+v", p.EndUsers)
 	}
-	if e := p.EndUsers[0]; e.EndUserID != "cust1" || e.Alias != "Customer One" || e.Spend != 300_000 || !e.Blocked || e.MaxBudget != nil {
+	if e := p.EndUsers[0]; e.EndUserID != "cust1" || e.Alias != "Customer One" || e.Spend != usdN(0.3) || !e.Blocked || e.MaxBudget != nil {
 		t.Fatalf("cust1 %+v", e)
 	}
-	if e := p.EndUsers[1]; e.EndUserID != "cust2" || e.MaxBudget == nil || *e.MaxBudget != 5_000_000 || e.Blocked {
+	if e := p.EndUsers[1]; e.EndUserID != "cust2" || e.MaxBudget == nil || *e.MaxBudget != usdN(5) || e.Blocked {
 		t.Fatalf("cust2 %+v", e)
 	}
-	if e := p.EndUsers[2]; e.MaxBudget == nil || *e.MaxBudget != 7_000_000 {
+	if e := p.EndUsers[2]; e.MaxBudget == nil || *e.MaxBudget != usdN(7) {
 		t.Fatalf("cust3 %+v", e)
 	}
 	if got := p.Teams[0].TeamMemberPermissions; !slices.Equal(got, []string{"/key/generate", "/key/info"}) {
@@ -185,7 +195,7 @@ func TestApplyIdempotent(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		cur.Spend += 1_000_000
+		cur.Spend += usdN(1)
 		return tx.UpdateKey(ctx, cur)
 	}); err != nil {
 		t.Fatal(err)
@@ -196,7 +206,7 @@ func TestApplyIdempotent(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		cur.Spend += 1_000_000
+		cur.Spend += usdN(1)
 		return tx.PutEndUser(ctx, cur)
 	}); err != nil {
 		t.Fatal(err)
@@ -214,13 +224,13 @@ func TestApplyIdempotent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Spend != 3_500_000 || *got.RPMLimit != 61 {
+	if got.Spend != usdN(3.5) || *got.RPMLimit != 61 {
 		t.Fatalf("key after re-import: spend %d rpm %d", got.Spend, *got.RPMLimit)
 	}
 	if c := res.Kinds[KindEndUser]; c.Unchanged != 3 {
 		t.Fatalf("end users %+v", c)
 	}
-	if e, err := st.Read().GetEndUser(ctx, "cust1"); err != nil || e.Spend != 1_300_000 || !e.Blocked || e.Alias != "Customer One" {
+	if e, err := st.Read().GetEndUser(ctx, "cust1"); err != nil || e.Spend != usdN(1.3) || !e.Blocked || e.Alias != "Customer One" {
 		t.Fatalf("cust1 after re-import: %+v, %v", e, err)
 	}
 	var sb strings.Builder

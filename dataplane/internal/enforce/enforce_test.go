@@ -48,7 +48,7 @@ func fixture() *enforcetest.State {
 	key("sk-allproxy", state.KeyInfo{Policy: &state.Policy{Models: []string{"all-proxy-models"}}})
 	key("sk-routes", state.KeyInfo{Policy: &state.Policy{AllowedRoutes: []string{"/v1/embeddings"}}})
 	key("sk-llmroutes", state.KeyInfo{Policy: &state.Policy{AllowedRoutes: []string{"llm_api_routes"}}})
-	key("sk-broke", state.KeyInfo{Limits: state.Limits{MaxBudget: 5_000_000}, Spend: 5_000_000})
+	key("sk-broke", state.KeyInfo{Limits: state.Limits{MaxBudget: 5_000_000_000}, Spend: 5_000_000_000})
 	key("sk-zero", state.KeyInfo{Limits: state.Limits{MaxBudget: 0, RPMLimit: -1}})
 	key("sk-teambroke", state.KeyInfo{TeamID: "tbroke"})
 	return st
@@ -247,10 +247,10 @@ func TestServiceAccountEnvelopeByteForByte(t *testing.T) {
 // team_member_budget) is refused on the team's keys; other members are not.
 func TestTeamMemberBudget(t *testing.T) {
 	st := fixture()
-	st.AddTeam(&state.Team{TeamID: "tmembers", Limits: enforcetest.NoLimits, TeamMemberBudget: 20, Members: []state.TeamMember{
-		{UserID: "capped", Role: "user", MaxBudgetInTeam: 10, Spend: 10},
-		{UserID: "default", Role: "user", MaxBudgetInTeam: -1, Spend: 20},
-		{UserID: "fine", Role: "user", MaxBudgetInTeam: -1, Spend: 19},
+	st.AddTeam(&state.Team{TeamID: "tmembers", Limits: enforcetest.NoLimits, TeamMemberBudget: 20_000, Members: []state.TeamMember{
+		{UserID: "capped", Role: "user", MaxBudgetInTeam: 10_000, Spend: 10_000},
+		{UserID: "default", Role: "user", MaxBudgetInTeam: -1, Spend: 20_000},
+		{UserID: "fine", Role: "user", MaxBudgetInTeam: -1, Spend: 19_000},
 	}})
 	e := &enforce.Enforcer{State: st}
 	for user, want := range map[string]string{
@@ -292,10 +292,10 @@ func authorizeBody(t *testing.T, e *enforce.Enforcer, secret, body string) *enfo
 
 func TestEndUserBudget(t *testing.T) {
 	st := fixture()
-	st.AddEndUser(&state.EndUser{EndUserID: "broke", Spend: 10, MaxBudget: 10})
-	st.AddEndUser(&state.EndUser{EndUserID: "fine", Spend: 9, MaxBudget: 10})
+	st.AddEndUser(&state.EndUser{EndUserID: "broke", Spend: 10_000, MaxBudget: 10_000})
+	st.AddEndUser(&state.EndUser{EndUserID: "fine", Spend: 9_000, MaxBudget: 10_000})
 	st.AddEndUser(&state.EndUser{EndUserID: "blocked", MaxBudget: -1, Blocked: true})
-	st.AddEndUser(&state.EndUser{EndUserID: "nobudget", Spend: 50, MaxBudget: -1})
+	st.AddEndUser(&state.EndUser{EndUserID: "nobudget", Spend: 50_000, MaxBudget: -1})
 	e := &enforce.Enforcer{State: st}
 	type want struct {
 		status  int
@@ -322,7 +322,7 @@ func TestEndUserBudget(t *testing.T) {
 
 	// max_end_user_budget applies to end users without their own budget,
 	// and to those never seen (spend 0): a default of 0 refuses them all.
-	st.SetSettings(&state.Settings{Raw: []byte(`{"max_end_user_budget":0.00004}`), MaxEndUserBudget: 40, HasMaxEndUserBudget: true})
+	st.SetSettings(&state.Settings{Raw: []byte(`{"max_end_user_budget":0.00004}`), MaxEndUserBudget: 40_000, HasMaxEndUserBudget: true})
 	check("own budget wins", `{"model":"gpt-4o","user":"fine"}`, want{})
 	check("default applies", `{"model":"gpt-4o","user":"nobudget"}`,
 		want{429, "ExceededBudget: End User=nobudget over budget. Spend=0.00005, Budget=0.00004"})
@@ -340,14 +340,14 @@ func TestEndUserBudget(t *testing.T) {
 
 func TestModelBudget(t *testing.T) {
 	st := fixture()
-	pol := &state.Policy{ModelMaxBudget: map[string]state.ModelBudget{"gpt-4o-mini": {BudgetLimit: 10, TimePeriod: "1d"}}}
+	pol := &state.Policy{ModelMaxBudget: map[string]state.ModelBudget{"gpt-4o-mini": {BudgetLimit: 10_000, TimePeriod: "1d"}}}
 	st.AddKey("sk-modelbudget", state.KeyInfo{TokenID: "tok-mb", Limits: enforcetest.NoLimits, Policy: pol})
 	resetPassed := enforcetest.NoLimits
 	resetPassed.BudgetResetAtUnix = now - 1
 	st.AddKey("sk-modelbudget-reset", state.KeyInfo{TokenID: "tok-mbr", Limits: resetPassed, Policy: pol})
-	st.SetKeyModelSpend("tok-mb", "gpt-4o-mini", 10)
-	st.SetKeyModelSpend("tok-mb", "gpt-4o", 1000) // no budget on it
-	st.SetKeyModelSpend("tok-mbr", "gpt-4o-mini", 10)
+	st.SetKeyModelSpend("tok-mb", "gpt-4o-mini", 10_000)
+	st.SetKeyModelSpend("tok-mb", "gpt-4o", 1_000_000) // no budget on it
+	st.SetKeyModelSpend("tok-mbr", "gpt-4o-mini", 10_000)
 	e := &enforce.Enforcer{State: st}
 	rej := authorizeBody(t, e, "sk-modelbudget", `{"model":"gpt-4o-mini"}`)
 	want := "LiteLLM Virtual Key: tok-mb, exceeded budget for model=gpt-4o-mini. Current cost: 0.00001, Max budget: 0.00001"
@@ -357,7 +357,7 @@ func TestModelBudget(t *testing.T) {
 	if rej := authorizeBody(t, e, "sk-modelbudget", `{"model":"gpt-4o"}`); rej != nil {
 		t.Fatalf("another model refused: %s", rej.Message)
 	}
-	st.SetKeyModelSpend("tok-mb", "gpt-4o-mini", 9)
+	st.SetKeyModelSpend("tok-mb", "gpt-4o-mini", 9_000)
 	if rej := authorizeBody(t, e, "sk-modelbudget", `{"model":"gpt-4o-mini"}`); rej != nil {
 		t.Fatalf("below its model budget refused: %s", rej.Message)
 	}

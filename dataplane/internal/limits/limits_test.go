@@ -125,7 +125,7 @@ func TestRejectedConsumesNothing(t *testing.T) {
 	f.p.User.Limits.RPMLimit = -1
 	f.p.Key.Limits.MaxBudget = 100
 	f.p.Key.Spend = 99
-	f.dep.InputCost = 10_000_000 // 10 micro-USD per token: a big estimate
+	f.dep.InputCost = 10_000 // 10 nano-USD per token: a big estimate
 	if _, rej, _ := f.admit(l); rej != nil {
 		t.Fatalf("first request under budget refused: %s", rej.Message)
 	}
@@ -294,8 +294,8 @@ func TestBudgetCountsSettledUnsyncedCost(t *testing.T) {
 	l := newLimiter()
 	f := newFixture(t, smallBody)
 	f.p.Key.Limits.MaxBudget = 100
-	f.dep.OutputCost = 1_000_000 // 1 micro-USD per completion token
-	// max_tokens 1: the estimate is 1 micro-USD; each call really costs 30.
+	f.dep.OutputCost = 1_000 // 1 nano-USD per completion token
+	// max_tokens 1: the estimate is 1 nano-USD; each call really costs 30.
 	if rej := enforce.ParseBody([]byte(`{"model":"m","max_tokens":1,"messages":[]}`), &f.body); rej != nil {
 		t.Fatal(rej.Message)
 	}
@@ -331,7 +331,7 @@ func TestBudgetShareAmongProxies(t *testing.T) {
 	l.Apply(&syncv1.LeaseGrant{Proxies: 3, Index: 0})
 	f := newFixture(t, smallBody)
 	f.p.Key.Limits.MaxBudget = 300
-	f.dep.OutputCost = 10_000_000 // 10 micro-USD per completion token
+	f.dep.OutputCost = 10_000 // 10 nano-USD per completion token
 	if rej := enforce.ParseBody([]byte(`{"model":"m","max_tokens":1,"messages":[]}`), &f.body); rej != nil {
 		t.Fatal(rej.Message)
 	}
@@ -365,7 +365,7 @@ func TestBudgetAckedCostHeldUntilSynced(t *testing.T) {
 	l := New(Options{Now: func() time.Time { return now }})
 	f := newFixture(t, smallBody)
 	f.p.Key.Limits.MaxBudget = 100
-	f.dep.OutputCost = 1_000_000
+	f.dep.OutputCost = 1_000
 	if rej := enforce.ParseBody([]byte(`{"model":"m","max_tokens":1,"messages":[]}`), &f.body); rej != nil {
 		t.Fatal(rej.Message)
 	}
@@ -410,7 +410,7 @@ func TestEndUserBudgetReserved(t *testing.T) {
 	l := newLimiter()
 	f := newFixture(t, smallBody)
 	f.p.EndUserID, f.p.EndUserBudget = "cust-1", 100
-	f.dep.OutputCost = 1_000_000
+	f.dep.OutputCost = 1_000
 	if rej := enforce.ParseBody([]byte(`{"model":"m","max_tokens":1,"messages":[],"user":"cust-1"}`), &f.body); rej != nil {
 		t.Fatal(rej.Message)
 	}
@@ -449,7 +449,7 @@ func TestModelBudgetReserved(t *testing.T) {
 	l := newLimiter()
 	f := newFixture(t, smallBody)
 	f.p.ModelBudget, f.p.HasModelBudget = 100, true
-	f.dep.OutputCost = 1_000_000
+	f.dep.OutputCost = 1_000
 	if rej := enforce.ParseBody([]byte(`{"model":"m","max_tokens":1,"messages":[]}`), &f.body); rej != nil {
 		t.Fatal(rej.Message)
 	}
@@ -488,7 +488,7 @@ func TestBudgetPendingDroppedWhenOutboxDrained(t *testing.T) {
 	l := newLimiter()
 	f := newFixture(t, smallBody)
 	f.p.Key.Limits.MaxBudget = 100
-	f.dep.OutputCost = 1_000_000
+	f.dep.OutputCost = 1_000
 	if rej := enforce.ParseBody([]byte(`{"model":"m","max_tokens":1,"messages":[]}`), &f.body); rej != nil {
 		t.Fatal(rej.Message)
 	}
@@ -519,7 +519,7 @@ func TestTeamMemberBudgetReserved(t *testing.T) {
 		Members: []state.TeamMember{{UserID: "user-1", Role: "user", MaxBudgetInTeam: -1}}}
 	// What the decision resolves for the gate (enforce: team_member_budget).
 	f.p.MemberBudget, f.p.HasMemberBudget = 100, true
-	f.dep.OutputCost = 1_000_000
+	f.dep.OutputCost = 1_000
 	if rej := enforce.ParseBody([]byte(`{"model":"m","max_tokens":1,"messages":[]}`), &f.body); rej != nil {
 		t.Fatal(rej.Message)
 	}

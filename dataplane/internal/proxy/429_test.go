@@ -63,10 +63,10 @@ func TestGateSettles(t *testing.T) {
 
 func TestBudgetExceeded(t *testing.T) {
 	e := newEnv(t)
-	e.st.AddTeam(&state.Team{TeamID: "broke", Limits: state.Limits{MaxBudget: 1_000_000, RPMLimit: -1}, Spend: 2_500_000})
+	e.st.AddTeam(&state.Team{TeamID: "broke", Limits: state.Limits{MaxBudget: 1_000_000_000, RPMLimit: -1}, Spend: 2_500_000_000})
 	e.st.AddKey("sk-broketeam-0123456789abcdef", state.KeyInfo{TokenID: "bt", TeamID: "broke", Limits: enforcetest.NoLimits})
-	e.st.AddKey("sk-brokekey-0123456789abcdef", state.KeyInfo{TokenID: "bk", Limits: state.Limits{MaxBudget: 100, RPMLimit: -1}, Spend: 100})
-	e.st.AddKey("sk-richkey-0123456789abcdef", state.KeyInfo{TokenID: "rk", Limits: state.Limits{MaxBudget: 100, RPMLimit: -1}, Spend: 99})
+	e.st.AddKey("sk-brokekey-0123456789abcdef", state.KeyInfo{TokenID: "bk", Limits: state.Limits{MaxBudget: 100_000, RPMLimit: -1}, Spend: 100_000})
+	e.st.AddKey("sk-richkey-0123456789abcdef", state.KeyInfo{TokenID: "rk", Limits: state.Limits{MaxBudget: 100_000, RPMLimit: -1}, Spend: 99_000})
 	resp, b := e.do("POST", "/chat/completions", "sk-brokekey-0123456789abcdef", `{"model":"gpt-4o"}`)
 	msg, typ, _ := envelope(t, resp, b, 429)
 	if typ != "budget_exceeded" || msg != "Budget has been exceeded! Current cost: 0.0001, Max budget: 0.0001" {

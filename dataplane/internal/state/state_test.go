@@ -687,7 +687,7 @@ func TestMaxEndUserBudgetSetting(t *testing.T) {
 		t.Fatal("default settings have an end-user budget")
 	}
 	install(t, s, 1, statetest.Settings(`{"max_end_user_budget":0.25}`))
-	if st := s.Settings(); !st.HasMaxEndUserBudget || st.MaxEndUserBudget != 250_000 {
+	if st := s.Settings(); !st.HasMaxEndUserBudget || st.MaxEndUserBudget != 250_000_000 {
 		t.Fatalf("settings %+v", st)
 	}
 	for _, raw := range []string{`{"max_end_user_budget":null}`, `{"max_end_user_budget":"1"}`, `{"max_end_user_budget":-1}`, `{}`} {
