@@ -95,8 +95,9 @@ type UpstreamRequest struct {
 }
 
 // NewUpstream starts a fake upstream. Chat completions answer with usage
-// {prompt_tokens: 10, completion_tokens: 5} (after metadata.upstream_delay_ms
-// when the body sets it); with "stream": true they send
+// {prompt_tokens: 10, completion_tokens: 5}, or metadata.upstream_usage
+// [prompt, completion] when the body sets it (non-streamed calls), after
+// metadata.upstream_delay_ms when the body sets it; with "stream": true they send
 // three content chunks, then a usage chunk when stream_options.include_usage
 // is set, then [DONE].
 func NewUpstream(t testing.TB) *Upstream {
@@ -142,6 +143,14 @@ func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+	prompt, completion := 10, 5
+	if md, ok := body["metadata"].(map[string]any); ok {
+		if u, ok := md["upstream_usage"].([]any); ok && len(u) == 2 {
+			p, _ := u[0].(float64)
+			c, _ := u[1].(float64)
+			prompt, completion = int(p), int(c)
+		}
+	}
 	switch {
 	case strings.HasSuffix(r.URL.Path, "/embeddings"):
 		w.Header().Set("Content-Type", "application/json")
@@ -162,7 +171,7 @@ func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
 		fl.Flush()
 	default:
 		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprintf(w, `{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":%q,"choices":[{"index":0,"message":{"role":"assistant","content":"Hello from upstream"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}`, model)
+		fmt.Fprintf(w, `{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":%q,"choices":[{"index":0,"message":{"role":"assistant","content":"Hello from upstream"},"finish_reason":"stop"}],"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}}`, model, prompt, completion, prompt+completion)
 	}
 }
 

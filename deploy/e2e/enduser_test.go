@@ -7,12 +7,12 @@ import (
 	"time"
 )
 
-// customerSpend reads an end user's spend (micro-USD) from /customer/info.
+// customerSpend reads an end user's spend (nano-USD) from /customer/info.
 func customerSpend(t *testing.T, u, mk, id string) int64 {
 	t.Helper()
 	c := ok(t, Do(t, "GET", u+"/customer/info?end_user_id="+id, mk, nil))
 	f, _ := c["spend"].(float64)
-	return int64(math.Round(f * 1e6))
+	return int64(math.Round(f * 1e9))
 }
 
 // waitRefusal sends body until the proxy's decision refuses it: 429 with a
@@ -56,8 +56,8 @@ func TestEndUserBudgets(t *testing.T) {
 		envelope(t, Do(t, "GET", u+"/customer/info?end_user_id=bid", mk, nil), 404)
 		envelope(t, Do(t, "GET", u+"/customer/info?end_user_id=neg", mk, nil), 404)
 
-		capped := ok(t, Do(t, "POST", u+"/customer/new", mk, map[string]any{"user_id": "capped", "alias": "Capped Inc", "max_budget": 2 * costPerCall / 1e6}))
-		if capped["user_id"] != "capped" || capped["alias"] != "Capped Inc" || capped["max_budget"] != 2*costPerCall/1e6 {
+		capped := ok(t, Do(t, "POST", u+"/customer/new", mk, map[string]any{"user_id": "capped", "alias": "Capped Inc", "max_budget": 2 * costPerCall / 1e9}))
+		if capped["user_id"] != "capped" || capped["alias"] != "Capped Inc" || capped["max_budget"] != 2*costPerCall/1e9 {
 			t.Fatalf("/customer/new = %v", capped)
 		}
 		envelope(t, Do(t, "POST", u+"/customer/new", mk, map[string]any{"user_id": "capped"}), 400)
@@ -67,7 +67,7 @@ func TestEndUserBudgets(t *testing.T) {
 		// the gate reserves an estimate per request (refusing while one is
 		// in flight or unsynced), then the decision refuses for good.
 		r := waitRefusal(t, dp, key, as("capped"), "ExceededBudget: End User=capped over budget. Spend=")
-		if e := envelope(t, r, 429); e["type"] != "budget_exceeded" || !strings.HasSuffix(e["message"].(string), ", Budget=0.00001") {
+		if e := envelope(t, r, 429); e["type"] != "budget_exceeded" || !strings.HasSuffix(e["message"].(string), ", Budget=0.000009") {
 			t.Fatalf("refusal %s", r.Body)
 		}
 		spent := customerSpend(t, u, mk, "capped")
@@ -154,19 +154,19 @@ func TestModelBudgetPerKey(t *testing.T) {
 		dp := d.proxy(t)
 		u, mk := d.cp.URL(), d.cp.MasterKey
 		k := ok(t, Do(t, "POST", u+"/key/generate", mk, map[string]any{
-			"model_max_budget": map[string]any{"gpt-4o-mini": map[string]any{"budget_limit": 2 * costPerCall / 1e6, "time_period": "1d"}},
+			"model_max_budget": map[string]any{"gpt-4o-mini": map[string]any{"budget_limit": 2 * costPerCall / 1e9, "time_period": "1d"}},
 		}))
 		key, tokenID := k["key"].(string), k["token_id"].(string)
 		r := waitRefusal(t, dp, key, chat("gpt-4o-mini", ""), "LiteLLM Virtual Key: "+tokenID+", exceeded budget for model=gpt-4o-mini. Current cost: ")
 		e := envelope(t, r, 429)
 		msg, _ := e["message"].(string)
 		if e["type"] != "budget_exceeded" || !strings.HasPrefix(msg, "LiteLLM Virtual Key: "+tokenID+", exceeded budget for model=gpt-4o-mini. Current cost: ") ||
-			!strings.HasSuffix(msg, ", Max budget: 0.00001") {
+			!strings.HasSuffix(msg, ", Max budget: 0.000009") {
 			t.Fatalf("refusal %s", r.Body)
 		}
 		// Reserved in the gate as well as checked: exactly the budget was
 		// spent (two calls), however fast they came.
-		if info := ok(t, Do(t, "GET", u+"/key/info?key="+tokenID, mk, nil)); info["info"].(map[string]any)["spend"] != 2*costPerCall/1e6 {
+		if info := ok(t, Do(t, "GET", u+"/key/info?key="+tokenID, mk, nil)); info["info"].(map[string]any)["spend"] != 2*costPerCall/1e9 {
 			t.Fatalf("key spend %v, want two calls", info["info"].(map[string]any)["spend"])
 		}
 		// Other models are not limited by it.

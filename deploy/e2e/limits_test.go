@@ -231,7 +231,7 @@ func TestBudgetHammeredAcrossProxies(t *testing.T) {
 			t.Run(fmt.Sprintf("upstream %dms", delay), func(t *testing.T) {
 				const budget = 10 * costPerCall
 				n, spend := hammerBudget(t, d, dps, 24, budget, delay)
-				t.Logf("upstream %d ms: max_budget %d micro-USD (%d calls), 24 clients over 3 proxies: %d admitted, spend %d micro-USD (overspend %d)",
+				t.Logf("upstream %d ms: max_budget %d nano-USD (%d calls), 24 clients over 3 proxies: %d admitted, spend %d nano-USD (overspend %d)",
 					delay, budget, budget/costPerCall, n, spend, spend-budget)
 				checkBudgetBound(t, n, spend, budget, 24, len(dps))
 			})
@@ -328,10 +328,10 @@ func hammerRPM(t *testing.T, d *deployment, dps []*DataPlane, clients int, limit
 }
 
 // hammerBudget runs clients concurrent clients, round robin over dps,
-// against a fresh key with max_budget budget (micro-USD) until the budget
+// against a fresh key with max_budget budget (nano-USD) until the budget
 // refuses them, and returns the admitted calls and the settled spend.
 func hammerBudget(t *testing.T, d *deployment, dps []*DataPlane, clients int, budget int64, delayMS int) (int64, int64) {
-	key := limitKey(t, d, map[string]any{"max_budget": float64(budget) / 1e6}, dps...)
+	key := limitKey(t, d, map[string]any{"max_budget": float64(budget) / 1e9}, dps...)
 	body := chat("gpt-4o-mini", fmt.Sprintf(`,"metadata":{"upstream_delay_ms":%d}`, delayMS))
 	var admitted atomic.Int64
 	var wg sync.WaitGroup
@@ -367,7 +367,7 @@ func hammerBudget(t *testing.T, d *deployment, dps []*DataPlane, clients int, bu
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		k := ok(t, Do(t, "GET", d.cp.URL()+"/key/info?key="+key, d.cp.MasterKey, nil))
 		f, _ := k["info"].(map[string]any)["spend"].(float64)
-		spend = int64(f*1e6 + 0.5)
+		spend = int64(f*1e9 + 0.5)
 		if spend == admitted.Load()*costPerCall || time.Now().After(deadline) {
 			break
 		}
@@ -385,7 +385,7 @@ func TestBudgetDurationResetsOnTime(t *testing.T) {
 		d := newDeployment(t, o)
 		dps := []*DataPlane{d.proxy(t), d.proxy(t)}
 		g := ok(t, Do(t, "POST", d.cp.URL()+"/key/generate", d.cp.MasterKey,
-			map[string]any{"max_budget": float64(2*costPerCall) / 1e6, "budget_duration": "10s"}))
+			map[string]any{"max_budget": float64(2*costPerCall) / 1e9, "budget_duration": "10s"}))
 		key, tok := g["key"].(string), g["token_id"].(string)
 		resetAt := func() time.Time {
 			info := ok(t, Do(t, "GET", d.cp.URL()+"/key/info?key="+tok, d.cp.MasterKey, nil))["info"].(map[string]any)
@@ -446,7 +446,7 @@ func TestTeamMemberBudget(t *testing.T) {
 		ok(t, Do(t, "POST", u+"/user/new", mk, `{"user_id":"capped","user_role":"internal_user","auto_create_key":false}`))
 		ok(t, Do(t, "POST", u+"/user/new", mk, `{"user_id":"free","user_role":"internal_user","auto_create_key":false}`))
 		ok(t, Do(t, "POST", u+"/team/new", mk, `{"team_id":"tm-budget","members_with_roles":[{"user_id":"capped","role":"user"},{"user_id":"free","role":"user"}]}`))
-		ok(t, Do(t, "POST", u+"/team/member_update", mk, map[string]any{"team_id": "tm-budget", "user_id": "capped", "max_budget_in_team": float64(2*costPerCall) / 1e6}))
+		ok(t, Do(t, "POST", u+"/team/member_update", mk, map[string]any{"team_id": "tm-budget", "user_id": "capped", "max_budget_in_team": float64(2*costPerCall) / 1e9}))
 		capped := ok(t, Do(t, "POST", u+"/key/generate", mk, `{"team_id":"tm-budget","user_id":"capped"}`))["key"].(string)
 		free := ok(t, Do(t, "POST", u+"/key/generate", mk, `{"team_id":"tm-budget","user_id":"free"}`))["key"].(string)
 		waitStatus(t, dps[0], capped, chat("gpt-4o-mini", ""), 200)

@@ -13,8 +13,8 @@ import (
 
 // costPerCall is the fake upstream's usage (10 prompt, 5 completion tokens)
 // at gpt-4o-mini's configured prices (0.15 and 0.6 USD per million tokens):
-// 1.5 + 3 = 4.5 micro-USD, rounded up once.
-const costPerCall = 5 // micro-USD
+// 1.5 + 3 = 4.5 micro-USD, exactly 4500 nano-USD (no rounding).
+const costPerCall = 4500 // nano-USD
 
 // spendWorld is an org ⊃ team ⊃ member user with one key.
 type spendWorld struct {
@@ -71,13 +71,13 @@ func (w *spendWorld) traffic(t *testing.T, n int, dps ...*DataPlane) int {
 	return okCalls
 }
 
-// spend reads the spend (micro-USD) of the key, team, team member, user and
+// spend reads the spend (nano-USD) of the key, team, team member, user and
 // organization from the info endpoints.
 func (w *spendWorld) spend(t *testing.T) [5]int64 {
 	t.Helper()
-	micro := func(v any) int64 {
+	nano := func(v any) int64 {
 		f, _ := v.(float64)
-		return int64(math.Round(f * 1e6))
+		return int64(math.Round(f * 1e9))
 	}
 	k := ok(t, Do(t, "GET", w.u+"/key/info?key="+w.key, w.mk, nil))
 	tm := ok(t, Do(t, "GET", w.u+"/team/info?team_id="+w.teamID, w.mk, nil))
@@ -87,14 +87,14 @@ func (w *spendWorld) spend(t *testing.T) [5]int64 {
 	var member int64 = -1
 	for _, m := range ti["members_with_roles"].([]any) {
 		if mm := m.(map[string]any); mm["user_id"] == w.userID {
-			member = micro(mm["spend"])
+			member = nano(mm["spend"])
 		}
 	}
-	return [5]int64{micro(k["info"].(map[string]any)["spend"]), micro(ti["spend"]), member,
-		micro(us["user_info"].(map[string]any)["spend"]), micro(og["spend"])}
+	return [5]int64{nano(k["info"].(map[string]any)["spend"]), nano(ti["spend"]), member,
+		nano(us["user_info"].(map[string]any)["spend"]), nano(og["spend"])}
 }
 
-// waitSpend polls until every scope shows want micro-USD, and fails if one
+// waitSpend polls until every scope shows want nano-USD, and fails if one
 // goes past it (counted twice).
 func (w *spendWorld) waitSpend(t *testing.T, want int64) {
 	t.Helper()
@@ -104,7 +104,7 @@ func (w *spendWorld) waitSpend(t *testing.T, want int64) {
 		done := true
 		for _, g := range got {
 			if g > want {
-				t.Fatalf("spend [key team member user org] = %v micro-USD, more than the %d admitted: counted twice", got, want)
+				t.Fatalf("spend [key team member user org] = %v nano-USD, more than the %d admitted: counted twice", got, want)
 			}
 			done = done && g == want
 		}
@@ -112,7 +112,7 @@ func (w *spendWorld) waitSpend(t *testing.T, want int64) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("spend [key team member user org] = %v micro-USD, want %d everywhere", got, want)
+			t.Fatalf("spend [key team member user org] = %v nano-USD, want %d everywhere", got, want)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -156,7 +156,7 @@ func TestSpendEndToEnd(t *testing.T) {
 		for _, l := range logs["spend_logs"].([]any) {
 			row := l.(map[string]any)
 			if row["api_key"] != w.tokenID || row["user"] != w.userID || row["team_id"] != w.teamID ||
-				(row["end_user"] != "customer-1" && row["end_user"] != "") || row["model"] != "gpt-4o-mini" || math.Abs(row["spend"].(float64)-costPerCall/1e6) > 1e-12 {
+				(row["end_user"] != "customer-1" && row["end_user"] != "") || row["model"] != "gpt-4o-mini" || math.Abs(row["spend"].(float64)-costPerCall/1e9) > 1e-12 {
 				t.Fatalf("spend log row %v", row)
 			}
 			if row["end_user"] == "customer-1" {
@@ -221,14 +221,14 @@ func TestSpendEndToEnd(t *testing.T) {
 		// An end user's spend: every traffic call named "customer-1"
 		// (40 + 30 + 10 calls).
 		cust := ok(t, Do(t, "GET", w.u+"/customer/info?end_user_id=customer-1", w.mk, nil))
-		if got := cust["spend"].(float64); math.Abs(got-80*costPerCall/1e6) > 1e-9 {
-			t.Errorf("/customer/info spend %v USD, want %v", got, 80*costPerCall/1e6)
+		if got := cust["spend"].(float64); math.Abs(got-80*costPerCall/1e9) > 1e-9 {
+			t.Errorf("/customer/info spend %v USD, want %v", got, 80*costPerCall/1e9)
 		}
 		envelope(t, Do(t, "GET", w.u+"/customer/info?end_user_id=nobody", w.mk, nil), 404)
 
 		// A key at its max_budget is refused with 429 budget_exceeded once
 		// its synced spend reaches the budget.
-		k2 := ok(t, Do(t, "POST", w.u+"/key/generate", w.mk, map[string]any{"max_budget": 2 * costPerCall / 1e6}))["key"].(string)
+		k2 := ok(t, Do(t, "POST", w.u+"/key/generate", w.mk, map[string]any{"max_budget": 2 * costPerCall / 1e9}))["key"].(string)
 		waitStatus(t, dp2, k2, chat("gpt-4o-mini", ""), 200)
 		r := waitStatus(t, dp2, k2, chat("gpt-4o-mini", ""), 429)
 		e := envelope(t, r, 429)

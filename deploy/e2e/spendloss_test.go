@@ -30,7 +30,7 @@ func TestSpendLostOnSIGKILL(t *testing.T) {
 		key := ok(t, Do(t, "POST", u+"/key/generate", mk, map[string]any{}))["key"].(string)
 		waitStatus(t, dp, key, chat("gpt-4o-mini", ""), 200)
 		keySpend := func() int64 {
-			return keySpendMicro(t, u, mk, key)
+			return keySpendNano(t, u, mk, key)
 		}
 		// The first call's spend is synced before the traffic starts.
 		deadline := time.Now().Add(5 * time.Second)
@@ -115,10 +115,10 @@ func TestSpendLostOnSIGKILL(t *testing.T) {
 	})
 }
 
-// keySpendMicro reads a key's spend (micro-USD) from /key/info.
-func keySpendMicro(t *testing.T, u, mk, key string) int64 {
+// keySpendNano reads a key's spend (nano-USD) from /key/info.
+func keySpendNano(t *testing.T, u, mk, key string) int64 {
 	t.Helper()
 	k := ok(t, Do(t, "GET", u+"/key/info?key="+key, mk, nil))
 	f, _ := k["info"].(map[string]any)["spend"].(float64)
-	return int64(math.Round(f * 1e6))
+	return int64(math.Round(f * 1e9))
 }

@@ -288,7 +288,7 @@ func seedKey(c config, i int, base time.Time) store.Key {
 		}
 	}
 	if i%4 == 0 {
-		budget, rpm := int64(10_000_000), int64(60)
+		budget, rpm := int64(10_000_000_000), int64(60) // $10 in nano-USD
 		reset := base.Add(30 * 24 * time.Hour)
 		k.MaxBudget, k.RPMLimit = &budget, &rpm
 		k.BudgetDuration, k.BudgetResetAt = "30d", &reset
