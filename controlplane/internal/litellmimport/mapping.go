@@ -137,6 +137,10 @@ func (m *mapper) usd(what string, v float64) int64 {
 	if v < 0 && v > -1e-9 {
 		v = 0
 	}
+	if v > money.MaxUSD && !math.IsInf(v, 1) {
+		m.note("%s: %v USD is beyond the largest amount; %v used", what, v, money.MaxUSD)
+		v = money.MaxUSD
+	}
 	n, err := money.FromUSD(v)
 	if err != nil {
 		m.note("%s: %v is not a valid amount; 0 used", what, v)

@@ -272,3 +272,21 @@ func TestMapDeprecatedAndEncrypted(t *testing.T) {
 		t.Fatalf("with salt: %+v (%v)", p.Models, p.Notes)
 	}
 }
+
+// LiteLLM's USD floats become nano-USD, rounded to the nearest nano-USD; an
+// amount beyond the largest (1e9 USD) is capped with a note, never 0 (a 0
+// budget would refuse every request).
+func TestUSDToNano(t *testing.T) {
+	m := &mapper{plan: &Plan{}}
+	for _, tc := range []struct {
+		in   float64
+		want int64
+	}{{0.000855, 855_000}, {0.0000001, 100}, {1.5, 1_500_000_000}, {5e9, 1e18}, {-1, 0}} {
+		if got := m.usd("max_budget", tc.in); got != tc.want {
+			t.Errorf("usd(%v) = %d, want %d", tc.in, got, tc.want)
+		}
+	}
+	if len(m.plan.Notes) != 2 {
+		t.Fatalf("notes %q, want one for the cap and one for the negative amount", m.plan.Notes)
+	}
+}
