@@ -34,9 +34,9 @@ type Replica interface {
 // Sink records what a replica delivered, per session.
 type Sink struct {
 	mu      sync.Mutex
-	members map[string][2]int32                 // session → proxies, index
+	members map[string][2]int32                // session → proxies, index
 	allow   map[string]map[coord.PoolKey]int64 // session → allowance
-	grants  map[string]int                      // session → grants received
+	grants  map[string]int                     // session → grants received
 }
 
 func newSink() *Sink {
