@@ -11,6 +11,10 @@ import (
 // proxy process deployment-wide (its id and the random instance it sends in
 // Hello): it is stable across reconnections to any replica, so a proxy that
 // fails over keeps its index and its allowances. ID is unique per stream.
+//
+// Members are indexed in the order they joined (ties by name), as a single
+// control plane always did: the first proxy holds the remainder of an
+// uneven division, and a newcomer does not shift the others.
 type Session struct {
 	Member string
 	ID     string
@@ -29,7 +33,8 @@ type Deliver func(session string, g *syncv1.LeaseGrant)
 //   - Join makes the session's member a member of the deployment and, once
 //     done, delivers to every session of every member of this replica whose
 //     count or index changed (and to the joining session) a grant with the
-//     count, the index (rank of the member name among all members) and the
+//     count, the index (rank in join order among all members; a member
+//     that reconnects to another replica keeps its rank) and the
 //     member's allowance in every open window. Members on other replicas
 //     get theirs from their own replica.
 //   - Leave ends a session; when it was the member's only session on this

@@ -18,7 +18,7 @@ type Memory struct {
 	now     func() time.Time
 
 	mu       sync.Mutex
-	members  []string                        // sorted: the index is the rank
+	members  []string                        // in join order: the index
 	sessions map[string]map[string]time.Time // member → session → joined
 	since    map[string]time.Time            // member → when it joined
 	pools    map[PoolKey]*memPool
@@ -51,7 +51,7 @@ func (m *Memory) flush(out []send) {
 // allowance in every open window (its implicit shares would change with the
 // count).
 func (m *Memory) membershipLocked(member string) *syncv1.LeaseGrant {
-	i, _ := slices.BinarySearch(m.members, member)
+	i := slices.Index(m.members, member)
 	g := &syncv1.LeaseGrant{Proxies: int32(len(m.members)), Index: int32(i)}
 	for k, p := range m.pools {
 		a := p.get(member)
@@ -81,8 +81,7 @@ func (m *Memory) Join(_ context.Context, s Session) error {
 		ss = map[string]time.Time{}
 		m.sessions[s.Member] = ss
 		m.since[s.Member] = now
-		i, _ := slices.BinarySearch(m.members, s.Member)
-		m.members = slices.Insert(m.members, i, s.Member)
+		m.members = append(m.members, s.Member)
 		ss[s.ID] = now
 		out = m.everyoneLocked()
 	} else {
@@ -109,7 +108,7 @@ func (m *Memory) Leave(_ context.Context, s Session) {
 	}
 	delete(m.sessions, s.Member)
 	delete(m.since, s.Member)
-	if i, ok := slices.BinarySearch(m.members, s.Member); ok {
+	if i := slices.Index(m.members, s.Member); i >= 0 {
 		m.members = slices.Delete(m.members, i, i+1)
 	}
 	for _, p := range m.pools {

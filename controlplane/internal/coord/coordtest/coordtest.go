@@ -160,8 +160,8 @@ func join(t *testing.T, rs []Replica, ss []*Sink, names ...string) []proxy {
 func testMembership(t *testing.T, d Deployment) {
 	rs, ss := start(t, d, 2)
 	ps := join(t, rs, ss, "p-c", "p-a", "p-b")
-	// The index is the rank of the member name, on every replica.
-	want := map[string]int32{"p-a": 0, "p-b": 1, "p-c": 2}
+	// The index is the join order, on every replica.
+	want := map[string]int32{"p-c": 0, "p-a": 1, "p-b": 2}
 	for _, p := range ps {
 		eventually(t, p.s.Member+" told 3 members", func() bool {
 			n, i := p.sink.member(p.s.ID)
@@ -169,7 +169,7 @@ func testMembership(t *testing.T, d Deployment) {
 		})
 	}
 	ps[2].r.Leave(ctx(t), ps[2].s) // p-b
-	want = map[string]int32{"p-a": 0, "p-c": 1}
+	want = map[string]int32{"p-c": 0, "p-a": 1}
 	for _, p := range []proxy{ps[0], ps[1]} {
 		eventually(t, p.s.Member+" told 2 members", func() bool {
 			n, i := p.sink.member(p.s.ID)
@@ -183,7 +183,7 @@ func testMembership(t *testing.T, d Deployment) {
 	}
 	eventually(t, "second stream told its place", func() bool {
 		n, i := ps[1].sink.member(s2.ID)
-		return n == 2 && i == 0
+		return n == 2 && i == 1
 	})
 }
 

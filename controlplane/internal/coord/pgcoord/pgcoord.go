@@ -212,8 +212,8 @@ func (c *Coord) Join(ctx context.Context, s coord.Session) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, lockKey); err != nil {
 			return err
 		}
-		if err := tx.QueryRow(ctx, `INSERT INTO sync_members (member, replica_id, session, joined_at, heartbeat_at)
-			VALUES ($1, $2, $3, now(), now())
+		if err := tx.QueryRow(ctx, `INSERT INTO sync_members (member, replica_id, session, since, joined_at, heartbeat_at)
+			VALUES ($1, $2, $3, now(), now(), now())
 			ON CONFLICT (member) DO UPDATE SET replica_id = excluded.replica_id, session = excluded.session,
 				joined_at = now(), heartbeat_at = now()
 			RETURNING (xmax = 0)`, s.Member, c.replica, s.ID).Scan(&inserted); err != nil {
@@ -306,15 +306,10 @@ func (c *Coord) depart(ctx context.Context, member, session string) error {
 // delivery, tells every session of this replica its place and allowances;
 // otherwise only session (when not "").
 func (c *Coord) sync(ctx context.Context, session string) error {
-	rows, err := c.pool.Query(ctx, `SELECT member FROM sync_members`)
+	members, err := readMembers(ctx, c.pool)
 	if err != nil {
 		return err
 	}
-	members, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return err
-	}
-	slices.Sort(members)
 	c.mu.Lock()
 	changed := !slices.Equal(members, c.last)
 	type target struct{ member, session string }
@@ -339,7 +334,7 @@ func (c *Coord) sync(ctx context.Context, session string) error {
 	for _, t := range targets {
 		names = append(names, t.member)
 	}
-	rows, err = c.pool.Query(ctx, `SELECT a.member, a.scope, a.window_unix, a.alloc
+	rows, err := c.pool.Query(ctx, `SELECT a.member, a.scope, a.window_unix, a.alloc
 		FROM lease_allocs a JOIN lease_pools p USING (scope, window_unix)
 		WHERE a.member = ANY($1) AND `+openWindows, names)
 	if err != nil {
@@ -356,8 +351,8 @@ func (c *Coord) sync(ctx context.Context, session string) error {
 		return err
 	}
 	for _, t := range targets {
-		i, ok := slices.BinarySearch(members, t.member)
-		if !ok {
+		i := slices.Index(members, t.member)
+		if i < 0 {
 			// Not a member (expired, or taken over elsewhere): nothing to
 			// say until it is again.
 			continue
@@ -370,6 +365,44 @@ func (c *Coord) sync(ctx context.Context, session string) error {
 		c.mu.Unlock()
 	}
 	return nil
+}
+
+type rankedMember struct {
+	name  string
+	since time.Time
+}
+
+// rank orders members as their indexes: join order, ties by name (the
+// same order on every replica).
+func rank(ms []rankedMember) []string {
+	slices.SortFunc(ms, func(a, b rankedMember) int {
+		if c := a.since.Compare(b.since); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.name, b.name)
+	})
+	out := make([]string, len(ms))
+	for i, m := range ms {
+		out[i] = m.name
+	}
+	return out
+}
+
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+func readMembers(ctx context.Context, q querier) ([]string, error) {
+	rows, err := q.Query(ctx, `SELECT member, since FROM sync_members`)
+	if err != nil {
+		return nil, err
+	}
+	var ms []rankedMember
+	var m rankedMember
+	if _, err := pgx.ForEachRow(rows, []any{&m.name, &m.since}, func() error { ms = append(ms, m); return nil }); err != nil {
+		return nil, err
+	}
+	return rank(ms), nil
 }
 
 // Request implements coord.Coordinator: queued for the next lease
@@ -505,7 +538,7 @@ func (c *Coord) lease(ctx context.Context, batch []pending) error {
 		info := map[string]member{}
 		owner := map[string]string{}
 		if len(created) > 0 || wants {
-			rows, err := tx.Query(ctx, `SELECT m.member, m.replica_id, m.joined_at,
+			rows, err := tx.Query(ctx, `SELECT m.member, m.replica_id, m.joined_at, m.since,
 				EXISTS (SELECT 1 FROM sync_replicas r JOIN pg_stat_activity a ON a.pid = r.pid AND a.backend_start = r.backend_start
 					WHERE r.replica_id = m.replica_id)
 				FROM sync_members m`)
@@ -513,17 +546,18 @@ func (c *Coord) lease(ctx context.Context, batch []pending) error {
 				return err
 			}
 			var name, rep string
-			var joined time.Time
+			var joined, since time.Time
 			var alive bool
-			if _, err := pgx.ForEachRow(rows, []any{&name, &rep, &joined, &alive}, func() error {
-				names = append(names, name)
+			var ranked []rankedMember
+			if _, err := pgx.ForEachRow(rows, []any{&name, &rep, &joined, &since, &alive}, func() error {
+				ranked = append(ranked, rankedMember{name, since})
 				info[name] = member{joined, alive}
 				owner[name] = rep
 				return nil
 			}); err != nil {
 				return err
 			}
-			slices.Sort(names)
+			names = rank(ranked)
 		}
 		for _, k := range created {
 			pools[k].Open(names)

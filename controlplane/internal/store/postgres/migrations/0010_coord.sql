@@ -18,11 +18,13 @@ CREATE TABLE sync_replicas (
 -- One row per connected proxy process (member = proxy id + instance),
 -- refreshed by its replica every second and expired after a few seconds
 -- without a refresh. session is the stream that owns it: a proxy that
--- reconnects elsewhere takes its row over.
+-- reconnects elsewhere takes its row over (joined_at restarts, since is
+-- kept: members are indexed in order of since).
 CREATE TABLE sync_members (
     member       text        NOT NULL,
     replica_id   text        NOT NULL,
     session      text        NOT NULL,
+    since        timestamptz NOT NULL,
     joined_at    timestamptz NOT NULL,
     heartbeat_at timestamptz NOT NULL,
     CONSTRAINT sync_members_pkey PRIMARY KEY (member)
