@@ -29,6 +29,8 @@ import (
 
 	"github.com/tollgate-gw/tollgate/controlplane/internal/api"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/config"
+	"github.com/tollgate-gw/tollgate/controlplane/internal/coord"
+	"github.com/tollgate-gw/tollgate/controlplane/internal/coord/pgcoord"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/events"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/jobs"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/monitor"
@@ -143,7 +145,25 @@ func run(ctx context.Context, o options) error {
 	case o.SyncToken == "":
 		slog.Warn("no --sync-token and no --client-ca: data planes cannot sync from this control plane")
 	}
+	var coordErr error
+	if o.DatabaseURL != "" {
+		// Several replicas may serve proxies: membership and lease pools
+		// are rows every replica shares (controlplane/internal/coord/pgcoord).
+		// The embedded store serves one replica: coord.Memory (the default).
+		syncOpts = append(syncOpts, syncserver.WithCoordinator(func(d coord.Deliver) coord.Coordinator {
+			c, err := pgcoord.Open(ctx, o.DatabaseURL, d, pgcoord.Options{Logger: slog.Default()})
+			if err != nil {
+				coordErr = err
+				return coord.NewMemory(d)
+			}
+			return c
+		}))
+	}
 	ss := syncserver.New(st, o.SyncToken, syncOpts...)
+	if coordErr != nil {
+		_ = ss.Close()
+		return fmt.Errorf("open coordination: %w", coordErr)
+	}
 	srv.SetProxyStats(ss.Stats) // GET /proxies
 	syncCtx, stopSync := context.WithCancel(ctx)
 	defer stopSync()

@@ -34,6 +34,13 @@
 // only content is unknown fields), so N streams share one encoding. This
 // relies on the default proto codec, which writes unknown fields verbatim.
 //
+// Membership and rate-limit leases are not this package's: each stream
+// joins the deployment's membership through a coord.Coordinator once it is
+// current, its LeaseRequests go to it, and it delivers LeaseGrants to this
+// server's streams (WithCoordinator; by default coord.Memory, this replica
+// alone). A stream that ends leaves, unless this server is stopping: its
+// proxy then fails over to another replica keeping its place.
+//
 // Keys travel as the 32 raw bytes of their SHA-256; plaintext keys never
 // exist here. general_settings loses master_key and database_url. Model
 // api_key is sent as stored (normally an "os.environ/NAME" reference the

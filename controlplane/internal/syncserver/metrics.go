@@ -80,12 +80,10 @@ func newMetrics(s *Server, reg prometheus.Registerer) metrics {
 			return time.Since(oldest).Seconds()
 		}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tollgate_cp_lease_grants_total", Help: "Rate-limit lease grants sent to proxies."}, func() float64 {
-			return float64(s.leases.grants.Load())
+			return float64(s.grants.Load())
 		}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tollgate_cp_lease_pools", Help: "Rate-limit windows (scope and window) this control plane is leasing out."}, func() float64 {
-			s.leases.mu.Lock()
-			defer s.leases.mu.Unlock()
-			return float64(len(s.leases.pools))
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tollgate_cp_lease_pools", Help: "Rate-limit windows (scope and window) open in the deployment (Postgres: as of the last 10 s cleanup)."}, func() float64 {
+			return float64(s.coord.Pools())
 		}),
 	)
 	return m

@@ -3,7 +3,9 @@ package syncserver
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"slices"
@@ -15,6 +17,7 @@ import (
 
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 
+	"github.com/tollgate-gw/tollgate/controlplane/internal/coord"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 )
 
@@ -41,6 +44,9 @@ type options struct {
 	// peerAuth: streams are authenticated by the transport (mutual TLS,
 	// checked before the handler runs); a token, when set, is required too.
 	peerAuth bool
+	// coordinator builds the membership and lease bookkeeping (default:
+	// coord.NewMemory, this replica alone).
+	coordinator func(coord.Deliver) coord.Coordinator
 }
 
 func defaultOptions() options {
@@ -260,8 +266,10 @@ type Server struct {
 	conns   map[*conn]struct{}
 	gone    map[string]ProxyStats // by proxy id, under connsMu
 
-	// Rate-limit leases of the connected proxies (leases.go).
-	leases leases
+	// Membership and rate-limit leases, deployment-wide (coord).
+	coord    coord.Coordinator
+	sessions map[string]*conn // by conn.session, under connsMu
+	grants   atomic.Int64     // lease grants sent (metrics)
 
 	// Spend batches from every stream go through one applier (spend.go).
 	spendOnce sync.Once
@@ -295,6 +303,17 @@ type conn struct {
 	abort context.CancelCauseFunc
 	// send is the stream's (locked) Send, for lease grants.
 	send func(*syncv1.ControlMessage) error
+	// member names the proxy in the deployment's membership; session this
+	// stream (coord.Session).
+	member, session string
+}
+
+// WithCoordinator makes the server count its proxies and lease rate limits
+// through the Coordinator newCoord returns (given the function that delivers
+// grants to this server's streams), instead of in this replica's memory
+// alone: with several replicas on Postgres, pgcoord. The server closes it.
+func WithCoordinator(newCoord func(coord.Deliver) coord.Coordinator) Option {
+	return func(o *options) { o.coordinator = newCoord }
 }
 
 // WithPeerAuthenticated declares that the transport already authenticated
@@ -326,6 +345,12 @@ func New(st store.Store, token string, opts ...Option) *Server {
 		cancel:   cancel,
 		done:     make(chan struct{}),
 		conns:    make(map[*conn]struct{}),
+		sessions: make(map[string]*conn),
+	}
+	if o.coordinator != nil {
+		s.coord = o.coordinator(s.deliverLease)
+	} else {
+		s.coord = coord.NewMemory(s.deliverLease)
 	}
 	if s.hasToken {
 		s.digest = sha256.Sum256([]byte(token))
@@ -384,8 +409,45 @@ func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.done)
 		s.cancel()
+		if err := s.coord.Close(); err != nil {
+			s.log.Warn("sync: closing the coordinator", "err", err)
+		}
 	})
 	return nil
+}
+
+// deliverLease sends a lease grant to one of this replica's streams
+// (coord.Deliver). Best effort: a failed Send ends that stream, and its
+// proxy keeps the allowance it had.
+func (s *Server) deliverLease(session string, g *syncv1.LeaseGrant) {
+	s.connsMu.Lock()
+	c := s.sessions[session]
+	s.connsMu.Unlock()
+	if c == nil || c.send == nil {
+		return
+	}
+	s.grants.Add(1)
+	_ = c.send(&syncv1.ControlMessage{Msg: &syncv1.ControlMessage_LeaseGrant{LeaseGrant: g}})
+}
+
+// memberName names a proxy process in the deployment's membership: its id
+// and the instance it announced (random per process), so that it keeps its
+// place when it reconnects to any replica. A proxy that sends neither is a
+// member per stream.
+func memberName(h *syncv1.Hello, session string) string {
+	switch {
+	case h.GetInstance() != "":
+		return h.GetProxyId() + "#" + h.GetInstance()
+	case h.GetProxyId() != "":
+		return h.GetProxyId()
+	}
+	return "#" + session
+}
+
+func newSession() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // reader is Run's state: the single goroutine that reads change sets from

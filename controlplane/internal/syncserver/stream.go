@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/tollgate-gw/tollgate/controlplane/internal/coord"
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 )
 
@@ -68,25 +69,34 @@ func (s *Server) Sync(raw syncStream) error {
 		return status.Error(codes.Unavailable, "sync feed is not ready; retry")
 	}
 
-	c := &conn{peer: addr, connectedAt: time.Now(), abort: abort, send: stream.Send}
+	c := &conn{peer: addr, connectedAt: time.Now(), abort: abort, send: stream.Send, session: newSession()}
 	hello, err := s.recvHello(ctx, stream, c)
 	if err != nil {
 		s.log.Warn("sync: bad stream opening", "peer", addr, "err", err)
 		return err
 	}
 	c.id, c.version, c.hello = hello.GetProxyId(), hello.GetVersion(), hello.GetRevision()
+	c.member = memberName(hello, c.session)
 	c.sent.Store(c.hello)
 
 	s.connsMu.Lock()
 	s.conns[c] = struct{}{}
+	s.sessions[c.session] = c
 	s.connsMu.Unlock()
 	err = s.serve(ctx, stream, c)
-	s.leases.leave(c)
+	select {
+	case <-s.done:
+		// This replica is stopping: its proxies reconnect to another one
+		// and keep their place and leases there (coord.Coordinator.Close).
+	default:
+		s.coord.Leave(context.WithoutCancel(ctx), coord.Session{Member: c.member, ID: c.session})
+	}
 	if cause := context.Cause(ctx); ctx.Err() != nil && cause != nil && status.Code(cause) != codes.Unknown {
 		err = cause // the receiving goroutine ended the stream
 	}
 	s.connsMu.Lock()
 	s.forgetLocked(c)
+	delete(s.sessions, c.session)
 	s.connsMu.Unlock()
 
 	attrs := []any{"proxy_id", c.id, "peer", addr, "sent_revision", c.sent.Load(),
@@ -176,6 +186,7 @@ func (s *Server) recvHello(ctx context.Context, stream syncStream, c *conn) (*sy
 			return
 		}
 		hello := m.GetHello()
+		sess := coord.Session{Member: memberName(hello, c.session), ID: c.session}
 		for {
 			m, err := stream.Recv()
 			if err != nil {
@@ -186,7 +197,7 @@ func (s *Server) recvHello(ctx context.Context, stream syncStream, c *conn) (*sy
 				c.applied.Store(a.GetRevision())
 			}
 			if lr := m.GetLeaseRequest(); lr != nil {
-				s.leases.request(c, lr)
+				s.coord.Request(ctx, sess, lr)
 			}
 			if b := m.GetSpendBatch(); b != nil {
 				batch, ack, err := s.parseSpend(hello.GetProxyId(), b)
@@ -348,9 +359,11 @@ func (s *Server) follow(ctx context.Context, stream syncStream, c *conn, target 
 				return err
 			}
 			pendingHB = false
-			// Rate-limit shares (leases.go) once the proxy is current:
-			// never ahead of the authoritative first answer.
-			s.leases.join(c)
+			// Membership and rate-limit shares (coord) once the proxy is
+			// current: never ahead of the authoritative first answer.
+			if err := s.coord.Join(ctx, coord.Session{Member: c.member, ID: c.session}); err != nil {
+				return s.storeErr(ctx, "joining the deployment's membership", err)
+			}
 		}
 		batch, _, wake, inRing := s.feed.after(sent, s.o.batch, buf[:0])
 		if !inRing {

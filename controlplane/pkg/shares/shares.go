@@ -1,7 +1,7 @@
-// Package shares is the split of a limit among the proxies connected to a
-// control plane, which both planes must compute alike: the control plane
-// when it opens a window (controlplane/internal/syncserver) and every proxy
-// for its implicit share (dataplane/internal/limits).
+// Package shares is the split of a limit among the proxies of a
+// deployment, which both planes must compute alike: the control plane when
+// it opens a window (controlplane/internal/coord) and every proxy for its
+// implicit share (dataplane/internal/limits).
 package shares
 
 // Of is the share of limit held by the proxy at index among n: limit / n,

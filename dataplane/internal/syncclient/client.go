@@ -39,6 +39,8 @@ package syncclient
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -148,6 +150,12 @@ type Client struct {
 
 	sendMu sync.Mutex // one Send at a time: receiving loop and spend shipper
 
+	// instance is random per process and sent in every Hello: the control
+	// planes name this proxy by id and instance in their deployment-wide
+	// membership, so it keeps its place and leases when it reconnects to
+	// another replica.
+	instance string
+
 	m metrics
 }
 
@@ -181,7 +189,7 @@ func New(a Applier, o Options) *Client {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	c := &Client{a: a, o: o, log: o.Logger.With("component", "sync")}
+	c := &Client{a: a, o: o, log: o.Logger.With("component", "sync"), instance: newInstance()}
 	c.st.Revision = a.Revision()
 	c.m = metrics{
 		connected:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "tollgate_sync_connected", Help: "1 while a sync stream to the control plane is established."}),
@@ -326,7 +334,7 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 		return err
 	}
 	rev := c.a.Revision()
-	if err := c.send(stream, &syncv1.ProxyMessage{Msg: &syncv1.ProxyMessage_Hello{Hello: &syncv1.Hello{ProxyId: c.o.ProxyID, Revision: rev, Version: c.o.Version}}}); err != nil {
+	if err := c.send(stream, &syncv1.ProxyMessage{Msg: &syncv1.ProxyMessage_Hello{Hello: &syncv1.Hello{ProxyId: c.o.ProxyID, Revision: rev, Version: c.o.Version, Instance: c.instance}}}); err != nil {
 		return recvErr(stream, err)
 	}
 
@@ -558,4 +566,10 @@ func recvErr(stream grpc.BidiStreamingClient[syncv1.ProxyMessage, syncv1.Control
 		}
 	}
 	return err
+}
+
+func newInstance() string {
+	b := make([]byte, 8)
+	_, _ = crand.Read(b)
+	return hex.EncodeToString(b)
 }

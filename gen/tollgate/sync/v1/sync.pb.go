@@ -276,8 +276,14 @@ type Hello struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	ProxyId string                 `protobuf:"bytes,1,opt,name=proxy_id,json=proxyId,proto3" json:"proxy_id,omitempty"`
 	// revision the proxy holds (0 when it has nothing).
-	Revision      int64  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
-	Version       string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	Revision int64  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	Version  string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	// instance is random per proxy process (new at every start, kept across
+	// reconnections): with proxy_id it names the proxy deployment-wide in the
+	// control planes' membership, so a proxy that reconnects to another
+	// control-plane replica keeps its place and its leases, and two processes
+	// that share an id are still two members.
+	Instance      string `protobuf:"bytes,50,opt,name=instance,proto3" json:"instance,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -329,6 +335,13 @@ func (x *Hello) GetRevision() int64 {
 func (x *Hello) GetVersion() string {
 	if x != nil {
 		return x.Version
+	}
+	return ""
+}
+
+func (x *Hello) GetInstance() string {
+	if x != nil {
+		return x.Instance
 	}
 	return ""
 }
@@ -789,15 +802,17 @@ func (*ControlMessage_SpendAck) isControlMessage_Msg() {}
 
 func (*ControlMessage_LeaseGrant) isControlMessage_Msg() {}
 
-// LeaseGrant tells a proxy its place among the proxies connected to this
-// control plane (sent on connect and whenever the set changes) and the
+// LeaseGrant tells a proxy its place among the proxies connected to the
+// deployment, on every control-plane replica (sent on connect and whenever
+// the set changes) and the
 // allowances it now holds. An allowance replaces the implicit share for its
 // (scope, window): it is the total the proxy may admit in that window, and
 // may be lower than before when the control plane reclaimed unused share.
 type LeaseGrant struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// proxies is the number of proxies connected to this control plane (0:
-	// unchanged); index is this proxy's position among them.
+	// proxies is the number of proxies connected to the deployment (every
+	// control-plane replica; 0: unchanged); index is this proxy's position
+	// among them.
 	Proxies       int32             `protobuf:"varint,1,opt,name=proxies,proto3" json:"proxies,omitempty"`
 	Index         int32             `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
 	Allowances    []*LeaseAllowance `protobuf:"bytes,3,rep,name=allowances,proto3" json:"allowances,omitempty"`
@@ -2584,11 +2599,12 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\vwindow_unix\x18\x03 \x01(\x03R\n" +
 	"windowUnix\x12\x12\n" +
 	"\x04used\x18\x04 \x01(\x03R\x04used\x12\x12\n" +
-	"\x04want\x18\x05 \x01(\x03R\x04want\"X\n" +
+	"\x04want\x18\x05 \x01(\x03R\x04want\"t\n" +
 	"\x05Hello\x12\x19\n" +
 	"\bproxy_id\x18\x01 \x01(\tR\aproxyId\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\tR\aversion\"%\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\x12\x1a\n" +
+	"\binstance\x182 \x01(\tR\binstance\"%\n" +
 	"\aApplied\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\"\xdd\x01\n" +
 	"\n" +
