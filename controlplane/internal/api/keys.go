@@ -636,7 +636,7 @@ func (ks *keyService) DeleteKeys(ctx context.Context, req *adminv1.DeleteKeysReq
 
 func (ks *keyService) GetKeyInfo(ctx context.Context, req *adminv1.GetKeyInfoRequest) (*adminv1.GetKeyInfoResponse, error) {
 	s := ks.s
-	c, err := s.authenticate(ctx)
+	c, err := s.authenticateKey(ctx)
 	if err != nil {
 		return nil, err
 	}

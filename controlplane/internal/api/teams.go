@@ -429,7 +429,7 @@ func (ts *teamService) UnblockTeam(ctx context.Context, req *adminv1.TeamIdReque
 
 func (ts *teamService) GetTeamInfo(ctx context.Context, req *adminv1.TeamIdRequest) (*adminv1.TeamInfoResponse, error) {
 	s := ts.s
-	c, err := s.authenticate(ctx)
+	c, err := s.authenticateKey(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -455,10 +455,11 @@ func (ts *teamService) GetTeamInfo(ctx context.Context, req *adminv1.TeamIdReque
 		return nil, storeError(ctx, err, "team")
 	}
 	out := &adminv1.TeamInfoResponse{TeamId: t.TeamID, TeamInfo: teamOut(&t)}
-	// A team user sees its own keys in the team; admins see them all.
+	// A team user sees its own keys in the team; admins see them all; a
+	// key reading its team sees itself.
 	all := c.ReadsAll() || c.TeamRole(t.TeamID, t.OrganizationID) == store.TeamRoleAdmin
 	for i := range ks {
-		if all || ks[i].UserID == c.ID {
+		if all || (c.ID != "" && ks[i].UserID == c.ID) || ks[i].TokenID == c.KeyTokenID {
 			out.Keys = append(out.Keys, keyOut(&ks[i]))
 		}
 	}
