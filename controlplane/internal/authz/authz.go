@@ -158,6 +158,10 @@ const (
 	OrgUpdate    Action = "organization.update"
 	OrgDelete    Action = "organization.delete"
 	OrgMemberAdd Action = "organization.member_add"
+	// OrgMemberUpdate and OrgMemberDelete: LiteLLM's PATCH
+	// /organization/member_update and DELETE /organization/member_delete.
+	OrgMemberUpdate Action = "organization.member_update"
+	OrgMemberDelete Action = "organization.member_delete"
 	OrgInfo      Action = "organization.info"
 	OrgList      Action = "organization.list"
 
@@ -206,7 +210,7 @@ func Actions() []Action {
 		KeyGenerate, KeyServiceAccountGenerate, KeyUpdate, KeyDelete, KeyInfo, KeyList, KeyRegenerate, KeyBlock, KeyUnblock,
 		TeamNew, TeamUpdate, TeamDelete, TeamMemberAdd, TeamMemberDelete, TeamMemberUpdate, TeamBlock, TeamUnblock, TeamInfo, TeamList,
 		UserNew, UserUpdate, UserDelete, UserInfo, UserList,
-		OrgNew, OrgUpdate, OrgDelete, OrgMemberAdd, OrgInfo, OrgList,
+		OrgNew, OrgUpdate, OrgDelete, OrgMemberAdd, OrgMemberUpdate, OrgMemberDelete, OrgInfo, OrgList,
 		ModelNew, ModelUpdate, ModelDelete, ModelInfo,
 		SettingsRead, SettingsUpdate, AuditRead, SpendRead, ProxyList,
 		CustomerNew, CustomerUpdate, CustomerDelete, CustomerBlock, CustomerUnblock, CustomerList,
@@ -391,7 +395,7 @@ func Decide(c Caller, a Action, t Target) Decision {
 		return hidden("organization")
 	case OrgList, ModelInfo:
 		return allow // organizations are narrowed to the caller's
-	case OrgNew, OrgUpdate, OrgDelete, OrgMemberAdd:
+	case OrgNew, OrgUpdate, OrgDelete, OrgMemberAdd, OrgMemberUpdate, OrgMemberDelete:
 		return forbid("", "only proxy_admin may manage organizations")
 	case ModelNew, ModelUpdate, ModelDelete:
 		return forbid("", "only proxy_admin may manage models")

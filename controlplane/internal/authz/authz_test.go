@@ -108,7 +108,7 @@ func target(a Action, s scope) Target {
 		return Target{Before: b, After: &after}
 	case UserNew:
 		return Target{After: &Object{UserID: "u-new"}}
-	case OrgInfo, OrgUpdate, OrgDelete, OrgMemberAdd:
+	case OrgInfo, OrgUpdate, OrgDelete, OrgMemberAdd, OrgMemberUpdate, OrgMemberDelete:
 		return Target{Before: &Object{OrgID: s.org()}}
 	}
 	return Target{}
@@ -123,7 +123,7 @@ var expected = map[string]map[Action]string{
 		TeamNew: "333", TeamUpdate: "333", TeamDelete: "333", TeamMemberAdd: "333", TeamMemberDelete: "333", TeamMemberUpdate: "333",
 		TeamBlock: "333", TeamUnblock: "333", TeamInfo: "AAA", TeamList: "AAA",
 		UserNew: "333", UserUpdate: "333", UserDelete: "333", UserInfo: "AAA", UserList: "AAA",
-		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AAA", OrgList: "AAA",
+		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgMemberUpdate: "333", OrgMemberDelete: "333", OrgInfo: "AAA", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "AAA", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AAA", ProxyList: "AAA",
 		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "AAA",
@@ -134,7 +134,7 @@ var expected = map[string]map[Action]string{
 		TeamNew: "333", TeamUpdate: "333", TeamDelete: "333", TeamMemberAdd: "AA4", TeamMemberDelete: "AA4", TeamMemberUpdate: "3A4",
 		TeamBlock: "333", TeamUnblock: "333", TeamInfo: "AA4", TeamList: "AA3",
 		UserNew: "333", UserUpdate: "A44", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
-		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
+		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgMemberUpdate: "333", OrgMemberDelete: "333", OrgInfo: "AA4", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
@@ -145,7 +145,7 @@ var expected = map[string]map[Action]string{
 		TeamNew: "333", TeamUpdate: "333", TeamDelete: "333", TeamMemberAdd: "334", TeamMemberDelete: "334", TeamMemberUpdate: "334",
 		TeamBlock: "333", TeamUnblock: "333", TeamInfo: "AA4", TeamList: "AA3",
 		UserNew: "333", UserUpdate: "A44", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
-		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
+		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgMemberUpdate: "333", OrgMemberDelete: "333", OrgInfo: "AA4", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
@@ -156,7 +156,7 @@ var expected = map[string]map[Action]string{
 		TeamNew: "333", TeamUpdate: "333", TeamDelete: "333", TeamMemberAdd: "333", TeamMemberDelete: "333", TeamMemberUpdate: "333",
 		TeamBlock: "333", TeamUnblock: "333", TeamInfo: "AA4", TeamList: "AA3",
 		UserNew: "333", UserUpdate: "333", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
-		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
+		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgMemberUpdate: "333", OrgMemberDelete: "333", OrgInfo: "AA4", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
@@ -169,7 +169,7 @@ var expected = map[string]map[Action]string{
 		TeamNew: "333", TeamUpdate: "333", TeamDelete: "333", TeamMemberAdd: "334", TeamMemberDelete: "334", TeamMemberUpdate: "334",
 		TeamBlock: "333", TeamUnblock: "333", TeamInfo: "AA4", TeamList: "AA3",
 		UserNew: "333", UserUpdate: "A44", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
-		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
+		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgMemberUpdate: "333", OrgMemberDelete: "333", OrgInfo: "AA4", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
@@ -181,7 +181,7 @@ var expected = map[string]map[Action]string{
 		TeamNew: "333", TeamUpdate: "333", TeamDelete: "333", TeamMemberAdd: "AA4", TeamMemberDelete: "AA4", TeamMemberUpdate: "3A4",
 		TeamBlock: "333", TeamUnblock: "333", TeamInfo: "AA4", TeamList: "AA3",
 		UserNew: "333", UserUpdate: "A44", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
-		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
+		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgMemberUpdate: "333", OrgMemberDelete: "333", OrgInfo: "AA4", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
@@ -194,7 +194,7 @@ var expected = map[string]map[Action]string{
 		TeamNew: "111", TeamUpdate: "111", TeamDelete: "111", TeamMemberAdd: "111", TeamMemberDelete: "111", TeamMemberUpdate: "111",
 		TeamBlock: "111", TeamUnblock: "111", TeamInfo: "AA4", TeamList: "111",
 		UserNew: "111", UserUpdate: "111", UserDelete: "111", UserInfo: "111", UserList: "111",
-		OrgNew: "111", OrgUpdate: "111", OrgDelete: "111", OrgMemberAdd: "111", OrgInfo: "111", OrgList: "111",
+		OrgNew: "111", OrgUpdate: "111", OrgDelete: "111", OrgMemberAdd: "111", OrgMemberUpdate: "111", OrgMemberDelete: "111", OrgInfo: "111", OrgList: "111",
 		ModelNew: "111", ModelUpdate: "111", ModelDelete: "111", ModelInfo: "AAA",
 		SettingsRead: "111", SettingsUpdate: "111", AuditRead: "111", SpendRead: "111", ProxyList: "111",
 		CustomerNew: "111", CustomerUpdate: "111", CustomerDelete: "111", CustomerBlock: "111", CustomerUnblock: "111", CustomerList: "111",
@@ -207,7 +207,7 @@ var expected = map[string]map[Action]string{
 		TeamNew: "333", TeamUpdate: "333", TeamDelete: "333", TeamMemberAdd: "444", TeamMemberDelete: "444", TeamMemberUpdate: "444",
 		TeamBlock: "333", TeamUnblock: "333", TeamInfo: "444", TeamList: "AA3",
 		UserNew: "333", UserUpdate: "A44", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
-		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "444", OrgList: "AAA",
+		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgMemberUpdate: "333", OrgMemberDelete: "333", OrgInfo: "444", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
