@@ -162,8 +162,8 @@ const (
 	// /organization/member_update and DELETE /organization/member_delete.
 	OrgMemberUpdate Action = "organization.member_update"
 	OrgMemberDelete Action = "organization.member_delete"
-	OrgInfo      Action = "organization.info"
-	OrgList      Action = "organization.list"
+	OrgInfo         Action = "organization.info"
+	OrgList         Action = "organization.list"
 
 	ModelNew    Action = "model.new"
 	ModelUpdate Action = "model.update"
