@@ -390,6 +390,8 @@ func matrix() map[string]endpoint {
 	e["/audit"] = endpoint{own: o, team: tm, foreign: fo, want: adminOnly}
 	o, tm, fo = same(func(_ *world, _ fixture) call { return get("/spend/logs") })
 	e["/spend/logs"] = endpoint{own: o, team: tm, foreign: fo, want: allRead}
+	o, tm, fo = same(func(_ *world, _ fixture) call { return get("/spend/logs/paged") })
+	e["/spend/logs/paged"] = endpoint{own: o, team: tm, foreign: fo, want: allRead}
 	o, tm, fo = same(func(_ *world, _ fixture) call { return get("/global/spend/report?group_by=team") })
 	e["/global/spend/report"] = endpoint{own: o, team: tm, foreign: fo, want: allRead}
 	o, tm, fo = same(func(_ *world, _ fixture) call { return get("/proxies") })

@@ -1,9 +1,12 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 )
 
 // The tests in this file pin LiteLLM's documented management behaviour
@@ -225,4 +228,63 @@ func TestParityOrganizations(t *testing.T) {
 		ok(t, Do(t, "DELETE", u+"/organization/delete", mk, map[string]any{"organization_ids": []string{"o1"}}))
 		envelope(t, Do(t, "GET", u+"/organization/info?organization_id=o1", mk, nil), 404)
 	})
+}
+
+// TestParitySpendLogsByResponseID: LiteLLM keys spend logs by the upstream
+// response's id, so /spend/logs?request_id=<the completion's id> finds the
+// call; /spend/logs answers a JSON list with numeric token counts.
+func TestParitySpendLogsByResponseID(t *testing.T) {
+	backends(t, func(t *testing.T, o CPOptions) {
+		d := newDeployment(t, o)
+		dp := d.proxy(t)
+		u, mk := d.cp.URL(), d.cp.MasterKey
+		key := ok(t, Do(t, "POST", u+"/key/generate", mk, map[string]any{}))["key"].(string)
+		resp := waitStatus(t, dp, key, chat("gpt-4o-mini", ""), 200).JSON(t)
+		id := resp["id"].(string) // the fake upstream's chatcmpl-1
+		waitStatus(t, dp, key, chat("gpt-4o-mini", `,"stream":true`), 200)
+		for _, c := range []struct {
+			id                 string
+			prompt, completion float64
+		}{{id, 10, 5}, {"c1", 10, 5}} {
+			rows := waitSpendLogs(t, u, mk, c.id)
+			row := rows[0].(map[string]any)
+			if row["request_id"] != c.id || row["prompt_tokens"] != c.prompt || row["completion_tokens"] != c.completion || row["total_tokens"] != c.prompt+c.completion {
+				t.Fatalf("spend log for %s: %v", c.id, row)
+			}
+		}
+		// The paged form keeps its envelope, with the same numbers.
+		p := ok(t, Do(t, "GET", u+"/spend/logs/paged?request_id="+id, mk, nil))
+		if p["total"] != 1.0 || p["spend_logs"].([]any)[0].(map[string]any)["prompt_tokens"] != 10.0 {
+			t.Fatalf("paged: %v", p)
+		}
+		// No match is an empty list, not an error.
+		r := Do(t, "GET", u+"/spend/logs?request_id=chatcmpl-none", mk, nil)
+		if r.Status != 200 || strings.TrimSpace(string(r.Body)) != "[]" {
+			t.Fatalf("no match: %d %s", r.Status, r.Body)
+		}
+	})
+}
+
+// waitSpendLogs polls /spend/logs?request_id= until it lists a row (spend
+// reaches the control plane asynchronously).
+func waitSpendLogs(t *testing.T, u, mk, requestID string) []any {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		r := Do(t, "GET", u+"/spend/logs?request_id="+requestID, mk, nil)
+		if r.Status != 200 {
+			t.Fatalf("/spend/logs: %d %s", r.Status, r.Body)
+		}
+		var rows []any
+		if err := json.Unmarshal(r.Body, &rows); err != nil {
+			t.Fatalf("/spend/logs is not a JSON list: %s", r.Body)
+		}
+		if len(rows) > 0 {
+			return rows
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no spend log with request_id %s", requestID)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -58,10 +58,10 @@ func (m masterKey) matches(presented string) bool {
 	return subtle.ConstantTimeCompare(m[:], p[:]) == 1
 }
 
-// masterUserID is the user the master key stands for where LiteLLM needs a
-// user id (litellm_proxy_admin_name): the team admin /team/new adds for its
-// creator. It is an ordinary internal_user, created on first use; the
-// master key never authenticates as it.
+// masterUserID is the member id the master key stands for where LiteLLM
+// needs a user id (litellm_proxy_admin_name): the team admin /team/new adds
+// for its creator. No user record is created for it (the membership names
+// no user, as LiteLLM's does), and the master key never authenticates as it.
 const masterUserID = "default_user_id"
 
 // notManagement is the refusal of a key that may only read itself.

@@ -120,8 +120,10 @@ func (ts *teamService) NewTeam(ctx context.Context, req *adminv1.NewTeamRequest)
 			if _, dup := t.Member(m.UserID); dup {
 				return badRequest("members_with_roles", "user "+m.UserID+" is listed twice")
 			}
-			if err := s.ensureUser(ctx, tx, m.UserID, m.UserEmail); err != nil {
-				return err
+			if m.UserID != masterUserID || !c.Master {
+				if err := s.ensureUser(ctx, tx, m.UserID, m.UserEmail); err != nil {
+					return err
+				}
 			}
 			t.Members = append(t.Members, store.TeamMember{UserID: m.UserID, Role: m.Role, MaxBudgetInTeam: budgets[i], UserEmail: m.UserEmail})
 		}
