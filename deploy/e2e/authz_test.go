@@ -342,6 +342,22 @@ func matrix() map[string]endpoint {
 		return map[string]any{"organization_id": id, "member": map[string]any{"user_id": "spare"}}
 	})
 	e["/organization/member_add"] = endpoint{own: o, team: tm, foreign: fo, want: adminOnly}
+	orgMember := func(path string, extra map[string]any) (scopeFn, scopeFn, scopeFn) {
+		mk := func(org, user string) call {
+			b := map[string]any{"organization_id": org, "user_id": user}
+			for k, v := range extra {
+				b[k] = v
+			}
+			return post(path, b)
+		}
+		return func(_ *world, f fixture) call { return mk(f.ownOrg, "mate") },
+			func(_ *world, f fixture) call { return mk(f.ownOrg2, "mate") },
+			func(_ *world, f fixture) call { return mk(f.foreignOrg, "outsider") }
+	}
+	o, tm, fo = orgMember("/organization/member_update", map[string]any{"role": "internal_user_viewer"})
+	e["/organization/member_update"] = endpoint{own: o, team: tm, foreign: fo, want: adminOnly}
+	o, tm, fo = orgMember("/organization/member_delete", nil)
+	e["/organization/member_delete"] = endpoint{own: o, team: tm, foreign: fo, want: adminOnly}
 	o, tm, fo = orgOp("GET", "/organization/info", nil)
 	e["/organization/info"] = endpoint{own: o, team: tm, foreign: fo, want: map[string]string{"tadmin": "AA4", "tuser": "AA4", "iviewer": "AA4"}}
 	o, tm, fo = same(func(_ *world, _ fixture) call { return get("/organization/list") })
@@ -374,6 +390,8 @@ func matrix() map[string]endpoint {
 	e["/audit"] = endpoint{own: o, team: tm, foreign: fo, want: adminOnly}
 	o, tm, fo = same(func(_ *world, _ fixture) call { return get("/spend/logs") })
 	e["/spend/logs"] = endpoint{own: o, team: tm, foreign: fo, want: allRead}
+	o, tm, fo = same(func(_ *world, _ fixture) call { return get("/spend/logs/paged") })
+	e["/spend/logs/paged"] = endpoint{own: o, team: tm, foreign: fo, want: allRead}
 	o, tm, fo = same(func(_ *world, _ fixture) call { return get("/global/spend/report?group_by=team") })
 	e["/global/spend/report"] = endpoint{own: o, team: tm, foreign: fo, want: allRead}
 	o, tm, fo = same(func(_ *world, _ fixture) call { return get("/proxies") })

@@ -148,7 +148,7 @@ func TestSpendEndToEnd(t *testing.T) {
 		calls := len(d.up.Requests())
 
 		// One spend log per call, with the key's token id, never its secret.
-		logs := ok(t, Do(t, "GET", w.u+"/spend/logs?api_key="+w.key+"&page_size=100", w.mk, nil))
+		logs := ok(t, Do(t, "GET", w.u+"/spend/logs/paged?api_key="+w.key+"&page_size=100", w.mk, nil))
 		if int(logs["total"].(float64)) != calls {
 			t.Fatalf("/spend/logs total %v, want %d", logs["total"], calls)
 		}
@@ -174,11 +174,11 @@ func TestSpendEndToEnd(t *testing.T) {
 			t.Fatal("a spend log holds the plaintext key or the prompt")
 		}
 		for _, q := range []string{"team_id=" + w.teamID, "user_id=" + w.userID, "start_date=2000-01-01", "end_date=2999-01-01"} {
-			if n := ok(t, Do(t, "GET", w.u+"/spend/logs?"+q, w.mk, nil))["total"].(float64); int(n) != calls {
+			if n := ok(t, Do(t, "GET", w.u+"/spend/logs/paged?"+q, w.mk, nil))["total"].(float64); int(n) != calls {
 				t.Errorf("/spend/logs?%s total %v, want %d", q, n, calls)
 			}
 		}
-		if n := ok(t, Do(t, "GET", w.u+"/spend/logs?end_date=2000-01-01", w.mk, nil))["total"]; n != nil && n.(float64) != 0 {
+		if n := ok(t, Do(t, "GET", w.u+"/spend/logs/paged?end_date=2000-01-01", w.mk, nil))["total"]; n != nil && n.(float64) != 0 {
 			t.Errorf("/spend/logs before 2000: %v rows", n)
 		}
 		envelope(t, Do(t, "GET", w.u+"/spend/logs?start_date=yesterday", w.mk, nil), 400)

@@ -21,6 +21,8 @@ func denied(d authz.Decision) error {
 		return badRequest(d.Param, d.Reason)
 	case http.StatusNotFound:
 		return notFound(d.Param, d.Reason)
+	case http.StatusUnauthorized:
+		return unauthorized(d.Reason)
 	}
 	return apiError(codes.PermissionDenied, http.StatusForbidden, "auth_error", d.Param, d.Reason)
 }
@@ -41,7 +43,7 @@ func (s *Server) begin(ctx context.Context, a authz.Action) (authz.Caller, error
 	if err != nil {
 		return c, err
 	}
-	if d := authz.Decide(c, a, authz.Target{}); !d.Allowed && d.Status == http.StatusForbidden {
+	if d := authz.Decide(c, a, authz.Target{}); !d.Allowed && (d.Status == http.StatusForbidden || d.Status == http.StatusUnauthorized) {
 		return c, denied(d)
 	}
 	return c, nil
@@ -98,7 +100,7 @@ func setFields(m proto.Message) []string {
 
 func keyObj(k *store.Key) authz.Object {
 	return authz.Object{
-		UserID: k.UserID, TeamID: k.TeamID, OrgID: k.OrganizationID, ServiceAccount: k.ServiceAccount,
+		TokenID: k.TokenID, UserID: k.UserID, TeamID: k.TeamID, OrgID: k.OrganizationID, ServiceAccount: k.ServiceAccount,
 		Models: k.Models, MaxBudget: k.MaxBudget, RPMLimit: k.RPMLimit, TPMLimit: k.TPMLimit, MaxParallel: k.MaxParallelRequests,
 		BudgetDuration: k.BudgetDuration, Expires: k.Expires, Blocked: k.Blocked,
 		AllowedRoutes: k.AllowedRoutes, Permissions: len(k.Permissions) > 2, // "{}" is empty

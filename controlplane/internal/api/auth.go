@@ -58,10 +58,31 @@ func (m masterKey) matches(presented string) bool {
 	return subtle.ConstantTimeCompare(m[:], p[:]) == 1
 }
 
+// masterUserID is the member id the master key stands for where LiteLLM
+// needs a user id (litellm_proxy_admin_name): the team admin /team/new adds
+// for its creator. No user record is created for it (the membership names
+// no user, as LiteLLM's does), and the master key never authenticates as it.
+const masterUserID = "default_user_id"
+
+// notManagement is the refusal of a key that may only read itself.
+const notManagement = "this key cannot be used for management calls"
+
 // authenticate resolves the caller. The master key is the admin; a virtual
 // key is a caller with its user's role. Blocked, expired, service-account and
 // ownerless keys are not management credentials.
 func (s *Server) authenticate(ctx context.Context) (authz.Caller, error) {
+	c, err := s.authenticateKey(ctx)
+	if err == nil && c.KeyOnly {
+		return authz.Caller{}, unauthorized(notManagement)
+	}
+	return c, err
+}
+
+// authenticateKey is authenticate for the reads a key may make of itself
+// (/key/info, /team/info, /model/info): an active service-account or
+// ownerless key, or one whose user is gone, is a KeyOnly caller, which
+// authz.Decide lets read itself and nothing else.
+func (s *Server) authenticateKey(ctx context.Context) (authz.Caller, error) {
 	cred := credential(ctx)
 	if cred == "" {
 		return authz.Caller{}, unauthorized("missing credential: send Authorization: Bearer <key>")
@@ -81,20 +102,24 @@ func (s *Server) authenticate(ctx context.Context) (authz.Caller, error) {
 		return authz.Caller{}, storeError(ctx, err, "key")
 	}
 	now := s.now()
-	if k.Blocked || (k.Expires != nil && !now.Before(*k.Expires)) || k.ServiceAccount || k.UserID == "" {
-		return authz.Caller{}, unauthorized("this key cannot be used for management calls")
+	if k.Blocked || (k.Expires != nil && !now.Before(*k.Expires)) {
+		return authz.Caller{}, unauthorized(notManagement)
+	}
+	keyOnly := authz.Caller{KeyOnly: true, KeyTokenID: k.TokenID, KeyTeamID: k.TeamID}
+	if k.ServiceAccount || k.UserID == "" {
+		return keyOnly, nil
 	}
 	u, err := r.GetUser(ctx, k.UserID)
 	if errors.Is(err, store.ErrNotFound) {
-		return authz.Caller{}, unauthorized("this key cannot be used for management calls")
+		return keyOnly, nil
 	}
 	if err != nil {
 		return authz.Caller{}, storeError(ctx, err, "user")
 	}
 	if u.Blocked {
-		return authz.Caller{}, unauthorized("this key cannot be used for management calls")
+		return authz.Caller{}, unauthorized(notManagement)
 	}
-	c := authz.Caller{ID: u.UserID, Role: u.UserRole, KeyTokenID: k.TokenID, Self: userObj(&u)}
+	c := authz.Caller{ID: u.UserID, Role: u.UserRole, KeyTokenID: k.TokenID, KeyTeamID: k.TeamID, Self: userObj(&u)}
 	if c.Admin() {
 		return c, nil // admins need no memberships
 	}

@@ -326,13 +326,14 @@ func generateOut(plaintext string, k *store.Key) *adminv1.GenerateKeyResponse {
 		RotationInterval:    o.RotationInterval,
 		KeyRotationAt:       o.KeyRotationAt,
 		CreatedAt:           o.CreatedAt,
+		UpdatedAt:           tsOf(k.UpdatedAt),
 	}
 }
 
 func teamOut(t *store.Team) *adminv1.Team {
 	members := make([]*adminv1.TeamMember, 0, len(t.Members))
 	for _, m := range t.Members {
-		members = append(members, &adminv1.TeamMember{UserId: m.UserID, Role: m.Role, MaxBudgetInTeam: usdValue(m.MaxBudgetInTeam), Spend: money.ToUSD(m.Spend)})
+		members = append(members, &adminv1.TeamMember{UserId: m.UserID, Role: m.Role, MaxBudgetInTeam: usdValue(m.MaxBudgetInTeam), Spend: money.ToUSD(m.Spend), UserEmail: m.UserEmail})
 	}
 	return &adminv1.Team{
 		TeamId:                t.TeamID,
@@ -349,6 +350,7 @@ func teamOut(t *store.Team) *adminv1.Team {
 		MaxParallelRequests:   limitValue(t.MaxParallelRequests),
 		TeamMemberBudget:      usdValue(t.TeamMemberBudget),
 		TeamMemberPermissions: t.TeamMemberPermissions,
+		ModelAliases:          t.ModelAliases,
 		Metadata:              structOf(t.Metadata),
 		Blocked:               t.Blocked,
 		Spend:                 money.ToUSD(t.Spend),

@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/textproto"
@@ -36,10 +37,10 @@ func headerMatcher(h string) (string, bool) {
 // the defaults (run.go adds the monitor's route middleware).
 func (s *Server) Gateway(ctx context.Context, opts ...runtime.ServeMuxOption) (http.Handler, error) {
 	mux := runtime.NewServeMux(append([]runtime.ServeMuxOption{
-		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &gatewayJSON{JSONPb: &runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},
-		}),
+		}}),
 		runtime.WithIncomingHeaderMatcher(headerMatcher),
 		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithErrorHandler(gatewayError),
@@ -87,4 +88,59 @@ func LimitBody(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// gatewayJSON is the gateway's JSON marshaler: protojson, except that spend
+// log token counts are JSON numbers as in LiteLLM (protojson writes int64
+// as strings, and scripts add them up).
+type gatewayJSON struct {
+	*runtime.JSONPb
+}
+
+func (m *gatewayJSON) Marshal(v any) ([]byte, error) {
+	switch x := v.(type) {
+	case []*adminv1.SpendLog:
+		return m.spendLogs(x)
+	case *adminv1.ListSpendLogsResponse:
+		b, err := m.JSONPb.Marshal(x)
+		if err != nil {
+			return nil, err
+		}
+		var obj map[string]json.RawMessage
+		if err := json.Unmarshal(b, &obj); err != nil {
+			return nil, err
+		}
+		if obj["spend_logs"], err = m.spendLogs(x.GetSpendLogs()); err != nil {
+			return nil, err
+		}
+		return json.Marshal(obj)
+	}
+	return m.JSONPb.Marshal(v)
+}
+
+// tokenFields are the SpendLog int64 fields written as numbers.
+var tokenFields = [...]string{"prompt_tokens", "completion_tokens", "total_tokens"}
+
+func (m *gatewayJSON) spendLogs(ls []*adminv1.SpendLog) ([]byte, error) {
+	out := make([]json.RawMessage, 0, len(ls))
+	for _, l := range ls {
+		b, err := m.JSONPb.Marshal(l)
+		if err != nil {
+			return nil, err
+		}
+		var obj map[string]json.RawMessage
+		if err := json.Unmarshal(b, &obj); err != nil {
+			return nil, err
+		}
+		for _, f := range tokenFields {
+			if raw := obj[f]; len(raw) > 2 && raw[0] == '"' {
+				obj[f] = raw[1 : len(raw)-1] // a decimal integer, quoted by protojson
+			}
+		}
+		if b, err = json.Marshal(obj); err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return json.Marshal(out)
 }

@@ -224,6 +224,14 @@ func (ks *keyService) generate(ctx context.Context, req *adminv1.GenerateKeyRequ
 	k.CreatedBy, k.UpdatedBy = c.ID, c.ID
 	err = s.store.ReadWriteTx(ctx, func(ctx context.Context, tx store.Tx) error {
 		kk := k
+		if c.Admin() && kk.UserID != "" {
+			// LiteLLM creates the internal user a key names (scripts pass
+			// their own customer ids this way). Non-admins' keys are
+			// their own, so only admins create users here.
+			if err := s.ensureUser(ctx, tx, kk.UserID, ""); err != nil {
+				return err
+			}
+		}
 		if err := checkRefs(ctx, tx, &kk); err != nil {
 			return err
 		}
@@ -522,8 +530,8 @@ func (ks *keyService) UpdateKey(ctx context.Context, req *adminv1.UpdateKeyReque
 		if modelTPM != nil {
 			k.ModelTPMLimit = modelTPM
 		}
-		if metadata != nil {
-			k.Metadata = metadata
+		if req.Metadata != nil {
+			k.Metadata = metadata // {} replaces the old metadata, as in LiteLLM
 		}
 		if permissions != nil {
 			k.Permissions = permissions
@@ -636,7 +644,7 @@ func (ks *keyService) DeleteKeys(ctx context.Context, req *adminv1.DeleteKeysReq
 
 func (ks *keyService) GetKeyInfo(ctx context.Context, req *adminv1.GetKeyInfoRequest) (*adminv1.GetKeyInfoResponse, error) {
 	s := ks.s
-	c, err := s.authenticate(ctx)
+	c, err := s.authenticateKey(ctx)
 	if err != nil {
 		return nil, err
 	}

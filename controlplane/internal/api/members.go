@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
 )
 
 // memberSpec is one entry of a member_add "member" field.
@@ -63,10 +64,13 @@ func parseMembers(v *structpb.Value, defaultRole string, allowed ...string) ([]m
 				m.UserEmail = s.StringValue
 			}
 		}
-		if m.UserID == "" {
-			return nil, badRequest("member", "member.user_id is required")
+		if m.UserID == "" && m.UserEmail == "" {
+			return nil, badRequest("member", "member.user_id or member.user_email is required")
 		}
-		if err := checkID("member.user_id", m.UserID, true); err != nil {
+		if err := checkID("member.user_id", m.UserID, false); err != nil {
+			return nil, err
+		}
+		if err := checkID("member.user_email", m.UserEmail, false); err != nil {
 			return nil, err
 		}
 		if m.Role == "" {
@@ -93,6 +97,60 @@ func joinQuoted(xs []string) string {
 		s += `"` + x + `"`
 	}
 	return s
+}
+
+// userByEmail returns the oldest user with this exact email.
+func userByEmail(ctx context.Context, r store.Reader, email string) (store.User, error) {
+	us, _, err := r.ListUsers(ctx, store.UserFilter{UserEmail: email, Page: store.Page{Size: 1}})
+	if err != nil {
+		return store.User{}, err
+	}
+	if len(us) == 0 {
+		return store.User{}, store.ErrNotFound
+	}
+	return us[0], nil
+}
+
+// resolveMember fills m.UserID for a member given only by user_email: the
+// user with that email, else (create true) a new internal_user with a
+// fresh id and that email, as LiteLLM does. A member given by id is left
+// as it is (ensureUser creates it).
+func (s *Server) resolveMember(ctx context.Context, tx store.Tx, m *memberSpec, create bool) error {
+	if m.UserID != "" {
+		return nil
+	}
+	u, err := userByEmail(ctx, tx, m.UserEmail)
+	if err == nil {
+		m.UserID = u.UserID
+		return nil
+	}
+	if !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	if !create {
+		return badRequest("member", "no user has user_email "+m.UserEmail+"; only proxy_admin may create users")
+	}
+	m.UserID = keys.NewID()
+	now := s.now()
+	return tx.CreateUser(ctx, store.User{UserID: m.UserID, UserEmail: m.UserEmail, UserRole: store.RoleInternalUser, CreatedAt: now, UpdatedAt: now})
+}
+
+// memberByRef finds a team member by user_id or, when that is empty, by
+// user_email (the email it was added by, or its user's email).
+func memberByRef(ctx context.Context, r store.Reader, t *store.Team, userID, email string) (string, error) {
+	if userID != "" || email == "" {
+		return userID, nil
+	}
+	for _, m := range t.Members {
+		if m.UserEmail == email {
+			return m.UserID, nil
+		}
+	}
+	u, err := userByEmail(ctx, r, email)
+	if errors.Is(err, store.ErrNotFound) {
+		return "", notFound("user_email", "no member has user_email "+email)
+	}
+	return u.UserID, err
 }
 
 // ensureUser returns the user, creating it as an internal_user when absent,

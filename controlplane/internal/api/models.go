@@ -188,7 +188,11 @@ func (ms *modelService) DeleteModel(ctx context.Context, req *adminv1.DeleteMode
 
 func (ms *modelService) GetModelInfo(ctx context.Context, req *adminv1.GetModelInfoRequest) (*adminv1.ModelInfoResponse, error) {
 	s := ms.s
-	if _, err := s.authorize(ctx, authz.ModelInfo, authz.Target{}); err != nil {
+	c, err := s.authenticateKey(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := decide(c, authz.ModelInfo, authz.Target{}); err != nil {
 		return nil, err
 	}
 	r := s.store.Read()

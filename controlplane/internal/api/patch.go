@@ -51,6 +51,8 @@ type patch struct {
 	budgetDuration        string
 	hasBudgetDuration     bool
 	metadata              json.RawMessage
+	// hasMetadata: metadata was sent; {} replaces the old object with none.
+	hasMetadata bool
 }
 
 func patchFrom(now time.Time, models *structpb.ListValue, maxBudget, softBudget *wrapperspb.DoubleValue, budgetDuration *wrapperspb.StringValue, rpm, tpm, parallel *wrapperspb.Int32Value, metadata *structpb.Struct) (patch, error) {
@@ -84,6 +86,7 @@ func patchFrom(now time.Time, models *structpb.ListValue, maxBudget, softBudget 
 	if p.parallel, err = limitPtr("max_parallel_requests", parallel); err != nil {
 		return p, err
 	}
+	p.hasMetadata = metadata != nil
 	if p.metadata, err = structJSON("metadata", metadata); err != nil {
 		return p, err
 	}
@@ -116,7 +119,7 @@ func (p patch) apply(models *[]string, l *store.Limits, metadata *json.RawMessag
 	if p.parallel != nil {
 		l.MaxParallelRequests = p.parallel
 	}
-	if p.metadata != nil {
+	if p.hasMetadata {
 		*metadata = p.metadata
 	}
 }

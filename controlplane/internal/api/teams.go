@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 
+	"google.golang.org/protobuf/types/known/structpb"
+
 	"github.com/tollgate-gw/tollgate/controlplane/internal/authz"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
@@ -57,9 +59,19 @@ func (ts *teamService) NewTeam(ctx context.Context, req *adminv1.NewTeamRequest)
 	if t.Metadata, err = structJSON("metadata", req.GetMetadata()); err != nil {
 		return nil, err
 	}
-	seen := map[string]bool{}
+	if t.ModelAliases, err = modelAliases(req.GetModelAliases()); err != nil {
+		return nil, err
+	}
+	var specs []memberSpec
+	var budgets []*int64
 	for _, m := range req.GetMembersWithRoles() {
-		if err := checkID("members_with_roles.user_id", m.GetUserId(), true); err != nil {
+		if m.GetUserId() == "" && m.GetUserEmail() == "" {
+			return nil, badRequest("members_with_roles", "members_with_roles.user_id or members_with_roles.user_email is required")
+		}
+		if err := checkID("members_with_roles.user_id", m.GetUserId(), false); err != nil {
+			return nil, err
+		}
+		if err := checkID("members_with_roles.user_email", m.GetUserEmail(), false); err != nil {
 			return nil, err
 		}
 		role := m.GetRole()
@@ -69,15 +81,26 @@ func (ts *teamService) NewTeam(ctx context.Context, req *adminv1.NewTeamRequest)
 		if role != store.TeamRoleAdmin && role != store.TeamRoleUser {
 			return nil, badRequest("members_with_roles", `members_with_roles.role must be "admin" or "user"`)
 		}
-		if seen[m.GetUserId()] {
-			return nil, badRequest("members_with_roles", "user "+m.GetUserId()+" is listed twice")
-		}
-		seen[m.GetUserId()] = true
 		mb, err := usdPtr("members_with_roles.max_budget_in_team", m.GetMaxBudgetInTeam())
 		if err != nil {
 			return nil, err
 		}
-		t.Members = append(t.Members, store.TeamMember{UserID: m.GetUserId(), Role: role, MaxBudgetInTeam: mb})
+		specs = append(specs, memberSpec{UserID: m.GetUserId(), Role: role, UserEmail: m.GetUserEmail()})
+		budgets = append(budgets, mb)
+	}
+	// LiteLLM makes the creator a team admin unless it listed itself; the
+	// master key stands for LiteLLM's proxy admin user, default_user_id.
+	creator := c.ID
+	if c.Master {
+		creator = masterUserID
+	}
+	listed := false
+	for _, m := range specs {
+		listed = listed || m.UserID == creator
+	}
+	if !listed {
+		specs = append(specs, memberSpec{UserID: creator, Role: store.TeamRoleAdmin})
+		budgets = append(budgets, nil)
 	}
 	err = s.store.ReadWriteTx(ctx, func(ctx context.Context, tx store.Tx) error {
 		if t.OrganizationID != "" {
@@ -87,10 +110,22 @@ func (ts *teamService) NewTeam(ctx context.Context, req *adminv1.NewTeamRequest)
 				return err
 			}
 		}
-		for _, m := range t.Members {
-			if err := s.ensureUser(ctx, tx, m.UserID, ""); err != nil {
+		t.Members = t.Members[:0]
+		for i, m := range specs {
+			// Only admins and org admins create teams; members named by
+			// email are found or created as LiteLLM does.
+			if err := s.resolveMember(ctx, tx, &m, c.Admin()); err != nil {
 				return err
 			}
+			if _, dup := t.Member(m.UserID); dup {
+				return badRequest("members_with_roles", "user "+m.UserID+" is listed twice")
+			}
+			if m.UserID != masterUserID || !c.Master {
+				if err := s.ensureUser(ctx, tx, m.UserID, m.UserEmail); err != nil {
+					return err
+				}
+			}
+			t.Members = append(t.Members, store.TeamMember{UserID: m.UserID, Role: m.Role, MaxBudgetInTeam: budgets[i], UserEmail: m.UserEmail})
 		}
 		if err := tx.CreateTeam(ctx, t); err != nil {
 			return err
@@ -212,6 +247,12 @@ func (ts *teamService) UpdateTeam(ctx context.Context, req *adminv1.UpdateTeamRe
 	if perms, err = memberPermissions(perms); err != nil {
 		return nil, err
 	}
+	var aliases map[string]string
+	if req.ModelAliases != nil {
+		if aliases, err = modelAliasStruct(req.GetModelAliases()); err != nil {
+			return nil, err
+		}
+	}
 	if req.TeamAlias != nil {
 		if err := checkID("team_alias", req.GetTeamAlias().GetValue(), false); err != nil {
 			return nil, err
@@ -244,6 +285,9 @@ func (ts *teamService) UpdateTeam(ctx context.Context, req *adminv1.UpdateTeamRe
 		if hasPerms {
 			t.TeamMemberPermissions = perms
 		}
+		if req.ModelAliases != nil {
+			t.ModelAliases = aliases
+		}
 		if req.Blocked != nil {
 			t.Blocked = req.GetBlocked().GetValue()
 		}
@@ -252,7 +296,11 @@ func (ts *teamService) UpdateTeam(ctx context.Context, req *adminv1.UpdateTeamRe
 	if err != nil {
 		return nil, err
 	}
-	return teamOut(&t), nil
+	// LiteLLM answers /team/update with {"team_id", "data": team}; the
+	// team's own fields stay at the top level for earlier clients.
+	out := teamOut(&t)
+	out.Data = teamOut(&t)
+	return out, nil
 }
 
 func (ts *teamService) DeleteTeams(ctx context.Context, req *adminv1.DeleteTeamsRequest) (*adminv1.DeleteResponse, error) {
@@ -314,6 +362,9 @@ func (ts *teamService) AddTeamMember(ctx context.Context, req *adminv1.TeamMembe
 		return tgs
 	}, func(tx store.Tx, t *store.Team) error {
 		for _, m := range members {
+			if err := s.resolveMember(ctx, tx, &m, admin); err != nil {
+				return err
+			}
 			if _, ok := t.Member(m.UserID); ok {
 				return badRequest("member", "user "+m.UserID+" is already a member of this team")
 			}
@@ -332,7 +383,7 @@ func (ts *teamService) AddTeamMember(ctx context.Context, req *adminv1.TeamMembe
 			if budget == nil {
 				budget = t.TeamMemberBudget
 			}
-			t.Members = append(t.Members, store.TeamMember{UserID: m.UserID, Role: m.Role, MaxBudgetInTeam: budget})
+			t.Members = append(t.Members, store.TeamMember{UserID: m.UserID, Role: m.Role, MaxBudgetInTeam: budget, UserEmail: m.UserEmail})
 		}
 		return nil
 	})
@@ -342,20 +393,54 @@ func (ts *teamService) AddTeamMember(ctx context.Context, req *adminv1.TeamMembe
 	return teamOut(&t), nil
 }
 
+// memberRef resolves the member a member_delete / member_update names: its
+// user_id, or the member added by (or whose user has) user_email. It
+// returns "" when nobody matches; the call then answers as for a
+// non-member, after authorization.
+func (s *Server) memberRef(ctx context.Context, teamID, userID, email string) (string, error) {
+	if userID != "" {
+		return userID, checkID("user_id", userID, true)
+	}
+	if email == "" {
+		return "", badRequest("user_id", "user_id or user_email is required")
+	}
+	if err := checkID("user_email", email, true); err != nil {
+		return "", err
+	}
+	r := s.store.Read()
+	t, err := r.GetTeam(ctx, teamID)
+	if err != nil {
+		return "", nil
+	}
+	id, err := memberByRef(ctx, r, &t, "", email)
+	if err != nil {
+		return "", nil
+	}
+	return id, nil
+}
+
+func notMember(userID, email string) error {
+	if userID == "" {
+		return notFound("user_email", "no member of this team has user_email "+email)
+	}
+	return notFound("user_id", "user "+userID+" is not a member of this team")
+}
+
 func (ts *teamService) DeleteTeamMember(ctx context.Context, req *adminv1.TeamMemberDeleteRequest) (*adminv1.Team, error) {
-	if err := checkID("user_id", req.GetUserId(), true); err != nil {
+	userID, err := ts.s.memberRef(ctx, req.GetTeamId(), req.GetUserId(), req.GetUserEmail())
+	if err != nil {
 		return nil, err
 	}
 	t, err := ts.s.mutateTeam(ctx, req.GetTeamId(), authz.TeamMemberDelete, "updated", func(_ *authz.Caller, t *store.Team) []authz.Target {
-		return []authz.Target{memberTarget(t, req.GetUserId(), "")}
+		return []authz.Target{memberTarget(t, userID, "")}
 	}, func(tx store.Tx, t *store.Team) error {
 		for i, m := range t.Members {
-			if m.UserID == req.GetUserId() {
+			if userID != "" && m.UserID == userID {
 				t.Members = append(t.Members[:i:i], t.Members[i+1:]...)
 				return nil
 			}
 		}
-		return notFound("user_id", "user "+req.GetUserId()+" is not a member of this team")
+		return notMember(userID, req.GetUserEmail())
 	})
 	if err != nil {
 		return nil, err
@@ -364,7 +449,8 @@ func (ts *teamService) DeleteTeamMember(ctx context.Context, req *adminv1.TeamMe
 }
 
 func (ts *teamService) UpdateTeamMember(ctx context.Context, req *adminv1.TeamMemberUpdateRequest) (*adminv1.TeamMember, error) {
-	if err := checkID("user_id", req.GetUserId(), true); err != nil {
+	userID, err := ts.s.memberRef(ctx, req.GetTeamId(), req.GetUserId(), req.GetUserEmail())
+	if err != nil {
 		return nil, err
 	}
 	if r := req.GetRole(); r != "" && r != store.TeamRoleAdmin && r != store.TeamRoleUser {
@@ -376,7 +462,7 @@ func (ts *teamService) UpdateTeamMember(ctx context.Context, req *adminv1.TeamMe
 	}
 	var out store.TeamMember
 	_, err = ts.s.mutateTeam(ctx, req.GetTeamId(), authz.TeamMemberUpdate, "updated", func(_ *authz.Caller, t *store.Team) []authz.Target {
-		tg := memberTarget(t, req.GetUserId(), req.GetRole())
+		tg := memberTarget(t, userID, req.GetRole())
 		if tg.Before == nil {
 			tg.After = nil // not a member: 404 for team admins, as for a foreign team
 		}
@@ -384,7 +470,7 @@ func (ts *teamService) UpdateTeamMember(ctx context.Context, req *adminv1.TeamMe
 	}, func(tx store.Tx, t *store.Team) error {
 		for i := range t.Members {
 			m := &t.Members[i]
-			if m.UserID != req.GetUserId() {
+			if userID == "" || m.UserID != userID {
 				continue
 			}
 			if req.GetRole() != "" {
@@ -396,12 +482,45 @@ func (ts *teamService) UpdateTeamMember(ctx context.Context, req *adminv1.TeamMe
 			out = *m
 			return nil
 		}
-		return notFound("user_id", "user "+req.GetUserId()+" is not a member of this team")
+		return notMember(userID, req.GetUserEmail())
 	})
 	if err != nil {
 		return nil, err
 	}
-	return &adminv1.TeamMember{UserId: out.UserID, Role: out.Role, MaxBudgetInTeam: usdValue(out.MaxBudgetInTeam)}, nil
+	return &adminv1.TeamMember{UserId: out.UserID, Role: out.Role, MaxBudgetInTeam: usdValue(out.MaxBudgetInTeam), UserEmail: out.UserEmail}, nil
+}
+
+// modelAliases validates a team's model_aliases: names as ids, at most
+// maxListLen of them.
+func modelAliases(in map[string]string) (map[string]string, error) {
+	if len(in) == 0 {
+		return nil, nil
+	}
+	if len(in) > maxListLen {
+		return nil, badRequest("model_aliases", "model_aliases has too many entries")
+	}
+	for k, v := range in {
+		if err := checkID("model_aliases", k, true); err != nil {
+			return nil, err
+		}
+		if err := checkID("model_aliases", v, true); err != nil {
+			return nil, err
+		}
+	}
+	return in, nil
+}
+
+// modelAliasStruct reads /team/update's model_aliases object (string values).
+func modelAliasStruct(st *structpb.Struct) (map[string]string, error) {
+	m := make(map[string]string, len(st.GetFields()))
+	for k, v := range st.GetFields() {
+		sv, ok := v.GetKind().(*structpb.Value_StringValue)
+		if !ok {
+			return nil, badRequest("model_aliases", "model_aliases values must be model names (strings)")
+		}
+		m[k] = sv.StringValue
+	}
+	return modelAliases(m)
 }
 
 func (ts *teamService) setBlocked(ctx context.Context, id string, blocked bool) (*adminv1.Team, error) {
@@ -429,7 +548,7 @@ func (ts *teamService) UnblockTeam(ctx context.Context, req *adminv1.TeamIdReque
 
 func (ts *teamService) GetTeamInfo(ctx context.Context, req *adminv1.TeamIdRequest) (*adminv1.TeamInfoResponse, error) {
 	s := ts.s
-	c, err := s.authenticate(ctx)
+	c, err := s.authenticateKey(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -455,10 +574,11 @@ func (ts *teamService) GetTeamInfo(ctx context.Context, req *adminv1.TeamIdReque
 		return nil, storeError(ctx, err, "team")
 	}
 	out := &adminv1.TeamInfoResponse{TeamId: t.TeamID, TeamInfo: teamOut(&t)}
-	// A team user sees its own keys in the team; admins see them all.
+	// A team user sees its own keys in the team; admins see them all; a
+	// key reading its team sees itself.
 	all := c.ReadsAll() || c.TeamRole(t.TeamID, t.OrganizationID) == store.TeamRoleAdmin
 	for i := range ks {
-		if all || ks[i].UserID == c.ID {
+		if all || (c.ID != "" && ks[i].UserID == c.ID) || ks[i].TokenID == c.KeyTokenID {
 			out.Keys = append(out.Keys, keyOut(&ks[i]))
 		}
 	}

@@ -3,10 +3,12 @@ package api
 import (
 	"context"
 	"errors"
+	"slices"
 
 	"github.com/tollgate-gw/tollgate/controlplane/internal/authz"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/money"
 	adminv1 "github.com/tollgate-gw/tollgate/gen/tollgate/admin/v1"
 )
 
@@ -60,6 +62,20 @@ func (us *userService) NewUser(ctx context.Context, req *adminv1.NewUserRequest)
 	if err != nil {
 		return nil, err
 	}
+	// team_id (LiteLLM): the user joins the team and its key belongs to it.
+	if err := checkID("team_id", req.GetTeamId(), false); err != nil {
+		return nil, err
+	}
+	teamRole := req.GetTeamMemberRole()
+	if teamRole == "" {
+		teamRole = store.TeamRoleUser
+	}
+	if teamRole != store.TeamRoleAdmin && teamRole != store.TeamRoleUser {
+		return nil, badRequest("team_member_role", `team_member_role must be "admin" or "user"`)
+	}
+	if id := req.GetTeamId(); id != "" && !slices.Contains(teams, id) {
+		teams = append(teams, id)
+	}
 	autoKey := req.AutoCreateKey == nil || req.GetAutoCreateKey().GetValue()
 	var secret string
 	var k store.Key
@@ -85,7 +101,11 @@ func (us *userService) NewUser(ctx context.Context, req *adminv1.NewUserRequest)
 				return err
 			}
 			if _, ok := t.Member(u.UserID); !ok {
-				t.Members = append(t.Members, store.TeamMember{UserID: u.UserID, Role: store.TeamRoleUser, MaxBudgetInTeam: t.TeamMemberBudget})
+				role := store.TeamRoleUser
+				if id == req.GetTeamId() {
+					role = teamRole
+				}
+				t.Members = append(t.Members, store.TeamMember{UserID: u.UserID, Role: role, MaxBudgetInTeam: t.TeamMemberBudget})
 				t.UpdatedAt = now
 				if err := tx.UpdateTeam(ctx, t); err != nil {
 					return err
@@ -96,6 +116,12 @@ func (us *userService) NewUser(ctx context.Context, req *adminv1.NewUserRequest)
 			return err
 		}
 		if autoKey {
+			if id := req.GetTeamId(); id != "" {
+				k.TeamID = id
+				if err := checkRefs(ctx, tx, &k); err != nil {
+					return err
+				}
+			}
 			if err := tx.CreateKey(ctx, k); err != nil {
 				return err
 			}
@@ -161,7 +187,12 @@ func (us *userService) UpdateUser(ctx context.Context, req *adminv1.UpdateUserRe
 	var out store.User
 	err = s.store.ReadWriteTx(ctx, func(ctx context.Context, tx store.Tx) error {
 		u, err := tx.GetUser(ctx, req.GetUserId())
-		if errors.Is(err, store.ErrNotFound) {
+		created := false
+		if errors.Is(err, store.ErrNotFound) && c.Admin() {
+			// LiteLLM upserts: /user/update of an unknown user creates it.
+			now := s.now()
+			u, created = store.User{UserID: req.GetUserId(), UserRole: store.RoleInternalUser, CreatedAt: now, UpdatedAt: now}, true
+		} else if errors.Is(err, store.ErrNotFound) {
 			return notFound("user_id", "user not found")
 		} else if err != nil {
 			return err
@@ -185,6 +216,13 @@ func (us *userService) UpdateUser(ctx context.Context, req *adminv1.UpdateUserRe
 			return err
 		}
 		u.UpdatedAt = s.now()
+		if created {
+			if err := tx.CreateUser(ctx, u); err != nil {
+				return err
+			}
+			out = u
+			return s.audit(ctx, tx, c, "created", "user", u.UserID, nil, userOut(&u, nil))
+		}
 		if err := tx.UpdateUser(ctx, u); err != nil {
 			return err
 		}
@@ -270,7 +308,11 @@ func (us *userService) GetUserInfo(ctx context.Context, req *adminv1.GetUserInfo
 		out.Keys = append(out.Keys, keyOut(&ks[i]))
 	}
 	for i := range ts {
-		out.Teams = append(out.Teams, teamOut(&ts[i]))
+		t := teamOut(&ts[i])
+		if m, ok := ts[i].Member(id); ok {
+			t.TeamMemberships = []*adminv1.TeamMembership{membershipOut(&ts[i], &m)}
+		}
+		out.Teams = append(out.Teams, t)
 	}
 	return out, nil
 }
@@ -310,4 +352,16 @@ func (us *userService) ListUsers(ctx context.Context, req *adminv1.ListUsersRequ
 		out.Users = append(out.Users, userOut(&list[i], teamIDs(ts)))
 	}
 	return out, nil
+}
+
+// membershipOut is a team membership as LiteLLM's /user/info shows it, with
+// its budget row. Seam for the budgets work: the row is built from the
+// membership's max_budget_in_team today; a membership that references a
+// budget (budget_id) should show that budget's row instead.
+func membershipOut(t *store.Team, m *store.TeamMember) *adminv1.TeamMembership {
+	out := &adminv1.TeamMembership{UserId: m.UserID, TeamId: t.TeamID, Spend: money.ToUSD(m.Spend)}
+	if m.MaxBudgetInTeam != nil {
+		out.LitellmBudgetTable = &adminv1.TeamMembershipBudget{MaxBudget: usdValue(m.MaxBudgetInTeam)}
+	}
+	return out
 }

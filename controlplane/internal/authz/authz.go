@@ -15,7 +15,9 @@
 // # Failure modes
 //
 // A refusal by role is 403. An object the caller may not see is 404, so a
-// refusal never tells whether another's object exists. A request wider than
+// refusal never tells whether another's object exists. A key that is no
+// management credential (service account, no user) gets 401 for anything
+// but reading itself. A request wider than
 // the caller's own (or its team's) limits is 403; a missing required param
 // under key_generation_settings is 400. Nothing is trimmed silently.
 package authz
@@ -44,6 +46,13 @@ type Caller struct {
 	Role string
 	// KeyTokenID is the token id of the key the caller authenticated with.
 	KeyTokenID string
+	// KeyTeamID is the team of that key ("" for a personal key or the
+	// master key). A key may always read its own team (selfRead).
+	KeyTeamID string
+	// KeyOnly marks a caller authenticated by an active key that is no
+	// management credential (a service-account key, a key without a user):
+	// it may read itself (selfRead) and nothing else. ID and Role are "".
+	KeyOnly bool
 	// Teams maps the id of every team the caller belongs to to its team role
 	// (store.TeamRoleAdmin or store.TeamRoleUser).
 	Teams map[string]string
@@ -150,8 +159,12 @@ const (
 	OrgUpdate    Action = "organization.update"
 	OrgDelete    Action = "organization.delete"
 	OrgMemberAdd Action = "organization.member_add"
-	OrgInfo      Action = "organization.info"
-	OrgList      Action = "organization.list"
+	// OrgMemberUpdate and OrgMemberDelete: LiteLLM's PATCH
+	// /organization/member_update and DELETE /organization/member_delete.
+	OrgMemberUpdate Action = "organization.member_update"
+	OrgMemberDelete Action = "organization.member_delete"
+	OrgInfo         Action = "organization.info"
+	OrgList         Action = "organization.list"
 
 	ModelNew    Action = "model.new"
 	ModelUpdate Action = "model.update"
@@ -198,7 +211,7 @@ func Actions() []Action {
 		KeyGenerate, KeyServiceAccountGenerate, KeyUpdate, KeyDelete, KeyInfo, KeyList, KeyRegenerate, KeyBlock, KeyUnblock,
 		TeamNew, TeamUpdate, TeamDelete, TeamMemberAdd, TeamMemberDelete, TeamMemberUpdate, TeamBlock, TeamUnblock, TeamInfo, TeamList,
 		UserNew, UserUpdate, UserDelete, UserInfo, UserList,
-		OrgNew, OrgUpdate, OrgDelete, OrgMemberAdd, OrgInfo, OrgList,
+		OrgNew, OrgUpdate, OrgDelete, OrgMemberAdd, OrgMemberUpdate, OrgMemberDelete, OrgInfo, OrgList,
 		ModelNew, ModelUpdate, ModelDelete, ModelInfo,
 		SettingsRead, SettingsUpdate, AuditRead, SpendRead, ProxyList,
 		CustomerNew, CustomerUpdate, CustomerDelete, CustomerBlock, CustomerUnblock, CustomerList,
@@ -213,6 +226,8 @@ func IsRead(a Action) bool { return reads[a] }
 type Object struct {
 	// UserID is a key's owner, a user's id, or a team member's user id.
 	UserID string
+	// TokenID is a key's token_id (keys only).
+	TokenID string
 	// TeamID is a key's team, a team's id, or the team of a membership.
 	TeamID string
 	// OrgID is the organization of the object (or of its team).
@@ -289,6 +304,18 @@ func Decide(c Caller, a Action, t Target) Decision {
 	}
 	if _, known := reads[a]; !known && !isWrite(a) {
 		return forbid("", "unknown action "+string(a))
+	}
+	if c.KeyTokenID != "" && selfRead(&c, a, t) {
+		return allow
+	}
+	if c.KeyOnly {
+		switch a {
+		case KeyInfo:
+			return hidden("key")
+		case TeamInfo:
+			return hidden("team")
+		}
+		return Decision{Status: 401, Reason: "this key can only read itself (/key/info, its team's /team/info, /model/info); management calls need a user's key or the master key"}
 	}
 	if c.Admin() {
 		if a == KeyGenerate || a == KeyServiceAccountGenerate {
@@ -369,7 +396,7 @@ func Decide(c Caller, a Action, t Target) Decision {
 		return hidden("organization")
 	case OrgList, ModelInfo:
 		return allow // organizations are narrowed to the caller's
-	case OrgNew, OrgUpdate, OrgDelete, OrgMemberAdd:
+	case OrgNew, OrgUpdate, OrgDelete, OrgMemberAdd, OrgMemberUpdate, OrgMemberDelete:
 		return forbid("", "only proxy_admin may manage organizations")
 	case ModelNew, ModelUpdate, ModelDelete:
 		return forbid("", "only proxy_admin may manage models")
@@ -385,6 +412,23 @@ func Decide(c Caller, a Action, t Target) Decision {
 		return forbid("", "only proxy_admin and proxy_admin_viewer may list end users")
 	}
 	return forbid("", "not allowed")
+}
+
+// selfRead reports whether a is a key reading itself: its own /key/info,
+// its team's /team/info, or (for a key-only caller, whose /model/info has
+// no role to go by) /model/info. LiteLLM lets every key do this (apps show
+// a key's remaining budget with it), whatever its owner's role or its
+// team's team_member_permissions; writes still follow the role rules.
+func selfRead(c *Caller, a Action, t Target) bool {
+	switch a {
+	case KeyInfo:
+		return t.Before != nil && t.Before.TokenID != "" && t.Before.TokenID == c.KeyTokenID
+	case TeamInfo:
+		return t.Before != nil && c.KeyTeamID != "" && t.Before.TeamID == c.KeyTeamID
+	case ModelInfo:
+		return c.KeyOnly
+	}
+	return false
 }
 
 var known = func() map[Action]bool {

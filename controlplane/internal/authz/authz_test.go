@@ -34,6 +34,9 @@ func callers() map[string]Caller {
 		"tuser":    member(store.RoleInternalUser, store.TeamRoleUser),
 		"iviewer":  member(store.RoleInternalUserViewer, store.TeamRoleUser),
 		"loneuser": {ID: self, Role: store.RoleInternalUser},
+		// An active key with no user (a master-key key without user_id, a
+		// service-account key) in team-1: it reads itself, nothing else.
+		"teamkey": {KeyOnly: true, KeyTokenID: "tok-" + self, KeyTeamID: t1},
 		// A team user whose team lists LiteLLM's read-only default in
 		// team_member_permissions.
 		"tuserro": func() Caller {
@@ -65,7 +68,7 @@ func (s scope) org() string  { return [...]string{o1, o1, o2}[s] }
 
 // target builds the target of action a on an object of scope s.
 func target(a Action, s scope) Target {
-	key := &Object{UserID: s.user(), TeamID: s.team()}
+	key := &Object{TokenID: "tok-" + s.user(), UserID: s.user(), TeamID: s.team()}
 	switch a {
 	case KeyGenerate:
 		return Target{After: key}
@@ -105,14 +108,14 @@ func target(a Action, s scope) Target {
 		return Target{Before: b, After: &after}
 	case UserNew:
 		return Target{After: &Object{UserID: "u-new"}}
-	case OrgInfo, OrgUpdate, OrgDelete, OrgMemberAdd:
+	case OrgInfo, OrgUpdate, OrgDelete, OrgMemberAdd, OrgMemberUpdate, OrgMemberDelete:
 		return Target{Before: &Object{OrgID: s.org()}}
 	}
 	return Target{}
 }
 
 // expected holds, per caller profile and action, the outcome on own,
-// same-team and foreign objects: A allow, 0 = 400, 3 = 403, 4 = 404.
+// same-team and foreign objects: A allow, 0 = 400, 1 = 401, 3 = 403, 4 = 404.
 var expected = map[string]map[Action]string{
 	"viewer": {
 		KeyGenerate: "333", KeyServiceAccountGenerate: "333", KeyUpdate: "333", KeyDelete: "333", KeyInfo: "AAA", KeyList: "AAA",
@@ -120,7 +123,7 @@ var expected = map[string]map[Action]string{
 		TeamNew: "333", TeamUpdate: "333", TeamDelete: "333", TeamMemberAdd: "333", TeamMemberDelete: "333", TeamMemberUpdate: "333",
 		TeamBlock: "333", TeamUnblock: "333", TeamInfo: "AAA", TeamList: "AAA",
 		UserNew: "333", UserUpdate: "333", UserDelete: "333", UserInfo: "AAA", UserList: "AAA",
-		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AAA", OrgList: "AAA",
+		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgMemberUpdate: "333", OrgMemberDelete: "333", OrgInfo: "AAA", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "AAA", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AAA", ProxyList: "AAA",
 		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "AAA",
@@ -131,7 +134,7 @@ var expected = map[string]map[Action]string{
 		TeamNew: "333", TeamUpdate: "333", TeamDelete: "333", TeamMemberAdd: "AA4", TeamMemberDelete: "AA4", TeamMemberUpdate: "3A4",
 		TeamBlock: "333", TeamUnblock: "333", TeamInfo: "AA4", TeamList: "AA3",
 		UserNew: "333", UserUpdate: "A44", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
-		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
+		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgMemberUpdate: "333", OrgMemberDelete: "333", OrgInfo: "AA4", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
@@ -142,7 +145,7 @@ var expected = map[string]map[Action]string{
 		TeamNew: "333", TeamUpdate: "333", TeamDelete: "333", TeamMemberAdd: "334", TeamMemberDelete: "334", TeamMemberUpdate: "334",
 		TeamBlock: "333", TeamUnblock: "333", TeamInfo: "AA4", TeamList: "AA3",
 		UserNew: "333", UserUpdate: "A44", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
-		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
+		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgMemberUpdate: "333", OrgMemberDelete: "333", OrgInfo: "AA4", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
@@ -153,7 +156,7 @@ var expected = map[string]map[Action]string{
 		TeamNew: "333", TeamUpdate: "333", TeamDelete: "333", TeamMemberAdd: "333", TeamMemberDelete: "333", TeamMemberUpdate: "333",
 		TeamBlock: "333", TeamUnblock: "333", TeamInfo: "AA4", TeamList: "AA3",
 		UserNew: "333", UserUpdate: "333", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
-		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
+		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgMemberUpdate: "333", OrgMemberDelete: "333", OrgInfo: "AA4", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
@@ -166,7 +169,7 @@ var expected = map[string]map[Action]string{
 		TeamNew: "333", TeamUpdate: "333", TeamDelete: "333", TeamMemberAdd: "334", TeamMemberDelete: "334", TeamMemberUpdate: "334",
 		TeamBlock: "333", TeamUnblock: "333", TeamInfo: "AA4", TeamList: "AA3",
 		UserNew: "333", UserUpdate: "A44", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
-		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
+		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgMemberUpdate: "333", OrgMemberDelete: "333", OrgInfo: "AA4", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
@@ -178,10 +181,23 @@ var expected = map[string]map[Action]string{
 		TeamNew: "333", TeamUpdate: "333", TeamDelete: "333", TeamMemberAdd: "AA4", TeamMemberDelete: "AA4", TeamMemberUpdate: "3A4",
 		TeamBlock: "333", TeamUnblock: "333", TeamInfo: "AA4", TeamList: "AA3",
 		UserNew: "333", UserUpdate: "A44", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
-		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "AA4", OrgList: "AAA",
+		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgMemberUpdate: "333", OrgMemberDelete: "333", OrgInfo: "AA4", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
+	},
+	// A key without a user: its own key and its own team's info, the model
+	// list; other keys and teams are hidden as for anyone; the rest is 401.
+	"teamkey": {
+		KeyGenerate: "111", KeyServiceAccountGenerate: "111", KeyUpdate: "111", KeyDelete: "111", KeyInfo: "A44", KeyList: "111",
+		KeyRegenerate: "111", KeyBlock: "111", KeyUnblock: "111",
+		TeamNew: "111", TeamUpdate: "111", TeamDelete: "111", TeamMemberAdd: "111", TeamMemberDelete: "111", TeamMemberUpdate: "111",
+		TeamBlock: "111", TeamUnblock: "111", TeamInfo: "AA4", TeamList: "111",
+		UserNew: "111", UserUpdate: "111", UserDelete: "111", UserInfo: "111", UserList: "111",
+		OrgNew: "111", OrgUpdate: "111", OrgDelete: "111", OrgMemberAdd: "111", OrgMemberUpdate: "111", OrgMemberDelete: "111", OrgInfo: "111", OrgList: "111",
+		ModelNew: "111", ModelUpdate: "111", ModelDelete: "111", ModelInfo: "AAA",
+		SettingsRead: "111", SettingsUpdate: "111", AuditRead: "111", SpendRead: "111", ProxyList: "111",
+		CustomerNew: "111", CustomerUpdate: "111", CustomerDelete: "111", CustomerBlock: "111", CustomerUnblock: "111", CustomerList: "111",
 	},
 	// An internal user in no team: team objects are all foreign to it (its
 	// "own" key in team-1 it may keep managing, but not create there).
@@ -191,7 +207,7 @@ var expected = map[string]map[Action]string{
 		TeamNew: "333", TeamUpdate: "333", TeamDelete: "333", TeamMemberAdd: "444", TeamMemberDelete: "444", TeamMemberUpdate: "444",
 		TeamBlock: "333", TeamUnblock: "333", TeamInfo: "444", TeamList: "AA3",
 		UserNew: "333", UserUpdate: "A44", UserDelete: "333", UserInfo: "A44", UserList: "AAA",
-		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgInfo: "444", OrgList: "AAA",
+		OrgNew: "333", OrgUpdate: "333", OrgDelete: "333", OrgMemberAdd: "333", OrgMemberUpdate: "333", OrgMemberDelete: "333", OrgInfo: "444", OrgList: "AAA",
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
@@ -209,6 +225,8 @@ func outcome(d Decision) byte {
 		return '3'
 	case 404:
 		return '4'
+	case 401:
+		return '1'
 	}
 	return '?'
 }
@@ -271,6 +289,44 @@ func TestUnknownRoleAndAction(t *testing.T) {
 		t.Fatal("unknown action allowed")
 	}
 }
+
+// TestSelfRead: every active key reads its own /key/info and its team's
+// /team/info, whatever its owner's role, team role or team's
+// team_member_permissions; it writes nothing more than before.
+func TestSelfRead(t *testing.T) {
+	own := &Object{TokenID: "tok-1", UserID: self, TeamID: t2}
+	for name, c := range callers() {
+		c.KeyTokenID, c.KeyTeamID = "tok-1", t2
+		if d := Decide(c, KeyInfo, Target{Before: own}); !d.Allowed {
+			t.Errorf("%s reading its own key: %+v", name, d)
+		}
+		if d := Decide(c, TeamInfo, Target{Before: &Object{TeamID: t2, OrgID: o2}}); !d.Allowed {
+			t.Errorf("%s reading its key's team: %+v", name, d)
+		}
+		other := &Object{TokenID: "tok-2", UserID: stranger, TeamID: t2}
+		if d := Decide(c, KeyInfo, Target{Before: other}); d.Allowed && !c.ReadsAll() {
+			t.Errorf("%s read another key through its key's team", name)
+		}
+		if d := Decide(c, KeyDelete, Target{Before: own}); d.Allowed != Decide(withoutKey(c), KeyDelete, Target{Before: own}).Allowed {
+			t.Errorf("%s: self-read changed what it may write", name)
+		}
+	}
+	// A user with an unknown role (no management role at all) still reads
+	// its own key.
+	c := Caller{ID: self, Role: "customer", KeyTokenID: "tok-1"}
+	if d := Decide(c, KeyInfo, Target{Before: own}); !d.Allowed {
+		t.Errorf("unknown role reading its own key: %+v", d)
+	}
+	if d := Decide(c, KeyUpdate, Target{Before: own, After: own}); d.Allowed {
+		t.Error("unknown role updated its own key")
+	}
+	// A key without a token id matches nothing.
+	if d := Decide(Caller{KeyOnly: true}, KeyInfo, Target{Before: &Object{}}); d.Allowed {
+		t.Error("an empty token id matched")
+	}
+}
+
+func withoutKey(c Caller) Caller { c.KeyTokenID, c.KeyTeamID = "", ""; return c }
 
 // The escalation paths LiteLLM's key endpoints have had, one by one.
 func TestEscalations(t *testing.T) {

@@ -164,6 +164,9 @@ type TeamMember struct {
 	Role            string `json:"role"`                         // admin | user
 	MaxBudgetInTeam *int64 `json:"max_budget_in_team,omitempty"` // nano-USD
 	Spend           int64  `json:"spend,omitempty"`
+	// UserEmail is the email the member was added by (LiteLLM keeps it in
+	// members_with_roles), "" when added by id.
+	UserEmail string `json:"user_email,omitempty"`
 }
 
 // Team groups users and keys.
@@ -179,10 +182,13 @@ type Team struct {
 	// TeamMemberPermissions lists the key-management routes (e.g.
 	// "/key/generate") members with team role "user" may call on their keys
 	// in the team; empty means no list (the role table applies).
-	TeamMemberPermissions []string        `json:"team_member_permissions,omitempty"`
-	Metadata              json.RawMessage `json:"metadata,omitempty"`
-	Blocked               bool            `json:"blocked,omitempty"`
-	Spend                 int64           `json:"spend,omitempty"`
+	TeamMemberPermissions []string `json:"team_member_permissions,omitempty"`
+	// ModelAliases maps a model name the team's keys may request to the
+	// public model it stands for (LiteLLM's team model_aliases).
+	ModelAliases map[string]string `json:"model_aliases,omitempty"`
+	Metadata     json.RawMessage   `json:"metadata,omitempty"`
+	Blocked      bool              `json:"blocked,omitempty"`
+	Spend        int64             `json:"spend,omitempty"`
 	// SaaS is set on teams of the SaaS team API (saas.go).
 	SaaS      *TeamSaaS `json:"saas,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
@@ -341,7 +347,9 @@ type TeamFilter struct {
 type UserFilter struct {
 	UserRole string
 	TeamID   string
-	Page     Page
+	// UserEmail matches user_email exactly (team members given by email).
+	UserEmail string
+	Page      Page
 }
 
 // Reader holds the read operations, available outside and inside transactions.

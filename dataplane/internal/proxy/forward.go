@@ -71,7 +71,8 @@ type call struct {
 	status     int
 	usage      Usage
 	usageKnown bool
-	respBytes  int64 // response bytes read from the upstream
+	respID     string // the upstream response's id (chatcmpl-...), if any
+	respBytes  int64  // response bytes read from the upstream
 	aborted    bool
 	outcome    int
 	errOutcome bool
@@ -516,6 +517,7 @@ func (h *handler) finish(c *call) {
 		Streamed:       c.stream,
 		UsageKnown:     c.usageKnown,
 		Usage:          c.usage,
+		ResponseID:     c.respID,
 		Aborted:        c.aborted,
 		Start:          c.start,
 		Duration:       time.Since(c.start),

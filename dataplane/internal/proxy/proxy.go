@@ -98,6 +98,10 @@ type Outcome struct {
 	// aborted stream, an upstream that ignores include_usage).
 	UsageKnown bool
 	Usage      Usage
+	// ResponseID is the upstream response's top-level "id" (chatcmpl-...;
+	// in a stream, the usage chunk's), "" when it had none or it was not a
+	// short printable token. LiteLLM keys spend logs by it.
+	ResponseID string
 	// UsageEstimated is set when a 2xx response reported no usage: Usage
 	// then holds an estimate from the request and response sizes, which
 	// the spend record bills (marked estimated) and budgets count.

@@ -180,6 +180,13 @@ func (f *sseFilter) inspect(ev []byte) (drop bool) {
 		return false
 	}
 	f.c.usage, f.c.usageKnown = u, true
+	if f.c.respID == "" {
+		if idv, ok := o.Lookup("id"); ok {
+			if id, ok := enforce.StringValue(o.Raw(idv)); ok && saneResponseID(id) {
+				f.c.respID = id
+			}
+		}
+	}
 	// The usage chunk OpenAI sends for include_usage has "choices": [].
 	// A provider that puts usage on a content chunk keeps the chunk.
 	if !f.c.hideUsage {
@@ -221,6 +228,30 @@ type usageSniffer struct {
 	capturing bool
 	broken    bool
 	capBuf    []byte
+	// The top-level "id" (the upstream's response id, chatcmpl-...): idNext
+	// after its key, capturingID inside its string value.
+	idNext      bool
+	capturingID bool
+	idLen       int
+	idBuf       [maxResponseID]byte
+}
+
+// maxResponseID bounds a recorded upstream response id; a longer (or
+// escaped) one is not recorded and the spend record gets its own id.
+const maxResponseID = 128
+
+// saneResponseID accepts an upstream response id as a spend log's
+// request_id: short, printable ASCII, no spaces.
+func saneResponseID(id string) bool {
+	if id == "" || len(id) > maxResponseID {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] <= ' ' || id[i] > '~' {
+			return false
+		}
+	}
+	return true
 }
 
 func newUsageSniffer(src io.ReadCloser, c *call) *usageSniffer {
@@ -240,7 +271,7 @@ func (s *usageSniffer) Close() error { return s.src.Close() }
 
 func (s *usageSniffer) feed(b []byte) {
 	for i := 0; i < len(b); i++ {
-		if s.inStr && !s.keyStr && !s.capturing && !s.esc {
+		if s.inStr && !s.keyStr && !s.capturing && !s.capturingID && !s.esc {
 			// Skip string content fast: to the next quote or backslash.
 			rest := b[i:]
 			q := bytes.IndexByte(rest, '"')
@@ -263,6 +294,23 @@ func (s *usageSniffer) feed(b []byte) {
 			}
 			s.capBuf = append(s.capBuf, c)
 		}
+		if s.inStr && s.capturingID {
+			switch {
+			case c == '"':
+				s.inStr, s.capturingID = false, false
+				if s.c.respID == "" && saneResponseID(string(s.idBuf[:s.idLen])) {
+					s.c.respID = string(s.idBuf[:s.idLen])
+				}
+			case c == '\\' || s.idLen == len(s.idBuf):
+				// Escaped or too long: not recorded; skip the rest as any
+				// string.
+				s.capturingID, s.esc = false, c == '\\'
+			default:
+				s.idBuf[s.idLen] = c
+				s.idLen++
+			}
+			continue
+		}
 		if s.inStr {
 			switch {
 			case s.esc:
@@ -274,6 +322,7 @@ func (s *usageSniffer) feed(b []byte) {
 				s.inStr = false
 				if s.keyStr {
 					s.usageNext = !s.keyLong && string(s.key[:s.keyLen]) == "usage"
+					s.idNext = !s.keyLong && string(s.key[:s.keyLen]) == "id"
 				}
 			case s.keyStr:
 				if s.keyLen < len(s.key) {
@@ -290,15 +339,20 @@ func (s *usageSniffer) feed(b []byte) {
 			s.inStr = true
 			s.keyStr = s.top && s.depth == 1 && s.expectKey
 			s.keyLen, s.keyLong = 0, false
+			if !s.keyStr && s.idNext && s.depth == 1 && s.c.respID == "" {
+				s.capturingID, s.idLen = true, 0
+			}
+			s.idNext = false
 		case ':':
 			if s.depth == 1 {
 				s.expectKey = false
 			}
 		case ',':
 			if s.depth == 1 {
-				s.expectKey, s.usageNext = true, false
+				s.expectKey, s.usageNext, s.idNext = true, false, false
 			}
 		case '{', '[':
+			s.idNext = false
 			if s.depth == 0 {
 				s.top = c == '{'
 				s.expectKey = s.top

@@ -101,3 +101,58 @@ func TestSSEFilterHugeEventPassesThrough(t *testing.T) {
 		t.Fatalf("lost bytes: %d vs %d", len(out), len(in))
 	}
 }
+
+// TestUsageSnifferResponseID: the top-level "id" of a response is recorded
+// (LiteLLM keys spend logs by it); nested ids, keys named "id" inside
+// strings, escaped or oversized ids and non-string ids are not.
+func TestUsageSnifferResponseID(t *testing.T) {
+	long := strings.Repeat("x", maxResponseID+1)
+	tests := map[string]string{
+		`{"id":"chatcmpl-abc123","object":"chat.completion","usage":{"prompt_tokens":1}}`: "chatcmpl-abc123",
+		`{"object":"x","choices":[{"id":"inner"}],"id" : "late-1"}`:                       "late-1",
+		`{"x":{"id":"nested"},"usage":{"prompt_tokens":1}}`:                               "",
+		`{"text":"\"id\":\"fake\"","id":"real"}`:                                          "real",
+		`{"id":"esc\"aped"}`:                                                              "",
+		`{"id":"` + long + `"}`:                                                           "",
+		`{"id":42,"model":"m"}`:                                                           "",
+		`{"id":"has space"}`:                                                              "",
+		`{"id":"first","id":"second"}`:                                                    "first",
+		`[{"id":"in-array"}]`:                                                             "",
+		`{"idx":"no","usage":{"prompt_tokens":1},"aid":"no"}`:                             "",
+		`{"id":"` + strings.Repeat("y", maxResponseID) + `","usage":{"completion_tokens":2}}`: strings.Repeat("y", maxResponseID),
+	}
+	for doc, want := range tests {
+		for _, oneByte := range []bool{false, true} {
+			c := &call{}
+			var r io.Reader = strings.NewReader(doc)
+			if oneByte {
+				r = iotest.OneByteReader(r)
+			}
+			out, _ := io.ReadAll(newUsageSniffer(io.NopCloser(r), c))
+			if string(out) != doc {
+				t.Fatalf("passthrough changed the body: %q", out)
+			}
+			if c.respID != want {
+				t.Errorf("%s (one byte %v): id %q, want %q", doc, oneByte, c.respID, want)
+			}
+		}
+	}
+	// The usage that follows an id is still read.
+	c := &call{}
+	io.ReadAll(newUsageSniffer(io.NopCloser(strings.NewReader(`{"id":"a","usage":{"prompt_tokens":3,"completion_tokens":4}}`)), c))
+	if !c.usageKnown || c.usage != (Usage{3, 4, 7}) {
+		t.Errorf("usage after id: %+v", c.usage)
+	}
+}
+
+func TestSSEFilterResponseID(t *testing.T) {
+	stream := "data: {\"id\":\"chatcmpl-s1\",\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n" +
+		"data: {\"id\":\"chatcmpl-s1\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":6}}\n\ndata: [DONE]\n\n"
+	c := &call{hideUsage: true}
+	f := newSSEFilter(io.NopCloser(strings.NewReader(stream)), c)
+	io.ReadAll(f)
+	f.Close()
+	if c.respID != "chatcmpl-s1" {
+		t.Errorf("stream id %q", c.respID)
+	}
+}

@@ -52,7 +52,7 @@ func NewRecord(st state.Reader, o proxy.Outcome) *syncv1.SpendRecord {
 	}
 	end := o.Start.Add(o.Duration)
 	return &syncv1.SpendRecord{
-		RequestId:        newRequestID(),
+		RequestId:        requestID(o.ResponseID),
 		TokenId:          o.TokenID,
 		TeamId:           o.TeamID,
 		UserId:           o.UserID,
@@ -70,6 +70,18 @@ func NewRecord(st state.Reader, o proxy.Outcome) *syncv1.SpendRecord {
 		StartUnixNano:    o.Start.UnixNano(),
 		EndUnixNano:      end.UnixNano(),
 	}
+}
+
+// requestID is a spend record's request_id: the upstream response's id, as
+// LiteLLM records it (clients find their request's spend with the id of
+// the completion they got), else a fresh one. Several records may share an
+// upstream id (an upstream that repeats ids); the store does not require
+// request_id to be unique.
+func requestID(responseID string) string {
+	if responseID != "" {
+		return responseID
+	}
+	return newRequestID()
 }
 
 func newRequestID() string {

@@ -253,9 +253,10 @@ func (r *reader) ListUsers(ctx context.Context, f store.UserFilter) (users []sto
 			}
 		}
 		var match func(*store.User) bool
-		if f.UserRole != "" || members != nil {
+		if f.UserRole != "" || members != nil || f.UserEmail != "" {
 			match = func(u *store.User) bool {
-				return (f.UserRole == "" || u.UserRole == f.UserRole) && (members == nil || members[u.UserID])
+				return (f.UserRole == "" || u.UserRole == f.UserRole) && (members == nil || members[u.UserID]) &&
+					(f.UserEmail == "" || u.UserEmail == f.UserEmail)
 			}
 		}
 		users, total, err = list(ctx, tx, bucketUsersCreated, nil, bucketUsers, store.KindUser, match, f.Page)

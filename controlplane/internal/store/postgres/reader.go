@@ -177,6 +177,9 @@ func (r *reader) GetUser(ctx context.Context, userID string) (store.User, error)
 func (r *reader) ListUsers(ctx context.Context, f store.UserFilter) ([]store.User, int, error) {
 	var w where
 	w.eq("user_role", f.UserRole)
+	// No index: looking users up by email is a rare admin call (members
+	// added by user_email).
+	w.eq("doc->>'user_email'", f.UserEmail)
 	if f.TeamID != "" {
 		w.add("EXISTS (SELECT 1 FROM team_members m WHERE m.user_id = users.user_id AND m.team_id = ?)", f.TeamID)
 	}

@@ -314,6 +314,9 @@ func testListUsers(t *testing.T, s store.Store) {
 		} {
 			u := newUser(sp.id, at(i))
 			u.UserRole = sp.role
+			if sp.id == "bob" || sp.id == "dave" {
+				u.UserEmail = "shared@example.com"
+			}
 			errs = append(errs, tx.CreateUser(ctx, u))
 		}
 		tm := newTeam("t1", at(0))
@@ -338,6 +341,9 @@ func testListUsers(t *testing.T, s store.Store) {
 	check(store.UserFilter{TeamID: "t1"}, "alice", "bob", "erin") // creation order, not member order
 	check(store.UserFilter{TeamID: "t1", UserRole: store.RoleInternalUser}, "alice", "erin")
 	check(store.UserFilter{TeamID: "nope"})
+	check(store.UserFilter{UserEmail: "shared@example.com"}, "bob", "dave")
+	check(store.UserFilter{UserEmail: "shared@example.com", TeamID: "t1"}, "bob")
+	check(store.UserFilter{UserEmail: "Shared@example.com"})
 
 	// A role change moves the user between role filters.
 	write(t, s, func(ctx context.Context, tx store.Tx) error {

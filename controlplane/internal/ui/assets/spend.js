@@ -60,7 +60,7 @@ export const spendPage = {
     const range = { start_date: isoDay(start), end_date: isoDay(end) };
     const groups = [['api_key', 'Spend per key'], ['team', 'Spend per team'], ['user', 'Spend per user'], ['model', 'Spend per model']];
     const reports = await Promise.all(groups.map(([g]) => api('/global/spend/report', { query: { ...range, group_by: g } }).catch(e => ({ error: e.message }))));
-    const logs = await api('/spend/logs', { query: { ...logFilters, page: logFilters.page, page_size: 50 } });
+    const logs = await api('/spend/logs/paged', { query: { ...logFilters, page: logFilters.page, page_size: 50 } });
     const width = Math.min(Math.max(document.getElementById('main').clientWidth - 60, 320), 1100);
     const specs = [
       { name: 'api_key', label: 'Key (token id)', value: logFilters.api_key },

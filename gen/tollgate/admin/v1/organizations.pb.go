@@ -586,6 +586,137 @@ func (x *OrganizationMemberAddRequest) GetMember() *structpb.Value {
 	return nil
 }
 
+// OrganizationMemberUpdateRequest names the member by user_id or user_email.
+type OrganizationMemberUpdateRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	OrganizationId string                 `protobuf:"bytes,1,opt,name=organization_id,json=organizationId,proto3" json:"organization_id,omitempty"`
+	UserId         string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	UserEmail      string                 `protobuf:"bytes,3,opt,name=user_email,json=userEmail,proto3" json:"user_email,omitempty"`
+	// role: org_admin, internal_user or internal_user_viewer (absent: kept).
+	Role          string `protobuf:"bytes,4,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OrganizationMemberUpdateRequest) Reset() {
+	*x = OrganizationMemberUpdateRequest{}
+	mi := &file_tollgate_admin_v1_organizations_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OrganizationMemberUpdateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OrganizationMemberUpdateRequest) ProtoMessage() {}
+
+func (x *OrganizationMemberUpdateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_admin_v1_organizations_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OrganizationMemberUpdateRequest.ProtoReflect.Descriptor instead.
+func (*OrganizationMemberUpdateRequest) Descriptor() ([]byte, []int) {
+	return file_tollgate_admin_v1_organizations_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *OrganizationMemberUpdateRequest) GetOrganizationId() string {
+	if x != nil {
+		return x.OrganizationId
+	}
+	return ""
+}
+
+func (x *OrganizationMemberUpdateRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *OrganizationMemberUpdateRequest) GetUserEmail() string {
+	if x != nil {
+		return x.UserEmail
+	}
+	return ""
+}
+
+func (x *OrganizationMemberUpdateRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+// OrganizationMemberDeleteRequest names the member by user_id or user_email.
+type OrganizationMemberDeleteRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	OrganizationId string                 `protobuf:"bytes,1,opt,name=organization_id,json=organizationId,proto3" json:"organization_id,omitempty"`
+	UserId         string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	UserEmail      string                 `protobuf:"bytes,3,opt,name=user_email,json=userEmail,proto3" json:"user_email,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *OrganizationMemberDeleteRequest) Reset() {
+	*x = OrganizationMemberDeleteRequest{}
+	mi := &file_tollgate_admin_v1_organizations_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OrganizationMemberDeleteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OrganizationMemberDeleteRequest) ProtoMessage() {}
+
+func (x *OrganizationMemberDeleteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_admin_v1_organizations_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OrganizationMemberDeleteRequest.ProtoReflect.Descriptor instead.
+func (*OrganizationMemberDeleteRequest) Descriptor() ([]byte, []int) {
+	return file_tollgate_admin_v1_organizations_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *OrganizationMemberDeleteRequest) GetOrganizationId() string {
+	if x != nil {
+		return x.OrganizationId
+	}
+	return ""
+}
+
+func (x *OrganizationMemberDeleteRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *OrganizationMemberDeleteRequest) GetUserEmail() string {
+	if x != nil {
+		return x.UserEmail
+	}
+	return ""
+}
+
 type GetOrganizationInfoRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	OrganizationId string                 `protobuf:"bytes,1,opt,name=organization_id,json=organizationId,proto3" json:"organization_id,omitempty"`
@@ -595,7 +726,7 @@ type GetOrganizationInfoRequest struct {
 
 func (x *GetOrganizationInfoRequest) Reset() {
 	*x = GetOrganizationInfoRequest{}
-	mi := &file_tollgate_admin_v1_organizations_proto_msgTypes[6]
+	mi := &file_tollgate_admin_v1_organizations_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -607,7 +738,7 @@ func (x *GetOrganizationInfoRequest) String() string {
 func (*GetOrganizationInfoRequest) ProtoMessage() {}
 
 func (x *GetOrganizationInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_admin_v1_organizations_proto_msgTypes[6]
+	mi := &file_tollgate_admin_v1_organizations_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -620,7 +751,7 @@ func (x *GetOrganizationInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOrganizationInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetOrganizationInfoRequest) Descriptor() ([]byte, []int) {
-	return file_tollgate_admin_v1_organizations_proto_rawDescGZIP(), []int{6}
+	return file_tollgate_admin_v1_organizations_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetOrganizationInfoRequest) GetOrganizationId() string {
@@ -640,7 +771,7 @@ type ListOrganizationsRequest struct {
 
 func (x *ListOrganizationsRequest) Reset() {
 	*x = ListOrganizationsRequest{}
-	mi := &file_tollgate_admin_v1_organizations_proto_msgTypes[7]
+	mi := &file_tollgate_admin_v1_organizations_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -652,7 +783,7 @@ func (x *ListOrganizationsRequest) String() string {
 func (*ListOrganizationsRequest) ProtoMessage() {}
 
 func (x *ListOrganizationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_admin_v1_organizations_proto_msgTypes[7]
+	mi := &file_tollgate_admin_v1_organizations_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -665,7 +796,7 @@ func (x *ListOrganizationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOrganizationsRequest.ProtoReflect.Descriptor instead.
 func (*ListOrganizationsRequest) Descriptor() ([]byte, []int) {
-	return file_tollgate_admin_v1_organizations_proto_rawDescGZIP(), []int{7}
+	return file_tollgate_admin_v1_organizations_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListOrganizationsRequest) GetPage() int32 {
@@ -693,7 +824,7 @@ type ListOrganizationsResponse struct {
 
 func (x *ListOrganizationsResponse) Reset() {
 	*x = ListOrganizationsResponse{}
-	mi := &file_tollgate_admin_v1_organizations_proto_msgTypes[8]
+	mi := &file_tollgate_admin_v1_organizations_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -705,7 +836,7 @@ func (x *ListOrganizationsResponse) String() string {
 func (*ListOrganizationsResponse) ProtoMessage() {}
 
 func (x *ListOrganizationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_admin_v1_organizations_proto_msgTypes[8]
+	mi := &file_tollgate_admin_v1_organizations_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -718,7 +849,7 @@ func (x *ListOrganizationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOrganizationsResponse.ProtoReflect.Descriptor instead.
 func (*ListOrganizationsResponse) Descriptor() ([]byte, []int) {
-	return file_tollgate_admin_v1_organizations_proto_rawDescGZIP(), []int{8}
+	return file_tollgate_admin_v1_organizations_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListOrganizationsResponse) GetOrganizations() []*Organization {
@@ -799,7 +930,18 @@ const file_tollgate_admin_v1_organizations_proto_rawDesc = "" +
 	"\x10organization_ids\x18\x01 \x03(\tR\x0forganizationIds\"w\n" +
 	"\x1cOrganizationMemberAddRequest\x12'\n" +
 	"\x0forganization_id\x18\x01 \x01(\tR\x0eorganizationId\x12.\n" +
-	"\x06member\x18\x02 \x01(\v2\x16.google.protobuf.ValueR\x06member\"E\n" +
+	"\x06member\x18\x02 \x01(\v2\x16.google.protobuf.ValueR\x06member\"\x96\x01\n" +
+	"\x1fOrganizationMemberUpdateRequest\x12'\n" +
+	"\x0forganization_id\x18\x01 \x01(\tR\x0eorganizationId\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1d\n" +
+	"\n" +
+	"user_email\x18\x03 \x01(\tR\tuserEmail\x12\x12\n" +
+	"\x04role\x18\x04 \x01(\tR\x04role\"\x82\x01\n" +
+	"\x1fOrganizationMemberDeleteRequest\x12'\n" +
+	"\x0forganization_id\x18\x01 \x01(\tR\x0eorganizationId\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1d\n" +
+	"\n" +
+	"user_email\x18\x03 \x01(\tR\tuserEmail\"E\n" +
 	"\x1aGetOrganizationInfoRequest\x12'\n" +
 	"\x0forganization_id\x18\x01 \x01(\tR\x0eorganizationId\"K\n" +
 	"\x18ListOrganizationsRequest\x12\x12\n" +
@@ -807,14 +949,16 @@ const file_tollgate_admin_v1_organizations_proto_rawDesc = "" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\"x\n" +
 	"\x19ListOrganizationsResponse\x12E\n" +
 	"\rorganizations\x18\x01 \x03(\v2\x1f.tollgate.admin.v1.OrganizationR\rorganizations\x12\x14\n" +
-	"\x05total\x18\x02 \x01(\x05R\x05total2\x84\x05\n" +
+	"\x05total\x18\x02 \x01(\x05R\x05total2\xec\x06\n" +
 	"\x13OrganizationService\x12]\n" +
 	"\x0fNewOrganization\x12).tollgate.admin.v1.NewOrganizationRequest\x1a\x1f.tollgate.admin.v1.Organization\x12c\n" +
 	"\x12UpdateOrganization\x12,.tollgate.admin.v1.UpdateOrganizationRequest\x1a\x1f.tollgate.admin.v1.Organization\x12g\n" +
 	"\x13DeleteOrganizations\x12-.tollgate.admin.v1.DeleteOrganizationsRequest\x1a!.tollgate.admin.v1.DeleteResponse\x12i\n" +
 	"\x15AddOrganizationMember\x12/.tollgate.admin.v1.OrganizationMemberAddRequest\x1a\x1f.tollgate.admin.v1.Organization\x12e\n" +
 	"\x13GetOrganizationInfo\x12-.tollgate.admin.v1.GetOrganizationInfoRequest\x1a\x1f.tollgate.admin.v1.Organization\x12n\n" +
-	"\x11ListOrganizations\x12+.tollgate.admin.v1.ListOrganizationsRequest\x1a,.tollgate.admin.v1.ListOrganizationsResponseB?Z=github.com/tollgate-gw/tollgate/gen/tollgate/admin/v1;adminv1b\x06proto3"
+	"\x11ListOrganizations\x12+.tollgate.admin.v1.ListOrganizationsRequest\x1a,.tollgate.admin.v1.ListOrganizationsResponse\x12u\n" +
+	"\x18UpdateOrganizationMember\x122.tollgate.admin.v1.OrganizationMemberUpdateRequest\x1a%.tollgate.admin.v1.OrganizationMember\x12o\n" +
+	"\x18DeleteOrganizationMember\x122.tollgate.admin.v1.OrganizationMemberDeleteRequest\x1a\x1f.tollgate.admin.v1.OrganizationB?Z=github.com/tollgate-gw/tollgate/gen/tollgate/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_tollgate_admin_v1_organizations_proto_rawDescOnce sync.Once
@@ -828,72 +972,78 @@ func file_tollgate_admin_v1_organizations_proto_rawDescGZIP() []byte {
 	return file_tollgate_admin_v1_organizations_proto_rawDescData
 }
 
-var file_tollgate_admin_v1_organizations_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_tollgate_admin_v1_organizations_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_tollgate_admin_v1_organizations_proto_goTypes = []any{
-	(*OrganizationMember)(nil),           // 0: tollgate.admin.v1.OrganizationMember
-	(*Organization)(nil),                 // 1: tollgate.admin.v1.Organization
-	(*NewOrganizationRequest)(nil),       // 2: tollgate.admin.v1.NewOrganizationRequest
-	(*UpdateOrganizationRequest)(nil),    // 3: tollgate.admin.v1.UpdateOrganizationRequest
-	(*DeleteOrganizationsRequest)(nil),   // 4: tollgate.admin.v1.DeleteOrganizationsRequest
-	(*OrganizationMemberAddRequest)(nil), // 5: tollgate.admin.v1.OrganizationMemberAddRequest
-	(*GetOrganizationInfoRequest)(nil),   // 6: tollgate.admin.v1.GetOrganizationInfoRequest
-	(*ListOrganizationsRequest)(nil),     // 7: tollgate.admin.v1.ListOrganizationsRequest
-	(*ListOrganizationsResponse)(nil),    // 8: tollgate.admin.v1.ListOrganizationsResponse
-	(*wrapperspb.DoubleValue)(nil),       // 9: google.protobuf.DoubleValue
-	(*timestamppb.Timestamp)(nil),        // 10: google.protobuf.Timestamp
-	(*wrapperspb.Int32Value)(nil),        // 11: google.protobuf.Int32Value
-	(*structpb.Struct)(nil),              // 12: google.protobuf.Struct
-	(*Team)(nil),                         // 13: tollgate.admin.v1.Team
-	(*wrapperspb.StringValue)(nil),       // 14: google.protobuf.StringValue
-	(*structpb.ListValue)(nil),           // 15: google.protobuf.ListValue
-	(*wrapperspb.BoolValue)(nil),         // 16: google.protobuf.BoolValue
-	(*structpb.Value)(nil),               // 17: google.protobuf.Value
-	(*DeleteResponse)(nil),               // 18: tollgate.admin.v1.DeleteResponse
+	(*OrganizationMember)(nil),              // 0: tollgate.admin.v1.OrganizationMember
+	(*Organization)(nil),                    // 1: tollgate.admin.v1.Organization
+	(*NewOrganizationRequest)(nil),          // 2: tollgate.admin.v1.NewOrganizationRequest
+	(*UpdateOrganizationRequest)(nil),       // 3: tollgate.admin.v1.UpdateOrganizationRequest
+	(*DeleteOrganizationsRequest)(nil),      // 4: tollgate.admin.v1.DeleteOrganizationsRequest
+	(*OrganizationMemberAddRequest)(nil),    // 5: tollgate.admin.v1.OrganizationMemberAddRequest
+	(*OrganizationMemberUpdateRequest)(nil), // 6: tollgate.admin.v1.OrganizationMemberUpdateRequest
+	(*OrganizationMemberDeleteRequest)(nil), // 7: tollgate.admin.v1.OrganizationMemberDeleteRequest
+	(*GetOrganizationInfoRequest)(nil),      // 8: tollgate.admin.v1.GetOrganizationInfoRequest
+	(*ListOrganizationsRequest)(nil),        // 9: tollgate.admin.v1.ListOrganizationsRequest
+	(*ListOrganizationsResponse)(nil),       // 10: tollgate.admin.v1.ListOrganizationsResponse
+	(*wrapperspb.DoubleValue)(nil),          // 11: google.protobuf.DoubleValue
+	(*timestamppb.Timestamp)(nil),           // 12: google.protobuf.Timestamp
+	(*wrapperspb.Int32Value)(nil),           // 13: google.protobuf.Int32Value
+	(*structpb.Struct)(nil),                 // 14: google.protobuf.Struct
+	(*Team)(nil),                            // 15: tollgate.admin.v1.Team
+	(*wrapperspb.StringValue)(nil),          // 16: google.protobuf.StringValue
+	(*structpb.ListValue)(nil),              // 17: google.protobuf.ListValue
+	(*wrapperspb.BoolValue)(nil),            // 18: google.protobuf.BoolValue
+	(*structpb.Value)(nil),                  // 19: google.protobuf.Value
+	(*DeleteResponse)(nil),                  // 20: tollgate.admin.v1.DeleteResponse
 }
 var file_tollgate_admin_v1_organizations_proto_depIdxs = []int32{
-	9,  // 0: tollgate.admin.v1.Organization.max_budget:type_name -> google.protobuf.DoubleValue
-	9,  // 1: tollgate.admin.v1.Organization.soft_budget:type_name -> google.protobuf.DoubleValue
-	10, // 2: tollgate.admin.v1.Organization.budget_reset_at:type_name -> google.protobuf.Timestamp
-	11, // 3: tollgate.admin.v1.Organization.rpm_limit:type_name -> google.protobuf.Int32Value
-	11, // 4: tollgate.admin.v1.Organization.tpm_limit:type_name -> google.protobuf.Int32Value
-	11, // 5: tollgate.admin.v1.Organization.max_parallel_requests:type_name -> google.protobuf.Int32Value
-	12, // 6: tollgate.admin.v1.Organization.metadata:type_name -> google.protobuf.Struct
+	11, // 0: tollgate.admin.v1.Organization.max_budget:type_name -> google.protobuf.DoubleValue
+	11, // 1: tollgate.admin.v1.Organization.soft_budget:type_name -> google.protobuf.DoubleValue
+	12, // 2: tollgate.admin.v1.Organization.budget_reset_at:type_name -> google.protobuf.Timestamp
+	13, // 3: tollgate.admin.v1.Organization.rpm_limit:type_name -> google.protobuf.Int32Value
+	13, // 4: tollgate.admin.v1.Organization.tpm_limit:type_name -> google.protobuf.Int32Value
+	13, // 5: tollgate.admin.v1.Organization.max_parallel_requests:type_name -> google.protobuf.Int32Value
+	14, // 6: tollgate.admin.v1.Organization.metadata:type_name -> google.protobuf.Struct
 	0,  // 7: tollgate.admin.v1.Organization.members:type_name -> tollgate.admin.v1.OrganizationMember
-	13, // 8: tollgate.admin.v1.Organization.teams:type_name -> tollgate.admin.v1.Team
-	10, // 9: tollgate.admin.v1.Organization.created_at:type_name -> google.protobuf.Timestamp
-	10, // 10: tollgate.admin.v1.Organization.updated_at:type_name -> google.protobuf.Timestamp
-	9,  // 11: tollgate.admin.v1.NewOrganizationRequest.max_budget:type_name -> google.protobuf.DoubleValue
-	9,  // 12: tollgate.admin.v1.NewOrganizationRequest.soft_budget:type_name -> google.protobuf.DoubleValue
-	11, // 13: tollgate.admin.v1.NewOrganizationRequest.rpm_limit:type_name -> google.protobuf.Int32Value
-	11, // 14: tollgate.admin.v1.NewOrganizationRequest.tpm_limit:type_name -> google.protobuf.Int32Value
-	11, // 15: tollgate.admin.v1.NewOrganizationRequest.max_parallel_requests:type_name -> google.protobuf.Int32Value
-	12, // 16: tollgate.admin.v1.NewOrganizationRequest.metadata:type_name -> google.protobuf.Struct
-	14, // 17: tollgate.admin.v1.UpdateOrganizationRequest.organization_alias:type_name -> google.protobuf.StringValue
-	15, // 18: tollgate.admin.v1.UpdateOrganizationRequest.models:type_name -> google.protobuf.ListValue
-	9,  // 19: tollgate.admin.v1.UpdateOrganizationRequest.max_budget:type_name -> google.protobuf.DoubleValue
-	9,  // 20: tollgate.admin.v1.UpdateOrganizationRequest.soft_budget:type_name -> google.protobuf.DoubleValue
-	14, // 21: tollgate.admin.v1.UpdateOrganizationRequest.budget_duration:type_name -> google.protobuf.StringValue
-	11, // 22: tollgate.admin.v1.UpdateOrganizationRequest.rpm_limit:type_name -> google.protobuf.Int32Value
-	11, // 23: tollgate.admin.v1.UpdateOrganizationRequest.tpm_limit:type_name -> google.protobuf.Int32Value
-	11, // 24: tollgate.admin.v1.UpdateOrganizationRequest.max_parallel_requests:type_name -> google.protobuf.Int32Value
-	12, // 25: tollgate.admin.v1.UpdateOrganizationRequest.metadata:type_name -> google.protobuf.Struct
-	16, // 26: tollgate.admin.v1.UpdateOrganizationRequest.blocked:type_name -> google.protobuf.BoolValue
-	17, // 27: tollgate.admin.v1.OrganizationMemberAddRequest.member:type_name -> google.protobuf.Value
+	15, // 8: tollgate.admin.v1.Organization.teams:type_name -> tollgate.admin.v1.Team
+	12, // 9: tollgate.admin.v1.Organization.created_at:type_name -> google.protobuf.Timestamp
+	12, // 10: tollgate.admin.v1.Organization.updated_at:type_name -> google.protobuf.Timestamp
+	11, // 11: tollgate.admin.v1.NewOrganizationRequest.max_budget:type_name -> google.protobuf.DoubleValue
+	11, // 12: tollgate.admin.v1.NewOrganizationRequest.soft_budget:type_name -> google.protobuf.DoubleValue
+	13, // 13: tollgate.admin.v1.NewOrganizationRequest.rpm_limit:type_name -> google.protobuf.Int32Value
+	13, // 14: tollgate.admin.v1.NewOrganizationRequest.tpm_limit:type_name -> google.protobuf.Int32Value
+	13, // 15: tollgate.admin.v1.NewOrganizationRequest.max_parallel_requests:type_name -> google.protobuf.Int32Value
+	14, // 16: tollgate.admin.v1.NewOrganizationRequest.metadata:type_name -> google.protobuf.Struct
+	16, // 17: tollgate.admin.v1.UpdateOrganizationRequest.organization_alias:type_name -> google.protobuf.StringValue
+	17, // 18: tollgate.admin.v1.UpdateOrganizationRequest.models:type_name -> google.protobuf.ListValue
+	11, // 19: tollgate.admin.v1.UpdateOrganizationRequest.max_budget:type_name -> google.protobuf.DoubleValue
+	11, // 20: tollgate.admin.v1.UpdateOrganizationRequest.soft_budget:type_name -> google.protobuf.DoubleValue
+	16, // 21: tollgate.admin.v1.UpdateOrganizationRequest.budget_duration:type_name -> google.protobuf.StringValue
+	13, // 22: tollgate.admin.v1.UpdateOrganizationRequest.rpm_limit:type_name -> google.protobuf.Int32Value
+	13, // 23: tollgate.admin.v1.UpdateOrganizationRequest.tpm_limit:type_name -> google.protobuf.Int32Value
+	13, // 24: tollgate.admin.v1.UpdateOrganizationRequest.max_parallel_requests:type_name -> google.protobuf.Int32Value
+	14, // 25: tollgate.admin.v1.UpdateOrganizationRequest.metadata:type_name -> google.protobuf.Struct
+	18, // 26: tollgate.admin.v1.UpdateOrganizationRequest.blocked:type_name -> google.protobuf.BoolValue
+	19, // 27: tollgate.admin.v1.OrganizationMemberAddRequest.member:type_name -> google.protobuf.Value
 	1,  // 28: tollgate.admin.v1.ListOrganizationsResponse.organizations:type_name -> tollgate.admin.v1.Organization
 	2,  // 29: tollgate.admin.v1.OrganizationService.NewOrganization:input_type -> tollgate.admin.v1.NewOrganizationRequest
 	3,  // 30: tollgate.admin.v1.OrganizationService.UpdateOrganization:input_type -> tollgate.admin.v1.UpdateOrganizationRequest
 	4,  // 31: tollgate.admin.v1.OrganizationService.DeleteOrganizations:input_type -> tollgate.admin.v1.DeleteOrganizationsRequest
 	5,  // 32: tollgate.admin.v1.OrganizationService.AddOrganizationMember:input_type -> tollgate.admin.v1.OrganizationMemberAddRequest
-	6,  // 33: tollgate.admin.v1.OrganizationService.GetOrganizationInfo:input_type -> tollgate.admin.v1.GetOrganizationInfoRequest
-	7,  // 34: tollgate.admin.v1.OrganizationService.ListOrganizations:input_type -> tollgate.admin.v1.ListOrganizationsRequest
-	1,  // 35: tollgate.admin.v1.OrganizationService.NewOrganization:output_type -> tollgate.admin.v1.Organization
-	1,  // 36: tollgate.admin.v1.OrganizationService.UpdateOrganization:output_type -> tollgate.admin.v1.Organization
-	18, // 37: tollgate.admin.v1.OrganizationService.DeleteOrganizations:output_type -> tollgate.admin.v1.DeleteResponse
-	1,  // 38: tollgate.admin.v1.OrganizationService.AddOrganizationMember:output_type -> tollgate.admin.v1.Organization
-	1,  // 39: tollgate.admin.v1.OrganizationService.GetOrganizationInfo:output_type -> tollgate.admin.v1.Organization
-	8,  // 40: tollgate.admin.v1.OrganizationService.ListOrganizations:output_type -> tollgate.admin.v1.ListOrganizationsResponse
-	35, // [35:41] is the sub-list for method output_type
-	29, // [29:35] is the sub-list for method input_type
+	8,  // 33: tollgate.admin.v1.OrganizationService.GetOrganizationInfo:input_type -> tollgate.admin.v1.GetOrganizationInfoRequest
+	9,  // 34: tollgate.admin.v1.OrganizationService.ListOrganizations:input_type -> tollgate.admin.v1.ListOrganizationsRequest
+	6,  // 35: tollgate.admin.v1.OrganizationService.UpdateOrganizationMember:input_type -> tollgate.admin.v1.OrganizationMemberUpdateRequest
+	7,  // 36: tollgate.admin.v1.OrganizationService.DeleteOrganizationMember:input_type -> tollgate.admin.v1.OrganizationMemberDeleteRequest
+	1,  // 37: tollgate.admin.v1.OrganizationService.NewOrganization:output_type -> tollgate.admin.v1.Organization
+	1,  // 38: tollgate.admin.v1.OrganizationService.UpdateOrganization:output_type -> tollgate.admin.v1.Organization
+	20, // 39: tollgate.admin.v1.OrganizationService.DeleteOrganizations:output_type -> tollgate.admin.v1.DeleteResponse
+	1,  // 40: tollgate.admin.v1.OrganizationService.AddOrganizationMember:output_type -> tollgate.admin.v1.Organization
+	1,  // 41: tollgate.admin.v1.OrganizationService.GetOrganizationInfo:output_type -> tollgate.admin.v1.Organization
+	10, // 42: tollgate.admin.v1.OrganizationService.ListOrganizations:output_type -> tollgate.admin.v1.ListOrganizationsResponse
+	0,  // 43: tollgate.admin.v1.OrganizationService.UpdateOrganizationMember:output_type -> tollgate.admin.v1.OrganizationMember
+	1,  // 44: tollgate.admin.v1.OrganizationService.DeleteOrganizationMember:output_type -> tollgate.admin.v1.Organization
+	37, // [37:45] is the sub-list for method output_type
+	29, // [29:37] is the sub-list for method input_type
 	29, // [29:29] is the sub-list for extension type_name
 	29, // [29:29] is the sub-list for extension extendee
 	0,  // [0:29] is the sub-list for field type_name
@@ -912,7 +1062,7 @@ func file_tollgate_admin_v1_organizations_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tollgate_admin_v1_organizations_proto_rawDesc), len(file_tollgate_admin_v1_organizations_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

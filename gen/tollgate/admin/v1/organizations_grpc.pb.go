@@ -19,12 +19,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	OrganizationService_NewOrganization_FullMethodName       = "/tollgate.admin.v1.OrganizationService/NewOrganization"
-	OrganizationService_UpdateOrganization_FullMethodName    = "/tollgate.admin.v1.OrganizationService/UpdateOrganization"
-	OrganizationService_DeleteOrganizations_FullMethodName   = "/tollgate.admin.v1.OrganizationService/DeleteOrganizations"
-	OrganizationService_AddOrganizationMember_FullMethodName = "/tollgate.admin.v1.OrganizationService/AddOrganizationMember"
-	OrganizationService_GetOrganizationInfo_FullMethodName   = "/tollgate.admin.v1.OrganizationService/GetOrganizationInfo"
-	OrganizationService_ListOrganizations_FullMethodName     = "/tollgate.admin.v1.OrganizationService/ListOrganizations"
+	OrganizationService_NewOrganization_FullMethodName          = "/tollgate.admin.v1.OrganizationService/NewOrganization"
+	OrganizationService_UpdateOrganization_FullMethodName       = "/tollgate.admin.v1.OrganizationService/UpdateOrganization"
+	OrganizationService_DeleteOrganizations_FullMethodName      = "/tollgate.admin.v1.OrganizationService/DeleteOrganizations"
+	OrganizationService_AddOrganizationMember_FullMethodName    = "/tollgate.admin.v1.OrganizationService/AddOrganizationMember"
+	OrganizationService_GetOrganizationInfo_FullMethodName      = "/tollgate.admin.v1.OrganizationService/GetOrganizationInfo"
+	OrganizationService_ListOrganizations_FullMethodName        = "/tollgate.admin.v1.OrganizationService/ListOrganizations"
+	OrganizationService_UpdateOrganizationMember_FullMethodName = "/tollgate.admin.v1.OrganizationService/UpdateOrganizationMember"
+	OrganizationService_DeleteOrganizationMember_FullMethodName = "/tollgate.admin.v1.OrganizationService/DeleteOrganizationMember"
 )
 
 // OrganizationServiceClient is the client API for OrganizationService service.
@@ -39,6 +41,11 @@ type OrganizationServiceClient interface {
 	AddOrganizationMember(ctx context.Context, in *OrganizationMemberAddRequest, opts ...grpc.CallOption) (*Organization, error)
 	GetOrganizationInfo(ctx context.Context, in *GetOrganizationInfoRequest, opts ...grpc.CallOption) (*Organization, error)
 	ListOrganizations(ctx context.Context, in *ListOrganizationsRequest, opts ...grpc.CallOption) (*ListOrganizationsResponse, error)
+	// UpdateOrganizationMember changes a member's organization role
+	// (LiteLLM's PATCH /organization/member_update).
+	UpdateOrganizationMember(ctx context.Context, in *OrganizationMemberUpdateRequest, opts ...grpc.CallOption) (*OrganizationMember, error)
+	// DeleteOrganizationMember removes a member (DELETE /organization/member_delete).
+	DeleteOrganizationMember(ctx context.Context, in *OrganizationMemberDeleteRequest, opts ...grpc.CallOption) (*Organization, error)
 }
 
 type organizationServiceClient struct {
@@ -109,6 +116,26 @@ func (c *organizationServiceClient) ListOrganizations(ctx context.Context, in *L
 	return out, nil
 }
 
+func (c *organizationServiceClient) UpdateOrganizationMember(ctx context.Context, in *OrganizationMemberUpdateRequest, opts ...grpc.CallOption) (*OrganizationMember, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(OrganizationMember)
+	err := c.cc.Invoke(ctx, OrganizationService_UpdateOrganizationMember_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *organizationServiceClient) DeleteOrganizationMember(ctx context.Context, in *OrganizationMemberDeleteRequest, opts ...grpc.CallOption) (*Organization, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Organization)
+	err := c.cc.Invoke(ctx, OrganizationService_DeleteOrganizationMember_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OrganizationServiceServer is the server API for OrganizationService service.
 // All implementations must embed UnimplementedOrganizationServiceServer
 // for forward compatibility.
@@ -121,6 +148,11 @@ type OrganizationServiceServer interface {
 	AddOrganizationMember(context.Context, *OrganizationMemberAddRequest) (*Organization, error)
 	GetOrganizationInfo(context.Context, *GetOrganizationInfoRequest) (*Organization, error)
 	ListOrganizations(context.Context, *ListOrganizationsRequest) (*ListOrganizationsResponse, error)
+	// UpdateOrganizationMember changes a member's organization role
+	// (LiteLLM's PATCH /organization/member_update).
+	UpdateOrganizationMember(context.Context, *OrganizationMemberUpdateRequest) (*OrganizationMember, error)
+	// DeleteOrganizationMember removes a member (DELETE /organization/member_delete).
+	DeleteOrganizationMember(context.Context, *OrganizationMemberDeleteRequest) (*Organization, error)
 	mustEmbedUnimplementedOrganizationServiceServer()
 }
 
@@ -148,6 +180,12 @@ func (UnimplementedOrganizationServiceServer) GetOrganizationInfo(context.Contex
 }
 func (UnimplementedOrganizationServiceServer) ListOrganizations(context.Context, *ListOrganizationsRequest) (*ListOrganizationsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListOrganizations not implemented")
+}
+func (UnimplementedOrganizationServiceServer) UpdateOrganizationMember(context.Context, *OrganizationMemberUpdateRequest) (*OrganizationMember, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateOrganizationMember not implemented")
+}
+func (UnimplementedOrganizationServiceServer) DeleteOrganizationMember(context.Context, *OrganizationMemberDeleteRequest) (*Organization, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteOrganizationMember not implemented")
 }
 func (UnimplementedOrganizationServiceServer) mustEmbedUnimplementedOrganizationServiceServer() {}
 func (UnimplementedOrganizationServiceServer) testEmbeddedByValue()                             {}
@@ -278,6 +316,42 @@ func _OrganizationService_ListOrganizations_Handler(srv interface{}, ctx context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OrganizationService_UpdateOrganizationMember_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(OrganizationMemberUpdateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OrganizationServiceServer).UpdateOrganizationMember(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OrganizationService_UpdateOrganizationMember_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OrganizationServiceServer).UpdateOrganizationMember(ctx, req.(*OrganizationMemberUpdateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OrganizationService_DeleteOrganizationMember_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(OrganizationMemberDeleteRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OrganizationServiceServer).DeleteOrganizationMember(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OrganizationService_DeleteOrganizationMember_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OrganizationServiceServer).DeleteOrganizationMember(ctx, req.(*OrganizationMemberDeleteRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // OrganizationService_ServiceDesc is the grpc.ServiceDesc for OrganizationService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -308,6 +382,14 @@ var OrganizationService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListOrganizations",
 			Handler:    _OrganizationService_ListOrganizations_Handler,
+		},
+		{
+			MethodName: "UpdateOrganizationMember",
+			Handler:    _OrganizationService_UpdateOrganizationMember_Handler,
+		},
+		{
+			MethodName: "DeleteOrganizationMember",
+			Handler:    _OrganizationService_DeleteOrganizationMember_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -70,6 +70,41 @@ func local_request_SpendService_ListSpendLogs_0(ctx context.Context, marshaler r
 	return msg, metadata, err
 }
 
+var filter_SpendService_ListSpendLogs_1 = &utilities.DoubleArray{Encoding: map[string]int{}, Base: []int(nil), Check: []int(nil)}
+
+func request_SpendService_ListSpendLogs_1(ctx context.Context, marshaler runtime.Marshaler, client SpendServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq ListSpendLogsRequest
+		metadata runtime.ServerMetadata
+	)
+	if err := req.ParseForm(); err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if err := runtime.PopulateQueryParameters(&protoReq, req.Form, filter_SpendService_ListSpendLogs_1); err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if req.Body != nil {
+		_, _ = io.Copy(io.Discard, req.Body)
+	}
+	msg, err := client.ListSpendLogs(ctx, &protoReq, grpc.Header(&metadata.HeaderMD), grpc.Trailer(&metadata.TrailerMD))
+	return msg, metadata, err
+}
+
+func local_request_SpendService_ListSpendLogs_1(ctx context.Context, marshaler runtime.Marshaler, server SpendServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq ListSpendLogsRequest
+		metadata runtime.ServerMetadata
+	)
+	if err := req.ParseForm(); err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if err := runtime.PopulateQueryParameters(&protoReq, req.Form, filter_SpendService_ListSpendLogs_1); err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	msg, err := server.ListSpendLogs(ctx, &protoReq)
+	return msg, metadata, err
+}
+
 var filter_SpendService_GetCustomerInfo_0 = &utilities.DoubleArray{Encoding: map[string]int{}, Base: []int(nil), Check: []int(nil)}
 
 func request_SpendService_GetCustomerInfo_0(ctx context.Context, marshaler runtime.Marshaler, client SpendServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
@@ -199,7 +234,27 @@ func RegisterSpendServiceHandlerServer(ctx context.Context, mux *runtime.ServeMu
 			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
 			return
 		}
-		forward_SpendService_ListSpendLogs_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+		forward_SpendService_ListSpendLogs_0(annotatedContext, mux, outboundMarshaler, w, req, response_SpendService_ListSpendLogs_0{resp.(*ListSpendLogsResponse)}, mux.GetForwardResponseOptions()...)
+	})
+	mux.Handle(http.MethodGet, pattern_SpendService_ListSpendLogs_1, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		var stream runtime.ServerTransportStream
+		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/tollgate.admin.v1.SpendService/ListSpendLogs", runtime.WithHTTPPathPattern("/spend/logs/paged"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := local_request_SpendService_ListSpendLogs_1(annotatedContext, inboundMarshaler, server, req, pathParams)
+		md.HeaderMD, md.TrailerMD = metadata.Join(md.HeaderMD, stream.Header()), metadata.Join(md.TrailerMD, stream.Trailer())
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_SpendService_ListSpendLogs_1(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
 	mux.Handle(http.MethodGet, pattern_SpendService_GetCustomerInfo_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
@@ -316,7 +371,24 @@ func RegisterSpendServiceHandlerClient(ctx context.Context, mux *runtime.ServeMu
 			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
 			return
 		}
-		forward_SpendService_ListSpendLogs_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+		forward_SpendService_ListSpendLogs_0(annotatedContext, mux, outboundMarshaler, w, req, response_SpendService_ListSpendLogs_0{resp.(*ListSpendLogsResponse)}, mux.GetForwardResponseOptions()...)
+	})
+	mux.Handle(http.MethodGet, pattern_SpendService_ListSpendLogs_1, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/tollgate.admin.v1.SpendService/ListSpendLogs", runtime.WithHTTPPathPattern("/spend/logs/paged"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := request_SpendService_ListSpendLogs_1(annotatedContext, inboundMarshaler, client, req, pathParams)
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_SpendService_ListSpendLogs_1(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
 	mux.Handle(http.MethodGet, pattern_SpendService_GetCustomerInfo_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
@@ -372,8 +444,18 @@ func RegisterSpendServiceHandlerClient(ctx context.Context, mux *runtime.ServeMu
 	return nil
 }
 
+type response_SpendService_ListSpendLogs_0 struct {
+	*ListSpendLogsResponse
+}
+
+func (m response_SpendService_ListSpendLogs_0) XXX_ResponseBody() interface{} {
+	response := m.ListSpendLogsResponse
+	return response.SpendLogs
+}
+
 var (
 	pattern_SpendService_ListSpendLogs_0   = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"spend", "logs"}, ""))
+	pattern_SpendService_ListSpendLogs_1   = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2}, []string{"spend", "logs", "paged"}, ""))
 	pattern_SpendService_GetCustomerInfo_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"customer", "info"}, ""))
 	pattern_SpendService_GetCustomerInfo_1 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"end_user", "info"}, ""))
 	pattern_SpendService_GetSpendReport_0  = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2}, []string{"global", "spend", "report"}, ""))
@@ -381,6 +463,7 @@ var (
 
 var (
 	forward_SpendService_ListSpendLogs_0   = runtime.ForwardResponseMessage
+	forward_SpendService_ListSpendLogs_1   = runtime.ForwardResponseMessage
 	forward_SpendService_GetCustomerInfo_0 = runtime.ForwardResponseMessage
 	forward_SpendService_GetCustomerInfo_1 = runtime.ForwardResponseMessage
 	forward_SpendService_GetSpendReport_0  = runtime.ForwardResponseMessage

@@ -124,8 +124,17 @@ type Team struct {
 	// Key-management routes members with team role "user" may call on their
 	// keys in the team (LiteLLM's team_member_permissions); empty: no list.
 	TeamMemberPermissions []string `protobuf:"bytes,19,rep,name=team_member_permissions,json=teamMemberPermissions,proto3" json:"team_member_permissions,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// model_aliases maps a model name a team key may request to the model it
+	// stands for (LiteLLM's team model_aliases).
+	ModelAliases map[string]string `protobuf:"bytes,80,rep,name=model_aliases,json=modelAliases,proto3" json:"model_aliases,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// data repeats the team on /team/update answers, LiteLLM's
+	// {"team_id": ..., "data": team} shape (absent elsewhere).
+	Data *Team `protobuf:"bytes,81,opt,name=data,proto3" json:"data,omitempty"`
+	// team_memberships: on /user/info, the user's membership in this team
+	// with its budget row (LiteLLM's shape).
+	TeamMemberships []*TeamMembership `protobuf:"bytes,82,rep,name=team_memberships,json=teamMemberships,proto3" json:"team_memberships,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Team) Reset() {
@@ -291,6 +300,192 @@ func (x *Team) GetTeamMemberPermissions() []string {
 	return nil
 }
 
+func (x *Team) GetModelAliases() map[string]string {
+	if x != nil {
+		return x.ModelAliases
+	}
+	return nil
+}
+
+func (x *Team) GetData() *Team {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *Team) GetTeamMemberships() []*TeamMembership {
+	if x != nil {
+		return x.TeamMemberships
+	}
+	return nil
+}
+
+// TeamMembership is a user's membership in a team as /user/info shows it.
+type TeamMembership struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	UserId string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	TeamId string                 `protobuf:"bytes,2,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
+	// spend in the team, USD.
+	Spend    float64 `protobuf:"fixed64,3,opt,name=spend,proto3" json:"spend,omitempty"`
+	BudgetId string  `protobuf:"bytes,4,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
+	// litellm_budget_table is the membership's budget (max_budget_in_team);
+	// null when the membership has none.
+	LitellmBudgetTable *TeamMembershipBudget `protobuf:"bytes,5,opt,name=litellm_budget_table,json=litellmBudgetTable,proto3" json:"litellm_budget_table,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *TeamMembership) Reset() {
+	*x = TeamMembership{}
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TeamMembership) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TeamMembership) ProtoMessage() {}
+
+func (x *TeamMembership) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TeamMembership.ProtoReflect.Descriptor instead.
+func (*TeamMembership) Descriptor() ([]byte, []int) {
+	return file_tollgate_admin_v1_teams_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *TeamMembership) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *TeamMembership) GetTeamId() string {
+	if x != nil {
+		return x.TeamId
+	}
+	return ""
+}
+
+func (x *TeamMembership) GetSpend() float64 {
+	if x != nil {
+		return x.Spend
+	}
+	return 0
+}
+
+func (x *TeamMembership) GetBudgetId() string {
+	if x != nil {
+		return x.BudgetId
+	}
+	return ""
+}
+
+func (x *TeamMembership) GetLitellmBudgetTable() *TeamMembershipBudget {
+	if x != nil {
+		return x.LitellmBudgetTable
+	}
+	return nil
+}
+
+// TeamMembershipBudget is the budget row of a team membership.
+type TeamMembershipBudget struct {
+	state          protoimpl.MessageState  `protogen:"open.v1"`
+	BudgetId       string                  `protobuf:"bytes,1,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
+	MaxBudget      *wrapperspb.DoubleValue `protobuf:"bytes,2,opt,name=max_budget,json=maxBudget,proto3" json:"max_budget,omitempty"`
+	SoftBudget     *wrapperspb.DoubleValue `protobuf:"bytes,3,opt,name=soft_budget,json=softBudget,proto3" json:"soft_budget,omitempty"`
+	BudgetDuration string                  `protobuf:"bytes,4,opt,name=budget_duration,json=budgetDuration,proto3" json:"budget_duration,omitempty"`
+	RpmLimit       *wrapperspb.Int32Value  `protobuf:"bytes,5,opt,name=rpm_limit,json=rpmLimit,proto3" json:"rpm_limit,omitempty"`
+	TpmLimit       *wrapperspb.Int32Value  `protobuf:"bytes,6,opt,name=tpm_limit,json=tpmLimit,proto3" json:"tpm_limit,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *TeamMembershipBudget) Reset() {
+	*x = TeamMembershipBudget{}
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TeamMembershipBudget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TeamMembershipBudget) ProtoMessage() {}
+
+func (x *TeamMembershipBudget) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TeamMembershipBudget.ProtoReflect.Descriptor instead.
+func (*TeamMembershipBudget) Descriptor() ([]byte, []int) {
+	return file_tollgate_admin_v1_teams_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *TeamMembershipBudget) GetBudgetId() string {
+	if x != nil {
+		return x.BudgetId
+	}
+	return ""
+}
+
+func (x *TeamMembershipBudget) GetMaxBudget() *wrapperspb.DoubleValue {
+	if x != nil {
+		return x.MaxBudget
+	}
+	return nil
+}
+
+func (x *TeamMembershipBudget) GetSoftBudget() *wrapperspb.DoubleValue {
+	if x != nil {
+		return x.SoftBudget
+	}
+	return nil
+}
+
+func (x *TeamMembershipBudget) GetBudgetDuration() string {
+	if x != nil {
+		return x.BudgetDuration
+	}
+	return ""
+}
+
+func (x *TeamMembershipBudget) GetRpmLimit() *wrapperspb.Int32Value {
+	if x != nil {
+		return x.RpmLimit
+	}
+	return nil
+}
+
+func (x *TeamMembershipBudget) GetTpmLimit() *wrapperspb.Int32Value {
+	if x != nil {
+		return x.TpmLimit
+	}
+	return nil
+}
+
 type NewTeamRequest struct {
 	state                 protoimpl.MessageState  `protogen:"open.v1"`
 	TeamId                string                  `protobuf:"bytes,1,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
@@ -308,13 +503,14 @@ type NewTeamRequest struct {
 	Metadata              *structpb.Struct        `protobuf:"bytes,13,opt,name=metadata,proto3" json:"metadata,omitempty"`
 	Blocked               bool                    `protobuf:"varint,14,opt,name=blocked,proto3" json:"blocked,omitempty"`
 	TeamMemberPermissions []string                `protobuf:"bytes,15,rep,name=team_member_permissions,json=teamMemberPermissions,proto3" json:"team_member_permissions,omitempty"`
+	ModelAliases          map[string]string       `protobuf:"bytes,80,rep,name=model_aliases,json=modelAliases,proto3" json:"model_aliases,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields         protoimpl.UnknownFields
 	sizeCache             protoimpl.SizeCache
 }
 
 func (x *NewTeamRequest) Reset() {
 	*x = NewTeamRequest{}
-	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[2]
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -326,7 +522,7 @@ func (x *NewTeamRequest) String() string {
 func (*NewTeamRequest) ProtoMessage() {}
 
 func (x *NewTeamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[2]
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -339,7 +535,7 @@ func (x *NewTeamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewTeamRequest.ProtoReflect.Descriptor instead.
 func (*NewTeamRequest) Descriptor() ([]byte, []int) {
-	return file_tollgate_admin_v1_teams_proto_rawDescGZIP(), []int{2}
+	return file_tollgate_admin_v1_teams_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *NewTeamRequest) GetTeamId() string {
@@ -447,6 +643,13 @@ func (x *NewTeamRequest) GetTeamMemberPermissions() []string {
 	return nil
 }
 
+func (x *NewTeamRequest) GetModelAliases() map[string]string {
+	if x != nil {
+		return x.ModelAliases
+	}
+	return nil
+}
+
 // UpdateTeamRequest changes the fields present; absent fields stay.
 type UpdateTeamRequest struct {
 	state               protoimpl.MessageState  `protogen:"open.v1"`
@@ -465,13 +668,15 @@ type UpdateTeamRequest struct {
 	Blocked             *wrapperspb.BoolValue   `protobuf:"bytes,13,opt,name=blocked,proto3" json:"blocked,omitempty"`
 	// team_member_permissions replaces the list; [] clears it.
 	TeamMemberPermissions *structpb.ListValue `protobuf:"bytes,14,opt,name=team_member_permissions,json=teamMemberPermissions,proto3" json:"team_member_permissions,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// model_aliases replaces the map when present ({} clears it).
+	ModelAliases  *structpb.Struct `protobuf:"bytes,80,opt,name=model_aliases,json=modelAliases,proto3" json:"model_aliases,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UpdateTeamRequest) Reset() {
 	*x = UpdateTeamRequest{}
-	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[3]
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -483,7 +688,7 @@ func (x *UpdateTeamRequest) String() string {
 func (*UpdateTeamRequest) ProtoMessage() {}
 
 func (x *UpdateTeamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[3]
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -496,7 +701,7 @@ func (x *UpdateTeamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateTeamRequest.ProtoReflect.Descriptor instead.
 func (*UpdateTeamRequest) Descriptor() ([]byte, []int) {
-	return file_tollgate_admin_v1_teams_proto_rawDescGZIP(), []int{3}
+	return file_tollgate_admin_v1_teams_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *UpdateTeamRequest) GetTeamId() string {
@@ -597,6 +802,13 @@ func (x *UpdateTeamRequest) GetTeamMemberPermissions() *structpb.ListValue {
 	return nil
 }
 
+func (x *UpdateTeamRequest) GetModelAliases() *structpb.Struct {
+	if x != nil {
+		return x.ModelAliases
+	}
+	return nil
+}
+
 type DeleteTeamsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TeamIds       []string               `protobuf:"bytes,1,rep,name=team_ids,json=teamIds,proto3" json:"team_ids,omitempty"`
@@ -606,7 +818,7 @@ type DeleteTeamsRequest struct {
 
 func (x *DeleteTeamsRequest) Reset() {
 	*x = DeleteTeamsRequest{}
-	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[4]
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -618,7 +830,7 @@ func (x *DeleteTeamsRequest) String() string {
 func (*DeleteTeamsRequest) ProtoMessage() {}
 
 func (x *DeleteTeamsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[4]
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -631,7 +843,7 @@ func (x *DeleteTeamsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTeamsRequest.ProtoReflect.Descriptor instead.
 func (*DeleteTeamsRequest) Descriptor() ([]byte, []int) {
-	return file_tollgate_admin_v1_teams_proto_rawDescGZIP(), []int{4}
+	return file_tollgate_admin_v1_teams_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DeleteTeamsRequest) GetTeamIds() []string {
@@ -653,7 +865,7 @@ type TeamMemberAddRequest struct {
 
 func (x *TeamMemberAddRequest) Reset() {
 	*x = TeamMemberAddRequest{}
-	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[5]
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -665,7 +877,7 @@ func (x *TeamMemberAddRequest) String() string {
 func (*TeamMemberAddRequest) ProtoMessage() {}
 
 func (x *TeamMemberAddRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[5]
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -678,7 +890,7 @@ func (x *TeamMemberAddRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TeamMemberAddRequest.ProtoReflect.Descriptor instead.
 func (*TeamMemberAddRequest) Descriptor() ([]byte, []int) {
-	return file_tollgate_admin_v1_teams_proto_rawDescGZIP(), []int{5}
+	return file_tollgate_admin_v1_teams_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TeamMemberAddRequest) GetTeamId() string {
@@ -702,17 +914,19 @@ func (x *TeamMemberAddRequest) GetMaxBudgetInTeam() *wrapperspb.DoubleValue {
 	return nil
 }
 
+// TeamMemberDeleteRequest names the member by user_id or user_email.
 type TeamMemberDeleteRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TeamId        string                 `protobuf:"bytes,1,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
 	UserId        string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	UserEmail     string                 `protobuf:"bytes,80,opt,name=user_email,json=userEmail,proto3" json:"user_email,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TeamMemberDeleteRequest) Reset() {
 	*x = TeamMemberDeleteRequest{}
-	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[6]
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -724,7 +938,7 @@ func (x *TeamMemberDeleteRequest) String() string {
 func (*TeamMemberDeleteRequest) ProtoMessage() {}
 
 func (x *TeamMemberDeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[6]
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -737,7 +951,7 @@ func (x *TeamMemberDeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TeamMemberDeleteRequest.ProtoReflect.Descriptor instead.
 func (*TeamMemberDeleteRequest) Descriptor() ([]byte, []int) {
-	return file_tollgate_admin_v1_teams_proto_rawDescGZIP(), []int{6}
+	return file_tollgate_admin_v1_teams_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TeamMemberDeleteRequest) GetTeamId() string {
@@ -754,19 +968,28 @@ func (x *TeamMemberDeleteRequest) GetUserId() string {
 	return ""
 }
 
+func (x *TeamMemberDeleteRequest) GetUserEmail() string {
+	if x != nil {
+		return x.UserEmail
+	}
+	return ""
+}
+
 type TeamMemberUpdateRequest struct {
 	state           protoimpl.MessageState  `protogen:"open.v1"`
 	TeamId          string                  `protobuf:"bytes,1,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
 	UserId          string                  `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	Role            string                  `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
 	MaxBudgetInTeam *wrapperspb.DoubleValue `protobuf:"bytes,4,opt,name=max_budget_in_team,json=maxBudgetInTeam,proto3" json:"max_budget_in_team,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// user_email names the member when user_id is empty.
+	UserEmail     string `protobuf:"bytes,80,opt,name=user_email,json=userEmail,proto3" json:"user_email,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TeamMemberUpdateRequest) Reset() {
 	*x = TeamMemberUpdateRequest{}
-	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[7]
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -778,7 +1001,7 @@ func (x *TeamMemberUpdateRequest) String() string {
 func (*TeamMemberUpdateRequest) ProtoMessage() {}
 
 func (x *TeamMemberUpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[7]
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -791,7 +1014,7 @@ func (x *TeamMemberUpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TeamMemberUpdateRequest.ProtoReflect.Descriptor instead.
 func (*TeamMemberUpdateRequest) Descriptor() ([]byte, []int) {
-	return file_tollgate_admin_v1_teams_proto_rawDescGZIP(), []int{7}
+	return file_tollgate_admin_v1_teams_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *TeamMemberUpdateRequest) GetTeamId() string {
@@ -822,6 +1045,13 @@ func (x *TeamMemberUpdateRequest) GetMaxBudgetInTeam() *wrapperspb.DoubleValue {
 	return nil
 }
 
+func (x *TeamMemberUpdateRequest) GetUserEmail() string {
+	if x != nil {
+		return x.UserEmail
+	}
+	return ""
+}
+
 type TeamIdRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TeamId        string                 `protobuf:"bytes,1,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
@@ -831,7 +1061,7 @@ type TeamIdRequest struct {
 
 func (x *TeamIdRequest) Reset() {
 	*x = TeamIdRequest{}
-	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[8]
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -843,7 +1073,7 @@ func (x *TeamIdRequest) String() string {
 func (*TeamIdRequest) ProtoMessage() {}
 
 func (x *TeamIdRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[8]
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -856,7 +1086,7 @@ func (x *TeamIdRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TeamIdRequest.ProtoReflect.Descriptor instead.
 func (*TeamIdRequest) Descriptor() ([]byte, []int) {
-	return file_tollgate_admin_v1_teams_proto_rawDescGZIP(), []int{8}
+	return file_tollgate_admin_v1_teams_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *TeamIdRequest) GetTeamId() string {
@@ -877,7 +1107,7 @@ type TeamInfoResponse struct {
 
 func (x *TeamInfoResponse) Reset() {
 	*x = TeamInfoResponse{}
-	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[9]
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -889,7 +1119,7 @@ func (x *TeamInfoResponse) String() string {
 func (*TeamInfoResponse) ProtoMessage() {}
 
 func (x *TeamInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[9]
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -902,7 +1132,7 @@ func (x *TeamInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TeamInfoResponse.ProtoReflect.Descriptor instead.
 func (*TeamInfoResponse) Descriptor() ([]byte, []int) {
-	return file_tollgate_admin_v1_teams_proto_rawDescGZIP(), []int{9}
+	return file_tollgate_admin_v1_teams_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *TeamInfoResponse) GetTeamId() string {
@@ -938,7 +1168,7 @@ type ListTeamsRequest struct {
 
 func (x *ListTeamsRequest) Reset() {
 	*x = ListTeamsRequest{}
-	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[10]
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -950,7 +1180,7 @@ func (x *ListTeamsRequest) String() string {
 func (*ListTeamsRequest) ProtoMessage() {}
 
 func (x *ListTeamsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[10]
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -963,7 +1193,7 @@ func (x *ListTeamsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTeamsRequest.ProtoReflect.Descriptor instead.
 func (*ListTeamsRequest) Descriptor() ([]byte, []int) {
-	return file_tollgate_admin_v1_teams_proto_rawDescGZIP(), []int{10}
+	return file_tollgate_admin_v1_teams_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListTeamsRequest) GetUserId() string {
@@ -1005,7 +1235,7 @@ type ListTeamsResponse struct {
 
 func (x *ListTeamsResponse) Reset() {
 	*x = ListTeamsResponse{}
-	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[11]
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +1247,7 @@ func (x *ListTeamsResponse) String() string {
 func (*ListTeamsResponse) ProtoMessage() {}
 
 func (x *ListTeamsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[11]
+	mi := &file_tollgate_admin_v1_teams_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +1260,7 @@ func (x *ListTeamsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTeamsResponse.ProtoReflect.Descriptor instead.
 func (*ListTeamsResponse) Descriptor() ([]byte, []int) {
-	return file_tollgate_admin_v1_teams_proto_rawDescGZIP(), []int{11}
+	return file_tollgate_admin_v1_teams_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListTeamsResponse) GetTeams() []*Team {
@@ -1059,7 +1289,7 @@ const file_tollgate_admin_v1_teams_proto_rawDesc = "" +
 	"\x12max_budget_in_team\x18\x03 \x01(\v2\x1c.google.protobuf.DoubleValueR\x0fmaxBudgetInTeam\x12\x14\n" +
 	"\x05spend\x18\x04 \x01(\x01R\x05spend\x12\x1d\n" +
 	"\n" +
-	"user_email\x18\x05 \x01(\tR\tuserEmail\"\xd9\a\n" +
+	"user_email\x18\x05 \x01(\tR\tuserEmail\"\xe5\t\n" +
 	"\x04Team\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12\x1d\n" +
 	"\n" +
@@ -1085,7 +1315,28 @@ const file_tollgate_admin_v1_teams_proto_rawDesc = "" +
 	"created_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
 	"updated_at\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x126\n" +
-	"\x17team_member_permissions\x18\x13 \x03(\tR\x15teamMemberPermissions\"\x93\x06\n" +
+	"\x17team_member_permissions\x18\x13 \x03(\tR\x15teamMemberPermissions\x12N\n" +
+	"\rmodel_aliases\x18P \x03(\v2).tollgate.admin.v1.Team.ModelAliasesEntryR\fmodelAliases\x12+\n" +
+	"\x04data\x18Q \x01(\v2\x17.tollgate.admin.v1.TeamR\x04data\x12L\n" +
+	"\x10team_memberships\x18R \x03(\v2!.tollgate.admin.v1.TeamMembershipR\x0fteamMemberships\x1a?\n" +
+	"\x11ModelAliasesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd0\x01\n" +
+	"\x0eTeamMembership\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x17\n" +
+	"\ateam_id\x18\x02 \x01(\tR\x06teamId\x12\x14\n" +
+	"\x05spend\x18\x03 \x01(\x01R\x05spend\x12\x1b\n" +
+	"\tbudget_id\x18\x04 \x01(\tR\bbudgetId\x12Y\n" +
+	"\x14litellm_budget_table\x18\x05 \x01(\v2'.tollgate.admin.v1.TeamMembershipBudgetR\x12litellmBudgetTable\"\xcc\x02\n" +
+	"\x14TeamMembershipBudget\x12\x1b\n" +
+	"\tbudget_id\x18\x01 \x01(\tR\bbudgetId\x12;\n" +
+	"\n" +
+	"max_budget\x18\x02 \x01(\v2\x1c.google.protobuf.DoubleValueR\tmaxBudget\x12=\n" +
+	"\vsoft_budget\x18\x03 \x01(\v2\x1c.google.protobuf.DoubleValueR\n" +
+	"softBudget\x12'\n" +
+	"\x0fbudget_duration\x18\x04 \x01(\tR\x0ebudgetDuration\x128\n" +
+	"\trpm_limit\x18\x05 \x01(\v2\x1b.google.protobuf.Int32ValueR\brpmLimit\x128\n" +
+	"\ttpm_limit\x18\x06 \x01(\v2\x1b.google.protobuf.Int32ValueR\btpmLimit\"\xae\a\n" +
 	"\x0eNewTeamRequest\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12\x1d\n" +
 	"\n" +
@@ -1105,7 +1356,11 @@ const file_tollgate_admin_v1_teams_proto_rawDesc = "" +
 	"\x12team_member_budget\x18\f \x01(\v2\x1c.google.protobuf.DoubleValueR\x10teamMemberBudget\x123\n" +
 	"\bmetadata\x18\r \x01(\v2\x17.google.protobuf.StructR\bmetadata\x12\x18\n" +
 	"\ablocked\x18\x0e \x01(\bR\ablocked\x126\n" +
-	"\x17team_member_permissions\x18\x0f \x03(\tR\x15teamMemberPermissions\"\xf7\x06\n" +
+	"\x17team_member_permissions\x18\x0f \x03(\tR\x15teamMemberPermissions\x12X\n" +
+	"\rmodel_aliases\x18P \x03(\v23.tollgate.admin.v1.NewTeamRequest.ModelAliasesEntryR\fmodelAliases\x1a?\n" +
+	"\x11ModelAliasesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb5\a\n" +
 	"\x11UpdateTeamRequest\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12;\n" +
 	"\n" +
@@ -1124,21 +1379,26 @@ const file_tollgate_admin_v1_teams_proto_rawDesc = "" +
 	"\x12team_member_budget\x18\v \x01(\v2\x1c.google.protobuf.DoubleValueR\x10teamMemberBudget\x123\n" +
 	"\bmetadata\x18\f \x01(\v2\x17.google.protobuf.StructR\bmetadata\x124\n" +
 	"\ablocked\x18\r \x01(\v2\x1a.google.protobuf.BoolValueR\ablocked\x12R\n" +
-	"\x17team_member_permissions\x18\x0e \x01(\v2\x1a.google.protobuf.ListValueR\x15teamMemberPermissions\"/\n" +
+	"\x17team_member_permissions\x18\x0e \x01(\v2\x1a.google.protobuf.ListValueR\x15teamMemberPermissions\x12<\n" +
+	"\rmodel_aliases\x18P \x01(\v2\x17.google.protobuf.StructR\fmodelAliases\"/\n" +
 	"\x12DeleteTeamsRequest\x12\x19\n" +
 	"\bteam_ids\x18\x01 \x03(\tR\ateamIds\"\xaa\x01\n" +
 	"\x14TeamMemberAddRequest\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12.\n" +
 	"\x06member\x18\x02 \x01(\v2\x16.google.protobuf.ValueR\x06member\x12I\n" +
-	"\x12max_budget_in_team\x18\x03 \x01(\v2\x1c.google.protobuf.DoubleValueR\x0fmaxBudgetInTeam\"K\n" +
+	"\x12max_budget_in_team\x18\x03 \x01(\v2\x1c.google.protobuf.DoubleValueR\x0fmaxBudgetInTeam\"j\n" +
 	"\x17TeamMemberDeleteRequest\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12\x17\n" +
-	"\auser_id\x18\x02 \x01(\tR\x06userId\"\xaa\x01\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1d\n" +
+	"\n" +
+	"user_email\x18P \x01(\tR\tuserEmail\"\xc9\x01\n" +
 	"\x17TeamMemberUpdateRequest\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x12\n" +
 	"\x04role\x18\x03 \x01(\tR\x04role\x12I\n" +
-	"\x12max_budget_in_team\x18\x04 \x01(\v2\x1c.google.protobuf.DoubleValueR\x0fmaxBudgetInTeam\"(\n" +
+	"\x12max_budget_in_team\x18\x04 \x01(\v2\x1c.google.protobuf.DoubleValueR\x0fmaxBudgetInTeam\x12\x1d\n" +
+	"\n" +
+	"user_email\x18P \x01(\tR\tuserEmail\"(\n" +
 	"\rTeamIdRequest\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\"\x8d\x01\n" +
 	"\x10TeamInfoResponse\x12\x17\n" +
@@ -1178,96 +1438,110 @@ func file_tollgate_admin_v1_teams_proto_rawDescGZIP() []byte {
 	return file_tollgate_admin_v1_teams_proto_rawDescData
 }
 
-var file_tollgate_admin_v1_teams_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_tollgate_admin_v1_teams_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_tollgate_admin_v1_teams_proto_goTypes = []any{
 	(*TeamMember)(nil),              // 0: tollgate.admin.v1.TeamMember
 	(*Team)(nil),                    // 1: tollgate.admin.v1.Team
-	(*NewTeamRequest)(nil),          // 2: tollgate.admin.v1.NewTeamRequest
-	(*UpdateTeamRequest)(nil),       // 3: tollgate.admin.v1.UpdateTeamRequest
-	(*DeleteTeamsRequest)(nil),      // 4: tollgate.admin.v1.DeleteTeamsRequest
-	(*TeamMemberAddRequest)(nil),    // 5: tollgate.admin.v1.TeamMemberAddRequest
-	(*TeamMemberDeleteRequest)(nil), // 6: tollgate.admin.v1.TeamMemberDeleteRequest
-	(*TeamMemberUpdateRequest)(nil), // 7: tollgate.admin.v1.TeamMemberUpdateRequest
-	(*TeamIdRequest)(nil),           // 8: tollgate.admin.v1.TeamIdRequest
-	(*TeamInfoResponse)(nil),        // 9: tollgate.admin.v1.TeamInfoResponse
-	(*ListTeamsRequest)(nil),        // 10: tollgate.admin.v1.ListTeamsRequest
-	(*ListTeamsResponse)(nil),       // 11: tollgate.admin.v1.ListTeamsResponse
-	(*wrapperspb.DoubleValue)(nil),  // 12: google.protobuf.DoubleValue
-	(*timestamppb.Timestamp)(nil),   // 13: google.protobuf.Timestamp
-	(*wrapperspb.Int32Value)(nil),   // 14: google.protobuf.Int32Value
-	(*structpb.Struct)(nil),         // 15: google.protobuf.Struct
-	(*wrapperspb.StringValue)(nil),  // 16: google.protobuf.StringValue
-	(*structpb.ListValue)(nil),      // 17: google.protobuf.ListValue
-	(*wrapperspb.BoolValue)(nil),    // 18: google.protobuf.BoolValue
-	(*structpb.Value)(nil),          // 19: google.protobuf.Value
-	(*Key)(nil),                     // 20: tollgate.admin.v1.Key
-	(*DeleteResponse)(nil),          // 21: tollgate.admin.v1.DeleteResponse
+	(*TeamMembership)(nil),          // 2: tollgate.admin.v1.TeamMembership
+	(*TeamMembershipBudget)(nil),    // 3: tollgate.admin.v1.TeamMembershipBudget
+	(*NewTeamRequest)(nil),          // 4: tollgate.admin.v1.NewTeamRequest
+	(*UpdateTeamRequest)(nil),       // 5: tollgate.admin.v1.UpdateTeamRequest
+	(*DeleteTeamsRequest)(nil),      // 6: tollgate.admin.v1.DeleteTeamsRequest
+	(*TeamMemberAddRequest)(nil),    // 7: tollgate.admin.v1.TeamMemberAddRequest
+	(*TeamMemberDeleteRequest)(nil), // 8: tollgate.admin.v1.TeamMemberDeleteRequest
+	(*TeamMemberUpdateRequest)(nil), // 9: tollgate.admin.v1.TeamMemberUpdateRequest
+	(*TeamIdRequest)(nil),           // 10: tollgate.admin.v1.TeamIdRequest
+	(*TeamInfoResponse)(nil),        // 11: tollgate.admin.v1.TeamInfoResponse
+	(*ListTeamsRequest)(nil),        // 12: tollgate.admin.v1.ListTeamsRequest
+	(*ListTeamsResponse)(nil),       // 13: tollgate.admin.v1.ListTeamsResponse
+	nil,                             // 14: tollgate.admin.v1.Team.ModelAliasesEntry
+	nil,                             // 15: tollgate.admin.v1.NewTeamRequest.ModelAliasesEntry
+	(*wrapperspb.DoubleValue)(nil),  // 16: google.protobuf.DoubleValue
+	(*timestamppb.Timestamp)(nil),   // 17: google.protobuf.Timestamp
+	(*wrapperspb.Int32Value)(nil),   // 18: google.protobuf.Int32Value
+	(*structpb.Struct)(nil),         // 19: google.protobuf.Struct
+	(*wrapperspb.StringValue)(nil),  // 20: google.protobuf.StringValue
+	(*structpb.ListValue)(nil),      // 21: google.protobuf.ListValue
+	(*wrapperspb.BoolValue)(nil),    // 22: google.protobuf.BoolValue
+	(*structpb.Value)(nil),          // 23: google.protobuf.Value
+	(*Key)(nil),                     // 24: tollgate.admin.v1.Key
+	(*DeleteResponse)(nil),          // 25: tollgate.admin.v1.DeleteResponse
 }
 var file_tollgate_admin_v1_teams_proto_depIdxs = []int32{
-	12, // 0: tollgate.admin.v1.TeamMember.max_budget_in_team:type_name -> google.protobuf.DoubleValue
+	16, // 0: tollgate.admin.v1.TeamMember.max_budget_in_team:type_name -> google.protobuf.DoubleValue
 	0,  // 1: tollgate.admin.v1.Team.members_with_roles:type_name -> tollgate.admin.v1.TeamMember
-	12, // 2: tollgate.admin.v1.Team.max_budget:type_name -> google.protobuf.DoubleValue
-	12, // 3: tollgate.admin.v1.Team.soft_budget:type_name -> google.protobuf.DoubleValue
-	13, // 4: tollgate.admin.v1.Team.budget_reset_at:type_name -> google.protobuf.Timestamp
-	14, // 5: tollgate.admin.v1.Team.rpm_limit:type_name -> google.protobuf.Int32Value
-	14, // 6: tollgate.admin.v1.Team.tpm_limit:type_name -> google.protobuf.Int32Value
-	14, // 7: tollgate.admin.v1.Team.max_parallel_requests:type_name -> google.protobuf.Int32Value
-	12, // 8: tollgate.admin.v1.Team.team_member_budget:type_name -> google.protobuf.DoubleValue
-	15, // 9: tollgate.admin.v1.Team.metadata:type_name -> google.protobuf.Struct
-	13, // 10: tollgate.admin.v1.Team.created_at:type_name -> google.protobuf.Timestamp
-	13, // 11: tollgate.admin.v1.Team.updated_at:type_name -> google.protobuf.Timestamp
-	0,  // 12: tollgate.admin.v1.NewTeamRequest.members_with_roles:type_name -> tollgate.admin.v1.TeamMember
-	12, // 13: tollgate.admin.v1.NewTeamRequest.max_budget:type_name -> google.protobuf.DoubleValue
-	12, // 14: tollgate.admin.v1.NewTeamRequest.soft_budget:type_name -> google.protobuf.DoubleValue
-	14, // 15: tollgate.admin.v1.NewTeamRequest.rpm_limit:type_name -> google.protobuf.Int32Value
-	14, // 16: tollgate.admin.v1.NewTeamRequest.tpm_limit:type_name -> google.protobuf.Int32Value
-	14, // 17: tollgate.admin.v1.NewTeamRequest.max_parallel_requests:type_name -> google.protobuf.Int32Value
-	12, // 18: tollgate.admin.v1.NewTeamRequest.team_member_budget:type_name -> google.protobuf.DoubleValue
-	15, // 19: tollgate.admin.v1.NewTeamRequest.metadata:type_name -> google.protobuf.Struct
-	16, // 20: tollgate.admin.v1.UpdateTeamRequest.team_alias:type_name -> google.protobuf.StringValue
-	16, // 21: tollgate.admin.v1.UpdateTeamRequest.organization_id:type_name -> google.protobuf.StringValue
-	17, // 22: tollgate.admin.v1.UpdateTeamRequest.models:type_name -> google.protobuf.ListValue
-	12, // 23: tollgate.admin.v1.UpdateTeamRequest.max_budget:type_name -> google.protobuf.DoubleValue
-	12, // 24: tollgate.admin.v1.UpdateTeamRequest.soft_budget:type_name -> google.protobuf.DoubleValue
-	16, // 25: tollgate.admin.v1.UpdateTeamRequest.budget_duration:type_name -> google.protobuf.StringValue
-	14, // 26: tollgate.admin.v1.UpdateTeamRequest.rpm_limit:type_name -> google.protobuf.Int32Value
-	14, // 27: tollgate.admin.v1.UpdateTeamRequest.tpm_limit:type_name -> google.protobuf.Int32Value
-	14, // 28: tollgate.admin.v1.UpdateTeamRequest.max_parallel_requests:type_name -> google.protobuf.Int32Value
-	12, // 29: tollgate.admin.v1.UpdateTeamRequest.team_member_budget:type_name -> google.protobuf.DoubleValue
-	15, // 30: tollgate.admin.v1.UpdateTeamRequest.metadata:type_name -> google.protobuf.Struct
-	18, // 31: tollgate.admin.v1.UpdateTeamRequest.blocked:type_name -> google.protobuf.BoolValue
-	17, // 32: tollgate.admin.v1.UpdateTeamRequest.team_member_permissions:type_name -> google.protobuf.ListValue
-	19, // 33: tollgate.admin.v1.TeamMemberAddRequest.member:type_name -> google.protobuf.Value
-	12, // 34: tollgate.admin.v1.TeamMemberAddRequest.max_budget_in_team:type_name -> google.protobuf.DoubleValue
-	12, // 35: tollgate.admin.v1.TeamMemberUpdateRequest.max_budget_in_team:type_name -> google.protobuf.DoubleValue
-	1,  // 36: tollgate.admin.v1.TeamInfoResponse.team_info:type_name -> tollgate.admin.v1.Team
-	20, // 37: tollgate.admin.v1.TeamInfoResponse.keys:type_name -> tollgate.admin.v1.Key
-	1,  // 38: tollgate.admin.v1.ListTeamsResponse.teams:type_name -> tollgate.admin.v1.Team
-	2,  // 39: tollgate.admin.v1.TeamService.NewTeam:input_type -> tollgate.admin.v1.NewTeamRequest
-	3,  // 40: tollgate.admin.v1.TeamService.UpdateTeam:input_type -> tollgate.admin.v1.UpdateTeamRequest
-	4,  // 41: tollgate.admin.v1.TeamService.DeleteTeams:input_type -> tollgate.admin.v1.DeleteTeamsRequest
-	5,  // 42: tollgate.admin.v1.TeamService.AddTeamMember:input_type -> tollgate.admin.v1.TeamMemberAddRequest
-	6,  // 43: tollgate.admin.v1.TeamService.DeleteTeamMember:input_type -> tollgate.admin.v1.TeamMemberDeleteRequest
-	7,  // 44: tollgate.admin.v1.TeamService.UpdateTeamMember:input_type -> tollgate.admin.v1.TeamMemberUpdateRequest
-	8,  // 45: tollgate.admin.v1.TeamService.BlockTeam:input_type -> tollgate.admin.v1.TeamIdRequest
-	8,  // 46: tollgate.admin.v1.TeamService.UnblockTeam:input_type -> tollgate.admin.v1.TeamIdRequest
-	8,  // 47: tollgate.admin.v1.TeamService.GetTeamInfo:input_type -> tollgate.admin.v1.TeamIdRequest
-	10, // 48: tollgate.admin.v1.TeamService.ListTeams:input_type -> tollgate.admin.v1.ListTeamsRequest
-	1,  // 49: tollgate.admin.v1.TeamService.NewTeam:output_type -> tollgate.admin.v1.Team
-	1,  // 50: tollgate.admin.v1.TeamService.UpdateTeam:output_type -> tollgate.admin.v1.Team
-	21, // 51: tollgate.admin.v1.TeamService.DeleteTeams:output_type -> tollgate.admin.v1.DeleteResponse
-	1,  // 52: tollgate.admin.v1.TeamService.AddTeamMember:output_type -> tollgate.admin.v1.Team
-	1,  // 53: tollgate.admin.v1.TeamService.DeleteTeamMember:output_type -> tollgate.admin.v1.Team
-	0,  // 54: tollgate.admin.v1.TeamService.UpdateTeamMember:output_type -> tollgate.admin.v1.TeamMember
-	1,  // 55: tollgate.admin.v1.TeamService.BlockTeam:output_type -> tollgate.admin.v1.Team
-	1,  // 56: tollgate.admin.v1.TeamService.UnblockTeam:output_type -> tollgate.admin.v1.Team
-	9,  // 57: tollgate.admin.v1.TeamService.GetTeamInfo:output_type -> tollgate.admin.v1.TeamInfoResponse
-	11, // 58: tollgate.admin.v1.TeamService.ListTeams:output_type -> tollgate.admin.v1.ListTeamsResponse
-	49, // [49:59] is the sub-list for method output_type
-	39, // [39:49] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	16, // 2: tollgate.admin.v1.Team.max_budget:type_name -> google.protobuf.DoubleValue
+	16, // 3: tollgate.admin.v1.Team.soft_budget:type_name -> google.protobuf.DoubleValue
+	17, // 4: tollgate.admin.v1.Team.budget_reset_at:type_name -> google.protobuf.Timestamp
+	18, // 5: tollgate.admin.v1.Team.rpm_limit:type_name -> google.protobuf.Int32Value
+	18, // 6: tollgate.admin.v1.Team.tpm_limit:type_name -> google.protobuf.Int32Value
+	18, // 7: tollgate.admin.v1.Team.max_parallel_requests:type_name -> google.protobuf.Int32Value
+	16, // 8: tollgate.admin.v1.Team.team_member_budget:type_name -> google.protobuf.DoubleValue
+	19, // 9: tollgate.admin.v1.Team.metadata:type_name -> google.protobuf.Struct
+	17, // 10: tollgate.admin.v1.Team.created_at:type_name -> google.protobuf.Timestamp
+	17, // 11: tollgate.admin.v1.Team.updated_at:type_name -> google.protobuf.Timestamp
+	14, // 12: tollgate.admin.v1.Team.model_aliases:type_name -> tollgate.admin.v1.Team.ModelAliasesEntry
+	1,  // 13: tollgate.admin.v1.Team.data:type_name -> tollgate.admin.v1.Team
+	2,  // 14: tollgate.admin.v1.Team.team_memberships:type_name -> tollgate.admin.v1.TeamMembership
+	3,  // 15: tollgate.admin.v1.TeamMembership.litellm_budget_table:type_name -> tollgate.admin.v1.TeamMembershipBudget
+	16, // 16: tollgate.admin.v1.TeamMembershipBudget.max_budget:type_name -> google.protobuf.DoubleValue
+	16, // 17: tollgate.admin.v1.TeamMembershipBudget.soft_budget:type_name -> google.protobuf.DoubleValue
+	18, // 18: tollgate.admin.v1.TeamMembershipBudget.rpm_limit:type_name -> google.protobuf.Int32Value
+	18, // 19: tollgate.admin.v1.TeamMembershipBudget.tpm_limit:type_name -> google.protobuf.Int32Value
+	0,  // 20: tollgate.admin.v1.NewTeamRequest.members_with_roles:type_name -> tollgate.admin.v1.TeamMember
+	16, // 21: tollgate.admin.v1.NewTeamRequest.max_budget:type_name -> google.protobuf.DoubleValue
+	16, // 22: tollgate.admin.v1.NewTeamRequest.soft_budget:type_name -> google.protobuf.DoubleValue
+	18, // 23: tollgate.admin.v1.NewTeamRequest.rpm_limit:type_name -> google.protobuf.Int32Value
+	18, // 24: tollgate.admin.v1.NewTeamRequest.tpm_limit:type_name -> google.protobuf.Int32Value
+	18, // 25: tollgate.admin.v1.NewTeamRequest.max_parallel_requests:type_name -> google.protobuf.Int32Value
+	16, // 26: tollgate.admin.v1.NewTeamRequest.team_member_budget:type_name -> google.protobuf.DoubleValue
+	19, // 27: tollgate.admin.v1.NewTeamRequest.metadata:type_name -> google.protobuf.Struct
+	15, // 28: tollgate.admin.v1.NewTeamRequest.model_aliases:type_name -> tollgate.admin.v1.NewTeamRequest.ModelAliasesEntry
+	20, // 29: tollgate.admin.v1.UpdateTeamRequest.team_alias:type_name -> google.protobuf.StringValue
+	20, // 30: tollgate.admin.v1.UpdateTeamRequest.organization_id:type_name -> google.protobuf.StringValue
+	21, // 31: tollgate.admin.v1.UpdateTeamRequest.models:type_name -> google.protobuf.ListValue
+	16, // 32: tollgate.admin.v1.UpdateTeamRequest.max_budget:type_name -> google.protobuf.DoubleValue
+	16, // 33: tollgate.admin.v1.UpdateTeamRequest.soft_budget:type_name -> google.protobuf.DoubleValue
+	20, // 34: tollgate.admin.v1.UpdateTeamRequest.budget_duration:type_name -> google.protobuf.StringValue
+	18, // 35: tollgate.admin.v1.UpdateTeamRequest.rpm_limit:type_name -> google.protobuf.Int32Value
+	18, // 36: tollgate.admin.v1.UpdateTeamRequest.tpm_limit:type_name -> google.protobuf.Int32Value
+	18, // 37: tollgate.admin.v1.UpdateTeamRequest.max_parallel_requests:type_name -> google.protobuf.Int32Value
+	16, // 38: tollgate.admin.v1.UpdateTeamRequest.team_member_budget:type_name -> google.protobuf.DoubleValue
+	19, // 39: tollgate.admin.v1.UpdateTeamRequest.metadata:type_name -> google.protobuf.Struct
+	22, // 40: tollgate.admin.v1.UpdateTeamRequest.blocked:type_name -> google.protobuf.BoolValue
+	21, // 41: tollgate.admin.v1.UpdateTeamRequest.team_member_permissions:type_name -> google.protobuf.ListValue
+	19, // 42: tollgate.admin.v1.UpdateTeamRequest.model_aliases:type_name -> google.protobuf.Struct
+	23, // 43: tollgate.admin.v1.TeamMemberAddRequest.member:type_name -> google.protobuf.Value
+	16, // 44: tollgate.admin.v1.TeamMemberAddRequest.max_budget_in_team:type_name -> google.protobuf.DoubleValue
+	16, // 45: tollgate.admin.v1.TeamMemberUpdateRequest.max_budget_in_team:type_name -> google.protobuf.DoubleValue
+	1,  // 46: tollgate.admin.v1.TeamInfoResponse.team_info:type_name -> tollgate.admin.v1.Team
+	24, // 47: tollgate.admin.v1.TeamInfoResponse.keys:type_name -> tollgate.admin.v1.Key
+	1,  // 48: tollgate.admin.v1.ListTeamsResponse.teams:type_name -> tollgate.admin.v1.Team
+	4,  // 49: tollgate.admin.v1.TeamService.NewTeam:input_type -> tollgate.admin.v1.NewTeamRequest
+	5,  // 50: tollgate.admin.v1.TeamService.UpdateTeam:input_type -> tollgate.admin.v1.UpdateTeamRequest
+	6,  // 51: tollgate.admin.v1.TeamService.DeleteTeams:input_type -> tollgate.admin.v1.DeleteTeamsRequest
+	7,  // 52: tollgate.admin.v1.TeamService.AddTeamMember:input_type -> tollgate.admin.v1.TeamMemberAddRequest
+	8,  // 53: tollgate.admin.v1.TeamService.DeleteTeamMember:input_type -> tollgate.admin.v1.TeamMemberDeleteRequest
+	9,  // 54: tollgate.admin.v1.TeamService.UpdateTeamMember:input_type -> tollgate.admin.v1.TeamMemberUpdateRequest
+	10, // 55: tollgate.admin.v1.TeamService.BlockTeam:input_type -> tollgate.admin.v1.TeamIdRequest
+	10, // 56: tollgate.admin.v1.TeamService.UnblockTeam:input_type -> tollgate.admin.v1.TeamIdRequest
+	10, // 57: tollgate.admin.v1.TeamService.GetTeamInfo:input_type -> tollgate.admin.v1.TeamIdRequest
+	12, // 58: tollgate.admin.v1.TeamService.ListTeams:input_type -> tollgate.admin.v1.ListTeamsRequest
+	1,  // 59: tollgate.admin.v1.TeamService.NewTeam:output_type -> tollgate.admin.v1.Team
+	1,  // 60: tollgate.admin.v1.TeamService.UpdateTeam:output_type -> tollgate.admin.v1.Team
+	25, // 61: tollgate.admin.v1.TeamService.DeleteTeams:output_type -> tollgate.admin.v1.DeleteResponse
+	1,  // 62: tollgate.admin.v1.TeamService.AddTeamMember:output_type -> tollgate.admin.v1.Team
+	1,  // 63: tollgate.admin.v1.TeamService.DeleteTeamMember:output_type -> tollgate.admin.v1.Team
+	0,  // 64: tollgate.admin.v1.TeamService.UpdateTeamMember:output_type -> tollgate.admin.v1.TeamMember
+	1,  // 65: tollgate.admin.v1.TeamService.BlockTeam:output_type -> tollgate.admin.v1.Team
+	1,  // 66: tollgate.admin.v1.TeamService.UnblockTeam:output_type -> tollgate.admin.v1.Team
+	11, // 67: tollgate.admin.v1.TeamService.GetTeamInfo:output_type -> tollgate.admin.v1.TeamInfoResponse
+	13, // 68: tollgate.admin.v1.TeamService.ListTeams:output_type -> tollgate.admin.v1.ListTeamsResponse
+	59, // [59:69] is the sub-list for method output_type
+	49, // [49:59] is the sub-list for method input_type
+	49, // [49:49] is the sub-list for extension type_name
+	49, // [49:49] is the sub-list for extension extendee
+	0,  // [0:49] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_admin_v1_teams_proto_init() }
@@ -1283,7 +1557,7 @@ func file_tollgate_admin_v1_teams_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tollgate_admin_v1_teams_proto_rawDesc), len(file_tollgate_admin_v1_teams_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -226,8 +226,12 @@ type NewUserRequest struct {
 	KeyAlias        string                `protobuf:"bytes,15,opt,name=key_alias,json=keyAlias,proto3" json:"key_alias,omitempty"`
 	Duration        string                `protobuf:"bytes,16,opt,name=duration,proto3" json:"duration,omitempty"`
 	SendInviteEmail bool                  `protobuf:"varint,17,opt,name=send_invite_email,json=sendInviteEmail,proto3" json:"send_invite_email,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// team_id: the user joins this team (role "user", or team_member_role)
+	// and its auto-created key belongs to it, as in LiteLLM.
+	TeamId         string `protobuf:"bytes,80,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
+	TeamMemberRole string `protobuf:"bytes,81,opt,name=team_member_role,json=teamMemberRole,proto3" json:"team_member_role,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *NewUserRequest) Reset() {
@@ -377,6 +381,20 @@ func (x *NewUserRequest) GetSendInviteEmail() bool {
 		return x.SendInviteEmail
 	}
 	return false
+}
+
+func (x *NewUserRequest) GetTeamId() string {
+	if x != nil {
+		return x.TeamId
+	}
+	return ""
+}
+
+func (x *NewUserRequest) GetTeamMemberRole() string {
+	if x != nil {
+		return x.TeamMemberRole
+	}
+	return ""
 }
 
 type NewUserResponse struct {
@@ -1006,7 +1024,7 @@ const file_tollgate_admin_v1_users_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
-	"updated_at\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xfa\x05\n" +
+	"updated_at\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xbd\x06\n" +
 	"\x0eNewUserRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1d\n" +
 	"\n" +
@@ -1029,7 +1047,9 @@ const file_tollgate_admin_v1_users_proto_rawDesc = "" +
 	"\x0fauto_create_key\x18\x0e \x01(\v2\x1a.google.protobuf.BoolValueR\rautoCreateKey\x12\x1b\n" +
 	"\tkey_alias\x18\x0f \x01(\tR\bkeyAlias\x12\x1a\n" +
 	"\bduration\x18\x10 \x01(\tR\bduration\x12*\n" +
-	"\x11send_invite_email\x18\x11 \x01(\bR\x0fsendInviteEmail\"\xc0\x04\n" +
+	"\x11send_invite_email\x18\x11 \x01(\bR\x0fsendInviteEmail\x12\x17\n" +
+	"\ateam_id\x18P \x01(\tR\x06teamId\x12(\n" +
+	"\x10team_member_role\x18Q \x01(\tR\x0eteamMemberRole\"\xc0\x04\n" +
 	"\x0fNewUserResponse\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x19\n" +
 	"\btoken_id\x18\x02 \x01(\tR\atokenId\x12\x19\n" +
