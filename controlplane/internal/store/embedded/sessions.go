@@ -111,4 +111,3 @@ func (s *Store) PruneRevokedSessions(ctx context.Context, now time.Time) (n int,
 	}))
 	return n, err
 }
-
