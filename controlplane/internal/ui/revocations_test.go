@@ -130,4 +130,3 @@ func TestSignOutNeedsTheStore(t *testing.T) {
 	}
 	waitCode(t, a, c, 401, time.Second)
 }
-
