@@ -208,10 +208,12 @@ func run(ctx context.Context, o options) error {
 	mux.Handle("/", gw)
 	// The admin UI (controlplane/internal/ui) calls gw with the session's
 	// credential, so the API's authorization applies unchanged.
-	uiHandler, err := ui.New(ui.Config{API: gw, Identify: srv.Identify, MasterKey: o.MasterKey, Secure: tlsCfg != nil})
+	uiHandler, err := ui.New(ui.Config{API: gw, Identify: srv.Identify, MasterKey: o.MasterKey, Secure: tlsCfg != nil,
+		Revocations: st})
 	if err != nil {
 		return err
 	}
+	go uiHandler.Run(ctx) // sign-outs from every replica, within 250ms
 	mux.Handle(ui.Prefix, uiHandler)
 	mux.Handle(ui.Prefix+"/", uiHandler)
 

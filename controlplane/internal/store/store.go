@@ -539,6 +539,10 @@ type Store interface {
 	// blocking the store) whenever Head advances, until ctx ends.
 	Subscribe(ctx context.Context) <-chan struct{}
 
+	// SessionRevocations: admin UI sign-outs shared by every replica
+	// (sessions.go).
+	SessionRevocations
+
 	// Ping checks the backend is reachable.
 	Ping(ctx context.Context) error
 	Close() error

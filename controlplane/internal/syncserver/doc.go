@@ -74,7 +74,13 @@
 //     left out of snapshots and sent as a tombstone in deltas: the proxies
 //     fail closed on it, and the error is logged with kind, id and revision.
 //   - A dead peer blocks only its own Send; gRPC keepalive on the server
-//     bounds how long. A Delta is one transaction and is never split, so a
+//     bounds how long. A proxy that announced pings (Hello.ping_interval_ms)
+//     and has been silent for 5s (WithProxySilence) is dropped sooner
+//     (live.go): its stream is cancelled and it leaves the lease membership
+//     at once, even while its handler is stuck in such a Send. Until the
+//     first answer starts, such proxies get a liveness-only heartbeat every
+//     heartbeat interval, so a slow snapshot build does not trip their 3s
+//     stall watchdog. A Delta is one transaction and is never split, so a
 //     huge transaction can exceed a client's receive limit: proxies should
 //     raise MaxCallRecvMsgSize.
 //   - Close (or the end of Run's context) ends every stream with

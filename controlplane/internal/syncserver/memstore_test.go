@@ -19,6 +19,8 @@ import (
 // the real backends do not give (slow snapshots, compaction, failures).
 // Methods the sync server does not use panic (nil embedded interfaces).
 type memStore struct {
+	store.SessionRevocations // unused by the sync server
+
 	mu       sync.Mutex
 	keys     map[string]*store.Key // values are never modified: snapshots share them
 	teams    map[string]store.Team

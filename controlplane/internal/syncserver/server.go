@@ -39,6 +39,7 @@ type options struct {
 	batch          int
 	snapshotMaxLag int64
 	snapshotTTL    time.Duration
+	proxySilence   time.Duration
 	onSnapshot     func(SnapshotInfo)
 	registry       prometheus.Registerer
 	// peerAuth: streams are authenticated by the transport (mutual TLS,
@@ -67,6 +68,7 @@ func defaultOptions() options {
 		batch:          256,
 		snapshotMaxLag: 10000,
 		snapshotTTL:    10 * time.Minute,
+		proxySilence:   5 * time.Second,
 	}
 }
 
@@ -85,6 +87,18 @@ func WithHeartbeatInterval(d time.Duration) Option {
 	return func(o *options) {
 		if d > 0 {
 			o.heartbeat = d
+		}
+	}
+}
+
+// WithProxySilence sets how long a proxy that announced pings
+// (Hello.ping_interval_ms) may stay silent before its stream is dropped
+// (default 5s, and never less than three of its ping intervals). Proxies
+// that do not ping are left to gRPC keepalive.
+func WithProxySilence(d time.Duration) Option {
+	return func(o *options) {
+		if d > 0 {
+			o.proxySilence = d
 		}
 	}
 }
@@ -306,6 +320,15 @@ type conn struct {
 	// member names the proxy in the deployment's membership; session this
 	// stream (coord.Session).
 	member, session string
+	// Liveness (live.go): pingEvery is the proxy's announced ping
+	// interval (0: it does not ping); recvBusy is true while the receiving
+	// goroutine handles a message rather than waiting for one; answered
+	// once the first answer starts (under liveMu, so that no liveness-only
+	// heartbeat is sent inside it).
+	pingEvery time.Duration
+	recvBusy  atomic.Bool
+	liveMu    sync.Mutex
+	answered  bool
 }
 
 // WithCoordinator makes the server count its proxies and lease rate limits

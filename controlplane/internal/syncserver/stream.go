@@ -77,7 +77,9 @@ func (s *Server) Sync(raw syncStream) error {
 	}
 	c.id, c.version, c.hello = hello.GetProxyId(), hello.GetVersion(), hello.GetRevision()
 	c.member = memberName(hello, c.session)
+	c.pingEvery = time.Duration(max(hello.GetPingIntervalMs(), 0)) * time.Millisecond
 	c.sent.Store(c.hello)
+	s.watchLiveness(ctx, stream, c)
 
 	s.connsMu.Lock()
 	s.conns[c] = struct{}{}
@@ -188,11 +190,13 @@ func (s *Server) recvHello(ctx context.Context, stream syncStream, c *conn) (*sy
 		hello := m.GetHello()
 		sess := coord.Session{Member: memberName(hello, c.session), ID: c.session}
 		for {
+			c.recvBusy.Store(false)
 			m, err := stream.Recv()
 			if err != nil {
 				return
 			}
 			c.lastSeen.Store(time.Now().UnixNano())
+			c.recvBusy.Store(true)
 			if a := m.GetApplied(); a != nil {
 				c.applied.Store(a.GetRevision())
 			}
@@ -274,6 +278,7 @@ func (s *Server) serve(ctx context.Context, stream syncStream, c *conn) error {
 		if err != nil {
 			return s.storeErr(ctx, "building a snapshot", err)
 		}
+		c.markAnswered()
 		for _, raw := range sn.chunks {
 			if err := stream.Send(preencoded(raw)); err != nil {
 				return err
@@ -348,6 +353,7 @@ func (s *Server) waitHead(ctx context.Context, rev int64) (int64, error) {
 // store. The first heartbeat goes out as soon as the proxy has reached
 // target (the head when it connected), then one per interval.
 func (s *Server) follow(ctx context.Context, stream syncStream, c *conn, target int64) error {
+	c.markAnswered()
 	hb := time.NewTicker(s.o.heartbeat)
 	defer hb.Stop()
 	pendingHB := true

@@ -20,12 +20,24 @@
 // (directly or, per X-Forwarded-Proto, through a TLS terminator).
 // Its value is the credential, a random session id and an expiry sealed
 // with AES-256-GCM under a key derived (HKDF-SHA256) from the master key, so
-// any control-plane replica with the same master key accepts it, scripts on
-// the page cannot read it, and nothing about it is stored server-side.
-// Sign-out revokes the session id in this process (until the session would
-// have expired anyway) and clears the cookie; a copy of the cookie taken
-// before sign-out stays valid on other replicas until it expires (8 hours).
-// Changing the master key ends every session.
+// any control-plane replica with the same master key accepts it and scripts
+// on the page cannot read it.
+//
+// Sign-out records the session id in the store (store.SessionRevocations:
+// a Postgres table shared by every replica) before it answers, then clears
+// the cookie; if the store cannot record it, the answer is 503 and the
+// cookie stays. Every replica keeps the unexpired revoked ids in memory and
+// reads the ones recorded since its last read every 250ms (Handler.Run), so
+// a sign-out is refused everywhere within about 250ms plus one query, and
+// no request waits for a query (choice: a poll with a cursor on an indexed
+// column rather than a query per request or the revision feed, which is
+// for synced entities). A replica refuses sessions with 503 until its
+// first read succeeds (after a restart it cannot know which were signed
+// out) and whenever its last successful read is more than 5s old (the
+// store unreachable from it while other replicas may record sign-outs).
+// Revocations are kept until the session would have expired, then pruned
+// by whichever replica gets there. Changing the master key ends every
+// session.
 //
 // # CSRF and content security
 //
@@ -41,7 +53,7 @@
 // # Failure modes
 //
 // A missing, expired, revoked or tampered cookie is 401 in the API's error
-// envelope; the page then shows the sign-in form. A credential that stops
+// envelope (503 while the sign-out list cannot be read, see Sessions); the page then shows the sign-in form. A credential that stops
 // working (blocked, expired or deleted key) fails on the next API call with
 // the API's own 401.
 package ui

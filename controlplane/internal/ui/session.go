@@ -113,12 +113,13 @@ func (s *sealer) csrfOK(sid, presented string) bool {
 	return hmac.Equal([]byte(s.csrf(sid)), []byte(presented))
 }
 
-// revoked remembers signed-out session ids until they would have expired.
-// Expired ids are swept at most once a minute (a sign-in/sign-out loop
-// must not make every sign-out walk the whole map). The map is capped at
-// maxRevoked live ids: past that (100k sign-outs within a session's 8 h)
-// it is emptied, which lets cookies already signed out work again until
-// they expire, rather than grow without bound.
+// revoked remembers signed-out session ids until they would have expired:
+// this replica's own and, with Config.Revocations, every replica's (read
+// from the store by Run). Expired ids are swept at most once a minute (a
+// sign-in/sign-out loop must not make every sign-out walk the whole map).
+// The map is capped at maxRevoked live ids: past that (100k sign-outs
+// within a session's 8 h) it is emptied, which lets cookies already signed
+// out work again until they expire, rather than grow without bound.
 type revoked struct {
 	mu        sync.Mutex
 	ids       map[string]int64

@@ -58,6 +58,12 @@ type Config struct {
 	TTL time.Duration
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
+	// Revocations shares sign-outs with every replica on the store; nil
+	// keeps them in this process (tests). With it, call Run.
+	Revocations Revocations
+	// RevocationPoll is how often Run reads new sign-outs
+	// (DefaultRevocationPoll when zero).
+	RevocationPoll time.Duration
 }
 
 // Handler serves everything under /ui.
@@ -65,6 +71,7 @@ type Handler struct {
 	cfg     Config
 	sealer  *sealer
 	revoked revoked
+	shared  *shared // nil without Config.Revocations
 	mux     *http.ServeMux
 }
 
@@ -84,6 +91,12 @@ func New(cfg Config) (*Handler, error) {
 		return nil, err
 	}
 	h := &Handler{cfg: cfg, sealer: s, mux: http.NewServeMux()}
+	if cfg.Revocations != nil {
+		if cfg.RevocationPoll <= 0 {
+			cfg.RevocationPoll = DefaultRevocationPoll
+		}
+		h.shared = &shared{st: cfg.Revocations, every: cfg.RevocationPoll}
+	}
 	static, err := fs.Sub(assets, "assets")
 	if err != nil {
 		return nil, err
@@ -249,11 +262,25 @@ func (h *Handler) current(r *http.Request) (session, bool) {
 	return ss, true
 }
 
-func (h *Handler) whoami(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Cache-Control", "no-store")
+// live is current for a request about to use the session: it also
+// refuses (503) while this replica's sign-out list may be stale.
+func (h *Handler) live(w http.ResponseWriter, r *http.Request) (session, bool) {
 	ss, ok := h.current(r)
 	if !ok {
 		api.WriteError(w, http.StatusUnauthorized, "auth_error", "", "not signed in")
+		return session{}, false
+	}
+	if !h.fresh() {
+		api.WriteError(w, http.StatusServiceUnavailable, "service_unavailable", "", "the control plane cannot check sessions right now, try again")
+		return session{}, false
+	}
+	return ss, true
+}
+
+func (h *Handler) whoami(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	ss, ok := h.live(w, r)
+	if !ok {
 		return
 	}
 	id, err := h.cfg.Identify(r.Context(), ss.Credential)
@@ -283,6 +310,16 @@ func (h *Handler) signOut(w http.ResponseWriter, r *http.Request) {
 			api.WriteError(w, http.StatusForbidden, "auth_error", "", "missing or wrong "+CSRFHeader+" header")
 			return
 		}
+		if h.shared != nil {
+			// Stored before the answer: a sign-out that other replicas
+			// would not see is not reported as done (the cookie stays, the
+			// page may retry).
+			if err := h.shared.st.RevokeSession(r.Context(), ss.ID, time.Unix(ss.Expires, 0)); err != nil {
+				slog.Warn("admin ui: sign-out not recorded", "err", err)
+				api.WriteError(w, http.StatusServiceUnavailable, "service_unavailable", "", "the sign-out could not be recorded, try again")
+				return
+			}
+		}
 		h.revoked.add(ss.ID, ss.Expires, h.cfg.Now())
 	}
 	h.clearCookie(w, r)
@@ -294,9 +331,8 @@ func (h *Handler) signOut(w http.ResponseWriter, r *http.Request) {
 // authenticate.
 func (h *Handler) forward(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
-	ss, ok := h.current(r)
+	ss, ok := h.live(w, r)
 	if !ok {
-		api.WriteError(w, http.StatusUnauthorized, "auth_error", "", "not signed in")
 		return
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead && !h.sealer.csrfOK(ss.ID, r.Header.Get(CSRFHeader)) {

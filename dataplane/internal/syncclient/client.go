@@ -4,14 +4,18 @@
 //
 // # Architecture
 //
-// Run loops over sessions. A session dials (lazily, through one shared
-// grpc.ClientConn), sends Hello with the replica's revision, then applies
+// Run loops over sessions. A session dials its own grpc.ClientConn (so a
+// new session always opens a new TCP connection: a flow frozen by a
+// partition or a balancer is never reused), sends Hello with the replica's
+// revision and its ping interval, then applies
 // every message in order on the receiving goroutine: snapshot chunks go to
 // ApplyChunk (installed atomically on the last chunk), deltas to ApplyDelta
 // (which checks prev_revision; a gap ends the session so the next Hello
 // resubscribes from what the replica holds), heartbeats update the head
 // and the time of last contact. After each applied delta or snapshot the
-// client reports Applied{revision} so the control plane can show lag.
+// client reports Applied{revision} so the control plane can show lag. A
+// pinger goroutine sends Ping every PingInterval so that the control plane
+// notices a silent proxy too.
 //
 // With Options.Spend set, a shipper goroutine per session sends the spend
 // outbox's committed records as SpendBatch messages once the stream is
@@ -33,8 +37,16 @@
 //     logs it (never the token) and keeps retrying at MaxBackoff.
 //   - Stream broken mid-snapshot: the partial snapshot is discarded; the
 //     replica still serves its previous state.
-//   - No message (not even a heartbeat) for StallTimeout: the session is
-//     considered dead and restarted.
+//   - No message (not even a heartbeat) for StallTimeout (default 3s; the
+//     control plane heartbeats every second, and sends liveness-only
+//     heartbeats while it prepares the first answer) while the receiving
+//     goroutine waits for one: the session is considered dead, its
+//     connection is closed and a new one is dialled (TCP keepalive alone
+//     would take ~30s). Time spent applying a message (installing a large
+//     snapshot) does not count as silence. A control plane too old to send
+//     liveness-only heartbeats and slower than StallTimeout to build a
+//     snapshot makes the proxy reconnect; the build it started is shared
+//     with the next attempt, so this converges.
 package syncclient
 
 import (
@@ -47,6 +59,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -119,9 +132,12 @@ type Options struct {
 	Registry *prometheus.Registry
 	// MinBackoff and MaxBackoff bound reconnect delays (defaults 100ms, 5s).
 	MinBackoff, MaxBackoff time.Duration
-	// StallTimeout ends a session that received nothing (default 30s;
-	// heartbeats come every few seconds).
+	// StallTimeout ends a session that received nothing (default 3s;
+	// heartbeats come every second).
 	StallTimeout time.Duration
+	// PingInterval is how often the proxy tells the control plane it is
+	// alive (default 1s).
+	PingInterval time.Duration
 	// DialOptions are appended to the defaults (tests use them).
 	DialOptions []grpc.DialOption
 	// Spend, when set, is shipped over the stream.
@@ -184,7 +200,10 @@ func New(a Applier, o Options) *Client {
 		o.MaxBackoff = o.MinBackoff
 	}
 	if o.StallTimeout <= 0 {
-		o.StallTimeout = 30 * time.Second
+		o.StallTimeout = 3 * time.Second
+	}
+	if o.PingInterval <= 0 {
+		o.PingInterval = time.Second
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -248,17 +267,23 @@ func (c *Client) Run(ctx context.Context) error {
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256 << 20)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 	}, c.o.DialOptions...)
+	// Fail on a bad address now rather than on every session.
 	conn, err := grpc.NewClient(c.o.Addr, opts...)
 	if err != nil {
 		return fmt.Errorf("sync: %w", err)
 	}
-	defer conn.Close()
-	cl := syncv1.NewSyncServiceClient(conn)
+	_ = conn.Close()
 
 	backoff := c.o.MinBackoff
 	for ctx.Err() == nil {
 		start := time.Now()
-		err := c.session(ctx, cl)
+		// A ClientConn per session: closing it closes its TCP connection,
+		// so the next session cannot land on a flow that went silent.
+		conn, err := grpc.NewClient(c.o.Addr, opts...)
+		if err == nil {
+			err = c.session(ctx, syncv1.NewSyncServiceClient(conn))
+			_ = conn.Close()
+		}
 		c.setConnected(false)
 		c.a.AbortSnapshot()
 		if ctx.Err() != nil {
@@ -334,34 +359,20 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 		return err
 	}
 	rev := c.a.Revision()
-	if err := c.send(stream, &syncv1.ProxyMessage{Msg: &syncv1.ProxyMessage_Hello{Hello: &syncv1.Hello{ProxyId: c.o.ProxyID, Revision: rev, Version: c.o.Version, Instance: c.instance}}}); err != nil {
+	hello := &syncv1.Hello{ProxyId: c.o.ProxyID, Revision: rev, Version: c.o.Version, Instance: c.instance,
+		PingIntervalMs: int32(min(c.o.PingInterval.Milliseconds(), 1<<30))}
+	if err := c.send(stream, &syncv1.ProxyMessage{Msg: &syncv1.ProxyMessage_Hello{Hello: hello}}); err != nil {
 		return recvErr(stream, err)
 	}
 
-	// A watchdog ends the session when nothing arrives for StallTimeout.
-	alive := make(chan struct{}, 1)
-	go func() {
-		t := time.NewTimer(c.o.StallTimeout)
-		defer t.Stop()
-		for {
-			select {
-			case <-sctx.Done():
-				return
-			case <-alive:
-				if !t.Stop() {
-					select {
-					case <-t.C:
-					default:
-					}
-				}
-				t.Reset(c.o.StallTimeout)
-			case <-t.C:
-				c.log.Warn("sync stream stalled; reconnecting", "timeout", c.o.StallTimeout)
-				cancel()
-				return
-			}
-		}
-	}()
+	// The watchdog ends the session when the receiving loop has waited
+	// StallTimeout for a message: it waits while busy is false, since
+	// lastRecv (unix nanoseconds).
+	var lastRecv atomic.Int64
+	var busy atomic.Bool
+	lastRecv.Store(time.Now().UnixNano())
+	go c.watchdog(sctx, cancel, &lastRecv, &busy)
+	go c.ping(sctx, stream)
 
 	// Acks go to the shipper, which deletes the records off this goroutine
 	// (a deletion is an fsync; deltas should not wait for it).
@@ -369,6 +380,8 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 	first := true
 	var snapApply time.Duration // chunks of the snapshot being received
 	for {
+		lastRecv.Store(time.Now().UnixNano())
+		busy.Store(false)
 		msg, err := stream.Recv()
 		if err != nil {
 			if sctx.Err() != nil && ctx.Err() == nil {
@@ -376,11 +389,11 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 			}
 			return err
 		}
-		select {
-		case alive <- struct{}{}:
-		default:
-		}
+		busy.Store(true)
 		now := time.Now()
+		if msg.GetHeartbeat().GetLivenessOnly() {
+			continue // the first answer is on its way
+		}
 		if first {
 			first = false
 			c.setConnected(true)
@@ -444,6 +457,45 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 			case <-sctx.Done():
 				return sctx.Err()
 			}
+		}
+	}
+}
+
+// watchdog cancels the session once the receiving loop has waited
+// StallTimeout for a message.
+func (c *Client) watchdog(ctx context.Context, cancel context.CancelFunc, lastRecv *atomic.Int64, busy *atomic.Bool) {
+	t := time.NewTicker(max(c.o.StallTimeout/8, time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if busy.Load() {
+			continue
+		}
+		if silent := time.Since(time.Unix(0, lastRecv.Load())); silent > c.o.StallTimeout {
+			c.log.Warn("sync stream silent; dropping the connection and reconnecting", "silent_for", silent.Round(time.Millisecond))
+			cancel()
+			return
+		}
+	}
+}
+
+// ping sends Ping every PingInterval while the session lives, so that the
+// control plane notices a proxy that went silent.
+func (c *Client) ping(ctx context.Context, stream grpc.BidiStreamingClient[syncv1.ProxyMessage, syncv1.ControlMessage]) {
+	t := time.NewTicker(c.o.PingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := c.send(stream, &syncv1.ProxyMessage{Msg: &syncv1.ProxyMessage_Ping{Ping: &syncv1.Ping{Revision: c.a.Revision()}}}); err != nil {
+			return // the receiving loop sees the stream's end
 		}
 	}
 }

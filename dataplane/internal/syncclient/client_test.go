@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -57,6 +58,7 @@ type fakeServer struct {
 	hellos   []int64
 	sessions []func(stream grpc.BidiStreamingServer[syncv1.ProxyMessage, syncv1.ControlMessage]) error
 	tokens   []string
+	onHello  func(*syncv1.Hello)
 }
 
 func (s *fakeServer) Sync(stream grpc.BidiStreamingServer[syncv1.ProxyMessage, syncv1.ControlMessage]) error {
@@ -68,6 +70,9 @@ func (s *fakeServer) Sync(stream grpc.BidiStreamingServer[syncv1.ProxyMessage, s
 	s.mu.Lock()
 	s.tokens = append(s.tokens, md.Get("authorization")...)
 	s.hellos = append(s.hellos, m.GetHello().GetRevision())
+	if s.onHello != nil {
+		s.onHello(m.GetHello())
+	}
 	var fn func(grpc.BidiStreamingServer[syncv1.ProxyMessage, syncv1.ControlMessage]) error
 	if len(s.sessions) > 0 {
 		fn, s.sessions = s.sessions[0], s.sessions[1:]
@@ -87,20 +92,35 @@ func (s *fakeServer) Hellos() []int64 {
 }
 
 func start(t *testing.T, srv *fakeServer, a Applier) *Client {
+	return startWith(t, srv, a, nil)
+}
+
+// startWith runs a client against srv; dials, when set, counts the
+// transport connections it opens.
+func startWith(t *testing.T, srv *fakeServer, a Applier, dials *atomic.Int64, opts ...func(*Options)) *Client {
 	t.Helper()
 	lis := bufconn.Listen(1 << 20)
 	g := grpc.NewServer()
 	syncv1.RegisterSyncServiceServer(g, srv)
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(g.Stop)
-	c := New(a, Options{
+	o := Options{
 		Addr: "passthrough:///bufnet", Token: "tok", ProxyID: "p1",
 		MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond,
 		DialOptions: []grpc.DialOption{
-			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+				if dials != nil {
+					dials.Add(1)
+				}
+				return lis.DialContext(ctx)
+			}),
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
 		},
-	})
+	}
+	for _, fn := range opts {
+		fn(&o)
+	}
+	c := New(a, o)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = c.Run(ctx) }()
@@ -227,4 +247,77 @@ func TestHeartbeatMarksCurrent(t *testing.T) {
 	a := &fakeApplier{}
 	c := start(t, srv, a)
 	eventually(t, "heartbeat", func() bool { st := c.Status(); return st.Head == 2 && !st.CurrentAt.IsZero() })
+}
+
+// A stream that goes silent without closing (a frozen control plane, a
+// black-holed flow) is given up after StallTimeout and the client redials
+// on a new transport connection, never the frozen one.
+func TestSilentStreamRedialsOnNewConnection(t *testing.T) {
+	srv := &fakeServer{sessions: []func(sendFn) error{
+		func(s sendFn) error {
+			_ = s.Send(snap(3, 0, true))
+			<-s.Context().Done() // silent, open
+			return nil
+		},
+		func(s sendFn) error {
+			_ = s.Send(delta(4))
+			<-s.Context().Done()
+			return nil
+		},
+	}}
+	a := &fakeApplier{}
+	var dials atomic.Int64
+	startWith(t, srv, a, &dials, func(o *Options) { o.StallTimeout = 300 * time.Millisecond; o.PingInterval = time.Hour })
+	eventually(t, "revision 4 after the stall", func() bool { return a.Revision() == 4 })
+	if h := srv.Hellos(); len(h) < 2 || h[0] != 0 || h[1] != 3 {
+		t.Fatalf("hellos %v, want [0 3 ...]", h)
+	}
+	if n := dials.Load(); n < 2 {
+		t.Fatalf("%d transport connections, want a new one for the second session", n)
+	}
+}
+
+// The client pings while the stream lives, and liveness-only heartbeats
+// keep a session alive while the first answer is prepared without being
+// taken for it.
+func TestPingsAndLivenessHeartbeats(t *testing.T) {
+	var pings atomic.Int64
+	var pingMs atomic.Int64
+	srv := &fakeServer{sessions: []func(sendFn) error{func(s sendFn) error {
+		go func() {
+			for {
+				m, err := s.Recv()
+				if err != nil {
+					return
+				}
+				if m.GetPing() != nil {
+					pings.Add(1)
+				}
+			}
+		}()
+		// Five stall timeouts of liveness-only heartbeats before the answer.
+		for range 25 {
+			if err := s.Send(&syncv1.ControlMessage{Msg: &syncv1.ControlMessage_Heartbeat{Heartbeat: &syncv1.Heartbeat{LivenessOnly: true}}}); err != nil {
+				return err
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		_ = s.Send(snap(2, 0, true))
+		<-s.Context().Done()
+		return nil
+	}}}
+	srv.onHello = func(h *syncv1.Hello) { pingMs.Store(int64(h.GetPingIntervalMs())) }
+	a := &fakeApplier{}
+	c := startWith(t, srv, a, nil, func(o *Options) { o.StallTimeout = 100 * time.Millisecond; o.PingInterval = 20 * time.Millisecond })
+	eventually(t, "revision 2", func() bool { return a.Revision() == 2 })
+	if h := srv.Hellos(); len(h) != 1 {
+		t.Fatalf("hellos %v: the session was dropped while liveness heartbeats came", h)
+	}
+	if pingMs.Load() != 20 {
+		t.Fatalf("hello ping_interval_ms %d, want 20", pingMs.Load())
+	}
+	eventually(t, "pings", func() bool { return pings.Load() >= 3 })
+	if st := c.Status(); !st.Connected || st.Head != 2 {
+		t.Fatalf("status %+v", st)
+	}
 }

@@ -29,6 +29,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Audit", auditTests},
 		{"Spend", spendTests},
 		{"Events", eventTests},
+		{"Sessions", sessionTests},
 		{"SaaS", saasTests},
 		{"Revisions", revisionTests},
 		{"Concurrency", concurrencyTests},

@@ -29,6 +29,7 @@ type ProxyMessage struct {
 	//	*ProxyMessage_Applied
 	//	*ProxyMessage_SpendBatch
 	//	*ProxyMessage_LeaseRequest
+	//	*ProxyMessage_Ping
 	Msg           isProxyMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -107,6 +108,15 @@ func (x *ProxyMessage) GetLeaseRequest() *LeaseRequest {
 	return nil
 }
 
+func (x *ProxyMessage) GetPing() *Ping {
+	if x != nil {
+		if x, ok := x.Msg.(*ProxyMessage_Ping); ok {
+			return x.Ping
+		}
+	}
+	return nil
+}
+
 type isProxyMessage_Msg interface {
 	isProxyMessage_Msg()
 }
@@ -127,6 +137,12 @@ type ProxyMessage_LeaseRequest struct {
 	LeaseRequest *LeaseRequest `protobuf:"bytes,4,opt,name=lease_request,json=leaseRequest,proto3,oneof"`
 }
 
+type ProxyMessage_Ping struct {
+	// ping is the proxy's liveness signal, sent every
+	// Hello.ping_interval_ms whatever else is sent (field range 60-69).
+	Ping *Ping `protobuf:"bytes,60,opt,name=ping,proto3,oneof"`
+}
+
 func (*ProxyMessage_Hello) isProxyMessage_Msg() {}
 
 func (*ProxyMessage_Applied) isProxyMessage_Msg() {}
@@ -134,6 +150,56 @@ func (*ProxyMessage_Applied) isProxyMessage_Msg() {}
 func (*ProxyMessage_SpendBatch) isProxyMessage_Msg() {}
 
 func (*ProxyMessage_LeaseRequest) isProxyMessage_Msg() {}
+
+func (*ProxyMessage_Ping) isProxyMessage_Msg() {}
+
+// Ping tells the control plane the proxy is alive. A control plane that
+// hears nothing from a proxy that announced pings for a few intervals drops
+// its stream (membership and leases do not wait for TCP to notice).
+type Ping struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revision the proxy holds.
+	Revision      int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Ping) Reset() {
+	*x = Ping{}
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Ping) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Ping) ProtoMessage() {}
+
+func (x *Ping) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Ping.ProtoReflect.Descriptor instead.
+func (*Ping) Descriptor() ([]byte, []int) {
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Ping) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
 
 // LeaseRequest reports this proxy's use of rate limits (rpm, tpm, parallel
 // requests) and asks for more of those it has (nearly) exhausted. A proxy
@@ -151,7 +217,7 @@ type LeaseRequest struct {
 
 func (x *LeaseRequest) Reset() {
 	*x = LeaseRequest{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[1]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -163,7 +229,7 @@ func (x *LeaseRequest) String() string {
 func (*LeaseRequest) ProtoMessage() {}
 
 func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[1]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -176,7 +242,7 @@ func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRequest.ProtoReflect.Descriptor instead.
 func (*LeaseRequest) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{1}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *LeaseRequest) GetUses() []*LeaseUse {
@@ -209,7 +275,7 @@ type LeaseUse struct {
 
 func (x *LeaseUse) Reset() {
 	*x = LeaseUse{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[2]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -221,7 +287,7 @@ func (x *LeaseUse) String() string {
 func (*LeaseUse) ProtoMessage() {}
 
 func (x *LeaseUse) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[2]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -234,7 +300,7 @@ func (x *LeaseUse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseUse.ProtoReflect.Descriptor instead.
 func (*LeaseUse) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{2}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *LeaseUse) GetScope() string {
@@ -283,14 +349,18 @@ type Hello struct {
 	// control planes' membership, so a proxy that reconnects to another
 	// control-plane replica keeps its place and its leases, and two processes
 	// that share an id are still two members.
-	Instance      string `protobuf:"bytes,50,opt,name=instance,proto3" json:"instance,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Instance string `protobuf:"bytes,50,opt,name=instance,proto3" json:"instance,omitempty"`
+	// ping_interval_ms is how often this proxy sends Ping (0: never, an
+	// older proxy). A proxy that announces it also accepts liveness-only
+	// heartbeats before the first answer.
+	PingIntervalMs int32 `protobuf:"varint,60,opt,name=ping_interval_ms,json=pingIntervalMs,proto3" json:"ping_interval_ms,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[3]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -302,7 +372,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[3]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -315,7 +385,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{3}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Hello) GetProxyId() string {
@@ -346,6 +416,13 @@ func (x *Hello) GetInstance() string {
 	return ""
 }
 
+func (x *Hello) GetPingIntervalMs() int32 {
+	if x != nil {
+		return x.PingIntervalMs
+	}
+	return 0
+}
+
 // Applied reports the revision the proxy has persisted (for observability).
 type Applied struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -356,7 +433,7 @@ type Applied struct {
 
 func (x *Applied) Reset() {
 	*x = Applied{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[4]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -368,7 +445,7 @@ func (x *Applied) String() string {
 func (*Applied) ProtoMessage() {}
 
 func (x *Applied) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[4]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -381,7 +458,7 @@ func (x *Applied) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Applied.ProtoReflect.Descriptor instead.
 func (*Applied) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{4}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Applied) GetRevision() int64 {
@@ -416,7 +493,7 @@ type SpendBatch struct {
 
 func (x *SpendBatch) Reset() {
 	*x = SpendBatch{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[5]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -428,7 +505,7 @@ func (x *SpendBatch) String() string {
 func (*SpendBatch) ProtoMessage() {}
 
 func (x *SpendBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[5]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -441,7 +518,7 @@ func (x *SpendBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SpendBatch.ProtoReflect.Descriptor instead.
 func (*SpendBatch) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{5}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SpendBatch) GetProxyId() string {
@@ -518,7 +595,7 @@ type SpendRecord struct {
 
 func (x *SpendRecord) Reset() {
 	*x = SpendRecord{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[6]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -530,7 +607,7 @@ func (x *SpendRecord) String() string {
 func (*SpendRecord) ProtoMessage() {}
 
 func (x *SpendRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[6]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -543,7 +620,7 @@ func (x *SpendRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SpendRecord.ProtoReflect.Descriptor instead.
 func (*SpendRecord) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{6}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SpendRecord) GetSeq() uint64 {
@@ -688,7 +765,7 @@ type ControlMessage struct {
 
 func (x *ControlMessage) Reset() {
 	*x = ControlMessage{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[7]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -700,7 +777,7 @@ func (x *ControlMessage) String() string {
 func (*ControlMessage) ProtoMessage() {}
 
 func (x *ControlMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[7]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -713,7 +790,7 @@ func (x *ControlMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlMessage.ProtoReflect.Descriptor instead.
 func (*ControlMessage) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{7}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ControlMessage) GetMsg() isControlMessage_Msg {
@@ -822,7 +899,7 @@ type LeaseGrant struct {
 
 func (x *LeaseGrant) Reset() {
 	*x = LeaseGrant{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[8]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -834,7 +911,7 @@ func (x *LeaseGrant) String() string {
 func (*LeaseGrant) ProtoMessage() {}
 
 func (x *LeaseGrant) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[8]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -847,7 +924,7 @@ func (x *LeaseGrant) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrant.ProtoReflect.Descriptor instead.
 func (*LeaseGrant) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{8}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *LeaseGrant) GetProxies() int32 {
@@ -882,7 +959,7 @@ type LeaseAllowance struct {
 
 func (x *LeaseAllowance) Reset() {
 	*x = LeaseAllowance{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[9]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -894,7 +971,7 @@ func (x *LeaseAllowance) String() string {
 func (*LeaseAllowance) ProtoMessage() {}
 
 func (x *LeaseAllowance) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[9]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -907,7 +984,7 @@ func (x *LeaseAllowance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseAllowance.ProtoReflect.Descriptor instead.
 func (*LeaseAllowance) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{9}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LeaseAllowance) GetScope() string {
@@ -950,7 +1027,7 @@ type SpendAck struct {
 
 func (x *SpendAck) Reset() {
 	*x = SpendAck{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[10]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -962,7 +1039,7 @@ func (x *SpendAck) String() string {
 func (*SpendAck) ProtoMessage() {}
 
 func (x *SpendAck) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[10]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -975,7 +1052,7 @@ func (x *SpendAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SpendAck.ProtoReflect.Descriptor instead.
 func (*SpendAck) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{10}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SpendAck) GetOutboxId() string {
@@ -1014,7 +1091,7 @@ type ObjectSpend struct {
 
 func (x *ObjectSpend) Reset() {
 	*x = ObjectSpend{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[11]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1026,7 +1103,7 @@ func (x *ObjectSpend) String() string {
 func (*ObjectSpend) ProtoMessage() {}
 
 func (x *ObjectSpend) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[11]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1039,7 +1116,7 @@ func (x *ObjectSpend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObjectSpend.ProtoReflect.Descriptor instead.
 func (*ObjectSpend) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{11}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ObjectSpend) GetKind() string {
@@ -1077,7 +1154,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[12]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1089,7 +1166,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[12]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1102,7 +1179,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{12}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SnapshotChunk) GetRevision() int64 {
@@ -1146,7 +1223,7 @@ type Delta struct {
 
 func (x *Delta) Reset() {
 	*x = Delta{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[13]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1158,7 +1235,7 @@ func (x *Delta) String() string {
 func (*Delta) ProtoMessage() {}
 
 func (x *Delta) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[13]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1171,7 +1248,7 @@ func (x *Delta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delta.ProtoReflect.Descriptor instead.
 func (*Delta) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{13}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Delta) GetRevision() int64 {
@@ -1206,13 +1283,18 @@ type Heartbeat struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
 	HeadRevision       int64                  `protobuf:"varint,1,opt,name=head_revision,json=headRevision,proto3" json:"head_revision,omitempty"`
 	ServerTimeUnixNano int64                  `protobuf:"varint,2,opt,name=server_time_unix_nano,json=serverTimeUnixNano,proto3" json:"server_time_unix_nano,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// liveness_only marks a heartbeat sent while the first answer is being
+	// prepared (a snapshot build can take seconds): it proves the control
+	// plane is alive and is not the answer; head_revision is then 0. Only
+	// sent to proxies whose Hello has ping_interval_ms > 0.
+	LivenessOnly  bool `protobuf:"varint,60,opt,name=liveness_only,json=livenessOnly,proto3" json:"liveness_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[14]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1224,7 +1306,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[14]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1237,7 +1319,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{14}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Heartbeat) GetHeadRevision() int64 {
@@ -1252,6 +1334,13 @@ func (x *Heartbeat) GetServerTimeUnixNano() int64 {
 		return x.ServerTimeUnixNano
 	}
 	return 0
+}
+
+func (x *Heartbeat) GetLivenessOnly() bool {
+	if x != nil {
+		return x.LivenessOnly
+	}
+	return false
 }
 
 // Entity is one object's state; deleted=true is a tombstone for (kind, id).
@@ -1277,7 +1366,7 @@ type Entity struct {
 
 func (x *Entity) Reset() {
 	*x = Entity{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[15]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1289,7 +1378,7 @@ func (x *Entity) String() string {
 func (*Entity) ProtoMessage() {}
 
 func (x *Entity) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[15]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1302,7 +1391,7 @@ func (x *Entity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entity.ProtoReflect.Descriptor instead.
 func (*Entity) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{15}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Entity) GetKind() string {
@@ -1459,7 +1548,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[16]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1471,7 +1560,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[16]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1484,7 +1573,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{16}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Limits) GetMaxBudget() int64 {
@@ -1546,7 +1635,7 @@ type ModelBudget struct {
 
 func (x *ModelBudget) Reset() {
 	*x = ModelBudget{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[17]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1558,7 +1647,7 @@ func (x *ModelBudget) String() string {
 func (*ModelBudget) ProtoMessage() {}
 
 func (x *ModelBudget) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[17]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1571,7 +1660,7 @@ func (x *ModelBudget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelBudget.ProtoReflect.Descriptor instead.
 func (*ModelBudget) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{17}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ModelBudget) GetBudgetLimit() int64 {
@@ -1598,7 +1687,7 @@ type PreviousHash struct {
 
 func (x *PreviousHash) Reset() {
 	*x = PreviousHash{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[18]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1610,7 +1699,7 @@ func (x *PreviousHash) String() string {
 func (*PreviousHash) ProtoMessage() {}
 
 func (x *PreviousHash) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[18]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1623,7 +1712,7 @@ func (x *PreviousHash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviousHash.ProtoReflect.Descriptor instead.
 func (*PreviousHash) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{18}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PreviousHash) GetKeyHash() []byte {
@@ -1674,7 +1763,7 @@ type Key struct {
 
 func (x *Key) Reset() {
 	*x = Key{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[19]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1686,7 +1775,7 @@ func (x *Key) String() string {
 func (*Key) ProtoMessage() {}
 
 func (x *Key) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[19]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1699,7 +1788,7 @@ func (x *Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Key.ProtoReflect.Descriptor instead.
 func (*Key) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{19}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Key) GetTokenId() string {
@@ -1861,7 +1950,7 @@ type TeamMember struct {
 
 func (x *TeamMember) Reset() {
 	*x = TeamMember{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[20]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1873,7 +1962,7 @@ func (x *TeamMember) String() string {
 func (*TeamMember) ProtoMessage() {}
 
 func (x *TeamMember) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[20]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1886,7 +1975,7 @@ func (x *TeamMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TeamMember.ProtoReflect.Descriptor instead.
 func (*TeamMember) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{20}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *TeamMember) GetUserId() string {
@@ -1935,7 +2024,7 @@ type Team struct {
 
 func (x *Team) Reset() {
 	*x = Team{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[21]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1947,7 +2036,7 @@ func (x *Team) String() string {
 func (*Team) ProtoMessage() {}
 
 func (x *Team) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[21]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1960,7 +2049,7 @@ func (x *Team) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Team.ProtoReflect.Descriptor instead.
 func (*Team) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{21}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Team) GetTeamId() string {
@@ -2045,7 +2134,7 @@ type TeamSaaS struct {
 
 func (x *TeamSaaS) Reset() {
 	*x = TeamSaaS{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[22]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2057,7 +2146,7 @@ func (x *TeamSaaS) String() string {
 func (*TeamSaaS) ProtoMessage() {}
 
 func (x *TeamSaaS) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[22]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2070,7 +2159,7 @@ func (x *TeamSaaS) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TeamSaaS.ProtoReflect.Descriptor instead.
 func (*TeamSaaS) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{22}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *TeamSaaS) GetStatus() string {
@@ -2133,7 +2222,7 @@ type TeamModelGroup struct {
 
 func (x *TeamModelGroup) Reset() {
 	*x = TeamModelGroup{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[23]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2145,7 +2234,7 @@ func (x *TeamModelGroup) String() string {
 func (*TeamModelGroup) ProtoMessage() {}
 
 func (x *TeamModelGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[23]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2158,7 +2247,7 @@ func (x *TeamModelGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TeamModelGroup.ProtoReflect.Descriptor instead.
 func (*TeamModelGroup) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{23}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *TeamModelGroup) GetName() string {
@@ -2189,7 +2278,7 @@ type User struct {
 
 func (x *User) Reset() {
 	*x = User{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[24]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2201,7 +2290,7 @@ func (x *User) String() string {
 func (*User) ProtoMessage() {}
 
 func (x *User) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[24]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2214,7 +2303,7 @@ func (x *User) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use User.ProtoReflect.Descriptor instead.
 func (*User) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{24}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *User) GetUserId() string {
@@ -2272,7 +2361,7 @@ type Organization struct {
 
 func (x *Organization) Reset() {
 	*x = Organization{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[25]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2284,7 +2373,7 @@ func (x *Organization) String() string {
 func (*Organization) ProtoMessage() {}
 
 func (x *Organization) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[25]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2297,7 +2386,7 @@ func (x *Organization) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Organization.ProtoReflect.Descriptor instead.
 func (*Organization) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{25}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Organization) GetOrganizationId() string {
@@ -2358,7 +2447,7 @@ type Model struct {
 
 func (x *Model) Reset() {
 	*x = Model{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[26]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2370,7 +2459,7 @@ func (x *Model) String() string {
 func (*Model) ProtoMessage() {}
 
 func (x *Model) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[26]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2383,7 +2472,7 @@ func (x *Model) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Model.ProtoReflect.Descriptor instead.
 func (*Model) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{26}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Model) GetId() string {
@@ -2478,7 +2567,7 @@ type EndUser struct {
 
 func (x *EndUser) Reset() {
 	*x = EndUser{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[27]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2490,7 +2579,7 @@ func (x *EndUser) String() string {
 func (*EndUser) ProtoMessage() {}
 
 func (x *EndUser) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[27]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2503,7 +2592,7 @@ func (x *EndUser) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndUser.ProtoReflect.Descriptor instead.
 func (*EndUser) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{27}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *EndUser) GetEndUserId() string {
@@ -2544,7 +2633,7 @@ type Settings struct {
 
 func (x *Settings) Reset() {
 	*x = Settings{}
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[28]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2556,7 +2645,7 @@ func (x *Settings) String() string {
 func (*Settings) ProtoMessage() {}
 
 func (x *Settings) ProtoReflect() protoreflect.Message {
-	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[28]
+	mi := &file_tollgate_sync_v1_sync_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2569,7 +2658,7 @@ func (x *Settings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Settings.ProtoReflect.Descriptor instead.
 func (*Settings) Descriptor() ([]byte, []int) {
-	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{28}
+	return file_tollgate_sync_v1_sync_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Settings) GetGeneralSettings() []byte {
@@ -2583,14 +2672,17 @@ var File_tollgate_sync_v1_sync_proto protoreflect.FileDescriptor
 
 const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\n" +
-	"\x1btollgate/sync/v1/sync.proto\x12\x10tollgate.sync.v1\"\x85\x02\n" +
+	"\x1btollgate/sync/v1/sync.proto\x12\x10tollgate.sync.v1\"\xb3\x02\n" +
 	"\fProxyMessage\x12/\n" +
 	"\x05hello\x18\x01 \x01(\v2\x17.tollgate.sync.v1.HelloH\x00R\x05hello\x125\n" +
 	"\aapplied\x18\x02 \x01(\v2\x19.tollgate.sync.v1.AppliedH\x00R\aapplied\x12?\n" +
 	"\vspend_batch\x18\x03 \x01(\v2\x1c.tollgate.sync.v1.SpendBatchH\x00R\n" +
 	"spendBatch\x12E\n" +
-	"\rlease_request\x18\x04 \x01(\v2\x1e.tollgate.sync.v1.LeaseRequestH\x00R\fleaseRequestB\x05\n" +
-	"\x03msg\">\n" +
+	"\rlease_request\x18\x04 \x01(\v2\x1e.tollgate.sync.v1.LeaseRequestH\x00R\fleaseRequest\x12,\n" +
+	"\x04ping\x18< \x01(\v2\x16.tollgate.sync.v1.PingH\x00R\x04pingB\x05\n" +
+	"\x03msg\"\"\n" +
+	"\x04Ping\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\">\n" +
 	"\fLeaseRequest\x12.\n" +
 	"\x04uses\x18\x01 \x03(\v2\x1a.tollgate.sync.v1.LeaseUseR\x04uses\"\x7f\n" +
 	"\bLeaseUse\x12\x14\n" +
@@ -2599,12 +2691,13 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\vwindow_unix\x18\x03 \x01(\x03R\n" +
 	"windowUnix\x12\x12\n" +
 	"\x04used\x18\x04 \x01(\x03R\x04used\x12\x12\n" +
-	"\x04want\x18\x05 \x01(\x03R\x04want\"t\n" +
+	"\x04want\x18\x05 \x01(\x03R\x04want\"\x9e\x01\n" +
 	"\x05Hello\x12\x19\n" +
 	"\bproxy_id\x18\x01 \x01(\tR\aproxyId\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12\x1a\n" +
-	"\binstance\x182 \x01(\tR\binstance\"%\n" +
+	"\binstance\x182 \x01(\tR\binstance\x12(\n" +
+	"\x10ping_interval_ms\x18< \x01(\x05R\x0epingIntervalMs\"%\n" +
 	"\aApplied\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\"\xdd\x01\n" +
 	"\n" +
@@ -2673,10 +2766,11 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12#\n" +
 	"\rprev_revision\x18\x02 \x01(\x03R\fprevRevision\x123\n" +
 	"\x16committed_at_unix_nano\x18\x03 \x01(\x03R\x13committedAtUnixNano\x122\n" +
-	"\achanges\x18\x04 \x03(\v2\x18.tollgate.sync.v1.EntityR\achanges\"c\n" +
+	"\achanges\x18\x04 \x03(\v2\x18.tollgate.sync.v1.EntityR\achanges\"\x88\x01\n" +
 	"\tHeartbeat\x12#\n" +
 	"\rhead_revision\x18\x01 \x01(\x03R\fheadRevision\x121\n" +
-	"\x15server_time_unix_nano\x18\x02 \x01(\x03R\x12serverTimeUnixNano\"\xbf\x03\n" +
+	"\x15server_time_unix_nano\x18\x02 \x01(\x03R\x12serverTimeUnixNano\x12#\n" +
+	"\rliveness_only\x18< \x01(\bR\flivenessOnly\"\xbf\x03\n" +
 	"\x06Entity\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x18\n" +
@@ -2822,85 +2916,87 @@ func file_tollgate_sync_v1_sync_proto_rawDescGZIP() []byte {
 	return file_tollgate_sync_v1_sync_proto_rawDescData
 }
 
-var file_tollgate_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_tollgate_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_tollgate_sync_v1_sync_proto_goTypes = []any{
 	(*ProxyMessage)(nil),   // 0: tollgate.sync.v1.ProxyMessage
-	(*LeaseRequest)(nil),   // 1: tollgate.sync.v1.LeaseRequest
-	(*LeaseUse)(nil),       // 2: tollgate.sync.v1.LeaseUse
-	(*Hello)(nil),          // 3: tollgate.sync.v1.Hello
-	(*Applied)(nil),        // 4: tollgate.sync.v1.Applied
-	(*SpendBatch)(nil),     // 5: tollgate.sync.v1.SpendBatch
-	(*SpendRecord)(nil),    // 6: tollgate.sync.v1.SpendRecord
-	(*ControlMessage)(nil), // 7: tollgate.sync.v1.ControlMessage
-	(*LeaseGrant)(nil),     // 8: tollgate.sync.v1.LeaseGrant
-	(*LeaseAllowance)(nil), // 9: tollgate.sync.v1.LeaseAllowance
-	(*SpendAck)(nil),       // 10: tollgate.sync.v1.SpendAck
-	(*ObjectSpend)(nil),    // 11: tollgate.sync.v1.ObjectSpend
-	(*SnapshotChunk)(nil),  // 12: tollgate.sync.v1.SnapshotChunk
-	(*Delta)(nil),          // 13: tollgate.sync.v1.Delta
-	(*Heartbeat)(nil),      // 14: tollgate.sync.v1.Heartbeat
-	(*Entity)(nil),         // 15: tollgate.sync.v1.Entity
-	(*Limits)(nil),         // 16: tollgate.sync.v1.Limits
-	(*ModelBudget)(nil),    // 17: tollgate.sync.v1.ModelBudget
-	(*PreviousHash)(nil),   // 18: tollgate.sync.v1.PreviousHash
-	(*Key)(nil),            // 19: tollgate.sync.v1.Key
-	(*TeamMember)(nil),     // 20: tollgate.sync.v1.TeamMember
-	(*Team)(nil),           // 21: tollgate.sync.v1.Team
-	(*TeamSaaS)(nil),       // 22: tollgate.sync.v1.TeamSaaS
-	(*TeamModelGroup)(nil), // 23: tollgate.sync.v1.TeamModelGroup
-	(*User)(nil),           // 24: tollgate.sync.v1.User
-	(*Organization)(nil),   // 25: tollgate.sync.v1.Organization
-	(*Model)(nil),          // 26: tollgate.sync.v1.Model
-	(*EndUser)(nil),        // 27: tollgate.sync.v1.EndUser
-	(*Settings)(nil),       // 28: tollgate.sync.v1.Settings
-	nil,                    // 29: tollgate.sync.v1.Key.ModelMaxBudgetEntry
-	nil,                    // 30: tollgate.sync.v1.Key.ModelRpmLimitEntry
-	nil,                    // 31: tollgate.sync.v1.Key.ModelTpmLimitEntry
-	nil,                    // 32: tollgate.sync.v1.Key.ModelSpendEntry
+	(*Ping)(nil),           // 1: tollgate.sync.v1.Ping
+	(*LeaseRequest)(nil),   // 2: tollgate.sync.v1.LeaseRequest
+	(*LeaseUse)(nil),       // 3: tollgate.sync.v1.LeaseUse
+	(*Hello)(nil),          // 4: tollgate.sync.v1.Hello
+	(*Applied)(nil),        // 5: tollgate.sync.v1.Applied
+	(*SpendBatch)(nil),     // 6: tollgate.sync.v1.SpendBatch
+	(*SpendRecord)(nil),    // 7: tollgate.sync.v1.SpendRecord
+	(*ControlMessage)(nil), // 8: tollgate.sync.v1.ControlMessage
+	(*LeaseGrant)(nil),     // 9: tollgate.sync.v1.LeaseGrant
+	(*LeaseAllowance)(nil), // 10: tollgate.sync.v1.LeaseAllowance
+	(*SpendAck)(nil),       // 11: tollgate.sync.v1.SpendAck
+	(*ObjectSpend)(nil),    // 12: tollgate.sync.v1.ObjectSpend
+	(*SnapshotChunk)(nil),  // 13: tollgate.sync.v1.SnapshotChunk
+	(*Delta)(nil),          // 14: tollgate.sync.v1.Delta
+	(*Heartbeat)(nil),      // 15: tollgate.sync.v1.Heartbeat
+	(*Entity)(nil),         // 16: tollgate.sync.v1.Entity
+	(*Limits)(nil),         // 17: tollgate.sync.v1.Limits
+	(*ModelBudget)(nil),    // 18: tollgate.sync.v1.ModelBudget
+	(*PreviousHash)(nil),   // 19: tollgate.sync.v1.PreviousHash
+	(*Key)(nil),            // 20: tollgate.sync.v1.Key
+	(*TeamMember)(nil),     // 21: tollgate.sync.v1.TeamMember
+	(*Team)(nil),           // 22: tollgate.sync.v1.Team
+	(*TeamSaaS)(nil),       // 23: tollgate.sync.v1.TeamSaaS
+	(*TeamModelGroup)(nil), // 24: tollgate.sync.v1.TeamModelGroup
+	(*User)(nil),           // 25: tollgate.sync.v1.User
+	(*Organization)(nil),   // 26: tollgate.sync.v1.Organization
+	(*Model)(nil),          // 27: tollgate.sync.v1.Model
+	(*EndUser)(nil),        // 28: tollgate.sync.v1.EndUser
+	(*Settings)(nil),       // 29: tollgate.sync.v1.Settings
+	nil,                    // 30: tollgate.sync.v1.Key.ModelMaxBudgetEntry
+	nil,                    // 31: tollgate.sync.v1.Key.ModelRpmLimitEntry
+	nil,                    // 32: tollgate.sync.v1.Key.ModelTpmLimitEntry
+	nil,                    // 33: tollgate.sync.v1.Key.ModelSpendEntry
 }
 var file_tollgate_sync_v1_sync_proto_depIdxs = []int32{
-	3,  // 0: tollgate.sync.v1.ProxyMessage.hello:type_name -> tollgate.sync.v1.Hello
-	4,  // 1: tollgate.sync.v1.ProxyMessage.applied:type_name -> tollgate.sync.v1.Applied
-	5,  // 2: tollgate.sync.v1.ProxyMessage.spend_batch:type_name -> tollgate.sync.v1.SpendBatch
-	1,  // 3: tollgate.sync.v1.ProxyMessage.lease_request:type_name -> tollgate.sync.v1.LeaseRequest
-	2,  // 4: tollgate.sync.v1.LeaseRequest.uses:type_name -> tollgate.sync.v1.LeaseUse
-	6,  // 5: tollgate.sync.v1.SpendBatch.records:type_name -> tollgate.sync.v1.SpendRecord
-	12, // 6: tollgate.sync.v1.ControlMessage.snapshot:type_name -> tollgate.sync.v1.SnapshotChunk
-	13, // 7: tollgate.sync.v1.ControlMessage.delta:type_name -> tollgate.sync.v1.Delta
-	14, // 8: tollgate.sync.v1.ControlMessage.heartbeat:type_name -> tollgate.sync.v1.Heartbeat
-	10, // 9: tollgate.sync.v1.ControlMessage.spend_ack:type_name -> tollgate.sync.v1.SpendAck
-	8,  // 10: tollgate.sync.v1.ControlMessage.lease_grant:type_name -> tollgate.sync.v1.LeaseGrant
-	9,  // 11: tollgate.sync.v1.LeaseGrant.allowances:type_name -> tollgate.sync.v1.LeaseAllowance
-	11, // 12: tollgate.sync.v1.SpendAck.spends:type_name -> tollgate.sync.v1.ObjectSpend
-	15, // 13: tollgate.sync.v1.SnapshotChunk.entities:type_name -> tollgate.sync.v1.Entity
-	15, // 14: tollgate.sync.v1.Delta.changes:type_name -> tollgate.sync.v1.Entity
-	19, // 15: tollgate.sync.v1.Entity.key:type_name -> tollgate.sync.v1.Key
-	21, // 16: tollgate.sync.v1.Entity.team:type_name -> tollgate.sync.v1.Team
-	24, // 17: tollgate.sync.v1.Entity.user:type_name -> tollgate.sync.v1.User
-	25, // 18: tollgate.sync.v1.Entity.organization:type_name -> tollgate.sync.v1.Organization
-	26, // 19: tollgate.sync.v1.Entity.model:type_name -> tollgate.sync.v1.Model
-	28, // 20: tollgate.sync.v1.Entity.settings:type_name -> tollgate.sync.v1.Settings
-	27, // 21: tollgate.sync.v1.Entity.end_user:type_name -> tollgate.sync.v1.EndUser
-	16, // 22: tollgate.sync.v1.Key.limits:type_name -> tollgate.sync.v1.Limits
-	29, // 23: tollgate.sync.v1.Key.model_max_budget:type_name -> tollgate.sync.v1.Key.ModelMaxBudgetEntry
-	30, // 24: tollgate.sync.v1.Key.model_rpm_limit:type_name -> tollgate.sync.v1.Key.ModelRpmLimitEntry
-	31, // 25: tollgate.sync.v1.Key.model_tpm_limit:type_name -> tollgate.sync.v1.Key.ModelTpmLimitEntry
-	18, // 26: tollgate.sync.v1.Key.previous_hashes:type_name -> tollgate.sync.v1.PreviousHash
-	32, // 27: tollgate.sync.v1.Key.model_spend:type_name -> tollgate.sync.v1.Key.ModelSpendEntry
-	16, // 28: tollgate.sync.v1.Team.limits:type_name -> tollgate.sync.v1.Limits
-	20, // 29: tollgate.sync.v1.Team.members:type_name -> tollgate.sync.v1.TeamMember
-	22, // 30: tollgate.sync.v1.Team.saas:type_name -> tollgate.sync.v1.TeamSaaS
-	23, // 31: tollgate.sync.v1.TeamSaaS.model_groups:type_name -> tollgate.sync.v1.TeamModelGroup
-	16, // 32: tollgate.sync.v1.User.limits:type_name -> tollgate.sync.v1.Limits
-	16, // 33: tollgate.sync.v1.Organization.limits:type_name -> tollgate.sync.v1.Limits
-	17, // 34: tollgate.sync.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.sync.v1.ModelBudget
-	0,  // 35: tollgate.sync.v1.SyncService.Sync:input_type -> tollgate.sync.v1.ProxyMessage
-	7,  // 36: tollgate.sync.v1.SyncService.Sync:output_type -> tollgate.sync.v1.ControlMessage
-	36, // [36:37] is the sub-list for method output_type
-	35, // [35:36] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	4,  // 0: tollgate.sync.v1.ProxyMessage.hello:type_name -> tollgate.sync.v1.Hello
+	5,  // 1: tollgate.sync.v1.ProxyMessage.applied:type_name -> tollgate.sync.v1.Applied
+	6,  // 2: tollgate.sync.v1.ProxyMessage.spend_batch:type_name -> tollgate.sync.v1.SpendBatch
+	2,  // 3: tollgate.sync.v1.ProxyMessage.lease_request:type_name -> tollgate.sync.v1.LeaseRequest
+	1,  // 4: tollgate.sync.v1.ProxyMessage.ping:type_name -> tollgate.sync.v1.Ping
+	3,  // 5: tollgate.sync.v1.LeaseRequest.uses:type_name -> tollgate.sync.v1.LeaseUse
+	7,  // 6: tollgate.sync.v1.SpendBatch.records:type_name -> tollgate.sync.v1.SpendRecord
+	13, // 7: tollgate.sync.v1.ControlMessage.snapshot:type_name -> tollgate.sync.v1.SnapshotChunk
+	14, // 8: tollgate.sync.v1.ControlMessage.delta:type_name -> tollgate.sync.v1.Delta
+	15, // 9: tollgate.sync.v1.ControlMessage.heartbeat:type_name -> tollgate.sync.v1.Heartbeat
+	11, // 10: tollgate.sync.v1.ControlMessage.spend_ack:type_name -> tollgate.sync.v1.SpendAck
+	9,  // 11: tollgate.sync.v1.ControlMessage.lease_grant:type_name -> tollgate.sync.v1.LeaseGrant
+	10, // 12: tollgate.sync.v1.LeaseGrant.allowances:type_name -> tollgate.sync.v1.LeaseAllowance
+	12, // 13: tollgate.sync.v1.SpendAck.spends:type_name -> tollgate.sync.v1.ObjectSpend
+	16, // 14: tollgate.sync.v1.SnapshotChunk.entities:type_name -> tollgate.sync.v1.Entity
+	16, // 15: tollgate.sync.v1.Delta.changes:type_name -> tollgate.sync.v1.Entity
+	20, // 16: tollgate.sync.v1.Entity.key:type_name -> tollgate.sync.v1.Key
+	22, // 17: tollgate.sync.v1.Entity.team:type_name -> tollgate.sync.v1.Team
+	25, // 18: tollgate.sync.v1.Entity.user:type_name -> tollgate.sync.v1.User
+	26, // 19: tollgate.sync.v1.Entity.organization:type_name -> tollgate.sync.v1.Organization
+	27, // 20: tollgate.sync.v1.Entity.model:type_name -> tollgate.sync.v1.Model
+	29, // 21: tollgate.sync.v1.Entity.settings:type_name -> tollgate.sync.v1.Settings
+	28, // 22: tollgate.sync.v1.Entity.end_user:type_name -> tollgate.sync.v1.EndUser
+	17, // 23: tollgate.sync.v1.Key.limits:type_name -> tollgate.sync.v1.Limits
+	30, // 24: tollgate.sync.v1.Key.model_max_budget:type_name -> tollgate.sync.v1.Key.ModelMaxBudgetEntry
+	31, // 25: tollgate.sync.v1.Key.model_rpm_limit:type_name -> tollgate.sync.v1.Key.ModelRpmLimitEntry
+	32, // 26: tollgate.sync.v1.Key.model_tpm_limit:type_name -> tollgate.sync.v1.Key.ModelTpmLimitEntry
+	19, // 27: tollgate.sync.v1.Key.previous_hashes:type_name -> tollgate.sync.v1.PreviousHash
+	33, // 28: tollgate.sync.v1.Key.model_spend:type_name -> tollgate.sync.v1.Key.ModelSpendEntry
+	17, // 29: tollgate.sync.v1.Team.limits:type_name -> tollgate.sync.v1.Limits
+	21, // 30: tollgate.sync.v1.Team.members:type_name -> tollgate.sync.v1.TeamMember
+	23, // 31: tollgate.sync.v1.Team.saas:type_name -> tollgate.sync.v1.TeamSaaS
+	24, // 32: tollgate.sync.v1.TeamSaaS.model_groups:type_name -> tollgate.sync.v1.TeamModelGroup
+	17, // 33: tollgate.sync.v1.User.limits:type_name -> tollgate.sync.v1.Limits
+	17, // 34: tollgate.sync.v1.Organization.limits:type_name -> tollgate.sync.v1.Limits
+	18, // 35: tollgate.sync.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.sync.v1.ModelBudget
+	0,  // 36: tollgate.sync.v1.SyncService.Sync:input_type -> tollgate.sync.v1.ProxyMessage
+	8,  // 37: tollgate.sync.v1.SyncService.Sync:output_type -> tollgate.sync.v1.ControlMessage
+	37, // [37:38] is the sub-list for method output_type
+	36, // [36:37] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_sync_v1_sync_proto_init() }
@@ -2913,15 +3009,16 @@ func file_tollgate_sync_v1_sync_proto_init() {
 		(*ProxyMessage_Applied)(nil),
 		(*ProxyMessage_SpendBatch)(nil),
 		(*ProxyMessage_LeaseRequest)(nil),
+		(*ProxyMessage_Ping)(nil),
 	}
-	file_tollgate_sync_v1_sync_proto_msgTypes[7].OneofWrappers = []any{
+	file_tollgate_sync_v1_sync_proto_msgTypes[8].OneofWrappers = []any{
 		(*ControlMessage_Snapshot)(nil),
 		(*ControlMessage_Delta)(nil),
 		(*ControlMessage_Heartbeat)(nil),
 		(*ControlMessage_SpendAck)(nil),
 		(*ControlMessage_LeaseGrant)(nil),
 	}
-	file_tollgate_sync_v1_sync_proto_msgTypes[15].OneofWrappers = []any{
+	file_tollgate_sync_v1_sync_proto_msgTypes[16].OneofWrappers = []any{
 		(*Entity_Key)(nil),
 		(*Entity_Team)(nil),
 		(*Entity_User)(nil),
@@ -2936,7 +3033,7 @@ func file_tollgate_sync_v1_sync_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tollgate_sync_v1_sync_proto_rawDesc), len(file_tollgate_sync_v1_sync_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   33,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -37,6 +37,12 @@ const (
 // ahead of this control plane. Each Delta is one committed transaction and
 // names the revision before it; a proxy that sees a gap drops the stream and
 // resubscribes. Heartbeats carry the head revision and server time.
+//
+// Liveness: the control plane heartbeats every second; a proxy gives up a
+// stream silent for 3s and dials a new connection. A proxy that announces
+// Hello.ping_interval_ms sends Ping at that interval, gets liveness-only
+// heartbeats until the first answer starts, and is dropped by the control
+// plane after 5s (at least three intervals) of silence.
 type SyncServiceClient interface {
 	Sync(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ProxyMessage, ControlMessage], error)
 }
@@ -77,6 +83,12 @@ type SyncService_SyncClient = grpc.BidiStreamingClient[ProxyMessage, ControlMess
 // ahead of this control plane. Each Delta is one committed transaction and
 // names the revision before it; a proxy that sees a gap drops the stream and
 // resubscribes. Heartbeats carry the head revision and server time.
+//
+// Liveness: the control plane heartbeats every second; a proxy gives up a
+// stream silent for 3s and dials a new connection. A proxy that announces
+// Hello.ping_interval_ms sends Ping at that interval, gets liveness-only
+// heartbeats until the first answer starts, and is dropped by the control
+// plane after 5s (at least three intervals) of silence.
 type SyncServiceServer interface {
 	Sync(grpc.BidiStreamingServer[ProxyMessage, ControlMessage]) error
 	mustEmbedUnimplementedSyncServiceServer()
