@@ -3,6 +3,7 @@ package events
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
@@ -30,7 +31,7 @@ func SoftBudgetPayload(c store.SoftBudgetCrossing, now time.Time) map[string]any
 	p := map[string]any{
 		"event":         "soft_budget_crossed",
 		"event_group":   group,
-		"event_message": fmt.Sprintf("Soft budget crossed: %s %s spend $%.6f reached soft budget $%.6f", c.Kind, name, money.ToUSD(c.Spend), money.ToUSD(c.SoftBudget)),
+		"event_message": fmt.Sprintf("Soft budget crossed: %s %s spend $%s reached soft budget $%s", c.Kind, name, usd(c.Spend), usd(c.SoftBudget)),
 		"object_type":   c.Kind,
 		"object_id":     c.ID,
 		"spend":         money.ToUSD(c.Spend),
@@ -74,3 +75,6 @@ func EnqueueSoftBudgets(ctx context.Context, tx store.Tx, crossings []store.Soft
 	}
 	return nil
 }
+
+// usd formats nano-USD as exact dollars (no exponent, no rounding).
+func usd(nanos int64) string { return strconv.FormatFloat(money.ToUSD(nanos), 'f', -1, 64) }

@@ -377,3 +377,16 @@ func TestJobDoesNotRotateWithoutWebhook(t *testing.T) {
 		t.Fatalf("events without a webhook: %d pending, %d sent", len(pend), len(h.bodies))
 	}
 }
+
+// The soft-budget alert shows exact amounts (nano-USD), not rounded to the
+// micro-USD.
+func TestSoftBudgetPayloadExactAmounts(t *testing.T) {
+	max := int64(1_000_000_000)
+	p := SoftBudgetPayload(store.SoftBudgetCrossing{Kind: store.KindKey, ID: "tok", Spend: 855, SoftBudget: 100, MaxBudget: &max}, time.Unix(0, 0))
+	if msg := p["event_message"]; msg != "Soft budget crossed: key tok spend $0.000000855 reached soft budget $0.0000001" {
+		t.Fatalf("event_message %q", msg)
+	}
+	if p["spend"] != 0.000000855 || p["soft_budget"] != 0.0000001 || p["max_budget"] != 1.0 {
+		t.Fatalf("payload %v", p)
+	}
+}

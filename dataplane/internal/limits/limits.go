@@ -483,6 +483,9 @@ func (l *Limiter) Admit(_ context.Context, a *proxy.Admission) (func(proxy.Outco
 
 func noop(proxy.Outcome) {}
 
+// maxEstimate caps one request's reservation (nano-USD).
+const maxEstimate = 1 << 53
+
 // estimateCost is the reservation for one request (nano-USD, rounded up):
 // the prompt at estTok tokens, and max_tokens (max_completion_tokens) when
 // the request sets it, else what this deployment's responses have used
@@ -505,7 +508,8 @@ func (l *Limiter) estimateCost(a *proxy.Admission, estTok int64) int64 {
 	if out < 0 {
 		out = l.outTokens(dep.ID)
 	}
-	return money.RequestCost(estTok, dep.InputCost, out, dep.OutputCost)
+	// Capped (at ~9 million USD) so that sums of reservations never overflow.
+	return min(money.RequestCost(estTok, dep.InputCost, out, dep.OutputCost), maxEstimate)
 }
 
 // Completion-token estimate per deployment, for requests without
@@ -629,7 +633,7 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix, n
 		// The request's estimate must fit in the share; a proxy holding
 		// nothing may admit one request whose estimate is larger (else a
 		// share smaller than one estimate would strand the budget).
-		if (held > 0 && held+est > allowed) || (held == 0 && allowed <= 0) {
+		if (held > 0 && est > allowed-held) || (held == 0 && allowed <= 0) {
 			r.mu.Unlock()
 			msg := budgetMessage(b.kind, b.id) + " Current cost: " + enforce.USD(spend)
 			if held > 0 {

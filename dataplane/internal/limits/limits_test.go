@@ -357,6 +357,33 @@ func TestBudgetShareAmongProxies(t *testing.T) {
 	}
 }
 
+// A max_tokens whose cost is beyond int64 (tokens × price computed in 128
+// bits, the estimate capped) cannot overflow the reservations into
+// admitting: with one request in flight, a huge one is refused.
+func TestBudgetHugeEstimateDoesNotOverflow(t *testing.T) {
+	l := newLimiter()
+	f := newFixture(t, smallBody)
+	f.p.Key.Limits.MaxBudget = 1 << 52
+	f.dep.OutputCost = 1 << 40
+	if rej := enforce.ParseBody([]byte(`{"model":"m","max_tokens":1,"messages":[]}`), &f.body); rej != nil {
+		t.Fatal(rej.Message)
+	}
+	done, rej, _ := f.admit(l)
+	if rej != nil {
+		t.Fatalf("first request refused: %s", rej.Message)
+	}
+	defer done(proxy.Outcome{Status: 500})
+	if rej := enforce.ParseBody([]byte(`{"model":"m","max_tokens":9000000000000000000,"messages":[]}`), &f.body); rej != nil {
+		t.Fatal(rej.Message)
+	}
+	for range 3 {
+		if d, rej, _ := f.admit(l); rej == nil {
+			d(proxy.Outcome{Status: 500})
+			t.Fatal("a request estimated beyond int64 was admitted next to one in flight")
+		}
+	}
+}
+
 // The cost of finished requests stays counted until the control plane acks
 // their records AND the synced spend reaches the figure the ack names:
 // spend from other proxies arriving first does not release it.
