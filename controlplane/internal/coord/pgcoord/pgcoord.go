@@ -52,6 +52,14 @@
 //     down, and report again when their use changes.
 //   - Clock: every timestamp is the database's now(), so replica clocks do
 //     not matter.
+//   - Liveness is read from pg_stat_activity, which shows another session's
+//     pid and backend_start only to the same role (or pg_read_all_stats):
+//     replicas connecting as different roles see each other as dead, and
+//     then never reclaim from each other's proxies (safe; lending across
+//     replicas stops).
+//   - A proxy id shared by two processes is still two members (the
+//     instance differs); a proxy older than the instance field is named by
+//     its id alone, so two such processes with one id would share a member.
 package pgcoord
 
 import (
