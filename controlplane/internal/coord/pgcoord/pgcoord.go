@@ -251,6 +251,7 @@ func (c *Coord) Join(ctx context.Context, s coord.Session) error {
 	}
 	c.local[s.Member][s.ID] = true
 	c.mu.Unlock()
+	poke(c.refresh) // this replica's other streams, when the count changed
 	return c.sync(ctx, s.ID)
 }
 
@@ -275,9 +276,7 @@ func (c *Coord) Leave(_ context.Context, s coord.Session) {
 	if err := c.depart(ctx, s.Member, s.ID); err != nil && ctx.Err() == nil {
 		c.log.Warn("coord: leaving failed; the member expires instead", "err", err)
 	}
-	if err := c.sync(ctx, ""); err != nil && ctx.Err() == nil {
-		c.log.Warn("coord: membership refresh failed", "err", err)
-	}
+	poke(c.refresh)
 }
 
 // depart deletes member's row (when session still owns it, or session is
@@ -313,21 +312,24 @@ func (c *Coord) depart(ctx context.Context, member, session string) error {
 	})
 }
 
-// sync reads the members and, when the set changed since the last
-// delivery, tells every session of this replica its place and allowances;
-// otherwise only session (when not "").
+// sync reads the members and tells sessions of this replica their place and
+// allowances: only session when it is not "" (a stream that just joined),
+// else, when the set changed since the last delivery, every session. The
+// latter runs in the beat loop only, woken by membership NOTIFYs, so a
+// burst of joins (a replica's proxies failing over, a deployment starting)
+// costs one delivery round per burst rather than one per join.
 func (c *Coord) sync(ctx context.Context, session string) error {
 	members, err := readMembers(ctx, c.pool)
 	if err != nil {
 		return err
 	}
 	c.mu.Lock()
-	changed := !slices.Equal(members, c.last)
+	changed := session == "" && !slices.Equal(members, c.last)
 	type target struct{ member, session string }
 	var targets []target
 	for m, ss := range c.local {
 		for sid := range ss {
-			if changed || sid == session {
+			if changed || (session != "" && sid == session) {
 				targets = append(targets, target{m, sid})
 			}
 		}
