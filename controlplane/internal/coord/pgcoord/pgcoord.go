@@ -23,10 +23,12 @@
 //     index (rank of the member name) and its allowance in every open window.
 //
 // Statements: per replica, one UPDATE per second for heartbeats plus one
-// read of the member list, and about six statements per lease transaction;
-// lease traffic is per proxy per active limit every 200 ms at most (reports
-// only while use changes) and never per request, so statements per second do
-// not grow with the request rate.
+// read of the member list, and about six statements per lease transaction.
+// Lease transactions are spaced (flusher): at most one per 200 ms while the
+// queue holds only reports, one per 20 ms while a proxy asks, whatever the
+// number of proxies or the request rate; a transaction carries every
+// report and ask queued meanwhile. So statements per second are bounded per
+// replica and never grow with the request rate.
 //
 // # Why not one elected coordinator
 //
@@ -50,6 +52,14 @@
 //     down, and report again when their use changes.
 //   - Clock: every timestamp is the database's now(), so replica clocks do
 //     not matter.
+//   - Liveness is read from pg_stat_activity, which shows another session's
+//     pid and backend_start only to the same role (or pg_read_all_stats):
+//     replicas connecting as different roles see each other as dead, and
+//     then never reclaim from each other's proxies (safe; lending across
+//     replicas stops).
+//   - A proxy id shared by two processes is still two members (the
+//     instance differs); a proxy older than the instance field is named by
+//     its id alone, so two such processes with one id would share a member.
 package pgcoord
 
 import (
@@ -113,6 +123,7 @@ type Coord struct {
 	local   map[string]map[string]bool // member → sessions on this replica
 	last    []string                   // members as last delivered
 	pending []pending
+	asks    bool // pending holds an ask
 	wake    chan struct{}
 	refresh chan struct{}
 	pools   atomic.Int64
@@ -144,7 +155,7 @@ func Open(ctx context.Context, databaseURL string, d coord.Deliver, o Options) (
 	if err != nil {
 		return nil, err
 	}
-	pcfg.MaxConns = 4
+	pcfg.MaxConns = 3
 	pcfg.ConnConfig.RuntimeParams["application_name"] = "tollgate-coord"
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
@@ -240,6 +251,7 @@ func (c *Coord) Join(ctx context.Context, s coord.Session) error {
 	}
 	c.local[s.Member][s.ID] = true
 	c.mu.Unlock()
+	poke(c.refresh) // this replica's other streams, when the count changed
 	return c.sync(ctx, s.ID)
 }
 
@@ -264,9 +276,7 @@ func (c *Coord) Leave(_ context.Context, s coord.Session) {
 	if err := c.depart(ctx, s.Member, s.ID); err != nil && ctx.Err() == nil {
 		c.log.Warn("coord: leaving failed; the member expires instead", "err", err)
 	}
-	if err := c.sync(ctx, ""); err != nil && ctx.Err() == nil {
-		c.log.Warn("coord: membership refresh failed", "err", err)
-	}
+	poke(c.refresh)
 }
 
 // depart deletes member's row (when session still owns it, or session is
@@ -302,21 +312,24 @@ func (c *Coord) depart(ctx context.Context, member, session string) error {
 	})
 }
 
-// sync reads the members and, when the set changed since the last
-// delivery, tells every session of this replica its place and allowances;
-// otherwise only session (when not "").
+// sync reads the members and tells sessions of this replica their place and
+// allowances: only session when it is not "" (a stream that just joined),
+// else, when the set changed since the last delivery, every session. The
+// latter runs in the beat loop only, woken by membership NOTIFYs, so a
+// burst of joins (a replica's proxies failing over, a deployment starting)
+// costs one delivery round per burst rather than one per join.
 func (c *Coord) sync(ctx context.Context, session string) error {
 	members, err := readMembers(ctx, c.pool)
 	if err != nil {
 		return err
 	}
 	c.mu.Lock()
-	changed := !slices.Equal(members, c.last)
+	changed := session == "" && !slices.Equal(members, c.last)
 	type target struct{ member, session string }
 	var targets []target
 	for m, ss := range c.local {
 		for sid := range ss {
-			if changed || sid == session {
+			if changed || (session != "" && sid == session) {
 				targets = append(targets, target{m, sid})
 			}
 		}
@@ -411,27 +424,66 @@ func (c *Coord) Request(_ context.Context, s coord.Session, r *syncv1.LeaseReque
 	if len(r.GetUses()) == 0 {
 		return
 	}
+	ask := false
+	for _, u := range r.GetUses() {
+		ask = ask || u.GetWant() > 0
+	}
 	c.mu.Lock()
 	c.pending = append(c.pending, pending{s, r})
+	c.asks = c.asks || ask
 	c.mu.Unlock()
 	poke(c.wake)
 }
 
+// Lease transactions per replica are spaced: at least askGap apart when a
+// proxy asks for more (it is refusing meanwhile), reportGap when the queue
+// holds only reports. So a replica runs at most 1/askGap lease transactions
+// a second however many requests its proxies admit: coordination costs
+// Postgres a bounded rate, never one statement per request.
+const (
+	askGap    = 20 * time.Millisecond
+	reportGap = 200 * time.Millisecond
+)
+
 func (c *Coord) flusher() {
 	defer c.wg.Done()
+	var last time.Time
 	for {
 		select {
 		case <-c.ctx.Done():
 			return
 		case <-c.wake:
 		}
+		for {
+			c.mu.Lock()
+			asks := c.asks
+			c.mu.Unlock()
+			gap := reportGap
+			if asks {
+				gap = askGap
+			}
+			wait := time.Until(last.Add(gap))
+			if wait <= 0 {
+				break
+			}
+			t := time.NewTimer(wait)
+			select {
+			case <-c.ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			case <-c.wake: // an ask may shorten the wait
+				t.Stop()
+			}
+		}
 		c.mu.Lock()
 		batch := c.pending
-		c.pending = nil
+		c.pending, c.asks = nil, false
 		c.mu.Unlock()
 		if len(batch) == 0 {
 			continue
 		}
+		last = time.Now()
 		ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
 		if err := c.lease(ctx, batch); err != nil && c.ctx.Err() == nil {
 			c.log.Warn("coord: lease requests dropped (the proxies report again)", "requests", len(batch), "err", err)
