@@ -76,19 +76,7 @@ func TestProxyFailsOverToSurvivingReplica(t *testing.T) {
 	d, cp2, lb, dp := replicas(t)
 	key := ok(t, Do(t, "POST", d.cp.URL()+"/key/generate", d.cp.MasterKey, `{"models":["gpt-4o-mini"]}`))["key"].(string)
 	waitStatus(t, dp, key, chat("gpt-4o-mini", ""), 200)
-	var victim, survivor *ControlPlane
-	for deadline := time.Now().Add(5 * time.Second); victim == nil; time.Sleep(10 * time.Millisecond) {
-		f := lb.Flows()
-		switch {
-		case f[d.cp.GRPCAddr] > 0 && f[cp2.GRPCAddr] == 0:
-			victim, survivor = d.cp, cp2
-		case f[cp2.GRPCAddr] > 0 && f[d.cp.GRPCAddr] == 0:
-			victim, survivor = cp2, d.cp
-		}
-		if victim == nil && time.Now().After(deadline) {
-			t.Fatalf("balancer flows %v: cannot tell which replica the proxy syncs from", f)
-		}
-	}
+	victim, survivor := syncingFrom(t, lb, d.cp, cp2)
 	victim.Kill()
 	killed := time.Now()
 	ok(t, Do(t, "POST", survivor.URL()+"/key/block", survivor.MasterKey, map[string]any{"key": key}))
@@ -105,6 +93,46 @@ func TestProxyFailsOverToSurvivingReplica(t *testing.T) {
 				metric(string(m.Body), "tollgate_sync_connected"), r.Status)
 		}
 	}
+}
+
+// syncingFrom returns the replica the proxy syncs from (the only one with
+// flows through the balancer) and the other one.
+func syncingFrom(t *testing.T, lb *Balancer, a, b *ControlPlane) (from, other *ControlPlane) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		f := lb.Flows()
+		switch {
+		case f[a.GRPCAddr] > 0 && f[b.GRPCAddr] == 0:
+			return a, b
+		case f[b.GRPCAddr] > 0 && f[a.GRPCAddr] == 0:
+			return b, a
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("balancer flows %v: cannot tell which replica the proxy syncs from", f)
+		}
+	}
+}
+
+// frozenBound is what the README states for a replica that stops
+// answering without closing anything (its new connections freeze too):
+// 3s of silence, at worst one redial that lands on the frozen replica
+// again (1.5s without a first message), then the survivor.
+const frozenBound = 7 * time.Second
+
+// A replica that freezes (open and new flows to it black-holed): its
+// proxies move to the survivor and refuse a key blocked meanwhile within
+// frozenBound.
+func TestFrozenReplicaProxiesMoveToSurvivor(t *testing.T) {
+	t.Parallel()
+	d, cp2, lb, dp := replicas(t)
+	key := ok(t, Do(t, "POST", d.cp.URL()+"/key/generate", d.cp.MasterKey, `{"models":["gpt-4o-mini"]}`))["key"].(string)
+	waitStatus(t, dp, key, chat("gpt-4o-mini", ""), 200)
+	victim, survivor := syncingFrom(t, lb, d.cp, cp2)
+	lb.BlackholeBackend(victim.GRPCAddr)
+	blocked := time.Now()
+	ok(t, Do(t, "POST", survivor.URL()+"/key/block", survivor.MasterKey, map[string]any{"key": key}))
+	took := waitRefused(t, dp, key, blocked, frozenBound)
+	t.Logf("blocked key refused %s after the replica froze", took.Round(time.Millisecond))
 }
 
 // uiSignIn signs in to cp's admin UI and returns the cookie header.
