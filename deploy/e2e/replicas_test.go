@@ -47,7 +47,7 @@ func waitRefused(t *testing.T, dp *DataPlane, key string, since time.Time, withi
 // blocked meanwhile within 5s of the block.
 func TestBlackholedSyncStreamRecoversWithinFiveSeconds(t *testing.T) {
 	t.Parallel()
-	d, _, lb, dp := replicas(t)
+	d, cp2, lb, dp := replicas(t)
 	key := ok(t, Do(t, "POST", d.cp.URL()+"/key/generate", d.cp.MasterKey, `{"models":["gpt-4o-mini"]}`))["key"].(string)
 	waitStatus(t, dp, key, chat("gpt-4o-mini", ""), 200)
 	before := lb.Accepted()
@@ -59,9 +59,40 @@ func TestBlackholedSyncStreamRecoversWithinFiveSeconds(t *testing.T) {
 	if lb.Accepted() == before {
 		t.Fatal("the proxy got the block without a new connection")
 	}
+	// The replica that served the frozen stream drops it once the proxy's
+	// pings stop (5s), without waiting for TCP: the proxy is listed as
+	// connected once across the deployment, on its new stream.
+	for {
+		n := connectedAs(t, d.cp, dp.ID) + connectedAs(t, cp2, dp.ID)
+		if n == 1 {
+			break
+		}
+		if time.Since(blocked) > 8*time.Second {
+			t.Fatalf("proxy listed as connected %d times 8s after its stream froze", n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	// The proxy serves throughout (static stability).
 	key2 := ok(t, Do(t, "POST", d.cp.URL()+"/key/generate", d.cp.MasterKey, `{"models":["gpt-4o-mini"]}`))["key"].(string)
 	waitStatus(t, dp, key2, chat("gpt-4o-mini", ""), 200)
+}
+
+// connectedAs counts cp's connected proxies (GET /proxies) named id.
+func connectedAs(t *testing.T, cp *ControlPlane, id string) int {
+	t.Helper()
+	r := Do(t, "GET", cp.URL()+"/proxies", cp.MasterKey, nil)
+	if r.Status != 200 {
+		t.Fatalf("GET /proxies: %d %s", r.Status, r.Body)
+	}
+	n := 0
+	ps, _ := r.JSON(t)["proxies"].([]any)
+	for _, p := range ps {
+		m, _ := p.(map[string]any)
+		if m["proxy_id"] == id && m["connected"] == true {
+			n++
+		}
+	}
+	return n
 }
 
 // failoverBound is the reconnection time the README states: from the kill
