@@ -43,11 +43,12 @@
 //     goroutine waits for one, or none within FirstMessageTimeout (1.5s)
 //     of starting to dial: the session is considered dead, its connection
 //     is closed and a new one is dialled at once (TCP keepalive alone
-//     would take ~30s; gRPC's connect timeout 20s). Time spent applying a message (installing a large
-//     snapshot) does not count as silence. A control plane too old to send
-//     liveness-only heartbeats and slower than StallTimeout to build a
-//     snapshot makes the proxy reconnect; the build it started is shared
-//     with the next attempt, so this converges.
+//     would take ~30s; gRPC's connect timeout 20s). Time spent applying a
+//     message (installing a large snapshot) does not count as silence.
+//     Each session in a row given up that way doubles the first-message
+//     wait (up to 8x), so a control plane too old to send liveness-only
+//     heartbeats, or a link slower than the default allows, still gets
+//     its answer through.
 package syncclient
 
 import (
@@ -171,6 +172,10 @@ type Client struct {
 	st Status
 
 	sendMu sync.Mutex // one Send at a time: receiving loop and spend shipper
+
+	// unheard counts the sessions in a row given up for receiving nothing
+	// (Run's goroutine only).
+	unheard int
 
 	m metrics
 }
@@ -371,7 +376,16 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 	var lastRecv atomic.Int64
 	var busy, heard atomic.Bool
 	lastRecv.Store(time.Now().UnixNano())
-	go c.watchdog(sctx, cancel, &lastRecv, &busy, &heard)
+	first := c.o.FirstMessageTimeout << min(c.unheard, 3)
+	defer func() { // before the deferred cancel: sctx ended only if the watchdog ended it
+		switch {
+		case heard.Load():
+			c.unheard = 0
+		case sctx.Err() != nil && ctx.Err() == nil:
+			c.unheard++
+		}
+	}()
+	go c.watchdog(sctx, cancel, &lastRecv, &busy, &heard, first)
 	stalled := func(err error) error {
 		if sctx.Err() != nil && ctx.Err() == nil {
 			return status.Error(codes.DeadlineExceeded, "stream stalled")
@@ -394,7 +408,7 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 	// Acks go to the shipper, which deletes the records off this goroutine
 	// (a deletion is an fsync; deltas should not wait for it).
 	acks := make(chan *syncv1.SpendAck, 64)
-	first := true
+	answered := false
 	var snapApply time.Duration // chunks of the snapshot being received
 	for {
 		lastRecv.Store(time.Now().UnixNano())
@@ -409,8 +423,8 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 		if msg.GetHeartbeat().GetLivenessOnly() {
 			continue // the first answer is on its way
 		}
-		if first {
-			first = false
+		if !answered {
+			answered = true
 			c.setConnected(true)
 			c.log.Info("sync stream established", "control_plane", c.o.Addr, "revision", c.a.Revision())
 			if c.o.Spend != nil {
@@ -477,9 +491,9 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 }
 
 // watchdog cancels the session once the receiving loop has waited
-// StallTimeout for a message (FirstMessageTimeout before the first).
-func (c *Client) watchdog(ctx context.Context, cancel context.CancelFunc, lastRecv *atomic.Int64, busy, heard *atomic.Bool) {
-	t := time.NewTicker(max(min(c.o.StallTimeout, c.o.FirstMessageTimeout)/8, time.Millisecond))
+// StallTimeout for a message (first before the first one).
+func (c *Client) watchdog(ctx context.Context, cancel context.CancelFunc, lastRecv *atomic.Int64, busy, heard *atomic.Bool, first time.Duration) {
+	t := time.NewTicker(max(min(c.o.StallTimeout, first)/8, time.Millisecond))
 	defer t.Stop()
 	for {
 		select {
@@ -492,7 +506,7 @@ func (c *Client) watchdog(ctx context.Context, cancel context.CancelFunc, lastRe
 		}
 		limit := c.o.StallTimeout
 		if !heard.Load() {
-			limit = c.o.FirstMessageTimeout
+			limit = first
 		}
 		if silent := time.Since(time.Unix(0, lastRecv.Load())); silent > limit {
 			c.log.Warn("sync stream silent; dropping the connection and reconnecting", "silent_for", silent.Round(time.Millisecond))

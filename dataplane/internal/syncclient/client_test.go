@@ -347,3 +347,29 @@ func TestSilentNewSessionGivenUpEarly(t *testing.T) {
 	})
 	eventually(t, "revision 5 from the second session", func() bool { return a.Revision() == 5 })
 }
+
+// A control plane slower to answer than FirstMessageTimeout (an older one
+// that sends no liveness-only heartbeat while it builds a snapshot, or a
+// slow link) still gets its answer through: each session given up for
+// hearing nothing doubles the wait.
+func TestFirstMessageWaitGrows(t *testing.T) {
+	slow := func(s sendFn) error {
+		select {
+		case <-time.After(400 * time.Millisecond):
+		case <-s.Context().Done():
+			return nil
+		}
+		_ = s.Send(snap(7, 0, true))
+		<-s.Context().Done()
+		return nil
+	}
+	srv := &fakeServer{sessions: []func(sendFn) error{slow, slow, slow, slow, slow, slow}}
+	a := &fakeApplier{}
+	startWith(t, srv, a, nil, func(o *Options) {
+		o.StallTimeout, o.FirstMessageTimeout, o.PingInterval = time.Hour, 150*time.Millisecond, time.Hour
+	})
+	eventually(t, "revision 7 from a slow control plane", func() bool { return a.Revision() == 7 })
+	if n := len(srv.Hellos()); n < 2 {
+		t.Fatalf("%d sessions: the first one should have been given up", n)
+	}
+}
