@@ -47,7 +47,7 @@ func waitRefused(t *testing.T, dp *DataPlane, key string, since time.Time, withi
 // blocked meanwhile within 5s of the block.
 func TestBlackholedSyncStreamRecoversWithinFiveSeconds(t *testing.T) {
 	t.Parallel()
-	d, _, lb, dp := replicas(t)
+	d, cp2, lb, dp := replicas(t)
 	key := ok(t, Do(t, "POST", d.cp.URL()+"/key/generate", d.cp.MasterKey, `{"models":["gpt-4o-mini"]}`))["key"].(string)
 	waitStatus(t, dp, key, chat("gpt-4o-mini", ""), 200)
 	before := lb.Accepted()
@@ -59,9 +59,40 @@ func TestBlackholedSyncStreamRecoversWithinFiveSeconds(t *testing.T) {
 	if lb.Accepted() == before {
 		t.Fatal("the proxy got the block without a new connection")
 	}
+	// The replica that served the frozen stream drops it once the proxy's
+	// pings stop (5s), without waiting for TCP: the proxy is listed as
+	// connected once across the deployment, on its new stream.
+	for {
+		n := connectedAs(t, d.cp, dp.ID) + connectedAs(t, cp2, dp.ID)
+		if n == 1 {
+			break
+		}
+		if time.Since(blocked) > 8*time.Second {
+			t.Fatalf("proxy listed as connected %d times 8s after its stream froze", n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	// The proxy serves throughout (static stability).
 	key2 := ok(t, Do(t, "POST", d.cp.URL()+"/key/generate", d.cp.MasterKey, `{"models":["gpt-4o-mini"]}`))["key"].(string)
 	waitStatus(t, dp, key2, chat("gpt-4o-mini", ""), 200)
+}
+
+// connectedAs counts cp's connected proxies (GET /proxies) named id.
+func connectedAs(t *testing.T, cp *ControlPlane, id string) int {
+	t.Helper()
+	r := Do(t, "GET", cp.URL()+"/proxies", cp.MasterKey, nil)
+	if r.Status != 200 {
+		t.Fatalf("GET /proxies: %d %s", r.Status, r.Body)
+	}
+	n := 0
+	ps, _ := r.JSON(t)["proxies"].([]any)
+	for _, p := range ps {
+		m, _ := p.(map[string]any)
+		if m["proxy_id"] == id && m["connected"] == true {
+			n++
+		}
+	}
+	return n
 }
 
 // failoverBound is the reconnection time the README states: from the kill
@@ -76,19 +107,7 @@ func TestProxyFailsOverToSurvivingReplica(t *testing.T) {
 	d, cp2, lb, dp := replicas(t)
 	key := ok(t, Do(t, "POST", d.cp.URL()+"/key/generate", d.cp.MasterKey, `{"models":["gpt-4o-mini"]}`))["key"].(string)
 	waitStatus(t, dp, key, chat("gpt-4o-mini", ""), 200)
-	var victim, survivor *ControlPlane
-	for deadline := time.Now().Add(5 * time.Second); victim == nil; time.Sleep(10 * time.Millisecond) {
-		f := lb.Flows()
-		switch {
-		case f[d.cp.GRPCAddr] > 0 && f[cp2.GRPCAddr] == 0:
-			victim, survivor = d.cp, cp2
-		case f[cp2.GRPCAddr] > 0 && f[d.cp.GRPCAddr] == 0:
-			victim, survivor = cp2, d.cp
-		}
-		if victim == nil && time.Now().After(deadline) {
-			t.Fatalf("balancer flows %v: cannot tell which replica the proxy syncs from", f)
-		}
-	}
+	victim, survivor := syncingFrom(t, lb, d.cp, cp2)
 	victim.Kill()
 	killed := time.Now()
 	ok(t, Do(t, "POST", survivor.URL()+"/key/block", survivor.MasterKey, map[string]any{"key": key}))
@@ -105,6 +124,46 @@ func TestProxyFailsOverToSurvivingReplica(t *testing.T) {
 				metric(string(m.Body), "tollgate_sync_connected"), r.Status)
 		}
 	}
+}
+
+// syncingFrom returns the replica the proxy syncs from (the only one with
+// flows through the balancer) and the other one.
+func syncingFrom(t *testing.T, lb *Balancer, a, b *ControlPlane) (from, other *ControlPlane) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		f := lb.Flows()
+		switch {
+		case f[a.GRPCAddr] > 0 && f[b.GRPCAddr] == 0:
+			return a, b
+		case f[b.GRPCAddr] > 0 && f[a.GRPCAddr] == 0:
+			return b, a
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("balancer flows %v: cannot tell which replica the proxy syncs from", f)
+		}
+	}
+}
+
+// frozenBound is what the README states for a replica that stops
+// answering without closing anything (its new connections freeze too):
+// 3s of silence, at worst one redial that lands on the frozen replica
+// again (1.5s without a first message), then the survivor.
+const frozenBound = 7 * time.Second
+
+// A replica that freezes (open and new flows to it black-holed): its
+// proxies move to the survivor and refuse a key blocked meanwhile within
+// frozenBound.
+func TestFrozenReplicaProxiesMoveToSurvivor(t *testing.T) {
+	t.Parallel()
+	d, cp2, lb, dp := replicas(t)
+	key := ok(t, Do(t, "POST", d.cp.URL()+"/key/generate", d.cp.MasterKey, `{"models":["gpt-4o-mini"]}`))["key"].(string)
+	waitStatus(t, dp, key, chat("gpt-4o-mini", ""), 200)
+	victim, survivor := syncingFrom(t, lb, d.cp, cp2)
+	lb.BlackholeBackend(victim.GRPCAddr)
+	blocked := time.Now()
+	ok(t, Do(t, "POST", survivor.URL()+"/key/block", survivor.MasterKey, map[string]any{"key": key}))
+	took := waitRefused(t, dp, key, blocked, frozenBound)
+	t.Logf("blocked key refused %s after the replica froze", took.Round(time.Millisecond))
 }
 
 // uiSignIn signs in to cp's admin UI and returns the cookie header.

@@ -22,9 +22,10 @@ func (c *conn) markAnswered() {
 // watchLiveness starts, for a proxy that announced pings, the two halves of
 // stream liveness beyond TCP:
 //
-//   - until the first answer starts, a liveness-only heartbeat
-//     every heartbeat interval, so that the proxy's stall watchdog (3s) does
-//     not give up while a snapshot is being built or the head awaited;
+//   - until the first answer starts, a liveness-only heartbeat at once and
+//     then every heartbeat interval, so that the proxy's watchdog (1.5s
+//     for the first message, 3s after) does not give up while a snapshot
+//     is being built or the head awaited;
 //   - a watchdog that drops the stream once the proxy has been silent for
 //     the silence timeout while the receiving goroutine waited for it. The
 //     proxy leaves the lease membership at once: the handler may still be
@@ -38,11 +39,13 @@ func (s *Server) watchLiveness(ctx context.Context, stream syncStream, c *conn) 
 	go func() {
 		t := time.NewTicker(s.o.heartbeat)
 		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
+		for first := true; ; first = false {
+			if !first {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
 			}
 			c.liveMu.Lock()
 			if c.answered {

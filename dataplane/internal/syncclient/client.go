@@ -40,13 +40,15 @@
 //   - No message (not even a heartbeat) for StallTimeout (default 3s; the
 //     control plane heartbeats every second, and sends liveness-only
 //     heartbeats while it prepares the first answer) while the receiving
-//     goroutine waits for one: the session is considered dead, its
-//     connection is closed and a new one is dialled (TCP keepalive alone
-//     would take ~30s). Time spent applying a message (installing a large
-//     snapshot) does not count as silence. A control plane too old to send
-//     liveness-only heartbeats and slower than StallTimeout to build a
-//     snapshot makes the proxy reconnect; the build it started is shared
-//     with the next attempt, so this converges.
+//     goroutine waits for one, or none within FirstMessageTimeout (1.5s)
+//     of starting to dial: the session is considered dead, its connection
+//     is closed and a new one is dialled at once (TCP keepalive alone
+//     would take ~30s; gRPC's connect timeout 20s). Time spent applying a
+//     message (installing a large snapshot) does not count as silence.
+//     Each session in a row given up that way doubles the first-message
+//     wait (up to 8x), so a control plane too old to send liveness-only
+//     heartbeats, or a link slower than the default allows, still gets
+//     its answer through.
 package syncclient
 
 import (
@@ -135,6 +137,13 @@ type Options struct {
 	// StallTimeout ends a session that received nothing (default 3s;
 	// heartbeats come every second).
 	StallTimeout time.Duration
+	// FirstMessageTimeout ends a session that received nothing since it
+	// started dialling (default 1.5s: the control plane answers a Hello at
+	// once, with a liveness-only heartbeat if nothing else). It bounds the
+	// time lost on a new connection that lands on a frozen backend; it
+	// must cover the connection's handshakes (TCP, TLS, HTTP/2: about four
+	// round trips).
+	FirstMessageTimeout time.Duration
 	// PingInterval is how often the proxy tells the control plane it is
 	// alive (default 1s).
 	PingInterval time.Duration
@@ -171,6 +180,9 @@ type Client struct {
 	// membership, so it keeps its place and leases when it reconnects to
 	// another replica.
 	instance string
+	// unheard counts the sessions in a row given up for receiving nothing
+	// (Run's goroutine only).
+	unheard int
 
 	m metrics
 }
@@ -204,6 +216,9 @@ func New(a Applier, o Options) *Client {
 	}
 	if o.PingInterval <= 0 {
 		o.PingInterval = time.Second
+	}
+	if o.FirstMessageTimeout <= 0 {
+		o.FirstMessageTimeout = min(1500*time.Millisecond, o.StallTimeout)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -298,8 +313,13 @@ func (c *Client) Run(ctx context.Context) error {
 		if reason == "unauthenticated" {
 			backoff = c.o.MaxBackoff
 		}
-		// Full jitter: sleep uniformly in [backoff/2, backoff].
+		// Full jitter: sleep uniformly in [backoff/2, backoff]. A stalled
+		// session already waited seconds for nothing: redial at once
+		// (jittered) on a new connection.
 		d := backoff/2 + rand.N(backoff/2+1)
+		if reason == "stalled" {
+			d = rand.N(c.o.MinBackoff/2 + 1)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -354,48 +374,64 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 	defer cancel()
 	sctx = metadata.AppendToOutgoingContext(sctx, "authorization", "Bearer "+c.o.Token)
 	c.m.reconnects.Inc()
+
+	// The watchdog ends the session when the receiving loop has waited
+	// StallTimeout for a message (FirstMessageTimeout for the first one,
+	// counted from here: a new connection that lands on a frozen backend
+	// never completes its handshake). The loop waits while busy is false,
+	// since lastRecv (unix nanoseconds).
+	var lastRecv atomic.Int64
+	var busy, heard atomic.Bool
+	lastRecv.Store(time.Now().UnixNano())
+	first := c.o.FirstMessageTimeout << min(c.unheard, 3)
+	defer func() { // before the deferred cancel: sctx ended only if the watchdog ended it
+		switch {
+		case heard.Load():
+			c.unheard = 0
+		case sctx.Err() != nil && ctx.Err() == nil:
+			c.unheard++
+		}
+	}()
+	go c.watchdog(sctx, cancel, &lastRecv, &busy, &heard, first)
+	stalled := func(err error) error {
+		if sctx.Err() != nil && ctx.Err() == nil {
+			return status.Error(codes.DeadlineExceeded, "stream stalled")
+		}
+		return err
+	}
+
 	stream, err := cl.Sync(sctx)
 	if err != nil {
-		return err
+		return stalled(err)
 	}
 	rev := c.a.Revision()
 	hello := &syncv1.Hello{ProxyId: c.o.ProxyID, Revision: rev, Version: c.o.Version, Instance: c.instance,
 		PingIntervalMs: int32(min(c.o.PingInterval.Milliseconds(), 1<<30))}
 	if err := c.send(stream, &syncv1.ProxyMessage{Msg: &syncv1.ProxyMessage_Hello{Hello: hello}}); err != nil {
-		return recvErr(stream, err)
+		return stalled(recvErr(stream, err))
 	}
-
-	// The watchdog ends the session when the receiving loop has waited
-	// StallTimeout for a message: it waits while busy is false, since
-	// lastRecv (unix nanoseconds).
-	var lastRecv atomic.Int64
-	var busy atomic.Bool
-	lastRecv.Store(time.Now().UnixNano())
-	go c.watchdog(sctx, cancel, &lastRecv, &busy)
 	go c.ping(sctx, stream)
 
 	// Acks go to the shipper, which deletes the records off this goroutine
 	// (a deletion is an fsync; deltas should not wait for it).
 	acks := make(chan *syncv1.SpendAck, 64)
-	first := true
+	answered := false
 	var snapApply time.Duration // chunks of the snapshot being received
 	for {
 		lastRecv.Store(time.Now().UnixNano())
 		busy.Store(false)
 		msg, err := stream.Recv()
 		if err != nil {
-			if sctx.Err() != nil && ctx.Err() == nil {
-				return status.Error(codes.DeadlineExceeded, "stream stalled")
-			}
-			return err
+			return stalled(err)
 		}
 		busy.Store(true)
+		heard.Store(true)
 		now := time.Now()
 		if msg.GetHeartbeat().GetLivenessOnly() {
 			continue // the first answer is on its way
 		}
-		if first {
-			first = false
+		if !answered {
+			answered = true
 			c.setConnected(true)
 			c.log.Info("sync stream established", "control_plane", c.o.Addr, "revision", c.a.Revision())
 			if c.o.Spend != nil {
@@ -462,9 +498,9 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 }
 
 // watchdog cancels the session once the receiving loop has waited
-// StallTimeout for a message.
-func (c *Client) watchdog(ctx context.Context, cancel context.CancelFunc, lastRecv *atomic.Int64, busy *atomic.Bool) {
-	t := time.NewTicker(max(c.o.StallTimeout/8, time.Millisecond))
+// StallTimeout for a message (first before the first one).
+func (c *Client) watchdog(ctx context.Context, cancel context.CancelFunc, lastRecv *atomic.Int64, busy, heard *atomic.Bool, first time.Duration) {
+	t := time.NewTicker(max(min(c.o.StallTimeout, first)/8, time.Millisecond))
 	defer t.Stop()
 	for {
 		select {
@@ -475,7 +511,11 @@ func (c *Client) watchdog(ctx context.Context, cancel context.CancelFunc, lastRe
 		if busy.Load() {
 			continue
 		}
-		if silent := time.Since(time.Unix(0, lastRecv.Load())); silent > c.o.StallTimeout {
+		limit := c.o.StallTimeout
+		if !heard.Load() {
+			limit = first
+		}
+		if silent := time.Since(time.Unix(0, lastRecv.Load())); silent > limit {
 			c.log.Warn("sync stream silent; dropping the connection and reconnecting", "silent_for", silent.Round(time.Millisecond))
 			cancel()
 			return

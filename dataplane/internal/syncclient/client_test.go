@@ -267,7 +267,9 @@ func TestSilentStreamRedialsOnNewConnection(t *testing.T) {
 	}}
 	a := &fakeApplier{}
 	var dials atomic.Int64
-	startWith(t, srv, a, &dials, func(o *Options) { o.StallTimeout = 300 * time.Millisecond; o.PingInterval = time.Hour })
+	startWith(t, srv, a, &dials, func(o *Options) {
+		o.StallTimeout, o.FirstMessageTimeout, o.PingInterval = 300*time.Millisecond, 5*time.Second, time.Hour
+	})
 	eventually(t, "revision 4 after the stall", func() bool { return a.Revision() == 4 })
 	if h := srv.Hellos(); len(h) < 2 || h[0] != 0 || h[1] != 3 {
 		t.Fatalf("hellos %v, want [0 3 ...]", h)
@@ -295,8 +297,9 @@ func TestPingsAndLivenessHeartbeats(t *testing.T) {
 				}
 			}
 		}()
-		// Five stall timeouts of liveness-only heartbeats before the answer.
-		for range 25 {
+		// Liveness-only heartbeats for longer than the stall timeout
+		// before the answer.
+		for range 40 {
 			if err := s.Send(&syncv1.ControlMessage{Msg: &syncv1.ControlMessage_Heartbeat{Heartbeat: &syncv1.Heartbeat{LivenessOnly: true}}}); err != nil {
 				return err
 			}
@@ -308,7 +311,9 @@ func TestPingsAndLivenessHeartbeats(t *testing.T) {
 	}}}
 	srv.onHello = func(h *syncv1.Hello) { pingMs.Store(int64(h.GetPingIntervalMs())) }
 	a := &fakeApplier{}
-	c := startWith(t, srv, a, nil, func(o *Options) { o.StallTimeout = 100 * time.Millisecond; o.PingInterval = 20 * time.Millisecond })
+	c := startWith(t, srv, a, nil, func(o *Options) {
+		o.StallTimeout, o.FirstMessageTimeout, o.PingInterval = 300*time.Millisecond, 5*time.Second, 20*time.Millisecond
+	})
 	eventually(t, "revision 2", func() bool { return a.Revision() == 2 })
 	if h := srv.Hellos(); len(h) != 1 {
 		t.Fatalf("hellos %v: the session was dropped while liveness heartbeats came", h)
@@ -319,5 +324,52 @@ func TestPingsAndLivenessHeartbeats(t *testing.T) {
 	eventually(t, "pings", func() bool { return pings.Load() >= 3 })
 	if st := c.Status(); !st.Connected || st.Head != 2 {
 		t.Fatalf("status %+v", st)
+	}
+}
+
+// A new session that hears nothing at all (its connection landed on a
+// frozen backend) is given up after FirstMessageTimeout, not StallTimeout.
+func TestSilentNewSessionGivenUpEarly(t *testing.T) {
+	srv := &fakeServer{sessions: []func(sendFn) error{
+		func(s sendFn) error {
+			<-s.Context().Done() // never answers
+			return nil
+		},
+		func(s sendFn) error {
+			_ = s.Send(snap(5, 0, true))
+			<-s.Context().Done()
+			return nil
+		},
+	}}
+	a := &fakeApplier{}
+	startWith(t, srv, a, nil, func(o *Options) {
+		o.StallTimeout, o.FirstMessageTimeout, o.PingInterval = time.Hour, 200*time.Millisecond, time.Hour
+	})
+	eventually(t, "revision 5 from the second session", func() bool { return a.Revision() == 5 })
+}
+
+// A control plane slower to answer than FirstMessageTimeout (an older one
+// that sends no liveness-only heartbeat while it builds a snapshot, or a
+// slow link) still gets its answer through: each session given up for
+// hearing nothing doubles the wait.
+func TestFirstMessageWaitGrows(t *testing.T) {
+	slow := func(s sendFn) error {
+		select {
+		case <-time.After(400 * time.Millisecond):
+		case <-s.Context().Done():
+			return nil
+		}
+		_ = s.Send(snap(7, 0, true))
+		<-s.Context().Done()
+		return nil
+	}
+	srv := &fakeServer{sessions: []func(sendFn) error{slow, slow, slow, slow, slow, slow}}
+	a := &fakeApplier{}
+	startWith(t, srv, a, nil, func(o *Options) {
+		o.StallTimeout, o.FirstMessageTimeout, o.PingInterval = time.Hour, 150*time.Millisecond, time.Hour
+	})
+	eventually(t, "revision 7 from a slow control plane", func() bool { return a.Revision() == 7 })
+	if n := len(srv.Hellos()); n < 2 {
+		t.Fatalf("%d sessions: the first one should have been given up", n)
 	}
 }

@@ -73,8 +73,8 @@ type Proxy struct {
 	AppliedRevision int64 `protobuf:"varint,7,opt,name=applied_revision,json=appliedRevision,proto3" json:"applied_revision,omitempty"`
 	// lag is head_revision minus applied_revision (0 when current).
 	Lag int64 `protobuf:"varint,8,opt,name=lag,proto3" json:"lag,omitempty"`
-	// last_seen is when the proxy last sent anything on its stream (a
-	// revision report, a spend batch or a rate-limit report).
+	// last_seen is when the proxy last sent anything on its stream (a ping,
+	// a revision report, a spend batch or a rate-limit report).
 	LastSeen *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
 	// last_spend_batch is when the proxy last shipped spend records.
 	LastSpendBatch *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_spend_batch,json=lastSpendBatch,proto3" json:"last_spend_batch,omitempty"`
