@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -136,7 +137,8 @@ func run(ctx context.Context, o options) error {
 	}
 	g := grpc.NewServer(gopts...)
 	srv.Register(g)
-	syncOpts := []syncserver.Option{syncserver.WithLogger(slog.Default()), syncserver.WithRegistry(reg)}
+	syncOpts := []syncserver.Option{syncserver.WithLogger(slog.Default()), syncserver.WithRegistry(reg),
+		syncserver.WithMasterKeyHash(sha256.Sum256([]byte(o.MasterKey)))}
 	switch {
 	case o.ClientCA != "":
 		syncOpts = append(syncOpts, syncserver.WithPeerAuthenticated())

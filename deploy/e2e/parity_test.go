@@ -288,3 +288,45 @@ func waitSpendLogs(t *testing.T, u, mk, requestID string) []any {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestParityMasterKeyOnProxy: the master key works on the proxies' LLM
+// routes (LiteLLM's docs make the first call with it); the proxies only
+// ever hold its hash. Its calls are attributed to litellm-proxy-budget,
+// whose budget applies to them.
+func TestParityMasterKeyOnProxy(t *testing.T) {
+	backends(t, func(t *testing.T, o CPOptions) {
+		d := newDeployment(t, o)
+		dp := d.proxy(t)
+		u, mk := d.cp.URL(), d.cp.MasterKey
+		ok(t, Do(t, "POST", u+"/user/update", mk, map[string]any{"user_id": "litellm-proxy-budget", "spend": 0}))
+		resp := waitStatus(t, dp, mk, chat("gpt-4o-mini", ""), 200).JSON(t)
+		if resp["id"] == nil {
+			t.Fatalf("response %v", resp)
+		}
+		if r := Do(t, "GET", dp.URL()+"/v1/models", mk, nil); r.Status != 200 {
+			t.Fatalf("/v1/models: %d %s", r.Status, r.Body)
+		}
+		rows := waitSpendLogs(t, u, mk, resp["id"].(string))
+		if row := rows[0].(map[string]any); row["api_key"] != "master_key" || row["user"] != "litellm-proxy-budget" {
+			t.Fatalf("spend log %v", row)
+		}
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			ui := ok(t, Do(t, "GET", u+"/user/info?user_id=litellm-proxy-budget", mk, nil))
+			if ui["user_info"].(map[string]any)["spend"].(float64) > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("litellm-proxy-budget spend did not grow: %v", ui["user_info"])
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		// Only the master key itself matches.
+		if r := Do(t, "POST", dp.URL()+"/v1/chat/completions", mk+"x", chat("gpt-4o-mini", "")); r.Status != 401 {
+			t.Fatalf("wrong master key: %d %s", r.Status, r.Body)
+		}
+		// The proxy-budget user's budget caps master-key calls.
+		ok(t, Do(t, "POST", u+"/user/update", mk, map[string]any{"user_id": "litellm-proxy-budget", "max_budget": 0}))
+		waitStatus(t, dp, mk, chat("gpt-4o-mini", ""), 429)
+	})
+}

@@ -1191,8 +1191,13 @@ type Heartbeat struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
 	HeadRevision       int64                  `protobuf:"varint,1,opt,name=head_revision,json=headRevision,proto3" json:"head_revision,omitempty"`
 	ServerTimeUnixNano int64                  `protobuf:"varint,2,opt,name=server_time_unix_nano,json=serverTimeUnixNano,proto3" json:"server_time_unix_nano,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// master_key_hash is the SHA-256 of the control plane's master key (never
+	// the key): proxies accept the master key on the LLM routes, as LiteLLM
+	// does. Sent on every heartbeat (the first follows the initial answer),
+	// so a restart with a new master key reaches every proxy; empty: none.
+	MasterKeyHash []byte `protobuf:"bytes,80,opt,name=master_key_hash,json=masterKeyHash,proto3" json:"master_key_hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Heartbeat) Reset() {
@@ -1237,6 +1242,13 @@ func (x *Heartbeat) GetServerTimeUnixNano() int64 {
 		return x.ServerTimeUnixNano
 	}
 	return 0
+}
+
+func (x *Heartbeat) GetMasterKeyHash() []byte {
+	if x != nil {
+		return x.MasterKeyHash
+	}
+	return nil
 }
 
 // Entity is one object's state; deleted=true is a tombstone for (kind, id).
@@ -2657,10 +2669,11 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12#\n" +
 	"\rprev_revision\x18\x02 \x01(\x03R\fprevRevision\x123\n" +
 	"\x16committed_at_unix_nano\x18\x03 \x01(\x03R\x13committedAtUnixNano\x122\n" +
-	"\achanges\x18\x04 \x03(\v2\x18.tollgate.sync.v1.EntityR\achanges\"c\n" +
+	"\achanges\x18\x04 \x03(\v2\x18.tollgate.sync.v1.EntityR\achanges\"\x8b\x01\n" +
 	"\tHeartbeat\x12#\n" +
 	"\rhead_revision\x18\x01 \x01(\x03R\fheadRevision\x121\n" +
-	"\x15server_time_unix_nano\x18\x02 \x01(\x03R\x12serverTimeUnixNano\"\xbf\x03\n" +
+	"\x15server_time_unix_nano\x18\x02 \x01(\x03R\x12serverTimeUnixNano\x12&\n" +
+	"\x0fmaster_key_hash\x18P \x01(\fR\rmasterKeyHash\"\xbf\x03\n" +
 	"\x06Entity\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x18\n" +
