@@ -330,3 +330,28 @@ func TestParityMasterKeyOnProxy(t *testing.T) {
 		waitStatus(t, dp, mk, chat("gpt-4o-mini", ""), 429)
 	})
 }
+
+// TestParityTeamModelAlias: a team's model_aliases let its keys call a model
+// by the alias; the upstream gets the real model.
+func TestParityTeamModelAlias(t *testing.T) {
+	backends(t, func(t *testing.T, o CPOptions) {
+		d := newDeployment(t, o)
+		dp := d.proxy(t)
+		u, mk := d.cp.URL(), d.cp.MasterKey
+		team := ok(t, Do(t, "POST", u+"/team/new", mk, map[string]any{"model_aliases": map[string]string{"cheap-model": "gpt-4o-mini"}}))["team_id"].(string)
+		key := ok(t, Do(t, "POST", u+"/key/generate", mk, map[string]any{"team_id": team, "models": []string{"gpt-4o-mini"}}))["key"].(string)
+		resp := waitStatus(t, dp, key, chat("cheap-model", ""), 200).JSON(t)
+		if m := d.up.Last(t).Body["model"]; m == "cheap-model" || m == nil {
+			t.Fatalf("upstream got model %v", m)
+		}
+		if row := waitSpendLogs(t, u, mk, resp["id"].(string))[0].(map[string]any); row["model"] != "gpt-4o-mini" {
+			t.Fatalf("spend log model %v", row["model"])
+		}
+		// A key outside the team cannot use the alias.
+		other := ok(t, Do(t, "POST", u+"/key/generate", mk, map[string]any{}))["key"].(string)
+		waitStatus(t, dp, other, chat("gpt-4o-mini", ""), 200)
+		if r := Do(t, "POST", dp.URL()+"/v1/chat/completions", other, chat("cheap-model", "")); r.Status != 400 {
+			t.Fatalf("alias outside its team: %d %s", r.Status, r.Body)
+		}
+	})
+}

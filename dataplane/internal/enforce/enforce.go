@@ -273,6 +273,13 @@ func (e *Enforcer) allows(list []string, model string) bool {
 // allowed and deployed, enforced params, budgets. It returns the model's
 // deployments (at least one).
 func (e *Enforcer) Authorize(p *Principal, b *Body) ([]*state.Model, *Rejection) {
+	// A team model alias stands for its model in every check that follows
+	// (LiteLLM resolves it before access checks).
+	if t := p.Team; t != nil && b.Alias == "" {
+		if m, ok := t.ModelAliases[b.Model]; ok {
+			b.Alias, b.Model = b.Model, m
+		}
+	}
 	if typ := e.modelDenied(p, b.Model); typ != "" {
 		return nil, modelRejection(typ, b.Model)
 	}

@@ -1925,7 +1925,10 @@ type Team struct {
 	Spend            int64                  `protobuf:"varint,7,opt,name=spend,proto3" json:"spend,omitempty"`
 	TeamMemberBudget int64                  `protobuf:"varint,8,opt,name=team_member_budget,json=teamMemberBudget,proto3" json:"team_member_budget,omitempty"`
 	// saas is set for teams of the SaaS team API (/api/*).
-	Saas          *TeamSaaS `protobuf:"bytes,9,opt,name=saas,proto3" json:"saas,omitempty"`
+	Saas *TeamSaaS `protobuf:"bytes,9,opt,name=saas,proto3" json:"saas,omitempty"`
+	// model_aliases maps a model name the team's keys may request to the
+	// public model it stands for (LiteLLM's team model_aliases).
+	ModelAliases  map[string]string `protobuf:"bytes,80,rep,name=model_aliases,json=modelAliases,proto3" json:"model_aliases,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2019,6 +2022,13 @@ func (x *Team) GetTeamMemberBudget() int64 {
 func (x *Team) GetSaas() *TeamSaaS {
 	if x != nil {
 		return x.Saas
+	}
+	return nil
+}
+
+func (x *Team) GetModelAliases() map[string]string {
+	if x != nil {
+		return x.ModelAliases
 	}
 	return nil
 }
@@ -2745,7 +2755,7 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12+\n" +
 	"\x12max_budget_in_team\x18\x03 \x01(\x03R\x0fmaxBudgetInTeam\x12\x14\n" +
-	"\x05spend\x18\x04 \x01(\x03R\x05spend\"\xd8\x02\n" +
+	"\x05spend\x18\x04 \x01(\x03R\x05spend\"\xe8\x03\n" +
 	"\x04Team\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12'\n" +
 	"\x0forganization_id\x18\x02 \x01(\tR\x0eorganizationId\x12\x16\n" +
@@ -2755,7 +2765,11 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\ablocked\x18\x06 \x01(\bR\ablocked\x12\x14\n" +
 	"\x05spend\x18\a \x01(\x03R\x05spend\x12,\n" +
 	"\x12team_member_budget\x18\b \x01(\x03R\x10teamMemberBudget\x12.\n" +
-	"\x04saas\x18\t \x01(\v2\x1a.tollgate.sync.v1.TeamSaaSR\x04saas\"\x9e\x02\n" +
+	"\x04saas\x18\t \x01(\v2\x1a.tollgate.sync.v1.TeamSaaSR\x04saas\x12M\n" +
+	"\rmodel_aliases\x18P \x03(\v2(.tollgate.sync.v1.Team.ModelAliasesEntryR\fmodelAliases\x1a?\n" +
+	"\x11ModelAliasesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9e\x02\n" +
 	"\bTeamSaaS\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\tR\x06status\x12+\n" +
 	"\x11credits_allocated\x18\x02 \x01(\x03R\x10creditsAllocated\x12!\n" +
@@ -2819,7 +2833,7 @@ func file_tollgate_sync_v1_sync_proto_rawDescGZIP() []byte {
 	return file_tollgate_sync_v1_sync_proto_rawDescData
 }
 
-var file_tollgate_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_tollgate_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_tollgate_sync_v1_sync_proto_goTypes = []any{
 	(*ProxyMessage)(nil),   // 0: tollgate.sync.v1.ProxyMessage
 	(*LeaseRequest)(nil),   // 1: tollgate.sync.v1.LeaseRequest
@@ -2854,6 +2868,7 @@ var file_tollgate_sync_v1_sync_proto_goTypes = []any{
 	nil,                    // 30: tollgate.sync.v1.Key.ModelRpmLimitEntry
 	nil,                    // 31: tollgate.sync.v1.Key.ModelTpmLimitEntry
 	nil,                    // 32: tollgate.sync.v1.Key.ModelSpendEntry
+	nil,                    // 33: tollgate.sync.v1.Team.ModelAliasesEntry
 }
 var file_tollgate_sync_v1_sync_proto_depIdxs = []int32{
 	3,  // 0: tollgate.sync.v1.ProxyMessage.hello:type_name -> tollgate.sync.v1.Hello
@@ -2887,17 +2902,18 @@ var file_tollgate_sync_v1_sync_proto_depIdxs = []int32{
 	16, // 28: tollgate.sync.v1.Team.limits:type_name -> tollgate.sync.v1.Limits
 	20, // 29: tollgate.sync.v1.Team.members:type_name -> tollgate.sync.v1.TeamMember
 	22, // 30: tollgate.sync.v1.Team.saas:type_name -> tollgate.sync.v1.TeamSaaS
-	23, // 31: tollgate.sync.v1.TeamSaaS.model_groups:type_name -> tollgate.sync.v1.TeamModelGroup
-	16, // 32: tollgate.sync.v1.User.limits:type_name -> tollgate.sync.v1.Limits
-	16, // 33: tollgate.sync.v1.Organization.limits:type_name -> tollgate.sync.v1.Limits
-	17, // 34: tollgate.sync.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.sync.v1.ModelBudget
-	0,  // 35: tollgate.sync.v1.SyncService.Sync:input_type -> tollgate.sync.v1.ProxyMessage
-	7,  // 36: tollgate.sync.v1.SyncService.Sync:output_type -> tollgate.sync.v1.ControlMessage
-	36, // [36:37] is the sub-list for method output_type
-	35, // [35:36] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	33, // 31: tollgate.sync.v1.Team.model_aliases:type_name -> tollgate.sync.v1.Team.ModelAliasesEntry
+	23, // 32: tollgate.sync.v1.TeamSaaS.model_groups:type_name -> tollgate.sync.v1.TeamModelGroup
+	16, // 33: tollgate.sync.v1.User.limits:type_name -> tollgate.sync.v1.Limits
+	16, // 34: tollgate.sync.v1.Organization.limits:type_name -> tollgate.sync.v1.Limits
+	17, // 35: tollgate.sync.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.sync.v1.ModelBudget
+	0,  // 36: tollgate.sync.v1.SyncService.Sync:input_type -> tollgate.sync.v1.ProxyMessage
+	7,  // 37: tollgate.sync.v1.SyncService.Sync:output_type -> tollgate.sync.v1.ControlMessage
+	37, // [37:38] is the sub-list for method output_type
+	36, // [36:37] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_sync_v1_sync_proto_init() }
@@ -2933,7 +2949,7 @@ func file_tollgate_sync_v1_sync_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tollgate_sync_v1_sync_proto_rawDesc), len(file_tollgate_sync_v1_sync_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   33,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
