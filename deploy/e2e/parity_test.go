@@ -89,6 +89,10 @@ func TestParityImplicitUsers(t *testing.T) {
 		if ui["user_info"].(map[string]any)["user_role"] != "internal_user" || len(ui["keys"].([]any)) != 1 {
 			t.Fatalf("implicit user: %v", ui)
 		}
+		// The implicit creation is audited like any other.
+		if a := ok(t, Do(t, "GET", u+"/audit?object_type=user&object_id=customer-42", mk, nil)); a["total"] != 1.0 {
+			t.Fatalf("audit of the implicit user: %v", a)
+		}
 		// Its key is now a management credential of that user.
 		ok(t, Do(t, "GET", u+"/user/info?user_id=customer-42", g["key"].(string), nil))
 
