@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -299,9 +300,25 @@ func waitSpendLogs(t *testing.T, u, mk, requestID string) []any {
 // whose budget applies to them.
 func TestParityMasterKeyOnProxy(t *testing.T) {
 	backends(t, func(t *testing.T, o CPOptions) {
-		d := newDeployment(t, o)
+		// litellm_settings.max_budget creates the proxy-budget user at start,
+		// as LiteLLM does.
+		up := NewUpstream(t)
+		o.Config = writeConfig(t, up.URL)
+		f, err := os.OpenFile(o.Config, os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteString("litellm_settings:\n  max_budget: 100\n  budget_duration: 30d\n"); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		d := &deployment{cp: StartControlPlane(t, o), up: up, env: []string{"UPSTREAM_API_KEY=" + upstreamSecret}}
 		dp := d.proxy(t)
 		u, mk := d.cp.URL(), d.cp.MasterKey
+		pb := ok(t, Do(t, "GET", u+"/user/info?user_id=litellm-proxy-budget", mk, nil))["user_info"].(map[string]any)
+		if pb["max_budget"] != 100.0 || pb["budget_duration"] != "30d" || pb["spend"] != 0.0 {
+			t.Fatalf("proxy-budget user: %v", pb)
+		}
 		ok(t, Do(t, "POST", u+"/user/update", mk, map[string]any{"user_id": "litellm-proxy-budget", "spend": 0}))
 		resp := waitStatus(t, dp, mk, chat("gpt-4o-mini", ""), 200).JSON(t)
 		if resp["id"] == nil {
