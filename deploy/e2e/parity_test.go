@@ -376,3 +376,38 @@ func TestParityTeamModelAlias(t *testing.T) {
 		}
 	})
 }
+
+// TestParityImplicitUsersConcurrently: LiteLLM's own tests create ten teams
+// naming the same new user at once; every call succeeds and the user is
+// created once.
+func TestParityImplicitUsersConcurrently(t *testing.T) {
+	backends(t, func(t *testing.T, o CPOptions) {
+		cp := StartControlPlane(t, o)
+		u, mk := cp.URL(), cp.MasterKey
+		const n = 10
+		statuses := make(chan string, 3*n)
+		for i := range n {
+			go func() {
+				r := Do(t, "POST", u+"/team/new", mk, map[string]any{"members_with_roles": []map[string]any{{"role": "user", "user_id": "same-new-user"}}})
+				statuses <- fmt.Sprint("team/new ", r.Status, " ", string(r.Body[:min(len(r.Body), 200)]))
+			}()
+			go func() {
+				r := Do(t, "POST", u+"/key/generate", mk, map[string]any{"user_id": "same-key-user"})
+				statuses <- fmt.Sprint("key/generate ", r.Status, " ", string(r.Body[:min(len(r.Body), 200)]))
+			}()
+			go func() {
+				r := Do(t, "POST", u+"/user/update", mk, map[string]any{"user_id": fmt.Sprint("upsert-", i%2)})
+				statuses <- fmt.Sprint("user/update ", r.Status, " ", string(r.Body[:min(len(r.Body), 200)]))
+			}()
+		}
+		for range 3 * n {
+			if s := <-statuses; !strings.Contains(s, " 200 ") {
+				t.Error(s)
+			}
+		}
+		ui := ok(t, Do(t, "GET", u+"/user/info?user_id=same-new-user", mk, nil))
+		if len(ui["teams"].([]any)) != n {
+			t.Fatalf("teams of the implicit user: %d", len(ui["teams"].([]any)))
+		}
+	})
+}
