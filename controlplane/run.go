@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -43,6 +44,7 @@ import (
 	"github.com/tollgate-gw/tollgate/controlplane/internal/syncserver"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/ui"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/certs"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/duration"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/money"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/telemetry"
@@ -138,7 +140,8 @@ func run(ctx context.Context, o options) error {
 	}
 	g := grpc.NewServer(gopts...)
 	srv.Register(g)
-	syncOpts := []syncserver.Option{syncserver.WithLogger(slog.Default()), syncserver.WithRegistry(reg)}
+	syncOpts := []syncserver.Option{syncserver.WithLogger(slog.Default()), syncserver.WithRegistry(reg),
+		syncserver.WithMasterKeyHash(sha256.Sum256([]byte(o.MasterKey)))}
 	switch {
 	case o.ClientCA != "":
 		syncOpts = append(syncOpts, syncserver.WithPeerAuthenticated())
@@ -356,6 +359,9 @@ func applyConfig(ctx context.Context, st store.Store, cfg *config.Config) error 
 				}
 			}
 		}
+		if err := applyProxyBudget(ctx, tx, cfg.LiteLLMSettings, now); err != nil {
+			return err
+		}
 		if len(cfg.GeneralSettings) > 0 {
 			cur, err := tx.GetSettings(ctx)
 			if err != nil {
@@ -373,6 +379,61 @@ func applyConfig(ctx context.Context, st store.Store, cfg *config.Config) error 
 		}
 		return nil
 	})
+}
+
+// proxyBudgetUser is LiteLLM's litellm_proxy_budget_name: the user that
+// carries litellm_settings.max_budget, the proxy-wide budget. Master-key
+// calls on the proxies are booked on it (dataplane enforce.ProxyBudgetUser).
+const proxyBudgetUser = "litellm-proxy-budget"
+
+// applyProxyBudget applies litellm_settings.max_budget (USD) and
+// budget_duration as LiteLLM does at startup: user litellm-proxy-budget is
+// created with that budget, or its budget updated (its spend is kept).
+func applyProxyBudget(ctx context.Context, tx store.Tx, raw json.RawMessage, now time.Time) error {
+	var ls struct {
+		MaxBudget      *float64 `json:"max_budget"`
+		BudgetDuration string   `json:"budget_duration"`
+	}
+	if len(raw) == 0 || json.Unmarshal(raw, &ls) != nil || ls.MaxBudget == nil {
+		return nil
+	}
+	budget, err := money.FromUSD(*ls.MaxBudget)
+	if err != nil || budget < 0 {
+		return fmt.Errorf("litellm_settings.max_budget: must be a non-negative amount of USD")
+	}
+	var dur *duration.D
+	if ls.BudgetDuration != "" {
+		d, err := duration.Parse(ls.BudgetDuration)
+		if err != nil {
+			return fmt.Errorf("litellm_settings.budget_duration: %v", err)
+		}
+		dur = &d
+	}
+	u, err := tx.GetUser(ctx, proxyBudgetUser)
+	create := errors.Is(err, store.ErrNotFound)
+	if err != nil && !create {
+		return err
+	}
+	if create {
+		u = store.User{UserID: proxyBudgetUser, UserRole: store.RoleInternalUser, CreatedAt: now}
+	}
+	before := u
+	u.MaxBudget = &budget
+	if dur == nil {
+		u.BudgetDuration, u.BudgetResetAt = "", nil
+	} else if u.BudgetDuration != dur.String() || u.BudgetResetAt == nil {
+		at := dur.AddTo(now)
+		u.BudgetDuration, u.BudgetResetAt = dur.String(), &at
+	}
+	if create {
+		u.UpdatedAt = now
+		return tx.CreateUser(ctx, u)
+	}
+	if before.MaxBudget != nil && *before.MaxBudget == budget && before.BudgetDuration == u.BudgetDuration {
+		return nil
+	}
+	u.UpdatedAt = now
+	return tx.UpdateUser(ctx, u)
 }
 
 func sameModel(a, b store.Model) bool {

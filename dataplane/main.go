@@ -32,6 +32,7 @@ import (
 
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/certs"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/telemetry"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/limits"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/proxy"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/replica"
@@ -168,7 +169,9 @@ func run(ctx context.Context, o options) error {
 	// Rate limits and budget reservations, with shares leased over the
 	// sync stream (package limits).
 	lim := limits.New(limits.Options{Registry: reg, MembersFile: o.Cache + ".proxies"})
+	master := &enforce.MasterHash{}
 	sc := syncclient.New(rep, syncclient.Options{
+		MasterKey:   master,
 		DialOptions: dialOpts,
 		Addr:        o.ControlPlane,
 		Token:       o.SyncToken,
@@ -185,6 +188,9 @@ func run(ctx context.Context, o options) error {
 		Logger:   slog.Default(),
 		OnUsage:  rec.Record,
 		Gate:     lim,
+		// The master key works on the LLM routes (LiteLLM's docs make the
+		// first call with it); its calls go to litellm-proxy-budget.
+		MasterKey: master,
 	})
 
 	// SaaS team API (/api/*): decided from the replica, jobs on the

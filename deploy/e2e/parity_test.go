@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -88,6 +89,10 @@ func TestParityImplicitUsers(t *testing.T) {
 		ui := ok(t, Do(t, "GET", u+"/user/info?user_id=customer-42", mk, nil))
 		if ui["user_info"].(map[string]any)["user_role"] != "internal_user" || len(ui["keys"].([]any)) != 1 {
 			t.Fatalf("implicit user: %v", ui)
+		}
+		// The implicit creation is audited like any other.
+		if a := ok(t, Do(t, "GET", u+"/audit?object_type=user&object_id=customer-42", mk, nil)); a["total"] != 1.0 {
+			t.Fatalf("audit of the implicit user: %v", a)
 		}
 		// Its key is now a management credential of that user.
 		ok(t, Do(t, "GET", u+"/user/info?user_id=customer-42", g["key"].(string), nil))
@@ -287,4 +292,122 @@ func waitSpendLogs(t *testing.T, u, mk, requestID string) []any {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// TestParityMasterKeyOnProxy: the master key works on the proxies' LLM
+// routes (LiteLLM's docs make the first call with it); the proxies only
+// ever hold its hash. Its calls are attributed to litellm-proxy-budget,
+// whose budget applies to them.
+func TestParityMasterKeyOnProxy(t *testing.T) {
+	backends(t, func(t *testing.T, o CPOptions) {
+		// litellm_settings.max_budget creates the proxy-budget user at start,
+		// as LiteLLM does.
+		up := NewUpstream(t)
+		o.Config = writeConfig(t, up.URL)
+		f, err := os.OpenFile(o.Config, os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteString("litellm_settings:\n  max_budget: 100\n  budget_duration: 30d\n"); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		d := &deployment{cp: StartControlPlane(t, o), up: up, env: []string{"UPSTREAM_API_KEY=" + upstreamSecret}}
+		dp := d.proxy(t)
+		u, mk := d.cp.URL(), d.cp.MasterKey
+		pb := ok(t, Do(t, "GET", u+"/user/info?user_id=litellm-proxy-budget", mk, nil))["user_info"].(map[string]any)
+		if pb["max_budget"] != 100.0 || pb["budget_duration"] != "30d" || pb["spend"] != 0.0 {
+			t.Fatalf("proxy-budget user: %v", pb)
+		}
+		ok(t, Do(t, "POST", u+"/user/update", mk, map[string]any{"user_id": "litellm-proxy-budget", "spend": 0}))
+		resp := waitStatus(t, dp, mk, chat("gpt-4o-mini", ""), 200).JSON(t)
+		if resp["id"] == nil {
+			t.Fatalf("response %v", resp)
+		}
+		if r := Do(t, "GET", dp.URL()+"/v1/models", mk, nil); r.Status != 200 {
+			t.Fatalf("/v1/models: %d %s", r.Status, r.Body)
+		}
+		rows := waitSpendLogs(t, u, mk, resp["id"].(string))
+		if row := rows[0].(map[string]any); row["api_key"] != "master_key" || row["user"] != "litellm-proxy-budget" {
+			t.Fatalf("spend log %v", row)
+		}
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			ui := ok(t, Do(t, "GET", u+"/user/info?user_id=litellm-proxy-budget", mk, nil))
+			if ui["user_info"].(map[string]any)["spend"].(float64) > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("litellm-proxy-budget spend did not grow: %v", ui["user_info"])
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		// Only the master key itself matches.
+		if r := Do(t, "POST", dp.URL()+"/v1/chat/completions", mk+"x", chat("gpt-4o-mini", "")); r.Status != 401 {
+			t.Fatalf("wrong master key: %d %s", r.Status, r.Body)
+		}
+		// The proxy-budget user's budget caps master-key calls.
+		ok(t, Do(t, "POST", u+"/user/update", mk, map[string]any{"user_id": "litellm-proxy-budget", "max_budget": 0}))
+		waitStatus(t, dp, mk, chat("gpt-4o-mini", ""), 429)
+	})
+}
+
+// TestParityTeamModelAlias: a team's model_aliases let its keys call a model
+// by the alias; the upstream gets the real model.
+func TestParityTeamModelAlias(t *testing.T) {
+	backends(t, func(t *testing.T, o CPOptions) {
+		d := newDeployment(t, o)
+		dp := d.proxy(t)
+		u, mk := d.cp.URL(), d.cp.MasterKey
+		team := ok(t, Do(t, "POST", u+"/team/new", mk, map[string]any{"model_aliases": map[string]string{"cheap-model": "gpt-4o-mini"}}))["team_id"].(string)
+		key := ok(t, Do(t, "POST", u+"/key/generate", mk, map[string]any{"team_id": team, "models": []string{"gpt-4o-mini"}}))["key"].(string)
+		resp := waitStatus(t, dp, key, chat("cheap-model", ""), 200).JSON(t)
+		if m := d.up.Last(t).Body["model"]; m == "cheap-model" || m == nil {
+			t.Fatalf("upstream got model %v", m)
+		}
+		if row := waitSpendLogs(t, u, mk, resp["id"].(string))[0].(map[string]any); row["model"] != "gpt-4o-mini" {
+			t.Fatalf("spend log model %v", row["model"])
+		}
+		// A key outside the team cannot use the alias.
+		other := ok(t, Do(t, "POST", u+"/key/generate", mk, map[string]any{}))["key"].(string)
+		waitStatus(t, dp, other, chat("gpt-4o-mini", ""), 200)
+		if r := Do(t, "POST", dp.URL()+"/v1/chat/completions", other, chat("cheap-model", "")); r.Status != 400 {
+			t.Fatalf("alias outside its team: %d %s", r.Status, r.Body)
+		}
+	})
+}
+
+// TestParityImplicitUsersConcurrently: LiteLLM's own tests create ten teams
+// naming the same new user at once; every call succeeds and the user is
+// created once.
+func TestParityImplicitUsersConcurrently(t *testing.T) {
+	backends(t, func(t *testing.T, o CPOptions) {
+		cp := StartControlPlane(t, o)
+		u, mk := cp.URL(), cp.MasterKey
+		const n = 10
+		statuses := make(chan string, 3*n)
+		for i := range n {
+			go func() {
+				r := Do(t, "POST", u+"/team/new", mk, map[string]any{"members_with_roles": []map[string]any{{"role": "user", "user_id": "same-new-user"}}})
+				statuses <- fmt.Sprint("team/new ", r.Status, " ", string(r.Body[:min(len(r.Body), 200)]))
+			}()
+			go func() {
+				r := Do(t, "POST", u+"/key/generate", mk, map[string]any{"user_id": "same-key-user"})
+				statuses <- fmt.Sprint("key/generate ", r.Status, " ", string(r.Body[:min(len(r.Body), 200)]))
+			}()
+			go func() {
+				r := Do(t, "POST", u+"/user/update", mk, map[string]any{"user_id": fmt.Sprint("upsert-", i%2)})
+				statuses <- fmt.Sprint("user/update ", r.Status, " ", string(r.Body[:min(len(r.Body), 200)]))
+			}()
+		}
+		for range 3 * n {
+			if s := <-statuses; !strings.Contains(s, " 200 ") {
+				t.Error(s)
+			}
+		}
+		ui := ok(t, Do(t, "GET", u+"/user/info?user_id=same-new-user", mk, nil))
+		if len(ui["teams"].([]any)) != n {
+			t.Fatalf("teams of the implicit user: %d", len(ui["teams"].([]any)))
+		}
+	})
 }

@@ -228,7 +228,7 @@ func (ks *keyService) generate(ctx context.Context, req *adminv1.GenerateKeyRequ
 			// LiteLLM creates the internal user a key names (scripts pass
 			// their own customer ids this way). Non-admins' keys are
 			// their own, so only admins create users here.
-			if err := s.ensureUser(ctx, tx, kk.UserID, ""); err != nil {
+			if err := s.ensureUser(ctx, tx, c, kk.UserID, ""); err != nil {
 				return err
 			}
 		}

@@ -6,6 +6,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/tollgate-gw/tollgate/controlplane/internal/authz"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
 )
@@ -115,7 +116,7 @@ func userByEmail(ctx context.Context, r store.Reader, email string) (store.User,
 // user with that email, else (create true) a new internal_user with a
 // fresh id and that email, as LiteLLM does. A member given by id is left
 // as it is (ensureUser creates it).
-func (s *Server) resolveMember(ctx context.Context, tx store.Tx, m *memberSpec, create bool) error {
+func (s *Server) resolveMember(ctx context.Context, tx store.Tx, c authz.Caller, m *memberSpec, create bool) error {
 	if m.UserID != "" {
 		return nil
 	}
@@ -131,8 +132,18 @@ func (s *Server) resolveMember(ctx context.Context, tx store.Tx, m *memberSpec, 
 		return badRequest("member", "no user has user_email "+m.UserEmail+"; only proxy_admin may create users")
 	}
 	m.UserID = keys.NewID()
+	return s.createImplicitUser(ctx, tx, c, m.UserID, m.UserEmail)
+}
+
+// createImplicitUser creates an internal_user a call named without
+// creating it (LiteLLM's implicit users), with its audit row.
+func (s *Server) createImplicitUser(ctx context.Context, tx store.Tx, c authz.Caller, id, email string) error {
 	now := s.now()
-	return tx.CreateUser(ctx, store.User{UserID: m.UserID, UserEmail: m.UserEmail, UserRole: store.RoleInternalUser, CreatedAt: now, UpdatedAt: now})
+	u := store.User{UserID: id, UserEmail: email, UserRole: store.RoleInternalUser, CreatedAt: now, UpdatedAt: now}
+	if err := tx.CreateUser(ctx, u); err != nil {
+		return err
+	}
+	return s.audit(ctx, tx, c, "created", "user", id, nil, userOut(&u, nil))
 }
 
 // memberByRef finds a team member by user_id or, when that is empty, by
@@ -155,7 +166,7 @@ func memberByRef(ctx context.Context, r store.Reader, t *store.Team, userID, ema
 
 // ensureUser returns the user, creating it as an internal_user when absent,
 // as LiteLLM does when members are added by id.
-func (s *Server) ensureUser(ctx context.Context, tx store.Tx, id, email string) error {
+func (s *Server) ensureUser(ctx context.Context, tx store.Tx, c authz.Caller, id, email string) error {
 	_, err := tx.GetUser(ctx, id)
 	if err == nil {
 		return nil
@@ -163,6 +174,5 @@ func (s *Server) ensureUser(ctx context.Context, tx store.Tx, id, email string) 
 	if !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
-	now := s.now()
-	return tx.CreateUser(ctx, store.User{UserID: id, UserEmail: email, UserRole: store.RoleInternalUser, CreatedAt: now, UpdatedAt: now})
+	return s.createImplicitUser(ctx, tx, c, id, email)
 }

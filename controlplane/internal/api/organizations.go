@@ -56,7 +56,7 @@ func (os *orgService) NewOrganization(ctx context.Context, req *adminv1.NewOrgan
 	return orgOut(&o, nil), nil
 }
 
-func (s *Server) mutateOrg(ctx context.Context, id string, az authz.Action, action string, fn func(tx store.Tx, o *store.Organization) error) (store.Organization, error) {
+func (s *Server) mutateOrg(ctx context.Context, id string, az authz.Action, action string, fn func(tx store.Tx, c authz.Caller, o *store.Organization) error) (store.Organization, error) {
 	c, err := s.authorize(ctx, az, authz.Target{Before: &authz.Object{OrgID: id}})
 	if err != nil {
 		return store.Organization{}, err
@@ -72,7 +72,7 @@ func (s *Server) mutateOrg(ctx context.Context, id string, az authz.Action, acti
 		}
 		before := o
 		before.Members = append([]store.OrgMember(nil), o.Members...)
-		if err := fn(tx, &o); err != nil {
+		if err := fn(tx, c, &o); err != nil {
 			return err
 		}
 		o.UpdatedAt = s.now()
@@ -99,7 +99,7 @@ func (os *orgService) UpdateOrganization(ctx context.Context, req *adminv1.Updat
 			return nil, err
 		}
 	}
-	o, err := s.mutateOrg(ctx, req.GetOrganizationId(), authz.OrgUpdate, "updated", func(_ store.Tx, o *store.Organization) error {
+	o, err := s.mutateOrg(ctx, req.GetOrganizationId(), authz.OrgUpdate, "updated", func(_ store.Tx, _ authz.Caller, o *store.Organization) error {
 		if req.OrganizationAlias != nil {
 			o.OrganizationAlias = req.GetOrganizationAlias().GetValue()
 		}
@@ -156,11 +156,11 @@ func (os *orgService) AddOrganizationMember(ctx context.Context, req *adminv1.Or
 	if err != nil {
 		return nil, err
 	}
-	o, err := s.mutateOrg(ctx, req.GetOrganizationId(), authz.OrgMemberAdd, "updated", func(tx store.Tx, o *store.Organization) error {
+	o, err := s.mutateOrg(ctx, req.GetOrganizationId(), authz.OrgMemberAdd, "updated", func(tx store.Tx, c authz.Caller, o *store.Organization) error {
 		for _, m := range members {
 			// Only proxy_admin gets here (authz), and LiteLLM creates
 			// users named by email.
-			if err := s.resolveMember(ctx, tx, &m, true); err != nil {
+			if err := s.resolveMember(ctx, tx, c, &m, true); err != nil {
 				return err
 			}
 			for _, have := range o.Members {
@@ -168,7 +168,7 @@ func (os *orgService) AddOrganizationMember(ctx context.Context, req *adminv1.Or
 					return badRequest("member", "user "+m.UserID+" is already a member of this organization")
 				}
 			}
-			if err := s.ensureUser(ctx, tx, m.UserID, m.UserEmail); err != nil {
+			if err := s.ensureUser(ctx, tx, c, m.UserID, m.UserEmail); err != nil {
 				return err
 			}
 			o.Members = append(o.Members, store.OrgMember{UserID: m.UserID, Role: m.Role})
@@ -219,7 +219,7 @@ func (os *orgService) UpdateOrganizationMember(ctx context.Context, req *adminv1
 		return nil, badRequest("role", "role must be one of "+joinQuoted(orgRoles))
 	}
 	var out store.OrgMember
-	_, err := os.s.mutateOrg(ctx, req.GetOrganizationId(), authz.OrgMemberUpdate, "updated", func(tx store.Tx, o *store.Organization) error {
+	_, err := os.s.mutateOrg(ctx, req.GetOrganizationId(), authz.OrgMemberUpdate, "updated", func(tx store.Tx, _ authz.Caller, o *store.Organization) error {
 		i, err := orgMemberRef(ctx, tx, o, req.GetUserId(), req.GetUserEmail())
 		if err != nil {
 			return err
@@ -240,7 +240,7 @@ func (os *orgService) DeleteOrganizationMember(ctx context.Context, req *adminv1
 	if err := orgMemberArgs(req.GetUserId(), req.GetUserEmail()); err != nil {
 		return nil, err
 	}
-	o, err := os.s.mutateOrg(ctx, req.GetOrganizationId(), authz.OrgMemberDelete, "updated", func(tx store.Tx, o *store.Organization) error {
+	o, err := os.s.mutateOrg(ctx, req.GetOrganizationId(), authz.OrgMemberDelete, "updated", func(tx store.Tx, _ authz.Caller, o *store.Organization) error {
 		i, err := orgMemberRef(ctx, tx, o, req.GetUserId(), req.GetUserEmail())
 		if err != nil {
 			return err

@@ -114,14 +114,14 @@ func (ts *teamService) NewTeam(ctx context.Context, req *adminv1.NewTeamRequest)
 		for i, m := range specs {
 			// Only admins and org admins create teams; members named by
 			// email are found or created as LiteLLM does.
-			if err := s.resolveMember(ctx, tx, &m, c.Admin()); err != nil {
+			if err := s.resolveMember(ctx, tx, c, &m, c.Admin()); err != nil {
 				return err
 			}
 			if _, dup := t.Member(m.UserID); dup {
 				return badRequest("members_with_roles", "user "+m.UserID+" is listed twice")
 			}
 			if m.UserID != masterUserID || !c.Master {
-				if err := s.ensureUser(ctx, tx, m.UserID, m.UserEmail); err != nil {
+				if err := s.ensureUser(ctx, tx, c, m.UserID, m.UserEmail); err != nil {
 					return err
 				}
 			}
@@ -352,9 +352,9 @@ func (ts *teamService) AddTeamMember(ctx context.Context, req *adminv1.TeamMembe
 	if err != nil {
 		return nil, err
 	}
-	admin := false
+	var caller authz.Caller
 	t, err := s.mutateTeam(ctx, req.GetTeamId(), authz.TeamMemberAdd, "updated", func(c *authz.Caller, t *store.Team) []authz.Target {
-		admin = c.Admin()
+		caller = *c
 		tgs := make([]authz.Target, 0, len(members))
 		for _, m := range members {
 			tgs = append(tgs, authz.Target{After: &authz.Object{UserID: m.UserID, TeamID: t.TeamID, OrgID: t.OrganizationID, Role: m.Role}})
@@ -362,13 +362,13 @@ func (ts *teamService) AddTeamMember(ctx context.Context, req *adminv1.TeamMembe
 		return tgs
 	}, func(tx store.Tx, t *store.Team) error {
 		for _, m := range members {
-			if err := s.resolveMember(ctx, tx, &m, admin); err != nil {
+			if err := s.resolveMember(ctx, tx, caller, &m, caller.Admin()); err != nil {
 				return err
 			}
 			if _, ok := t.Member(m.UserID); ok {
 				return badRequest("member", "user "+m.UserID+" is already a member of this team")
 			}
-			if !admin {
+			if !caller.Admin() {
 				// Only proxy_admin creates users, implicitly or not.
 				if _, err := tx.GetUser(ctx, m.UserID); errors.Is(err, store.ErrNotFound) {
 					return badRequest("member", "user "+m.UserID+" does not exist; only proxy_admin may create users")
@@ -376,7 +376,7 @@ func (ts *teamService) AddTeamMember(ctx context.Context, req *adminv1.TeamMembe
 					return err
 				}
 			}
-			if err := s.ensureUser(ctx, tx, m.UserID, m.UserEmail); err != nil {
+			if err := s.ensureUser(ctx, tx, caller, m.UserID, m.UserEmail); err != nil {
 				return err
 			}
 			budget := mb

@@ -252,6 +252,7 @@ func teamEntity(t *store.Team) *syncv1.Entity {
 		Blocked:          t.Blocked,
 		Spend:            t.Spend,
 		TeamMemberBudget: orNone(t.TeamMemberBudget),
+		ModelAliases:     t.ModelAliases,
 	}
 	if len(t.Members) > 0 {
 		pt.Members = make([]*syncv1.TeamMember, len(t.Members))

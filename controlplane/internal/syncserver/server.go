@@ -25,6 +25,9 @@ import (
 type Option func(*options)
 
 type options struct {
+	// masterHash is the SHA-256 of the master key sent on heartbeats (nil:
+	// none).
+	masterHash     []byte
 	log            *slog.Logger
 	heartbeat      time.Duration
 	poll           time.Duration
@@ -73,6 +76,13 @@ func defaultOptions() options {
 }
 
 // WithLogger sets the logger (default slog.Default()).
+// WithMasterKeyHash makes heartbeats carry the SHA-256 of the master key,
+// so that proxies accept the master key on the LLM routes. Only the hash
+// leaves the control plane.
+func WithMasterKeyHash(h [32]byte) Option {
+	return func(o *options) { o.masterHash = h[:] }
+}
+
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) {
 		if l != nil {

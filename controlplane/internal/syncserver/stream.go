@@ -424,6 +424,7 @@ func (s *Server) heartbeat(stream syncStream, sent int64) error {
 	return stream.Send(&syncv1.ControlMessage{Msg: &syncv1.ControlMessage_Heartbeat{Heartbeat: &syncv1.Heartbeat{
 		HeadRevision:       max(head, sent),
 		ServerTimeUnixNano: time.Now().UnixNano(),
+		MasterKeyHash:      s.o.masterHash,
 	}}})
 }
 

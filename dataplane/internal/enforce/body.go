@@ -22,6 +22,10 @@ type Body struct {
 	IncludeUsageValue Span
 	// User is the raw "user" value (the end user); empty when absent.
 	User Span
+	// Alias is the model name the client sent when it was a team model
+	// alias (Authorize then set Model to the model it stands for); "" when
+	// not. The upstream body's model is then always rewritten.
+	Alias string
 }
 
 // ParseBody reads raw, an LLM request body, into b. It rejects what is not one
@@ -32,7 +36,7 @@ func ParseBody(raw []byte, b *Body) *Rejection {
 	// Field by field: clearing the inline member array would cost more
 	// than the rest of the parse of a small body.
 	b.Model, b.ModelValue, b.Stream, b.StreamOptions = "", Span{}, false, Span{}
-	b.IncludeUsage, b.IncludeUsageValue, b.User = false, Span{}, Span{}
+	b.IncludeUsage, b.IncludeUsageValue, b.User, b.Alias = false, Span{}, Span{}, ""
 	if err := b.Object.Parse(raw); err != nil {
 		if err == errNotObject {
 			return rejNotObject

@@ -70,6 +70,9 @@ func RouteOf(path string) Route {
 // reserves anything, so a rejected request consumes nothing.
 type Enforcer struct {
 	State state.Reader
+	// Master, when set, holds the master key's hash: the master key is
+	// then accepted as MasterKey (master.go).
+	Master *MasterHash
 
 	general atomic.Pointer[generalParams]
 }
@@ -138,7 +141,10 @@ func (e *Enforcer) Authenticate(key, path string, nowUnix int64, p *Principal) *
 	p.hash = sha256.Sum256(buf[:copy(buf[:], key)])
 	k, ok := e.State.LookupKey(&p.hash, nowUnix)
 	if !ok {
-		return RejInvalidKey
+		if !e.Master.matches(&p.hash) {
+			return RejInvalidKey
+		}
+		k = masterKey
 	}
 	p.Key, p.Team, p.User, p.Org, p.NowUnix = k, nil, nil, nil, nowUnix
 	p.EndUserID, p.EndUserSpend, p.EndUserBudget = "", 0, -1
@@ -267,6 +273,13 @@ func (e *Enforcer) allows(list []string, model string) bool {
 // allowed and deployed, enforced params, budgets. It returns the model's
 // deployments (at least one).
 func (e *Enforcer) Authorize(p *Principal, b *Body) ([]*state.Model, *Rejection) {
+	// A team model alias stands for its model in every check that follows
+	// (LiteLLM resolves it before access checks).
+	if t := p.Team; t != nil && b.Alias == "" {
+		if m, ok := t.ModelAliases[b.Model]; ok {
+			b.Alias, b.Model = b.Model, m
+		}
+	}
 	if typ := e.modelDenied(p, b.Model); typ != "" {
 		return nil, modelRejection(typ, b.Model)
 	}

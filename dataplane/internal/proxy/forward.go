@@ -265,7 +265,7 @@ func (c *call) plan(raw []byte, tg *target) {
 	// Segments must never point into reused memory (the call is pooled
 	// and the transport may read a body after the request is over): the
 	// replacements are the target's immutable bytes or constants.
-	if tg.model != b.Model {
+	if tg.model != b.Model || b.Alias != "" {
 		edits[n] = edit{b.ModelValue.Start, b.ModelValue.End, tg.quoted}
 		n++
 	}

@@ -47,6 +47,9 @@ type Options struct {
 	// Gate, when set, admits each request that passed the decision, just
 	// before the upstream call. nil: admit everything.
 	Gate Gate
+	// MasterKey, when set, holds the control plane's master key hash (from
+	// the sync stream): the master key is accepted on the LLM routes.
+	MasterKey *enforce.MasterHash
 }
 
 // Gate is the seam for rate limits (rpm, tpm, parallel) and leased budgets,
@@ -142,7 +145,7 @@ func New(o Options) http.Handler {
 	}
 	h := &handler{
 		st:      o.State,
-		enf:     &enforce.Enforcer{State: o.State},
+		enf:     &enforce.Enforcer{State: o.State, Master: o.MasterKey},
 		now:     o.Now,
 		getenv:  o.Getenv,
 		log:     o.Logger,

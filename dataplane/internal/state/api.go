@@ -68,6 +68,9 @@ type Team struct {
 	TeamMemberBudget int64
 	// SaaS is set for teams of the SaaS team API (/api/*).
 	SaaS *TeamSaaS
+	// ModelAliases maps a model name the team's keys may request to the
+	// public model it stands for (nil: none).
+	ModelAliases map[string]string
 }
 
 // TeamSaaS is a SaaS team's status, credits and model groups.

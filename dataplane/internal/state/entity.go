@@ -150,6 +150,9 @@ func teamFrom(e *syncv1.Entity) *Team {
 		Spend:            t.Spend,
 		TeamMemberBudget: t.TeamMemberBudget,
 	}
+	if len(t.ModelAliases) > 0 {
+		out.ModelAliases = t.ModelAliases
+	}
 	if len(t.Members) > 0 {
 		out.Members = make([]TeamMember, len(t.Members))
 		for i, m := range t.Members {

@@ -153,6 +153,8 @@ type Options struct {
 	Spend SpendSource
 	// Leases, when set, reports rate-limit use and receives grants.
 	Leases Leases
+	// MasterKey, when set, receives the master key hash heartbeats carry.
+	MasterKey interface{ Set(hash []byte) }
 }
 
 // Status is the client's view of the sync connection.
@@ -483,6 +485,9 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 			}
 			c.mu.Unlock()
 			c.m.head.Set(float64(h.GetHeadRevision()))
+			if c.o.MasterKey != nil {
+				c.o.MasterKey.Set(h.GetMasterKeyHash())
+			}
 		case *syncv1.ControlMessage_LeaseGrant:
 			if c.o.Leases != nil {
 				c.o.Leases.Apply(m.LeaseGrant)

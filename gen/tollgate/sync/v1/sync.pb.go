@@ -1287,7 +1287,12 @@ type Heartbeat struct {
 	// prepared (a snapshot build can take seconds): it proves the control
 	// plane is alive and is not the answer; head_revision is then 0. Only
 	// sent to proxies whose Hello has ping_interval_ms > 0.
-	LivenessOnly  bool `protobuf:"varint,60,opt,name=liveness_only,json=livenessOnly,proto3" json:"liveness_only,omitempty"`
+	LivenessOnly bool `protobuf:"varint,60,opt,name=liveness_only,json=livenessOnly,proto3" json:"liveness_only,omitempty"`
+	// master_key_hash is the SHA-256 of the control plane's master key (never
+	// the key): proxies accept the master key on the LLM routes, as LiteLLM
+	// does. Sent on every heartbeat (the first follows the initial answer),
+	// so a restart with a new master key reaches every proxy; empty: none.
+	MasterKeyHash []byte `protobuf:"bytes,80,opt,name=master_key_hash,json=masterKeyHash,proto3" json:"master_key_hash,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1341,6 +1346,13 @@ func (x *Heartbeat) GetLivenessOnly() bool {
 		return x.LivenessOnly
 	}
 	return false
+}
+
+func (x *Heartbeat) GetMasterKeyHash() []byte {
+	if x != nil {
+		return x.MasterKeyHash
+	}
+	return nil
 }
 
 // Entity is one object's state; deleted=true is a tombstone for (kind, id).
@@ -2017,7 +2029,10 @@ type Team struct {
 	Spend            int64                  `protobuf:"varint,7,opt,name=spend,proto3" json:"spend,omitempty"`
 	TeamMemberBudget int64                  `protobuf:"varint,8,opt,name=team_member_budget,json=teamMemberBudget,proto3" json:"team_member_budget,omitempty"`
 	// saas is set for teams of the SaaS team API (/api/*).
-	Saas          *TeamSaaS `protobuf:"bytes,9,opt,name=saas,proto3" json:"saas,omitempty"`
+	Saas *TeamSaaS `protobuf:"bytes,9,opt,name=saas,proto3" json:"saas,omitempty"`
+	// model_aliases maps a model name the team's keys may request to the
+	// public model it stands for (LiteLLM's team model_aliases).
+	ModelAliases  map[string]string `protobuf:"bytes,80,rep,name=model_aliases,json=modelAliases,proto3" json:"model_aliases,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2111,6 +2126,13 @@ func (x *Team) GetTeamMemberBudget() int64 {
 func (x *Team) GetSaas() *TeamSaaS {
 	if x != nil {
 		return x.Saas
+	}
+	return nil
+}
+
+func (x *Team) GetModelAliases() map[string]string {
+	if x != nil {
+		return x.ModelAliases
 	}
 	return nil
 }
@@ -2766,11 +2788,12 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12#\n" +
 	"\rprev_revision\x18\x02 \x01(\x03R\fprevRevision\x123\n" +
 	"\x16committed_at_unix_nano\x18\x03 \x01(\x03R\x13committedAtUnixNano\x122\n" +
-	"\achanges\x18\x04 \x03(\v2\x18.tollgate.sync.v1.EntityR\achanges\"\x88\x01\n" +
+	"\achanges\x18\x04 \x03(\v2\x18.tollgate.sync.v1.EntityR\achanges\"\xb0\x01\n" +
 	"\tHeartbeat\x12#\n" +
 	"\rhead_revision\x18\x01 \x01(\x03R\fheadRevision\x121\n" +
 	"\x15server_time_unix_nano\x18\x02 \x01(\x03R\x12serverTimeUnixNano\x12#\n" +
-	"\rliveness_only\x18< \x01(\bR\flivenessOnly\"\xbf\x03\n" +
+	"\rliveness_only\x18< \x01(\bR\flivenessOnly\x12&\n" +
+	"\x0fmaster_key_hash\x18P \x01(\fR\rmasterKeyHash\"\xbf\x03\n" +
 	"\x06Entity\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x18\n" +
@@ -2842,7 +2865,7 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12+\n" +
 	"\x12max_budget_in_team\x18\x03 \x01(\x03R\x0fmaxBudgetInTeam\x12\x14\n" +
-	"\x05spend\x18\x04 \x01(\x03R\x05spend\"\xd8\x02\n" +
+	"\x05spend\x18\x04 \x01(\x03R\x05spend\"\xe8\x03\n" +
 	"\x04Team\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12'\n" +
 	"\x0forganization_id\x18\x02 \x01(\tR\x0eorganizationId\x12\x16\n" +
@@ -2852,7 +2875,11 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\ablocked\x18\x06 \x01(\bR\ablocked\x12\x14\n" +
 	"\x05spend\x18\a \x01(\x03R\x05spend\x12,\n" +
 	"\x12team_member_budget\x18\b \x01(\x03R\x10teamMemberBudget\x12.\n" +
-	"\x04saas\x18\t \x01(\v2\x1a.tollgate.sync.v1.TeamSaaSR\x04saas\"\x9e\x02\n" +
+	"\x04saas\x18\t \x01(\v2\x1a.tollgate.sync.v1.TeamSaaSR\x04saas\x12M\n" +
+	"\rmodel_aliases\x18P \x03(\v2(.tollgate.sync.v1.Team.ModelAliasesEntryR\fmodelAliases\x1a?\n" +
+	"\x11ModelAliasesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9e\x02\n" +
 	"\bTeamSaaS\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\tR\x06status\x12+\n" +
 	"\x11credits_allocated\x18\x02 \x01(\x03R\x10creditsAllocated\x12!\n" +
@@ -2916,7 +2943,7 @@ func file_tollgate_sync_v1_sync_proto_rawDescGZIP() []byte {
 	return file_tollgate_sync_v1_sync_proto_rawDescData
 }
 
-var file_tollgate_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_tollgate_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_tollgate_sync_v1_sync_proto_goTypes = []any{
 	(*ProxyMessage)(nil),   // 0: tollgate.sync.v1.ProxyMessage
 	(*Ping)(nil),           // 1: tollgate.sync.v1.Ping
@@ -2952,6 +2979,7 @@ var file_tollgate_sync_v1_sync_proto_goTypes = []any{
 	nil,                    // 31: tollgate.sync.v1.Key.ModelRpmLimitEntry
 	nil,                    // 32: tollgate.sync.v1.Key.ModelTpmLimitEntry
 	nil,                    // 33: tollgate.sync.v1.Key.ModelSpendEntry
+	nil,                    // 34: tollgate.sync.v1.Team.ModelAliasesEntry
 }
 var file_tollgate_sync_v1_sync_proto_depIdxs = []int32{
 	4,  // 0: tollgate.sync.v1.ProxyMessage.hello:type_name -> tollgate.sync.v1.Hello
@@ -2986,17 +3014,18 @@ var file_tollgate_sync_v1_sync_proto_depIdxs = []int32{
 	17, // 29: tollgate.sync.v1.Team.limits:type_name -> tollgate.sync.v1.Limits
 	21, // 30: tollgate.sync.v1.Team.members:type_name -> tollgate.sync.v1.TeamMember
 	23, // 31: tollgate.sync.v1.Team.saas:type_name -> tollgate.sync.v1.TeamSaaS
-	24, // 32: tollgate.sync.v1.TeamSaaS.model_groups:type_name -> tollgate.sync.v1.TeamModelGroup
-	17, // 33: tollgate.sync.v1.User.limits:type_name -> tollgate.sync.v1.Limits
-	17, // 34: tollgate.sync.v1.Organization.limits:type_name -> tollgate.sync.v1.Limits
-	18, // 35: tollgate.sync.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.sync.v1.ModelBudget
-	0,  // 36: tollgate.sync.v1.SyncService.Sync:input_type -> tollgate.sync.v1.ProxyMessage
-	8,  // 37: tollgate.sync.v1.SyncService.Sync:output_type -> tollgate.sync.v1.ControlMessage
-	37, // [37:38] is the sub-list for method output_type
-	36, // [36:37] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	34, // 32: tollgate.sync.v1.Team.model_aliases:type_name -> tollgate.sync.v1.Team.ModelAliasesEntry
+	24, // 33: tollgate.sync.v1.TeamSaaS.model_groups:type_name -> tollgate.sync.v1.TeamModelGroup
+	17, // 34: tollgate.sync.v1.User.limits:type_name -> tollgate.sync.v1.Limits
+	17, // 35: tollgate.sync.v1.Organization.limits:type_name -> tollgate.sync.v1.Limits
+	18, // 36: tollgate.sync.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.sync.v1.ModelBudget
+	0,  // 37: tollgate.sync.v1.SyncService.Sync:input_type -> tollgate.sync.v1.ProxyMessage
+	8,  // 38: tollgate.sync.v1.SyncService.Sync:output_type -> tollgate.sync.v1.ControlMessage
+	38, // [38:39] is the sub-list for method output_type
+	37, // [37:38] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_sync_v1_sync_proto_init() }
@@ -3033,7 +3062,7 @@ func file_tollgate_sync_v1_sync_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tollgate_sync_v1_sync_proto_rawDesc), len(file_tollgate_sync_v1_sync_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   34,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
