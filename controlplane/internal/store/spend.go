@@ -73,7 +73,10 @@ type EndUser struct {
 	// request naming the end user once Spend reaches it.
 	MaxBudget *int64 `json:"max_budget,omitempty"`
 	// Blocked: proxies refuse every request naming the end user.
-	Blocked   bool      `json:"blocked,omitempty"`
+	Blocked bool `json:"blocked,omitempty"`
+	// BudgetID links the end user to a budget (budgets.go), whose
+	// max_budget is copied into MaxBudget.
+	BudgetID  string    `json:"budget_id,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
 }

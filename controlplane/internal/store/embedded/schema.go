@@ -60,6 +60,8 @@ var (
 	bucketJobCallIDs  = []byte("job_call_ids")        // call_id → nil
 	bucketCreditTxns  = []byte("credit_transactions") // lp(team_id) + big-endian seq → CreditTransaction JSON
 	bucketCreditTxIDs = []byte("credit_transaction_ids")
+
+	bucketBudgets = []byte("budgets") // budget_id → Budget JSON
 )
 
 var (
@@ -82,6 +84,15 @@ var migrations = []func(*bolt.Tx) error{
 	migrateV3,
 	migrateV4,
 	migrateV5,
+	migrateV6,
+}
+
+// migrateV6 adds the budget table's bucket.
+func migrateV6(tx *bolt.Tx) error {
+	if _, err := tx.CreateBucketIfNotExists(bucketBudgets); err != nil {
+		return fmt.Errorf("create bucket %s: %w", bucketBudgets, err)
+	}
+	return nil
 }
 
 // migrateV4 adds the budget-reset schedule, filled from the keys, teams,

@@ -30,6 +30,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Spend", spendTests},
 		{"Events", eventTests},
 		{"SaaS", saasTests},
+		{"Budgets", budgetTests},
 		{"Revisions", revisionTests},
 		{"Concurrency", concurrencyTests},
 		{"Snapshot", snapshotTests},
