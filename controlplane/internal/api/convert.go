@@ -253,6 +253,7 @@ func structOf(raw json.RawMessage) *structpb.Struct {
 
 func keyOut(k *store.Key) *adminv1.Key {
 	return &adminv1.Key{
+		BudgetId:            k.BudgetID,
 		TokenId:             k.TokenID,
 		KeyAlias:            k.KeyAlias,
 		KeyName:             k.KeyName,
@@ -295,6 +296,7 @@ func keyOut(k *store.Key) *adminv1.Key {
 func generateOut(plaintext string, k *store.Key) *adminv1.GenerateKeyResponse {
 	o := keyOut(k)
 	return &adminv1.GenerateKeyResponse{
+		BudgetId:            o.BudgetId,
 		Key:                 plaintext,
 		TokenId:             o.TokenId,
 		KeyAlias:            o.KeyAlias,
@@ -332,7 +334,7 @@ func generateOut(plaintext string, k *store.Key) *adminv1.GenerateKeyResponse {
 func teamOut(t *store.Team) *adminv1.Team {
 	members := make([]*adminv1.TeamMember, 0, len(t.Members))
 	for _, m := range t.Members {
-		members = append(members, &adminv1.TeamMember{UserId: m.UserID, Role: m.Role, MaxBudgetInTeam: usdValue(m.MaxBudgetInTeam), Spend: money.ToUSD(m.Spend)})
+		members = append(members, &adminv1.TeamMember{UserId: m.UserID, Role: m.Role, MaxBudgetInTeam: usdValue(m.MaxBudgetInTeam), Spend: money.ToUSD(m.Spend), BudgetId: m.BudgetID})
 	}
 	return &adminv1.Team{
 		TeamId:                t.TeamID,
@@ -390,6 +392,8 @@ func orgOut(o *store.Organization, teams []store.Team) *adminv1.Organization {
 		ts = append(ts, teamOut(&teams[i]))
 	}
 	return &adminv1.Organization{
+		BudgetId:            o.BudgetID,
+		LitellmBudgetTable:  budgetTableOf(o.BudgetID, o.Limits),
 		OrganizationId:      o.OrganizationID,
 		OrganizationAlias:   o.OrganizationAlias,
 		Models:              o.Models,

@@ -30,8 +30,8 @@ type NewCustomerRequest struct {
 	// max_budget in USD (absent: none, max_end_user_budget applies).
 	MaxBudget *wrapperspb.DoubleValue `protobuf:"bytes,3,opt,name=max_budget,json=maxBudget,proto3" json:"max_budget,omitempty"`
 	Blocked   bool                    `protobuf:"varint,4,opt,name=blocked,proto3" json:"blocked,omitempty"`
-	// budget_id names a LiteLLM budget table row; not supported (refused
-	// with 400: set max_budget instead).
+	// budget_id links the end user to a budget (/budget/new): its
+	// max_budget becomes the end user's.
 	BudgetId string `protobuf:"bytes,5,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
 	// Not supported on end users, refused with 400 when set (never dropped
 	// silently).

@@ -56,8 +56,11 @@ type GenerateKeyRequest struct {
 	Expires          *timestamppb.Timestamp `protobuf:"bytes,24,opt,name=expires,proto3" json:"expires,omitempty"`
 	AutoRotate       bool                   `protobuf:"varint,25,opt,name=auto_rotate,json=autoRotate,proto3" json:"auto_rotate,omitempty"`
 	RotationInterval string                 `protobuf:"bytes,26,opt,name=rotation_interval,json=rotationInterval,proto3" json:"rotation_interval,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// budget_id links the key to a budget (/budget/new); the budget's limits
+	// become the key's (proxy_admin only).
+	BudgetId      string `protobuf:"bytes,90,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GenerateKeyRequest) Reset() {
@@ -272,6 +275,13 @@ func (x *GenerateKeyRequest) GetRotationInterval() string {
 	return ""
 }
 
+func (x *GenerateKeyRequest) GetBudgetId() string {
+	if x != nil {
+		return x.BudgetId
+	}
+	return ""
+}
+
 // Key is a stored key as the API shows it: never the plaintext, never the hash.
 type Key struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -312,6 +322,7 @@ type Key struct {
 	UpdatedAt           *timestamppb.Timestamp  `protobuf:"bytes,34,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
 	CreatedBy           string                  `protobuf:"bytes,35,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
 	UpdatedBy           string                  `protobuf:"bytes,36,opt,name=updated_by,json=updatedBy,proto3" json:"updated_by,omitempty"`
+	BudgetId            string                  `protobuf:"bytes,90,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
 }
@@ -598,6 +609,13 @@ func (x *Key) GetUpdatedBy() string {
 	return ""
 }
 
+func (x *Key) GetBudgetId() string {
+	if x != nil {
+		return x.BudgetId
+	}
+	return ""
+}
+
 // GenerateKeyResponse is the stored key plus its plaintext, returned once.
 type GenerateKeyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -633,6 +651,7 @@ type GenerateKeyResponse struct {
 	RotationInterval    string                  `protobuf:"bytes,29,opt,name=rotation_interval,json=rotationInterval,proto3" json:"rotation_interval,omitempty"`
 	KeyRotationAt       *timestamppb.Timestamp  `protobuf:"bytes,30,opt,name=key_rotation_at,json=keyRotationAt,proto3" json:"key_rotation_at,omitempty"`
 	CreatedAt           *timestamppb.Timestamp  `protobuf:"bytes,31,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	BudgetId            string                  `protobuf:"bytes,90,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
 }
@@ -884,6 +903,13 @@ func (x *GenerateKeyResponse) GetCreatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *GenerateKeyResponse) GetBudgetId() string {
+	if x != nil {
+		return x.BudgetId
+	}
+	return ""
+}
+
 // UpdateKeyRequest is /key/update's body: key (plaintext or token_id) plus the
 // fields to change. Absent fields are left as they are.
 type UpdateKeyRequest struct {
@@ -915,8 +941,11 @@ type UpdateKeyRequest struct {
 	Expires             *timestamppb.Timestamp  `protobuf:"bytes,24,opt,name=expires,proto3" json:"expires,omitempty"`
 	AutoRotate          *wrapperspb.BoolValue   `protobuf:"bytes,25,opt,name=auto_rotate,json=autoRotate,proto3" json:"auto_rotate,omitempty"`
 	RotationInterval    *wrapperspb.StringValue `protobuf:"bytes,26,opt,name=rotation_interval,json=rotationInterval,proto3" json:"rotation_interval,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// budget_id links the key to a budget; "" unlinks it (its limits stay
+	// as the budget left them).
+	BudgetId      *wrapperspb.StringValue `protobuf:"bytes,90,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UpdateKeyRequest) Reset() {
@@ -1127,6 +1156,13 @@ func (x *UpdateKeyRequest) GetAutoRotate() *wrapperspb.BoolValue {
 func (x *UpdateKeyRequest) GetRotationInterval() *wrapperspb.StringValue {
 	if x != nil {
 		return x.RotationInterval
+	}
+	return nil
+}
+
+func (x *UpdateKeyRequest) GetBudgetId() *wrapperspb.StringValue {
+	if x != nil {
+		return x.BudgetId
 	}
 	return nil
 }
@@ -1652,7 +1688,7 @@ var File_tollgate_admin_v1_keys_proto protoreflect.FileDescriptor
 
 const file_tollgate_admin_v1_keys_proto_rawDesc = "" +
 	"\n" +
-	"\x1ctollgate/admin/v1/keys.proto\x12\x11tollgate.admin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1etollgate/admin/v1/common.proto\"\xfa\v\n" +
+	"\x1ctollgate/admin/v1/keys.proto\x12\x11tollgate.admin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1etollgate/admin/v1/common.proto\"\x97\f\n" +
 	"\x12GenerateKeyRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1b\n" +
 	"\tkey_alias\x18\x02 \x01(\tR\bkeyAlias\x12\x1a\n" +
@@ -1685,7 +1721,8 @@ const file_tollgate_admin_v1_keys_proto_rawDesc = "" +
 	"\aexpires\x18\x18 \x01(\v2\x1a.google.protobuf.TimestampR\aexpires\x12\x1f\n" +
 	"\vauto_rotate\x18\x19 \x01(\bR\n" +
 	"autoRotate\x12+\n" +
-	"\x11rotation_interval\x18\x1a \x01(\tR\x10rotationInterval\x1aa\n" +
+	"\x11rotation_interval\x18\x1a \x01(\tR\x10rotationInterval\x12\x1b\n" +
+	"\tbudget_id\x18Z \x01(\tR\bbudgetId\x1aa\n" +
 	"\x13ModelMaxBudgetEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x124\n" +
 	"\x05value\x18\x02 \x01(\v2\x1e.tollgate.admin.v1.ModelBudgetR\x05value:\x028\x01\x1a@\n" +
@@ -1694,7 +1731,7 @@ const file_tollgate_admin_v1_keys_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\x1a@\n" +
 	"\x12ModelTpmLimitEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\x92\x0f\n" +
+	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\xaf\x0f\n" +
 	"\x03Key\x12\x19\n" +
 	"\btoken_id\x18\x01 \x01(\tR\atokenId\x12\x1b\n" +
 	"\tkey_alias\x18\x02 \x01(\tR\bkeyAlias\x12\x19\n" +
@@ -1741,7 +1778,8 @@ const file_tollgate_admin_v1_keys_proto_rawDesc = "" +
 	"\n" +
 	"created_by\x18# \x01(\tR\tcreatedBy\x12\x1d\n" +
 	"\n" +
-	"updated_by\x18$ \x01(\tR\tupdatedBy\x1aa\n" +
+	"updated_by\x18$ \x01(\tR\tupdatedBy\x12\x1b\n" +
+	"\tbudget_id\x18Z \x01(\tR\bbudgetId\x1aa\n" +
 	"\x13ModelMaxBudgetEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x124\n" +
 	"\x05value\x18\x02 \x01(\v2\x1e.tollgate.admin.v1.ModelBudgetR\x05value:\x028\x01\x1a@\n" +
@@ -1750,7 +1788,7 @@ const file_tollgate_admin_v1_keys_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\x1a@\n" +
 	"\x12ModelTpmLimitEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\xe8\r\n" +
+	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\x85\x0e\n" +
 	"\x13GenerateKeyResponse\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x19\n" +
 	"\btoken_id\x18\x02 \x01(\tR\atokenId\x12\x1b\n" +
@@ -1789,7 +1827,8 @@ const file_tollgate_admin_v1_keys_proto_rawDesc = "" +
 	"\x11rotation_interval\x18\x1d \x01(\tR\x10rotationInterval\x12B\n" +
 	"\x0fkey_rotation_at\x18\x1e \x01(\v2\x1a.google.protobuf.TimestampR\rkeyRotationAt\x129\n" +
 	"\n" +
-	"created_at\x18\x1f \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x1aa\n" +
+	"created_at\x18\x1f \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1b\n" +
+	"\tbudget_id\x18Z \x01(\tR\bbudgetId\x1aa\n" +
 	"\x13ModelMaxBudgetEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x124\n" +
 	"\x05value\x18\x02 \x01(\v2\x1e.tollgate.admin.v1.ModelBudgetR\x05value:\x028\x01\x1a@\n" +
@@ -1798,7 +1837,7 @@ const file_tollgate_admin_v1_keys_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\x1a@\n" +
 	"\x12ModelTpmLimitEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\xec\x0e\n" +
+	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\xa7\x0f\n" +
 	"\x10UpdateKeyRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x129\n" +
 	"\tkey_alias\x18\x02 \x01(\v2\x1c.google.protobuf.StringValueR\bkeyAlias\x128\n" +
@@ -1831,7 +1870,8 @@ const file_tollgate_admin_v1_keys_proto_rawDesc = "" +
 	"\aexpires\x18\x18 \x01(\v2\x1a.google.protobuf.TimestampR\aexpires\x12;\n" +
 	"\vauto_rotate\x18\x19 \x01(\v2\x1a.google.protobuf.BoolValueR\n" +
 	"autoRotate\x12I\n" +
-	"\x11rotation_interval\x18\x1a \x01(\v2\x1c.google.protobuf.StringValueR\x10rotationInterval\x1aa\n" +
+	"\x11rotation_interval\x18\x1a \x01(\v2\x1c.google.protobuf.StringValueR\x10rotationInterval\x129\n" +
+	"\tbudget_id\x18Z \x01(\v2\x1c.google.protobuf.StringValueR\bbudgetId\x1aa\n" +
 	"\x13ModelMaxBudgetEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x124\n" +
 	"\x05value\x18\x02 \x01(\v2\x1e.tollgate.admin.v1.ModelBudgetR\x05value:\x028\x01\x1a@\n" +
@@ -2014,42 +2054,43 @@ var file_tollgate_admin_v1_keys_proto_depIdxs = []int32{
 	27, // 64: tollgate.admin.v1.UpdateKeyRequest.expires:type_name -> google.protobuf.Timestamp
 	26, // 65: tollgate.admin.v1.UpdateKeyRequest.auto_rotate:type_name -> google.protobuf.BoolValue
 	28, // 66: tollgate.admin.v1.UpdateKeyRequest.rotation_interval:type_name -> google.protobuf.StringValue
-	1,  // 67: tollgate.admin.v1.GetKeyInfoResponse.info:type_name -> tollgate.admin.v1.Key
-	26, // 68: tollgate.admin.v1.ListKeysRequest.blocked:type_name -> google.protobuf.BoolValue
-	1,  // 69: tollgate.admin.v1.ListKeysResponse.keys_full:type_name -> tollgate.admin.v1.Key
-	23, // 70: tollgate.admin.v1.RegenerateKeyRequest.max_budget:type_name -> google.protobuf.DoubleValue
-	24, // 71: tollgate.admin.v1.RegenerateKeyRequest.rpm_limit:type_name -> google.protobuf.Int32Value
-	24, // 72: tollgate.admin.v1.RegenerateKeyRequest.tpm_limit:type_name -> google.protobuf.Int32Value
-	28, // 73: tollgate.admin.v1.RegenerateKeyRequest.duration:type_name -> google.protobuf.StringValue
-	29, // 74: tollgate.admin.v1.RegenerateKeyRequest.models:type_name -> google.protobuf.ListValue
-	25, // 75: tollgate.admin.v1.RegenerateKeyRequest.metadata:type_name -> google.protobuf.Struct
-	30, // 76: tollgate.admin.v1.GenerateKeyRequest.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
-	30, // 77: tollgate.admin.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
-	30, // 78: tollgate.admin.v1.GenerateKeyResponse.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
-	30, // 79: tollgate.admin.v1.UpdateKeyRequest.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
-	0,  // 80: tollgate.admin.v1.KeyService.GenerateKey:input_type -> tollgate.admin.v1.GenerateKeyRequest
-	0,  // 81: tollgate.admin.v1.KeyService.GenerateServiceAccountKey:input_type -> tollgate.admin.v1.GenerateKeyRequest
-	3,  // 82: tollgate.admin.v1.KeyService.UpdateKey:input_type -> tollgate.admin.v1.UpdateKeyRequest
-	4,  // 83: tollgate.admin.v1.KeyService.DeleteKeys:input_type -> tollgate.admin.v1.DeleteKeysRequest
-	5,  // 84: tollgate.admin.v1.KeyService.GetKeyInfo:input_type -> tollgate.admin.v1.GetKeyInfoRequest
-	7,  // 85: tollgate.admin.v1.KeyService.ListKeys:input_type -> tollgate.admin.v1.ListKeysRequest
-	9,  // 86: tollgate.admin.v1.KeyService.RegenerateKey:input_type -> tollgate.admin.v1.RegenerateKeyRequest
-	10, // 87: tollgate.admin.v1.KeyService.BlockKey:input_type -> tollgate.admin.v1.BlockKeyRequest
-	10, // 88: tollgate.admin.v1.KeyService.UnblockKey:input_type -> tollgate.admin.v1.BlockKeyRequest
-	2,  // 89: tollgate.admin.v1.KeyService.GenerateKey:output_type -> tollgate.admin.v1.GenerateKeyResponse
-	2,  // 90: tollgate.admin.v1.KeyService.GenerateServiceAccountKey:output_type -> tollgate.admin.v1.GenerateKeyResponse
-	1,  // 91: tollgate.admin.v1.KeyService.UpdateKey:output_type -> tollgate.admin.v1.Key
-	31, // 92: tollgate.admin.v1.KeyService.DeleteKeys:output_type -> tollgate.admin.v1.DeleteResponse
-	6,  // 93: tollgate.admin.v1.KeyService.GetKeyInfo:output_type -> tollgate.admin.v1.GetKeyInfoResponse
-	8,  // 94: tollgate.admin.v1.KeyService.ListKeys:output_type -> tollgate.admin.v1.ListKeysResponse
-	2,  // 95: tollgate.admin.v1.KeyService.RegenerateKey:output_type -> tollgate.admin.v1.GenerateKeyResponse
-	1,  // 96: tollgate.admin.v1.KeyService.BlockKey:output_type -> tollgate.admin.v1.Key
-	1,  // 97: tollgate.admin.v1.KeyService.UnblockKey:output_type -> tollgate.admin.v1.Key
-	89, // [89:98] is the sub-list for method output_type
-	80, // [80:89] is the sub-list for method input_type
-	80, // [80:80] is the sub-list for extension type_name
-	80, // [80:80] is the sub-list for extension extendee
-	0,  // [0:80] is the sub-list for field type_name
+	28, // 67: tollgate.admin.v1.UpdateKeyRequest.budget_id:type_name -> google.protobuf.StringValue
+	1,  // 68: tollgate.admin.v1.GetKeyInfoResponse.info:type_name -> tollgate.admin.v1.Key
+	26, // 69: tollgate.admin.v1.ListKeysRequest.blocked:type_name -> google.protobuf.BoolValue
+	1,  // 70: tollgate.admin.v1.ListKeysResponse.keys_full:type_name -> tollgate.admin.v1.Key
+	23, // 71: tollgate.admin.v1.RegenerateKeyRequest.max_budget:type_name -> google.protobuf.DoubleValue
+	24, // 72: tollgate.admin.v1.RegenerateKeyRequest.rpm_limit:type_name -> google.protobuf.Int32Value
+	24, // 73: tollgate.admin.v1.RegenerateKeyRequest.tpm_limit:type_name -> google.protobuf.Int32Value
+	28, // 74: tollgate.admin.v1.RegenerateKeyRequest.duration:type_name -> google.protobuf.StringValue
+	29, // 75: tollgate.admin.v1.RegenerateKeyRequest.models:type_name -> google.protobuf.ListValue
+	25, // 76: tollgate.admin.v1.RegenerateKeyRequest.metadata:type_name -> google.protobuf.Struct
+	30, // 77: tollgate.admin.v1.GenerateKeyRequest.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
+	30, // 78: tollgate.admin.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
+	30, // 79: tollgate.admin.v1.GenerateKeyResponse.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
+	30, // 80: tollgate.admin.v1.UpdateKeyRequest.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
+	0,  // 81: tollgate.admin.v1.KeyService.GenerateKey:input_type -> tollgate.admin.v1.GenerateKeyRequest
+	0,  // 82: tollgate.admin.v1.KeyService.GenerateServiceAccountKey:input_type -> tollgate.admin.v1.GenerateKeyRequest
+	3,  // 83: tollgate.admin.v1.KeyService.UpdateKey:input_type -> tollgate.admin.v1.UpdateKeyRequest
+	4,  // 84: tollgate.admin.v1.KeyService.DeleteKeys:input_type -> tollgate.admin.v1.DeleteKeysRequest
+	5,  // 85: tollgate.admin.v1.KeyService.GetKeyInfo:input_type -> tollgate.admin.v1.GetKeyInfoRequest
+	7,  // 86: tollgate.admin.v1.KeyService.ListKeys:input_type -> tollgate.admin.v1.ListKeysRequest
+	9,  // 87: tollgate.admin.v1.KeyService.RegenerateKey:input_type -> tollgate.admin.v1.RegenerateKeyRequest
+	10, // 88: tollgate.admin.v1.KeyService.BlockKey:input_type -> tollgate.admin.v1.BlockKeyRequest
+	10, // 89: tollgate.admin.v1.KeyService.UnblockKey:input_type -> tollgate.admin.v1.BlockKeyRequest
+	2,  // 90: tollgate.admin.v1.KeyService.GenerateKey:output_type -> tollgate.admin.v1.GenerateKeyResponse
+	2,  // 91: tollgate.admin.v1.KeyService.GenerateServiceAccountKey:output_type -> tollgate.admin.v1.GenerateKeyResponse
+	1,  // 92: tollgate.admin.v1.KeyService.UpdateKey:output_type -> tollgate.admin.v1.Key
+	31, // 93: tollgate.admin.v1.KeyService.DeleteKeys:output_type -> tollgate.admin.v1.DeleteResponse
+	6,  // 94: tollgate.admin.v1.KeyService.GetKeyInfo:output_type -> tollgate.admin.v1.GetKeyInfoResponse
+	8,  // 95: tollgate.admin.v1.KeyService.ListKeys:output_type -> tollgate.admin.v1.ListKeysResponse
+	2,  // 96: tollgate.admin.v1.KeyService.RegenerateKey:output_type -> tollgate.admin.v1.GenerateKeyResponse
+	1,  // 97: tollgate.admin.v1.KeyService.BlockKey:output_type -> tollgate.admin.v1.Key
+	1,  // 98: tollgate.admin.v1.KeyService.UnblockKey:output_type -> tollgate.admin.v1.Key
+	90, // [90:99] is the sub-list for method output_type
+	81, // [81:90] is the sub-list for method input_type
+	81, // [81:81] is the sub-list for extension type_name
+	81, // [81:81] is the sub-list for extension extendee
+	0,  // [0:81] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_admin_v1_keys_proto_init() }

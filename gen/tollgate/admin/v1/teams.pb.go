@@ -32,8 +32,11 @@ type TeamMember struct {
 	MaxBudgetInTeam *wrapperspb.DoubleValue `protobuf:"bytes,3,opt,name=max_budget_in_team,json=maxBudgetInTeam,proto3" json:"max_budget_in_team,omitempty"`
 	Spend           float64                 `protobuf:"fixed64,4,opt,name=spend,proto3" json:"spend,omitempty"`
 	UserEmail       string                  `protobuf:"bytes,5,opt,name=user_email,json=userEmail,proto3" json:"user_email,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// budget_id is the membership's budget, if any (its max_budget is the
+	// member's max_budget_in_team).
+	BudgetId      string `protobuf:"bytes,90,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TeamMember) Reset() {
@@ -97,6 +100,13 @@ func (x *TeamMember) GetSpend() float64 {
 func (x *TeamMember) GetUserEmail() string {
 	if x != nil {
 		return x.UserEmail
+	}
+	return ""
+}
+
+func (x *TeamMember) GetBudgetId() string {
+	if x != nil {
+		return x.BudgetId
 	}
 	return ""
 }
@@ -760,8 +770,10 @@ type TeamMemberUpdateRequest struct {
 	UserId          string                  `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	Role            string                  `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
 	MaxBudgetInTeam *wrapperspb.DoubleValue `protobuf:"bytes,4,opt,name=max_budget_in_team,json=maxBudgetInTeam,proto3" json:"max_budget_in_team,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// budget_id links the membership to a budget; "" unlinks it.
+	BudgetId      *wrapperspb.StringValue `protobuf:"bytes,90,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TeamMemberUpdateRequest) Reset() {
@@ -818,6 +830,13 @@ func (x *TeamMemberUpdateRequest) GetRole() string {
 func (x *TeamMemberUpdateRequest) GetMaxBudgetInTeam() *wrapperspb.DoubleValue {
 	if x != nil {
 		return x.MaxBudgetInTeam
+	}
+	return nil
+}
+
+func (x *TeamMemberUpdateRequest) GetBudgetId() *wrapperspb.StringValue {
+	if x != nil {
+		return x.BudgetId
 	}
 	return nil
 }
@@ -1051,7 +1070,7 @@ var File_tollgate_admin_v1_teams_proto protoreflect.FileDescriptor
 
 const file_tollgate_admin_v1_teams_proto_rawDesc = "" +
 	"\n" +
-	"\x1dtollgate/admin/v1/teams.proto\x12\x11tollgate.admin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1etollgate/admin/v1/common.proto\x1a\x1ctollgate/admin/v1/keys.proto\"\xb9\x01\n" +
+	"\x1dtollgate/admin/v1/teams.proto\x12\x11tollgate.admin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1etollgate/admin/v1/common.proto\x1a\x1ctollgate/admin/v1/keys.proto\"\xd6\x01\n" +
 	"\n" +
 	"TeamMember\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x12\n" +
@@ -1059,7 +1078,8 @@ const file_tollgate_admin_v1_teams_proto_rawDesc = "" +
 	"\x12max_budget_in_team\x18\x03 \x01(\v2\x1c.google.protobuf.DoubleValueR\x0fmaxBudgetInTeam\x12\x14\n" +
 	"\x05spend\x18\x04 \x01(\x01R\x05spend\x12\x1d\n" +
 	"\n" +
-	"user_email\x18\x05 \x01(\tR\tuserEmail\"\xd9\a\n" +
+	"user_email\x18\x05 \x01(\tR\tuserEmail\x12\x1b\n" +
+	"\tbudget_id\x18Z \x01(\tR\bbudgetId\"\xd9\a\n" +
 	"\x04Team\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12\x1d\n" +
 	"\n" +
@@ -1133,12 +1153,13 @@ const file_tollgate_admin_v1_teams_proto_rawDesc = "" +
 	"\x12max_budget_in_team\x18\x03 \x01(\v2\x1c.google.protobuf.DoubleValueR\x0fmaxBudgetInTeam\"K\n" +
 	"\x17TeamMemberDeleteRequest\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12\x17\n" +
-	"\auser_id\x18\x02 \x01(\tR\x06userId\"\xaa\x01\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\"\xe5\x01\n" +
 	"\x17TeamMemberUpdateRequest\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x12\n" +
 	"\x04role\x18\x03 \x01(\tR\x04role\x12I\n" +
-	"\x12max_budget_in_team\x18\x04 \x01(\v2\x1c.google.protobuf.DoubleValueR\x0fmaxBudgetInTeam\"(\n" +
+	"\x12max_budget_in_team\x18\x04 \x01(\v2\x1c.google.protobuf.DoubleValueR\x0fmaxBudgetInTeam\x129\n" +
+	"\tbudget_id\x18Z \x01(\v2\x1c.google.protobuf.StringValueR\bbudgetId\"(\n" +
 	"\rTeamIdRequest\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\"\x8d\x01\n" +
 	"\x10TeamInfoResponse\x12\x17\n" +
@@ -1240,34 +1261,35 @@ var file_tollgate_admin_v1_teams_proto_depIdxs = []int32{
 	19, // 33: tollgate.admin.v1.TeamMemberAddRequest.member:type_name -> google.protobuf.Value
 	12, // 34: tollgate.admin.v1.TeamMemberAddRequest.max_budget_in_team:type_name -> google.protobuf.DoubleValue
 	12, // 35: tollgate.admin.v1.TeamMemberUpdateRequest.max_budget_in_team:type_name -> google.protobuf.DoubleValue
-	1,  // 36: tollgate.admin.v1.TeamInfoResponse.team_info:type_name -> tollgate.admin.v1.Team
-	20, // 37: tollgate.admin.v1.TeamInfoResponse.keys:type_name -> tollgate.admin.v1.Key
-	1,  // 38: tollgate.admin.v1.ListTeamsResponse.teams:type_name -> tollgate.admin.v1.Team
-	2,  // 39: tollgate.admin.v1.TeamService.NewTeam:input_type -> tollgate.admin.v1.NewTeamRequest
-	3,  // 40: tollgate.admin.v1.TeamService.UpdateTeam:input_type -> tollgate.admin.v1.UpdateTeamRequest
-	4,  // 41: tollgate.admin.v1.TeamService.DeleteTeams:input_type -> tollgate.admin.v1.DeleteTeamsRequest
-	5,  // 42: tollgate.admin.v1.TeamService.AddTeamMember:input_type -> tollgate.admin.v1.TeamMemberAddRequest
-	6,  // 43: tollgate.admin.v1.TeamService.DeleteTeamMember:input_type -> tollgate.admin.v1.TeamMemberDeleteRequest
-	7,  // 44: tollgate.admin.v1.TeamService.UpdateTeamMember:input_type -> tollgate.admin.v1.TeamMemberUpdateRequest
-	8,  // 45: tollgate.admin.v1.TeamService.BlockTeam:input_type -> tollgate.admin.v1.TeamIdRequest
-	8,  // 46: tollgate.admin.v1.TeamService.UnblockTeam:input_type -> tollgate.admin.v1.TeamIdRequest
-	8,  // 47: tollgate.admin.v1.TeamService.GetTeamInfo:input_type -> tollgate.admin.v1.TeamIdRequest
-	10, // 48: tollgate.admin.v1.TeamService.ListTeams:input_type -> tollgate.admin.v1.ListTeamsRequest
-	1,  // 49: tollgate.admin.v1.TeamService.NewTeam:output_type -> tollgate.admin.v1.Team
-	1,  // 50: tollgate.admin.v1.TeamService.UpdateTeam:output_type -> tollgate.admin.v1.Team
-	21, // 51: tollgate.admin.v1.TeamService.DeleteTeams:output_type -> tollgate.admin.v1.DeleteResponse
-	1,  // 52: tollgate.admin.v1.TeamService.AddTeamMember:output_type -> tollgate.admin.v1.Team
-	1,  // 53: tollgate.admin.v1.TeamService.DeleteTeamMember:output_type -> tollgate.admin.v1.Team
-	0,  // 54: tollgate.admin.v1.TeamService.UpdateTeamMember:output_type -> tollgate.admin.v1.TeamMember
-	1,  // 55: tollgate.admin.v1.TeamService.BlockTeam:output_type -> tollgate.admin.v1.Team
-	1,  // 56: tollgate.admin.v1.TeamService.UnblockTeam:output_type -> tollgate.admin.v1.Team
-	9,  // 57: tollgate.admin.v1.TeamService.GetTeamInfo:output_type -> tollgate.admin.v1.TeamInfoResponse
-	11, // 58: tollgate.admin.v1.TeamService.ListTeams:output_type -> tollgate.admin.v1.ListTeamsResponse
-	49, // [49:59] is the sub-list for method output_type
-	39, // [39:49] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	16, // 36: tollgate.admin.v1.TeamMemberUpdateRequest.budget_id:type_name -> google.protobuf.StringValue
+	1,  // 37: tollgate.admin.v1.TeamInfoResponse.team_info:type_name -> tollgate.admin.v1.Team
+	20, // 38: tollgate.admin.v1.TeamInfoResponse.keys:type_name -> tollgate.admin.v1.Key
+	1,  // 39: tollgate.admin.v1.ListTeamsResponse.teams:type_name -> tollgate.admin.v1.Team
+	2,  // 40: tollgate.admin.v1.TeamService.NewTeam:input_type -> tollgate.admin.v1.NewTeamRequest
+	3,  // 41: tollgate.admin.v1.TeamService.UpdateTeam:input_type -> tollgate.admin.v1.UpdateTeamRequest
+	4,  // 42: tollgate.admin.v1.TeamService.DeleteTeams:input_type -> tollgate.admin.v1.DeleteTeamsRequest
+	5,  // 43: tollgate.admin.v1.TeamService.AddTeamMember:input_type -> tollgate.admin.v1.TeamMemberAddRequest
+	6,  // 44: tollgate.admin.v1.TeamService.DeleteTeamMember:input_type -> tollgate.admin.v1.TeamMemberDeleteRequest
+	7,  // 45: tollgate.admin.v1.TeamService.UpdateTeamMember:input_type -> tollgate.admin.v1.TeamMemberUpdateRequest
+	8,  // 46: tollgate.admin.v1.TeamService.BlockTeam:input_type -> tollgate.admin.v1.TeamIdRequest
+	8,  // 47: tollgate.admin.v1.TeamService.UnblockTeam:input_type -> tollgate.admin.v1.TeamIdRequest
+	8,  // 48: tollgate.admin.v1.TeamService.GetTeamInfo:input_type -> tollgate.admin.v1.TeamIdRequest
+	10, // 49: tollgate.admin.v1.TeamService.ListTeams:input_type -> tollgate.admin.v1.ListTeamsRequest
+	1,  // 50: tollgate.admin.v1.TeamService.NewTeam:output_type -> tollgate.admin.v1.Team
+	1,  // 51: tollgate.admin.v1.TeamService.UpdateTeam:output_type -> tollgate.admin.v1.Team
+	21, // 52: tollgate.admin.v1.TeamService.DeleteTeams:output_type -> tollgate.admin.v1.DeleteResponse
+	1,  // 53: tollgate.admin.v1.TeamService.AddTeamMember:output_type -> tollgate.admin.v1.Team
+	1,  // 54: tollgate.admin.v1.TeamService.DeleteTeamMember:output_type -> tollgate.admin.v1.Team
+	0,  // 55: tollgate.admin.v1.TeamService.UpdateTeamMember:output_type -> tollgate.admin.v1.TeamMember
+	1,  // 56: tollgate.admin.v1.TeamService.BlockTeam:output_type -> tollgate.admin.v1.Team
+	1,  // 57: tollgate.admin.v1.TeamService.UnblockTeam:output_type -> tollgate.admin.v1.Team
+	9,  // 58: tollgate.admin.v1.TeamService.GetTeamInfo:output_type -> tollgate.admin.v1.TeamInfoResponse
+	11, // 59: tollgate.admin.v1.TeamService.ListTeams:output_type -> tollgate.admin.v1.ListTeamsResponse
+	50, // [50:60] is the sub-list for method output_type
+	40, // [40:50] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_admin_v1_teams_proto_init() }
