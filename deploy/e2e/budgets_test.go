@@ -113,20 +113,29 @@ func TestBudgetsAPI(t *testing.T) {
 		if tb, _ := ci["litellm_budget_table"].(map[string]any); tb == nil || tb["max_budget"] != 3.0 {
 			t.Fatalf("/customer/info = %v", ci)
 		}
-		e := envelope(t, Do(t, "POST", u+"/end_user/new", mk, map[string]any{"user_id": "cust2", "budget_id": gen["budget_id"]}), 400)
-		if !strings.Contains(e["message"].(string), "tpm_limit") {
-			t.Fatalf("end user on a tpm budget: %v", e)
+		// rpm_limit and tpm_limit apply to end users; a budget period does not.
+		eu2 := ok(t, Do(t, "POST", u+"/end_user/new", mk, map[string]any{"user_id": "cust2", "budget_id": gen["budget_id"]}))
+		if tb, _ := eu2["litellm_budget_table"].(map[string]any); tb == nil || tb["tpm_limit"] != 2.0 {
+			t.Fatalf("/end_user/new on a tpm budget = %v", eu2)
 		}
-		envelope(t, Do(t, "GET", u+"/customer/info?end_user_id=cust2", mk, nil), 404)
-		envelope(t, Do(t, "POST", u+"/budget/update", mk, map[string]any{"budget_id": "eu", "rpm_limit": 5}), 400)
+		ok(t, Do(t, "POST", u+"/budget/new", mk, map[string]any{"budget_id": "monthly", "max_budget": 1, "budget_duration": "30d"}))
+		e := envelope(t, Do(t, "POST", u+"/end_user/new", mk, map[string]any{"user_id": "cust3", "budget_id": "monthly"}), 400)
+		if !strings.Contains(e["message"].(string), "budget_duration") {
+			t.Fatalf("end user on a periodic budget: %v", e)
+		}
+		envelope(t, Do(t, "GET", u+"/customer/info?end_user_id=cust3", mk, nil), 404)
+		envelope(t, Do(t, "POST", u+"/budget/update", mk, map[string]any{"budget_id": "eu", "budget_duration": "1d"}), 400)
+		envelope(t, Do(t, "POST", u+"/end_user/new", mk, map[string]any{"user_id": "cust4", "budget_id": "eu", "max_budget": 1}), 400)
 
-		// Team members: max_budget_in_team from the budget.
+		// Team members: max_budget_in_team from the budget (and nothing more).
 		ok(t, Do(t, "POST", u+"/user/new", mk, map[string]any{"user_id": "member", "auto_create_key": false}))
 		team := ok(t, Do(t, "POST", u+"/team/new", mk, map[string]any{"team_alias": "t", "members_with_roles": []map[string]any{{"user_id": "member", "role": "user"}}}))
 		m := ok(t, Do(t, "POST", u+"/team/member_update", mk, map[string]any{"team_id": team["team_id"], "user_id": "member", "budget_id": "eu"}))
 		if m["budget_id"] != "eu" || m["max_budget_in_team"] != 3.0 {
 			t.Fatalf("/team/member_update with budget_id = %v", m)
 		}
+		envelope(t, Do(t, "POST", u+"/budget/update", mk, map[string]any{"budget_id": "eu", "rpm_limit": 5}), 400)
+		envelope(t, Do(t, "POST", u+"/team/member_update", mk, map[string]any{"team_id": team["team_id"], "user_id": "member", "max_budget_in_team": 9}), 400)
 
 		// One update reaches every linked object.
 		ok(t, Do(t, "POST", u+"/budget/update", mk, map[string]any{"budget_id": "eu", "max_budget": 4}))
@@ -161,11 +170,11 @@ func TestBudgetsAPI(t *testing.T) {
 		}
 		ok(t, Do(t, "POST", u+"/key/update", mk, map[string]any{"key": tok, "rpm_limit": 1})) // its own again
 		envelope(t, Do(t, "POST", u+"/budget/delete", mk, map[string]any{"id": "nope"}), 404)
-		del := ok(t, Do(t, "POST", u+"/budget/delete", mk, map[string]any{"id": gen["budget_id"]}))
-		if del["budget_id"] != gen["budget_id"] {
+		del := ok(t, Do(t, "POST", u+"/budget/delete", mk, map[string]any{"id": "monthly"}))
+		if del["budget_id"] != "monthly" {
 			t.Fatalf("/budget/delete = %v", del)
 		}
-		if b := list(t, Do(t, "POST", u+"/budget/info", mk, map[string]any{"budgets": []string{gen["budget_id"].(string)}})); len(b) != 0 {
+		if b := list(t, Do(t, "POST", u+"/budget/info", mk, map[string]any{"budgets": []string{"monthly"}})); len(b) != 0 {
 			t.Fatalf("deleted budget still there: %v", b)
 		}
 		if r := Do(t, "GET", u+"/audit?object_type=budget&page_size=100", mk, nil); r.Status != 200 || !strings.Contains(string(r.Body), `"action":"deleted"`) {
@@ -206,6 +215,27 @@ func TestBudgetsEnforced(t *testing.T) {
 		ok(t, Do(t, "POST", u+"/end_user/new", mk, map[string]any{"user_id": "cust", "budget_id": "eu"}))
 		free := ok(t, Do(t, "POST", u+"/key/generate", mk, map[string]any{}))["key"].(string)
 		waitRefusal(t, dp, free, chat("gpt-4o-mini", `,"user":"cust"`), "ExceededBudget: End User=cust over budget. Spend=")
+
+		// An end user on a budget with tpm_limit 2 (LiteLLM's
+		// test_enduser_tpm_limits): once a request's tokens are counted,
+		// the end user is rate limited, whichever key calls.
+		ok(t, Do(t, "POST", u+"/budget/new", mk, map[string]any{"budget_id": "free-tier", "tpm_limit": 2}))
+		ok(t, Do(t, "POST", u+"/end_user/new", mk, map[string]any{"user_id": "tiny", "budget_id": "free-tier"}))
+		waitStatus(t, dp, free, chat("gpt-4o-mini", `,"user":"tiny"`), 429)
+		passed := 0
+		for range 10 {
+			r := Do(t, "POST", dp.URL()+"/v1/chat/completions", free, chat("gpt-4o-mini", `,"user":"tiny"`))
+			if r.Status == 200 {
+				passed++
+			} else if e := envelope(t, r, 429); e["type"] != "rate_limit_error" || !strings.Contains(e["message"].(string), "end_user tiny") {
+				t.Fatalf("end-user tpm refusal %s", r.Body)
+			}
+		}
+		if passed >= 5 {
+			t.Fatalf("%d of 10 requests passed with tpm_limit 2", passed)
+		}
+		// Another end user with the same key is not limited by it.
+		waitStatus(t, dp, free, chat("gpt-4o-mini", `,"user":"someone-else"`), 200)
 
 		// An organization whose budget came from /organization/new.
 		org := ok(t, Do(t, "POST", u+"/organization/new", mk, map[string]any{"organization_alias": "acme", "max_budget": two}))

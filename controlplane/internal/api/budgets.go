@@ -32,9 +32,11 @@ import (
 // Organizations are the exception LiteLLM makes: an organization always has
 // a budget (/organization/new creates one from its limits), and
 // /organization/update's limits change that budget, and so every object
-// linked to it. End users and team memberships enforce only max_budget, so
-// a budget with other limits cannot be linked to them (400), and a budget
-// linked to them cannot gain other limits. A budget in use cannot be
+// linked to it. Team memberships enforce only max_budget and end users
+// max_budget, rpm_limit and tpm_limit (the proxy's gate counts an end
+// user's requests and tokens like a key's), so a budget with other limits
+// cannot be linked to them (400), and a budget linked to them cannot gain
+// other limits. A budget in use cannot be
 // deleted (400 naming what uses it): LiteLLM's delete would fail on the
 // foreign keys or leave dangling references.
 type budgetService struct {
@@ -346,22 +348,30 @@ func getBudget(ctx context.Context, tx store.Reader, id string, missing func(par
 	return b, err
 }
 
-// fitsMaxBudgetOnly refuses limits that end users and team memberships do
-// not enforce on a budget linked to any of them.
+// fitsMaxBudgetOnly refuses limits that end users (max_budget, rpm_limit,
+// tpm_limit) and team memberships (max_budget) do not enforce on a budget
+// linked to any of them.
 func fitsMaxBudgetOnly(b *store.Budget, refs store.BudgetRefs) error {
-	if len(refs.EndUsers) == 0 && len(refs.TeamMembers) == 0 {
-		return nil
+	if len(refs.TeamMembers) > 0 {
+		if err := onlyMaxBudget(b, false, "budget "+b.BudgetID+" is linked to team members, which enforce only max_budget"); err != nil {
+			return err
+		}
 	}
-	return onlyMaxBudget(b, "budget "+b.BudgetID+" is linked to end users or team members, which enforce only max_budget")
+	if len(refs.EndUsers) > 0 {
+		return onlyMaxBudget(b, true, "budget "+b.BudgetID+" is linked to end users, which enforce only max_budget, rpm_limit and tpm_limit")
+	}
+	return nil
 }
 
-func onlyMaxBudget(b *store.Budget, why string) error {
+// onlyMaxBudget refuses a budget that sets more than max_budget (and, with
+// rate, rpm_limit and tpm_limit).
+func onlyMaxBudget(b *store.Budget, rate bool, why string) error {
 	switch {
 	case b.SoftBudget != nil:
 		return badRequest("soft_budget", why+": it cannot set soft_budget")
-	case b.RPMLimit != nil:
+	case b.RPMLimit != nil && !rate:
 		return badRequest("rpm_limit", why+": it cannot set rpm_limit")
-	case b.TPMLimit != nil:
+	case b.TPMLimit != nil && !rate:
 		return badRequest("tpm_limit", why+": it cannot set tpm_limit")
 	case b.MaxParallelRequests != nil:
 		return badRequest("max_parallel_requests", why+": it cannot set max_parallel_requests")
@@ -427,7 +437,7 @@ func propagateBudget(ctx context.Context, tx store.Tx, b *store.Budget, refs sto
 		if err != nil {
 			return err
 		}
-		e.MaxBudget, e.UpdatedAt = clonePtr(b.MaxBudget), now
+		e.MaxBudget, e.RPMLimit, e.TPMLimit, e.UpdatedAt = clonePtr(b.MaxBudget), clonePtr(b.RPMLimit), clonePtr(b.TPMLimit), now
 		if err := tx.PutEndUser(ctx, e); err != nil {
 			return err
 		}
@@ -581,10 +591,10 @@ func linkEndUser(ctx context.Context, tx store.Tx, e *store.EndUser, budgetID st
 	if err != nil {
 		return err
 	}
-	if err := onlyMaxBudget(&b, "end users enforce only max_budget, and budget "+b.BudgetID+" sets more"); err != nil {
+	if err := onlyMaxBudget(&b, true, "end users enforce only max_budget, rpm_limit and tpm_limit, and budget "+b.BudgetID+" sets more"); err != nil {
 		return err
 	}
-	e.BudgetID, e.MaxBudget = b.BudgetID, clonePtr(b.MaxBudget)
+	e.BudgetID, e.MaxBudget, e.RPMLimit, e.TPMLimit = b.BudgetID, clonePtr(b.MaxBudget), clonePtr(b.RPMLimit), clonePtr(b.TPMLimit)
 	return nil
 }
 
@@ -608,7 +618,7 @@ func linkMember(ctx context.Context, tx store.Tx, m *store.TeamMember, link *wra
 	if err != nil {
 		return err
 	}
-	if err := onlyMaxBudget(&b, "team memberships enforce only max_budget, and budget "+b.BudgetID+" sets more"); err != nil {
+	if err := onlyMaxBudget(&b, false, "team memberships enforce only max_budget, and budget "+b.BudgetID+" sets more"); err != nil {
 		return err
 	}
 	m.BudgetID, m.MaxBudgetInTeam = b.BudgetID, clonePtr(b.MaxBudget)

@@ -28,7 +28,7 @@ func customerOut(e *store.EndUser) *adminv1.Customer {
 	out := &adminv1.Customer{UserId: e.EndUserID, Spend: money.ToUSD(e.Spend), Alias: e.Alias, MaxBudget: usdValue(e.MaxBudget),
 		Blocked: e.Blocked, CreatedAt: timestamppb.New(e.CreatedAt), UpdatedAt: timestamppb.New(e.UpdatedAt), BudgetId: e.BudgetID}
 	if e.BudgetID != "" {
-		out.LitellmBudgetTable = budgetTableOf(e.BudgetID, store.Limits{MaxBudget: e.MaxBudget})
+		out.LitellmBudgetTable = budgetTableOf(e.BudgetID, store.Limits{MaxBudget: e.MaxBudget, RPMLimit: e.RPMLimit, TPMLimit: e.TPMLimit})
 	}
 	return out
 }

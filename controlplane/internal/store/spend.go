@@ -75,8 +75,11 @@ type EndUser struct {
 	// Blocked: proxies refuse every request naming the end user.
 	Blocked bool `json:"blocked,omitempty"`
 	// BudgetID links the end user to a budget (budgets.go), whose
-	// max_budget is copied into MaxBudget.
-	BudgetID  string    `json:"budget_id,omitempty"`
+	// max_budget, rpm_limit and tpm_limit are copied into the fields here.
+	BudgetID string `json:"budget_id,omitempty"`
+	// RPMLimit and TPMLimit (nil: none) come from the end user's budget.
+	RPMLimit  *int64    `json:"rpm_limit,omitempty"`
+	TPMLimit  *int64    `json:"tpm_limit,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
 }

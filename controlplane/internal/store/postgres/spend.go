@@ -166,13 +166,13 @@ func (t *tx) PutEndUser(ctx context.Context, e store.EndUser) error {
 		updated = now
 	}
 	rows, err := t.pg.Query(ctx, `
-INSERT INTO end_users (end_user_id, spend, alias, max_budget, blocked, created_at, updated_at, budget_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+INSERT INTO end_users (end_user_id, spend, alias, max_budget, blocked, created_at, updated_at, budget_id, rpm_limit, tpm_limit)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (end_user_id) DO UPDATE SET spend = excluded.spend, alias = excluded.alias,
     max_budget = excluded.max_budget, blocked = excluded.blocked, updated_at = excluded.updated_at,
-    budget_id = excluded.budget_id
+    budget_id = excluded.budget_id, rpm_limit = excluded.rpm_limit, tpm_limit = excluded.tpm_limit
 RETURNING `+endUserColumns,
-		e.EndUserID, e.Spend, e.Alias, e.MaxBudget, e.Blocked, created, updated, nullIfEmpty(e.BudgetID))
+		e.EndUserID, e.Spend, e.Alias, e.MaxBudget, e.Blocked, created, updated, nullIfEmpty(e.BudgetID), e.RPMLimit, e.TPMLimit)
 	if err != nil {
 		return t.fail(ctx, err)
 	}
@@ -188,7 +188,7 @@ RETURNING `+endUserColumns,
 	return nil
 }
 
-const endUserColumns = "end_user_id, spend, alias, max_budget, blocked, created_at, updated_at, coalesce(budget_id, '')"
+const endUserColumns = "end_user_id, spend, alias, max_budget, blocked, created_at, updated_at, coalesce(budget_id, ''), rpm_limit, tpm_limit"
 
 // scanEndUsers reads rows of endUserColumns and closes them.
 func scanEndUsers(rows pgx.Rows) ([]store.EndUser, error) {
@@ -196,7 +196,7 @@ func scanEndUsers(rows pgx.Rows) ([]store.EndUser, error) {
 	var out []store.EndUser
 	for rows.Next() {
 		var e store.EndUser
-		if err := rows.Scan(&e.EndUserID, &e.Spend, &e.Alias, &e.MaxBudget, &e.Blocked, &e.CreatedAt, &e.UpdatedAt, &e.BudgetID); err != nil {
+		if err := rows.Scan(&e.EndUserID, &e.Spend, &e.Alias, &e.MaxBudget, &e.Blocked, &e.CreatedAt, &e.UpdatedAt, &e.BudgetID, &e.RPMLimit, &e.TPMLimit); err != nil {
 			return nil, err
 		}
 		out = append(out, e)
@@ -282,7 +282,7 @@ func (r *reader) EachEndUser(ctx context.Context, fn func(store.EndUser) error) 
 func (r *reader) GetEndUser(ctx context.Context, id string) (store.EndUser, error) {
 	var e store.EndUser
 	err := r.q.QueryRow(ctx, "SELECT "+endUserColumns+" FROM end_users WHERE end_user_id = $1", id).
-		Scan(&e.EndUserID, &e.Spend, &e.Alias, &e.MaxBudget, &e.Blocked, &e.CreatedAt, &e.UpdatedAt, &e.BudgetID)
+		Scan(&e.EndUserID, &e.Spend, &e.Alias, &e.MaxBudget, &e.Blocked, &e.CreatedAt, &e.UpdatedAt, &e.BudgetID, &e.RPMLimit, &e.TPMLimit)
 	if err != nil {
 		return store.EndUser{}, r.fail(ctx, err)
 	}

@@ -127,7 +127,7 @@ func testBudgetRefs(t *testing.T, s store.Store) {
 		if err := tx.CreateOrganization(ctx, newOrg("o2", at(2))); err != nil {
 			return err
 		}
-		if err := tx.PutEndUser(ctx, store.EndUser{EndUserID: "e1", BudgetID: "b1", CreatedAt: at(1)}); err != nil {
+		if err := tx.PutEndUser(ctx, store.EndUser{EndUserID: "e1", BudgetID: "b1", RPMLimit: ptr(int64(5)), TPMLimit: ptr(int64(0)), CreatedAt: at(1)}); err != nil {
 			return err
 		}
 		if err := tx.PutEndUser(ctx, store.EndUser{EndUserID: "e2", BudgetID: "b2", CreatedAt: at(1)}); err != nil {
@@ -146,10 +146,19 @@ func testBudgetRefs(t *testing.T, s store.Store) {
 	if !reflect.DeepEqual(refs, want) {
 		t.Fatalf("BudgetRefs(b1) = %+v, want %+v", refs, want)
 	}
-	// The end user's link survives a read back and a spend update.
+	// The end user's link and rate limits survive a read back and a spend
+	// update.
+	write(t, s, func(ctx context.Context, tx store.Tx) error {
+		_, err := tx.ApplySpend(ctx, store.SpendBatch{ProxyID: "p", OutboxID: "o", Records: []store.SpendRecord{
+			{Seq: 1, RequestID: "r1", EndUser: "e1", Cost: 3, StartTime: at(5), EndTime: at(6)}}})
+		return err
+	})
 	e, err := s.Read().GetEndUser(ctx, "e1")
-	if err != nil || e.BudgetID != "b1" {
+	if err != nil || e.BudgetID != "b1" || e.Spend != 3 || e.RPMLimit == nil || *e.RPMLimit != 5 || e.TPMLimit == nil || *e.TPMLimit != 0 {
 		t.Fatalf("GetEndUser: %+v, %v", e, err)
+	}
+	if e, err := s.Read().GetEndUser(ctx, "e2"); err != nil || e.RPMLimit != nil || e.TPMLimit != nil {
+		t.Fatalf("GetEndUser without limits: %+v, %v", e, err)
 	}
 	refs, err = s.Read().BudgetRefs(ctx, "none")
 	if err != nil || !refs.Empty() || refs.Keys == nil {
