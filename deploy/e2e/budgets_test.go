@@ -151,7 +151,7 @@ func TestBudgetsAPI(t *testing.T) {
 			t.Fatalf("/budget/update = %v", up)
 		}
 		ki := ok(t, Do(t, "GET", u+"/key/info?key="+tok, mk, nil))["info"].(map[string]any)
-		if ki["rpm_limit"] != 60.0 || ki["max_budget"] != 11.0 || ki["budget_id"] != "tier" {
+		if tb, _ := ki["litellm_budget_table"].(map[string]any); ki["rpm_limit"] != 60.0 || ki["max_budget"] != 11.0 || ki["budget_id"] != "tier" || tb == nil || tb["rpm_limit"] != 60.0 {
 			t.Fatalf("key after /budget/update = %v", ki)
 		}
 		if oi := ok(t, Do(t, "GET", u+"/organization/info?organization_id="+linked["organization_id"].(string), mk, nil)); oi["rpm_limit"] != 60.0 {
@@ -165,7 +165,7 @@ func TestBudgetsAPI(t *testing.T) {
 		}
 		ok(t, Do(t, "POST", u+"/key/update", mk, map[string]any{"key": tok, "budget_id": ""}))
 		ki = ok(t, Do(t, "GET", u+"/key/info?key="+tok, mk, nil))["info"].(map[string]any)
-		if ki["budget_id"] != "" || ki["rpm_limit"] != 60.0 {
+		if ki["budget_id"] != "" || ki["rpm_limit"] != 60.0 || ki["litellm_budget_table"] != nil {
 			t.Fatalf("unlinked key keeps the limits it had: %v", ki)
 		}
 		ok(t, Do(t, "POST", u+"/key/update", mk, map[string]any{"key": tok, "rpm_limit": 1})) // its own again

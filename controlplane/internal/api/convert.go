@@ -252,6 +252,14 @@ func structOf(raw json.RawMessage) *structpb.Struct {
 }
 
 func keyOut(k *store.Key) *adminv1.Key {
+	out := keyFields(k)
+	if k.BudgetID != "" {
+		out.LitellmBudgetTable = budgetTableOf(k.BudgetID, k.Limits)
+	}
+	return out
+}
+
+func keyFields(k *store.Key) *adminv1.Key {
 	return &adminv1.Key{
 		BudgetId:            k.BudgetID,
 		TokenId:             k.TokenID,
