@@ -348,6 +348,20 @@ func getBudget(ctx context.Context, tx store.Reader, id string, missing func(par
 	return b, err
 }
 
+// linkBudget reads the budget an object is being linked to (an unknown one
+// is a 400) and rewrites it unchanged: a concurrent /budget/update or
+// /budget/delete then writes the same row, so on Postgres (REPEATABLE READ)
+// one of the two transactions fails to serialize and runs again on fresh
+// data, instead of linking the object with stale limits or to a deleted
+// budget (write skew across different rows).
+func linkBudget(ctx context.Context, tx store.Tx, id string) (store.Budget, error) {
+	b, err := getBudget(ctx, tx, id, badRequest)
+	if err != nil {
+		return b, err
+	}
+	return b, tx.UpdateBudget(ctx, b)
+}
+
 // fitsMaxBudgetOnly refuses limits that end users (max_budget, rpm_limit,
 // tpm_limit) and team memberships (max_budget) do not enforce on a budget
 // linked to any of them.
@@ -496,7 +510,7 @@ func linkKey(ctx context.Context, tx store.Tx, k *store.Key, link *string, limit
 	if limitsSet {
 		return badRequest("budget_id", "set either budget_id or the key's limits, not both: the limits of a key linked to a budget are the budget's")
 	}
-	b, err := getBudget(ctx, tx, *link, badRequest)
+	b, err := linkBudget(ctx, tx, *link)
 	if err != nil {
 		return err
 	}
@@ -512,7 +526,7 @@ func newOrgBudget(ctx context.Context, tx store.Tx, c authz.Caller, o *store.Org
 		if hasLimits(o.Limits) {
 			return nil, badRequest("budget_id", "set either budget_id or the organization's limits, not both: an organization's limits are its budget's")
 		}
-		b, err := getBudget(ctx, tx, budgetID, badRequest)
+		b, err := linkBudget(ctx, tx, budgetID)
 		if err != nil {
 			return nil, err
 		}
@@ -540,7 +554,7 @@ func updateOrgBudget(ctx context.Context, tx store.Tx, c authz.Caller, o *store.
 		if link.GetValue() == "" {
 			return badRequest("budget_id", "an organization always has a budget: name another budget_id")
 		}
-		b, err := getBudget(ctx, tx, link.GetValue(), badRequest)
+		b, err := linkBudget(ctx, tx, link.GetValue())
 		if err != nil {
 			return err
 		}
@@ -587,7 +601,7 @@ func linkEndUser(ctx context.Context, tx store.Tx, e *store.EndUser, budgetID st
 	if maxBudgetSet {
 		return badRequest("budget_id", "set either budget_id or max_budget, not both: the max_budget of an end user linked to a budget is the budget's")
 	}
-	b, err := getBudget(ctx, tx, budgetID, badRequest)
+	b, err := linkBudget(ctx, tx, budgetID)
 	if err != nil {
 		return err
 	}
@@ -614,7 +628,7 @@ func linkMember(ctx context.Context, tx store.Tx, m *store.TeamMember, link *wra
 	if maxBudgetSet {
 		return badRequest("budget_id", "set either budget_id or max_budget_in_team, not both")
 	}
-	b, err := getBudget(ctx, tx, link.GetValue(), badRequest)
+	b, err := linkBudget(ctx, tx, link.GetValue())
 	if err != nil {
 		return err
 	}
