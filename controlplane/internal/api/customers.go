@@ -34,10 +34,10 @@ func customerOut(e *store.EndUser) *adminv1.Customer {
 }
 
 // unsupportedFields refuses the LiteLLM end-user fields Tollgate does not
-// enforce: budget_duration (end users have no budget period), rpm_limit and
-// tpm_limit. Silently ignoring a limit would leave the end user unlimited.
-// budget_id links a budget whose max_budget becomes the end user's
-// (budgets.go).
+// take directly: budget_duration (end users have no budget period),
+// rpm_limit and tpm_limit (which come from a budget). Silently ignoring a
+// limit would leave the end user unlimited. budget_id links a budget whose
+// max_budget, rpm_limit and tpm_limit become the end user's (budgets.go).
 func unsupportedFields(req interface {
 	GetBudgetId() string
 	GetBudgetDuration() string
@@ -51,9 +51,9 @@ func unsupportedFields(req interface {
 	case req.GetBudgetDuration() != "":
 		return badRequest("budget_duration", "budget_duration is not supported on end users: their spend has no budget period")
 	case req.GetRpmLimit() != nil:
-		return badRequest("rpm_limit", "rpm_limit is not supported on end users")
+		return badRequest("rpm_limit", "rpm_limit is not set on end users directly: set it on a budget (/budget/new) and link it with budget_id")
 	case req.GetTpmLimit() != nil:
-		return badRequest("tpm_limit", "tpm_limit is not supported on end users")
+		return badRequest("tpm_limit", "tpm_limit is not set on end users directly: set it on a budget (/budget/new) and link it with budget_id")
 	}
 	return nil
 }
