@@ -428,7 +428,31 @@ func matrix() map[string]endpoint {
 		o, tm, fo = same(func(_ *world, _ fixture) call { return get(base + "/list") })
 		e[base+"/list"] = endpoint{own: o, team: tm, foreign: fo, want: readsAdminViewer}
 	}
+	// Budgets: proxy_admin writes; admins and viewers read.
+	o, tm, fo = same(func(w *world, _ fixture) call {
+		return post("/budget/new", map[string]any{"budget_id": w.id("b"), "max_budget": 1})
+	})
+	e["/budget/new"] = endpoint{own: o, team: tm, foreign: fo, want: adminOnly}
+	o, tm, fo = same(func(w *world, _ fixture) call {
+		return post("/budget/update", map[string]any{"budget_id": w.budget(), "rpm_limit": 5})
+	})
+	e["/budget/update"] = endpoint{own: o, team: tm, foreign: fo, want: adminOnly}
+	o, tm, fo = same(func(w *world, _ fixture) call { return post("/budget/delete", map[string]any{"id": w.budget()}) })
+	e["/budget/delete"] = endpoint{own: o, team: tm, foreign: fo, want: adminOnly}
+	o, tm, fo = same(func(w *world, _ fixture) call {
+		return post("/budget/info", map[string]any{"budgets": []string{w.budget()}})
+	})
+	e["/budget/info"] = endpoint{own: o, team: tm, foreign: fo, want: readsAdminViewer}
+	o, tm, fo = same(func(_ *world, _ fixture) call { return get("/budget/list") })
+	e["/budget/list"] = endpoint{own: o, team: tm, foreign: fo, want: readsAdminViewer}
 	return e
+}
+
+// budget creates a throwaway budget and returns its id.
+func (w *world) budget() string {
+	id := w.id("b")
+	ok(w.t, Do(w.t, "POST", w.u+"/budget/new", w.mk, map[string]any{"budget_id": id, "max_budget": 1}))
+	return id
 }
 
 // readsAdminViewer: admins and viewers may call it, nobody else.

@@ -100,7 +100,7 @@ func setFields(m proto.Message) []string {
 
 func keyObj(k *store.Key) authz.Object {
 	return authz.Object{
-		TokenID: k.TokenID, UserID: k.UserID, TeamID: k.TeamID, OrgID: k.OrganizationID, ServiceAccount: k.ServiceAccount,
+		TokenID: k.TokenID, UserID: k.UserID, TeamID: k.TeamID, OrgID: k.OrganizationID, ServiceAccount: k.ServiceAccount, BudgetID: k.BudgetID,
 		Models: k.Models, MaxBudget: k.MaxBudget, RPMLimit: k.RPMLimit, TPMLimit: k.TPMLimit, MaxParallel: k.MaxParallelRequests,
 		BudgetDuration: k.BudgetDuration, Expires: k.Expires, Blocked: k.Blocked,
 		AllowedRoutes: k.AllowedRoutes, Permissions: len(k.Permissions) > 2, // "{}" is empty
@@ -125,7 +125,7 @@ func teamObj(t *store.Team) authz.Object {
 }
 
 func memberObj(t *store.Team, m store.TeamMember) authz.Object {
-	return authz.Object{UserID: m.UserID, TeamID: t.TeamID, OrgID: t.OrganizationID, Role: m.Role, MaxBudget: m.MaxBudgetInTeam}
+	return authz.Object{UserID: m.UserID, TeamID: t.TeamID, OrgID: t.OrganizationID, Role: m.Role, MaxBudget: m.MaxBudgetInTeam, BudgetID: m.BudgetID}
 }
 
 // teamCeiling loads the team a key will belong to (nil when none or absent)

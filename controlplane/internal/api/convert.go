@@ -252,7 +252,16 @@ func structOf(raw json.RawMessage) *structpb.Struct {
 }
 
 func keyOut(k *store.Key) *adminv1.Key {
+	out := keyFields(k)
+	if k.BudgetID != "" {
+		out.LitellmBudgetTable = budgetTableOf(k.BudgetID, k.Limits)
+	}
+	return out
+}
+
+func keyFields(k *store.Key) *adminv1.Key {
 	return &adminv1.Key{
+		BudgetId:            k.BudgetID,
 		TokenId:             k.TokenID,
 		KeyAlias:            k.KeyAlias,
 		KeyName:             k.KeyName,
@@ -295,6 +304,7 @@ func keyOut(k *store.Key) *adminv1.Key {
 func generateOut(plaintext string, k *store.Key) *adminv1.GenerateKeyResponse {
 	o := keyOut(k)
 	return &adminv1.GenerateKeyResponse{
+		BudgetId:            o.BudgetId,
 		Key:                 plaintext,
 		TokenId:             o.TokenId,
 		KeyAlias:            o.KeyAlias,
@@ -333,7 +343,7 @@ func generateOut(plaintext string, k *store.Key) *adminv1.GenerateKeyResponse {
 func teamOut(t *store.Team) *adminv1.Team {
 	members := make([]*adminv1.TeamMember, 0, len(t.Members))
 	for _, m := range t.Members {
-		members = append(members, &adminv1.TeamMember{UserId: m.UserID, Role: m.Role, MaxBudgetInTeam: usdValue(m.MaxBudgetInTeam), Spend: money.ToUSD(m.Spend), UserEmail: m.UserEmail})
+		members = append(members, &adminv1.TeamMember{UserId: m.UserID, Role: m.Role, MaxBudgetInTeam: usdValue(m.MaxBudgetInTeam), Spend: money.ToUSD(m.Spend), UserEmail: m.UserEmail, BudgetId: m.BudgetID})
 	}
 	return &adminv1.Team{
 		TeamId:                t.TeamID,
@@ -392,6 +402,8 @@ func orgOut(o *store.Organization, teams []store.Team) *adminv1.Organization {
 		ts = append(ts, teamOut(&teams[i]))
 	}
 	return &adminv1.Organization{
+		BudgetId:            o.BudgetID,
+		LitellmBudgetTable:  budgetTableOf(o.BudgetID, o.Limits),
 		OrganizationId:      o.OrganizationID,
 		OrganizationAlias:   o.OrganizationAlias,
 		Models:              o.Models,

@@ -25,29 +25,35 @@ type customerService struct {
 const auditEndUser = "end_user"
 
 func customerOut(e *store.EndUser) *adminv1.Customer {
-	return &adminv1.Customer{UserId: e.EndUserID, Spend: money.ToUSD(e.Spend), Alias: e.Alias, MaxBudget: usdValue(e.MaxBudget),
-		Blocked: e.Blocked, CreatedAt: timestamppb.New(e.CreatedAt), UpdatedAt: timestamppb.New(e.UpdatedAt)}
+	out := &adminv1.Customer{UserId: e.EndUserID, Spend: money.ToUSD(e.Spend), Alias: e.Alias, MaxBudget: usdValue(e.MaxBudget),
+		Blocked: e.Blocked, CreatedAt: timestamppb.New(e.CreatedAt), UpdatedAt: timestamppb.New(e.UpdatedAt), BudgetId: e.BudgetID}
+	if e.BudgetID != "" {
+		out.LitellmBudgetTable = budgetTableOf(e.BudgetID, store.Limits{MaxBudget: e.MaxBudget, RPMLimit: e.RPMLimit, TPMLimit: e.TPMLimit})
+	}
+	return out
 }
 
 // unsupportedFields refuses the LiteLLM end-user fields Tollgate does not
-// enforce: budget_id (Tollgate has no budget table), budget_duration (end
-// users have no budget period), rpm_limit and tpm_limit. Silently ignoring
-// a limit would leave the end user unlimited.
+// take directly: budget_duration (end users have no budget period),
+// rpm_limit and tpm_limit (which come from a budget). Silently ignoring a
+// limit would leave the end user unlimited. budget_id links a budget whose
+// max_budget, rpm_limit and tpm_limit become the end user's (budgets.go).
 func unsupportedFields(req interface {
 	GetBudgetId() string
 	GetBudgetDuration() string
 	GetRpmLimit() *wrapperspb.Int64Value
 	GetTpmLimit() *wrapperspb.Int64Value
 }) error {
+	if err := checkID("budget_id", req.GetBudgetId(), false); err != nil {
+		return err
+	}
 	switch {
-	case req.GetBudgetId() != "":
-		return badRequest("budget_id", "budget_id is not supported: set max_budget (USD) on the end user")
 	case req.GetBudgetDuration() != "":
 		return badRequest("budget_duration", "budget_duration is not supported on end users: their spend has no budget period")
 	case req.GetRpmLimit() != nil:
-		return badRequest("rpm_limit", "rpm_limit is not supported on end users")
+		return badRequest("rpm_limit", "rpm_limit is not set on end users directly: set it on a budget (/budget/new) and link it with budget_id")
 	case req.GetTpmLimit() != nil:
-		return badRequest("tpm_limit", "tpm_limit is not supported on end users")
+		return badRequest("tpm_limit", "tpm_limit is not set on end users directly: set it on a budget (/budget/new) and link it with budget_id")
 	}
 	return nil
 }
@@ -77,6 +83,10 @@ func (cs *customerService) NewCustomer(ctx context.Context, req *adminv1.NewCust
 		if _, err := tx.GetEndUser(ctx, e.EndUserID); err == nil {
 			return badRequest("user_id", "end user "+e.EndUserID+" already exists")
 		} else if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		e.BudgetID = ""
+		if err := linkEndUser(ctx, tx, &e, req.GetBudgetId(), budget != nil); err != nil {
 			return err
 		}
 		if err := tx.PutEndUser(ctx, e); err != nil {
@@ -122,6 +132,9 @@ func (cs *customerService) UpdateCustomer(ctx context.Context, req *adminv1.Upda
 		before := customerOut(&e)
 		if req.Alias != nil {
 			e.Alias = req.GetAlias().GetValue()
+		}
+		if err := linkEndUser(ctx, tx, &e, req.GetBudgetId(), budget != nil); err != nil {
+			return err
 		}
 		if budget != nil {
 			e.MaxBudget = budget

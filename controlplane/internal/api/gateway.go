@@ -58,6 +58,7 @@ func (s *Server) Gateway(ctx context.Context, opts ...runtime.ServeMuxOption) (h
 		func() error { return adminv1.RegisterSpendServiceHandlerServer(ctx, mux, &spendService{s: s}) },
 		func() error { return adminv1.RegisterProxyServiceHandlerServer(ctx, mux, &proxyService{s: s}) },
 		func() error { return adminv1.RegisterCustomerServiceHandlerServer(ctx, mux, &customerService{s: s}) },
+		func() error { return adminv1.RegisterBudgetServiceHandlerServer(ctx, mux, &budgetService{s: s}) },
 	} {
 		if err := reg(); err != nil {
 			return nil, err

@@ -179,6 +179,11 @@ func (ks *keyService) generate(ctx context.Context, req *adminv1.GenerateKeyRequ
 	if err != nil {
 		return nil, err
 	}
+	if err := checkID("budget_id", req.GetBudgetId(), false); err != nil {
+		return nil, err
+	}
+	k.BudgetID = req.GetBudgetId()
+	limitsSet := hasLimits(k.Limits)
 	if serviceAccount {
 		if k.TeamID == "" {
 			return nil, badRequest("team_id", "team_id is required for service account keys")
@@ -234,6 +239,13 @@ func (ks *keyService) generate(ctx context.Context, req *adminv1.GenerateKeyRequ
 		}
 		if err := checkRefs(ctx, tx, &kk); err != nil {
 			return err
+		}
+		if kk.BudgetID != "" {
+			budgetID := kk.BudgetID
+			kk.BudgetID = ""
+			if err := linkKey(ctx, tx, &kk, &budgetID, limitsSet, now); err != nil {
+				return err
+			}
 		}
 		if err := tx.CreateKey(ctx, kk); err != nil {
 			return err
@@ -468,6 +480,15 @@ func (ks *keyService) UpdateKey(ctx context.Context, req *adminv1.UpdateKeyReque
 		}
 		rotationInterval = &d
 	}
+	var budgetLink *string
+	if req.BudgetId != nil {
+		v := req.GetBudgetId().GetValue()
+		if err := checkID("budget_id", v, false); err != nil {
+			return nil, err
+		}
+		budgetLink = &v
+	}
+	limitsSet := maxBudget != nil || softBudget != nil || rpm != nil || tpm != nil || parallel != nil || budgetDur != nil || clearBudgetDur
 
 	k, err := s.mutateKey(ctx, req.GetKey(), authz.KeyUpdate, "updated", func(tx store.Tx, k *store.Key) error {
 		if aliasSet {
@@ -569,7 +590,7 @@ func (ks *keyService) UpdateKey(ctx context.Context, req *adminv1.UpdateKeyReque
 		} else {
 			k.KeyRotationAt = nil
 		}
-		return nil
+		return linkKey(ctx, tx, k, budgetLink, limitsSet, now)
 	})
 	if err != nil {
 		return nil, err

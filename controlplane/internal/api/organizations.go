@@ -44,7 +44,21 @@ func (os *orgService) NewOrganization(ctx context.Context, req *adminv1.NewOrgan
 	if o.Metadata, err = structJSON("metadata", req.GetMetadata()); err != nil {
 		return nil, err
 	}
+	if err := checkID("budget_id", req.GetBudgetId(), false); err != nil {
+		return nil, err
+	}
+	base := o
 	err = s.store.ReadWriteTx(ctx, func(ctx context.Context, tx store.Tx) error {
+		o = base
+		b, err := newOrgBudget(ctx, tx, c, &o, req.GetBudgetId(), now)
+		if err != nil {
+			return err
+		}
+		if b != nil {
+			if err := s.audit(ctx, tx, c, "created", auditBudget, b.BudgetID, nil, budgetOut(b)); err != nil {
+				return err
+			}
+		}
 		if err := tx.CreateOrganization(ctx, o); err != nil {
 			return err
 		}
@@ -99,7 +113,12 @@ func (os *orgService) UpdateOrganization(ctx context.Context, req *adminv1.Updat
 			return nil, err
 		}
 	}
-	o, err := s.mutateOrg(ctx, req.GetOrganizationId(), authz.OrgUpdate, "updated", func(_ store.Tx, _ authz.Caller, o *store.Organization) error {
+	if req.BudgetId != nil {
+		if err := checkID("budget_id", req.GetBudgetId().GetValue(), false); err != nil {
+			return nil, err
+		}
+	}
+	o, err := s.mutateOrg(ctx, req.GetOrganizationId(), authz.OrgUpdate, "updated", func(tx store.Tx, caller authz.Caller, o *store.Organization) error {
 		if req.OrganizationAlias != nil {
 			o.OrganizationAlias = req.GetOrganizationAlias().GetValue()
 		}
@@ -107,7 +126,7 @@ func (os *orgService) UpdateOrganization(ctx context.Context, req *adminv1.Updat
 			o.Blocked = req.GetBlocked().GetValue()
 		}
 		p.apply(&o.Models, &o.Limits, &o.Metadata)
-		return nil
+		return updateOrgBudget(ctx, tx, caller, o, req.GetBudgetId(), p.setsLimits(), s.now())
 	})
 	if err != nil {
 		return nil, err

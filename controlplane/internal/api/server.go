@@ -72,6 +72,7 @@ func (s *Server) Register(g grpc.ServiceRegistrar) {
 	adminv1.RegisterSpendServiceServer(g, &spendService{s: s})
 	adminv1.RegisterProxyServiceServer(g, &proxyService{s: s})
 	adminv1.RegisterCustomerServiceServer(g, &customerService{s: s})
+	adminv1.RegisterBudgetServiceServer(g, &budgetService{s: s})
 }
 
 // audit writes one audit row in tx. before/after are API views (never key

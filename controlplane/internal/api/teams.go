@@ -465,6 +465,11 @@ func (ts *teamService) UpdateTeamMember(ctx context.Context, req *adminv1.TeamMe
 		tg := memberTarget(t, userID, req.GetRole())
 		if tg.Before == nil {
 			tg.After = nil // not a member: 404 for team admins, as for a foreign team
+		} else {
+			tg.After.BudgetID = tg.Before.BudgetID
+			if req.BudgetId != nil {
+				tg.After.BudgetID = req.GetBudgetId().GetValue()
+			}
 		}
 		return []authz.Target{tg}
 	}, func(tx store.Tx, t *store.Team) error {
@@ -475,6 +480,9 @@ func (ts *teamService) UpdateTeamMember(ctx context.Context, req *adminv1.TeamMe
 			}
 			if req.GetRole() != "" {
 				m.Role = req.GetRole()
+			}
+			if err := linkMember(ctx, tx, m, req.GetBudgetId(), mb != nil); err != nil {
+				return err
 			}
 			if mb != nil {
 				m.MaxBudgetInTeam = mb
@@ -487,7 +495,7 @@ func (ts *teamService) UpdateTeamMember(ctx context.Context, req *adminv1.TeamMe
 	if err != nil {
 		return nil, err
 	}
-	return &adminv1.TeamMember{UserId: out.UserID, Role: out.Role, MaxBudgetInTeam: usdValue(out.MaxBudgetInTeam), UserEmail: out.UserEmail}, nil
+	return &adminv1.TeamMember{UserId: out.UserID, Role: out.Role, MaxBudgetInTeam: usdValue(out.MaxBudgetInTeam), UserEmail: out.UserEmail, BudgetId: out.BudgetID}, nil
 }
 
 // modelAliases validates a team's model_aliases: names as ids, at most

@@ -186,6 +186,15 @@ const (
 	CustomerBlock   Action = "customer.block"
 	CustomerUnblock Action = "customer.unblock"
 	CustomerList    Action = "customer.list"
+
+	// Budgets (LiteLLM's budget table): proxy_admin writes,
+	// proxy_admin_viewer reads; other roles neither (a budget is a tier an
+	// admin assigns; members read the limits on their own objects).
+	BudgetNew    Action = "budget.new"
+	BudgetUpdate Action = "budget.update"
+	BudgetDelete Action = "budget.delete"
+	BudgetInfo   Action = "budget.info"
+	BudgetList   Action = "budget.list"
 )
 
 // Aliases kept for callers written against the first version of this package.
@@ -203,6 +212,7 @@ var reads = map[Action]bool{
 	OrgInfo: true, OrgList: true, ModelInfo: true, SettingsRead: true, AuditRead: true, SpendRead: true,
 	ProxyList:    true,
 	CustomerList: true,
+	BudgetInfo:   true, BudgetList: true,
 }
 
 // Actions lists every action (for tests that must cover them all).
@@ -215,6 +225,7 @@ func Actions() []Action {
 		ModelNew, ModelUpdate, ModelDelete, ModelInfo,
 		SettingsRead, SettingsUpdate, AuditRead, SpendRead, ProxyList,
 		CustomerNew, CustomerUpdate, CustomerDelete, CustomerBlock, CustomerUnblock, CustomerList,
+		BudgetNew, BudgetUpdate, BudgetDelete, BudgetInfo, BudgetList,
 	}
 }
 
@@ -236,6 +247,10 @@ type Object struct {
 	ServiceAccount bool
 	// Role is a user's user_role, or a member's team role.
 	Role string
+
+	// BudgetID is the budget a key or team membership is linked to; its
+	// limits come from that budget, so only proxy_admin may change it.
+	BudgetID string
 
 	Models         []string
 	MaxBudget      *int64 // nano-USD
@@ -339,6 +354,15 @@ func Decide(c Caller, a Action, t Target) Decision {
 	if !IsRead(a) && c.Role == store.RoleInternalUserViewer {
 		return forbid("", "internal_user_viewer may not write, even on its own objects")
 	}
+	if t.After != nil {
+		before := ""
+		if t.Before != nil {
+			before = t.Before.BudgetID
+		}
+		if t.After.BudgetID != before {
+			return forbid("budget_id", "only proxy_admin may link an object to a budget or unlink it")
+		}
+	}
 	switch a {
 	case KeyGenerate, KeyServiceAccountGenerate:
 		return keyCreate(&c, a, t)
@@ -410,6 +434,10 @@ func Decide(c Caller, a Action, t Target) Decision {
 		return forbid("", "only proxy_admin may manage end users")
 	case CustomerList:
 		return forbid("", "only proxy_admin and proxy_admin_viewer may list end users")
+	case BudgetNew, BudgetUpdate, BudgetDelete:
+		return forbid("", "only proxy_admin may manage budgets")
+	case BudgetInfo, BudgetList:
+		return forbid("", "only proxy_admin and proxy_admin_viewer may read budgets")
 	}
 	return forbid("", "not allowed")
 }

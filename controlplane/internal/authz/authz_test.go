@@ -127,6 +127,7 @@ var expected = map[string]map[Action]string{
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "AAA", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AAA", ProxyList: "AAA",
 		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "AAA",
+		BudgetNew: "333", BudgetUpdate: "333", BudgetDelete: "333", BudgetInfo: "AAA", BudgetList: "AAA",
 	},
 	"tadmin": {
 		KeyGenerate: "A33", KeyServiceAccountGenerate: "AA3", KeyUpdate: "AA4", KeyDelete: "AA4", KeyInfo: "AA4", KeyList: "AA3",
@@ -138,6 +139,7 @@ var expected = map[string]map[Action]string{
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
+		BudgetNew: "333", BudgetUpdate: "333", BudgetDelete: "333", BudgetInfo: "333", BudgetList: "333",
 	},
 	"tuser": {
 		KeyGenerate: "A33", KeyServiceAccountGenerate: "333", KeyUpdate: "A44", KeyDelete: "A44", KeyInfo: "A44", KeyList: "AA3",
@@ -149,6 +151,7 @@ var expected = map[string]map[Action]string{
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
+		BudgetNew: "333", BudgetUpdate: "333", BudgetDelete: "333", BudgetInfo: "333", BudgetList: "333",
 	},
 	"iviewer": {
 		KeyGenerate: "333", KeyServiceAccountGenerate: "333", KeyUpdate: "333", KeyDelete: "333", KeyInfo: "A44", KeyList: "AA3",
@@ -160,6 +163,7 @@ var expected = map[string]map[Action]string{
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
+		BudgetNew: "333", BudgetUpdate: "333", BudgetDelete: "333", BudgetInfo: "333", BudgetList: "333",
 	},
 	// tuser with team_member_permissions ["/key/info", "/key/health"] on
 	// team-1: only reads its keys there.
@@ -173,6 +177,7 @@ var expected = map[string]map[Action]string{
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
+		BudgetNew: "333", BudgetUpdate: "333", BudgetDelete: "333", BudgetInfo: "333", BudgetList: "333",
 	},
 	// tadmin's team lists only /key/info: admins are not restricted by it.
 	"tadminro": {
@@ -185,6 +190,7 @@ var expected = map[string]map[Action]string{
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
+		BudgetNew: "333", BudgetUpdate: "333", BudgetDelete: "333", BudgetInfo: "333", BudgetList: "333",
 	},
 	// A key without a user: its own key and its own team's info, the model
 	// list; other keys and teams are hidden as for anyone; the rest is 401.
@@ -211,6 +217,7 @@ var expected = map[string]map[Action]string{
 		ModelNew: "333", ModelUpdate: "333", ModelDelete: "333", ModelInfo: "AAA",
 		SettingsRead: "333", SettingsUpdate: "333", AuditRead: "333", SpendRead: "AA3", ProxyList: "333",
 		CustomerNew: "333", CustomerUpdate: "333", CustomerDelete: "333", CustomerBlock: "333", CustomerUnblock: "333", CustomerList: "333",
+		BudgetNew: "333", BudgetUpdate: "333", BudgetDelete: "333", BudgetInfo: "333", BudgetList: "333",
 	},
 }
 
@@ -347,6 +354,27 @@ func TestEscalations(t *testing.T) {
 		status int
 		param  string
 	}{
+		{"link own key to a budget", user, KeyUpdate, func() Target {
+			b, a := ownKey(), ownKey()
+			a.BudgetID = "enterprise"
+			return Target{Before: b, After: a, Team: team1}
+		}, 403, "budget_id"},
+		{"unlink own key from its budget", user, KeyUpdate, func() Target {
+			b, a := ownKey(), ownKey()
+			b.BudgetID = "free-tier"
+			return Target{Before: b, After: a, Team: team1}
+		}, 403, "budget_id"},
+		{"create a key linked to a budget", user, KeyGenerate, func() Target {
+			a := ownKey()
+			a.BudgetID = "enterprise"
+			return Target{After: a, Team: team1}
+		}, 403, "budget_id"},
+		{"team admin links a member to a budget", tadmin, TeamMemberUpdate, func() Target {
+			b := &Object{UserID: mate, TeamID: t1, Role: store.TeamRoleUser}
+			a := *b
+			a.BudgetID = "enterprise"
+			return Target{Before: b, After: &a}
+		}, 403, "budget_id"},
 		{"move own key into a foreign team", user, KeyUpdate, func() Target {
 			b, a := ownKey(), ownKey()
 			a.TeamID = t2
@@ -582,5 +610,18 @@ func BenchmarkDecide(b *testing.B) {
 	}
 	if !sink.Allowed {
 		b.Fatal(sink)
+	}
+}
+
+// A non-admin may keep managing its own key while it stays linked to the
+// budget an admin chose: only a change of budget_id is refused.
+func TestLinkedKeyStaysManageable(t *testing.T) {
+	user := callers()["tuser"]
+	user.Self = Object{UserID: self}
+	b := &Object{UserID: self, TeamID: t1, BudgetID: "free-tier"}
+	a := *b
+	a.Blocked = true
+	if d := Decide(user, KeyUpdate, Target{Before: b, After: &a, Team: &Object{TeamID: t1}}); !d.Allowed {
+		t.Fatalf("update of a linked key that keeps its budget: %+v", d)
 	}
 }

@@ -148,6 +148,9 @@ func (d *kdec) field(name string, k *Key) (ok bool) {
 	case "service_account":
 		k.ServiceAccount, ok = d.boolean()
 		return ok
+	case "budget_id":
+		k.BudgetID, ok = d.str()
+		return ok
 	case "models":
 		k.Models, ok = d.strList()
 		return ok

@@ -73,7 +73,13 @@ type EndUser struct {
 	// request naming the end user once Spend reaches it.
 	MaxBudget *int64 `json:"max_budget,omitempty"`
 	// Blocked: proxies refuse every request naming the end user.
-	Blocked   bool      `json:"blocked,omitempty"`
+	Blocked bool `json:"blocked,omitempty"`
+	// BudgetID links the end user to a budget (budgets.go), whose
+	// max_budget, rpm_limit and tpm_limit are copied into the fields here.
+	BudgetID string `json:"budget_id,omitempty"`
+	// RPMLimit and TPMLimit (nil: none) come from the end user's budget.
+	RPMLimit  *int64    `json:"rpm_limit,omitempty"`
+	TPMLimit  *int64    `json:"tpm_limit,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
 }

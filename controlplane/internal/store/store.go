@@ -111,6 +111,9 @@ type Key struct {
 	OrganizationID string `json:"organization_id,omitempty"`
 	// ServiceAccount keys belong to a team and have no user.
 	ServiceAccount bool `json:"service_account,omitempty"`
+	// BudgetID links the key to a budget (budgets.go), whose limits are
+	// copied into the key's.
+	BudgetID string `json:"budget_id,omitempty"`
 
 	Models []string `json:"models,omitempty"`
 	Limits
@@ -167,6 +170,9 @@ type TeamMember struct {
 	// UserEmail is the email the member was added by (LiteLLM keeps it in
 	// members_with_roles), "" when added by id.
 	UserEmail string `json:"user_email,omitempty"`
+	// BudgetID links the membership to a budget (budgets.go), whose
+	// max_budget is copied into MaxBudgetInTeam.
+	BudgetID string `json:"budget_id,omitempty"`
 }
 
 // Team groups users and keys.
@@ -236,10 +242,13 @@ type OrgMember struct {
 
 // Organization groups teams.
 type Organization struct {
-	OrganizationID    string      `json:"organization_id"`
-	OrganizationAlias string      `json:"organization_alias"`
-	Members           []OrgMember `json:"members,omitempty"`
-	Models            []string    `json:"models,omitempty"`
+	OrganizationID    string `json:"organization_id"`
+	OrganizationAlias string `json:"organization_alias"`
+	// BudgetID links the organization to a budget (budgets.go), whose
+	// limits are copied into the organization's.
+	BudgetID string      `json:"budget_id,omitempty"`
+	Members  []OrgMember `json:"members,omitempty"`
+	Models   []string    `json:"models,omitempty"`
 	Limits
 	Metadata  json.RawMessage `json:"metadata,omitempty"`
 	Blocked   bool            `json:"blocked,omitempty"`
@@ -411,6 +420,8 @@ type Reader interface {
 	EventReader
 	// SaaSReader: model groups, jobs and credit transactions (saas.go).
 	SaaSReader
+	// BudgetReader: the budget table (budgets.go).
+	BudgetReader
 }
 
 // AuditEntry is one management mutation. Before and After are JSON objects
@@ -508,6 +519,8 @@ type Tx interface {
 	EventWriter
 	// SaaSWriter: model groups, jobs and credit transactions (saas.go).
 	SaaSWriter
+	// BudgetWriter: the budget table (budgets.go).
+	BudgetWriter
 }
 
 // Store is the storage contract.

@@ -304,12 +304,21 @@ func orgEntity(o *store.Organization) *syncv1.Entity {
 }
 
 func endUserEntity(u *store.EndUser) *syncv1.Entity {
-	return &syncv1.Entity{Kind: store.KindEndUser, Id: u.EndUserID, Value: &syncv1.Entity_EndUser{EndUser: &syncv1.EndUser{
+	e := &syncv1.EndUser{
 		EndUserId: u.EndUserID,
 		Spend:     u.Spend,
 		MaxBudget: orNone(u.MaxBudget),
 		Blocked:   u.Blocked,
-	}}}
+	}
+	if u.RPMLimit != nil {
+		v := max(*u.RPMLimit, 0)
+		e.RpmLimit = &v
+	}
+	if u.TPMLimit != nil {
+		v := max(*u.TPMLimit, 0)
+		e.TpmLimit = &v
+	}
+	return &syncv1.Entity{Kind: store.KindEndUser, Id: u.EndUserID, Value: &syncv1.Entity_EndUser{EndUser: e}}
 }
 
 // modelEntity copies api_key as stored: normally a reference such as

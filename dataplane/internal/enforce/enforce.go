@@ -95,6 +95,9 @@ type Principal struct {
 	EndUserID     string
 	EndUserSpend  int64
 	EndUserBudget int64
+	// RateEndUser is the body's end user when it has rate limits (from its
+	// budget), for the gate; nil otherwise.
+	RateEndUser *state.EndUser
 	// ModelBudget is the key's model_max_budget for the requested model
 	// (nano-USD) when HasModelBudget, and ModelSpend the key's synced
 	// spend on it, set by Authorize for the gate's reservation. (A flag, so
@@ -147,7 +150,7 @@ func (e *Enforcer) Authenticate(key, path string, nowUnix int64, p *Principal) *
 		k = masterKey
 	}
 	p.Key, p.Team, p.User, p.Org, p.NowUnix = k, nil, nil, nil, nowUnix
-	p.EndUserID, p.EndUserSpend, p.EndUserBudget = "", 0, -1
+	p.EndUserID, p.EndUserSpend, p.EndUserBudget, p.RateEndUser = "", 0, -1, nil
 	p.ModelBudget, p.ModelSpend, p.HasModelBudget = 0, 0, false
 	p.MemberBudget, p.MemberSpend, p.HasMemberBudget = 0, 0, false
 	if k.Blocked {
@@ -449,7 +452,7 @@ func checkBudgets(p *Principal) *Rejection {
 // general_settings.max_end_user_budget (an end user never seen has spent
 // nothing). One map lookup; nothing when the body has no "user".
 func (e *Enforcer) checkEndUser(p *Principal, b *Body) *Rejection {
-	p.EndUserID, p.EndUserSpend, p.EndUserBudget = "", 0, -1
+	p.EndUserID, p.EndUserSpend, p.EndUserBudget, p.RateEndUser = "", 0, -1, nil
 	if !b.User.Present() {
 		return nil
 	}
@@ -468,6 +471,9 @@ func (e *Enforcer) checkEndUser(p *Principal, b *Body) *Rejection {
 				"User blocked from making LLM API Calls. User="+clip(id), "user")
 		}
 		spend, limit = u.Spend, u.MaxBudget
+		if u.HasRPM || u.HasTPM {
+			p.RateEndUser = u
+		}
 	}
 	if limit < 0 {
 		if s := e.State.Settings(); s != nil && s.HasMaxEndUserBudget {

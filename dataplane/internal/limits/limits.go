@@ -360,7 +360,7 @@ func (l *Limiter) Admit(_ context.Context, a *proxy.Admission) (func(proxy.Outco
 		kind, id string
 		l        state.Limits
 	}
-	var scopes [3]lim
+	var scopes [4]lim
 	ns := 0
 	k := &p.Key
 	scopes[ns] = lim{"key", k.TokenID, k.Limits}
@@ -371,6 +371,18 @@ func (l *Limiter) Admit(_ context.Context, a *proxy.Admission) (func(proxy.Outco
 	}
 	if p.User != nil {
 		scopes[ns] = lim{"user", p.User.UserID, p.User.Limits}
+		ns++
+	}
+	// The body's end user, when its budget gives it rate limits.
+	if eu := p.RateEndUser; eu != nil {
+		el := state.Limits{MaxBudget: -1, SoftBudget: -1, RPMLimit: -1, TPMLimit: -1, MaxParallelRequests: -1}
+		if eu.HasRPM {
+			el.RPMLimit = eu.RPM
+		}
+		if eu.HasTPM {
+			el.TPMLimit = eu.TPM
+		}
+		scopes[ns] = lim{"end_user", eu.EndUserID, el}
 		ns++
 	}
 	// Header figures: the scope with the least remaining.

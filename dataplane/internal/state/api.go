@@ -156,6 +156,10 @@ type EndUser struct {
 	Spend     int64 // nano-USD
 	MaxBudget int64 // nano-USD; negative: none (Settings.MaxEndUserBudget applies)
 	Blocked   bool
+	// RPM and TPM are the end user's rate limits (from its budget) when
+	// HasRPM / HasTPM (flags, so that the zero EndUser has none).
+	RPM, TPM       int64
+	HasRPM, HasTPM bool
 }
 
 // Settings is the parsed part of general_settings the decision needs.

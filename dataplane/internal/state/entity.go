@@ -206,7 +206,14 @@ func orgFrom(e *syncv1.Entity) *Org {
 
 func endUserFrom(e *syncv1.Entity) *EndUser {
 	u := e.GetEndUser()
-	return &EndUser{EndUserID: e.Id, Spend: u.Spend, MaxBudget: u.MaxBudget, Blocked: u.Blocked}
+	eu := &EndUser{EndUserID: e.Id, Spend: u.Spend, MaxBudget: u.MaxBudget, Blocked: u.Blocked}
+	if u.RpmLimit != nil {
+		eu.RPM, eu.HasRPM = u.GetRpmLimit(), true
+	}
+	if u.TpmLimit != nil {
+		eu.TPM, eu.HasTPM = u.GetTpmLimit(), true
+	}
+	return eu
 }
 
 func modelFrom(e *syncv1.Entity) *Model {

@@ -61,6 +61,8 @@ var (
 	bucketJobCallIDs  = []byte("job_call_ids")        // call_id → nil
 	bucketCreditTxns  = []byte("credit_transactions") // lp(team_id) + big-endian seq → CreditTransaction JSON
 	bucketCreditTxIDs = []byte("credit_transaction_ids")
+
+	bucketBudgets = []byte("budgets") // budget_id → Budget JSON
 )
 
 var (
@@ -84,6 +86,7 @@ var migrations = []func(*bolt.Tx) error{
 	migrateV4,
 	migrateV5,
 	migrateV6,
+	migrateV7,
 }
 
 // migrateV6 moves money from micro-USD to nano-USD: every amount stored in
@@ -257,6 +260,14 @@ func nano(micros int64) int64 {
 		return math.MinInt64
 	}
 	return micros * 1000
+}
+
+// migrateV7 adds the budget table's bucket.
+func migrateV7(tx *bolt.Tx) error {
+	if _, err := tx.CreateBucketIfNotExists(bucketBudgets); err != nil {
+		return fmt.Errorf("create bucket %s: %w", bucketBudgets, err)
+	}
+	return nil
 }
 
 // migrateV4 adds the budget-reset schedule, filled from the keys, teams,

@@ -166,12 +166,13 @@ func (t *tx) PutEndUser(ctx context.Context, e store.EndUser) error {
 		updated = now
 	}
 	rows, err := t.pg.Query(ctx, `
-INSERT INTO end_users (end_user_id, spend, alias, max_budget, blocked, created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+INSERT INTO end_users (end_user_id, spend, alias, max_budget, blocked, created_at, updated_at, budget_id, rpm_limit, tpm_limit)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (end_user_id) DO UPDATE SET spend = excluded.spend, alias = excluded.alias,
-    max_budget = excluded.max_budget, blocked = excluded.blocked, updated_at = excluded.updated_at
+    max_budget = excluded.max_budget, blocked = excluded.blocked, updated_at = excluded.updated_at,
+    budget_id = excluded.budget_id, rpm_limit = excluded.rpm_limit, tpm_limit = excluded.tpm_limit
 RETURNING `+endUserColumns,
-		e.EndUserID, e.Spend, e.Alias, e.MaxBudget, e.Blocked, created, updated)
+		e.EndUserID, e.Spend, e.Alias, e.MaxBudget, e.Blocked, created, updated, nullIfEmpty(e.BudgetID), e.RPMLimit, e.TPMLimit)
 	if err != nil {
 		return t.fail(ctx, err)
 	}
@@ -187,7 +188,7 @@ RETURNING `+endUserColumns,
 	return nil
 }
 
-const endUserColumns = "end_user_id, spend, alias, max_budget, blocked, created_at, updated_at"
+const endUserColumns = "end_user_id, spend, alias, max_budget, blocked, created_at, updated_at, coalesce(budget_id, ''), rpm_limit, tpm_limit"
 
 // scanEndUsers reads rows of endUserColumns and closes them.
 func scanEndUsers(rows pgx.Rows) ([]store.EndUser, error) {
@@ -195,7 +196,7 @@ func scanEndUsers(rows pgx.Rows) ([]store.EndUser, error) {
 	var out []store.EndUser
 	for rows.Next() {
 		var e store.EndUser
-		if err := rows.Scan(&e.EndUserID, &e.Spend, &e.Alias, &e.MaxBudget, &e.Blocked, &e.CreatedAt, &e.UpdatedAt); err != nil {
+		if err := rows.Scan(&e.EndUserID, &e.Spend, &e.Alias, &e.MaxBudget, &e.Blocked, &e.CreatedAt, &e.UpdatedAt, &e.BudgetID, &e.RPMLimit, &e.TPMLimit); err != nil {
 			return nil, err
 		}
 		out = append(out, e)
@@ -280,8 +281,8 @@ func (r *reader) EachEndUser(ctx context.Context, fn func(store.EndUser) error) 
 // GetEndUser reads an end user.
 func (r *reader) GetEndUser(ctx context.Context, id string) (store.EndUser, error) {
 	var e store.EndUser
-	err := r.q.QueryRow(ctx, "SELECT end_user_id, spend, alias, max_budget, blocked, created_at, updated_at FROM end_users WHERE end_user_id = $1", id).
-		Scan(&e.EndUserID, &e.Spend, &e.Alias, &e.MaxBudget, &e.Blocked, &e.CreatedAt, &e.UpdatedAt)
+	err := r.q.QueryRow(ctx, "SELECT "+endUserColumns+" FROM end_users WHERE end_user_id = $1", id).
+		Scan(&e.EndUserID, &e.Spend, &e.Alias, &e.MaxBudget, &e.Blocked, &e.CreatedAt, &e.UpdatedAt, &e.BudgetID, &e.RPMLimit, &e.TPMLimit)
 	if err != nil {
 		return store.EndUser{}, r.fail(ctx, err)
 	}

@@ -74,6 +74,7 @@ func fullKey(id string) store.Key {
 		TeamID:         "team-" + id,
 		OrganizationID: "org-" + id,
 		ServiceAccount: true,
+		BudgetID:       "budget-" + id,
 		Models:         []string{"gpt-4o", "claude-3-5-sonnet"},
 		Limits:         fullLimits(),
 		ModelMaxBudget: map[string]store.ModelBudget{
@@ -115,7 +116,7 @@ func fullTeam(id string) store.Team {
 		OrganizationID: "org-" + id,
 		Members: []store.TeamMember{
 			{UserID: "alice", Role: store.TeamRoleAdmin, MaxBudgetInTeam: ptr(int64(0)), Spend: 17},
-			{UserID: "bob", Role: store.TeamRoleUser, MaxBudgetInTeam: ptr(int64(25000000))},
+			{UserID: "bob", Role: store.TeamRoleUser, MaxBudgetInTeam: ptr(int64(25000000)), BudgetID: "tier-b"},
 			{UserID: "carol", Role: store.TeamRoleUser},
 		},
 		Models:           []string{"gpt-4o"},
@@ -149,6 +150,7 @@ func fullOrg(id string) store.Organization {
 	return store.Organization{
 		OrganizationID:    id,
 		OrganizationAlias: "Org " + id,
+		BudgetID:          "budget-" + id,
 		Members: []store.OrgMember{
 			{UserID: "alice", Role: "org_admin"},
 			{UserID: "bob", Role: store.RoleInternalUserViewer},

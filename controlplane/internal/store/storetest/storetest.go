@@ -31,6 +31,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Events", eventTests},
 		{"Sessions", sessionTests},
 		{"SaaS", saasTests},
+		{"Budgets", budgetTests},
 		{"Revisions", revisionTests},
 		{"Concurrency", concurrencyTests},
 		{"Snapshot", snapshotTests},

@@ -30,11 +30,11 @@ type NewCustomerRequest struct {
 	// max_budget in USD (absent: none, max_end_user_budget applies).
 	MaxBudget *wrapperspb.DoubleValue `protobuf:"bytes,3,opt,name=max_budget,json=maxBudget,proto3" json:"max_budget,omitempty"`
 	Blocked   bool                    `protobuf:"varint,4,opt,name=blocked,proto3" json:"blocked,omitempty"`
-	// budget_id names a LiteLLM budget table row; not supported (refused
-	// with 400: set max_budget instead).
+	// budget_id links the end user to a budget (/budget/new): its
+	// max_budget, rpm_limit and tpm_limit become the end user's.
 	BudgetId string `protobuf:"bytes,5,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
-	// Not supported on end users, refused with 400 when set (never dropped
-	// silently).
+	// Not taken on end users directly, refused with 400 when set (never
+	// dropped silently): rpm_limit and tpm_limit come from a budget.
 	BudgetDuration string                 `protobuf:"bytes,6,opt,name=budget_duration,json=budgetDuration,proto3" json:"budget_duration,omitempty"`
 	RpmLimit       *wrapperspb.Int64Value `protobuf:"bytes,7,opt,name=rpm_limit,json=rpmLimit,proto3" json:"rpm_limit,omitempty"`
 	TpmLimit       *wrapperspb.Int64Value `protobuf:"bytes,8,opt,name=tpm_limit,json=tpmLimit,proto3" json:"tpm_limit,omitempty"`

@@ -56,8 +56,11 @@ type GenerateKeyRequest struct {
 	Expires          *timestamppb.Timestamp `protobuf:"bytes,24,opt,name=expires,proto3" json:"expires,omitempty"`
 	AutoRotate       bool                   `protobuf:"varint,25,opt,name=auto_rotate,json=autoRotate,proto3" json:"auto_rotate,omitempty"`
 	RotationInterval string                 `protobuf:"bytes,26,opt,name=rotation_interval,json=rotationInterval,proto3" json:"rotation_interval,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// budget_id links the key to a budget (/budget/new); the budget's limits
+	// become the key's (proxy_admin only).
+	BudgetId      string `protobuf:"bytes,90,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GenerateKeyRequest) Reset() {
@@ -272,6 +275,13 @@ func (x *GenerateKeyRequest) GetRotationInterval() string {
 	return ""
 }
 
+func (x *GenerateKeyRequest) GetBudgetId() string {
+	if x != nil {
+		return x.BudgetId
+	}
+	return ""
+}
+
 // Key is a stored key as the API shows it: never the plaintext, never the hash.
 type Key struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -312,8 +322,11 @@ type Key struct {
 	UpdatedAt           *timestamppb.Timestamp  `protobuf:"bytes,34,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
 	CreatedBy           string                  `protobuf:"bytes,35,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
 	UpdatedBy           string                  `protobuf:"bytes,36,opt,name=updated_by,json=updatedBy,proto3" json:"updated_by,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	BudgetId            string                  `protobuf:"bytes,90,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
+	// litellm_budget_table is the linked budget's limits (null when none).
+	LitellmBudgetTable *Budget `protobuf:"bytes,91,opt,name=litellm_budget_table,json=litellmBudgetTable,proto3" json:"litellm_budget_table,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Key) Reset() {
@@ -598,6 +611,20 @@ func (x *Key) GetUpdatedBy() string {
 	return ""
 }
 
+func (x *Key) GetBudgetId() string {
+	if x != nil {
+		return x.BudgetId
+	}
+	return ""
+}
+
+func (x *Key) GetLitellmBudgetTable() *Budget {
+	if x != nil {
+		return x.LitellmBudgetTable
+	}
+	return nil
+}
+
 // GenerateKeyResponse is the stored key plus its plaintext, returned once.
 type GenerateKeyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -634,6 +661,7 @@ type GenerateKeyResponse struct {
 	RotationInterval    string                  `protobuf:"bytes,29,opt,name=rotation_interval,json=rotationInterval,proto3" json:"rotation_interval,omitempty"`
 	KeyRotationAt       *timestamppb.Timestamp  `protobuf:"bytes,30,opt,name=key_rotation_at,json=keyRotationAt,proto3" json:"key_rotation_at,omitempty"`
 	CreatedAt           *timestamppb.Timestamp  `protobuf:"bytes,31,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	BudgetId            string                  `protobuf:"bytes,90,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
 }
@@ -892,6 +920,13 @@ func (x *GenerateKeyResponse) GetCreatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *GenerateKeyResponse) GetBudgetId() string {
+	if x != nil {
+		return x.BudgetId
+	}
+	return ""
+}
+
 // UpdateKeyRequest is /key/update's body: key (plaintext or token_id) plus the
 // fields to change. Absent fields are left as they are.
 type UpdateKeyRequest struct {
@@ -923,8 +958,11 @@ type UpdateKeyRequest struct {
 	Expires             *timestamppb.Timestamp  `protobuf:"bytes,24,opt,name=expires,proto3" json:"expires,omitempty"`
 	AutoRotate          *wrapperspb.BoolValue   `protobuf:"bytes,25,opt,name=auto_rotate,json=autoRotate,proto3" json:"auto_rotate,omitempty"`
 	RotationInterval    *wrapperspb.StringValue `protobuf:"bytes,26,opt,name=rotation_interval,json=rotationInterval,proto3" json:"rotation_interval,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// budget_id links the key to a budget; "" unlinks it (its limits stay
+	// as the budget left them).
+	BudgetId      *wrapperspb.StringValue `protobuf:"bytes,90,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UpdateKeyRequest) Reset() {
@@ -1135,6 +1173,13 @@ func (x *UpdateKeyRequest) GetAutoRotate() *wrapperspb.BoolValue {
 func (x *UpdateKeyRequest) GetRotationInterval() *wrapperspb.StringValue {
 	if x != nil {
 		return x.RotationInterval
+	}
+	return nil
+}
+
+func (x *UpdateKeyRequest) GetBudgetId() *wrapperspb.StringValue {
+	if x != nil {
+		return x.BudgetId
 	}
 	return nil
 }
@@ -1660,7 +1705,7 @@ var File_tollgate_admin_v1_keys_proto protoreflect.FileDescriptor
 
 const file_tollgate_admin_v1_keys_proto_rawDesc = "" +
 	"\n" +
-	"\x1ctollgate/admin/v1/keys.proto\x12\x11tollgate.admin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1etollgate/admin/v1/common.proto\"\xfa\v\n" +
+	"\x1ctollgate/admin/v1/keys.proto\x12\x11tollgate.admin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1ftollgate/admin/v1/budgets.proto\x1a\x1etollgate/admin/v1/common.proto\"\x97\f\n" +
 	"\x12GenerateKeyRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1b\n" +
 	"\tkey_alias\x18\x02 \x01(\tR\bkeyAlias\x12\x1a\n" +
@@ -1693,7 +1738,8 @@ const file_tollgate_admin_v1_keys_proto_rawDesc = "" +
 	"\aexpires\x18\x18 \x01(\v2\x1a.google.protobuf.TimestampR\aexpires\x12\x1f\n" +
 	"\vauto_rotate\x18\x19 \x01(\bR\n" +
 	"autoRotate\x12+\n" +
-	"\x11rotation_interval\x18\x1a \x01(\tR\x10rotationInterval\x1aa\n" +
+	"\x11rotation_interval\x18\x1a \x01(\tR\x10rotationInterval\x12\x1b\n" +
+	"\tbudget_id\x18Z \x01(\tR\bbudgetId\x1aa\n" +
 	"\x13ModelMaxBudgetEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x124\n" +
 	"\x05value\x18\x02 \x01(\v2\x1e.tollgate.admin.v1.ModelBudgetR\x05value:\x028\x01\x1a@\n" +
@@ -1702,7 +1748,7 @@ const file_tollgate_admin_v1_keys_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\x1a@\n" +
 	"\x12ModelTpmLimitEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\x92\x0f\n" +
+	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\xfc\x0f\n" +
 	"\x03Key\x12\x19\n" +
 	"\btoken_id\x18\x01 \x01(\tR\atokenId\x12\x1b\n" +
 	"\tkey_alias\x18\x02 \x01(\tR\bkeyAlias\x12\x19\n" +
@@ -1749,7 +1795,9 @@ const file_tollgate_admin_v1_keys_proto_rawDesc = "" +
 	"\n" +
 	"created_by\x18# \x01(\tR\tcreatedBy\x12\x1d\n" +
 	"\n" +
-	"updated_by\x18$ \x01(\tR\tupdatedBy\x1aa\n" +
+	"updated_by\x18$ \x01(\tR\tupdatedBy\x12\x1b\n" +
+	"\tbudget_id\x18Z \x01(\tR\bbudgetId\x12K\n" +
+	"\x14litellm_budget_table\x18[ \x01(\v2\x19.tollgate.admin.v1.BudgetR\x12litellmBudgetTable\x1aa\n" +
 	"\x13ModelMaxBudgetEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x124\n" +
 	"\x05value\x18\x02 \x01(\v2\x1e.tollgate.admin.v1.ModelBudgetR\x05value:\x028\x01\x1a@\n" +
@@ -1758,7 +1806,7 @@ const file_tollgate_admin_v1_keys_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\x1a@\n" +
 	"\x12ModelTpmLimitEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\xa3\x0e\n" +
+	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\xc0\x0e\n" +
 	"\x13GenerateKeyResponse\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x129\n" +
 	"\n" +
@@ -1799,7 +1847,8 @@ const file_tollgate_admin_v1_keys_proto_rawDesc = "" +
 	"\x11rotation_interval\x18\x1d \x01(\tR\x10rotationInterval\x12B\n" +
 	"\x0fkey_rotation_at\x18\x1e \x01(\v2\x1a.google.protobuf.TimestampR\rkeyRotationAt\x129\n" +
 	"\n" +
-	"created_at\x18\x1f \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x1aa\n" +
+	"created_at\x18\x1f \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1b\n" +
+	"\tbudget_id\x18Z \x01(\tR\bbudgetId\x1aa\n" +
 	"\x13ModelMaxBudgetEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x124\n" +
 	"\x05value\x18\x02 \x01(\v2\x1e.tollgate.admin.v1.ModelBudgetR\x05value:\x028\x01\x1a@\n" +
@@ -1808,7 +1857,7 @@ const file_tollgate_admin_v1_keys_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\x1a@\n" +
 	"\x12ModelTpmLimitEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\xec\x0e\n" +
+	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\xa7\x0f\n" +
 	"\x10UpdateKeyRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x129\n" +
 	"\tkey_alias\x18\x02 \x01(\v2\x1c.google.protobuf.StringValueR\bkeyAlias\x128\n" +
@@ -1841,7 +1890,8 @@ const file_tollgate_admin_v1_keys_proto_rawDesc = "" +
 	"\aexpires\x18\x18 \x01(\v2\x1a.google.protobuf.TimestampR\aexpires\x12;\n" +
 	"\vauto_rotate\x18\x19 \x01(\v2\x1a.google.protobuf.BoolValueR\n" +
 	"autoRotate\x12I\n" +
-	"\x11rotation_interval\x18\x1a \x01(\v2\x1c.google.protobuf.StringValueR\x10rotationInterval\x1aa\n" +
+	"\x11rotation_interval\x18\x1a \x01(\v2\x1c.google.protobuf.StringValueR\x10rotationInterval\x129\n" +
+	"\tbudget_id\x18Z \x01(\v2\x1c.google.protobuf.StringValueR\bbudgetId\x1aa\n" +
 	"\x13ModelMaxBudgetEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x124\n" +
 	"\x05value\x18\x02 \x01(\v2\x1e.tollgate.admin.v1.ModelBudgetR\x05value:\x028\x01\x1a@\n" +
@@ -1951,10 +2001,11 @@ var file_tollgate_admin_v1_keys_proto_goTypes = []any{
 	(*structpb.Struct)(nil),        // 25: google.protobuf.Struct
 	(*wrapperspb.BoolValue)(nil),   // 26: google.protobuf.BoolValue
 	(*timestamppb.Timestamp)(nil),  // 27: google.protobuf.Timestamp
-	(*wrapperspb.StringValue)(nil), // 28: google.protobuf.StringValue
-	(*structpb.ListValue)(nil),     // 29: google.protobuf.ListValue
-	(*ModelBudget)(nil),            // 30: tollgate.admin.v1.ModelBudget
-	(*DeleteResponse)(nil),         // 31: tollgate.admin.v1.DeleteResponse
+	(*Budget)(nil),                 // 28: tollgate.admin.v1.Budget
+	(*wrapperspb.StringValue)(nil), // 29: google.protobuf.StringValue
+	(*structpb.ListValue)(nil),     // 30: google.protobuf.ListValue
+	(*ModelBudget)(nil),            // 31: tollgate.admin.v1.ModelBudget
+	(*DeleteResponse)(nil),         // 32: tollgate.admin.v1.DeleteResponse
 }
 var file_tollgate_admin_v1_keys_proto_depIdxs = []int32{
 	23, // 0: tollgate.admin.v1.GenerateKeyRequest.max_budget:type_name -> google.protobuf.DoubleValue
@@ -1985,82 +2036,84 @@ var file_tollgate_admin_v1_keys_proto_depIdxs = []int32{
 	27, // 25: tollgate.admin.v1.Key.last_rotation_at:type_name -> google.protobuf.Timestamp
 	27, // 26: tollgate.admin.v1.Key.created_at:type_name -> google.protobuf.Timestamp
 	27, // 27: tollgate.admin.v1.Key.updated_at:type_name -> google.protobuf.Timestamp
-	27, // 28: tollgate.admin.v1.GenerateKeyResponse.updated_at:type_name -> google.protobuf.Timestamp
-	27, // 29: tollgate.admin.v1.GenerateKeyResponse.expires:type_name -> google.protobuf.Timestamp
-	23, // 30: tollgate.admin.v1.GenerateKeyResponse.max_budget:type_name -> google.protobuf.DoubleValue
-	23, // 31: tollgate.admin.v1.GenerateKeyResponse.soft_budget:type_name -> google.protobuf.DoubleValue
-	27, // 32: tollgate.admin.v1.GenerateKeyResponse.budget_reset_at:type_name -> google.protobuf.Timestamp
-	24, // 33: tollgate.admin.v1.GenerateKeyResponse.rpm_limit:type_name -> google.protobuf.Int32Value
-	24, // 34: tollgate.admin.v1.GenerateKeyResponse.tpm_limit:type_name -> google.protobuf.Int32Value
-	24, // 35: tollgate.admin.v1.GenerateKeyResponse.max_parallel_requests:type_name -> google.protobuf.Int32Value
-	17, // 36: tollgate.admin.v1.GenerateKeyResponse.model_max_budget:type_name -> tollgate.admin.v1.GenerateKeyResponse.ModelMaxBudgetEntry
-	18, // 37: tollgate.admin.v1.GenerateKeyResponse.model_rpm_limit:type_name -> tollgate.admin.v1.GenerateKeyResponse.ModelRpmLimitEntry
-	19, // 38: tollgate.admin.v1.GenerateKeyResponse.model_tpm_limit:type_name -> tollgate.admin.v1.GenerateKeyResponse.ModelTpmLimitEntry
-	25, // 39: tollgate.admin.v1.GenerateKeyResponse.metadata:type_name -> google.protobuf.Struct
-	25, // 40: tollgate.admin.v1.GenerateKeyResponse.permissions:type_name -> google.protobuf.Struct
-	27, // 41: tollgate.admin.v1.GenerateKeyResponse.key_rotation_at:type_name -> google.protobuf.Timestamp
-	27, // 42: tollgate.admin.v1.GenerateKeyResponse.created_at:type_name -> google.protobuf.Timestamp
-	28, // 43: tollgate.admin.v1.UpdateKeyRequest.key_alias:type_name -> google.protobuf.StringValue
-	28, // 44: tollgate.admin.v1.UpdateKeyRequest.duration:type_name -> google.protobuf.StringValue
-	28, // 45: tollgate.admin.v1.UpdateKeyRequest.user_id:type_name -> google.protobuf.StringValue
-	28, // 46: tollgate.admin.v1.UpdateKeyRequest.team_id:type_name -> google.protobuf.StringValue
-	28, // 47: tollgate.admin.v1.UpdateKeyRequest.organization_id:type_name -> google.protobuf.StringValue
-	29, // 48: tollgate.admin.v1.UpdateKeyRequest.models:type_name -> google.protobuf.ListValue
-	23, // 49: tollgate.admin.v1.UpdateKeyRequest.max_budget:type_name -> google.protobuf.DoubleValue
-	23, // 50: tollgate.admin.v1.UpdateKeyRequest.soft_budget:type_name -> google.protobuf.DoubleValue
-	28, // 51: tollgate.admin.v1.UpdateKeyRequest.budget_duration:type_name -> google.protobuf.StringValue
-	24, // 52: tollgate.admin.v1.UpdateKeyRequest.rpm_limit:type_name -> google.protobuf.Int32Value
-	24, // 53: tollgate.admin.v1.UpdateKeyRequest.tpm_limit:type_name -> google.protobuf.Int32Value
-	24, // 54: tollgate.admin.v1.UpdateKeyRequest.max_parallel_requests:type_name -> google.protobuf.Int32Value
-	20, // 55: tollgate.admin.v1.UpdateKeyRequest.model_max_budget:type_name -> tollgate.admin.v1.UpdateKeyRequest.ModelMaxBudgetEntry
-	21, // 56: tollgate.admin.v1.UpdateKeyRequest.model_rpm_limit:type_name -> tollgate.admin.v1.UpdateKeyRequest.ModelRpmLimitEntry
-	22, // 57: tollgate.admin.v1.UpdateKeyRequest.model_tpm_limit:type_name -> tollgate.admin.v1.UpdateKeyRequest.ModelTpmLimitEntry
-	25, // 58: tollgate.admin.v1.UpdateKeyRequest.metadata:type_name -> google.protobuf.Struct
-	25, // 59: tollgate.admin.v1.UpdateKeyRequest.permissions:type_name -> google.protobuf.Struct
-	29, // 60: tollgate.admin.v1.UpdateKeyRequest.guardrails:type_name -> google.protobuf.ListValue
-	29, // 61: tollgate.admin.v1.UpdateKeyRequest.tags:type_name -> google.protobuf.ListValue
-	29, // 62: tollgate.admin.v1.UpdateKeyRequest.enforced_params:type_name -> google.protobuf.ListValue
-	29, // 63: tollgate.admin.v1.UpdateKeyRequest.allowed_routes:type_name -> google.protobuf.ListValue
-	26, // 64: tollgate.admin.v1.UpdateKeyRequest.blocked:type_name -> google.protobuf.BoolValue
-	27, // 65: tollgate.admin.v1.UpdateKeyRequest.expires:type_name -> google.protobuf.Timestamp
-	26, // 66: tollgate.admin.v1.UpdateKeyRequest.auto_rotate:type_name -> google.protobuf.BoolValue
-	28, // 67: tollgate.admin.v1.UpdateKeyRequest.rotation_interval:type_name -> google.protobuf.StringValue
-	1,  // 68: tollgate.admin.v1.GetKeyInfoResponse.info:type_name -> tollgate.admin.v1.Key
-	26, // 69: tollgate.admin.v1.ListKeysRequest.blocked:type_name -> google.protobuf.BoolValue
-	1,  // 70: tollgate.admin.v1.ListKeysResponse.keys_full:type_name -> tollgate.admin.v1.Key
-	23, // 71: tollgate.admin.v1.RegenerateKeyRequest.max_budget:type_name -> google.protobuf.DoubleValue
-	24, // 72: tollgate.admin.v1.RegenerateKeyRequest.rpm_limit:type_name -> google.protobuf.Int32Value
-	24, // 73: tollgate.admin.v1.RegenerateKeyRequest.tpm_limit:type_name -> google.protobuf.Int32Value
-	28, // 74: tollgate.admin.v1.RegenerateKeyRequest.duration:type_name -> google.protobuf.StringValue
-	29, // 75: tollgate.admin.v1.RegenerateKeyRequest.models:type_name -> google.protobuf.ListValue
-	25, // 76: tollgate.admin.v1.RegenerateKeyRequest.metadata:type_name -> google.protobuf.Struct
-	30, // 77: tollgate.admin.v1.GenerateKeyRequest.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
-	30, // 78: tollgate.admin.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
-	30, // 79: tollgate.admin.v1.GenerateKeyResponse.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
-	30, // 80: tollgate.admin.v1.UpdateKeyRequest.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
-	0,  // 81: tollgate.admin.v1.KeyService.GenerateKey:input_type -> tollgate.admin.v1.GenerateKeyRequest
-	0,  // 82: tollgate.admin.v1.KeyService.GenerateServiceAccountKey:input_type -> tollgate.admin.v1.GenerateKeyRequest
-	3,  // 83: tollgate.admin.v1.KeyService.UpdateKey:input_type -> tollgate.admin.v1.UpdateKeyRequest
-	4,  // 84: tollgate.admin.v1.KeyService.DeleteKeys:input_type -> tollgate.admin.v1.DeleteKeysRequest
-	5,  // 85: tollgate.admin.v1.KeyService.GetKeyInfo:input_type -> tollgate.admin.v1.GetKeyInfoRequest
-	7,  // 86: tollgate.admin.v1.KeyService.ListKeys:input_type -> tollgate.admin.v1.ListKeysRequest
-	9,  // 87: tollgate.admin.v1.KeyService.RegenerateKey:input_type -> tollgate.admin.v1.RegenerateKeyRequest
-	10, // 88: tollgate.admin.v1.KeyService.BlockKey:input_type -> tollgate.admin.v1.BlockKeyRequest
-	10, // 89: tollgate.admin.v1.KeyService.UnblockKey:input_type -> tollgate.admin.v1.BlockKeyRequest
-	2,  // 90: tollgate.admin.v1.KeyService.GenerateKey:output_type -> tollgate.admin.v1.GenerateKeyResponse
-	2,  // 91: tollgate.admin.v1.KeyService.GenerateServiceAccountKey:output_type -> tollgate.admin.v1.GenerateKeyResponse
-	1,  // 92: tollgate.admin.v1.KeyService.UpdateKey:output_type -> tollgate.admin.v1.Key
-	31, // 93: tollgate.admin.v1.KeyService.DeleteKeys:output_type -> tollgate.admin.v1.DeleteResponse
-	6,  // 94: tollgate.admin.v1.KeyService.GetKeyInfo:output_type -> tollgate.admin.v1.GetKeyInfoResponse
-	8,  // 95: tollgate.admin.v1.KeyService.ListKeys:output_type -> tollgate.admin.v1.ListKeysResponse
-	2,  // 96: tollgate.admin.v1.KeyService.RegenerateKey:output_type -> tollgate.admin.v1.GenerateKeyResponse
-	1,  // 97: tollgate.admin.v1.KeyService.BlockKey:output_type -> tollgate.admin.v1.Key
-	1,  // 98: tollgate.admin.v1.KeyService.UnblockKey:output_type -> tollgate.admin.v1.Key
-	90, // [90:99] is the sub-list for method output_type
-	81, // [81:90] is the sub-list for method input_type
-	81, // [81:81] is the sub-list for extension type_name
-	81, // [81:81] is the sub-list for extension extendee
-	0,  // [0:81] is the sub-list for field type_name
+	28, // 28: tollgate.admin.v1.Key.litellm_budget_table:type_name -> tollgate.admin.v1.Budget
+	27, // 29: tollgate.admin.v1.GenerateKeyResponse.updated_at:type_name -> google.protobuf.Timestamp
+	27, // 30: tollgate.admin.v1.GenerateKeyResponse.expires:type_name -> google.protobuf.Timestamp
+	23, // 31: tollgate.admin.v1.GenerateKeyResponse.max_budget:type_name -> google.protobuf.DoubleValue
+	23, // 32: tollgate.admin.v1.GenerateKeyResponse.soft_budget:type_name -> google.protobuf.DoubleValue
+	27, // 33: tollgate.admin.v1.GenerateKeyResponse.budget_reset_at:type_name -> google.protobuf.Timestamp
+	24, // 34: tollgate.admin.v1.GenerateKeyResponse.rpm_limit:type_name -> google.protobuf.Int32Value
+	24, // 35: tollgate.admin.v1.GenerateKeyResponse.tpm_limit:type_name -> google.protobuf.Int32Value
+	24, // 36: tollgate.admin.v1.GenerateKeyResponse.max_parallel_requests:type_name -> google.protobuf.Int32Value
+	17, // 37: tollgate.admin.v1.GenerateKeyResponse.model_max_budget:type_name -> tollgate.admin.v1.GenerateKeyResponse.ModelMaxBudgetEntry
+	18, // 38: tollgate.admin.v1.GenerateKeyResponse.model_rpm_limit:type_name -> tollgate.admin.v1.GenerateKeyResponse.ModelRpmLimitEntry
+	19, // 39: tollgate.admin.v1.GenerateKeyResponse.model_tpm_limit:type_name -> tollgate.admin.v1.GenerateKeyResponse.ModelTpmLimitEntry
+	25, // 40: tollgate.admin.v1.GenerateKeyResponse.metadata:type_name -> google.protobuf.Struct
+	25, // 41: tollgate.admin.v1.GenerateKeyResponse.permissions:type_name -> google.protobuf.Struct
+	27, // 42: tollgate.admin.v1.GenerateKeyResponse.key_rotation_at:type_name -> google.protobuf.Timestamp
+	27, // 43: tollgate.admin.v1.GenerateKeyResponse.created_at:type_name -> google.protobuf.Timestamp
+	29, // 44: tollgate.admin.v1.UpdateKeyRequest.key_alias:type_name -> google.protobuf.StringValue
+	29, // 45: tollgate.admin.v1.UpdateKeyRequest.duration:type_name -> google.protobuf.StringValue
+	29, // 46: tollgate.admin.v1.UpdateKeyRequest.user_id:type_name -> google.protobuf.StringValue
+	29, // 47: tollgate.admin.v1.UpdateKeyRequest.team_id:type_name -> google.protobuf.StringValue
+	29, // 48: tollgate.admin.v1.UpdateKeyRequest.organization_id:type_name -> google.protobuf.StringValue
+	30, // 49: tollgate.admin.v1.UpdateKeyRequest.models:type_name -> google.protobuf.ListValue
+	23, // 50: tollgate.admin.v1.UpdateKeyRequest.max_budget:type_name -> google.protobuf.DoubleValue
+	23, // 51: tollgate.admin.v1.UpdateKeyRequest.soft_budget:type_name -> google.protobuf.DoubleValue
+	29, // 52: tollgate.admin.v1.UpdateKeyRequest.budget_duration:type_name -> google.protobuf.StringValue
+	24, // 53: tollgate.admin.v1.UpdateKeyRequest.rpm_limit:type_name -> google.protobuf.Int32Value
+	24, // 54: tollgate.admin.v1.UpdateKeyRequest.tpm_limit:type_name -> google.protobuf.Int32Value
+	24, // 55: tollgate.admin.v1.UpdateKeyRequest.max_parallel_requests:type_name -> google.protobuf.Int32Value
+	20, // 56: tollgate.admin.v1.UpdateKeyRequest.model_max_budget:type_name -> tollgate.admin.v1.UpdateKeyRequest.ModelMaxBudgetEntry
+	21, // 57: tollgate.admin.v1.UpdateKeyRequest.model_rpm_limit:type_name -> tollgate.admin.v1.UpdateKeyRequest.ModelRpmLimitEntry
+	22, // 58: tollgate.admin.v1.UpdateKeyRequest.model_tpm_limit:type_name -> tollgate.admin.v1.UpdateKeyRequest.ModelTpmLimitEntry
+	25, // 59: tollgate.admin.v1.UpdateKeyRequest.metadata:type_name -> google.protobuf.Struct
+	25, // 60: tollgate.admin.v1.UpdateKeyRequest.permissions:type_name -> google.protobuf.Struct
+	30, // 61: tollgate.admin.v1.UpdateKeyRequest.guardrails:type_name -> google.protobuf.ListValue
+	30, // 62: tollgate.admin.v1.UpdateKeyRequest.tags:type_name -> google.protobuf.ListValue
+	30, // 63: tollgate.admin.v1.UpdateKeyRequest.enforced_params:type_name -> google.protobuf.ListValue
+	30, // 64: tollgate.admin.v1.UpdateKeyRequest.allowed_routes:type_name -> google.protobuf.ListValue
+	26, // 65: tollgate.admin.v1.UpdateKeyRequest.blocked:type_name -> google.protobuf.BoolValue
+	27, // 66: tollgate.admin.v1.UpdateKeyRequest.expires:type_name -> google.protobuf.Timestamp
+	26, // 67: tollgate.admin.v1.UpdateKeyRequest.auto_rotate:type_name -> google.protobuf.BoolValue
+	29, // 68: tollgate.admin.v1.UpdateKeyRequest.rotation_interval:type_name -> google.protobuf.StringValue
+	29, // 69: tollgate.admin.v1.UpdateKeyRequest.budget_id:type_name -> google.protobuf.StringValue
+	1,  // 70: tollgate.admin.v1.GetKeyInfoResponse.info:type_name -> tollgate.admin.v1.Key
+	26, // 71: tollgate.admin.v1.ListKeysRequest.blocked:type_name -> google.protobuf.BoolValue
+	1,  // 72: tollgate.admin.v1.ListKeysResponse.keys_full:type_name -> tollgate.admin.v1.Key
+	23, // 73: tollgate.admin.v1.RegenerateKeyRequest.max_budget:type_name -> google.protobuf.DoubleValue
+	24, // 74: tollgate.admin.v1.RegenerateKeyRequest.rpm_limit:type_name -> google.protobuf.Int32Value
+	24, // 75: tollgate.admin.v1.RegenerateKeyRequest.tpm_limit:type_name -> google.protobuf.Int32Value
+	29, // 76: tollgate.admin.v1.RegenerateKeyRequest.duration:type_name -> google.protobuf.StringValue
+	30, // 77: tollgate.admin.v1.RegenerateKeyRequest.models:type_name -> google.protobuf.ListValue
+	25, // 78: tollgate.admin.v1.RegenerateKeyRequest.metadata:type_name -> google.protobuf.Struct
+	31, // 79: tollgate.admin.v1.GenerateKeyRequest.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
+	31, // 80: tollgate.admin.v1.Key.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
+	31, // 81: tollgate.admin.v1.GenerateKeyResponse.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
+	31, // 82: tollgate.admin.v1.UpdateKeyRequest.ModelMaxBudgetEntry.value:type_name -> tollgate.admin.v1.ModelBudget
+	0,  // 83: tollgate.admin.v1.KeyService.GenerateKey:input_type -> tollgate.admin.v1.GenerateKeyRequest
+	0,  // 84: tollgate.admin.v1.KeyService.GenerateServiceAccountKey:input_type -> tollgate.admin.v1.GenerateKeyRequest
+	3,  // 85: tollgate.admin.v1.KeyService.UpdateKey:input_type -> tollgate.admin.v1.UpdateKeyRequest
+	4,  // 86: tollgate.admin.v1.KeyService.DeleteKeys:input_type -> tollgate.admin.v1.DeleteKeysRequest
+	5,  // 87: tollgate.admin.v1.KeyService.GetKeyInfo:input_type -> tollgate.admin.v1.GetKeyInfoRequest
+	7,  // 88: tollgate.admin.v1.KeyService.ListKeys:input_type -> tollgate.admin.v1.ListKeysRequest
+	9,  // 89: tollgate.admin.v1.KeyService.RegenerateKey:input_type -> tollgate.admin.v1.RegenerateKeyRequest
+	10, // 90: tollgate.admin.v1.KeyService.BlockKey:input_type -> tollgate.admin.v1.BlockKeyRequest
+	10, // 91: tollgate.admin.v1.KeyService.UnblockKey:input_type -> tollgate.admin.v1.BlockKeyRequest
+	2,  // 92: tollgate.admin.v1.KeyService.GenerateKey:output_type -> tollgate.admin.v1.GenerateKeyResponse
+	2,  // 93: tollgate.admin.v1.KeyService.GenerateServiceAccountKey:output_type -> tollgate.admin.v1.GenerateKeyResponse
+	1,  // 94: tollgate.admin.v1.KeyService.UpdateKey:output_type -> tollgate.admin.v1.Key
+	32, // 95: tollgate.admin.v1.KeyService.DeleteKeys:output_type -> tollgate.admin.v1.DeleteResponse
+	6,  // 96: tollgate.admin.v1.KeyService.GetKeyInfo:output_type -> tollgate.admin.v1.GetKeyInfoResponse
+	8,  // 97: tollgate.admin.v1.KeyService.ListKeys:output_type -> tollgate.admin.v1.ListKeysResponse
+	2,  // 98: tollgate.admin.v1.KeyService.RegenerateKey:output_type -> tollgate.admin.v1.GenerateKeyResponse
+	1,  // 99: tollgate.admin.v1.KeyService.BlockKey:output_type -> tollgate.admin.v1.Key
+	1,  // 100: tollgate.admin.v1.KeyService.UnblockKey:output_type -> tollgate.admin.v1.Key
+	92, // [92:101] is the sub-list for method output_type
+	83, // [83:92] is the sub-list for method input_type
+	83, // [83:83] is the sub-list for extension type_name
+	83, // [83:83] is the sub-list for extension extendee
+	0,  // [0:83] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_admin_v1_keys_proto_init() }
@@ -2068,6 +2121,7 @@ func file_tollgate_admin_v1_keys_proto_init() {
 	if File_tollgate_admin_v1_keys_proto != nil {
 		return
 	}
+	file_tollgate_admin_v1_budgets_proto_init()
 	file_tollgate_admin_v1_common_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{

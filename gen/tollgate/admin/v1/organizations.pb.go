@@ -96,8 +96,12 @@ type Organization struct {
 	Spend               float64                 `protobuf:"fixed64,15,opt,name=spend,proto3" json:"spend,omitempty"`
 	CreatedAt           *timestamppb.Timestamp  `protobuf:"bytes,16,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	UpdatedAt           *timestamppb.Timestamp  `protobuf:"bytes,17,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// budget_id is the organization's budget (every organization created
+	// through the API has one); litellm_budget_table its limits.
+	BudgetId           string  `protobuf:"bytes,90,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
+	LitellmBudgetTable *Budget `protobuf:"bytes,91,opt,name=litellm_budget_table,json=litellmBudgetTable,proto3" json:"litellm_budget_table,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Organization) Reset() {
@@ -249,6 +253,20 @@ func (x *Organization) GetUpdatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Organization) GetBudgetId() string {
+	if x != nil {
+		return x.BudgetId
+	}
+	return ""
+}
+
+func (x *Organization) GetLitellmBudgetTable() *Budget {
+	if x != nil {
+		return x.LitellmBudgetTable
+	}
+	return nil
+}
+
 type NewOrganizationRequest struct {
 	state               protoimpl.MessageState  `protogen:"open.v1"`
 	OrganizationId      string                  `protobuf:"bytes,1,opt,name=organization_id,json=organizationId,proto3" json:"organization_id,omitempty"`
@@ -261,8 +279,11 @@ type NewOrganizationRequest struct {
 	TpmLimit            *wrapperspb.Int32Value  `protobuf:"bytes,8,opt,name=tpm_limit,json=tpmLimit,proto3" json:"tpm_limit,omitempty"`
 	MaxParallelRequests *wrapperspb.Int32Value  `protobuf:"bytes,9,opt,name=max_parallel_requests,json=maxParallelRequests,proto3" json:"max_parallel_requests,omitempty"`
 	Metadata            *structpb.Struct        `protobuf:"bytes,10,opt,name=metadata,proto3" json:"metadata,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// budget_id links an existing budget; without it a budget is created
+	// from max_budget, soft_budget, budget_duration and the limits.
+	BudgetId      string `protobuf:"bytes,90,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NewOrganizationRequest) Reset() {
@@ -365,6 +386,13 @@ func (x *NewOrganizationRequest) GetMetadata() *structpb.Struct {
 	return nil
 }
 
+func (x *NewOrganizationRequest) GetBudgetId() string {
+	if x != nil {
+		return x.BudgetId
+	}
+	return ""
+}
+
 type UpdateOrganizationRequest struct {
 	state               protoimpl.MessageState  `protogen:"open.v1"`
 	OrganizationId      string                  `protobuf:"bytes,1,opt,name=organization_id,json=organizationId,proto3" json:"organization_id,omitempty"`
@@ -378,8 +406,10 @@ type UpdateOrganizationRequest struct {
 	MaxParallelRequests *wrapperspb.Int32Value  `protobuf:"bytes,9,opt,name=max_parallel_requests,json=maxParallelRequests,proto3" json:"max_parallel_requests,omitempty"`
 	Metadata            *structpb.Struct        `protobuf:"bytes,10,opt,name=metadata,proto3" json:"metadata,omitempty"`
 	Blocked             *wrapperspb.BoolValue   `protobuf:"bytes,11,opt,name=blocked,proto3" json:"blocked,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// budget_id links the organization to another budget.
+	BudgetId      *wrapperspb.StringValue `protobuf:"bytes,90,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UpdateOrganizationRequest) Reset() {
@@ -485,6 +515,13 @@ func (x *UpdateOrganizationRequest) GetMetadata() *structpb.Struct {
 func (x *UpdateOrganizationRequest) GetBlocked() *wrapperspb.BoolValue {
 	if x != nil {
 		return x.Blocked
+	}
+	return nil
+}
+
+func (x *UpdateOrganizationRequest) GetBudgetId() *wrapperspb.StringValue {
+	if x != nil {
+		return x.BudgetId
 	}
 	return nil
 }
@@ -870,10 +907,10 @@ var File_tollgate_admin_v1_organizations_proto protoreflect.FileDescriptor
 
 const file_tollgate_admin_v1_organizations_proto_rawDesc = "" +
 	"\n" +
-	"%tollgate/admin/v1/organizations.proto\x12\x11tollgate.admin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1etollgate/admin/v1/common.proto\x1a\x1dtollgate/admin/v1/teams.proto\"J\n" +
+	"%tollgate/admin/v1/organizations.proto\x12\x11tollgate.admin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1ftollgate/admin/v1/budgets.proto\x1a\x1etollgate/admin/v1/common.proto\x1a\x1dtollgate/admin/v1/teams.proto\"J\n" +
 	"\x12OrganizationMember\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
-	"\tuser_role\x18\x02 \x01(\tR\buserRole\"\xf7\x06\n" +
+	"\tuser_role\x18\x02 \x01(\tR\buserRole\"\xe1\a\n" +
 	"\fOrganization\x12'\n" +
 	"\x0forganization_id\x18\x01 \x01(\tR\x0eorganizationId\x12-\n" +
 	"\x12organization_alias\x18\x02 \x01(\tR\x11organizationAlias\x12\x16\n" +
@@ -896,7 +933,9 @@ const file_tollgate_admin_v1_organizations_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
-	"updated_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xa7\x04\n" +
+	"updated_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x1b\n" +
+	"\tbudget_id\x18Z \x01(\tR\bbudgetId\x12K\n" +
+	"\x14litellm_budget_table\x18[ \x01(\v2\x19.tollgate.admin.v1.BudgetR\x12litellmBudgetTable\"\xc4\x04\n" +
 	"\x16NewOrganizationRequest\x12'\n" +
 	"\x0forganization_id\x18\x01 \x01(\tR\x0eorganizationId\x12-\n" +
 	"\x12organization_alias\x18\x02 \x01(\tR\x11organizationAlias\x12\x16\n" +
@@ -910,7 +949,8 @@ const file_tollgate_admin_v1_organizations_proto_rawDesc = "" +
 	"\ttpm_limit\x18\b \x01(\v2\x1b.google.protobuf.Int32ValueR\btpmLimit\x12O\n" +
 	"\x15max_parallel_requests\x18\t \x01(\v2\x1b.google.protobuf.Int32ValueR\x13maxParallelRequests\x123\n" +
 	"\bmetadata\x18\n" +
-	" \x01(\v2\x17.google.protobuf.StructR\bmetadata\"\xb8\x05\n" +
+	" \x01(\v2\x17.google.protobuf.StructR\bmetadata\x12\x1b\n" +
+	"\tbudget_id\x18Z \x01(\tR\bbudgetId\"\xf3\x05\n" +
 	"\x19UpdateOrganizationRequest\x12'\n" +
 	"\x0forganization_id\x18\x01 \x01(\tR\x0eorganizationId\x12K\n" +
 	"\x12organization_alias\x18\x02 \x01(\v2\x1c.google.protobuf.StringValueR\x11organizationAlias\x122\n" +
@@ -925,7 +965,8 @@ const file_tollgate_admin_v1_organizations_proto_rawDesc = "" +
 	"\x15max_parallel_requests\x18\t \x01(\v2\x1b.google.protobuf.Int32ValueR\x13maxParallelRequests\x123\n" +
 	"\bmetadata\x18\n" +
 	" \x01(\v2\x17.google.protobuf.StructR\bmetadata\x124\n" +
-	"\ablocked\x18\v \x01(\v2\x1a.google.protobuf.BoolValueR\ablocked\"G\n" +
+	"\ablocked\x18\v \x01(\v2\x1a.google.protobuf.BoolValueR\ablocked\x129\n" +
+	"\tbudget_id\x18Z \x01(\v2\x1c.google.protobuf.StringValueR\bbudgetId\"G\n" +
 	"\x1aDeleteOrganizationsRequest\x12)\n" +
 	"\x10organization_ids\x18\x01 \x03(\tR\x0forganizationIds\"w\n" +
 	"\x1cOrganizationMemberAddRequest\x12'\n" +
@@ -990,11 +1031,12 @@ var file_tollgate_admin_v1_organizations_proto_goTypes = []any{
 	(*wrapperspb.Int32Value)(nil),           // 13: google.protobuf.Int32Value
 	(*structpb.Struct)(nil),                 // 14: google.protobuf.Struct
 	(*Team)(nil),                            // 15: tollgate.admin.v1.Team
-	(*wrapperspb.StringValue)(nil),          // 16: google.protobuf.StringValue
-	(*structpb.ListValue)(nil),              // 17: google.protobuf.ListValue
-	(*wrapperspb.BoolValue)(nil),            // 18: google.protobuf.BoolValue
-	(*structpb.Value)(nil),                  // 19: google.protobuf.Value
-	(*DeleteResponse)(nil),                  // 20: tollgate.admin.v1.DeleteResponse
+	(*Budget)(nil),                          // 16: tollgate.admin.v1.Budget
+	(*wrapperspb.StringValue)(nil),          // 17: google.protobuf.StringValue
+	(*structpb.ListValue)(nil),              // 18: google.protobuf.ListValue
+	(*wrapperspb.BoolValue)(nil),            // 19: google.protobuf.BoolValue
+	(*structpb.Value)(nil),                  // 20: google.protobuf.Value
+	(*DeleteResponse)(nil),                  // 21: tollgate.admin.v1.DeleteResponse
 }
 var file_tollgate_admin_v1_organizations_proto_depIdxs = []int32{
 	11, // 0: tollgate.admin.v1.Organization.max_budget:type_name -> google.protobuf.DoubleValue
@@ -1008,45 +1050,47 @@ var file_tollgate_admin_v1_organizations_proto_depIdxs = []int32{
 	15, // 8: tollgate.admin.v1.Organization.teams:type_name -> tollgate.admin.v1.Team
 	12, // 9: tollgate.admin.v1.Organization.created_at:type_name -> google.protobuf.Timestamp
 	12, // 10: tollgate.admin.v1.Organization.updated_at:type_name -> google.protobuf.Timestamp
-	11, // 11: tollgate.admin.v1.NewOrganizationRequest.max_budget:type_name -> google.protobuf.DoubleValue
-	11, // 12: tollgate.admin.v1.NewOrganizationRequest.soft_budget:type_name -> google.protobuf.DoubleValue
-	13, // 13: tollgate.admin.v1.NewOrganizationRequest.rpm_limit:type_name -> google.protobuf.Int32Value
-	13, // 14: tollgate.admin.v1.NewOrganizationRequest.tpm_limit:type_name -> google.protobuf.Int32Value
-	13, // 15: tollgate.admin.v1.NewOrganizationRequest.max_parallel_requests:type_name -> google.protobuf.Int32Value
-	14, // 16: tollgate.admin.v1.NewOrganizationRequest.metadata:type_name -> google.protobuf.Struct
-	16, // 17: tollgate.admin.v1.UpdateOrganizationRequest.organization_alias:type_name -> google.protobuf.StringValue
-	17, // 18: tollgate.admin.v1.UpdateOrganizationRequest.models:type_name -> google.protobuf.ListValue
-	11, // 19: tollgate.admin.v1.UpdateOrganizationRequest.max_budget:type_name -> google.protobuf.DoubleValue
-	11, // 20: tollgate.admin.v1.UpdateOrganizationRequest.soft_budget:type_name -> google.protobuf.DoubleValue
-	16, // 21: tollgate.admin.v1.UpdateOrganizationRequest.budget_duration:type_name -> google.protobuf.StringValue
-	13, // 22: tollgate.admin.v1.UpdateOrganizationRequest.rpm_limit:type_name -> google.protobuf.Int32Value
-	13, // 23: tollgate.admin.v1.UpdateOrganizationRequest.tpm_limit:type_name -> google.protobuf.Int32Value
-	13, // 24: tollgate.admin.v1.UpdateOrganizationRequest.max_parallel_requests:type_name -> google.protobuf.Int32Value
-	14, // 25: tollgate.admin.v1.UpdateOrganizationRequest.metadata:type_name -> google.protobuf.Struct
-	18, // 26: tollgate.admin.v1.UpdateOrganizationRequest.blocked:type_name -> google.protobuf.BoolValue
-	19, // 27: tollgate.admin.v1.OrganizationMemberAddRequest.member:type_name -> google.protobuf.Value
-	1,  // 28: tollgate.admin.v1.ListOrganizationsResponse.organizations:type_name -> tollgate.admin.v1.Organization
-	2,  // 29: tollgate.admin.v1.OrganizationService.NewOrganization:input_type -> tollgate.admin.v1.NewOrganizationRequest
-	3,  // 30: tollgate.admin.v1.OrganizationService.UpdateOrganization:input_type -> tollgate.admin.v1.UpdateOrganizationRequest
-	4,  // 31: tollgate.admin.v1.OrganizationService.DeleteOrganizations:input_type -> tollgate.admin.v1.DeleteOrganizationsRequest
-	5,  // 32: tollgate.admin.v1.OrganizationService.AddOrganizationMember:input_type -> tollgate.admin.v1.OrganizationMemberAddRequest
-	8,  // 33: tollgate.admin.v1.OrganizationService.GetOrganizationInfo:input_type -> tollgate.admin.v1.GetOrganizationInfoRequest
-	9,  // 34: tollgate.admin.v1.OrganizationService.ListOrganizations:input_type -> tollgate.admin.v1.ListOrganizationsRequest
-	6,  // 35: tollgate.admin.v1.OrganizationService.UpdateOrganizationMember:input_type -> tollgate.admin.v1.OrganizationMemberUpdateRequest
-	7,  // 36: tollgate.admin.v1.OrganizationService.DeleteOrganizationMember:input_type -> tollgate.admin.v1.OrganizationMemberDeleteRequest
-	1,  // 37: tollgate.admin.v1.OrganizationService.NewOrganization:output_type -> tollgate.admin.v1.Organization
-	1,  // 38: tollgate.admin.v1.OrganizationService.UpdateOrganization:output_type -> tollgate.admin.v1.Organization
-	20, // 39: tollgate.admin.v1.OrganizationService.DeleteOrganizations:output_type -> tollgate.admin.v1.DeleteResponse
-	1,  // 40: tollgate.admin.v1.OrganizationService.AddOrganizationMember:output_type -> tollgate.admin.v1.Organization
-	1,  // 41: tollgate.admin.v1.OrganizationService.GetOrganizationInfo:output_type -> tollgate.admin.v1.Organization
-	10, // 42: tollgate.admin.v1.OrganizationService.ListOrganizations:output_type -> tollgate.admin.v1.ListOrganizationsResponse
-	0,  // 43: tollgate.admin.v1.OrganizationService.UpdateOrganizationMember:output_type -> tollgate.admin.v1.OrganizationMember
-	1,  // 44: tollgate.admin.v1.OrganizationService.DeleteOrganizationMember:output_type -> tollgate.admin.v1.Organization
-	37, // [37:45] is the sub-list for method output_type
-	29, // [29:37] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	16, // 11: tollgate.admin.v1.Organization.litellm_budget_table:type_name -> tollgate.admin.v1.Budget
+	11, // 12: tollgate.admin.v1.NewOrganizationRequest.max_budget:type_name -> google.protobuf.DoubleValue
+	11, // 13: tollgate.admin.v1.NewOrganizationRequest.soft_budget:type_name -> google.protobuf.DoubleValue
+	13, // 14: tollgate.admin.v1.NewOrganizationRequest.rpm_limit:type_name -> google.protobuf.Int32Value
+	13, // 15: tollgate.admin.v1.NewOrganizationRequest.tpm_limit:type_name -> google.protobuf.Int32Value
+	13, // 16: tollgate.admin.v1.NewOrganizationRequest.max_parallel_requests:type_name -> google.protobuf.Int32Value
+	14, // 17: tollgate.admin.v1.NewOrganizationRequest.metadata:type_name -> google.protobuf.Struct
+	17, // 18: tollgate.admin.v1.UpdateOrganizationRequest.organization_alias:type_name -> google.protobuf.StringValue
+	18, // 19: tollgate.admin.v1.UpdateOrganizationRequest.models:type_name -> google.protobuf.ListValue
+	11, // 20: tollgate.admin.v1.UpdateOrganizationRequest.max_budget:type_name -> google.protobuf.DoubleValue
+	11, // 21: tollgate.admin.v1.UpdateOrganizationRequest.soft_budget:type_name -> google.protobuf.DoubleValue
+	17, // 22: tollgate.admin.v1.UpdateOrganizationRequest.budget_duration:type_name -> google.protobuf.StringValue
+	13, // 23: tollgate.admin.v1.UpdateOrganizationRequest.rpm_limit:type_name -> google.protobuf.Int32Value
+	13, // 24: tollgate.admin.v1.UpdateOrganizationRequest.tpm_limit:type_name -> google.protobuf.Int32Value
+	13, // 25: tollgate.admin.v1.UpdateOrganizationRequest.max_parallel_requests:type_name -> google.protobuf.Int32Value
+	14, // 26: tollgate.admin.v1.UpdateOrganizationRequest.metadata:type_name -> google.protobuf.Struct
+	19, // 27: tollgate.admin.v1.UpdateOrganizationRequest.blocked:type_name -> google.protobuf.BoolValue
+	17, // 28: tollgate.admin.v1.UpdateOrganizationRequest.budget_id:type_name -> google.protobuf.StringValue
+	20, // 29: tollgate.admin.v1.OrganizationMemberAddRequest.member:type_name -> google.protobuf.Value
+	1,  // 30: tollgate.admin.v1.ListOrganizationsResponse.organizations:type_name -> tollgate.admin.v1.Organization
+	2,  // 31: tollgate.admin.v1.OrganizationService.NewOrganization:input_type -> tollgate.admin.v1.NewOrganizationRequest
+	3,  // 32: tollgate.admin.v1.OrganizationService.UpdateOrganization:input_type -> tollgate.admin.v1.UpdateOrganizationRequest
+	4,  // 33: tollgate.admin.v1.OrganizationService.DeleteOrganizations:input_type -> tollgate.admin.v1.DeleteOrganizationsRequest
+	5,  // 34: tollgate.admin.v1.OrganizationService.AddOrganizationMember:input_type -> tollgate.admin.v1.OrganizationMemberAddRequest
+	8,  // 35: tollgate.admin.v1.OrganizationService.GetOrganizationInfo:input_type -> tollgate.admin.v1.GetOrganizationInfoRequest
+	9,  // 36: tollgate.admin.v1.OrganizationService.ListOrganizations:input_type -> tollgate.admin.v1.ListOrganizationsRequest
+	6,  // 37: tollgate.admin.v1.OrganizationService.UpdateOrganizationMember:input_type -> tollgate.admin.v1.OrganizationMemberUpdateRequest
+	7,  // 38: tollgate.admin.v1.OrganizationService.DeleteOrganizationMember:input_type -> tollgate.admin.v1.OrganizationMemberDeleteRequest
+	1,  // 39: tollgate.admin.v1.OrganizationService.NewOrganization:output_type -> tollgate.admin.v1.Organization
+	1,  // 40: tollgate.admin.v1.OrganizationService.UpdateOrganization:output_type -> tollgate.admin.v1.Organization
+	21, // 41: tollgate.admin.v1.OrganizationService.DeleteOrganizations:output_type -> tollgate.admin.v1.DeleteResponse
+	1,  // 42: tollgate.admin.v1.OrganizationService.AddOrganizationMember:output_type -> tollgate.admin.v1.Organization
+	1,  // 43: tollgate.admin.v1.OrganizationService.GetOrganizationInfo:output_type -> tollgate.admin.v1.Organization
+	10, // 44: tollgate.admin.v1.OrganizationService.ListOrganizations:output_type -> tollgate.admin.v1.ListOrganizationsResponse
+	0,  // 45: tollgate.admin.v1.OrganizationService.UpdateOrganizationMember:output_type -> tollgate.admin.v1.OrganizationMember
+	1,  // 46: tollgate.admin.v1.OrganizationService.DeleteOrganizationMember:output_type -> tollgate.admin.v1.Organization
+	39, // [39:47] is the sub-list for method output_type
+	31, // [31:39] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_admin_v1_organizations_proto_init() }
@@ -1054,6 +1098,7 @@ func file_tollgate_admin_v1_organizations_proto_init() {
 	if File_tollgate_admin_v1_organizations_proto != nil {
 		return
 	}
+	file_tollgate_admin_v1_budgets_proto_init()
 	file_tollgate_admin_v1_common_proto_init()
 	file_tollgate_admin_v1_teams_proto_init()
 	type x struct{}

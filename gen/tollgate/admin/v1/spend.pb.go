@@ -461,9 +461,13 @@ type Customer struct {
 	// applies). Proxies refuse the end user once spend reaches it.
 	MaxBudget *wrapperspb.DoubleValue `protobuf:"bytes,6,opt,name=max_budget,json=maxBudget,proto3" json:"max_budget,omitempty"`
 	// blocked: proxies refuse every request naming the end user.
-	Blocked       bool `protobuf:"varint,7,opt,name=blocked,proto3" json:"blocked,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Blocked bool `protobuf:"varint,7,opt,name=blocked,proto3" json:"blocked,omitempty"`
+	// budget_id is the end user's budget, if any; litellm_budget_table its
+	// limits.
+	BudgetId           string  `protobuf:"bytes,90,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
+	LitellmBudgetTable *Budget `protobuf:"bytes,91,opt,name=litellm_budget_table,json=litellmBudgetTable,proto3" json:"litellm_budget_table,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Customer) Reset() {
@@ -543,6 +547,20 @@ func (x *Customer) GetBlocked() bool {
 		return x.Blocked
 	}
 	return false
+}
+
+func (x *Customer) GetBudgetId() string {
+	if x != nil {
+		return x.BudgetId
+	}
+	return ""
+}
+
+func (x *Customer) GetLitellmBudgetTable() *Budget {
+	if x != nil {
+		return x.LitellmBudgetTable
+	}
+	return nil
 }
 
 type GetSpendReportRequest struct {
@@ -841,7 +859,7 @@ var File_tollgate_admin_v1_spend_proto protoreflect.FileDescriptor
 
 const file_tollgate_admin_v1_spend_proto_rawDesc = "" +
 	"\n" +
-	"\x1dtollgate/admin/v1/spend.proto\x12\x11tollgate.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/wrappers.proto\"\x86\x02\n" +
+	"\x1dtollgate/admin/v1/spend.proto\x12\x11tollgate.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1ftollgate/admin/v1/budgets.proto\"\x86\x02\n" +
 	"\x14ListSpendLogsRequest\x12\x17\n" +
 	"\aapi_key\x18\x01 \x01(\tR\x06apiKey\x12\x1d\n" +
 	"\n" +
@@ -886,7 +904,7 @@ const file_tollgate_admin_v1_spend_proto_rawDesc = "" +
 	"\vtotal_pages\x18\x05 \x01(\x05R\n" +
 	"totalPages\"8\n" +
 	"\x16GetCustomerInfoRequest\x12\x1e\n" +
-	"\vend_user_id\x18\x01 \x01(\tR\tendUserId\"\x9c\x02\n" +
+	"\vend_user_id\x18\x01 \x01(\tR\tendUserId\"\x86\x03\n" +
 	"\bCustomer\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
 	"\x05spend\x18\x02 \x01(\x01R\x05spend\x129\n" +
@@ -897,7 +915,9 @@ const file_tollgate_admin_v1_spend_proto_rawDesc = "" +
 	"\x05alias\x18\x05 \x01(\tR\x05alias\x12;\n" +
 	"\n" +
 	"max_budget\x18\x06 \x01(\v2\x1c.google.protobuf.DoubleValueR\tmaxBudget\x12\x18\n" +
-	"\ablocked\x18\a \x01(\bR\ablocked\"\xb7\x01\n" +
+	"\ablocked\x18\a \x01(\bR\ablocked\x12\x1b\n" +
+	"\tbudget_id\x18Z \x01(\tR\bbudgetId\x12K\n" +
+	"\x14litellm_budget_table\x18[ \x01(\v2\x19.tollgate.admin.v1.BudgetR\x12litellmBudgetTable\"\xb7\x01\n" +
 	"\x15GetSpendReportRequest\x12\x1d\n" +
 	"\n" +
 	"start_date\x18\x01 \x01(\tR\tstartDate\x12\x19\n" +
@@ -954,6 +974,7 @@ var file_tollgate_admin_v1_spend_proto_goTypes = []any{
 	(*GetSpendReportResponse)(nil), // 8: tollgate.admin.v1.GetSpendReportResponse
 	(*timestamppb.Timestamp)(nil),  // 9: google.protobuf.Timestamp
 	(*wrapperspb.DoubleValue)(nil), // 10: google.protobuf.DoubleValue
+	(*Budget)(nil),                 // 11: tollgate.admin.v1.Budget
 }
 var file_tollgate_admin_v1_spend_proto_depIdxs = []int32{
 	9,  // 0: tollgate.admin.v1.SpendLog.start_time:type_name -> google.protobuf.Timestamp
@@ -962,19 +983,20 @@ var file_tollgate_admin_v1_spend_proto_depIdxs = []int32{
 	9,  // 3: tollgate.admin.v1.Customer.created_at:type_name -> google.protobuf.Timestamp
 	9,  // 4: tollgate.admin.v1.Customer.updated_at:type_name -> google.protobuf.Timestamp
 	10, // 5: tollgate.admin.v1.Customer.max_budget:type_name -> google.protobuf.DoubleValue
-	6,  // 6: tollgate.admin.v1.SpendReportDay.groups:type_name -> tollgate.admin.v1.SpendReportGroup
-	7,  // 7: tollgate.admin.v1.GetSpendReportResponse.days:type_name -> tollgate.admin.v1.SpendReportDay
-	0,  // 8: tollgate.admin.v1.SpendService.ListSpendLogs:input_type -> tollgate.admin.v1.ListSpendLogsRequest
-	3,  // 9: tollgate.admin.v1.SpendService.GetCustomerInfo:input_type -> tollgate.admin.v1.GetCustomerInfoRequest
-	5,  // 10: tollgate.admin.v1.SpendService.GetSpendReport:input_type -> tollgate.admin.v1.GetSpendReportRequest
-	2,  // 11: tollgate.admin.v1.SpendService.ListSpendLogs:output_type -> tollgate.admin.v1.ListSpendLogsResponse
-	4,  // 12: tollgate.admin.v1.SpendService.GetCustomerInfo:output_type -> tollgate.admin.v1.Customer
-	8,  // 13: tollgate.admin.v1.SpendService.GetSpendReport:output_type -> tollgate.admin.v1.GetSpendReportResponse
-	11, // [11:14] is the sub-list for method output_type
-	8,  // [8:11] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	11, // 6: tollgate.admin.v1.Customer.litellm_budget_table:type_name -> tollgate.admin.v1.Budget
+	6,  // 7: tollgate.admin.v1.SpendReportDay.groups:type_name -> tollgate.admin.v1.SpendReportGroup
+	7,  // 8: tollgate.admin.v1.GetSpendReportResponse.days:type_name -> tollgate.admin.v1.SpendReportDay
+	0,  // 9: tollgate.admin.v1.SpendService.ListSpendLogs:input_type -> tollgate.admin.v1.ListSpendLogsRequest
+	3,  // 10: tollgate.admin.v1.SpendService.GetCustomerInfo:input_type -> tollgate.admin.v1.GetCustomerInfoRequest
+	5,  // 11: tollgate.admin.v1.SpendService.GetSpendReport:input_type -> tollgate.admin.v1.GetSpendReportRequest
+	2,  // 12: tollgate.admin.v1.SpendService.ListSpendLogs:output_type -> tollgate.admin.v1.ListSpendLogsResponse
+	4,  // 13: tollgate.admin.v1.SpendService.GetCustomerInfo:output_type -> tollgate.admin.v1.Customer
+	8,  // 14: tollgate.admin.v1.SpendService.GetSpendReport:output_type -> tollgate.admin.v1.GetSpendReportResponse
+	12, // [12:15] is the sub-list for method output_type
+	9,  // [9:12] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_admin_v1_spend_proto_init() }
@@ -982,6 +1004,7 @@ func file_tollgate_admin_v1_spend_proto_init() {
 	if File_tollgate_admin_v1_spend_proto != nil {
 		return
 	}
+	file_tollgate_admin_v1_budgets_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

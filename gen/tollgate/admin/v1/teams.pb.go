@@ -32,8 +32,11 @@ type TeamMember struct {
 	MaxBudgetInTeam *wrapperspb.DoubleValue `protobuf:"bytes,3,opt,name=max_budget_in_team,json=maxBudgetInTeam,proto3" json:"max_budget_in_team,omitempty"`
 	Spend           float64                 `protobuf:"fixed64,4,opt,name=spend,proto3" json:"spend,omitempty"`
 	UserEmail       string                  `protobuf:"bytes,5,opt,name=user_email,json=userEmail,proto3" json:"user_email,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// budget_id is the membership's budget, if any (its max_budget is the
+	// member's max_budget_in_team).
+	BudgetId      string `protobuf:"bytes,90,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TeamMember) Reset() {
@@ -97,6 +100,13 @@ func (x *TeamMember) GetSpend() float64 {
 func (x *TeamMember) GetUserEmail() string {
 	if x != nil {
 		return x.UserEmail
+	}
+	return ""
+}
+
+func (x *TeamMember) GetBudgetId() string {
+	if x != nil {
+		return x.BudgetId
 	}
 	return ""
 }
@@ -982,7 +992,9 @@ type TeamMemberUpdateRequest struct {
 	Role            string                  `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
 	MaxBudgetInTeam *wrapperspb.DoubleValue `protobuf:"bytes,4,opt,name=max_budget_in_team,json=maxBudgetInTeam,proto3" json:"max_budget_in_team,omitempty"`
 	// user_email names the member when user_id is empty.
-	UserEmail     string `protobuf:"bytes,80,opt,name=user_email,json=userEmail,proto3" json:"user_email,omitempty"`
+	UserEmail string `protobuf:"bytes,80,opt,name=user_email,json=userEmail,proto3" json:"user_email,omitempty"`
+	// budget_id links the membership to a budget; "" unlinks it.
+	BudgetId      *wrapperspb.StringValue `protobuf:"bytes,90,opt,name=budget_id,json=budgetId,proto3" json:"budget_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1050,6 +1062,13 @@ func (x *TeamMemberUpdateRequest) GetUserEmail() string {
 		return x.UserEmail
 	}
 	return ""
+}
+
+func (x *TeamMemberUpdateRequest) GetBudgetId() *wrapperspb.StringValue {
+	if x != nil {
+		return x.BudgetId
+	}
+	return nil
 }
 
 type TeamIdRequest struct {
@@ -1281,7 +1300,7 @@ var File_tollgate_admin_v1_teams_proto protoreflect.FileDescriptor
 
 const file_tollgate_admin_v1_teams_proto_rawDesc = "" +
 	"\n" +
-	"\x1dtollgate/admin/v1/teams.proto\x12\x11tollgate.admin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1etollgate/admin/v1/common.proto\x1a\x1ctollgate/admin/v1/keys.proto\"\xb9\x01\n" +
+	"\x1dtollgate/admin/v1/teams.proto\x12\x11tollgate.admin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1etollgate/admin/v1/common.proto\x1a\x1ctollgate/admin/v1/keys.proto\"\xd6\x01\n" +
 	"\n" +
 	"TeamMember\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x12\n" +
@@ -1289,7 +1308,8 @@ const file_tollgate_admin_v1_teams_proto_rawDesc = "" +
 	"\x12max_budget_in_team\x18\x03 \x01(\v2\x1c.google.protobuf.DoubleValueR\x0fmaxBudgetInTeam\x12\x14\n" +
 	"\x05spend\x18\x04 \x01(\x01R\x05spend\x12\x1d\n" +
 	"\n" +
-	"user_email\x18\x05 \x01(\tR\tuserEmail\"\xe5\t\n" +
+	"user_email\x18\x05 \x01(\tR\tuserEmail\x12\x1b\n" +
+	"\tbudget_id\x18Z \x01(\tR\bbudgetId\"\xe5\t\n" +
 	"\x04Team\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12\x1d\n" +
 	"\n" +
@@ -1391,14 +1411,15 @@ const file_tollgate_admin_v1_teams_proto_rawDesc = "" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1d\n" +
 	"\n" +
-	"user_email\x18P \x01(\tR\tuserEmail\"\xc9\x01\n" +
+	"user_email\x18P \x01(\tR\tuserEmail\"\x84\x02\n" +
 	"\x17TeamMemberUpdateRequest\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x12\n" +
 	"\x04role\x18\x03 \x01(\tR\x04role\x12I\n" +
 	"\x12max_budget_in_team\x18\x04 \x01(\v2\x1c.google.protobuf.DoubleValueR\x0fmaxBudgetInTeam\x12\x1d\n" +
 	"\n" +
-	"user_email\x18P \x01(\tR\tuserEmail\"(\n" +
+	"user_email\x18P \x01(\tR\tuserEmail\x129\n" +
+	"\tbudget_id\x18Z \x01(\v2\x1c.google.protobuf.StringValueR\bbudgetId\"(\n" +
 	"\rTeamIdRequest\x12\x17\n" +
 	"\ateam_id\x18\x01 \x01(\tR\x06teamId\"\x8d\x01\n" +
 	"\x10TeamInfoResponse\x12\x17\n" +
@@ -1514,34 +1535,35 @@ var file_tollgate_admin_v1_teams_proto_depIdxs = []int32{
 	23, // 43: tollgate.admin.v1.TeamMemberAddRequest.member:type_name -> google.protobuf.Value
 	16, // 44: tollgate.admin.v1.TeamMemberAddRequest.max_budget_in_team:type_name -> google.protobuf.DoubleValue
 	16, // 45: tollgate.admin.v1.TeamMemberUpdateRequest.max_budget_in_team:type_name -> google.protobuf.DoubleValue
-	1,  // 46: tollgate.admin.v1.TeamInfoResponse.team_info:type_name -> tollgate.admin.v1.Team
-	24, // 47: tollgate.admin.v1.TeamInfoResponse.keys:type_name -> tollgate.admin.v1.Key
-	1,  // 48: tollgate.admin.v1.ListTeamsResponse.teams:type_name -> tollgate.admin.v1.Team
-	4,  // 49: tollgate.admin.v1.TeamService.NewTeam:input_type -> tollgate.admin.v1.NewTeamRequest
-	5,  // 50: tollgate.admin.v1.TeamService.UpdateTeam:input_type -> tollgate.admin.v1.UpdateTeamRequest
-	6,  // 51: tollgate.admin.v1.TeamService.DeleteTeams:input_type -> tollgate.admin.v1.DeleteTeamsRequest
-	7,  // 52: tollgate.admin.v1.TeamService.AddTeamMember:input_type -> tollgate.admin.v1.TeamMemberAddRequest
-	8,  // 53: tollgate.admin.v1.TeamService.DeleteTeamMember:input_type -> tollgate.admin.v1.TeamMemberDeleteRequest
-	9,  // 54: tollgate.admin.v1.TeamService.UpdateTeamMember:input_type -> tollgate.admin.v1.TeamMemberUpdateRequest
-	10, // 55: tollgate.admin.v1.TeamService.BlockTeam:input_type -> tollgate.admin.v1.TeamIdRequest
-	10, // 56: tollgate.admin.v1.TeamService.UnblockTeam:input_type -> tollgate.admin.v1.TeamIdRequest
-	10, // 57: tollgate.admin.v1.TeamService.GetTeamInfo:input_type -> tollgate.admin.v1.TeamIdRequest
-	12, // 58: tollgate.admin.v1.TeamService.ListTeams:input_type -> tollgate.admin.v1.ListTeamsRequest
-	1,  // 59: tollgate.admin.v1.TeamService.NewTeam:output_type -> tollgate.admin.v1.Team
-	1,  // 60: tollgate.admin.v1.TeamService.UpdateTeam:output_type -> tollgate.admin.v1.Team
-	25, // 61: tollgate.admin.v1.TeamService.DeleteTeams:output_type -> tollgate.admin.v1.DeleteResponse
-	1,  // 62: tollgate.admin.v1.TeamService.AddTeamMember:output_type -> tollgate.admin.v1.Team
-	1,  // 63: tollgate.admin.v1.TeamService.DeleteTeamMember:output_type -> tollgate.admin.v1.Team
-	0,  // 64: tollgate.admin.v1.TeamService.UpdateTeamMember:output_type -> tollgate.admin.v1.TeamMember
-	1,  // 65: tollgate.admin.v1.TeamService.BlockTeam:output_type -> tollgate.admin.v1.Team
-	1,  // 66: tollgate.admin.v1.TeamService.UnblockTeam:output_type -> tollgate.admin.v1.Team
-	11, // 67: tollgate.admin.v1.TeamService.GetTeamInfo:output_type -> tollgate.admin.v1.TeamInfoResponse
-	13, // 68: tollgate.admin.v1.TeamService.ListTeams:output_type -> tollgate.admin.v1.ListTeamsResponse
-	59, // [59:69] is the sub-list for method output_type
-	49, // [49:59] is the sub-list for method input_type
-	49, // [49:49] is the sub-list for extension type_name
-	49, // [49:49] is the sub-list for extension extendee
-	0,  // [0:49] is the sub-list for field type_name
+	20, // 46: tollgate.admin.v1.TeamMemberUpdateRequest.budget_id:type_name -> google.protobuf.StringValue
+	1,  // 47: tollgate.admin.v1.TeamInfoResponse.team_info:type_name -> tollgate.admin.v1.Team
+	24, // 48: tollgate.admin.v1.TeamInfoResponse.keys:type_name -> tollgate.admin.v1.Key
+	1,  // 49: tollgate.admin.v1.ListTeamsResponse.teams:type_name -> tollgate.admin.v1.Team
+	4,  // 50: tollgate.admin.v1.TeamService.NewTeam:input_type -> tollgate.admin.v1.NewTeamRequest
+	5,  // 51: tollgate.admin.v1.TeamService.UpdateTeam:input_type -> tollgate.admin.v1.UpdateTeamRequest
+	6,  // 52: tollgate.admin.v1.TeamService.DeleteTeams:input_type -> tollgate.admin.v1.DeleteTeamsRequest
+	7,  // 53: tollgate.admin.v1.TeamService.AddTeamMember:input_type -> tollgate.admin.v1.TeamMemberAddRequest
+	8,  // 54: tollgate.admin.v1.TeamService.DeleteTeamMember:input_type -> tollgate.admin.v1.TeamMemberDeleteRequest
+	9,  // 55: tollgate.admin.v1.TeamService.UpdateTeamMember:input_type -> tollgate.admin.v1.TeamMemberUpdateRequest
+	10, // 56: tollgate.admin.v1.TeamService.BlockTeam:input_type -> tollgate.admin.v1.TeamIdRequest
+	10, // 57: tollgate.admin.v1.TeamService.UnblockTeam:input_type -> tollgate.admin.v1.TeamIdRequest
+	10, // 58: tollgate.admin.v1.TeamService.GetTeamInfo:input_type -> tollgate.admin.v1.TeamIdRequest
+	12, // 59: tollgate.admin.v1.TeamService.ListTeams:input_type -> tollgate.admin.v1.ListTeamsRequest
+	1,  // 60: tollgate.admin.v1.TeamService.NewTeam:output_type -> tollgate.admin.v1.Team
+	1,  // 61: tollgate.admin.v1.TeamService.UpdateTeam:output_type -> tollgate.admin.v1.Team
+	25, // 62: tollgate.admin.v1.TeamService.DeleteTeams:output_type -> tollgate.admin.v1.DeleteResponse
+	1,  // 63: tollgate.admin.v1.TeamService.AddTeamMember:output_type -> tollgate.admin.v1.Team
+	1,  // 64: tollgate.admin.v1.TeamService.DeleteTeamMember:output_type -> tollgate.admin.v1.Team
+	0,  // 65: tollgate.admin.v1.TeamService.UpdateTeamMember:output_type -> tollgate.admin.v1.TeamMember
+	1,  // 66: tollgate.admin.v1.TeamService.BlockTeam:output_type -> tollgate.admin.v1.Team
+	1,  // 67: tollgate.admin.v1.TeamService.UnblockTeam:output_type -> tollgate.admin.v1.Team
+	11, // 68: tollgate.admin.v1.TeamService.GetTeamInfo:output_type -> tollgate.admin.v1.TeamInfoResponse
+	13, // 69: tollgate.admin.v1.TeamService.ListTeams:output_type -> tollgate.admin.v1.ListTeamsResponse
+	60, // [60:70] is the sub-list for method output_type
+	50, // [50:60] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_admin_v1_teams_proto_init() }

@@ -2578,11 +2578,16 @@ func (x *Model) GetTpm() int64 {
 // Money is nano-USD; max_budget is negative when the end user has none
 // (general_settings.max_end_user_budget then applies).
 type EndUser struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	EndUserId     string                 `protobuf:"bytes,1,opt,name=end_user_id,json=endUserId,proto3" json:"end_user_id,omitempty"`
-	Spend         int64                  `protobuf:"varint,2,opt,name=spend,proto3" json:"spend,omitempty"`
-	MaxBudget     int64                  `protobuf:"varint,3,opt,name=max_budget,json=maxBudget,proto3" json:"max_budget,omitempty"`
-	Blocked       bool                   `protobuf:"varint,4,opt,name=blocked,proto3" json:"blocked,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	EndUserId string                 `protobuf:"bytes,1,opt,name=end_user_id,json=endUserId,proto3" json:"end_user_id,omitempty"`
+	Spend     int64                  `protobuf:"varint,2,opt,name=spend,proto3" json:"spend,omitempty"`
+	MaxBudget int64                  `protobuf:"varint,3,opt,name=max_budget,json=maxBudget,proto3" json:"max_budget,omitempty"`
+	Blocked   bool                   `protobuf:"varint,4,opt,name=blocked,proto3" json:"blocked,omitempty"`
+	// rpm_limit and tpm_limit come from the end user's budget (absent: none;
+	// optional so that a control plane that never sets them means "none",
+	// not 0).
+	RpmLimit      *int64 `protobuf:"varint,90,opt,name=rpm_limit,json=rpmLimit,proto3,oneof" json:"rpm_limit,omitempty"`
+	TpmLimit      *int64 `protobuf:"varint,91,opt,name=tpm_limit,json=tpmLimit,proto3,oneof" json:"tpm_limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2643,6 +2648,20 @@ func (x *EndUser) GetBlocked() bool {
 		return x.Blocked
 	}
 	return false
+}
+
+func (x *EndUser) GetRpmLimit() int64 {
+	if x != nil && x.RpmLimit != nil {
+		return *x.RpmLimit
+	}
+	return 0
+}
+
+func (x *EndUser) GetTpmLimit() int64 {
+	if x != nil && x.TpmLimit != nil {
+		return *x.TpmLimit
+	}
+	return 0
 }
 
 // Settings is general_settings as a JSON object.
@@ -2919,13 +2938,19 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\raccess_groups\x18\t \x03(\tR\faccessGroups\x12\x10\n" +
 	"\x03rpm\x18\n" +
 	" \x01(\x03R\x03rpm\x12\x10\n" +
-	"\x03tpm\x18\v \x01(\x03R\x03tpm\"x\n" +
+	"\x03tpm\x18\v \x01(\x03R\x03tpm\"\xd8\x01\n" +
 	"\aEndUser\x12\x1e\n" +
 	"\vend_user_id\x18\x01 \x01(\tR\tendUserId\x12\x14\n" +
 	"\x05spend\x18\x02 \x01(\x03R\x05spend\x12\x1d\n" +
 	"\n" +
 	"max_budget\x18\x03 \x01(\x03R\tmaxBudget\x12\x18\n" +
-	"\ablocked\x18\x04 \x01(\bR\ablocked\"5\n" +
+	"\ablocked\x18\x04 \x01(\bR\ablocked\x12 \n" +
+	"\trpm_limit\x18Z \x01(\x03H\x00R\brpmLimit\x88\x01\x01\x12 \n" +
+	"\ttpm_limit\x18[ \x01(\x03H\x01R\btpmLimit\x88\x01\x01B\f\n" +
+	"\n" +
+	"_rpm_limitB\f\n" +
+	"\n" +
+	"_tpm_limit\"5\n" +
 	"\bSettings\x12)\n" +
 	"\x10general_settings\x18\x01 \x01(\fR\x0fgeneralSettings2[\n" +
 	"\vSyncService\x12L\n" +
@@ -3056,6 +3081,7 @@ func file_tollgate_sync_v1_sync_proto_init() {
 		(*Entity_Settings)(nil),
 		(*Entity_EndUser)(nil),
 	}
+	file_tollgate_sync_v1_sync_proto_msgTypes[28].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
