@@ -23,6 +23,8 @@
 //	audit_ids        id → audit key                 uniqueness of audit ids
 //	changes          big-endian revision → change set JSON
 //	meta             schema_version, head
+//	ui_revoked_sessions        session id → {exp, seq}  admin UI sign-outs (created by the first; sessions.go)
+//	ui_revoked_sessions_by_seq seq → session id         RevokedSessions after a cursor
 //
 // order is created_at (seconds with the sign bit flipped, then nanoseconds,
 // big-endian, so byte order is time order) followed by the id: listings walk

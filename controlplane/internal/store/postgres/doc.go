@@ -6,7 +6,8 @@
 // One table per entity (keys, teams, users, organizations, models,
 // settings, audit) holds the whole struct as JSON in doc, next to the typed
 // columns that are filtered, ordered and constrained on; team_members
-// mirrors Team.Members for the "teams of a user" filter. The schema comes
+// mirrors Team.Members for the "teams of a user" filter; ui_revoked_sessions
+// holds admin UI sign-outs (no revision: they are not synced). The schema comes
 // from numbered SQL files embedded in the binary (migrations/), each applied
 // once, in its own transaction, under an advisory lock (Migrate, MigrateTo).
 //

@@ -139,7 +139,11 @@ func testSessionPrune(t *testing.T, s store.Store) {
 func testSessionRevokeAgain(t *testing.T, s store.Store) {
 	now := time.Now()
 	revoke(t, s, "s", now.Add(time.Hour))
+	_, _, cur := revokedIDs(t, s, 0, now)
 	revoke(t, s, "s", now.Add(time.Minute))
+	if ids, _, _ := revokedIDs(t, s, cur, now); !slices.Contains(ids, "s") {
+		t.Fatalf("revoked again after the cursor: %v, want s among them", ids)
+	}
 	_, exp, _ := revokedIDs(t, s, 0, now)
 	if d := exp["s"].Sub(now.Add(time.Hour)); d < -time.Millisecond || d > time.Millisecond {
 		t.Fatalf("expiry %v after a second, shorter revocation; want the later %v", exp["s"], now.Add(time.Hour))
