@@ -1,0 +1,356 @@
+package limits
+
+import (
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/proxy"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
+	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
+)
+
+// estimateCost is the reservation for one request (micro-USD, rounded up):
+// the prompt at estTok tokens, and max_tokens (max_completion_tokens) when
+// the request sets it, else what this deployment's responses have used
+// (outTokens).
+func (l *Limiter) estimateCost(a *proxy.Admission, estTok int64) int64 {
+	dep := a.Deployment
+	if dep == nil || (dep.InputCost <= 0 && dep.OutputCost <= 0) {
+		return 0
+	}
+	out := int64(-1)
+	if v, ok := a.Body.Lookup("max_tokens"); ok {
+		if n, err := strconv.ParseInt(string(a.Body.Raw(v)), 10, 64); err == nil && n > 0 {
+			out = n
+		}
+	} else if v, ok := a.Body.Lookup("max_completion_tokens"); ok {
+		if n, err := strconv.ParseInt(string(a.Body.Raw(v)), 10, 64); err == nil && n > 0 {
+			out = n
+		}
+	}
+	if out < 0 {
+		out = l.outTokens(dep.ID)
+	}
+	pico := estTok*dep.InputCost + out*dep.OutputCost
+	return (pico + 999_999) / 1_000_000
+}
+
+// Completion-token estimate per deployment, for requests without
+// max_tokens: an exponentially weighted mean of the completions seen
+// (weight 1/8, kept ×16 in fixed point), reserved with a quarter on top;
+// 256 tokens until the deployment has answered once.
+const defaultOutTokens = 256
+
+func (l *Limiter) outTokens(depID string) int64 {
+	l.mu.RLock()
+	v := l.outTok[depID]
+	l.mu.RUnlock()
+	if v == nil {
+		return defaultOutTokens
+	}
+	m := v.Load() // mean × 16
+	return (m*5/4+15)/16 + 1
+}
+
+func (l *Limiter) observeOutTokens(depID string, n int64) {
+	if depID == "" || n < 0 {
+		return
+	}
+	l.mu.RLock()
+	v := l.outTok[depID]
+	l.mu.RUnlock()
+	if v == nil {
+		l.mu.Lock()
+		if v = l.outTok[depID]; v == nil {
+			v = new(atomic.Int64)
+			v.Store(n * 16)
+			l.outTok[depID] = v
+			l.mu.Unlock()
+			return
+		}
+		l.mu.Unlock()
+	}
+	for {
+		old := v.Load()
+		if v.CompareAndSwap(old, old+(n*16-old)/8) {
+			return
+		}
+	}
+}
+
+func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix, nowNano int64) *enforce.Rejection {
+	type bscope struct {
+		kind, id string
+		l        state.Limits // a copy: pointers into locals moved them to the heap
+		spend    int64
+	}
+	var bs [7]bscope
+	n := 0
+	k := &p.Key
+	if k.Limits.MaxBudget >= 0 {
+		bs[n] = bscope{"key", k.TokenID, k.Limits, k.Spend}
+		n++
+	}
+	if t := p.Team; t != nil && t.Limits.MaxBudget >= 0 {
+		bs[n] = bscope{"team", t.TeamID, t.Limits, t.Spend}
+		n++
+	}
+	if u := p.User; u != nil && p.Team == nil && u.Limits.MaxBudget >= 0 {
+		bs[n] = bscope{"user", u.UserID, u.Limits, u.Spend}
+		n++
+	}
+	if o := p.Org; o != nil && o.Limits.MaxBudget >= 0 {
+		bs[n] = bscope{"org", o.OrganizationID, o.Limits, o.Spend}
+		n++
+	}
+	// The end user (body "user") with a budget: its own max_budget or
+	// max_end_user_budget (end users have no budget period).
+	if p.EndUserID != "" && p.EndUserBudget >= 0 {
+		bs[n] = bscope{"end_user", p.EndUserID, state.Limits{MaxBudget: p.EndUserBudget}, p.EndUserSpend}
+		n++
+	}
+	// The key's user as a member of its team (the decision resolved its
+	// budget; no budget period).
+	if t := p.Team; t != nil && p.HasMemberBudget {
+		bs[n] = bscope{"team_member", t.TeamID + "/" + k.UserID, state.Limits{MaxBudget: p.MemberBudget}, p.MemberSpend}
+		n++
+	}
+	// The key's model_max_budget for this model: its spend resets with the
+	// key's budget period.
+	if p.HasModelBudget && a.Body != nil {
+		mbl := state.Limits{MaxBudget: p.ModelBudget, BudgetResetAtUnix: k.Limits.BudgetResetAtUnix}
+		bs[n] = bscope{"key_model", k.TokenID + "/" + a.Body.Model, mbl, p.ModelSpend}
+		n++
+	}
+	if n == 0 {
+		return nil
+	}
+	est := ad.l.estimateCost(a, ad.estTok)
+	ad.estCost = est
+	if dep := a.Deployment; dep != nil {
+		ad.inPrice, ad.outPrice, ad.depID = dep.InputCost, dep.OutputCost, dep.ID
+	}
+	for _, b := range bs[:n] {
+		r := ad.l.reservation(budgetKey{b.kind, b.id})
+		spend := enforce.EffectiveSpend(b.l, b.spend, nowUnix)
+		remaining := b.l.MaxBudget - spend
+		// This proxy's share of what remains: the shares of the proxies
+		// connected to the control plane add up to the remaining budget,
+		// so together they never hold more than is left.
+		allowed := ad.l.implicit(max(remaining, 0))
+		// The period: before budget_reset_at it ends there; after it (the
+		// proxy honours the reset before the control plane records it) a
+		// new one has begun.
+		period := b.l.BudgetResetAtUnix
+		if period > 0 && nowUnix >= period {
+			period++
+		}
+		r.mu.Lock()
+		r.catchUp(ad.l.drainEpoch.Load())
+		r.observe(spend, period, nowNano)
+		// Admit while this proxy's reservations in flight + the cost of
+		// its finished requests that the synced spend does not hold yet
+		// is below its share, then reserve: concurrent requests see each
+		// other's estimates.
+		held := r.held()
+		// The request's estimate must fit in the share; a proxy holding
+		// nothing may admit one request whose estimate is larger (else a
+		// share smaller than one estimate would strand the budget).
+		if (held > 0 && held+est > allowed) || (held == 0 && allowed <= 0) {
+			r.mu.Unlock()
+			msg := budgetMessage(b.kind, b.id) + " Current cost: " + enforce.USD(spend)
+			if held > 0 {
+				msg += " (+" + enforce.USD(held) + " in flight or not yet synced on this proxy)"
+			}
+			msg += ", Max budget: " + enforce.USD(b.l.MaxBudget)
+			if remaining > 0 {
+				msg += ". The remaining " + enforce.USD(remaining) + " is held by requests in flight (this proxy's share: " +
+					enforce.USD(allowed) + ", 1/" + strconv.FormatUint(ad.l.members.Load()>>32, 10) + ")."
+			}
+			return enforce.BudgetRejection(msg)
+		}
+		r.reserved += est
+		r.mu.Unlock()
+		ad.resv[ad.nresv] = r
+		ad.nresv++
+	}
+	return nil
+}
+
+func budgetMessage(kind, id string) string {
+	switch kind {
+	case "team":
+		return "Budget has been exceeded! Team=" + id
+	case "user":
+		return "ExceededBudget: User=" + id + " over budget."
+	case "org":
+		return "Budget has been exceeded! Organization=" + id
+	case "end_user":
+		return "ExceededBudget: End User=" + id + " over budget."
+	case "team_member":
+		team, user, _ := strings.Cut(id, "/")
+		return "Budget has been exceeded! User=" + user + " in Team=" + team
+	case "key_model":
+		tok, model, _ := strings.Cut(id, "/")
+		return "LiteLLM Virtual Key: " + tok + ", exceeded budget for model=" + model + "."
+	}
+	return "Budget has been exceeded!"
+}
+
+// budget is one scope's budget use on this proxy (micro-USD).
+//
+// What this proxy admitted and the synced spend does not show yet is
+// reserved (estimates of requests in flight) + pending (actual cost of
+// finished requests whose records the control plane has not acked) + the
+// acked costs still waiting for the synced spend to reach the figure the
+// ack named (the spend the applying transaction left). Spend only rises
+// within a period, so a synced spend at or above that figure holds them.
+type budget struct {
+	mu       sync.Mutex
+	reserved int64
+	pending  int64
+	acked    []ackedCost
+	ackedSum int64
+	// base is the synced spend last seen and period the budget period it
+	// belongs to (a fall of the spend or a new period starts afresh).
+	base, period int64
+	// epoch is the Limiter's drainEpoch when pending last changed.
+	epoch uint64
+}
+
+// catchUp drops pending that predates the outbox's last drain (locked).
+func (b *budget) catchUp(epoch uint64) {
+	if b.epoch != epoch {
+		b.pending, b.epoch = 0, epoch
+	}
+}
+
+type ackedCost struct {
+	until  int64 // synced spend that holds it
+	amount int64
+	at     int64 // unix ns of the ack
+	seen   int64 // unix ns when the synced spend first held it (0: not yet)
+}
+
+// syncSkew is how long a proxy keeps counting its own acked cost after its
+// synced spend holds it: the other proxies apply the same delta a moment
+// later, and until they do, their shares of the remaining budget still
+// count it as remaining. (Counting it twice here for that moment is the
+// safe side.)
+const syncSkew = int64(100 * time.Millisecond)
+
+// ackedTTL: an acked cost is dropped after this long even if the synced
+// spend never reached its figure (the object was deleted or reset).
+const ackedTTL = int64(10 * time.Second)
+
+func (b *budget) held() int64 { return b.reserved + b.pending + b.ackedSum }
+
+// observe drops the acked costs the synced spend now holds (locked). A new
+// budget period starts this proxy's count afresh: what it admitted in the
+// last one belongs to that period (the control plane counts a record that
+// it applies after the reset in the new period: at most the records of the
+// ~100 ms before the reset, which this proxy then does not count twice).
+func (b *budget) observe(spend, period, nowNano int64) {
+	if spend < b.base || period != b.period {
+		b.acked, b.ackedSum, b.pending = b.acked[:0], 0, 0
+		b.period = period
+	}
+	b.base = spend
+	for j := range b.acked {
+		if b.acked[j].until > spend {
+			break
+		}
+		if b.acked[j].seen == 0 {
+			b.acked[j].seen = nowNano
+		}
+	}
+	i := 0
+	for i < len(b.acked) && ((b.acked[i].seen != 0 && nowNano-b.acked[i].seen >= syncSkew) || nowNano-b.acked[i].at > ackedTTL) {
+		b.ackedSum -= b.acked[i].amount
+		i++
+	}
+	if i > 0 {
+		b.acked = append(b.acked[:0], b.acked[i:]...)
+	}
+	if len(b.acked) == 0 {
+		b.ackedSum = 0
+	}
+}
+
+// Acked implements syncclient.Leases: records costing costs (per object)
+// were applied by a transaction that left the objects' spend at spends.
+// drained says the outbox holds no unacked record: whatever is still
+// pending then has no record to wait for (a price changed between the
+// decision and the record, an append failed) and is dropped, so the count
+// cannot creep up.
+func (l *Limiter) Acked(costs, spends []*syncv1.ObjectSpend, drained bool) {
+	nowNano := l.now().UnixNano()
+	if drained {
+		// Lazily: each budget drops its older pending when it next sees
+		// the new epoch (O(1) here, however many budgets there are).
+		defer l.drainEpoch.Add(1)
+	}
+	epoch := l.drainEpoch.Load()
+	var figures map[[2]string]int64 // spends by (kind, id)
+	for _, c := range costs {
+		kind := c.GetKind()
+		if kind == "organization" {
+			kind = "org"
+		}
+		l.mu.RLock()
+		r, ok := l.budgets[budgetKey{kind, c.GetId()}]
+		l.mu.RUnlock()
+		if !ok {
+			continue // no budget on it here
+		}
+		if figures == nil { // built once, when a budget here needs it
+			figures = make(map[[2]string]int64, len(spends))
+			for _, s := range spends {
+				figures[[2]string{s.GetKind(), s.GetId()}] = s.GetSpend()
+			}
+		}
+		until, ok := figures[[2]string{c.GetKind(), c.GetId()}]
+		if !ok {
+			until = -1
+		}
+		r.mu.Lock()
+		r.catchUp(epoch)
+		amount := min(c.GetSpend(), r.pending)
+		r.pending -= amount
+		// Without a figure (the object is gone), the cost counts as synced.
+		if until >= 0 && amount > 0 {
+			// Acks come in order and spend only rises, so the list stays
+			// sorted by until.
+			e := ackedCost{until: until, amount: amount, at: nowNano}
+			if until <= r.base {
+				e.seen = nowNano // the delta came first
+			}
+			r.acked = append(r.acked, e)
+			r.ackedSum += amount
+		}
+		r.mu.Unlock()
+	}
+}
+
+func (l *Limiter) reservation(k budgetKey) *budget {
+	l.mu.RLock()
+	r, ok := l.budgets[k]
+	l.mu.RUnlock()
+	if ok {
+		return r
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if r, ok := l.budgets[k]; ok {
+		return r
+	}
+	r = new(budget)
+	l.budgets[k] = r
+	return r
+}
+
+// rollback gives back everything taken so far (a rejected request).
