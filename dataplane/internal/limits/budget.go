@@ -1,6 +1,7 @@
 package limits
 
 import (
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -82,7 +83,12 @@ func (l *Limiter) observeOutTokens(depID string, n int64) {
 	}
 }
 
-func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix, nowNano int64) *enforce.Rejection {
+// reserve reserves the request's estimate on every budget scope, or refuses:
+// budget_exceeded when a scope's spend, synced plus what this proxy knows it
+// admitted and has not seen synced yet, is at or above its max budget; held
+// (budget_held, and the request may wait) when budget remains but this
+// proxy's share of it is held by its requests in flight or not yet synced.
+func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix, nowNano int64) (rej *enforce.Rejection, held bool) {
 	type bscope struct {
 		kind, id string
 		l        state.Limits // a copy: pointers into locals moved them to the heap
@@ -127,7 +133,7 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix, n
 		n++
 	}
 	if n == 0 {
-		return nil
+		return nil, false
 	}
 	est := ad.l.estimateCost(a, ad.estTok)
 	ad.estCost = est
@@ -152,33 +158,53 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix, n
 		r.mu.Lock()
 		r.catchUp(ad.l.drainEpoch.Load())
 		r.observe(spend, period, nowNano)
+		// Spent: the synced spend plus what this proxy admitted that it
+		// has not seen synced yet (finished requests' actual costs). At or
+		// above the max budget, the budget is exceeded (LiteLLM: spend >=
+		// max_budget), whatever is in flight.
+		unsynced := r.unsynced()
+		if spend+unsynced >= b.l.MaxBudget {
+			r.mu.Unlock()
+			msg := budgetMessage(b.kind, b.id) + " Current cost: " + enforce.USD(spend+unsynced)
+			if unsynced > 0 {
+				msg += " (" + enforce.USD(unsynced) + " of it not yet synced)"
+			}
+			return enforce.BudgetRejection(msg + ", Max budget: " + enforce.USD(b.l.MaxBudget)), false
+		}
 		// Admit while this proxy's reservations in flight + the cost of
 		// its finished requests that the synced spend does not hold yet
 		// is below its share, then reserve: concurrent requests see each
-		// other's estimates.
+		// other's estimates. The request's estimate must fit in the share;
+		// a proxy holding nothing may admit one request whose estimate is
+		// larger (else a share smaller than one estimate would strand the
+		// budget).
 		held := r.held()
-		// The request's estimate must fit in the share; a proxy holding
-		// nothing may admit one request whose estimate is larger (else a
-		// share smaller than one estimate would strand the budget).
-		if (held > 0 && held+est > allowed) || (held == 0 && allowed <= 0) {
+		if held > 0 && held+est > allowed {
 			r.mu.Unlock()
-			msg := budgetMessage(b.kind, b.id) + " Current cost: " + enforce.USD(spend)
-			if held > 0 {
-				msg += " (+" + enforce.USD(held) + " in flight or not yet synced on this proxy)"
-			}
-			msg += ", Max budget: " + enforce.USD(b.l.MaxBudget)
-			if remaining > 0 {
-				msg += ". The remaining " + enforce.USD(remaining) + " is held by requests in flight (this proxy's share: " +
-					enforce.USD(allowed) + ", 1/" + strconv.FormatUint(ad.l.members.Load()>>32, 10) + ")."
-			}
-			return enforce.BudgetRejection(msg)
+			return heldRejection(b.kind, b.id, spend, held, b.l.MaxBudget, allowed, ad.l.members.Load()>>32), true
 		}
 		r.reserved += est
 		r.mu.Unlock()
 		ad.resv[ad.nresv] = r
 		ad.nresv++
 	}
-	return nil
+	return nil, false
+}
+
+// heldRejection is the retryable refusal of a request whose scope has budget
+// left that this proxy's requests in flight or not yet synced hold: never
+// budget_exceeded (DESIGN.md: budget_exceeded means spent).
+func heldRejection(kind, id string, spend, held, maxBudget, share int64, proxies uint64) *enforce.Rejection {
+	who := "key"
+	if kind != "key" {
+		who = strings.ReplaceAll(kind, "_", " ") + " " + id
+	}
+	msg := "Budget not exceeded for " + who + ": Current cost: " + enforce.USD(spend) + ", Max budget: " + enforce.USD(maxBudget) +
+		"; the remaining " + enforce.USD(maxBudget-spend) + " is held by requests in flight or not yet synced (" + enforce.USD(held) +
+		" on this proxy, whose share is " + enforce.USD(share) + ", 1/" + strconv.FormatUint(proxies, 10) + "). Retry after 1s."
+	rej := enforce.New(enforce.Held, http.StatusTooManyRequests, enforce.TypeBudgetHeld, msg, "")
+	rej.Header = http.Header{"Retry-After": {"1"}}
+	return rej
 }
 
 func budgetMessage(kind, id string) string {
@@ -248,6 +274,17 @@ const syncSkew = int64(100 * time.Millisecond)
 const ackedTTL = int64(10 * time.Second)
 
 func (b *budget) held() int64 { return b.reserved + b.pending + b.ackedSum }
+
+// unsynced is the actual cost of this proxy's finished requests that the
+// synced spend does not show yet (locked; after observe): pending, and the
+// acked costs whose figure the synced spend has not reached.
+func (b *budget) unsynced() int64 {
+	u := b.pending
+	for j := len(b.acked) - 1; j >= 0 && b.acked[j].seen == 0; j-- {
+		u += b.acked[j].amount
+	}
+	return u
+}
 
 // observe drops the acked costs the synced spend now holds (locked). A new
 // budget period starts this proxy's count afresh: what it admitted in the
@@ -334,6 +371,7 @@ func (l *Limiter) Acked(costs, spends []*syncv1.ObjectSpend, drained bool) {
 		}
 		r.mu.Unlock()
 	}
+	l.signal()
 }
 
 func (l *Limiter) reservation(k budgetKey) *budget {

@@ -67,7 +67,33 @@ type Options struct {
 	// control plane is down divides limits and budgets by it instead of
 	// counting itself alone.
 	MembersFile string
+	// BudgetWait bounds how long a request refused only because budget
+	// that remains is held (in flight or not yet synced on this proxy)
+	// waits for it to settle before it is refused as budget_held.
+	// 0: DefaultBudgetWait; negative: no wait.
+	BudgetWait time.Duration
+	// RateWait bounds how long a request refused only because this
+	// proxy's rate-limit allowance is on loan to other proxies waits for a
+	// grant. 0: DefaultRateWait; negative: no wait.
+	RateWait time.Duration
+	// MaxWaiting bounds the requests waiting at once (beyond it a held
+	// request is refused at once). 0: DefaultMaxWaiting.
+	MaxWaiting int
 }
+
+// Defaults of the waits (Options). The budget wait covers one sync round
+// (spend outbox window + apply + ack + delta, tens of ms) plus syncSkew; the
+// rate wait covers the control plane's reclaim of an idle proxy's share
+// (its use still for 400 ms, reported every 200 ms).
+const (
+	DefaultBudgetWait = 500 * time.Millisecond
+	DefaultRateWait   = time.Second
+	DefaultMaxWaiting = 1024
+)
+
+// pollEvery is how often a waiting request is decided again when nothing
+// signalled a change (the synced spend and syncSkew's expiry signal nothing).
+const pollEvery = 10 * time.Millisecond
 
 // Limiter is the gate. Use New.
 type Limiter struct {
@@ -92,6 +118,16 @@ type Limiter struct {
 	membersFile  string
 	saveMu       sync.Mutex
 	savedMembers uint64
+
+	budgetWait, rateWait time.Duration
+	maxWaiting           int64
+	waiting              atomic.Int64
+	waitedTotal          atomic.Uint64 // requests that waited (metrics)
+	heldTotal            atomic.Uint64 // requests refused as held after waiting (metrics)
+	// changed is closed (and replaced) when something a waiting request
+	// waits for changed: a request ended, an ack, a grant.
+	changedMu sync.Mutex
+	changed   chan struct{}
 }
 
 type budgetKey struct{ kind, id string }
@@ -106,6 +142,16 @@ func New(o Options) *Limiter {
 	}
 	l.members.Store(1 << 32)
 	l.membersFile = o.MembersFile
+	l.budgetWait, l.rateWait, l.maxWaiting = o.BudgetWait, o.RateWait, int64(o.MaxWaiting)
+	if l.budgetWait == 0 {
+		l.budgetWait = DefaultBudgetWait
+	}
+	if l.rateWait == 0 {
+		l.rateWait = DefaultRateWait
+	}
+	if l.maxWaiting <= 0 {
+		l.maxWaiting = DefaultMaxWaiting
+	}
 	if o.MembersFile != "" {
 		if b, err := os.ReadFile(o.MembersFile); err == nil {
 			if n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 31); err == nil && n > 0 {
@@ -146,6 +192,18 @@ func New(o Options) *Limiter {
 				}
 				return float64(n)
 			}),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "tollgate_limits_waiting",
+				Help: "Requests waiting for held budget or a rate-limit grant to settle.",
+			}, func() float64 { return float64(l.waiting.Load()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "tollgate_limits_waited_total",
+				Help: "Requests that waited for held budget or a rate-limit grant before they were decided again.",
+			}, func() float64 { return float64(l.waitedTotal.Load()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "tollgate_limits_held_total",
+				Help: "Requests refused as held (budget_held, rate_limit_held): the limit had room but it was held at the end of the wait.",
+			}, func() float64 { return float64(l.heldTotal.Load()) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{
 				Name: "tollgate_limits_lease_grants_total",
 				Help: "Lease grants received from the control plane.",
@@ -193,8 +251,120 @@ func getAdmitted() *admitted {
 	return ad
 }
 
-// Admit implements proxy.Gate.
-func (l *Limiter) Admit(_ context.Context, a *proxy.Admission) (func(proxy.Outcome), *enforce.Rejection) {
+// What a refusal waits for (verdict.held).
+const (
+	heldNone uint8 = iota
+	heldBudget
+	heldRate
+)
+
+// verdict says why admitOnce refused: held is heldNone for a final refusal
+// (or an admission), else what the request may wait for; c is the counter
+// of a rate-limit refusal.
+type verdict struct {
+	held uint8
+	c    *counter
+}
+
+// Admit implements proxy.Gate. A request refused only because amounts are
+// held (budget that remains but is in flight or not yet synced here, a
+// rate-limit allowance on loan to other proxies) waits, bounded by
+// BudgetWait / RateWait, and is decided again (after a.Refresh, with the
+// current synced spend) whenever something changed; nothing is taken while
+// it waits, so a client that goes away releases nothing because it holds
+// nothing.
+func (l *Limiter) Admit(ctx context.Context, a *proxy.Admission) (func(proxy.Outcome), *enforce.Rejection) {
+	fn, rej, v := l.admitOnce(a)
+	if v.held == heldNone {
+		return fn, rej
+	}
+	if l.bound(v.held) <= 0 || l.waiting.Add(1) > l.maxWaiting {
+		if l.bound(v.held) > 0 {
+			l.waiting.Add(-1)
+		}
+		return nil, l.final(rej, v, time.Now())
+	}
+	defer l.waiting.Add(-1)
+	l.waitedTotal.Add(1)
+	start := time.Now()
+	t := time.NewTimer(pollEvery)
+	defer t.Stop()
+	for {
+		ch := l.changedCh()
+		select {
+		case <-ctx.Done():
+			return nil, l.final(rej, v, start)
+		case <-ch:
+		case <-t.C:
+		}
+		t.Reset(pollEvery)
+		if a.Refresh != nil {
+			if r := a.Refresh.Refresh(); r != nil {
+				return nil, r // e.g. the budget is now spent, the key blocked
+			}
+		}
+		fn, rej, v = l.admitOnce(a)
+		if v.held == heldNone {
+			return fn, rej
+		}
+		if time.Since(start) >= l.bound(v.held) {
+			return nil, l.final(rej, v, start)
+		}
+	}
+}
+
+func (l *Limiter) bound(held uint8) time.Duration {
+	if held == heldRate {
+		return l.rateWait
+	}
+	return l.budgetWait
+}
+
+// final is the refusal of a request still held at the end of its wait. A
+// rate limit whose ask the control plane answered during the wait without
+// room is really in use (rate_limit_error); one whose grant did not arrive
+// is rate_limit_held. Budget refusals are budget_held already.
+func (l *Limiter) final(rej *enforce.Rejection, v verdict, since time.Time) *enforce.Rejection {
+	if v.held == heldRate && v.c != nil && l.connected.Load() && v.c.answeredSince(since.UnixNano()) {
+		return rej
+	}
+	l.heldTotal.Add(1)
+	if v.held == heldRate {
+		h := rej.Header
+		held := enforce.New(enforce.Held, http.StatusTooManyRequests, enforce.TypeRateLimitHeld,
+			"Rate limit not reached, but this proxy's share of it is in use and more did not arrive in time; "+rej.Message, "")
+		h["Retry-After"] = []string{"1"}
+		held.Header = h
+		return held
+	}
+	return rej
+}
+
+func (l *Limiter) changedCh() chan struct{} {
+	l.changedMu.Lock()
+	if l.changed == nil {
+		l.changed = make(chan struct{})
+	}
+	ch := l.changed
+	l.changedMu.Unlock()
+	return ch
+}
+
+// signal wakes the waiting requests (cheap when none waits).
+func (l *Limiter) signal() {
+	if l.waiting.Load() == 0 {
+		return
+	}
+	l.changedMu.Lock()
+	if l.changed != nil {
+		close(l.changed)
+		l.changed = nil
+	}
+	l.changedMu.Unlock()
+}
+
+// admitOnce decides once, taking nothing when it refuses.
+func (l *Limiter) admitOnce(a *proxy.Admission) (func(proxy.Outcome), *enforce.Rejection, verdict) {
 	p := a.Principal
 	now := l.now()
 	nowUnix, nowNano := now.Unix(), now.UnixNano()
@@ -223,7 +393,11 @@ func (l *Limiter) Admit(_ context.Context, a *proxy.Admission) (func(proxy.Outco
 	}
 	// Header figures: the scope with the least remaining.
 	hdrReqLimit, hdrReqRem, hdrTokLimit, hdrTokRem := int64(-1), int64(0), int64(-1), int64(0)
-	fail := func(metric uint8, limit int64, who string) (func(proxy.Outcome), *enforce.Rejection) {
+	// A rate-limit refusal may wait when the limit is not all here: its
+	// failed counter (failed) lent part of it to other proxies.
+	var failed *counter
+	var failedLent bool
+	fail := func(metric uint8, limit int64, who string) (func(proxy.Outcome), *enforce.Rejection, verdict) {
 		ad.rollback()
 		admissions.Put(ad)
 		retry := Window - nowUnix%Window
@@ -246,12 +420,17 @@ func (l *Limiter) Admit(_ context.Context, a *proxy.Admission) (func(proxy.Outco
 			h["X-Ratelimit-Remaining-Tokens"] = []string{"0"}
 		}
 		rej.Header = h
-		return nil, rej
+		v := verdict{}
+		if failedLent && l.connected.Load() {
+			v = verdict{heldRate, failed}
+		}
+		return nil, rej, v
 	}
 	check := func(sk scopeKey, limit, w, n int64) bool {
 		c := l.counter(sk)
 		ok, al, rem := l.take(c, limit, w, n, nowNano)
 		if !ok {
+			failed, failedLent = c, al < limit
 			return false
 		}
 		ad.took[ad.nt] = taken{c, w, n}
@@ -304,10 +483,13 @@ func (l *Limiter) Admit(_ context.Context, a *proxy.Admission) (func(proxy.Outco
 	}
 
 	// Budget reservations.
-	if rej := ad.reserve(p, a, nowUnix, nowNano); rej != nil {
+	if rej, held := ad.reserve(p, a, nowUnix, nowNano); rej != nil {
 		ad.rollback()
 		admissions.Put(ad)
-		return nil, rej
+		if held {
+			return nil, rej, verdict{held: heldBudget}
+		}
+		return nil, rej, verdict{}
 	}
 	if a.Header != nil && (hdrReqLimit >= 0 || hdrTokLimit >= 0) {
 		hv := make([]string, 4) // one allocation for the four values
@@ -324,9 +506,9 @@ func (l *Limiter) Admit(_ context.Context, a *proxy.Admission) (func(proxy.Outco
 	}
 	if ad.nt == 0 && ad.nresv == 0 {
 		admissions.Put(ad)
-		return noop, nil
+		return noop, nil, verdict{}
 	}
-	return ad.fn, nil
+	return ad.fn, nil, verdict{}
 }
 
 func noop(proxy.Outcome) {}
@@ -348,7 +530,7 @@ func (ad *admitted) done(o proxy.Outcome) {
 	for _, t := range ad.took[:ad.nt] {
 		switch t.c.metric {
 		case metricPar:
-			t.c.give(t.window, t.n)
+			ad.l.release(t.c, t.window, t.n)
 		case metricTPM:
 			actual := int64(0)
 			if o.UsageKnown {
@@ -381,6 +563,7 @@ func (ad *admitted) done(o proxy.Outcome) {
 			r.pending += actual
 			r.mu.Unlock()
 		}
+		ad.l.signal()
 	}
 	ad.l, ad.nt, ad.nresv, ad.inPrice, ad.outPrice, ad.depID = nil, 0, 0, 0, 0, ""
 	clear(ad.took[:])

@@ -129,7 +129,7 @@ func TestRejectedConsumesNothing(t *testing.T) {
 	if _, rej, _ := f.admit(l); rej != nil {
 		t.Fatalf("first request under budget refused: %s", rej.Message)
 	}
-	if _, rej, _ := f.admit(l); rej == nil || rej.Type != enforce.TypeBudget {
+	if _, rej, _ := f.admit(l); rej == nil || rej.Type != enforce.TypeBudgetHeld || rej.Outcome != enforce.Held {
 		t.Fatalf("second request while the first's reservation is in flight: %+v", rej)
 	}
 	if got := used(l, "key", "tok-1", metricRPM, ""); got != 3 {
@@ -212,7 +212,9 @@ func TestPerModelLimits(t *testing.T) {
 }
 
 func TestSharesAndLeases(t *testing.T) {
-	l := newLimiter()
+	// No wait: this test counts what the shares admit at once (the wait
+	// for a grant is TestRateLimitWaitsForGrant).
+	l := New(Options{Now: func() time.Time { return fixedNow }, RateWait: -1})
 	l.SetConnected(true)
 	f := newFixture(t, smallBody)
 	f.p.Key.Limits.RPMLimit = 31

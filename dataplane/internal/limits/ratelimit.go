@@ -60,6 +60,15 @@ type counter struct {
 	asked     bool
 	lastAsk   int64 // unix ns of the last ask
 	touched   int64 // unix s of the last use
+	answered  int64 // unix ns of the last grant for the current window
+}
+
+// answeredSince reports whether the control plane answered for c's window
+// at or after t (unix ns).
+func (c *counter) answeredSince(t int64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.answered >= t
 }
 
 // implicit is this proxy's share of limit among the proxies it knows of.
@@ -150,6 +159,25 @@ func (c *counter) give(w, n int64) {
 		c.used -= n
 	}
 	c.mu.Unlock()
+}
+
+// release returns a parallel slot of a request that ended. A proxy whose
+// last request in flight ended reports it at once (not at the next
+// report): the control plane can only reclaim the share it holds once that
+// use has been still for a while, and a request on another proxy may be
+// waiting for it.
+func (l *Limiter) release(c *counter, w, n int64) {
+	c.mu.Lock()
+	idle := false
+	if c.window == w {
+		c.used -= n
+		idle = c.used == 0 && c.allowance > 0
+	}
+	c.mu.Unlock()
+	if idle {
+		l.wake()
+	}
+	l.signal()
 }
 
 func (l *Limiter) wake() {
@@ -281,12 +309,15 @@ func (l *Limiter) Apply(g *syncv1.LeaseGrant) {
 		case a.GetWindowUnix() > c.window:
 			c.roll(a.GetWindowUnix())
 			c.allowance = a.GetAllowance()
+			c.answered = time.Now().UnixNano()
 		case a.GetWindowUnix() == c.window:
 			c.allowance = a.GetAllowance()
 			c.asked = false
+			c.answered = time.Now().UnixNano()
 		}
 		c.mu.Unlock()
 	}
+	l.signal()
 }
 
 // saveMembers writes n to the members file when it changed (atomically:
