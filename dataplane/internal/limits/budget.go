@@ -8,16 +8,17 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/money"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/proxy"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 )
 
-// estimateCost is the reservation for one request (micro-USD, rounded up):
-// the prompt at estTok tokens, and max_tokens (max_completion_tokens) when
-// the request sets it, else what this deployment's responses have used
-// (outTokens).
+// estimateCost is the reservation for one request (micro-USD, rounded up
+// once, like the spend record): the prompt at estTok tokens, and max_tokens
+// (max_completion_tokens) when the request sets it, else what this
+// deployment's responses have used (outTokens).
 func (l *Limiter) estimateCost(a *proxy.Admission, estTok int64) int64 {
 	dep := a.Deployment
 	if dep == nil || (dep.InputCost <= 0 && dep.OutputCost <= 0) {
@@ -34,26 +35,35 @@ func (l *Limiter) estimateCost(a *proxy.Admission, estTok int64) int64 {
 		}
 	}
 	if out < 0 {
-		out = l.outTokens(dep.ID)
+		out = l.outTokens(dep.ID, estTok)
 	}
-	pico := estTok*dep.InputCost + out*dep.OutputCost
-	return (pico + 999_999) / 1_000_000
+	return money.Cost(1, estTok*dep.InputCost+out*dep.OutputCost)
 }
 
 // Completion-token estimate per deployment, for requests without
-// max_tokens: an exponentially weighted mean of the completions seen
-// (weight 1/8, kept ×16 in fixed point), reserved with a quarter on top;
-// 256 tokens until the deployment has answered once.
-const defaultOutTokens = 256
+// max_tokens: the mean of the completions seen, reserved with a quarter on
+// top. It learns fast at first (the plain mean of the first learnFirst
+// completions), then moves as an exponentially weighted mean (weight 1/8).
+// Before a deployment's first answer on this proxy the guess is the
+// prompt's own length, clamped to [coldMinOut, coldMaxOut] tokens: chat
+// answers are mostly of the order of their question, and a fixed 256
+// tokens was 20-50 times the cost of short exchanges.
+const (
+	coldMinOut = 16
+	coldMaxOut = 256
+	learnFirst = 8
+)
 
-func (l *Limiter) outTokens(depID string) int64 {
+// outTok packs a deployment's mean (× 16, fixed point) and how many
+// completions it has seen, up to learnFirst: mean16<<4 | count.
+func (l *Limiter) outTokens(depID string, estTok int64) int64 {
 	l.mu.RLock()
 	v := l.outTok[depID]
 	l.mu.RUnlock()
 	if v == nil {
-		return defaultOutTokens
+		return min(max(estTok, coldMinOut), coldMaxOut)
 	}
-	m := v.Load() // mean × 16
+	m := v.Load() >> 4 // mean × 16
 	return (m*5/4+15)/16 + 1
 }
 
@@ -61,6 +71,7 @@ func (l *Limiter) observeOutTokens(depID string, n int64) {
 	if depID == "" || n < 0 {
 		return
 	}
+	n = min(n, 1<<32) // no overflow of the packed mean
 	l.mu.RLock()
 	v := l.outTok[depID]
 	l.mu.RUnlock()
@@ -68,7 +79,7 @@ func (l *Limiter) observeOutTokens(depID string, n int64) {
 		l.mu.Lock()
 		if v = l.outTok[depID]; v == nil {
 			v = new(atomic.Int64)
-			v.Store(n * 16)
+			v.Store(n*16<<4 | 1)
 			l.outTok[depID] = v
 			l.mu.Unlock()
 			return
@@ -77,7 +88,13 @@ func (l *Limiter) observeOutTokens(depID string, n int64) {
 	}
 	for {
 		old := v.Load()
-		if v.CompareAndSwap(old, old+(n*16-old)/8) {
+		mean, count := old>>4, old&15
+		w := int64(8)
+		if count < learnFirst {
+			count++
+			w = count
+		}
+		if v.CompareAndSwap(old, (mean+(n*16-mean)/w)<<4|count) {
 			return
 		}
 	}

@@ -51,6 +51,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/money"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/proxy"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
@@ -550,7 +551,7 @@ func (ad *admitted) done(o proxy.Outcome) {
 		// record's ack releases it: the reported usage, or the proxy's
 		// estimate for a 2xx without usage; nothing for an error.
 		if o.UsageKnown || o.UsageEstimated {
-			actual = (max(o.Usage.PromptTokens, 0)*ad.inPrice + max(o.Usage.CompletionTokens, 0)*ad.outPrice + 999_999) / 1_000_000
+			actual = money.Cost(1, max(o.Usage.PromptTokens, 0)*ad.inPrice+max(o.Usage.CompletionTokens, 0)*ad.outPrice)
 		}
 		if o.UsageKnown {
 			ad.l.observeOutTokens(ad.depID, o.Usage.CompletionTokens)
