@@ -124,7 +124,8 @@ func (p *Principal) policy() *state.Policy {
 
 // Authenticate runs the header-only checks for key (the presented secret, ""
 // when none) calling path. On success it fills p and returns nil.
-func (e *Enforcer) Authenticate(key, path string, nowUnix int64, p *Principal) *Rejection {
+func (e *Enforcer) Authenticate(key, path string, nowMilli int64, p *Principal) *Rejection {
+	nowUnix := nowMilli / 1000 // expiry and budgets count whole seconds; grace periods milliseconds
 	if key == "" {
 		return RejMissingKey
 	}
@@ -136,7 +137,7 @@ func (e *Enforcer) Authenticate(key, path string, nowUnix int64, p *Principal) *
 	// stack-conversion buffer). Validate bounded the length.
 	var buf [keys.MaxLen]byte
 	p.hash = sha256.Sum256(buf[:copy(buf[:], key)])
-	k, ok := e.State.LookupKey(&p.hash, nowUnix)
+	k, ok := e.State.LookupKey(&p.hash, nowMilli)
 	if !ok {
 		return RejInvalidKey
 	}

@@ -82,7 +82,7 @@ func TestAuthenticate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		var p enforce.Principal
-		rej := e.Authenticate(tt.key, tt.path, now, &p)
+		rej := e.Authenticate(tt.key, tt.path, now*1000, &p)
 		got := enforce.OK
 		if rej != nil {
 			got = rej.Outcome
@@ -125,7 +125,7 @@ func TestAuthorize(t *testing.T) {
 	}
 	for _, tt := range tests {
 		var p enforce.Principal
-		if rej := e.Authenticate(tt.key, "/chat/completions", now, &p); rej != nil {
+		if rej := e.Authenticate(tt.key, "/chat/completions", now*1000, &p); rej != nil {
 			t.Fatalf("%s: %s", tt.key, rej.Message)
 		}
 		var b enforce.Body
@@ -148,7 +148,7 @@ func TestAuthorize(t *testing.T) {
 func TestBudgetMessage(t *testing.T) {
 	e := &enforce.Enforcer{State: fixture()}
 	var p enforce.Principal
-	e.Authenticate("sk-broke", "/chat/completions", now, &p)
+	e.Authenticate("sk-broke", "/chat/completions", now*1000, &p)
 	var b enforce.Body
 	enforce.ParseBody([]byte(`{"model":"gpt-4o"}`), &b)
 	_, rej := e.Authorize(&p, &b)
@@ -183,7 +183,7 @@ func TestEnforcedParams(t *testing.T) {
 	}
 	for _, tt := range tests {
 		var p enforce.Principal
-		if rej := e.Authenticate(tt.key, "/chat/completions", now, &p); rej != nil {
+		if rej := e.Authenticate(tt.key, "/chat/completions", now*1000, &p); rej != nil {
 			t.Fatal(rej.Message)
 		}
 		var b enforce.Body
@@ -217,7 +217,7 @@ func TestEnforceUserParam(t *testing.T) {
 		`{"model":"gpt-4o","user":"u"}`:  true,
 	} {
 		var p enforce.Principal
-		e.Authenticate("sk-open", "/chat/completions", now, &p)
+		e.Authenticate("sk-open", "/chat/completions", now*1000, &p)
 		var b enforce.Body
 		enforce.ParseBody([]byte(body), &b)
 		_, rej := e.Authorize(&p, &b)
@@ -233,7 +233,7 @@ func TestServiceAccountEnvelopeByteForByte(t *testing.T) {
 	st.AddKey("sk-sa", state.KeyInfo{ServiceAccount: true, TeamID: "t1", Limits: enforcetest.NoLimits})
 	e := &enforce.Enforcer{State: st}
 	var p enforce.Principal
-	e.Authenticate("sk-sa", "/chat/completions", now, &p)
+	e.Authenticate("sk-sa", "/chat/completions", now*1000, &p)
 	var b enforce.Body
 	enforce.ParseBody([]byte(`{"model":"llama","messages":[]}`), &b)
 	_, rej := e.Authorize(&p, &b)
@@ -260,7 +260,7 @@ func TestTeamMemberBudget(t *testing.T) {
 	} {
 		st.AddKey("sk-member-"+user, state.KeyInfo{UserID: user, TeamID: "tmembers", Limits: enforcetest.NoLimits})
 		var p enforce.Principal
-		if rej := e.Authenticate("sk-member-"+user, "/chat/completions", now, &p); rej != nil {
+		if rej := e.Authenticate("sk-member-"+user, "/chat/completions", now*1000, &p); rej != nil {
 			t.Fatal(rej.Message)
 		}
 		var b enforce.Body
@@ -279,7 +279,7 @@ func TestTeamMemberBudget(t *testing.T) {
 func authorizeBody(t *testing.T, e *enforce.Enforcer, secret, body string) *enforce.Rejection {
 	t.Helper()
 	var p enforce.Principal
-	if rej := e.Authenticate(secret, "/chat/completions", now, &p); rej != nil {
+	if rej := e.Authenticate(secret, "/chat/completions", now*1000, &p); rej != nil {
 		t.Fatal(rej.Message)
 	}
 	var b enforce.Body

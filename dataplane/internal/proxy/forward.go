@@ -198,7 +198,7 @@ func (c *call) release() {
 
 // authenticate runs the header-only checks.
 func (h *handler) authenticate(c *call, key string) *enforce.Rejection {
-	return h.enf.Authenticate(key, c.path, h.now().Unix(), &c.principal)
+	return h.enf.Authenticate(key, c.path, h.now().UnixMilli(), &c.principal)
 }
 
 // decide runs the body checks and plans the upstream request: everything

@@ -318,7 +318,7 @@ func (h *handler) serveModels(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var p enforce.Principal
-	if rej := h.enf.Authenticate(presentedKey(r), r.URL.Path, h.now().Unix(), &p); rej != nil {
+	if rej := h.enf.Authenticate(presentedKey(r), r.URL.Path, h.now().UnixMilli(), &p); rej != nil {
 		h.reject(w, route, rej)
 		return
 	}
