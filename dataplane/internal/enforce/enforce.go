@@ -399,7 +399,11 @@ func checkBudgets(p *Principal) *Rejection {
 		return budgetRejection("Budget has been exceeded! Current cost: "+usd(s)+", Max budget: "+usd(k.Limits.MaxBudget), "")
 	}
 	if t := p.Team; t != nil {
-		if s := EffectiveSpend(t.Limits, t.Spend, now); over(t.Limits, s) {
+		// A SaaS team's limit is its credits (Authenticate refused one
+		// without credits): its max_budget, credits_allocated × the credit
+		// rate, is the LiteLLM-side figure and never refuses a team that
+		// has credits left (a job costs one credit, whatever its calls cost).
+		if s := EffectiveSpend(t.Limits, t.Spend, now); t.SaaS == nil && over(t.Limits, s) {
 			return budgetRejection("Budget has been exceeded! Team="+t.TeamID+" Current cost: "+usd(s)+", Max budget: "+usd(t.Limits.MaxBudget), "")
 		}
 		// The key's user as a member of the team: max_budget_in_team, else

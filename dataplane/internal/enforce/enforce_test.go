@@ -366,3 +366,33 @@ func TestModelBudget(t *testing.T) {
 		t.Fatalf("after budget_reset_at refused: %s", rej.Message)
 	}
 }
+
+// Issue 17: a SaaS team with credits left is never refused for its budget
+// (credits_allocated × the credit rate); out of credits it is refused as
+// suspended, not as over budget.
+func TestSaaSTeamWithCreditsIsNotRefusedForBudget(t *testing.T) {
+	st := enforcetest.New()
+	st.AddModel(&state.Model{ID: "d1", ModelName: "gpt-4o", UpstreamModel: "openai/gpt-4o"})
+	lim := enforcetest.NoLimits
+	lim.MaxBudget = 100_000 // one credit at $0.10
+	team := &state.Team{TeamID: "saas", Limits: lim, Spend: 250_000,
+		SaaS: &state.TeamSaaS{Status: "active", CreditsAllocated: 1, CreditsRemaining: 1}}
+	st.AddTeam(team)
+	st.AddKey("sk-saas-team-key-0000000000", state.KeyInfo{TokenID: "k", TeamID: "saas", Limits: enforcetest.NoLimits})
+	e := &enforce.Enforcer{State: st}
+	var p enforce.Principal
+	if rej := e.Authenticate("sk-saas-team-key-0000000000", "/chat/completions", now*1000, &p); rej != nil {
+		t.Fatal(rej.Message)
+	}
+	var b enforce.Body
+	enforce.ParseBody([]byte(`{"model":"gpt-4o"}`), &b)
+	if _, rej := e.Authorize(&p, &b); rej != nil {
+		t.Fatalf("SaaS team with a credit left, spend over its derived budget: %s", rej.Message)
+	}
+	out := *team
+	out.SaaS = &state.TeamSaaS{Status: "active", CreditsAllocated: 1, CreditsUsed: 1}
+	st.AddTeam(&out)
+	if rej := e.Authenticate("sk-saas-team-key-0000000000", "/chat/completions", now*1000, &p); rej == nil || rej.Outcome == enforce.BudgetExceeded {
+		t.Fatalf("SaaS team without credits: %+v", rej)
+	}
+}

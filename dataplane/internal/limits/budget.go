@@ -118,7 +118,9 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix, n
 		bs[n] = bscope{"key", k.TokenID, k.Limits, k.Spend}
 		n++
 	}
-	if t := p.Team; t != nil && t.Limits.MaxBudget >= 0 {
+	// A SaaS team's credits are its limit (enforce: its USD budget never
+	// refuses a team with credits left), so nothing is reserved on it.
+	if t := p.Team; t != nil && t.Limits.MaxBudget >= 0 && t.SaaS == nil {
 		bs[n] = bscope{"team", t.TeamID, t.Limits, t.Spend}
 		n++
 	}
