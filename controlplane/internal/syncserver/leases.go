@@ -69,8 +69,15 @@ type pool struct {
 // taken on a stale report.
 const settle = 400 * time.Millisecond
 
-// reclaimable reports whether q's unused share may be taken now.
+// reclaimable reports whether q's unused share may be taken now. A proxy
+// that reported no parallel request in flight gives its parallel share up
+// at once (issue 17: after slow requests ended, another proxy refused a
+// request for 400 ms with nothing in flight anywhere); it reports its next
+// request at once, so the window in which both admit is one report's trip.
 func (p *pool) reclaimable(q *conn, now time.Time) bool {
+	if u, ok := p.used[q]; ok && p.par && u == 0 {
+		return true
+	}
 	if t, ok := p.changed[q]; ok {
 		return now.Sub(t) >= settle
 	}

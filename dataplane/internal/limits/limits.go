@@ -82,12 +82,15 @@ type Options struct {
 	MaxWaiting int
 }
 
-// Defaults of the waits (Options). The budget wait covers one sync round
-// (spend outbox window + apply + ack + delta, tens of ms) plus syncSkew; the
-// rate wait covers the control plane's reclaim of an idle proxy's share
-// (its use still for 400 ms, reported every 200 ms).
+// Defaults of the waits (Options). The budget wait covers a few sync rounds
+// (spend outbox window + apply + ack + delta, tens of ms, plus syncSkew) on
+// a loaded machine; the rate wait covers the control plane's reclaim of an
+// idle proxy's share. A rate-limit wait ends early, as rate_limit_error,
+// once the control plane has answered an ask without room and at least
+// minRateWait has passed (the time other proxies need to report that their
+// requests ended).
 const (
-	DefaultBudgetWait = 500 * time.Millisecond
+	DefaultBudgetWait = time.Second
 	DefaultRateWait   = time.Second
 	DefaultMaxWaiting = 1024
 )
@@ -95,6 +98,9 @@ const (
 // pollEvery is how often a waiting request is decided again when nothing
 // signalled a change (the synced spend and syncSkew's expiry signal nothing).
 const pollEvery = 10 * time.Millisecond
+
+// minRateWait: see DefaultRateWait.
+const minRateWait = reportInterval
 
 // Limiter is the gate. Use New.
 type Limiter struct {
@@ -308,7 +314,9 @@ func (l *Limiter) Admit(ctx context.Context, a *proxy.Admission) (func(proxy.Out
 		if v.held == heldNone {
 			return fn, rej
 		}
-		if time.Since(start) >= l.bound(v.held) {
+		waited := time.Since(start)
+		if waited >= l.bound(v.held) ||
+			(v.held == heldRate && waited >= minRateWait && v.c.answeredSince(start.UnixNano())) {
 			return nil, l.final(rej, v, start)
 		}
 	}

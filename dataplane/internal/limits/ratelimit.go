@@ -141,7 +141,10 @@ func (l *Limiter) take(c *counter, limit, w, n, nowNano int64) (ok bool, allowan
 	rem := a - c.used
 	// The first use of a window is reported at once, so that the control
 	// plane knows this proxy is using it before it reclaims shares.
-	ask := c.reported < 0
+	// So is a parallel request on a proxy that last reported none in
+	// flight: the control plane may reclaim an idle proxy's parallel
+	// share at once.
+	ask := c.reported < 0 || (c.metric == metricPar && c.reported == 0)
 	if rem*askAt <= a && !c.asked && nowNano-c.lastAsk >= askEvery {
 		c.asked, ask, c.lastAsk = true, true, nowNano
 	}

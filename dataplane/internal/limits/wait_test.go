@@ -236,3 +236,37 @@ func TestRateLimitWaitsForGrant(t *testing.T) {
 		t.Fatal("a limit really in use waited")
 	}
 }
+
+// A limit really in use elsewhere: the control plane answers the ask
+// without room, and the wait ends (after minRateWait) as rate_limit_error,
+// not at the bound and not as held.
+func TestRateLimitInUseElsewhereEndsTheWait(t *testing.T) {
+	l := New(Options{Now: func() time.Time { return fixedNow }, RateWait: 20 * time.Second})
+	l.SetConnected(true)
+	l.Apply(&syncv1.LeaseGrant{Proxies: 3, Index: 0, Allowances: []*syncv1.LeaseAllowance{{Scope: "key:tok-1:par", WindowUnix: 0, Allowance: 1}}})
+	f := newFixture(t, smallBody)
+	f.p.Key.Limits.MaxParallelRequests = 3
+	if _, rej, _ := f.admit(l); rej != nil {
+		t.Fatal(rej.Message)
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-l.Notify():
+				l.Apply(&syncv1.LeaseGrant{Allowances: []*syncv1.LeaseAllowance{{Scope: "key:tok-1:par", WindowUnix: 0, Allowance: 1}}})
+			}
+		}
+	}()
+	start := time.Now()
+	_, rej, _ := f.admit(l)
+	if rej == nil || rej.Type != "rate_limit_error" || rej.Outcome != enforce.RateLimited {
+		t.Fatalf("second request, the rest of the limit in use elsewhere: %+v", rej)
+	}
+	if d := time.Since(start); d < minRateWait || d > 10*time.Second {
+		t.Fatalf("refused after %v", d)
+	}
+}
