@@ -176,7 +176,7 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix, n
 		}
 		r.mu.Lock()
 		r.catchUp(ad.l.drainEpoch.Load())
-		r.observe(spend, period, nowNano)
+		r.observe(spend, period, nowNano, ad.l.connected.Load())
 		// Spent: the synced spend plus what this proxy admitted that it
 		// has not seen synced yet (finished requests' actual costs). At or
 		// above the max budget, the budget is exceeded (LiteLLM: spend >=
@@ -265,12 +265,21 @@ type budget struct {
 	base, period int64
 	// epoch is the Limiter's drainEpoch when pending last changed.
 	epoch uint64
+	// doubt is the actual cost of finished requests during which the
+	// outbox drained: their records may have been acked before the
+	// request ended (the proxy appends the record just before it calls
+	// done), and then no ack will take them out of pending. Acks take
+	// from it after pending; while connected it is dropped after
+	// doubtTTL (a record not yet acked is acked within milliseconds).
+	doubt, doubtAt int64
 }
+
+const doubtTTL = int64(500 * time.Millisecond)
 
 // catchUp drops pending that predates the outbox's last drain (locked).
 func (b *budget) catchUp(epoch uint64) {
 	if b.epoch != epoch {
-		b.pending, b.epoch = 0, epoch
+		b.pending, b.doubt, b.epoch = 0, 0, epoch
 	}
 }
 
@@ -292,13 +301,13 @@ const syncSkew = int64(100 * time.Millisecond)
 // spend never reached its figure (the object was deleted or reset).
 const ackedTTL = int64(10 * time.Second)
 
-func (b *budget) held() int64 { return b.reserved + b.pending + b.ackedSum }
+func (b *budget) held() int64 { return b.reserved + b.pending + b.doubt + b.ackedSum }
 
 // unsynced is the actual cost of this proxy's finished requests that the
 // synced spend does not show yet (locked; after observe): pending, and the
 // acked costs whose figure the synced spend has not reached.
 func (b *budget) unsynced() int64 {
-	u := b.pending
+	u := b.pending + b.doubt
 	for j := len(b.acked) - 1; j >= 0 && b.acked[j].seen == 0; j-- {
 		u += b.acked[j].amount
 	}
@@ -310,9 +319,12 @@ func (b *budget) unsynced() int64 {
 // last one belongs to that period (the control plane counts a record that
 // it applies after the reset in the new period: at most the records of the
 // ~100 ms before the reset, which this proxy then does not count twice).
-func (b *budget) observe(spend, period, nowNano int64) {
+func (b *budget) observe(spend, period, nowNano int64, connected bool) {
+	if b.doubt > 0 && connected && nowNano-b.doubtAt > doubtTTL {
+		b.doubt = 0
+	}
 	if spend < b.base || period != b.period {
-		b.acked, b.ackedSum, b.pending = b.acked[:0], 0, 0
+		b.acked, b.ackedSum, b.pending, b.doubt = b.acked[:0], 0, 0, 0
 		b.period = period
 	}
 	b.base = spend
@@ -377,6 +389,10 @@ func (l *Limiter) Acked(costs, spends []*syncv1.ObjectSpend, drained bool) {
 		r.catchUp(epoch)
 		amount := min(c.GetSpend(), r.pending)
 		r.pending -= amount
+		if d := min(c.GetSpend()-amount, r.doubt); d > 0 {
+			r.doubt -= d
+			amount += d
+		}
 		// Without a figure (the object is gone), the cost counts as synced.
 		if until >= 0 && amount > 0 {
 			// Acks come in order and spend only rises, so the list stays

@@ -242,6 +242,7 @@ type admitted struct {
 	// deployment (its completions feed the estimate).
 	inPrice, outPrice int64
 	depID             string
+	epoch             uint64 // the Limiter's drainEpoch at admission
 	fn                func(proxy.Outcome) // ad.done, bound once (a method value allocates)
 }
 
@@ -492,6 +493,7 @@ func (l *Limiter) admitOnce(a *proxy.Admission) (func(proxy.Outcome), *enforce.R
 	}
 
 	// Budget reservations.
+	ad.epoch = l.drainEpoch.Load()
 	if rej, held := ad.reserve(p, a, nowUnix, nowNano); rej != nil {
 		ad.rollback()
 		admissions.Put(ad)
@@ -565,11 +567,18 @@ func (ad *admitted) done(o proxy.Outcome) {
 			ad.l.observeOutTokens(ad.depID, o.Usage.CompletionTokens)
 		}
 		epoch := ad.l.drainEpoch.Load()
+		doubtful := epoch != ad.epoch
+		nowNano := ad.l.now().UnixNano()
 		for _, r := range ad.resv[:ad.nresv] {
 			r.mu.Lock()
 			r.catchUp(epoch)
 			r.reserved -= ad.estCost
-			r.pending += actual
+			if doubtful {
+				r.doubt += actual
+				r.doubtAt = nowNano
+			} else {
+				r.pending += actual
+			}
 			r.mu.Unlock()
 		}
 		ad.l.signal()

@@ -270,3 +270,30 @@ func TestRateLimitInUseElsewhereEndsTheWait(t *testing.T) {
 		t.Fatalf("refused after %v", d)
 	}
 }
+
+// The proxy appends a request's spend record just before it calls done; if
+// the outbox ships, is acked and drains in between, no ack will take that
+// cost out of what this proxy counts as unsynced. It must not stay counted
+// (it made a budget look spent for ever: a false budget_exceeded).
+func TestCostAckedBeforeDoneIsNotCountedForEver(t *testing.T) {
+	clk := newClock()
+	l := New(Options{Now: clk.now, BudgetWait: -1})
+	l.SetConnected(true)
+	f := newFixture(t, smallBody)
+	f.p.Key.Limits.MaxBudget = 7
+	f.dep.OutputCost = 1_000_000
+	done, rej, _ := f.admit(l)
+	if rej != nil {
+		t.Fatal(rej.Message)
+	}
+	// The record (cost 5) is acked and the outbox drained before done.
+	l.Acked([]*syncv1.ObjectSpend{{Kind: "key", Id: "tok-1", Spend: 5}}, []*syncv1.ObjectSpend{{Kind: "key", Id: "tok-1", Spend: 5}}, true)
+	done(proxy.Outcome{Status: 200, UsageKnown: true, Usage: proxy.Usage{CompletionTokens: 5, TotalTokens: 5}})
+	f.p.Key.Spend = 5 // synced
+	clk.add(time.Second)
+	done, rej, _ = f.admit(l)
+	if rej != nil {
+		t.Fatalf("spend 5 of 7, nothing in flight: %s", rej.Message)
+	}
+	done(proxy.Outcome{Status: 200, UsageKnown: true, Usage: proxy.Usage{CompletionTokens: 5, TotalTokens: 5}})
+}
