@@ -242,7 +242,7 @@ type admitted struct {
 	// deployment (its completions feed the estimate).
 	inPrice, outPrice int64
 	depID             string
-	epoch             uint64 // the Limiter's drainEpoch at admission
+	epoch             uint64              // the Limiter's drainEpoch at admission
 	fn                func(proxy.Outcome) // ad.done, bound once (a method value allocates)
 }
 
