@@ -24,16 +24,26 @@
 // # Budgets
 //
 // The decision already refused a scope whose synced spend is at or above its
-// max budget. The gate then reserves the request's estimated cost (prompt
-// bytes / 4 tokens at the input price, max_tokens or 256 tokens at the
-// output price) on the key, team, user (without a team), organization, end
-// user (the body's "user", when a budget applies to it) and the key's
-// model_max_budget for the requested model: a
-// request is admitted only while synced spend + this proxy's reservations
-// in flight + the actual cost of its finished requests that the synced
-// spend does not show yet is below the max budget. When a request ends its
-// reservation becomes its actual cost, pending until the synced spend rises
-// by as much (the spend outbox ships it within milliseconds).
+// max budget. The gate refuses as budget_exceeded a scope whose synced spend
+// plus the actual cost of this proxy's finished requests that the synced
+// spend does not show yet is at or above it (spent, as LiteLLM counts it).
+// Otherwise it reserves the request's estimated cost (budget.go:
+// estimateCost) on the key, team (not a SaaS team: its credits are its
+// limit), user (without a team), organization, end user and the key's
+// model_max_budget for the requested model, if it fits in this proxy's
+// share of what remains (budget.go, budget shares; ratelimit.go holds the
+// rate-limit allowances). When a request ends its reservation becomes its
+// actual cost, pending until the synced spend rises by as much.
+//
+// # Waiting instead of refusing
+//
+// A refusal that is only due to amounts held (budget in flight or not yet
+// synced on this proxy; a rate-limit allowance on loan to another proxy)
+// makes the request wait, holding nothing, bounded by Options.BudgetWait /
+// RateWait and MaxWaiting, and be decided again (proxy.Admission.Refresh
+// re-reads the state) whenever something changed. Still held at the
+// bound, it is refused as budget_held or rate_limit_held (retryable, with
+// Retry-After), never as budget_exceeded.
 //
 // A rejected request consumes nothing: counters taken before a later check
 // refused are given back before Admit returns.
