@@ -307,8 +307,9 @@ func checkBudgetBound(t *testing.T, h hammerResult, budget int64, clients, proxi
 	}
 }
 
-// TestBudgetOverspendTable measures budget overspend and rpm accuracy at 1,
-// 8 and 64 concurrent clients with 1 and 3 proxies (deploy/bench/overspend.sh
+// TestBudgetOverspendTable measures budget overspend, usable budget (clients
+// stopping at their first refusal; clients honouring Retry-After) and rpm
+// accuracy at 1, 8, 24 and 64 concurrent clients with 1 and 3 proxies (deploy/bench/overspend.sh
 // runs it with TOLLGATE_OVERSPEND_TABLE=1 and prints the README's tables).
 func TestBudgetOverspendTable(t *testing.T) {
 	if os.Getenv("TOLLGATE_OVERSPEND_TABLE") == "" {
@@ -323,7 +324,7 @@ func TestBudgetOverspendTable(t *testing.T) {
 		for range proxies {
 			dps = append(dps, d.proxy(t))
 		}
-		for _, clients := range []int{1, 8, 64} {
+		for _, clients := range []int{1, 8, 24, 64} {
 			for _, delay := range []int{0, 20} {
 				first := hammerBudget(t, d, dps, clients, budget, delay, stopAtFirstRefusal)
 				retry := hammerBudget(t, d, dps, clients, budget, delay, honourRetryAfter)
