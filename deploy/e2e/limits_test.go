@@ -316,7 +316,7 @@ func TestBudgetOverspendTable(t *testing.T) {
 		t.Skip("a measurement: set TOLLGATE_OVERSPEND_TABLE=1 (deploy/bench/overspend.sh)")
 	}
 	const budget = 30 * costPerCall // $1.00 at $0.033 a request
-	rows := []string{"| proxies | clients | budget (calls) | admitted calls | overspend (calls) | usable, stopping at first refusal | usable, honouring Retry-After |", "|---|---|---|---|---|---|---|"}
+	rows := []string{"| proxies | clients | budget (calls) | admitted calls (first refusal / Retry-After) | overspend, calls (first refusal / Retry-After) | usable, stopping at first refusal | usable, honouring Retry-After |", "|---|---|---|---|---|---|---|"}
 	rpmRows := []string{"| proxies | clients | rpm_limit | requests | admitted | admitted / limit |", "|---|---|---|---|---|---|"}
 	for _, proxies := range []int{1, 3} {
 		d := newDeployment(t, CPOptions{DatabaseURL: os.Getenv("TOLLGATE_OVERSPEND_DB")})
