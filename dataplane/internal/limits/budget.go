@@ -184,6 +184,10 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix, n
 		unsynced := r.unsynced()
 		if spend+unsynced >= b.l.MaxBudget {
 			r.mu.Unlock()
+			if b.kind == "user" || b.kind == "end_user" { // LiteLLM's wording for these
+				return enforce.BudgetRejection(budgetMessage(b.kind, b.id) + " Spend=" + enforce.USD(spend+unsynced) +
+					", Budget=" + enforce.USD(b.l.MaxBudget)), false
+			}
 			msg := budgetMessage(b.kind, b.id) + " Current cost: " + enforce.USD(spend+unsynced)
 			if unsynced > 0 {
 				msg += " (" + enforce.USD(unsynced) + " of it not yet synced)"
