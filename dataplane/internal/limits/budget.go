@@ -177,11 +177,18 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix, n
 		r.mu.Lock()
 		r.catchUp(ad.l.drainEpoch.Load())
 		r.observe(spend, period, nowNano, ad.l.connected.Load())
-		// Spent: the synced spend plus what this proxy admitted that it
-		// has not seen synced yet (finished requests' actual costs). At or
-		// above the max budget, the budget is exceeded (LiteLLM: spend >=
-		// max_budget), whatever is in flight.
+		// Spent: the synced spend plus the actual cost of this proxy's
+		// finished requests that it knows the synced spend does not show
+		// (acked, at a figure above it). At or above the max budget, the
+		// budget is exceeded (LiteLLM: spend >= max_budget), whatever is
+		// in flight. Costs not acked yet may or may not be in the synced
+		// spend already (the delta can come before the ack): if they
+		// would reach the max, the request waits for their ack.
 		unsynced := r.unsynced()
+		if unacked := r.pending + r.doubt; spend+unsynced < b.l.MaxBudget && spend+unsynced+unacked >= b.l.MaxBudget {
+			r.mu.Unlock()
+			return heldRejection(b.kind, b.id, spend, r.held(), b.l.MaxBudget, allowed, ad.l.members.Load()>>32), true
+		}
 		if spend+unsynced >= b.l.MaxBudget {
 			r.mu.Unlock()
 			if b.kind == "user" || b.kind == "end_user" { // LiteLLM's wording for these
@@ -308,10 +315,10 @@ const ackedTTL = int64(10 * time.Second)
 func (b *budget) held() int64 { return b.reserved + b.pending + b.doubt + b.ackedSum }
 
 // unsynced is the actual cost of this proxy's finished requests that the
-// synced spend does not show yet (locked; after observe): pending, and the
+// synced spend certainly does not show yet (locked; after observe): the
 // acked costs whose figure the synced spend has not reached.
 func (b *budget) unsynced() int64 {
-	u := b.pending + b.doubt
+	u := int64(0)
 	for j := len(b.acked) - 1; j >= 0 && b.acked[j].seen == 0; j-- {
 		u += b.acked[j].amount
 	}

@@ -431,7 +431,9 @@ func TestEndUserBudgetReserved(t *testing.T) {
 	if n != 4 {
 		t.Fatalf("admitted %d sequential requests before the spend synced, want 4", n)
 	}
-	if last == nil || last.Status != 429 || !strings.HasPrefix(last.Message, "ExceededBudget: End User=cust-1 over budget.") {
+	// Not acked yet (the costs may already be in the synced spend): held,
+	// naming the end user, not exceeded.
+	if last == nil || last.Status != 429 || last.Type != enforce.TypeBudgetHeld || !strings.Contains(last.Message, "end user cust-1") {
 		t.Fatalf("refusal %+v", last)
 	}
 	// Another end user (or none) is not held by cust-1's reservations.
@@ -470,7 +472,7 @@ func TestModelBudgetReserved(t *testing.T) {
 	if n != 4 {
 		t.Fatalf("admitted %d sequential requests before the spend synced, want 4", n)
 	}
-	if last == nil || last.Status != 429 || !strings.HasPrefix(last.Message, "LiteLLM Virtual Key: tok-1, exceeded budget for model=m. Current cost: 0") {
+	if last == nil || last.Status != 429 || last.Type != enforce.TypeBudgetHeld || !strings.Contains(last.Message, "key model tok-1/m") {
 		t.Fatalf("refusal %+v", last)
 	}
 	// The same key on a model without a budget is not held.
@@ -537,7 +539,7 @@ func TestTeamMemberBudgetReserved(t *testing.T) {
 		n++
 		done(usage)
 	}
-	if n != 4 || last == nil || !strings.HasPrefix(last.Message, "Budget has been exceeded! User=user-1 in Team=team-1") {
+	if n != 4 || last == nil || last.Type != enforce.TypeBudgetHeld || !strings.Contains(last.Message, "team member team-1/user-1") {
 		t.Fatalf("admitted %d, refusal %+v; want 4 and the member named", n, last)
 	}
 	// The ack and the synced member spend release it.

@@ -84,6 +84,8 @@ func TestSequentialClientSpendsLikeLiteLLM(t *testing.T) {
 		t.Fatalf("second request (spend $0.033 of $0.05) refused: %s", rej.Message)
 	}
 	done(usage)
+	// Its record is acked: the transaction left the key at 0.066.
+	l.Acked([]*syncv1.ObjectSpend{{Kind: "key", Id: "tok-1", Spend: cost}}, []*syncv1.ObjectSpend{{Kind: "key", Id: "tok-1", Spend: 2 * cost}}, true)
 	_, rej = admit()
 	if rej == nil || rej.Type != enforce.TypeBudget || rej.Outcome != enforce.BudgetExceeded {
 		t.Fatalf("third request (spend $0.066 of $0.05): %+v", rej)
@@ -125,7 +127,8 @@ func TestHeldIsNotExceeded(t *testing.T) {
 	}
 	r.mu.Unlock()
 	done(proxy.Outcome{Status: 200, UsageKnown: true, Usage: proxy.Usage{CompletionTokens: 100, TotalTokens: 100}})
-	// 100 spent (not yet synced): exceeded, at once.
+	l.Acked([]*syncv1.ObjectSpend{{Kind: "key", Id: "tok-1", Spend: 100}}, []*syncv1.ObjectSpend{{Kind: "key", Id: "tok-1", Spend: 100}}, true)
+	// 100 spent (acked, not yet synced): exceeded, at once.
 	start = time.Now()
 	_, rej, _ = f.admit(l)
 	if rej == nil || rej.Type != enforce.TypeBudget || rej.Outcome != enforce.BudgetExceeded {
