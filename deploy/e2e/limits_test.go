@@ -467,63 +467,72 @@ func hammerBudget(t *testing.T, d *deployment, dps []*DataPlane, clients int, bu
 	return hammerResult{admitted: admitted.Load(), spend: spend, exceeded: exceeded.Load(), held: held.Load()}
 }
 
-// TestBudgetDurationResetsOnTime: a key with a 10 s budget_duration spends
-// its budget, is refused on every proxy, and works again on every proxy
+// TestBudgetDurationResetsOnTime: a key with a 3 s (then 10 s) budget_duration spends
+// its budget, is refused as budget_exceeded on every proxy, and works again on every proxy
 // within a second of budget_reset_at, which the control plane advances by
 // the duration.
 func TestBudgetDurationResetsOnTime(t *testing.T) {
 	backends(t, func(t *testing.T, o CPOptions) {
 		d := newDeployment(t, o)
 		dps := []*DataPlane{d.proxy(t), d.proxy(t)}
-		g := ok(t, Do(t, "POST", d.cp.URL()+"/key/generate", d.cp.MasterKey,
-			map[string]any{"max_budget": float64(2*costPerCall) / 1e6, "budget_duration": "10s"}))
-		key, tok := g["key"].(string), g["token_id"].(string)
-		resetAt := func() time.Time {
-			info := ok(t, Do(t, "GET", d.cp.URL()+"/key/info?key="+tok, d.cp.MasterKey, nil))["info"].(map[string]any)
-			ts, _ := info["budget_reset_at"].(string)
-			at, err := time.Parse(time.RFC3339Nano, ts)
-			if err != nil {
-				t.Fatalf("budget_reset_at %q: %v", ts, err)
-			}
-			return at
-		}
-		first := resetAt()
-		if d := time.Until(first); d <= 0 || d > 11*time.Second {
-			t.Fatalf("budget_reset_at %s is not within the 10 s duration", first)
-		}
-		if time.Until(first) < 4*time.Second { // leave room to spend the budget
-			time.Sleep(time.Until(first) + 200*time.Millisecond)
-			first = resetAt()
-		}
-		waitStatus(t, dps[0], key, chat("gpt-4o-mini", ""), 200)
-		waitStatus(t, dps[1], key, chat("gpt-4o-mini", ""), 200)
-		for _, dp := range dps {
-			waitStatus(t, dp, key, chat("gpt-4o-mini", ""), 429)
-		}
-		if time.Now().After(first) {
-			t.Skip("the machine was too slow to spend the budget within its period")
-		}
-		time.Sleep(time.Until(first))
-		for _, dp := range dps {
-			start := time.Now()
-			r := waitStatus(t, dp, key, chat("gpt-4o-mini", ""), 200)
-			if late := time.Since(first); late > time.Second {
-				t.Fatalf("proxy %s admitted again %s after budget_reset_at (waited %s): %s", dp.ID, late, time.Since(start), r.Body)
-			}
-		}
-		// The control plane reset the stored spend and advanced the reset.
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			next := resetAt()
-			if next.Sub(first) >= 10*time.Second-time.Millisecond {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("budget_reset_at still %s after %s", next, first)
-			}
-			time.Sleep(50 * time.Millisecond)
+		for _, period := range []time.Duration{3 * time.Second, 10 * time.Second} {
+			t.Run(period.String(), func(t *testing.T) { budgetDurationResetsOnTime(t, d, dps, period) })
 		}
 	})
+}
+
+func budgetDurationResetsOnTime(t *testing.T, d *deployment, dps []*DataPlane, period time.Duration) {
+	g := ok(t, Do(t, "POST", d.cp.URL()+"/key/generate", d.cp.MasterKey,
+		map[string]any{"max_budget": money.ToUSD(2 * costPerCall), "budget_duration": fmt.Sprintf("%ds", int(period.Seconds()))}))
+	key, tok := g["key"].(string), g["token_id"].(string)
+	resetAt := func() time.Time {
+		info := ok(t, Do(t, "GET", d.cp.URL()+"/key/info?key="+tok, d.cp.MasterKey, nil))["info"].(map[string]any)
+		ts, _ := info["budget_reset_at"].(string)
+		at, err := time.Parse(time.RFC3339Nano, ts)
+		if err != nil {
+			t.Fatalf("budget_reset_at %q: %v", ts, err)
+		}
+		return at
+	}
+	first := resetAt()
+	if d := time.Until(first); d <= 0 || d > period+time.Second {
+		t.Fatalf("budget_reset_at %s is not within the %s duration", first, period)
+	}
+	if time.Until(first) < period*2/5 { // leave room to spend the budget
+		time.Sleep(time.Until(first) + 200*time.Millisecond)
+		first = resetAt()
+	}
+	waitStatus(t, dps[0], key, chat("gpt-4o-mini", ""), 200)
+	waitStatus(t, dps[1], key, chat("gpt-4o-mini", ""), 200)
+	for _, dp := range dps {
+		r := waitStatus(t, dp, key, chat("gpt-4o-mini", ""), 429)
+		if time.Now().Before(first) && !strings.Contains(string(r.Body), `"budget_exceeded"`) {
+			t.Fatalf("refusal at the limit on %s: %s", dp.ID, r.Body)
+		}
+	}
+	if time.Now().After(first) {
+		t.Skip("the machine was too slow to spend the budget within its period")
+	}
+	time.Sleep(time.Until(first))
+	for _, dp := range dps {
+		start := time.Now()
+		r := waitStatus(t, dp, key, chat("gpt-4o-mini", ""), 200)
+		if late := time.Since(first); late > time.Second {
+			t.Fatalf("proxy %s admitted again %s after budget_reset_at (waited %s): %s", dp.ID, late, time.Since(start), r.Body)
+		}
+	}
+	// The control plane reset the stored spend and advanced the reset.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		next := resetAt()
+		if next.Sub(first) >= period-time.Millisecond {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("budget_reset_at still %s after %s", next, first)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // TestTeamMemberBudget: a member's max_budget_in_team (set through
