@@ -60,9 +60,13 @@ type options struct {
 	OTLPEndpoint string
 	PprofAddr    string
 	SpendWindow  time.Duration
-	TLSCA        string
-	TLSCert      string
-	TLSKey       string
+	// BudgetWait, RateWait, MaxWaiting: the gate's bounded waits (package
+	// limits).
+	BudgetWait, RateWait time.Duration
+	MaxWaiting           int
+	TLSCA                string
+	TLSCert              string
+	TLSKey               string
 }
 
 func (o options) String() string {
@@ -90,6 +94,9 @@ func main() {
 	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM client certificate presented to the control plane (mutual TLS); reloaded when the file changes")
 	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
 	fs.DurationVar(&o.SpendWindow, "spend-commit-window", spend.DefaultWindow, "how long the spend outbox lets records gather before one fsynced commit; a SIGKILL loses at most this much spend (shorter: more fsyncs per request; 0: commit every record at once)")
+	fs.DurationVar(&o.BudgetWait, "budget-wait", limits.DefaultBudgetWait, "how long a request waits when budget remains but is held by requests in flight or not yet synced, before a retryable 429 budget_held (negative: no wait)")
+	fs.DurationVar(&o.RateWait, "rate-limit-wait", limits.DefaultRateWait, "how long a request waits for a rate-limit grant when this proxy's share is on loan to other proxies, before a 429 (negative: no wait)")
+	fs.IntVar(&o.MaxWaiting, "max-waiting", limits.DefaultMaxWaiting, "requests that may wait at once for held budget or a grant (beyond it a held request is refused at once)")
 	fs.StringVar(&o.PprofAddr, "pprof-addr", "", "serve net/http/pprof on this address (off when empty; bind it to loopback)")
 	if err := parseFlags(fs, os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -168,7 +175,8 @@ func run(ctx context.Context, o options) error {
 	}
 	// Rate limits and budget reservations, with shares leased over the
 	// sync stream (package limits).
-	lim := limits.New(limits.Options{Registry: reg, MembersFile: o.Cache + ".proxies"})
+	lim := limits.New(limits.Options{Registry: reg, MembersFile: o.Cache + ".proxies",
+		BudgetWait: o.BudgetWait, RateWait: o.RateWait, MaxWaiting: o.MaxWaiting})
 	master := &enforce.MasterHash{}
 	sc := syncclient.New(rep, syncclient.Options{
 		MasterKey:   master,

@@ -143,10 +143,11 @@ func TestReplicasRateLimits(t *testing.T) {
 
 		t.Run("budget hammered", func(t *testing.T) {
 			const budget = 10 * costPerCall
-			got, spend := hammerBudget(t, r.deployment, dps, 16, budget, 0)
-			t.Logf("max_budget %d micro-USD (%d calls), 16 clients over %d proxies on %d replicas: %d admitted, spend %d (over %d)",
-				budget, budget/costPerCall, len(dps), n, got, spend, spend-budget)
-			checkBudgetBound(t, got, spend, budget, 16, len(dps))
+			h := hammerBudget(t, r.deployment, dps, 16, budget, 0, honourRetryAfter)
+			spend := h.spend
+			t.Logf("max_budget %d nano-USD (%d calls), 16 clients over %d proxies on %d replicas: %d admitted, spend %d (over %d), refusals: %d budget_exceeded, %d held",
+				budget, budget/costPerCall, len(dps), n, h.admitted, spend, spend-budget, h.exceeded, h.held)
+			checkBudgetBound(t, h, budget, 16, len(dps), 0)
 			// The figure: between the budget minus one request and
 			// the budget plus one request per proxy.
 			if spend < budget-costPerCall || spend > budget+int64(len(dps))*costPerCall {

@@ -552,3 +552,59 @@ func mustJSON(v any) []byte {
 	b, _ := json.Marshal(v)
 	return b
 }
+
+// TestSaaSCreditsNotBudget (issue 17): a SaaS team with credits left is
+// never refused on llm-call for budget reasons, even when its calls cost
+// more than its LiteLLM-side budget (credits_allocated × --credit-usd, here
+// one call's worth per credit); it is refused with SaaS LiteLLM's detail
+// once its credits are gone. A job spread over three proxies.
+func TestSaaSCreditsNotBudget(t *testing.T) {
+	backends(t, func(t *testing.T, o CPOptions) {
+		good := NewUpstream(t)
+		o.Config = saasConfig(t, good.URL, good.URL, "http://"+FreeAddr(t))
+		o.Env = append(o.Env, "TOLLGATE_CREDIT_USD=0.00002") // 20 micro-USD: one backup-model call
+		cp := StartControlPlane(t, o)
+		e := &saasEnv{cp: cp}
+		for range 3 {
+			e.dps = append(e.dps, ProxyFor(t, cp, "UPSTREAM_API_KEY="+upstreamSecret))
+		}
+		ok(t, e.admin(t, "POST", "/api/organizations/create", map[string]any{"organization_id": "org_c", "name": "C"}))
+		ok(t, e.admin(t, "POST", "/api/model-groups/create", map[string]any{
+			"group_name": "Priced", "models": []map[string]any{{"model_name": "backup-model", "priority": 0}}}))
+		key, _ := e.createTeam(t, map[string]any{"organization_id": "org_c", "team_id": "credits-2",
+			"model_groups": []string{"Priced"}, "credits_allocated": 2})
+		call := func(dp *DataPlane, job string) Response {
+			return e.team(t, dp, "POST", "/api/jobs/"+job+"/llm-call", key, map[string]any{
+				"model_group": "Priced", "messages": []map[string]any{{"role": "user", "content": "hi"}}})
+		}
+		job := func(dp *DataPlane) string {
+			return ok(t, e.team(t, dp, "POST", "/api/jobs/create", key, map[string]any{"job_type": "x"}))["job_id"].(string)
+		}
+		// Job 1: six calls over three proxies, 120 micro-USD against a
+		// budget of 40, each sent as the previous one answered.
+		j1 := job(e.dps[0])
+		for i := range 6 {
+			if r := call(e.dps[i%3], j1); r.Status != 200 {
+				t.Fatalf("call %d of job 1 with 2 credits left: %d %s", i, r.Status, r.Body)
+			}
+		}
+		ok(t, e.team(t, e.dps[1], "POST", "/api/jobs/"+j1+"/complete", key, map[string]any{"status": "completed"}))
+		// Job 2 with the last credit; job 3 created while it remains.
+		j2, j3 := job(e.dps[1]), job(e.dps[2])
+		for i := range 3 {
+			if r := call(e.dps[i%3], j2); r.Status != 200 {
+				t.Fatalf("call %d of job 2 with 1 credit left: %d %s", i, r.Status, r.Body)
+			}
+		}
+		c := ok(t, e.team(t, e.dps[2], "POST", "/api/jobs/"+j2+"/complete", key, map[string]any{"status": "completed"}))
+		if costs := c["costs"].(map[string]any); costs["credits_remaining"] != 0.0 {
+			t.Fatalf("after two jobs: %v", costs)
+		}
+		e.waitEveryProxy(t, "credits gone", func(dp *DataPlane) (bool, string) {
+			r := call(dp, j3)
+			var m map[string]any
+			_ = json.Unmarshal(r.Body, &m)
+			return r.Status == 403 && m["detail"] == "Team suspended or insufficient credits", string(r.Body)
+		})
+	})
+}

@@ -63,7 +63,16 @@ func (p *Pool) Use(m string, used int64, now time.Time) {
 
 // Settled reports whether a's unused share may be taken now (Settle).
 // joined is when its holder became a member (of this session's replica).
+//
+// A member that reported no parallel request in flight gives its parallel
+// share up at once (issue 17: after slow requests ended, another proxy
+// refused a request for the settle time with nothing in flight anywhere);
+// proxies report their next parallel request at once, so the window in
+// which both admit is one report's trip.
 func (p *Pool) Settled(a *Alloc, joined, now time.Time) bool {
+	if p.Par && !a.Changed.IsZero() && a.Used == 0 {
+		return true
+	}
 	if now.Sub(joined) < Settle {
 		return false
 	}

@@ -170,7 +170,7 @@ func (s *keyScratch) fill(k *store.Key) (*syncv1.Entity, error) {
 		if !decodeHash(h, p.KeyHash) || p.ValidUntil.Unix() <= 0 {
 			continue
 		}
-		s.k.PreviousHashes = append(s.k.PreviousHashes, &syncv1.PreviousHash{KeyHash: h, ValidUntilUnix: p.ValidUntil.Unix()})
+		s.k.PreviousHashes = append(s.k.PreviousHashes, &syncv1.PreviousHash{KeyHash: h, ValidUntilUnix: p.ValidUntil.Unix(), ValidUntilUnixMs: (p.ValidUntil.UnixMicro() + 999) / 1000})
 	}
 	s.wrap.Key = &s.k
 	s.e = syncv1.Entity{Kind: store.KindKey, Id: k.TokenID, Value: &s.wrap}

@@ -54,7 +54,7 @@ func TestKeyConversion(t *testing.T) {
 		ModelTpmLimit:  map[string]int64{"m2": 9},
 		EnforcedParams: []string{"user"}, AllowedRoutes: []string{"/chat/completions"}, Tags: []string{"x"},
 		Blocked: true, ExpiresUnix: exp.Unix(), Spend: 42, Metadata: []byte(`{"a":1}`),
-		PreviousHashes: []*syncv1.PreviousHash{{KeyHash: oldHash, ValidUntilUnix: valid.Unix()}},
+		PreviousHashes: []*syncv1.PreviousHash{{KeyHash: oldHash, ValidUntilUnix: valid.Unix(), ValidUntilUnixMs: valid.UnixMilli()}},
 	}
 	if e.GetKind() != "key" || e.GetId() != "tok" || e.GetDeleted() || !proto.Equal(pk, want) {
 		t.Fatalf("got %v\nwant %v", e, want)

@@ -42,7 +42,7 @@ func BenchmarkAuthenticate(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		p = enforce.Principal{}
-		if rej := e.Authenticate(ks[i&1023], "/v1/chat/completions", now, &p); rej != nil {
+		if rej := e.Authenticate(ks[i&1023], "/v1/chat/completions", now*1000, &p); rej != nil {
 			b.Fatal(rej.Message)
 		}
 	}
@@ -61,7 +61,7 @@ func BenchmarkBodyChecks(b *testing.B) {
 		b.Run(bc.name, func(b *testing.B) {
 			e, secret := benchFixture(b, bc.policy)
 			var p enforce.Principal
-			if rej := e.Authenticate(secret(1), "/v1/chat/completions", now, &p); rej != nil {
+			if rej := e.Authenticate(secret(1), "/v1/chat/completions", now*1000, &p); rej != nil {
 				b.Fatal(rej.Message)
 			}
 			raw := []byte(benchBody)

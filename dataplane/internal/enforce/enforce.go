@@ -130,7 +130,8 @@ func (p *Principal) policy() *state.Policy {
 
 // Authenticate runs the header-only checks for key (the presented secret, ""
 // when none) calling path. On success it fills p and returns nil.
-func (e *Enforcer) Authenticate(key, path string, nowUnix int64, p *Principal) *Rejection {
+func (e *Enforcer) Authenticate(key, path string, nowMilli int64, p *Principal) *Rejection {
+	nowUnix := nowMilli / 1000 // expiry and budgets count whole seconds; grace periods milliseconds
 	if key == "" {
 		return RejMissingKey
 	}
@@ -142,7 +143,7 @@ func (e *Enforcer) Authenticate(key, path string, nowUnix int64, p *Principal) *
 	// stack-conversion buffer). Validate bounded the length.
 	var buf [keys.MaxLen]byte
 	p.hash = sha256.Sum256(buf[:copy(buf[:], key)])
-	k, ok := e.State.LookupKey(&p.hash, nowUnix)
+	k, ok := e.State.LookupKey(&p.hash, nowMilli)
 	if !ok {
 		if !e.Master.matches(&p.hash) {
 			return RejInvalidKey
@@ -414,7 +415,11 @@ func checkBudgets(p *Principal) *Rejection {
 		return budgetRejection("Budget has been exceeded! Current cost: "+usd(s)+", Max budget: "+usd(k.Limits.MaxBudget), "")
 	}
 	if t := p.Team; t != nil {
-		if s := EffectiveSpend(t.Limits, t.Spend, now); over(t.Limits, s) {
+		// A SaaS team's limit is its credits (Authenticate refused one
+		// without credits): its max_budget, credits_allocated × the credit
+		// rate, is the LiteLLM-side figure and never refuses a team that
+		// has credits left (a job costs one credit, whatever its calls cost).
+		if s := EffectiveSpend(t.Limits, t.Spend, now); t.SaaS == nil && over(t.Limits, s) {
 			return budgetRejection("Budget has been exceeded! Team="+t.TeamID+" Current cost: "+usd(s)+", Max budget: "+usd(t.Limits.MaxBudget), "")
 		}
 		// The key's user as a member of the team: max_budget_in_team, else

@@ -82,7 +82,7 @@ func TestAuthenticate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		var p enforce.Principal
-		rej := e.Authenticate(tt.key, tt.path, now, &p)
+		rej := e.Authenticate(tt.key, tt.path, now*1000, &p)
 		got := enforce.OK
 		if rej != nil {
 			got = rej.Outcome
@@ -125,7 +125,7 @@ func TestAuthorize(t *testing.T) {
 	}
 	for _, tt := range tests {
 		var p enforce.Principal
-		if rej := e.Authenticate(tt.key, "/chat/completions", now, &p); rej != nil {
+		if rej := e.Authenticate(tt.key, "/chat/completions", now*1000, &p); rej != nil {
 			t.Fatalf("%s: %s", tt.key, rej.Message)
 		}
 		var b enforce.Body
@@ -148,7 +148,7 @@ func TestAuthorize(t *testing.T) {
 func TestBudgetMessage(t *testing.T) {
 	e := &enforce.Enforcer{State: fixture()}
 	var p enforce.Principal
-	e.Authenticate("sk-broke", "/chat/completions", now, &p)
+	e.Authenticate("sk-broke", "/chat/completions", now*1000, &p)
 	var b enforce.Body
 	enforce.ParseBody([]byte(`{"model":"gpt-4o"}`), &b)
 	_, rej := e.Authorize(&p, &b)
@@ -183,7 +183,7 @@ func TestEnforcedParams(t *testing.T) {
 	}
 	for _, tt := range tests {
 		var p enforce.Principal
-		if rej := e.Authenticate(tt.key, "/chat/completions", now, &p); rej != nil {
+		if rej := e.Authenticate(tt.key, "/chat/completions", now*1000, &p); rej != nil {
 			t.Fatal(rej.Message)
 		}
 		var b enforce.Body
@@ -217,7 +217,7 @@ func TestEnforceUserParam(t *testing.T) {
 		`{"model":"gpt-4o","user":"u"}`:  true,
 	} {
 		var p enforce.Principal
-		e.Authenticate("sk-open", "/chat/completions", now, &p)
+		e.Authenticate("sk-open", "/chat/completions", now*1000, &p)
 		var b enforce.Body
 		enforce.ParseBody([]byte(body), &b)
 		_, rej := e.Authorize(&p, &b)
@@ -233,7 +233,7 @@ func TestServiceAccountEnvelopeByteForByte(t *testing.T) {
 	st.AddKey("sk-sa", state.KeyInfo{ServiceAccount: true, TeamID: "t1", Limits: enforcetest.NoLimits})
 	e := &enforce.Enforcer{State: st}
 	var p enforce.Principal
-	e.Authenticate("sk-sa", "/chat/completions", now, &p)
+	e.Authenticate("sk-sa", "/chat/completions", now*1000, &p)
 	var b enforce.Body
 	enforce.ParseBody([]byte(`{"model":"llama","messages":[]}`), &b)
 	_, rej := e.Authorize(&p, &b)
@@ -260,7 +260,7 @@ func TestTeamMemberBudget(t *testing.T) {
 	} {
 		st.AddKey("sk-member-"+user, state.KeyInfo{UserID: user, TeamID: "tmembers", Limits: enforcetest.NoLimits})
 		var p enforce.Principal
-		if rej := e.Authenticate("sk-member-"+user, "/chat/completions", now, &p); rej != nil {
+		if rej := e.Authenticate("sk-member-"+user, "/chat/completions", now*1000, &p); rej != nil {
 			t.Fatal(rej.Message)
 		}
 		var b enforce.Body
@@ -279,7 +279,7 @@ func TestTeamMemberBudget(t *testing.T) {
 func authorizeBody(t *testing.T, e *enforce.Enforcer, secret, body string) *enforce.Rejection {
 	t.Helper()
 	var p enforce.Principal
-	if rej := e.Authenticate(secret, "/chat/completions", now, &p); rej != nil {
+	if rej := e.Authenticate(secret, "/chat/completions", now*1000, &p); rej != nil {
 		t.Fatal(rej.Message)
 	}
 	var b enforce.Body
@@ -364,5 +364,35 @@ func TestModelBudget(t *testing.T) {
 	// The per-model spend resets with the key's budget period.
 	if rej := authorizeBody(t, e, "sk-modelbudget-reset", `{"model":"gpt-4o-mini"}`); rej != nil {
 		t.Fatalf("after budget_reset_at refused: %s", rej.Message)
+	}
+}
+
+// Issue 17: a SaaS team with credits left is never refused for its budget
+// (credits_allocated × the credit rate); out of credits it is refused as
+// suspended, not as over budget.
+func TestSaaSTeamWithCreditsIsNotRefusedForBudget(t *testing.T) {
+	st := enforcetest.New()
+	st.AddModel(&state.Model{ID: "d1", ModelName: "gpt-4o", UpstreamModel: "openai/gpt-4o"})
+	lim := enforcetest.NoLimits
+	lim.MaxBudget = 100_000 // one credit at $0.10
+	team := &state.Team{TeamID: "saas", Limits: lim, Spend: 250_000,
+		SaaS: &state.TeamSaaS{Status: "active", CreditsAllocated: 1, CreditsRemaining: 1}}
+	st.AddTeam(team)
+	st.AddKey("sk-saas-team-key-0000000000", state.KeyInfo{TokenID: "k", TeamID: "saas", Limits: enforcetest.NoLimits})
+	e := &enforce.Enforcer{State: st}
+	var p enforce.Principal
+	if rej := e.Authenticate("sk-saas-team-key-0000000000", "/chat/completions", now*1000, &p); rej != nil {
+		t.Fatal(rej.Message)
+	}
+	var b enforce.Body
+	enforce.ParseBody([]byte(`{"model":"gpt-4o"}`), &b)
+	if _, rej := e.Authorize(&p, &b); rej != nil {
+		t.Fatalf("SaaS team with a credit left, spend over its derived budget: %s", rej.Message)
+	}
+	out := *team
+	out.SaaS = &state.TeamSaaS{Status: "active", CreditsAllocated: 1, CreditsUsed: 1}
+	st.AddTeam(&out)
+	if rej := e.Authenticate("sk-saas-team-key-0000000000", "/chat/completions", now*1000, &p); rej == nil || rej.Outcome == enforce.BudgetExceeded {
+		t.Fatalf("SaaS team without credits: %+v", rej)
 	}
 }

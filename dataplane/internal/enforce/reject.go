@@ -34,6 +34,10 @@ const (
 	NotFound
 	MethodNotAllowed
 	EndUserBlocked
+	// Held: the gate refused only because amounts are held (budget in
+	// flight or not yet synced, a rate-limit allowance on loan to another
+	// proxy) after waiting its bound for them; the limit itself has room.
+	Held
 	numDecisionOutcomes
 )
 
@@ -60,6 +64,7 @@ var outcomeNames = [...]string{
 	NotFound:         "not_found",
 	MethodNotAllowed: "method_not_allowed",
 	EndUserBlocked:   "end_user_blocked",
+	Held:             "held",
 }
 
 // NumOutcomes is the number of decision outcomes, for label tables.
@@ -176,10 +181,17 @@ func AppendString(dst []byte, s string) []byte {
 
 // Types follow LiteLLM's ProxyErrorTypes where one exists.
 const (
-	TypeAuth          = "auth_error"
-	TypeBadRequest    = "bad_request_error"
-	TypeInvalid       = "invalid_request_error"
-	TypeBudget        = "budget_exceeded"
+	TypeAuth       = "auth_error"
+	TypeBadRequest = "bad_request_error"
+	TypeInvalid    = "invalid_request_error"
+	TypeBudget     = "budget_exceeded"
+	// TypeBudgetHeld: budget remains, but it is held by requests in flight
+	// or not yet synced (a retryable 429 with Retry-After; never
+	// budget_exceeded).
+	TypeBudgetHeld = "budget_held"
+	// TypeRateLimitHeld: this proxy's rate-limit allowance is on loan and
+	// the grant did not arrive within the wait (retryable).
+	TypeRateLimitHeld = "rate_limit_held"
 	TypeKeyModel      = "key_model_access_denied"
 	TypeTeamModel     = "team_model_access_denied"
 	TypeUserModel     = "user_model_access_denied"

@@ -24,16 +24,26 @@
 // # Budgets
 //
 // The decision already refused a scope whose synced spend is at or above its
-// max budget. The gate then reserves the request's estimated cost (prompt
-// bytes / 4 tokens at the input price, max_tokens or 256 tokens at the
-// output price) on the key, team, user (without a team), organization, end
-// user (the body's "user", when a budget applies to it) and the key's
-// model_max_budget for the requested model: a
-// request is admitted only while synced spend + this proxy's reservations
-// in flight + the actual cost of its finished requests that the synced
-// spend does not show yet is below the max budget. When a request ends its
-// reservation becomes its actual cost, pending until the synced spend rises
-// by as much (the spend outbox ships it within milliseconds).
+// max budget. The gate refuses as budget_exceeded a scope whose synced spend
+// plus the actual cost of this proxy's finished requests that the synced
+// spend does not show yet is at or above it (spent, as LiteLLM counts it).
+// Otherwise it reserves the request's estimated cost (budget.go:
+// estimateCost) on the key, team (not a SaaS team: its credits are its
+// limit), user (without a team), organization, end user and the key's
+// model_max_budget for the requested model, if it fits in this proxy's
+// share of what remains (budget.go, budget shares; ratelimit.go holds the
+// rate-limit allowances). When a request ends its reservation becomes its
+// actual cost, pending until the synced spend rises by as much.
+//
+// # Waiting instead of refusing
+//
+// A refusal that is only due to amounts held (budget in flight or not yet
+// synced on this proxy; a rate-limit allowance on loan to another proxy)
+// makes the request wait, holding nothing, bounded by Options.BudgetWait /
+// RateWait and MaxWaiting, and be decided again (proxy.Admission.Refresh
+// re-reads the state) whenever something changed. Still held at the
+// bound, it is refused as budget_held or rate_limit_held (retryable, with
+// Retry-After), never as budget_exceeded.
 //
 // A rejected request consumes nothing: counters taken before a later check
 // refused are given back before Admit returns.
@@ -52,64 +62,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/money"
-	"github.com/tollgate-gw/tollgate/controlplane/pkg/shares"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/proxy"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
-	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 )
-
-// Window is the rpm/tpm window (LiteLLM's limits are per minute).
-const Window = 60
-
-const (
-	metricRPM uint8 = iota
-	metricTPM
-	metricPar
-)
-
-var metricNames = [...]string{"rpm", "tpm", "par"}
-
-// askAt: a proxy asks for more once its remaining allowance is at most this
-// fraction (1/askAt) of its allowance.
-const askAt = 5
-
-// reportInterval is how often a proxy reports its use of active limits.
-const reportInterval = 200 * time.Millisecond
-
-// askEvery bounds how often one limit is asked for (refused requests would
-// otherwise ask once each).
-const askEvery = int64(50 * time.Millisecond)
-
-type scopeKey struct {
-	kind   string // "key", "team", "user"
-	id     string
-	metric uint8
-	model  string
-}
-
-func (k scopeKey) String() string {
-	s := k.kind + ":" + k.id + ":" + metricNames[k.metric]
-	if k.model != "" {
-		s += ":" + k.model
-	}
-	return s
-}
-
-type counter struct {
-	scope  string
-	metric uint8
-
-	mu        sync.Mutex
-	limit     int64
-	window    int64 // window start (unix s); 0 for parallel
-	allowance int64 // -1: the implicit share
-	used      int64
-	reported  int64 // used at the last report (-1: never)
-	asked     bool
-	lastAsk   int64 // unix ns of the last ask
-	touched   int64 // unix s of the last use
-}
 
 // Options configure a Limiter.
 type Options struct {
@@ -122,7 +78,39 @@ type Options struct {
 	// control plane is down divides limits and budgets by it instead of
 	// counting itself alone.
 	MembersFile string
+	// BudgetWait bounds how long a request refused only because budget
+	// that remains is held (in flight or not yet synced on this proxy)
+	// waits for it to settle before it is refused as budget_held.
+	// 0: DefaultBudgetWait; negative: no wait.
+	BudgetWait time.Duration
+	// RateWait bounds how long a request refused only because this
+	// proxy's rate-limit allowance is on loan to other proxies waits for a
+	// grant. 0: DefaultRateWait; negative: no wait.
+	RateWait time.Duration
+	// MaxWaiting bounds the requests waiting at once (beyond it a held
+	// request is refused at once). 0: DefaultMaxWaiting.
+	MaxWaiting int
 }
+
+// Defaults of the waits (Options). The budget wait covers a few sync rounds
+// (spend outbox window + apply + ack + delta, tens of ms, plus syncSkew) on
+// a loaded machine; the rate wait covers the control plane's reclaim of an
+// idle proxy's share. A rate-limit wait ends early, as rate_limit_error,
+// once the control plane has answered an ask without room and at least
+// minRateWait has passed (the time other proxies need to report that their
+// requests ended).
+const (
+	DefaultBudgetWait = time.Second
+	DefaultRateWait   = time.Second
+	DefaultMaxWaiting = 1024
+)
+
+// pollEvery is how often a waiting request is decided again when nothing
+// signalled a change (the synced spend and syncSkew's expiry signal nothing).
+const pollEvery = 10 * time.Millisecond
+
+// minRateWait: see DefaultRateWait.
+const minRateWait = reportInterval
 
 // Limiter is the gate. Use New.
 type Limiter struct {
@@ -147,6 +135,16 @@ type Limiter struct {
 	membersFile  string
 	saveMu       sync.Mutex
 	savedMembers uint64
+
+	budgetWait, rateWait time.Duration
+	maxWaiting           int64
+	waiting              atomic.Int64
+	waitedTotal          atomic.Uint64 // requests that waited (metrics)
+	heldTotal            atomic.Uint64 // requests refused as held after waiting (metrics)
+	// changed is closed (and replaced) when something a waiting request
+	// waits for changed: a request ended, an ack, a grant.
+	changedMu sync.Mutex
+	changed   chan struct{}
 }
 
 type budgetKey struct{ kind, id string }
@@ -161,6 +159,16 @@ func New(o Options) *Limiter {
 	}
 	l.members.Store(1 << 32)
 	l.membersFile = o.MembersFile
+	l.budgetWait, l.rateWait, l.maxWaiting = o.BudgetWait, o.RateWait, int64(o.MaxWaiting)
+	if l.budgetWait == 0 {
+		l.budgetWait = DefaultBudgetWait
+	}
+	if l.rateWait == 0 {
+		l.rateWait = DefaultRateWait
+	}
+	if l.maxWaiting <= 0 {
+		l.maxWaiting = DefaultMaxWaiting
+	}
 	if o.MembersFile != "" {
 		if b, err := os.ReadFile(o.MembersFile); err == nil {
 			if n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 31); err == nil && n > 0 {
@@ -201,6 +209,18 @@ func New(o Options) *Limiter {
 				}
 				return float64(n)
 			}),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "tollgate_limits_waiting",
+				Help: "Requests waiting for held budget or a rate-limit grant to settle.",
+			}, func() float64 { return float64(l.waiting.Load()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "tollgate_limits_waited_total",
+				Help: "Requests that waited for held budget or a rate-limit grant before they were decided again.",
+			}, func() float64 { return float64(l.waitedTotal.Load()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "tollgate_limits_held_total",
+				Help: "Requests refused as held (budget_held, rate_limit_held): the limit had room but it was held at the end of the wait.",
+			}, func() float64 { return float64(l.heldTotal.Load()) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{
 				Name: "tollgate_limits_lease_grants_total",
 				Help: "Lease grants received from the control plane.",
@@ -212,103 +232,6 @@ func New(o Options) *Limiter {
 		)
 	}
 	return l
-}
-
-// implicit is this proxy's share of limit among the proxies it knows of.
-func (l *Limiter) implicit(limit int64) int64 {
-	m := l.members.Load()
-	return shares.Of(limit, int64(m>>32), int64(m&0xffffffff))
-}
-
-func (c *counter) allowanceLocked(l *Limiter) int64 {
-	if c.allowance >= 0 {
-		return c.allowance
-	}
-	return l.implicit(c.limit)
-}
-
-// roll moves c to window w (locked).
-func (c *counter) roll(w int64) {
-	if c.window != w {
-		c.window, c.used, c.allowance, c.asked, c.reported = w, 0, -1, false, -1
-	}
-}
-
-func (l *Limiter) counter(k scopeKey) *counter {
-	l.mu.RLock()
-	c, ok := l.counters[k]
-	l.mu.RUnlock()
-	if ok {
-		return c
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if c, ok := l.counters[k]; ok {
-		return c
-	}
-	scope := k.String()
-	if c, ok = l.byScope[scope]; ok {
-		// Granted before this proxy used the limit (a reclaim, or a
-		// window already open when it joined).
-		c.metric = k.metric
-		l.counters[k] = c
-		return c
-	}
-	c = &counter{scope: scope, metric: k.metric, allowance: -1, reported: -1}
-	l.counters[k] = c
-	l.byScope[scope] = c
-	return c
-}
-
-// take admits n units of c in window w if its allowance has room (used <
-// allowance: one request's tokens may overshoot a tpm share). It returns the
-// allowance and what remains after the take.
-func (l *Limiter) take(c *counter, limit, w, n, nowNano int64) (ok bool, allowance, remaining int64) {
-	c.mu.Lock()
-	c.roll(w)
-	c.limit = limit
-	c.touched = nowNano / 1e9
-	a := c.allowanceLocked(l)
-	if c.used >= a {
-		ask := !c.asked && nowNano-c.lastAsk >= askEvery
-		if ask {
-			c.asked, c.lastAsk = true, nowNano
-		}
-		c.mu.Unlock()
-		if ask {
-			l.wake()
-		}
-		return false, a, 0
-	}
-	c.used += n
-	rem := a - c.used
-	// The first use of a window is reported at once, so that the control
-	// plane knows this proxy is using it before it reclaims shares.
-	ask := c.reported < 0
-	if rem*askAt <= a && !c.asked && nowNano-c.lastAsk >= askEvery {
-		c.asked, ask, c.lastAsk = true, true, nowNano
-	}
-	c.mu.Unlock()
-	if ask {
-		l.wake()
-	}
-	return true, a, max(rem, 0)
-}
-
-// give returns n units to c if it is still in window w.
-func (c *counter) give(w, n int64) {
-	c.mu.Lock()
-	if c.window == w {
-		c.used -= n
-	}
-	c.mu.Unlock()
-}
-
-func (l *Limiter) wake() {
-	select {
-	case l.notify <- struct{}{}:
-	default:
-	}
 }
 
 type taken struct {
@@ -329,6 +252,7 @@ type admitted struct {
 	// deployment (its completions feed the estimate).
 	inPrice, outPrice int64
 	depID             string
+	epoch             uint64              // the Limiter's drainEpoch at admission
 	fn                func(proxy.Outcome) // ad.done, bound once (a method value allocates)
 }
 
@@ -345,8 +269,122 @@ func getAdmitted() *admitted {
 	return ad
 }
 
-// Admit implements proxy.Gate.
-func (l *Limiter) Admit(_ context.Context, a *proxy.Admission) (func(proxy.Outcome), *enforce.Rejection) {
+// What a refusal waits for (verdict.held).
+const (
+	heldNone uint8 = iota
+	heldBudget
+	heldRate
+)
+
+// verdict says why admitOnce refused: held is heldNone for a final refusal
+// (or an admission), else what the request may wait for; c is the counter
+// of a rate-limit refusal.
+type verdict struct {
+	held uint8
+	c    *counter
+}
+
+// Admit implements proxy.Gate. A request refused only because amounts are
+// held (budget that remains but is in flight or not yet synced here, a
+// rate-limit allowance on loan to other proxies) waits, bounded by
+// BudgetWait / RateWait, and is decided again (after a.Refresh, with the
+// current synced spend) whenever something changed; nothing is taken while
+// it waits, so a client that goes away releases nothing because it holds
+// nothing.
+func (l *Limiter) Admit(ctx context.Context, a *proxy.Admission) (func(proxy.Outcome), *enforce.Rejection) {
+	fn, rej, v := l.admitOnce(a)
+	if v.held == heldNone {
+		return fn, rej
+	}
+	if l.bound(v.held) <= 0 || l.waiting.Add(1) > l.maxWaiting {
+		if l.bound(v.held) > 0 {
+			l.waiting.Add(-1)
+		}
+		return nil, l.final(rej, v, time.Now())
+	}
+	defer l.waiting.Add(-1)
+	l.waitedTotal.Add(1)
+	start := time.Now()
+	t := time.NewTimer(pollEvery)
+	defer t.Stop()
+	for {
+		ch := l.changedCh()
+		select {
+		case <-ctx.Done():
+			return nil, l.final(rej, v, start)
+		case <-ch:
+		case <-t.C:
+		}
+		t.Reset(pollEvery)
+		if a.Refresh != nil {
+			if r := a.Refresh.Refresh(); r != nil {
+				return nil, r // e.g. the budget is now spent, the key blocked
+			}
+		}
+		fn, rej, v = l.admitOnce(a)
+		if v.held == heldNone {
+			return fn, rej
+		}
+		waited := time.Since(start)
+		if waited >= l.bound(v.held) ||
+			(v.held == heldRate && waited >= minRateWait && v.c.answeredSince(start.UnixNano())) {
+			return nil, l.final(rej, v, start)
+		}
+	}
+}
+
+func (l *Limiter) bound(held uint8) time.Duration {
+	if held == heldRate {
+		return l.rateWait
+	}
+	return l.budgetWait
+}
+
+// final is the refusal of a request still held at the end of its wait. A
+// rate limit whose ask the control plane answered during the wait without
+// room is really in use (rate_limit_error); one whose grant did not arrive
+// is rate_limit_held. Budget refusals are budget_held already.
+func (l *Limiter) final(rej *enforce.Rejection, v verdict, since time.Time) *enforce.Rejection {
+	if v.held == heldRate && v.c != nil && l.connected.Load() && v.c.answeredSince(since.UnixNano()) {
+		return rej
+	}
+	l.heldTotal.Add(1)
+	if v.held == heldRate {
+		h := rej.Header
+		held := enforce.New(enforce.Held, http.StatusTooManyRequests, enforce.TypeRateLimitHeld,
+			"Rate limit not reached, but this proxy's share of it is in use and more did not arrive in time; "+rej.Message, "")
+		h["Retry-After"] = []string{"1"}
+		held.Header = h
+		return held
+	}
+	return rej
+}
+
+func (l *Limiter) changedCh() chan struct{} {
+	l.changedMu.Lock()
+	if l.changed == nil {
+		l.changed = make(chan struct{})
+	}
+	ch := l.changed
+	l.changedMu.Unlock()
+	return ch
+}
+
+// signal wakes the waiting requests (cheap when none waits).
+func (l *Limiter) signal() {
+	if l.waiting.Load() == 0 {
+		return
+	}
+	l.changedMu.Lock()
+	if l.changed != nil {
+		close(l.changed)
+		l.changed = nil
+	}
+	l.changedMu.Unlock()
+}
+
+// admitOnce decides once, taking nothing when it refuses.
+func (l *Limiter) admitOnce(a *proxy.Admission) (func(proxy.Outcome), *enforce.Rejection, verdict) {
 	p := a.Principal
 	now := l.now()
 	nowUnix, nowNano := now.Unix(), now.UnixNano()
@@ -387,7 +425,11 @@ func (l *Limiter) Admit(_ context.Context, a *proxy.Admission) (func(proxy.Outco
 	}
 	// Header figures: the scope with the least remaining.
 	hdrReqLimit, hdrReqRem, hdrTokLimit, hdrTokRem := int64(-1), int64(0), int64(-1), int64(0)
-	fail := func(metric uint8, limit int64, who string) (func(proxy.Outcome), *enforce.Rejection) {
+	// A rate-limit refusal may wait when the limit is not all here: its
+	// failed counter (failed) lent part of it to other proxies.
+	var failed *counter
+	var failedLent bool
+	fail := func(metric uint8, limit int64, who string) (func(proxy.Outcome), *enforce.Rejection, verdict) {
 		ad.rollback()
 		admissions.Put(ad)
 		retry := Window - nowUnix%Window
@@ -410,12 +452,17 @@ func (l *Limiter) Admit(_ context.Context, a *proxy.Admission) (func(proxy.Outco
 			h["X-Ratelimit-Remaining-Tokens"] = []string{"0"}
 		}
 		rej.Header = h
-		return nil, rej
+		v := verdict{}
+		if failedLent && l.connected.Load() {
+			v = verdict{heldRate, failed}
+		}
+		return nil, rej, v
 	}
 	check := func(sk scopeKey, limit, w, n int64) bool {
 		c := l.counter(sk)
 		ok, al, rem := l.take(c, limit, w, n, nowNano)
 		if !ok {
+			failed, failedLent = c, al < limit
 			return false
 		}
 		ad.took[ad.nt] = taken{c, w, n}
@@ -468,10 +515,14 @@ func (l *Limiter) Admit(_ context.Context, a *proxy.Admission) (func(proxy.Outco
 	}
 
 	// Budget reservations.
-	if rej := ad.reserve(p, a, nowUnix, nowNano); rej != nil {
+	ad.epoch = l.drainEpoch.Load()
+	if rej, held := ad.reserve(p, a, nowUnix, nowNano); rej != nil {
 		ad.rollback()
 		admissions.Put(ad)
-		return nil, rej
+		if held {
+			return nil, rej, verdict{held: heldBudget}
+		}
+		return nil, rej, verdict{}
 	}
 	if a.Header != nil && (hdrReqLimit >= 0 || hdrTokLimit >= 0) {
 		hv := make([]string, 4) // one allocation for the four values
@@ -488,357 +539,12 @@ func (l *Limiter) Admit(_ context.Context, a *proxy.Admission) (func(proxy.Outco
 	}
 	if ad.nt == 0 && ad.nresv == 0 {
 		admissions.Put(ad)
-		return noop, nil
+		return noop, nil, verdict{}
 	}
-	return ad.fn, nil
+	return ad.fn, nil, verdict{}
 }
 
 func noop(proxy.Outcome) {}
-
-// maxEstimate caps one request's reservation (nano-USD).
-const maxEstimate = 1 << 53
-
-// estimateCost is the reservation for one request (nano-USD, rounded up):
-// the prompt at estTok tokens, and max_tokens (max_completion_tokens) when
-// the request sets it, else what this deployment's responses have used
-// (outTokens).
-func (l *Limiter) estimateCost(a *proxy.Admission, estTok int64) int64 {
-	dep := a.Deployment
-	if dep == nil || (dep.InputCost <= 0 && dep.OutputCost <= 0) {
-		return 0
-	}
-	out := int64(-1)
-	if v, ok := a.Body.Lookup("max_tokens"); ok {
-		if n, err := strconv.ParseInt(string(a.Body.Raw(v)), 10, 64); err == nil && n > 0 {
-			out = n
-		}
-	} else if v, ok := a.Body.Lookup("max_completion_tokens"); ok {
-		if n, err := strconv.ParseInt(string(a.Body.Raw(v)), 10, 64); err == nil && n > 0 {
-			out = n
-		}
-	}
-	if out < 0 {
-		out = l.outTokens(dep.ID)
-	}
-	// Capped (at ~9 million USD) so that sums of reservations never overflow.
-	return min(money.RequestCost(estTok, dep.InputCost, out, dep.OutputCost), maxEstimate)
-}
-
-// Completion-token estimate per deployment, for requests without
-// max_tokens: an exponentially weighted mean of the completions seen
-// (weight 1/8, kept ×16 in fixed point), reserved with a quarter on top;
-// 256 tokens until the deployment has answered once.
-const defaultOutTokens = 256
-
-func (l *Limiter) outTokens(depID string) int64 {
-	l.mu.RLock()
-	v := l.outTok[depID]
-	l.mu.RUnlock()
-	if v == nil {
-		return defaultOutTokens
-	}
-	m := v.Load() // mean × 16
-	return (m*5/4+15)/16 + 1
-}
-
-func (l *Limiter) observeOutTokens(depID string, n int64) {
-	if depID == "" || n < 0 {
-		return
-	}
-	l.mu.RLock()
-	v := l.outTok[depID]
-	l.mu.RUnlock()
-	if v == nil {
-		l.mu.Lock()
-		if v = l.outTok[depID]; v == nil {
-			v = new(atomic.Int64)
-			v.Store(n * 16)
-			l.outTok[depID] = v
-			l.mu.Unlock()
-			return
-		}
-		l.mu.Unlock()
-	}
-	for {
-		old := v.Load()
-		if v.CompareAndSwap(old, old+(n*16-old)/8) {
-			return
-		}
-	}
-}
-
-func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix, nowNano int64) *enforce.Rejection {
-	type bscope struct {
-		kind, id string
-		l        state.Limits // a copy: pointers into locals moved them to the heap
-		spend    int64
-	}
-	var bs [7]bscope
-	n := 0
-	k := &p.Key
-	if k.Limits.MaxBudget >= 0 {
-		bs[n] = bscope{"key", k.TokenID, k.Limits, k.Spend}
-		n++
-	}
-	if t := p.Team; t != nil && t.Limits.MaxBudget >= 0 {
-		bs[n] = bscope{"team", t.TeamID, t.Limits, t.Spend}
-		n++
-	}
-	if u := p.User; u != nil && p.Team == nil && u.Limits.MaxBudget >= 0 {
-		bs[n] = bscope{"user", u.UserID, u.Limits, u.Spend}
-		n++
-	}
-	if o := p.Org; o != nil && o.Limits.MaxBudget >= 0 {
-		bs[n] = bscope{"org", o.OrganizationID, o.Limits, o.Spend}
-		n++
-	}
-	// The end user (body "user") with a budget: its own max_budget or
-	// max_end_user_budget (end users have no budget period).
-	if p.EndUserID != "" && p.EndUserBudget >= 0 {
-		bs[n] = bscope{"end_user", p.EndUserID, state.Limits{MaxBudget: p.EndUserBudget}, p.EndUserSpend}
-		n++
-	}
-	// The key's user as a member of its team (the decision resolved its
-	// budget; no budget period).
-	if t := p.Team; t != nil && p.HasMemberBudget {
-		bs[n] = bscope{"team_member", t.TeamID + "/" + k.UserID, state.Limits{MaxBudget: p.MemberBudget}, p.MemberSpend}
-		n++
-	}
-	// The key's model_max_budget for this model: its spend resets with the
-	// key's budget period.
-	if p.HasModelBudget && a.Body != nil {
-		mbl := state.Limits{MaxBudget: p.ModelBudget, BudgetResetAtUnix: k.Limits.BudgetResetAtUnix}
-		bs[n] = bscope{"key_model", k.TokenID + "/" + a.Body.Model, mbl, p.ModelSpend}
-		n++
-	}
-	if n == 0 {
-		return nil
-	}
-	est := ad.l.estimateCost(a, ad.estTok)
-	ad.estCost = est
-	if dep := a.Deployment; dep != nil {
-		ad.inPrice, ad.outPrice, ad.depID = dep.InputCost, dep.OutputCost, dep.ID
-	}
-	for _, b := range bs[:n] {
-		r := ad.l.reservation(budgetKey{b.kind, b.id})
-		spend := enforce.EffectiveSpend(b.l, b.spend, nowUnix)
-		remaining := b.l.MaxBudget - spend
-		// This proxy's share of what remains: the shares of the proxies
-		// connected to the control plane add up to the remaining budget,
-		// so together they never hold more than is left.
-		allowed := ad.l.implicit(max(remaining, 0))
-		// The period: before budget_reset_at it ends there; after it (the
-		// proxy honours the reset before the control plane records it) a
-		// new one has begun.
-		period := b.l.BudgetResetAtUnix
-		if period > 0 && nowUnix >= period {
-			period++
-		}
-		r.mu.Lock()
-		r.catchUp(ad.l.drainEpoch.Load())
-		r.observe(spend, period, nowNano)
-		// Admit while this proxy's reservations in flight + the cost of
-		// its finished requests that the synced spend does not hold yet
-		// is below its share, then reserve: concurrent requests see each
-		// other's estimates.
-		held := r.held()
-		// The request's estimate must fit in the share; a proxy holding
-		// nothing may admit one request whose estimate is larger (else a
-		// share smaller than one estimate would strand the budget).
-		if (held > 0 && est > allowed-held) || (held == 0 && allowed <= 0) {
-			r.mu.Unlock()
-			msg := budgetMessage(b.kind, b.id) + " Current cost: " + enforce.USD(spend)
-			if held > 0 {
-				msg += " (+" + enforce.USD(held) + " in flight or not yet synced on this proxy)"
-			}
-			msg += ", Max budget: " + enforce.USD(b.l.MaxBudget)
-			if remaining > 0 {
-				msg += ". The remaining " + enforce.USD(remaining) + " is held by requests in flight (this proxy's share: " +
-					enforce.USD(allowed) + ", 1/" + strconv.FormatUint(ad.l.members.Load()>>32, 10) + ")."
-			}
-			return enforce.BudgetRejection(msg)
-		}
-		r.reserved += est
-		r.mu.Unlock()
-		ad.resv[ad.nresv] = r
-		ad.nresv++
-	}
-	return nil
-}
-
-func budgetMessage(kind, id string) string {
-	switch kind {
-	case "team":
-		return "Budget has been exceeded! Team=" + id
-	case "user":
-		return "ExceededBudget: User=" + id + " over budget."
-	case "org":
-		return "Budget has been exceeded! Organization=" + id
-	case "end_user":
-		return "ExceededBudget: End User=" + id + " over budget."
-	case "team_member":
-		team, user, _ := strings.Cut(id, "/")
-		return "Budget has been exceeded! User=" + user + " in Team=" + team
-	case "key_model":
-		tok, model, _ := strings.Cut(id, "/")
-		return "LiteLLM Virtual Key: " + tok + ", exceeded budget for model=" + model + "."
-	}
-	return "Budget has been exceeded!"
-}
-
-// budget is one scope's budget use on this proxy (nano-USD).
-//
-// What this proxy admitted and the synced spend does not show yet is
-// reserved (estimates of requests in flight) + pending (actual cost of
-// finished requests whose records the control plane has not acked) + the
-// acked costs still waiting for the synced spend to reach the figure the
-// ack named (the spend the applying transaction left). Spend only rises
-// within a period, so a synced spend at or above that figure holds them.
-type budget struct {
-	mu       sync.Mutex
-	reserved int64
-	pending  int64
-	acked    []ackedCost
-	ackedSum int64
-	// base is the synced spend last seen and period the budget period it
-	// belongs to (a fall of the spend or a new period starts afresh).
-	base, period int64
-	// epoch is the Limiter's drainEpoch when pending last changed.
-	epoch uint64
-}
-
-// catchUp drops pending that predates the outbox's last drain (locked).
-func (b *budget) catchUp(epoch uint64) {
-	if b.epoch != epoch {
-		b.pending, b.epoch = 0, epoch
-	}
-}
-
-type ackedCost struct {
-	until  int64 // synced spend that holds it
-	amount int64
-	at     int64 // unix ns of the ack
-	seen   int64 // unix ns when the synced spend first held it (0: not yet)
-}
-
-// syncSkew is how long a proxy keeps counting its own acked cost after its
-// synced spend holds it: the other proxies apply the same delta a moment
-// later, and until they do, their shares of the remaining budget still
-// count it as remaining. (Counting it twice here for that moment is the
-// safe side.)
-const syncSkew = int64(100 * time.Millisecond)
-
-// ackedTTL: an acked cost is dropped after this long even if the synced
-// spend never reached its figure (the object was deleted or reset).
-const ackedTTL = int64(10 * time.Second)
-
-func (b *budget) held() int64 { return b.reserved + b.pending + b.ackedSum }
-
-// observe drops the acked costs the synced spend now holds (locked). A new
-// budget period starts this proxy's count afresh: what it admitted in the
-// last one belongs to that period (the control plane counts a record that
-// it applies after the reset in the new period: at most the records of the
-// ~100 ms before the reset, which this proxy then does not count twice).
-func (b *budget) observe(spend, period, nowNano int64) {
-	if spend < b.base || period != b.period {
-		b.acked, b.ackedSum, b.pending = b.acked[:0], 0, 0
-		b.period = period
-	}
-	b.base = spend
-	for j := range b.acked {
-		if b.acked[j].until > spend {
-			break
-		}
-		if b.acked[j].seen == 0 {
-			b.acked[j].seen = nowNano
-		}
-	}
-	i := 0
-	for i < len(b.acked) && ((b.acked[i].seen != 0 && nowNano-b.acked[i].seen >= syncSkew) || nowNano-b.acked[i].at > ackedTTL) {
-		b.ackedSum -= b.acked[i].amount
-		i++
-	}
-	if i > 0 {
-		b.acked = append(b.acked[:0], b.acked[i:]...)
-	}
-	if len(b.acked) == 0 {
-		b.ackedSum = 0
-	}
-}
-
-// Acked implements syncclient.Leases: records costing costs (per object)
-// were applied by a transaction that left the objects' spend at spends.
-// drained says the outbox holds no unacked record: whatever is still
-// pending then has no record to wait for (a price changed between the
-// decision and the record, an append failed) and is dropped, so the count
-// cannot creep up.
-func (l *Limiter) Acked(costs, spends []*syncv1.ObjectSpend, drained bool) {
-	nowNano := l.now().UnixNano()
-	if drained {
-		// Lazily: each budget drops its older pending when it next sees
-		// the new epoch (O(1) here, however many budgets there are).
-		defer l.drainEpoch.Add(1)
-	}
-	epoch := l.drainEpoch.Load()
-	var figures map[[2]string]int64 // spends by (kind, id)
-	for _, c := range costs {
-		kind := c.GetKind()
-		if kind == "organization" {
-			kind = "org"
-		}
-		l.mu.RLock()
-		r, ok := l.budgets[budgetKey{kind, c.GetId()}]
-		l.mu.RUnlock()
-		if !ok {
-			continue // no budget on it here
-		}
-		if figures == nil { // built once, when a budget here needs it
-			figures = make(map[[2]string]int64, len(spends))
-			for _, s := range spends {
-				figures[[2]string{s.GetKind(), s.GetId()}] = s.GetSpend()
-			}
-		}
-		until, ok := figures[[2]string{c.GetKind(), c.GetId()}]
-		if !ok {
-			until = -1
-		}
-		r.mu.Lock()
-		r.catchUp(epoch)
-		amount := min(c.GetSpend(), r.pending)
-		r.pending -= amount
-		// Without a figure (the object is gone), the cost counts as synced.
-		if until >= 0 && amount > 0 {
-			// Acks come in order and spend only rises, so the list stays
-			// sorted by until.
-			e := ackedCost{until: until, amount: amount, at: nowNano}
-			if until <= r.base {
-				e.seen = nowNano // the delta came first
-			}
-			r.acked = append(r.acked, e)
-			r.ackedSum += amount
-		}
-		r.mu.Unlock()
-	}
-}
-
-func (l *Limiter) reservation(k budgetKey) *budget {
-	l.mu.RLock()
-	r, ok := l.budgets[k]
-	l.mu.RUnlock()
-	if ok {
-		return r
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if r, ok := l.budgets[k]; ok {
-		return r
-	}
-	r = new(budget)
-	l.budgets[k] = r
-	return r
-}
-
-// rollback gives back everything taken so far (a rejected request).
 func (ad *admitted) rollback() {
 	for _, t := range ad.took[:ad.nt] {
 		t.c.give(t.window, t.n)
@@ -857,7 +563,7 @@ func (ad *admitted) done(o proxy.Outcome) {
 	for _, t := range ad.took[:ad.nt] {
 		switch t.c.metric {
 		case metricPar:
-			t.c.give(t.window, t.n)
+			ad.l.release(t.c, t.window, t.n)
 		case metricTPM:
 			actual := int64(0)
 			if o.UsageKnown {
@@ -883,167 +589,24 @@ func (ad *admitted) done(o proxy.Outcome) {
 			ad.l.observeOutTokens(ad.depID, o.Usage.CompletionTokens)
 		}
 		epoch := ad.l.drainEpoch.Load()
+		doubtful := epoch != ad.epoch
+		nowNano := ad.l.now().UnixNano()
 		for _, r := range ad.resv[:ad.nresv] {
 			r.mu.Lock()
 			r.catchUp(epoch)
 			r.reserved -= ad.estCost
-			r.pending += actual
+			if doubtful {
+				r.doubt += actual
+				r.doubtAt = nowNano
+			} else {
+				r.pending += actual
+			}
 			r.mu.Unlock()
 		}
+		ad.l.signal()
 	}
 	ad.l, ad.nt, ad.nresv, ad.inPrice, ad.outPrice, ad.depID = nil, 0, 0, 0, 0, ""
 	clear(ad.took[:])
 	clear(ad.resv[:])
 	admissions.Put(ad)
-}
-
-// Notify is signalled when a limit needs more allowance.
-func (l *Limiter) Notify() <-chan struct{} { return l.notify }
-
-// ReportInterval is how often Uses should be sent even without Notify.
-func (l *Limiter) ReportInterval() time.Duration { return reportInterval }
-
-// SetConnected records whether the sync stream is up (degraded when not).
-// A new connection resends every outstanding ask.
-func (l *Limiter) SetConnected(v bool) {
-	l.connected.Store(v)
-	if v {
-		l.mu.RLock()
-		for _, c := range l.counters {
-			c.mu.Lock()
-			c.reported = -1
-			c.mu.Unlock()
-		}
-		l.mu.RUnlock()
-		l.wake()
-	}
-}
-
-// Uses returns what to report: every limit of the current window whose use
-// changed since the last report, and every ask. Idle counters of past
-// windows are dropped.
-func (l *Limiter) Uses() *syncv1.LeaseRequest {
-	nowUnix := l.now().Unix()
-	w := nowUnix - nowUnix%Window
-	var req *syncv1.LeaseRequest
-	var drop []scopeKey
-	l.mu.RLock()
-	for k, c := range l.counters {
-		c.mu.Lock()
-		if c.metric != metricPar && c.window != w {
-			if c.window < w-Window {
-				drop = append(drop, k)
-			}
-			c.mu.Unlock()
-			continue
-		}
-		if c.metric == metricPar && c.used == 0 && nowUnix-c.touched > 2*Window {
-			drop = append(drop, k)
-			c.mu.Unlock()
-			continue
-		}
-		if c.used == c.reported && !c.asked {
-			c.mu.Unlock()
-			continue
-		}
-		u := &syncv1.LeaseUse{Scope: c.scope, Limit: c.limit, WindowUnix: c.window, Used: c.used}
-		if c.asked {
-			m := l.members.Load() >> 32
-			u.Want = max(1, c.limit/int64(max(m, 1))/2)
-		}
-		c.reported = c.used
-		c.mu.Unlock()
-		if req == nil {
-			req = &syncv1.LeaseRequest{}
-		}
-		req.Uses = append(req.Uses, u)
-	}
-	var orphans []string
-	if len(l.byScope) > len(l.counters) {
-		for sc, c := range l.byScope {
-			c.mu.Lock()
-			if nowUnix-c.touched > 2*Window && c.used == 0 {
-				orphans = append(orphans, sc)
-			}
-			c.mu.Unlock()
-		}
-	}
-	l.mu.RUnlock()
-	if len(orphans) > 0 {
-		l.mu.Lock()
-		for _, sc := range orphans {
-			if c := l.byScope[sc]; c != nil && c.limit == 0 && c.used == 0 {
-				delete(l.byScope, sc)
-			}
-		}
-		l.mu.Unlock()
-	}
-	if len(drop) > 0 {
-		// A dropped counter still referenced by a request in flight is
-		// settled harmlessly; its window is over or it is idle.
-		l.mu.Lock()
-		for _, k := range drop {
-			if c, ok := l.counters[k]; ok {
-				delete(l.byScope, c.scope)
-				delete(l.counters, k)
-			}
-		}
-		l.mu.Unlock()
-	}
-	return req
-}
-
-// Apply installs a grant from the control plane.
-func (l *Limiter) Apply(g *syncv1.LeaseGrant) {
-	l.grants.Add(1)
-	l.allowances.Add(uint64(len(g.GetAllowances())))
-	if n := g.GetProxies(); n > 0 {
-		l.members.Store(uint64(n)<<32 | uint64(uint32(g.GetIndex())))
-		l.saveMembers(uint64(n))
-	}
-	for _, a := range g.GetAllowances() {
-		l.mu.RLock()
-		c, ok := l.byScope[a.GetScope()]
-		l.mu.RUnlock()
-		if !ok {
-			// Not used here yet: keep the allowance for when it is.
-			l.mu.Lock()
-			if c, ok = l.byScope[a.GetScope()]; !ok {
-				c = &counter{scope: a.GetScope(), window: a.GetWindowUnix(), allowance: a.GetAllowance(), reported: 0, touched: l.now().Unix()}
-				l.byScope[c.scope] = c
-			}
-			l.mu.Unlock()
-		}
-		c.mu.Lock()
-		switch {
-		case a.GetWindowUnix() > c.window:
-			c.roll(a.GetWindowUnix())
-			c.allowance = a.GetAllowance()
-		case a.GetWindowUnix() == c.window:
-			c.allowance = a.GetAllowance()
-			c.asked = false
-		}
-		c.mu.Unlock()
-	}
-}
-
-// saveMembers writes n to the members file when it changed (atomically:
-// a temporary file renamed over it). A failure only costs the fallback.
-func (l *Limiter) saveMembers(n uint64) {
-	if l.membersFile == "" {
-		return
-	}
-	l.saveMu.Lock()
-	defer l.saveMu.Unlock()
-	if n == l.savedMembers {
-		return
-	}
-	tmp := l.membersFile + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(n, 10)+"\n"), 0o600); err != nil {
-		return
-	}
-	if err := os.Rename(tmp, l.membersFile); err != nil {
-		return
-	}
-	l.savedMembers = n
 }

@@ -129,7 +129,7 @@ func TestRejectedConsumesNothing(t *testing.T) {
 	if _, rej, _ := f.admit(l); rej != nil {
 		t.Fatalf("first request under budget refused: %s", rej.Message)
 	}
-	if _, rej, _ := f.admit(l); rej == nil || rej.Type != enforce.TypeBudget {
+	if _, rej, _ := f.admit(l); rej == nil || rej.Type != enforce.TypeBudgetHeld || rej.Outcome != enforce.Held {
 		t.Fatalf("second request while the first's reservation is in flight: %+v", rej)
 	}
 	if got := used(l, "key", "tok-1", metricRPM, ""); got != 3 {
@@ -212,7 +212,9 @@ func TestPerModelLimits(t *testing.T) {
 }
 
 func TestSharesAndLeases(t *testing.T) {
-	l := newLimiter()
+	// No wait: this test counts what the shares admit at once (the wait
+	// for a grant is TestRateLimitWaitsForGrant).
+	l := New(Options{Now: func() time.Time { return fixedNow }, RateWait: -1})
 	l.SetConnected(true)
 	f := newFixture(t, smallBody)
 	f.p.Key.Limits.RPMLimit = 31
@@ -456,7 +458,9 @@ func TestEndUserBudgetReserved(t *testing.T) {
 	if n != 4 {
 		t.Fatalf("admitted %d sequential requests before the spend synced, want 4", n)
 	}
-	if last == nil || last.Status != 429 || !strings.HasPrefix(last.Message, "ExceededBudget: End User=cust-1 over budget.") {
+	// Not acked yet (the costs may already be in the synced spend): held,
+	// naming the end user, not exceeded.
+	if last == nil || last.Status != 429 || last.Type != enforce.TypeBudgetHeld || !strings.Contains(last.Message, "end user cust-1") {
 		t.Fatalf("refusal %+v", last)
 	}
 	// Another end user (or none) is not held by cust-1's reservations.
@@ -495,7 +499,7 @@ func TestModelBudgetReserved(t *testing.T) {
 	if n != 4 {
 		t.Fatalf("admitted %d sequential requests before the spend synced, want 4", n)
 	}
-	if last == nil || last.Status != 429 || !strings.HasPrefix(last.Message, "LiteLLM Virtual Key: tok-1, exceeded budget for model=m. Current cost: 0") {
+	if last == nil || last.Status != 429 || last.Type != enforce.TypeBudgetHeld || !strings.Contains(last.Message, "key model tok-1/m") {
 		t.Fatalf("refusal %+v", last)
 	}
 	// The same key on a model without a budget is not held.
@@ -562,7 +566,7 @@ func TestTeamMemberBudgetReserved(t *testing.T) {
 		n++
 		done(usage)
 	}
-	if n != 4 || last == nil || !strings.HasPrefix(last.Message, "Budget has been exceeded! User=user-1 in Team=team-1") {
+	if n != 4 || last == nil || last.Type != enforce.TypeBudgetHeld || !strings.Contains(last.Message, "team member team-1/user-1") {
 		t.Fatalf("admitted %d, refusal %+v; want 4 and the member named", n, last)
 	}
 	// The ack and the synced member spend release it.

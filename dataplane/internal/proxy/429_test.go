@@ -82,3 +82,46 @@ func TestBudgetExceeded(t *testing.T) {
 		t.Fatalf("under budget: %d %s", resp.StatusCode, b)
 	}
 }
+
+// refreshingGate waits like limits.Limiter: it changes the state, then asks
+// the proxy to decide the request again (Admission.Refresh).
+type refreshingGate struct {
+	change func()
+	seen   chan int64
+}
+
+func (g *refreshingGate) Admit(_ context.Context, a *Admission) (func(Outcome), *enforce.Rejection) {
+	g.change()
+	if rej := a.Refresh.Refresh(); rej != nil {
+		return nil, rej
+	}
+	g.seen <- a.Principal.Key.Spend
+	return func(Outcome) {}, nil
+}
+
+// A waiting gate re-reads the state through Refresh: the key's synced
+// spend as it is now, and a refusal the decision now makes (the budget is
+// spent) ends the wait with the decision's own rejection.
+func TestGateRefreshDecidesAgain(t *testing.T) {
+	const key = "sk-refresh-0123456789abcdef"
+	g := &refreshingGate{seen: make(chan int64, 1)}
+	e := newEnv(t, func(o *Options) { o.Gate = g })
+	setSpend := func(spend int64) func() {
+		return func() {
+			e.st.AddKey(key, state.KeyInfo{TokenID: "rf", Limits: state.Limits{MaxBudget: 100, RPMLimit: -1}, Spend: spend})
+		}
+	}
+	setSpend(10)()
+	g.change = setSpend(60)
+	if resp, b := e.do("POST", "/chat/completions", key, `{"model":"gpt-4o"}`); resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+	if s := <-g.seen; s != 60 {
+		t.Fatalf("refreshed spend %d, want 60", s)
+	}
+	g.change = setSpend(100)
+	resp, b := e.do("POST", "/chat/completions", key, `{"model":"gpt-4o"}`)
+	if _, typ, _ := envelope(t, resp, b, 429); typ != "budget_exceeded" {
+		t.Fatalf("after the spend reached the budget: %s", typ)
+	}
+}

@@ -78,6 +78,17 @@ type call struct {
 	errOutcome bool
 	gateDone   func(Outcome)
 	adm        Admission // what the gate sees (inline: no allocation)
+	h          *handler  // for Refresh
+}
+
+// Refresh implements Refresher: the header and body checks again, from the
+// current state, into c.principal (the deployment already chosen stays).
+func (c *call) Refresh() *enforce.Rejection {
+	if rej := c.h.authenticate(c, c.key); rej != nil {
+		return rej
+	}
+	_, rej := c.h.enf.Authorize(&c.principal, &c.body)
+	return rej
 }
 
 // Proxy-level outcomes follow the decision's in the metric label table.
@@ -152,7 +163,8 @@ func (h *handler) serveLLM(w http.ResponseWriter, r *http.Request, route enforce
 	h.m.decision.Observe((authDone.Sub(start) + time.Since(bodyStart)).Seconds())
 
 	if h.gate != nil {
-		c.adm = Admission{Route: route, Principal: &c.principal, Body: &c.body, Deployment: c.dep, Header: w.Header()}
+		c.h = h
+		c.adm = Admission{Route: route, Principal: &c.principal, Body: &c.body, Deployment: c.dep, Header: w.Header(), Refresh: c}
 		done, rej := h.gate.Admit(r.Context(), &c.adm)
 		if rej != nil {
 			h.reject(w, route, rej)
@@ -187,7 +199,7 @@ func (c *call) release() {
 
 // authenticate runs the header-only checks.
 func (h *handler) authenticate(c *call, key string) *enforce.Rejection {
-	return h.enf.Authenticate(key, c.path, h.now().Unix(), &c.principal)
+	return h.enf.Authenticate(key, c.path, h.now().UnixMilli(), &c.principal)
 }
 
 // decide runs the body checks and plans the upstream request: everything

@@ -71,6 +71,16 @@ type Admission struct {
 	// Header is the response's header map: an admitting gate may add
 	// headers (x-ratelimit-*); the upstream's are added after them.
 	Header http.Header
+	// Refresh, when set, decides the request again from the current state
+	// into Principal (the key, its objects, their synced spend): a gate
+	// that waits for held amounts calls it before deciding again. A
+	// rejection (the key was blocked, a budget is now spent) ends the wait.
+	Refresh Refresher
+}
+
+// Refresher decides a request again (Admission.Refresh).
+type Refresher interface {
+	Refresh() *enforce.Rejection
 }
 
 // Usage is token usage as the upstream reported it.
@@ -315,7 +325,7 @@ func (h *handler) serveModels(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var p enforce.Principal
-	if rej := h.enf.Authenticate(presentedKey(r), r.URL.Path, h.now().Unix(), &p); rej != nil {
+	if rej := h.enf.Authenticate(presentedKey(r), r.URL.Path, h.now().UnixMilli(), &p); rej != nil {
 		h.reject(w, route, rej)
 		return
 	}

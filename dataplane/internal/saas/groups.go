@@ -96,7 +96,7 @@ func (g *GroupRouter) saasTeam(r *http.Request) *state.Team {
 		return nil
 	}
 	sum := sha256.Sum256([]byte(key))
-	k, ok := g.h.o.State.LookupKey(&sum, g.h.o.Now().Unix())
+	k, ok := g.h.o.State.LookupKey(&sum, g.h.o.Now().UnixMilli())
 	if !ok || k.TeamID == "" {
 		return nil
 	}

@@ -152,8 +152,9 @@ func (h *handler) authenticate(r *http.Request) (*caller, int, string) {
 		return nil, http.StatusUnauthorized, detailInvalidKey
 	}
 	sum := sha256.Sum256([]byte(key))
-	now := h.o.Now().Unix()
-	k, ok := h.o.State.LookupKey(&sum, now)
+	nowT := h.o.Now()
+	now := nowT.Unix()
+	k, ok := h.o.State.LookupKey(&sum, nowT.UnixMilli())
 	if !ok || k.Blocked || (k.ExpiresUnix != 0 && now >= k.ExpiresUnix) || k.TeamID == "" {
 		return nil, http.StatusUnauthorized, detailInvalidKey
 	}

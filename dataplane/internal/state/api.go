@@ -185,9 +185,9 @@ type Reader interface {
 	// Revision is the revision of the loaded state.
 	Revision() int64
 	// LookupKey finds a key by the SHA-256 of its secret, also matching a
-	// regenerated key's previous secret while nowUnix is before its grace
-	// deadline.
-	LookupKey(hash *[32]byte, nowUnix int64) (KeyInfo, bool)
+	// regenerated key's previous secret while nowMilli (unix ms) is before
+	// its grace deadline (kept to the millisecond).
+	LookupKey(hash *[32]byte, nowMilli int64) (KeyInfo, bool)
 	Team(id string) (*Team, bool)
 	User(id string) (*User, bool)
 	Org(id string) (*Org, bool)

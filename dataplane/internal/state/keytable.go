@@ -73,7 +73,7 @@ type entry struct {
 // prevEntry is a copy of a key's entry under one of its previous hashes.
 type prevEntry struct {
 	entry
-	validUntil int64 // the hash matches while nowUnix < validUntil
+	validUntil int64 // unix ms: the hash matches while now < validUntil
 }
 
 var _ [104 - unsafe.Sizeof(entry{})]struct{} // entry stays 104 bytes
@@ -320,7 +320,10 @@ next:
 		var pe prevEntry
 		pe.entry = *ne
 		copy(pe.hash[:], p.KeyHash)
-		pe.validUntil = p.ValidUntilUnix
+		pe.validUntil = p.ValidUntilUnixMs
+		if pe.validUntil == 0 { // an older control plane: whole seconds
+			pe.validUntil = p.ValidUntilUnix * 1000
+		}
 		if pe.hash == ne.hash {
 			continue
 		}

@@ -49,13 +49,14 @@ func (s *State) Revision() int64 {
 }
 
 // LookupKey finds a key by the SHA-256 of its secret, or by a previous
-// secret's hash while nowUnix < its grace deadline. It does not allocate.
-func (s *State) LookupKey(hash *[32]byte, nowUnix int64) (KeyInfo, bool) {
+// secret's hash while nowMilli (unix ms) < its grace deadline. It does not
+// allocate.
+func (s *State) LookupKey(hash *[32]byte, nowMilli int64) (KeyInfo, bool) {
 	v := s.v.Load()
 	if v == nil || hash == nil {
 		return KeyInfo{}, false
 	}
-	return v.keys.lookup(hash, nowUnix)
+	return v.keys.lookup(hash, nowMilli)
 }
 
 // Team returns a team; the result is immutable and shared.

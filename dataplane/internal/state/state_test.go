@@ -46,7 +46,7 @@ func delta(prev, rev int64, es ...*syncv1.Entity) *syncv1.Delta {
 
 func lookup(s *State, secret string, now int64) (KeyInfo, bool) {
 	h := hashOf(secret)
-	return s.LookupKey(&h, now)
+	return s.LookupKey(&h, now*1000) // now in seconds, LookupKey takes ms
 }
 
 func mustFind(t *testing.T, s *State, secret string, now int64) KeyInfo {
@@ -151,6 +151,30 @@ func TestLookupKeyDoesNotAllocate(t *testing.T) {
 		s.LookupKey(&miss, 0)
 	}); n != 0 {
 		t.Fatalf("LookupKey allocates %.1f times", n)
+	}
+}
+
+// Issue 17: a 5 s grace period ended 4.0-4.35 s after the call, because the
+// deadline went to proxies in whole seconds. It is kept to the millisecond.
+func TestPreviousHashGraceToTheMillisecond(t *testing.T) {
+	s := New()
+	install(t, s, 1, keyEnt("k1", "sk-old"))
+	old := hashOf("sk-old")
+	const until = int64(1_800_000_005_350) // unix ms: .350 past a second
+	err := s.ApplyDelta(delta(1, 2, keyEnt("k1", "sk-new", func(k *syncv1.Key) {
+		k.PreviousHashes = []*syncv1.PreviousHash{{KeyHash: old[:], ValidUntilUnix: until / 1000, ValidUntilUnixMs: until}}
+	})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		at int64
+		ok bool
+	}{{until - 5000, true}, {until - 351, true}, {until - 1, true}, {until, false}, {until + 1, false}} {
+		h := hashOf("sk-old")
+		if _, ok := s.LookupKey(&h, tc.at); ok != tc.ok {
+			t.Errorf("old secret at deadline%+d ms: found %v, want %v", tc.at-until, ok, tc.ok)
+		}
 	}
 }
 

@@ -1690,11 +1690,16 @@ func (x *ModelBudget) GetTimePeriod() string {
 }
 
 type PreviousHash struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	KeyHash        []byte                 `protobuf:"bytes,1,opt,name=key_hash,json=keyHash,proto3" json:"key_hash,omitempty"`
-	ValidUntilUnix int64                  `protobuf:"varint,2,opt,name=valid_until_unix,json=validUntilUnix,proto3" json:"valid_until_unix,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	KeyHash []byte                 `protobuf:"bytes,1,opt,name=key_hash,json=keyHash,proto3" json:"key_hash,omitempty"`
+	// valid_until_unix is the grace deadline in whole seconds (rounded
+	// down), for proxies that predate valid_until_unix_ms.
+	ValidUntilUnix int64 `protobuf:"varint,2,opt,name=valid_until_unix,json=validUntilUnix,proto3" json:"valid_until_unix,omitempty"`
+	// valid_until_unix_ms is the grace deadline in milliseconds (rounded up):
+	// the old secret matches while now < it. 0 from an older control plane.
+	ValidUntilUnixMs int64 `protobuf:"varint,70,opt,name=valid_until_unix_ms,json=validUntilUnixMs,proto3" json:"valid_until_unix_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *PreviousHash) Reset() {
@@ -1737,6 +1742,13 @@ func (x *PreviousHash) GetKeyHash() []byte {
 func (x *PreviousHash) GetValidUntilUnix() int64 {
 	if x != nil {
 		return x.ValidUntilUnix
+	}
+	return 0
+}
+
+func (x *PreviousHash) GetValidUntilUnixMs() int64 {
+	if x != nil {
+		return x.ValidUntilUnixMs
 	}
 	return 0
 }
@@ -2839,10 +2851,11 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\vModelBudget\x12!\n" +
 	"\fbudget_limit\x18\x01 \x01(\x03R\vbudgetLimit\x12\x1f\n" +
 	"\vtime_period\x18\x02 \x01(\tR\n" +
-	"timePeriod\"S\n" +
+	"timePeriod\"\x82\x01\n" +
 	"\fPreviousHash\x12\x19\n" +
 	"\bkey_hash\x18\x01 \x01(\fR\akeyHash\x12(\n" +
-	"\x10valid_until_unix\x18\x02 \x01(\x03R\x0evalidUntilUnix\"\xa8\t\n" +
+	"\x10valid_until_unix\x18\x02 \x01(\x03R\x0evalidUntilUnix\x12-\n" +
+	"\x13valid_until_unix_ms\x18F \x01(\x03R\x10validUntilUnixMs\"\xa8\t\n" +
 	"\x03Key\x12\x19\n" +
 	"\btoken_id\x18\x01 \x01(\tR\atokenId\x12\x19\n" +
 	"\bkey_hash\x18\x02 \x01(\fR\akeyHash\x12\x1b\n" +
