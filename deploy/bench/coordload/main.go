@@ -178,7 +178,7 @@ func pct(ds []time.Duration, q float64) time.Duration {
 	return ds[min(len(ds)-1, int(q*float64(len(ds))))]
 }
 
-type pgStats struct{ xacts, stmts int64 }
+type pgStats struct{ xacts, stmts, leaseTx, rows int64 }
 
 func readPG(ctx context.Context, dsn string) (pgStats, bool) {
 	if dsn == "" {
@@ -192,6 +192,13 @@ func readPG(ctx context.Context, dsn string) (pgStats, bool) {
 	defer c.Close(ctx)
 	var s pgStats
 	if err := c.QueryRow(ctx, `SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()`).Scan(&s.xacts); err != nil {
+		return pgStats{}, false
+	}
+	// Coordination alone: each lease transaction upserts the pool's row
+	// (one pool here), and row writes to the coordination tables.
+	if err := c.QueryRow(ctx, `SELECT coalesce(sum(n_tup_ins + n_tup_upd) FILTER (WHERE relname = 'lease_pools'), 0)::bigint,
+		coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint
+		FROM pg_stat_user_tables WHERE relname IN ('lease_pools', 'lease_allocs', 'sync_members')`).Scan(&s.leaseTx, &s.rows); err != nil {
 		return pgStats{}, false
 	}
 	// Statements need pg_stat_statements (optional).
@@ -321,7 +328,8 @@ func main() {
 		el := time.Since(t0).Seconds()
 		line := fmt.Sprintf("phase %d: %.0f requests/s offered, %d sent, %d admitted", i+1, float64(sent)/el, sent, ok)
 		if after, ok2 := readPG(ctx, *dsn); okPG && ok2 {
-			line += fmt.Sprintf("; Postgres %.1f transactions/s", float64(after.xacts-before.xacts)/el)
+			line += fmt.Sprintf("; Postgres: %.1f lease transactions/s, %.1f coordination row writes/s, %.1f transactions/s in the database (the store's own included)",
+				float64(after.leaseTx-before.leaseTx)/el, float64(after.rows-before.rows)/el, float64(after.xacts-before.xacts)/el)
 			if after.stmts >= 0 && before.stmts >= 0 {
 				line += fmt.Sprintf(", %.1f statements/s (all databases)", float64(after.stmts-before.stmts)/el)
 			}
