@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/money"
 )
 
 // list decodes a JSON array answer.
@@ -192,7 +194,7 @@ func TestBudgetsEnforced(t *testing.T) {
 		d := newDeployment(t, o)
 		dp := d.proxy(t)
 		u, mk := d.cp.URL(), d.cp.MasterKey
-		two := 2 * costPerCall / 1e6
+		two := money.ToUSD(2 * costPerCall)
 		ok(t, Do(t, "POST", u+"/budget/new", mk, map[string]any{"budget_id": "small", "max_budget": two}))
 
 		// A key on the budget.

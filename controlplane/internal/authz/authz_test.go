@@ -204,6 +204,7 @@ var expected = map[string]map[Action]string{
 		ModelNew: "111", ModelUpdate: "111", ModelDelete: "111", ModelInfo: "AAA",
 		SettingsRead: "111", SettingsUpdate: "111", AuditRead: "111", SpendRead: "111", ProxyList: "111",
 		CustomerNew: "111", CustomerUpdate: "111", CustomerDelete: "111", CustomerBlock: "111", CustomerUnblock: "111", CustomerList: "111",
+		BudgetNew: "111", BudgetUpdate: "111", BudgetDelete: "111", BudgetInfo: "111", BudgetList: "111",
 	},
 	// An internal user in no team: team objects are all foreign to it (its
 	// "own" key in team-1 it may keep managing, but not create there).
