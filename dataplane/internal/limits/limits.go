@@ -327,6 +327,7 @@ type admitted struct {
 	// Prices (pico-USD per token) to settle the actual cost, and the
 	// deployment (its completions feed the estimate).
 	inPrice, outPrice int64
+	dep               *state.Model // prices the settlement (proxy.Cost)
 	depID             string
 	fn                func(proxy.Outcome) // ad.done, bound once (a method value allocates)
 }
@@ -601,7 +602,7 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix, n
 	est := ad.l.estimateCost(a, ad.estTok)
 	ad.estCost = est
 	if dep := a.Deployment; dep != nil {
-		ad.inPrice, ad.outPrice, ad.depID = dep.InputCost, dep.OutputCost, dep.ID
+		ad.inPrice, ad.outPrice, ad.depID, ad.dep = dep.InputCost, dep.OutputCost, dep.ID, dep
 	}
 	for _, b := range bs[:n] {
 		r := ad.l.reservation(budgetKey{b.kind, b.id})
@@ -861,7 +862,7 @@ func (ad *admitted) done(o proxy.Outcome) {
 		// record's ack releases it: the reported usage, or the proxy's
 		// estimate for a 2xx without usage; nothing for an error.
 		if o.UsageKnown || o.UsageEstimated {
-			actual = (max(o.Usage.PromptTokens, 0)*ad.inPrice + max(o.Usage.CompletionTokens, 0)*ad.outPrice + 999_999) / 1_000_000
+			actual = proxy.Cost(ad.dep, o.Usage)
 		}
 		if o.UsageKnown {
 			ad.l.observeOutTokens(ad.depID, o.Usage.CompletionTokens)
@@ -875,7 +876,7 @@ func (ad *admitted) done(o proxy.Outcome) {
 			r.mu.Unlock()
 		}
 	}
-	ad.l, ad.nt, ad.nresv, ad.inPrice, ad.outPrice, ad.depID = nil, 0, 0, 0, 0, ""
+	ad.l, ad.nt, ad.nresv, ad.inPrice, ad.outPrice, ad.depID, ad.dep = nil, 0, 0, 0, 0, "", nil
 	clear(ad.took[:])
 	clear(ad.resv[:])
 	admissions.Put(ad)

@@ -7,28 +7,8 @@ import (
 	"sync"
 
 	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/provider"
 )
-
-// parseUsage reads prompt/completion/total tokens from a raw usage object.
-func parseUsage(raw []byte) (Usage, bool) {
-	var o enforce.Object
-	if len(raw) == 0 || raw[0] != '{' || o.Parse(raw) != nil {
-		return Usage{}, false
-	}
-	var u Usage
-	if s, ok := o.Lookup("prompt_tokens"); ok {
-		u.PromptTokens, _ = enforce.ParseInt(o.Raw(s))
-	}
-	if s, ok := o.Lookup("completion_tokens"); ok {
-		u.CompletionTokens, _ = enforce.ParseInt(o.Raw(s))
-	}
-	if s, ok := o.Lookup("total_tokens"); ok {
-		u.TotalTokens, _ = enforce.ParseInt(o.Raw(s))
-	} else {
-		u.TotalTokens = u.PromptTokens + u.CompletionTokens
-	}
-	return u, true
-}
 
 // maxEvent bounds how much of one SSE event is held back to inspect it; a
 // larger event passes through uninspected.
@@ -153,7 +133,8 @@ var (
 	dataField = []byte("data:")
 )
 
-// inspect records usage from an event and reports whether to drop it.
+// inspect records usage (and a response id) from an event and reports
+// whether to drop it.
 func (f *sseFilter) inspect(ev []byte) (drop bool) {
 	if !bytes.Contains(ev, usageKey) {
 		return false
@@ -167,34 +148,17 @@ func (f *sseFilter) inspect(ev []byte) (drop bool) {
 		data = data[:j]
 	}
 	data = bytes.TrimSpace(data)
-	var o enforce.Object
-	if o.Parse(data) != nil {
+	r := provider.EventUsage(f.c.pl.Wire, data, &f.c.usage)
+	if r.ID != nil && f.c.respID == "" {
+		f.c.respID, _ = enforce.StringValue(r.ID)
+	}
+	if !r.Found {
 		return false
 	}
-	s, ok := o.Lookup("usage")
-	if !ok {
-		return false
-	}
-	u, ok := parseUsage(o.Raw(s))
-	if !ok {
-		return false
-	}
-	f.c.usage, f.c.usageKnown = u, true
+	f.c.usageKnown = true
 	// The usage chunk OpenAI sends for include_usage has "choices": [].
 	// A provider that puts usage on a content chunk keeps the chunk.
-	if !f.c.hideUsage {
-		return false
-	}
-	ch, ok := o.Lookup("choices")
-	return ok && isEmptyArray(o.Raw(ch))
-}
-
-func isEmptyArray(b []byte) bool {
-	b = bytes.TrimSpace(b)
-	if len(b) < 2 || b[0] != '[' || b[len(b)-1] != ']' {
-		return false
-	}
-	return len(bytes.TrimSpace(b[1:len(b)-1])) == 0
+	return f.c.hideUsage && r.UsageOnly
 }
 
 // maxUsageCapture bounds the captured usage object.
@@ -221,10 +185,14 @@ type usageSniffer struct {
 	capturing bool
 	broken    bool
 	capBuf    []byte
+	// The top-level "id" (a Responses API answer's, for GET/DELETE
+	// /responses/{id}), when wantID.
+	wantID, idNext, capID bool
+	idBuf                 []byte
 }
 
 func newUsageSniffer(src io.ReadCloser, c *call) *usageSniffer {
-	return &usageSniffer{src: src, c: c}
+	return &usageSniffer{src: src, c: c, wantID: c.route == enforce.RouteResponses}
 }
 
 func (s *usageSniffer) Read(p []byte) (int, error) {
@@ -240,7 +208,7 @@ func (s *usageSniffer) Close() error { return s.src.Close() }
 
 func (s *usageSniffer) feed(b []byte) {
 	for i := 0; i < len(b); i++ {
-		if s.inStr && !s.keyStr && !s.capturing && !s.esc {
+		if s.inStr && !s.keyStr && !s.capturing && !s.esc && !s.capID {
 			// Skip string content fast: to the next quote or backslash.
 			rest := b[i:]
 			q := bytes.IndexByte(rest, '"')
@@ -263,6 +231,19 @@ func (s *usageSniffer) feed(b []byte) {
 			}
 			s.capBuf = append(s.capBuf, c)
 		}
+		if s.capID {
+			switch {
+			case c == '"':
+				s.inStr, s.capID = false, false
+				s.c.respID = string(s.idBuf)
+			case c == '\\' || len(s.idBuf) >= 256:
+				s.capID = false // not an id we keep
+				s.esc = c == '\\'
+			default:
+				s.idBuf = append(s.idBuf, c)
+			}
+			continue
+		}
 		if s.inStr {
 			switch {
 			case s.esc:
@@ -274,6 +255,7 @@ func (s *usageSniffer) feed(b []byte) {
 				s.inStr = false
 				if s.keyStr {
 					s.usageNext = !s.keyLong && string(s.key[:s.keyLen]) == "usage"
+					s.idNext = s.wantID && !s.keyLong && string(s.key[:s.keyLen]) == "id"
 				}
 			case s.keyStr:
 				if s.keyLen < len(s.key) {
@@ -290,13 +272,16 @@ func (s *usageSniffer) feed(b []byte) {
 			s.inStr = true
 			s.keyStr = s.top && s.depth == 1 && s.expectKey
 			s.keyLen, s.keyLong = 0, false
+			if !s.keyStr && s.idNext && s.depth == 1 && s.c.respID == "" {
+				s.capID, s.idBuf = true, s.idBuf[:0]
+			}
 		case ':':
 			if s.depth == 1 {
 				s.expectKey = false
 			}
 		case ',':
 			if s.depth == 1 {
-				s.expectKey, s.usageNext = true, false
+				s.expectKey, s.usageNext, s.idNext = true, false, false
 			}
 		case '{', '[':
 			if s.depth == 0 {
@@ -312,8 +297,8 @@ func (s *usageSniffer) feed(b []byte) {
 			s.depth--
 			if s.capturing && s.depth == 1 {
 				s.capturing = false
-				if u, ok := parseUsage(s.capBuf); ok {
-					s.c.usage, s.c.usageKnown = u, true
+				if provider.ParseUsage(s.c.pl.Wire, s.capBuf, &s.c.usage) {
+					s.c.usageKnown = true
 				}
 			}
 		}
