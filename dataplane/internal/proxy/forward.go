@@ -128,6 +128,7 @@ func (h *handler) serveLLM(w http.ResponseWriter, r *http.Request, route enforce
 	}
 	c := newCall(route, r.URL.Path, start)
 	c.reqID, c.key = rid, presentedKey(r)
+	c.pl.Header = r.Header
 	if rej := h.authenticate(c, c.key); rej != nil {
 		h.reject(w, route, rej)
 		c.release()

@@ -105,6 +105,7 @@ func (h *handler) serveResponseItem(w http.ResponseWriter, r *http.Request, rid 
 	}
 	c := newCall(route, r.URL.Path, h.now())
 	c.reqID, c.key, c.method = rid, presentedKey(r), r.Method
+	c.pl.Header = r.Header
 	rej := h.authenticate(c, c.key)
 	if rej == enforce.RejRouteForbidden {
 		// A key allowed /responses may manage what it created.
