@@ -245,11 +245,12 @@ func TestProviderRoutesWithSDKs(t *testing.T) {
 	keyMsg := gen(`{"models":["claude-sonnet"]}`)
 	keyAz := gen(`{"models":["azure-gpt"]}`)
 	keyChatOnly := gen(`{"allowed_routes":["/v1/chat/completions"]}`)
+	keyChatClaude := gen(`{"models":["claude-sonnet"]}`)
 	waitStatus(t, dp, keyAz, chat("azure-gpt", ""), 200)
 
 	cmd := exec.Command("node", "providers.mjs")
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "PROXY_URL="+dp.URL(), "KEY_RESP="+keyResp, "KEY_MSG="+keyMsg, "KEY_AZ="+keyAz, "KEY_CHAT_ONLY="+keyChatOnly)
+	cmd.Env = append(os.Environ(), "PROXY_URL="+dp.URL(), "KEY_RESP="+keyResp, "KEY_MSG="+keyMsg, "KEY_AZ="+keyAz, "KEY_CHAT_ONLY="+keyChatOnly, "KEY_CHAT_CLAUDE="+keyChatClaude)
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "ok") {
 		t.Fatalf("node providers.mjs: %v\n%s", err, out)
@@ -261,6 +262,8 @@ func TestProviderRoutesWithSDKs(t *testing.T) {
 	// Messages: 100×3 + 1000×3.75 + 2000×0.3 + 50×15 = 5400, streamed
 	// 25×3 + 10×0.3 + 15×15 = 303; count_tokens costs nothing.
 	waitKeySpend(t, cp, keyMsg, 5400+303)
+	// Chat translated to Messages bills the same usage.
+	waitKeySpend(t, cp, keyChatClaude, 5400+303)
 	// Azure: the waitStatus call and the SDK's, 7×1 + 2×1 each.
 	waitKeySpend(t, cp, keyAz, 2*9)
 }

@@ -300,3 +300,54 @@ func TestCostCacheFallsBackToInputPrice(t *testing.T) {
 		t.Fatal("nil deployment")
 	}
 }
+
+func TestChatToAnthropic(t *testing.T) {
+	e := providerEnv(t)
+	resp, body := e.do("POST", "/v1/chat/completions", keyGood, `{"model":"claude","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}],"max_tokens":64}`)
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	var cc struct {
+		Object  string
+		Choices []struct {
+			Message      struct{ Role, Content string }
+			FinishReason string `json:"finish_reason"`
+		}
+		Usage struct {
+			PromptTokens     int `json:"prompt_tokens"`
+			CompletionTokens int `json:"completion_tokens"`
+		}
+	}
+	if err := json.Unmarshal(body, &cc); err != nil || cc.Object != "chat.completion" || cc.Choices[0].Message.Content != "Hello" ||
+		cc.Choices[0].FinishReason != "stop" || cc.Usage.PromptTokens != 3100 || cc.Usage.CompletionTokens != 50 {
+		t.Fatalf("translated answer %s", body)
+	}
+	up := e.llm.last(t)
+	if up.Path != "/v1/messages" || up.Header.Get("X-Api-Key") != upstreamSK || up.Header.Get("Authorization") != "" ||
+		!strings.Contains(string(up.Body), `"system":[{"type":"text","text":"be brief"}]`) || !strings.Contains(string(up.Body), `"model":"claude-sonnet-4-5"`) {
+		t.Fatalf("upstream got %s %v %s", up.Path, up.Header, up.Body)
+	}
+	if u := e.usage(); len(u) != 1 || u[0].Usage.CacheReadTokens != 2000 || u[0].Usage.PromptTokens != 3100 {
+		t.Fatalf("usage %+v", u)
+	}
+
+	resp, body = e.do("POST", "/v1/chat/completions", keyGood, `{"model":"claude","messages":[{"role":"user","content":"hi"}],"stream":true}`)
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" || !strings.HasSuffix(string(body), "data: [DONE]\n\n") ||
+		!strings.Contains(string(body), `"delta":{"content":"Hello"}`) || strings.Contains(string(body), `"usage"`) || strings.Contains(string(body), "event:") {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	if u := e.usage(); len(u) != 2 || !u[1].Streamed || !u[1].UsageKnown || u[1].Usage.CompletionTokens != 15 || u[1].Usage.PromptTokens != 35 {
+		t.Fatalf("stream usage %+v", u)
+	}
+
+	// Anthropic's errors reach an OpenAI client in the OpenAI envelope.
+	e.llm.serve = func(w http.ResponseWriter, r *http.Request, body []byte) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(529)
+		io.WriteString(w, `{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}`)
+	}
+	resp, body = e.do("POST", "/v1/chat/completions", keyGood, `{"model":"claude","messages":[{"role":"user","content":"hi"}]}`)
+	if msg, typ, _ := envelope(t, resp, body, 529); msg != "Overloaded" || typ != "overloaded_error" {
+		t.Fatalf("%s %s", msg, typ)
+	}
+}

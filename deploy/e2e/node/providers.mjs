@@ -39,6 +39,18 @@ const az = new OpenAI({ apiKey: process.env.KEY_AZ, baseURL: proxy + "/v1", maxR
 const c = await az.chat.completions.create({ model: "azure-gpt", messages: [{ role: "user", content: "hi" }] });
 if (c.choices[0].message.content !== "Hello from Azure" || c.usage.total_tokens !== 9) fail("azure chat " + JSON.stringify(c));
 
+// The OpenAI SDK calling a Claude model by its public name (translated).
+const oc = new OpenAI({ apiKey: process.env.KEY_CHAT_CLAUDE, baseURL: proxy + "/v1", maxRetries: 0 });
+const cc = await oc.chat.completions.create({ model: "claude-sonnet", max_tokens: 64, messages: [{ role: "system", content: "be brief" }, { role: "user", content: "hi" }] });
+if (cc.choices[0].message.content !== "Hello from Claude" || cc.choices[0].finish_reason !== "stop" || cc.usage.prompt_tokens !== 3100 || cc.usage.completion_tokens !== 50) fail("chat to claude " + JSON.stringify(cc));
+let ctext = "", cusage = null, cfinish = null;
+for await (const chunk of await oc.chat.completions.create({ model: "claude-sonnet", stream: true, stream_options: { include_usage: true }, messages: [{ role: "user", content: "hi" }] })) {
+  if (chunk.usage) cusage = chunk.usage;
+  ctext += chunk.choices[0]?.delta?.content ?? "";
+  cfinish = chunk.choices[0]?.finish_reason ?? cfinish;
+}
+if (ctext !== "Hello streamed" || cfinish !== "stop" || !cusage || cusage.completion_tokens !== 15 || cusage.prompt_tokens !== 35) fail("streamed chat to claude " + ctext + " " + JSON.stringify(cusage));
+
 // Anthropic Messages API: the key in x-api-key.
 const an = new Anthropic({ apiKey: process.env.KEY_MSG, baseURL: proxy, maxRetries: 0 });
 const m = await an.messages.create({ model: "claude-sonnet", max_tokens: 64, messages: [{ role: "user", content: "hi" }] });
