@@ -10,6 +10,9 @@ import (
 // raw replace what u holds (Anthropic streams report input and output in
 // different events). It reports whether raw was a usage object.
 func ParseUsage(w Wire, raw []byte, u *Usage) bool {
+	if w == WireNone {
+		return false
+	}
 	var o enforce.Object
 	if len(raw) == 0 || raw[0] != '{' || o.Parse(raw) != nil {
 		return false

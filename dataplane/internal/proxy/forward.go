@@ -135,14 +135,20 @@ func (h *handler) serveLLM(w http.ResponseWriter, r *http.Request, route enforce
 		return
 	}
 	authDone := time.Now()
-	raw, rej := readBody(w, r, h.maxBody)
-	if rej != nil {
-		h.reject(w, route, rej)
+	raw, readRej := readBody(w, r, h.maxBody)
+	if readRej != nil {
+		h.reject(w, route, readRej)
 		c.release()
 		return
 	}
 	bodyStart := time.Now()
-	if rej := h.decide(c, raw); rej != nil {
+	var rej *enforce.Rejection
+	if ct := r.Header.Get("Content-Type"); route == enforce.RouteTranscriptions && strings.HasPrefix(ct, "multipart/") {
+		rej = h.decideMultipart(c, raw, ct)
+	} else {
+		rej = h.decide(c, raw)
+	}
+	if rej != nil {
 		if rej == rejMisconfigured {
 			h.m.count(route, outMisconfigured)
 			noteOutcome(w, outMisconfigured, c.body.Model)
@@ -469,6 +475,11 @@ func (h *handler) modifyResponse(resp *http.Response) error {
 		if translated := h.translateResponse(resp, c); translated {
 			return nil
 		}
+	}
+	if c.pl.Wire == provider.WireNone {
+		// Nothing to read: billed per unit or not at all (audio bytes,
+		// moderations, a stored response).
+		return nil
 	}
 	if isEventStream(resp.Header.Get("Content-Type")) {
 		resp.Body = newSSEFilter(resp.Body, c)

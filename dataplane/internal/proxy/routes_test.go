@@ -3,6 +3,7 @@ package proxy
 import (
 	"encoding/json"
 	"io"
+	"mime/multipart"
 	"net/http"
 	"strings"
 	"testing"
@@ -28,6 +29,10 @@ func providerEnv(t *testing.T, mod ...func(*Options)) *env {
 		APIBase: e.up.URL, APIVersion: "2024-10-21", APIKey: "os.environ/UPSTREAM_KEY"})
 	e.st.AddModel(&state.Model{ID: "dep-img", ModelName: "dalle", UpstreamModel: "openai/dall-e-3",
 		APIBase: e.up.URL + "/v1", ImageCost: 40_000_000_000})
+	e.st.AddModel(&state.Model{ID: "dep-whisper", ModelName: "whisper", UpstreamModel: "openai/whisper-1",
+		APIBase: e.up.URL + "/v1", SecondCost: 100_000_000})
+	e.st.AddModel(&state.Model{ID: "dep-tts", ModelName: "tts", UpstreamModel: "openai/tts-1",
+		APIBase: e.up.URL + "/v1", CharacterCost: 15_000_000})
 	e.st.AddKey(keyChatOnly, state.KeyInfo{TokenID: "tok-chatonly", Limits: enforcetest.NoLimits,
 		Policy: &state.Policy{AllowedRoutes: []string{"/v1/chat/completions"}}})
 	e.st.AddKey(keyOther, state.KeyInfo{TokenID: "tok-other", Limits: enforcetest.NoLimits})
@@ -77,6 +82,12 @@ func serveProviders(w http.ResponseWriter, r *http.Request, body []byte) {
 	case strings.HasPrefix(p, "/openai/deployments/my-gpt4o/"), strings.HasSuffix(p, "/chat/completions"):
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, `{"id":"chatcmpl-az","object":"chat.completion","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":2,"total_tokens":9}}`)
+	case p == "/v1/audio/transcriptions":
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"text":"hello","usage":{"type":"duration","seconds":12.5}}`)
+	case p == "/v1/audio/speech":
+		w.Header().Set("Content-Type", "audio/mpeg")
+		io.WriteString(w, "ID3-fake-mp3")
 	case p == "/v1/images/generations":
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, `{"created":1,"data":[{"url":"https://x/1.png"},{"url":"https://x/2.png"}]}`)
@@ -349,5 +360,47 @@ func TestChatToAnthropic(t *testing.T) {
 	resp, body = e.do("POST", "/v1/chat/completions", keyGood, `{"model":"claude","messages":[{"role":"user","content":"hi"}]}`)
 	if msg, typ, _ := envelope(t, resp, body, 529); msg != "Overloaded" || typ != "overloaded_error" {
 		t.Fatalf("%s %s", msg, typ)
+	}
+}
+
+func TestAudioPerUnit(t *testing.T) {
+	e := providerEnv(t)
+	var buf strings.Builder
+	mw := multipart.NewWriter(&buf)
+	mw.WriteField("model", "whisper")
+	mw.WriteField("language", "en")
+	fw, _ := mw.CreateFormFile("file", "a.mp3")
+	fw.Write([]byte("\x00\x01binary-audio\r\n--not-a-boundary"))
+	mw.Close()
+	resp, body := e.do("POST", "/v1/audio/transcriptions", keyGood, buf.String(), "Content-Type", mw.FormDataContentType())
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	up := e.llm.last(t)
+	want := strings.Replace(buf.String(), "\r\n\r\nwhisper\r\n", "\r\n\r\nwhisper-1\r\n", 1)
+	if up.Path != "/v1/audio/transcriptions" || string(up.Body) != want || up.Header.Get("Content-Type") != mw.FormDataContentType() {
+		t.Fatalf("upstream got %s %q", up.Path, up.Body)
+	}
+	u := e.usage()
+	if len(u) != 1 || u[0].Usage.AudioMillis != 12_500 {
+		t.Fatalf("usage %+v", u)
+	}
+	// 12.5 s at $0.0001/s.
+	if c := Cost(e.st.Deployments("whisper")[0], u[0].Usage); c != Cost(&state.Model{InputCost: 1}, Usage{PromptTokens: 1_250_000_000}) {
+		t.Fatalf("cost %d", c)
+	}
+
+	// A form without a model, and a model the key may not use, are refused.
+	resp, body = e.do("POST", "/v1/audio/transcriptions", keyGood, "--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\nabc\r\n--x--\r\n", "Content-Type", "multipart/form-data; boundary=x")
+	envelope(t, resp, body, 400)
+	resp, body = e.do("POST", "/v1/audio/transcriptions", keyTeam, buf.String(), "Content-Type", mw.FormDataContentType())
+	envelope(t, resp, body, 401)
+
+	resp, body = e.do("POST", "/v1/audio/speech", keyGood, `{"model":"tts","input":"héllo","voice":"alloy"}`)
+	if resp.StatusCode != 200 || string(body) != "ID3-fake-mp3" {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	if u := e.usage(); len(u) != 2 || u[1].Usage.Characters != 5 || u[1].UsageEstimated {
+		t.Fatalf("speech usage %+v", u)
 	}
 }
