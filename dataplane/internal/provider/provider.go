@@ -139,8 +139,9 @@ func (p *Plan) SetExtra(name, value string) {
 
 // Target is one deployment as its provider serves it.
 type Target interface {
-	// Plan fills the outputs of p for p.Route, or refuses a route the
-	// provider does not serve (a 400, nothing is called).
+	// Plan fills the outputs of p for p.Route, or returns ErrUnsupported
+	// for a route the provider does not serve, or another rejection for a
+	// request it cannot translate (a 400; nothing is called).
 	Plan(p *Plan) *enforce.Rejection
 	// UpstreamModel is the model name the upstream knows.
 	UpstreamModel() string
@@ -193,8 +194,15 @@ func (e constError) Error() string { return string(e) }
 
 const errNoProvider = constError("no provider registered for this model")
 
-// Unsupported is the refusal of a route the deployment's provider does not
-// serve.
+// ErrUnsupported is what Target.Plan returns for a route its provider does
+// not serve. The proxy then tries the model's other deployments (a model
+// name may be served by several providers) and, when none serves the
+// route, answers with Unsupported.
+var ErrUnsupported = enforce.New(enforce.BadRequest, http.StatusBadRequest, enforce.TypeInvalid,
+	"model does not support this route", "model")
+
+// Unsupported is the refusal of a route that no deployment of the model
+// serves.
 func Unsupported(route enforce.Route, model string) *enforce.Rejection {
 	if len(model) > 128 {
 		model = model[:128] + "..."

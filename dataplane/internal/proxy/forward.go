@@ -210,18 +210,34 @@ func (h *handler) decide(c *call, raw []byte) *enforce.Rejection {
 	if rej != nil {
 		return rej
 	}
-	dep := deps[0]
+	// Round robin over the deployments, skipping those whose provider
+	// does not serve the route (a model name may be served by several
+	// providers) or that are misconfigured.
+	first := 0
 	if len(deps) > 1 {
-		dep = deps[h.rr.Add(1)%uint64(len(deps))]
+		first = int(h.rr.Add(1) % uint64(len(deps)))
 	}
-	c.dep = dep
-	tg := h.target(dep)
-	if tg.pt == nil {
-		h.log.Error("model deployment is misconfigured", "model", dep.ModelName, "deployment", dep.ID, "err", tg.err, "request_id", c.reqID)
-		return rejMisconfigured
+	var last *enforce.Rejection
+	hdr := c.pl.Header
+	for k := range deps {
+		dep := deps[(first+k)%len(deps)]
+		tg := h.target(dep)
+		if tg.pt == nil {
+			h.log.Error("model deployment is misconfigured", "model", dep.ModelName, "deployment", dep.ID, "err", tg.err, "request_id", c.reqID)
+			last = rejMisconfigured
+			continue
+		}
+		c.dep, c.tg = dep, tg
+		rej := h.planUpstream(c, raw, &c.body)
+		if rej != provider.ErrUnsupported {
+			return rej
+		}
+		c.pl = provider.Plan{Header: hdr}
+		if last == nil {
+			last = provider.Unsupported(c.route, c.body.Model)
+		}
 	}
-	c.tg = tg
-	return h.planUpstream(c, raw, &c.body)
+	return last
 }
 
 // planUpstream asks the deployment's provider for the upstream request and

@@ -404,3 +404,37 @@ func TestAudioPerUnit(t *testing.T) {
 		t.Fatalf("speech usage %+v", u)
 	}
 }
+
+// A model name served by deployments of different providers: each route
+// goes to a deployment whose provider serves it; chat round-robins over
+// both (one translated).
+func TestMixedProviderModel(t *testing.T) {
+	e := providerEnv(t)
+	e.st.AddModel(&state.Model{ID: "mix-openai", ModelName: "mixed", UpstreamModel: "openai/gpt-4o", APIBase: e.up.URL + "/v1"})
+	e.st.AddModel(&state.Model{ID: "mix-claude", ModelName: "mixed", UpstreamModel: "anthropic/claude-sonnet-4-5", APIBase: e.up.URL})
+	for i := 0; i < 4; i++ {
+		resp, body := e.do("POST", "/v1/messages", keyGood, `{"model":"mixed","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}`)
+		if resp.StatusCode != 200 || e.llm.last(t).Path != "/v1/messages" {
+			t.Fatalf("messages %d: %d %s", i, resp.StatusCode, body)
+		}
+		resp, body = e.do("POST", "/v1/responses", keyGood, `{"model":"mixed","input":"hi"}`)
+		if resp.StatusCode != 200 || e.llm.last(t).Path != "/v1/responses" {
+			t.Fatalf("responses %d: %d %s", i, resp.StatusCode, body)
+		}
+	}
+	paths := map[string]int{}
+	for i := 0; i < 4; i++ {
+		resp, body := e.do("POST", "/v1/chat/completions", keyGood, `{"model":"mixed","messages":[{"role":"user","content":"hi"}]}`)
+		if resp.StatusCode != 200 || !strings.Contains(string(body), `"chat.completion"`) {
+			t.Fatalf("chat %d: %d %s", i, resp.StatusCode, body)
+		}
+		paths[e.llm.last(t).Path]++
+	}
+	if paths["/v1/messages"] != 2 || paths["/v1/chat/completions"] != 2 {
+		t.Fatalf("chat spread %v", paths)
+	}
+	resp, body := e.do("POST", "/v1/messages", keyGood, `{"model":"gpt-4o","max_tokens":8,"messages":[]}`)
+	if msg := anthropicError(t, resp, body, 400, "invalid_request_error"); !strings.Contains(msg, "does not support /messages") {
+		t.Fatal(msg)
+	}
+}

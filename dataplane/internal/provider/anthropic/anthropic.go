@@ -67,11 +67,7 @@ func (t *Target) Plan(p *provider.Plan) *enforce.Rejection {
 	case enforce.RouteChat:
 		return t.planChat(p)
 	default:
-		m := ""
-		if p.Body != nil {
-			m = p.Body.Model
-		}
-		return provider.Unsupported(p.Route, m)
+		return provider.ErrUnsupported
 	}
 	t.headers(p)
 	if p.Body != nil && p.Body.Model != t.model {

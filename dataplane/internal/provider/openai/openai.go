@@ -109,11 +109,7 @@ func (t *Target) UpstreamModel() string { return t.model }
 
 func (t *Target) Plan(p *provider.Plan) *enforce.Rejection {
 	if !provider.OpenAIRoute(p) {
-		m := ""
-		if p.Body != nil {
-			m = p.Body.Model
-		}
-		return provider.Unsupported(p.Route, m)
+		return provider.ErrUnsupported
 	}
 	p.URL = t.urls[p.Route]
 	if p.Suffix != "" {
