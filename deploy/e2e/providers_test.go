@@ -63,7 +63,7 @@ func (m *providerMock) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	p := r.URL.Path
 	switch {
-	case strings.HasPrefix(p, "/v1/responses"):
+	case strings.HasPrefix(p, "/v1/responses"), strings.HasPrefix(p, "/v1/images/"), strings.HasPrefix(p, "/v1/audio/"), p == "/v1/moderations":
 		if r.Header.Get("Authorization") != "Bearer "+upstreamSecret {
 			m.violate(w, 401, "openai: no bearer credential")
 			return
@@ -123,6 +123,32 @@ func (m *providerMock) serve(w http.ResponseWriter, r *http.Request) {
 	case p == "/openai/deployments/prod-gpt4o/chat/completions":
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, `{"id":"chatcmpl-az","object":"chat.completion","created":1,"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from Azure"},"finish_reason":"stop"}],"usage":{"prompt_tokens":7,"completion_tokens":2,"total_tokens":9}}`)
+	case p == "/v1/images/generations":
+		if model != "dall-e-3" {
+			m.violate(w, 400, "images: model "+model)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"created":1713833628,"data":[{"url":"https://example.invalid/1.png"},{"url":"https://example.invalid/2.png"}]}`)
+	case p == "/v1/audio/transcriptions":
+		// multipart/form-data, as OpenAI's reference shows it: model and file.
+		r.Body = io.NopCloser(strings.NewReader(string(raw)))
+		if err := r.ParseMultipartForm(1 << 20); err != nil || r.FormValue("model") != "whisper-1" || r.MultipartForm.File["file"] == nil {
+			m.violate(w, 400, fmt.Sprintf("transcriptions: bad multipart (%v): %q", err, raw))
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"text":"hello world","usage":{"type":"duration","seconds":12.5}}`)
+	case p == "/v1/audio/speech":
+		if model != "tts-1" {
+			m.violate(w, 400, "speech: model "+model)
+			return
+		}
+		w.Header().Set("Content-Type", "audio/mpeg")
+		io.WriteString(w, "ID3-fake-mp3-bytes")
+	case p == "/v1/moderations":
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"id":"modr-1","model":"omni-moderation-latest","results":[{"flagged":false,"categories":{},"category_scores":{}}]}`)
 	default:
 		m.violate(w, 404, "unexpected "+r.Method+" "+p)
 	}
@@ -167,6 +193,32 @@ func writeProvidersConfig(t *testing.T, up string) string {
     model_info:
       input_cost_per_token: 0.000001
       output_cost_per_token: 0.000001
+  - model_name: dalle
+    litellm_params:
+      model: openai/dall-e-3
+      api_base: %[1]s/v1
+      api_key: os.environ/UPSTREAM_API_KEY
+    model_info:
+      output_cost_per_image: 0.04
+  - model_name: whisper
+    litellm_params:
+      model: openai/whisper-1
+      api_base: %[1]s/v1
+      api_key: os.environ/UPSTREAM_API_KEY
+    model_info:
+      input_cost_per_second: 0.0001
+  - model_name: tts
+    litellm_params:
+      model: openai/tts-1
+      api_base: %[1]s/v1
+      api_key: os.environ/UPSTREAM_API_KEY
+    model_info:
+      input_cost_per_character: 0.000015
+  - model_name: moderation
+    litellm_params:
+      model: openai/omni-moderation-latest
+      api_base: %[1]s/v1
+      api_key: os.environ/UPSTREAM_API_KEY
 `, up)
 	p := filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
@@ -246,11 +298,12 @@ func TestProviderRoutesWithSDKs(t *testing.T) {
 	keyAz := gen(`{"models":["azure-gpt"]}`)
 	keyChatOnly := gen(`{"allowed_routes":["/v1/chat/completions"]}`)
 	keyChatClaude := gen(`{"models":["claude-sonnet"]}`)
+	keyUnits := gen(`{"models":["dalle","whisper","tts","moderation"]}`)
 	waitStatus(t, dp, keyAz, chat("azure-gpt", ""), 200)
 
 	cmd := exec.Command("node", "providers.mjs")
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "PROXY_URL="+dp.URL(), "KEY_RESP="+keyResp, "KEY_MSG="+keyMsg, "KEY_AZ="+keyAz, "KEY_CHAT_ONLY="+keyChatOnly, "KEY_CHAT_CLAUDE="+keyChatClaude)
+	cmd.Env = append(os.Environ(), "PROXY_URL="+dp.URL(), "KEY_RESP="+keyResp, "KEY_MSG="+keyMsg, "KEY_AZ="+keyAz, "KEY_CHAT_ONLY="+keyChatOnly, "KEY_CHAT_CLAUDE="+keyChatClaude, "KEY_UNITS="+keyUnits)
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "ok") {
 		t.Fatalf("node providers.mjs: %v\n%s", err, out)
@@ -264,6 +317,9 @@ func TestProviderRoutesWithSDKs(t *testing.T) {
 	waitKeySpend(t, cp, keyMsg, 5400+303)
 	// Chat translated to Messages bills the same usage.
 	waitKeySpend(t, cp, keyChatClaude, 5400+303)
+	// Per unit: 2 images × $0.04, 12.5 s × $0.0001, 11 characters ×
+	// $0.000015, moderation free.
+	waitKeySpend(t, cp, keyUnits, 80_000+1250+165)
 	// Azure: the waitStatus call and the SDK's, 7×1 + 2×1 each.
 	waitKeySpend(t, cp, keyAz, 2*9)
 }

@@ -3,7 +3,7 @@
 // /v1/messages (create, stream, countTokens). Inputs come from the
 // environment (set by deploy/e2e/providers_test.go); it exits non-zero with
 // a message on the first unexpected answer.
-import OpenAI from "openai";
+import OpenAI, { toFile } from "openai";
 import Anthropic from "@anthropic-ai/sdk";
 
 const proxy = process.env.PROXY_URL;
@@ -77,5 +77,17 @@ await expectError("responses route not allowed", () => new OpenAI({ apiKey: proc
 const bearer = new Anthropic({ authToken: process.env.KEY_MSG, apiKey: null, baseURL: proxy, maxRetries: 0 });
 const ct2 = await bearer.messages.countTokens({ model: "claude-sonnet", messages: [{ role: "user", content: "hi" }] });
 if (ct2.input_tokens !== 42) fail("countTokens with a bearer token");
+
+// Images, audio and moderations through the OpenAI SDK (transcriptions as
+// the SDK's multipart upload).
+const ou = new OpenAI({ apiKey: process.env.KEY_UNITS, baseURL: proxy + "/v1", maxRetries: 0 });
+const img = await ou.images.generate({ model: "dalle", prompt: "a cat", n: 2 });
+if (img.data.length !== 2) fail("images " + JSON.stringify(img));
+const tr = await ou.audio.transcriptions.create({ model: "whisper", file: await toFile(Buffer.from("fake audio bytes"), "a.mp3") });
+if (tr.text !== "hello world") fail("transcription " + JSON.stringify(tr));
+const sp = await ou.audio.speech.create({ model: "tts", voice: "alloy", input: "hello world" });
+if ((await sp.text()) !== "ID3-fake-mp3-bytes") fail("speech");
+const mod = await ou.moderations.create({ model: "moderation", input: "hi" });
+if (mod.results[0].flagged !== false) fail("moderation " + JSON.stringify(mod));
 
 console.log("ok");
