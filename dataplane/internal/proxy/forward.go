@@ -216,6 +216,9 @@ func (h *handler) decide(c *call, raw []byte) *enforce.Rejection {
 	first := 0
 	if len(deps) > 1 {
 		first = int(h.rr.Add(1) % uint64(len(deps)))
+		if c.route == enforce.RouteResponses {
+			first = h.previousResponseDeployment(c, deps, first)
+		}
 	}
 	var last *enforce.Rejection
 	hdr := c.pl.Header

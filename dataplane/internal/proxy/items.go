@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
 )
 
 // maxResponseIDs bounds the remembered Responses API ids per proxy (~100 B
@@ -162,4 +163,29 @@ func (h *handler) serveResponseItem(w http.ResponseWriter, r *http.Request, rid 
 		c.url = &u
 	}
 	h.forward(w, r, c)
+}
+
+// previousResponseDeployment keeps a conversation on one upstream: a
+// Responses request with previous_response_id goes to the deployment that
+// created that response (another deployment's account does not hold it),
+// when this proxy relayed it for the same key. Else it returns def.
+func (h *handler) previousResponseDeployment(c *call, deps []*state.Model, def int) int {
+	v, ok := c.body.Lookup("previous_response_id")
+	if !ok {
+		return def
+	}
+	id, ok := enforce.StringValue(c.body.Raw(v))
+	if !ok {
+		return def
+	}
+	o, ok := h.items.lookup(id)
+	if !ok || o.tokenID != c.principal.Key.TokenID {
+		return def
+	}
+	for i, d := range deps {
+		if d.ID == o.depID {
+			return i
+		}
+	}
+	return def
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"mime/multipart"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -436,5 +437,36 @@ func TestMixedProviderModel(t *testing.T) {
 	resp, body := e.do("POST", "/v1/messages", keyGood, `{"model":"gpt-4o","max_tokens":8,"messages":[]}`)
 	if msg := anthropicError(t, resp, body, 400, "invalid_request_error"); !strings.Contains(msg, "does not support /messages") {
 		t.Fatal(msg)
+	}
+}
+
+// A follow-up Responses request stays on the deployment that holds the
+// previous response; rerank reaches <api_base>/rerank.
+func TestResponsesAffinityAndRerank(t *testing.T) {
+	e := providerEnv(t)
+	other := httptest.NewServer(e.llm)
+	defer other.Close()
+	e.st.AddModel(&state.Model{ID: "dep-gpt-2", ModelName: "gpt-4o", UpstreamModel: "openai/gpt-4o-2024", APIBase: other.URL + "/v1"})
+	resp, body := e.do("POST", "/v1/responses", keyGood, `{"model":"gpt-4o","input":"hi"}`)
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	dep := resp.Header.Get("X-Litellm-Model-Id")
+	for i := 0; i < 4; i++ {
+		resp, _ := e.do("POST", "/v1/responses", keyGood, `{"model":"gpt-4o","input":"more","previous_response_id":"resp_abc123"}`)
+		if got := resp.Header.Get("X-Litellm-Model-Id"); resp.StatusCode != 200 || got != dep {
+			t.Fatalf("follow-up %d went to %q, want %q", i, got, dep)
+		}
+	}
+	e.llm.serve = func(w http.ResponseWriter, r *http.Request, body []byte) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"results":[{"index":0,"relevance_score":0.9}]}`)
+	}
+	resp, body = e.do("POST", "/v1/rerank", keyGood, `{"model":"llama","query":"q","documents":["a","b"]}`)
+	if resp.StatusCode != 200 || e.llm.last(t).Path != "/v1/rerank" {
+		t.Fatalf("rerank %d %s %s", resp.StatusCode, body, e.llm.last(t).Path)
+	}
+	if u := e.usage(); u[len(u)-1].Usage.Queries != 1 || !u[len(u)-1].UsageKnown {
+		t.Fatalf("rerank usage %+v", u[len(u)-1])
 	}
 }
