@@ -118,6 +118,12 @@ func (h *handler) serveResponseItem(w http.ResponseWriter, r *http.Request, rid 
 		return
 	}
 	id := enforce.ResponseID(r.URL.Path)
+	_, rest, _ := strings.Cut(r.URL.Path, "/responses")
+	if !saneItemPath(id, rest) {
+		h.reject(w, route, enforce.RejNotFound)
+		c.release()
+		return
+	}
 	o, ok := h.items.lookup(id)
 	if ok && o.tokenID != c.principal.Key.TokenID {
 		ok = false
@@ -144,7 +150,6 @@ func (h *handler) serveResponseItem(w http.ResponseWriter, r *http.Request, rid 
 		c.release()
 		return
 	}
-	_, rest, _ := strings.Cut(r.URL.Path, "/responses")
 	c.pl.Suffix = rest
 	if rej := h.planUpstream(c, nil, nil); rej != nil {
 		h.reject(w, route, rej)
@@ -188,4 +193,24 @@ func (h *handler) previousResponseDeployment(c *call, deps []*state.Model, def i
 		}
 	}
 	return def
+}
+
+// saneItemPath accepts the Responses API's item paths, "/{id}",
+// "/{id}/cancel" and "/{id}/input_items", with an id of letters, digits,
+// '_' and '-': nothing else is appended to an upstream URL.
+func saneItemPath(id, rest string) bool {
+	if id == "" || len(id) > 256 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	switch rest[len(id)+1:] {
+	case "", "/cancel", "/input_items":
+		return true
+	}
+	return false
 }

@@ -128,6 +128,13 @@ func TestResponsesRoute(t *testing.T) {
 	if len(e.llm.requests()) != n {
 		t.Fatal("a refused retrieval reached the upstream")
 	}
+	for _, p := range []string{"/v1/responses/resp_abc123/../../chat/completions", "/v1/responses/resp_abc123/x", "/v1/responses/resp%2e/cancel"} {
+		resp, body = e.do("GET", p, keyGood, "")
+		envelope(t, resp, body, 404)
+	}
+	if len(e.llm.requests()) != n {
+		t.Fatal("an odd item path reached the upstream")
+	}
 	resp, _ = e.do("DELETE", "/responses/resp_abc123", keyGood, "")
 	if resp.StatusCode != 200 || e.llm.last(t).Method != "DELETE" {
 		t.Fatalf("DELETE %d", resp.StatusCode)

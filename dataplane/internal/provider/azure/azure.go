@@ -57,7 +57,7 @@ func New(d *state.Model) (provider.Target, error) {
 	}
 	q := url.Values{"api-version": {v}}.Encode()
 	t := &Target{deployment: dep, quoted: enforce.AppendString(nil, dep)}
-	depPath := "/openai/deployments/" + url.PathEscape(dep)
+	depPath := "/openai/deployments/" + dep // url.URL escapes Path when it is sent
 	for _, r := range []enforce.Route{enforce.RouteChat, enforce.RouteCompletions, enforce.RouteEmbeddings,
 		enforce.RouteImages, enforce.RouteSpeech, enforce.RouteTranscriptions} {
 		ru := provider.Join(u, depPath+r.Path())
