@@ -206,6 +206,9 @@ func (h *handler) decide(c *call, raw []byte) *enforce.Rejection {
 	if rej := enforce.ParseBody(raw, &c.body); rej != nil {
 		return rej
 	}
+	if c.route == enforce.RouteMessages && !c.body.User.Present() {
+		messagesEndUser(&c.body)
+	}
 	deps, rej := h.enf.Authorize(&c.principal, &c.body)
 	if rej != nil {
 		return rej

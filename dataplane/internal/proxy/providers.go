@@ -120,3 +120,24 @@ func unitUsage(c *call) {
 	c.usage.Images, c.usage.Characters, c.usage.Queries = u.Images, u.Characters, u.Queries
 	c.usageKnown = true
 }
+
+// messagesEndUser makes an Anthropic request's metadata.user_id its end
+// user (what "user" is on OpenAI routes), so end-user budgets, blocks and
+// spend apply to /messages too.
+func messagesEndUser(b *enforce.Body) {
+	ms, ok := b.Lookup("metadata")
+	if !ok {
+		return
+	}
+	raw := b.Raw(ms)
+	if len(raw) == 0 || raw[0] != '{' {
+		return
+	}
+	var m enforce.Object
+	if m.Parse(raw) != nil {
+		return
+	}
+	if u, ok := m.Lookup("user_id"); ok && m.Raw(u)[0] == '"' {
+		b.User = enforce.Span{Start: ms.Start + u.Start, End: ms.Start + u.End}
+	}
+}

@@ -477,3 +477,18 @@ func TestResponsesAffinityAndRerank(t *testing.T) {
 		t.Fatalf("rerank usage %+v", u[len(u)-1])
 	}
 }
+
+func TestMessagesEndUser(t *testing.T) {
+	e := providerEnv(t)
+	e.st.AddEndUser(&state.EndUser{EndUserID: "blocked-customer", MaxBudget: -1, Blocked: true})
+	resp, body := e.do("POST", "/v1/messages", keyGood, `{"model":"claude","max_tokens":8,"metadata":{"user_id":"blocked-customer"},"messages":[{"role":"user","content":"hi"}]}`)
+	anthropicError(t, resp, body, 403, "permission_error")
+	e.assertNoUpstream()
+	resp, body = e.do("POST", "/v1/messages", keyGood, `{"model":"claude","max_tokens":8,"metadata":{"user_id":"alice"},"messages":[{"role":"user","content":"hi"}]}`)
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	if u := e.usage(); len(u) != 1 || u[0].EndUser != "alice" {
+		t.Fatalf("end user %+v", u)
+	}
+}
