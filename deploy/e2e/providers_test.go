@@ -368,6 +368,34 @@ func TestProviderRoutesRefuse(t *testing.T) {
 	waitOK("/v1/responses", rpm2, resp)
 	envelope(t, Do(t, "POST", dp.URL()+"/v1/responses", rpm2, resp), 429)
 
+	for _, tc := range []struct{ path, body string }{
+		{"/v1/images/generations", `{"model":"dalle","prompt":"a cat"}`},
+		{"/v1/audio/speech", `{"model":"tts","input":"hi","voice":"alloy"}`},
+		{"/v1/moderations", `{"model":"moderation","input":"hi"}`},
+		{"/v1/messages/count_tokens", `{"model":"claude-sonnet","messages":[{"role":"user","content":"hi"}]}`},
+	} {
+		k := gen(`{"rpm_limit":1}`)
+		waitOK(tc.path, k, tc.body)
+		r := Do(t, "POST", dp.URL()+tc.path, k, tc.body)
+		if strings.HasPrefix(tc.path, "/v1/messages") {
+			anthropicErr(r, 429, "rate_limit_error")
+		} else {
+			envelope(t, r, 429)
+		}
+		ek := gen(`{"enforced_params":["metadata.tag"]}`)
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			r := Do(t, "POST", dp.URL()+tc.path, ek, tc.body)
+			if r.Status == 400 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s enforced params: %d %s", tc.path, r.Status, r.Body)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
 	// enforced_params: JSON paths in these bodies too.
 	ep := gen(`{"enforced_params":["metadata.user_id"]}`)
 	deadline := time.Now().Add(5 * time.Second)
