@@ -83,7 +83,7 @@ func translateRequest(b *enforce.Body, model []byte) ([]byte, *enforce.Rejection
 	sysStart := len(out)
 	out = append(out, `,"system":[`...)
 	nsys := 0
-	var msgs []byte
+	msgs := make([]byte, 0, len(b.Raw(ms))+64) // the blocks are about as long as the messages
 	msgs = append(msgs, `,"messages":[`...)
 	role := ""
 	nblocks := 0
