@@ -436,3 +436,35 @@ func TestProviderRoutesRefuse(t *testing.T) {
 	}
 	up.check(t)
 }
+
+// TestModelAPIUnitPrices: cache and per-unit prices set through /model/new
+// are shown by /model/info and bill requests exactly.
+func TestModelAPIUnitPrices(t *testing.T) {
+	t.Parallel()
+	up := newProviderMock(t)
+	cp := StartControlPlane(t, CPOptions{})
+	dp := ProxyFor(t, cp, "UPSTREAM_API_KEY="+upstreamSecret)
+	u, mk := cp.URL(), cp.MasterKey
+	ok(t, Do(t, "POST", u+"/model/new", mk, `{"model_name":"claude-api","litellm_params":{"model":"anthropic/claude-sonnet-4-5-20250929","api_base":"`+up.URL+`","api_key":"os.environ/UPSTREAM_API_KEY"},
+		"model_info":{"input_cost_per_token":0.000003,"output_cost_per_token":0.000015,"cache_creation_input_token_cost":0.00000375,"cache_read_input_token_cost":0.0000003}}`))
+	envelope(t, Do(t, "POST", u+"/model/new", mk, `{"model_name":"x","litellm_params":{"model":"openai/x"},"model_info":{"input_cost_per_image":-1}}`), 400)
+	info := ok(t, Do(t, "GET", u+"/model/info", mk, nil))["data"].([]any)[0].(map[string]any)["model_info"].(map[string]any)
+	if info["cache_read_input_token_cost"] != 0.0000003 || info["cache_creation_input_token_cost"] != 0.00000375 {
+		t.Fatalf("model_info %v", info)
+	}
+	key := ok(t, Do(t, "POST", u+"/key/generate", mk, `{"models":["claude-api"]}`))["key"].(string)
+	msg := `{"model":"claude-api","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}`
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r := Do(t, "POST", dp.URL()+"/v1/messages", "", msg, "X-Api-Key", key)
+		if r.Status == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("messages: %d %s", r.Status, r.Body)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	up.check(t)
+	waitKeySpend(t, cp, key, 5400)
+}
