@@ -3,7 +3,6 @@ package e2e
 import (
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -13,20 +12,7 @@ import (
 // CI=true their absence is a failure.
 func TestOpenAINodeSDK(t *testing.T) {
 	t.Parallel()
-	dir := filepath.Join(RepoRoot(), "deploy", "e2e", "node")
-	if _, err := exec.LookPath("node"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("node is required under CI=true")
-		}
-		t.Skip("node not installed")
-	}
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "openai")); err != nil {
-		cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund")
-		cmd.Dir = dir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("npm ci: %v\n%s", err, out)
-		}
-	}
+	dir := nodeModules(t)
 
 	d := newDeployment(t, CPOptions{})
 	dp := d.proxy(t)

@@ -454,6 +454,7 @@ func modelOut(m *store.Model) *adminv1.ModelDeployment {
 		if json.Unmarshal(m.ModelInfo, &extra) == nil {
 			info.Mode, info.BaseModel = extra.Mode, extra.BaseModel
 		}
+		unitPricesOut(m, info)
 	}
 	return &adminv1.ModelDeployment{
 		ModelName: m.ModelName,

@@ -324,7 +324,7 @@ func endUserEntity(u *store.EndUser) *syncv1.Entity {
 // modelEntity copies api_key as stored: normally a reference such as
 // "os.environ/NAME" that each proxy resolves from its own environment.
 func modelEntity(m *store.Model) *syncv1.Entity {
-	return &syncv1.Entity{Kind: store.KindModel, Id: m.ID, Value: &syncv1.Entity_Model{Model: &syncv1.Model{
+	sm := &syncv1.Model{
 		Id:                 m.ID,
 		ModelName:          m.ModelName,
 		UpstreamModel:      m.UpstreamModel,
@@ -336,7 +336,9 @@ func modelEntity(m *store.Model) *syncv1.Entity {
 		AccessGroups:       m.AccessGroups,
 		Rpm:                orNone(m.RPM),
 		Tpm:                orNone(m.TPM),
-	}}}
+	}
+	setUnitPrices(m, sm)
+	return &syncv1.Entity{Kind: store.KindModel, Id: m.ID, Value: &syncv1.Entity_Model{Model: sm}}
 }
 
 // settingsEntity sends general_settings without the control plane's own

@@ -22,6 +22,20 @@ const (
 	RouteCompletions
 	RouteEmbeddings
 	RouteModels
+	// RouteResponses is the OpenAI Responses API (POST /responses).
+	RouteResponses
+	// RouteResponseItem is /responses/{id} and what lies under it (GET,
+	// DELETE, POST .../cancel): no model in the request, the upstream is
+	// the one that created the response.
+	RouteResponseItem
+	// RouteMessages is Anthropic's Messages API (POST /messages).
+	RouteMessages
+	RouteCountTokens
+	RouteImages
+	RouteSpeech
+	RouteTranscriptions
+	RouteModerations
+	RouteRerank
 	numRoutes
 )
 
@@ -29,10 +43,19 @@ const (
 const NumRoutes = int(numRoutes)
 
 var routePaths = [...]string{
-	RouteChat:        "/chat/completions",
-	RouteCompletions: "/completions",
-	RouteEmbeddings:  "/embeddings",
-	RouteModels:      "/models",
+	RouteChat:           "/chat/completions",
+	RouteCompletions:    "/completions",
+	RouteEmbeddings:     "/embeddings",
+	RouteModels:         "/models",
+	RouteResponses:      "/responses",
+	RouteResponseItem:   "/responses/{id}",
+	RouteMessages:       "/messages",
+	RouteCountTokens:    "/messages/count_tokens",
+	RouteImages:         "/images/generations",
+	RouteSpeech:         "/audio/speech",
+	RouteTranscriptions: "/audio/transcriptions",
+	RouteModerations:    "/moderations",
+	RouteRerank:         "/rerank",
 }
 
 // Path is the route's OpenAI path without /v1: what is appended to an
@@ -55,8 +78,42 @@ func RouteOf(path string) Route {
 		return RouteEmbeddings
 	case "/models", "/v1/models":
 		return RouteModels
+	case "/responses", "/v1/responses":
+		return RouteResponses
+	case "/messages", "/v1/messages":
+		return RouteMessages
+	case "/messages/count_tokens", "/v1/messages/count_tokens":
+		return RouteCountTokens
+	case "/images/generations", "/v1/images/generations":
+		return RouteImages
+	case "/audio/speech", "/v1/audio/speech":
+		return RouteSpeech
+	case "/audio/transcriptions", "/v1/audio/transcriptions":
+		return RouteTranscriptions
+	case "/moderations", "/v1/moderations":
+		return RouteModerations
+	case "/rerank", "/v1/rerank", "/v2/rerank":
+		return RouteRerank
+	}
+	if id := ResponseID(path); id != "" {
+		return RouteResponseItem
 	}
 	return 0
+}
+
+// ResponseID returns the response id of a /responses/{id}[/...] path
+// ("" for any other path).
+func ResponseID(path string) string {
+	rest, ok := strings.CutPrefix(path, "/v1")
+	if !ok {
+		rest = path
+	}
+	rest, ok = strings.CutPrefix(rest, "/responses/")
+	if !ok {
+		return ""
+	}
+	id, _, _ := strings.Cut(rest, "/")
+	return id
 }
 
 // Enforcer makes the per-request decision from the synced state. It holds no

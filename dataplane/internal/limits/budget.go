@@ -161,7 +161,7 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix, n
 	est := ad.l.estimateCost(a, ad.estTok)
 	ad.estCost = est
 	if dep := a.Deployment; dep != nil {
-		ad.inPrice, ad.outPrice, ad.depID = dep.InputCost, dep.OutputCost, dep.ID
+		ad.inPrice, ad.outPrice, ad.depID, ad.dep = dep.InputCost, dep.OutputCost, dep.ID, dep
 	}
 	for _, b := range bs[:n] {
 		r := ad.l.reservation(budgetKey{b.kind, b.id})

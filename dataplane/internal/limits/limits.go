@@ -61,7 +61,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/tollgate-gw/tollgate/controlplane/pkg/money"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/proxy"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
@@ -251,6 +250,7 @@ type admitted struct {
 	// Prices (pico-USD per token) to settle the actual cost, and the
 	// deployment (its completions feed the estimate).
 	inPrice, outPrice int64
+	dep               *state.Model // prices the settlement (proxy.Cost)
 	depID             string
 	epoch             uint64              // the Limiter's drainEpoch at admission
 	fn                func(proxy.Outcome) // ad.done, bound once (a method value allocates)
@@ -390,7 +390,7 @@ func (l *Limiter) admitOnce(a *proxy.Admission) (func(proxy.Outcome), *enforce.R
 	nowUnix, nowNano := now.Unix(), now.UnixNano()
 	w := nowUnix - nowUnix%Window
 	ad := getAdmitted()
-	ad.l, ad.nt, ad.nresv, ad.estCost, ad.inPrice, ad.outPrice = l, 0, 0, 0, 0, 0
+	ad.l, ad.nt, ad.nresv, ad.estCost, ad.inPrice, ad.outPrice, ad.dep = l, 0, 0, 0, 0, 0, nil
 	estTok := int64(a.Body.Size()/4 + 1)
 	ad.estTok = estTok
 
@@ -583,7 +583,7 @@ func (ad *admitted) done(o proxy.Outcome) {
 		// record's ack releases it: the reported usage, or the proxy's
 		// estimate for a 2xx without usage; nothing for an error.
 		if o.UsageKnown || o.UsageEstimated {
-			actual = money.RequestCost(o.Usage.PromptTokens, ad.inPrice, o.Usage.CompletionTokens, ad.outPrice)
+			actual = proxy.Cost(ad.dep, o.Usage)
 		}
 		if o.UsageKnown {
 			ad.l.observeOutTokens(ad.depID, o.Usage.CompletionTokens)
@@ -605,7 +605,7 @@ func (ad *admitted) done(o proxy.Outcome) {
 		}
 		ad.l.signal()
 	}
-	ad.l, ad.nt, ad.nresv, ad.inPrice, ad.outPrice, ad.depID = nil, 0, 0, 0, 0, ""
+	ad.l, ad.nt, ad.nresv, ad.inPrice, ad.outPrice, ad.depID, ad.dep = nil, 0, 0, 0, 0, "", nil
 	clear(ad.took[:])
 	clear(ad.resv[:])
 	admissions.Put(ad)

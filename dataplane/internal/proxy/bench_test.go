@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"io"
 	"log/slog"
 	"net/http"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce/enforcetest"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/provider"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/provider/anthropic"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/state/statetest"
 )
@@ -28,6 +31,11 @@ var benchState = func(tb testing.TB, nKeys int) (state.Reader, func(i int) strin
 		st.AddModel(&state.Model{ID: "dep-" + m, ModelName: m, UpstreamModel: "openai/" + m,
 			APIBase: "http://127.0.0.1:9/v1", APIKey: "os.environ/OPENAI_API_KEY", AccessGroups: []string{"gpt"}})
 	}
+	// The other providers, for the per-route cases.
+	st.AddModel(&state.Model{ID: "dep-claude", ModelName: "claude-sonnet", UpstreamModel: "anthropic/claude-sonnet-4-5",
+		APIKey: "os.environ/ANTHROPIC_API_KEY", AccessGroups: []string{"gpt"}})
+	st.AddModel(&state.Model{ID: "dep-azure", ModelName: "azure-gpt", UpstreamModel: "azure/prod-gpt4o",
+		APIBase: "https://x.openai.azure.com", APIVersion: "2024-10-21", APIKey: "os.environ/AZURE_API_KEY", AccessGroups: []string{"gpt"}})
 	st.AddOrg(&state.Org{OrganizationID: "org-a", Limits: enforcetest.NoLimits})
 	st.AddTeam(&state.Team{TeamID: "team-a", OrganizationID: "org-a", Models: []string{"gpt"}, Limits: enforcetest.NoLimits})
 	st.AddUser(&state.User{UserID: "user-a", Limits: enforcetest.NoLimits})
@@ -35,7 +43,7 @@ var benchState = func(tb testing.TB, nKeys int) (state.Reader, func(i int) strin
 	limits.MaxBudget = 100_000_000
 	secret := st.AddBulkKeys(nKeys, state.KeyInfo{
 		UserID: "user-a", TeamID: "team-a", Limits: limits, Spend: 1_234_567,
-		Policy: &state.Policy{Models: []string{"gpt-4o", "gpt-4o-mini"}},
+		Policy: &state.Policy{Models: []string{"gpt-4o", "gpt-4o-mini", "claude-sonnet", "azure-gpt"}},
 	})
 	return st, secret
 }
@@ -97,13 +105,23 @@ func benchDecision(b *testing.B, mk func(testing.TB) (state.Reader, func(int) st
 	type benchCase struct {
 		name, body string
 		gate       bool
+		route      enforce.Route
 	}
 	cases := []benchCase{
-		{"chat", benchBody, false},
-		{"stream", strings.Replace(benchBody, `"temperature"`, `"stream":true,"temperature"`, 1), false},
+		{"chat", benchBody, false, enforce.RouteChat},
+		{"stream", strings.Replace(benchBody, `"temperature"`, `"stream":true,"temperature"`, 1), false, enforce.RouteChat},
+		// The other routes and providers (BenchmarkDecision per route):
+		// same work but for the provider's plan; chat->anthropic includes
+		// the request translation, side by side with chat (passthrough).
+		{"responses", benchResponsesBody, false, enforce.RouteResponses},
+		{"messages", benchMessagesBody, false, enforce.RouteMessages},
+		{"azure-chat", strings.Replace(benchBody, `"gpt-4o-mini"`, `"azure-gpt"`, 1), false, enforce.RouteChat},
+		{"chat->anthropic", strings.Replace(benchBody, `"gpt-4o-mini"`, `"claude-sonnet"`, 1), false, enforce.RouteChat},
+		{"chat->anthropic/stream", strings.Replace(strings.Replace(benchBody, `"gpt-4o-mini"`, `"claude-sonnet"`, 1), `"temperature"`, `"stream":true,"temperature"`, 1), false, enforce.RouteChat},
 	}
 	if NewBenchGate != nil {
-		cases = append(cases, benchCase{"chat+gate", benchBody, true})
+		cases = append(cases, benchCase{"chat+gate", benchBody, true, enforce.RouteChat},
+			benchCase{"messages+gate", benchMessagesBody, true, enforce.RouteMessages})
 	}
 	for _, bc := range cases {
 		b.Run(bc.name, func(b *testing.B) {
@@ -118,7 +136,7 @@ func benchDecision(b *testing.B, mk func(testing.TB) (state.Reader, func(int) st
 			body := []byte(bc.body)
 			reqs := make([]*http.Request, 1024)
 			for i := range reqs {
-				r := httptest.NewRequest("POST", "/v1/chat/completions", nil)
+				r := httptest.NewRequest("POST", "/v1"+bc.route.Path(), nil)
 				r.Header.Set("Authorization", "Bearer "+secret((i*7919)%benchKeys))
 				reqs[i] = r
 			}
@@ -126,11 +144,15 @@ func benchDecision(b *testing.B, mk func(testing.TB) (state.Reader, func(int) st
 			b.ResetTimer()
 			for i := 0; b.Loop(); i++ {
 				r := reqs[i&1023]
-				c := newCall(enforce.RouteChat, r.URL.Path, time.Time{})
+				c := newCall(bc.route, r.URL.Path, time.Time{})
+				c.pl.Header = r.Header
 				if rej := h.authenticate(c, presentedKey(r)); rej != nil {
 					b.Fatal(rej.Message)
 				}
 				if rej := h.decide(c, body); rej != nil {
+					if rej.Outcome == enforce.ModelForbidden || rej.Outcome == enforce.ModelUnknown {
+						b.Skip("this state has no deployment for the case: " + rej.Message)
+					}
 					b.Fatal(rej.Message)
 				}
 				if h.gate != nil {
@@ -146,6 +168,12 @@ func benchDecision(b *testing.B, mk func(testing.TB) (state.Reader, func(int) st
 		})
 	}
 }
+
+// The Responses and Messages counterparts of benchBody.
+const (
+	benchResponsesBody = `{"model":"gpt-4o-mini","instructions":"You are a helpful assistant. Answer briefly and cite sources when you can.","input":[{"role":"user","content":"What is the capital of France? Please also tell me something interesting about its history, in two sentences."}],"temperature":0.2,"max_output_tokens":256,"user":"end-user-42","metadata":{"generation_name":"faq"}}`
+	benchMessagesBody  = `{"model":"claude-sonnet","system":"You are a helpful assistant. Answer briefly and cite sources when you can.","messages":[{"role":"user","content":"What is the capital of France? Please also tell me something interesting about its history, in two sentences."}],"temperature":0.2,"max_tokens":256,"metadata":{"user_id":"end-user-42"}}`
+)
 
 func BenchmarkParseBody(b *testing.B) {
 	raw := []byte(benchBody)
@@ -190,4 +218,51 @@ func (c cannedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		ContentLength: int64(len(c)),
 		Request:       r,
 	}, nil
+}
+
+// benchAnthropicStream is a Messages stream of ten events (the text split
+// in five deltas).
+var benchAnthropicStream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"output_tokens\":1}}}\n\n" +
+	"event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n" +
+	strings.Repeat("event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Paris is the capital\"}}\n\n", 5) +
+	"event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n" +
+	"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":15}}\n\n" +
+	"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+
+const benchStreamEvents = 10
+
+// BenchmarkStreamEvents is the per-event cost of a streamed answer, side by
+// side: passthrough (a /messages stream relayed unchanged, usage read from
+// message_start and message_delta) and translate (the same stream turned
+// into chat completion chunks for an OpenAI client). ns/event is the figure.
+func BenchmarkStreamEvents(b *testing.B) {
+	in := []byte(benchAnthropicStream)
+	buf := make([]byte, 32<<10)
+	run := func(b *testing.B, wrap func(io.ReadCloser, *call) io.ReadCloser) {
+		b.ReportAllocs()
+		c := &call{}
+		c.pl.Wire = provider.WireAnthropic
+		for b.Loop() {
+			c.usage, c.usageKnown = Usage{}, false
+			r := wrap(io.NopCloser(bytes.NewReader(in)), c)
+			for {
+				if _, err := r.Read(buf); err != nil {
+					break
+				}
+			}
+			r.Close()
+			if !c.usageKnown || c.usage.CompletionTokens != 15 {
+				b.Fatalf("usage %+v", c.usage)
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/benchStreamEvents, "ns/event")
+	}
+	b.Run("passthrough", func(b *testing.B) {
+		run(b, func(src io.ReadCloser, c *call) io.ReadCloser { return newSSEFilter(src, c) })
+	})
+	b.Run("translate", func(b *testing.B) {
+		run(b, func(src io.ReadCloser, c *call) io.ReadCloser {
+			return anthropic.NewStreamTranslator(src, &c.usage, &c.usageKnown, true)
+		})
+	})
 }

@@ -15,6 +15,19 @@
 // credential come from the deployment only, and only an allowlist of client
 // headers is forwarded.
 //
+// What differs between providers (the upstream URL, the credential header,
+// body edits or a translated body, how usage is read, the client's error
+// shape) is behind package provider's seam: each deployment resolves once
+// to a provider.Target, whose Plan fills the call's upstream plan. The
+// decision, the gate and the spend pipeline never see the provider. One
+// pricing function, Cost, prices usage for both the spend record and the
+// gate's settlement. Routes whose clients are Anthropic SDKs (/messages)
+// get rejections in Anthropic's error shape. GET/DELETE /responses/{id}
+// (items.go) reach the deployment that created the response, found in a
+// bounded per-proxy map of the ids this proxy relayed. Multipart bodies
+// (/audio/transcriptions, multipart.go) are decided from their text fields
+// and forwarded with only the model value replaced.
+//
 // Observability (observe.go, metrics.go): every request gets a request id
 // (the client's x-request-id when telemetry.SaneRequestID accepts it, else a
 // generated one), echoed in the response, forwarded upstream and put on the

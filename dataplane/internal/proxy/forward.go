@@ -16,6 +16,7 @@ import (
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/keys"
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/telemetry"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/provider"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
 )
 
@@ -46,6 +47,7 @@ type callKey struct{}
 // call is one LLM request's state, from the decision to the usage hook.
 type call struct {
 	route     enforce.Route
+	method    string
 	path      string
 	start     time.Time
 	principal enforce.Principal
@@ -56,8 +58,9 @@ type call struct {
 	key       string // as presented; only ever logged as keys.DisplayName
 
 	// The upstream request.
+	pl        provider.Plan
 	url       *url.URL
-	auth      string // "Bearer ..." or "" for none
+	auth      string // the credential header's value, "" for none
 	segs      [5][]byte
 	nseg      int
 	length    int64
@@ -71,7 +74,7 @@ type call struct {
 	status     int
 	usage      Usage
 	usageKnown bool
-	respID     string // the upstream response's id (chatcmpl-...), if any
+	respID     string // the upstream response's id (chatcmpl-..., resp_...): the spend log's request_id; the Responses API's routing
 	respBytes  int64  // response bytes read from the upstream
 	aborted    bool
 	outcome    int
@@ -136,24 +139,31 @@ func (h *handler) serveLLM(w http.ResponseWriter, r *http.Request, route enforce
 	}
 	c := newCall(route, r.URL.Path, start)
 	c.reqID, c.key = rid, presentedKey(r)
+	c.pl.Header = r.Header
 	if rej := h.authenticate(c, c.key); rej != nil {
 		h.reject(w, route, rej)
 		c.release()
 		return
 	}
 	authDone := time.Now()
-	raw, rej := readBody(w, r, h.maxBody)
-	if rej != nil {
-		h.reject(w, route, rej)
+	raw, readRej := readBody(w, r, h.maxBody)
+	if readRej != nil {
+		h.reject(w, route, readRej)
 		c.release()
 		return
 	}
 	bodyStart := time.Now()
-	if rej := h.decide(c, raw); rej != nil {
+	var rej *enforce.Rejection
+	if ct := r.Header.Get("Content-Type"); route == enforce.RouteTranscriptions && strings.HasPrefix(ct, "multipart/") {
+		rej = h.decideMultipart(c, raw, ct)
+	} else {
+		rej = h.decide(c, raw)
+	}
+	if rej != nil {
 		if rej == rejMisconfigured {
 			h.m.count(route, outMisconfigured)
 			noteOutcome(w, outMisconfigured, c.body.Model)
-			writeRejection(w, rej)
+			writeRouteRejection(w, route, rej)
 		} else {
 			h.reject(w, route, rej)
 		}
@@ -208,35 +218,72 @@ func (h *handler) decide(c *call, raw []byte) *enforce.Rejection {
 	if rej := enforce.ParseBody(raw, &c.body); rej != nil {
 		return rej
 	}
+	if c.route == enforce.RouteMessages && !c.body.User.Present() {
+		messagesEndUser(&c.body)
+	}
 	deps, rej := h.enf.Authorize(&c.principal, &c.body)
 	if rej != nil {
 		return rej
 	}
-	dep := deps[0]
+	// Round robin over the deployments, skipping those whose provider
+	// does not serve the route (a model name may be served by several
+	// providers) or that are misconfigured.
+	first := 0
 	if len(deps) > 1 {
-		dep = deps[h.rr.Add(1)%uint64(len(deps))]
+		first = int(h.rr.Add(1) % uint64(len(deps)))
+		if c.route == enforce.RouteResponses {
+			first = h.previousResponseDeployment(c, deps, first)
+		}
 	}
-	c.dep = dep
-	tg := h.target(dep)
-	if tg.base == nil {
-		h.log.Error("model deployment has no usable api_base", "model", dep.ModelName, "deployment", dep.ID, "request_id", c.reqID)
-		return rejMisconfigured
+	var last *enforce.Rejection
+	hdr := c.pl.Header
+	for k := range deps {
+		dep := deps[(first+k)%len(deps)]
+		tg := h.target(dep)
+		if tg.pt == nil {
+			h.log.Error("model deployment is misconfigured", "model", dep.ModelName, "deployment", dep.ID, "err", tg.err, "request_id", c.reqID)
+			last = rejMisconfigured
+			continue
+		}
+		c.dep, c.tg = dep, tg
+		rej := h.planUpstream(c, raw, &c.body)
+		if rej != provider.ErrUnsupported {
+			return rej
+		}
+		c.pl = provider.Plan{Header: hdr}
+		if last == nil {
+			last = provider.Unsupported(c.route, c.body.Model)
+		}
 	}
-	c.tg = tg
-	c.url = tg.base.urls[c.route]
-	if cred := h.credential(dep.APIKey); cred != "" {
-		c.auth = "Bearer " + cred
+	return last
+}
+
+// planUpstream asks the deployment's provider for the upstream request and
+// lays out its body.
+func (h *handler) planUpstream(c *call, raw []byte, b *enforce.Body) *enforce.Rejection {
+	pl := &c.pl
+	pl.Route, pl.Raw, pl.Body = c.route, raw, b
+	pl.Credential = h.credential(c.dep.APIKey)
+	if rej := c.tg.pt.Plan(pl); rej != nil {
+		return rej
 	}
-	c.plan(raw, tg)
+	c.url = pl.URL
+	if pl.Credential != "" {
+		if pl.AuthHeader == "Authorization" {
+			c.auth = "Bearer " + pl.Credential
+		} else {
+			c.auth = pl.Credential
+		}
+	}
+	c.plan(raw)
 	return nil
 }
 
 // target is what a deployment resolves to, computed once per published
 // deployment object (they are immutable, so the pointer is the key).
 type target struct {
-	base   *upstreamBase // nil: no usable api_base
-	model  string        // upstream model name, provider prefix stripped
-	quoted []byte        // model as a JSON string; never mutated
+	pt     provider.Target // nil: the deployment is misconfigured (err)
+	err    error
 	counts *modelCounters
 }
 
@@ -254,8 +301,8 @@ func (h *handler) target(m *state.Model) *target {
 	if v, ok := h.targets.Load(m); ok {
 		return v.(*target)
 	}
-	name := upstreamModelName(m.UpstreamModel)
-	t := &target{base: h.base(m), model: name, quoted: enforce.AppendString(nil, name), counts: h.m.modelCounters(m.ModelName)}
+	pt, err := provider.Resolve(m)
+	t := &target{pt: pt, err: err, counts: h.m.modelCounters(m.ModelName)}
 	if h.nTargets.Add(1) > maxTargets {
 		h.targets.Clear()
 		h.nTargets.Store(1)
@@ -265,9 +312,16 @@ func (h *handler) target(m *state.Model) *target {
 }
 
 // plan lays out the upstream body as segments of the original bytes and at
-// most two replacements, so nothing is copied.
-func (c *call) plan(raw []byte, tg *target) {
-	b := &c.body
+// most two replacements (the provider's model name, stream_options), so
+// nothing is copied; or the provider's translated body.
+func (c *call) plan(raw []byte) {
+	b := c.pl.Body
+	c.nseg, c.length = 0, 0
+	if b == nil || c.pl.NewBody != nil {
+		c.stream = b != nil && b.Stream
+		c.addSeg(c.pl.NewBody)
+		return
+	}
 	type edit struct {
 		at, end int
 		with    []byte
@@ -277,12 +331,12 @@ func (c *call) plan(raw []byte, tg *target) {
 	// Segments must never point into reused memory (the call is pooled
 	// and the transport may read a body after the request is over): the
 	// replacements are the target's immutable bytes or constants.
-	if tg.model != b.Model || b.Alias != "" {
-		edits[n] = edit{b.ModelValue.Start, b.ModelValue.End, tg.quoted}
+	if c.pl.Model != nil {
+		edits[n] = edit{b.ModelValue.Start, b.ModelValue.End, c.pl.Model}
 		n++
 	}
-	c.stream = b.Stream && (c.route == enforce.RouteChat || c.route == enforce.RouteCompletions)
-	if c.stream && !b.IncludeUsage {
+	c.stream = b.Stream
+	if c.pl.IncludeUsage && !b.IncludeUsage {
 		c.hideUsage = true
 		switch {
 		case !b.StreamOptions.Present():
@@ -305,7 +359,6 @@ func (c *call) plan(raw []byte, tg *target) {
 		edits[0], edits[1] = edits[1], edits[0]
 	}
 	pos := 0
-	c.nseg, c.length = 0, 0
 	for _, e := range edits[:n] {
 		c.addSeg(raw[pos:e.at])
 		c.addSeg(e.with)
@@ -399,9 +452,16 @@ func (h *handler) rewrite(pr *httputil.ProxyRequest) {
 			delete(hdr, k)
 		}
 	}
-	hdr["Content-Type"] = jsonCT
+	if c.pl.ContentType != "" {
+		hdr["Content-Type"] = []string{c.pl.ContentType}
+	} else if c.nseg > 0 {
+		hdr["Content-Type"] = jsonCT
+	}
 	if c.auth != "" {
-		hdr["Authorization"] = []string{c.auth}
+		hdr[c.pl.AuthHeader] = []string{c.auth}
+	}
+	for _, kv := range c.pl.Extra[:c.pl.NExtra] {
+		hdr[kv[0]] = []string{kv[1]}
 	}
 	if telemetry.Tracing() {
 		injectTrace(pr.In.Context(), hdr)
@@ -445,7 +505,17 @@ func (h *handler) modifyResponse(resp *http.Response) error {
 	if c.dep != nil {
 		resp.Header["X-Litellm-Model-Id"] = []string{c.dep.ID}
 	}
-	if c.stream && isEventStream(resp.Header.Get("Content-Type")) {
+	if c.pl.Translate != nil || c.pl.TranslateError != nil {
+		if translated := h.translateResponse(resp, c); translated {
+			return nil
+		}
+	}
+	if c.pl.Wire == provider.WireNone {
+		// Nothing to read: billed per unit or not at all (audio bytes,
+		// moderations, a stored response).
+		return nil
+	}
+	if isEventStream(resp.Header.Get("Content-Type")) {
 		resp.Body = newSSEFilter(resp.Body, c)
 		resp.Header.Del("Content-Length")
 		resp.ContentLength = -1
@@ -477,11 +547,11 @@ func (h *handler) upstreamError(w http.ResponseWriter, r *http.Request, err erro
 	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
 		c.outcome = outTimeout
 		c.status = rejUpstreamTimeout.Status
-		writeRejection(w, rejUpstreamTimeout)
+		writeRouteRejection(w, c.route, rejUpstreamTimeout)
 	default:
 		c.outcome = outUnreachable
 		c.status = rejUpstreamDown.Status
-		writeRejection(w, rejUpstreamDown)
+		writeRouteRejection(w, c.route, rejUpstreamDown)
 	}
 	h.log.WarnContext(r.Context(), "upstream call failed", "request_id", c.reqID, "route", c.route.Path(), "model", c.body.Model,
 		"deployment", c.dep.ID, "status", c.status, "err", err)
@@ -511,6 +581,10 @@ func (h *handler) finish(c *call) {
 	}
 	h.m.count(c.route, c.outcome)
 	c.tg.count(c.route, c.status)
+	if c.status >= 200 && c.status < 300 && !c.aborted {
+		unitUsage(c)
+	}
+	h.responseDone(c)
 	if h.onUsage == nil && c.gateDone == nil {
 		return
 	}
@@ -599,99 +673,3 @@ func (s *segReader) Read(p []byte) (int, error) {
 }
 
 func (s *segReader) Close() error { return nil }
-
-// Provider prefixes of OpenAI-compatible upstreams. The prefix selects the
-// default api_base and is stripped from the model name sent upstream.
-var providerBases = map[string]string{
-	"openai":                 "https://api.openai.com/v1",
-	"text-completion-openai": "https://api.openai.com/v1",
-	"custom_openai":          "",
-	"openai_like":            "",
-	"hosted_vllm":            "",
-	"vllm":                   "",
-	"litellm_proxy":          "",
-	"lm_studio":              "",
-	"groq":                   "https://api.groq.com/openai/v1",
-	"together_ai":            "https://api.together.xyz/v1",
-	"deepseek":               "https://api.deepseek.com/v1",
-	"mistral":                "https://api.mistral.ai/v1",
-	"fireworks_ai":           "https://api.fireworks.ai/inference/v1",
-	"openrouter":             "https://openrouter.ai/api/v1",
-	"xai":                    "https://api.x.ai/v1",
-	"deepinfra":              "https://api.deepinfra.com/v1/openai",
-	"perplexity":             "https://api.perplexity.ai",
-}
-
-// upstreamModelName strips a known provider prefix: "openai/gpt-4o-mini" ->
-// "gpt-4o-mini", "hosted_vllm/meta-llama/Llama-3" -> "meta-llama/Llama-3".
-// A name without a known prefix is sent as configured.
-func upstreamModelName(m string) string {
-	if p, rest, ok := strings.Cut(m, "/"); ok {
-		if _, known := providerBases[p]; known {
-			return rest
-		}
-	}
-	return m
-}
-
-// upstreamBase is a parsed api_base with the URL of every route under it.
-type upstreamBase struct {
-	urls [enforce.NumRoutes]*url.URL
-}
-
-// base returns the deployment's parsed api_base (nil when unusable), cached
-// by its string so requests do not parse URLs.
-//
-// A configured api_base gets the OpenAI path appended with /v1 unless it
-// already ends in a version segment ("http://vllm:8000" and
-// "http://vllm:8000/v1" both reach http://vllm:8000/v1/chat/completions). A
-// provider's default base is complete as it is.
-func (h *handler) base(m *state.Model) *upstreamBase {
-	raw, exact := m.APIBase, false
-	if raw == "" {
-		p, _, _ := strings.Cut(m.UpstreamModel, "/")
-		raw, exact = providerBases[p], true
-		if raw == "" {
-			return nil
-		}
-	}
-	cache := &h.bases
-	if exact {
-		cache = &h.defaultBases
-	}
-	if v, ok := cache.Load(raw); ok {
-		return v.(*upstreamBase)
-	}
-	u, err := url.Parse(strings.TrimRight(raw, "/"))
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil
-	}
-	u.RawQuery, u.Fragment, u.RawPath = "", "", ""
-	prefix := u.Path
-	if !exact && !endsWithVersion(prefix) {
-		prefix += "/v1"
-	}
-	b := &upstreamBase{}
-	for r := enforce.Route(1); int(r) < enforce.NumRoutes; r++ {
-		ru := *u
-		ru.Path = prefix + r.Path()
-		b.urls[r] = &ru
-	}
-	v, _ := cache.LoadOrStore(raw, b)
-	return v.(*upstreamBase)
-}
-
-// endsWithVersion reports whether path ends in /v<digits>.
-func endsWithVersion(path string) bool {
-	i := strings.LastIndexByte(path, '/')
-	seg := path[i+1:]
-	if len(seg) < 2 || seg[0] != 'v' {
-		return false
-	}
-	for _, c := range seg[1:] {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return true
-}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/telemetry"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/provider"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
 )
 
@@ -83,12 +84,8 @@ type Refresher interface {
 	Refresh() *enforce.Rejection
 }
 
-// Usage is token usage as the upstream reported it.
-type Usage struct {
-	PromptTokens     int64
-	CompletionTokens int64
-	TotalTokens      int64
-}
+// Usage is what a request used, as the upstream reported it (provider.Usage).
+type Usage = provider.Usage
 
 // Outcome describes one request that reached the upstream, for billing.
 type Outcome struct {
@@ -141,10 +138,9 @@ type handler struct {
 	m        *metrics
 	metricsH http.Handler
 	rr       atomic.Uint64
-	// Parsed api_base URLs: configured ones and providers' defaults.
-	bases, defaultBases sync.Map // string -> *upstreamBase
-	targets             sync.Map // *state.Model -> *target
-	nTargets            atomic.Int64
+	items    responseIDs
+	targets  sync.Map // *state.Model -> *target
+	nTargets atomic.Int64
 }
 
 // New returns the data plane's HTTP handler: the OpenAI-compatible routes,
@@ -247,6 +243,8 @@ func (h *handler) serveRoute(w http.ResponseWriter, r *http.Request, route enfor
 		h.reject(w, 0, enforce.RejNotFound)
 	case enforce.RouteModels:
 		h.serveModels(w, r)
+	case enforce.RouteResponseItem:
+		h.serveResponseItem(w, r, rid)
 	default:
 		h.serveLLM(w, r, route, rid)
 	}
@@ -278,7 +276,24 @@ func (h *handler) readiness(w http.ResponseWriter) {
 func (h *handler) reject(w http.ResponseWriter, route enforce.Route, rej *enforce.Rejection) {
 	h.m.count(route, int(rej.Outcome))
 	noteOutcome(w, int(rej.Outcome), "")
-	writeRejection(w, rej)
+	writeRouteRejection(w, route, rej)
+}
+
+// writeRouteRejection writes rej in the shape the route's clients expect:
+// Anthropic's on /messages, the envelope everywhere else.
+func writeRouteRejection(w http.ResponseWriter, route enforce.Route, rej *enforce.Rejection) {
+	if !anthropicRoute(route) {
+		writeRejection(w, rej)
+		return
+	}
+	hdr := w.Header()
+	for k, v := range rej.Header {
+		hdr[k] = v
+	}
+	hdr["Content-Type"] = jsonCT
+	hdr["X-Content-Type-Options"] = noSniff
+	w.WriteHeader(rej.Status)
+	w.Write(anthropicEnvelope(rej))
 }
 
 func writeRejection(w http.ResponseWriter, rej *enforce.Rejection) {

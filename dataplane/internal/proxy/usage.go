@@ -7,28 +7,8 @@ import (
 	"sync"
 
 	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/provider"
 )
-
-// parseUsage reads prompt/completion/total tokens from a raw usage object.
-func parseUsage(raw []byte) (Usage, bool) {
-	var o enforce.Object
-	if len(raw) == 0 || raw[0] != '{' || o.Parse(raw) != nil {
-		return Usage{}, false
-	}
-	var u Usage
-	if s, ok := o.Lookup("prompt_tokens"); ok {
-		u.PromptTokens, _ = enforce.ParseInt(o.Raw(s))
-	}
-	if s, ok := o.Lookup("completion_tokens"); ok {
-		u.CompletionTokens, _ = enforce.ParseInt(o.Raw(s))
-	}
-	if s, ok := o.Lookup("total_tokens"); ok {
-		u.TotalTokens, _ = enforce.ParseInt(o.Raw(s))
-	} else {
-		u.TotalTokens = u.PromptTokens + u.CompletionTokens
-	}
-	return u, true
-}
 
 // maxEvent bounds how much of one SSE event is held back to inspect it; a
 // larger event passes through uninspected.
@@ -153,7 +133,8 @@ var (
 	dataField = []byte("data:")
 )
 
-// inspect records usage from an event and reports whether to drop it.
+// inspect records usage (and a response id) from an event and reports
+// whether to drop it.
 func (f *sseFilter) inspect(ev []byte) (drop bool) {
 	if !bytes.Contains(ev, usageKey) {
 		return false
@@ -167,41 +148,19 @@ func (f *sseFilter) inspect(ev []byte) (drop bool) {
 		data = data[:j]
 	}
 	data = bytes.TrimSpace(data)
-	var o enforce.Object
-	if o.Parse(data) != nil {
-		return false
-	}
-	s, ok := o.Lookup("usage")
-	if !ok {
-		return false
-	}
-	u, ok := parseUsage(o.Raw(s))
-	if !ok {
-		return false
-	}
-	f.c.usage, f.c.usageKnown = u, true
-	if f.c.respID == "" {
-		if idv, ok := o.Lookup("id"); ok {
-			if id, ok := enforce.StringValue(o.Raw(idv)); ok && saneResponseID(id) {
-				f.c.respID = id
-			}
+	r := provider.EventUsage(f.c.pl.Wire, data, &f.c.usage)
+	if r.ID != nil && f.c.respID == "" {
+		if id, ok := enforce.StringValue(r.ID); ok && saneResponseID(id) {
+			f.c.respID = id
 		}
 	}
+	if !r.Found {
+		return false
+	}
+	f.c.usageKnown = true
 	// The usage chunk OpenAI sends for include_usage has "choices": [].
 	// A provider that puts usage on a content chunk keeps the chunk.
-	if !f.c.hideUsage {
-		return false
-	}
-	ch, ok := o.Lookup("choices")
-	return ok && isEmptyArray(o.Raw(ch))
-}
-
-func isEmptyArray(b []byte) bool {
-	b = bytes.TrimSpace(b)
-	if len(b) < 2 || b[0] != '[' || b[len(b)-1] != ']' {
-		return false
-	}
-	return len(bytes.TrimSpace(b[1:len(b)-1])) == 0
+	return f.c.hideUsage && r.UsageOnly
 }
 
 // maxUsageCapture bounds the captured usage object.
@@ -234,6 +193,9 @@ type usageSniffer struct {
 	capturingID bool
 	idLen       int
 	idBuf       [maxResponseID]byte
+	// wantID is kept for the Responses API's routing; the id is captured
+	// for every answer (the spend log's request_id).
+	wantID bool
 }
 
 // maxResponseID bounds a recorded upstream response id; a longer (or
@@ -255,7 +217,7 @@ func saneResponseID(id string) bool {
 }
 
 func newUsageSniffer(src io.ReadCloser, c *call) *usageSniffer {
-	return &usageSniffer{src: src, c: c}
+	return &usageSniffer{src: src, c: c, wantID: c.route == enforce.RouteResponses}
 }
 
 func (s *usageSniffer) Read(p []byte) (int, error) {
@@ -366,8 +328,8 @@ func (s *usageSniffer) feed(b []byte) {
 			s.depth--
 			if s.capturing && s.depth == 1 {
 				s.capturing = false
-				if u, ok := parseUsage(s.capBuf); ok {
-					s.c.usage, s.c.usageKnown = u, true
+				if provider.ParseUsage(s.c.pl.Wire, s.capBuf, &s.c.usage) {
+					s.c.usageKnown = true
 				}
 			}
 		}

@@ -10,11 +10,11 @@ import (
 
 func TestUsageSniffer(t *testing.T) {
 	tests := map[string]Usage{
-		`{"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}`:                                     {1, 2, 3},
-		`{"choices":[{"usage":{"prompt_tokens":9}}],"usage":{"prompt_tokens":1,"total_tokens":1}}`:                 {1, 0, 1},
-		`{"text":"\"usage\":{\"prompt_tokens\":9}","x":{"usage":{"prompt_tokens":9}},"usage":{"prompt_tokens":2}}`: {2, 0, 2},
-		` { "usage" : { "prompt_tokens" : 4 , "completion_tokens" : 1 } } `:                                        {4, 1, 5},
-		`{"a\\":"usage","usage":{"completion_tokens":7}}`:                                                          {0, 7, 7},
+		`{"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}`:                                     {PromptTokens: 1, CompletionTokens: 2, TotalTokens: 3},
+		`{"choices":[{"usage":{"prompt_tokens":9}}],"usage":{"prompt_tokens":1,"total_tokens":1}}`:                 {PromptTokens: 1, CompletionTokens: 0, TotalTokens: 1},
+		`{"text":"\"usage\":{\"prompt_tokens\":9}","x":{"usage":{"prompt_tokens":9}},"usage":{"prompt_tokens":2}}`: {PromptTokens: 2, CompletionTokens: 0, TotalTokens: 2},
+		` { "usage" : { "prompt_tokens" : 4 , "completion_tokens" : 1 } } `:                                        {PromptTokens: 4, CompletionTokens: 1, TotalTokens: 5},
+		`{"a\\":"usage","usage":{"completion_tokens":7}}`:                                                          {PromptTokens: 0, CompletionTokens: 7, TotalTokens: 7},
 	}
 	for doc, want := range tests {
 		for _, oneByte := range []bool{false, true} {
@@ -76,7 +76,7 @@ func TestSSEFilter(t *testing.T) {
 				if string(out) != want {
 					t.Errorf("hide=%v oneByte=%v nl=%q:\n got %q\nwant %q", hide, oneByte, nl, out, want)
 				}
-				if !c.usageKnown || c.usage != (Usage{5, 6, 11}) {
+				if !c.usageKnown || c.usage != (Usage{PromptTokens: 5, CompletionTokens: 6, TotalTokens: 11}) {
 					t.Errorf("usage %+v", c.usage)
 				}
 			}
@@ -140,7 +140,7 @@ func TestUsageSnifferResponseID(t *testing.T) {
 	// The usage that follows an id is still read.
 	c := &call{}
 	io.ReadAll(newUsageSniffer(io.NopCloser(strings.NewReader(`{"id":"a","usage":{"prompt_tokens":3,"completion_tokens":4}}`)), c))
-	if !c.usageKnown || c.usage != (Usage{3, 4, 7}) {
+	if !c.usageKnown || c.usage != (Usage{PromptTokens: 3, CompletionTokens: 4, TotalTokens: 7}) {
 		t.Errorf("usage after id: %+v", c.usage)
 	}
 }

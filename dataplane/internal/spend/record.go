@@ -6,7 +6,6 @@ import (
 
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 
-	"github.com/tollgate-gw/tollgate/controlplane/pkg/money"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/proxy"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
 )
@@ -29,8 +28,8 @@ func (rc *Recorder) Record(o proxy.Outcome) {
 	}
 }
 
-// NewRecord prices an outcome with its deployment's prices (pico-USD per
-// token; the total is exact in nano-USD, rounded up once for sub-nano prices). It returns nil for an
+// NewRecord prices an outcome with its deployment's prices (proxy.Cost: the
+// total is rounded up once). It returns nil for an
 // outcome with nothing to bill: no usage and an error status.
 func NewRecord(st state.Reader, o proxy.Outcome) *syncv1.SpendRecord {
 	prompt, completion := o.Usage.PromptTokens, o.Usage.CompletionTokens
@@ -43,10 +42,10 @@ func NewRecord(st state.Reader, o proxy.Outcome) *syncv1.SpendRecord {
 		// ignored include_usage. Nothing was reported; the record says so.
 		estimated = true
 	}
-	var in, out int64
+	var dep *state.Model
 	for _, d := range st.Deployments(o.Model) {
 		if d.ID == o.DeploymentID {
-			in, out = d.InputCost, d.OutputCost
+			dep = d
 			break
 		}
 	}
@@ -62,7 +61,7 @@ func NewRecord(st state.Reader, o proxy.Outcome) *syncv1.SpendRecord {
 		DeploymentId:     o.DeploymentID,
 		PromptTokens:     prompt,
 		CompletionTokens: completion,
-		Cost:             money.RequestCost(prompt, in, completion, out), // nano-USD, rounded up once
+		Cost:             proxy.Cost(dep, o.Usage), // nano-USD, rounded up once
 		Streamed:         o.Streamed,
 		Estimated:        estimated,
 		Status:           int32(o.Status),

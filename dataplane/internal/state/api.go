@@ -145,8 +145,16 @@ type Model struct {
 	APIVersion    string
 	InputCost     int64 // pico-USD per token
 	OutputCost    int64
-	AccessGroups  []string
-	RPM, TPM      int64 // -1 none
+	// Prices beyond input/output tokens, pico-USD per unit; 0 when unset
+	// (cached prompt tokens then cost InputCost).
+	CacheCreationCost int64 // per prompt token written to the cache
+	CacheReadCost     int64 // per prompt token read from the cache
+	ImageCost         int64 // per image generated
+	SecondCost        int64 // per second of audio transcribed
+	CharacterCost     int64 // per character synthesized
+	QueryCost         int64 // per rerank query
+	AccessGroups      []string
+	RPM, TPM          int64 // -1 none
 }
 
 // EndUser is an end user (the request body's "user") as the decision reads

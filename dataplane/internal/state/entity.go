@@ -219,17 +219,23 @@ func endUserFrom(e *syncv1.Entity) *EndUser {
 func modelFrom(e *syncv1.Entity) *Model {
 	m := e.GetModel()
 	return &Model{
-		ID:            e.Id,
-		ModelName:     m.ModelName,
-		UpstreamModel: m.UpstreamModel,
-		APIBase:       m.ApiBase,
-		APIKey:        m.ApiKey,
-		APIVersion:    m.ApiVersion,
-		InputCost:     m.InputCostPerToken,
-		OutputCost:    m.OutputCostPerToken,
-		AccessGroups:  nilIfEmpty(m.AccessGroups),
-		RPM:           m.Rpm,
-		TPM:           m.Tpm,
+		ID:                e.Id,
+		ModelName:         m.ModelName,
+		UpstreamModel:     m.UpstreamModel,
+		APIBase:           m.ApiBase,
+		APIKey:            m.ApiKey,
+		APIVersion:        m.ApiVersion,
+		InputCost:         m.InputCostPerToken,
+		OutputCost:        m.OutputCostPerToken,
+		CacheCreationCost: m.CacheCreationInputTokenCost,
+		CacheReadCost:     m.CacheReadInputTokenCost,
+		ImageCost:         m.CostPerImage,
+		SecondCost:        m.CostPerSecond,
+		CharacterCost:     m.InputCostPerCharacter,
+		QueryCost:         m.InputCostPerQuery,
+		AccessGroups:      nilIfEmpty(m.AccessGroups),
+		RPM:               m.Rpm,
+		TPM:               m.Tpm,
 	}
 }
 

@@ -136,9 +136,19 @@ type ModelInfo struct {
 	Mode               string                  `protobuf:"bytes,5,opt,name=mode,proto3" json:"mode,omitempty"`
 	BaseModel          string                  `protobuf:"bytes,6,opt,name=base_model,json=baseModel,proto3" json:"base_model,omitempty"`
 	// db_model is false for models defined by --config (they change only with the config).
-	DbModel       bool `protobuf:"varint,7,opt,name=db_model,json=dbModel,proto3" json:"db_model,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	DbModel bool `protobuf:"varint,7,opt,name=db_model,json=dbModel,proto3" json:"db_model,omitempty"`
+	// Prices beyond input/output tokens, USD per unit, as LiteLLM's model_info
+	// names them (billing per route: README "Providers and routes").
+	CacheCreationInputTokenCost *wrapperspb.DoubleValue `protobuf:"bytes,100,opt,name=cache_creation_input_token_cost,json=cacheCreationInputTokenCost,proto3" json:"cache_creation_input_token_cost,omitempty"`
+	CacheReadInputTokenCost     *wrapperspb.DoubleValue `protobuf:"bytes,101,opt,name=cache_read_input_token_cost,json=cacheReadInputTokenCost,proto3" json:"cache_read_input_token_cost,omitempty"`
+	InputCostPerImage           *wrapperspb.DoubleValue `protobuf:"bytes,102,opt,name=input_cost_per_image,json=inputCostPerImage,proto3" json:"input_cost_per_image,omitempty"`
+	OutputCostPerImage          *wrapperspb.DoubleValue `protobuf:"bytes,103,opt,name=output_cost_per_image,json=outputCostPerImage,proto3" json:"output_cost_per_image,omitempty"`
+	InputCostPerSecond          *wrapperspb.DoubleValue `protobuf:"bytes,104,opt,name=input_cost_per_second,json=inputCostPerSecond,proto3" json:"input_cost_per_second,omitempty"`
+	OutputCostPerSecond         *wrapperspb.DoubleValue `protobuf:"bytes,105,opt,name=output_cost_per_second,json=outputCostPerSecond,proto3" json:"output_cost_per_second,omitempty"`
+	InputCostPerCharacter       *wrapperspb.DoubleValue `protobuf:"bytes,106,opt,name=input_cost_per_character,json=inputCostPerCharacter,proto3" json:"input_cost_per_character,omitempty"`
+	InputCostPerQuery           *wrapperspb.DoubleValue `protobuf:"bytes,107,opt,name=input_cost_per_query,json=inputCostPerQuery,proto3" json:"input_cost_per_query,omitempty"`
+	unknownFields               protoimpl.UnknownFields
+	sizeCache                   protoimpl.SizeCache
 }
 
 func (x *ModelInfo) Reset() {
@@ -218,6 +228,62 @@ func (x *ModelInfo) GetDbModel() bool {
 		return x.DbModel
 	}
 	return false
+}
+
+func (x *ModelInfo) GetCacheCreationInputTokenCost() *wrapperspb.DoubleValue {
+	if x != nil {
+		return x.CacheCreationInputTokenCost
+	}
+	return nil
+}
+
+func (x *ModelInfo) GetCacheReadInputTokenCost() *wrapperspb.DoubleValue {
+	if x != nil {
+		return x.CacheReadInputTokenCost
+	}
+	return nil
+}
+
+func (x *ModelInfo) GetInputCostPerImage() *wrapperspb.DoubleValue {
+	if x != nil {
+		return x.InputCostPerImage
+	}
+	return nil
+}
+
+func (x *ModelInfo) GetOutputCostPerImage() *wrapperspb.DoubleValue {
+	if x != nil {
+		return x.OutputCostPerImage
+	}
+	return nil
+}
+
+func (x *ModelInfo) GetInputCostPerSecond() *wrapperspb.DoubleValue {
+	if x != nil {
+		return x.InputCostPerSecond
+	}
+	return nil
+}
+
+func (x *ModelInfo) GetOutputCostPerSecond() *wrapperspb.DoubleValue {
+	if x != nil {
+		return x.OutputCostPerSecond
+	}
+	return nil
+}
+
+func (x *ModelInfo) GetInputCostPerCharacter() *wrapperspb.DoubleValue {
+	if x != nil {
+		return x.InputCostPerCharacter
+	}
+	return nil
+}
+
+func (x *ModelInfo) GetInputCostPerQuery() *wrapperspb.DoubleValue {
+	if x != nil {
+		return x.InputCostPerQuery
+	}
+	return nil
 }
 
 // ModelDeployment maps a public model_name to an upstream.
@@ -428,7 +494,7 @@ const file_tollgate_admin_v1_models_proto_rawDesc = "" +
 	"\x14input_cost_per_token\x18\x05 \x01(\v2\x1c.google.protobuf.DoubleValueR\x11inputCostPerToken\x12O\n" +
 	"\x15output_cost_per_token\x18\x06 \x01(\v2\x1c.google.protobuf.DoubleValueR\x12outputCostPerToken\x12-\n" +
 	"\x03rpm\x18\a \x01(\v2\x1b.google.protobuf.Int32ValueR\x03rpm\x12-\n" +
-	"\x03tpm\x18\b \x01(\v2\x1b.google.protobuf.Int32ValueR\x03tpm\"\xae\x02\n" +
+	"\x03tpm\x18\b \x01(\v2\x1b.google.protobuf.Int32ValueR\x03tpm\"\xd8\a\n" +
 	"\tModelInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
 	"\raccess_groups\x18\x02 \x03(\tR\faccessGroups\x12M\n" +
@@ -437,7 +503,15 @@ const file_tollgate_admin_v1_models_proto_rawDesc = "" +
 	"\x04mode\x18\x05 \x01(\tR\x04mode\x12\x1d\n" +
 	"\n" +
 	"base_model\x18\x06 \x01(\tR\tbaseModel\x12\x19\n" +
-	"\bdb_model\x18\a \x01(\bR\adbModel\"\xb6\x01\n" +
+	"\bdb_model\x18\a \x01(\bR\adbModel\x12b\n" +
+	"\x1fcache_creation_input_token_cost\x18d \x01(\v2\x1c.google.protobuf.DoubleValueR\x1bcacheCreationInputTokenCost\x12Z\n" +
+	"\x1bcache_read_input_token_cost\x18e \x01(\v2\x1c.google.protobuf.DoubleValueR\x17cacheReadInputTokenCost\x12M\n" +
+	"\x14input_cost_per_image\x18f \x01(\v2\x1c.google.protobuf.DoubleValueR\x11inputCostPerImage\x12O\n" +
+	"\x15output_cost_per_image\x18g \x01(\v2\x1c.google.protobuf.DoubleValueR\x12outputCostPerImage\x12O\n" +
+	"\x15input_cost_per_second\x18h \x01(\v2\x1c.google.protobuf.DoubleValueR\x12inputCostPerSecond\x12Q\n" +
+	"\x16output_cost_per_second\x18i \x01(\v2\x1c.google.protobuf.DoubleValueR\x13outputCostPerSecond\x12U\n" +
+	"\x18input_cost_per_character\x18j \x01(\v2\x1c.google.protobuf.DoubleValueR\x15inputCostPerCharacter\x12M\n" +
+	"\x14input_cost_per_query\x18k \x01(\v2\x1c.google.protobuf.DoubleValueR\x11inputCostPerQuery\"\xb6\x01\n" +
 	"\x0fModelDeployment\x12\x1d\n" +
 	"\n" +
 	"model_name\x18\x01 \x01(\tR\tmodelName\x12G\n" +
@@ -487,22 +561,30 @@ var file_tollgate_admin_v1_models_proto_depIdxs = []int32{
 	7,  // 3: tollgate.admin.v1.LiteLLMParams.tpm:type_name -> google.protobuf.Int32Value
 	6,  // 4: tollgate.admin.v1.ModelInfo.input_cost_per_token:type_name -> google.protobuf.DoubleValue
 	6,  // 5: tollgate.admin.v1.ModelInfo.output_cost_per_token:type_name -> google.protobuf.DoubleValue
-	0,  // 6: tollgate.admin.v1.ModelDeployment.litellm_params:type_name -> tollgate.admin.v1.LiteLLMParams
-	1,  // 7: tollgate.admin.v1.ModelDeployment.model_info:type_name -> tollgate.admin.v1.ModelInfo
-	2,  // 8: tollgate.admin.v1.ModelInfoResponse.data:type_name -> tollgate.admin.v1.ModelDeployment
-	2,  // 9: tollgate.admin.v1.ModelService.NewModel:input_type -> tollgate.admin.v1.ModelDeployment
-	2,  // 10: tollgate.admin.v1.ModelService.UpdateModel:input_type -> tollgate.admin.v1.ModelDeployment
-	3,  // 11: tollgate.admin.v1.ModelService.DeleteModel:input_type -> tollgate.admin.v1.DeleteModelRequest
-	4,  // 12: tollgate.admin.v1.ModelService.GetModelInfo:input_type -> tollgate.admin.v1.GetModelInfoRequest
-	2,  // 13: tollgate.admin.v1.ModelService.NewModel:output_type -> tollgate.admin.v1.ModelDeployment
-	2,  // 14: tollgate.admin.v1.ModelService.UpdateModel:output_type -> tollgate.admin.v1.ModelDeployment
-	8,  // 15: tollgate.admin.v1.ModelService.DeleteModel:output_type -> tollgate.admin.v1.DeleteResponse
-	5,  // 16: tollgate.admin.v1.ModelService.GetModelInfo:output_type -> tollgate.admin.v1.ModelInfoResponse
-	13, // [13:17] is the sub-list for method output_type
-	9,  // [9:13] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	6,  // 6: tollgate.admin.v1.ModelInfo.cache_creation_input_token_cost:type_name -> google.protobuf.DoubleValue
+	6,  // 7: tollgate.admin.v1.ModelInfo.cache_read_input_token_cost:type_name -> google.protobuf.DoubleValue
+	6,  // 8: tollgate.admin.v1.ModelInfo.input_cost_per_image:type_name -> google.protobuf.DoubleValue
+	6,  // 9: tollgate.admin.v1.ModelInfo.output_cost_per_image:type_name -> google.protobuf.DoubleValue
+	6,  // 10: tollgate.admin.v1.ModelInfo.input_cost_per_second:type_name -> google.protobuf.DoubleValue
+	6,  // 11: tollgate.admin.v1.ModelInfo.output_cost_per_second:type_name -> google.protobuf.DoubleValue
+	6,  // 12: tollgate.admin.v1.ModelInfo.input_cost_per_character:type_name -> google.protobuf.DoubleValue
+	6,  // 13: tollgate.admin.v1.ModelInfo.input_cost_per_query:type_name -> google.protobuf.DoubleValue
+	0,  // 14: tollgate.admin.v1.ModelDeployment.litellm_params:type_name -> tollgate.admin.v1.LiteLLMParams
+	1,  // 15: tollgate.admin.v1.ModelDeployment.model_info:type_name -> tollgate.admin.v1.ModelInfo
+	2,  // 16: tollgate.admin.v1.ModelInfoResponse.data:type_name -> tollgate.admin.v1.ModelDeployment
+	2,  // 17: tollgate.admin.v1.ModelService.NewModel:input_type -> tollgate.admin.v1.ModelDeployment
+	2,  // 18: tollgate.admin.v1.ModelService.UpdateModel:input_type -> tollgate.admin.v1.ModelDeployment
+	3,  // 19: tollgate.admin.v1.ModelService.DeleteModel:input_type -> tollgate.admin.v1.DeleteModelRequest
+	4,  // 20: tollgate.admin.v1.ModelService.GetModelInfo:input_type -> tollgate.admin.v1.GetModelInfoRequest
+	2,  // 21: tollgate.admin.v1.ModelService.NewModel:output_type -> tollgate.admin.v1.ModelDeployment
+	2,  // 22: tollgate.admin.v1.ModelService.UpdateModel:output_type -> tollgate.admin.v1.ModelDeployment
+	8,  // 23: tollgate.admin.v1.ModelService.DeleteModel:output_type -> tollgate.admin.v1.DeleteResponse
+	5,  // 24: tollgate.admin.v1.ModelService.GetModelInfo:output_type -> tollgate.admin.v1.ModelInfoResponse
+	21, // [21:25] is the sub-list for method output_type
+	17, // [17:21] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_admin_v1_models_proto_init() }

@@ -2475,8 +2475,22 @@ type Model struct {
 	AccessGroups       []string `protobuf:"bytes,9,rep,name=access_groups,json=accessGroups,proto3" json:"access_groups,omitempty"`
 	Rpm                int64    `protobuf:"varint,10,opt,name=rpm,proto3" json:"rpm,omitempty"`
 	Tpm                int64    `protobuf:"varint,11,opt,name=tpm,proto3" json:"tpm,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Prices beyond input/output tokens, pico-USD per unit, from
+	// model_info (else litellm_params); 0 when unset. Cached prompt tokens
+	// without their own price are billed at input_cost_per_token.
+	CacheCreationInputTokenCost int64 `protobuf:"varint,100,opt,name=cache_creation_input_token_cost,json=cacheCreationInputTokenCost,proto3" json:"cache_creation_input_token_cost,omitempty"`
+	CacheReadInputTokenCost     int64 `protobuf:"varint,101,opt,name=cache_read_input_token_cost,json=cacheReadInputTokenCost,proto3" json:"cache_read_input_token_cost,omitempty"`
+	// Per image generated: output_cost_per_image, else input_cost_per_image.
+	CostPerImage int64 `protobuf:"varint,102,opt,name=cost_per_image,json=costPerImage,proto3" json:"cost_per_image,omitempty"`
+	// Per second of audio transcribed: input_cost_per_second, else
+	// output_cost_per_second.
+	CostPerSecond int64 `protobuf:"varint,103,opt,name=cost_per_second,json=costPerSecond,proto3" json:"cost_per_second,omitempty"`
+	// Per character of text synthesized (/audio/speech).
+	InputCostPerCharacter int64 `protobuf:"varint,104,opt,name=input_cost_per_character,json=inputCostPerCharacter,proto3" json:"input_cost_per_character,omitempty"`
+	// Per rerank query.
+	InputCostPerQuery int64 `protobuf:"varint,105,opt,name=input_cost_per_query,json=inputCostPerQuery,proto3" json:"input_cost_per_query,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Model) Reset() {
@@ -2582,6 +2596,48 @@ func (x *Model) GetRpm() int64 {
 func (x *Model) GetTpm() int64 {
 	if x != nil {
 		return x.Tpm
+	}
+	return 0
+}
+
+func (x *Model) GetCacheCreationInputTokenCost() int64 {
+	if x != nil {
+		return x.CacheCreationInputTokenCost
+	}
+	return 0
+}
+
+func (x *Model) GetCacheReadInputTokenCost() int64 {
+	if x != nil {
+		return x.CacheReadInputTokenCost
+	}
+	return 0
+}
+
+func (x *Model) GetCostPerImage() int64 {
+	if x != nil {
+		return x.CostPerImage
+	}
+	return 0
+}
+
+func (x *Model) GetCostPerSecond() int64 {
+	if x != nil {
+		return x.CostPerSecond
+	}
+	return 0
+}
+
+func (x *Model) GetInputCostPerCharacter() int64 {
+	if x != nil {
+		return x.InputCostPerCharacter
+	}
+	return 0
+}
+
+func (x *Model) GetInputCostPerQuery() int64 {
+	if x != nil {
+		return x.InputCostPerQuery
 	}
 	return 0
 }
@@ -2936,7 +2992,7 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\x06models\x18\x02 \x03(\tR\x06models\x120\n" +
 	"\x06limits\x18\x03 \x01(\v2\x18.tollgate.sync.v1.LimitsR\x06limits\x12\x18\n" +
 	"\ablocked\x18\x04 \x01(\bR\ablocked\x12\x14\n" +
-	"\x05spend\x18\x05 \x01(\x03R\x05spend\"\xdf\x02\n" +
+	"\x05spend\x18\x05 \x01(\x03R\x05spend\"\x9b\x05\n" +
 	"\x05Model\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
@@ -2951,7 +3007,13 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\raccess_groups\x18\t \x03(\tR\faccessGroups\x12\x10\n" +
 	"\x03rpm\x18\n" +
 	" \x01(\x03R\x03rpm\x12\x10\n" +
-	"\x03tpm\x18\v \x01(\x03R\x03tpm\"\xd8\x01\n" +
+	"\x03tpm\x18\v \x01(\x03R\x03tpm\x12D\n" +
+	"\x1fcache_creation_input_token_cost\x18d \x01(\x03R\x1bcacheCreationInputTokenCost\x12<\n" +
+	"\x1bcache_read_input_token_cost\x18e \x01(\x03R\x17cacheReadInputTokenCost\x12$\n" +
+	"\x0ecost_per_image\x18f \x01(\x03R\fcostPerImage\x12&\n" +
+	"\x0fcost_per_second\x18g \x01(\x03R\rcostPerSecond\x127\n" +
+	"\x18input_cost_per_character\x18h \x01(\x03R\x15inputCostPerCharacter\x12/\n" +
+	"\x14input_cost_per_query\x18i \x01(\x03R\x11inputCostPerQuery\"\xd8\x01\n" +
 	"\aEndUser\x12\x1e\n" +
 	"\vend_user_id\x18\x01 \x01(\tR\tendUserId\x12\x14\n" +
 	"\x05spend\x18\x02 \x01(\x03R\x05spend\x12\x1d\n" +
