@@ -17,7 +17,7 @@ import (
 
 // estimateCost is the reservation for one request (nano-USD, rounded up
 // once, like the spend record): the prompt at estTok tokens, and max_tokens
-// (max_completion_tokens) when the request sets it, else what this
+// (max_completion_tokens, the Responses API's max_output_tokens) when the request sets it, else what this
 // deployment's responses have used (outTokens).
 func (l *Limiter) estimateCost(a *proxy.Admission, estTok int64) int64 {
 	dep := a.Deployment
@@ -30,6 +30,10 @@ func (l *Limiter) estimateCost(a *proxy.Admission, estTok int64) int64 {
 			out = n
 		}
 	} else if v, ok := a.Body.Lookup("max_completion_tokens"); ok {
+		if n, err := strconv.ParseInt(string(a.Body.Raw(v)), 10, 64); err == nil && n > 0 {
+			out = n
+		}
+	} else if v, ok := a.Body.Lookup("max_output_tokens"); ok { // the Responses API's
 		if n, err := strconv.ParseInt(string(a.Body.Raw(v)), 10, 64); err == nil && n > 0 {
 			out = n
 		}
