@@ -461,6 +461,14 @@ func missingParam(param, msg string) *Rejection {
 	return New(MissingParam, http.StatusBadRequest, TypeBadRequest, msg, param)
 }
 
+// KeyBudgetMessage is a key's budget_exceeded message: the wording of
+// LiteLLM's BudgetExceededError, then the one its key check raises
+// (ExceededTokenBudget), so scripts matching either recognise it.
+func KeyBudgetMessage(spend, max string) string {
+	return "Budget has been exceeded! Current cost: " + spend + ", Max budget: " + max +
+		" (ExceededTokenBudget: Current spend for token: " + spend + "; Max Budget for Token: " + max + ")"
+}
+
 // checkBudgets is the local budget check: spend as last synced against
 // max_budget (a scope whose budget_reset_at has passed counts as zero spend
 // until the control plane resets it). The rate-limit gate then reserves an
@@ -469,7 +477,7 @@ func checkBudgets(p *Principal) *Rejection {
 	now := p.NowUnix
 	k := &p.Key
 	if s := EffectiveSpend(k.Limits, k.Spend, now); over(k.Limits, s) {
-		return budgetRejection("Budget has been exceeded! Current cost: "+usd(s)+", Max budget: "+usd(k.Limits.MaxBudget), "")
+		return budgetRejection(KeyBudgetMessage(usd(s), usd(k.Limits.MaxBudget)), "")
 	}
 	if t := p.Team; t != nil {
 		// A SaaS team's limit is its credits (Authenticate refused one

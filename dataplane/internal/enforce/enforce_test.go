@@ -152,7 +152,7 @@ func TestBudgetMessage(t *testing.T) {
 	var b enforce.Body
 	enforce.ParseBody([]byte(`{"model":"gpt-4o"}`), &b)
 	_, rej := e.Authorize(&p, &b)
-	want := `{"error":{"message":"Budget has been exceeded! Current cost: 5, Max budget: 5","type":"budget_exceeded","param":null,"code":"429"}}`
+	want := `{"error":{"message":"Budget has been exceeded! Current cost: 5, Max budget: 5 (ExceededTokenBudget: Current spend for token: 5; Max Budget for Token: 5)","type":"budget_exceeded","param":null,"code":"429"}}`
 	if string(rej.Envelope()) != want {
 		t.Fatalf("got  %s\nwant %s", rej.Envelope(), want)
 	}

@@ -203,6 +203,13 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix, n
 				return enforce.BudgetRejection(budgetMessage(b.kind, b.id) + " Spend=" + enforce.USD(spend+unsynced) +
 					", Budget=" + enforce.USD(b.l.MaxBudget)), false
 			}
+			if b.kind == "key" {
+				msg := enforce.KeyBudgetMessage(enforce.USD(spend+unsynced), enforce.USD(b.l.MaxBudget))
+				if unsynced > 0 {
+					msg += " (" + enforce.USD(unsynced) + " of the current cost not yet synced)"
+				}
+				return enforce.BudgetRejection(msg), false
+			}
 			msg := budgetMessage(b.kind, b.id) + " Current cost: " + enforce.USD(spend+unsynced)
 			if unsynced > 0 {
 				msg += " (" + enforce.USD(unsynced) + " of it not yet synced)"

@@ -20,9 +20,9 @@ func TestFirstEstimateOfAShortExchange(t *testing.T) {
 	f.dep.InputCost, f.dep.OutputCost = 1_000_000, 4_000_000
 	a := &proxy.Admission{Route: enforce.RouteChat, Principal: &f.p, Body: &f.body, Deployment: &f.dep, Header: http.Header{}}
 	est := l.estimateCost(a, int64(f.body.Size()/4+1))
-	actual := int64(10*1 + 5*4)
+	actual := int64(10*1+5*4) * 1000 // nano-USD (prices are pico-USD per token)
 	if est > 5*actual {
-		t.Fatalf("first estimate %d micro-USD for an exchange costing %d", est, actual)
+		t.Fatalf("first estimate %d nano-USD for an exchange costing %d", est, actual)
 	}
 }
 
@@ -67,7 +67,7 @@ func TestEstimateErrorOnAMixedWorkload(t *testing.T) {
 		}
 		estTok := int64(body.Size()/4 + 1)
 		est := l.estimateCost(&proxy.Admission{Body: &body, Deployment: &dep}, estTok)
-		actual := int64(prompt)*1 + completion*4
+		actual := (int64(prompt)*1 + completion*4) * 1000 // nano-USD
 		r := float64(est) / float64(actual)
 		if i == 0 {
 			first = r

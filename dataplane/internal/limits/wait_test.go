@@ -37,10 +37,10 @@ func TestSequentialClientSpendsLikeLiteLLM(t *testing.T) {
 	l := New(Options{Now: clk.now, BudgetWait: 5 * time.Second})
 	l.SetConnected(true)
 	f := newFixture(t, smallBody)
-	f.p.Key.Limits.MaxBudget = 50_000 // $0.05 in micro-USD
-	f.dep.OutputCost = 1_000_000_000  // 1000 micro-USD per completion token: 33 tokens cost $0.033
+	f.p.Key.Limits.MaxBudget = 50_000_000 // $0.05 in nano-USD
+	f.dep.OutputCost = 1_000_000_000      // $0.001 per completion token: 33 tokens cost $0.033
 	usage := proxy.Outcome{Status: 200, UsageKnown: true, Usage: proxy.Usage{CompletionTokens: 33, TotalTokens: 33}}
-	cost := int64(33_000)
+	cost := int64(33_000_000)
 
 	var mu sync.Mutex
 	synced := int64(0)
@@ -122,8 +122,8 @@ func TestHeldIsNotExceeded(t *testing.T) {
 	}
 	r := l.reservation(budgetKey{"key", "tok-1"})
 	r.mu.Lock()
-	if r.reserved != 60 {
-		t.Errorf("reserved %d after the held refusal, want 60 (the first request only)", r.reserved)
+	if r.reserved != 60_000 {
+		t.Errorf("reserved %d after the held refusal, want 60000 (the first request only)", r.reserved)
 	}
 	r.mu.Unlock()
 	done(proxy.Outcome{Status: 200, UsageKnown: true, Usage: proxy.Usage{CompletionTokens: 100, TotalTokens: 100}})
@@ -187,7 +187,7 @@ func TestWaitEndsWithTheClientAndIsBounded(t *testing.T) {
 	r := l.reservation(budgetKey{"key", "tok-1"})
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.reserved != 60 || l.waiting.Load() != 0 {
+	if r.reserved != 60_000 || l.waiting.Load() != 0 {
 		t.Fatalf("reserved %d, waiting %d after the cancel", r.reserved, l.waiting.Load())
 	}
 }

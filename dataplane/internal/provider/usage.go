@@ -150,6 +150,9 @@ func EventUsage(w Wire, data []byte, u *Usage) (ev Event) {
 			return ev
 		}
 		ev.Found = true
+		if id, ok := o.Lookup("id"); ok { // chatcmpl-...: the spend log's request_id
+			ev.ID = o.Raw(id)
+		}
 		ch, ok := o.Lookup("choices")
 		ev.UsageOnly = ok && isEmptyArray(o.Raw(ch))
 	case WireResponses:

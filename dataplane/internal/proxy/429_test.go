@@ -69,7 +69,7 @@ func TestBudgetExceeded(t *testing.T) {
 	e.st.AddKey("sk-richkey-0123456789abcdef", state.KeyInfo{TokenID: "rk", Limits: state.Limits{MaxBudget: 100_000, RPMLimit: -1}, Spend: 99_000})
 	resp, b := e.do("POST", "/chat/completions", "sk-brokekey-0123456789abcdef", `{"model":"gpt-4o"}`)
 	msg, typ, _ := envelope(t, resp, b, 429)
-	if typ != "budget_exceeded" || msg != "Budget has been exceeded! Current cost: 0.0001, Max budget: 0.0001" {
+	if typ != "budget_exceeded" || msg != "Budget has been exceeded! Current cost: 0.0001, Max budget: 0.0001 (ExceededTokenBudget: Current spend for token: 0.0001; Max Budget for Token: 0.0001)" {
 		t.Fatalf("%s %s", typ, msg)
 	}
 	resp, b = e.do("POST", "/chat/completions", "sk-broketeam-0123456789abcdef", `{"model":"gpt-4o"}`)
