@@ -455,7 +455,12 @@ func TestModelAPIUnitPrices(t *testing.T) {
 	if info["cache_read_input_token_cost"] != 0.0000003 || info["cache_creation_input_token_cost"] != 0.00000375 {
 		t.Fatalf("model_info %v", info)
 	}
+	lp := ok(t, Do(t, "POST", u+"/model/new", mk, `{"model_name":"dalle-api","litellm_params":{"model":"openai/dall-e-3","api_base":"`+up.URL+`/v1","api_key":"os.environ/UPSTREAM_API_KEY","output_cost_per_image":0.04}}`))["litellm_params"].(map[string]any)
+	if lp["output_cost_per_image"] != 0.04 {
+		t.Fatalf("litellm_params %v", lp)
+	}
 	key := ok(t, Do(t, "POST", u+"/key/generate", mk, `{"models":["claude-api"]}`))["key"].(string)
+	imgKey := ok(t, Do(t, "POST", u+"/key/generate", mk, `{"models":["dalle-api"]}`))["key"].(string)
 	msg := `{"model":"claude-api","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}`
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -468,6 +473,18 @@ func TestModelAPIUnitPrices(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		r := Do(t, "POST", dp.URL()+"/v1/images/generations", imgKey, `{"model":"dalle-api","prompt":"a cat","n":2}`)
+		if r.Status == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("images: %d %s", r.Status, r.Body)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	up.check(t)
 	waitKeySpend(t, cp, key, 5400)
+	waitKeySpend(t, cp, imgKey, 80_000)
 }

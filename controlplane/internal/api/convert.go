@@ -454,9 +454,8 @@ func modelOut(m *store.Model) *adminv1.ModelDeployment {
 		if json.Unmarshal(m.ModelInfo, &extra) == nil {
 			info.Mode, info.BaseModel = extra.Mode, extra.BaseModel
 		}
-		unitPricesOut(m, info)
 	}
-	return &adminv1.ModelDeployment{
+	out := &adminv1.ModelDeployment{
 		ModelName: m.ModelName,
 		LitellmParams: &adminv1.LiteLLMParams{
 			Model:              m.UpstreamModel,
@@ -470,4 +469,6 @@ func modelOut(m *store.Model) *adminv1.ModelDeployment {
 		},
 		ModelInfo: info,
 	}
+	unitPricesOut(m, out.ModelInfo, out.LitellmParams)
+	return out
 }

@@ -90,7 +90,7 @@ func applyDeployment(req *adminv1.ModelDeployment, m *store.Model, create bool) 
 			return err
 		}
 	}
-	return applyUnitPrices(mi, m)
+	return applyUnitPrices(mi, lp, m)
 }
 
 func (ms *modelService) NewModel(ctx context.Context, req *adminv1.ModelDeployment) (*adminv1.ModelDeployment, error) {

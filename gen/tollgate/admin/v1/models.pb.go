@@ -36,8 +36,18 @@ type LiteLLMParams struct {
 	OutputCostPerToken *wrapperspb.DoubleValue `protobuf:"bytes,6,opt,name=output_cost_per_token,json=outputCostPerToken,proto3" json:"output_cost_per_token,omitempty"`
 	Rpm                *wrapperspb.Int32Value  `protobuf:"bytes,7,opt,name=rpm,proto3" json:"rpm,omitempty"`
 	Tpm                *wrapperspb.Int32Value  `protobuf:"bytes,8,opt,name=tpm,proto3" json:"tpm,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Prices beyond input/output tokens, USD per unit (LiteLLM's custom
+	// pricing in litellm_params); model_info's win when both are set.
+	CacheCreationInputTokenCost *wrapperspb.DoubleValue `protobuf:"bytes,100,opt,name=cache_creation_input_token_cost,json=cacheCreationInputTokenCost,proto3" json:"cache_creation_input_token_cost,omitempty"`
+	CacheReadInputTokenCost     *wrapperspb.DoubleValue `protobuf:"bytes,101,opt,name=cache_read_input_token_cost,json=cacheReadInputTokenCost,proto3" json:"cache_read_input_token_cost,omitempty"`
+	InputCostPerImage           *wrapperspb.DoubleValue `protobuf:"bytes,102,opt,name=input_cost_per_image,json=inputCostPerImage,proto3" json:"input_cost_per_image,omitempty"`
+	OutputCostPerImage          *wrapperspb.DoubleValue `protobuf:"bytes,103,opt,name=output_cost_per_image,json=outputCostPerImage,proto3" json:"output_cost_per_image,omitempty"`
+	InputCostPerSecond          *wrapperspb.DoubleValue `protobuf:"bytes,104,opt,name=input_cost_per_second,json=inputCostPerSecond,proto3" json:"input_cost_per_second,omitempty"`
+	OutputCostPerSecond         *wrapperspb.DoubleValue `protobuf:"bytes,105,opt,name=output_cost_per_second,json=outputCostPerSecond,proto3" json:"output_cost_per_second,omitempty"`
+	InputCostPerCharacter       *wrapperspb.DoubleValue `protobuf:"bytes,106,opt,name=input_cost_per_character,json=inputCostPerCharacter,proto3" json:"input_cost_per_character,omitempty"`
+	InputCostPerQuery           *wrapperspb.DoubleValue `protobuf:"bytes,107,opt,name=input_cost_per_query,json=inputCostPerQuery,proto3" json:"input_cost_per_query,omitempty"`
+	unknownFields               protoimpl.UnknownFields
+	sizeCache                   protoimpl.SizeCache
 }
 
 func (x *LiteLLMParams) Reset() {
@@ -122,6 +132,62 @@ func (x *LiteLLMParams) GetRpm() *wrapperspb.Int32Value {
 func (x *LiteLLMParams) GetTpm() *wrapperspb.Int32Value {
 	if x != nil {
 		return x.Tpm
+	}
+	return nil
+}
+
+func (x *LiteLLMParams) GetCacheCreationInputTokenCost() *wrapperspb.DoubleValue {
+	if x != nil {
+		return x.CacheCreationInputTokenCost
+	}
+	return nil
+}
+
+func (x *LiteLLMParams) GetCacheReadInputTokenCost() *wrapperspb.DoubleValue {
+	if x != nil {
+		return x.CacheReadInputTokenCost
+	}
+	return nil
+}
+
+func (x *LiteLLMParams) GetInputCostPerImage() *wrapperspb.DoubleValue {
+	if x != nil {
+		return x.InputCostPerImage
+	}
+	return nil
+}
+
+func (x *LiteLLMParams) GetOutputCostPerImage() *wrapperspb.DoubleValue {
+	if x != nil {
+		return x.OutputCostPerImage
+	}
+	return nil
+}
+
+func (x *LiteLLMParams) GetInputCostPerSecond() *wrapperspb.DoubleValue {
+	if x != nil {
+		return x.InputCostPerSecond
+	}
+	return nil
+}
+
+func (x *LiteLLMParams) GetOutputCostPerSecond() *wrapperspb.DoubleValue {
+	if x != nil {
+		return x.OutputCostPerSecond
+	}
+	return nil
+}
+
+func (x *LiteLLMParams) GetInputCostPerCharacter() *wrapperspb.DoubleValue {
+	if x != nil {
+		return x.InputCostPerCharacter
+	}
+	return nil
+}
+
+func (x *LiteLLMParams) GetInputCostPerQuery() *wrapperspb.DoubleValue {
+	if x != nil {
+		return x.InputCostPerQuery
 	}
 	return nil
 }
@@ -484,7 +550,7 @@ var File_tollgate_admin_v1_models_proto protoreflect.FileDescriptor
 
 const file_tollgate_admin_v1_models_proto_rawDesc = "" +
 	"\n" +
-	"\x1etollgate/admin/v1/models.proto\x12\x11tollgate.admin.v1\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1etollgate/admin/v1/common.proto\"\xf8\x02\n" +
+	"\x1etollgate/admin/v1/models.proto\x12\x11tollgate.admin.v1\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1etollgate/admin/v1/common.proto\"\xa2\b\n" +
 	"\rLiteLLMParams\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x19\n" +
 	"\bapi_base\x18\x02 \x01(\tR\aapiBase\x12\x17\n" +
@@ -494,7 +560,15 @@ const file_tollgate_admin_v1_models_proto_rawDesc = "" +
 	"\x14input_cost_per_token\x18\x05 \x01(\v2\x1c.google.protobuf.DoubleValueR\x11inputCostPerToken\x12O\n" +
 	"\x15output_cost_per_token\x18\x06 \x01(\v2\x1c.google.protobuf.DoubleValueR\x12outputCostPerToken\x12-\n" +
 	"\x03rpm\x18\a \x01(\v2\x1b.google.protobuf.Int32ValueR\x03rpm\x12-\n" +
-	"\x03tpm\x18\b \x01(\v2\x1b.google.protobuf.Int32ValueR\x03tpm\"\xd8\a\n" +
+	"\x03tpm\x18\b \x01(\v2\x1b.google.protobuf.Int32ValueR\x03tpm\x12b\n" +
+	"\x1fcache_creation_input_token_cost\x18d \x01(\v2\x1c.google.protobuf.DoubleValueR\x1bcacheCreationInputTokenCost\x12Z\n" +
+	"\x1bcache_read_input_token_cost\x18e \x01(\v2\x1c.google.protobuf.DoubleValueR\x17cacheReadInputTokenCost\x12M\n" +
+	"\x14input_cost_per_image\x18f \x01(\v2\x1c.google.protobuf.DoubleValueR\x11inputCostPerImage\x12O\n" +
+	"\x15output_cost_per_image\x18g \x01(\v2\x1c.google.protobuf.DoubleValueR\x12outputCostPerImage\x12O\n" +
+	"\x15input_cost_per_second\x18h \x01(\v2\x1c.google.protobuf.DoubleValueR\x12inputCostPerSecond\x12Q\n" +
+	"\x16output_cost_per_second\x18i \x01(\v2\x1c.google.protobuf.DoubleValueR\x13outputCostPerSecond\x12U\n" +
+	"\x18input_cost_per_character\x18j \x01(\v2\x1c.google.protobuf.DoubleValueR\x15inputCostPerCharacter\x12M\n" +
+	"\x14input_cost_per_query\x18k \x01(\v2\x1c.google.protobuf.DoubleValueR\x11inputCostPerQuery\"\xd8\a\n" +
 	"\tModelInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
 	"\raccess_groups\x18\x02 \x03(\tR\faccessGroups\x12M\n" +
@@ -559,32 +633,40 @@ var file_tollgate_admin_v1_models_proto_depIdxs = []int32{
 	6,  // 1: tollgate.admin.v1.LiteLLMParams.output_cost_per_token:type_name -> google.protobuf.DoubleValue
 	7,  // 2: tollgate.admin.v1.LiteLLMParams.rpm:type_name -> google.protobuf.Int32Value
 	7,  // 3: tollgate.admin.v1.LiteLLMParams.tpm:type_name -> google.protobuf.Int32Value
-	6,  // 4: tollgate.admin.v1.ModelInfo.input_cost_per_token:type_name -> google.protobuf.DoubleValue
-	6,  // 5: tollgate.admin.v1.ModelInfo.output_cost_per_token:type_name -> google.protobuf.DoubleValue
-	6,  // 6: tollgate.admin.v1.ModelInfo.cache_creation_input_token_cost:type_name -> google.protobuf.DoubleValue
-	6,  // 7: tollgate.admin.v1.ModelInfo.cache_read_input_token_cost:type_name -> google.protobuf.DoubleValue
-	6,  // 8: tollgate.admin.v1.ModelInfo.input_cost_per_image:type_name -> google.protobuf.DoubleValue
-	6,  // 9: tollgate.admin.v1.ModelInfo.output_cost_per_image:type_name -> google.protobuf.DoubleValue
-	6,  // 10: tollgate.admin.v1.ModelInfo.input_cost_per_second:type_name -> google.protobuf.DoubleValue
-	6,  // 11: tollgate.admin.v1.ModelInfo.output_cost_per_second:type_name -> google.protobuf.DoubleValue
-	6,  // 12: tollgate.admin.v1.ModelInfo.input_cost_per_character:type_name -> google.protobuf.DoubleValue
-	6,  // 13: tollgate.admin.v1.ModelInfo.input_cost_per_query:type_name -> google.protobuf.DoubleValue
-	0,  // 14: tollgate.admin.v1.ModelDeployment.litellm_params:type_name -> tollgate.admin.v1.LiteLLMParams
-	1,  // 15: tollgate.admin.v1.ModelDeployment.model_info:type_name -> tollgate.admin.v1.ModelInfo
-	2,  // 16: tollgate.admin.v1.ModelInfoResponse.data:type_name -> tollgate.admin.v1.ModelDeployment
-	2,  // 17: tollgate.admin.v1.ModelService.NewModel:input_type -> tollgate.admin.v1.ModelDeployment
-	2,  // 18: tollgate.admin.v1.ModelService.UpdateModel:input_type -> tollgate.admin.v1.ModelDeployment
-	3,  // 19: tollgate.admin.v1.ModelService.DeleteModel:input_type -> tollgate.admin.v1.DeleteModelRequest
-	4,  // 20: tollgate.admin.v1.ModelService.GetModelInfo:input_type -> tollgate.admin.v1.GetModelInfoRequest
-	2,  // 21: tollgate.admin.v1.ModelService.NewModel:output_type -> tollgate.admin.v1.ModelDeployment
-	2,  // 22: tollgate.admin.v1.ModelService.UpdateModel:output_type -> tollgate.admin.v1.ModelDeployment
-	8,  // 23: tollgate.admin.v1.ModelService.DeleteModel:output_type -> tollgate.admin.v1.DeleteResponse
-	5,  // 24: tollgate.admin.v1.ModelService.GetModelInfo:output_type -> tollgate.admin.v1.ModelInfoResponse
-	21, // [21:25] is the sub-list for method output_type
-	17, // [17:21] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	6,  // 4: tollgate.admin.v1.LiteLLMParams.cache_creation_input_token_cost:type_name -> google.protobuf.DoubleValue
+	6,  // 5: tollgate.admin.v1.LiteLLMParams.cache_read_input_token_cost:type_name -> google.protobuf.DoubleValue
+	6,  // 6: tollgate.admin.v1.LiteLLMParams.input_cost_per_image:type_name -> google.protobuf.DoubleValue
+	6,  // 7: tollgate.admin.v1.LiteLLMParams.output_cost_per_image:type_name -> google.protobuf.DoubleValue
+	6,  // 8: tollgate.admin.v1.LiteLLMParams.input_cost_per_second:type_name -> google.protobuf.DoubleValue
+	6,  // 9: tollgate.admin.v1.LiteLLMParams.output_cost_per_second:type_name -> google.protobuf.DoubleValue
+	6,  // 10: tollgate.admin.v1.LiteLLMParams.input_cost_per_character:type_name -> google.protobuf.DoubleValue
+	6,  // 11: tollgate.admin.v1.LiteLLMParams.input_cost_per_query:type_name -> google.protobuf.DoubleValue
+	6,  // 12: tollgate.admin.v1.ModelInfo.input_cost_per_token:type_name -> google.protobuf.DoubleValue
+	6,  // 13: tollgate.admin.v1.ModelInfo.output_cost_per_token:type_name -> google.protobuf.DoubleValue
+	6,  // 14: tollgate.admin.v1.ModelInfo.cache_creation_input_token_cost:type_name -> google.protobuf.DoubleValue
+	6,  // 15: tollgate.admin.v1.ModelInfo.cache_read_input_token_cost:type_name -> google.protobuf.DoubleValue
+	6,  // 16: tollgate.admin.v1.ModelInfo.input_cost_per_image:type_name -> google.protobuf.DoubleValue
+	6,  // 17: tollgate.admin.v1.ModelInfo.output_cost_per_image:type_name -> google.protobuf.DoubleValue
+	6,  // 18: tollgate.admin.v1.ModelInfo.input_cost_per_second:type_name -> google.protobuf.DoubleValue
+	6,  // 19: tollgate.admin.v1.ModelInfo.output_cost_per_second:type_name -> google.protobuf.DoubleValue
+	6,  // 20: tollgate.admin.v1.ModelInfo.input_cost_per_character:type_name -> google.protobuf.DoubleValue
+	6,  // 21: tollgate.admin.v1.ModelInfo.input_cost_per_query:type_name -> google.protobuf.DoubleValue
+	0,  // 22: tollgate.admin.v1.ModelDeployment.litellm_params:type_name -> tollgate.admin.v1.LiteLLMParams
+	1,  // 23: tollgate.admin.v1.ModelDeployment.model_info:type_name -> tollgate.admin.v1.ModelInfo
+	2,  // 24: tollgate.admin.v1.ModelInfoResponse.data:type_name -> tollgate.admin.v1.ModelDeployment
+	2,  // 25: tollgate.admin.v1.ModelService.NewModel:input_type -> tollgate.admin.v1.ModelDeployment
+	2,  // 26: tollgate.admin.v1.ModelService.UpdateModel:input_type -> tollgate.admin.v1.ModelDeployment
+	3,  // 27: tollgate.admin.v1.ModelService.DeleteModel:input_type -> tollgate.admin.v1.DeleteModelRequest
+	4,  // 28: tollgate.admin.v1.ModelService.GetModelInfo:input_type -> tollgate.admin.v1.GetModelInfoRequest
+	2,  // 29: tollgate.admin.v1.ModelService.NewModel:output_type -> tollgate.admin.v1.ModelDeployment
+	2,  // 30: tollgate.admin.v1.ModelService.UpdateModel:output_type -> tollgate.admin.v1.ModelDeployment
+	8,  // 31: tollgate.admin.v1.ModelService.DeleteModel:output_type -> tollgate.admin.v1.DeleteResponse
+	5,  // 32: tollgate.admin.v1.ModelService.GetModelInfo:output_type -> tollgate.admin.v1.ModelInfoResponse
+	29, // [29:33] is the sub-list for method output_type
+	25, // [25:29] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_admin_v1_models_proto_init() }
