@@ -57,14 +57,40 @@ func Cost(tokens, picoPerToken int64) int64 {
 // token), summed exactly and rounded up once. Negative arguments count as
 // zero; a cost beyond int64 saturates at math.MaxInt64.
 func RequestCost(prompt, inPico, completion, outPico int64) int64 {
-	hi1, lo1 := bits.Mul64(uint64(max(prompt, 0)), uint64(max(inPico, 0)))
-	hi2, lo2 := bits.Mul64(uint64(max(completion, 0)), uint64(max(outPico, 0)))
-	lo, c := bits.Add64(lo1, lo2, 0)
-	hi, c2 := bits.Add64(hi1, hi2, c)
-	if c2 != 0 || hi >= 1000 { // the quotient would not fit in 64 bits
+	var s Sum
+	s.Add(prompt, inPico)
+	s.Add(completion, outPico)
+	return s.Nano()
+}
+
+// Sum adds counts × pico-USD prices exactly (128 bits) and converts the
+// total to nano-USD once, rounded up: the pricing of a request with several
+// kinds of usage (cached tokens, images, seconds, ...). The zero value is an
+// empty sum; it never allocates.
+type Sum struct {
+	hi, lo   uint64
+	overflow bool
+}
+
+// Add adds n × picoPer (negative arguments count as zero).
+func (s *Sum) Add(n, picoPer int64) {
+	hi, lo := bits.Mul64(uint64(max(n, 0)), uint64(max(picoPer, 0)))
+	var c uint64
+	s.lo, c = bits.Add64(s.lo, lo, 0)
+	var c2 uint64
+	s.hi, c2 = bits.Add64(s.hi, hi, c)
+	if c2 != 0 {
+		s.overflow = true
+	}
+}
+
+// Nano is the sum in nano-USD, rounded up once; beyond int64 it saturates
+// at math.MaxInt64.
+func (s *Sum) Nano() int64 {
+	if s.overflow || s.hi >= 1000 { // the quotient would not fit in 64 bits
 		return math.MaxInt64
 	}
-	q, r := bits.Div64(hi, lo, 1000)
+	q, r := bits.Div64(s.hi, s.lo, 1000)
 	if q >= math.MaxInt64 {
 		return math.MaxInt64
 	}

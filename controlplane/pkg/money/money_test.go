@@ -140,3 +140,23 @@ func TestNoRoundingDriftOverAMillionRequests(t *testing.T) {
 		t.Fatalf("embeddings total $%v, want $0.06", ToUSD(embeddings))
 	}
 }
+
+// Sum is exact over several kinds of usage and saturates instead of
+// wrapping when a (hostile or broken) usage report is absurdly large.
+func TestSumExactAndSaturating(t *testing.T) {
+	var s Sum
+	s.Add(9, 150_000)  // 9 tokens at $0.15 per million
+	s.Add(12, 600_000) // 12 tokens at $0.60 per million
+	s.Add(-5, 1_000)   // negative counts are zero
+	if got := s.Nano(); got != 9*150+12*600 {
+		t.Fatalf("sum %d nano-USD, want %d", got, 9*150+12*600)
+	}
+	var big Sum
+	big.Add(math.MaxInt64, math.MaxInt64)
+	big.Add(math.MaxInt64, math.MaxInt64)
+	big.Add(math.MaxInt64, math.MaxInt64)
+	big.Add(math.MaxInt64, math.MaxInt64)
+	if got := big.Nano(); got != math.MaxInt64 {
+		t.Fatalf("absurd usage costs %d, want saturation at MaxInt64", got)
+	}
+}

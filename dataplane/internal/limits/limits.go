@@ -241,7 +241,7 @@ type taken struct {
 
 type admitted struct {
 	l       *Limiter
-	took    [12]taken
+	took    [14]taken
 	nt      int
 	estTok  int64
 	resv    [7]*budget
@@ -390,7 +390,7 @@ func (l *Limiter) admitOnce(a *proxy.Admission) (func(proxy.Outcome), *enforce.R
 	nowUnix, nowNano := now.Unix(), now.UnixNano()
 	w := nowUnix - nowUnix%Window
 	ad := getAdmitted()
-	ad.l, ad.nt, ad.nresv, ad.estCost, ad.inPrice, ad.outPrice, ad.dep = l, 0, 0, 0, 0, 0, nil
+	ad.l, ad.nt, ad.nresv, ad.estCost, ad.inPrice, ad.outPrice, ad.dep, ad.depID = l, 0, 0, 0, 0, 0, nil, ""
 	estTok := int64(a.Body.Size()/4 + 1)
 	ad.estTok = estTok
 

@@ -592,3 +592,33 @@ func TestMembersFileKeepsTheProxyCount(t *testing.T) {
 		t.Fatalf("after a restart: share %d of 300, want 100 (3 proxies)", got)
 	}
 }
+
+// Regression (merge of end-user rate limits): every scope limited at once,
+// key, team and user (parallel, rpm, tpm each), the end user (rpm, tpm) and
+// the key's model (rpm, tpm), takes 13 counters; the admission holds them
+// all and gives every one back.
+func TestEveryScopeLimitedAtOnce(t *testing.T) {
+	l := newLimiter()
+	f := newFixture(t, smallBody)
+	all := func(lim *state.Limits) {
+		lim.MaxParallelRequests, lim.RPMLimit, lim.TPMLimit = 10, 10, 100_000
+	}
+	all(&f.p.Key.Limits)
+	all(&f.p.Team.Limits)
+	all(&f.p.User.Limits)
+	f.p.RateEndUser = &state.EndUser{EndUserID: "eu", RPM: 10, TPM: 100_000, HasRPM: true, HasTPM: true}
+	f.p.Key.Policy = &state.Policy{ModelRPMLimit: map[string]int64{"m": 10}, ModelTPMLimit: map[string]int64{"m": 100_000}}
+	done, rej, _ := f.admit(l)
+	if rej != nil {
+		t.Fatal(rej.Message)
+	}
+	if got := used(l, "key", "tok-1", metricPar, ""); got != 1 {
+		t.Fatalf("key parallel in use %d, want 1", got)
+	}
+	done(proxy.Outcome{Status: 200, UsageKnown: true, Usage: proxy.Usage{PromptTokens: 1, CompletionTokens: 1, TotalTokens: 2}})
+	for _, s := range []struct{ kind, id string }{{"key", "tok-1"}, {"team", "team-1"}, {"user", "user-1"}} {
+		if got := used(l, s.kind, s.id, metricPar, ""); got != 0 {
+			t.Fatalf("%s parallel in use %d after the request ended", s.kind, got)
+		}
+	}
+}

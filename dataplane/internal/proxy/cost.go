@@ -30,13 +30,19 @@ func Cost(d *state.Model, u Usage) int64 {
 	if crPrice == 0 {
 		crPrice = d.InputCost
 	}
-	pico := (prompt-cc-cr)*d.InputCost + cc*ccPrice + cr*crPrice +
-		max(u.CompletionTokens, 0)*d.OutputCost +
-		max(u.Images, 0)*d.ImageCost +
-		max(u.Characters, 0)*d.CharacterCost +
-		max(u.Queries, 0)*d.QueryCost
+	var s money.Sum // exact in 128 bits: absurd usage saturates, never wraps
+	s.Add(prompt-cc-cr, d.InputCost)
+	s.Add(cc, ccPrice)
+	s.Add(cr, crPrice)
+	s.Add(u.CompletionTokens, d.OutputCost)
+	s.Add(u.Images, d.ImageCost)
+	s.Add(u.Characters, d.CharacterCost)
+	s.Add(u.Queries, d.QueryCost)
 	if ms := max(u.AudioMillis, 0); ms > 0 && d.SecondCost > 0 {
-		pico += (ms*d.SecondCost + 999) / 1000 // a price per second, usage in ms
+		// A price per second, usage in ms: ⌈ms × price / 1000⌉ pico-USD.
+		var a money.Sum
+		a.Add(ms, d.SecondCost)
+		s.Add(1, a.Nano())
 	}
-	return money.Cost(1, pico)
+	return s.Nano()
 }

@@ -110,7 +110,7 @@ func (h *handler) serveResponseItem(w http.ResponseWriter, r *http.Request, rid 
 	rej := h.authenticate(c, c.key)
 	if rej == enforce.RejRouteForbidden {
 		// A key allowed /responses may manage what it created.
-		rej = h.enf.Authenticate(c.key, "/v1/responses", h.now().Unix(), &c.principal)
+		rej = h.enf.Authenticate(c.key, "/v1/responses", h.now().UnixMilli(), &c.principal)
 	}
 	if rej != nil {
 		h.reject(w, route, rej)
