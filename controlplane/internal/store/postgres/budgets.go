@@ -7,7 +7,7 @@ import (
 )
 
 // Budgets (store/budgets.go): one row per budget with the struct in doc, no
-// change records. BudgetRefs reads the indexes of migration 0009.
+// change records. BudgetRefs reads the indexes of migration 0012.
 
 var budgetKind = table{kind: "budget"}
 

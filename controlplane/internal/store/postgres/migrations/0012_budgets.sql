@@ -1,4 +1,4 @@
--- 0009: the budget table (LiteLLM's LiteLLM_BudgetTable), control plane
+-- 0012: the budget table (LiteLLM's LiteLLM_BudgetTable), control plane
 -- only (not in the change log), and what finds the objects linked to a
 -- budget: end_users.budget_id, and expression indexes on the budget_id of
 -- keys and organizations (kept in doc) and on team members (containment).
