@@ -49,7 +49,7 @@ func TestSpendExactAtSubMicroPrices(t *testing.T) {
 		if spend != 0.000855 {
 			t.Fatalf("/key/info spend %v after 100 calls, want exactly 0.000855", spend)
 		}
-		logs := ok(t, Do(t, "GET", u+"/spend/logs?api_key="+tokenID+"&page_size=100", mk, nil))
+		logs := ok(t, Do(t, "GET", u+"/spend/logs/paged?api_key="+tokenID+"&page_size=100", mk, nil))
 		rows := logs["spend_logs"].([]any)
 		if int(logs["total"].(float64)) != 100 || len(rows) != 100 {
 			t.Fatalf("/spend/logs: total %v, %d rows, want 100", logs["total"], len(rows))

@@ -49,6 +49,10 @@ var Documented = []Series{
 	{Name: "tollgate_limits_leased_scopes", Type: "gauge", Plane: "proxy"},
 	{Name: "tollgate_limits_lease_grants_total", Type: "counter", Plane: "proxy"},
 	{Name: "tollgate_limits_lease_allowances_total", Type: "counter", Plane: "proxy"},
+	// Proxy: requests waiting for held budget or a rate-limit grant.
+	{Name: "tollgate_limits_waiting", Type: "gauge", Plane: "proxy"},
+	{Name: "tollgate_limits_waited_total", Type: "counter", Plane: "proxy"},
+	{Name: "tollgate_limits_held_total", Type: "counter", Plane: "proxy"},
 
 	// Control plane: management API.
 	{Name: "tollgate_cp_http_requests_total", Type: "counter", Plane: "controlplane", Labels: []string{"method", "route", "code"}},
