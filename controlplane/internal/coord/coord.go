@@ -47,7 +47,9 @@ type Deliver func(session string, g *syncv1.LeaseGrant)
 //     granted from what no member holds, then from the unused part (allowance
 //     minus reported use) of members whose use has been still for Settle (or
 //     that never used the window and have been members for Settle) and whose
-//     replica is alive; each member whose allowance changed receives it.
+//     replica is alive; a grant counts as a change of its holder's use (it is
+//     about to be used), so it is not reclaimed within Settle; each member
+//     whose allowance changed receives it.
 //     Grants are asynchronous (Deliver), Request never blocks on the network.
 //   - A replica that stops (or crashes) loses nothing the deployment
 //     granted: a member that reconnects to another replica receives the

@@ -151,7 +151,7 @@ func (m *Memory) Request(_ context.Context, s Session, r *syncv1.LeaseRequest) {
 		if !member || u.GetWant() <= 0 {
 			continue
 		}
-		lowered := p.Ask(s.Member, u.GetWant(), m.members, func(q string, a *Alloc) bool {
+		lowered := p.Ask(s.Member, u.GetWant(), m.members, now, func(q string, a *Alloc) bool {
 			return p.Settled(a, m.since[q], now)
 		})
 		for _, q := range lowered {

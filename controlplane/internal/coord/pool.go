@@ -85,7 +85,13 @@ func (p *Pool) Settled(a *Alloc, joined, now time.Time) bool {
 // Ask grants m up to want from what no member holds, reclaiming the spare
 // part of the candidates' allowances (in order) that may(q, a) allows. It
 // returns the members whose allowance was lowered.
-func (p *Pool) Ask(m string, want int64, candidates []string, may func(q string, a *Alloc) bool) (lowered []string) {
+//
+// A grant counts as a change of m's use (Changed = now): m asked because it
+// ran out or nearly, so its reported use may have been still for a while
+// (its requests waiting for the grant), and it admits them with the grant
+// before it can report doing so. Its fresh grant is not "unused" for
+// another member's ask until Settle has passed, as for any change.
+func (p *Pool) Ask(m string, want int64, candidates []string, now time.Time, may func(q string, a *Alloc) bool) (lowered []string) {
 	var held int64
 	for _, a := range p.Allocs {
 		held += a.Alloc
@@ -114,6 +120,7 @@ func (p *Pool) Ask(m string, want int64, candidates []string, may func(q string,
 	if grant := max(min(want, free), 0); grant > 0 {
 		a := p.get(m)
 		a.Alloc += grant
+		a.Changed = now
 		a.Dirty = true
 	} else {
 		p.get(m) // the asker hears back even with nothing more

@@ -120,6 +120,7 @@ func Run(t *testing.T, d Deployment) {
 	t.Run("ReclaimIdle", func(t *testing.T) { testReclaimIdle(t, d) })
 	t.Run("ParallelLeaveFrees", func(t *testing.T) { testParallelLeave(t, d) })
 	t.Run("ConcurrentAsksNeverExceed", func(t *testing.T) { testConcurrent(t, d) })
+	t.Run("FreshGrantNotReclaimed", func(t *testing.T) { testFreshGrant(t, d) })
 	if d.Replicas() < 2 {
 		// One replica is the whole deployment (the embedded store refuses
 		// several): there is nothing to share across replicas, and a
@@ -260,6 +261,40 @@ func testReclaimIdle(t *testing.T, d Deployment) {
 	al, err = ps[0].r.Allocations(ctx(t), scope, w)
 	if err != nil || sum(al) != 10 || al["r-a"] < 5 {
 		t.Fatalf("allocations %v (%v): want 10 in all, r-a's 5 used kept", al, err)
+	}
+}
+
+// testFreshGrant: a member whose use has been still because it ran out
+// (its requests wait for a grant) is granted more; another member asking
+// right after must not reclaim that grant as "unused": the first member is
+// admitting its waiting requests with it, and its report of that use is
+// still on the way. (The overspend bench: an idle fourth proxy's share lent
+// to one proxy was taken back for another before the first one reported,
+// and both admitted it: 67 admitted with rpm_limit 60.)
+func testFreshGrant(t *testing.T, d Deployment) {
+	rs, ss := start(t, d, 2)
+	ps := join(t, rs, ss, "g-a", "g-b", "g-c")
+	for _, p := range ps {
+		eventually(t, "3 members", func() bool { n, _ := p.sink.member(p.s.ID); return n == 3 })
+	}
+	w := window()
+	const scope = "team:g:rpm"
+	k := coord.PoolKey{Scope: scope, Window: w}
+	// g-a and g-b used their 10; g-c never uses the window.
+	ps[1].r.Request(ctx(t), ps[1].s, use(scope, 30, w, 10, 0))
+	// (Asks queued before the first grant arrived may give g-a all of it.)
+	eventually(t, "g-a lent g-c's idle share", func() bool {
+		ps[0].r.Request(ctx(t), ps[0].s, use(scope, 30, w, 10, 5))
+		a, _ := ps[0].sink.allowance(ps[0].s.ID, k)
+		return a >= 15
+	})
+	// g-b asks at once (within coord.Settle of g-a's grant): it may get
+	// what is left of g-c's share, never g-a's fresh grant.
+	ps[1].r.Request(ctx(t), ps[1].s, use(scope, 30, w, 10, 10))
+	eventually(t, "g-b answered", func() bool { _, ok := ps[1].sink.allowance(ps[1].s.ID, k); return ok })
+	al, err := ps[0].r.Allocations(ctx(t), scope, w)
+	if err != nil || sum(al) != 30 || al["g-a"] < 15 {
+		t.Fatalf("allocations %v (%v): want g-a's fresh grant kept (15 or more), 30 in all", al, err)
 	}
 }
 

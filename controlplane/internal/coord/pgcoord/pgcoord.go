@@ -650,7 +650,7 @@ func (c *Coord) lease(ctx context.Context, batch []pending) error {
 				if u.GetWant() <= 0 || !joinedHere[asker] {
 					continue
 				}
-				for _, q := range p.Ask(asker, u.GetWant(), names, func(q string, a *coord.Alloc) bool {
+				for _, q := range p.Ask(asker, u.GetWant(), names, now, func(q string, a *coord.Alloc) bool {
 					mi, ok := info[q]
 					return ok && mi.alive && p.Settled(a, mi.joined, now)
 				}) {
