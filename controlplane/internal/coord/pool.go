@@ -22,6 +22,9 @@ type Alloc struct {
 	Dirty bool
 }
 
+// ParSettle: see Settled.
+const ParSettle = 100 * time.Millisecond
+
 // Pool is one window of one limit: the algorithm both implementations run
 // (the Postgres one on rows it loaded under a row lock).
 type Pool struct {
@@ -69,8 +72,15 @@ func (p *Pool) Use(m string, used int64, now time.Time) {
 // refused a request for the settle time with nothing in flight anywhere);
 // proxies report their next parallel request at once, so the window in
 // which both admit is one report's trip.
+//
+// ParSettle is how long a parallel share reported idle (or just granted:
+// Ask marks a grant as a change) is kept before it may be taken: long
+// enough for a proxy to report the request a fresh grant let in (proxies
+// report their first parallel request at once), short enough that a key
+// whose slow requests ended is admitted elsewhere at once (the waiting
+// request is decided again when the grant arrives).
 func (p *Pool) Settled(a *Alloc, joined, now time.Time) bool {
-	if p.Par && !a.Changed.IsZero() && a.Used == 0 {
+	if p.Par && !a.Changed.IsZero() && a.Used == 0 && now.Sub(a.Changed) >= ParSettle {
 		return true
 	}
 	if now.Sub(joined) < Settle {
