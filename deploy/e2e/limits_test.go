@@ -112,15 +112,15 @@ func rateLimitsAcrossProxies(t *testing.T, o CPOptions) {
 		// A key with rpm 3 whose requests are refused by its parallel
 		// limit: the refusals must not use up its requests.
 		key := limitKey(t, d, map[string]any{"rpm_limit": 3, "max_parallel_requests": 1}, dps...)
-		inWindow(20)
-		// Long enough for the 15 refusals below: a refusal by a limit in
-		// use on another proxy waits up to ~200 ms for the control plane's
-		// answer.
-		slow := chat("gpt-4o-mini", `,"metadata":{"upstream_delay_ms":6000}`)
+		inWindow(25)
+		// Long enough for the 9 refusals below: a refusal by a limit in
+		// use on another proxy waits up to --rate-limit-wait (1 s) for
+		// the control plane's answer and the settle time of idle shares.
+		slow := chat("gpt-4o-mini", `,"metadata":{"upstream_delay_ms":12000}`)
 		done := make(chan Response, 1)
 		go func() { done <- Do(t, "POST", dps[0].URL()+"/v1/chat/completions", key, slow) }()
 		time.Sleep(300 * time.Millisecond)
-		for range 5 {
+		for range 3 {
 			for _, dp := range dps {
 				r := Do(t, "POST", dp.URL()+"/v1/chat/completions", key, chat("gpt-4o-mini", ""))
 				if r.Status != 429 || r.Header.Get("Retry-After") == "" {
@@ -131,7 +131,7 @@ func rateLimitsAcrossProxies(t *testing.T, o CPOptions) {
 		if r := <-done; r.Status != 200 {
 			t.Fatalf("slow request: %d %s", r.Status, r.Body)
 		}
-		// 15 refusals later the key still has 2 of its 3 requests. With
+		// 9 refusals later the key still has 2 of its 3 requests. With
 		// one parallel slot and 3 requests shared by 3 proxies, the slot
 		// and the requests move (leases) to the proxies that ask, once
 		// the others' use has been still for a moment: retry briefly.
@@ -149,7 +149,7 @@ func rateLimitsAcrossProxies(t *testing.T, o CPOptions) {
 			time.Sleep(50 * time.Millisecond)
 		}
 		if n != 2 {
-			t.Fatalf("after 15 refusals only %d more admitted, want 2 (rpm 3, one used)", n)
+			t.Fatalf("after 9 refusals only %d more admitted, want 2 (rpm 3, one used)", n)
 		}
 		time.Sleep(time.Second) // let every lease settle, then nothing is left
 		for i := range 9 {

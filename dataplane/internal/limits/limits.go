@@ -108,8 +108,11 @@ const (
 // signalled a change (the synced spend and syncSkew's expiry signal nothing).
 const pollEvery = 10 * time.Millisecond
 
-// minRateWait: see DefaultRateWait.
-const minRateWait = reportInterval
+// minRateWait: see DefaultRateWait. It outlasts the control plane's settle
+// time (coord.Settle, 400 ms: an unused share, or one granted a moment ago,
+// is not taken before it) plus a report interval, so a request does not give
+// up on room that an idle proxy's share is about to free.
+const minRateWait = 400*time.Millisecond + 2*reportInterval
 
 // Limiter is the gate. Use New.
 type Limiter struct {
