@@ -180,7 +180,11 @@ func TestReplicaKilledMidMinute(t *testing.T) {
 
 		const limit = 30
 		key := limitKey(t, r.deployment, map[string]any{"rpm_limit": limit}, dps...)
-		inWindow(30)
+		inWindow(40)
+		// Requests stop 1.5 s before the minute ends: a refused request
+		// may wait up to --rate-limit-wait for room, and one still
+		// waiting when the minute turns is admitted in the next window.
+		end := time.Now().Truncate(time.Minute).Add(time.Minute - 1500*time.Millisecond)
 		body := chat("gpt-4o-mini", "")
 		// First the load goes through the victim's proxies only, so that
 		// they are lent the idle shares of the proxies of the other
@@ -195,7 +199,7 @@ func TestReplicaKilledMidMinute(t *testing.T) {
 		if len(mine) == 0 {
 			t.Fatalf("no proxy on the victim %s (flows %v)", victim.GRPCAddr, flows)
 		}
-		before := paced(t, mine, key, body, 24, 40*time.Millisecond)
+		before := paced(t, mine, key, body, 24, 40*time.Millisecond, end)
 		killed := time.Now()
 		victim.Kill()
 		// Keep sending while the victim's proxies fail over, then until
@@ -213,7 +217,7 @@ func TestReplicaKilledMidMinute(t *testing.T) {
 		reconnected := time.Since(killed)
 		// Counted once each: a failover changes no count.
 		waitMembers(t, dps, len(dps))
-		after := paced(t, dps, key, body, 150, 20*time.Millisecond)
+		after := paced(t, dps, key, body, 150, 20*time.Millisecond, end)
 		total := before + during + after
 		t.Logf("rpm_limit %d, %d replicas, one killed mid-minute: %d admitted through its proxies before, %d during failover, %d after (total %d); proxies reconnected within %v",
 			limit, n, before, during, after, total, reconnected.Round(time.Millisecond))
@@ -227,11 +231,11 @@ func TestReplicaKilledMidMinute(t *testing.T) {
 }
 
 // paced sends total requests one at a time, round robin over dps, gap apart,
-// and returns how many were admitted.
-func paced(t *testing.T, dps []*DataPlane, key, body string, total int, gap time.Duration) int64 {
+// and returns how many were admitted; it stops at end.
+func paced(t *testing.T, dps []*DataPlane, key, body string, total int, gap time.Duration, end time.Time) int64 {
 	t.Helper()
 	var n int64
-	for i := range total {
+	for i := 0; i < total && time.Now().Before(end); i++ {
 		r := Do(t, "POST", dps[i%len(dps)].URL()+"/v1/chat/completions", key, body)
 		switch r.Status {
 		case 200:
