@@ -25,17 +25,13 @@ func (l *Limiter) estimateCost(a *proxy.Admission, estTok int64) int64 {
 		return 0
 	}
 	out := int64(-1)
-	if v, ok := a.Body.Lookup("max_tokens"); ok {
-		if n, err := strconv.ParseInt(string(a.Body.Raw(v)), 10, 64); err == nil && n > 0 {
-			out = n
-		}
-	} else if v, ok := a.Body.Lookup("max_completion_tokens"); ok {
-		if n, err := strconv.ParseInt(string(a.Body.Raw(v)), 10, 64); err == nil && n > 0 {
-			out = n
-		}
-	} else if v, ok := a.Body.Lookup("max_output_tokens"); ok { // the Responses API's
-		if n, err := strconv.ParseInt(string(a.Body.Raw(v)), 10, 64); err == nil && n > 0 {
-			out = n
+	// The first of these the body sets (max_output_tokens: the Responses API's).
+	for _, name := range completionCaps {
+		if v, ok := a.Body.Lookup(name); ok {
+			if n, err := strconv.ParseInt(string(a.Body.Raw(v)), 10, 64); err == nil && n > 0 {
+				out = n
+			}
+			break
 		}
 	}
 	if out < 0 {
@@ -44,6 +40,9 @@ func (l *Limiter) estimateCost(a *proxy.Admission, estTok int64) int64 {
 	// Capped (at ~9 million USD) so that sums of reservations never overflow.
 	return min(money.RequestCost(estTok, dep.InputCost, out, dep.OutputCost), maxEstimate)
 }
+
+// completionCaps are the body members that cap a completion's tokens.
+var completionCaps = [...]string{"max_tokens", "max_completion_tokens", "max_output_tokens"}
 
 // maxEstimate caps one request's reservation (nano-USD).
 const maxEstimate = 1 << 53
