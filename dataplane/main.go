@@ -60,6 +60,7 @@ type options struct {
 	OTLPEndpoint string
 	PprofAddr    string
 	SpendWindow  time.Duration
+	SpendSync    time.Duration
 	// BudgetWait, RateWait, MaxWaiting: the gate's bounded waits (package
 	// limits).
 	BudgetWait, RateWait time.Duration
@@ -93,7 +94,8 @@ func main() {
 	fs.StringVar(&o.TLSCA, "tls-ca", "", "PEM CA bundle that signed the control plane's certificate: sync over TLS when set")
 	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM client certificate presented to the control plane (mutual TLS); reloaded when the file changes")
 	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
-	fs.DurationVar(&o.SpendWindow, "spend-commit-window", spend.DefaultWindow, "how long the spend outbox lets records gather before one fsynced commit; a SIGKILL loses at most this much spend (shorter: more fsyncs per request; 0: commit every record at once)")
+	fs.DurationVar(&o.SpendWindow, "spend-commit-window", spend.DefaultWindow, "how long the spend outbox lets records gather before one write to its log; a SIGKILL loses at most this much spend (0: write every record at once)")
+	fs.DurationVar(&o.SpendSync, "spend-sync-interval", spend.DefaultSyncInterval, "how often the spend log's writes are made durable with fdatasync while records come; a crash of the machine (not of the proxy) loses at most this much spend (0: fdatasync after every write)")
 	fs.DurationVar(&o.BudgetWait, "budget-wait", limits.DefaultBudgetWait, "how long a request waits when budget remains but is held by requests in flight or not yet synced, before a retryable 429 budget_held (negative: no wait)")
 	fs.DurationVar(&o.RateWait, "rate-limit-wait", limits.DefaultRateWait, "how long a request waits for a rate-limit grant when this proxy's share is on loan to other proxies, before a 429 (negative: no wait)")
 	fs.IntVar(&o.MaxWaiting, "max-waiting", limits.DefaultMaxWaiting, "requests that may wait at once for held budget or a grant (beyond it a held request is refused at once)")
@@ -154,7 +156,12 @@ func run(ctx context.Context, o options) error {
 	if window <= 0 {
 		window = -1 // spend.Options: negative commits at once, 0 is the default
 	}
-	outbox, err := spend.Open(o.Cache+".spend", spend.Options{Window: window, Logger: slog.Default()})
+	syncEvery := o.SpendSync
+	if syncEvery <= 0 {
+		syncEvery = -1 // spend.Options: negative syncs every write
+	}
+	outbox, err := spend.Open(o.Cache+".spendlog", spend.Options{Window: window, SyncInterval: syncEvery,
+		Legacy: o.Cache + ".spend", Logger: slog.Default()})
 	if err != nil {
 		return fmt.Errorf("open spend outbox: %w", err)
 	}

@@ -1,97 +1,126 @@
 package spend
 
 import (
-	"bytes"
 	"context"
 	crand "crypto/rand"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-	"google.golang.org/protobuf/proto"
-
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
-)
-
-var (
-	bucketMeta    = []byte("meta")
-	bucketRecords = []byte("records") // big-endian seq → SpendRecord (protobuf)
-	metaOutboxID  = []byte("outbox_id")
-	metaSeq       = []byte("last_seq") // last assigned seq (kept when records are acked away)
-	// metaMoney is the unit of the records' costs: "nano-usd". An outbox
-	// without it was written in micro-USD; Open converts its records.
-	metaMoney = []byte("money")
-	nanoUSD   = []byte("nano-usd")
 )
 
 // Defaults.
 const (
 	DefaultMaxGroup = 512
-	// maxQueued bounds the records waiting for a commit; beyond it Append
+	// maxQueued bounds the records waiting for a write; beyond it Append
 	// blocks (back-pressure on a stalled disk rather than lost spend).
 	maxQueued = 200_000
+	// memMax is how many unacked records the outbox keeps in memory for
+	// shipping and acks; older ones (a long control-plane outage) are read
+	// back from the log.
+	memMax = 1 << 16
+	// segMax: a segment is closed (fdatasynced) and a new one started
+	// once it is this large; fully acked segments are deleted.
+	segMax = 4 << 20
+	// seqSkip is how far the numbering jumps at each Open past the highest
+	// number found (records or acked mark). Records written after the last
+	// fdatasync can be lost by a crash of the machine although they were
+	// shipped and applied; a fresh number for every new record keeps the
+	// control plane's high-water mark from taking one of them for a
+	// replay. (Far more than one sync interval of records at any rate.)
+	seqSkip = 1 << 24
 )
+
+// DefaultWindow is the default group-commit window: how long records gather
+// after the first one reaches an idle outbox before they are written to the
+// log in one write(2). It is the process-crash bound: a SIGKILL, an OOM
+// kill or a panic loses at most the records of the last Window (written
+// records are in the kernel's page cache and survive the process). At 200
+// req/s it turns four requests' records into one write and one writer
+// wake-up.
+const DefaultWindow = 20 * time.Millisecond
+
+// DefaultSyncInterval is how often written records are made durable on disk
+// (fdatasync) while records keep coming: the machine-crash bound (a kernel
+// panic or power loss loses at most the records written in the last
+// interval). An fdatasync costs ~110-140 µs of CPU here (deploy/bench,
+// README "Performance"): one per 20 ms window was one per request at 50
+// req/s, a third of a bare proxy's whole cost per request.
+const DefaultSyncInterval = 200 * time.Millisecond
 
 // Options configure Open.
 type Options struct {
-	// MaxGroup is the most records one commit holds (default 512).
+	// MaxGroup is the most records one write holds (default 512).
 	MaxGroup int
 	// Window is how long the writer lets records gather after the first
-	// one arrives at an idle outbox, so that a modest request rate shares
-	// fsyncs too (default DefaultWindow; negative: commit at once). It is
-	// the crash-loss bound: a SIGKILL loses at most the records of the last
-	// Window (plus one commit's duration); SIGTERM loses none.
+	// one arrives at an idle outbox (default DefaultWindow; negative: write
+	// at once). A SIGKILL loses at most the records of the last Window.
 	Window time.Duration
+	// SyncInterval is how often written records are fdatasynced (default
+	// DefaultSyncInterval; negative: after every write). A crash of the
+	// machine loses at most the records of the last SyncInterval.
+	SyncInterval time.Duration
+	// Legacy is the path of a bbolt outbox written by an older proxy
+	// (<cache>.spend); its unacked records and outbox id are taken over at
+	// Open and the file is removed.
+	Legacy string
 	Logger *slog.Logger
 }
 
-// DefaultWindow is the default group-commit window. At 200 req/s a 5 ms
-// window commits one record per fsynced transaction; a 20 ms one shares
-// each commit among four times as many requests, which halved the CPU the
-// proxy spends per request beyond a bare reverse proxy's and cut the p50
-// it adds by a quarter (deploy/bench/proxy.sh, README "Performance"). The crash-loss bound it sets (a SIGKILL loses the
-// records of the last 20 ms) is small next to what a SIGKILL loses anyway:
-// every request still in flight, which for an LLM call is seconds of
-// traffic whose spend no gateway can record.
-const DefaultWindow = 20 * time.Millisecond
-
 // Outbox is a durable queue of spend records.
 type Outbox struct {
-	db       *bolt.DB
-	id       string
-	maxGroup int
-	window   time.Duration
-	log      *slog.Logger
+	dir       string
+	id        string
+	maxGroup  int
+	window    time.Duration
+	syncEvery time.Duration
+	log       *slog.Logger
 
 	mu        sync.Mutex
-	queue     []*syncv1.SpendRecord // appended, not yet committed
+	queue     []*syncv1.SpendRecord // appended, not yet written
 	space     *sync.Cond            // signalled when the queue shrinks
 	work      chan struct{}         // wakes the writer
 	closed    bool
-	lastSeq   uint64 // last committed seq
-	ackedSeq  uint64 // every seq ≤ ackedSeq is acked (deleted)
+	lastSeq   uint64 // last written seq
+	ackedSeq  uint64 // every seq ≤ ackedSeq is acked
+	unacked   int    // records written and not acked
+	mem       []*syncv1.SpendRecord
+	segs      []*segment // in order; the last is the one being written
 	changed   chan struct{}
-	committed uint64 // records committed since open (stats)
-	groups    uint64 // commits since open
+	committed uint64 // records written since open (stats)
+	groups    uint64 // writes since open
+	syncs     uint64 // fdatasyncs since open
 	commitDur time.Duration
 	maxCommit time.Duration
 	writerErr error
-	// marks remembers when each unacked group was committed (in seq
+	// marks remembers when each unacked group was written (in seq
 	// order), for the age of the oldest unacked record.
 	marks []commitMark
+
+	ackMu   sync.Mutex // the acked mark file
+	ackFile *os.File
+
+	// The writer's own.
+	cur      *os.File
+	dirty    bool // written since the last fdatasync
+	lastSync time.Time
+	buf      []byte
 
 	writerDone chan struct{}
 	closing    chan struct{} // closed by Close: ends a group window early
 }
 
-// commitMark: records up to last were committed at (or, for records found
-// in the file at Open, before) at.
+// commitMark: records up to last were written at (or, for records found
+// in the log at Open, before) at.
 type commitMark struct {
 	last uint64
 	at   time.Time
@@ -120,88 +149,234 @@ func (ob *Outbox) addMarkLocked(m commitMark) {
 	ob.marks = ob.marks[:j]
 }
 
-// Open opens (or creates) the outbox file at path.
-func Open(path string, o Options) (*Outbox, error) {
+// Open opens (or creates) the outbox log in the directory dir.
+func Open(dir string, o Options) (*Outbox, error) {
 	if o.MaxGroup <= 0 {
 		o.MaxGroup = DefaultMaxGroup
 	}
 	if o.Window == 0 {
 		o.Window = DefaultWindow
 	}
+	if o.SyncInterval == 0 {
+		o.SyncInterval = DefaultSyncInterval
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
-		Timeout:      2 * time.Second,
-		FreelistType: bolt.FreelistMapType,
-		// The freelist is rebuilt at open (the file is small), so a
-		// commit writes one page fewer.
-		NoFreelistSync: true,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("spend outbox %s: %w", path, err)
-	}
-	ob := &Outbox{db: db, maxGroup: o.MaxGroup, window: o.Window, log: o.Logger.With("component", "spend"),
-		work: make(chan struct{}, 1), changed: make(chan struct{}), writerDone: make(chan struct{}), closing: make(chan struct{})}
+	ob := &Outbox{dir: dir, maxGroup: o.MaxGroup, window: o.Window, syncEvery: o.SyncInterval,
+		log: o.Logger.With("component", "spend"), work: make(chan struct{}, 1), changed: make(chan struct{}),
+		writerDone: make(chan struct{}), closing: make(chan struct{})}
 	ob.space = sync.NewCond(&ob.mu)
-	err = db.Update(func(tx *bolt.Tx) error {
-		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
-		if err != nil {
-			return err
-		}
-		recs, err := tx.CreateBucketIfNotExists(bucketRecords)
-		if err != nil {
-			return err
-		}
-		if id := meta.Get(metaOutboxID); id != nil {
-			ob.id = string(id)
-		} else {
-			var b [16]byte
-			if _, err := crand.Read(b[:]); err != nil {
-				return err
-			}
-			ob.id = hex.EncodeToString(b[:])
-			if err := meta.Put(metaOutboxID, []byte(ob.id)); err != nil {
-				return err
-			}
-		}
-		if !bytes.Equal(meta.Get(metaMoney), nanoUSD) {
-			if err := microToNano(recs); err != nil {
-				return err
-			}
-			if err := meta.Put(metaMoney, nanoUSD); err != nil {
-				return err
-			}
-		}
-		if v := meta.Get(metaSeq); len(v) == 8 {
-			ob.lastSeq = binary.BigEndian.Uint64(v)
-		}
-		ob.ackedSeq = ob.lastSeq
-		if k, _ := recs.Cursor().First(); k != nil {
-			ob.ackedSeq = binary.BigEndian.Uint64(k) - 1
-		}
-		return nil
-	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("spend outbox %s: %w", path, err)
-	}
-	if n := ob.lastSeq - ob.ackedSeq; n > 0 {
-		ob.marks = append(ob.marks, commitMark{last: ob.lastSeq, at: time.Now()})
-		ob.log.Info("spend outbox holds unshipped records", "records", n, "outbox_id", ob.id)
+	if err := ob.open(o.Legacy); err != nil {
+		ob.closeFiles()
+		return nil, fmt.Errorf("spend outbox %s: %w", dir, err)
 	}
 	go ob.writer()
 	return ob, nil
 }
 
-// ID is the outbox id (random, fixed when the file was created).
+func (ob *Outbox) open(legacy string) error {
+	if err := os.MkdirAll(ob.dir, 0o700); err != nil {
+		return err
+	}
+	id, err := os.ReadFile(filepath.Join(ob.dir, fileID))
+	switch {
+	case err == nil && len(strings.TrimSpace(string(id))) > 0:
+		ob.id = strings.TrimSpace(string(id))
+	case err == nil || errors.Is(err, os.ErrNotExist):
+	default:
+		return err
+	}
+	segs, err := listSegments(ob.dir)
+	if err != nil {
+		return err
+	}
+	acked := readAcked(ob.dir)
+	var recs []*syncv1.SpendRecord // unacked, in order
+	var last uint64
+	for i, s := range segs {
+		size, err := scan(s.path, func(r *syncv1.SpendRecord) error {
+			if r.Seq <= last {
+				return fmt.Errorf("%s: sequence %d after %d", s.path, r.Seq, last)
+			}
+			last, s.last = r.Seq, r.Seq
+			if r.Seq > acked {
+				recs = append(recs, r)
+			}
+			return nil
+		})
+		s.size = size
+		if errors.Is(err, errTorn) {
+			// The tail of a segment the machine did not sync before it
+			// went down; nothing after it was acknowledged to anyone.
+			ob.log.Warn("spend outbox: a segment ends in a torn record (the machine stopped before it was synced); reading up to it", "segment", filepath.Base(s.path), "records_after_seq", s.last)
+		} else if err != nil {
+			return err
+		}
+		if i+1 < len(segs) && s.last >= segs[i+1].first {
+			return fmt.Errorf("%s overlaps the next segment", s.path)
+		}
+	}
+	if legacy != "" {
+		lid, lrecs, llast, err := readLegacy(legacy)
+		if err != nil {
+			return fmt.Errorf("older outbox %s: %w", legacy, err)
+		}
+		switch {
+		case lid == "":
+			legacy = "" // none there
+		case ob.id != "" && ob.id != lid:
+			ob.log.Error("spend outbox: an older outbox with another id is left next to the log; it is not shipped", "file", legacy)
+			legacy = ""
+		default:
+			ob.id = lid
+			var take []*syncv1.SpendRecord
+			for _, r := range lrecs {
+				if r.Seq > last {
+					take = append(take, r)
+				}
+			}
+			if len(take) > 0 {
+				s, err := writeSegment(ob.dir, take)
+				if err != nil {
+					return err
+				}
+				segs = append(segs, s)
+				recs = append(recs, take...)
+			}
+			last = max(last, llast)
+		}
+	}
+	if ob.id == "" {
+		var b [16]byte
+		if _, err := crand.Read(b[:]); err != nil {
+			return err
+		}
+		ob.id = hex.EncodeToString(b[:])
+	}
+	if err := writeDurable(ob.dir, fileID, []byte(ob.id+"\n")); err != nil {
+		return err
+	}
+	// Every record found is kept in a segment this session does not write
+	// to; segments holding no unacked record are removed.
+	var keep []*segment
+	for _, s := range segs {
+		if s.last == 0 || s.last <= acked {
+			if err := os.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			continue
+		}
+		keep = append(keep, s)
+	}
+	ob.segs = keep
+	seen := max(last, acked)
+	if seen > 0 || len(segs) > 0 {
+		ob.lastSeq = seen + seqSkip
+	}
+	ob.ackedSeq = ob.lastSeq
+	if len(recs) > 0 {
+		ob.ackedSeq = recs[0].Seq - 1
+	}
+	ob.unacked = len(recs)
+	ob.mem = recs
+	if len(ob.mem) > memMax {
+		ob.mem = ob.mem[len(ob.mem)-memMax:] // the older ones are read back from their segments
+	}
+	af, err := os.OpenFile(filepath.Join(ob.dir, fileAcked), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	ob.ackFile = af
+	if err := ob.newSegment(ob.lastSeq + 1); err != nil {
+		return err
+	}
+	if legacy != "" {
+		// Its records are in a segment now, durably.
+		if err := os.Remove(legacy); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	if ob.unacked > 0 {
+		ob.marks = append(ob.marks, commitMark{last: recs[len(recs)-1].Seq, at: time.Now()})
+		ob.log.Info("spend outbox holds unshipped records", "records", ob.unacked, "outbox_id", ob.id)
+	}
+	return nil
+}
+
+// writeDurable writes name in dir atomically and durably (temporary file,
+// fsync, rename, directory fsync), unless it already holds data.
+func writeDurable(dir, name string, data []byte) error {
+	path := filepath.Join(dir, name)
+	if cur, err := os.ReadFile(path); err == nil && string(cur) == string(data) {
+		return nil
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+// newSegment starts the segment written from seq first (the writer's, or
+// Open's).
+func (ob *Outbox) newSegment(first uint64) error {
+	path := segName(ob.dir, first)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write([]byte(segMagic)); err != nil {
+		f.Close()
+		return err
+	}
+	// The segment's directory entry is durable before any record in it
+	// is (an fdatasync of the file does not promise its name).
+	if err := syncDir(ob.dir); err != nil {
+		f.Close()
+		return err
+	}
+	ob.cur = f
+	ob.mu.Lock()
+	ob.segs = append(ob.segs, &segment{first: first, path: path, size: int64(len(segMagic))})
+	ob.mu.Unlock()
+	return nil
+}
+
+func (ob *Outbox) closeFiles() {
+	if ob.cur != nil {
+		ob.cur.Close()
+		ob.cur = nil
+	}
+	if ob.ackFile != nil {
+		ob.ackFile.Close()
+		ob.ackFile = nil
+	}
+}
+
+// ID is the outbox id (random, fixed when the log was created).
 func (ob *Outbox) ID() string { return ob.id }
 
 // ErrClosed is returned by Append after Close.
 var ErrClosed = errors.New("spend outbox closed")
 
-// Append queues r for the next group commit. r.Seq is assigned then; the
-// caller must not modify r afterwards.
+// Append queues r for the next write. r.Seq is assigned then; the caller
+// must not modify r afterwards.
 func (ob *Outbox) Append(r *syncv1.SpendRecord) error {
 	ob.mu.Lock()
 	for len(ob.queue) >= maxQueued && !ob.closed {
@@ -220,21 +395,35 @@ func (ob *Outbox) Append(r *syncv1.SpendRecord) error {
 	return nil
 }
 
-// writer commits the queue group by group until Close.
+// writer writes the queue group by group, and fdatasyncs what it wrote
+// at most every syncEvery, until Close.
 func (ob *Outbox) writer() {
 	defer close(ob.writerDone)
 	backoff := 10 * time.Millisecond
+	var syncTimer *time.Timer
+	var syncDue <-chan time.Time
 	for {
 		ob.mu.Lock()
 		for len(ob.queue) == 0 {
 			if ob.closed {
 				ob.mu.Unlock()
+				if err := ob.sync(); err != nil {
+					ob.log.Error("spend outbox: final sync failed", "err", err)
+				}
 				return
 			}
 			ob.mu.Unlock()
-			<-ob.work
+			select {
+			case <-ob.work:
+			case <-syncDue:
+				syncDue = nil
+				if err := ob.sync(); err != nil {
+					ob.log.Error("spend outbox: sync failed; retrying", "err", err)
+					syncDue = time.After(backoff)
+				}
+			}
 			ob.mu.Lock()
-			if ob.window > 0 && len(ob.queue) < ob.maxGroup && !ob.closed {
+			if len(ob.queue) > 0 && ob.window > 0 && len(ob.queue) < ob.maxGroup && !ob.closed {
 				// Let the group fill for one window (Close cuts it short).
 				ob.mu.Unlock()
 				select {
@@ -246,21 +435,16 @@ func (ob *Outbox) writer() {
 		}
 		n := min(len(ob.queue), ob.maxGroup)
 		group := ob.queue[:n:n]
-		first := ob.lastSeq + 1
-		ob.mu.Unlock()
-
 		start := time.Now()
-		err := ob.commit(group, first)
+		err := ob.writeLocked(group)
 		took := time.Since(start)
-
-		ob.mu.Lock()
 		if err != nil {
 			ob.writerErr = err
 			closed := ob.closed
 			ob.mu.Unlock()
-			ob.log.Error("spend outbox commit failed; retrying", "records", n, "err", err)
+			ob.log.Error("spend outbox write failed; retrying", "records", n, "err", err)
 			if closed {
-				return // Close gives up: the records were never durable
+				return // Close gives up: the records were never written
 			}
 			time.Sleep(backoff)
 			backoff = min(2*backoff, time.Second)
@@ -272,42 +456,116 @@ func (ob *Outbox) writer() {
 		if len(ob.queue) == 0 {
 			ob.queue = nil // release the backing array
 		}
-		ob.lastSeq = first + uint64(n) - 1
 		ob.addMarkLocked(commitMark{last: ob.lastSeq, at: start})
-		ob.committed += uint64(n)
 		ob.groups++
 		ob.commitDur += took
 		ob.maxCommit = max(ob.maxCommit, took)
 		ob.broadcastLocked()
 		ob.space.Broadcast()
 		ob.mu.Unlock()
+
+		switch {
+		case ob.syncEvery < 0 || time.Since(ob.lastSync) >= ob.syncEvery:
+			if err := ob.sync(); err != nil {
+				ob.log.Error("spend outbox: sync failed; retrying", "err", err)
+				syncDue = time.After(backoff)
+			} else {
+				syncDue = nil
+			}
+		case syncDue == nil:
+			if syncTimer == nil {
+				syncTimer = time.NewTimer(time.Until(ob.lastSync.Add(ob.syncEvery)))
+			} else {
+				syncTimer.Reset(time.Until(ob.lastSync.Add(ob.syncEvery)))
+			}
+			syncDue = syncTimer.C
+		}
+		if ob.rollover() {
+			syncDue = nil
+		}
 	}
 }
 
-// commit writes group with sequence numbers from first, in one fsynced
-// bbolt transaction.
-func (ob *Outbox) commit(group []*syncv1.SpendRecord, first uint64) error {
-	return ob.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketRecords)
-		b.FillPercent = 1 // keys only ever grow
-		var key [8]byte
-		buf := make([]byte, 0, 256)
-		for i, r := range group {
-			seq := first + uint64(i)
-			r.Seq = seq
-			var err error
-			buf, err = proto.MarshalOptions{}.MarshalAppend(buf[:0], r)
-			if err != nil {
-				return err
-			}
-			binary.BigEndian.PutUint64(key[:], seq)
-			if err := b.Put(key[:], bytes.Clone(buf)); err != nil {
-				return err
-			}
+// writeLocked assigns the group its sequence numbers and appends it to the
+// current segment in one write (mu held; only the writer and Open call it).
+func (ob *Outbox) writeLocked(group []*syncv1.SpendRecord) error {
+	if len(group) == 0 {
+		return nil
+	}
+	buf := ob.buf[:0]
+	first := ob.lastSeq + 1
+	for i, r := range group {
+		r.Seq = first + uint64(i)
+		var err error
+		if buf, err = appendFrame(buf, r); err != nil {
+			return err
 		}
-		binary.BigEndian.PutUint64(key[:], first+uint64(len(group))-1)
-		return tx.Bucket(bucketMeta).Put(metaSeq, key[:])
-	})
+	}
+	seg := ob.segs[len(ob.segs)-1]
+	if _, err := ob.cur.WriteAt(buf, seg.size); err != nil {
+		return err
+	}
+	ob.buf = buf
+	if cap(ob.buf) > 1<<20 {
+		ob.buf = nil
+	}
+	seg.size += int64(len(buf))
+	ob.lastSeq = first + uint64(len(group)) - 1
+	seg.last = ob.lastSeq
+	ob.dirty = true
+	ob.unacked += len(group)
+	ob.committed += uint64(len(group))
+	ob.mem = append(ob.mem, group...)
+	if len(ob.mem) > memMax {
+		// The oldest stay in their segment (read back when shipped).
+		drop := len(ob.mem) - memMax
+		clear(ob.mem[:drop])
+		ob.mem = ob.mem[drop:]
+	}
+	return nil
+}
+
+// sync makes what was written durable (the writer's).
+func (ob *Outbox) sync() error {
+	if !ob.dirty || ob.cur == nil {
+		ob.lastSync = time.Now()
+		return nil
+	}
+	if err := syscall.Fdatasync(int(ob.cur.Fd())); err != nil {
+		return err
+	}
+	ob.dirty = false
+	ob.lastSync = time.Now()
+	ob.mu.Lock()
+	ob.syncs++
+	ob.mu.Unlock()
+	return nil
+}
+
+// rollover starts a new segment when the current one is full (synced
+// first). It reports whether it did.
+func (ob *Outbox) rollover() bool {
+	ob.mu.Lock()
+	seg := ob.segs[len(ob.segs)-1]
+	full := seg.size >= segMax
+	next := ob.lastSeq + 1
+	ob.mu.Unlock()
+	if !full {
+		return false
+	}
+	if err := ob.sync(); err != nil {
+		ob.log.Error("spend outbox: sync before a new segment failed; staying on this one", "err", err)
+		return false
+	}
+	old := ob.cur
+	if err := ob.newSegment(next); err != nil {
+		ob.cur = old
+		ob.log.Error("spend outbox: cannot start a new segment; staying on this one", "err", err)
+		return false
+	}
+	old.Close()
+	ob.dropAcked()
+	return true
 }
 
 func (ob *Outbox) broadcastLocked() {
@@ -315,71 +573,82 @@ func (ob *Outbox) broadcastLocked() {
 	ob.changed = make(chan struct{})
 }
 
-// Changed returns a channel closed at the next commit or ack.
+// Changed returns a channel closed at the next write or ack.
 func (ob *Outbox) Changed() <-chan struct{} {
 	ob.mu.Lock()
 	defer ob.mu.Unlock()
 	return ob.changed
 }
 
-// microToNano rewrites the records of an outbox written before costs were
-// nano-USD (micro-USD then), so that they ship with the amount they billed.
-func microToNano(recs *bolt.Bucket) error {
-	var ks, vs [][]byte
-	err := recs.ForEach(func(k, v []byte) error {
-		r := new(syncv1.SpendRecord)
-		if err := proto.Unmarshal(v, r); err != nil {
-			return fmt.Errorf("record %x: %w", k, err)
-		}
-		if r.Cost > math.MaxInt64/1000 {
-			r.Cost = math.MaxInt64
-		} else {
-			r.Cost *= 1000
-		}
-		b, err := proto.Marshal(r)
-		if err != nil {
-			return err
-		}
-		ks, vs = append(ks, bytes.Clone(k)), append(vs, b)
-		return nil
-	})
-	if err != nil {
-		return err
+// memFloor is the lowest seq the in-memory records hold (lastSeq+1 when
+// none): unacked records below it are only in their segments (locked).
+func (ob *Outbox) memFloorLocked() uint64 {
+	if len(ob.mem) == 0 {
+		return ob.lastSeq + 1
 	}
-	for i := range ks {
-		if err := recs.Put(ks[i], vs[i]); err != nil {
-			return err
-		}
-	}
-	return nil
+	return ob.mem[0].Seq
 }
 
-// Batch returns up to max committed records with seq > after (and not yet
+// fromDisk reads the written records with after < seq < below, up to max,
+// from the segments.
+func (ob *Outbox) fromDisk(after, below uint64, max int) ([]*syncv1.SpendRecord, error) {
+	ob.mu.Lock()
+	segs := append([]*segment(nil), ob.segs...)
+	ob.mu.Unlock()
+	var out []*syncv1.SpendRecord
+	stop := errors.New("stop")
+	for i, s := range segs {
+		if i+1 < len(segs) && segs[i+1].first <= after+1 {
+			continue // every record of s is ≤ after
+		}
+		if s.first >= below {
+			break
+		}
+		_, err := scan(s.path, func(r *syncv1.SpendRecord) error {
+			if r.Seq >= below || len(out) >= max {
+				return stop
+			}
+			if r.Seq > after {
+				out = append(out, r)
+			}
+			return nil
+		})
+		if err == stop || len(out) >= max {
+			break
+		}
+		if err != nil && !errors.Is(err, errTorn) {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// Batch returns up to max written records with seq > after (and not yet
 // acked), or nil when there are none.
 func (ob *Outbox) Batch(proxyID string, after uint64, max int) (*syncv1.SpendBatch, error) {
 	ob.mu.Lock()
 	after = maxU(after, ob.ackedSeq)
 	last := ob.lastSeq
-	ob.mu.Unlock()
-	if after >= last {
+	if after >= last || ob.unacked == 0 {
+		ob.mu.Unlock()
 		return nil, nil
 	}
 	b := &syncv1.SpendBatch{ProxyId: proxyID, OutboxId: ob.id, OutboxLastSeq: last}
-	err := ob.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketRecords).Cursor()
-		var key [8]byte
-		binary.BigEndian.PutUint64(key[:], after+1)
-		for k, v := c.Seek(key[:]); k != nil && len(b.Records) < max; k, v = c.Next() {
-			r := new(syncv1.SpendRecord)
-			if err := proto.Unmarshal(v, r); err != nil {
-				return fmt.Errorf("spend outbox: record %x: %w", k, err)
-			}
-			b.Records = append(b.Records, r)
+	floor := ob.memFloorLocked()
+	if after+1 >= floor {
+		i := sort.Search(len(ob.mem), func(i int) bool { return ob.mem[i].Seq > after })
+		b.Records = append(b.Records, ob.mem[i:min(len(ob.mem), i+max)]...)
+		ob.mu.Unlock()
+	} else {
+		ob.mu.Unlock()
+		recs, err := ob.fromDisk(after, floor, max)
+		if err != nil {
+			return nil, fmt.Errorf("spend outbox: %w", err)
 		}
-		return nil
-	})
-	if err != nil || len(b.Records) == 0 {
-		return nil, err
+		b.Records = recs
+	}
+	if len(b.Records) == 0 {
+		return nil, nil
 	}
 	b.FirstSeq, b.LastSeq = b.Records[0].Seq, b.Records[len(b.Records)-1].Seq
 	return b, nil
@@ -392,17 +661,44 @@ func maxU(a, b uint64) uint64 {
 	return b
 }
 
-// Ack deletes every record up to lastSeq: the control plane applied them.
-// It returns what the deleted records cost per key, team, user and
-// organization (ObjectSpend.Spend holds the cost), for the budget gate, and
-// whether no appended record is left unacked. An ack for another outbox id
-// (a stale stream) is ignored.
+// Ack forgets every record up to lastSeq: the control plane applied them.
+// It returns what those records cost per key, team, user and organization
+// (ObjectSpend.Spend holds the cost), for the budget gate, and whether no
+// appended record is left unacked. An ack for another outbox id (a stale
+// stream) is ignored.
 func (ob *Outbox) Ack(outboxID string, lastSeq uint64) ([]*syncv1.ObjectSpend, bool, error) {
 	costs, err := ob.ack(outboxID, lastSeq)
 	ob.mu.Lock()
-	drained := ob.ackedSeq == ob.lastSeq && len(ob.queue) == 0
+	drained := ob.unacked == 0 && len(ob.queue) == 0
 	ob.mu.Unlock()
 	return costs, drained && err == nil, err
+}
+
+type ref struct{ kind, id string }
+
+// addCosts adds what r cost to each object it is charged to.
+func addCosts(costs map[ref]int64, r *syncv1.SpendRecord) {
+	if r.Cost <= 0 {
+		return
+	}
+	user := r.UserId
+	if r.TeamId != "" {
+		user = "" // a team key spends the team's budget, not its user's (as the gate counts it)
+	}
+	for _, o := range [...]ref{{"key", r.TokenId}, {"team", r.TeamId}, {"user", user}, {"organization", r.OrganizationId}, {"end_user", r.EndUser}} {
+		if o.id != "" {
+			costs[o] += r.Cost
+		}
+	}
+	// A key's spend on the model, for model_max_budget (the limiter
+	// ignores those it holds no budget for).
+	if r.TokenId != "" && r.Model != "" {
+		costs[ref{"key_model", r.TokenId + "/" + r.Model}] += r.Cost
+	}
+	// The user's spend in the team, for team-member budgets.
+	if r.TeamId != "" && r.UserId != "" {
+		costs[ref{"team_member", r.TeamId + "/" + r.UserId}] += r.Cost
+	}
 }
 
 func (ob *Outbox) ack(outboxID string, lastSeq uint64) ([]*syncv1.ObjectSpend, error) {
@@ -414,61 +710,66 @@ func (ob *Outbox) ack(outboxID string, lastSeq uint64) ([]*syncv1.ObjectSpend, e
 		lastSeq = ob.lastSeq // never beyond what exists
 	}
 	from := ob.ackedSeq
-	ob.mu.Unlock()
 	if lastSeq <= from {
+		ob.mu.Unlock()
 		return nil, nil
 	}
-	type ref struct{ kind, id string }
-	var costs map[ref]int64
-	err := ob.db.Update(func(tx *bolt.Tx) error {
-		costs = map[ref]int64{}
-		var r syncv1.SpendRecord
-		c := tx.Bucket(bucketRecords).Cursor()
-		for k, v := c.First(); k != nil && binary.BigEndian.Uint64(k) <= lastSeq; k, v = c.Next() {
-			r.Reset()
-			if err := proto.Unmarshal(v, &r); err == nil && r.Cost > 0 {
-				user := r.UserId
-				if r.TeamId != "" {
-					user = "" // a team key spends the team's budget, not its user's (as the gate counts it)
-				}
-				for _, o := range [...]ref{{"key", r.TokenId}, {"team", r.TeamId}, {"user", user}, {"organization", r.OrganizationId}, {"end_user", r.EndUser}} {
-					if o.id != "" {
-						costs[o] += r.Cost
-					}
-				}
-				// A key's spend on the model, for model_max_budget (the
-				// limiter ignores those it holds no budget for).
-				if r.TokenId != "" && r.Model != "" {
-					costs[ref{"key_model", r.TokenId + "/" + r.Model}] += r.Cost
-				}
-				// The user's spend in the team, for team-member budgets.
-				if r.TeamId != "" && r.UserId != "" {
-					costs[ref{"team_member", r.TeamId + "/" + r.UserId}] += r.Cost
-				}
-			}
-			if err := c.Delete(); err != nil {
-				return err
-			}
+	costs := map[ref]int64{}
+	n := 0
+	floor := ob.memFloorLocked()
+	var disk []*syncv1.SpendRecord
+	if from+1 < floor {
+		// Acked records older than memory: read back (rare: a backlog).
+		ob.mu.Unlock()
+		var err error
+		if disk, err = ob.fromDisk(from, min(floor, lastSeq+1), 1<<30); err != nil {
+			return nil, fmt.Errorf("spend outbox ack: %w", err)
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("spend outbox ack: %w", err)
+		ob.mu.Lock()
+		if ob.ackedSeq != from { // a concurrent ack took them
+			ob.mu.Unlock()
+			return ob.ack(outboxID, lastSeq)
+		}
 	}
-	ob.mu.Lock()
-	if lastSeq > ob.ackedSeq {
-		ob.ackedSeq = lastSeq
+	for _, r := range disk {
+		addCosts(costs, r)
+		n++
 	}
 	i := 0
-	for i < len(ob.marks) && ob.marks[i].last <= ob.ackedSeq {
+	for i < len(ob.mem) && ob.mem[i].Seq <= lastSeq {
+		addCosts(costs, ob.mem[i])
 		i++
 	}
-	ob.marks = ob.marks[i:]
+	n += i
+	clear(ob.mem[:i])
+	ob.mem = ob.mem[i:]
+	if len(ob.mem) == 0 {
+		ob.mem = nil
+	}
+	ob.ackedSeq = lastSeq
+	ob.unacked = max(ob.unacked-n, 0)
+	j := 0
+	for j < len(ob.marks) && ob.marks[j].last <= ob.ackedSeq {
+		j++
+	}
+	ob.marks = ob.marks[j:]
 	if len(ob.marks) == 0 {
 		ob.marks = nil
 	}
 	ob.broadcastLocked()
 	ob.mu.Unlock()
+
+	// The acked mark only spares a restart resending what was applied
+	// (the control plane skips it anyway): written, not synced.
+	ob.ackMu.Lock()
+	if ob.ackFile != nil {
+		if _, err := ob.ackFile.WriteAt(ackedBytes(lastSeq), 0); err != nil {
+			ob.log.Warn("spend outbox: acked mark not written; a restart resends applied records", "err", err)
+		}
+	}
+	ob.ackMu.Unlock()
+	ob.dropAcked()
+
 	out := make([]*syncv1.ObjectSpend, 0, len(costs))
 	for o, c := range costs {
 		out = append(out, &syncv1.ObjectSpend{Kind: o.kind, Id: o.id, Spend: c})
@@ -476,19 +777,36 @@ func (ob *Outbox) ack(outboxID string, lastSeq uint64) ([]*syncv1.ObjectSpend, e
 	return out, nil
 }
 
+// dropAcked removes the segments (other than the one being written) whose
+// records are all acked.
+func (ob *Outbox) dropAcked() {
+	ob.mu.Lock()
+	var gone []*segment
+	for len(ob.segs) > 1 && ob.segs[0].last <= ob.ackedSeq {
+		gone = append(gone, ob.segs[0])
+		ob.segs = ob.segs[1:]
+	}
+	ob.mu.Unlock()
+	for _, s := range gone {
+		if err := os.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			ob.log.Warn("spend outbox: acked segment not removed", "segment", filepath.Base(s.path), "err", err)
+		}
+	}
+}
+
 // Stats describe the outbox.
 type Stats struct {
-	Queued    int    // appended, not yet committed
-	Unacked   uint64 // committed, not yet acked
+	Queued    int    // appended, not yet written
+	Unacked   uint64 // written, not yet acked
 	LastSeq   uint64
 	AckedSeq  uint64
-	Committed uint64 // records committed since Open
-	Groups    uint64 // commits since Open
-	// MeanCommit and MaxCommit are the durations of a group commit (the
-	// window in which queued records are not yet durable).
+	Committed uint64 // records written since Open
+	Groups    uint64 // writes since Open
+	Syncs     uint64 // fdatasyncs since Open
+	// MeanCommit and MaxCommit are the durations of a group write.
 	MeanCommit, MaxCommit time.Duration
-	// OldestUnacked is when the oldest record not yet acked was committed
-	// (zero when everything is acked; records found in the file at Open
+	// OldestUnacked is when the oldest record not yet acked was written
+	// (zero when everything is acked; records found in the log at Open
 	// count from Open).
 	OldestUnacked time.Time
 }
@@ -497,8 +815,8 @@ type Stats struct {
 func (ob *Outbox) Stats() Stats {
 	ob.mu.Lock()
 	defer ob.mu.Unlock()
-	st := Stats{Queued: len(ob.queue), Unacked: ob.lastSeq - ob.ackedSeq, LastSeq: ob.lastSeq, AckedSeq: ob.ackedSeq,
-		Committed: ob.committed, Groups: ob.groups, MaxCommit: ob.maxCommit}
+	st := Stats{Queued: len(ob.queue), Unacked: uint64(ob.unacked), LastSeq: ob.lastSeq, AckedSeq: ob.ackedSeq,
+		Committed: ob.committed, Groups: ob.groups, Syncs: ob.syncs, MaxCommit: ob.maxCommit}
 	if ob.groups > 0 {
 		st.MeanCommit = ob.commitDur / time.Duration(ob.groups)
 	}
@@ -508,21 +826,31 @@ func (ob *Outbox) Stats() Stats {
 	return st
 }
 
-// Flush waits until everything appended so far is committed.
+// Flush waits until everything appended so far is written to the log
+// (survives the process; the machine after the next sync).
 func (ob *Outbox) Flush(ctx context.Context) error {
 	ob.mu.Lock()
-	target := ob.lastSeq + uint64(len(ob.queue))
+	target := ob.committed + uint64(len(ob.queue))
 	ob.mu.Unlock()
-	return ob.waitFor(ctx, func() bool { return ob.lastSeq >= target })
+	return ob.waitFor(ctx, func() bool { return ob.committed >= target })
 }
 
-// WaitShipped waits until every record appended so far is committed and
+// WaitShipped waits until every record appended so far is written and
 // acked by the control plane.
 func (ob *Outbox) WaitShipped(ctx context.Context) error {
 	ob.mu.Lock()
-	target := ob.lastSeq + uint64(len(ob.queue))
+	queued := len(ob.queue)
+	target := ob.lastSeq
 	ob.mu.Unlock()
-	return ob.waitFor(ctx, func() bool { return ob.ackedSeq >= target })
+	if queued > 0 {
+		if err := ob.Flush(ctx); err != nil {
+			return err
+		}
+		ob.mu.Lock()
+		target = ob.lastSeq
+		ob.mu.Unlock()
+	}
+	return ob.waitFor(ctx, func() bool { return ob.ackedSeq >= target || ob.unacked == 0 })
 }
 
 // waitFor waits until done (called under mu) holds.
@@ -542,8 +870,8 @@ func (ob *Outbox) waitFor(ctx context.Context, done func() bool) error {
 	}
 }
 
-// Close commits what is queued, stops the writer and closes the file.
-// Append fails afterwards.
+// Close writes and syncs what is queued, stops the writer and closes the
+// files. Append fails afterwards.
 func (ob *Outbox) Close() error {
 	ob.mu.Lock()
 	if ob.closed {
@@ -563,7 +891,20 @@ func (ob *Outbox) Close() error {
 	lost := len(ob.queue)
 	ob.mu.Unlock()
 	if lost > 0 {
-		ob.log.Error("spend outbox closed with uncommitted records", "records", lost)
+		ob.log.Error("spend outbox closed with unwritten records", "records", lost)
 	}
-	return ob.db.Close()
+	ob.ackMu.Lock()
+	defer ob.ackMu.Unlock()
+	var err error
+	if ob.cur != nil {
+		err = ob.cur.Close()
+		ob.cur = nil
+	}
+	if ob.ackFile != nil {
+		if e := ob.ackFile.Close(); err == nil {
+			err = e
+		}
+		ob.ackFile = nil
+	}
+	return err
 }

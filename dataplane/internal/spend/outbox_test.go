@@ -2,8 +2,12 @@ package spend
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"google.golang.org/protobuf/proto"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -103,8 +107,10 @@ func TestCommittedSurvivesReopen(t *testing.T) {
 	}
 	flush(t, ob)
 	id := ob.ID()
-	// Simulate a crash: close the file under the writer without Close.
-	ob.db.Close()
+	// A SIGKILL leaves the files as Close does: Close only syncs what is
+	// written (which a process crash does not lose: it is in the page
+	// cache) and marks nothing.
+	ob.Close()
 
 	ob2 := open(t, path)
 	defer ob2.Close()
@@ -117,8 +123,8 @@ func TestCommittedSurvivesReopen(t *testing.T) {
 	ob2.Append(rec(10))
 	flush(t, ob2)
 	recs := allRecords(t, ob2)
-	if len(recs) != 11 || recs[10].Seq != 11 {
-		t.Fatalf("after reopen: %d records, last seq %d", len(recs), recs[len(recs)-1].Seq)
+	if len(recs) != 11 || recs[9].Seq != 10 || recs[10].Seq != 10+seqSkip+1 {
+		t.Fatalf("after reopen: %d records, seqs %d, %d", len(recs), recs[9].Seq, recs[len(recs)-1].Seq)
 	}
 }
 
@@ -173,7 +179,7 @@ func TestAckDeletes(t *testing.T) {
 	}
 	ob2.Append(rec(99))
 	flush(t, ob2)
-	if recs := allRecords(t, ob2); len(recs) != 1 || recs[0].Seq != 11 {
+	if recs := allRecords(t, ob2); len(recs) != 1 || recs[0].Seq != 10+seqSkip+1 {
 		t.Fatalf("after full ack and reopen: %v", recs)
 	}
 }
@@ -255,6 +261,9 @@ func TestOldestUnacked(t *testing.T) {
 	if !ob.Stats().OldestUnacked.IsZero() {
 		t.Fatal("all acked, still an oldest record")
 	}
+	ob.mu.Lock()
+	ob.unacked++ // the fake marks below have one record behind them
+	ob.mu.Unlock()
 	for i := range 3 * maxMarks {
 		ob.mu.Lock()
 		ob.lastSeq++
@@ -265,51 +274,175 @@ func TestOldestUnacked(t *testing.T) {
 		t.Fatalf("%d marks, oldest %v", len(ob.marks), st.OldestUnacked)
 	}
 	ob.mu.Lock()
-	ob.lastSeq = 2 // the fake marks above have no records behind them
+	ob.lastSeq, ob.unacked = 2, 0 // the fake marks above have no records behind them
 	ob.mu.Unlock()
 	ob.Close()
 }
 
-// An outbox written before costs were nano-USD (no "money" mark) ships its
-// unacked records converted: a record of 855 micro-USD ships as 855,000
-// nano-USD, once (a reopen converts nothing again), and new records keep
-// their nano-USD cost.
-func TestOldMicroOutboxConverted(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "spend")
-	ob := open(t, path)
-	for i := range 3 {
-		ob.Append(rec(855 + i))
-	}
-	flush(t, ob)
-	ob.Close()
-	// Turn the file into one written by a micro-USD proxy.
+// writeLegacyFile writes an outbox file as proxies before the log did:
+// bbolt, records keyed by big-endian seq, costs in nano-USD unless micro.
+func writeLegacyFile(t *testing.T, path, id string, recs []*syncv1.SpendRecord, lastSeq uint64, micro bool) {
+	t.Helper()
 	db, err := bolt.Open(path, 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete(metaMoney) }); err != nil {
+	defer db.Close()
+	err = db.Update(func(tx *bolt.Tx) error {
+		meta, _ := tx.CreateBucketIfNotExists(bucketMeta)
+		rb, _ := tx.CreateBucketIfNotExists(bucketRecords)
+		meta.Put(metaOutboxID, []byte(id))
+		meta.Put(metaSeq, binary.BigEndian.AppendUint64(nil, lastSeq))
+		if !micro {
+			meta.Put(metaMoney, nanoUSD)
+		}
+		for _, r := range recs {
+			v, err := proto.Marshal(r)
+			if err != nil {
+				return err
+			}
+			if err := rb.Put(binary.BigEndian.AppendUint64(nil, r.Seq), v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
-	db.Close()
+}
 
-	for round := range 2 {
-		ob2 := open(t, path)
-		recs := allRecords(t, ob2)
-		if len(recs) != 3 {
-			t.Fatalf("round %d: %d records", round, len(recs))
+// An outbox file of an older proxy is taken over at Open: its unacked
+// records ship under its outbox id with their sequence numbers (the control
+// plane's high-water mark for that id still applies), micro-USD costs are
+// converted once (855 micro-USD ships as 855,000 nano-USD), the file is
+// removed, and new records are numbered after it.
+func TestLegacyOutboxTakenOver(t *testing.T) {
+	for _, micro := range []bool{true, false} {
+		dir := t.TempDir()
+		legacy := filepath.Join(dir, "cache.spend")
+		var old []*syncv1.SpendRecord
+		for i := range 3 {
+			r := rec(855 + i)
+			r.Seq = uint64(41 + i) // 1..40 acked and deleted
+			old = append(old, r)
 		}
-		for i, r := range recs {
-			if want := int64(855+i) * 1000; r.Cost != want {
-				t.Fatalf("round %d: record %d costs %d nano-USD, want %d", round, i, r.Cost, want)
+		writeLegacyFile(t, legacy, "old-outbox-id", old, 43, micro)
+
+		for round := range 2 {
+			ob, err := Open(filepath.Join(dir, "cache.spendlog"), Options{Legacy: legacy, Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ob.ID() != "old-outbox-id" {
+				t.Fatalf("outbox id %q, want the older file's", ob.ID())
+			}
+			recs := allRecords(t, ob)
+			if len(recs) != 3+round { // + the new one of round 0
+				t.Fatalf("micro %v round %d: %d records", micro, round, len(recs))
+			}
+			for i, r := range recs[:3] {
+				want := int64(855 + i)
+				if micro {
+					want *= 1000
+				}
+				if r.Cost != want || r.Seq != uint64(41+i) {
+					t.Fatalf("micro %v round %d: record %d: cost %d seq %d, want %d, %d", micro, round, i, r.Cost, r.Seq, want, 41+i)
+				}
+			}
+			if _, err := os.Stat(legacy); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("older outbox file still there: %v", err)
+			}
+			ob.Append(rec(7))
+			flush(t, ob)
+			if recs := allRecords(t, ob); len(recs) != 4+round || recs[3+round].Cost != 7 || recs[3+round].Seq <= 43 {
+				t.Fatalf("new record after the takeover: %+v", recs[len(recs)-1])
+			}
+			ob.Close()
+		}
+	}
+}
+
+// A record torn by a machine crash (a frame cut short, or garbage after the
+// last synced one) ends its segment: the records before it ship, nothing
+// after it is invented, and new records are numbered past anything that may
+// have been shipped before the crash.
+func TestTornTailRecovered(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "spend")
+	ob := open(t, dir)
+	for i := range 5 {
+		ob.Append(rec(i))
+	}
+	flush(t, ob)
+	ob.Close()
+	segs, err := listSegments(dir)
+	if err != nil || len(segs) != 1 {
+		t.Fatalf("segments %v, %v", segs, err)
+	}
+	raw, _ := os.ReadFile(segs[0].path)
+	// Cut the last frame in half, then append garbage.
+	raw = raw[:len(raw)-5]
+	raw = append(raw, 0xde, 0xad)
+	os.WriteFile(segs[0].path, raw, 0o600)
+
+	ob2 := open(t, dir)
+	defer ob2.Close()
+	recs := allRecords(t, ob2)
+	if len(recs) != 4 || recs[3].Seq != 4 {
+		t.Fatalf("after a torn tail: %d records", len(recs))
+	}
+	ob2.Append(rec(9))
+	flush(t, ob2)
+	if recs := allRecords(t, ob2); recs[4].Seq <= 5+seqSkip-1 {
+		t.Fatalf("new record numbered %d: may collide with one shipped before the crash", recs[4].Seq)
+	}
+}
+
+// Records beyond what the outbox keeps in memory (a long control-plane
+// outage) are read back from their segments, in order, across segments,
+// after a restart too; acks of them return their costs and remove the
+// segments.
+func TestBacklogBeyondMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes ~100k records")
+	}
+	dir := filepath.Join(t.TempDir(), "spend")
+	ob := open(t, dir)
+	n := memMax + 30_000
+	for i := range n {
+		ob.Append(rec(1))
+		_ = i
+	}
+	flush(t, ob)
+	check := func(ob *Outbox) {
+		t.Helper()
+		recs := allRecords(t, ob)
+		if len(recs) != n {
+			t.Fatalf("%d records, want %d", len(recs), n)
+		}
+		for i := 1; i < len(recs); i++ {
+			if recs[i].Seq != recs[i-1].Seq+1 {
+				t.Fatalf("seq %d after %d", recs[i].Seq, recs[i-1].Seq)
 			}
 		}
-		if round == 1 {
-			ob2.Append(rec(7))
-			flush(t, ob2)
-			if recs := allRecords(t, ob2); len(recs) != 4 || recs[3].Cost != 7 {
-				t.Fatalf("new record after conversion: %+v", recs[len(recs)-1])
-			}
-		}
-		ob2.Close()
+	}
+	check(ob)
+	ob.Close()
+	ob = open(t, dir)
+	defer ob.Close()
+	check(ob)
+	segsBefore, _ := listSegments(dir)
+	if len(segsBefore) < 2 {
+		t.Fatalf("%d segments for %d records", len(segsBefore), n)
+	}
+	costs, drained, err := ob.Ack(ob.ID(), 20_000)
+	if err != nil || drained || len(costs) == 0 || costs[0].GetSpend() != 20_000 && costs[len(costs)-1].GetSpend() != 20_000 {
+		t.Fatalf("ack of 20,000 records from disk: %v %v %v", costs, drained, err)
+	}
+	if _, drained, _ := ob.Ack(ob.ID(), uint64(n)); !drained {
+		t.Fatal("not drained after acking everything")
+	}
+	if segs, _ := listSegments(dir); len(segs) != 1 {
+		t.Fatalf("%d segments left after everything was acked, want the one being written", len(segs))
 	}
 }
