@@ -45,7 +45,9 @@ ROUNDS=${ROUNDS:-5}
 WORKERS=${WORKERS:-16}
 DURATION=${DURATION:-4s}
 RATE=${RATE:-200}
-LAT_DURATION=${LAT_DURATION:-2s}
+LAT_DURATION=${LAT_DURATION:-4s}
+RATES=${RATES:-50,200,500}
+LAT_REQUESTS=${LAT_REQUESTS:-400}
 DELAY=${DELAY:-0s}
 MODES=${MODES:-json,stream}
 PROFILE=${PROFILE:-6s}
@@ -70,7 +72,7 @@ trap 'exit 130' INT TERM
 
 {
   echo "== proxy benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "command: KEYS=$KEYS ROUNDS=$ROUNDS WORKERS=$WORKERS DURATION=$DURATION RATE=$RATE LAT_DURATION=$LAT_DURATION DELAY=$DELAY MODES=$MODES PROFILE=$PROFILE PROXIES=$PROXIES deploy/bench/proxy.sh"
+  echo "command: KEYS=$KEYS ROUNDS=$ROUNDS WORKERS=$WORKERS DURATION=$DURATION RATE=$RATE LAT_DURATION=$LAT_DURATION RATES=$RATES LAT_REQUESTS=$LAT_REQUESTS DELAY=$DELAY MODES=$MODES PROFILE=$PROFILE PROXIES=$PROXIES deploy/bench/proxy.sh"
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(uname -sr)"
   echo "go: $(go version | cut -d' ' -f3-), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)')"
   echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -88,7 +90,7 @@ if [[ -z "${BIN:-}" ]]; then
 fi
 
 "$BIN/proxybench" -bin "$BIN" -work "$work" -keys "$KEYS" -port "$PORT" -rounds "$ROUNDS" -workers "$WORKERS" \
-  -duration "$DURATION" -rate "$RATE" -lat-duration "$LAT_DURATION" -delay "$DELAY" -modes "$MODES" \
+  -duration "$DURATION" -rate "$RATE" -rates "$RATES" -lat-duration "$LAT_DURATION" -lat-requests "$LAT_REQUESTS" -delay "$DELAY" -modes "$MODES" \
   -profile "$PROFILE" -profile-out "$prof" -proxies "$PROXIES" > >(tee -a "$out") 2>&1 &
 driver=$!
 wait "$driver"

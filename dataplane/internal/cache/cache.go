@@ -66,6 +66,14 @@ type Cache struct {
 	db   *bolt.DB
 	path string
 	log  *slog.Logger
+
+	// Deltas are committed without an fdatasync (see unsynced.go); these
+	// track what the periodic sync has made durable.
+	unsynced              bool  // the marker file is down: writes may be unsynced
+	deltaWrites, synced   int64 // delta commits, and how many of them were synced
+	lastWrite             time.Time
+	stopSync, syncStopped chan struct{}
+	kick                  chan struct{} // the marker went down
 }
 
 // Open opens (or creates) the cache at path. A file that is corrupt or
@@ -76,7 +84,10 @@ func Open(path string, logger *slog.Logger) (*Cache, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	c := &Cache{path: path, log: logger}
+	c := &Cache{path: path, log: logger, kick: make(chan struct{}, 1)}
+	if err := c.checkUnsynced(); err != nil {
+		return nil, err
+	}
 	db, err := openDB(path, logger)
 	if err != nil {
 		if !errors.Is(err, ErrCorrupt) {
@@ -90,6 +101,8 @@ func Open(path string, logger *slog.Logger) (*Cache, error) {
 		}
 	}
 	c.db = db
+	c.stopSync, c.syncStopped = make(chan struct{}), make(chan struct{})
+	go c.syncLoop()
 	return c, nil
 }
 
@@ -99,12 +112,16 @@ func (c *Cache) Path() string { return c.path }
 // Close closes the file. Later calls fail with ErrClosed.
 func (c *Cache) Close() error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.db == nil {
+		c.mu.Unlock()
 		return nil
 	}
+	c.syncLocked(true)
 	err := c.db.Close()
 	c.db = nil
+	c.mu.Unlock()
+	close(c.stopSync)
+	<-c.syncStopped
 	return err
 }
 
@@ -121,6 +138,7 @@ func (c *Cache) Reset(reason error) error {
 	if err := c.moveAside(reason); err != nil {
 		return err
 	}
+	c.clearUnsynced()
 	db, err := openDB(c.path, c.log)
 	if err != nil {
 		return fmt.Errorf("cache: open fresh %s: %w", c.path, err)
@@ -422,14 +440,23 @@ func (c *Cache) decodeAll(out chan<- []syncv1.Entity, stop <-chan struct{}) (rev
 	return rev, ok, err
 }
 
-// ApplyDelta stores d's changes and revision in one transaction (fsynced):
-// after a crash the cache holds d entirely or not at all.
+// ApplyDelta stores d's changes and revision in one transaction: after a
+// crash of the process the cache holds d entirely or not at all. The
+// transaction is not fdatasynced (unsynced.go): a sync follows within
+// syncEvery, and a crash of the machine before it discards the cache.
 func (c *Cache) ApplyDelta(d *syncv1.Delta) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.db == nil {
 		return ErrClosed
 	}
+	if err := c.markUnsynced(); err != nil {
+		return err
+	}
+	c.db.NoSync = true // every writer holds c.mu: no other commit sees it
+	defer func() { c.db.NoSync = false }()
+	c.deltaWrites++
+	c.lastWrite = time.Now()
 	return c.db.Update(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		active := meta.Get(keyActive)

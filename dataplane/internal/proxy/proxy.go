@@ -188,7 +188,7 @@ func New(o Options) http.Handler {
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:        h.rewrite,
 		Transport:      tr,
-		FlushInterval:  -1,
+		FlushInterval:  0, // ReverseProxy flushes SSE and unknown-length bodies at once itself; a JSON body with a length goes out in one write
 		ModifyResponse: h.modifyResponse,
 		ErrorHandler:   h.upstreamError,
 		ErrorLog:       slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),

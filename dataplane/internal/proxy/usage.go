@@ -42,7 +42,7 @@ func newSSEFilter(src io.ReadCloser, c *call) *sseFilter {
 }
 
 // Read returns as soon as at least one complete event is available, so the
-// proxy (FlushInterval -1) flushes chunk by chunk.
+// proxy (which flushes an SSE response after every write) sends it chunk by chunk.
 func (f *sseFilter) Read(p []byte) (int, error) {
 	for {
 		if f.off < len(f.out) {

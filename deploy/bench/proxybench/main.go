@@ -56,7 +56,9 @@ type config struct {
 	workers            int
 	duration           time.Duration
 	rate               int
+	rates              []int
 	latDuration        time.Duration
+	latRequests        int
 	warmup             time.Duration
 	delay              time.Duration
 	modes              string
@@ -91,7 +93,7 @@ type target struct {
 // sample is one phase of one target in one round.
 type sample struct {
 	target, mode, phase string
-	round               int
+	round, rate         int
 	m                   vegeta.Metrics
 	proxyCPU, upCPU     time.Duration // settled (see measure)
 	loadCPU             time.Duration // the proxy's, during the load only
@@ -108,14 +110,21 @@ func main() {
 	flag.IntVar(&c.rounds, "rounds", 5, "rounds per target and mode (the tables show the median round)")
 	flag.IntVar(&c.workers, "workers", 16, "concurrent workers (keep-alive connections) in the throughput phase")
 	flag.DurationVar(&c.duration, "duration", 4*time.Second, "throughput phase per target and round")
-	flag.IntVar(&c.rate, "rate", 200, "requests/s of the latency phase")
-	flag.DurationVar(&c.latDuration, "lat-duration", 2*time.Second, "latency phase per target and round (0: none)")
+	flag.IntVar(&c.rate, "rate", 200, "requests/s of the constant-rate profile")
+	rates := flag.String("rates", "50,200,500", "constant rates (requests/s) of the rate phases, comma-separated: open loop (requests leave on a fixed schedule, each independent of the answers)")
+	flag.DurationVar(&c.latDuration, "lat-duration", 4*time.Second, "rate phase per target, rate and round (0: none); stretched to -lat-requests")
+	flag.IntVar(&c.latRequests, "lat-requests", 400, "fewest requests in a rate phase (a low rate runs longer)")
 	flag.DurationVar(&c.warmup, "warmup", time.Second, "unrecorded load per target before the rounds")
 	flag.DurationVar(&c.delay, "delay", 0, "the mock upstream's fixed delay")
 	flag.StringVar(&c.modes, "modes", "json,stream", "modes to run: json, stream")
 	flag.DurationVar(&c.profile, "profile", 6*time.Second, "CPU profile of the Tollgate proxy under load (0: none)")
 	flag.StringVar(&c.profileOut, "profile-out", "", "CPU profiles go to <this>.pprof (limited key, JSON, saturated), <this>-stream.pprof (plain key, SSE, saturated), <this>-rate.pprof (limited key, JSON, constant -rate) (default <work>/dataplane)")
 	flag.Parse()
+	for _, f := range strings.Split(*rates, ",") {
+		if r, err := strconv.Atoi(strings.TrimSpace(f)); err == nil && r > 0 {
+			c.rates = append(c.rates, r)
+		}
+	}
 	if c.work == "" {
 		fmt.Fprintln(os.Stderr, "proxybench: -work is required")
 		os.Exit(2)
@@ -289,12 +298,15 @@ func (b *bench) run() error {
 				printRound(s)
 			}
 			if c.latDuration > 0 {
-				for i := range targets {
-					t := targets[(i+r)%len(targets)]
-					s := b.measure(t, body, vegeta.Rate{Freq: c.rate, Per: time.Second}, c.latDuration, mock, cp)
-					s.mode, s.phase, s.round = mode, "latency", r+1
-					samples = append(samples, s)
-					printRound(s)
+				for _, rate := range c.rates {
+					d := max(c.latDuration, time.Duration(c.latRequests)*time.Second/time.Duration(rate))
+					for i := range targets {
+						t := targets[(i+r)%len(targets)]
+						s := b.measure(t, body, vegeta.Rate{Freq: rate, Per: time.Second}, d, mock, cp)
+						s.mode, s.phase, s.round, s.rate = mode, "latency", r+1, rate
+						samples = append(samples, s)
+						printRound(s)
+					}
 				}
 			}
 		}
@@ -406,10 +418,32 @@ func withPath(bases []string, path string) []string {
 	return out
 }
 
-// cpuOf returns utime+stime of a process from /proc/<pid>/stat.
+// cpuOf returns the CPU time of a process: the sum of its threads' time on
+// a CPU from /proc/<pid>/task/*/schedstat (nanoseconds; Go's threads do not
+// exit), else utime+stime from /proc/<pid>/stat (10 ms ticks).
 func cpuOf(p *proc) time.Duration {
 	if p == nil {
 		return 0
+	}
+	if tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", p.cmd.Process.Pid)); err == nil && len(tasks) > 0 {
+		var sum int64
+		ok := true
+		for _, t := range tasks {
+			raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", p.cmd.Process.Pid, t.Name()))
+			if err != nil {
+				continue // exited meanwhile
+			}
+			f := strings.Fields(string(raw))
+			v, err := strconv.ParseInt(f[0], 10, 64)
+			if len(f) == 0 || err != nil {
+				ok = false
+				break
+			}
+			sum += v
+		}
+		if ok {
+			return time.Duration(sum)
+		}
 	}
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
 	if err != nil {
@@ -434,8 +468,12 @@ func usPer(d time.Duration, n uint64) float64 {
 func ms(d time.Duration) string { return fmt.Sprintf("%.3f", float64(d)/1e6) }
 
 func printRound(s sample) {
+	phase := s.phase
+	if s.rate > 0 {
+		phase = fmt.Sprintf("%d/s", s.rate)
+	}
 	fmt.Printf("round %d %-6s %-10s %-16s req=%-6d ok=%5.1f%% rps=%7.0f p50=%sms p90=%sms p99=%sms proxy=%6.1fµs/req (load %6.1f) upstream=%6.1fµs/req cp=%6.1fµs/req codes=%v%s\n",
-		s.round, s.mode, s.phase, s.target, s.m.Requests, s.m.Success*100, s.m.Throughput,
+		s.round, s.mode, phase, s.target, s.m.Requests, s.m.Success*100, s.m.Throughput,
 		ms(s.m.Latencies.P50), ms(s.m.Latencies.P90), ms(s.m.Latencies.P99),
 		usPer(s.proxyCPU, s.m.Requests), usPer(s.loadCPU, s.m.Requests), usPer(s.upCPU, s.m.Requests), usPer(s.cpCPU, s.m.Requests),
 		s.m.StatusCodes, errs(s.m.Errors))
@@ -461,6 +499,7 @@ type agg struct {
 	perRoundCPU []float64
 	p50s        []time.Duration
 	p90s, p99s  []time.Duration
+	rounds      []int
 }
 
 func median[T float64 | time.Duration](v []T) T {
@@ -472,10 +511,10 @@ func median[T float64 | time.Duration](v []T) T {
 	return s[len(s)/2]
 }
 
-func aggregate(samples []sample, mode, phase string) map[string]*agg {
+func aggregate(samples []sample, mode, phase string, rate int) map[string]*agg {
 	out := map[string]*agg{}
 	for _, s := range samples {
-		if s.mode != mode || s.phase != phase {
+		if s.mode != mode || s.phase != phase || s.rate != rate {
 			continue
 		}
 		a := out[s.target]
@@ -494,21 +533,53 @@ func aggregate(samples []sample, mode, phase string) map[string]*agg {
 		a.p50s = append(a.p50s, s.m.Latencies.P50)
 		a.p90s = append(a.p90s, s.m.Latencies.P90)
 		a.p99s = append(a.p99s, s.m.Latencies.P99)
+		a.rounds = append(a.rounds, s.round)
 	}
 	return out
 }
 
+// added is, round by round, how much a's p50 exceeds bare's in the same
+// round: its median and its worst round.
+func added(a, bare *agg) (med, worst time.Duration) {
+	var d []time.Duration
+	for i, r := range a.rounds {
+		for j, rb := range bare.rounds {
+			if rb == r {
+				d = append(d, a.p50s[i]-bare.p50s[j])
+			}
+		}
+	}
+	if len(d) == 0 {
+		return 0, 0
+	}
+	worst = d[0]
+	for _, x := range d {
+		worst = max(worst, x)
+	}
+	return median(d), worst
+}
+
 func report(samples []sample, targets []target, modes []string, c config) {
 	fmt.Printf("\n## Results: %d keys, %d rounds, mock upstream delay %s\n", c.keys, c.rounds, c.delay)
-	fmt.Println("\nLatencies and throughput: median of the rounds. CPU: the process's utime+stime (/proc/<pid>/stat, 10 ms ticks)")
-	fmt.Println("summed over the rounds ÷ requests, including the work left after the load (spend shipping and its deltas) until idle;")
-	fmt.Println("\"during load\" stops at the last response. × bare: the proxy's CPU/request over the bare proxy's.")
+	fmt.Println("\nLatencies and throughput: median of the rounds. CPU: the process's time on a CPU (sum of its threads'")
+	fmt.Println("/proc/<pid>/task/*/schedstat) summed over the rounds ÷ requests, including the work left after the load (spend")
+	fmt.Println("shipping and its deltas) until idle; \"during load\" stops at the last response. × bare: CPU/request over the bare proxy's.")
+	cpuCell := func(t target, a, bare *agg) (cpu, ratio string) {
+		cpu, ratio = "—", "—"
+		if len(t.cpuProcs) == 0 {
+			return
+		}
+		v := usPer(a.proxy, a.req)
+		cpu = fmt.Sprintf("%.1f", v)
+		if bare != nil && bare.proxy > 0 {
+			ratio = fmt.Sprintf("%.2f×", v/usPer(bare.proxy, bare.req))
+		}
+		return
+	}
 	for _, mode := range modes {
-		th := aggregate(samples, mode, "throughput")
-		lat := aggregate(samples, mode, "latency")
+		th := aggregate(samples, mode, "throughput", 0)
 		bare := th["bare"]
-		bareLat := lat["bare"]
-		fmt.Printf("\n### %s, throughput phase: %d workers as fast as they go, %s per round\n\n", mode, c.workers, c.duration)
+		fmt.Printf("\n### %s, saturated: %d workers as fast as they go, %s per round\n\n", mode, c.workers, c.duration)
 		fmt.Println("| target | req/s | p50 ms | p90 ms | p99 ms | proxy CPU µs/req (per round) | × bare | during load µs/req | upstream µs/req | control plane µs/req | ok |")
 		fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 		for _, t := range targets {
@@ -516,68 +587,75 @@ func report(samples []sample, targets []target, modes []string, c config) {
 			if a == nil {
 				continue
 			}
-			cpu, ratio, rounds, load := "—", "—", "", "—"
+			cpu, ratio := cpuCell(t, a, bare)
+			rounds, load := "", "—"
 			if len(t.cpuProcs) > 0 {
-				v := usPer(a.proxy, a.req)
-				cpu = fmt.Sprintf("%.1f", v)
 				load = fmt.Sprintf("%.1f", usPer(a.load, a.req))
 				parts := make([]string, len(a.perRoundCPU))
 				for i, x := range a.perRoundCPU {
 					parts[i] = fmt.Sprintf("%.0f", x)
 				}
 				rounds = " (" + strings.Join(parts, ", ") + ")"
-				if bare != nil && bare.proxy > 0 {
-					ratio = fmt.Sprintf("%.2f×", v/usPer(bare.proxy, bare.req))
-				}
 			}
 			fmt.Printf("| %s | %.0f | %s | %s | %s | %s%s | %s | %s | %.1f | %.1f | %.2f%% |\n", t.name, median(a.rps),
 				ms(median(a.p50s)), ms(median(a.p90s)), ms(median(a.p99s)), cpu, rounds, ratio, load,
 				usPer(a.up, a.req), usPer(a.cp, a.req), 100*a.ok/float64(max(a.req, 1)))
 		}
-		if len(lat) == 0 {
-			continue
-		}
-		fmt.Printf("\n### %s, latency phase: constant %d req/s, %s per round\n\n", mode, c.rate, c.latDuration)
-		fmt.Println("| target | p50 ms | p90 ms | p99 ms | p50 added over bare µs | proxy CPU µs/req | control plane µs/req | ok |")
-		fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|")
-		for _, t := range targets {
-			a := lat[t.name]
-			if a == nil {
+		for _, rate := range c.rates {
+			lat := aggregate(samples, mode, "latency", rate)
+			if len(lat) == 0 {
 				continue
 			}
-			added := "—"
-			if bareLat != nil {
-				added = fmt.Sprintf("%+.0f", float64(median(a.p50s)-median(bareLat.p50s))/1e3)
+			bareLat := lat["bare"]
+			fmt.Printf("\n### %s, constant %d req/s (open loop), ≥ %s and ≥ %d requests per round\n\n", mode, rate, c.latDuration, c.latRequests)
+			fmt.Println("| target | p50 ms | p90 ms | p99 ms | p50 added over bare µs: median round, worst round | proxy CPU µs/req (per round) | × bare | control plane µs/req | ok |")
+			fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+			for _, t := range targets {
+				a := lat[t.name]
+				if a == nil {
+					continue
+				}
+				add := "—"
+				if bareLat != nil && t.name != "bare" {
+					m, w := added(a, bareLat)
+					add = fmt.Sprintf("%+.0f, %+.0f", float64(m)/1e3, float64(w)/1e3)
+				}
+				cpu, ratio := cpuCell(t, a, bareLat)
+				if len(t.cpuProcs) > 0 {
+					parts := make([]string, len(a.perRoundCPU))
+					for i, x := range a.perRoundCPU {
+						parts[i] = fmt.Sprintf("%.0f", x)
+					}
+					cpu += " (" + strings.Join(parts, ", ") + ")"
+				}
+				fmt.Printf("| %s | %s | %s | %s | %s | %s | %s | %.0f | %.2f%% |\n", t.name, ms(median(a.p50s)), ms(median(a.p90s)), ms(median(a.p99s)),
+					add, cpu, ratio, usPer(a.cp, a.req), 100*a.ok/float64(max(a.req, 1)))
 			}
-			cpu := "—"
-			if len(t.cpuProcs) > 0 {
-				cpu = fmt.Sprintf("%.0f", usPer(a.proxy, a.req))
-			}
-			fmt.Printf("| %s | %s | %s | %s | %s | %s | %.0f | %.2f%% |\n", t.name, ms(median(a.p50s)), ms(median(a.p90s)), ms(median(a.p99s)),
-				added, cpu, usPer(a.cp, a.req), 100*a.ok/float64(max(a.req, 1)))
 		}
 	}
-	// The goals of issue 7.
-	fmt.Printf("\n### Goals (issue 7)\n\n")
+	// The goals of issue 20.
+	fmt.Printf("\n### Goals (issue 20)\n\n")
 	for _, mode := range modes {
-		th := aggregate(samples, mode, "throughput")
-		lat := aggregate(samples, mode, "latency")
-		bare, plain, limits := th["bare"], th["tollgate-plain"], th["tollgate-limits"]
-		if bare == nil || plain == nil || limits == nil || bare.proxy == 0 {
-			continue
+		ratio := func(a, bare *agg) float64 { return usPer(a.proxy, a.req) / usPer(bare.proxy, bare.req) }
+		th := aggregate(samples, mode, "throughput", 0)
+		if bare, plain, limits := th["bare"], th["tollgate-plain"], th["tollgate-limits"]; bare != nil && plain != nil && limits != nil && bare.proxy > 0 {
+			pr, lr := ratio(plain, bare), ratio(limits, bare)
+			fmt.Printf("- %s saturated: plain key CPU/request ≤ 1.15× bare: %.2f× — %s; limited key ≤ 1.2×: %.2f× — %s\n", mode, pr, verdict(pr <= 1.15), lr, verdict(lr <= 1.2))
 		}
-		ratio := func(a *agg) (float64, float64) {
-			return usPer(a.proxy, a.req) / usPer(bare.proxy, bare.req), usPer(a.load, a.req) / usPer(bare.load, bare.req)
-		}
-		pr, pl := ratio(plain)
-		lr, ll := ratio(limits)
-		fmt.Printf("- %s: plain key CPU/request ≤ 1.3× bare: %.2f× (during load %.2f×) — %s\n", mode, pr, pl, verdict(pr <= 1.3))
-		fmt.Printf("- %s: budgets/limits/params CPU/request ≤ 1.5× bare: %.2f× (during load %.2f×) — %s\n", mode, lr, ll, verdict(lr <= 1.5))
-		if lat["bare"] != nil && lat["tollgate-plain"] != nil {
-			add := median(lat["tollgate-plain"].p50s) - median(lat["bare"].p50s)
-			addl := median(lat["tollgate-limits"].p50s) - median(lat["bare"].p50s)
-			fmt.Printf("- %s: plain key adds < 100 µs to p50 over bare (at %d req/s): %+.0f µs — %s (limited key: %+.0f µs)\n",
-				mode, c.rate, float64(add)/1e3, verdict(add < 100*time.Microsecond), float64(addl)/1e3)
+		for _, rate := range c.rates {
+			lat := aggregate(samples, mode, "latency", rate)
+			bare, plain, limits := lat["bare"], lat["tollgate-plain"], lat["tollgate-limits"]
+			if bare == nil || plain == nil || limits == nil || bare.proxy == 0 {
+				continue
+			}
+			pr, lr := ratio(plain, bare), ratio(limits, bare)
+			fmt.Printf("- %s at %d req/s: CPU/request ≤ 1.2× bare: plain %.2f×, limited %.2f× — %s\n", mode, rate, pr, lr, verdict(pr <= 1.2 && lr <= 1.2))
+			if rate == 200 {
+				pm, pw := added(plain, bare)
+				lm, lw := added(limits, bare)
+				fmt.Printf("- %s at 200 req/s: added p50 < 25 µs in every round: plain median %+.0f µs, worst %+.0f µs; limited median %+.0f µs, worst %+.0f µs — %s\n",
+					mode, float64(pm)/1e3, float64(pw)/1e3, float64(lm)/1e3, float64(lw)/1e3, verdict(pw < 25*time.Microsecond && lw < 25*time.Microsecond))
+			}
 		}
 	}
 }
