@@ -131,6 +131,11 @@ type Limiter struct {
 	drainEpoch atomic.Uint64
 	connected  atomic.Bool
 	notify     chan struct{}
+	// pending is signalled when a use changed after the last report
+	// (pendingSet: until the next report), so the reporter reports within
+	// ReportInterval, and does not tick while nothing changes.
+	pending    chan struct{}
+	pendingSet atomic.Bool
 
 	grants, allowances atomic.Uint64 // lease grants and allowances received (metrics)
 
@@ -153,7 +158,7 @@ type budgetKey struct{ kind, id string }
 
 // New returns a Limiter that is degraded until SetConnected(true).
 func New(o Options) *Limiter {
-	l := &Limiter{now: o.Now, notify: make(chan struct{}, 1),
+	l := &Limiter{now: o.Now, notify: make(chan struct{}, 1), pending: make(chan struct{}, 1),
 		counters: map[scopeKey]*counter{}, byScope: map[string]*counter{}, budgets: map[budgetKey]*budget{},
 		outTok: map[string]*atomic.Int64{}}
 	if l.now == nil {

@@ -151,9 +151,26 @@ func (l *Limiter) take(c *counter, limit, w, n, nowNano int64) (ok bool, allowan
 	c.mu.Unlock()
 	if ask {
 		l.wake()
+	} else {
+		l.markPending()
 	}
 	return true, a, max(rem, 0)
 }
+
+// markPending tells the reporter a use changed since the last report (at
+// most one signal per report).
+func (l *Limiter) markPending() {
+	if l.pendingSet.CompareAndSwap(false, true) {
+		select {
+		case l.pending <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Pending is signalled when a use changed after the last report: it
+// should be reported within ReportInterval.
+func (l *Limiter) Pending() <-chan struct{} { return l.pending }
 
 // give returns n units to c if it is still in window w.
 func (c *counter) give(w, n int64) {
@@ -179,6 +196,8 @@ func (l *Limiter) release(c *counter, w, n int64) {
 	c.mu.Unlock()
 	if idle {
 		l.wake()
+	} else {
+		l.markPending()
 	}
 	l.signal()
 }
@@ -216,6 +235,7 @@ func (l *Limiter) SetConnected(v bool) {
 // changed since the last report, and every ask. Idle counters of past
 // windows are dropped.
 func (l *Limiter) Uses() *syncv1.LeaseRequest {
+	l.pendingSet.Store(false) // a use changed from here on signals again
 	nowUnix := l.now().Unix()
 	w := nowUnix - nowUnix%Window
 	var req *syncv1.LeaseRequest

@@ -416,6 +416,12 @@ func (h *handler) forward(w http.ResponseWriter, r *http.Request, c *call) {
 		v := recover()
 		if v != nil {
 			c.aborted = true
+		} else {
+			// The response goes out before the bookkeeping (spend
+			// record, gate, metrics): a body with a length would
+			// otherwise wait in the server's buffer until the handler
+			// returns. (SSE and chunked bodies are flushed already.)
+			_ = http.NewResponseController(w).Flush()
 		}
 		h.finish(c)
 		noteOutcome(w, c.outcome, c.body.Model)

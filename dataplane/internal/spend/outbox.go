@@ -88,7 +88,9 @@ type Outbox struct {
 	mu        sync.Mutex
 	queue     []*syncv1.SpendRecord // appended, not yet written
 	space     *sync.Cond            // signalled when the queue shrinks
-	work      chan struct{}         // wakes the writer
+	work      chan struct{}         // wakes the writer now
+	gather    *time.Timer           // wakes the writer a Window after a group's first record
+	gathering bool                  // the queue waits for gather
 	closed    bool
 	lastSeq   uint64 // last written seq
 	ackedSeq  uint64 // every seq ≤ ackedSeq is acked
@@ -167,6 +169,8 @@ func Open(dir string, o Options) (*Outbox, error) {
 		log: o.Logger.With("component", "spend"), work: make(chan struct{}, 1), changed: make(chan struct{}),
 		writerDone: make(chan struct{}), closing: make(chan struct{})}
 	ob.space = sync.NewCond(&ob.mu)
+	ob.gather = time.NewTimer(time.Hour)
+	ob.gather.Stop()
 	if err := ob.open(o.Legacy); err != nil {
 		ob.closeFiles()
 		return nil, fmt.Errorf("spend outbox %s: %w", dir, err)
@@ -386,11 +390,23 @@ func (ob *Outbox) Append(r *syncv1.SpendRecord) error {
 		ob.mu.Unlock()
 		return ErrClosed
 	}
+	first := len(ob.queue) == 0
 	ob.queue = append(ob.queue, r)
+	full := len(ob.queue) >= ob.maxGroup
+	if first && !full && ob.window > 0 {
+		ob.gathering = true
+	}
 	ob.mu.Unlock()
-	select {
-	case ob.work <- struct{}{}:
-	default:
+	switch {
+	case full || ob.window <= 0:
+		select {
+		case ob.work <- struct{}{}:
+		default:
+		}
+	case first:
+		// The writer sleeps until the group's window ends: one wake-up
+		// per group, not one per record plus one for the window.
+		ob.gather.Reset(ob.window)
 	}
 	return nil
 }
@@ -404,8 +420,8 @@ func (ob *Outbox) writer() {
 	var syncDue <-chan time.Time
 	for {
 		ob.mu.Lock()
-		for len(ob.queue) == 0 {
-			if ob.closed {
+		for len(ob.queue) == 0 || (ob.window > 0 && len(ob.queue) < ob.maxGroup && !ob.closed && ob.gathering) {
+			if len(ob.queue) == 0 && ob.closed {
 				ob.mu.Unlock()
 				if err := ob.sync(); err != nil {
 					ob.log.Error("spend outbox: final sync failed", "err", err)
@@ -415,6 +431,11 @@ func (ob *Outbox) writer() {
 			ob.mu.Unlock()
 			select {
 			case <-ob.work:
+			case <-ob.closing:
+			case <-ob.gather.C:
+				ob.mu.Lock()
+				ob.gathering = false
+				ob.mu.Unlock()
 			case <-syncDue:
 				syncDue = nil
 				if err := ob.sync(); err != nil {
@@ -423,15 +444,6 @@ func (ob *Outbox) writer() {
 				}
 			}
 			ob.mu.Lock()
-			if len(ob.queue) > 0 && ob.window > 0 && len(ob.queue) < ob.maxGroup && !ob.closed {
-				// Let the group fill for one window (Close cuts it short).
-				ob.mu.Unlock()
-				select {
-				case <-time.After(ob.window):
-				case <-ob.closing:
-				}
-				ob.mu.Lock()
-			}
 		}
 		n := min(len(ob.queue), ob.maxGroup)
 		group := ob.queue[:n:n]

@@ -100,8 +100,11 @@ type SpendSource interface {
 type Leases interface {
 	// Uses returns the use to report and the asks, nil when nothing changed.
 	Uses() *syncv1.LeaseRequest
-	// Notify is signalled when an ask is waiting.
+	// Notify is signalled when an ask is waiting (report now).
 	Notify() <-chan struct{}
+	// Pending is signalled when a use changed after the last report
+	// (report within ReportInterval).
+	Pending() <-chan struct{}
 	ReportInterval() time.Duration
 	Apply(g *syncv1.LeaseGrant)
 	SetConnected(bool)
@@ -505,7 +508,12 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 // watchdog cancels the session once the receiving loop has waited
 // StallTimeout for a message (first before the first one).
 func (c *Client) watchdog(ctx context.Context, cancel context.CancelFunc, lastRecv *atomic.Int64, busy, heard *atomic.Bool, first time.Duration) {
-	t := time.NewTicker(max(min(c.o.StallTimeout, first)/8, time.Millisecond))
+	// One timer, set for the moment the stream would have been silent too
+	// long (not a ticker: an idle proxy wakes about once a heartbeat).
+	// Until the first message, every 1/8 of the shorter bound (as the
+	// stream's first answer may come at any moment).
+	early := max(min(c.o.StallTimeout, first)/8, time.Millisecond)
+	t := time.NewTimer(early)
 	defer t.Stop()
 	for {
 		select {
@@ -513,18 +521,25 @@ func (c *Client) watchdog(ctx context.Context, cancel context.CancelFunc, lastRe
 			return
 		case <-t.C:
 		}
-		if busy.Load() {
-			continue
-		}
 		limit := c.o.StallTimeout
 		if !heard.Load() {
 			limit = first
 		}
-		if silent := time.Since(time.Unix(0, lastRecv.Load())); silent > limit {
+		if busy.Load() {
+			t.Reset(max(limit/8, time.Millisecond))
+			continue
+		}
+		silent := time.Since(time.Unix(0, lastRecv.Load()))
+		if silent > limit {
 			c.log.Warn("sync stream silent; dropping the connection and reconnecting", "silent_for", silent.Round(time.Millisecond))
 			cancel()
 			return
 		}
+		if !heard.Load() {
+			t.Reset(early)
+			continue
+		}
+		t.Reset(limit - silent + time.Millisecond)
 	}
 }
 
@@ -620,16 +635,27 @@ func (c *Client) applied(stream grpc.BidiStreamingClient[syncv1.ProxyMessage, sy
 	_ = c.send(stream, &syncv1.ProxyMessage{Msg: &syncv1.ProxyMessage_Applied{Applied: &syncv1.Applied{Revision: rev}}})
 }
 
-// reportLeases sends rate-limit use and asks while the stream lives.
+// reportLeases sends rate-limit use and asks while the stream lives: at
+// once for an ask, within ReportInterval of a changed use, and nothing (no
+// timer) while nothing changes.
 func (c *Client) reportLeases(ctx context.Context, stream grpc.BidiStreamingClient[syncv1.ProxyMessage, syncv1.ControlMessage]) {
 	l := c.o.Leases
-	t := time.NewTicker(l.ReportInterval())
-	defer t.Stop()
+	t := time.NewTimer(l.ReportInterval())
+	t.Stop()
+	var tick <-chan time.Time // armed while a changed use waits
 	for {
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return
-		case <-t.C:
+		case <-l.Pending():
+			if tick == nil {
+				t.Reset(l.ReportInterval())
+				tick = t.C
+			}
+			continue
+		case <-tick:
+			tick = nil
 		case <-l.Notify():
 		}
 		if r := l.Uses(); r != nil {
