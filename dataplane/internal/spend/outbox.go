@@ -31,6 +31,8 @@ const (
 	// segMax: a segment is closed (fdatasynced) and a new one started
 	// once it is this large; fully acked segments are deleted.
 	segMax = 4 << 20
+	// maxGroupBytes: room past segMax for the group that crosses it.
+	maxGroupBytes = 1 << 20
 	// seqSkip is how far the numbering jumps at each Open past the highest
 	// number found (records or acked mark). Records written after the last
 	// fdatasync can be lost by a crash of the machine although they were
@@ -52,10 +54,14 @@ const DefaultWindow = 20 * time.Millisecond
 // DefaultSyncInterval is how often written records are made durable on disk
 // (fdatasync) while records keep coming: the machine-crash bound (a kernel
 // panic or power loss loses at most the records written in the last
-// interval). An fdatasync costs ~110-140 µs of CPU here (deploy/bench,
-// README "Performance"): one per 20 ms window was one per request at 50
-// req/s, a third of a bare proxy's whole cost per request.
-const DefaultSyncInterval = 200 * time.Millisecond
+// interval; a crash of the proxy process loses none of them). An
+// fdatasync costs ~110-140 µs of CPU here, and more in what it sets off: a
+// goroutine blocked in a syscall for a millisecond has its P handed to
+// another thread by the runtime's monitor. One per 20 ms window was one
+// per request at 50 req/s, a third of a bare proxy's whole cost per
+// request (README, Performance). Postgres with synchronous_commit off
+// bounds the same loss at 3 × 200 ms.
+const DefaultSyncInterval = time.Second
 
 // Options configure Open.
 type Options struct {
@@ -349,6 +355,10 @@ func (ob *Outbox) newSegment(first uint64) error {
 		f.Close()
 		return err
 	}
+	// Blocks allocated up front: an append then writes into them instead
+	// of allocating on every write (the length is set, so an fdatasync has
+	// no size to journal). The zeros after the last frame end the log.
+	_ = syscall.Fallocate(int(f.Fd()), 0, 0, segMax+maxGroupBytes)
 	// The segment's directory entry is durable before any record in it
 	// is (an fdatasync of the file does not promise its name).
 	if err := syncDir(ob.dir); err != nil {

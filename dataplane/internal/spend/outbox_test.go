@@ -380,8 +380,12 @@ func TestTornTailRecovered(t *testing.T) {
 		t.Fatalf("segments %v, %v", segs, err)
 	}
 	raw, _ := os.ReadFile(segs[0].path)
-	// Cut the last frame in half, then append garbage.
-	raw = raw[:len(raw)-5]
+	size, err := scan(segs[0].path, func(*syncv1.SpendRecord) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Cut the last frame short, then garbage.
+	raw = raw[:size-5]
 	raw = append(raw, 0xde, 0xad)
 	os.WriteFile(segs[0].path, raw, 0o600)
 

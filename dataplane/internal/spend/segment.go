@@ -116,6 +116,9 @@ func scan(path string, fn func(r *syncv1.SpendRecord) error) (int64, error) {
 		}
 		n := int(binary.BigEndian.Uint32(raw[off:]))
 		sum := binary.BigEndian.Uint32(raw[off+4:])
+		if n == 0 && sum == 0 && allZero(raw[off:]) {
+			return int64(off), nil // the preallocated rest: a clean end
+		}
 		if n == 0 || n > maxPayload || len(raw)-off-frameHead < n {
 			return int64(off), errTorn
 		}
@@ -133,6 +136,15 @@ func scan(path string, fn func(r *syncv1.SpendRecord) error) (int64, error) {
 		off += frameHead + n
 	}
 	return int64(off), nil
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // readAcked reads the acked mark (0 when absent or not valid).
