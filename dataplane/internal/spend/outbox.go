@@ -97,6 +97,10 @@ type Outbox struct {
 	work      chan struct{}         // wakes the writer now
 	gather    *time.Timer           // wakes the writer a Window after a group's first record
 	gathering bool                  // the queue waits for gather
+	lastWrite time.Time             // the last write to the log
+	syncArmed bool                  // a sync is scheduled (the writer's timer)
+	syncKick  chan struct{}         // asks the writer to schedule a sync
+	dirty     bool                  // written since the last fdatasync
 	closed    bool
 	lastSeq   uint64 // last written seq
 	ackedSeq  uint64 // every seq ≤ ackedSeq is acked
@@ -118,8 +122,7 @@ type Outbox struct {
 	ackFile *os.File
 
 	// The writer's own.
-	cur      *os.File
-	dirty    bool // written since the last fdatasync
+	cur      *os.File // under mu: inline writes use it too
 	lastSync time.Time
 	buf      []byte
 
@@ -172,7 +175,7 @@ func Open(dir string, o Options) (*Outbox, error) {
 		o.Logger = slog.Default()
 	}
 	ob := &Outbox{dir: dir, maxGroup: o.MaxGroup, window: o.Window, syncEvery: o.SyncInterval,
-		log: o.Logger.With("component", "spend"), work: make(chan struct{}, 1), changed: make(chan struct{}),
+		log: o.Logger.With("component", "spend"), work: make(chan struct{}, 1), syncKick: make(chan struct{}, 1), changed: make(chan struct{}),
 		writerDone: make(chan struct{}), closing: make(chan struct{})}
 	ob.space = sync.NewCond(&ob.mu)
 	ob.gather = time.NewTimer(time.Hour)
@@ -365,8 +368,8 @@ func (ob *Outbox) newSegment(first uint64) error {
 		f.Close()
 		return err
 	}
-	ob.cur = f
 	ob.mu.Lock()
+	ob.cur = f
 	ob.segs = append(ob.segs, &segment{first: first, path: path, size: int64(len(segMagic))})
 	ob.mu.Unlock()
 	return nil
@@ -400,6 +403,10 @@ func (ob *Outbox) Append(r *syncv1.SpendRecord) error {
 		ob.mu.Unlock()
 		return ErrClosed
 	}
+	if ob.inlineLocked(r) {
+		ob.mu.Unlock()
+		return nil
+	}
 	first := len(ob.queue) == 0
 	ob.queue = append(ob.queue, r)
 	full := len(ob.queue) >= ob.maxGroup
@@ -421,13 +428,55 @@ func (ob *Outbox) Append(r *syncv1.SpendRecord) error {
 	return nil
 }
 
-// writer writes the queue group by group, and fdatasyncs what it wrote
-// at most every syncEvery, until Close.
+// inlineLocked writes r at once, on the caller's goroutine, when the
+// outbox is idle: nothing queued and no write for a Window (so writes stay
+// at most one per Window, and no group is waiting that r would overtake).
+// At modest rates that is every record, with no writer wake-up at all (the
+// proxy calls Append after the response went out). It reports whether it
+// wrote r (mu held).
+func (ob *Outbox) inlineLocked(r *syncv1.SpendRecord) bool {
+	if ob.window <= 0 || ob.syncEvery < 0 || len(ob.queue) > 0 || ob.writerErr != nil ||
+		time.Since(ob.lastWrite) < ob.window || ob.segs[len(ob.segs)-1].size >= segMax {
+		return false
+	}
+	start := time.Now()
+	if err := ob.writeLocked([]*syncv1.SpendRecord{r}); err != nil {
+		return false // queued: the writer retries
+	}
+	ob.afterWriteLocked(1, start)
+	if !ob.syncArmed {
+		ob.syncArmed = true
+		select {
+		case ob.syncKick <- struct{}{}:
+		default:
+		}
+	}
+	return true
+}
+
+// afterWriteLocked accounts a write of n records that began at start.
+func (ob *Outbox) afterWriteLocked(n int, start time.Time) {
+	took := time.Since(start)
+	ob.lastWrite = start
+	ob.addMarkLocked(commitMark{last: ob.lastSeq, at: start})
+	ob.groups++
+	ob.commitDur += took
+	ob.maxCommit = max(ob.maxCommit, took)
+	ob.broadcastLocked()
+}
+
+// writer writes the queue group by group, and fdatasyncs what was written
+// (by it or inline) at most every syncEvery, until Close.
 func (ob *Outbox) writer() {
 	defer close(ob.writerDone)
 	backoff := 10 * time.Millisecond
-	var syncTimer *time.Timer
-	var syncDue <-chan time.Time
+	syncTimer := time.NewTimer(time.Hour)
+	syncTimer.Stop()
+	defer syncTimer.Stop()
+	arm := func() { // mu held
+		ob.syncArmed = true
+		syncTimer.Reset(max(time.Until(ob.lastSync.Add(ob.syncEvery)), 0))
+	}
 	for {
 		ob.mu.Lock()
 		for len(ob.queue) == 0 || (ob.window > 0 && len(ob.queue) < ob.maxGroup && !ob.closed && ob.gathering) {
@@ -446,11 +495,20 @@ func (ob *Outbox) writer() {
 				ob.mu.Lock()
 				ob.gathering = false
 				ob.mu.Unlock()
-			case <-syncDue:
-				syncDue = nil
+			case <-ob.syncKick: // an inline write: schedule its sync
+				ob.mu.Lock()
+				arm()
+				ob.mu.Unlock()
+			case <-syncTimer.C:
+				ob.mu.Lock()
+				ob.syncArmed = false
+				ob.mu.Unlock()
 				if err := ob.sync(); err != nil {
 					ob.log.Error("spend outbox: sync failed; retrying", "err", err)
-					syncDue = time.After(backoff)
+					ob.mu.Lock()
+					ob.syncArmed = true
+					ob.mu.Unlock()
+					syncTimer.Reset(backoff)
 				}
 			}
 			ob.mu.Lock()
@@ -459,7 +517,6 @@ func (ob *Outbox) writer() {
 		group := ob.queue[:n:n]
 		start := time.Now()
 		err := ob.writeLocked(group)
-		took := time.Since(start)
 		if err != nil {
 			ob.writerErr = err
 			closed := ob.closed
@@ -478,33 +535,24 @@ func (ob *Outbox) writer() {
 		if len(ob.queue) == 0 {
 			ob.queue = nil // release the backing array
 		}
-		ob.addMarkLocked(commitMark{last: ob.lastSeq, at: start})
-		ob.groups++
-		ob.commitDur += took
-		ob.maxCommit = max(ob.maxCommit, took)
-		ob.broadcastLocked()
+		ob.afterWriteLocked(n, start)
 		ob.space.Broadcast()
+		syncNow := ob.syncEvery < 0 || time.Since(ob.lastSync) >= ob.syncEvery
+		if !syncNow && !ob.syncArmed {
+			arm()
+		}
 		ob.mu.Unlock()
 
-		switch {
-		case ob.syncEvery < 0 || time.Since(ob.lastSync) >= ob.syncEvery:
+		if syncNow {
 			if err := ob.sync(); err != nil {
 				ob.log.Error("spend outbox: sync failed; retrying", "err", err)
-				syncDue = time.After(backoff)
-			} else {
-				syncDue = nil
+				ob.mu.Lock()
+				ob.syncArmed = true
+				ob.mu.Unlock()
+				syncTimer.Reset(backoff)
 			}
-		case syncDue == nil:
-			if syncTimer == nil {
-				syncTimer = time.NewTimer(time.Until(ob.lastSync.Add(ob.syncEvery)))
-			} else {
-				syncTimer.Reset(time.Until(ob.lastSync.Add(ob.syncEvery)))
-			}
-			syncDue = syncTimer.C
 		}
-		if ob.rollover() {
-			syncDue = nil
-		}
+		ob.rollover()
 	}
 }
 
@@ -547,17 +595,22 @@ func (ob *Outbox) writeLocked(group []*syncv1.SpendRecord) error {
 	return nil
 }
 
-// sync makes what was written durable (the writer's).
+// sync makes what was written durable (the writer's, or Open's).
 func (ob *Outbox) sync() error {
-	if !ob.dirty || ob.cur == nil {
-		ob.lastSync = time.Now()
+	ob.mu.Lock()
+	dirty, f := ob.dirty, ob.cur
+	ob.dirty = false
+	ob.mu.Unlock()
+	ob.lastSync = time.Now()
+	if !dirty || f == nil {
 		return nil
 	}
-	if err := syscall.Fdatasync(int(ob.cur.Fd())); err != nil {
+	if err := syscall.Fdatasync(int(f.Fd())); err != nil {
+		ob.mu.Lock()
+		ob.dirty = true
+		ob.mu.Unlock()
 		return err
 	}
-	ob.dirty = false
-	ob.lastSync = time.Now()
 	ob.mu.Lock()
 	ob.syncs++
 	ob.mu.Unlock()
@@ -579,12 +632,15 @@ func (ob *Outbox) rollover() bool {
 		ob.log.Error("spend outbox: sync before a new segment failed; staying on this one", "err", err)
 		return false
 	}
+	ob.mu.Lock()
 	old := ob.cur
+	ob.mu.Unlock()
 	if err := ob.newSegment(next); err != nil {
-		ob.cur = old
 		ob.log.Error("spend outbox: cannot start a new segment; staying on this one", "err", err)
 		return false
 	}
+	// An inline write may have reached the old segment after the sync.
+	_ = syscall.Fdatasync(int(old.Fd()))
 	old.Close()
 	ob.dropAcked()
 	return true

@@ -450,3 +450,36 @@ func TestBacklogBeyondMemory(t *testing.T) {
 		t.Fatalf("%d segments left after everything was acked, want the one being written", len(segs))
 	}
 }
+
+// An idle outbox writes a record on the caller's goroutine at once (no
+// writer wake-up, nothing lost to a SIGKILL right after), a burst groups
+// behind the window, and what was written inline is synced within the
+// sync interval.
+func TestIdleAppendWritesInline(t *testing.T) {
+	ob, err := Open(filepath.Join(t.TempDir(), "spend"), Options{Window: 50 * time.Millisecond, SyncInterval: 30 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ob.Close()
+	ob.Append(rec(1))
+	if st := ob.Stats(); st.Committed != 1 || st.Queued != 0 {
+		t.Fatalf("idle append not written at once: %+v", st)
+	}
+	for i := range 10 {
+		ob.Append(rec(2 + i))
+	}
+	if st := ob.Stats(); st.Committed != 1 || st.Queued != 10 {
+		t.Fatalf("a burst right after a write should wait for the window: %+v", st)
+	}
+	flush(t, ob)
+	if st := ob.Stats(); st.Committed != 11 || st.Groups != 2 {
+		t.Fatalf("burst not written as one group: %+v", st)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for ob.Stats().Syncs == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("written records never synced")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
