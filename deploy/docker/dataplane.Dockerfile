@@ -18,7 +18,7 @@ RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/dataplane /out/healthcheck /usr/local/bin/
-# The bbolt cache and its spend outbox (<cache>.spend); mount a volume here to keep them
+# The bbolt cache and its spend outbox log (<cache>.spendlog); mount a volume here to keep them
 # across container replacement.
 COPY --from=build --chown=65532:65532 /out/cache /var/lib/tollgate
 USER 65532:65532
