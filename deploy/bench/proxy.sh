@@ -5,6 +5,7 @@
 #   deploy/bench/proxy.sh                    # defaults: 100,000 keys, 5 rounds, ~5 minutes
 #   KEYS=1000000 ROUNDS=5 DURATION=10s deploy/bench/proxy.sh
 #   DELAY=20ms deploy/bench/proxy.sh         # the mock upstream waits 20 ms per answer
+#   RATES=50,200,500 deploy/bench/proxy.sh   # the open-loop constant rates (req/s)
 #   MODES=json deploy/bench/proxy.sh         # skip SSE streaming
 #   PROXIES=3 deploy/bench/proxy.sh          # Tollgate targets round robin over 3 proxies (CPU summed)
 #   BIN=/path deploy/bench/proxy.sh          # use binaries built there (controlplane, dataplane,
@@ -28,11 +29,17 @@
 #                         the proxy and the control plane are idle after it (so the spend
 #                         shipping a request causes is charged to it; "during load" is shown
 #                         too), and the same for the upstream and the control plane;
-#       latency phase:    a constant RATE req/s (200) for LAT_DURATION (2s), below saturation,
-#                         for the p50 a proxy adds over the bare proxy;
+#       rate phases:      for each of RATES (default 50,200,500 req/s), open loop: requests leave
+#                         on a fixed schedule whatever the answers (vegeta's constant pacer; more
+#                         connections are opened when all are busy), for LAT_DURATION (4s) and at
+#                         least LAT_REQUESTS (400) requests; CPU per request as above, and the p50
+#                         each target adds over the bare proxy in the same round (the median round
+#                         and the worst round are reported: issue 20 asks < 25 µs in every round);
 #   - takes CPU profiles of the Tollgate proxy (PROFILE=6s each): saturated with the limited key
-#     (JSON), saturated with the plain key (SSE), and at the constant RATE (limited key, JSON).
-# Prints markdown tables (ratios to the bare proxy, the issue-7 goals met or missed) and each
+#     (JSON), saturated with the plain key (SSE), and at the constant RATE (200; limited key, JSON).
+# CPU is each process's time on a CPU summed over its threads (/proc/<pid>/task/*/schedstat, ns),
+# so that a low rate's few requests are not counted in 10 ms ticks.
+# Prints markdown tables (ratios to the bare proxy, the issue-20 goals met or missed) and each
 # profile's top 15 (flat and cumulative); everything also goes to
 # deploy/bench/results/proxy-<UTC date-time>.txt, the profiles next to it (.pprof, -stream.pprof, -rate.pprof).
 # Ports PORT..PORT+5 (default 18400). All processes are stopped and the temporary directory
