@@ -25,7 +25,9 @@
 // Statements: per replica, one UPDATE per second for heartbeats plus one
 // read of the member list, and about six statements per lease transaction.
 // Lease transactions are spaced (flusher): at most one per 200 ms while the
-// queue holds only reports, one per 20 ms while a proxy asks, whatever the
+// queue holds only reports, one per 20 ms while a proxy asks (or a proxy
+// told a lowering by this replica reports: its confirmation frees units
+// another proxy waits for), whatever the
 // number of proxies or the request rate; a transaction carries every
 // report and ask queued meanwhile. So statements per second are bounded per
 // replica and never grow with the request rate.
