@@ -282,6 +282,7 @@ func (c *Coord) Leave(_ context.Context, s coord.Session) {
 		return
 	}
 	delete(c.local, s.Member)
+	delete(c.lowered, s.Member)
 	c.mu.Unlock()
 	// The stream's context is over: leave on our own.
 	ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
