@@ -113,4 +113,16 @@ func TestLoweringReportedAtOnce(t *testing.T) {
 	if useOf(l.Uses(), "team:other:rpm") != nil {
 		t.Fatal("the confirmation was sent twice")
 	}
+
+	// A new stream (the last confirmations may be lost with the old one)
+	// confirms every allowance held again.
+	l.SetConnected(false)
+	l.SetConnected(true)
+	r = l.Uses()
+	if u := useOf(r, "team:other:rpm"); u == nil || u.GetLimit() != -1 || u.GetAllowanceSeq() != 3 {
+		t.Fatalf("after a reconnection %v: want the unused limit's allowance confirmed again", r)
+	}
+	if u := useOf(r, scope); u == nil || u.GetAllowance() != 8 || u.GetAllowanceSeq() != 9 {
+		t.Fatalf("after a reconnection %v: want the rpm allowance 8 (seq 9) reported", r)
+	}
 }

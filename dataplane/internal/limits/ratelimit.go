@@ -115,8 +115,10 @@ func (l *Limiter) counter(k scopeKey) *counter {
 	if c, ok = l.byScope[scope]; ok {
 		// Granted before this proxy used the limit (a reclaim, or a
 		// window already open when it joined).
+		// (Still unused until take records its limit: Uses must not report
+		// it with limit 0.)
 		c.mu.Lock()
-		c.metric, c.unused = k.metric, false
+		c.metric = k.metric
 		c.mu.Unlock()
 		l.counters[k] = c
 		return c
@@ -133,7 +135,7 @@ func (l *Limiter) counter(k scopeKey) *counter {
 func (l *Limiter) take(c *counter, limit, w, n, nowNano int64) (ok bool, allowance, remaining int64) {
 	c.mu.Lock()
 	c.roll(w)
-	c.limit = limit
+	c.limit, c.unused = limit, false
 	c.touched = nowNano / 1e9
 	a := c.allowanceLocked(l)
 	if c.used >= a {
@@ -211,13 +213,17 @@ func (l *Limiter) ReportInterval() time.Duration { return reportInterval }
 func (l *Limiter) SetConnected(v bool) {
 	l.connected.Store(v)
 	if v {
+		// Every allowance held is confirmed again: a confirmation lost
+		// with the old stream would keep what was reclaimed held.
 		l.mu.RLock()
-		for _, c := range l.counters {
+		for _, c := range l.byScope {
 			c.mu.Lock()
 			c.reported = -1
+			c.confirm = c.confirm || c.seq != 0
 			c.mu.Unlock()
 		}
 		l.mu.RUnlock()
+		l.unusedConfirm.Store(true)
 		l.wake()
 	}
 }
@@ -245,8 +251,8 @@ func (l *Limiter) Uses() *syncv1.LeaseRequest {
 			c.mu.Unlock()
 			continue
 		}
-		if c.used == c.reported && !c.asked && !c.confirm {
-			c.mu.Unlock()
+		if c.unused || (c.used == c.reported && !c.asked && !c.confirm) {
+			c.mu.Unlock() // (an unused counter: reported below)
 			continue
 		}
 		// Every report carries the allowance this proxy enforces: the
@@ -268,7 +274,8 @@ func (l *Limiter) Uses() *syncv1.LeaseRequest {
 		req.Uses = append(req.Uses, u)
 	}
 	var orphans []string
-	if len(l.byScope) > len(l.counters) {
+	if len(l.byScope) > len(l.counters) || l.unusedConfirm.Load() {
+		l.unusedConfirm.Store(false)
 		for sc, c := range l.byScope {
 			c.mu.Lock()
 			if c.unused && c.confirm {
@@ -342,9 +349,14 @@ func (l *Limiter) Apply(g *syncv1.LeaseGrant) {
 		c.mu.Lock()
 		switch {
 		case a.GetWindowUnix() > c.window:
+			// It replaces the implicit share this proxy held: confirmed
+			// at once (a reclaim of it waits for that).
 			c.roll(a.GetWindowUnix())
 			c.allowance, c.seq = a.GetAllowance(), a.GetSeq()
 			c.answered = time.Now().UnixNano()
+			if c.seq != 0 {
+				c.confirm, tell = true, true
+			}
 		case a.GetWindowUnix() == c.window && a.GetSeq() >= c.seq:
 			// (An allowance older than the one held arrived out of order:
 			// ignored, it is not an answer either.) One that does not
@@ -363,6 +375,7 @@ func (l *Limiter) Apply(g *syncv1.LeaseGrant) {
 		c.mu.Unlock()
 	}
 	if tell {
+		l.unusedConfirm.Store(true)
 		l.wake()
 	}
 	l.signal()
