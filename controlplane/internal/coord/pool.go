@@ -45,7 +45,9 @@ type Alloc struct {
 //   - Reclaiming take from q moves it from q.Alloc to q.Transit: the pool
 //     still holds it (held = Σ Alloc + Transit; free = Limit − held), so
 //     the asker is granted only what is free now and asks again (a proxy
-//     re-asks every 50 ms while requests wait, for at least 800 ms).
+//     re-asks every 50 ms while requests wait, for at least 800 ms). An
+//     ask repeated before the confirmation arrived may reclaim more than
+//     the asker then gets: that is free once confirmed, for the next ask.
 //   - Every report carries the allowance the proxy enforces and its Seq
 //     (LeaseUse.allowance, allowance_seq). When both equal q's Alloc and
 //     Seq, q enforces the lowered allowance: from that report on it admits
@@ -54,7 +56,9 @@ type Alloc struct {
 //     raises an allowance). So q keeps min(u − Alloc, Transit) of its
 //     transit when it overran the lowered allowance, and the rest is free.
 //     A proxy reports at once when its allowance is lowered, so this takes
-//     one round trip (two notifications on Postgres).
+//     one round trip (on Postgres: the NOTIFY to the holder's replica, the
+//     report, and that replica's next transaction, which such a report
+//     does not wait for).
 //   - A report without the allowance (a proxy older than this protocol)
 //     never confirms: what was reclaimed from it stays held until the
 //     window ends, or in a parallel pool until the proxy departs. Lending
@@ -73,16 +77,20 @@ type Alloc struct {
 // or its report crossed it) confirms nothing and keeps Transit held, and
 // the proxy's allowance is then one the pool held at some point with Seq
 // below the current one: never more than Alloc + Transit, because Alloc
-// + Transit only falls at a confirmation (or a departure), and a
-// confirmation needs the latest Seq. Seq comes from the coordinator's
-// clock (µs, and at least one more than before), so a pool forgotten and
-// opened again (a parallel pool idle for five minutes, an in-memory
-// coordinator restarted) starts above anything its proxies still hold.
+// + Transit only falls at a confirmation (or a departure, see Depart),
+// and a confirmation needs the latest Seq. So a mismatch leaves the proxy
+// enforcing less than, or as much as, what the pool holds for it: safe,
+// and what it confirms later frees the rest. Seq comes from the
+// coordinator's clock (µs, and at least one more than before), so a pool
+// forgotten and opened again (a parallel pool idle for five minutes, an
+// in-memory coordinator restarted) starts above anything its proxies still
+// hold.
 //
 // The replica that decided a reclaim may die before the holder confirms:
 // the transit is in the row, so no replica regrants it until the holder,
-// reconnected anywhere, confirms (a reconnection resends every allowance,
-// and a proxy reports a non-raising one at once).
+// reconnected anywhere, confirms (on a new stream a proxy reports every
+// allowance it holds again, and a reconnection delivers the current ones;
+// one that does not raise the allowance held is reported at once).
 
 // ParSettle: see Settled.
 const ParSettle = 100 * time.Millisecond
