@@ -17,7 +17,11 @@ type Memory struct {
 	deliver Deliver
 	now     func() time.Time
 
-	mu       sync.Mutex
+	mu sync.Mutex
+	// out orders deliveries: it is taken before mu is released (flush), so
+	// grants reach the streams in the order they were built under mu and
+	// an older membership view is never delivered after a newer one.
+	out      sync.Mutex
 	members  []string                        // in join order: the index
 	sessions map[string]map[string]time.Time // member → session → joined
 	since    map[string]time.Time            // member → when it joined
@@ -41,7 +45,13 @@ type send struct {
 	g       *syncv1.LeaseGrant
 }
 
+// flush releases m.mu and delivers out, after every grant built before it
+// under m.mu and before every grant built after it. (Deliver never calls
+// back into the coordinator: holding out while delivering cannot deadlock.)
 func (m *Memory) flush(out []send) {
+	m.out.Lock()
+	defer m.out.Unlock()
+	m.mu.Unlock()
 	for _, s := range out {
 		m.deliver(s.session, s.g)
 	}
@@ -89,7 +99,6 @@ func (m *Memory) Join(_ context.Context, s Session) error {
 		ss[s.ID] = now
 		out = []send{{s.ID, m.membershipLocked(s.Member)}}
 	}
-	m.mu.Unlock()
 	m.flush(out)
 	return nil
 }
@@ -117,7 +126,6 @@ func (m *Memory) Leave(_ context.Context, s Session) {
 		p.Depart(s.Member, now)
 	}
 	out := m.everyoneLocked()
-	m.mu.Unlock()
 	m.flush(out)
 }
 
@@ -189,7 +197,6 @@ func (m *Memory) Request(_ context.Context, s Session, r *syncv1.LeaseRequest) {
 			out = append(out, send{sid, g})
 		}
 	}
-	m.mu.Unlock()
 	m.flush(out)
 }
 

@@ -50,6 +50,11 @@ type Sink struct {
 	attached map[string]*proxy                  // session → proxy it plays
 	confirm  []pendingConfirm
 	wake     chan struct{}
+	// slowFirst delays the first grant to each session (before it is
+	// recorded), as a stream whose first Send is slow: deliveries made
+	// meanwhile to the same session are recorded before it.
+	slowFirst time.Duration
+	delivered map[string]bool // session → a grant reached Deliver
 }
 
 type pendingConfirm struct {
@@ -61,7 +66,7 @@ func newSink(t *testing.T) *Sink {
 	s := &Sink{members: map[string][2]int32{}, allow: map[string]map[coord.PoolKey]int64{},
 		seq: map[string]map[coord.PoolKey]int64{}, used: map[string]map[coord.PoolKey]int64{},
 		limit: map[string]map[coord.PoolKey]int64{}, grants: map[string]int{}, attached: map[string]*proxy{},
-		wake: make(chan struct{}, 1)}
+		wake: make(chan struct{}, 1), delivered: map[string]bool{}}
 	done := make(chan struct{})
 	stopped := make(chan struct{})
 	t.Cleanup(func() { close(done); <-stopped })
@@ -118,6 +123,14 @@ func (s *Sink) attach(p *proxy, legacy bool) {
 // Deliver is the sink's coord.Deliver.
 func (s *Sink) Deliver(session string, g *syncv1.LeaseGrant) {
 	s.mu.Lock()
+	if !s.delivered[session] {
+		s.delivered[session] = true
+		if d := s.slowFirst; d > 0 {
+			s.mu.Unlock()
+			time.Sleep(d)
+			s.mu.Lock()
+		}
+	}
 	defer s.mu.Unlock()
 	s.grants[session]++
 	if g.GetProxies() > 0 {
@@ -286,6 +299,7 @@ func mayUse(ps []*proxy, k coord.PoolKey, limit int64) map[string]int64 {
 // Run runs the suite on d.
 func Run(t *testing.T, d Deployment) {
 	t.Run("Membership", func(t *testing.T) { testMembership(t, d) })
+	t.Run("ConcurrentJoinsCountAll", func(t *testing.T) { testConcurrentJoins(t, d) })
 	t.Run("SharesAndGrants", func(t *testing.T) { testSharesAndGrants(t, d) })
 	t.Run("ReclaimIdle", func(t *testing.T) { testReclaimIdle(t, d) })
 	t.Run("ParallelLeaveFrees", func(t *testing.T) { testParallelLeave(t, d) })
@@ -359,6 +373,84 @@ func testMembership(t *testing.T, d Deployment) {
 		n, i := ps[1].sink.member(s2.ID)
 		return n == 2 && i == 1
 	})
+}
+
+// testConcurrentJoins: many proxies join at once on every replica (a
+// deployment starting, a replica's proxies failing over) and then half of
+// them leave at once. Whatever order the replica's membership reads and
+// deliveries interleave in (a joining stream's own read, the refresh after
+// other joins; the first Send to a stream is slow here), every proxy must
+// end up told the final count and a place of its own: a proxy left with an
+// older, smaller count divides the limit by too few and over-admits in
+// every new minute (issue 16). Two of 1,000 simulated proxies kept an older
+// count in a coord.sh run.
+func testConcurrentJoins(t *testing.T, d Deployment) {
+	rs, ss := start(t, d, 3)
+	for _, s := range ss {
+		s.slowFirst = 50 * time.Millisecond
+	}
+	const n = 60
+	ps := make([]*proxy, n)
+	for i := range ps {
+		r := i % len(rs)
+		name := fmt.Sprintf("j-%02d", i)
+		ps[i] = &proxy{r: rs[r], s: coord.Session{Member: name, ID: name + "-s1"}}
+		ss[r].attach(ps[i], false)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for _, p := range ps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := p.r.Join(ctx(t), p.s); err != nil {
+				errs <- fmt.Errorf("join %s: %w", p.s.Member, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	settled := func(ps []*proxy, want int32) {
+		t.Helper()
+		var bad []string
+		defer func() {
+			if t.Failed() {
+				t.Logf("proxies told another count or a shared place: %v", bad)
+			}
+		}()
+		eventually(t, fmt.Sprintf("every proxy told %d members, each its own place", want), func() bool {
+			bad = nil
+			seen := map[int32]bool{}
+			for _, p := range ps {
+				c, i := p.sink.member(p.s.ID)
+				if c != want || i < 0 || i >= want || seen[i] {
+					bad = append(bad, fmt.Sprintf("%s: %d members, index %d", p.s.Member, c, i))
+				}
+				seen[i] = true
+			}
+			return len(bad) == 0
+		})
+		// And it stays so (no older view delivered late).
+		time.Sleep(300 * time.Millisecond)
+		for _, p := range ps {
+			if c, _ := p.sink.member(p.s.ID); c != want {
+				t.Fatalf("%s counts %d members after settling on %d", p.s.Member, c, want)
+			}
+		}
+	}
+	settled(ps, n)
+	for _, p := range ps[n/2:] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.r.Leave(ctx(t), p.s)
+		}()
+	}
+	wg.Wait()
+	settled(ps[:n/2], n/2)
 }
 
 func testSharesAndGrants(t *testing.T, d Deployment) {

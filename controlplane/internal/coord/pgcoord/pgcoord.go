@@ -19,8 +19,10 @@
 //     allocations written back, and pg_notify tells the replicas whose
 //     proxies had allowance reclaimed (delivered at commit);
 //   - on a membership NOTIFY (or its own 1 s refresh) re-reads the members
-//     and, when the set changed, sends each of its proxies the count, its
-//     index (rank of the member name) and its allowance in every open window.
+//     and sends each of its proxies not told the current set yet the count,
+//     its index (rank of the member name) and its allowance in every open
+//     window (reads and deliveries one at a time, in order, so a proxy is
+//     never left with an older set than the replica last read).
 //
 // Statements: per replica, one UPDATE per second for heartbeats plus one
 // read of the member list, and about six statements per lease transaction.
@@ -123,9 +125,21 @@ type Coord struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu      sync.Mutex
-	local   map[string]map[string]bool // member → sessions on this replica
-	last    []string                   // members as last delivered
+	// syncing admits one sync at a time (a semaphore, so that a waiting
+	// Join still honours its context): membership reads and their
+	// deliveries happen in order, never an older read delivered after a
+	// newer one.
+	syncing chan struct{}
+
+	mu    sync.Mutex
+	local map[string]map[string]bool // member → sessions on this replica
+	// view is the member list as last read (rank order), gen counts its
+	// changes, and sent is session → the gen last sent to it (or found not
+	// to concern it): a session whose gen is not the view's is told again
+	// by the next refresh, whoever read the view.
+	view    []string
+	gen     int64
+	sent    map[string]int64
 	pending []pending
 	asks    bool // pending holds an ask (or an awaited confirmation)
 	// lowered: members of this replica told a lowered allowance whose
@@ -175,6 +189,7 @@ func Open(ctx context.Context, databaseURL string, d coord.Deliver, o Options) (
 	bg, cancel := context.WithCancel(context.Background())
 	c := &Coord{pool: pool, cfg: pcfg.ConnConfig.Copy(), deliver: d, log: o.Logger, o: o, replica: o.ReplicaID,
 		ctx: bg, cancel: cancel, local: map[string]map[string]bool{}, lowered: map[string]bool{},
+		syncing: make(chan struct{}, 1), sent: map[string]int64{},
 		wake: make(chan struct{}, 1), refresh: make(chan struct{}, 1)}
 	c.wg.Add(3)
 	go c.listen()
@@ -277,6 +292,7 @@ func (c *Coord) Leave(_ context.Context, s coord.Session) {
 		return
 	}
 	delete(ss, s.ID)
+	delete(c.sent, s.ID)
 	if len(ss) > 0 {
 		c.mu.Unlock()
 		return
@@ -330,34 +346,45 @@ func (c *Coord) depart(ctx context.Context, member, session string) error {
 }
 
 // sync reads the members and tells sessions of this replica their place and
-// allowances: only session when it is not "" (a stream that just joined),
-// else, when the set changed since the last delivery, every session. The
+// allowances: session when it is not "" (a stream that just joined), else
+// every session not told the current view yet (its gen in sent is older:
+// the set changed since, or another sync read the change first). The
 // latter runs in the beat loop only, woken by membership NOTIFYs, so a
 // burst of joins (a replica's proxies failing over, a deployment starting)
 // costs one delivery round per burst rather than one per join.
+//
+// Syncs run one at a time, reading and delivering in order: a join's own
+// read could otherwise be delivered after a newer one from the beat loop,
+// leaving its proxy with an older, smaller count (a larger implicit share)
+// that no later refresh would correct.
 func (c *Coord) sync(ctx context.Context, session string) error {
+	select {
+	case c.syncing <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-c.syncing }()
 	members, err := readMembers(ctx, c.pool)
 	if err != nil {
 		return err
 	}
 	c.mu.Lock()
-	changed := session == "" && !slices.Equal(members, c.last)
+	if !slices.Equal(members, c.view) {
+		c.view = members
+		c.gen++
+	}
+	gen := c.gen
 	type target struct{ member, session string }
 	var targets []target
 	for m, ss := range c.local {
 		for sid := range ss {
-			if changed || (session != "" && sid == session) {
+			if sid == session || (session == "" && c.sent[sid] != gen) {
 				targets = append(targets, target{m, sid})
 			}
 		}
 	}
 	c.mu.Unlock()
 	if len(targets) == 0 {
-		if changed {
-			c.mu.Lock()
-			c.last = members
-			c.mu.Unlock()
-		}
 		return nil
 	}
 	names := make([]string, 0, len(targets))
@@ -381,19 +408,19 @@ func (c *Coord) sync(ctx context.Context, session string) error {
 		return err
 	}
 	for _, t := range targets {
-		i := slices.Index(members, t.member)
-		if i < 0 {
-			// Not a member (expired, or taken over elsewhere): nothing to
-			// say until it is again.
-			continue
+		// Not a member (expired, or taken over elsewhere): nothing to say
+		// until it is again (a new view, or its Join).
+		if i := slices.Index(members, t.member); i >= 0 {
+			c.deliver(t.session, &syncv1.LeaseGrant{Proxies: int32(len(members)), Index: int32(i), Allowances: allow[t.member]})
 		}
-		c.deliver(t.session, &syncv1.LeaseGrant{Proxies: int32(len(members)), Index: int32(i), Allowances: allow[t.member]})
 	}
-	if changed {
-		c.mu.Lock()
-		c.last = members
-		c.mu.Unlock()
+	c.mu.Lock()
+	for _, t := range targets {
+		if c.local[t.member][t.session] {
+			c.sent[t.session] = gen
+		}
 	}
+	c.mu.Unlock()
 	return nil
 }
 
