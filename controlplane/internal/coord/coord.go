@@ -49,7 +49,14 @@ type Deliver func(session string, g *syncv1.LeaseGrant)
 //     that never used the window and have been members for Settle) and whose
 //     replica is alive; a grant counts as a change of its holder's use (it is
 //     about to be used), so it is not reclaimed within Settle; each member
-//     whose allowance changed receives it.
+//     whose allowance changed receives it, with a seq that rises with every
+//     change of that member's allowance in the window. What is reclaimed
+//     stays held (Inspector.Held) until its holder reports the lowered
+//     allowance and its seq (LeaseUse.allowance, allowance_seq); only then
+//     is it free, minus what the report shows the holder used beyond the
+//     lowered allowance, which stays the holder's. So the allowances a
+//     proxy may still be admitting against, plus the units granted to
+//     others, never add up to more than the limit.
 //     Grants are asynchronous (Deliver), Request never blocks on the network.
 //   - A replica that stops (or crashes) loses nothing the deployment
 //     granted: a member that reconnects to another replica receives the
@@ -79,4 +86,7 @@ const MaxScope = 1024
 // allowance, empty when the pool is not open.
 type Inspector interface {
 	Allocations(ctx context.Context, scope string, window int64) (map[string]int64, error)
+	// Held is member → what the pool holds for it: its allowance plus
+	// what was reclaimed from it and not yet confirmed (Alloc.Transit).
+	Held(ctx context.Context, scope string, window int64) (map[string]int64, error)
 }

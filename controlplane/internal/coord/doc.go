@@ -19,7 +19,8 @@
 // (shares.Of(limit, members, index), what the proxies assume without
 // asking), so allowances add up to the limit; asks are granted from what no
 // member holds, then from the unused part of members whose use has been
-// still for Settle. A member that leaves keeps what it used in rpm/tpm
+// still for Settle, which is free only once its holder confirms it enforces
+// the lowered allowance (Pool, "Two-phase reclaim"). A member that leaves keeps what it used in rpm/tpm
 // windows and frees its parallel slots; one that joins holds 0 in windows
 // already open and asks.
 //

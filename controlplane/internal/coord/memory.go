@@ -17,7 +17,11 @@ type Memory struct {
 	deliver Deliver
 	now     func() time.Time
 
-	mu       sync.Mutex
+	mu sync.Mutex
+	// out orders deliveries: it is taken before mu is released (flush), so
+	// grants reach the streams in the order they were built under mu and
+	// an older membership view is never delivered after a newer one.
+	out      sync.Mutex
 	members  []string                        // in join order: the index
 	sessions map[string]map[string]time.Time // member → session → joined
 	since    map[string]time.Time            // member → when it joined
@@ -41,7 +45,13 @@ type send struct {
 	g       *syncv1.LeaseGrant
 }
 
+// flush releases m.mu and delivers out, after every grant built before it
+// under m.mu and before every grant built after it. (Deliver never calls
+// back into the coordinator: holding out while delivering cannot deadlock.)
 func (m *Memory) flush(out []send) {
+	m.out.Lock()
+	defer m.out.Unlock()
+	m.mu.Unlock()
 	for _, s := range out {
 		m.deliver(s.session, s.g)
 	}
@@ -51,11 +61,12 @@ func (m *Memory) flush(out []send) {
 // allowance in every open window (its implicit shares would change with the
 // count).
 func (m *Memory) membershipLocked(member string) *syncv1.LeaseGrant {
+	now := m.now()
 	i := slices.Index(m.members, member)
 	g := &syncv1.LeaseGrant{Proxies: int32(len(m.members)), Index: int32(i)}
 	for k, p := range m.pools {
-		a := p.get(member)
-		g.Allowances = append(g.Allowances, &syncv1.LeaseAllowance{Scope: k.Scope, WindowUnix: k.Window, Allowance: a.Alloc})
+		a := p.Get(member, now)
+		g.Allowances = append(g.Allowances, &syncv1.LeaseAllowance{Scope: k.Scope, WindowUnix: k.Window, Allowance: a.Alloc, Seq: a.Seq})
 	}
 	return g
 }
@@ -88,7 +99,6 @@ func (m *Memory) Join(_ context.Context, s Session) error {
 		ss[s.ID] = now
 		out = []send{{s.ID, m.membershipLocked(s.Member)}}
 	}
-	m.mu.Unlock()
 	m.flush(out)
 	return nil
 }
@@ -111,11 +121,11 @@ func (m *Memory) Leave(_ context.Context, s Session) {
 	if i := slices.Index(m.members, s.Member); i >= 0 {
 		m.members = slices.Delete(m.members, i, i+1)
 	}
+	now := m.now()
 	for _, p := range m.pools {
-		p.Depart(s.Member)
+		p.Depart(s.Member, now)
 	}
 	out := m.everyoneLocked()
-	m.mu.Unlock()
 	m.flush(out)
 }
 
@@ -135,19 +145,26 @@ func (m *Memory) Request(_ context.Context, s Session, r *syncv1.LeaseRequest) {
 	var mine *syncv1.LeaseGrant
 	others := map[string]*syncv1.LeaseGrant{}
 	for _, u := range r.GetUses() {
-		if u.GetLimit() < 0 || len(u.GetScope()) > MaxScope {
+		if len(u.GetScope()) > MaxScope {
 			continue
 		}
 		k := PoolKey{u.GetScope(), u.GetWindowUnix()}
 		p := m.pools[k]
+		if u.GetLimit() < 0 {
+			// A confirmation only, from a proxy that never used the limit.
+			if p != nil && Confirming(u) {
+				p.Use(s.Member, u, now)
+			}
+			continue
+		}
 		if p == nil {
 			p = &memPool{Pool: Pool{Limit: u.GetLimit(), Par: k.Window == 0, Created: now, Allocs: map[string]*Alloc{}}}
-			p.Open(m.members)
+			p.Open(m.members, now)
 			m.pools[k] = p
 		}
 		p.touched = now
 		p.Limit = u.GetLimit()
-		p.Use(s.Member, u.GetUsed(), now)
+		p.Use(s.Member, u, now)
 		if !member || u.GetWant() <= 0 {
 			continue
 		}
@@ -160,12 +177,14 @@ func (m *Memory) Request(_ context.Context, s Session, r *syncv1.LeaseRequest) {
 				g = &syncv1.LeaseGrant{}
 				others[q] = g
 			}
-			g.Allowances = append(g.Allowances, &syncv1.LeaseAllowance{Scope: k.Scope, WindowUnix: k.Window, Allowance: p.Allocs[q].Alloc})
+			a := p.Allocs[q]
+			g.Allowances = append(g.Allowances, &syncv1.LeaseAllowance{Scope: k.Scope, WindowUnix: k.Window, Allowance: a.Alloc, Seq: a.Seq})
 		}
 		if mine == nil {
 			mine = &syncv1.LeaseGrant{}
 		}
-		mine.Allowances = append(mine.Allowances, &syncv1.LeaseAllowance{Scope: k.Scope, WindowUnix: k.Window, Allowance: p.Allocs[s.Member].Alloc})
+		a := p.Allocs[s.Member]
+		mine.Allowances = append(mine.Allowances, &syncv1.LeaseAllowance{Scope: k.Scope, WindowUnix: k.Window, Allowance: a.Alloc, Seq: a.Seq})
 	}
 	var out []send
 	if mine != nil {
@@ -178,7 +197,6 @@ func (m *Memory) Request(_ context.Context, s Session, r *syncv1.LeaseRequest) {
 			out = append(out, send{sid, g})
 		}
 	}
-	m.mu.Unlock()
 	m.flush(out)
 }
 
@@ -200,6 +218,19 @@ func (m *Memory) Allocations(_ context.Context, scope string, window int64) (map
 	if p := m.pools[PoolKey{scope, window}]; p != nil {
 		for k, a := range p.Allocs {
 			out[k] = a.Alloc
+		}
+	}
+	return out, nil
+}
+
+// Held implements coord.Inspector.
+func (m *Memory) Held(_ context.Context, scope string, window int64) (map[string]int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[string]int64{}
+	if p := m.pools[PoolKey{scope, window}]; p != nil {
+		for k, a := range p.Allocs {
+			out[k] = a.Alloc + a.Transit
 		}
 	}
 	return out, nil

@@ -126,6 +126,9 @@ type Limiter struct {
 	outTok   map[string]*atomic.Int64 // deployment id → mean completion tokens × 16
 
 	members atomic.Uint64 // proxies<<32 | index
+	// unusedConfirm: a counter of a limit not used here may have a
+	// confirmation to send (Uses looks through byScope).
+	unusedConfirm atomic.Bool
 	// drainEpoch counts the acks after which the spend outbox held no
 	// unacked record (see Acked).
 	drainEpoch atomic.Uint64

@@ -55,12 +55,20 @@ type counter struct {
 	limit     int64
 	window    int64 // window start (unix s); 0 for parallel
 	allowance int64 // -1: the implicit share
+	seq       int64 // LeaseAllowance.seq of allowance (0: implicit, or an older control plane)
 	used      int64
 	reported  int64 // used at the last report (-1: never)
-	asked     bool
-	lastAsk   int64 // unix ns of the last ask
-	touched   int64 // unix s of the last use
-	answered  int64 // unix ns of the last grant for the current window
+	// confirm: the allowance was lowered (or restated) since the last
+	// report; the next report goes at once and confirms it (the control
+	// plane frees what it reclaimed only then).
+	confirm bool
+	// unused: created by a grant for a limit not used here yet (its limit
+	// unknown); Uses reports it as a confirmation only.
+	unused   bool
+	asked    bool
+	lastAsk  int64 // unix ns of the last ask
+	touched  int64 // unix s of the last use
+	answered int64 // unix ns of the last grant for the current window
 }
 
 // answeredSince reports whether the control plane answered for c's window
@@ -87,7 +95,7 @@ func (c *counter) allowanceLocked(l *Limiter) int64 {
 // roll moves c to window w (locked).
 func (c *counter) roll(w int64) {
 	if c.window != w {
-		c.window, c.used, c.allowance, c.asked, c.reported = w, 0, -1, false, -1
+		c.window, c.used, c.allowance, c.seq, c.asked, c.reported, c.confirm = w, 0, -1, 0, false, -1, false
 	}
 }
 
@@ -107,7 +115,11 @@ func (l *Limiter) counter(k scopeKey) *counter {
 	if c, ok = l.byScope[scope]; ok {
 		// Granted before this proxy used the limit (a reclaim, or a
 		// window already open when it joined).
+		// (Still unused until take records its limit: Uses must not report
+		// it with limit 0.)
+		c.mu.Lock()
 		c.metric = k.metric
+		c.mu.Unlock()
 		l.counters[k] = c
 		return c
 	}
@@ -123,7 +135,7 @@ func (l *Limiter) counter(k scopeKey) *counter {
 func (l *Limiter) take(c *counter, limit, w, n, nowNano int64) (ok bool, allowance, remaining int64) {
 	c.mu.Lock()
 	c.roll(w)
-	c.limit = limit
+	c.limit, c.unused = limit, false
 	c.touched = nowNano / 1e9
 	a := c.allowanceLocked(l)
 	if c.used >= a {
@@ -220,13 +232,17 @@ func (l *Limiter) ReportInterval() time.Duration { return reportInterval }
 func (l *Limiter) SetConnected(v bool) {
 	l.connected.Store(v)
 	if v {
+		// Every allowance held is confirmed again: a confirmation lost
+		// with the old stream would keep what was reclaimed held.
 		l.mu.RLock()
-		for _, c := range l.counters {
+		for _, c := range l.byScope {
 			c.mu.Lock()
 			c.reported = -1
+			c.confirm = c.confirm || c.seq != 0
 			c.mu.Unlock()
 		}
 		l.mu.RUnlock()
+		l.unusedConfirm.Store(true)
 		l.wake()
 	}
 }
@@ -255,11 +271,17 @@ func (l *Limiter) Uses() *syncv1.LeaseRequest {
 			c.mu.Unlock()
 			continue
 		}
-		if c.used == c.reported && !c.asked {
-			c.mu.Unlock()
+		if c.unused || (c.used == c.reported && !c.asked && !c.confirm) {
+			c.mu.Unlock() // (an unused counter: reported below)
 			continue
 		}
-		u := &syncv1.LeaseUse{Scope: c.scope, Limit: c.limit, WindowUnix: c.window, Used: c.used}
+		// Every report carries the allowance this proxy enforces: the
+		// confirmation a reclaim waits for (coord.Pool, "Two-phase
+		// reclaim").
+		view := c.allowanceLocked(l)
+		u := &syncv1.LeaseUse{Scope: c.scope, Limit: c.limit, WindowUnix: c.window, Used: c.used,
+			Allowance: &view, AllowanceSeq: c.seq}
+		c.confirm = false
 		if c.asked {
 			m := l.members.Load() >> 32
 			u.Want = max(1, c.limit/int64(max(m, 1))/2)
@@ -272,9 +294,21 @@ func (l *Limiter) Uses() *syncv1.LeaseRequest {
 		req.Uses = append(req.Uses, u)
 	}
 	var orphans []string
-	if len(l.byScope) > len(l.counters) {
+	if len(l.byScope) > len(l.counters) || l.unusedConfirm.Load() {
+		l.unusedConfirm.Store(false)
 		for sc, c := range l.byScope {
 			c.mu.Lock()
+			if c.unused && c.confirm {
+				// Its limit is unknown here: a confirmation only.
+				view := c.allowance
+				u := &syncv1.LeaseUse{Scope: c.scope, Limit: -1, WindowUnix: c.window, Used: c.used,
+					Allowance: &view, AllowanceSeq: c.seq}
+				c.confirm = false
+				if req == nil {
+					req = &syncv1.LeaseRequest{}
+				}
+				req.Uses = append(req.Uses, u)
+			}
 			if nowUnix-c.touched > 2*Window && c.used == 0 {
 				orphans = append(orphans, sc)
 			}
@@ -314,6 +348,7 @@ func (l *Limiter) Apply(g *syncv1.LeaseGrant) {
 		l.members.Store(uint64(n)<<32 | uint64(uint32(g.GetIndex())))
 		l.saveMembers(uint64(n))
 	}
+	tell := false
 	for _, a := range g.GetAllowances() {
 		l.mu.RLock()
 		c, ok := l.byScope[a.GetScope()]
@@ -322,7 +357,11 @@ func (l *Limiter) Apply(g *syncv1.LeaseGrant) {
 			// Not used here yet: keep the allowance for when it is.
 			l.mu.Lock()
 			if c, ok = l.byScope[a.GetScope()]; !ok {
-				c = &counter{scope: a.GetScope(), window: a.GetWindowUnix(), allowance: a.GetAllowance(), reported: 0, touched: l.now().Unix()}
+				// A lowering of the implicit share (the control
+				// plane reclaimed it): confirmed at once.
+				c = &counter{scope: a.GetScope(), window: a.GetWindowUnix(), allowance: a.GetAllowance(), seq: a.GetSeq(),
+					reported: 0, touched: l.now().Unix(), unused: true, confirm: a.GetSeq() != 0}
+				tell = tell || c.confirm
 				l.byScope[c.scope] = c
 			}
 			l.mu.Unlock()
@@ -330,15 +369,34 @@ func (l *Limiter) Apply(g *syncv1.LeaseGrant) {
 		c.mu.Lock()
 		switch {
 		case a.GetWindowUnix() > c.window:
+			// It replaces the implicit share this proxy held: confirmed
+			// at once (a reclaim of it waits for that).
 			c.roll(a.GetWindowUnix())
-			c.allowance = a.GetAllowance()
+			c.allowance, c.seq = a.GetAllowance(), a.GetSeq()
 			c.answered = time.Now().UnixNano()
-		case a.GetWindowUnix() == c.window:
-			c.allowance = a.GetAllowance()
+			if c.seq != 0 {
+				c.confirm, tell = true, true
+			}
+		case a.GetWindowUnix() == c.window && a.GetSeq() >= c.seq:
+			// (An allowance older than the one held arrived out of order:
+			// ignored, it is not an answer either.) One that does not
+			// raise the allowance is a lowering, or the control plane
+			// restating it after a reconnection: reported at once, as
+			// the control plane frees what it reclaimed only on that
+			// report.
+			if a.GetAllowance() <= c.allowanceLocked(l) && a.GetSeq() != c.seq {
+				c.confirm = true
+				tell = true
+			}
+			c.allowance, c.seq = a.GetAllowance(), a.GetSeq()
 			c.asked = false
 			c.answered = time.Now().UnixNano()
 		}
 		c.mu.Unlock()
+	}
+	if tell {
+		l.unusedConfirm.Store(true)
+		l.wake()
 	}
 	l.signal()
 }

@@ -1,6 +1,7 @@
 // Command coordload connects many simulated proxies (lightweight sync
 // clients in one process, each reporting lease use and asking for more as a
-// real proxy does) to control-plane replicas on one Postgres, and measures
+// real proxy does: every report carries the allowance held and its seq,
+// older allowances are ignored, and a lowering is confirmed at once) to control-plane replicas on one Postgres, and measures
 // what deployment-wide coordination costs and how exact it is:
 //   - time for a membership change to reach every proxy (p50/p99),
 //   - time from an ask to its grant (p50/p99),
@@ -48,18 +49,25 @@ type proxy struct {
 	n, index  int64
 	window    int64
 	allowance int64 // -1: implicit
+	seq       int64 // LeaseAllowance.seq of allowance
+	confirm   bool  // a lowering to confirm at once (as the proxy does)
 	used      int64
 	reported  int64
 	asked     bool
 	askedAt   time.Time
+	// wantSince: the first ask not yet met by a raise of the allowance
+	// (zero: none); wantFrom: the allowance then.
+	wantSince time.Time
+	wantFrom  int64
 	countAt   map[int64]time.Time // when this proxy first heard a count
 	notify    bool                // an ask to send now (the proxy's Notify)
 }
 
 type run struct {
 	limit    int64
-	admitted sync.Map // window → *atomic.Int64
-	grantLat []time.Duration
+	admitted sync.Map        // window → *atomic.Int64
+	grantLat []time.Duration // ask → answer (maybe nothing more)
+	raiseLat []time.Duration // first ask → allowance raised
 	latMu    sync.Mutex
 }
 
@@ -92,14 +100,31 @@ func (p *proxy) recv(r *run) {
 				p.countAt[p.n] = now
 			}
 		}
+		tell := false
 		for _, a := range g.GetAllowances() {
 			if a.GetScope() != scope || a.GetWindowUnix() < p.window {
 				continue
 			}
 			if a.GetWindowUnix() > p.window {
-				p.window, p.used, p.reported = a.GetWindowUnix(), 0, -1
+				p.window, p.used, p.reported, p.allowance, p.seq = a.GetWindowUnix(), 0, -1, -1, 0
+				p.wantSince = time.Time{}
 			}
-			p.allowance = a.GetAllowance()
+			if a.GetSeq() < p.seq {
+				continue // older than the allowance held (reordered): ignored
+			}
+			// As the proxy (dataplane/internal/limits): an allowance that
+			// does not raise the one held is reported at once, so the
+			// control plane frees what it reclaimed.
+			if a.GetSeq() != p.seq && a.GetAllowance() <= p.view(r) {
+				p.confirm, tell = true, true
+			}
+			p.allowance, p.seq = a.GetAllowance(), a.GetSeq()
+			if !p.wantSince.IsZero() && p.allowance > p.wantFrom {
+				r.latMu.Lock()
+				r.raiseLat = append(r.raiseLat, now.Sub(p.wantSince))
+				r.latMu.Unlock()
+				p.wantSince = time.Time{}
+			}
 			if p.asked {
 				r.latMu.Lock()
 				r.grantLat = append(r.grantLat, now.Sub(p.askedAt))
@@ -108,7 +133,18 @@ func (p *proxy) recv(r *run) {
 			}
 		}
 		p.mu.Unlock()
+		if tell {
+			p.report(r)
+		}
 	}
+}
+
+// view is the allowance p enforces (locked).
+func (p *proxy) view(r *run) int64 {
+	if p.allowance >= 0 {
+		return p.allowance
+	}
+	return shares.Of(r.limit, max(p.n, 1), p.index)
 }
 
 // admit is one request through this proxy, decided as the proxy's gate
@@ -120,12 +156,10 @@ func (p *proxy) admit(r *run) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if w != p.window {
-		p.window, p.used, p.allowance, p.reported, p.asked = w, 0, -1, -1, false
+		p.window, p.used, p.allowance, p.seq, p.reported, p.asked, p.confirm = w, 0, -1, 0, -1, false, false
+		p.wantSince = time.Time{}
 	}
-	allow := p.allowance
-	if allow < 0 {
-		allow = shares.Of(r.limit, max(p.n, 1), p.index)
-	}
+	allow := p.view(r)
 	ok := p.used < allow
 	if ok {
 		p.used++
@@ -134,6 +168,9 @@ func (p *proxy) admit(r *run) bool {
 	if allow-p.used <= allow/5 && !p.asked && now.Sub(p.askedAt) >= 50*time.Millisecond {
 		p.asked, p.askedAt = true, now
 		p.notify = true
+		if p.wantSince.IsZero() {
+			p.wantSince, p.wantFrom = now, allow
+		}
 	}
 	return ok
 }
@@ -141,11 +178,13 @@ func (p *proxy) admit(r *run) bool {
 // report sends this proxy's use when it changed, and its ask.
 func (p *proxy) report(r *run) {
 	p.mu.Lock()
-	if p.window == 0 || (p.used == p.reported && !p.asked) {
+	if p.window == 0 || (p.used == p.reported && !p.asked && !p.confirm) {
 		p.mu.Unlock()
 		return
 	}
-	u := &syncv1.LeaseUse{Scope: scope, Limit: r.limit, WindowUnix: p.window, Used: p.used}
+	view := p.view(r)
+	u := &syncv1.LeaseUse{Scope: scope, Limit: r.limit, WindowUnix: p.window, Used: p.used, Allowance: &view, AllowanceSeq: p.seq}
+	p.confirm = false
 	if p.asked {
 		u.Want = max(1, r.limit/max(p.n, 1)/2)
 	}
@@ -341,6 +380,8 @@ func main() {
 	r.latMu.Lock()
 	fmt.Printf("asks answered: %d; ask → grant p50 %v, p99 %v\n", len(r.grantLat),
 		pct(r.grantLat, 0.5).Round(time.Microsecond), pct(r.grantLat, 0.99).Round(time.Microsecond))
+	fmt.Printf("allowances raised: %d; first ask → allowance raised p50 %v, p99 %v (an answer may be 'nothing more yet' while a reclaim awaits its holder's confirmation)\n",
+		len(r.raiseLat), pct(r.raiseLat, 0.5).Round(time.Microsecond), pct(r.raiseLat, 0.99).Round(time.Microsecond))
 	r.latMu.Unlock()
 	worst := 0.0
 	r.admitted.Range(func(k, v any) bool {

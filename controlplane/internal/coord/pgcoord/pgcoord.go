@@ -1,5 +1,5 @@
 // Package pgcoord is the Postgres-backed coord.Coordinator: membership and
-// rate-limit lease pools as rows (migration 0010), shared by every
+// rate-limit lease pools as rows (migrations 0010 and 0013), shared by every
 // control-plane replica on the database.
 //
 // # Architecture
@@ -19,13 +19,17 @@
 //     allocations written back, and pg_notify tells the replicas whose
 //     proxies had allowance reclaimed (delivered at commit);
 //   - on a membership NOTIFY (or its own 1 s refresh) re-reads the members
-//     and, when the set changed, sends each of its proxies the count, its
-//     index (rank of the member name) and its allowance in every open window.
+//     and sends each of its proxies not told the current set yet the count,
+//     its index (rank of the member name) and its allowance in every open
+//     window (reads and deliveries one at a time, in order, so a proxy is
+//     never left with an older set than the replica last read).
 //
 // Statements: per replica, one UPDATE per second for heartbeats plus one
 // read of the member list, and about six statements per lease transaction.
 // Lease transactions are spaced (flusher): at most one per 200 ms while the
-// queue holds only reports, one per 20 ms while a proxy asks, whatever the
+// queue holds only reports, one per 20 ms while a proxy asks (or a proxy
+// told a lowering by this replica reports: its confirmation frees units
+// another proxy waits for), whatever the
 // number of proxies or the request rate; a transaction carries every
 // report and ask queued meanwhile. So statements per second are bounded per
 // replica and never grow with the request rate.
@@ -46,7 +50,9 @@
 //     over with the allowances intact. While their replica is dead (its
 //     listener backend gone) nobody reclaims from them, because they could
 //     not hear it; a reclaim decided just before the death reaches the
-//     proxy when it rejoins.
+//     proxy when it rejoins, and what it took stays held (transit, see
+//     coord.Pool) until the proxy confirms it enforces the lowered
+//     allowance, so it is never admitted twice.
 //   - Postgres unreachable: lease requests fail and are dropped (logged);
 //     proxies enforce with what they hold, as when the control plane is
 //     down, and report again when their use changes.
@@ -119,11 +125,26 @@ type Coord struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu      sync.Mutex
-	local   map[string]map[string]bool // member → sessions on this replica
-	last    []string                   // members as last delivered
+	// syncing admits one sync at a time (a semaphore, so that a waiting
+	// Join still honours its context): membership reads and their
+	// deliveries happen in order, never an older read delivered after a
+	// newer one.
+	syncing chan struct{}
+
+	mu    sync.Mutex
+	local map[string]map[string]bool // member → sessions on this replica
+	// view is the member list as last read (rank order), gen counts its
+	// changes, and sent is session → the gen last sent to it (or found not
+	// to concern it): a session whose gen is not the view's is told again
+	// by the next refresh, whoever read the view.
+	view    []string
+	gen     int64
+	sent    map[string]int64
 	pending []pending
-	asks    bool // pending holds an ask
+	asks    bool // pending holds an ask (or an awaited confirmation)
+	// lowered: members of this replica told a lowered allowance whose
+	// confirming report has not arrived yet.
+	lowered map[string]bool
 	wake    chan struct{}
 	refresh chan struct{}
 	pools   atomic.Int64
@@ -134,7 +155,7 @@ type pending struct {
 	r *syncv1.LeaseRequest
 }
 
-// Open connects to databaseURL (migrated to 0010) and starts the
+// Open connects to databaseURL (migrated to 0013) and starts the
 // replica's background work. Close stops it.
 func Open(ctx context.Context, databaseURL string, d coord.Deliver, o Options) (*Coord, error) {
 	if o.Logger == nil {
@@ -167,7 +188,8 @@ func Open(ctx context.Context, databaseURL string, d coord.Deliver, o Options) (
 	}
 	bg, cancel := context.WithCancel(context.Background())
 	c := &Coord{pool: pool, cfg: pcfg.ConnConfig.Copy(), deliver: d, log: o.Logger, o: o, replica: o.ReplicaID,
-		ctx: bg, cancel: cancel, local: map[string]map[string]bool{},
+		ctx: bg, cancel: cancel, local: map[string]map[string]bool{}, lowered: map[string]bool{},
+		syncing: make(chan struct{}, 1), sent: map[string]int64{},
 		wake: make(chan struct{}, 1), refresh: make(chan struct{}, 1)}
 	c.wg.Add(3)
 	go c.listen()
@@ -212,6 +234,10 @@ func (c *Coord) tx(ctx context.Context, fn func(pgx.Tx) error) error {
 	return err
 }
 
+// nowSeq is coord.Pool's seq for a change made now (µs of the database's
+// clock).
+const nowSeq = `floor(extract(epoch FROM now()) * 1000000)::bigint`
+
 // openWindows restricts lease_pools to windows still open: parallel pools,
 // and rpm/tpm windows of this minute or the last.
 const openWindows = `(p.window_unix = 0 OR p.window_unix >= floor(extract(epoch FROM now()) / 60)::bigint * 60 - 60)`
@@ -231,8 +257,10 @@ func (c *Coord) Join(ctx context.Context, s coord.Session) error {
 			return err
 		}
 		// A new member holds nothing in windows already open: it asks.
-		if _, err := tx.Exec(ctx, `INSERT INTO lease_allocs (scope, window_unix, member, alloc, used)
-			SELECT p.scope, p.window_unix, $1, 0, 0 FROM lease_pools p WHERE `+openWindows+`
+		// Its seq (the database's clock, as coord.Pool's) is above any a
+		// proxy that departed and came back still holds.
+		if _, err := tx.Exec(ctx, `INSERT INTO lease_allocs (scope, window_unix, member, alloc, used, seq)
+			SELECT p.scope, p.window_unix, $1, 0, 0, `+nowSeq+` FROM lease_pools p WHERE `+openWindows+`
 			ON CONFLICT DO NOTHING`, s.Member); err != nil {
 			return err
 		}
@@ -264,11 +292,13 @@ func (c *Coord) Leave(_ context.Context, s coord.Session) {
 		return
 	}
 	delete(ss, s.ID)
+	delete(c.sent, s.ID)
 	if len(ss) > 0 {
 		c.mu.Unlock()
 		return
 	}
 	delete(c.local, s.Member)
+	delete(c.lowered, s.Member)
 	c.mu.Unlock()
 	// The stream's context is over: leave on our own.
 	ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
@@ -304,7 +334,10 @@ func (c *Coord) depart(ctx context.Context, member, session string) error {
 		if _, err := tx.Exec(ctx, `DELETE FROM lease_allocs WHERE member = $1 AND window_unix = 0`, member); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `UPDATE lease_allocs SET alloc = used WHERE member = $1 AND window_unix <> 0`, member); err != nil {
+		// coord.Pool.Depart: what it used stays allocated, its transit stays
+		// held.
+		if _, err := tx.Exec(ctx, `UPDATE lease_allocs SET alloc = used, seq = greatest(seq + 1, `+nowSeq+`)
+			WHERE member = $1 AND window_unix <> 0 AND alloc <> used`, member); err != nil {
 			return err
 		}
 		_, err = tx.Exec(ctx, `SELECT pg_notify($1, '')`, chanMembers)
@@ -313,41 +346,52 @@ func (c *Coord) depart(ctx context.Context, member, session string) error {
 }
 
 // sync reads the members and tells sessions of this replica their place and
-// allowances: only session when it is not "" (a stream that just joined),
-// else, when the set changed since the last delivery, every session. The
+// allowances: session when it is not "" (a stream that just joined), else
+// every session not told the current view yet (its gen in sent is older:
+// the set changed since, or another sync read the change first). The
 // latter runs in the beat loop only, woken by membership NOTIFYs, so a
 // burst of joins (a replica's proxies failing over, a deployment starting)
 // costs one delivery round per burst rather than one per join.
+//
+// Syncs run one at a time, reading and delivering in order: a join's own
+// read could otherwise be delivered after a newer one from the beat loop,
+// leaving its proxy with an older, smaller count (a larger implicit share)
+// that no later refresh would correct.
 func (c *Coord) sync(ctx context.Context, session string) error {
+	select {
+	case c.syncing <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-c.syncing }()
 	members, err := readMembers(ctx, c.pool)
 	if err != nil {
 		return err
 	}
 	c.mu.Lock()
-	changed := session == "" && !slices.Equal(members, c.last)
+	if !slices.Equal(members, c.view) {
+		c.view = members
+		c.gen++
+	}
+	gen := c.gen
 	type target struct{ member, session string }
 	var targets []target
 	for m, ss := range c.local {
 		for sid := range ss {
-			if changed || (session != "" && sid == session) {
+			if sid == session || (session == "" && c.sent[sid] != gen) {
 				targets = append(targets, target{m, sid})
 			}
 		}
 	}
 	c.mu.Unlock()
 	if len(targets) == 0 {
-		if changed {
-			c.mu.Lock()
-			c.last = members
-			c.mu.Unlock()
-		}
 		return nil
 	}
 	names := make([]string, 0, len(targets))
 	for _, t := range targets {
 		names = append(names, t.member)
 	}
-	rows, err := c.pool.Query(ctx, `SELECT a.member, a.scope, a.window_unix, a.alloc
+	rows, err := c.pool.Query(ctx, `SELECT a.member, a.scope, a.window_unix, a.alloc, a.seq
 		FROM lease_allocs a JOIN lease_pools p USING (scope, window_unix)
 		WHERE a.member = ANY($1) AND `+openWindows, names)
 	if err != nil {
@@ -355,28 +399,28 @@ func (c *Coord) sync(ctx context.Context, session string) error {
 	}
 	allow := map[string][]*syncv1.LeaseAllowance{}
 	var m, scope string
-	var w, a int64
-	_, err = pgx.ForEachRow(rows, []any{&m, &scope, &w, &a}, func() error {
-		allow[m] = append(allow[m], &syncv1.LeaseAllowance{Scope: scope, WindowUnix: w, Allowance: a})
+	var w, a, seq int64
+	_, err = pgx.ForEachRow(rows, []any{&m, &scope, &w, &a, &seq}, func() error {
+		allow[m] = append(allow[m], &syncv1.LeaseAllowance{Scope: scope, WindowUnix: w, Allowance: a, Seq: seq})
 		return nil
 	})
 	if err != nil {
 		return err
 	}
 	for _, t := range targets {
-		i := slices.Index(members, t.member)
-		if i < 0 {
-			// Not a member (expired, or taken over elsewhere): nothing to
-			// say until it is again.
-			continue
+		// Not a member (expired, or taken over elsewhere): nothing to say
+		// until it is again (a new view, or its Join).
+		if i := slices.Index(members, t.member); i >= 0 {
+			c.deliver(t.session, &syncv1.LeaseGrant{Proxies: int32(len(members)), Index: int32(i), Allowances: allow[t.member]})
 		}
-		c.deliver(t.session, &syncv1.LeaseGrant{Proxies: int32(len(members)), Index: int32(i), Allowances: allow[t.member]})
 	}
-	if changed {
-		c.mu.Lock()
-		c.last = members
-		c.mu.Unlock()
+	c.mu.Lock()
+	for _, t := range targets {
+		if c.local[t.member][t.session] {
+			c.sent[t.session] = gen
+		}
 	}
+	c.mu.Unlock()
 	return nil
 }
 
@@ -425,10 +469,18 @@ func (c *Coord) Request(_ context.Context, s coord.Session, r *syncv1.LeaseReque
 		return
 	}
 	ask := false
+	confirms := false
 	for _, u := range r.GetUses() {
 		ask = ask || u.GetWant() > 0
+		confirms = confirms || coord.Confirming(u)
 	}
 	c.mu.Lock()
+	// A report that may confirm a lowering this replica delivered frees
+	// units another proxy waits for: it goes without the report gap.
+	if confirms && c.lowered[s.Member] {
+		delete(c.lowered, s.Member)
+		ask = true
+	}
 	c.pending = append(c.pending, pending{s, r})
 	c.asks = c.asks || ask
 	c.mu.Unlock()
@@ -507,6 +559,7 @@ type allowVal struct {
 	Scope  string `json:"s"`
 	Window int64  `json:"w"`
 	Alloc  int64  `json:"n"`
+	Seq    int64  `json:"q"`
 }
 
 // lease applies a queue of requests in one transaction.
@@ -516,10 +569,15 @@ func (c *Coord) lease(ctx context.Context, batch []pending) error {
 	var wants bool
 	for _, p := range batch {
 		for _, u := range p.r.GetUses() {
-			if u.GetLimit() < 0 || len(u.GetScope()) > coord.MaxScope {
+			if len(u.GetScope()) > coord.MaxScope || (u.GetLimit() < 0 && !coord.Confirming(u)) {
 				continue
 			}
-			limits[coord.PoolKey{Scope: u.GetScope(), Window: u.GetWindowUnix()}] = u.GetLimit()
+			// A negative limit (a confirmation only) locks the pool
+			// without changing its limit, nor creating it.
+			k := coord.PoolKey{Scope: u.GetScope(), Window: u.GetWindowUnix()}
+			if l, ok := limits[k]; !ok || l < 0 {
+				limits[k] = max(u.GetLimit(), -1)
+			}
 			wants = wants || u.GetWant() > 0
 		}
 	}
@@ -553,36 +611,51 @@ func (c *Coord) lease(ctx context.Context, batch []pending) error {
 	c.mu.Unlock()
 
 	var mine map[string][]*syncv1.LeaseAllowance
+	var localLowered []string
 	err := c.tx(ctx, func(tx pgx.Tx) error {
-		mine = map[string][]*syncv1.LeaseAllowance{}
+		mine, localLowered = map[string][]*syncv1.LeaseAllowance{}, nil
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock_shared($1)`, lockKey); err != nil {
 			return err
 		}
 		// Create or lock every pool, in key order.
+		// (A confirmation of a pool that is gone is dropped: the insert
+		// skips it, and a pool created meanwhile with no limit is deleted
+		// below.)
 		rows, err := tx.Query(ctx, `INSERT INTO lease_pools AS p (scope, window_unix, lim, created_at, touched_at)
 			SELECT s, w, l, now(), now() FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS t(s, w, l)
+			WHERE l >= 0 OR EXISTS (SELECT 1 FROM lease_pools x WHERE x.scope = t.s AND x.window_unix = t.w)
 			ORDER BY s COLLATE "C", w
-			ON CONFLICT (scope, window_unix) DO UPDATE SET lim = excluded.lim, touched_at = excluded.touched_at
-			RETURNING p.scope, p.window_unix, p.created_at, (p.xmax = 0), now()`, scopes, windows, lims)
+			ON CONFLICT (scope, window_unix) DO UPDATE
+				SET lim = CASE WHEN excluded.lim < 0 THEN p.lim ELSE excluded.lim END, touched_at = excluded.touched_at
+			RETURNING p.scope, p.window_unix, p.lim, p.created_at, (p.xmax = 0), now()`, scopes, windows, lims)
 		if err != nil {
 			return err
 		}
 		pools := map[coord.PoolKey]*coord.Pool{}
-		var created []coord.PoolKey
+		var created, unlimited []coord.PoolKey
 		var now time.Time
 		var scope string
-		var win int64
+		var win, lim int64
 		var createdAt time.Time
 		var isNew bool
-		if _, err := pgx.ForEachRow(rows, []any{&scope, &win, &createdAt, &isNew, &now}, func() error {
+		if _, err := pgx.ForEachRow(rows, []any{&scope, &win, &lim, &createdAt, &isNew, &now}, func() error {
 			k := coord.PoolKey{Scope: scope, Window: win}
-			pools[k] = &coord.Pool{Limit: limits[k], Par: win == 0, Created: createdAt, Allocs: map[string]*coord.Alloc{}}
+			if lim < 0 {
+				unlimited = append(unlimited, k)
+				return nil
+			}
+			pools[k] = &coord.Pool{Limit: lim, Par: win == 0, Created: createdAt, Allocs: map[string]*coord.Alloc{}}
 			if isNew {
 				created = append(created, k)
 			}
 			return nil
 		}); err != nil {
 			return err
+		}
+		for _, k := range unlimited {
+			if _, err := tx.Exec(ctx, `DELETE FROM lease_pools WHERE scope = $1 AND window_unix = $2 AND lim < 0`, k.Scope, k.Window); err != nil {
+				return err
+			}
 		}
 		// Members: to open new pools with everyone's implicit share, and to
 		// decide whom a reclaim may touch.
@@ -612,23 +685,23 @@ func (c *Coord) lease(ctx context.Context, batch []pending) error {
 			names = rank(ranked)
 		}
 		for _, k := range created {
-			pools[k].Open(names)
+			pools[k].Open(names, now)
 		}
-		rows, err = tx.Query(ctx, `SELECT a.scope, a.window_unix, a.member, a.alloc, a.used, a.changed_at
+		rows, err = tx.Query(ctx, `SELECT a.scope, a.window_unix, a.member, a.alloc, a.used, a.transit, a.seq, a.changed_at
 			FROM lease_allocs a JOIN unnest($1::text[], $2::bigint[]) AS t(s, w) ON a.scope = t.s AND a.window_unix = t.w`,
 			scopes, windows)
 		if err != nil {
 			return err
 		}
 		var m string
-		var alloc, used int64
+		var alloc, used, transit, seq int64
 		var changed *time.Time
-		if _, err := pgx.ForEachRow(rows, []any{&scope, &win, &m, &alloc, &used, &changed}, func() error {
+		if _, err := pgx.ForEachRow(rows, []any{&scope, &win, &m, &alloc, &used, &transit, &seq, &changed}, func() error {
 			p := pools[coord.PoolKey{Scope: scope, Window: win}]
 			if p == nil {
 				return nil
 			}
-			a := &coord.Alloc{Alloc: alloc, Used: used}
+			a := &coord.Alloc{Alloc: alloc, Used: used, Transit: transit, Seq: seq}
 			if changed != nil {
 				a.Changed = *changed
 			}
@@ -643,11 +716,11 @@ func (c *Coord) lease(ctx context.Context, batch []pending) error {
 			for _, u := range pr.r.GetUses() {
 				k := coord.PoolKey{Scope: u.GetScope(), Window: u.GetWindowUnix()}
 				p := pools[k]
-				if p == nil {
+				if p == nil || (u.GetLimit() < 0 && !coord.Confirming(u)) {
 					continue
 				}
-				p.Use(asker, u.GetUsed(), now)
-				if u.GetWant() <= 0 || !joinedHere[asker] {
+				p.Use(asker, u, now)
+				if u.GetWant() <= 0 || u.GetLimit() < 0 || !joinedHere[asker] {
 					continue
 				}
 				for _, q := range p.Ask(asker, u.GetWant(), names, now, func(q string, a *coord.Alloc) bool {
@@ -659,12 +732,13 @@ func (c *Coord) lease(ctx context.Context, batch []pending) error {
 					}
 					lowered[q][k] = true
 				}
-				mine[asker] = append(mine[asker], &syncv1.LeaseAllowance{Scope: k.Scope, WindowUnix: k.Window, Allowance: p.Allocs[asker].Alloc})
+				a := p.Allocs[asker]
+				mine[asker] = append(mine[asker], &syncv1.LeaseAllowance{Scope: k.Scope, WindowUnix: k.Window, Allowance: a.Alloc, Seq: a.Seq})
 			}
 		}
 		// Write back what changed.
 		var ws, wm []string
-		var ww, wa, wu []int64
+		var ww, wa, wu, wt, wq []int64
 		var wc []*time.Time
 		for k, p := range pools {
 			for mem, a := range p.Allocs {
@@ -672,6 +746,7 @@ func (c *Coord) lease(ctx context.Context, batch []pending) error {
 					continue
 				}
 				ws, ww, wm, wa, wu = append(ws, k.Scope), append(ww, k.Window), append(wm, mem), append(wa, a.Alloc), append(wu, a.Used)
+				wt, wq = append(wt, a.Transit), append(wq, a.Seq)
 				if a.Changed.IsZero() {
 					wc = append(wc, nil)
 				} else {
@@ -681,10 +756,10 @@ func (c *Coord) lease(ctx context.Context, batch []pending) error {
 			}
 		}
 		if len(ws) > 0 {
-			if _, err := tx.Exec(ctx, `INSERT INTO lease_allocs (scope, window_unix, member, alloc, used, changed_at)
-				SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::timestamptz[])
+			if _, err := tx.Exec(ctx, `INSERT INTO lease_allocs (scope, window_unix, member, alloc, used, changed_at, transit, seq)
+				SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::timestamptz[], $7::bigint[], $8::bigint[])
 				ON CONFLICT (scope, window_unix, member) DO UPDATE SET alloc = excluded.alloc, used = excluded.used,
-					changed_at = excluded.changed_at`, ws, ww, wm, wa, wu, wc); err != nil {
+					changed_at = excluded.changed_at, transit = excluded.transit, seq = excluded.seq`, ws, ww, wm, wa, wu, wc, wt, wq); err != nil {
 				return err
 			}
 		}
@@ -693,11 +768,13 @@ func (c *Coord) lease(ctx context.Context, batch []pending) error {
 		for q, ks := range lowered {
 			var av []*syncv1.LeaseAllowance
 			for k := range ks {
-				av = append(av, &syncv1.LeaseAllowance{Scope: k.Scope, WindowUnix: k.Window, Allowance: pools[k].Allocs[q].Alloc})
+				a := pools[k].Allocs[q]
+				av = append(av, &syncv1.LeaseAllowance{Scope: k.Scope, WindowUnix: k.Window, Allowance: a.Alloc, Seq: a.Seq})
 			}
 			rep := owner[q]
 			if rep == c.replica {
 				mine[q] = append(mine[q], av...)
+				localLowered = append(localLowered, q)
 				continue
 			}
 			n := notice{Replica: rep, Member: q}
@@ -707,7 +784,7 @@ func (c *Coord) lease(ctx context.Context, batch []pending) error {
 					payloads = append(payloads, mustJSON(n))
 					n.Allow, size = nil, 0
 				}
-				n.Allow = append(n.Allow, allowVal{a.GetScope(), a.GetWindowUnix(), a.GetAllowance()})
+				n.Allow = append(n.Allow, allowVal{a.GetScope(), a.GetWindowUnix(), a.GetAllowance(), a.GetSeq()})
 				size += len(a.GetScope()) + 40
 			}
 			payloads = append(payloads, mustJSON(n))
@@ -722,10 +799,27 @@ func (c *Coord) lease(ctx context.Context, batch []pending) error {
 	if err != nil {
 		return err
 	}
+	c.expectConfirm(localLowered...)
 	for m, av := range mine {
 		c.toMember(m, &syncv1.LeaseGrant{Allowances: av})
 	}
 	return nil
+}
+
+// expectConfirm notes members of this replica that were told a lowered
+// allowance: their next report that carries their allowance is not held
+// back by the report gap (Request).
+func (c *Coord) expectConfirm(members ...string) {
+	if len(members) == 0 {
+		return
+	}
+	c.mu.Lock()
+	for _, m := range members {
+		if c.local[m] != nil {
+			c.lowered[m] = true
+		}
+	}
+	c.mu.Unlock()
 }
 
 func mustJSON(v any) string {
@@ -801,8 +895,9 @@ func (c *Coord) listenOnce() error {
 			}
 			g := &syncv1.LeaseGrant{}
 			for _, a := range no.Allow {
-				g.Allowances = append(g.Allowances, &syncv1.LeaseAllowance{Scope: a.Scope, WindowUnix: a.Window, Allowance: a.Alloc})
+				g.Allowances = append(g.Allowances, &syncv1.LeaseAllowance{Scope: a.Scope, WindowUnix: a.Window, Allowance: a.Alloc, Seq: a.Seq})
 			}
+			c.expectConfirm(no.Member)
 			c.toMember(no.Member, g)
 		}
 	}
@@ -916,6 +1011,19 @@ func (c *Coord) gc(ctx context.Context) error {
 // Allocations implements coord.Inspector.
 func (c *Coord) Allocations(ctx context.Context, scope string, window int64) (map[string]int64, error) {
 	rows, err := c.pool.Query(ctx, `SELECT member, alloc FROM lease_allocs WHERE scope = $1 AND window_unix = $2`, scope, window)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]int64{}
+	var m string
+	var a int64
+	_, err = pgx.ForEachRow(rows, []any{&m, &a}, func() error { out[m] = a; return nil })
+	return out, err
+}
+
+// Held implements coord.Inspector.
+func (c *Coord) Held(ctx context.Context, scope string, window int64) (map[string]int64, error) {
+	rows, err := c.pool.Query(ctx, `SELECT member, alloc + transit FROM lease_allocs WHERE scope = $1 AND window_unix = $2`, scope, window)
 	if err != nil {
 		return nil, err
 	}

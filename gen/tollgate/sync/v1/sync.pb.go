@@ -259,7 +259,10 @@ type LeaseUse struct {
 	// user and metric rpm, tpm or par; per-model key limits are
 	// "key:<token id>:rpm:<model>" and "key:<token id>:tpm:<model>".
 	Scope string `protobuf:"bytes,1,opt,name=scope,proto3" json:"scope,omitempty"`
-	// limit is the configured limit the proxy enforces.
+	// limit is the configured limit the proxy enforces; -1 when the proxy
+	// has not used the limit and only confirms an allowance it was told
+	// (see allowance): the control plane then changes no limit and opens no
+	// pool (older control planes ignore such a use).
 	Limit int64 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
 	// window_unix is the window's start (minute-aligned unix seconds) for rpm
 	// and tpm, 0 for parallel requests.
@@ -268,7 +271,17 @@ type LeaseUse struct {
 	// actual usage for tpm; requests in flight for parallel).
 	Used int64 `protobuf:"varint,4,opt,name=used,proto3" json:"used,omitempty"`
 	// want is how much more the proxy asks for; 0 is a report only.
-	Want          int64 `protobuf:"varint,5,opt,name=want,proto3" json:"want,omitempty"`
+	Want int64 `protobuf:"varint,5,opt,name=want,proto3" json:"want,omitempty"`
+	// allowance is the allowance the proxy enforces in this window when it
+	// sends the report (its implicit share when it holds no grant), and
+	// allowance_seq the seq of the LeaseAllowance it came from (0: the
+	// implicit share). The control plane frees units it reclaimed from this
+	// proxy only once a report shows the proxy enforces the lowered
+	// allowance (the same allowance and seq): until then the proxy may still
+	// admit against the allowance it had. Absent (older proxies): nothing
+	// reclaimed from the proxy is freed before the window ends.
+	Allowance     *int64 `protobuf:"varint,6,opt,name=allowance,proto3,oneof" json:"allowance,omitempty"`
+	AllowanceSeq  int64  `protobuf:"varint,7,opt,name=allowance_seq,json=allowanceSeq,proto3" json:"allowance_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -334,6 +347,20 @@ func (x *LeaseUse) GetUsed() int64 {
 func (x *LeaseUse) GetWant() int64 {
 	if x != nil {
 		return x.Want
+	}
+	return 0
+}
+
+func (x *LeaseUse) GetAllowance() int64 {
+	if x != nil && x.Allowance != nil {
+		return *x.Allowance
+	}
+	return 0
+}
+
+func (x *LeaseUse) GetAllowanceSeq() int64 {
+	if x != nil {
+		return x.AllowanceSeq
 	}
 	return 0
 }
@@ -949,10 +976,17 @@ func (x *LeaseGrant) GetAllowances() []*LeaseAllowance {
 }
 
 type LeaseAllowance struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Scope         string                 `protobuf:"bytes,1,opt,name=scope,proto3" json:"scope,omitempty"`
-	WindowUnix    int64                  `protobuf:"varint,2,opt,name=window_unix,json=windowUnix,proto3" json:"window_unix,omitempty"`
-	Allowance     int64                  `protobuf:"varint,3,opt,name=allowance,proto3" json:"allowance,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Scope      string                 `protobuf:"bytes,1,opt,name=scope,proto3" json:"scope,omitempty"`
+	WindowUnix int64                  `protobuf:"varint,2,opt,name=window_unix,json=windowUnix,proto3" json:"window_unix,omitempty"`
+	Allowance  int64                  `protobuf:"varint,3,opt,name=allowance,proto3" json:"allowance,omitempty"`
+	// seq versions the allowance: it rises with every change of this proxy's
+	// allowance in the window. Grants may reach the proxy out of order (they
+	// are decided on several control-plane replicas); a proxy ignores an
+	// allowance whose seq is lower than the one it holds for the window, and
+	// echoes the seq it holds in LeaseUse.allowance_seq. 0: an older control
+	// plane (no order).
+	Seq           int64 `protobuf:"varint,4,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1004,6 +1038,13 @@ func (x *LeaseAllowance) GetWindowUnix() int64 {
 func (x *LeaseAllowance) GetAllowance() int64 {
 	if x != nil {
 		return x.Allowance
+	}
+	return 0
+}
+
+func (x *LeaseAllowance) GetSeq() int64 {
+	if x != nil {
+		return x.Seq
 	}
 	return 0
 }
@@ -2793,14 +2834,18 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\x04Ping\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\">\n" +
 	"\fLeaseRequest\x12.\n" +
-	"\x04uses\x18\x01 \x03(\v2\x1a.tollgate.sync.v1.LeaseUseR\x04uses\"\x7f\n" +
+	"\x04uses\x18\x01 \x03(\v2\x1a.tollgate.sync.v1.LeaseUseR\x04uses\"\xd5\x01\n" +
 	"\bLeaseUse\x12\x14\n" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\x03R\x05limit\x12\x1f\n" +
 	"\vwindow_unix\x18\x03 \x01(\x03R\n" +
 	"windowUnix\x12\x12\n" +
 	"\x04used\x18\x04 \x01(\x03R\x04used\x12\x12\n" +
-	"\x04want\x18\x05 \x01(\x03R\x04want\"\x9e\x01\n" +
+	"\x04want\x18\x05 \x01(\x03R\x04want\x12!\n" +
+	"\tallowance\x18\x06 \x01(\x03H\x00R\tallowance\x88\x01\x01\x12#\n" +
+	"\rallowance_seq\x18\a \x01(\x03R\fallowanceSeqB\f\n" +
+	"\n" +
+	"_allowance\"\x9e\x01\n" +
 	"\x05Hello\x12\x19\n" +
 	"\bproxy_id\x18\x01 \x01(\tR\aproxyId\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x18\n" +
@@ -2852,12 +2897,13 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\x05index\x18\x02 \x01(\x05R\x05index\x12@\n" +
 	"\n" +
 	"allowances\x18\x03 \x03(\v2 .tollgate.sync.v1.LeaseAllowanceR\n" +
-	"allowances\"e\n" +
+	"allowances\"w\n" +
 	"\x0eLeaseAllowance\x12\x14\n" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x1f\n" +
 	"\vwindow_unix\x18\x02 \x01(\x03R\n" +
 	"windowUnix\x12\x1c\n" +
-	"\tallowance\x18\x03 \x01(\x03R\tallowance\"y\n" +
+	"\tallowance\x18\x03 \x01(\x03R\tallowance\x12\x10\n" +
+	"\x03seq\x18\x04 \x01(\x03R\x03seq\"y\n" +
 	"\bSpendAck\x12\x1b\n" +
 	"\toutbox_id\x18\x01 \x01(\tR\boutboxId\x12\x19\n" +
 	"\blast_seq\x18\x02 \x01(\x04R\alastSeq\x125\n" +
@@ -3140,6 +3186,7 @@ func file_tollgate_sync_v1_sync_proto_init() {
 		(*ProxyMessage_LeaseRequest)(nil),
 		(*ProxyMessage_Ping)(nil),
 	}
+	file_tollgate_sync_v1_sync_proto_msgTypes[3].OneofWrappers = []any{}
 	file_tollgate_sync_v1_sync_proto_msgTypes[8].OneofWrappers = []any{
 		(*ControlMessage_Snapshot)(nil),
 		(*ControlMessage_Delta)(nil),
