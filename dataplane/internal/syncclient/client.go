@@ -78,7 +78,9 @@ import (
 // Applier is the replica the client feeds.
 type Applier interface {
 	Revision() int64
-	ApplyChunk(c *syncv1.SnapshotChunk) (installed bool, err error)
+	// ApplyChunk gets the chunk and the encoded ControlMessage it came in
+	// (which the replica's cache stores as it is).
+	ApplyChunk(c *syncv1.SnapshotChunk, raw []byte) (installed bool, err error)
 	AbortSnapshot()
 	ApplyDelta(d *syncv1.Delta) error
 }
@@ -402,7 +404,7 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 		return err
 	}
 
-	stream, err := cl.Sync(sctx)
+	stream, err := cl.Sync(sctx, grpc.ForceCodecV2(keepRaw{}))
 	if err != nil {
 		return stalled(err)
 	}
@@ -422,10 +424,11 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 	for {
 		lastRecv.Store(time.Now().UnixNano())
 		busy.Store(false)
-		msg, err := stream.Recv()
-		if err != nil {
+		var rm received
+		if err := stream.RecvMsg(&rm); err != nil {
 			return stalled(err)
 		}
+		msg := rm.msg
 		busy.Store(true)
 		heard.Store(true)
 		now := time.Now()
@@ -447,7 +450,7 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 		switch m := msg.Msg.(type) {
 		case *syncv1.ControlMessage_Snapshot:
 			t0 := time.Now()
-			installed, err := c.a.ApplyChunk(m.Snapshot)
+			installed, err := c.a.ApplyChunk(m.Snapshot, rm.raw)
 			snapApply += time.Since(t0)
 			if err != nil {
 				return fmt.Errorf("snapshot chunk %d at revision %d: %w", m.Snapshot.GetSeq(), m.Snapshot.GetRevision(), err)
