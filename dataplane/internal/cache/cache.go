@@ -35,6 +35,10 @@ const (
 	schemaPerEntity = 2
 )
 
+// initialMmap is the size of bbolt's first mapping (a million keys make a
+// ~210 MB file, staging and active snapshots together ~430 MB).
+const initialMmap = 1 << 30
+
 // lockTimeout bounds the wait for another process holding the file.
 var lockTimeout = 2 * time.Second // a variable for tests
 
@@ -182,6 +186,10 @@ func openDB(path string, log *slog.Logger) (db *bolt.DB, err error) {
 		// also our consistency check; commits write less.
 		NoFreelistSync: true,
 		FreelistType:   bolt.FreelistMapType,
+		// Address space only: a snapshot written into a file that outgrows
+		// the mapping makes bbolt remap and copy every node of the
+		// transaction out of the old mapping, several times over.
+		InitialMmapSize: initialMmap,
 	})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {

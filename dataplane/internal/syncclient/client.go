@@ -421,15 +421,45 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 	acks := make(chan *syncv1.SpendAck, 64)
 	answered := false
 	var snapApply time.Duration // chunks of the snapshot being received
-	for {
-		lastRecv.Store(time.Now().UnixNano())
-		busy.Store(false)
-		var rm received
-		if err := stream.RecvMsg(&rm); err != nil {
-			return stalled(err)
+
+	// Messages are received and decoded on their own goroutine, one ahead
+	// of the loop below: decoding snapshot chunk k+1 overlaps with
+	// installing chunk k. It is busy (for the watchdog) from a message's
+	// arrival until the loop has taken it.
+	type next struct {
+		rm  received
+		err error
+	}
+	inbox := make(chan next)
+	go func() {
+		for {
+			lastRecv.Store(time.Now().UnixNano())
+			busy.Store(false)
+			var n next
+			n.err = stream.RecvMsg(&n.rm)
+			busy.Store(true)
+			select {
+			case inbox <- n:
+			case <-sctx.Done():
+				return
+			}
+			if n.err != nil {
+				return
+			}
 		}
+	}()
+	for {
+		var n next
+		select {
+		case n = <-inbox:
+		case <-sctx.Done():
+			return stalled(status.FromContextError(sctx.Err()).Err())
+		}
+		if n.err != nil {
+			return stalled(n.err)
+		}
+		rm := n.rm
 		msg := rm.msg
-		busy.Store(true)
 		heard.Store(true)
 		now := time.Now()
 		if msg.GetHeartbeat().GetLivenessOnly() {
