@@ -48,6 +48,7 @@ var (
 	keyRevision = []byte("revision")
 	keyActive   = []byte("active")
 	keyNext     = []byte("next_snapshot")
+	keyKeys     = []byte("keys") // keys in the snapshot when committed: a sizing hint for Load's caller
 	snapPrefix  = []byte("snap/")
 )
 
@@ -329,6 +330,24 @@ func getRevision(meta *bolt.Bucket) int64 {
 	return int64(binary.BigEndian.Uint64(meta.Get(keyRevision)))
 }
 
+// KeysHint is about how many keys the committed snapshot holds (as counted
+// at its commit; deltas since are not counted), 0 when unknown.
+func (c *Cache) KeysHint() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.db == nil {
+		return 0
+	}
+	var n uint64
+	_ = c.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get(keyKeys); len(v) == 8 {
+			n = binary.BigEndian.Uint64(v)
+		}
+		return nil
+	})
+	return int(min(n, 1<<31))
+}
+
 // Revision returns the revision of the committed snapshot (with the deltas
 // applied since); ok is false when the cache holds no snapshot.
 func (c *Cache) Revision() (rev int64, ok bool, err error) {
@@ -606,7 +625,11 @@ type SnapshotWriter struct {
 
 	vals     [][]byte // CRC-32C || chunk, not yet written
 	buffered int
+	keys     int
 }
+
+// SetKeys records how many keys the snapshot holds (KeysHint after Commit).
+func (w *SnapshotWriter) SetKeys(n int) { w.keys = n }
 
 // flushBytes is the encoded size at which WriteChunk starts a transaction.
 var flushBytes = 16 << 20
@@ -755,6 +778,9 @@ func (w *SnapshotWriter) Commit() error {
 			return err
 		}
 		if err := meta.Put(keyRevision, binary.BigEndian.AppendUint64(nil, uint64(w.rev))); err != nil {
+			return err
+		}
+		if err := meta.Put(keyKeys, binary.BigEndian.AppendUint64(nil, uint64(max(w.keys, 0)))); err != nil {
 			return err
 		}
 		if old != nil && !bytes.Equal(old, w.name) {

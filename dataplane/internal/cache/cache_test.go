@@ -617,3 +617,28 @@ func TestDeltasOverSnapshotChunks(t *testing.T) {
 		t.Fatalf("after a new snapshot: revision %d, %d entities", rev, len(got))
 	}
 }
+
+// The key count recorded at commit survives a reopen (Load's caller sizes
+// its table with it); a cache without one says 0.
+func TestKeysHint(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.db")
+	c := open(t, path)
+	if n := c.KeysHint(); n != 0 {
+		t.Fatalf("empty cache: hint %d", n)
+	}
+	w, err := c.BeginSnapshot(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Write(keys(3)); err != nil {
+		t.Fatal(err)
+	}
+	w.SetKeys(3)
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.Close()
+	if n := open(t, path).KeysHint(); n != 3 {
+		t.Fatalf("hint %d after reopen, want 3", n)
+	}
+}

@@ -70,6 +70,7 @@ func (r *Replica) load() error {
 		return err
 	}
 	b := r.st.NewSnapshot(rev)
+	b.Presize(r.c.KeysHint())
 	skipped := 0
 	_, _, err = r.c.Load(func(e *syncv1.Entity) error {
 		if err := b.Add(e); err != nil {
@@ -185,6 +186,7 @@ func (r *Replica) ApplyChunk(c *syncv1.SnapshotChunk, raw []byte) (installed boo
 	}
 
 	r.pending = nil
+	p.w.SetKeys(p.b.Keys())
 	if err := p.w.Commit(); err != nil {
 		_ = p.w.Abort()
 		return false, fmt.Errorf("replica: cache snapshot commit: %w", err)
