@@ -187,6 +187,7 @@ type chunker struct {
 	maxEntities int
 	maxBytes    int
 	sn          *snapshot
+	keysHint    int64 // sent once, on the next chunk flushed (SnapshotChunk.keys_hint)
 
 	body    []byte // fields of the SnapshotChunk being filled (reused)
 	n       int    // entities in body
@@ -233,6 +234,11 @@ func (c *chunker) flush(last bool) {
 	if last {
 		body = protowire.AppendTag(body, 3, protowire.VarintType) // last
 		body = protowire.AppendVarint(body, 1)
+	}
+	if c.keysHint > 0 {
+		body = protowire.AppendTag(body, 5, protowire.VarintType) // keys_hint
+		body = protowire.AppendVarint(body, uint64(c.keysHint))
+		c.keysHint = 0
 	}
 	// ControlMessage.snapshot (field 1), exactly sized: chunks stay in
 	// memory as long as the snapshot is cached.
@@ -313,6 +319,11 @@ func buildInto(ctx context.Context, log *slog.Logger, revision int64, r store.Re
 	}
 	if err := r.EachEndUser(ctx, func(u store.EndUser) error { return add(endUserEntity(&u), nil) }); err != nil {
 		return err
+	}
+	// A store that can estimate its keys cheaply lets the proxies size
+	// their tables once; the chunk that holds the first key carries it.
+	if h, ok := r.(interface{ KeysHint(context.Context) int }); ok {
+		c.keysHint = int64(h.KeysHint(ctx))
 	}
 	var ks keyScratch
 	if err := r.EachKey(ctx, func(k store.Key) error { return add(ks.fill(&k)) }); err != nil {

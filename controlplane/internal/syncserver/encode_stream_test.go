@@ -137,3 +137,44 @@ func TestSnapshotFailingMidBuildEndsStreams(t *testing.T) {
 		}
 	}
 }
+
+type hintedReader struct{ *memReader }
+
+func (hintedReader) KeysHint(context.Context) int { return 123 }
+
+// A store's key estimate goes out once, on the first chunk holding a key
+// (or an earlier one), so that a proxy sizes its key table before adding
+// any.
+func TestSnapshotKeysHint(t *testing.T) {
+	st := newMemStore()
+	seed(t, st, 40)
+	var mr *memReader
+	_ = st.Snapshot(context.Background(), func(_ int64, r store.Reader) error {
+		mr = r.(*memReader)
+		return nil
+	})
+	for name, r := range map[string]store.Reader{"hint": hintedReader{mr}, "no hint": mr} {
+		sn, err := buildSnapshot(context.Background(), slog.New(slog.DiscardHandler), 4, r, 7, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hints, keysBefore := 0, 0
+		for _, raw := range sn.chunks {
+			c := chunkSeq(t, raw)
+			if c.GetKeysHint() != 0 {
+				hints++
+				if c.GetKeysHint() != 123 || keysBefore != 0 {
+					t.Fatalf("%s: hint %d after %d keys", name, c.GetKeysHint(), keysBefore)
+				}
+			}
+			for _, e := range c.GetEntities() {
+				if e.GetKind() == store.KindKey {
+					keysBefore++
+				}
+			}
+		}
+		if want := map[string]int{"hint": 1, "no hint": 0}[name]; hints != want || keysBefore != 40 {
+			t.Fatalf("%s: %d chunks with a hint, %d keys", name, hints, keysBefore)
+		}
+	}
+}

@@ -165,6 +165,9 @@ func (r *Replica) ApplyChunk(c *syncv1.SnapshotChunk, raw []byte) (installed boo
 		}
 		raw = nil // the cache keeps only what is installed
 	}
+	if h := c.GetKeysHint(); h > 0 {
+		p.b.Presize(int(min(h, 1<<31)))
+	}
 	werr := make(chan error, 1)
 	go func() {
 		if raw != nil {
