@@ -371,8 +371,8 @@ func (c *Cache) Revision() (rev int64, ok bool, err error) {
 // the snapshot's chunks as received, then the overlay written by deltas,
 // tombstones (Deleted) included; applying them in turn (a later one
 // replaces an earlier one with the same kind and id, a tombstone removes
-// it) gives the state. Chunks are decoded on other goroutines (every CPU),
-// ahead of fn; fn runs on the caller's goroutine, one entity at a time, and
+// it) gives the state. Chunks are decoded on other goroutines (every CPU but
+// one), ahead of fn; fn runs on the caller's goroutine, one entity at a time, and
 // must not keep e (nor modify it). An undecodable entity ends Load with an
 // error wrapping ErrCorrupt; an error from fn ends it with that error.
 func (c *Cache) Load(fn func(e *syncv1.Entity) error) (rev int64, ok bool, err error) {
@@ -383,7 +383,7 @@ func (c *Cache) Load(fn func(e *syncv1.Entity) error) (rev int64, ok bool, err e
 	}
 	// Batches in order: each one's channel gets its decoded entities (or
 	// an error), filled by whichever worker took it.
-	order := make(chan chan batch, 2*runtime.GOMAXPROCS(0))
+	order := make(chan chan batch, loadWorkers())
 	stop := make(chan struct{})
 	type result struct {
 		rev int64
@@ -427,6 +427,11 @@ func (c *Cache) Load(fn func(e *syncv1.Entity) error) (rev int64, ok bool, err e
 	return r.rev, r.ok, nil
 }
 
+// loadWorkers is how many goroutines decode chunks for Load: every CPU but
+// the one running fn (more only add decoded chunks waiting in memory,
+// which costs garbage collection and fresh pages).
+func loadWorkers() int { return max(1, runtime.GOMAXPROCS(0)-1) }
+
 // batch is what Load's workers decode: a chunk's entities, or a run of
 // overlay entities.
 type batch struct {
@@ -454,7 +459,7 @@ func (c *Cache) decodeAll(order chan<- chan batch, stop <-chan struct{}) (rev in
 	}
 	jobs := make(chan job)
 	var wg sync.WaitGroup
-	for range runtime.GOMAXPROCS(0) {
+	for range loadWorkers() {
 		wg.Go(func() {
 			// A fault on the mapping while decoding is corruption too.
 			defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
