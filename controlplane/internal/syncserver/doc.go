@@ -28,7 +28,10 @@
 // the deltas since. After a control-plane restart, N proxies cost one
 // snapshot build, not N. Chunks hold at most 5000 entities or ~3 MiB (below
 // gRPC's default 4 MiB receive limit), all carry the snapshot revision, and
-// the last has last=true; a heartbeat follows at once.
+// the last has last=true; a heartbeat follows at once. Chunks are
+// published as they are encoded: streams send a snapshot while it is being
+// built (the build reads the store, the proxies install, at the same
+// time), and a build that fails midway fails the streams sending it.
 //
 // Encoded messages are sent as pre-encoded bytes (a ControlMessage whose
 // only content is unknown fields), so N streams share one encoding. This
@@ -57,8 +60,9 @@
 //
 // # Thread safety
 //
-// Server methods are safe for concurrent use. Snapshots and ring entries are
-// immutable once published and shared by reference; the ring and snapshot
+// Server methods are safe for concurrent use. Snapshot chunks and ring
+// entries are immutable once published and shared by reference (a snapshot
+// being built only grows, under its own mutex); the ring and snapshot
 // cache are guarded by their own mutexes, never held across a Send or a
 // store call. The ring wakes streams by closing a channel, so publishing
 // never blocks on a stream.

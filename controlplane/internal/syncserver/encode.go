@@ -1,13 +1,12 @@
 package syncserver
 
 import (
-	"bytes"
-	"cmp"
 	"context"
-	"encoding/binary"
+	"errors"
+	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -83,11 +82,19 @@ func encodeChangeSet(log *slog.Logger, cs store.ChangeSet) encDelta {
 func validUTF8(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
 
 // snapshot is a full state encoded as ControlMessage{snapshot} chunks, all
-// carrying revision, the last one with last=true. Immutable once built, so
-// any number of streams send it concurrently.
+// carrying revision, the last one with last=true. Chunks are published as
+// they are encoded, so streams send a snapshot while it is still being
+// built (the proxies install chunk k while chunk k+1 is read from the
+// store); once finished it is immutable and any number of streams send it
+// concurrently.
 type snapshot struct {
+	mu       sync.Mutex
+	more     chan struct{} // closed (and replaced) when a chunk is published or the build ends
 	revision int64
 	chunks   [][]byte
+	finished bool
+	err      error // set when the build failed: the chunks sent so far must be discarded
+
 	entities int
 	skipped  int
 	bytes    int64
@@ -95,21 +102,99 @@ type snapshot struct {
 	took     time.Duration
 }
 
-// chunker packs encoded entities into chunks. Each entity is marshalled
-// once, straight into the chunk buffer; the chunk header fields are
-// appended after the entities (protobuf accepts fields in any order), which
-// lets the last chunk be flagged without holding entities back.
+func newSnapshot() *snapshot { return &snapshot{more: make(chan struct{})} }
+
+// publish appends a chunk and wakes the streams waiting for it.
+func (sn *snapshot) publish(raw []byte) {
+	sn.mu.Lock()
+	sn.chunks = append(sn.chunks, raw)
+	close(sn.more)
+	sn.more = make(chan struct{})
+	sn.mu.Unlock()
+}
+
+// finish ends the build, with err when it failed.
+func (sn *snapshot) finish(err error) {
+	sn.mu.Lock()
+	sn.finished, sn.err = true, err
+	close(sn.more)
+	sn.more = make(chan struct{})
+	sn.mu.Unlock()
+}
+
+// errSnapshotFailed is what chunk returns to streams that were sending a
+// snapshot whose build failed.
+var errSnapshotFailed = errors.New("snapshot build failed")
+
+// errStillBuilding is chunk's answer when its wait ran out.
+var errStillBuilding = errors.New("snapshot chunk not built yet")
+
+// chunk returns chunk i, waiting for it while the build runs (at most wait,
+// then errStillBuilding); ok is false once every chunk was returned. A
+// failed build returns an error wrapping errSnapshotFailed (a stream that
+// sent part of it must end: the proxy discards the partial snapshot).
+func (sn *snapshot) chunk(ctx context.Context, done <-chan struct{}, i int, wait time.Duration) (raw []byte, ok bool, err error) {
+	var timeout <-chan time.Time
+	for {
+		sn.mu.Lock()
+		if sn.err != nil {
+			err := sn.err
+			sn.mu.Unlock()
+			return nil, false, fmt.Errorf("%w: %w", errSnapshotFailed, err)
+		}
+		if i < len(sn.chunks) {
+			raw = sn.chunks[i]
+			sn.mu.Unlock()
+			return raw, true, nil
+		}
+		if sn.finished {
+			sn.mu.Unlock()
+			return nil, false, nil
+		}
+		more := sn.more
+		sn.mu.Unlock()
+		if timeout == nil {
+			t := time.NewTimer(wait)
+			defer t.Stop()
+			timeout = t.C
+		}
+		select {
+		case <-more:
+		case <-timeout:
+			return nil, false, errStillBuilding
+		case <-ctx.Done():
+			return nil, false, ctx.Err()
+		case <-done:
+			return nil, false, errClosed
+		}
+	}
+}
+
+// rev is the snapshot's revision (0 until the build has opened its view).
+func (sn *snapshot) rev() int64 {
+	sn.mu.Lock()
+	defer sn.mu.Unlock()
+	return sn.revision
+}
+
+// chunker packs encoded entities into chunks and publishes each one as soon
+// as it is full. Each entity is marshalled once, straight into the chunk
+// buffer; the chunk header fields are appended after the entities
+// (protobuf accepts fields in any order), which lets the last chunk be
+// flagged without holding entities back.
 type chunker struct {
 	revision    int64
 	maxEntities int
 	maxBytes    int
+	sn          *snapshot
+	keysHint    int64 // sent once, on the next chunk flushed (SnapshotChunk.keys_hint)
 
 	body    []byte // fields of the SnapshotChunk being filled (reused)
 	n       int    // entities in body
 	seq     int32
 	scratch []byte
 
-	chunks   [][]byte
+	chunks   int
 	entities int
 	bytes    int64
 }
@@ -150,114 +235,49 @@ func (c *chunker) flush(last bool) {
 		body = protowire.AppendTag(body, 3, protowire.VarintType) // last
 		body = protowire.AppendVarint(body, 1)
 	}
+	if c.keysHint > 0 {
+		body = protowire.AppendTag(body, 5, protowire.VarintType) // keys_hint
+		body = protowire.AppendVarint(body, uint64(c.keysHint))
+		c.keysHint = 0
+	}
 	// ControlMessage.snapshot (field 1), exactly sized: chunks stay in
 	// memory as long as the snapshot is cached.
 	out := make([]byte, 0, 1+protowire.SizeVarint(uint64(len(body)))+len(body))
 	out = protowire.AppendTag(out, 1, protowire.BytesType)
 	out = protowire.AppendBytes(out, body)
-	c.chunks = append(c.chunks, out)
+	c.sn.publish(out)
+	c.chunks++
 	c.bytes += int64(len(out))
 	c.body = body[:0]
 	c.n = 0
 	c.seq++
 }
 
-// keyOrder hands keys to the chunker in token-id order. The proxies write
-// a snapshot into their bbolt cache as it arrives, and that is fast and
-// compact only for keys in order (a million keys in random order made a
-// 2.4x larger cache and a 4x slower apply). The embedded store yields keys
-// in id order already: they go straight through, at no cost. From the
-// first key out of order on (the Postgres backend reads in heap order:
-// sorting there costs the database more than sorting here), keys are
-// encoded into a buffer and sorted by id at the end, after the few passed
-// on before; the keys are then briefly held twice.
-type keyOrder struct {
-	c       *chunker
-	n       int
-	last    []byte // id of the last key passed straight through
-	scratch []byte
-
-	buffering bool
-	// Buffered keys: id then encoded entity, packed in fixed-size
-	// segments (one huge slice would be copied as it grows, and a copy of
-	// hundreds of megabytes stalls the garbage collector).
-	segs [][]byte
-	refs []keyRef
-}
-
-// keySegment is the size of a buffer segment (larger keys get their own).
-const keySegment = 4 << 20
-
-type keyRef struct {
-	// prefix is the id's first 8 bytes, big-endian (zero-padded): most
-	// comparisons end there, without a cache miss into the segments.
-	prefix    uint64
-	seg, off  int32 // where the id starts; the entity follows it
-	idN, encN int32
-}
-
-func idPrefix(id string) uint64 {
-	var b [8]byte
-	copy(b[:], id)
-	return binary.BigEndian.Uint64(b[:])
-}
-
-func (o *keyOrder) add(e *syncv1.Entity) error {
-	id := e.GetId()
-	if !o.buffering {
-		if o.n == 0 || id > string(o.last) {
-			o.n++
-			o.last = append(o.last[:0], id...)
-			return o.c.add(e)
-		}
-		o.buffering = true
-	}
-	var err error
-	o.scratch, err = proto.MarshalOptions{}.MarshalAppend(o.scratch[:0], e)
-	if err != nil {
-		return err
-	}
-	need := len(id) + len(o.scratch)
-	if len(o.segs) == 0 || cap(o.segs[len(o.segs)-1])-len(o.segs[len(o.segs)-1]) < need {
-		o.segs = append(o.segs, make([]byte, 0, max(keySegment, need)))
-	}
-	i := len(o.segs) - 1
-	seg := o.segs[i]
-	o.refs = append(o.refs, keyRef{prefix: idPrefix(id), seg: int32(i), off: int32(len(seg)), idN: int32(len(id)), encN: int32(len(o.scratch))})
-	seg = append(seg, id...)
-	o.segs[i] = append(seg, o.scratch...)
-	o.n++
-	return nil
-}
-
-// finish passes the buffered keys on, sorted.
-func (o *keyOrder) finish() {
-	if !o.buffering {
-		return
-	}
-	id := func(r *keyRef) []byte { return o.segs[r.seg][r.off : r.off+r.idN] }
-	slices.SortFunc(o.refs, func(a, b keyRef) int {
-		if a.prefix != b.prefix {
-			return cmp.Compare(a.prefix, b.prefix)
-		}
-		return bytes.Compare(id(&a), id(&b))
-	})
-	for i := range o.refs {
-		r := &o.refs[i]
-		start := r.off + r.idN
-		o.c.addEncoded(o.segs[r.seg][start : start+r.encN])
-	}
-	o.segs, o.refs = nil, nil
-}
-
 // buildSnapshot reads every entity through r (a consistent view at
-// revision) and encodes it. Objects that cannot be converted are left out
-// and logged: on the proxies they simply do not exist (fail closed).
+// revision) and encodes it into a finished snapshot.
 func buildSnapshot(ctx context.Context, log *slog.Logger, revision int64, r store.Reader, maxEntities, maxBytes int) (*snapshot, error) {
+	sn := newSnapshot()
+	err := buildInto(ctx, log, revision, r, maxEntities, maxBytes, sn)
+	sn.finish(err)
+	if err != nil {
+		return nil, err
+	}
+	return sn, nil
+}
+
+// buildInto reads every entity through r (a consistent view at revision)
+// and encodes it into sn, publishing chunks as they fill; the caller
+// finishes sn. Objects that cannot be converted are left out and logged: on
+// the proxies they simply do not exist (fail closed). Entities go out in
+// the order the store yields them (the proxies do not need any order).
+func buildInto(ctx context.Context, log *slog.Logger, revision int64, r store.Reader, maxEntities, maxBytes int, sn *snapshot) error {
 	start := time.Now()
-	c := &chunker{revision: revision, maxEntities: maxEntities, maxBytes: maxBytes}
+	sn.mu.Lock()
+	sn.revision = revision
+	sn.mu.Unlock()
+	c := &chunker{revision: revision, maxEntities: maxEntities, maxBytes: maxBytes, sn: sn}
 	skipped := 0
-	// add adds e, or counts err (a nil e with a nil err: already added).
+	// add adds e, or counts err.
 	add := func(e *syncv1.Entity, err error) error {
 		if err == nil && e != nil {
 			err = c.add(e)
@@ -272,57 +292,50 @@ func buildSnapshot(ctx context.Context, log *slog.Logger, revision int64, r stor
 	}
 	st, err := r.GetSettings(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if len(st.GeneralSettings) > 0 || !st.UpdatedAt.IsZero() {
 		if err := add(settingsEntity(&st)); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	models, err := r.ListModels(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for i := range models {
 		if err := add(modelEntity(&models[i]), nil); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if err := r.EachOrganization(ctx, func(o store.Organization) error { return add(orgEntity(&o), nil) }); err != nil {
-		return nil, err
+		return err
 	}
 	if err := r.EachTeam(ctx, func(t store.Team) error { return add(teamEntity(&t), nil) }); err != nil {
-		return nil, err
+		return err
 	}
 	if err := r.EachUser(ctx, func(u store.User) error { return add(userEntity(&u), nil) }); err != nil {
-		return nil, err
+		return err
 	}
 	if err := r.EachEndUser(ctx, func(u store.EndUser) error { return add(endUserEntity(&u), nil) }); err != nil {
-		return nil, err
+		return err
+	}
+	// A store that can estimate its keys cheaply lets the proxies size
+	// their tables once; the chunk that holds the first key carries it.
+	if h, ok := r.(interface{ KeysHint(context.Context) int }); ok {
+		c.keysHint = int64(h.KeysHint(ctx))
 	}
 	var ks keyScratch
-	ko := keyOrder{c: c}
-	if err := r.EachKey(ctx, func(k store.Key) error {
-		e, err := ks.fill(&k)
-		if err == nil {
-			err = ko.add(e)
-		}
-		return add(nil, err)
-	}); err != nil {
-		return nil, err
+	if err := r.EachKey(ctx, func(k store.Key) error { return add(ks.fill(&k)) }); err != nil {
+		return err
 	}
-	ko.finish()
 	c.flush(true)
 	if skipped > 10 {
 		log.Error("sync: entities left out of snapshot", "revision", revision, "count", skipped)
 	}
-	return &snapshot{
-		revision: revision,
-		chunks:   c.chunks,
-		entities: c.entities,
-		skipped:  skipped,
-		bytes:    c.bytes,
-		builtAt:  time.Now(),
-		took:     time.Since(start),
-	}, nil
+	sn.mu.Lock()
+	sn.entities, sn.skipped, sn.bytes = c.entities, skipped, c.bytes
+	sn.builtAt, sn.took = time.Now(), time.Since(start)
+	sn.mu.Unlock()
+	return nil
 }

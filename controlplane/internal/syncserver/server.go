@@ -283,7 +283,7 @@ type Server struct {
 	snapMu   sync.Mutex
 	snap     *snapshot // latest built
 	snapUsed time.Time
-	building *build // in flight, if any
+	building *snapshot // in flight, if any
 	builds   atomic.Int64
 
 	connsMu sync.Mutex
@@ -300,12 +300,6 @@ type Server struct {
 	spendQ    chan spendReq
 
 	m metrics
-}
-
-type build struct {
-	done chan struct{}
-	snap *snapshot
-	err  error
 }
 
 // conn is one connected proxy.
@@ -545,8 +539,8 @@ func (r *reader) pull(ctx context.Context) {
 
 // snapshotFor returns a snapshot for a proxy that needs one: the cached one
 // when it is recent enough (the proxy gets the deltas since), else the one
-// being built, else a new build. However many streams ask at once, one
-// build runs.
+// being built (its chunks are sent as they are published), else a new
+// build. However many streams ask at once, one build runs.
 func (s *Server) snapshotFor(ctx context.Context) (*snapshot, error) {
 	head, err := s.st.Head(ctx)
 	if err != nil {
@@ -557,49 +551,33 @@ func (s *Server) snapshotFor(ctx context.Context) (*snapshot, error) {
 		return nil, err
 	}
 	s.snapMu.Lock()
+	defer s.snapMu.Unlock()
 	if sn := s.snap; sn != nil && sn.revision >= oldest-1 && head-sn.revision <= s.o.snapshotMaxLag {
 		s.snapUsed = time.Now()
-		s.snapMu.Unlock()
 		return sn, nil
 	}
-	b := s.building
-	if b == nil {
-		b = &build{done: make(chan struct{})}
-		s.building = b
-		go s.build(b)
+	if s.building == nil {
+		s.building = newSnapshot()
+		go s.build(s.building)
 	}
-	s.snapMu.Unlock()
-	select {
-	case <-b.done:
-		return b.snap, b.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-s.done:
-		return nil, errClosed
-	}
+	return s.building, nil
 }
 
 var errClosed = errors.New("sync server closed")
 
-func (s *Server) build(b *build) {
+func (s *Server) build(sn *snapshot) {
 	s.builds.Add(1)
 	start := time.Now()
-	var sn *snapshot
 	err := s.st.Snapshot(s.base, func(rev int64, r store.Reader) error {
-		var err error
-		sn, err = buildSnapshot(s.base, s.log, rev, r, s.o.chunkEntities, s.o.chunkBytes)
-		return err
+		return buildInto(s.base, s.log, rev, r, s.o.chunkEntities, s.o.chunkBytes, sn)
 	})
-	if err == nil && sn == nil {
+	if err == nil && len(sn.chunks) == 0 {
 		err = errors.New("store returned no snapshot")
 	}
 	info := SnapshotInfo{Duration: time.Since(start), Err: err}
 	s.m.snapshotBuild.Observe(info.Duration.Seconds())
 	if err != nil {
 		s.m.snapshotErrors.Inc()
-	}
-	if err != nil {
-		sn = nil
 		if s.base.Err() == nil {
 			s.log.Error("sync: snapshot build failed", "err", err, "took", info.Duration)
 		}
@@ -611,16 +589,17 @@ func (s *Server) build(b *build) {
 	}
 	s.snapMu.Lock()
 	s.building = nil
-	if sn != nil && (s.snap == nil || sn.revision >= s.snap.revision) {
+	if err == nil && (s.snap == nil || sn.revision >= s.snap.revision) {
 		s.snap = sn
 		s.snapUsed = time.Now()
 	}
-	b.snap, b.err = sn, err
 	s.snapMu.Unlock()
+	// Streams waiting for chunks learn the outcome only now: a stream never
+	// sees a finished snapshot that is not yet the cached one.
+	sn.finish(err)
 	if s.o.onSnapshot != nil {
 		s.o.onSnapshot(info)
 	}
-	close(b.done)
 }
 
 // expireSnapshot drops the cached snapshot after a quiet period: at a

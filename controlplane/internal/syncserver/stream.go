@@ -278,16 +278,49 @@ func (s *Server) serve(ctx context.Context, stream syncStream, c *conn) error {
 		if err != nil {
 			return s.storeErr(ctx, "building a snapshot", err)
 		}
-		c.markAnswered()
-		for _, raw := range sn.chunks {
+		// A snapshot still being built is sent as its chunks come. Until
+		// the first one, the liveness goroutine keeps the proxy's watchdog
+		// quiet; between chunks (the store stalling), this loop does.
+		n := 0
+		var bytes int64
+		for {
+			raw, ok, err := sn.chunk(ctx, s.done, n, s.o.heartbeat)
+			if errors.Is(err, errStillBuilding) {
+				if n > 0 {
+					if err := stream.Send(&syncv1.ControlMessage{Msg: &syncv1.ControlMessage_Heartbeat{Heartbeat: &syncv1.Heartbeat{
+						ServerTimeUnixNano: time.Now().UnixNano(), LivenessOnly: true,
+					}}}); err != nil {
+						return err
+					}
+				}
+				continue
+			}
+			if err != nil {
+				if errors.Is(err, errSnapshotFailed) {
+					return s.storeErr(ctx, "building a snapshot", err)
+				}
+				if errors.Is(err, errClosed) {
+					return errShutdown()
+				}
+				return status.FromContextError(err).Err()
+			}
+			if !ok {
+				break
+			}
+			if n == 0 {
+				c.markAnswered()
+			}
 			if err := stream.Send(preencoded(raw)); err != nil {
 				return err
 			}
+			n++
+			bytes += int64(len(raw))
 		}
-		c.sent.Store(sn.revision)
-		target = sn.revision
-		s.log.Info("sync: snapshot sent", "proxy_id", c.id, "peer", c.peer, "snapshot_revision", sn.revision,
-			"chunks", len(sn.chunks), "bytes", sn.bytes, "took", time.Since(start).Round(time.Millisecond))
+		rev := sn.rev()
+		c.sent.Store(rev)
+		target = rev
+		s.log.Info("sync: snapshot sent", "proxy_id", c.id, "peer", c.peer, "snapshot_revision", rev,
+			"chunks", n, "bytes", bytes, "took", time.Since(start).Round(time.Millisecond))
 	}
 	return s.follow(ctx, stream, c, target)
 }

@@ -8,8 +8,8 @@ import (
 	"hash/crc32"
 	"log/slog"
 	"os"
+	"runtime"
 	"runtime/debug"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -26,10 +26,18 @@ import (
 // there is no migration. Version 2 holds money in nano-USD; a version-1
 // cache (micro-USD) is emptied at Open (revision 0), so the proxy fetches a
 // full snapshot instead of reading micro-USD amounts as nano-USD.
-const schemaVersion = 2 // values: CRC-32C || protobuf
+const schemaVersion = 3 // snapshot chunks as received, plus an entity overlay (doc.go)
 
-// schemaMicroUSD is the previous layout: the same, with money in micro-USD.
-const schemaMicroUSD = 1
+// Earlier layouts, emptied at Open (revision 0: a full snapshot follows):
+// one value per entity, money in micro-USD (1) or nano-USD (2).
+const (
+	schemaMicroUSD  = 1
+	schemaPerEntity = 2
+)
+
+// initialMmap is the size of bbolt's first mapping (a million keys make a
+// ~210 MB file, staging and active snapshots together ~430 MB).
+const initialMmap = 1 << 30
 
 // lockTimeout bounds the wait for another process holding the file.
 var lockTimeout = 2 * time.Second // a variable for tests
@@ -40,6 +48,7 @@ var (
 	keyRevision = []byte("revision")
 	keyActive   = []byte("active")
 	keyNext     = []byte("next_snapshot")
+	keyKeys     = []byte("keys") // keys in the snapshot when committed: a sizing hint for Load's caller
 	snapPrefix  = []byte("snap/")
 )
 
@@ -196,6 +205,10 @@ func openDB(path string, log *slog.Logger) (db *bolt.DB, err error) {
 		// also our consistency check; commits write less.
 		NoFreelistSync: true,
 		FreelistType:   bolt.FreelistMapType,
+		// Address space only: a snapshot written into a file that outgrows
+		// the mapping makes bbolt remap and copy every node of the
+		// transaction out of the old mapping, several times over.
+		InitialMmapSize: initialMmap,
 	})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
@@ -241,8 +254,8 @@ func initSchema(db *bolt.DB, log *slog.Logger) error {
 			}
 			return meta.Put(keyRevision, binary.BigEndian.AppendUint64(nil, 0))
 		}
-		if v := meta.Get(keySchema); len(v) == 4 && binary.BigEndian.Uint32(v) == schemaMicroUSD {
-			log.Warn("cache: holds money in micro-USD (an older release); discarding it, a full snapshot follows")
+		if v := meta.Get(keySchema); len(v) == 4 && (binary.BigEndian.Uint32(v) == schemaMicroUSD || binary.BigEndian.Uint32(v) == schemaPerEntity) {
+			log.Warn("cache: written by an older release (schema " + strconv.Itoa(int(binary.BigEndian.Uint32(v))) + "); discarding it, a full snapshot follows")
 			for _, name := range names {
 				if !bytes.Equal(name, bucketMeta) {
 					if err := tx.DeleteBucket(name); err != nil {
@@ -311,8 +324,21 @@ func decodeValue(v []byte, e *syncv1.Entity) error {
 	return proto.Unmarshal(v[4:], e)
 }
 
-// entityKey is the key of an entity inside a snapshot bucket.
+// Keys inside a snapshot bucket: the chunks as received, in order, then the
+// overlay of entities changed by deltas since (Load reads them in this
+// order, so an overlay entry replaces or removes the chunk's version).
+const (
+	chunkPrefix  = 'c' // + seq (uint32, big endian) → CRC-32C || ControlMessage{snapshot}
+	entityPrefix = 'e' // + kind + 0x00 + id → CRC-32C || Entity (a tombstone when deleted)
+)
+
+func chunkKey(seq uint32) []byte {
+	return binary.BigEndian.AppendUint32([]byte{chunkPrefix}, seq)
+}
+
+// entityKey is the key of an entity in a snapshot bucket's overlay.
 func entityKey(dst []byte, kind, id string) []byte {
+	dst = append(dst, entityPrefix)
 	dst = append(dst, kind...)
 	dst = append(dst, 0)
 	return append(dst, id...)
@@ -320,6 +346,24 @@ func entityKey(dst []byte, kind, id string) []byte {
 
 func getRevision(meta *bolt.Bucket) int64 {
 	return int64(binary.BigEndian.Uint64(meta.Get(keyRevision)))
+}
+
+// KeysHint is about how many keys the committed snapshot holds (as counted
+// at its commit; deltas since are not counted), 0 when unknown.
+func (c *Cache) KeysHint() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.db == nil {
+		return 0
+	}
+	var n uint64
+	_ = c.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get(keyKeys); len(v) == 8 {
+			n = binary.BigEndian.Uint64(v)
+		}
+		return nil
+	})
+	return int(min(n, 1<<31))
 }
 
 // Revision returns the revision of the committed snapshot (with the deltas
@@ -339,19 +383,25 @@ func (c *Cache) Revision() (rev int64, ok bool, err error) {
 	return rev, ok, err
 }
 
-// Load calls fn with every entity of the committed snapshot, in key order,
-// and returns its revision; ok is false (and fn is never called) when there
-// is none. Entities are decoded on another goroutine, ahead of fn; fn runs
-// on the caller's goroutine, one entity at a time, and must not keep e (nor
-// modify it). An undecodable entity ends Load with an error wrapping
-// ErrCorrupt; an error from fn ends it with that error.
+// Load calls fn with every entity of the committed snapshot, with the
+// deltas applied since, and returns its revision; ok is false (and fn is
+// never called) when there is none. Entities come in application order:
+// the snapshot's chunks as received, then the overlay written by deltas,
+// tombstones (Deleted) included; applying them in turn (a later one
+// replaces an earlier one with the same kind and id, a tombstone removes
+// it) gives the state. Chunks are decoded on other goroutines (every CPU but
+// one), ahead of fn; fn runs on the caller's goroutine, one entity at a time, and
+// must not keep e (nor modify it). An undecodable entity ends Load with an
+// error wrapping ErrCorrupt; an error from fn ends it with that error.
 func (c *Cache) Load(fn func(e *syncv1.Entity) error) (rev int64, ok bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.db == nil {
 		return 0, false, ErrClosed
 	}
-	batches := make(chan []syncv1.Entity, 4)
+	// Batches in order: each one's channel gets its decoded entities (or
+	// an error), filled by whichever worker took it.
+	order := make(chan chan batch, loadWorkers())
 	stop := make(chan struct{})
 	type result struct {
 		rev int64
@@ -361,76 +411,138 @@ func (c *Cache) Load(fn func(e *syncv1.Entity) error) (rev int64, ok bool, err e
 	done := make(chan result, 1)
 	go func() {
 		var r result
-		r.rev, r.ok, r.err = c.decodeAll(batches, stop)
-		close(batches)
+		r.rev, r.ok, r.err = c.decodeAll(order, stop)
+		close(order)
 		done <- r
 	}()
-	var fnErr error
-	for batch := range batches {
-		for i := 0; i < len(batch) && fnErr == nil; i++ {
-			if fnErr = fn(&batch[i]); fnErr != nil {
+	var fnErr, decErr error
+	for ch := range order {
+		b := <-ch
+		if fnErr != nil || decErr != nil {
+			continue // draining: decodeAll stops at the next batch
+		}
+		if b.err != nil {
+			decErr = b.err
+			close(stop)
+			continue
+		}
+		for _, e := range b.entities {
+			if fnErr = fn(e); fnErr != nil {
 				close(stop)
+				break
 			}
 		}
 	}
 	r := <-done
-	if fnErr != nil {
+	switch {
+	case fnErr != nil:
 		return 0, false, fnErr
-	}
-	if r.err != nil {
+	case r.err != nil:
 		return 0, false, r.err
+	case decErr != nil:
+		return 0, false, decErr
 	}
 	return r.rev, r.ok, nil
 }
 
-const loadBatch = 1024
+// loadWorkers is how many goroutines decode chunks for Load: every CPU but
+// the one running fn (more only add decoded chunks waiting in memory,
+// which costs garbage collection and fresh pages).
+func loadWorkers() int { return max(1, runtime.GOMAXPROCS(0)-1) }
 
-// decodeAll reads the active snapshot in one read transaction and sends its
-// entities in batches until done or stop is closed.
-func (c *Cache) decodeAll(out chan<- []syncv1.Entity, stop <-chan struct{}) (rev int64, ok bool, err error) {
+// batch is what Load's workers decode: a chunk's entities, or a run of
+// overlay entities.
+type batch struct {
+	entities []*syncv1.Entity
+	err      error
+}
+
+const overlayBatch = 1024
+
+// decodeAll reads the active snapshot in one read transaction and queues
+// its values, in order, on order; workers decode them. It returns once
+// every queued value is decoded (the values point into the transaction's
+// mapping) or stop is closed.
+func (c *Cache) decodeAll(order chan<- chan batch, stop <-chan struct{}) (rev int64, ok bool, err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
 			rev, ok, err = 0, false, fmt.Errorf("%w: reading snapshot: %v", ErrCorrupt, r)
 		}
 	}()
+	type job struct {
+		vals [][]byte // one chunk, or overlay entities
+		keys [][]byte // overlay entities' keys (nil for a chunk)
+		out  chan batch
+	}
+	jobs := make(chan job)
+	var wg sync.WaitGroup
+	for range loadWorkers() {
+		wg.Go(func() {
+			// A fault on the mapping while decoding is corruption too.
+			defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+			for j := range jobs {
+				j.out <- func() (b batch) {
+					defer func() {
+						if r := recover(); r != nil {
+							b = batch{err: fmt.Errorf("%w: decoding snapshot: %v", ErrCorrupt, r)}
+						}
+					}()
+					if j.keys == nil {
+						return decodeChunk(j.vals[0])
+					}
+					return decodeOverlay(j.keys, j.vals)
+				}()
+			}
+		})
+	}
 	errStopped := errors.New("stopped")
 	err = c.db.View(func(tx *bolt.Tx) error {
+		defer wg.Wait()
+		defer close(jobs)
 		meta := tx.Bucket(bucketMeta)
 		active := meta.Get(keyActive)
 		if active == nil {
 			return nil
 		}
 		ok, rev = true, getRevision(meta)
-		var key []byte
-		batch := make([]syncv1.Entity, 0, loadBatch)
-		send := func() error {
+		queue := func(j job) error {
+			j.out = make(chan batch, 1)
 			select {
-			case out <- batch:
-				batch = make([]syncv1.Entity, 0, loadBatch)
-				return nil
+			case order <- j.out:
 			case <-stop:
 				return errStopped
 			}
+			select {
+			case jobs <- j:
+				return nil
+			case <-stop:
+				j.out <- batch{err: errStopped}
+				return errStopped
+			}
 		}
+		var ov job
 		cur := tx.Bucket(active).Cursor()
 		for k, v := cur.First(); k != nil; k, v = cur.Next() {
-			batch = batch[:len(batch)+1]
-			e := &batch[len(batch)-1]
-			if err := decodeValue(v, e); err != nil {
-				return fmt.Errorf("%w: entity %q: %v", ErrCorrupt, k, err)
-			}
-			if key = entityKey(key[:0], e.Kind, e.Id); !bytes.Equal(key, k) {
-				return fmt.Errorf("%w: entity stored under %q is %s %q", ErrCorrupt, k, e.Kind, e.Id)
-			}
-			if len(batch) == loadBatch {
-				if err := send(); err != nil {
+			switch {
+			case k[0] == chunkPrefix && len(k) == 5:
+				if err := queue(job{vals: [][]byte{v}}); err != nil {
 					return err
 				}
+			case k[0] == entityPrefix:
+				ov.keys, ov.vals = append(ov.keys, k), append(ov.vals, v)
+				if len(ov.keys) == overlayBatch {
+					if err := queue(ov); err != nil {
+						return err
+					}
+					ov = job{}
+				}
+			default:
+				return fmt.Errorf("%w: unknown record %q in snapshot bucket", ErrCorrupt, k)
 			}
 		}
-		if len(batch) > 0 {
-			return send()
+		if len(ov.keys) > 0 {
+			return queue(ov)
 		}
 		return nil
 	})
@@ -438,6 +550,44 @@ func (c *Cache) decodeAll(out chan<- []syncv1.Entity, stop <-chan struct{}) (rev
 		err = nil
 	}
 	return rev, ok, err
+}
+
+// decodeChunk decodes a stored chunk (CRC-32C || ControlMessage).
+func decodeChunk(v []byte) batch {
+	if len(v) < 4 {
+		return batch{err: fmt.Errorf("%w: short snapshot chunk", ErrCorrupt)}
+	}
+	if crc32.Checksum(v[4:], castagnoli) != binary.BigEndian.Uint32(v) {
+		return batch{err: fmt.Errorf("%w: snapshot chunk checksum mismatch", ErrCorrupt)}
+	}
+	var m syncv1.ControlMessage
+	if err := proto.Unmarshal(v[4:], &m); err != nil || m.GetSnapshot() == nil {
+		return batch{err: fmt.Errorf("%w: snapshot chunk: %v", ErrCorrupt, err)}
+	}
+	ents := m.GetSnapshot().GetEntities()
+	for _, e := range ents {
+		if e == nil {
+			return batch{err: fmt.Errorf("%w: empty entity in snapshot chunk", ErrCorrupt)}
+		}
+	}
+	return batch{entities: ents}
+}
+
+func decodeOverlay(keys, vals [][]byte) batch {
+	ents := make([]syncv1.Entity, len(keys))
+	out := make([]*syncv1.Entity, len(keys))
+	var key []byte
+	for i, k := range keys {
+		e := &ents[i]
+		if err := decodeValue(vals[i], e); err != nil {
+			return batch{err: fmt.Errorf("%w: entity %q: %v", ErrCorrupt, k, err)}
+		}
+		if key = entityKey(key[:0], e.Kind, e.Id); !bytes.Equal(key, k) {
+			return batch{err: fmt.Errorf("%w: entity stored under %q is %s %q", ErrCorrupt, k, e.Kind, e.Id)}
+		}
+		out[i] = e
+	}
+	return batch{entities: out}
 }
 
 // ApplyDelta stores d's changes and revision in one transaction: after a
@@ -473,10 +623,9 @@ func (c *Cache) ApplyDelta(d *syncv1.Delta) error {
 			}
 			k := entityKey(nil, e.Kind, e.Id)
 			if e.Deleted {
-				if err := b.Delete(k); err != nil {
-					return err
-				}
-				continue
+				// The snapshot's chunks may hold the entity: the overlay
+				// keeps a tombstone for it (until the next snapshot).
+				e = &syncv1.Entity{Kind: e.Kind, Id: e.Id, Deleted: true}
 			}
 			v, err := appendValue(nil, e)
 			if err != nil {
@@ -490,29 +639,31 @@ func (c *Cache) ApplyDelta(d *syncv1.Delta) error {
 	})
 }
 
-// SnapshotWriter writes a snapshot into a staging bucket. Entities are
-// encoded as they come and written in transactions of about flushBytes
-// (memory stays bounded, fsyncs stay few); Commit writes the rest and makes
-// the snapshot active in one last transaction. Until then the previous
-// snapshot stays the one Load and a restart see; a staging bucket left by a
-// crash is deleted by the next Open.
+// SnapshotWriter writes a snapshot into a staging bucket: its chunks as
+// received, each under its sequence number. Chunks are written in
+// transactions of about flushBytes that are not fsynced (memory stays
+// bounded, and a staging bucket is worthless after a crash: the next Open
+// deletes it); Commit writes the rest and makes the snapshot active in one
+// last, fsynced transaction, which also makes everything before it
+// durable. Until then the previous snapshot stays the one Load and a
+// restart see.
 type SnapshotWriter struct {
 	c    *Cache
 	rev  int64
 	name []byte
 	done bool
 	n    int
+	seq  uint32
 
-	buf  []byte // encoded keys and values not yet written
-	recs []rec
+	vals     [][]byte // CRC-32C || chunk, not yet written
+	buffered int
+	keys     int
 }
 
-type rec struct {
-	k, v      [2]int // offsets into buf
-	tombstone bool
-}
+// SetKeys records how many keys the snapshot holds (KeysHint after Commit).
+func (w *SnapshotWriter) SetKeys(n int) { w.keys = n }
 
-// flushBytes is the encoded size at which Write starts a transaction.
+// flushBytes is the encoded size at which WriteChunk starts a transaction.
 var flushBytes = 16 << 20
 
 // BeginSnapshot starts writing a snapshot at revision rev, discarding any
@@ -560,42 +711,45 @@ func (c *Cache) BeginSnapshot(rev int64) (*SnapshotWriter, error) {
 // Revision is the snapshot's revision.
 func (w *SnapshotWriter) Revision() int64 { return w.rev }
 
-// Len is the number of entities stored so far (tombstones excluded).
+// Len is the number of chunks stored so far.
 func (w *SnapshotWriter) Len() int { return w.n }
-
-// snapshotFill packs staging pages: snapshot keys mostly arrive in order.
-const snapshotFill = 0.9
 
 var errFinished = errors.New("cache: snapshot already committed or aborted")
 
-// Write adds entities to the snapshot; it writes a transaction when enough
-// is buffered. A tombstone removes an entity added earlier.
+// Write adds entities to the snapshot as one chunk (WriteChunk, encoded
+// here). A tombstone removes an entity added earlier.
 func (w *SnapshotWriter) Write(entities []*syncv1.Entity) error {
 	if w.done {
 		return errFinished
 	}
+	var ents []*syncv1.Entity
 	for _, e := range entities {
-		if e == nil {
-			continue
+		if e != nil {
+			ents = append(ents, e)
 		}
-		var r rec
-		r.k[0] = len(w.buf)
-		w.buf = entityKey(w.buf, e.Kind, e.Id)
-		r.k[1] = len(w.buf)
-		if e.Deleted {
-			r.tombstone = true
-		} else {
-			r.v[0] = len(w.buf)
-			b, err := appendValue(w.buf, e)
-			if err != nil {
-				return fmt.Errorf("cache: encode %s %q: %w", e.Kind, e.Id, err)
-			}
-			w.buf = b
-			r.v[1] = len(w.buf)
-		}
-		w.recs = append(w.recs, r)
 	}
-	if len(w.buf) < flushBytes {
+	raw, err := proto.Marshal(&syncv1.ControlMessage{Msg: &syncv1.ControlMessage_Snapshot{
+		Snapshot: &syncv1.SnapshotChunk{Revision: w.rev, Entities: ents}}})
+	if err != nil {
+		return fmt.Errorf("cache: encode snapshot chunk: %w", err)
+	}
+	return w.WriteChunk(raw)
+}
+
+// WriteChunk adds a chunk as received from the control plane: an encoded
+// ControlMessage holding a SnapshotChunk (its other fields are not read
+// back). Chunks are loaded in the order they were written. raw is copied:
+// the caller may reuse it.
+func (w *SnapshotWriter) WriteChunk(raw []byte) error {
+	if w.done {
+		return errFinished
+	}
+	v := make([]byte, 4+len(raw))
+	copy(v[4:], raw)
+	binary.BigEndian.PutUint32(v, crc32.Checksum(raw, castagnoli))
+	w.vals = append(w.vals, v)
+	w.buffered += len(v)
+	if w.buffered < flushBytes {
 		return nil
 	}
 	w.c.mu.Lock()
@@ -603,41 +757,33 @@ func (w *SnapshotWriter) Write(entities []*syncv1.Entity) error {
 	if w.c.db == nil {
 		return ErrClosed
 	}
+	// Not fsynced: see SnapshotWriter. Commit's fsync covers these pages.
+	w.c.db.NoSync = true
+	defer func() { w.c.db.NoSync = false }()
 	return w.c.db.Update(w.flush)
 }
 
-// flush puts the buffered records into the staging bucket within tx.
+// flush puts the buffered chunks into the staging bucket within tx.
 func (w *SnapshotWriter) flush(tx *bolt.Tx) error {
 	b := tx.Bucket(w.name)
 	if b == nil {
 		return errors.New("cache: staging bucket vanished (snapshot restarted elsewhere?)")
 	}
-	b.FillPercent = snapshotFill
-	// Sorted puts touch each page once; stable so that a later duplicate
-	// wins.
-	buf := w.buf
-	slices.SortStableFunc(w.recs, func(a, b rec) int {
-		return bytes.Compare(buf[a.k[0]:a.k[1]], buf[b.k[0]:b.k[1]])
-	})
-	n := 0
-	for _, r := range w.recs {
-		k := buf[r.k[0]:r.k[1]]
-		if r.tombstone {
-			if err := b.Delete(k); err != nil {
-				return err
-			}
-			continue
+	b.FillPercent = 1 // keys only ever grow: pages are never split again
+	seq := w.seq
+	for _, v := range w.vals {
+		if err := b.Put(chunkKey(seq), v); err != nil {
+			return fmt.Errorf("cache: store snapshot chunk %d: %w", seq, err)
 		}
-		if err := b.Put(k, buf[r.v[0]:r.v[1]]); err != nil {
-			return fmt.Errorf("cache: store %q: %w", k, err)
-		}
-		n++
+		seq++
 	}
-	// bbolt copies keys and values at commit: the buffer is reused after
-	// the transaction, never inside it.
+	// bbolt copies values at commit: the buffers are dropped after the
+	// transaction, never inside it.
 	tx.OnCommit(func() {
-		w.n += n
-		w.buf, w.recs = w.buf[:0], w.recs[:0]
+		w.n += int(seq - w.seq)
+		w.seq = seq
+		clear(w.vals)
+		w.vals, w.buffered = w.vals[:0], 0
 	})
 	return nil
 }
@@ -666,6 +812,9 @@ func (w *SnapshotWriter) Commit() error {
 		if err := meta.Put(keyRevision, binary.BigEndian.AppendUint64(nil, uint64(w.rev))); err != nil {
 			return err
 		}
+		if err := meta.Put(keyKeys, binary.BigEndian.AppendUint64(nil, uint64(max(w.keys, 0)))); err != nil {
+			return err
+		}
 		if old != nil && !bytes.Equal(old, w.name) {
 			return tx.DeleteBucket(old)
 		}
@@ -673,7 +822,7 @@ func (w *SnapshotWriter) Commit() error {
 	})
 	if err == nil {
 		w.done = true
-		w.buf, w.recs = nil, nil
+		w.vals = nil
 	}
 	return err
 }
@@ -684,7 +833,7 @@ func (w *SnapshotWriter) Abort() error {
 		return nil
 	}
 	w.done = true
-	w.buf, w.recs = nil, nil
+	w.vals = nil
 	w.c.mu.Lock()
 	defer w.c.mu.Unlock()
 	if w.c.db == nil {

@@ -63,11 +63,16 @@ func snapshot(t *testing.T, c *Cache, rev int64, chunks ...[]*syncv1.Entity) {
 	}
 }
 
-// load returns the stored entities by kind/id.
+// load returns the stored entities by kind/id, applying what Load yields
+// in order (a tombstone removes).
 func load(t *testing.T, c *Cache) (int64, bool, map[string]*syncv1.Entity) {
 	t.Helper()
 	got := map[string]*syncv1.Entity{}
 	rev, ok, err := c.Load(func(e *syncv1.Entity) error {
+		if e.Deleted {
+			delete(got, e.Kind+"/"+e.Id)
+			return nil
+		}
 		got[e.Kind+"/"+e.Id] = proto.Clone(e).(*syncv1.Entity)
 		return nil
 	})
@@ -214,7 +219,15 @@ func validFile(t *testing.T, path string, n int) []byte {
 func TestTruncatedFileMovedAside(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "c.db")
 	b := validFile(t, path, 2000)
-	for _, cut := range []int{len(b) / 2, 3 * 4096, 4096 + 100} {
+	// bbolt grows the file ahead of its pages (sparse): cut what the meta
+	// page counts, not the file's length.
+	used := len(b)
+	for _, off := range []int{0, 4096} {
+		if m, err := parseMeta(b[off:]); err == nil {
+			used = min(used, int(m.pgid)*int(m.pageSize))
+		}
+	}
+	for _, cut := range []int{used / 2, 3 * 4096, 4096 + 100} {
 		if err := os.WriteFile(path, b[:cut], 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -513,12 +526,17 @@ func envInt(name string) int {
 // A cache written before money was nano-USD (schema 1) is emptied at Open,
 // not moved aside as corrupt: the proxy starts at revision 0 and fetches a
 // full snapshot, and never reads the cached micro-USD amounts.
-func TestMicroUSDCacheDiscarded(t *testing.T) {
+func TestMicroUSDCacheDiscarded(t *testing.T) { testOlderSchemaDiscarded(t, schemaMicroUSD) }
+
+// A cache of the one-value-per-entity layout (schema 2) is emptied too.
+func TestPerEntityCacheDiscarded(t *testing.T) { testOlderSchemaDiscarded(t, schemaPerEntity) }
+
+func testOlderSchemaDiscarded(t *testing.T, schema byte) {
 	path := filepath.Join(t.TempDir(), "c.db")
 	c := open(t, path)
 	snapshot(t, c, 7, keys(3))
 	_ = c.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketMeta).Put(keySchema, []byte{0, 0, 0, schemaMicroUSD})
+		return tx.Bucket(bucketMeta).Put(keySchema, []byte{0, 0, 0, schema})
 	})
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
@@ -537,5 +555,90 @@ func TestMicroUSDCacheDiscarded(t *testing.T) {
 	c3 := open(t, path)
 	if rev, ok, got := load(t, c3); !ok || rev != 8 || len(got) != 2 {
 		t.Fatalf("after a new snapshot and reopen: revision %d, ok %v, %d entities", rev, ok, len(got))
+	}
+}
+
+// A damaged snapshot chunk (its CRC no longer matches) fails Load with
+// ErrCorrupt, whichever chunk it is, and Load ends cleanly.
+func TestCorruptChunkLoadError(t *testing.T) {
+	for _, seq := range []uint32{0, 3, 9} {
+		c := open(t, filepath.Join(t.TempDir(), "c.db"))
+		ks := keys(100)
+		var chunks [][]*syncv1.Entity
+		for i := 0; i < len(ks); i += 10 {
+			chunks = append(chunks, ks[i:i+10])
+		}
+		snapshot(t, c, 1, chunks...)
+		_ = c.db.Update(func(tx *bolt.Tx) error {
+			b := tx.Bucket(tx.Bucket(bucketMeta).Get(keyActive))
+			v := bytes.Clone(b.Get(chunkKey(seq)))
+			v[len(v)/2] ^= 0x40
+			return b.Put(chunkKey(seq), v)
+		})
+		n := 0
+		_, _, err := c.Load(func(*syncv1.Entity) error { n++; return nil })
+		if !errors.Is(err, ErrCorrupt) || n > int(seq)*10 {
+			t.Fatalf("chunk %d damaged: Load = %v after %d entities", seq, err, n)
+		}
+	}
+}
+
+// Deltas after a snapshot land in the overlay: a reopened cache yields the
+// snapshot's chunks, then the changes, and applying them in order gives the
+// state (a deleted key stays deleted, a changed one has its new version).
+func TestDeltasOverSnapshotChunks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.db")
+	c := open(t, path)
+	snapshot(t, c, 1, keys(10), keys(20)[10:])
+	changed := statetest.Key(3)
+	changed.GetKey().Spend = 42
+	if err := c.ApplyDelta(&syncv1.Delta{Revision: 2, PrevRevision: 1, Changes: []*syncv1.Entity{
+		changed, statetest.Tombstone("key", statetest.TokenID(4)), statetest.Key(25),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ApplyDelta(&syncv1.Delta{Revision: 3, PrevRevision: 2, Changes: []*syncv1.Entity{
+		statetest.Tombstone("key", statetest.TokenID(25)),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.Close()
+	c = open(t, path)
+	rev, ok, got := load(t, c)
+	if !ok || rev != 3 || len(got) != 19 {
+		t.Fatalf("revision %d, ok %v, %d entities", rev, ok, len(got))
+	}
+	if got["key/"+statetest.TokenID(3)].GetKey().GetSpend() != 42 || got["key/"+statetest.TokenID(4)] != nil || got["key/"+statetest.TokenID(25)] != nil {
+		t.Fatal("deltas not applied over the snapshot")
+	}
+	// A new snapshot starts with an empty overlay.
+	snapshot(t, c, 5, keys(5))
+	if rev, _, got := load(t, c); rev != 5 || len(got) != 5 || got["key/"+statetest.TokenID(3)].GetKey().GetSpend() == 42 {
+		t.Fatalf("after a new snapshot: revision %d, %d entities", rev, len(got))
+	}
+}
+
+// The key count recorded at commit survives a reopen (Load's caller sizes
+// its table with it); a cache without one says 0.
+func TestKeysHint(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.db")
+	c := open(t, path)
+	if n := c.KeysHint(); n != 0 {
+		t.Fatalf("empty cache: hint %d", n)
+	}
+	w, err := c.BeginSnapshot(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Write(keys(3)); err != nil {
+		t.Fatal(err)
+	}
+	w.SetKeys(3)
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.Close()
+	if n := open(t, path).KeysHint(); n != 3 {
+		t.Fatalf("hint %d after reopen, want 3", n)
 	}
 }

@@ -3,17 +3,29 @@
 //
 // # Architecture
 //
-// Entities are stored as protobuf bytes (syncv1.Entity), prefixed by their
-// CRC-32C (bbolt checksums only its meta pages), under
-// kind + 0x00 + id inside a snapshot bucket "snap/<n>". The "meta" bucket
-// holds the schema version, the revision and the name of the active
-// snapshot bucket. A snapshot is written into a new staging bucket in
-// transactions of ~16 MiB (memory stays bounded, fsyncs stay few) and
-// activated by one final transaction that points meta at it, sets the
-// revision and deletes the previous snapshot: a partial snapshot is never
-// what Load or a restart sees. A delta is one transaction with its
-// revision. Commits are fsynced (a committed revision survives kill -9); the
-// freelist is not persisted (NoFreelistSync) and is rebuilt at open by
+// A snapshot bucket "snap/<n>" holds the snapshot's chunks as received from
+// the control plane (encoded ControlMessage{snapshot}, under "c" + seq),
+// then an overlay of the entities changed by deltas since (protobuf
+// syncv1.Entity under "e" + kind + 0x00 + id; a deletion is a tombstone
+// entity, since the chunks may hold the object). Every value is prefixed by
+// its CRC-32C (bbolt checksums only its meta pages). Load yields the chunks'
+// entities, then the overlay: applied in order, they give the state. The
+// chunks are stored as they came (no per-entity encoding or B-tree insert;
+// the control plane sends keys in any order) and decode independently, on
+// every CPU, at a restart. The overlay is bounded by the number of distinct
+// objects changed since the snapshot; the next snapshot starts without one.
+// The "meta" bucket holds the schema version, the revision and the name of
+// the active snapshot bucket. A snapshot is written into a new staging
+// bucket in transactions of ~16 MiB that are not fsynced (memory stays
+// bounded; a staging bucket is never read before its activation) and
+// activated by one final, fsynced transaction that points meta at it, sets
+// the revision and deletes the previous snapshot: a partial snapshot is
+// never what Load or a restart sees. A crash before the activation leaves
+// the previous snapshot active and the staging bucket for Open to delete;
+// should a power loss damage pages written without fsync, Open's checks
+// move the file aside and the proxy fetches a snapshot (the cache is
+// rebuildable). A delta is one fsynced transaction with its revision.
+// The freelist is not persisted (NoFreelistSync) and is rebuilt at open by
 // walking every page.
 //
 // # Thread safety

@@ -44,21 +44,21 @@ func rssMB() (cur, peak float64) {
 func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
 
 // feed applies a 1M-key snapshot in 5000-entity chunks. Each chunk is
-// encoded and decoded first, as gRPC would hand it over; only decoding and
-// ApplyChunk are timed.
+// encoded and decoded first, as the sync client hands it over (message and
+// raw bytes); only decoding and ApplyChunk are timed.
 func feed(b *testing.B, r *Replica, rev int64) time.Duration {
 	var took time.Duration
 	err := statetest.Chunks(rev, bigKeys, chunkLen, func(c *syncv1.SnapshotChunk) error {
-		raw, err := proto.Marshal(c)
+		raw, err := proto.Marshal(&syncv1.ControlMessage{Msg: &syncv1.ControlMessage_Snapshot{Snapshot: c}})
 		if err != nil {
 			return err
 		}
 		t0 := time.Now()
-		var dc syncv1.SnapshotChunk
+		var dc syncv1.ControlMessage
 		if err := proto.Unmarshal(raw, &dc); err != nil {
 			return err
 		}
-		_, err = r.ApplyChunk(&dc)
+		_, err = r.ApplyChunk(dc.GetSnapshot(), raw)
 		took += time.Since(t0)
 		return err
 	})

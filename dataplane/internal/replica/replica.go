@@ -70,6 +70,7 @@ func (r *Replica) load() error {
 		return err
 	}
 	b := r.st.NewSnapshot(rev)
+	b.Presize(r.c.KeysHint())
 	skipped := 0
 	_, _, err = r.c.Load(func(e *syncv1.Entity) error {
 		if err := b.Add(e); err != nil {
@@ -103,7 +104,9 @@ func (r *Replica) Revision() int64 { return r.st.Revision() }
 // ApplyChunk takes the next chunk of a snapshot. Chunks come with seq 0, 1,
 // 2, ... and one revision; each is added to an in-memory builder and written
 // to the cache's staging area as it arrives (nothing holds the whole
-// snapshot's messages). On the chunk with last=true the snapshot is
+// snapshot's messages). raw is the encoded ControlMessage c was decoded
+// from, stored as it is; when nil (or when c holds invalid entities) the
+// chunk is encoded here. On the chunk with last=true the snapshot is
 // committed to the cache, then installed in memory, and installed is true.
 //
 // A chunk that does not continue the snapshot in progress (another
@@ -113,7 +116,7 @@ func (r *Replica) Revision() int64 { return r.st.Revision() }
 // exist on this proxy, as the control plane does with objects it cannot
 // convert. If the cache write or commit fails, the partial snapshot is
 // discarded, nothing is installed and the error is returned.
-func (r *Replica) ApplyChunk(c *syncv1.SnapshotChunk) (installed bool, err error) {
+func (r *Replica) ApplyChunk(c *syncv1.SnapshotChunk, raw []byte) (installed bool, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.c == nil {
@@ -136,9 +139,9 @@ func (r *Replica) ApplyChunk(c *syncv1.SnapshotChunk) (installed bool, err error
 			ErrSnapshotOrder, c.GetRevision(), c.GetSeq(), p.rev, p.next)
 	}
 
-	// The cache write (encoding, and a bbolt transaction every ~16 MiB)
-	// runs beside the in-memory build: two cores, about half the wall time.
-	// Both only read the messages.
+	// The cache write (a copy of the chunk as received, and a bbolt
+	// transaction every ~16 MiB) runs beside the in-memory build. Both only
+	// read the messages.
 	ents := c.GetEntities()
 	var invalid []bool
 	for i, e := range ents {
@@ -160,9 +163,19 @@ func (r *Replica) ApplyChunk(c *syncv1.SnapshotChunk) (installed bool, err error
 				valid = append(valid, e)
 			}
 		}
+		raw = nil // the cache keeps only what is installed
+	}
+	if h := c.GetKeysHint(); h > 0 {
+		p.b.Presize(int(min(h, 1<<31)))
 	}
 	werr := make(chan error, 1)
-	go func() { werr <- p.w.Write(valid) }()
+	go func() {
+		if raw != nil {
+			werr <- p.w.WriteChunk(raw)
+		} else {
+			werr <- p.w.Write(valid)
+		}
+	}()
 	for _, e := range valid {
 		_ = p.b.Add(e) // validated above
 	}
@@ -176,6 +189,7 @@ func (r *Replica) ApplyChunk(c *syncv1.SnapshotChunk) (installed bool, err error
 	}
 
 	r.pending = nil
+	p.w.SetKeys(p.b.Keys())
 	if err := p.w.Commit(); err != nil {
 		_ = p.w.Abort()
 		return false, fmt.Errorf("replica: cache snapshot commit: %w", err)

@@ -223,6 +223,19 @@ func (s *State) NewSnapshot(rev int64) *Builder {
 // Revision is the revision the snapshot is built at.
 func (b *Builder) Revision() int64 { return b.rev }
 
+// Presize sizes the key table for about keys keys when none was added yet
+// (a no-op otherwise, or for keys <= 0): filling it then never regrows
+// its slices and indexes, which at a million keys is a quarter of the
+// cost of adding them.
+func (b *Builder) Presize(keys int) {
+	if keys > 0 && !b.done && b.keys.keys == 0 && b.keys.prevN == 0 {
+		b.keys.presize(keys, 0)
+	}
+}
+
+// Keys is the number of keys in the builder.
+func (b *Builder) Keys() int { return b.keys.keys }
+
 // Len is the number of entities added (puts, counting repeats).
 func (b *Builder) Len() int { return b.n }
 

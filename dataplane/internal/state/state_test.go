@@ -780,3 +780,38 @@ func TestKeyModelSpend(t *testing.T) {
 		t.Fatalf("deleted key kept model spend: %d", got)
 	}
 }
+
+// A presized builder (the restart path sizes it from the cache's count)
+// holds the same keys; a hint that is too small or too large only costs
+// growth or slack, and a hint after the first key is ignored.
+func TestPresizedBuilder(t *testing.T) {
+	for _, hint := range []int{0, 10, 3000, 100000} {
+		s := New()
+		b := s.NewSnapshot(1)
+		b.Presize(hint)
+		for i := range 3000 {
+			if err := b.Add(statetest.Key(i)); err != nil {
+				t.Fatal(err)
+			}
+			if i == 0 {
+				b.Presize(1 << 20) // ignored: the table is not empty
+			}
+		}
+		if err := b.Add(statetest.Tombstone(KindKey, statetest.TokenID(7))); err != nil {
+			t.Fatal(err)
+		}
+		if b.Keys() != 2999 {
+			t.Fatalf("hint %d: %d keys", hint, b.Keys())
+		}
+		s.Install(b)
+		for i := range 3000 {
+			if i == 7 {
+				mustMiss(t, s, statetest.Secret(i), 0)
+				continue
+			}
+			if ki := mustFind(t, s, statetest.Secret(i), 0); ki.TokenID != statetest.TokenID(i) {
+				t.Fatalf("hint %d: key %d has token %s", hint, i, ki.TokenID)
+			}
+		}
+	}
+}

@@ -78,7 +78,9 @@ import (
 // Applier is the replica the client feeds.
 type Applier interface {
 	Revision() int64
-	ApplyChunk(c *syncv1.SnapshotChunk) (installed bool, err error)
+	// ApplyChunk gets the chunk and the encoded ControlMessage it came in
+	// (which the replica's cache stores as it is).
+	ApplyChunk(c *syncv1.SnapshotChunk, raw []byte) (installed bool, err error)
 	AbortSnapshot()
 	ApplyDelta(d *syncv1.Delta) error
 }
@@ -410,7 +412,7 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 		return err
 	}
 
-	stream, err := cl.Sync(sctx)
+	stream, err := cl.Sync(sctx, grpc.ForceCodecV2(keepRaw{}))
 	if err != nil {
 		return stalled(err)
 	}
@@ -427,14 +429,45 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 	acks := make(chan *syncv1.SpendAck, 64)
 	answered := false
 	var snapApply time.Duration // chunks of the snapshot being received
-	for {
-		lastRecv.Store(time.Now().UnixNano())
-		busy.Store(false)
-		msg, err := stream.Recv()
-		if err != nil {
-			return stalled(err)
+
+	// Messages are received and decoded on their own goroutine, one ahead
+	// of the loop below: decoding snapshot chunk k+1 overlaps with
+	// installing chunk k. It is busy (for the watchdog) from a message's
+	// arrival until the loop has taken it.
+	type next struct {
+		rm  received
+		err error
+	}
+	inbox := make(chan next)
+	go func() {
+		for {
+			lastRecv.Store(time.Now().UnixNano())
+			busy.Store(false)
+			var n next
+			n.err = stream.RecvMsg(&n.rm)
+			busy.Store(true)
+			select {
+			case inbox <- n:
+			case <-sctx.Done():
+				return
+			}
+			if n.err != nil {
+				return
+			}
 		}
-		busy.Store(true)
+	}()
+	for {
+		var n next
+		select {
+		case n = <-inbox:
+		case <-sctx.Done():
+			return stalled(status.FromContextError(sctx.Err()).Err())
+		}
+		if n.err != nil {
+			return stalled(n.err)
+		}
+		rm := n.rm
+		msg := rm.msg
 		heard.Store(true)
 		now := time.Now()
 		if msg.GetHeartbeat().GetLivenessOnly() {
@@ -455,7 +488,7 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 		switch m := msg.Msg.(type) {
 		case *syncv1.ControlMessage_Snapshot:
 			t0 := time.Now()
-			installed, err := c.a.ApplyChunk(m.Snapshot)
+			installed, err := c.a.ApplyChunk(m.Snapshot, rm.raw)
 			snapApply += time.Since(t0)
 			if err != nil {
 				return fmt.Errorf("snapshot chunk %d at revision %d: %w", m.Snapshot.GetSeq(), m.Snapshot.GetRevision(), err)

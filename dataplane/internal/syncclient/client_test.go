@@ -3,6 +3,7 @@ package syncclient
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
+	"google.golang.org/protobuf/proto"
 
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 )
@@ -29,9 +31,14 @@ type fakeApplier struct {
 }
 
 func (f *fakeApplier) Revision() int64 { f.mu.Lock(); defer f.mu.Unlock(); return f.rev }
-func (f *fakeApplier) ApplyChunk(c *syncv1.SnapshotChunk) (bool, error) {
+func (f *fakeApplier) ApplyChunk(c *syncv1.SnapshotChunk, raw []byte) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	// The client hands over the bytes the chunk came in, for the cache.
+	var m syncv1.ControlMessage
+	if err := proto.Unmarshal(raw, &m); err != nil || !proto.Equal(m.GetSnapshot(), c) {
+		return false, fmt.Errorf("raw bytes do not hold the chunk (err %v)", err)
+	}
 	if c.GetLast() {
 		f.rev, f.pending = c.GetRevision(), -1
 		return true, nil

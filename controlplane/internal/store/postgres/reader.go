@@ -214,6 +214,17 @@ func (r *reader) GetSettings(ctx context.Context) (store.Settings, error) {
 	return s, err
 }
 
+// KeysHint is the planner's estimate of the number of keys (pg_class,
+// kept by ANALYZE; free to read), 0 when there is none. The snapshot
+// builder sends it to the proxies as a sizing hint.
+func (r *reader) KeysHint(ctx context.Context) int {
+	var n float64
+	if err := r.q.QueryRow(ctx, "SELECT reltuples FROM pg_class WHERE oid = 'keys'::regclass").Scan(&n); err != nil || n < 1 {
+		return 0
+	}
+	return int(min(n, 1<<31))
+}
+
 func (r *reader) EachKey(ctx context.Context, fn func(store.Key) error) error {
 	return each(ctx, r, keysTable, fn)
 }

@@ -1184,11 +1184,15 @@ func (x *ObjectSpend) GetSpend() int64 {
 // SnapshotChunk is part of a full snapshot at revision. A proxy applies the
 // snapshot only when the chunk with last=true arrives, all at once.
 type SnapshotChunk struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Revision      int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
-	Seq           int32                  `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
-	Last          bool                   `protobuf:"varint,3,opt,name=last,proto3" json:"last,omitempty"`
-	Entities      []*Entity              `protobuf:"bytes,4,rep,name=entities,proto3" json:"entities,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Revision int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	Seq      int32                  `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	Last     bool                   `protobuf:"varint,3,opt,name=last,proto3" json:"last,omitempty"`
+	Entities []*Entity              `protobuf:"bytes,4,rep,name=entities,proto3" json:"entities,omitempty"`
+	// About how many keys the snapshot holds, on the chunk before its first
+	// key (0: unknown). A sizing hint only: the proxy allocates its key table
+	// once instead of growing it.
+	KeysHint      int64 `protobuf:"varint,5,opt,name=keys_hint,json=keysHint,proto3" json:"keys_hint,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1249,6 +1253,13 @@ func (x *SnapshotChunk) GetEntities() []*Entity {
 		return x.Entities
 	}
 	return nil
+}
+
+func (x *SnapshotChunk) GetKeysHint() int64 {
+	if x != nil {
+		return x.KeysHint
+	}
+	return 0
 }
 
 // Delta is one committed change set.
@@ -2911,12 +2922,13 @@ const file_tollgate_sync_v1_sync_proto_rawDesc = "" +
 	"\vObjectSpend\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x14\n" +
-	"\x05spend\x18\x03 \x01(\x03R\x05spend\"\x87\x01\n" +
+	"\x05spend\x18\x03 \x01(\x03R\x05spend\"\xa4\x01\n" +
 	"\rSnapshotChunk\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x05R\x03seq\x12\x12\n" +
 	"\x04last\x18\x03 \x01(\bR\x04last\x124\n" +
-	"\bentities\x18\x04 \x03(\v2\x18.tollgate.sync.v1.EntityR\bentities\"\xb1\x01\n" +
+	"\bentities\x18\x04 \x03(\v2\x18.tollgate.sync.v1.EntityR\bentities\x12\x1b\n" +
+	"\tkeys_hint\x18\x05 \x01(\x03R\bkeysHint\"\xb1\x01\n" +
 	"\x05Delta\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12#\n" +
 	"\rprev_revision\x18\x02 \x01(\x03R\fprevRevision\x123\n" +
