@@ -5,12 +5,15 @@
 //
 // # Architecture
 //
-// Record (the proxy's OnUsage hook) prices an outcome and queues it in
-// memory; one writer goroutine appends the queue to the log in groups
-// (group commit: whatever queued while the previous write ran, or for one
-// Window after a record reached an idle outbox, at most MaxGroup records,
-// one write(2) per group) and assigns each record the next sequence number.
-// Written records are fdatasynced at most every SyncInterval (200 ms by
+// Record (the proxy's OnUsage hook) prices an outcome and appends it. At an
+// idle outbox (nothing queued, no write for a quarter Window) the record is
+// written at once on the caller's goroutine (the proxy calls it after the
+// response went out); otherwise it is queued and one writer goroutine
+// appends the queue to the log in groups (group commit: whatever queued
+// while the previous write ran, or for one Window after the group's first
+// record, at most MaxGroup records, one write(2) per group). A write
+// assigns each record the next sequence number.
+// Written records are fdatasynced at most every SyncInterval (1 s by
 // default) while records keep coming, and at Close. The log is a directory
 // of its own (by default the cache path plus ".spendlog"): segments of
 // CRC-checked frames (segment.go), the outbox id, and an acked mark.
