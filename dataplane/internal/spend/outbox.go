@@ -479,6 +479,15 @@ func (ob *Outbox) writer() {
 		ob.syncArmed = true
 		syncTimer.Reset(max(time.Until(ob.lastSync.Add(ob.syncEvery)), 0))
 	}
+	syncOrRetry := func() { // mu not held; a failed sync is retried after backoff
+		if err := ob.sync(); err != nil {
+			ob.log.Error("spend outbox: sync failed; retrying", "err", err)
+			ob.mu.Lock()
+			ob.syncArmed = true
+			ob.mu.Unlock()
+			syncTimer.Reset(backoff)
+		}
+	}
 	for {
 		ob.mu.Lock()
 		for len(ob.queue) == 0 || (ob.window > 0 && len(ob.queue) < ob.maxGroup && !ob.closed && ob.gathering) {
@@ -505,13 +514,7 @@ func (ob *Outbox) writer() {
 				ob.mu.Lock()
 				ob.syncArmed = false
 				ob.mu.Unlock()
-				if err := ob.sync(); err != nil {
-					ob.log.Error("spend outbox: sync failed; retrying", "err", err)
-					ob.mu.Lock()
-					ob.syncArmed = true
-					ob.mu.Unlock()
-					syncTimer.Reset(backoff)
-				}
+				syncOrRetry()
 			}
 			ob.mu.Lock()
 		}
@@ -546,13 +549,7 @@ func (ob *Outbox) writer() {
 		ob.mu.Unlock()
 
 		if syncNow {
-			if err := ob.sync(); err != nil {
-				ob.log.Error("spend outbox: sync failed; retrying", "err", err)
-				ob.mu.Lock()
-				ob.syncArmed = true
-				ob.mu.Unlock()
-				syncTimer.Reset(backoff)
-			}
+			syncOrRetry()
 		}
 		ob.rollover()
 	}

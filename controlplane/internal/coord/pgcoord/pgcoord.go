@@ -1010,20 +1010,17 @@ func (c *Coord) gc(ctx context.Context) error {
 
 // Allocations implements coord.Inspector.
 func (c *Coord) Allocations(ctx context.Context, scope string, window int64) (map[string]int64, error) {
-	rows, err := c.pool.Query(ctx, `SELECT member, alloc FROM lease_allocs WHERE scope = $1 AND window_unix = $2`, scope, window)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]int64{}
-	var m string
-	var a int64
-	_, err = pgx.ForEachRow(rows, []any{&m, &a}, func() error { out[m] = a; return nil })
-	return out, err
+	return c.perMember(ctx, "alloc", scope, window)
 }
 
 // Held implements coord.Inspector.
 func (c *Coord) Held(ctx context.Context, scope string, window int64) (map[string]int64, error) {
-	rows, err := c.pool.Query(ctx, `SELECT member, alloc + transit FROM lease_allocs WHERE scope = $1 AND window_unix = $2`, scope, window)
+	return c.perMember(ctx, "alloc + transit", scope, window)
+}
+
+// perMember reads expr (a fixed column expression) per member of one pool.
+func (c *Coord) perMember(ctx context.Context, expr, scope string, window int64) (map[string]int64, error) {
+	rows, err := c.pool.Query(ctx, `SELECT member, `+expr+` FROM lease_allocs WHERE scope = $1 AND window_unix = $2`, scope, window)
 	if err != nil {
 		return nil, err
 	}
