@@ -591,11 +591,7 @@ func report(samples []sample, targets []target, modes []string, c config) {
 			rounds, load := "", "—"
 			if len(t.cpuProcs) > 0 {
 				load = fmt.Sprintf("%.1f", usPer(a.load, a.req))
-				parts := make([]string, len(a.perRoundCPU))
-				for i, x := range a.perRoundCPU {
-					parts[i] = fmt.Sprintf("%.0f", x)
-				}
-				rounds = " (" + strings.Join(parts, ", ") + ")"
+				rounds = roundsCell(a)
 			}
 			fmt.Printf("| %s | %.0f | %s | %s | %s | %s%s | %s | %s | %.1f | %.1f | %.2f%% |\n", t.name, median(a.rps),
 				ms(median(a.p50s)), ms(median(a.p90s)), ms(median(a.p99s)), cpu, rounds, ratio, load,
@@ -622,11 +618,7 @@ func report(samples []sample, targets []target, modes []string, c config) {
 				}
 				cpu, ratio := cpuCell(t, a, bareLat)
 				if len(t.cpuProcs) > 0 {
-					parts := make([]string, len(a.perRoundCPU))
-					for i, x := range a.perRoundCPU {
-						parts[i] = fmt.Sprintf("%.0f", x)
-					}
-					cpu += " (" + strings.Join(parts, ", ") + ")"
+					cpu += roundsCell(a)
 				}
 				fmt.Printf("| %s | %s | %s | %s | %s | %s | %s | %.0f | %.2f%% |\n", t.name, ms(median(a.p50s)), ms(median(a.p90s)), ms(median(a.p99s)),
 					add, cpu, ratio, usPer(a.cp, a.req), 100*a.ok/float64(max(a.req, 1)))
@@ -658,6 +650,15 @@ func report(samples []sample, targets []target, modes []string, c config) {
 			}
 		}
 	}
+}
+
+// roundsCell is " (r1, r2, ...)": the CPU per request of each round.
+func roundsCell(a *agg) string {
+	parts := make([]string, len(a.perRoundCPU))
+	for i, x := range a.perRoundCPU {
+		parts[i] = fmt.Sprintf("%.0f", x)
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
 }
 
 func verdict(ok bool) string {
