@@ -261,6 +261,7 @@ func run(ctx context.Context, o options) error {
 	// to ship it later. Bounded, so a control plane that is down does not
 	// hold the exit; what is left stays in the outbox file.
 	shipCtx, cancelShip := context.WithTimeout(context.Background(), spendShipTimeout)
+	sc.FlushSpend()
 	if err := outbox.WaitShipped(shipCtx); err != nil {
 		st := outbox.Stats()
 		slog.Warn("spend not fully shipped before exit; it stays in the outbox for the next start",

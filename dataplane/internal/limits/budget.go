@@ -228,7 +228,14 @@ func (ad *admitted) reserve(p *enforce.Principal, a *proxy.Admission, nowUnix, n
 			return heldRejection(b.kind, b.id, spend, held, b.l.MaxBudget, allowed, ad.l.members.Load()>>32), true
 		}
 		r.reserved += est
+		// Finished requests' spend that has not reached the control plane
+		// holds half the share or more: ship it now rather than after the
+		// shipper's linger, so that requests do not come to wait for it.
+		urge := r.pending+r.doubt > 0 && 2*r.held() >= allowed
 		r.mu.Unlock()
+		if urge {
+			ad.l.urgeSpend()
+		}
 		ad.resv[ad.nresv] = r
 		ad.nresv++
 	}

@@ -139,6 +139,9 @@ type Limiter struct {
 	// ReportInterval, and does not tick while nothing changes.
 	pending    chan struct{}
 	pendingSet atomic.Bool
+	// urgent is signalled when unshipped spend holds enough of a budget
+	// share that the spend shipper should not linger (SpendUrgent).
+	urgent chan struct{}
 
 	grants, allowances atomic.Uint64 // lease grants and allowances received (metrics)
 
@@ -161,7 +164,7 @@ type budgetKey struct{ kind, id string }
 
 // New returns a Limiter that is degraded until SetConnected(true).
 func New(o Options) *Limiter {
-	l := &Limiter{now: o.Now, notify: make(chan struct{}, 1), pending: make(chan struct{}, 1),
+	l := &Limiter{now: o.Now, notify: make(chan struct{}, 1), pending: make(chan struct{}, 1), urgent: make(chan struct{}, 1),
 		counters: map[scopeKey]*counter{}, byScope: map[string]*counter{}, budgets: map[budgetKey]*budget{},
 		outTok: map[string]*atomic.Int64{}}
 	if l.now == nil {
@@ -307,6 +310,9 @@ func (l *Limiter) Admit(ctx context.Context, a *proxy.Admission) (func(proxy.Out
 	if v.held == heldNone {
 		return fn, rej
 	}
+	if v.held == heldBudget {
+		l.urgeSpend() // what frees the share is this proxy's spend reaching the control plane
+	}
 	if l.bound(v.held) <= 0 || l.waiting.Add(1) > l.maxWaiting {
 		if l.bound(v.held) > 0 {
 			l.waiting.Add(-1)
@@ -341,6 +347,17 @@ func (l *Limiter) Admit(ctx context.Context, a *proxy.Admission) (func(proxy.Out
 			(v.held == heldRate && waited >= minRateWait && v.c.answeredSince(start.UnixNano())) {
 			return nil, l.final(rej, v, start)
 		}
+	}
+}
+
+// SpendUrgent is signalled when this proxy's unshipped spend holds enough
+// of a budget share that the spend shipper should send it now.
+func (l *Limiter) SpendUrgent() <-chan struct{} { return l.urgent }
+
+func (l *Limiter) urgeSpend() {
+	select {
+	case l.urgent <- struct{}{}:
+	default:
 	}
 }
 

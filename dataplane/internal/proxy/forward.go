@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -472,12 +473,38 @@ func (h *handler) rewrite(pr *httputil.ProxyRequest) {
 	if telemetry.Tracing() {
 		injectTrace(pr.In.Context(), hdr)
 	}
-	segs := c.segs
-	nseg := c.nseg
-	pr.Out.Body = newSegReader(segs, nseg)
+	pr.Out.Body, pr.Out.GetBody = c.upstreamBody()
 	pr.Out.ContentLength = c.length
-	pr.Out.GetBody = func() (io.ReadCloser, error) { return newSegReader(segs, nseg), nil }
 	c.upStart = time.Now()
+}
+
+// joinMax is the largest planned body joined into one slice.
+const joinMax = 64 << 10
+
+// upstreamBody is the planned body for the transport. A body the transport
+// knows is in memory (a bytes.Reader) goes out in the same write as the
+// headers; any other reader gets the headers flushed first, a second write
+// and often a second wake-up of the upstream for every call. So a body of
+// one segment is handed over as it is, and a small body of several segments
+// (a replaced model name, an added stream_options) is joined: a copy of a
+// few kilobytes costs less than the syscall it saves.
+func (c *call) upstreamBody() (io.ReadCloser, func() (io.ReadCloser, error)) {
+	var one []byte
+	switch {
+	case c.nseg == 0:
+		return http.NoBody, func() (io.ReadCloser, error) { return http.NoBody, nil }
+	case c.nseg == 1:
+		one = c.segs[0]
+	case c.length <= joinMax:
+		one = make([]byte, 0, c.length)
+		for _, s := range c.segs[:c.nseg] {
+			one = append(one, s...)
+		}
+	default:
+		segs, nseg := c.segs, c.nseg
+		return newSegReader(segs, nseg), func() (io.ReadCloser, error) { return newSegReader(segs, nseg), nil }
+	}
+	return io.NopCloser(bytes.NewReader(one)), func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(one)), nil }
 }
 
 // responseHeaderDrops are upstream response headers the client must not see:
