@@ -452,34 +452,62 @@ func TestBacklogBeyondMemory(t *testing.T) {
 }
 
 // An idle outbox writes a record on the caller's goroutine at once (no
-// writer wake-up, nothing lost to a SIGKILL right after), a burst groups
-// behind the window, and what was written inline is synced within the
-// sync interval.
+// writer wake-up, nothing lost to a SIGKILL right after); what was written
+// inline is synced within the sync interval. Through the segment's mapping
+// a burst is written inline too, record by record; with write syscalls
+// (no mapping) it groups behind the window.
 func TestIdleAppendWritesInline(t *testing.T) {
-	ob, err := Open(filepath.Join(t.TempDir(), "spend"), Options{Window: 50 * time.Millisecond, SyncInterval: 30 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ob.Close()
-	ob.Append(rec(1))
-	if st := ob.Stats(); st.Committed != 1 || st.Queued != 0 {
-		t.Fatalf("idle append not written at once: %+v", st)
-	}
-	for i := range 10 {
-		ob.Append(rec(2 + i))
-	}
-	if st := ob.Stats(); st.Committed != 1 || st.Queued != 10 {
-		t.Fatalf("a burst right after a write should wait for the window: %+v", st)
-	}
-	flush(t, ob)
-	if st := ob.Stats(); st.Committed != 11 || st.Groups != 2 {
-		t.Fatalf("burst not written as one group: %+v", st)
-	}
-	deadline := time.Now().Add(2 * time.Second)
-	for ob.Stats().Syncs == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("written records never synced")
-		}
-		time.Sleep(5 * time.Millisecond)
+	for _, mapped := range []bool{true, false} {
+		t.Run(map[bool]string{true: "mapped", false: "write"}[mapped], func(t *testing.T) {
+			defer func(v bool) { mapSegments = v }(mapSegments)
+			mapSegments = mapped
+			dir := filepath.Join(t.TempDir(), "spend")
+			ob, err := Open(dir, Options{Window: 50 * time.Millisecond, SyncInterval: 30 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ob.Close()
+			if got := ob.curMap != nil; got != mapped {
+				t.Fatalf("segment mapped: %v, want %v", got, mapped)
+			}
+			ob.Append(rec(1))
+			if st := ob.Stats(); st.Committed != 1 || st.Queued != 0 {
+				t.Fatalf("idle append not written at once: %+v", st)
+			}
+			for i := range 10 {
+				ob.Append(rec(2 + i))
+			}
+			if mapped {
+				if st := ob.Stats(); st.Committed != 11 || st.Queued != 0 {
+					t.Fatalf("a burst into the mapping should be written at once: %+v", st)
+				}
+				// What the mapping holds is in the file (the page cache),
+				// frame by frame, before any sync or Close: what a killed
+				// process leaves behind.
+				segs, _ := listSegments(dir)
+				var seen []uint64
+				if _, err := scan(segs[len(segs)-1].path, func(r *syncv1.SpendRecord) error {
+					seen = append(seen, r.GetSeq())
+					return nil
+				}); err != nil || len(seen) != 11 || seen[0] != seen[10]-10 {
+					t.Fatalf("the segment read back holds %v (%v), want 11 records in order", seen, err)
+				}
+			} else {
+				if st := ob.Stats(); st.Committed != 1 || st.Queued != 10 {
+					t.Fatalf("a burst right after a write should wait for the window: %+v", st)
+				}
+				flush(t, ob)
+				if st := ob.Stats(); st.Committed != 11 || st.Groups != 2 {
+					t.Fatalf("burst not written as one group: %+v", st)
+				}
+			}
+			deadline := time.Now().Add(2 * time.Second)
+			for ob.Stats().Syncs == 0 {
+				if time.Now().After(deadline) {
+					t.Fatal("written records never synced")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
 	}
 }
