@@ -592,8 +592,9 @@ func decodeOverlay(keys, vals [][]byte) batch {
 
 // ApplyDelta stores d's changes and revision in one transaction: after a
 // crash of the process the cache holds d entirely or not at all. The
-// transaction is not fdatasynced (unsynced.go): a sync follows within
-// syncEvery, and a crash of the machine before it discards the cache.
+// transaction is not fdatasynced (unsynced.go): a sync follows once deltas
+// pause for idleClear, and a crash of the machine before it discards the
+// cache.
 func (c *Cache) ApplyDelta(d *syncv1.Delta) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()

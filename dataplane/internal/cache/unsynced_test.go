@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 
@@ -77,5 +78,51 @@ func TestUnsyncedMarkerAfterCrash(t *testing.T) {
 				t.Fatalf("marker left after Close: %v", err)
 			}
 		})
+	}
+}
+
+// While deltas keep coming the marker stays down and nothing is synced;
+// once they pause for idleClear the file is synced and the marker removed.
+func TestUnsyncedSyncedOnlyWhenQuiet(t *testing.T) {
+	if bootID() == "" {
+		t.Skip("no boot id on this system")
+	}
+	defer func(d time.Duration) { idleClear = d }(idleClear)
+	idleClear = 150 * time.Millisecond
+	path := filepath.Join(t.TempDir(), "c.db")
+	c := open(t, path)
+	defer c.Close()
+	snapshot(t, c, 10, keys(5))
+	rev := int64(10)
+	for end := time.Now().Add(1300 * time.Millisecond); time.Now().Before(end); time.Sleep(40 * time.Millisecond) {
+		if err := c.ApplyDelta(&syncv1.Delta{PrevRevision: rev, Revision: rev + 1, Changes: []*syncv1.Entity{statetest.Key(100 + int(rev))}}); err != nil {
+			t.Fatal(err)
+		}
+		rev++
+	}
+	c.mu.Lock()
+	synced, unsynced := c.synced, c.unsynced
+	c.mu.Unlock()
+	if synced != 0 || !unsynced {
+		t.Fatalf("while deltas came every 40 ms: synced writes %d, marker down %v; want 0, true", synced, unsynced)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		c.mu.Lock()
+		synced, unsynced, writes := c.synced, c.unsynced, c.deltaWrites
+		c.mu.Unlock()
+		if !unsynced {
+			if synced != writes {
+				t.Fatalf("marker removed with %d of %d delta writes synced", synced, writes)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("marker still down 2 s after the last delta")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := os.Stat(c.markerPath()); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("marker file after the quiet spell: %v", err)
 	}
 }
