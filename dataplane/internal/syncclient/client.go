@@ -14,8 +14,8 @@
 // resubscribes from what the replica holds), heartbeats update the head
 // and the time of last contact. After each applied delta or snapshot the
 // client reports Applied{revision} so the control plane can show lag. A
-// pinger goroutine sends Ping every PingInterval so that the control plane
-// notices a silent proxy too.
+// pinger goroutine sends Ping when nothing else was sent for PingInterval,
+// so that the control plane notices a silent proxy too.
 //
 // With Options.Spend set, a shipper goroutine per session sends the spend
 // outbox's committed records as SpendBatch messages once the stream is
@@ -193,6 +193,7 @@ type Client struct {
 
 	sendMu sync.Mutex // one Send at a time: receiving loop and spend shipper
 
+	lastSent atomic.Int64  // UnixNano of the last Send on the stream (ping skips when recent)
 	hurry    chan struct{} // FlushSpend: ship without waiting for the linger
 	draining atomic.Bool   // FlushSpend was called: never linger again
 
@@ -590,10 +591,13 @@ func (c *Client) watchdog(ctx context.Context, cancel context.CancelFunc, lastRe
 	}
 }
 
-// ping sends Ping every PingInterval while the session lives, so that the
-// control plane notices a proxy that went silent.
+// ping sends Ping when nothing else went to the control plane for
+// PingInterval, while the session lives, so that the control plane notices
+// a proxy that went silent (any message tells it the proxy is alive; a
+// proxy that ships spend or reports leases about once a second pings
+// rarely).
 func (c *Client) ping(ctx context.Context, stream grpc.BidiStreamingClient[syncv1.ProxyMessage, syncv1.ControlMessage]) {
-	t := time.NewTicker(c.o.PingInterval)
+	t := time.NewTimer(c.o.PingInterval)
 	defer t.Stop()
 	for {
 		select {
@@ -601,9 +605,14 @@ func (c *Client) ping(ctx context.Context, stream grpc.BidiStreamingClient[syncv
 			return
 		case <-t.C:
 		}
+		if wait := c.o.PingInterval - time.Since(time.Unix(0, c.lastSent.Load())); wait > 0 {
+			t.Reset(wait)
+			continue
+		}
 		if err := c.send(stream, &syncv1.ProxyMessage{Msg: &syncv1.ProxyMessage_Ping{Ping: &syncv1.Ping{Revision: c.a.Revision()}}}); err != nil {
 			return // the receiving loop sees the stream's end
 		}
+		t.Reset(c.o.PingInterval)
 	}
 }
 
@@ -707,6 +716,7 @@ func (c *Client) FlushSpend() {
 func (c *Client) send(stream grpc.BidiStreamingClient[syncv1.ProxyMessage, syncv1.ControlMessage], m *syncv1.ProxyMessage) error {
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
+	c.lastSent.Store(time.Now().UnixNano())
 	return stream.Send(m)
 }
 
