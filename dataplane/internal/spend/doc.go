@@ -5,13 +5,17 @@
 //
 // # Architecture
 //
-// Record (the proxy's OnUsage hook) prices an outcome and appends it. At an
-// idle outbox (nothing queued, no write for a quarter Window) the record is
-// written at once on the caller's goroutine (the proxy calls it after the
-// response went out); otherwise it is queued and one writer goroutine
-// appends the queue to the log in groups (group commit: whatever queued
-// while the previous write ran, or for one Window after the group's first
-// record, at most MaxGroup records, one write(2) per group). A write
+// Record (the proxy's OnUsage hook) prices an outcome and appends it. The
+// segment being written is mapped shared over its preallocated blocks:
+// while nothing is queued, the record is framed and copied into the
+// mapping on the caller's goroutine (the proxy calls it after the response
+// went out), no system call, no other goroutine woken. Where the file
+// system would not map the segment (or it is full and a new one is due), an
+// idle outbox (nothing queued, no write for a quarter Window) writes the
+// record at once with pwrite; otherwise it is queued and one writer
+// goroutine appends the queue to the log in groups (group commit: whatever
+// queued while the previous write ran, or for one Window after the group's
+// first record, at most MaxGroup records, one write(2) per group). A write
 // assigns each record the next sequence number.
 // Written records are fdatasynced at most every SyncInterval (1 s by
 // default) while records keep coming, and at Close. The log is a directory
@@ -34,17 +38,21 @@
 // Each bbolt commit cost two fdatasyncs (pages, then meta) and each ack a
 // third transaction; at 50-200 req/s with a 20 ms window that was about
 // one fsynced transaction per request, ~20% of the proxy's CPU at 200 req/s
-// (README, Performance). A log write is one write(2); durability against a
-// crash of the process needs no fsync at all (the kernel keeps the page
-// cache), only a crash of the machine does, and that is bounded by
-// SyncInterval.
+// (README, Performance). A log write is a copy into the mapping (or one
+// write(2)); durability against a crash of the process needs no fsync at
+// all (the kernel keeps the page cache), only a crash of the machine does,
+// and that is bounded by SyncInterval.
 //
 // # Failure modes
 //
 //   - SIGKILL, OOM kill or panic: written records survive; what is lost is
-//     what was queued but not written: the records of the last Window (20
-//     ms by default) plus the write in progress (README, "Spend"; deploy/e2e
-//     TestSpendLostOnSIGKILL measures it).
+//     what was queued but not written: through the mapping nothing but a
+//     copy in progress (a torn last frame); with write syscalls the records
+//     of the last Window (20 ms by default) plus the write in progress
+//     (README, "Spend"; deploy/e2e TestSpendLostOnSIGKILL measures it).
+//   - An I/O error of the disk while the kernel reads a mapped page back in
+//     would be a SIGBUS; the mapping covers only blocks fallocate allocated
+//     (no fault past the end of the file, no allocation at fault time).
 //   - Kernel panic or power loss: records written since the last fdatasync
 //     (at most SyncInterval of them) may be lost; a frame torn by it ends
 //     its segment at Open (logged). Set --spend-sync-interval 0 to sync
