@@ -81,6 +81,7 @@ type Cache struct {
 	unsynced              bool  // the marker file is down: writes may be unsynced
 	deltaWrites, synced   int64 // delta commits, and how many of them were synced
 	lastWrite             time.Time
+	idleClear             time.Duration // unsynced.go's idleClear when the cache was opened
 	stopSync, syncStopped chan struct{}
 	kick                  chan struct{} // the marker went down
 }
@@ -93,7 +94,7 @@ func Open(path string, logger *slog.Logger) (*Cache, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	c := &Cache{path: path, log: logger, kick: make(chan struct{}, 1)}
+	c := &Cache{path: path, log: logger, kick: make(chan struct{}, 1), idleClear: idleClear}
 	if err := c.checkUnsynced(); err != nil {
 		return nil, err
 	}

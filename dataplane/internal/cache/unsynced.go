@@ -42,7 +42,7 @@ import (
 //
 // Snapshot installs keep their fdatasynced commits.
 // idleClear is the quiet spell after which the deltas are synced and the
-// marker removed (a variable for tests).
+// marker removed (a variable for tests, read by Open).
 var idleClear = 2 * time.Second
 
 func (c *Cache) markerPath() string { return c.path + ".unsynced" }
@@ -131,7 +131,7 @@ func (c *Cache) syncLocked(final bool) {
 	if c.db == nil || !c.unsynced {
 		return
 	}
-	if !final && time.Since(c.lastWrite) < idleClear {
+	if !final && time.Since(c.lastWrite) < c.idleClear {
 		return
 	}
 	if c.synced != c.deltaWrites || final {
@@ -162,7 +162,7 @@ func (c *Cache) syncLoop() {
 		select {
 		case <-c.stopSync:
 			return
-		case <-time.After(idleClear):
+		case <-time.After(c.idleClear):
 		}
 		c.mu.Lock()
 		c.syncLocked(false)

@@ -622,3 +622,85 @@ func TestEveryScopeLimitedAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// The spend shipper lingers between batches; the gate asks it to hurry
+// once this proxy's finished, unshipped spend holds half its share of a
+// budget, and when a request is held for budget. Far from a budget (or
+// without one) it never asks.
+func TestSpendUrgentNearTheShare(t *testing.T) {
+	urgent := func(l *Limiter) bool {
+		select {
+		case <-l.SpendUrgent():
+			return true
+		default:
+			return false
+		}
+	}
+	usage := proxy.Outcome{Status: 200, UsageKnown: true, Usage: proxy.Usage{CompletionTokens: 10, TotalTokens: 10}}
+
+	l := newLimiter()
+	f := newFixture(t, `{"model":"m","max_tokens":1,"messages":[]}`)
+	f.dep.OutputCost = 1_000 // 1 nano-USD per completion token: 10 a call
+	for range 20 {
+		done, rej, _ := f.admit(l)
+		if rej != nil {
+			t.Fatal(rej.Message)
+		}
+		done(usage)
+	}
+	if urgent(l) {
+		t.Fatal("no budget anywhere, yet the gate asked the shipper to hurry")
+	}
+
+	f.p.Key.Limits.MaxBudget = 1_000_000 // far away
+	for range 20 {
+		done, rej, _ := f.admit(l)
+		if rej != nil {
+			t.Fatal(rej.Message)
+		}
+		done(usage)
+	}
+	if urgent(l) {
+		t.Fatal("200 of a 1,000,000 budget unshipped, yet the gate asked the shipper to hurry")
+	}
+
+	l = newLimiter()
+	f.p.Key.Limits.MaxBudget = 100
+	n := 0
+	for ; n < 10 && !urgent(l); n++ {
+		done, rej, _ := f.admit(l)
+		if rej != nil {
+			t.Fatalf("refused after %d calls: %s", n, rej.Message)
+		}
+		done(usage)
+	}
+	// Each call leaves 10 pending: the gate asks once what this proxy
+	// holds (pending plus the new reservation) reaches half the share of 100.
+	if n < 5 || n > 7 {
+		t.Fatalf("the gate asked to hurry after %d calls of 10 against a budget of 100, want it at about half", n)
+	}
+
+	// Held for budget (the share is taken by unsynced spend): hurry.
+	l = newLimiter()
+	l.budgetWait = -1 // refuse at once instead of waiting
+	f.p.Key.Limits.MaxBudget = 25
+	f.dep.OutputCost = 1_000
+	for i := 0; ; i++ {
+		done, rej, _ := f.admit(l)
+		for urgent(l) { // drain what admissions signalled
+		}
+		if rej != nil {
+			break
+		}
+		if i > 10 {
+			t.Fatal("never refused")
+		}
+		done(usage)
+	}
+	if _, rej, _ := f.admit(l); rej == nil {
+		t.Fatal("admitted beyond the budget")
+	}
+	if !urgent(l) {
+		t.Fatal("a request held for budget did not ask the shipper to hurry")
+	}
+}

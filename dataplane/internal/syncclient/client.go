@@ -124,20 +124,21 @@ type Leases interface {
 const (
 	spendBatchMax = 512
 	spendWindow   = 4
-	// spendLinger is the least time between two batches that are not full:
-	// records gather meanwhile, so at modest rates one batch carries many
-	// records, and the control plane applies one transaction (and sends
-	// every proxy one delta) for them instead of one per request. Budgets
-	// do not wait for it: proxies count their own unsettled spend locally,
-	// each admits within its share of what the synced spend leaves, and the
-	// budget gate cuts the linger short (Leases.SpendUrgent) when what this
-	// proxy holds of a budget nears its share. Each ship/ack/delta round
-	// costs a proxy ~2 ms of CPU on a small VM (wake-ups of a handful of
-	// goroutines and threads, the cache commit); at 250 ms that was ~120 µs
-	// a request at 50 req/s. LiteLLM itself writes spend in batches every
-	// 10 s or more.
-	spendLinger = time.Second
 )
+
+// spendLinger is the least time between two batches that are not full:
+// records gather meanwhile, so at modest rates one batch carries many
+// records, and the control plane applies one transaction (and sends every
+// proxy one delta) for them instead of one per request. Budgets do not wait
+// for it: proxies count their own unsettled spend locally, each admits
+// within its share of what the synced spend leaves, and the budget gate
+// cuts the linger short (Leases.SpendUrgent) when what this proxy holds of
+// a budget nears its share. Each ship/ack/delta round costs a proxy ~2 ms
+// of CPU on a small VM (wake-ups of a handful of goroutines and threads,
+// the cache commit); at 250 ms that was ~120 µs a request at 50 req/s.
+// LiteLLM itself writes spend in batches every 10 s or more. (A variable
+// for tests, read when a Client is made.)
+var spendLinger = time.Second
 
 // Options configure a Client.
 type Options struct {
@@ -196,6 +197,7 @@ type Client struct {
 	lastSent atomic.Int64  // UnixNano of the last Send on the stream (ping skips when recent)
 	hurry    chan struct{} // FlushSpend: ship without waiting for the linger
 	draining atomic.Bool   // FlushSpend was called: never linger again
+	linger   time.Duration // spendLinger when the client was made
 
 	// instance is random per process and sent in every Hello: the control
 	// planes name this proxy by id and instance in their deployment-wide
@@ -245,7 +247,7 @@ func New(a Applier, o Options) *Client {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	c := &Client{a: a, o: o, log: o.Logger.With("component", "sync"), instance: newInstance(), hurry: make(chan struct{}, 1)}
+	c := &Client{a: a, o: o, log: o.Logger.With("component", "sync"), instance: newInstance(), hurry: make(chan struct{}, 1), linger: spendLinger}
 	c.st.Revision = a.Revision()
 	c.m = metrics{
 		connected:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "tollgate_sync_connected", Help: "1 while a sync stream to the control plane is established."}),
@@ -665,7 +667,7 @@ func (c *Client) shipSpend(ctx context.Context, cancel context.CancelFunc,
 					inflight = append(inflight, sent)
 					hurry = false
 					if len(b.GetRecords()) < spendBatchMax {
-						next = time.Now().Add(spendLinger)
+						next = time.Now().Add(c.linger)
 					}
 					continue
 				}
