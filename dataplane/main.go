@@ -94,7 +94,7 @@ func main() {
 	fs.StringVar(&o.TLSCA, "tls-ca", "", "PEM CA bundle that signed the control plane's certificate: sync over TLS when set")
 	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM client certificate presented to the control plane (mutual TLS); reloaded when the file changes")
 	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
-	fs.DurationVar(&o.SpendWindow, "spend-commit-window", spend.DefaultWindow, "how long the spend outbox lets records gather before one write to its log; a SIGKILL loses at most this much spend (0: write every record at once)")
+	fs.DurationVar(&o.SpendWindow, "spend-commit-window", spend.DefaultWindow, "where the spend outbox's segment cannot be mapped: how long records gather before one write to its log, which a SIGKILL loses at most (0: write every record at once); through the mapping every record is copied at once")
 	fs.DurationVar(&o.SpendSync, "spend-sync-interval", spend.DefaultSyncInterval, "how often the spend log's writes are made durable with fdatasync while records come; a crash of the machine (not of the proxy) loses at most this much spend (0: fdatasync after every write)")
 	fs.DurationVar(&o.BudgetWait, "budget-wait", limits.DefaultBudgetWait, "how long a request waits when budget remains but is held by requests in flight or not yet synced, before a retryable 429 budget_held (negative: no wait)")
 	fs.DurationVar(&o.RateWait, "rate-limit-wait", limits.DefaultRateWait, "how long a request waits for a rate-limit grant when this proxy's share is on loan to other proxies, before a 429 (negative: no wait)")
