@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -244,6 +245,19 @@ func TestStreamOptionsRewrite(t *testing.T) {
 		if string(got) != want || int64(len(got)) != c.length {
 			t.Errorf("%s\n got %s (%d/%d)\nwant %s", in, got, len(got), c.length, want)
 		}
+		// What the transport gets: the same bytes, again from GetBody, from
+		// a reader it knows is in memory (so the headers and the body go
+		// out in one write).
+		body, getBody := c.upstreamBody()
+		again, _ := getBody()
+		for _, r := range []io.ReadCloser{body, again} {
+			if got, _ := io.ReadAll(r); string(got) != want {
+				t.Errorf("%s: the transport's body is %s", in, got)
+			}
+			if _, ok := r.(io.WriterTo); !ok { // io.NopCloser of a bytes.Reader
+				t.Errorf("%s: the transport's body is a %T, not an in-memory reader", in, r)
+			}
+		}
 		if !json.Valid(got) {
 			t.Errorf("invalid JSON %s", got)
 		}
@@ -419,4 +433,35 @@ func TestMetrics(t *testing.T) {
 func TestNewTwiceOnOneRegistry(t *testing.T) {
 	e := newEnv(t)
 	_ = New(Options{State: e.st, Registry: e.reg})
+}
+
+// A body larger than joinMax made of several segments is not copied: the
+// transport reads the segments in order.
+func TestLargePlannedBodyNotJoined(t *testing.T) {
+	big := bytes.Repeat([]byte("x"), joinMax)
+	c := &call{}
+	c.addSeg(big[:10])
+	c.addSeg([]byte("-model-"))
+	c.addSeg(big[10:])
+	body, getBody := c.upstreamBody()
+	if _, ok := body.(*segReader); !ok {
+		t.Fatalf("a %d-byte body of 3 segments went to the transport as a %T", c.length, body)
+	}
+	for _, r := range []io.ReadCloser{body, must(getBody())} {
+		got, _ := io.ReadAll(r)
+		if int64(len(got)) != c.length || string(got[10:17]) != "-model-" {
+			t.Fatalf("segments read back as %d bytes", len(got))
+		}
+	}
+	var empty call
+	if b, _ := empty.upstreamBody(); b != http.NoBody {
+		t.Fatalf("no segments: %T, want http.NoBody", b)
+	}
+}
+
+func must(r io.ReadCloser, err error) io.ReadCloser {
+	if err != nil {
+		panic(err)
+	}
+	return r
 }
