@@ -91,29 +91,30 @@ type Outbox struct {
 	syncEvery time.Duration
 	log       *slog.Logger
 
-	mu        sync.Mutex
-	queue     []*syncv1.SpendRecord // appended, not yet written
-	space     *sync.Cond            // signalled when the queue shrinks
-	work      chan struct{}         // wakes the writer now
-	gather    *time.Timer           // wakes the writer a Window after a group's first record
-	gathering bool                  // the queue waits for gather
-	lastWrite time.Time             // the last write to the log
-	syncArmed bool                  // a sync is scheduled (the writer's timer)
-	syncKick  chan struct{}         // asks the writer to schedule a sync
-	dirty     bool                  // written since the last fdatasync
-	closed    bool
-	lastSeq   uint64 // last written seq
-	ackedSeq  uint64 // every seq ≤ ackedSeq is acked
-	unacked   int    // records written and not acked
-	mem       []*syncv1.SpendRecord
-	segs      []*segment // in order; the last is the one being written
-	changed   chan struct{}
-	committed uint64 // records written since open (stats)
-	groups    uint64 // writes since open
-	syncs     uint64 // fdatasyncs since open
-	commitDur time.Duration
-	maxCommit time.Duration
-	writerErr error
+	mu         sync.Mutex
+	queue      []*syncv1.SpendRecord // appended, not yet written
+	space      *sync.Cond            // signalled when the queue shrinks
+	work       chan struct{}         // wakes the writer now
+	gather     *time.Timer           // wakes the writer a Window after a group's first record
+	gathering  bool                  // the queue waits for gather
+	lastWrite  time.Time             // the last write to the log
+	syncArmed  bool                  // a sync is scheduled (the writer's timer)
+	syncKick   chan struct{}         // asks the writer to schedule a sync
+	dirty      bool                  // written since the last fdatasync
+	closed     bool
+	lastSeq    uint64 // last written seq
+	ackedSeq   uint64 // every seq ≤ ackedSeq is acked
+	unacked    int    // records written and not acked
+	mem        []*syncv1.SpendRecord
+	segs       []*segment // in order; the last is the one being written
+	changed    chan struct{}
+	changedOut bool   // changed was handed out since it was last closed
+	committed  uint64 // records written since open (stats)
+	groups     uint64 // writes since open
+	syncs      uint64 // fdatasyncs since open
+	commitDur  time.Duration
+	maxCommit  time.Duration
+	writerErr  error
 	// marks remembers when each unacked group was written (in seq
 	// order), for the age of the oldest unacked record.
 	marks []commitMark
@@ -146,9 +147,19 @@ type commitMark struct {
 // ack (an hour of back-to-back commits would otherwise grow without bound).
 const maxMarks = 1024
 
+// markGrain: writes this close together share a commit mark.
+const markGrain = 10 * time.Millisecond
+
 // addMarkLocked appends m; beyond maxMarks adjacent marks are merged, each
 // pair keeping the earlier time, so the oldest age errs on the old side.
 func (ob *Outbox) addMarkLocked(m commitMark) {
+	// A write within markGrain of the last mark joins it (its time, the
+	// earlier, stands for both): one mark per record written inline would
+	// otherwise merge the list over and over at high rates.
+	if n := len(ob.marks); n > 0 && m.at.Sub(ob.marks[n-1].at) < markGrain {
+		ob.marks[n-1].last = m.last
+		return
+	}
 	ob.marks = append(ob.marks, m)
 	if len(ob.marks) <= maxMarks {
 		return
@@ -675,14 +686,19 @@ func (ob *Outbox) rollover() bool {
 }
 
 func (ob *Outbox) broadcastLocked() {
+	if !ob.changedOut {
+		return // nobody holds the channel: nothing to wake, nothing to allocate
+	}
 	close(ob.changed)
 	ob.changed = make(chan struct{})
+	ob.changedOut = false
 }
 
 // Changed returns a channel closed at the next write or ack.
 func (ob *Outbox) Changed() <-chan struct{} {
 	ob.mu.Lock()
 	defer ob.mu.Unlock()
+	ob.changedOut = true
 	return ob.changed
 }
 
@@ -964,6 +980,7 @@ func (ob *Outbox) waitFor(ctx context.Context, done func() bool) error {
 	for {
 		ob.mu.Lock()
 		ok, ch := done(), ob.changed
+		ob.changedOut = true
 		ob.mu.Unlock()
 		if ok {
 			return nil
