@@ -780,3 +780,61 @@ func TestDeltaFanoutReadsTheStoreOnce(t *testing.T) {
 	}
 	t.Logf("%d store reads for %d change sets to %d proxies", reads, writes, proxies)
 }
+
+// While deltas reach a proxy more often than every half heartbeat
+// interval, the heartbeats they make redundant are skipped; the proxy never
+// goes 1.5 intervals without a message, and heartbeats resume when the
+// deltas stop.
+func TestHeartbeatsSkippedWhileDeltasFlow(t *testing.T) {
+	st := newMemStore()
+	seed(t, st, 2)
+	head := waitStoreHead(t, st)
+	h := newHarness(t, st, testToken) // heartbeat every 100 ms
+	p := h.connect("busy", testToken, head, true)
+	if m := p.mustNext(wait); m.GetHeartbeat() == nil {
+		t.Fatalf("first answer %v, want a heartbeat", m)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			addKey(t, st, fmt.Sprintf("flow-%d", i))
+		}
+	}()
+	var beats, deltas int
+	last := time.Now()
+	var maxGap time.Duration
+	for end := time.Now().Add(800 * time.Millisecond); time.Now().Before(end); {
+		m := p.mustNext(wait)
+		maxGap = max(maxGap, time.Since(last))
+		last = time.Now()
+		switch {
+		case m.GetHeartbeat() != nil:
+			beats++
+		case m.GetDelta() != nil:
+			deltas++
+		}
+	}
+	close(stop)
+	<-done
+	if deltas < 20 {
+		t.Fatalf("only %d deltas in 800 ms", deltas)
+	}
+	if beats > 3 { // 8 ticks; a stall of the writer may let one or two through
+		t.Errorf("%d heartbeats in 800 ms with a delta every 20 ms, want them skipped", beats)
+	}
+	if maxGap > 150*time.Millisecond {
+		t.Errorf("the proxy heard nothing for %v (interval 100 ms)", maxGap)
+	}
+	before := len(p.heartbeats)
+	p.quiet(350 * time.Millisecond)
+	if len(p.heartbeats)-before < 2 {
+		t.Errorf("%d heartbeats in 350 ms after the deltas stopped", len(p.heartbeats)-before)
+	}
+}

@@ -390,6 +390,19 @@ func (s *Server) follow(ctx context.Context, stream syncStream, c *conn, target 
 	hb := time.NewTicker(s.o.heartbeat)
 	defer hb.Stop()
 	pendingHB := true
+	// A heartbeat tells the proxy the head and that this replica is alive;
+	// a delta sent within the last half interval told it both (its
+	// revision is the head it has), so that tick's heartbeat is skipped:
+	// about every other one for a proxy that gets a delta a second (its
+	// spend's). The proxy then hears something at least every 1.5
+	// intervals (its stall timeout is 3).
+	var lastDelta time.Time
+	heartbeat := func(sent int64) error {
+		if time.Since(lastDelta) < s.o.heartbeat/2 {
+			return nil
+		}
+		return s.heartbeat(stream, sent)
+	}
 	buf := make([]encDelta, 0, s.o.batch)
 	for {
 		sent := c.sent.Load()
@@ -422,9 +435,10 @@ func (s *Server) follow(ctx context.Context, stream syncStream, c *conn, target 
 			}
 			sent = d.rev
 			c.sent.Store(sent)
+			lastDelta = time.Now()
 			select {
 			case <-hb.C:
-				if err := s.heartbeat(stream, sent); err != nil {
+				if err := heartbeat(sent); err != nil {
 					return err
 				}
 			default:
@@ -445,7 +459,7 @@ func (s *Server) follow(ctx context.Context, stream syncStream, c *conn, target 
 			return errShutdown()
 		case <-wake:
 		case <-hb.C:
-			if err := s.heartbeat(stream, sent); err != nil {
+			if err := heartbeat(sent); err != nil {
 				return err
 			}
 		}
