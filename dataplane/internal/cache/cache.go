@@ -389,20 +389,48 @@ func (c *Cache) Revision() (rev int64, ok bool, err error) {
 // the snapshot's chunks as received, then the overlay written by deltas,
 // tombstones (Deleted) included; applying them in turn (a later one
 // replaces an earlier one with the same kind and id, a tombstone removes
-// it) gives the state. Chunks are decoded on other goroutines (every CPU but
-// one), ahead of fn; fn runs on the caller's goroutine, one entity at a time, and
-// must not keep e (nor modify it). An undecodable entity ends Load with an
-// error wrapping ErrCorrupt; an error from fn ends it with that error.
+// it) gives the state. fn must not keep e (nor modify it). An undecodable
+// entity ends Load with an error wrapping ErrCorrupt; an error from fn ends
+// it with that error. LoadRaw is Load without decoding the chunks.
 func (c *Cache) Load(fn func(e *syncv1.Entity) error) (rev int64, ok bool, err error) {
+	return c.LoadRaw(nil, func(raw []byte, _ any) error {
+		var m syncv1.ControlMessage
+		if err := proto.Unmarshal(raw, &m); err != nil || m.GetSnapshot() == nil {
+			return fmt.Errorf("%w: snapshot chunk: %v", ErrCorrupt, err)
+		}
+		for _, e := range m.GetSnapshot().GetEntities() {
+			if e == nil {
+				return fmt.Errorf("%w: empty entity in snapshot chunk", ErrCorrupt)
+			}
+			if err := fn(e); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, fn)
+}
+
+// LoadRaw is Load with the snapshot's chunks left encoded: chunk gets each
+// one's encoded ControlMessage (as stored by WriteChunk, checksum
+// verified), in order, then entity gets the overlay's entities. Chunks are
+// read, checked and copied out of the file on other goroutines (every CPU
+// but one), ahead of the callbacks, which run on the caller's goroutine;
+// prepare, when not nil, runs there too, on each chunk after its check,
+// and what it returns is passed to chunk (a chunk parsed ahead). raw is
+// reused after chunk returns (keep nothing that points into it). An error
+// from a callback ends LoadRaw with that error; the caller wraps
+// ErrCorrupt in its own for a chunk it cannot decode.
+func (c *Cache) LoadRaw(prepare func(raw []byte) any, chunk func(raw []byte, prepared any) error, entity func(e *syncv1.Entity) error) (rev int64, ok bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.db == nil {
 		return 0, false, ErrClosed
 	}
-	// Batches in order: each one's channel gets its decoded entities (or
-	// an error), filled by whichever worker took it.
+	// Batches in order: each one's channel gets its chunk or decoded
+	// entities (or an error), filled by whichever worker took it.
 	order := make(chan chan batch, loadWorkers())
 	stop := make(chan struct{})
+	free := make(chan []byte, loadWorkers()+2) // chunk buffers to reuse
 	type result struct {
 		rev int64
 		ok  bool
@@ -411,7 +439,7 @@ func (c *Cache) Load(fn func(e *syncv1.Entity) error) (rev int64, ok bool, err e
 	done := make(chan result, 1)
 	go func() {
 		var r result
-		r.rev, r.ok, r.err = c.decodeAll(order, stop)
+		r.rev, r.ok, r.err = c.decodeAll(order, stop, free, prepare)
 		close(order)
 		done <- r
 	}()
@@ -426,8 +454,19 @@ func (c *Cache) Load(fn func(e *syncv1.Entity) error) (rev int64, ok bool, err e
 			close(stop)
 			continue
 		}
+		if b.chunk {
+			if fnErr = chunk(b.raw, b.prepared); fnErr != nil {
+				close(stop)
+				continue
+			}
+			select {
+			case free <- b.raw[:0]:
+			default:
+			}
+			continue
+		}
 		for _, e := range b.entities {
-			if fnErr = fn(e); fnErr != nil {
+			if fnErr = entity(e); fnErr != nil {
 				close(stop)
 				break
 			}
@@ -450,9 +489,12 @@ func (c *Cache) Load(fn func(e *syncv1.Entity) error) (rev int64, ok bool, err e
 // which costs garbage collection and fresh pages).
 func loadWorkers() int { return max(1, runtime.GOMAXPROCS(0)-1) }
 
-// batch is what Load's workers decode: a chunk's entities, or a run of
-// overlay entities.
+// batch is what LoadRaw's workers prepare: a chunk (checked, copied out
+// of the mapping), or a run of decoded overlay entities.
 type batch struct {
+	chunk    bool // raw is a chunk (else entities)
+	raw      []byte
+	prepared any // what LoadRaw's prepare made of raw
 	entities []*syncv1.Entity
 	err      error
 }
@@ -463,7 +505,7 @@ const overlayBatch = 1024
 // its values, in order, on order; workers decode them. It returns once
 // every queued value is decoded (the values point into the transaction's
 // mapping) or stop is closed.
-func (c *Cache) decodeAll(order chan<- chan batch, stop <-chan struct{}) (rev int64, ok bool, err error) {
+func (c *Cache) decodeAll(order chan<- chan batch, stop <-chan struct{}, free chan []byte, prepare func([]byte) any) (rev int64, ok bool, err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
@@ -489,7 +531,16 @@ func (c *Cache) decodeAll(order chan<- chan batch, stop <-chan struct{}) (rev in
 						}
 					}()
 					if j.keys == nil {
-						return decodeChunk(j.vals[0])
+						var buf []byte
+						select {
+						case buf = <-free:
+						default:
+						}
+						b := checkChunk(j.vals[0], buf)
+						if b.err == nil && prepare != nil {
+							b.prepared = prepare(b.raw)
+						}
+						return b
 					}
 					return decodeOverlay(j.keys, j.vals)
 				}()
@@ -552,25 +603,16 @@ func (c *Cache) decodeAll(order chan<- chan batch, stop <-chan struct{}) (rev in
 	return rev, ok, err
 }
 
-// decodeChunk decodes a stored chunk (CRC-32C || ControlMessage).
-func decodeChunk(v []byte) batch {
+// checkChunk checks a stored chunk (CRC-32C || ControlMessage) and copies
+// the message into buf (grown as needed).
+func checkChunk(v, buf []byte) batch {
 	if len(v) < 4 {
 		return batch{err: fmt.Errorf("%w: short snapshot chunk", ErrCorrupt)}
 	}
 	if crc32.Checksum(v[4:], castagnoli) != binary.BigEndian.Uint32(v) {
 		return batch{err: fmt.Errorf("%w: snapshot chunk checksum mismatch", ErrCorrupt)}
 	}
-	var m syncv1.ControlMessage
-	if err := proto.Unmarshal(v[4:], &m); err != nil || m.GetSnapshot() == nil {
-		return batch{err: fmt.Errorf("%w: snapshot chunk: %v", ErrCorrupt, err)}
-	}
-	ents := m.GetSnapshot().GetEntities()
-	for _, e := range ents {
-		if e == nil {
-			return batch{err: fmt.Errorf("%w: empty entity in snapshot chunk", ErrCorrupt)}
-		}
-	}
-	return batch{entities: ents}
+	return batch{chunk: true, raw: append(buf[:0], v[4:]...)}
 }
 
 func decodeOverlay(keys, vals [][]byte) batch {
@@ -761,6 +803,40 @@ func (w *SnapshotWriter) WriteChunk(raw []byte) error {
 	w.c.db.NoSync = true
 	defer func() { w.c.db.NoSync = false }()
 	return w.c.db.Update(w.flush)
+}
+
+// ReplaceLast replaces the chunk written last (by Write or WriteChunk) with
+// raw, as WriteChunk would have written it: for a chunk found to hold
+// entities that were left out after it was written.
+func (w *SnapshotWriter) ReplaceLast(raw []byte) error {
+	if w.done {
+		return errFinished
+	}
+	v := make([]byte, 4+len(raw))
+	copy(v[4:], raw)
+	binary.BigEndian.PutUint32(v, crc32.Checksum(raw, castagnoli))
+	if n := len(w.vals); n > 0 {
+		w.buffered += len(v) - len(w.vals[n-1])
+		w.vals[n-1] = v
+		return nil
+	}
+	if w.n == 0 {
+		return errors.New("cache: no snapshot chunk to replace")
+	}
+	w.c.mu.Lock()
+	defer w.c.mu.Unlock()
+	if w.c.db == nil {
+		return ErrClosed
+	}
+	w.c.db.NoSync = true // as in WriteChunk: Commit's fsync covers it
+	defer func() { w.c.db.NoSync = false }()
+	return w.c.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(w.name)
+		if b == nil {
+			return errors.New("cache: staging bucket vanished (snapshot restarted elsewhere?)")
+		}
+		return b.Put(chunkKey(w.seq-1), v)
+	})
 }
 
 // flush puts the buffered chunks into the staging bucket within tx.

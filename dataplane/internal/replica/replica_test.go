@@ -41,7 +41,7 @@ func open(t testing.TB, path string) *Replica {
 func applySnapshot(t testing.TB, r *Replica, rev int64, nKeys, per int) {
 	t.Helper()
 	err := statetest.Chunks(rev, nKeys, per, func(c *syncv1.SnapshotChunk) error {
-		installed, err := r.ApplyChunk(c, nil)
+		installed, err := applyChunk(r, c, nil)
 		if err != nil {
 			return err
 		}
@@ -167,7 +167,7 @@ func TestSnapshotInvisibleUntilLastChunk(t *testing.T) {
 	var chunks []*syncv1.SnapshotChunk
 	_ = statetest.Chunks(20, 200, 50, func(c *syncv1.SnapshotChunk) error { chunks = append(chunks, c); return nil })
 	for _, c := range chunks[:len(chunks)-1] {
-		if installed, err := r.ApplyChunk(c, nil); err != nil || installed {
+		if installed, err := applyChunk(r, c, nil); err != nil || installed {
 			t.Fatalf("chunk %d: %v %v", c.Seq, installed, err)
 		}
 		if dump(r.State(), 200) != before || r.Revision() != 10 {
@@ -181,7 +181,7 @@ func TestSnapshotInvisibleUntilLastChunk(t *testing.T) {
 		t.Fatalf("after crash mid-snapshot:\n%s", firstDiff(before, got))
 	}
 	for _, c := range chunks {
-		if _, err := r.ApplyChunk(c, nil); err != nil {
+		if _, err := applyChunk(r, c, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -217,7 +217,7 @@ func TestChunksOutOfOrder(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var err error
 			for _, c := range tc.chunks {
-				if _, err = r.ApplyChunk(c, nil); err != nil {
+				if _, err = applyChunk(r, c, nil); err != nil {
 					break
 				}
 			}
@@ -228,17 +228,17 @@ func TestChunksOutOfOrder(t *testing.T) {
 				t.Fatal("state changed")
 			}
 			// The partial snapshot is gone: its continuation is refused.
-			if _, err := r.ApplyChunk(chunk(20, 1, true, 42), nil); !errors.Is(err, ErrSnapshotOrder) {
+			if _, err := applyChunk(r, chunk(20, 1, true, 42), nil); !errors.Is(err, ErrSnapshotOrder) {
 				t.Fatalf("continuation accepted: %v", err)
 			}
 		})
 	}
 	// AbortSnapshot, then a clean snapshot works.
-	if _, err := r.ApplyChunk(chunk(30, 0, false, 1), nil); err != nil {
+	if _, err := applyChunk(r, chunk(30, 0, false, 1), nil); err != nil {
 		t.Fatal(err)
 	}
 	r.AbortSnapshot()
-	if ok, err := r.ApplyChunk(chunk(31, 0, true, 2), nil); !ok || err != nil {
+	if ok, err := applyChunk(r, chunk(31, 0, true, 2), nil); !ok || err != nil {
 		t.Fatalf("snapshot after abort: %v %v", ok, err)
 	}
 	if r.Revision() != 31 {
@@ -277,7 +277,7 @@ func TestInvalidEntities(t *testing.T) {
 	c := &syncv1.SnapshotChunk{Revision: 5, Last: true, Entities: []*syncv1.Entity{
 		statetest.Key(1), bad, {Kind: "gadget", Id: "g"}, statetest.Key(3),
 	}}
-	if ok, err := r.ApplyChunk(c, nil); !ok || err != nil {
+	if ok, err := applyChunk(r, c, nil); !ok || err != nil {
 		t.Fatalf("snapshot with bad entities: %v %v", ok, err)
 	}
 	s := r.State()
@@ -389,7 +389,7 @@ func childApply(path string) {
 		os.Exit(1)
 	}
 	err = statetest.Chunks(100, 1000, 250, func(c *syncv1.SnapshotChunk) error {
-		_, err := r.ApplyChunk(c, nil)
+		_, err := applyChunk(r, c, nil)
 		return err
 	})
 	if err != nil {
@@ -435,4 +435,14 @@ func TestConcurrentReadsDuringSync(t *testing.T) {
 		}
 	}
 	done <- struct{}{}
+}
+
+// applyChunk feeds a decoded chunk, encoded entity by entity as the sync
+// client hands them over.
+func applyChunk(r *Replica, c *syncv1.SnapshotChunk, raw []byte) (bool, error) {
+	wc, err := state.ChunkOf(c)
+	if err != nil {
+		return false, err
+	}
+	return r.ApplyChunk(wc, raw)
 }
