@@ -783,12 +783,27 @@ func (w *SnapshotWriter) Write(entities []*syncv1.Entity) error {
 // back). Chunks are loaded in the order they were written. raw is copied:
 // the caller may reuse it.
 func (w *SnapshotWriter) WriteChunk(raw []byte) error {
+	v := make([]byte, FrameHeader+len(raw))
+	copy(v[FrameHeader:], raw)
+	return w.WriteFramed(v)
+}
+
+// FrameHeader is how many spare bytes WriteFramed needs before a chunk.
+const FrameHeader = 4
+
+// WriteFramed is WriteChunk for a chunk received into a buffer with
+// FrameHeader spare bytes before it: framed is those bytes, then the
+// chunk. The checksum is written into them and framed is stored as it is,
+// without a copy: the caller must not modify or reuse framed afterwards.
+func (w *SnapshotWriter) WriteFramed(framed []byte) error {
 	if w.done {
 		return errFinished
 	}
-	v := make([]byte, 4+len(raw))
-	copy(v[4:], raw)
-	binary.BigEndian.PutUint32(v, crc32.Checksum(raw, castagnoli))
+	if len(framed) < FrameHeader {
+		return errors.New("cache: framed chunk shorter than its header")
+	}
+	v := framed
+	binary.BigEndian.PutUint32(v, crc32.Checksum(v[FrameHeader:], castagnoli))
 	w.vals = append(w.vals, v)
 	w.buffered += len(v)
 	if w.buffered < flushBytes {

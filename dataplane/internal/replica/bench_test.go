@@ -1,7 +1,6 @@
 package replica
 
 import (
-	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 
+	"github.com/tollgate-gw/tollgate/dataplane/internal/cache"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/state/statetest"
 )
@@ -59,11 +59,12 @@ func feed(b *testing.B, r *Replica, rev int64) time.Duration {
 			return err
 		}
 		t0 := time.Now()
+		framed := append(make([]byte, cache.FrameHeader), raw...)
 		var dc state.Chunk
-		if !state.ParseChunk(raw, &dc) {
+		if !state.ParseChunk(framed[cache.FrameHeader:], &dc) {
 			return errors.New("not a chunk")
 		}
-		_, err = r.ApplyChunk(&dc, raw)
+		_, err = r.ApplyChunk(&dc, framed)
 		took += time.Since(t0)
 		return err
 	})
@@ -216,7 +217,9 @@ func installRaw(b *testing.B, r *Replica, raws [][]byte) {
 	go func() {
 		defer close(inbox)
 		for _, raw := range raws {
-			raw = bytes.Clone(raw)
+			framed := make([]byte, cache.FrameHeader+len(raw))
+			copy(framed[cache.FrameHeader:], raw)
+			raw = framed[cache.FrameHeader:]
 			var c *state.Chunk
 			select {
 			case c = <-spare:
@@ -227,7 +230,7 @@ func installRaw(b *testing.B, r *Replica, raws [][]byte) {
 				panic("not a chunk")
 			}
 			c.Prepare()
-			inbox <- msg{c, raw}
+			inbox <- msg{c, framed}
 		}
 	}()
 	for m := range inbox {

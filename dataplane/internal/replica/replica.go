@@ -151,11 +151,13 @@ func (r *Replica) Revision() int64 { return r.st.Revision() }
 // ApplyChunk takes the next chunk of a snapshot. Chunks come with seq 0, 1,
 // 2, ... and one revision; each is added to an in-memory builder (keys read
 // straight from their encoded form) and written to the cache's staging
-// area as it arrives (nothing holds the whole snapshot's messages). raw is
-// the encoded ControlMessage c was read from, stored as it is; when nil (or
-// when c holds invalid entities) the chunk is encoded here. On the chunk
-// with last=true the snapshot is committed to the cache, then installed in
-// memory, and installed is true.
+// area as it arrives (nothing holds the whole snapshot's messages). framed
+// is the encoded ControlMessage c was read from, preceded by
+// cache.FrameHeader spare bytes: it is stored as it is (the cache writes its
+// checksum into those bytes) and must not be modified or reused afterwards.
+// When framed is nil (or c holds invalid entities) the chunk is encoded
+// here. On the chunk with last=true the snapshot is committed to the cache,
+// then installed in memory, and installed is true.
 //
 // A chunk that does not continue the snapshot in progress (another
 // revision, or not the next seq) discards it and fails with
@@ -166,7 +168,7 @@ func (r *Replica) Revision() int64 { return r.st.Revision() }
 // (error wrapping state.ErrMalformed), as a message that does not decode
 // ends the session. If the cache write or commit fails, the partial
 // snapshot is discarded, nothing is installed and the error is returned.
-func (r *Replica) ApplyChunk(c *state.Chunk, raw []byte) (installed bool, err error) {
+func (r *Replica) ApplyChunk(c *state.Chunk, framed []byte) (installed bool, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.c == nil {
@@ -198,8 +200,8 @@ func (r *Replica) ApplyChunk(c *state.Chunk, raw []byte) (installed bool, err er
 	// replaced by one without them below (the cache keeps only what is
 	// installed).
 	werr := make(chan error, 1)
-	if raw != nil {
-		go func() { werr <- p.w.WriteChunk(raw) }()
+	if framed != nil {
+		go func() { werr <- p.w.WriteFramed(framed) }()
 	} else {
 		werr <- nil
 	}
@@ -227,7 +229,7 @@ func (r *Replica) ApplyChunk(c *state.Chunk, raw []byte) (installed bool, err er
 	case bad != nil:
 		r.abortLocked()
 		return false, fmt.Errorf("replica: snapshot chunk %d: %w", c.Seq, bad)
-	case werrv == nil && raw == nil:
+	case werrv == nil && framed == nil:
 		werrv = p.w.WriteChunk(c.Encode(func(i int) bool { return invalid == nil || !invalid[i] }))
 	case werrv == nil && invalid != nil:
 		werrv = p.w.ReplaceLast(c.Encode(func(i int) bool { return !invalid[i] }))

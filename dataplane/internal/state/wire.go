@@ -532,11 +532,13 @@ func (c *Chunk) Prepare() {
 	if cap(c.parsed) < len(c.Entities) {
 		c.parsed = make([]preparedEntity, len(c.Entities))
 	}
+	clear(c.parsed[len(c.Entities):cap(c.parsed)]) // a shorter chunk: drop the rest
 	c.parsed = c.parsed[:len(c.Entities)]
 	var w wireEntity
 	for i, raw := range c.Entities {
 		p := &c.parsed[i]
 		if p.ok = w.parse(raw); !p.ok {
+			p.w = wireEntity{} // nothing of an earlier message stays reachable
 			continue
 		}
 		p.w = w
@@ -553,9 +555,10 @@ func (c *Chunk) Prepare() {
 	}
 }
 
-// unprepare drops what Prepare parsed (keeping the arrays).
+// unprepare drops what Prepare parsed, keeping the arrays (Prepare
+// overwrites each entity it parses again; clearing them all here cost as
+// much as parsing).
 func (c *Chunk) unprepare() {
-	clear(c.parsed) // no string of an earlier message stays reachable
 	c.parsed = c.parsed[:0]
 	clear(c.strs)
 	c.strs = c.strs[:0]

@@ -80,10 +80,12 @@ import (
 // Applier is the replica the client feeds.
 type Applier interface {
 	Revision() int64
-	// ApplyChunk gets the chunk (its entities encoded) and the encoded
-	// ControlMessage it came in (which the replica's cache stores as it
-	// is; nil when the chunk had to be encoded again).
-	ApplyChunk(c *state.Chunk, raw []byte) (installed bool, err error)
+	// ApplyChunk gets the chunk (its entities encoded, keys parsed ahead)
+	// and the encoded ControlMessage it came in, after 4 spare bytes
+	// (which the replica's cache fills and stores as they are; the client
+	// never touches framed again); framed is nil when the chunk had to be
+	// encoded again.
+	ApplyChunk(c *state.Chunk, framed []byte) (installed bool, err error)
 	AbortSnapshot()
 	ApplyDelta(d *syncv1.Delta) error
 }
@@ -495,7 +497,7 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 		}
 		if ch := rm.chunk; ch != nil {
 			t0 := time.Now()
-			installed, err := c.a.ApplyChunk(ch, rm.raw)
+			installed, err := c.a.ApplyChunk(ch, rm.framed)
 			snapApply += time.Since(t0)
 			if err != nil {
 				return fmt.Errorf("snapshot chunk %d at revision %d: %w", ch.Seq, ch.Revision, err)

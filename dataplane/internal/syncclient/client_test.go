@@ -33,9 +33,13 @@ type fakeApplier struct {
 }
 
 func (f *fakeApplier) Revision() int64 { f.mu.Lock(); defer f.mu.Unlock(); return f.rev }
-func (f *fakeApplier) ApplyChunk(c *state.Chunk, raw []byte) (bool, error) {
+func (f *fakeApplier) ApplyChunk(c *state.Chunk, framed []byte) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if len(framed) < 4 {
+		return false, errors.New("no spare bytes before the message")
+	}
+	raw := framed[4:]
 	// The client hands over the bytes the chunk came in, for the cache,
 	// and the chunk's entities encoded.
 	var m syncv1.ControlMessage

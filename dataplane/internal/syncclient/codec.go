@@ -20,10 +20,16 @@ import (
 // (state.Chunk.Prepare), and msg is nil. A chunk set before decoding is
 // reused.
 type received struct {
-	msg   *syncv1.ControlMessage
-	chunk *state.Chunk
-	raw   []byte
+	msg    *syncv1.ControlMessage
+	chunk  *state.Chunk
+	raw    []byte
+	framed []byte // raw preceded by frameHeader spare bytes
 }
+
+// frameHeader is how many spare bytes precede a received message: the
+// replica's cache writes its checksum there and stores the buffer as it
+// is (cache.FrameHeader).
+const frameHeader = 4
 
 // keepRaw is the gRPC proto codec, except that it keeps the encoded bytes of
 // what it decodes into a *received, and leaves a snapshot chunk's entities
@@ -41,8 +47,12 @@ func (keepRaw) Unmarshal(data mem.BufferSlice, v any) error {
 	if !ok {
 		return protoCodec.Unmarshal(data, v)
 	}
-	r.raw = data.Materialize() // a copy: data's buffers go back to gRPC's pool
-	c := r.chunk               // one to reuse, if any
+	// A copy (data's buffers go back to gRPC's pool), after frameHeader
+	// spare bytes.
+	r.framed = make([]byte, frameHeader+data.Len())
+	data.CopyTo(r.framed[frameHeader:])
+	r.raw = r.framed[frameHeader:]
+	c := r.chunk // one to reuse, if any
 	if c == nil {
 		c = new(state.Chunk)
 	}
@@ -65,7 +75,7 @@ func (keepRaw) Unmarshal(data mem.BufferSlice, v any) error {
 		if r.chunk, err = state.ChunkOf(s); err != nil {
 			return fmt.Errorf("failed to re-encode snapshot chunk: %w", err)
 		}
-		r.msg, r.raw = nil, nil
+		r.msg, r.raw, r.framed = nil, nil, nil
 	}
 	return nil
 }
