@@ -32,7 +32,7 @@ func fullKey(i int) *syncv1.Entity {
 	k.Metadata = []byte(`{"env":"x"}`)
 	k.ExpiresUnix = 2_000_000_000
 	k.Spend = -3
-	p1, p2 := statetest.PrevHash(i), statetest.PrevHash(i+1)
+	p1, p2 := statetest.PrevHash(i), statetest.PrevHash(i+500_000) // no two keys share one
 	k.PreviousHashes = []*syncv1.PreviousHash{
 		{KeyHash: p1[:], ValidUntilUnix: 1_999_999_999, ValidUntilUnixMs: 1_999_999_999_500},
 		{KeyHash: p2[:], ValidUntilUnix: 1_999_999_000},
@@ -252,7 +252,7 @@ func TestAddWireSameTable(t *testing.T) {
 		t.Fatalf("stats differ:\nAdd     %+v\nAddWire %+v", sa, sb)
 	}
 	for i := range n + 1000 {
-		for _, h := range [][32]byte{statetest.Hash(i), statetest.PrevHash(i), statetest.PrevHash(i + 1)} {
+		for _, h := range [][32]byte{statetest.Hash(i), statetest.PrevHash(i), statetest.PrevHash(i + 500_000)} {
 			ka, oka := a.LookupKey(&h, 1_999_999_999_000)
 			kb, okb := b.LookupKey(&h, 1_999_999_999_000)
 			if oka != okb || !reflect.DeepEqual(ka, kb) {
@@ -282,3 +282,190 @@ func TestAddWireMalformed(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// compareStates fails unless a and b answer every reader call alike for
+// keys 0..n (their current and previous secrets) at unix ms now.
+func compareStates(t *testing.T, a, b *State, n int, now int64) {
+	t.Helper()
+	sa, sb := a.Stats(), b.Stats()
+	sa.KeyTableBytes, sb.KeyTableBytes = 0, 0
+	sa.DeadRecords, sb.DeadRecords = 0, 0 // a bulk build tombstones what a delta updates in place
+	if sa != sb {
+		t.Fatalf("stats differ:\n%+v\n%+v", sa, sb)
+	}
+	for i := range n {
+		for _, h := range [][32]byte{statetest.Hash(i), statetest.PrevHash(i), statetest.PrevHash(i + 500_000)} {
+			ka, oka := a.LookupKey(&h, now)
+			kb, okb := b.LookupKey(&h, now)
+			if oka != okb || !reflect.DeepEqual(ka, kb) {
+				t.Fatalf("key %d differs:\n%v %+v %+v\n%v %+v %+v", i, oka, ka, ka.Policy, okb, kb, kb.Policy)
+			}
+		}
+		for _, m := range []string{"gpt-4o", "o3", "other"} {
+			if x, y := a.KeyModelSpend(statetest.TokenID(i), m), b.KeyModelSpend(statetest.TokenID(i), m); x != y {
+				t.Fatalf("key %d model %s spend: %d vs %d", i, m, x, y)
+			}
+		}
+	}
+}
+
+// TestBulkBuildRepeatedKeys: a snapshot that repeats token ids (with and
+// without previous hashes, with the same or another hash) builds the table
+// that applying the same entities one by one, as deltas, builds.
+func TestBulkBuildRepeatedKeys(t *testing.T) {
+	const n = 2000
+	var ents []*syncv1.Entity
+	for i := range n {
+		ents = append(ents, fullKey(i))
+	}
+	for i := 0; i < n; i += 7 {
+		e := statetest.Key(i) // no previous hash now; another hash when i%2
+		if i%2 == 1 {
+			h := statetest.Hash(i + n)
+			e.GetKey().KeyHash = h[:]
+		}
+		ents = append(ents, e)
+	}
+	for i := 3; i < n; i += 11 {
+		ents = append(ents, fullKey(i)) // back again, previous hashes included
+	}
+	bulk := New()
+	b := bulk.NewSnapshot(1)
+	b.Presize(n)
+	for _, e := range ents {
+		if err := b.AddWire(marshal(t, e)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b.Keys() != n {
+		t.Fatalf("Keys() = %d, want %d", b.Keys(), n)
+	}
+	bulk.Install(b)
+
+	inc := New()
+	ib := inc.NewSnapshot(1)
+	if err := ib.Add(ents[0]); err != nil {
+		t.Fatal(err)
+	}
+	inc.Install(ib)
+	for i, e := range ents[1:] {
+		if err := inc.ApplyDelta(&syncv1.Delta{PrevRevision: int64(i + 1), Revision: int64(i + 2), Changes: []*syncv1.Entity{e}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := inc.Stats()
+	if st.Keys != n {
+		t.Fatalf("incremental: %d keys", st.Keys)
+	}
+	for _, h := range [][32]byte{statetest.PrevHash(3), statetest.Hash(7 + n)} {
+		if _, ok := bulk.LookupKey(&h, 1_999_999_999_000); !ok {
+			t.Fatal("a previous hash or a replaced hash does not match")
+		}
+	}
+	if _, ok := bulk.LookupKey(ptrHash(statetest.PrevHash(28)), 1_999_999_999_000); ok {
+		t.Fatal("a previous hash dropped by a later put still matches")
+	}
+	// Same revision for the comparison of Stats.
+	bulk.v.Load().rev = inc.Revision()
+	compareStates(t, bulk, inc, 2*n, 1_999_999_999_000)
+
+	// A tombstone ends bulk mode mid-snapshot; the rest is added one by one.
+	mid := New()
+	mb := mid.NewSnapshot(inc.Revision())
+	for i, e := range ents {
+		if i == len(ents)/2 {
+			if err := mb.Add(statetest.Tombstone("key", "none")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := mb.Add(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mid.Install(mb)
+	compareStates(t, mid, inc, 2*n, 1_999_999_999_000)
+}
+
+// TestPreparedChunkSameTable: a chunk parsed ahead (ParseChunk, Prepare,
+// reused for the next chunk) adds what AddWire adds.
+func TestPreparedChunkSameTable(t *testing.T) {
+	const n = 3000
+	var ents []*syncv1.Entity
+	for i := range n {
+		if i%3 == 0 {
+			ents = append(ents, fullKey(i))
+		} else {
+			ents = append(ents, statetest.Key(i))
+		}
+		if i%100 == 0 {
+			ents = append(ents, statetest.User(i), statetest.Team(i))
+		}
+	}
+	a, b := New(), New()
+	ba, bb := a.NewSnapshot(1), b.NewSnapshot(1)
+	for _, e := range ents {
+		if err := ba.AddWire(marshal(t, e)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var c Chunk
+	for start := 0; start < len(ents); start += 700 {
+		part := ents[start:min(start+700, len(ents))]
+		raw := marshal(t, &syncv1.ControlMessage{Msg: &syncv1.ControlMessage_Snapshot{Snapshot: &syncv1.SnapshotChunk{
+			Revision: 1, Seq: int32(start / 700), Entities: part, KeysHint: 9}}})
+		if !ParseChunk(raw, &c) || c.Revision != 1 || c.Seq != int32(start/700) || c.KeysHint != 9 || len(c.Entities) != len(part) {
+			t.Fatalf("ParseChunk: %+v", c)
+		}
+		c.Prepare()
+		clear(raw[:0]) // raw stays as it is until the chunk is added
+		for i := range c.Entities {
+			if err := bb.AddChunkEntity(&c, i); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	a.Install(ba)
+	b.Install(bb)
+	compareStates(t, a, b, n, 1_999_999_999_000)
+	ta, _ := a.Team("team-100")
+	tb, _ := b.Team("team-100")
+	if ta == nil || !reflect.DeepEqual(ta, tb) {
+		t.Fatal("team differs")
+	}
+}
+
+func TestParseChunkDeclines(t *testing.T) {
+	var c Chunk
+	for _, m := range []*syncv1.ControlMessage{
+		{Msg: &syncv1.ControlMessage_Delta{Delta: &syncv1.Delta{Revision: 2}}},
+		{Msg: &syncv1.ControlMessage_Heartbeat{Heartbeat: &syncv1.Heartbeat{HeadRevision: 2}}},
+		{},
+	} {
+		if ParseChunk(marshal(t, m), &c) {
+			t.Fatalf("ParseChunk accepted %v", m)
+		}
+	}
+	snap := marshal(t, &syncv1.ControlMessage{Msg: &syncv1.ControlMessage_Snapshot{Snapshot: &syncv1.SnapshotChunk{Revision: 3, Last: true}}})
+	delta := marshal(t, &syncv1.ControlMessage{Msg: &syncv1.ControlMessage_Delta{Delta: &syncv1.Delta{Revision: 2}}})
+	if ParseChunk(append(bytes.Clone(snap), delta...), &c) {
+		t.Fatal("ParseChunk accepted a snapshot followed by a delta (the delta wins)")
+	}
+	if !ParseChunk(snap, &c) || !c.Last || c.Revision != 3 {
+		t.Fatalf("ParseChunk: %+v", c)
+	}
+	if ParseChunk(snap[:len(snap)-1], &c) {
+		t.Fatal("ParseChunk accepted a truncated message")
+	}
+	// Encode round trip, with an entity left out.
+	c = Chunk{Revision: 4, Seq: 2, Last: true, KeysHint: 7, Entities: [][]byte{marshal(t, statetest.Key(1)), marshal(t, statetest.Key(2))}}
+	var m syncv1.ControlMessage
+	if err := proto.Unmarshal(c.Encode(func(i int) bool { return i == 1 }), &m); err != nil {
+		t.Fatal(err)
+	}
+	s := m.GetSnapshot()
+	if s.GetRevision() != 4 || s.GetSeq() != 2 || !s.GetLast() || s.GetKeysHint() != 7 || len(s.GetEntities()) != 1 || !proto.Equal(s.GetEntities()[0], statetest.Key(2)) {
+		t.Fatalf("Encode: %v", s)
+	}
+}
+
+func ptrHash(h [32]byte) *[32]byte { return &h }
