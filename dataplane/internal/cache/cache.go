@@ -682,24 +682,29 @@ func (c *Cache) ApplyDelta(d *syncv1.Delta) error {
 }
 
 // SnapshotWriter writes a snapshot into a staging bucket: its chunks as
-// received, each under its sequence number. Chunks are written in
-// transactions of about flushBytes that are not fsynced (memory stays
+// received, each under its sequence number. Chunks are buffered and written
+// in transactions of about flushBytes that are not fsynced (memory stays
 // bounded, and a staging bucket is worthless after a crash: the next Open
-// deletes it); Commit writes the rest and makes the snapshot active in one
-// last, fsynced transaction, which also makes everything before it
-// durable. Until then the previous snapshot stays the one Load and a
-// restart see.
+// deletes it), each on its own goroutine while the caller goes on (one at
+// a time: a write that fills the next batch first waits for the previous
+// one; an error of a background transaction is returned by the next call).
+// Commit writes the rest and makes the snapshot active in one last,
+// fsynced transaction, which also makes everything before it durable.
+// Until then the previous snapshot stays the one Load and a restart see. A
+// SnapshotWriter is used by one goroutine.
 type SnapshotWriter struct {
 	c    *Cache
 	rev  int64
 	name []byte
 	done bool
-	n    int
-	seq  uint32
+	n    int // chunks written (buffered, being flushed or stored)
 
-	vals     [][]byte // CRC-32C || chunk, not yet written
+	vals     [][]byte // the last chunks written, framed, not yet handed to a flush
 	buffered int
 	keys     int
+
+	flushing chan error // the background flush in progress, nil when none
+	err      error      // a background flush failed: the snapshot is lost
 }
 
 // SetKeys records how many keys the snapshot holds (KeysHint after Commit).
@@ -753,8 +758,35 @@ func (c *Cache) BeginSnapshot(rev int64) (*SnapshotWriter, error) {
 // Revision is the snapshot's revision.
 func (w *SnapshotWriter) Revision() int64 { return w.rev }
 
-// Len is the number of chunks stored so far.
+// Len is the number of chunks written so far.
 func (w *SnapshotWriter) Len() int { return w.n }
+
+// wait waits for the background flush, if any, and returns the first
+// error any flush met.
+func (w *SnapshotWriter) wait() error {
+	if w.flushing != nil {
+		if err := <-w.flushing; err != nil && w.err == nil {
+			w.err = err
+		}
+		w.flushing = nil
+	}
+	return w.err
+}
+
+// update runs fn in a write transaction of the cache, not fsynced when
+// noSync (Commit's fsync covers it).
+func (w *SnapshotWriter) update(noSync bool, fn func(*bolt.Tx) error) error {
+	w.c.mu.Lock()
+	defer w.c.mu.Unlock()
+	if w.c.db == nil {
+		return ErrClosed
+	}
+	if noSync {
+		w.c.db.NoSync = true
+		defer func() { w.c.db.NoSync = false }()
+	}
+	return w.c.db.Update(fn)
+}
 
 var errFinished = errors.New("cache: snapshot already committed or aborted")
 
@@ -799,83 +831,67 @@ func (w *SnapshotWriter) WriteFramed(framed []byte) error {
 	if w.done {
 		return errFinished
 	}
+	if w.err != nil {
+		return w.err
+	}
 	if len(framed) < FrameHeader {
 		return errors.New("cache: framed chunk shorter than its header")
 	}
-	v := framed
-	binary.BigEndian.PutUint32(v, crc32.Checksum(v[FrameHeader:], castagnoli))
-	w.vals = append(w.vals, v)
-	w.buffered += len(v)
+	w.vals = append(w.vals, framed)
+	w.n++
+	w.buffered += len(framed)
 	if w.buffered < flushBytes {
 		return nil
 	}
-	w.c.mu.Lock()
-	defer w.c.mu.Unlock()
-	if w.c.db == nil {
-		return ErrClosed
+	if err := w.wait(); err != nil {
+		return err
 	}
-	// Not fsynced: see SnapshotWriter. Commit's fsync covers these pages.
-	w.c.db.NoSync = true
-	defer func() { w.c.db.NoSync = false }()
-	return w.c.db.Update(w.flush)
+	vals, first := w.vals, uint32(w.n-len(w.vals))
+	w.vals, w.buffered = nil, 0
+	done := make(chan error, 1)
+	w.flushing = done
+	go func() { done <- w.update(true, func(tx *bolt.Tx) error { return w.put(tx, vals, first) }) }()
+	return nil
 }
 
-// ReplaceLast replaces the chunk written last (by Write or WriteChunk) with
-// raw, as WriteChunk would have written it: for a chunk found to hold
-// entities that were left out after it was written.
+// ReplaceLast replaces the chunk written last (by Write, WriteChunk or
+// WriteFramed) with raw: for a chunk found to hold entities that are left
+// out, after it was written.
 func (w *SnapshotWriter) ReplaceLast(raw []byte) error {
 	if w.done {
 		return errFinished
 	}
-	v := make([]byte, 4+len(raw))
-	copy(v[4:], raw)
-	binary.BigEndian.PutUint32(v, crc32.Checksum(raw, castagnoli))
+	if w.n == 0 {
+		return errors.New("cache: no snapshot chunk to replace")
+	}
+	v := make([]byte, FrameHeader+len(raw))
+	copy(v[FrameHeader:], raw)
 	if n := len(w.vals); n > 0 {
 		w.buffered += len(v) - len(w.vals[n-1])
 		w.vals[n-1] = v
 		return nil
 	}
-	if w.n == 0 {
-		return errors.New("cache: no snapshot chunk to replace")
+	// Handed to a flush: overwritten once that is done.
+	if err := w.wait(); err != nil {
+		return err
 	}
-	w.c.mu.Lock()
-	defer w.c.mu.Unlock()
-	if w.c.db == nil {
-		return ErrClosed
-	}
-	w.c.db.NoSync = true // as in WriteChunk: Commit's fsync covers it
-	defer func() { w.c.db.NoSync = false }()
-	return w.c.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(w.name)
-		if b == nil {
-			return errors.New("cache: staging bucket vanished (snapshot restarted elsewhere?)")
-		}
-		return b.Put(chunkKey(w.seq-1), v)
-	})
+	return w.update(true, func(tx *bolt.Tx) error { return w.put(tx, [][]byte{v}, uint32(w.n-1)) })
 }
 
-// flush puts the buffered chunks into the staging bucket within tx.
-func (w *SnapshotWriter) flush(tx *bolt.Tx) error {
+// put stores framed chunks, from seq first on, into the staging bucket
+// within tx, writing each one's checksum into its frame.
+func (w *SnapshotWriter) put(tx *bolt.Tx, vals [][]byte, first uint32) error {
 	b := tx.Bucket(w.name)
 	if b == nil {
 		return errors.New("cache: staging bucket vanished (snapshot restarted elsewhere?)")
 	}
 	b.FillPercent = 1 // keys only ever grow: pages are never split again
-	seq := w.seq
-	for _, v := range w.vals {
-		if err := b.Put(chunkKey(seq), v); err != nil {
-			return fmt.Errorf("cache: store snapshot chunk %d: %w", seq, err)
+	for i, v := range vals {
+		binary.BigEndian.PutUint32(v, crc32.Checksum(v[FrameHeader:], castagnoli))
+		if err := b.Put(chunkKey(first+uint32(i)), v); err != nil {
+			return fmt.Errorf("cache: store snapshot chunk %d: %w", first+uint32(i), err)
 		}
-		seq++
 	}
-	// bbolt copies values at commit: the buffers are dropped after the
-	// transaction, never inside it.
-	tx.OnCommit(func() {
-		w.n += int(seq - w.seq)
-		w.seq = seq
-		clear(w.vals)
-		w.vals, w.buffered = w.vals[:0], 0
-	})
 	return nil
 }
 
@@ -886,13 +902,12 @@ func (w *SnapshotWriter) Commit() error {
 	if w.done {
 		return errFinished
 	}
-	w.c.mu.Lock()
-	defer w.c.mu.Unlock()
-	if w.c.db == nil {
-		return ErrClosed
+	if err := w.wait(); err != nil {
+		return err
 	}
-	err := w.c.db.Update(func(tx *bolt.Tx) error {
-		if err := w.flush(tx); err != nil {
+	vals, first := w.vals, uint32(w.n-len(w.vals))
+	err := w.update(false, func(tx *bolt.Tx) error {
+		if err := w.put(tx, vals, first); err != nil {
 			return err
 		}
 		meta := tx.Bucket(bucketMeta)
@@ -924,13 +939,9 @@ func (w *SnapshotWriter) Abort() error {
 		return nil
 	}
 	w.done = true
+	_ = w.wait() // the bucket goes anyway
 	w.vals = nil
-	w.c.mu.Lock()
-	defer w.c.mu.Unlock()
-	if w.c.db == nil {
-		return ErrClosed
-	}
-	return w.c.db.Update(func(tx *bolt.Tx) error {
+	return w.update(false, func(tx *bolt.Tx) error {
 		if err := tx.DeleteBucket(w.name); err != nil && !errors.Is(err, berrors.ErrBucketNotFound) {
 			return err
 		}

@@ -678,8 +678,8 @@ func TestWriteFramedAndReplaceLast(t *testing.T) {
 	if err := w.WriteChunk(chunkMsg(t, 1, ks[100:300]...)); err != nil {
 		t.Fatal(err)
 	}
-	if len(w.vals) != 0 || w.Len() != 2 {
-		t.Fatalf("not flushed: %d buffered, %d stored", len(w.vals), w.Len())
+	if len(w.vals) != 0 || w.Len() != 2 || w.flushing == nil {
+		t.Fatalf("no flush started: %d buffered, %d written", len(w.vals), w.Len())
 	}
 	if err := w.ReplaceLast(chunkMsg(t, 1, ks[101:300]...)); err != nil {
 		t.Fatal(err)
@@ -743,5 +743,39 @@ func TestLoadRawPrepare(t *testing.T) {
 		return nil
 	}, nil); err != stop || n != 3 {
 		t.Fatalf("chunk error: %v after %d", err, n)
+	}
+}
+
+// TestBackgroundFlushError: a background transaction that fails makes the
+// next call fail, and Commit never activates the snapshot.
+func TestBackgroundFlushError(t *testing.T) {
+	c := open(t, filepath.Join(t.TempDir(), "c.db"))
+	snapshot(t, c, 3, keys(5))
+	w, err := c.BeginSnapshot(7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another snapshot started meanwhile deletes w's staging bucket.
+	w2, err := c.BeginSnapshot(8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteChunk(chunkMsg(t, 0, keys(300)...)); err != nil {
+		t.Fatal(err) // the flush runs in the background
+	}
+	if err := w.Commit(); err == nil || !strings.Contains(err.Error(), "vanished") {
+		t.Fatalf("Commit after a failed flush: %v", err)
+	}
+	if err := w.WriteChunk(chunkMsg(t, 1)); err == nil {
+		t.Fatal("write after a failed flush")
+	}
+	if err := w.Abort(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w2.Abort(); err != nil {
+		t.Fatal(err)
+	}
+	if rev, _, got := load(t, c); rev != 3 || len(got) != 5 {
+		t.Fatalf("rev %d, %d entities", rev, len(got))
 	}
 }

@@ -11,8 +11,10 @@
 // its CRC-32C (bbolt checksums only its meta pages). Load yields the chunks'
 // entities, then the overlay: applied in order, they give the state. The
 // chunks are stored as they came (no per-entity encoding or B-tree insert;
-// the control plane sends keys in any order) and decode independently, on
-// every CPU, at a restart. The overlay is bounded by the number of distinct
+// the control plane sends keys in any order; WriteFramed stores the
+// receive buffer itself) and are checked, copied out of the mapping and,
+// with LoadRaw, prepared (parsed) on other CPUs at a restart, ahead of the
+// caller. The overlay is bounded by the number of distinct
 // objects changed since the snapshot; the next snapshot starts without one.
 // The "meta" bucket holds the schema version, the revision and the name of
 // the active snapshot bucket. A snapshot is written into a new staging

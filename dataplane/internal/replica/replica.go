@@ -194,27 +194,26 @@ func (r *Replica) ApplyChunk(c *state.Chunk, framed []byte) (installed bool, err
 	if h := c.KeysHint; h > 0 {
 		p.b.Presize(int(min(h, 1<<31)))
 	}
-	// The cache write (a copy of the chunk as received, and a bbolt
-	// transaction every ~16 MiB) runs beside the in-memory build. Should
-	// the chunk turn out to hold invalid entities, the stored copy is
-	// replaced by one without them below (the cache keeps only what is
-	// installed).
-	werr := make(chan error, 1)
+	// The chunk as received goes to the cache first: it is buffered there
+	// and written by a background transaction every ~16 MiB, beside the
+	// in-memory build. Should the chunk turn out to hold invalid entities,
+	// the stored copy is replaced by one without them below (the cache
+	// keeps only what is installed).
 	if framed != nil {
-		go func() { werr <- p.w.WriteFramed(framed) }()
-	} else {
-		werr <- nil
+		if err := p.w.WriteFramed(framed); err != nil {
+			r.abortLocked()
+			return false, fmt.Errorf("replica: cache snapshot chunk %d: %w", c.Seq, err)
+		}
 	}
 	var invalid []bool
-	var bad error
 	for i := range c.Entities {
 		err := p.b.AddChunkEntity(c, i)
 		if err == nil {
 			continue
 		}
 		if !errors.Is(err, state.ErrInvalidEntity) {
-			bad = err
-			break
+			r.abortLocked()
+			return false, fmt.Errorf("replica: snapshot chunk %d: %w", c.Seq, err)
 		}
 		if invalid == nil {
 			invalid = make([]bool, len(c.Entities))
@@ -224,19 +223,16 @@ func (r *Replica) ApplyChunk(c *state.Chunk, framed []byte) (installed bool, err
 			r.log.Error("replica: leaving invalid entity out of snapshot", "revision", p.rev, "err", err)
 		}
 	}
-	werrv := <-werr
+	var werr error
 	switch {
-	case bad != nil:
-		r.abortLocked()
-		return false, fmt.Errorf("replica: snapshot chunk %d: %w", c.Seq, bad)
-	case werrv == nil && framed == nil:
-		werrv = p.w.WriteChunk(c.Encode(func(i int) bool { return invalid == nil || !invalid[i] }))
-	case werrv == nil && invalid != nil:
-		werrv = p.w.ReplaceLast(c.Encode(func(i int) bool { return !invalid[i] }))
+	case framed == nil:
+		werr = p.w.WriteChunk(c.Encode(func(i int) bool { return invalid == nil || !invalid[i] }))
+	case invalid != nil:
+		werr = p.w.ReplaceLast(c.Encode(func(i int) bool { return !invalid[i] }))
 	}
-	if werrv != nil {
+	if werr != nil {
 		r.abortLocked()
-		return false, fmt.Errorf("replica: cache snapshot chunk %d: %w", c.Seq, werrv)
+		return false, fmt.Errorf("replica: cache snapshot chunk %d: %w", c.Seq, werr)
 	}
 	p.next++
 	if !c.Last {
