@@ -23,6 +23,9 @@ type dict struct {
 	durIdx map[string]uint32
 
 	scratch []byte
+	// The profile interned last (writer only).
+	lastLim    limitsRec
+	lastLimIdx uint32
 }
 
 // limitsRec is Limits without the per-key reset time, pointer-free so it can
@@ -49,6 +52,7 @@ func newDict() *dict {
 	lims := []limitsRec{noLimits}
 	d.limits.Store(&lims)
 	d.limIdx[noLimits] = 0
+	d.lastLim = noLimits
 	durs := []string{""}
 	d.durs.Store(&durs)
 	return d
@@ -84,7 +88,10 @@ func (d *dict) internLimits(k *keyView) uint32 {
 		return 0
 	}
 	l := &k.limits
-	dur, ok := d.durIdx[l.duration]
+	dur, ok := uint32(0), l.duration == "" // index 0 is ""
+	if !ok {
+		dur, ok = d.durIdx[l.duration]
+	}
 	if !ok {
 		dur = publish(&d.durs, strings.Clone(l.duration))
 		d.durIdx[(*d.durs.Load())[dur]] = dur
@@ -94,17 +101,24 @@ func (d *dict) internLimits(k *keyView) uint32 {
 		rpm: l.rpm, tpm: l.tpm, parallel: l.parallel,
 		dur: dur,
 	}
-	if i, ok := d.limIdx[r]; ok {
-		return i
+	if d.lastLim == r {
+		return d.lastLimIdx // keys in a row often share their limits
 	}
-	i := publish(&d.limits, r)
-	d.limIdx[r] = i
+	i, ok := d.limIdx[r]
+	if !ok {
+		i = publish(&d.limits, r)
+		d.limIdx[r] = i
+	}
+	d.lastLim, d.lastLimIdx = r, i
 	return i
 }
 
 // internPolicy returns the index of k's policy, creating it when new.
 // Identical policies (same lists in the same order, same maps) share one.
 func (d *dict) internPolicy(k *keyView) uint32 {
+	if len(k.models)+len(k.enforced)+len(k.routes)+len(k.tags)+len(k.rpm)+len(k.tpm)+len(k.budgets) == 0 {
+		return 0 // the empty policy, most keys'
+	}
 	b := d.policyKey(k)
 	if i, ok := d.polIdx[string(b)]; ok {
 		return i
