@@ -820,6 +820,9 @@ func (t *keyTable) compacted() *keyTable {
 // hashes, so that filling it never regrows an index.
 func (t *keyTable) presize(keys, prevs int) {
 	t.tok = make([]uint32, pow2(keys*4/3+1))
+	if t.bulk {
+		t.bulkTok = make([]bulkKey, 0, keys+keys/64)
+	}
 	per := (keys+prevs)/numShards + (keys+prevs)/numShards/8 + 16
 	for i := range t.shards {
 		sh := &t.shards[i]
