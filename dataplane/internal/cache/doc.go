@@ -19,7 +19,8 @@
 // The "meta" bucket holds the schema version, the revision and the name of
 // the active snapshot bucket. A snapshot is written into a new staging
 // bucket in transactions of ~16 MiB that are not fsynced (memory stays
-// bounded; a staging bucket is never read before its activation) and
+// bounded; a staging bucket is never read before its activation), each run
+// on a goroutine of its own while the caller goes on (one at a time), and
 // activated by one final, fsynced transaction that points meta at it, sets
 // the revision and deletes the previous snapshot: a partial snapshot is
 // never what Load or a restart sees. A crash before the activation leaves
@@ -33,7 +34,9 @@
 // # Thread safety
 //
 // A Cache is safe for concurrent use; operations are serialized by a mutex
-// (the replica has a single writer anyway). Load holds it for its duration.
+// (the replica has a single writer anyway). Load and LoadRaw hold it for
+// their duration. A SnapshotWriter belongs to one goroutine; its background
+// transactions take the mutex like any operation.
 //
 // # Failure modes
 //
