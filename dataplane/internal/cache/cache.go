@@ -390,20 +390,48 @@ func (c *Cache) Revision() (rev int64, ok bool, err error) {
 // the snapshot's chunks as received, then the overlay written by deltas,
 // tombstones (Deleted) included; applying them in turn (a later one
 // replaces an earlier one with the same kind and id, a tombstone removes
-// it) gives the state. Chunks are decoded on other goroutines (every CPU but
-// one), ahead of fn; fn runs on the caller's goroutine, one entity at a time, and
-// must not keep e (nor modify it). An undecodable entity ends Load with an
-// error wrapping ErrCorrupt; an error from fn ends it with that error.
+// it) gives the state. fn must not keep e (nor modify it). An undecodable
+// entity ends Load with an error wrapping ErrCorrupt; an error from fn ends
+// it with that error. LoadRaw is Load without decoding the chunks.
 func (c *Cache) Load(fn func(e *syncv1.Entity) error) (rev int64, ok bool, err error) {
+	return c.LoadRaw(nil, func(raw []byte, _ any) error {
+		var m syncv1.ControlMessage
+		if err := proto.Unmarshal(raw, &m); err != nil || m.GetSnapshot() == nil {
+			return fmt.Errorf("%w: snapshot chunk: %v", ErrCorrupt, err)
+		}
+		for _, e := range m.GetSnapshot().GetEntities() {
+			if e == nil {
+				return fmt.Errorf("%w: empty entity in snapshot chunk", ErrCorrupt)
+			}
+			if err := fn(e); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, fn)
+}
+
+// LoadRaw is Load with the snapshot's chunks left encoded: chunk gets each
+// one's encoded ControlMessage (as stored by WriteChunk, checksum
+// verified), in order, then entity gets the overlay's entities. Chunks are
+// read, checked and copied out of the file on other goroutines (every CPU
+// but one), ahead of the callbacks, which run on the caller's goroutine;
+// prepare, when not nil, runs there too, on each chunk after its check,
+// and what it returns is passed to chunk (a chunk parsed ahead). raw is
+// reused after chunk returns (keep nothing that points into it). An error
+// from a callback ends LoadRaw with that error; the caller wraps
+// ErrCorrupt in its own for a chunk it cannot decode.
+func (c *Cache) LoadRaw(prepare func(raw []byte) any, chunk func(raw []byte, prepared any) error, entity func(e *syncv1.Entity) error) (rev int64, ok bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.db == nil {
 		return 0, false, ErrClosed
 	}
-	// Batches in order: each one's channel gets its decoded entities (or
-	// an error), filled by whichever worker took it.
+	// Batches in order: each one's channel gets its chunk or decoded
+	// entities (or an error), filled by whichever worker took it.
 	order := make(chan chan batch, loadWorkers())
 	stop := make(chan struct{})
+	free := make(chan []byte, loadWorkers()+2) // chunk buffers to reuse
 	type result struct {
 		rev int64
 		ok  bool
@@ -412,7 +440,7 @@ func (c *Cache) Load(fn func(e *syncv1.Entity) error) (rev int64, ok bool, err e
 	done := make(chan result, 1)
 	go func() {
 		var r result
-		r.rev, r.ok, r.err = c.decodeAll(order, stop)
+		r.rev, r.ok, r.err = c.decodeAll(order, stop, free, prepare)
 		close(order)
 		done <- r
 	}()
@@ -427,8 +455,19 @@ func (c *Cache) Load(fn func(e *syncv1.Entity) error) (rev int64, ok bool, err e
 			close(stop)
 			continue
 		}
+		if b.chunk {
+			if fnErr = chunk(b.raw, b.prepared); fnErr != nil {
+				close(stop)
+				continue
+			}
+			select {
+			case free <- b.raw[:0]:
+			default:
+			}
+			continue
+		}
 		for _, e := range b.entities {
-			if fnErr = fn(e); fnErr != nil {
+			if fnErr = entity(e); fnErr != nil {
 				close(stop)
 				break
 			}
@@ -451,9 +490,12 @@ func (c *Cache) Load(fn func(e *syncv1.Entity) error) (rev int64, ok bool, err e
 // which costs garbage collection and fresh pages).
 func loadWorkers() int { return max(1, runtime.GOMAXPROCS(0)-1) }
 
-// batch is what Load's workers decode: a chunk's entities, or a run of
-// overlay entities.
+// batch is what LoadRaw's workers prepare: a chunk (checked, copied out
+// of the mapping), or a run of decoded overlay entities.
 type batch struct {
+	chunk    bool // raw is a chunk (else entities)
+	raw      []byte
+	prepared any // what LoadRaw's prepare made of raw
 	entities []*syncv1.Entity
 	err      error
 }
@@ -464,7 +506,7 @@ const overlayBatch = 1024
 // its values, in order, on order; workers decode them. It returns once
 // every queued value is decoded (the values point into the transaction's
 // mapping) or stop is closed.
-func (c *Cache) decodeAll(order chan<- chan batch, stop <-chan struct{}) (rev int64, ok bool, err error) {
+func (c *Cache) decodeAll(order chan<- chan batch, stop <-chan struct{}, free chan []byte, prepare func([]byte) any) (rev int64, ok bool, err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
@@ -490,7 +532,16 @@ func (c *Cache) decodeAll(order chan<- chan batch, stop <-chan struct{}) (rev in
 						}
 					}()
 					if j.keys == nil {
-						return decodeChunk(j.vals[0])
+						var buf []byte
+						select {
+						case buf = <-free:
+						default:
+						}
+						b := checkChunk(j.vals[0], buf)
+						if b.err == nil && prepare != nil {
+							b.prepared = prepare(b.raw)
+						}
+						return b
 					}
 					return decodeOverlay(j.keys, j.vals)
 				}()
@@ -553,25 +604,16 @@ func (c *Cache) decodeAll(order chan<- chan batch, stop <-chan struct{}) (rev in
 	return rev, ok, err
 }
 
-// decodeChunk decodes a stored chunk (CRC-32C || ControlMessage).
-func decodeChunk(v []byte) batch {
+// checkChunk checks a stored chunk (CRC-32C || ControlMessage) and copies
+// the message into buf (grown as needed).
+func checkChunk(v, buf []byte) batch {
 	if len(v) < 4 {
 		return batch{err: fmt.Errorf("%w: short snapshot chunk", ErrCorrupt)}
 	}
 	if crc32.Checksum(v[4:], castagnoli) != binary.BigEndian.Uint32(v) {
 		return batch{err: fmt.Errorf("%w: snapshot chunk checksum mismatch", ErrCorrupt)}
 	}
-	var m syncv1.ControlMessage
-	if err := proto.Unmarshal(v[4:], &m); err != nil || m.GetSnapshot() == nil {
-		return batch{err: fmt.Errorf("%w: snapshot chunk: %v", ErrCorrupt, err)}
-	}
-	ents := m.GetSnapshot().GetEntities()
-	for _, e := range ents {
-		if e == nil {
-			return batch{err: fmt.Errorf("%w: empty entity in snapshot chunk", ErrCorrupt)}
-		}
-	}
-	return batch{entities: ents}
+	return batch{chunk: true, raw: append(buf[:0], v[4:]...)}
 }
 
 func decodeOverlay(keys, vals [][]byte) batch {
@@ -642,24 +684,29 @@ func (c *Cache) ApplyDelta(d *syncv1.Delta) error {
 }
 
 // SnapshotWriter writes a snapshot into a staging bucket: its chunks as
-// received, each under its sequence number. Chunks are written in
-// transactions of about flushBytes that are not fsynced (memory stays
+// received, each under its sequence number. Chunks are buffered and written
+// in transactions of about flushBytes that are not fsynced (memory stays
 // bounded, and a staging bucket is worthless after a crash: the next Open
-// deletes it); Commit writes the rest and makes the snapshot active in one
-// last, fsynced transaction, which also makes everything before it
-// durable. Until then the previous snapshot stays the one Load and a
-// restart see.
+// deletes it), each on its own goroutine while the caller goes on (one at
+// a time: a write that fills the next batch first waits for the previous
+// one; an error of a background transaction is returned by the next call).
+// Commit writes the rest and makes the snapshot active in one last,
+// fsynced transaction, which also makes everything before it durable.
+// Until then the previous snapshot stays the one Load and a restart see. A
+// SnapshotWriter is used by one goroutine.
 type SnapshotWriter struct {
 	c    *Cache
 	rev  int64
 	name []byte
 	done bool
-	n    int
-	seq  uint32
+	n    int // chunks written (buffered, being flushed or stored)
 
-	vals     [][]byte // CRC-32C || chunk, not yet written
+	vals     [][]byte // the last chunks written, framed, not yet handed to a flush
 	buffered int
 	keys     int
+
+	flushing chan error // the background flush in progress, nil when none
+	err      error      // a background flush failed: the snapshot is lost
 }
 
 // SetKeys records how many keys the snapshot holds (KeysHint after Commit).
@@ -713,8 +760,35 @@ func (c *Cache) BeginSnapshot(rev int64) (*SnapshotWriter, error) {
 // Revision is the snapshot's revision.
 func (w *SnapshotWriter) Revision() int64 { return w.rev }
 
-// Len is the number of chunks stored so far.
+// Len is the number of chunks written so far.
 func (w *SnapshotWriter) Len() int { return w.n }
+
+// wait waits for the background flush, if any, and returns the first
+// error any flush met.
+func (w *SnapshotWriter) wait() error {
+	if w.flushing != nil {
+		if err := <-w.flushing; err != nil && w.err == nil {
+			w.err = err
+		}
+		w.flushing = nil
+	}
+	return w.err
+}
+
+// update runs fn in a write transaction of the cache, not fsynced when
+// noSync (Commit's fsync covers it).
+func (w *SnapshotWriter) update(noSync bool, fn func(*bolt.Tx) error) error {
+	w.c.mu.Lock()
+	defer w.c.mu.Unlock()
+	if w.c.db == nil {
+		return ErrClosed
+	}
+	if noSync {
+		w.c.db.NoSync = true
+		defer func() { w.c.db.NoSync = false }()
+	}
+	return w.c.db.Update(fn)
+}
 
 var errFinished = errors.New("cache: snapshot already committed or aborted")
 
@@ -743,50 +817,83 @@ func (w *SnapshotWriter) Write(entities []*syncv1.Entity) error {
 // back). Chunks are loaded in the order they were written. raw is copied:
 // the caller may reuse it.
 func (w *SnapshotWriter) WriteChunk(raw []byte) error {
+	v := make([]byte, FrameHeader+len(raw))
+	copy(v[FrameHeader:], raw)
+	return w.WriteFramed(v)
+}
+
+// FrameHeader is how many spare bytes WriteFramed needs before a chunk.
+const FrameHeader = 4
+
+// WriteFramed is WriteChunk for a chunk received into a buffer with
+// FrameHeader spare bytes before it: framed is those bytes, then the
+// chunk. The checksum is written into them and framed is stored as it is,
+// without a copy: the caller must not modify or reuse framed afterwards.
+func (w *SnapshotWriter) WriteFramed(framed []byte) error {
 	if w.done {
 		return errFinished
 	}
-	v := make([]byte, 4+len(raw))
-	copy(v[4:], raw)
-	binary.BigEndian.PutUint32(v, crc32.Checksum(raw, castagnoli))
-	w.vals = append(w.vals, v)
-	w.buffered += len(v)
+	if w.err != nil {
+		return w.err
+	}
+	if len(framed) < FrameHeader {
+		return errors.New("cache: framed chunk shorter than its header")
+	}
+	w.vals = append(w.vals, framed)
+	w.n++
+	w.buffered += len(framed)
 	if w.buffered < flushBytes {
 		return nil
 	}
-	w.c.mu.Lock()
-	defer w.c.mu.Unlock()
-	if w.c.db == nil {
-		return ErrClosed
+	if err := w.wait(); err != nil {
+		return err
 	}
-	// Not fsynced: see SnapshotWriter. Commit's fsync covers these pages.
-	w.c.db.NoSync = true
-	defer func() { w.c.db.NoSync = false }()
-	return w.c.db.Update(w.flush)
+	vals, first := w.vals, uint32(w.n-len(w.vals))
+	w.vals, w.buffered = nil, 0
+	done := make(chan error, 1)
+	w.flushing = done
+	go func() { done <- w.update(true, func(tx *bolt.Tx) error { return w.put(tx, vals, first) }) }()
+	return nil
 }
 
-// flush puts the buffered chunks into the staging bucket within tx.
-func (w *SnapshotWriter) flush(tx *bolt.Tx) error {
+// ReplaceLast replaces the chunk written last (by Write, WriteChunk or
+// WriteFramed) with raw: for a chunk found to hold entities that are left
+// out, after it was written.
+func (w *SnapshotWriter) ReplaceLast(raw []byte) error {
+	if w.done {
+		return errFinished
+	}
+	if w.n == 0 {
+		return errors.New("cache: no snapshot chunk to replace")
+	}
+	v := make([]byte, FrameHeader+len(raw))
+	copy(v[FrameHeader:], raw)
+	if n := len(w.vals); n > 0 {
+		w.buffered += len(v) - len(w.vals[n-1])
+		w.vals[n-1] = v
+		return nil
+	}
+	// Handed to a flush: overwritten once that is done.
+	if err := w.wait(); err != nil {
+		return err
+	}
+	return w.update(true, func(tx *bolt.Tx) error { return w.put(tx, [][]byte{v}, uint32(w.n-1)) })
+}
+
+// put stores framed chunks, from seq first on, into the staging bucket
+// within tx, writing each one's checksum into its frame.
+func (w *SnapshotWriter) put(tx *bolt.Tx, vals [][]byte, first uint32) error {
 	b := tx.Bucket(w.name)
 	if b == nil {
 		return errors.New("cache: staging bucket vanished (snapshot restarted elsewhere?)")
 	}
 	b.FillPercent = 1 // keys only ever grow: pages are never split again
-	seq := w.seq
-	for _, v := range w.vals {
-		if err := b.Put(chunkKey(seq), v); err != nil {
-			return fmt.Errorf("cache: store snapshot chunk %d: %w", seq, err)
+	for i, v := range vals {
+		binary.BigEndian.PutUint32(v, crc32.Checksum(v[FrameHeader:], castagnoli))
+		if err := b.Put(chunkKey(first+uint32(i)), v); err != nil {
+			return fmt.Errorf("cache: store snapshot chunk %d: %w", first+uint32(i), err)
 		}
-		seq++
 	}
-	// bbolt copies values at commit: the buffers are dropped after the
-	// transaction, never inside it.
-	tx.OnCommit(func() {
-		w.n += int(seq - w.seq)
-		w.seq = seq
-		clear(w.vals)
-		w.vals, w.buffered = w.vals[:0], 0
-	})
 	return nil
 }
 
@@ -797,13 +904,12 @@ func (w *SnapshotWriter) Commit() error {
 	if w.done {
 		return errFinished
 	}
-	w.c.mu.Lock()
-	defer w.c.mu.Unlock()
-	if w.c.db == nil {
-		return ErrClosed
+	if err := w.wait(); err != nil {
+		return err
 	}
-	err := w.c.db.Update(func(tx *bolt.Tx) error {
-		if err := w.flush(tx); err != nil {
+	vals, first := w.vals, uint32(w.n-len(w.vals))
+	err := w.update(false, func(tx *bolt.Tx) error {
+		if err := w.put(tx, vals, first); err != nil {
 			return err
 		}
 		meta := tx.Bucket(bucketMeta)
@@ -835,13 +941,9 @@ func (w *SnapshotWriter) Abort() error {
 		return nil
 	}
 	w.done = true
+	_ = w.wait() // the bucket goes anyway
 	w.vals = nil
-	w.c.mu.Lock()
-	defer w.c.mu.Unlock()
-	if w.c.db == nil {
-		return ErrClosed
-	}
-	return w.c.db.Update(func(tx *bolt.Tx) error {
+	return w.update(false, func(tx *bolt.Tx) error {
 		if err := tx.DeleteBucket(w.name); err != nil && !errors.Is(err, berrors.ErrBucketNotFound) {
 			return err
 		}

@@ -642,3 +642,140 @@ func TestKeysHint(t *testing.T) {
 		t.Fatalf("hint %d after reopen, want 3", n)
 	}
 }
+
+func chunkMsg(t *testing.T, seq int32, ents ...*syncv1.Entity) []byte {
+	t.Helper()
+	raw, err := proto.Marshal(&syncv1.ControlMessage{Msg: &syncv1.ControlMessage_Snapshot{
+		Snapshot: &syncv1.SnapshotChunk{Revision: 7, Seq: seq, Entities: ents}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+// TestWriteFramedAndReplaceLast: chunks stored from a framed buffer (not
+// copied) and chunks replaced after they were written, both while still
+// buffered and once flushed to the staging bucket, load as written last.
+func TestWriteFramedAndReplaceLast(t *testing.T) {
+	c := open(t, filepath.Join(t.TempDir(), "c.db"))
+	w, err := c.BeginSnapshot(7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.ReplaceLast(chunkMsg(t, 0)); err == nil {
+		t.Fatal("ReplaceLast before any chunk")
+	}
+	ks := keys(300)
+	framed := append(make([]byte, FrameHeader), chunkMsg(t, 0, ks[:100]...)...)
+	if err := w.WriteFramed(framed); err != nil {
+		t.Fatal(err)
+	}
+	// Still buffered (a small chunk): replaced in memory.
+	if err := w.ReplaceLast(chunkMsg(t, 0, ks[:99]...)); err != nil {
+		t.Fatal(err)
+	}
+	// Big enough to flush (flushBytes is 8 KiB here): replaced in the bucket.
+	if err := w.WriteChunk(chunkMsg(t, 1, ks[100:300]...)); err != nil {
+		t.Fatal(err)
+	}
+	if len(w.vals) != 0 || w.Len() != 2 || w.flushing == nil {
+		t.Fatalf("no flush started: %d buffered, %d written", len(w.vals), w.Len())
+	}
+	if err := w.ReplaceLast(chunkMsg(t, 1, ks[101:300]...)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteFramed(framed); !errors.Is(err, errFinished) {
+		t.Fatalf("after commit: %v", err)
+	}
+	_, _, got := load(t, c)
+	if len(got) != 298 || got["key/"+statetest.TokenID(99)] != nil || got["key/"+statetest.TokenID(100)] != nil || got["key/"+statetest.TokenID(299)] == nil {
+		t.Fatalf("loaded %d entities", len(got))
+	}
+}
+
+// TestLoadRawPrepare: LoadRaw's prepare runs on each chunk before chunk
+// gets it, chunks come in order, then the overlay; an error from chunk
+// ends the load with it.
+func TestLoadRawPrepare(t *testing.T) {
+	c := open(t, filepath.Join(t.TempDir(), "c.db"))
+	var chunks [][]*syncv1.Entity
+	for i := range 20 {
+		chunks = append(chunks, keys(200)[i*10:i*10+10])
+	}
+	snapshot(t, c, 7, chunks...)
+	if err := c.ApplyDelta(&syncv1.Delta{PrevRevision: 7, Revision: 8, Changes: []*syncv1.Entity{statetest.Team(1)}}); err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	rev, ok, err := c.LoadRaw(func(raw []byte) any {
+		var m syncv1.ControlMessage
+		if err := proto.Unmarshal(raw, &m); err != nil {
+			return err
+		}
+		return m.GetSnapshot().GetEntities()[0].GetId()
+	}, func(raw []byte, prepared any) error {
+		seen = append(seen, prepared.(string))
+		return nil
+	}, func(e *syncv1.Entity) error {
+		seen = append(seen, e.Kind)
+		return nil
+	})
+	if err != nil || !ok || rev != 8 {
+		t.Fatal(rev, ok, err)
+	}
+	want := []string{}
+	for i := range 20 {
+		want = append(want, statetest.TokenID(i*10))
+	}
+	want = append(want, "team")
+	if strings.Join(seen, ",") != strings.Join(want, ",") {
+		t.Fatalf("seen %v", seen)
+	}
+	stop := errors.New("stop")
+	n := 0
+	if _, _, err := c.LoadRaw(nil, func([]byte, any) error {
+		if n++; n == 3 {
+			return stop
+		}
+		return nil
+	}, nil); err != stop || n != 3 {
+		t.Fatalf("chunk error: %v after %d", err, n)
+	}
+}
+
+// TestBackgroundFlushError: a background transaction that fails makes the
+// next call fail, and Commit never activates the snapshot.
+func TestBackgroundFlushError(t *testing.T) {
+	c := open(t, filepath.Join(t.TempDir(), "c.db"))
+	snapshot(t, c, 3, keys(5))
+	w, err := c.BeginSnapshot(7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another snapshot started meanwhile deletes w's staging bucket.
+	w2, err := c.BeginSnapshot(8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteChunk(chunkMsg(t, 0, keys(300)...)); err != nil {
+		t.Fatal(err) // the flush runs in the background
+	}
+	if err := w.Commit(); err == nil || !strings.Contains(err.Error(), "vanished") {
+		t.Fatalf("Commit after a failed flush: %v", err)
+	}
+	if err := w.WriteChunk(chunkMsg(t, 1)); err == nil {
+		t.Fatal("write after a failed flush")
+	}
+	if err := w.Abort(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w2.Abort(); err != nil {
+		t.Fatal(err)
+	}
+	if rev, _, got := load(t, c); rev != 3 || len(got) != 5 {
+		t.Fatalf("rev %d, %d entities", rev, len(got))
+	}
+}

@@ -11,13 +11,16 @@
 // its CRC-32C (bbolt checksums only its meta pages). Load yields the chunks'
 // entities, then the overlay: applied in order, they give the state. The
 // chunks are stored as they came (no per-entity encoding or B-tree insert;
-// the control plane sends keys in any order) and decode independently, on
-// every CPU, at a restart. The overlay is bounded by the number of distinct
+// the control plane sends keys in any order; WriteFramed stores the
+// receive buffer itself) and are checked, copied out of the mapping and,
+// with LoadRaw, prepared (parsed) on other CPUs at a restart, ahead of the
+// caller. The overlay is bounded by the number of distinct
 // objects changed since the snapshot; the next snapshot starts without one.
 // The "meta" bucket holds the schema version, the revision and the name of
 // the active snapshot bucket. A snapshot is written into a new staging
 // bucket in transactions of ~16 MiB that are not fsynced (memory stays
-// bounded; a staging bucket is never read before its activation) and
+// bounded; a staging bucket is never read before its activation), each run
+// on a goroutine of its own while the caller goes on (one at a time), and
 // activated by one final, fsynced transaction that points meta at it, sets
 // the revision and deletes the previous snapshot: a partial snapshot is
 // never what Load or a restart sees. A crash before the activation leaves
@@ -31,7 +34,9 @@
 // # Thread safety
 //
 // A Cache is safe for concurrent use; operations are serialized by a mutex
-// (the replica has a single writer anyway). Load holds it for its duration.
+// (the replica has a single writer anyway). Load and LoadRaw hold it for
+// their duration. A SnapshotWriter belongs to one goroutine; its background
+// transactions take the mutex like any operation.
 //
 // # Failure modes
 //

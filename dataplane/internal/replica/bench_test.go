@@ -1,11 +1,14 @@
 package replica
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -13,6 +16,8 @@ import (
 
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 
+	"github.com/tollgate-gw/tollgate/dataplane/internal/cache"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/state/statetest"
 )
 
@@ -54,11 +59,12 @@ func feed(b *testing.B, r *Replica, rev int64) time.Duration {
 			return err
 		}
 		t0 := time.Now()
-		var dc syncv1.ControlMessage
-		if err := proto.Unmarshal(raw, &dc); err != nil {
-			return err
+		framed := append(make([]byte, cache.FrameHeader), raw...)
+		var dc state.Chunk
+		if !state.ParseChunk(framed[cache.FrameHeader:], &dc) {
+			return errors.New("not a chunk")
 		}
-		_, err = r.ApplyChunk(dc.GetSnapshot(), raw)
+		_, err = r.ApplyChunk(&dc, framed)
 		took += time.Since(t0)
 		return err
 	})
@@ -152,4 +158,167 @@ func BenchmarkApplyDelta1M(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// benchN is the key count of BenchmarkInstall and BenchmarkRestart
+// (BENCH_KEYS, default 1M).
+func benchN() int {
+	if n, err := strconv.Atoi(os.Getenv("BENCH_KEYS")); err == nil && n > 0 {
+		return n
+	}
+	return bigKeys
+}
+
+// cpuProfile starts a CPU profile into $BENCH_CPUPROFILE (when set) for
+// the timed part only, unlike -cpuprofile, which also records the setup.
+func cpuProfile(b *testing.B) func() {
+	path := os.Getenv("BENCH_CPUPROFILE")
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() { pprof.StopCPUProfile(); _ = f.Close() }
+}
+
+// encodedChunks returns a snapshot of n keys as the control plane sends it:
+// encoded ControlMessages of 5000 entities.
+func encodedChunks(b *testing.B, rev int64, n int) [][]byte {
+	var raws [][]byte
+	err := statetest.Chunks(rev, n, chunkLen, func(c *syncv1.SnapshotChunk) error {
+		if c.Seq == 0 {
+			c.KeysHint = int64(n) // as the control plane sends it
+		}
+		raw, err := proto.Marshal(&syncv1.ControlMessage{Msg: &syncv1.ControlMessage_Snapshot{Snapshot: c}})
+		raws = append(raws, raw)
+		return err
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return raws
+}
+
+// installRaw applies encoded chunks as the sync client does: each is
+// copied (out of gRPC's buffers) and parsed on a receiving goroutine, one
+// ahead of ApplyChunk.
+func installRaw(b *testing.B, r *Replica, raws [][]byte) {
+	type msg struct {
+		c   *state.Chunk
+		raw []byte
+	}
+	inbox := make(chan msg)
+	spare := make(chan *state.Chunk, 1)
+	go func() {
+		defer close(inbox)
+		for _, raw := range raws {
+			framed := make([]byte, cache.FrameHeader+len(raw))
+			copy(framed[cache.FrameHeader:], raw)
+			raw = framed[cache.FrameHeader:]
+			var c *state.Chunk
+			select {
+			case c = <-spare:
+			default:
+				c = new(state.Chunk)
+			}
+			if !state.ParseChunk(raw, c) {
+				panic("not a chunk")
+			}
+			c.Prepare()
+			inbox <- msg{c, framed}
+		}
+	}()
+	for m := range inbox {
+		if _, err := r.ApplyChunk(m.c, m.raw); err != nil {
+			b.Fatal(err)
+		}
+		select {
+		case spare <- m.c:
+		default:
+		}
+	}
+}
+
+// BenchmarkInstall: an empty proxy receives an encoded snapshot of
+// BENCH_KEYS keys (default 1M): decode, build, cache write, commit, to
+// Ready. Reports the process CPU time beside the wall time.
+func BenchmarkInstall(b *testing.B) {
+	n := benchN()
+	raws := encodedChunks(b, 1, n)
+	runtime.GC()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		dir := b.TempDir()
+		r, err := Open(filepath.Join(dir, "proxy.db"), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		runtime.GC()
+		b.StartTimer()
+		stop := cpuProfile(b)
+		c0, t0 := cpuTime(), time.Now()
+		installRaw(b, r, raws)
+		if !r.State().Ready() {
+			b.Fatal("not ready")
+		}
+		wall, cpu := time.Since(t0), cpuTime()-c0
+		stop()
+		b.StopTimer()
+		b.ReportMetric(wall.Seconds(), "s/install")
+		b.ReportMetric(cpu.Seconds(), "cpu-s/install")
+		_ = r.Close()
+		b.StartTimer()
+	}
+}
+
+// BenchmarkRestart: Open a cache holding BENCH_KEYS keys (default 1M)
+// until Ready. BENCH_CACHE names a cache file to reuse across runs (made
+// when missing).
+func BenchmarkRestart(b *testing.B) {
+	n := benchN()
+	path := os.Getenv("BENCH_CACHE")
+	if path == "" {
+		path = filepath.Join(b.TempDir(), "proxy.db")
+	}
+	if _, err := os.Stat(path); err != nil {
+		r, err := Open(path, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		installRaw(b, r, encodedChunks(b, 1, n))
+		_ = r.Close()
+	}
+	runtime.GC()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		stop := cpuProfile(b)
+		c0, t0 := cpuTime(), time.Now()
+		r, err := Open(path, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		wall, cpu := time.Since(t0), cpuTime()-c0
+		stop()
+		if st := r.State().Stats(); !st.Ready || st.Keys != n {
+			b.Fatalf("not ready: %+v", st)
+		}
+		b.StopTimer()
+		b.ReportMetric(wall.Seconds(), "s/open")
+		b.ReportMetric(cpu.Seconds(), "cpu-s/open")
+		_ = r.Close()
+		runtime.GC()
+		b.StartTimer()
+	}
+}
+
+// cpuTime is the process's user+system CPU time.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

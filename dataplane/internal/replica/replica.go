@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 
 	"github.com/tollgate-gw/tollgate/dataplane/internal/cache"
@@ -72,8 +74,11 @@ func (r *Replica) load() error {
 	b := r.st.NewSnapshot(rev)
 	b.Presize(r.c.KeysHint())
 	skipped := 0
-	_, _, err = r.c.Load(func(e *syncv1.Entity) error {
-		if err := b.Add(e); err != nil {
+	add := func(err error) error {
+		if errors.Is(err, state.ErrMalformed) {
+			return fmt.Errorf("%w: %v", cache.ErrCorrupt, err)
+		}
+		if err != nil {
 			// Stored by an older or newer binary with other rules: leave it
 			// out (fail closed), as a snapshot would.
 			if skipped++; skipped <= 10 {
@@ -81,7 +86,49 @@ func (r *Replica) load() error {
 			}
 		}
 		return nil
-	})
+	}
+	// Chunks are parsed ahead on the cache's reading goroutines (every CPU
+	// but this one), each into a Chunk that comes back here for reuse.
+	spare := make(chan *state.Chunk, 8)
+	prepare := func(raw []byte) any {
+		var ch *state.Chunk
+		select {
+		case ch = <-spare:
+		default:
+			ch = new(state.Chunk)
+		}
+		if !state.ParseChunk(raw, ch) {
+			return nil // decoded whole below
+		}
+		ch.Prepare()
+		return ch
+	}
+	_, _, err = r.c.LoadRaw(prepare, func(raw []byte, prepared any) error {
+		ch, _ := prepared.(*state.Chunk)
+		if ch == nil {
+			// Not in the form the control plane sends: decode it whole.
+			var m syncv1.ControlMessage
+			if err := proto.Unmarshal(raw, &m); err != nil || m.GetSnapshot() == nil {
+				return fmt.Errorf("%w: snapshot chunk: %v", cache.ErrCorrupt, err)
+			}
+			for _, e := range m.GetSnapshot().GetEntities() {
+				if err := add(b.Add(e)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		for i := range ch.Entities {
+			if err := add(b.AddChunkEntity(ch, i)); err != nil {
+				return err
+			}
+		}
+		select {
+		case spare <- ch:
+		default:
+		}
+		return nil
+	}, func(e *syncv1.Entity) error { return add(b.Add(e)) })
 	if errors.Is(err, cache.ErrCorrupt) {
 		// Start empty; the control plane will send a snapshot.
 		return r.c.Reset(err)
@@ -102,21 +149,26 @@ func (r *Replica) State() *state.State { return r.st }
 func (r *Replica) Revision() int64 { return r.st.Revision() }
 
 // ApplyChunk takes the next chunk of a snapshot. Chunks come with seq 0, 1,
-// 2, ... and one revision; each is added to an in-memory builder and written
-// to the cache's staging area as it arrives (nothing holds the whole
-// snapshot's messages). raw is the encoded ControlMessage c was decoded
-// from, stored as it is; when nil (or when c holds invalid entities) the
-// chunk is encoded here. On the chunk with last=true the snapshot is
-// committed to the cache, then installed in memory, and installed is true.
+// 2, ... and one revision; each is added to an in-memory builder (keys read
+// straight from their encoded form) and written to the cache's staging
+// area as it arrives (nothing holds the whole snapshot's messages). framed
+// is the encoded ControlMessage c was read from, preceded by
+// cache.FrameHeader spare bytes: it is stored as it is (the cache writes its
+// checksum into those bytes) and must not be modified or reused afterwards.
+// When framed is nil (or c holds invalid entities) the chunk is encoded
+// here. On the chunk with last=true the snapshot is committed to the cache,
+// then installed in memory, and installed is true.
 //
 // A chunk that does not continue the snapshot in progress (another
 // revision, or not the next seq) discards it and fails with
 // ErrSnapshotOrder; without a snapshot in progress only seq 0 is accepted.
 // Invalid entities are left out (logged): the key, team, ... simply does not
 // exist on this proxy, as the control plane does with objects it cannot
-// convert. If the cache write or commit fails, the partial snapshot is
-// discarded, nothing is installed and the error is returned.
-func (r *Replica) ApplyChunk(c *syncv1.SnapshotChunk, raw []byte) (installed bool, err error) {
+// convert. An entity that does not decode discards the partial snapshot
+// (error wrapping state.ErrMalformed), as a message that does not decode
+// ends the session. If the cache write or commit fails, the partial
+// snapshot is discarded, nothing is installed and the error is returned.
+func (r *Replica) ApplyChunk(c *state.Chunk, framed []byte) (installed bool, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.c == nil {
@@ -124,67 +176,66 @@ func (r *Replica) ApplyChunk(c *syncv1.SnapshotChunk, raw []byte) (installed boo
 	}
 	p := r.pending
 	switch {
-	case p == nil && c.GetSeq() == 0:
-		w, err := r.c.BeginSnapshot(c.GetRevision())
+	case p == nil && c.Seq == 0:
+		w, err := r.c.BeginSnapshot(c.Revision)
 		if err != nil {
 			return false, err
 		}
-		p = &pending{rev: c.GetRevision(), b: r.st.NewSnapshot(c.GetRevision()), w: w, start: time.Now()}
+		p = &pending{rev: c.Revision, b: r.st.NewSnapshot(c.Revision), w: w, start: time.Now()}
 		r.pending = p
 	case p == nil:
-		return false, fmt.Errorf("%w: got revision %d seq %d, want seq 0", ErrSnapshotOrder, c.GetRevision(), c.GetSeq())
-	case c.GetRevision() != p.rev || c.GetSeq() != p.next:
+		return false, fmt.Errorf("%w: got revision %d seq %d, want seq 0", ErrSnapshotOrder, c.Revision, c.Seq)
+	case c.Revision != p.rev || c.Seq != p.next:
 		r.abortLocked()
 		return false, fmt.Errorf("%w: got revision %d seq %d, want revision %d seq %d; partial snapshot discarded",
-			ErrSnapshotOrder, c.GetRevision(), c.GetSeq(), p.rev, p.next)
+			ErrSnapshotOrder, c.Revision, c.Seq, p.rev, p.next)
 	}
 
-	// The cache write (a copy of the chunk as received, and a bbolt
-	// transaction every ~16 MiB) runs beside the in-memory build. Both only
-	// read the messages.
-	ents := c.GetEntities()
-	var invalid []bool
-	for i, e := range ents {
-		if err := state.Validate(e); err != nil {
-			if invalid == nil {
-				invalid = make([]bool, len(ents))
-			}
-			invalid[i] = true
-			if p.skipped++; p.skipped <= 10 {
-				r.log.Error("replica: leaving invalid entity out of snapshot", "revision", p.rev, "err", err)
-			}
-		}
-	}
-	valid := ents
-	if invalid != nil {
-		valid = make([]*syncv1.Entity, 0, len(ents))
-		for i, e := range ents {
-			if !invalid[i] {
-				valid = append(valid, e)
-			}
-		}
-		raw = nil // the cache keeps only what is installed
-	}
-	if h := c.GetKeysHint(); h > 0 {
+	if h := c.KeysHint; h > 0 {
 		p.b.Presize(int(min(h, 1<<31)))
 	}
-	werr := make(chan error, 1)
-	go func() {
-		if raw != nil {
-			werr <- p.w.WriteChunk(raw)
-		} else {
-			werr <- p.w.Write(valid)
+	// The chunk as received goes to the cache first: it is buffered there
+	// and written by a background transaction every ~16 MiB, beside the
+	// in-memory build. Should the chunk turn out to hold invalid entities,
+	// the stored copy is replaced by one without them below (the cache
+	// keeps only what is installed).
+	if framed != nil {
+		if err := p.w.WriteFramed(framed); err != nil {
+			r.abortLocked()
+			return false, fmt.Errorf("replica: cache snapshot chunk %d: %w", c.Seq, err)
 		}
-	}()
-	for _, e := range valid {
-		_ = p.b.Add(e) // validated above
 	}
-	if err := <-werr; err != nil {
+	var invalid []bool
+	for i := range c.Entities {
+		err := p.b.AddChunkEntity(c, i)
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, state.ErrInvalidEntity) {
+			r.abortLocked()
+			return false, fmt.Errorf("replica: snapshot chunk %d: %w", c.Seq, err)
+		}
+		if invalid == nil {
+			invalid = make([]bool, len(c.Entities))
+		}
+		invalid[i] = true
+		if p.skipped++; p.skipped <= 10 {
+			r.log.Error("replica: leaving invalid entity out of snapshot", "revision", p.rev, "err", err)
+		}
+	}
+	var werr error
+	switch {
+	case framed == nil:
+		werr = p.w.WriteChunk(c.Encode(func(i int) bool { return invalid == nil || !invalid[i] }))
+	case invalid != nil:
+		werr = p.w.ReplaceLast(c.Encode(func(i int) bool { return !invalid[i] }))
+	}
+	if werr != nil {
 		r.abortLocked()
-		return false, fmt.Errorf("replica: cache snapshot chunk %d: %w", c.GetSeq(), err)
+		return false, fmt.Errorf("replica: cache snapshot chunk %d: %w", c.Seq, werr)
 	}
 	p.next++
-	if !c.GetLast() {
+	if !c.Last {
 		return false, nil
 	}
 

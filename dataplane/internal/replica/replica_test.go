@@ -15,8 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 
+	"github.com/tollgate-gw/tollgate/dataplane/internal/cache"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/state/statetest"
 )
@@ -41,7 +44,7 @@ func open(t testing.TB, path string) *Replica {
 func applySnapshot(t testing.TB, r *Replica, rev int64, nKeys, per int) {
 	t.Helper()
 	err := statetest.Chunks(rev, nKeys, per, func(c *syncv1.SnapshotChunk) error {
-		installed, err := r.ApplyChunk(c, nil)
+		installed, err := applyChunk(r, c, nil)
 		if err != nil {
 			return err
 		}
@@ -167,7 +170,7 @@ func TestSnapshotInvisibleUntilLastChunk(t *testing.T) {
 	var chunks []*syncv1.SnapshotChunk
 	_ = statetest.Chunks(20, 200, 50, func(c *syncv1.SnapshotChunk) error { chunks = append(chunks, c); return nil })
 	for _, c := range chunks[:len(chunks)-1] {
-		if installed, err := r.ApplyChunk(c, nil); err != nil || installed {
+		if installed, err := applyChunk(r, c, nil); err != nil || installed {
 			t.Fatalf("chunk %d: %v %v", c.Seq, installed, err)
 		}
 		if dump(r.State(), 200) != before || r.Revision() != 10 {
@@ -181,7 +184,7 @@ func TestSnapshotInvisibleUntilLastChunk(t *testing.T) {
 		t.Fatalf("after crash mid-snapshot:\n%s", firstDiff(before, got))
 	}
 	for _, c := range chunks {
-		if _, err := r.ApplyChunk(c, nil); err != nil {
+		if _, err := applyChunk(r, c, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -217,7 +220,7 @@ func TestChunksOutOfOrder(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var err error
 			for _, c := range tc.chunks {
-				if _, err = r.ApplyChunk(c, nil); err != nil {
+				if _, err = applyChunk(r, c, nil); err != nil {
 					break
 				}
 			}
@@ -228,17 +231,17 @@ func TestChunksOutOfOrder(t *testing.T) {
 				t.Fatal("state changed")
 			}
 			// The partial snapshot is gone: its continuation is refused.
-			if _, err := r.ApplyChunk(chunk(20, 1, true, 42), nil); !errors.Is(err, ErrSnapshotOrder) {
+			if _, err := applyChunk(r, chunk(20, 1, true, 42), nil); !errors.Is(err, ErrSnapshotOrder) {
 				t.Fatalf("continuation accepted: %v", err)
 			}
 		})
 	}
 	// AbortSnapshot, then a clean snapshot works.
-	if _, err := r.ApplyChunk(chunk(30, 0, false, 1), nil); err != nil {
+	if _, err := applyChunk(r, chunk(30, 0, false, 1), nil); err != nil {
 		t.Fatal(err)
 	}
 	r.AbortSnapshot()
-	if ok, err := r.ApplyChunk(chunk(31, 0, true, 2), nil); !ok || err != nil {
+	if ok, err := applyChunk(r, chunk(31, 0, true, 2), nil); !ok || err != nil {
 		t.Fatalf("snapshot after abort: %v %v", ok, err)
 	}
 	if r.Revision() != 31 {
@@ -277,7 +280,7 @@ func TestInvalidEntities(t *testing.T) {
 	c := &syncv1.SnapshotChunk{Revision: 5, Last: true, Entities: []*syncv1.Entity{
 		statetest.Key(1), bad, {Kind: "gadget", Id: "g"}, statetest.Key(3),
 	}}
-	if ok, err := r.ApplyChunk(c, nil); !ok || err != nil {
+	if ok, err := applyChunk(r, c, nil); !ok || err != nil {
 		t.Fatalf("snapshot with bad entities: %v %v", ok, err)
 	}
 	s := r.State()
@@ -389,7 +392,7 @@ func childApply(path string) {
 		os.Exit(1)
 	}
 	err = statetest.Chunks(100, 1000, 250, func(c *syncv1.SnapshotChunk) error {
-		_, err := r.ApplyChunk(c, nil)
+		_, err := applyChunk(r, c, nil)
 		return err
 	})
 	if err != nil {
@@ -435,4 +438,149 @@ func TestConcurrentReadsDuringSync(t *testing.T) {
 		}
 	}
 	done <- struct{}{}
+}
+
+// applyChunk feeds a decoded chunk, encoded entity by entity as the sync
+// client hands them over.
+func applyChunk(r *Replica, c *syncv1.SnapshotChunk, raw []byte) (bool, error) {
+	wc, err := state.ChunkOf(c)
+	if err != nil {
+		return false, err
+	}
+	return r.ApplyChunk(wc, raw)
+}
+
+// framedChunk encodes c as the sync client hands it over: the chunk's
+// entities encoded, and the message after cache.FrameHeader spare bytes.
+func framedChunk(t *testing.T, c *syncv1.SnapshotChunk) (*state.Chunk, []byte) {
+	t.Helper()
+	raw, err := proto.Marshal(&syncv1.ControlMessage{Msg: &syncv1.ControlMessage_Snapshot{Snapshot: c}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	framed := append(make([]byte, cache.FrameHeader), raw...)
+	var wc state.Chunk
+	if !state.ParseChunk(framed[cache.FrameHeader:], &wc) {
+		t.Fatal("not a chunk")
+	}
+	wc.Prepare()
+	return &wc, framed
+}
+
+// TestFramedChunksWithInvalidEntities: chunks stored as received, except
+// those holding invalid entities, which are stored without them.
+func TestFramedChunksWithInvalidEntities(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "proxy.db")
+	r := open(t, path)
+	bad := statetest.Key(2)
+	bad.GetKey().KeyHash = []byte("short")
+	chunks := []*syncv1.SnapshotChunk{
+		{Revision: 5, Seq: 0, Entities: []*syncv1.Entity{statetest.Team(1), statetest.Key(1), bad, {Kind: "gadget", Id: "g"}}},
+		{Revision: 5, Seq: 1, Entities: []*syncv1.Entity{statetest.Key(3), statetest.Key(4)}},
+		{Revision: 5, Seq: 2, Last: true, Entities: []*syncv1.Entity{statetest.Key(5), {Kind: "key", Id: "k"}}},
+	}
+	for _, c := range chunks {
+		wc, framed := framedChunk(t, c)
+		if ok, err := r.ApplyChunk(wc, framed); err != nil || ok != c.Last {
+			t.Fatalf("chunk %d: %v %v", c.Seq, ok, err)
+		}
+	}
+	want := dump(r.State(), 10)
+	for _, i := range []int{1, 3, 4, 5} {
+		if !strings.Contains(want, statetest.TokenID(i)) {
+			t.Fatalf("key %d missing", i)
+		}
+	}
+	if strings.Contains(want, statetest.TokenID(2)) {
+		t.Fatal("invalid key installed")
+	}
+	r.Close()
+	c, err := cache.Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	if _, _, err := c.Load(func(e *syncv1.Entity) error { ids = append(ids, e.Id); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if got := strings.Join(ids, ","); got != strings.Join([]string{"team-1", statetest.TokenID(1), statetest.TokenID(3), statetest.TokenID(4), statetest.TokenID(5)}, ",") {
+		t.Fatalf("cache holds %s", got)
+	}
+	if got := dump(open(t, path).State(), 10); got != want {
+		t.Fatalf("reopen:\n%s", firstDiff(want, got))
+	}
+}
+
+// TestMalformedEntityDiscardsSnapshot: an entity that does not decode
+// discards the snapshot in progress; the installed state stays.
+func TestMalformedEntityDiscardsSnapshot(t *testing.T) {
+	r := open(t, filepath.Join(t.TempDir(), "proxy.db"))
+	applySnapshot(t, r, 5, 50, 20)
+	before := dump(r.State(), 50)
+	wc, framed := framedChunk(t, &syncv1.SnapshotChunk{Revision: 9, Entities: []*syncv1.Entity{statetest.Key(60)}})
+	if _, err := r.ApplyChunk(wc, framed); err != nil {
+		t.Fatal(err)
+	}
+	body := proto.Clone(statetest.Key(61)).(*syncv1.Entity)
+	wc, framed = framedChunk(t, &syncv1.SnapshotChunk{Revision: 9, Seq: 1, Last: true, Entities: []*syncv1.Entity{body}})
+	wc.Entities[0] = wc.Entities[0][:len(wc.Entities[0])-3] // cut inside the key
+	wc.Prepare()
+	if _, err := r.ApplyChunk(wc, framed); !errors.Is(err, state.ErrMalformed) {
+		t.Fatalf("malformed entity: %v", err)
+	}
+	if got := dump(r.State(), 50); got != before || r.Revision() != 5 {
+		t.Fatalf("state changed:\n%s", firstDiff(before, got))
+	}
+	if _, err := r.ApplyChunk(framedChunk(t, &syncv1.SnapshotChunk{Revision: 9, Seq: 1})); !errors.Is(err, ErrSnapshotOrder) {
+		t.Fatalf("snapshot still in progress: %v", err)
+	}
+	applySnapshot(t, r, 10, 50, 20)
+}
+
+// TestRestartFromPreviousReleaseCache: a cache as the previous release
+// wrote it (chunks encoded by proto.Marshal, entities decoded on load)
+// loads into the state a snapshot install gives.
+func TestRestartFromPreviousReleaseCache(t *testing.T) {
+	dir := t.TempDir()
+	c, err := cache.Open(filepath.Join(dir, "old.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.BeginSnapshot(100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := open(t, filepath.Join(dir, "new.db"))
+	err = statetest.Chunks(100, 3000, 700, func(ch *syncv1.SnapshotChunk) error {
+		if err := w.Write(ch.Entities); err != nil {
+			return err
+		}
+		_, err := applyChunk(r, ch, nil)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.SetKeys(3000)
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	blocked := statetest.Key(5)
+	blocked.GetKey().Blocked = true
+	d := delta(100, 101, blocked, statetest.Tombstone("key", statetest.TokenID(6)), statetest.Key(3005))
+	if err := c.ApplyDelta(d); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.ApplyDelta(d); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	want := dump(r.State(), 3010)
+	if got := dump(open(t, filepath.Join(dir, "old.db")).State(), 3010); got != want {
+		t.Fatalf("state from the older cache differs:\n%s", firstDiff(want, got))
+	}
+	if !strings.Contains(want, "Blocked:true") {
+		t.Fatal("blocked key lost")
+	}
 }

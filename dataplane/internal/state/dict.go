@@ -2,11 +2,8 @@ package state
 
 import (
 	"encoding/binary"
-	"slices"
 	"strings"
 	"sync/atomic"
-
-	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 )
 
 // dict interns what many keys share: policies (models, enforced params,
@@ -26,7 +23,9 @@ type dict struct {
 	durIdx map[string]uint32
 
 	scratch []byte
-	keys    []string
+	// The profile interned last (writer only).
+	lastLim    limitsRec
+	lastLimIdx uint32
 }
 
 // limitsRec is Limits without the per-key reset time, pointer-free so it can
@@ -49,10 +48,11 @@ func newDict() *dict {
 	}
 	pols := []*Policy{emptyPolicy}
 	d.policies.Store(&pols)
-	d.polIdx[string(d.policyKey(&syncv1.Key{}))] = 0
+	d.polIdx[string(d.policyKey(&keyView{}))] = 0
 	lims := []limitsRec{noLimits}
 	d.limits.Store(&lims)
 	d.limIdx[noLimits] = 0
+	d.lastLim = noLimits
 	durs := []string{""}
 	d.durs.Store(&durs)
 	return d
@@ -81,32 +81,44 @@ func (d *dict) limitsAt(i uint32, resetAt int64) Limits {
 	}
 }
 
-// internLimits returns the index of l's profile. A nil l means no limits.
-func (d *dict) internLimits(l *syncv1.Limits) uint32 {
-	if l == nil {
+// internLimits returns the index of k's limits profile (0, no limits,
+// when k has none).
+func (d *dict) internLimits(k *keyView) uint32 {
+	if !k.hasLimits {
 		return 0
 	}
-	dur, ok := d.durIdx[l.BudgetDuration]
+	l := &k.limits
+	dur, ok := uint32(0), l.duration == "" // index 0 is ""
 	if !ok {
-		dur = publish(&d.durs, strings.Clone(l.BudgetDuration))
+		dur, ok = d.durIdx[l.duration]
+	}
+	if !ok {
+		dur = publish(&d.durs, strings.Clone(l.duration))
 		d.durIdx[(*d.durs.Load())[dur]] = dur
 	}
 	r := limitsRec{
-		maxBudget: l.MaxBudget, softBudget: l.SoftBudget,
-		rpm: l.RpmLimit, tpm: l.TpmLimit, parallel: l.MaxParallelRequests,
+		maxBudget: l.maxBudget, softBudget: l.softBudget,
+		rpm: l.rpm, tpm: l.tpm, parallel: l.parallel,
 		dur: dur,
 	}
-	if i, ok := d.limIdx[r]; ok {
-		return i
+	if d.lastLim == r {
+		return d.lastLimIdx // keys in a row often share their limits
 	}
-	i := publish(&d.limits, r)
-	d.limIdx[r] = i
+	i, ok := d.limIdx[r]
+	if !ok {
+		i = publish(&d.limits, r)
+		d.limIdx[r] = i
+	}
+	d.lastLim, d.lastLimIdx = r, i
 	return i
 }
 
 // internPolicy returns the index of k's policy, creating it when new.
 // Identical policies (same lists in the same order, same maps) share one.
-func (d *dict) internPolicy(k *syncv1.Key) uint32 {
+func (d *dict) internPolicy(k *keyView) uint32 {
+	if len(k.models)+len(k.enforced)+len(k.routes)+len(k.tags)+len(k.rpm)+len(k.tpm)+len(k.budgets) == 0 {
+		return 0 // the empty policy, most keys'
+	}
 	b := d.policyKey(k)
 	if i, ok := d.polIdx[string(b)]; ok {
 		return i
@@ -118,33 +130,30 @@ func (d *dict) internPolicy(k *syncv1.Key) uint32 {
 
 // policyKey is the canonical encoding of k's policy (maps in key order),
 // built in d.scratch.
-func (d *dict) policyKey(k *syncv1.Key) []byte {
+func (d *dict) policyKey(k *keyView) []byte {
 	b := d.scratch[:0]
-	b = appendList(b, k.Models)
-	b = appendList(b, k.EnforcedParams)
-	b = appendList(b, k.AllowedRoutes)
-	b = appendList(b, k.Tags)
-	d.keys = sortedKeys(d.keys[:0], k.ModelRpmLimit)
-	b = binary.AppendUvarint(b, uint64(len(d.keys)))
-	for _, m := range d.keys {
-		b = appendStr(b, m)
-		b = binary.AppendVarint(b, k.ModelRpmLimit[m])
-	}
-	d.keys = sortedKeys(d.keys[:0], k.ModelTpmLimit)
-	b = binary.AppendUvarint(b, uint64(len(d.keys)))
-	for _, m := range d.keys {
-		b = appendStr(b, m)
-		b = binary.AppendVarint(b, k.ModelTpmLimit[m])
-	}
-	d.keys = sortedKeys(d.keys[:0], k.ModelMaxBudget)
-	b = binary.AppendUvarint(b, uint64(len(d.keys)))
-	for _, m := range d.keys {
-		mb := k.ModelMaxBudget[m]
-		b = appendStr(b, m)
-		b = binary.AppendVarint(b, mb.GetBudgetLimit())
-		b = appendStr(b, mb.GetTimePeriod())
+	b = appendList(b, k.models)
+	b = appendList(b, k.enforced)
+	b = appendList(b, k.routes)
+	b = appendList(b, k.tags)
+	b = appendModelInts(b, k.rpm)
+	b = appendModelInts(b, k.tpm)
+	b = binary.AppendUvarint(b, uint64(len(k.budgets)))
+	for _, mb := range k.budgets {
+		b = appendStr(b, mb.model)
+		b = binary.AppendVarint(b, mb.limit)
+		b = appendStr(b, mb.period)
 	}
 	d.scratch = b
+	return b
+}
+
+func appendModelInts(b []byte, l []modelInt) []byte {
+	b = binary.AppendUvarint(b, uint64(len(l)))
+	for _, m := range l {
+		b = appendStr(b, m.model)
+		b = binary.AppendVarint(b, m.v)
+	}
 	return b
 }
 
@@ -161,41 +170,34 @@ func appendList(b []byte, l []string) []byte {
 	return b
 }
 
-func sortedKeys[V any](dst []string, m map[string]V) []string {
-	for k := range m {
-		dst = append(dst, k)
-	}
-	slices.Sort(dst)
-	return dst
-}
-
 // newPolicy copies k's policy fields; empty lists and maps become nil.
-func newPolicy(k *syncv1.Key) *Policy {
+func newPolicy(k *keyView) *Policy {
 	p := &Policy{
-		Models:         cloneList(k.Models),
-		EnforcedParams: cloneList(k.EnforcedParams),
-		AllowedRoutes:  cloneList(k.AllowedRoutes),
-		Tags:           cloneList(k.Tags),
+		Models:         cloneList(k.models),
+		EnforcedParams: cloneList(k.enforced),
+		AllowedRoutes:  cloneList(k.routes),
+		Tags:           cloneList(k.tags),
+		ModelRPMLimit:  modelMap(k.rpm),
+		ModelTPMLimit:  modelMap(k.tpm),
 	}
-	if len(k.ModelRpmLimit) > 0 {
-		p.ModelRPMLimit = make(map[string]int64, len(k.ModelRpmLimit))
-		for m, v := range k.ModelRpmLimit {
-			p.ModelRPMLimit[strings.Clone(m)] = v
-		}
-	}
-	if len(k.ModelTpmLimit) > 0 {
-		p.ModelTPMLimit = make(map[string]int64, len(k.ModelTpmLimit))
-		for m, v := range k.ModelTpmLimit {
-			p.ModelTPMLimit[strings.Clone(m)] = v
-		}
-	}
-	if len(k.ModelMaxBudget) > 0 {
-		p.ModelMaxBudget = make(map[string]ModelBudget, len(k.ModelMaxBudget))
-		for m, v := range k.ModelMaxBudget {
-			p.ModelMaxBudget[strings.Clone(m)] = ModelBudget{BudgetLimit: v.GetBudgetLimit(), TimePeriod: strings.Clone(v.GetTimePeriod())}
+	if len(k.budgets) > 0 {
+		p.ModelMaxBudget = make(map[string]ModelBudget, len(k.budgets))
+		for _, v := range k.budgets {
+			p.ModelMaxBudget[strings.Clone(v.model)] = ModelBudget{BudgetLimit: v.limit, TimePeriod: strings.Clone(v.period)}
 		}
 	}
 	return p
+}
+
+func modelMap(l []modelInt) map[string]int64 {
+	if len(l) == 0 {
+		return nil
+	}
+	m := make(map[string]int64, len(l))
+	for _, v := range l {
+		m[strings.Clone(v.model)] = v.v
+	}
+	return m
 }
 
 // cloneList copies l (strings included, so a policy never pins a decoded

@@ -34,6 +34,15 @@
 //
 // Snapshots are built with NewSnapshot/Builder.Add into a fresh table and
 // maps that nobody reads, then published by Install with one pointer store.
+// A snapshot's key table is filled in bulk: records are appended, and the
+// token-id and shard indexes are built once at the end, in memory order,
+// the shards on every CPU (a repeated token id keeps its last record; a
+// tombstone ends bulk mode early). Keys come either decoded
+// (Builder.Add) or encoded: Builder.AddWire and AddChunkEntity read a key
+// entity straight from its wire form (wire.go), only the fields the table
+// keeps, without allocating; Chunk.Prepare does that parse ahead, on
+// another goroutine. Anything the parser does not expect is decoded with
+// proto.Unmarshal instead, so both paths give the same table.
 //
 // # Thread safety
 //
@@ -55,7 +64,8 @@
 //     and changes nothing; so does a delta with any invalid entity
 //     (ErrInvalidEntity: unknown kind, missing value, key hash not 32 bytes,
 //     ids over 1024 bytes, general_settings not a JSON object).
-//   - Builder.Add rejects an invalid entity and stays usable.
+//   - Builder.Add rejects an invalid entity and stays usable; so does
+//     AddWire, and bytes that do not decode fail with ErrMalformed.
 //   - Hashes are never echoed in errors.
 //   - Expired previous hashes stop matching at their deadline but keep
 //     their record until the key changes, a compaction, or the next

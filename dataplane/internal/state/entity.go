@@ -38,8 +38,12 @@ var (
 )
 
 func invalid(e *syncv1.Entity, why string) error {
+	return invalidID(e.GetKind(), e.GetId(), why)
+}
+
+func invalidID(kind, id, why string) error {
 	// Never echo hashes or values: only kind and id.
-	return fmt.Errorf("%w: %s %q: %s", ErrInvalidEntity, e.GetKind(), e.GetId(), why)
+	return fmt.Errorf("%w: %s %q: %s", ErrInvalidEntity, kind, id, why)
 }
 
 // Validate reports whether e can be applied (a tombstone needs only a known

@@ -3,8 +3,10 @@ package state
 import (
 	"hash/maphash"
 	"math"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
@@ -106,6 +108,7 @@ type keyTable struct {
 	ms *modelSpends
 
 	// Writer-only state: readers never touch it.
+	view    keyView // put's scratch
 	tokSeed maphash.Seed
 	tok     []uint32 // token id index: tag | global ref of the key's entry + 1
 	tokN    int
@@ -113,6 +116,20 @@ type keyTable struct {
 	keys    int
 	prevN   int
 	dead    int // tombstoned records
+
+	// bulk is set while a snapshot is built (nobody reads the table yet):
+	// put only appends records, and finishBulk builds the indexes at the
+	// end, in memory order (see there). bulkTok lists the keys put since,
+	// in order.
+	bulk    bool
+	bulkTok []bulkKey
+}
+
+// bulkKey is a key put in bulk mode: the hash of its token id and its
+// record.
+type bulkKey struct {
+	h   uint64
+	ref uint32
 }
 
 func newKeyTable(d *dict) *keyTable {
@@ -233,27 +250,48 @@ func (t *keyTable) setToken(e *entry, id string) {
 
 // put inserts or replaces the key with token id id. k must be valid.
 func (t *keyTable) put(id string, k *syncv1.Key) {
+	t.view.fromProto(k)
+	t.putView(id, &t.view)
+}
+
+// putView inserts or replaces the key with token id id. k must be valid;
+// id and k may alias a buffer (everything kept is copied).
+func (t *keyTable) putView(id string, k *keyView) {
 	var ne entry
-	copy(ne.hash[:], k.KeyHash)
-	ne.user = t.ids.intern(t.ar, k.UserId)
-	ne.team = t.ids.intern(t.ar, k.TeamId)
-	ne.org = t.ids.intern(t.ar, k.OrganizationId)
+	copy(ne.hash[:], k.hash)
+	ne.user = t.ids.intern(t.ar, k.user)
+	ne.team = t.ids.intern(t.ar, k.team)
+	ne.org = t.ids.intern(t.ar, k.org)
 	ne.pol = t.d.internPolicy(k) << polShift
-	if k.Blocked {
+	if k.blocked {
 		ne.pol |= flagBlocked
 	}
-	if k.ServiceAccount {
+	if k.serviceAccount {
 		ne.pol |= flagServiceAccount
 	}
-	if len(k.PreviousHashes) > 0 {
+	if len(k.prevs) > 0 {
 		ne.pol |= flagHasPrev
 	}
-	ne.lim = t.d.internLimits(k.Limits)
-	ne.resetAt = clampUnix(k.Limits.GetBudgetResetAtUnix())
-	ne.expires = clampUnix(k.ExpiresUnix)
-	ne.spend = k.Spend
+	ne.lim = t.d.internLimits(k)
+	if k.hasLimits {
+		ne.resetAt = clampUnix(k.limits.resetAt)
+	}
+	ne.expires = clampUnix(k.expires)
+	ne.spend = k.spend
 	t.ms.set(id, k)
 
+	if t.bulk {
+		// A repeated id is resolved by finishBulk (the later record
+		// wins); its previous hashes, kept by id, are synced here.
+		t.setToken(&ne, id)
+		ref := t.insertMain(&ne)
+		t.bulkTok = append(t.bulkTok, bulkKey{maphash.String(t.tokSeed, id), ref})
+		t.keys++
+		if len(k.prevs) > 0 || (len(t.prevOf) > 0 && t.prevOf[id] != nil) {
+			t.syncPrevs(id, &ne, k.prevs)
+		}
+		return
+	}
 	slot, oldRef, found := t.findTok(id)
 	hadPrev := false
 	if found {
@@ -265,8 +303,8 @@ func (t *keyTable) put(id string, k *syncv1.Key) {
 			sh.mu.Lock()
 			old.setFields(&ne)
 			sh.mu.Unlock()
-			if hadPrev || len(k.PreviousHashes) > 0 {
-				t.syncPrevs(id, &ne, k.PreviousHashes)
+			if hadPrev || len(k.prevs) > 0 {
+				t.syncPrevs(id, &ne, k.prevs)
 			}
 			return
 		}
@@ -283,8 +321,8 @@ func (t *keyTable) put(id string, k *syncv1.Key) {
 		t.addTok(id, ref)
 		t.keys++
 	}
-	if hadPrev || len(k.PreviousHashes) > 0 {
-		t.syncPrevs(id, &ne, k.PreviousHashes)
+	if hadPrev || len(k.prevs) > 0 {
+		t.syncPrevs(id, &ne, k.prevs)
 	}
 	if found {
 		t.removeMain(oldRef)
@@ -293,6 +331,7 @@ func (t *keyTable) put(id string, k *syncv1.Key) {
 
 // del removes the key with token id id, if present.
 func (t *keyTable) del(id string) {
+	t.finishBulk()
 	t.ms.del(id)
 	slot, ref, found := t.findTok(id)
 	if !found {
@@ -312,17 +351,17 @@ func (t *keyTable) del(id string) {
 // syncPrevs makes key id's previous-hash copies match prevs, each a copy of
 // ne. Copies whose hash stays are updated in place (atomically for
 // readers); new ones are inserted before stale ones are removed.
-func (t *keyTable) syncPrevs(id string, ne *entry, prevs []*syncv1.PreviousHash) {
+func (t *keyTable) syncPrevs(id string, ne *entry, prevs []prevView) {
 	old := t.prevOf[id]
 	var keep []uint32
 next:
 	for _, p := range prevs {
 		var pe prevEntry
 		pe.entry = *ne
-		copy(pe.hash[:], p.KeyHash)
-		pe.validUntil = p.ValidUntilUnixMs
+		copy(pe.hash[:], p.hash)
+		pe.validUntil = p.validUntilMilli
 		if pe.validUntil == 0 { // an older control plane: whole seconds
-			pe.validUntil = p.ValidUntilUnix * 1000
+			pe.validUntil = p.validUntil * 1000
 		}
 		if pe.hash == ne.hash {
 			continue
@@ -353,10 +392,9 @@ next:
 		}
 	}
 	if len(keep) > 0 {
-		if old == nil {
-			id = strings.Clone(id) // own the key: id may alias a message
-		}
-		t.prevOf[id] = keep
+		// Own the key: id may alias a buffer, and storing under an
+		// existing string key replaces the key too.
+		t.prevOf[strings.Clone(id)] = keep
 	} else {
 		delete(t.prevOf, id)
 	}
@@ -366,6 +404,13 @@ func (t *keyTable) insertMain(e *entry) uint32 {
 	h := t.hashOf(&e.hash)
 	si := h >> (64 - shardBits)
 	sh := &t.shards[si]
+	if t.bulk { // not published: no lock, no index yet
+		if len(sh.entries) >= maxPerShard {
+			panic("state: key table shard full")
+		}
+		sh.entries = append(sh.entries, *e)
+		return uint32(si)<<refShift | uint32(len(sh.entries)-1)
+	}
 	sh.mu.Lock()
 	t.reserveSlot(sh)
 	if len(sh.entries) >= maxPerShard {
@@ -383,6 +428,14 @@ func (t *keyTable) insertPrev(p *prevEntry) uint32 {
 	h := t.hashOf(&p.hash)
 	si := h >> (64 - shardBits)
 	sh := &t.shards[si]
+	if t.bulk {
+		if len(sh.prevs) >= maxPerShard {
+			panic("state: key table shard full")
+		}
+		sh.prevs = append(sh.prevs, *p)
+		t.prevN++
+		return uint32(si)<<refShift | uint32(len(sh.prevs)-1)
+	}
 	sh.mu.Lock()
 	t.reserveSlot(sh)
 	if len(sh.prevs) >= maxPerShard {
@@ -411,6 +464,12 @@ func (t *keyTable) removeMain(ref uint32) {
 func (t *keyTable) removePrev(ref uint32) {
 	sh := &t.shards[ref>>refShift]
 	i := ref & refIdxMask
+	if t.bulk {
+		sh.prevs[i].tokLen = tokDead
+		t.prevN--
+		t.dead++
+		return
+	}
 	sh.mu.Lock()
 	h := t.hashOf(&sh.prevs[i].hash)
 	t.removeSlot(sh, h, (i+1)|tagOf(h)|slotPrevBit)
@@ -594,6 +653,105 @@ func (t *keyTable) delTokSlot(i uint64) {
 	t.tokN--
 }
 
+// ---- bulk build ----
+
+// finishBulk ends bulk mode: it indexes the token ids of the keys put
+// since, in order (a repeated id keeps its last record; the earlier ones
+// become tombstones), then builds every shard's index from its live
+// records. Inserting into the indexes key by key, between parsing and
+// interning, costs a cache miss per key and index that nothing overlaps;
+// here the indexes fill in one tight loop each, in memory order (on every
+// CPU for the shards), where the misses of consecutive keys overlap.
+func (t *keyTable) finishBulk() {
+	if !t.bulk {
+		return
+	}
+	t.bulk = false
+	if need := pow2((t.tokN + len(t.bulkTok) + 1) * 4 / 3); need > len(t.tok) {
+		t.tok = make([]uint32, need) // empty: bulk mode starts with an empty table
+	}
+	mask := uint64(len(t.tok) - 1)
+	for _, b := range t.bulkTok {
+		tag := tokTag(b.h)
+		i := b.h & mask
+		for ; t.tok[i] != 0; i = (i + 1) & mask {
+			v := t.tok[i]
+			if v&tokTagMask != tag {
+				continue
+			}
+			old := v&tokRefMask - 1
+			if oe := t.mainAt(old); t.tokenID(oe) == t.tokenID(t.mainAt(b.ref)) {
+				oe.tokLen = tokDead // put again later: the later record wins
+				t.dead++
+				t.keys--
+				t.tokN--
+				break
+			}
+		}
+		t.tok[i] = tag | (b.ref + 1)
+		t.tokN++
+	}
+	t.bulkTok = nil
+	parallelShards(func(sh *shard) {
+		n := 0
+		for i := range sh.entries {
+			if sh.entries[i].tokLen != tokDead {
+				n++
+			}
+		}
+		for i := range sh.prevs {
+			if sh.prevs[i].tokLen != tokDead {
+				n++
+			}
+		}
+		if n*4 > len(sh.index)*3 {
+			sh.index = make([]uint32, pow2(n*4/3+1))
+		}
+		clear(sh.index)
+		sh.n = n
+		// growIndex's loop, into an index of the right size.
+		mask := uint64(len(sh.index) - 1)
+		put := func(h uint64, v uint32) {
+			i := h & mask
+			for sh.index[i] != 0 {
+				i = (i + 1) & mask
+			}
+			sh.index[i] = v
+		}
+		for n := range sh.entries {
+			if e := &sh.entries[n]; e.tokLen != tokDead {
+				h := t.hashOf(&e.hash)
+				put(h, uint32(n+1)|tagOf(h))
+			}
+		}
+		for n := range sh.prevs {
+			if p := &sh.prevs[n]; p.tokLen != tokDead {
+				h := t.hashOf(&p.hash)
+				put(h, uint32(n+1)|tagOf(h)|slotPrevBit)
+			}
+		}
+	}, t)
+}
+
+// parallelShards runs fn on every shard of t, on every CPU.
+func parallelShards(fn func(sh *shard), t *keyTable) {
+	workers := min(runtime.GOMAXPROCS(0), numShards)
+	var next atomic.Int32
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= numShards {
+					return
+				}
+				fn(&t.shards[i])
+			}
+		})
+	}
+	wg.Wait()
+}
+
 // ---- maintenance ----
 
 // trim drops most append slack from the record slices of a table that is
@@ -662,6 +820,9 @@ func (t *keyTable) compacted() *keyTable {
 // hashes, so that filling it never regrows an index.
 func (t *keyTable) presize(keys, prevs int) {
 	t.tok = make([]uint32, pow2(keys*4/3+1))
+	if t.bulk {
+		t.bulkTok = make([]bulkKey, 0, keys+keys/64)
+	}
 	per := (keys+prevs)/numShards + (keys+prevs)/numShards/8 + 16
 	for i := range t.shards {
 		sh := &t.shards[i]
@@ -702,24 +863,34 @@ type modelSpends struct {
 
 func newModelSpends() *modelSpends { return &modelSpends{m: make(map[string]map[string]int64)} }
 
-func (s *modelSpends) set(id string, k *syncv1.Key) {
+func (s *modelSpends) set(id string, k *keyView) {
 	var spend map[string]int64
-	if len(k.ModelMaxBudget) > 0 {
-		for m, v := range k.ModelSpend {
-			if _, ok := k.ModelMaxBudget[m]; ok && v != 0 {
+	if len(k.budgets) > 0 {
+		// Both sorted by model: a merge.
+		j := 0
+		for _, ms := range k.modelSpend {
+			for j < len(k.budgets) && k.budgets[j].model < ms.model {
+				j++
+			}
+			if j < len(k.budgets) && k.budgets[j].model == ms.model && ms.v != 0 {
 				if spend == nil {
-					spend = make(map[string]int64, len(k.ModelMaxBudget))
+					spend = make(map[string]int64, len(k.budgets))
 				}
-				spend[strings.Clone(m)] = v
+				spend[strings.Clone(ms.model)] = ms.v
 			}
 		}
 	}
-	s.mu.Lock()
 	if spend == nil {
+		if len(s.m) == 0 {
+			return // the common case at a snapshot: no lock
+		}
+		s.mu.Lock()
 		delete(s.m, id)
-	} else {
-		s.m[strings.Clone(id)] = spend
+		s.mu.Unlock()
+		return
 	}
+	s.mu.Lock()
+	s.m[strings.Clone(id)] = spend
 	s.mu.Unlock()
 }
 
@@ -734,4 +905,11 @@ func (s *modelSpends) get(id, model string) int64 {
 	v := s.m[id][model]
 	s.mu.RUnlock()
 	return v
+}
+
+// newBulkKeyTable is newKeyTable in bulk mode (a snapshot's Builder).
+func newBulkKeyTable(d *dict) *keyTable {
+	t := newKeyTable(d)
+	t.bulk = true
+	return t
 }

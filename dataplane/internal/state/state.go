@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"google.golang.org/protobuf/proto"
+
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 )
 
@@ -203,6 +205,7 @@ type Builder struct {
 	settings *Settings
 	n        int
 	done     bool
+	wire     wireEntity // AddWire's scratch
 }
 
 // NewSnapshot starts a snapshot at revision rev. The state is untouched
@@ -210,7 +213,7 @@ type Builder struct {
 func (s *State) NewSnapshot(rev int64) *Builder {
 	return &Builder{
 		rev:      rev,
-		keys:     newKeyTable(newDict()),
+		keys:     newBulkKeyTable(newDict()),
 		teams:    newCowMap[Team](),
 		users:    newCowMap[User](),
 		orgs:     newCowMap[Org](),
@@ -234,7 +237,10 @@ func (b *Builder) Presize(keys int) {
 }
 
 // Keys is the number of keys in the builder.
-func (b *Builder) Keys() int { return b.keys.keys }
+func (b *Builder) Keys() int {
+	b.keys.finishBulk() // counts repeated ids once
+	return b.keys.keys
+}
 
 // Len is the number of entities added (puts, counting repeats).
 func (b *Builder) Len() int { return b.n }
@@ -298,6 +304,62 @@ func (b *Builder) Add(e *syncv1.Entity) error {
 	return nil
 }
 
+// ErrMalformed is wrapped by AddWire's error for bytes that are not an
+// encoded Entity.
+var ErrMalformed = errors.New("state: undecodable entity")
+
+// AddWire is Add for an encoded syncv1.Entity: a key is read straight from
+// its wire form (no decoded message, no allocation), anything else is
+// decoded and added. Bytes that do not decode fail with an error wrapping
+// ErrMalformed. raw may be reused afterwards.
+func (b *Builder) AddWire(raw []byte) error {
+	if b.done {
+		return errInstalled
+	}
+	w := &b.wire
+	if !w.parse(raw) {
+		return b.addDecoded(raw)
+	}
+	return b.addParsed(w)
+}
+
+// AddChunkEntity adds c's entity i: AddWire(c.Entities[i]), reading what
+// c.Prepare parsed, if it was called.
+func (b *Builder) AddChunkEntity(c *Chunk, i int) error {
+	if i >= len(c.parsed) {
+		return b.AddWire(c.Entities[i])
+	}
+	if b.done {
+		return errInstalled
+	}
+	if p := &c.parsed[i]; p.ok {
+		return b.addParsed(&p.w)
+	}
+	return b.addDecoded(c.Entities[i])
+}
+
+// addDecoded adds an entity that parse declined: decoded, or refused.
+func (b *Builder) addDecoded(raw []byte) error {
+	e := new(syncv1.Entity)
+	if err := proto.Unmarshal(raw, e); err != nil {
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	return b.Add(e)
+}
+
+func (b *Builder) addParsed(w *wireEntity) error {
+	if err := w.validate(); err != nil {
+		return err
+	}
+	if w.deleted {
+		b.keys.del(w.id)
+		return nil
+	}
+	b.n++
+	b.keys.putView(w.id, &w.key)
+	return nil
+}
+
 func settingsFrom(e *syncv1.Entity) *Settings {
 	if e.Deleted {
 		return emptySettings
@@ -316,6 +378,7 @@ func (s *State) Install(b *Builder) {
 		panic(errInstalled)
 	}
 	b.done = true
+	b.keys.finishBulk()
 	b.keys.trim() // b is not shared: no lock needed, none held while copying
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -73,14 +73,19 @@ import (
 	"google.golang.org/grpc/status"
 
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
+
+	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
 )
 
 // Applier is the replica the client feeds.
 type Applier interface {
 	Revision() int64
-	// ApplyChunk gets the chunk and the encoded ControlMessage it came in
-	// (which the replica's cache stores as it is).
-	ApplyChunk(c *syncv1.SnapshotChunk, raw []byte) (installed bool, err error)
+	// ApplyChunk gets the chunk (its entities encoded, keys parsed ahead)
+	// and the encoded ControlMessage it came in, after 4 spare bytes
+	// (which the replica's cache fills and stores as they are; the client
+	// never touches framed again); framed is nil when the chunk had to be
+	// encoded again.
+	ApplyChunk(c *state.Chunk, framed []byte) (installed bool, err error)
 	AbortSnapshot()
 	ApplyDelta(d *syncv1.Delta) error
 }
@@ -451,11 +456,16 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 		err error
 	}
 	inbox := make(chan next)
+	spare := make(chan *state.Chunk, 1) // applied chunks, to parse the next into
 	go func() {
 		for {
 			lastRecv.Store(time.Now().UnixNano())
 			busy.Store(false)
 			var n next
+			select {
+			case n.rm.chunk = <-spare:
+			default:
+			}
 			n.err = stream.RecvMsg(&n.rm)
 			busy.Store(true)
 			select {
@@ -482,7 +492,7 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 		msg := rm.msg
 		heard.Store(true)
 		now := time.Now()
-		if msg.GetHeartbeat().GetLivenessOnly() {
+		if rm.chunk == nil && msg.GetHeartbeat().GetLivenessOnly() {
 			continue // the first answer is on its way
 		}
 		if !answered {
@@ -497,21 +507,27 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 				go c.reportLeases(sctx, stream)
 			}
 		}
-		switch m := msg.Msg.(type) {
-		case *syncv1.ControlMessage_Snapshot:
+		if ch := rm.chunk; ch != nil {
 			t0 := time.Now()
-			installed, err := c.a.ApplyChunk(m.Snapshot, rm.raw)
+			installed, err := c.a.ApplyChunk(ch, rm.framed)
 			snapApply += time.Since(t0)
 			if err != nil {
-				return fmt.Errorf("snapshot chunk %d at revision %d: %w", m.Snapshot.GetSeq(), m.Snapshot.GetRevision(), err)
+				return fmt.Errorf("snapshot chunk %d at revision %d: %w", ch.Seq, ch.Revision, err)
 			}
 			if installed {
 				c.m.applySnap.Observe(snapApply.Seconds())
 				snapApply = 0
 				c.m.snapshots.Inc()
-				c.log.Info("snapshot installed", "revision", m.Snapshot.GetRevision())
-				c.applied(stream, m.Snapshot.GetRevision(), now)
+				c.log.Info("snapshot installed", "revision", ch.Revision)
+				c.applied(stream, ch.Revision, now)
 			}
+			select {
+			case spare <- ch: // the replica keeps nothing of it
+			default:
+			}
+			continue
+		}
+		switch m := msg.Msg.(type) {
 		case *syncv1.ControlMessage_Delta:
 			d := m.Delta
 			cur := c.a.Revision()

@@ -19,6 +19,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
+
+	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
 )
 
 // fakeApplier records what it is fed and enforces revision order.
@@ -31,19 +33,34 @@ type fakeApplier struct {
 }
 
 func (f *fakeApplier) Revision() int64 { f.mu.Lock(); defer f.mu.Unlock(); return f.rev }
-func (f *fakeApplier) ApplyChunk(c *syncv1.SnapshotChunk, raw []byte) (bool, error) {
+func (f *fakeApplier) ApplyChunk(c *state.Chunk, framed []byte) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	// The client hands over the bytes the chunk came in, for the cache.
-	var m syncv1.ControlMessage
-	if err := proto.Unmarshal(raw, &m); err != nil || !proto.Equal(m.GetSnapshot(), c) {
-		return false, fmt.Errorf("raw bytes do not hold the chunk (err %v)", err)
+	if len(framed) < 4 {
+		return false, errors.New("no spare bytes before the message")
 	}
-	if c.GetLast() {
-		f.rev, f.pending = c.GetRevision(), -1
+	raw := framed[4:]
+	// The client hands over the bytes the chunk came in, for the cache,
+	// and the chunk's entities encoded.
+	var m syncv1.ControlMessage
+	if err := proto.Unmarshal(raw, &m); err != nil {
+		return false, fmt.Errorf("raw bytes do not decode: %v", err)
+	}
+	s := m.GetSnapshot()
+	if s.GetRevision() != c.Revision || s.GetSeq() != c.Seq || s.GetLast() != c.Last || s.GetKeysHint() != c.KeysHint || len(s.GetEntities()) != len(c.Entities) {
+		return false, errors.New("raw bytes do not hold the chunk")
+	}
+	for i, e := range s.GetEntities() {
+		var d syncv1.Entity
+		if err := proto.Unmarshal(c.Entities[i], &d); err != nil || !proto.Equal(&d, e) {
+			return false, fmt.Errorf("entity %d differs from the raw bytes (err %v)", i, err)
+		}
+	}
+	if c.Last {
+		f.rev, f.pending = c.Revision, -1
 		return true, nil
 	}
-	f.pending = c.GetRevision()
+	f.pending = c.Revision
 	return false, nil
 }
 func (f *fakeApplier) AbortSnapshot() { f.mu.Lock(); f.aborts++; f.pending = -1; f.mu.Unlock() }

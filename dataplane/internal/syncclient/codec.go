@@ -9,19 +9,31 @@ import (
 	gproto "google.golang.org/protobuf/proto"
 
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
+
+	"github.com/tollgate-gw/tollgate/dataplane/internal/state"
 )
 
 // received is a ControlMessage with the bytes it was decoded from: the
 // replica's cache stores a snapshot chunk as received instead of encoding
-// its entities again.
+// its entities again. A snapshot chunk is not decoded into messages: chunk
+// holds its header and its entities' encoded bytes, keys parsed ahead
+// (state.Chunk.Prepare), and msg is nil. A chunk set before decoding is
+// reused.
 type received struct {
-	msg *syncv1.ControlMessage
-	raw []byte
+	msg    *syncv1.ControlMessage
+	chunk  *state.Chunk
+	raw    []byte
+	framed []byte // raw preceded by frameHeader spare bytes
 }
 
+// frameHeader is how many spare bytes precede a received message: the
+// replica's cache writes its checksum there and stores the buffer as it
+// is (cache.FrameHeader).
+const frameHeader = 4
+
 // keepRaw is the gRPC proto codec, except that it keeps the encoded bytes of
-// what it decodes into a *received. It is named "proto": on the wire
-// nothing changes.
+// what it decodes into a *received, and leaves a snapshot chunk's entities
+// encoded. It is named "proto": on the wire nothing changes.
 type keepRaw struct{}
 
 var protoCodec = encoding.GetCodecV2(proto.Name)
@@ -35,10 +47,35 @@ func (keepRaw) Unmarshal(data mem.BufferSlice, v any) error {
 	if !ok {
 		return protoCodec.Unmarshal(data, v)
 	}
-	r.raw = data.Materialize() // a copy: data's buffers go back to gRPC's pool
+	// A copy (data's buffers go back to gRPC's pool), after frameHeader
+	// spare bytes.
+	r.framed = make([]byte, frameHeader+data.Len())
+	data.CopyTo(r.framed[frameHeader:])
+	r.raw = r.framed[frameHeader:]
+	c := r.chunk // one to reuse, if any
+	if c == nil {
+		c = new(state.Chunk)
+	}
+	r.chunk = nil
+	if state.ParseChunk(r.raw, c) {
+		// Parsed here, on the receiving goroutine, while the replica adds
+		// the previous chunk.
+		c.Prepare()
+		r.chunk = c
+		return nil
+	}
 	r.msg = new(syncv1.ControlMessage)
 	if err := gproto.Unmarshal(r.raw, r.msg); err != nil {
 		return fmt.Errorf("failed to unmarshal: %w", err)
+	}
+	if s := r.msg.GetSnapshot(); s != nil {
+		var err error
+		// A snapshot in an unusual form (ParseChunk declined it): encoded
+		// again, entity by entity; the replica stores it re-encoded.
+		if r.chunk, err = state.ChunkOf(s); err != nil {
+			return fmt.Errorf("failed to re-encode snapshot chunk: %w", err)
+		}
+		r.msg, r.raw, r.framed = nil, nil, nil
 	}
 	return nil
 }
