@@ -50,6 +50,9 @@ var (
 	keyNext     = []byte("next_snapshot")
 	keyKeys     = []byte("keys") // keys in the snapshot when committed: a sizing hint for Load's caller
 	snapPrefix  = []byte("snap/")
+	// ovlPrefix names the overlay bucket of a snapshot bucket: snap/X's
+	// deltas go to ovl/X (overlayName).
+	ovlPrefix = []byte("ovl/")
 )
 
 var (
@@ -283,10 +286,11 @@ func initSchema(db *bolt.DB, log *slog.Logger) error {
 			return fmt.Errorf("%w: active snapshot bucket %q missing", ErrCorrupt, active)
 		}
 		for _, name := range names {
-			if bytes.Equal(name, bucketMeta) || bytes.Equal(name, active) {
+			if bytes.Equal(name, bucketMeta) || bytes.Equal(name, active) ||
+				(active != nil && bytes.Equal(name, overlayName(active))) {
 				continue
 			}
-			if !bytes.HasPrefix(name, snapPrefix) {
+			if !bytes.HasPrefix(name, snapPrefix) && !bytes.HasPrefix(name, ovlPrefix) {
 				return fmt.Errorf("%w: unknown bucket %q", ErrCorrupt, name)
 			}
 			log.Warn("cache: discarding incomplete snapshot", "bucket", string(name))
@@ -338,6 +342,18 @@ func chunkKey(seq uint32) []byte {
 }
 
 // entityKey is the key of an entity in a snapshot bucket's overlay.
+// overlayName is the bucket of the entities deltas changed since snapshot
+// bucket active was written. It is a bucket of its own, beside the
+// snapshot's: an entity put among the chunks would share a leaf with the
+// last chunk, and bbolt rewrites a leaf whole, its large values included
+// (a delta wrote the last chunk again, up to a few MB, every time).
+// Caches of the previous release keep overlay entities in the snapshot
+// bucket itself; Load reads them, and the overlay bucket's entries after
+// them win.
+func overlayName(active []byte) []byte {
+	return append(bytes.Clone(ovlPrefix), active[len(snapPrefix):]...)
+}
+
 func entityKey(dst []byte, kind, id string) []byte {
 	dst = append(dst, entityPrefix)
 	dst = append(dst, kind...)
@@ -593,6 +609,21 @@ func (c *Cache) decodeAll(order chan<- chan batch, stop <-chan struct{}, free ch
 				return fmt.Errorf("%w: unknown record %q in snapshot bucket", ErrCorrupt, k)
 			}
 		}
+		if ob := tx.Bucket(overlayName(active)); ob != nil {
+			cur := ob.Cursor()
+			for k, v := cur.First(); k != nil; k, v = cur.Next() {
+				if k[0] != entityPrefix {
+					return fmt.Errorf("%w: unknown record %q in overlay bucket", ErrCorrupt, k)
+				}
+				ov.keys, ov.vals = append(ov.keys, k), append(ov.vals, v)
+				if len(ov.keys) == overlayBatch {
+					if err := queue(ov); err != nil {
+						return err
+					}
+					ov = job{}
+				}
+			}
+		}
 		if len(ov.keys) > 0 {
 			return queue(ov)
 		}
@@ -660,12 +691,23 @@ func (c *Cache) ApplyDelta(d *syncv1.Delta) error {
 		if rev := getRevision(meta); rev != d.GetPrevRevision() {
 			return fmt.Errorf("%w: delta %d follows %d, cache holds %d", ErrRevisionMismatch, d.GetRevision(), d.GetPrevRevision(), rev)
 		}
-		b := tx.Bucket(active)
+		snap := tx.Bucket(active)
+		b, err := tx.CreateBucketIfNotExists(overlayName(active))
+		if err != nil {
+			return fmt.Errorf("cache: overlay bucket: %w", err)
+		}
 		for _, e := range d.GetChanges() {
 			if e == nil {
 				continue
 			}
 			k := entityKey(nil, e.Kind, e.Id)
+			// An entity a previous release put among the chunks goes (once):
+			// from now on the overlay bucket holds it.
+			if snap.Get(k) != nil {
+				if err := snap.Delete(k); err != nil {
+					return fmt.Errorf("cache: move %s %q to the overlay: %w", e.Kind, e.Id, err)
+				}
+			}
 			if e.Deleted {
 				// The snapshot's chunks may hold the entity: the overlay
 				// keeps a tombstone for it (until the next snapshot).
@@ -729,7 +771,9 @@ func (c *Cache) BeginSnapshot(rev int64) (*SnapshotWriter, error) {
 		active := meta.Get(keyActive)
 		var stale [][]byte
 		_ = tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
-			if bytes.HasPrefix(name, snapPrefix) && !bytes.Equal(name, active) {
+			switch {
+			case bytes.HasPrefix(name, snapPrefix) && !bytes.Equal(name, active),
+				bytes.HasPrefix(name, ovlPrefix) && (active == nil || !bytes.Equal(name, overlayName(active))):
 				stale = append(stale, bytes.Clone(name))
 			}
 			return nil
@@ -924,7 +968,13 @@ func (w *SnapshotWriter) Commit() error {
 			return err
 		}
 		if old != nil && !bytes.Equal(old, w.name) {
-			return tx.DeleteBucket(old)
+			if err := tx.DeleteBucket(old); err != nil {
+				return err
+			}
+			// The old snapshot's overlay goes with it.
+			if err := tx.DeleteBucket(overlayName(old)); err != nil && !errors.Is(err, berrors.ErrBucketNotFound) {
+				return err
+			}
 		}
 		return nil
 	})

@@ -779,3 +779,83 @@ func TestBackgroundFlushError(t *testing.T) {
 		t.Fatalf("rev %d, %d entities", rev, len(got))
 	}
 }
+
+// A delta's commit writes the overlay's pages, not the snapshot's chunks:
+// before the overlay had a bucket of its own, an entity shared a leaf with
+// the last chunk and every delta wrote that chunk again.
+func TestDeltaDoesNotRewriteChunks(t *testing.T) {
+	c := open(t, filepath.Join(t.TempDir(), "c.db"))
+	snapshot(t, c, 1, keys(3000)) // one chunk of a few hundred KB
+	rev := int64(1)
+	delta := func() {
+		t.Helper()
+		changed := statetest.Key(7)
+		changed.GetKey().Spend = rev
+		if err := c.ApplyDelta(&syncv1.Delta{Revision: rev + 1, PrevRevision: rev, Changes: []*syncv1.Entity{changed}}); err != nil {
+			t.Fatal(err)
+		}
+		rev++
+	}
+	delta() // creates the overlay bucket
+	before := c.db.Stats().TxStats
+	for range 5 {
+		delta()
+	}
+	after := c.db.Stats().TxStats
+	perDelta := (after.GetPageAlloc() - before.GetPageAlloc()) / 5
+	if perDelta > 64<<10 {
+		t.Fatalf("a one-entity delta allocated %d bytes of pages: the chunk is rewritten", perDelta)
+	}
+	if _, _, got := load(t, c); got["key/"+statetest.TokenID(7)].GetKey().GetSpend() != rev-1 || len(got) != 3000 {
+		t.Fatalf("after the deltas: spend %d, %d entities", got["key/"+statetest.TokenID(7)].GetKey().GetSpend(), len(got))
+	}
+}
+
+// A cache of the previous release keeps overlay entities in the snapshot
+// bucket: Load reads them, a delta to the same entity moves it to the
+// overlay bucket, and the overlay wins.
+func TestOverlayOfThePreviousReleaseRead(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.db")
+	c := open(t, path)
+	snapshot(t, c, 1, keys(10))
+	old := statetest.Key(3)
+	old.GetKey().Spend = 11
+	gone := statetest.Tombstone("key", statetest.TokenID(4))
+	if err := c.db.Update(func(tx *bolt.Tx) error { // as the previous release wrote deltas
+		b := tx.Bucket(tx.Bucket(bucketMeta).Get(keyActive))
+		for _, e := range []*syncv1.Entity{old, gone} {
+			v, err := appendValue(nil, e)
+			if err != nil {
+				return err
+			}
+			if err := b.Put(entityKey(nil, e.Kind, e.Id), v); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.Close()
+	c = open(t, path)
+	if _, _, got := load(t, c); len(got) != 9 || got["key/"+statetest.TokenID(3)].GetKey().GetSpend() != 11 {
+		t.Fatalf("the previous release's overlay not read: %d entities", len(got))
+	}
+	newer := statetest.Key(3)
+	newer.GetKey().Spend = 22
+	if err := c.ApplyDelta(&syncv1.Delta{Revision: 2, PrevRevision: 1, Changes: []*syncv1.Entity{newer}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, got := load(t, c); len(got) != 9 || got["key/"+statetest.TokenID(3)].GetKey().GetSpend() != 22 {
+		t.Fatalf("the delta did not win over the previous release's overlay: %d entities", len(got))
+	}
+	_ = c.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(tx.Bucket(bucketMeta).Get(keyActive)).Get(entityKey(nil, "key", statetest.TokenID(3))) != nil {
+			t.Fatal("the entity stayed among the chunks after the delta")
+		}
+		return nil
+	})
+	// A new snapshot drops the old overlay bucket with its snapshot.
+	snapshot(t, c, 5, keys(5))
+	assertBuckets(t, c, 2) // meta and the new snapshot
+}

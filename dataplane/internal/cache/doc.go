@@ -4,10 +4,16 @@
 // # Architecture
 //
 // A snapshot bucket "snap/<n>" holds the snapshot's chunks as received from
-// the control plane (encoded ControlMessage{snapshot}, under "c" + seq),
-// then an overlay of the entities changed by deltas since (protobuf
-// syncv1.Entity under "e" + kind + 0x00 + id; a deletion is a tombstone
-// entity, since the chunks may hold the object). Every value is prefixed by
+// the control plane (encoded ControlMessage{snapshot}, under "c" + seq);
+// the bucket "ovl/<n>" beside it an overlay of the entities changed by
+// deltas since (protobuf syncv1.Entity under "e" + kind + 0x00 + id; a
+// deletion is a tombstone entity, since the chunks may hold the object).
+// The overlay has a bucket of its own because bbolt rewrites a leaf whole:
+// an entity among the chunks shared a leaf with the last chunk, and each
+// delta wrote that chunk (up to a few MB) again. Caches of the previous
+// release keep their overlay in the snapshot bucket after the chunks; Load
+// reads it before the overlay bucket, and a delta moves an entity it
+// changes out of it. Every value is prefixed by
 // its CRC-32C (bbolt checksums only its meta pages). Load yields the chunks'
 // entities, then the overlay: applied in order, they give the state. The
 // chunks are stored as they came (no per-entity encoding or B-tree insert;
@@ -27,7 +33,8 @@
 // the previous snapshot active and the staging bucket for Open to delete;
 // should a power loss damage pages written without fsync, Open's checks
 // move the file aside and the proxy fetches a snapshot (the cache is
-// rebuildable). A delta is one fsynced transaction with its revision.
+// rebuildable). A delta is one transaction with its revision (not fsynced:
+// unsynced.go).
 // The freelist is not persisted (NoFreelistSync) and is rebuilt at open by
 // walking every page.
 //
