@@ -313,15 +313,15 @@ func (d *jdec) field(name string, k *keyDoc) (bit uint64, ok bool) {
 // keyScratch.fill and proto.Marshal would produce it.
 func (w *keyWire) encode(dst []byte, k *keyDoc) []byte {
 	lim := w.lim[:0]
-	lim = appendInt(lim, 1, limitOrNone(k.maxBudget, k.hasMaxBudget))
-	lim = appendInt(lim, 2, limitOrNone(k.softBudget, k.hasSoftBudget))
+	lim = appendLimit(lim, 1, k.maxBudget, k.hasMaxBudget)
+	lim = appendLimit(lim, 2, k.softBudget, k.hasSoftBudget)
 	lim = appendBytes(lim, 3, k.budgetDuration)
 	if k.hasBudgetResetAt {
 		lim = appendInt(lim, 4, k.budgetResetAt)
 	}
-	lim = appendInt(lim, 5, limitOrNone(k.rpm, k.hasRPM))
-	lim = appendInt(lim, 6, limitOrNone(k.tpm, k.hasTPM))
-	lim = appendInt(lim, 7, limitOrNone(k.parallel, k.hasParallel))
+	lim = appendLimit(lim, 5, k.rpm, k.hasRPM)
+	lim = appendLimit(lim, 6, k.tpm, k.hasTPM)
+	lim = appendLimit(lim, 7, k.parallel, k.hasParallel)
 	w.lim = lim
 
 	b := w.body[:0]
@@ -357,13 +357,17 @@ func (w *keyWire) encode(dst []byte, k *keyDoc) []byte {
 	return protowire.AppendBytes(dst, b)
 }
 
-// limitOrNone is orNone for a limit the fast path read.
-func limitOrNone(v int64, set bool) int64 {
+// appendLimit appends a Limits field (numbers below 16) with orNone's
+// mapping: a missing limit is -1, whose ten varint bytes are a constant.
+func appendLimit(b []byte, num protowire.Number, v int64, set bool) []byte {
 	if !set {
-		return -1
+		return append(append(b, byte(num)<<3|byte(protowire.VarintType)), noLimit[:]...)
 	}
-	return max(v, 0)
+	return appendInt(b, num, max(v, 0))
 }
+
+// noLimit is the varint of -1.
+var noLimit = [10]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}
 
 // metadataBytes is jsonObject for a raw value the fast path read (never
 // null: nulls take the old way).
@@ -449,24 +453,14 @@ func (d *jdec) delim() bool {
 	return false
 }
 
-// plainASCII marks the bytes a fast-path string may hold: printable ASCII
-// but the quote and the backslash (so no escapes, always valid UTF-8).
-var plainASCII = func() (t [256]bool) {
-	for c := 0x20; c < 0x7f; c++ {
-		t[c] = c != '"' && c != '\\'
-	}
-	return t
-}()
-
-// str returns the contents of a string of plain ASCII.
+// str returns the contents of a string of plain ASCII (store.PlainLen:
+// no escapes, always valid UTF-8).
 func (d *jdec) str() ([]byte, bool) {
 	if !d.eat('"') {
 		return nil, false
 	}
-	start, i, b := d.i, d.i, d.b
-	for i < len(b) && plainASCII[b[i]] {
-		i++
-	}
+	start, b := d.i, d.b
+	i := start + store.PlainLen(b[start:])
 	if i == len(b) || b[i] != '"' {
 		return nil, false
 	}

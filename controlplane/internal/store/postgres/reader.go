@@ -538,15 +538,13 @@ func (p *rowPage) readKeyDocs(rows pgx.Rows) error {
 	return nil
 }
 
-// appendJSONString appends s as a JSON string: as it is when it holds only
-// printable ASCII without quotes or backslashes (ids and hashes always do),
-// else escaped by encoding/json.
+// appendJSONString appends s as a JSON string: as it is when every byte is
+// plain (store.PlainLen; ids and hashes always are), else escaped by
+// encoding/json.
 func appendJSONString(dst, s []byte) []byte {
-	for _, c := range s {
-		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
-			q, _ := json.Marshal(string(s)) // a string always marshals
-			return append(dst, q...)
-		}
+	if store.PlainLen(s) != len(s) {
+		q, _ := json.Marshal(string(s)) // a string always marshals
+		return append(dst, q...)
 	}
 	dst = append(dst, '"')
 	dst = append(dst, s...)
