@@ -318,7 +318,12 @@ func BenchmarkSnapshotPostgres(b *testing.B) {
 // already seeded Postgres database (TOLLGATE_BENCH_PG_URL, e.g. a clone of
 // deploy/bench/scale.sh's SEEDED template) and reports the build's CPU
 // time next to its wall time. No stream: the build alone, as the control
-// plane runs it for the first proxy.
+// plane runs it for the first proxy. With TOLLGATE_BENCH_SCAN_ONLY set it
+// only reads the key documents (the store's share of the build).
+//
+//	psql postgres://postgres@127.0.0.1:5432/postgres -c 'CREATE DATABASE snapbench TEMPLATE tollgate_seeded_big_1000000'
+//	TOLLGATE_BENCH_PG_URL='postgres://postgres@127.0.0.1:5432/snapbench?sslmode=disable' \
+//	    go test ./controlplane/internal/syncserver -run '^$' -bench SnapshotBuildPostgresURL -benchtime 3x
 func BenchmarkSnapshotBuildPostgresURL(b *testing.B) {
 	u := os.Getenv("TOLLGATE_BENCH_PG_URL")
 	if u == "" {
