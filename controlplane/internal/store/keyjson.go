@@ -303,6 +303,19 @@ var plain = func() (t [256]bool) {
 	return t
 }()
 
+// PlainLen returns the length of the longest prefix of b made of bytes
+// that a JSON string holds as they are and that need no UTF-8 check: ASCII
+// from the space up, but the quote and the backslash. That is where a
+// string ends or needs a closer look. (Reading 8 bytes at a time measured
+// no faster on the short strings of a key.)
+func PlainLen(b []byte) int {
+	i := 0
+	for i < len(b) && plain[b[i]] {
+		i++
+	}
+	return i
+}
+
 // quoted returns the bounds of a string of printable ASCII without
 // escapes (anything else: false), quotes included.
 func (d *kdec) quoted() (start, end int, ok bool) {
@@ -311,9 +324,7 @@ func (d *kdec) quoted() (start, end int, ok bool) {
 	}
 	start = d.i - 1
 	i, b := d.i, d.b
-	for i < len(b) && plain[b[i]] {
-		i++
-	}
+	i += PlainLen(b[i:])
 	if i == len(b) || b[i] != '"' {
 		return 0, 0, false
 	}

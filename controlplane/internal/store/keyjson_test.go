@@ -271,3 +271,11 @@ func BenchmarkKeyJSON(b *testing.B) {
 		}
 	})
 }
+
+func TestPlainLen(t *testing.T) {
+	for in, want := range map[string]int{"": 0, `abc"`: 3, `a\b`: 1, "a\x1fb": 1, "a\x7fb\x80": 3, "h\u00e9": 1, " ~": 2} {
+		if got := PlainLen([]byte(in)); got != want {
+			t.Errorf("PlainLen(%q) = %d, want %d", in, got, want)
+		}
+	}
+}

@@ -149,6 +149,11 @@ type Key struct {
 	UpdatedBy  string           `json:"updated_by,omitempty"`
 }
 
+// KeyDocOmits are the JSON names of the Key fields that EachKeyDocs may
+// leave out: bookkeeping that no data plane needs, and a large part of
+// every key's document.
+var KeyDocOmits = []string{"key_name", "created_at", "updated_at", "created_by", "updated_by"}
+
 // PreviousHash is a regenerated key's old secret, valid until ValidUntil.
 type PreviousHash struct {
 	KeyHash    string    `json:"key_hash"`
@@ -396,6 +401,15 @@ type Reader interface {
 	EachTeam(ctx context.Context, fn func(Team) error) error
 	EachUser(ctx context.Context, fn func(User) error) error
 	EachOrganization(ctx context.Context, fn func(Organization) error) error
+	// EachKeyDocs is EachKey for a caller that decodes keys itself (the
+	// snapshot builder transcodes them straight to their wire form): it
+	// calls fn with batches of keys as JSON documents that DecodeJSON
+	// decodes into exactly the keys EachKey yields, except that the fields
+	// named in KeyDocOmits may be missing (zero). A document EachKey could
+	// not decode makes EachKey fail; here it reaches fn. Every key is in
+	// exactly one batch; batches are never empty. docs and their bytes are
+	// valid only until fn returns; fn must not modify them.
+	EachKeyDocs(ctx context.Context, fn func(docs [][]byte) error) error
 
 	// ListAudit returns audit entries newest first.
 	ListAudit(ctx context.Context, f AuditFilter) ([]AuditEntry, int, error)

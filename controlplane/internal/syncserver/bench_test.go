@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store/pgtest"
+	"github.com/tollgate-gw/tollgate/controlplane/internal/store/postgres"
 )
 
 const benchKeys = 1_000_000
@@ -310,4 +312,56 @@ func BenchmarkSnapshotPostgres(b *testing.B) {
 	defer mu.Unlock()
 	b.ReportMetric(info.Duration.Seconds(), "build-s")
 	b.ReportMetric(float64(info.Bytes)/(1<<20), "snapshot-MiB")
+}
+
+// BenchmarkSnapshotBuildPostgresURL builds the snapshot of an existing,
+// already seeded Postgres database (TOLLGATE_BENCH_PG_URL, e.g. a clone of
+// deploy/bench/scale.sh's SEEDED template) and reports the build's CPU
+// time next to its wall time. No stream: the build alone, as the control
+// plane runs it for the first proxy. With TOLLGATE_BENCH_SCAN_ONLY set it
+// only reads the key documents (the store's share of the build).
+//
+//	psql postgres://postgres@127.0.0.1:5432/postgres -c 'CREATE DATABASE snapbench TEMPLATE tollgate_seeded_big_1000000'
+//	TOLLGATE_BENCH_PG_URL='postgres://postgres@127.0.0.1:5432/snapbench?sslmode=disable' \
+//	    go test ./controlplane/internal/syncserver -run '^$' -bench SnapshotBuildPostgresURL -benchtime 3x
+func BenchmarkSnapshotBuildPostgresURL(b *testing.B) {
+	u := os.Getenv("TOLLGATE_BENCH_PG_URL")
+	if u == "" {
+		b.Skip("set TOLLGATE_BENCH_PG_URL to a seeded database")
+	}
+	st, err := postgres.Open(context.Background(), u, postgres.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	log := slog.New(slog.DiscardHandler)
+	var entities, bytes int
+	var cpu time.Duration
+	for b.Loop() {
+		c0 := processCPU()
+		err := st.Snapshot(context.Background(), func(rev int64, r store.Reader) error {
+			if os.Getenv("TOLLGATE_BENCH_SCAN_ONLY") != "" {
+				return r.EachKeyDocs(context.Background(), func(docs [][]byte) error { entities += len(docs); return nil })
+			}
+			sn, err := buildSnapshot(context.Background(), log, rev, r, 5000, 3<<20)
+			if err == nil {
+				entities, bytes = sn.entities, int(sn.bytes)
+			}
+			return err
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		cpu += processCPU() - c0
+	}
+	b.ReportMetric(cpu.Seconds()/float64(b.N), "cpu-s/op")
+	b.ReportMetric(float64(entities), "entities")
+	b.ReportMetric(float64(bytes)/(1<<20), "snapshot-MiB")
+}
+
+// processCPU is the user+system CPU this process used so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -33,6 +33,11 @@
 // built (the build reads the store, the proxies install, at the same
 // time), and a build that fails midway fails the streams sending it.
 //
+// Keys, most of a snapshot, are not decoded: store.Reader.EachKeyDocs hands
+// over their JSON documents and keyWire (keywire.go) writes each one's
+// Entity bytes straight from it, on every CPU, falling back to decoding
+// and marshalling for anything its fast path does not reproduce exactly.
+//
 // Encoded messages are sent as pre-encoded bytes (a ControlMessage whose
 // only content is unknown fields), so N streams share one encoding. This
 // relies on the default proto codec, which writes unknown fields verbatim.

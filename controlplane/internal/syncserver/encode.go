@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -325,8 +326,8 @@ func buildInto(ctx context.Context, log *slog.Logger, revision int64, r store.Re
 	if h, ok := r.(interface{ KeysHint(context.Context) int }); ok {
 		c.keysHint = int64(h.KeysHint(ctx))
 	}
-	var ks keyScratch
-	if err := r.EachKey(ctx, func(k store.Key) error { return add(ks.fill(&k)) }); err != nil {
+	var kt keyTranscoder
+	if err := r.EachKeyDocs(ctx, func(docs [][]byte) error { return kt.batch(ctx, docs, c, add) }); err != nil {
 		return err
 	}
 	c.flush(true)
@@ -338,4 +339,74 @@ func buildInto(ctx context.Context, log *slog.Logger, revision int64, r store.Re
 	sn.builtAt, sn.took = time.Now(), time.Since(start)
 	sn.mu.Unlock()
 	return nil
+}
+
+// keyTranscoder turns batches of key documents into encoded entities
+// (keyWire), split across up to GOMAXPROCS goroutines, and adds them to a
+// chunker in the batch's order.
+type keyTranscoder struct {
+	parts []keyPart
+}
+
+// keyPart is one goroutine's share of a batch: the entities of docs[i]
+// are out[ends[i-1]:ends[i]], or left out when errs[i] is set.
+type keyPart struct {
+	w     keyWire
+	out   []byte
+	ends  []int
+	errs  []error
+	fatal error
+}
+
+func (p *keyPart) run(docs [][]byte) {
+	p.out, p.ends, p.errs, p.fatal = p.out[:0], p.ends[:0], p.errs[:0], nil
+	for _, doc := range docs {
+		out, err := p.w.appendEntity(p.out, doc)
+		if errors.As(err, new(errKeyDecode)) {
+			p.fatal = err
+			return
+		}
+		p.out = out
+		p.ends = append(p.ends, len(out))
+		p.errs = append(p.errs, err)
+	}
+}
+
+// batch adds docs' entities to c; a key that cannot be converted goes to
+// skip (which counts it and reports whether to go on). A document that
+// does not decode fails the build, as EachKey would.
+func (t *keyTranscoder) batch(ctx context.Context, docs [][]byte, c *chunker, skip func(*syncv1.Entity, error) error) error {
+	workers := max(1, min(runtime.GOMAXPROCS(0), 8, len(docs)/64))
+	for len(t.parts) < workers {
+		t.parts = append(t.parts, keyPart{})
+	}
+	per := (len(docs) + workers - 1) / workers
+	if workers == 1 {
+		t.parts[0].run(docs)
+	} else {
+		var wg sync.WaitGroup
+		for w := range workers {
+			lo, hi := min(w*per, len(docs)), min((w+1)*per, len(docs))
+			wg.Go(func() { t.parts[w].run(docs[lo:hi]) })
+		}
+		wg.Wait()
+	}
+	for w := range workers {
+		p := &t.parts[w]
+		if p.fatal != nil {
+			return p.fatal
+		}
+		start := 0
+		for i, end := range p.ends {
+			if p.errs[i] != nil {
+				if err := skip(nil, p.errs[i]); err != nil {
+					return err
+				}
+			} else {
+				c.addEncoded(p.out[start:end])
+			}
+			start = end
+		}
+	}
+	return ctx.Err()
 }

@@ -38,6 +38,23 @@ func (r *gatedReader) EachKey(ctx context.Context, fn func(store.Key) error) err
 	return nil
 }
 
+// EachKeyDocs is EachKey's gate for the snapshot builder: one key per
+// batch.
+func (r *gatedReader) EachKeyDocs(ctx context.Context, fn func([][]byte) error) error {
+	for i, k := range r.keys {
+		if i == r.at {
+			<-r.gate
+			if r.fail != nil {
+				return r.fail
+			}
+		}
+		if err := fn([][]byte{memKeyDoc(k)}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func chunkSeq(t *testing.T, raw []byte) *syncv1.SnapshotChunk {
 	t.Helper()
 	var m syncv1.ControlMessage

@@ -352,8 +352,57 @@ func (r *reader) EachOrganization(ctx context.Context, fn func(store.Organizatio
 // Decoding JSON is most of the cost of a snapshot, so a batch is decoded
 // on every CPU.
 func each[T any](ctx context.Context, r *reader, bucket []byte, kind string, fn func(T) error) error {
-	var after []byte
 	batch := make([]T, eachBatch)
+	n := 0
+	err := eachRaw(ctx, r, bucket, func(raw [][2][]byte) error {
+		// raw points into the mmap: decode before the view ends.
+		n = len(raw)
+		return decodeBatch(kind, raw, batch[:n])
+	}, func() error {
+		for i := range n {
+			if err := fn(batch[i]); err != nil {
+				return err
+			}
+			var zero T
+			batch[i] = zero // let the GC have what fn did not keep
+		}
+		return nil
+	})
+	return err
+}
+
+// EachKeyDocs copies each batch of documents out of the view before fn
+// runs (fn may write through the store: a read transaction held open
+// meanwhile could block the write's remap).
+func (r *reader) EachKeyDocs(ctx context.Context, fn func(docs [][]byte) error) error {
+	var arena []byte
+	var ends []int
+	var docs [][]byte
+	return eachRaw(ctx, r, bucketKeys, func(raw [][2][]byte) error {
+		arena, ends = arena[:0], ends[:0]
+		for _, kv := range raw {
+			arena = append(arena, kv[1]...)
+			ends = append(ends, len(arena))
+		}
+		return nil
+	}, func() error {
+		// Slices are taken once the arena stopped growing.
+		docs = docs[:0]
+		start := 0
+		for _, end := range ends {
+			docs = append(docs, arena[start:end:end])
+			start = end
+		}
+		return fn(docs)
+	})
+}
+
+// eachRaw walks a primary bucket eachBatch entries at a time, in id order:
+// in the view it calls in with the batch's entries (pointing into the
+// mmap, valid only during in), then out outside the view. It stops after
+// the first batch shorter than eachBatch; empty batches are never passed.
+func eachRaw(ctx context.Context, r *reader, bucket []byte, in func(raw [][2][]byte) error, out func() error) error {
+	var after []byte
 	raw := make([][2][]byte, 0, eachBatch)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -377,18 +426,15 @@ func each[T any](ctx context.Context, r *reader, bucket []byte, kind string, fn 
 			}
 			n = len(raw)
 			after = bytes.Clone(raw[n-1][0])
-			// raw points into the mmap: decode before the view ends.
-			return decodeBatch(kind, raw, batch[:n])
+			return in(raw)
 		})
 		if err != nil {
 			return err
 		}
-		for i := range n {
-			if err := fn(batch[i]); err != nil {
+		if n > 0 {
+			if err := out(); err != nil {
 				return err
 			}
-			var zero T
-			batch[i] = zero // let the GC have what fn did not keep
 		}
 		if n < eachBatch {
 			return nil

@@ -1,7 +1,9 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"runtime"
@@ -315,16 +317,77 @@ func collect[T any](ctx context.Context, r *reader, t table, rows pgx.Rows) ([]T
 	return items, nil
 }
 
-// each calls fn for every row of t. A snapshot's reader goes through
-// eachCursor; other readers page by primary key (keyset pagination),
-// eachPage rows per query. Either way a page is read completely before fn
-// runs, so fn may use the same reader (one connection cannot run two
-// queries at once). Inside a transaction every page sees the same snapshot;
-// on the pool, rows written during the iteration may or may not be seen.
+// each calls fn for every row of t, decoded (eachRows).
 func each[T any](ctx context.Context, r *reader, t table, fn func(T) error) error {
+	var items []T
+	return eachRows(ctx, r, docScan(t), func(page []row) error {
+		if cap(items) < len(page) {
+			items = make([]T, len(page))
+		}
+		items = items[:len(page)]
+		if err := decodeRows(t, page, items); err != nil {
+			return err
+		}
+		for i := range items {
+			if err := fn(items[i]); err != nil {
+				return err
+			}
+			var zero T
+			items[i] = zero // let the GC have what fn did not keep
+		}
+		return nil
+	})
+}
+
+// EachKeyDocs reads each key's document without the fields a data plane
+// never needs (store.KeyDocOmits), and takes the largest strings
+// (token_id, key_hash, user_id, team_id) from their columns instead of the
+// document: rendering jsonb as text is most of what a snapshot costs
+// Postgres, and each byte left out is one the control plane does not read
+// either. The columns are written from the same Key as the document
+// (tx.go), NULL for an empty owner; readKeyDocs splices them back in.
+func (r *reader) EachKeyDocs(ctx context.Context, fn func(docs [][]byte) error) error {
+	var docs [][]byte
+	return eachRows(ctx, r, keyDocsScan, func(page []row) error {
+		docs = docs[:0]
+		for _, rw := range page {
+			docs = append(docs, rw.doc)
+		}
+		return fn(docs)
+	})
+}
+
+// keyDocsScan's select list. Constants only.
+var keyDocsScan = scan{
+	t: keysTable,
+	cols: "token_id, key_hash, user_id, team_id, doc - '{token_id,key_hash,user_id,team_id," +
+		strings.Join(store.KeyDocOmits, ",") + "}'::text[]",
+	read: (*rowPage).readKeyDocs,
+}
+
+// scan is what eachRows reads: columns of a table, and how a page of
+// them becomes rows.
+type scan struct {
+	t    table
+	cols string // select list, id first; constants of this package only
+	read func(*rowPage, pgx.Rows) error
+}
+
+// docScan reads id and doc of t.
+func docScan(t table) scan { return scan{t: t, cols: t.id + ", doc", read: (*rowPage).read} }
+
+// eachRows calls fn with every row of t, a page at a time (never an empty
+// page). A snapshot's reader goes through eachCursor; other readers page
+// by primary key (keyset pagination), eachPage rows per query. Either way
+// a page is read completely before fn runs, so fn may use the same reader
+// (one connection cannot run two queries at once). Inside a transaction
+// every page sees the same snapshot; on the pool, rows written during the
+// iteration may or may not be seen. The rows are valid until fn returns.
+func eachRows(ctx context.Context, r *reader, sc scan, fn func([]row) error) error {
 	if r.snap != nil {
-		return eachCursor(ctx, r, t, fn)
+		return eachCursor(ctx, r, sc, fn)
 	}
+	t := sc.t
 	var after string
 	first := true
 	var page rowPage
@@ -332,23 +395,19 @@ func each[T any](ctx context.Context, r *reader, t table, fn func(T) error) erro
 		var rows pgx.Rows
 		var err error
 		if first {
-			rows, err = r.q.Query(ctx, "SELECT "+t.id+", doc FROM "+t.name+" ORDER BY "+t.id+" LIMIT $1", eachPage)
+			rows, err = r.q.Query(ctx, "SELECT "+sc.cols+" FROM "+t.name+" ORDER BY "+t.id+" LIMIT $1", eachPage)
 		} else {
-			rows, err = r.q.Query(ctx, "SELECT "+t.id+", doc FROM "+t.name+" WHERE "+t.id+" > $1 ORDER BY "+t.id+" LIMIT $2",
+			rows, err = r.q.Query(ctx, "SELECT "+sc.cols+" FROM "+t.name+" WHERE "+t.id+" > $1 ORDER BY "+t.id+" LIMIT $2",
 				after, eachPage)
 		}
 		if err != nil {
 			return r.fail(ctx, err)
 		}
-		if err := page.read(rows); err != nil {
+		if err := sc.read(&page, rows); err != nil {
 			return r.fail(ctx, err)
 		}
-		for _, rw := range page.rows {
-			var v T
-			if err := store.DecodeJSON(rw.doc, &v); err != nil {
-				return fmt.Errorf("postgres: decode %s %q: %w", t.kind, rw.id, err)
-			}
-			if err := fn(v); err != nil {
+		if len(page.rows) > 0 {
+			if err := fn(page.rows); err != nil {
 				return err
 			}
 		}
@@ -411,23 +470,104 @@ func (p *rowPage) read(rows pgx.Rows) error {
 	return nil
 }
 
-// eachCursor is each for a snapshot (a million keys go through here): one
-// query through a cursor, fetchPage rows at a time, instead of a thousand.
-// While Postgres produces the next page (fetched on its own goroutine), this
-// page is decoded on every CPU and handed to fn; if fn uses the reader, its
-// statement waits for that fetch (serialQuerier).
+// readKeyDocs is read for keyDocsScan's columns (token_id, key_hash,
+// user_id, team_id, the rest of doc): each row's doc is the rest with the
+// four columns spliced back in as its first members.
+func (p *rowPage) readKeyDocs(rows pgx.Rows) error {
+	defer rows.Close()
+	p.rows, p.arena = p.rows[:0], p.arena[:0]
+	type span struct{ id, idEnd, doc, docEnd int }
+	var spans []span
+	fd := rows.FieldDescriptions()
+	if len(fd) != 5 {
+		return errors.New("postgres: each: unexpected columns")
+	}
+	for i := range 4 {
+		if fd[i].Format != pgx.TextFormatCode && fd[i].DataTypeOID != pgtype.TextOID {
+			return errors.New("postgres: each: unexpected columns")
+		}
+	}
+	jsonbBinary := fd[4].Format == pgx.BinaryFormatCode && fd[4].DataTypeOID == pgtype.JSONBOID
+	for rows.Next() {
+		v := rows.RawValues()
+		if len(v) != 5 || v[0] == nil || v[1] == nil || v[4] == nil {
+			return errors.New("postgres: each: unexpected NULL")
+		}
+		rest := v[4]
+		if jsonbBinary {
+			if len(rest) == 0 || rest[0] != 1 {
+				return errors.New("postgres: each: unknown jsonb binary format version")
+			}
+			rest = rest[1:]
+		}
+		if len(rest) < 2 || rest[0] != '{' {
+			return errors.New("postgres: each: key document is not an object")
+		}
+		sp := span{id: len(p.arena)}
+		a := append(p.arena, v[0]...) // the id as is, for keyset pagination
+		sp.idEnd, sp.doc = len(a), len(a)
+		a = append(a, `{"token_id":`...)
+		a = appendJSONString(a, v[0])
+		a = append(a, `,"key_hash":`...)
+		a = appendJSONString(a, v[1])
+		if v[2] != nil {
+			a = append(a, `,"user_id":`...)
+			a = appendJSONString(a, v[2])
+		}
+		if v[3] != nil {
+			a = append(a, `,"team_id":`...)
+			a = appendJSONString(a, v[3])
+		}
+		// rest is "{}" or "{member, ...}" (jsonb puts no space after "{").
+		if body := bytes.TrimLeft(rest[1:], " \t\n\r"); len(body) > 0 && body[0] != '}' {
+			a = append(a, ',')
+			a = append(a, body...)
+		} else {
+			a = append(a, '}')
+		}
+		p.arena = a
+		sp.docEnd = len(a)
+		spans = append(spans, sp)
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, sp := range spans {
+		p.rows = append(p.rows, row{id: p.arena[sp.id:sp.idEnd], doc: p.arena[sp.doc:sp.docEnd]})
+	}
+	return nil
+}
+
+// appendJSONString appends s as a JSON string: as it is when every byte is
+// plain (store.PlainLen; ids and hashes always are), else escaped by
+// encoding/json.
+func appendJSONString(dst, s []byte) []byte {
+	if store.PlainLen(s) != len(s) {
+		q, _ := json.Marshal(string(s)) // a string always marshals
+		return append(dst, q...)
+	}
+	dst = append(dst, '"')
+	dst = append(dst, s...)
+	return append(dst, '"')
+}
+
+// eachCursor is eachRows for a snapshot (a million keys go through here):
+// one query through a cursor, fetchPage rows at a time, instead of a
+// thousand. While Postgres produces the next page (fetched on its own
+// goroutine), fn has this one; if fn uses the reader, its statement waits
+// for that fetch (serialQuerier).
 //
 // Rows come in heap order: a sequential scan. ORDER BY id made the database
 // walk the primary key and fetch rows at random, which took a million keys
 // from ~4 s to ~8 s with default settings (the sync server sorts keys for
 // the proxies itself, for less).
-func eachCursor[T any](ctx context.Context, r *reader, t table, fn func(T) error) error {
+func eachCursor(ctx context.Context, r *reader, sc scan, fn func([]row) error) error {
 	r.cursors++
 	name := "tollgate_each_" + strconv.Itoa(r.cursors) // constants only: no caller input in SQL
 	// Simple protocol: DECLARE and FETCH are not worth preparing, and a
 	// cached FETCH statement would pin one cursor's row type.
 	simple := pgx.QueryExecModeSimpleProtocol
-	if _, err := r.snap.Exec(ctx, "DECLARE "+name+" NO SCROLL CURSOR FOR SELECT "+t.id+", doc FROM "+t.name, simple); err != nil {
+	if _, err := r.snap.Exec(ctx, "DECLARE "+name+" NO SCROLL CURSOR FOR SELECT "+sc.cols+" FROM "+sc.t.name, simple); err != nil {
 		return r.fail(ctx, err)
 	}
 	fetch := func(p *rowPage) error {
@@ -435,7 +575,7 @@ func eachCursor[T any](ctx context.Context, r *reader, t table, fn func(T) error
 		if err != nil {
 			return err
 		}
-		return p.read(rows)
+		return sc.read(p, rows)
 	}
 	var next chan error // the fetch in flight, if any
 	defer func() {
@@ -450,21 +590,15 @@ func eachCursor[T any](ctx context.Context, r *reader, t table, fn func(T) error
 	if err := fetch(page); err != nil {
 		return r.fail(ctx, err)
 	}
-	items := make([]T, fetchPage)
 	for {
 		if len(page.rows) == fetchPage {
 			next = make(chan error, 1)
 			go func(p *rowPage, done chan<- error) { done <- fetch(p) }(spare, next)
 		}
-		if err := decodeRows(t, page.rows, items[:len(page.rows)]); err != nil {
-			return err
-		}
-		for i := range page.rows {
-			if err := fn(items[i]); err != nil {
+		if len(page.rows) > 0 {
+			if err := fn(page.rows); err != nil {
 				return err
 			}
-			var zero T
-			items[i] = zero // let the GC have what fn did not keep
 		}
 		if next == nil {
 			return nil

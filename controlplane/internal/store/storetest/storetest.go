@@ -35,6 +35,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Revisions", revisionTests},
 		{"Concurrency", concurrencyTests},
 		{"Snapshot", snapshotTests},
+		{"KeyDocs", keyDocsTests},
 		{"Subscribe", subscribeTests},
 	}
 	for _, g := range groups {
