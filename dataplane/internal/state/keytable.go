@@ -509,10 +509,15 @@ func (t *keyTable) insertSlot(sh *shard, h uint64, v uint32) {
 	sh.n++
 }
 
-// growIndex doubles sh's index, rebuilt from the live records in memory
-// order (sequential reads instead of one cache miss per slot).
+// growIndex doubles sh's index, rebuilt from the live records.
 func (t *keyTable) growIndex(sh *shard) {
 	sh.index = make([]uint32, 2*len(sh.index))
+	t.reindex(sh)
+}
+
+// reindex fills sh's (empty) index from the live records in memory order
+// (sequential reads instead of one cache miss per slot).
+func (t *keyTable) reindex(sh *shard) {
 	mask := uint64(len(sh.index) - 1)
 	put := func(h uint64, v uint32) {
 		i := h & mask
@@ -709,27 +714,7 @@ func (t *keyTable) finishBulk() {
 		}
 		clear(sh.index)
 		sh.n = n
-		// growIndex's loop, into an index of the right size.
-		mask := uint64(len(sh.index) - 1)
-		put := func(h uint64, v uint32) {
-			i := h & mask
-			for sh.index[i] != 0 {
-				i = (i + 1) & mask
-			}
-			sh.index[i] = v
-		}
-		for n := range sh.entries {
-			if e := &sh.entries[n]; e.tokLen != tokDead {
-				h := t.hashOf(&e.hash)
-				put(h, uint32(n+1)|tagOf(h))
-			}
-		}
-		for n := range sh.prevs {
-			if p := &sh.prevs[n]; p.tokLen != tokDead {
-				h := t.hashOf(&p.hash)
-				put(h, uint32(n+1)|tagOf(h)|slotPrevBit)
-			}
-		}
+		t.reindex(sh)
 	}, t)
 }
 
