@@ -782,9 +782,10 @@ func TestDeltaFanoutReadsTheStoreOnce(t *testing.T) {
 }
 
 // While deltas reach a proxy more often than every half heartbeat
-// interval, the heartbeats they make redundant are skipped; the proxy never
-// goes 1.5 intervals without a message, and heartbeats resume when the
-// deltas stop.
+// interval, the heartbeats they make redundant are skipped; the proxy is
+// never left silent for its stall timeout (3 intervals), and heartbeats
+// resume when the deltas stop. (The bounds leave room for a loaded 2-core
+// machine stalling the writer: without the skip all 8 ticks send one.)
 func TestHeartbeatsSkippedWhileDeltasFlow(t *testing.T) {
 	st := newMemStore()
 	seed(t, st, 2)
@@ -826,10 +827,10 @@ func TestHeartbeatsSkippedWhileDeltasFlow(t *testing.T) {
 	if deltas < 20 {
 		t.Fatalf("only %d deltas in 800 ms", deltas)
 	}
-	if beats > 3 { // 8 ticks; a stall of the writer may let one or two through
+	if beats > 4 { // 8 ticks; a stall of the writer may let some through
 		t.Errorf("%d heartbeats in 800 ms with a delta every 20 ms, want them skipped", beats)
 	}
-	if maxGap > 150*time.Millisecond {
+	if maxGap > 300*time.Millisecond {
 		t.Errorf("the proxy heard nothing for %v (interval 100 ms)", maxGap)
 	}
 	before := len(p.heartbeats)

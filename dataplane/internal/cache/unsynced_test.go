@@ -88,7 +88,7 @@ func TestUnsyncedSyncedOnlyWhenQuiet(t *testing.T) {
 		t.Skip("no boot id on this system")
 	}
 	defer func(d time.Duration) { idleClear = d }(idleClear)
-	idleClear = 150 * time.Millisecond
+	idleClear = 500 * time.Millisecond // deltas come every 40 ms: a stall of 460 ms would let a sync in
 	path := filepath.Join(t.TempDir(), "c.db")
 	c := open(t, path)
 	defer c.Close()
