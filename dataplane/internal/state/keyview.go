@@ -109,16 +109,16 @@ func sortModels(l []modelInt) {
 	slices.SortFunc(l, func(a, b modelInt) int { return strings.Compare(a.model, b.model) })
 }
 
-// dedupModels sorts l by model and keeps the last of each model's entries
+// dedupByModel sorts l by model and keeps the last of each model's entries
 // (in l's order), as decoding a map keeps the last value of a repeated key.
-func dedupModels(l []modelInt) []modelInt {
+func dedupByModel[T any](l []T, model func(*T) string) []T {
 	if len(l) < 2 {
 		return l
 	}
-	slices.SortStableFunc(l, func(a, b modelInt) int { return strings.Compare(a.model, b.model) })
+	slices.SortStableFunc(l, func(a, b T) int { return strings.Compare(model(&a), model(&b)) })
 	out := l[:0]
 	for i := range l {
-		if i+1 < len(l) && l[i+1].model == l[i].model {
+		if i+1 < len(l) && model(&l[i+1]) == model(&l[i]) {
 			continue
 		}
 		out = append(out, l[i])
@@ -126,17 +126,5 @@ func dedupModels(l []modelInt) []modelInt {
 	return out
 }
 
-func dedupBudgets(l []modelBudget) []modelBudget {
-	if len(l) < 2 {
-		return l
-	}
-	slices.SortStableFunc(l, func(a, b modelBudget) int { return strings.Compare(a.model, b.model) })
-	out := l[:0]
-	for i := range l {
-		if i+1 < len(l) && l[i+1].model == l[i].model {
-			continue
-		}
-		out = append(out, l[i])
-	}
-	return out
-}
+func intModel(m *modelInt) string       { return m.model }
+func budgetModel(m *modelBudget) string { return m.model }

@@ -165,10 +165,10 @@ func (w *wireEntity) parse(b []byte) bool {
 	if w.kind != KindKey {
 		return false
 	}
-	w.key.rpm = dedupModels(w.key.rpm)
-	w.key.tpm = dedupModels(w.key.tpm)
-	w.key.modelSpend = dedupModels(w.key.modelSpend)
-	w.key.budgets = dedupBudgets(w.key.budgets)
+	w.key.rpm = dedupByModel(w.key.rpm, intModel)
+	w.key.tpm = dedupByModel(w.key.tpm, intModel)
+	w.key.modelSpend = dedupByModel(w.key.modelSpend, intModel)
+	w.key.budgets = dedupByModel(w.key.budgets, budgetModel)
 	return true
 }
 
