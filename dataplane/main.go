@@ -34,6 +34,7 @@ import (
 	"github.com/tollgate-gw/tollgate/controlplane/pkg/telemetry"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/enforce"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/limits"
+	"github.com/tollgate-gw/tollgate/dataplane/internal/procs"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/proxy"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/replica"
 	"github.com/tollgate-gw/tollgate/dataplane/internal/saas"
@@ -68,6 +69,9 @@ type options struct {
 	TLSCA                string
 	TLSCert              string
 	TLSKey               string
+	// AdaptiveProcs: run on one P while the load fits on one core (package
+	// procs).
+	AdaptiveProcs bool
 }
 
 func (o options) String() string {
@@ -99,6 +103,7 @@ func main() {
 	fs.DurationVar(&o.BudgetWait, "budget-wait", limits.DefaultBudgetWait, "how long a request waits when budget remains but is held by requests in flight or not yet synced, before a retryable 429 budget_held (negative: no wait)")
 	fs.DurationVar(&o.RateWait, "rate-limit-wait", limits.DefaultRateWait, "how long a request waits for a rate-limit grant when this proxy's share is on loan to other proxies, before a 429 (negative: no wait)")
 	fs.IntVar(&o.MaxWaiting, "max-waiting", limits.DefaultMaxWaiting, "requests that may wait at once for held budget or a grant (beyond it a held request is refused at once)")
+	fs.BoolVar(&o.AdaptiveProcs, "adaptive-procs", true, "run the Go scheduler on one P while the proxy's CPU use stays under a third of a core, on every core above (saves about a third of the CPU per request at modest rates; off when GOMAXPROCS is set)")
 	fs.StringVar(&o.PprofAddr, "pprof-addr", "", "serve net/http/pprof on this address (off when empty; bind it to loopback)")
 	if err := parseFlags(fs, os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -232,8 +237,12 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", o.Listen, err)
 	}
+	var gov *procs.Governor
+	if o.AdaptiveProcs {
+		gov = procs.New(procs.Options{Registry: reg, Logger: slog.Default(), Ready: rep.State().Ready})
+	}
 	srv := &http.Server{
-		Handler:           routes(h, api, groups),
+		Handler:           routes(h, api, groups, gov),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
@@ -243,6 +252,9 @@ func run(ctx context.Context, o options) error {
 	go func() { defer close(syncDone); _ = sc.Run(syncCtx) }()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	govCtx, stopGov := context.WithCancel(context.Background())
+	defer stopGov()
+	go gov.Run(govCtx)
 	slog.Info("data plane listening", "addr", ln.Addr().String())
 
 	select {
@@ -278,8 +290,11 @@ func run(ctx context.Context, o options) error {
 // routes puts the SaaS team API (/api/*) and GET /health beside the
 // OpenAI-compatible handler, and lets a SaaS team's key name a model group
 // as the model of a chat completion.
-func routes(proxyH, api http.Handler, groups *saas.GroupRouter) http.Handler {
+func routes(proxyH, api http.Handler, groups *saas.GroupRouter, gov *procs.Governor) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if gov.Narrow() {
+			gov.Observe(time.Now())
+		}
 		switch {
 		case strings.HasPrefix(r.URL.Path, "/api/"):
 			api.ServeHTTP(w, r)

@@ -53,6 +53,9 @@ var Documented = []Series{
 	{Name: "tollgate_limits_waiting", Type: "gauge", Plane: "proxy"},
 	{Name: "tollgate_limits_waited_total", Type: "counter", Plane: "proxy"},
 	{Name: "tollgate_limits_held_total", Type: "counter", Plane: "proxy"},
+	// Proxy: the scheduler's width (package procs); absent when the
+	// governor is off (GOMAXPROCS set, one CPU, --adaptive-procs=false).
+	{Name: "tollgate_proxy_gomaxprocs_changes_total", Type: "counter", Plane: "proxy", Sparse: true},
 
 	// Control plane: management API.
 	{Name: "tollgate_cp_http_requests_total", Type: "counter", Plane: "controlplane", Labels: []string{"method", "route", "code"}},

@@ -87,13 +87,16 @@ func main() {
 	stream := flag.Bool("stream", false, "ask for an SSE stream")
 	model := flag.String("model", "gpt-4o-mini", "model of the chat completion")
 	flag.Parse()
+	// user and metadata.generation_name satisfy proxybench's limited key
+	// (enforced_params); they are harmless to every other target.
+	const extra = `,"user":"bench-user","metadata":{"generation_name":"bench"}`
 	if len(ts) == 0 || *rate <= 0 {
 		fmt.Fprintln(os.Stderr, "interleave: at least one -t and a positive -rate")
 		os.Exit(2)
 	}
-	body := `{"model":"` + *model + `","messages":[{"role":"user","content":"hello there"}]}`
+	body := `{"model":"` + *model + `","messages":[{"role":"user","content":"hello there"}]` + extra + `}`
 	if *stream {
-		body = `{"model":"` + *model + `","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hello there"}]}`
+		body = `{"model":"` + *model + `","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hello there"}]` + extra + `}`
 	}
 	send := func(t *target, record bool) {
 		req, _ := http.NewRequest(http.MethodPost, t.url+"/v1/chat/completions", bytes.NewReader([]byte(body)))
