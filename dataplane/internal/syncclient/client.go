@@ -200,6 +200,7 @@ type Client struct {
 	sendMu sync.Mutex // one Send at a time: receiving loop and spend shipper
 
 	lastSent atomic.Int64  // UnixNano of the last Send on the stream (ping skips when recent)
+	pingNow  chan struct{} // a heartbeat arrived: ping if due
 	hurry    chan struct{} // FlushSpend: ship without waiting for the linger
 	draining atomic.Bool   // FlushSpend was called: never linger again
 	linger   time.Duration // spendLinger when the client was made
@@ -252,7 +253,7 @@ func New(a Applier, o Options) *Client {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	c := &Client{a: a, o: o, log: o.Logger.With("component", "sync"), instance: newInstance(), hurry: make(chan struct{}, 1), linger: spendLinger}
+	c := &Client{a: a, o: o, log: o.Logger.With("component", "sync"), instance: newInstance(), hurry: make(chan struct{}, 1), pingNow: make(chan struct{}, 1), linger: spendLinger}
 	c.st.Revision = a.Revision()
 	c.m = metrics{
 		connected:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "tollgate_sync_connected", Help: "1 while a sync stream to the control plane is established."}),
@@ -304,12 +305,24 @@ func (c *Client) Status() Status {
 	return c.st
 }
 
+// StreamWindow is the proxy's fixed HTTP/2 flow-control window, per stream
+// and per connection: what gRPC's bandwidth-delay estimator would grow it to
+// (16 MiB), without the estimator's pings (see Run).
+const StreamWindow = 16 << 20
+
 // Run keeps the replica in sync until ctx ends.
 func (c *Client) Run(ctx context.Context) error {
 	opts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256 << 20)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		// Fixed flow-control windows, as large as the ones gRPC's
+		// bandwidth-delay estimator grows to: the estimator sends an
+		// HTTP/2 PING after every message that arrives on a quiet
+		// connection (the heartbeat each second), and the round trip is
+		// wake-ups on both ends for nothing once the window is this size.
+		grpc.WithStaticStreamWindowSize(StreamWindow),
+		grpc.WithStaticConnWindowSize(StreamWindow),
 	}, c.o.DialOptions...)
 	// Fail on a bad address now rather than on every session.
 	conn, err := grpc.NewClient(c.o.Addr, opts...)
@@ -557,6 +570,10 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 			if c.o.MasterKey != nil {
 				c.o.MasterKey.Set(h.GetMasterKeyHash())
 			}
+			select { // answer with a ping if due (see ping)
+			case c.pingNow <- struct{}{}:
+			default:
+			}
 		case *syncv1.ControlMessage_LeaseGrant:
 			if c.o.Leases != nil {
 				c.o.Leases.Apply(m.LeaseGrant)
@@ -609,28 +626,44 @@ func (c *Client) watchdog(ctx context.Context, cancel context.CancelFunc, lastRe
 	}
 }
 
-// ping sends Ping when nothing else went to the control plane for
-// PingInterval, while the session lives, so that the control plane notices
-// a proxy that went silent (any message tells it the proxy is alive; a
+// ping tells the control plane the proxy is alive, while the session
+// lives, so that it notices a proxy that went silent (any message does; a
 // proxy that ships spend or reports leases about once a second pings
-// rarely).
+// rarely). A heartbeat from the control plane asks for one at once
+// (pingNow) when nothing went out for half a PingInterval, so the answer
+// rides the wake-up the heartbeat caused; the timer, 1.5 PingIntervals
+// after the last message, is for when heartbeats pause (the control plane
+// skips them while deltas flow). The control plane drops a proxy silent for
+// max(5 s, 3 PingIntervals).
 func (c *Client) ping(ctx context.Context, stream grpc.BidiStreamingClient[syncv1.ProxyMessage, syncv1.ControlMessage]) {
-	t := time.NewTimer(c.o.PingInterval)
+	fallback := c.o.PingInterval + c.o.PingInterval/2
+	t := time.NewTimer(fallback)
 	defer t.Stop()
+	since := func() time.Duration { return time.Since(time.Unix(0, c.lastSent.Load())) }
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-c.pingNow:
+			if since() < c.o.PingInterval/2 {
+				continue
+			}
 		case <-t.C:
-		}
-		if wait := c.o.PingInterval - time.Since(time.Unix(0, c.lastSent.Load())); wait > 0 {
-			t.Reset(wait)
-			continue
+			if wait := fallback - since(); wait > 0 {
+				t.Reset(wait)
+				continue
+			}
 		}
 		if err := c.send(stream, &syncv1.ProxyMessage{Msg: &syncv1.ProxyMessage_Ping{Ping: &syncv1.Ping{Revision: c.a.Revision()}}}); err != nil {
 			return // the receiving loop sees the stream's end
 		}
-		t.Reset(c.o.PingInterval)
+		if !t.Stop() {
+			select {
+			case <-t.C:
+			default:
+			}
+		}
+		t.Reset(fallback)
 	}
 }
 

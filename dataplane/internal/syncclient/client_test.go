@@ -351,6 +351,64 @@ func TestPingsAndLivenessHeartbeats(t *testing.T) {
 	}
 }
 
+// A heartbeat is answered with a ping at once when nothing went to the
+// control plane for half a PingInterval (the answer rides the heartbeat's
+// wake-up), and not when something did; the proxy's own timer waits 1.5
+// PingIntervals after its last message.
+func TestHeartbeatAnsweredWithAPing(t *testing.T) {
+	const every = 2 * time.Second
+	pings := make(chan time.Time, 16)
+	hb := &syncv1.ControlMessage{Msg: &syncv1.ControlMessage_Heartbeat{Heartbeat: &syncv1.Heartbeat{HeadRevision: 2}}}
+	srv := &fakeServer{sessions: []func(sendFn) error{func(s sendFn) error {
+		go func() {
+			for {
+				m, err := s.Recv()
+				if err != nil {
+					return
+				}
+				if m.GetPing() != nil {
+					pings <- time.Now()
+				}
+			}
+		}()
+		if err := s.Send(snap(2, 0, true)); err != nil {
+			return err
+		}
+		time.Sleep(every/2 + 200*time.Millisecond) // past half an interval
+		if err := s.Send(hb); err != nil {
+			return err
+		}
+		<-s.Context().Done()
+		return nil
+	}}}
+	a := &fakeApplier{}
+	start := time.Now()
+	startWith(t, srv, a, nil, func(o *Options) {
+		o.StallTimeout, o.PingInterval = time.Hour, every
+	})
+	var first time.Time
+	select {
+	case first = <-pings:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no ping")
+	}
+	// The heartbeat came ~1.2 s after the start; the timer alone would
+	// ping 1.5 intervals (3 s) after the start, and before this change
+	// pinged after one (2 s).
+	if first.Sub(start) >= every-every/8 {
+		t.Fatalf("first ping %s after the start: the heartbeat at ~1.2 s was not answered", first.Sub(start))
+	}
+	// No further ping before 1.5 intervals after this one.
+	select {
+	case p := <-pings:
+		if p.Sub(first) < every+every/4 {
+			t.Fatalf("a second ping %s after the first, want the fallback's 1.5 intervals", p.Sub(first))
+		}
+	case <-time.After(every + every/2 + 2*time.Second):
+		t.Fatal("no ping from the fallback timer")
+	}
+}
+
 // A new session that hears nothing at all (its connection landed on a
 // frozen backend) is given up after FirstMessageTimeout, not StallTimeout.
 func TestSilentNewSessionGivenUpEarly(t *testing.T) {
