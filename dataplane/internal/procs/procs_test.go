@@ -53,9 +53,10 @@ func (f *fake) set(n int) {
 	f.setCh <- n
 }
 
-func (f *fake) setUtil(u float64) {
+// burn adds CPU time used between two readings of the clock.
+func (f *fake) burn(d time.Duration) {
 	f.mu.Lock()
-	f.util = u
+	f.cpu += d
 	f.mu.Unlock()
 }
 
@@ -95,12 +96,20 @@ func baseline(g *Governor) time.Time {
 	return time.Unix(0, g.lastWall)
 }
 
-func TestNarrowsAfterTwoQuietSeconds(t *testing.T) {
+// narrowed is a running governor over a quiet fake process, once it has
+// narrowed.
+func narrowed(t *testing.T, reg prometheus.Registerer) (*fake, *Governor) {
+	t.Helper()
 	f := newFake(0.1)
-	reg := prometheus.NewRegistry()
 	g := f.governor(t, reg)
 	run(t, g)
 	waitSet(t, f, 1)
+	return f, g
+}
+
+func TestNarrowsAfterTwoQuietSeconds(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	_, g := narrowed(t, reg)
 	if !g.Narrow() {
 		t.Fatal("set to one P but Narrow() is false")
 	}
@@ -153,17 +162,12 @@ func TestQuietSecondsMustFollowEachOther(t *testing.T) {
 }
 
 func TestWidensOnABusyWindow(t *testing.T) {
-	f := newFake(0.1)
 	reg := prometheus.NewRegistry()
-	g := f.governor(t, reg)
-	run(t, g)
-	waitSet(t, f, 1)
+	f, g := narrowed(t, reg)
 
 	base := baseline(g)
 	// Within the 100 ms window: nothing read, nothing changed.
-	f.mu.Lock()
-	f.cpu += time.Second
-	f.mu.Unlock()
+	f.burn(time.Second)
 	g.Observe(base.Add(50 * time.Millisecond))
 	if !g.Narrow() {
 		t.Fatal("widened inside the shortest window")
@@ -182,14 +186,9 @@ func TestWidensOnABusyWindow(t *testing.T) {
 }
 
 func TestQuietWindowStaysNarrow(t *testing.T) {
-	f := newFake(0.1)
-	g := f.governor(t, nil)
-	run(t, g)
-	waitSet(t, f, 1)
+	f, g := narrowed(t, nil)
 	base := baseline(g)
-	f.mu.Lock()
-	f.cpu += 50 * time.Millisecond // 0.33 cores over 150 ms
-	f.mu.Unlock()
+	f.burn(50 * time.Millisecond) // 0.33 cores over 150 ms
 	g.Observe(base.Add(150 * time.Millisecond))
 	if !g.Narrow() {
 		t.Fatal("widened at a third of a core")
@@ -199,21 +198,14 @@ func TestQuietWindowStaysNarrow(t *testing.T) {
 // A window longer than a second had no requests in it: it restarts the
 // measure and decides nothing, whatever the CPU (a snapshot install, say).
 func TestLongGapDecidesNothing(t *testing.T) {
-	f := newFake(0.1)
-	g := f.governor(t, nil)
-	run(t, g)
-	waitSet(t, f, 1)
+	f, g := narrowed(t, nil)
 	base := baseline(g)
-	f.mu.Lock()
-	f.cpu += 4 * time.Second
-	f.mu.Unlock()
+	f.burn(4 * time.Second)
 	g.Observe(base.Add(5 * time.Second))
 	if !g.Narrow() {
 		t.Fatal("a 5 s window without requests widened")
 	}
-	f.mu.Lock()
-	f.cpu += 80 * time.Millisecond
-	f.mu.Unlock()
+	f.burn(80 * time.Millisecond)
 	g.Observe(base.Add(5*time.Second + 100*time.Millisecond))
 	waitSet(t, f, 0)
 }

@@ -303,6 +303,19 @@ func TestSilentStreamRedialsOnNewConnection(t *testing.T) {
 	}
 }
 
+// onPing calls f for every Ping the proxy sends on s, until the stream ends.
+func onPing(s sendFn, f func()) {
+	for {
+		m, err := s.Recv()
+		if err != nil {
+			return
+		}
+		if m.GetPing() != nil {
+			f()
+		}
+	}
+}
+
 // The client pings while the stream lives, and liveness-only heartbeats
 // keep a session alive while the first answer is prepared without being
 // taken for it.
@@ -310,17 +323,7 @@ func TestPingsAndLivenessHeartbeats(t *testing.T) {
 	var pings atomic.Int64
 	var pingMs atomic.Int64
 	srv := &fakeServer{sessions: []func(sendFn) error{func(s sendFn) error {
-		go func() {
-			for {
-				m, err := s.Recv()
-				if err != nil {
-					return
-				}
-				if m.GetPing() != nil {
-					pings.Add(1)
-				}
-			}
-		}()
+		go onPing(s, func() { pings.Add(1) })
 		// Liveness-only heartbeats for longer than the stall timeout
 		// before the answer.
 		for range 40 {
@@ -360,17 +363,7 @@ func TestHeartbeatAnsweredWithAPing(t *testing.T) {
 	pings := make(chan time.Time, 16)
 	hb := &syncv1.ControlMessage{Msg: &syncv1.ControlMessage_Heartbeat{Heartbeat: &syncv1.Heartbeat{HeadRevision: 2}}}
 	srv := &fakeServer{sessions: []func(sendFn) error{func(s sendFn) error {
-		go func() {
-			for {
-				m, err := s.Recv()
-				if err != nil {
-					return
-				}
-				if m.GetPing() != nil {
-					pings <- time.Now()
-				}
-			}
-		}()
+		go onPing(s, func() { pings <- time.Now() })
 		if err := s.Send(snap(2, 0, true)); err != nil {
 			return err
 		}
