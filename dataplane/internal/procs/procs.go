@@ -18,10 +18,15 @@
 //     one P. The ticker stops while narrow, so a narrow idle proxy has no
 //     wake-up of its own.
 //   - While narrow, requests check (Observe: one atomic load, and one
-//     getrusage per 100 ms window). A window of at most a second in which
-//     the process used more than WidenAbove cores widens at once, so a
-//     burst runs on one P for 100–200 ms at most. A window longer than a
-//     second (a gap without requests) only restarts the measure.
+//     getrusage and one runtime/metrics read per 100 ms window). A window
+//     of at most a second in which the process used more than WidenAbove
+//     cores, or in which goroutines queued for the P (more than a tenth of
+//     at least 20 sampled scheduling delays over 1 ms: on cores that other
+//     processes keep busy a one-P proxy can be starved without using much
+//     CPU), widens at once, so a burst runs on one P for 100–200 ms at
+//     most. A window longer than a second (a gap without requests) only
+//     restarts the measure. A wide proxy does not narrow while its
+//     goroutines queue either.
 //   - Widening restores the runtime's default (runtime.SetDefaultGOMAXPROCS,
 //     which keeps following a container's CPU limit).
 //
@@ -40,6 +45,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -74,22 +80,25 @@ type Options struct {
 	Ready func() bool
 
 	// For tests: the process's CPU time, how GOMAXPROCS is set (n <= 0:
-	// the runtime's default), the clock and the wide tick.
-	cpu  func() time.Duration
-	set  func(n int)
-	now  func() time.Time
-	tick time.Duration
-	full int
+	// the runtime's default), the clock, the wide tick and the scheduling
+	// delays since the last call (see queued).
+	queued func() (slow, all uint64)
+	cpu    func() time.Duration
+	set    func(n int)
+	now    func() time.Time
+	tick   time.Duration
+	full   int
 }
 
 // Governor narrows and widens GOMAXPROCS. A nil *Governor does nothing.
 type Governor struct {
-	cpu   func() time.Duration
-	set   func(n int)
-	now   func() time.Time
-	ready func() bool
-	tick  time.Duration
-	log   *slog.Logger
+	cpu    func() time.Duration
+	queued func() (slow, all uint64)
+	set    func(n int)
+	now    func() time.Time
+	ready  func() bool
+	tick   time.Duration
+	log    *slog.Logger
 
 	narrow  atomic.Bool
 	next    atomic.Int64 // narrow: UnixNano of the next check
@@ -114,9 +123,12 @@ func New(o Options) *Governor {
 	if o.full <= 1 {
 		return nil
 	}
-	g := &Governor{cpu: o.cpu, set: o.set, now: o.now, ready: o.Ready, tick: o.tick, log: o.Logger, widened: make(chan struct{}, 1)}
+	g := &Governor{cpu: o.cpu, queued: o.queued, set: o.set, now: o.now, ready: o.Ready, tick: o.tick, log: o.Logger, widened: make(chan struct{}, 1)}
 	if g.cpu == nil {
 		g.cpu = processCPU
+	}
+	if g.queued == nil {
+		g.queued = newSchedDelays().since
 	}
 	if g.set == nil {
 		g.set = setProcs
@@ -167,9 +179,10 @@ func (g *Governor) Run(ctx context.Context) {
 			case <-t.C:
 			}
 			n, c := g.now().UnixNano(), g.cpu()
+			slow, all := g.queued()
 			if g.ready != nil && !g.ready() {
 				low = 0
-			} else if util := cores(c-cpu, n-wall); util < NarrowBelow {
+			} else if util := cores(c-cpu, n-wall); util < NarrowBelow && !backlogged(slow, all) {
 				low++
 			} else {
 				low = 0
@@ -194,6 +207,7 @@ func (g *Governor) toNarrow(wall int64, cpu time.Duration, low int) {
 	defer g.mu.Unlock()
 	g.lastWall, g.lastCPU = wall, cpu
 	g.next.Store(wall + int64(window))
+	g.queued() // the narrow windows count from here
 	g.set(1)
 	g.narrow.Store(true)
 	g.changes.Inc()
@@ -220,20 +234,66 @@ func (g *Governor) Observe(now time.Time) {
 		return
 	}
 	c := g.cpu()
+	slow, all := g.queued()
 	util := cores(c-g.lastCPU, elapsed)
 	g.lastWall, g.lastCPU = n, c
 	g.next.Store(n + int64(window))
-	if elapsed > int64(maxWindow) || util <= WidenAbove {
+	if elapsed > int64(maxWindow) || (util <= WidenAbove && !backlogged(slow, all)) {
 		return
 	}
 	g.set(0)
 	g.narrow.Store(false)
 	g.changes.Inc()
-	g.log.Debug("widened to every P", "cores_used", util, "window", time.Duration(elapsed))
+	g.log.Debug("widened to every P", "cores_used", util, "window", time.Duration(elapsed), "runnable_over_1ms", slow, "scheduled", all)
 	select {
 	case g.widened <- struct{}{}:
 	default:
 	}
+}
+
+// backlogged reports whether goroutines queued for a P: of at least
+// minScheduled scheduling delays, more than a tenth were over slowDelay. On a
+// machine whose cores other processes keep busy, a one-P proxy can be
+// starved without using much CPU; its queue shows it.
+func backlogged(slow, all uint64) bool { return all >= minScheduled && slow*10 > all }
+
+const (
+	slowDelay    = time.Millisecond // a goroutine runnable this long waited for a P
+	minScheduled = 20               // fewer delays in a window decide nothing
+)
+
+// schedDelays reads the runtime's histogram of how long goroutines were
+// runnable before they ran (/sched/latencies:seconds, sampled by the
+// runtime), as counts since the previous read.
+type schedDelays struct {
+	s    []metrics.Sample
+	prev []uint64
+}
+
+func newSchedDelays() *schedDelays {
+	d := &schedDelays{s: []metrics.Sample{{Name: "/sched/latencies:seconds"}}}
+	d.since() // the baseline
+	return d
+}
+
+func (d *schedDelays) since() (slow, all uint64) {
+	metrics.Read(d.s)
+	if d.s[0].Value.Kind() != metrics.KindFloat64Histogram {
+		return 0, 0
+	}
+	h := d.s[0].Value.Float64Histogram()
+	if len(d.prev) != len(h.Counts) {
+		d.prev = make([]uint64, len(h.Counts))
+	}
+	for i, n := range h.Counts {
+		delta := n - d.prev[i]
+		d.prev[i] = n
+		all += delta
+		if h.Buckets[i] >= slowDelay.Seconds() { // the bucket's lower bound
+			slow += delta
+		}
+	}
+	return slow, all
 }
 
 func cores(cpu time.Duration, wall int64) float64 {

@@ -23,6 +23,27 @@ type fake struct {
 	n     int
 	sets  []int
 	setCh chan int
+	// slow, all: the scheduling delays the next queued() reports (every
+	// one while sticky).
+	slow, all uint64
+	sticky    bool
+}
+
+func (f *fake) queued() (slow, all uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	slow, all = f.slow, f.all
+	if !f.sticky {
+		f.slow, f.all = 0, 0
+	}
+	return slow, all
+}
+
+// queue makes the next reading of the scheduling delays show a backlog (or not).
+func (f *fake) queue(slow, all uint64) {
+	f.mu.Lock()
+	f.slow, f.all = slow, all
+	f.mu.Unlock()
 }
 
 func newFake(util float64) *fake { return &fake{util: util, setCh: make(chan int, 16)} }
@@ -62,7 +83,7 @@ func (f *fake) burn(d time.Duration) {
 
 func (f *fake) governor(t *testing.T, reg prometheus.Registerer) *Governor {
 	t.Helper()
-	g := New(Options{Registry: reg, cpu: f.readCPU, set: f.set, now: f.now, tick: time.Millisecond, full: 2})
+	g := New(Options{Registry: reg, cpu: f.readCPU, queued: f.queued, set: f.set, now: f.now, tick: time.Millisecond, full: 2})
 	if g == nil {
 		t.Fatal("New returned nil with two Ps")
 	}
@@ -137,7 +158,7 @@ func TestStaysWideUnderLoad(t *testing.T) {
 func TestWideUntilReady(t *testing.T) {
 	f := newFake(0)
 	var ready atomic.Bool
-	g := New(Options{cpu: f.readCPU, set: f.set, now: f.now, tick: time.Millisecond, full: 2, Ready: ready.Load})
+	g := New(Options{cpu: f.readCPU, queued: f.queued, set: f.set, now: f.now, tick: time.Millisecond, full: 2, Ready: ready.Load})
 	run(t, g)
 	select {
 	case n := <-f.setCh:
@@ -195,6 +216,41 @@ func TestQuietWindowStaysNarrow(t *testing.T) {
 	}
 }
 
+// Goroutines queued for the one P widen it although the process used
+// little CPU (other processes kept the core busy); a few slow delays, or
+// too few to judge, do not.
+func TestWidensWhenGoroutinesQueue(t *testing.T) {
+	f, g := narrowed(t, nil)
+	base := baseline(g)
+	f.queue(2, 100) // 2% slow
+	g.Observe(base.Add(150 * time.Millisecond))
+	if !g.Narrow() {
+		t.Fatal("widened with 2% of the delays over 1 ms")
+	}
+	f.queue(10, 15) // too few samples
+	g.Observe(base.Add(300 * time.Millisecond))
+	if !g.Narrow() {
+		t.Fatal("widened on 15 samples")
+	}
+	f.queue(30, 100)
+	g.Observe(base.Add(450 * time.Millisecond))
+	waitSet(t, f, 0)
+}
+
+// A wide proxy whose goroutines queue does not narrow however little CPU
+// it gets.
+func TestStaysWideWhileQueued(t *testing.T) {
+	f := newFake(0.1)
+	f.slow, f.all, f.sticky = 50, 100, true
+	g := f.governor(t, nil)
+	run(t, g)
+	select {
+	case n := <-f.setCh:
+		t.Fatalf("GOMAXPROCS set to %d while goroutines queued", n)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
 // A window longer than a second had no requests in it: it restarts the
 // measure and decides nothing, whatever the CPU (a snapshot install, say).
 func TestLongGapDecidesNothing(t *testing.T) {
@@ -242,7 +298,8 @@ func TestRealGOMAXPROCS(t *testing.T) {
 	defer runtime.SetDefaultGOMAXPROCS()
 	var cpu atomic.Int64
 	cpu.Store(int64(time.Second))
-	g := New(Options{cpu: func() time.Duration { return time.Duration(cpu.Load()) }, tick: time.Millisecond, full: full})
+	g := New(Options{cpu: func() time.Duration { return time.Duration(cpu.Load()) }, queued: func() (uint64, uint64) { return 0, 0 },
+		tick: time.Millisecond, full: full})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); g.Run(ctx) }()
