@@ -103,7 +103,7 @@ func main() {
 	fs.DurationVar(&o.BudgetWait, "budget-wait", limits.DefaultBudgetWait, "how long a request waits when budget remains but is held by requests in flight or not yet synced, before a retryable 429 budget_held (negative: no wait)")
 	fs.DurationVar(&o.RateWait, "rate-limit-wait", limits.DefaultRateWait, "how long a request waits for a rate-limit grant when this proxy's share is on loan to other proxies, before a 429 (negative: no wait)")
 	fs.IntVar(&o.MaxWaiting, "max-waiting", limits.DefaultMaxWaiting, "requests that may wait at once for held budget or a grant (beyond it a held request is refused at once)")
-	fs.BoolVar(&o.AdaptiveProcs, "adaptive-procs", true, "run the Go scheduler on one P while the proxy's CPU use stays under a third of a core, on every core above (saves about a third of the CPU per request at modest rates; off when GOMAXPROCS is set)")
+	fs.BoolVar(&o.AdaptiveProcs, "adaptive-procs", true, "run the Go scheduler on one P while the proxy's CPU use stays under 0.35 of a core, and on every core once it passes 0.6 or goroutines queue for the P (saves about a third of the CPU per request at modest rates; off when GOMAXPROCS is set)")
 	fs.StringVar(&o.PprofAddr, "pprof-addr", "", "serve net/http/pprof on this address (off when empty; bind it to loopback)")
 	if err := parseFlags(fs, os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -178,8 +178,10 @@ func (g *Governor) Run(ctx context.Context) {
 				return
 			case <-t.C:
 			}
+			g.mu.Lock()
 			n, c := g.now().UnixNano(), g.cpu()
 			slow, all := g.queued()
+			g.mu.Unlock()
 			if g.ready != nil && !g.ready() {
 				low = 0
 			} else if util := cores(c-cpu, n-wall); util < NarrowBelow && !backlogged(slow, all) {
@@ -208,15 +210,16 @@ func (g *Governor) toNarrow(wall int64, cpu time.Duration, low int) {
 	g.lastWall, g.lastCPU = wall, cpu
 	g.next.Store(wall + int64(window))
 	g.queued() // the narrow windows count from here
-	g.set(1)
 	g.narrow.Store(true)
+	g.set(1)
 	g.changes.Inc()
 	g.log.Debug("narrowed to one P", "seconds_under", float64(low)*g.tick.Seconds(), "below_cores", NarrowBelow)
 }
 
 // Observe is called on every request with its start time. While narrow it
 // widens once a window of at least 100 ms (and at most a second) used more
-// than WidenAbove cores. While wide it costs one atomic load.
+// than WidenAbove cores or saw goroutines queue for the P (backlogged).
+// While wide it costs one atomic load.
 func (g *Governor) Observe(now time.Time) {
 	if g == nil || !g.narrow.Load() {
 		return
@@ -241,8 +244,8 @@ func (g *Governor) Observe(now time.Time) {
 	if elapsed > int64(maxWindow) || (util <= WidenAbove && !backlogged(slow, all)) {
 		return
 	}
-	g.set(0)
 	g.narrow.Store(false)
+	g.set(0)
 	g.changes.Inc()
 	g.log.Debug("widened to every P", "cores_used", util, "window", time.Duration(elapsed), "runnable_over_1ms", slow, "scheduled", all)
 	select {
