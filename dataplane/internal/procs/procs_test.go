@@ -2,6 +2,7 @@ package procs
 
 import (
 	"context"
+	"fmt"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -98,6 +99,16 @@ func run(t *testing.T, g *Governor) {
 	t.Cleanup(func() { cancel(); <-done })
 }
 
+// neverSet fails if GOMAXPROCS is set within d (the fake ticks every ms).
+func neverSet(t *testing.T, f *fake, d time.Duration, why string) {
+	t.Helper()
+	select {
+	case n := <-f.setCh:
+		t.Fatalf("GOMAXPROCS set to %d %s", n, why)
+	case <-time.After(d):
+	}
+}
+
 func waitSet(t *testing.T, f *fake, want int) {
 	t.Helper()
 	select {
@@ -143,11 +154,7 @@ func TestStaysWideUnderLoad(t *testing.T) {
 	f := newFake(NarrowBelow + 0.05)
 	g := f.governor(t, nil)
 	run(t, g)
-	select {
-	case n := <-f.setCh:
-		t.Fatalf("GOMAXPROCS set to %d while the proxy used %.2f cores", n, NarrowBelow+0.05)
-	case <-time.After(200 * time.Millisecond): // ~200 ticks
-	}
+	neverSet(t, f, 200*time.Millisecond, fmt.Sprintf("while the proxy used %.2f cores", NarrowBelow+0.05))
 	if g.Narrow() {
 		t.Fatal("narrow under load")
 	}
@@ -160,11 +167,7 @@ func TestWideUntilReady(t *testing.T) {
 	var ready atomic.Bool
 	g := New(Options{cpu: f.readCPU, queued: f.queued, set: f.set, now: f.now, tick: time.Millisecond, full: 2, Ready: ready.Load})
 	run(t, g)
-	select {
-	case n := <-f.setCh:
-		t.Fatalf("GOMAXPROCS set to %d before the proxy was ready", n)
-	case <-time.After(100 * time.Millisecond):
-	}
+	neverSet(t, f, 100*time.Millisecond, "before the proxy was ready")
 	ready.Store(true)
 	waitSet(t, f, 1)
 }
@@ -175,11 +178,7 @@ func TestQuietSecondsMustFollowEachOther(t *testing.T) {
 	f.cycle = []float64{0.1, 0.9} // quiet, busy, quiet, busy, ...
 	g := f.governor(t, nil)
 	run(t, g)
-	select {
-	case n := <-f.setCh:
-		t.Fatalf("GOMAXPROCS set to %d although no two quiet seconds followed each other", n)
-	case <-time.After(200 * time.Millisecond):
-	}
+	neverSet(t, f, 200*time.Millisecond, "although no two quiet seconds followed each other")
 }
 
 func TestWidensOnABusyWindow(t *testing.T) {
@@ -244,11 +243,7 @@ func TestStaysWideWhileQueued(t *testing.T) {
 	f.slow, f.all, f.sticky = 50, 100, true
 	g := f.governor(t, nil)
 	run(t, g)
-	select {
-	case n := <-f.setCh:
-		t.Fatalf("GOMAXPROCS set to %d while goroutines queued", n)
-	case <-time.After(200 * time.Millisecond):
-	}
+	neverSet(t, f, 200*time.Millisecond, "while goroutines queued")
 }
 
 // A window longer than a second had no requests in it: it restarts the
