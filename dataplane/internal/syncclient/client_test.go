@@ -332,9 +332,24 @@ func TestPingsAndLivenessHeartbeats(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
-		_ = s.Send(snap(2, 0, true))
-		<-s.Context().Done()
-		return nil
+		if err := s.Send(snap(2, 0, true)); err != nil {
+			return err
+		}
+		// Keep the session alive as a control plane does: on a loaded
+		// machine the checks below can take longer than the stall
+		// timeout, and a silent server would be dropped (and the status
+		// read from the next session).
+		hb := &syncv1.ControlMessage{Msg: &syncv1.ControlMessage_Heartbeat{Heartbeat: &syncv1.Heartbeat{HeadRevision: 2}}}
+		for {
+			select {
+			case <-s.Context().Done():
+				return nil
+			case <-time.After(50 * time.Millisecond):
+			}
+			if err := s.Send(hb); err != nil {
+				return err
+			}
+		}
 	}}}
 	srv.onHello = func(h *syncv1.Hello) { pingMs.Store(int64(h.GetPingIntervalMs())) }
 	a := &fakeApplier{}
