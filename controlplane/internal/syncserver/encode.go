@@ -16,6 +16,7 @@ import (
 	syncv1 "github.com/tollgate-gw/tollgate/gen/tollgate/sync/v1"
 
 	"github.com/tollgate-gw/tollgate/controlplane/internal/store"
+	"github.com/tollgate-gw/tollgate/controlplane/pkg/hugepage"
 )
 
 // Messages that many streams send (snapshot chunks, deltas) are encoded once
@@ -194,6 +195,7 @@ type chunker struct {
 	n       int    // entities in body
 	seq     int32
 	scratch []byte
+	slab    hugepage.Slab // the chunks' memory
 
 	chunks   int
 	entities int
@@ -243,7 +245,10 @@ func (c *chunker) flush(last bool) {
 	}
 	// ControlMessage.snapshot (field 1), exactly sized: chunks stay in
 	// memory as long as the snapshot is cached.
-	out := make([]byte, 0, 1+protowire.SizeVarint(uint64(len(body)))+len(body))
+	// Carved from huge-page slabs: a million keys are ~200 MB of chunks,
+	// and 4 KiB page faults on that fresh memory were a fifth of the
+	// control plane's CPU building the snapshot.
+	out := c.slab.Alloc(1 + protowire.SizeVarint(uint64(len(body))) + len(body))
 	out = protowire.AppendTag(out, 1, protowire.BytesType)
 	out = protowire.AppendBytes(out, body)
 	c.sn.publish(out)

@@ -442,7 +442,7 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 		return err
 	}
 
-	stream, err := cl.Sync(sctx, grpc.ForceCodecV2(keepRaw{}))
+	stream, err := cl.Sync(sctx, grpc.ForceCodecV2(&keepRaw{}))
 	if err != nil {
 		return stalled(err)
 	}
