@@ -118,6 +118,7 @@ type keyTable struct {
 	keys    int
 	prevN   int
 	dead    int // tombstoned records
+	carved  int // records presize carved from one allocation (0: none)
 
 	// bulk is set while a snapshot is built (nobody reads the table yet):
 	// put only appends records, and finishBulk builds the indexes at the
@@ -743,10 +744,25 @@ func parallelShards(fn func(sh *shard), t *keyTable) {
 
 // trim drops most append slack from the record slices of a table that is
 // not published yet (a finished snapshot).
+//
+// Records carved by presize from one allocation stay where they are: a
+// copy would not free the allocation while other shards use it (and took
+// a sixth of a restart copying 100 MB into fresh memory), and presize's
+// slack is small. Unless the keys hint was far too high: then every shard
+// is copied and the allocation released.
 func (t *keyTable) trim() {
+	live := 0
+	for i := range t.shards {
+		live += len(t.shards[i].entries)
+	}
+	all := t.carved > 0 && live*2 < t.carved
+	if t.carved > 0 && !all {
+		return
+	}
+	t.carved = 0
 	for i := range t.shards {
 		sh := &t.shards[i]
-		if n := len(sh.entries); cap(sh.entries)-n > n/16+16 {
+		if n := len(sh.entries); all || cap(sh.entries)-n > n/16+16 {
 			e := make([]entry, n, n+n/32+8)
 			copy(e, sh.entries)
 			sh.entries = e
@@ -823,6 +839,7 @@ func (t *keyTable) presize(keys, prevs int) {
 	perEntries := keys/numShards + keys/numShards/16 + 8
 	index := hugepage.Make[uint32](slots*numShards, slots*numShards)
 	entries := hugepage.Make[entry](0, perEntries*numShards)
+	t.carved = perEntries * numShards
 	for i := range t.shards {
 		sh := &t.shards[i]
 		sh.index = index[i*slots : (i+1)*slots : (i+1)*slots]

@@ -813,5 +813,23 @@ func TestPresizedBuilder(t *testing.T) {
 				t.Fatalf("hint %d: key %d has token %s", hint, i, ki.TokenID)
 			}
 		}
+		// The records presize carved from one allocation stay there when
+		// the hint was about right, and are copied out (the allocation
+		// released) when it was far too high.
+		kt := s.v.Load().keys
+		capacity := 0
+		for i := range kt.shards {
+			capacity += cap(kt.shards[i].entries)
+		}
+		switch hint {
+		case 3000:
+			if kt.carved == 0 {
+				t.Fatalf("hint %d: the carved records were copied", hint)
+			}
+		case 100000:
+			if kt.carved != 0 || capacity > 2*3000 {
+				t.Fatalf("hint %d: carved %d, capacity %d for 3000 records", hint, kt.carved, capacity)
+			}
+		}
 	}
 }
