@@ -408,7 +408,10 @@ type Reader interface {
 	// named in KeyDocOmits may be missing (zero). A document EachKey could
 	// not decode makes EachKey fail; here it reaches fn. Every key is in
 	// exactly one batch; batches are never empty. docs and their bytes are
-	// valid only until fn returns; fn must not modify them.
+	// valid only until fn returns; fn must not modify them. Inside
+	// Store.Snapshot, fn must not use the reader (a store may stream the
+	// keys over the snapshot's one connection meanwhile): it fails with
+	// an error rather than waiting.
 	EachKeyDocs(ctx context.Context, fn func(docs [][]byte) error) error
 
 	// ListAudit returns audit entries newest first.

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -42,18 +43,38 @@ type reader struct {
 // may still use the reader (its statement waits for the fetch). A Query
 // holds the connection until its rows are closed, a QueryRow until Scan:
 // every caller here scans and closes at once.
+//
+// While EachKeyDocs streams (eachStream), the connection is its query's:
+// a statement then fails with errStreaming instead of waiting for a
+// stream that waits for the caller.
 type serialQuerier struct {
-	mu sync.Mutex
-	q  querier
+	mu        sync.Mutex
+	q         querier
+	streaming atomic.Bool
 }
 
+// errStreaming is what the snapshot's reader answers while EachKeyDocs
+// streams (its fn must not use the reader).
+var errStreaming = errors.New("postgres: the snapshot's reader is in use by EachKeyDocs (its fn must not use the reader)")
+
+// errRow is a pgx.Row that fails with err.
+type errRow struct{ err error }
+
+func (r errRow) Scan(...any) error { return r.err }
+
 func (s *serialQuerier) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	if s.streaming.Load() {
+		return pgconn.CommandTag{}, errStreaming
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.q.Exec(ctx, sql, args...)
 }
 
 func (s *serialQuerier) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if s.streaming.Load() {
+		return nil, errStreaming
+	}
 	s.mu.Lock()
 	rows, err := s.q.Query(ctx, sql, args...)
 	if err != nil {
@@ -64,6 +85,9 @@ func (s *serialQuerier) Query(ctx context.Context, sql string, args ...any) (pgx
 }
 
 func (s *serialQuerier) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	if s.streaming.Load() {
+		return errRow{errStreaming}
+	}
 	s.mu.Lock()
 	return unlockRow{row: s.q.QueryRow(ctx, sql, args...), mu: &s.mu}
 }
@@ -362,7 +386,8 @@ var keyDocsScan = scan{
 	t: keysTable,
 	cols: "token_id, key_hash, user_id, team_id, doc - '{token_id,key_hash,user_id,team_id," +
 		strings.Join(store.KeyDocOmits, ",") + "}'::text[]",
-	read: (*rowPage).readKeyDocs,
+	read:   (*rowPage).readKeyDocs,
+	stream: true,
 }
 
 // scan is what eachRows reads: columns of a table, and how a page of
@@ -371,6 +396,9 @@ type scan struct {
 	t    table
 	cols string // select list, id first; constants of this package only
 	read func(*rowPage, pgx.Rows) error
+	// stream: in a snapshot, read through one query (eachStream), fn not
+	// using the reader meanwhile; else through a cursor (eachCursor).
+	stream bool
 }
 
 // docScan reads id and doc of t.
@@ -385,6 +413,9 @@ func docScan(t table) scan { return scan{t: t, cols: t.id + ", doc", read: (*row
 // iteration may or may not be seen. The rows are valid until fn returns.
 func eachRows(ctx context.Context, r *reader, sc scan, fn func([]row) error) error {
 	if r.snap != nil {
+		if sc.stream {
+			return eachStream(ctx, r, sc, fn)
+		}
 		return eachCursor(ctx, r, sc, fn)
 	}
 	t := sc.t
@@ -614,6 +645,113 @@ func eachCursor(ctx context.Context, r *reader, sc scan, fn func([]row) error) e
 		page, spare = spare, page
 	}
 }
+
+// eachStream is eachRows for a snapshot's keys: one SELECT whose rows
+// arrive as Postgres produces them, read into pages of fetchPage rows on
+// a goroutine of its own while fn has the previous page. A cursor (FETCH,
+// eachCursor) made Postgres copy every row into a tuple store before
+// sending it, which was 40% of its CPU for a million keys (2.5-3.5 s
+// against 1.4-1.6 s streaming, measured on one connection). The
+// connection is the query's until the last row: fn must not use the
+// reader meanwhile (the reader answers errStreaming).
+func eachStream(ctx context.Context, r *reader, sc scan, fn func([]row) error) error {
+	sq := r.snap
+	sq.mu.Lock()
+	defer sq.mu.Unlock()
+	sq.streaming.Store(true)
+	defer sq.streaming.Store(false)
+	qctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	rows, err := sq.q.Query(qctx, "SELECT "+sc.cols+" FROM "+sc.t.name)
+	if err != nil {
+		return r.fail(ctx, err)
+	}
+	defer rows.Close()
+	type filled struct {
+		p    *rowPage
+		last bool
+		err  error
+	}
+	pages := make(chan filled, 1)
+	free := make(chan *rowPage, 2)
+	free <- new(rowPage)
+	free <- new(rowPage)
+	go func() {
+		defer close(pages)
+		for {
+			var p *rowPage
+			select {
+			case p = <-free:
+			case <-qctx.Done():
+				return
+			}
+			lr := &limitRows{Rows: rows, n: fetchPage}
+			err := sc.read(p, lr)
+			if err == nil {
+				err = rows.Err()
+			}
+			select {
+			case pages <- filled{p: p, last: lr.done, err: err}:
+			case <-qctx.Done():
+				return
+			}
+			if lr.done || err != nil {
+				return
+			}
+		}
+	}()
+	for f := range pages {
+		if f.err != nil {
+			cancel() // a query abandoned halfway is cancelled, not read to its end
+			return r.fail(ctx, f.err)
+		}
+		if len(f.p.rows) > 0 {
+			if err := fn(f.p.rows); err != nil {
+				cancel()
+				for range pages { // the reader goroutine ends before the lock is released
+				}
+				return err
+			}
+		}
+		if f.last {
+			return nil
+		}
+		free <- f.p
+		if err := ctx.Err(); err != nil {
+			cancel()
+			for range pages {
+			}
+			return err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return errors.New("postgres: the key stream ended early")
+}
+
+// limitRows is one page of an open result: at most n rows of Rows, and
+// Close leaves Rows open for the next page. done is set once Rows has no
+// rows left.
+type limitRows struct {
+	pgx.Rows
+	n, read int
+	done    bool
+}
+
+func (l *limitRows) Next() bool {
+	if l.read >= l.n {
+		return false
+	}
+	if !l.Rows.Next() {
+		l.done = true
+		return false
+	}
+	l.read++
+	return true
+}
+
+func (l *limitRows) Close() {}
 
 // decodeRows decodes page[i] into out[i], split across up to GOMAXPROCS
 // goroutines.

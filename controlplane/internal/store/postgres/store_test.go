@@ -549,6 +549,77 @@ func TestEachStreamsInPages(t *testing.T) {
 	}
 }
 
+// Inside a Snapshot, EachKeyDocs streams the keys through one query, in
+// pages: every key once over several pages; the reader, used from fn,
+// answers an error instead of waiting for the stream; after the stream the
+// reader works again; an error from fn halfway ends the stream at once and
+// leaves the store usable.
+func TestSnapshotKeyDocsStream(t *testing.T) {
+	s := pgtest.NewStore(t)
+	ctx := t.Context()
+	const n = 12345 // more than two pages (fetchPage)
+	write(t, s, func(ctx context.Context, tx store.Tx) error {
+		for i := range n {
+			if err := tx.CreateKey(ctx, key(fmt.Sprintf("k%05d", i), base)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	waitHead(t, s, 1)
+	err := s.Snapshot(ctx, func(rev int64, r store.Reader) error {
+		seen := map[string]bool{}
+		batches := 0
+		err := r.EachKeyDocs(ctx, func(docs [][]byte) error {
+			batches++
+			for _, doc := range docs {
+				var k store.Key
+				if err := store.DecodeJSON(doc, &k); err != nil {
+					return err
+				}
+				if seen[k.TokenID] {
+					return fmt.Errorf("%s twice", k.TokenID)
+				}
+				seen[k.TokenID] = true
+			}
+			if batches == 2 {
+				if _, err := r.GetKey(ctx, "k00001"); err == nil || errors.Is(err, store.ErrNotFound) {
+					return fmt.Errorf("GetKey inside EachKeyDocs: %v, want the reader-in-use error", err)
+				}
+			}
+			return nil
+		})
+		if err != nil || len(seen) != n || batches < 3 {
+			return fmt.Errorf("EachKeyDocs: %d keys in %d batches: %v", len(seen), batches, err)
+		}
+		_, err = r.GetKey(ctx, "k00001")
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := errors.New("stop")
+	calls := 0
+	start := time.Now()
+	err = s.Snapshot(ctx, func(_ int64, r store.Reader) error {
+		return r.EachKeyDocs(ctx, func([][]byte) error {
+			if calls++; calls == 2 {
+				return stop
+			}
+			return nil
+		})
+	})
+	if !errors.Is(err, stop) || calls != 2 {
+		t.Fatalf("EachKeyDocs with fn failing on the second batch: %v after %d calls", err, calls)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("the failed stream took %s to end", took)
+	}
+	if _, err := s.Read().GetKey(ctx, "k00002"); err != nil {
+		t.Fatalf("after a stream ended by an error: %v", err)
+	}
+}
+
 func TestCanceledContextStaysCanceled(t *testing.T) {
 	s := pgtest.NewStore(t)
 	ctx, cancel := context.WithCancel(context.Background())
