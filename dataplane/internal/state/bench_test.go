@@ -26,6 +26,7 @@ func loadBig(b *testing.B) *State {
 	big.once.Do(func() {
 		s := New()
 		bl := s.NewSnapshot(1)
+		bl.Presize(bigN) // as a proxy does from the snapshot's keys_hint
 		if err := statetest.Snapshot(bigN, bl.Add); err != nil {
 			b.Fatal(err)
 		}
@@ -161,6 +162,7 @@ func BenchmarkBuild1M(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		s := New()
 		bl := s.NewSnapshot(1)
+		bl.Presize(bigN) // as a proxy does from the snapshot's keys_hint
 		if err := statetest.Snapshot(bigN, bl.Add); err != nil {
 			b.Fatal(err)
 		}
@@ -186,6 +188,7 @@ func BenchmarkMemory1M(b *testing.B) {
 
 		s := New()
 		bl := s.NewSnapshot(1)
+		bl.Presize(bigN) // as a proxy does from the snapshot's keys_hint
 		for k := range bigN {
 			if err := bl.Add(statetest.Key(k)); err != nil {
 				b.Fatal(err)
