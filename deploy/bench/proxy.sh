@@ -35,6 +35,12 @@
 #                         least LAT_REQUESTS (400) requests; CPU per request as above, and the p50
 #                         each target adds over the bare proxy in the same round (the median round
 #                         and the worst round are reported: issue 20 asks < 25 µs in every round);
+#       interleaved phase: (INTERLEAVE=true) the bare proxy, Tollgate plain and Tollgate limited at
+#                         once, each at RATE on its own schedule, the schedules offset by a third of a
+#                         period, so that every target meets the same machine; latency only (the
+#                         Tollgate targets share a process). Rounds one target at a time carry the
+#                         machine's drift between them (the bare proxy's own p50 moved by 170 µs from
+#                         round to round on a shared host); this phase does not;
 #   - takes CPU profiles of the Tollgate proxy (PROFILE=6s each): saturated with the limited key
 #     (JSON), saturated with the plain key (SSE), and at the constant RATE (200; limited key, JSON).
 # CPU is each process's time on a CPU summed over its threads (/proc/<pid>/task/*/schedstat, ns),
@@ -55,6 +61,7 @@ RATE=${RATE:-200}
 LAT_DURATION=${LAT_DURATION:-4s}
 RATES=${RATES:-50,200,500}
 LAT_REQUESTS=${LAT_REQUESTS:-400}
+INTERLEAVE=${INTERLEAVE:-true}
 DELAY=${DELAY:-0s}
 MODES=${MODES:-json,stream}
 PROFILE=${PROFILE:-6s}
@@ -79,7 +86,7 @@ trap 'exit 130' INT TERM
 
 {
   echo "== proxy benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "command: KEYS=$KEYS ROUNDS=$ROUNDS WORKERS=$WORKERS DURATION=$DURATION RATE=$RATE LAT_DURATION=$LAT_DURATION RATES=$RATES LAT_REQUESTS=$LAT_REQUESTS DELAY=$DELAY MODES=$MODES PROFILE=$PROFILE PROXIES=$PROXIES deploy/bench/proxy.sh"
+  echo "command: KEYS=$KEYS ROUNDS=$ROUNDS WORKERS=$WORKERS DURATION=$DURATION RATE=$RATE LAT_DURATION=$LAT_DURATION RATES=$RATES LAT_REQUESTS=$LAT_REQUESTS INTERLEAVE=$INTERLEAVE DELAY=$DELAY MODES=$MODES PROFILE=$PROFILE PROXIES=$PROXIES deploy/bench/proxy.sh"
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(uname -sr)"
   echo "go: $(go version | cut -d' ' -f3-), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)')"
   echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -97,7 +104,7 @@ if [[ -z "${BIN:-}" ]]; then
 fi
 
 "$BIN/proxybench" -bin "$BIN" -work "$work" -keys "$KEYS" -port "$PORT" -rounds "$ROUNDS" -workers "$WORKERS" \
-  -duration "$DURATION" -rate "$RATE" -rates "$RATES" -lat-duration "$LAT_DURATION" -lat-requests "$LAT_REQUESTS" -delay "$DELAY" -modes "$MODES" \
+  -duration "$DURATION" -rate "$RATE" -rates "$RATES" -lat-duration "$LAT_DURATION" -lat-requests "$LAT_REQUESTS" -interleave="$INTERLEAVE" -delay "$DELAY" -modes "$MODES" \
   -profile "$PROFILE" -profile-out "$prof" -proxies "$PROXIES" > >(tee -a "$out") 2>&1 &
 driver=$!
 wait "$driver"

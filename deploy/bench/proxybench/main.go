@@ -42,6 +42,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -59,6 +60,7 @@ type config struct {
 	rates              []int
 	latDuration        time.Duration
 	latRequests        int
+	interleave         bool
 	warmup             time.Duration
 	delay              time.Duration
 	modes              string
@@ -114,6 +116,7 @@ func main() {
 	rates := flag.String("rates", "50,200,500", "constant rates (requests/s) of the rate phases, comma-separated: open loop (requests leave on a fixed schedule, each independent of the answers)")
 	flag.DurationVar(&c.latDuration, "lat-duration", 4*time.Second, "rate phase per target, rate and round (0: none); stretched to -lat-requests")
 	flag.IntVar(&c.latRequests, "lat-requests", 400, "fewest requests in a rate phase (a low rate runs longer)")
+	flag.BoolVar(&c.interleave, "interleave", true, "per round, also a phase at -rate with the bare proxy and both Tollgate targets loaded at once, their schedules interleaved (latency only: the added p50 with every target meeting the same machine)")
 	flag.DurationVar(&c.warmup, "warmup", time.Second, "unrecorded load per target before the rounds")
 	flag.DurationVar(&c.delay, "delay", 0, "the mock upstream's fixed delay")
 	flag.StringVar(&c.modes, "modes", "json,stream", "modes to run: json, stream")
@@ -308,6 +311,14 @@ func (b *bench) run() error {
 						printRound(s)
 					}
 				}
+				if c.interleave {
+					d := max(c.latDuration, time.Duration(c.latRequests)*time.Second/time.Duration(c.rate))
+					for _, s := range b.interleaved(targets[1:], r, body, c.rate, d) {
+						s.mode, s.phase, s.round, s.rate = mode, "interleaved", r+1, c.rate
+						samples = append(samples, s)
+						printRound(s)
+					}
+				}
 			}
 		}
 	}
@@ -357,6 +368,27 @@ func (b *bench) measure(t target, body []byte, rate vegeta.Rate, d time.Duration
 	settle(append([]*proc{cp}, t.cpuProcs...)...)
 	p2, u2, c2 := cpuAll(t.cpuProcs), cpuOf(mock), cpuOf(cp)
 	return sample{target: t.name, m: m, loadCPU: p1 - p0, proxyCPU: p2 - p0, upCPU: u2 - u0, cpCPU: c2 - c0}
+}
+
+// interleaved loads every target at once, each at rate on a fixed
+// schedule of its own, the schedules offset by a fraction of a period so
+// that the requests alternate between the targets: each target meets the
+// same machine (noise, frequency, neighbours) as the others, which a phase
+// per target cannot give. Latency only: the Tollgate targets share a
+// process, whose CPU cannot be split between them. Which target goes
+// first in the period rotates with the round.
+func (b *bench) interleaved(ts []target, round int, body []byte, rate int, d time.Duration) []sample {
+	out := make([]sample, len(ts))
+	period := time.Second / time.Duration(rate)
+	var wg sync.WaitGroup
+	for i, t := range ts {
+		wg.Go(func() {
+			time.Sleep(time.Duration((i+round)%len(ts)) * period / time.Duration(len(ts)))
+			out[i] = sample{target: t.name, m: b.attack(t, body, vegeta.Rate{Freq: rate, Per: time.Second}, d)}
+		})
+	}
+	wg.Wait()
+	return out
 }
 
 // settle waits until the processes use less than one clock tick in 250 ms.
@@ -471,6 +503,9 @@ func printRound(s sample) {
 	phase := s.phase
 	if s.rate > 0 {
 		phase = fmt.Sprintf("%d/s", s.rate)
+	}
+	if s.phase == "interleaved" {
+		phase = fmt.Sprintf("%d/s ilv", s.rate) // CPU columns: not measured
 	}
 	fmt.Printf("round %d %-6s %-10s %-16s req=%-6d ok=%5.1f%% rps=%7.0f p50=%sms p90=%sms p99=%sms proxy=%6.1fµs/req (load %6.1f) upstream=%6.1fµs/req cp=%6.1fµs/req codes=%v%s\n",
 		s.round, s.mode, phase, s.target, s.m.Requests, s.m.Success*100, s.m.Throughput,
@@ -625,6 +660,30 @@ func report(samples []sample, targets []target, modes []string, c config) {
 			}
 		}
 	}
+	for _, mode := range modes {
+		il := aggregate(samples, mode, "interleaved", c.rate)
+		bareIl := il["bare"]
+		if bareIl == nil {
+			continue
+		}
+		fmt.Printf("\n### %s, %d req/s to each target at once, schedules interleaved (open loop), ≥ %s and ≥ %d requests per round\n\n", mode, c.rate, c.latDuration, c.latRequests)
+		fmt.Println("| target | p50 ms | p90 ms | p99 ms | p50 added over bare µs: median round, worst round | p50 added per round µs | ok |")
+		fmt.Println("|---|---:|---:|---:|---:|---:|---:|")
+		for _, t := range targets {
+			a := il[t.name]
+			if a == nil {
+				continue
+			}
+			add, per := "—", "—"
+			if t.name != "bare" {
+				m, w := added(a, bareIl)
+				add = fmt.Sprintf("%+.0f, %+.0f", float64(m)/1e3, float64(w)/1e3)
+				per = addedRounds(a, bareIl)
+			}
+			fmt.Printf("| %s | %s | %s | %s | %s | %s | %.2f%% |\n", t.name, ms(median(a.p50s)), ms(median(a.p90s)), ms(median(a.p99s)),
+				add, per, 100*a.ok/float64(max(a.req, 1)))
+		}
+	}
 	// The goals of issue 20.
 	fmt.Printf("\n### Goals (issue 20)\n\n")
 	for _, mode := range modes {
@@ -645,11 +704,33 @@ func report(samples []sample, targets []target, modes []string, c config) {
 			if rate == 200 {
 				pm, pw := added(plain, bare)
 				lm, lw := added(limits, bare)
-				fmt.Printf("- %s at 200 req/s: added p50 < 25 µs in every round: plain median %+.0f µs, worst %+.0f µs; limited median %+.0f µs, worst %+.0f µs — %s\n",
+				fmt.Printf("- %s at 200 req/s, one target at a time: added p50 < 25 µs in every round: plain median %+.0f µs, worst %+.0f µs; limited median %+.0f µs, worst %+.0f µs — %s\n",
+					mode, float64(pm)/1e3, float64(pw)/1e3, float64(lm)/1e3, float64(lw)/1e3, verdict(pw < 25*time.Microsecond && lw < 25*time.Microsecond))
+			}
+		}
+		if c.rate == 200 {
+			il := aggregate(samples, mode, "interleaved", c.rate)
+			if bare, plain, limits := il["bare"], il["tollgate-plain"], il["tollgate-limits"]; bare != nil && plain != nil && limits != nil {
+				pm, pw := added(plain, bare)
+				lm, lw := added(limits, bare)
+				fmt.Printf("- %s at 200 req/s, targets interleaved: added p50 < 25 µs in every round: plain median %+.0f µs, worst %+.0f µs; limited median %+.0f µs, worst %+.0f µs — %s\n",
 					mode, float64(pm)/1e3, float64(pw)/1e3, float64(lm)/1e3, float64(lw)/1e3, verdict(pw < 25*time.Microsecond && lw < 25*time.Microsecond))
 			}
 		}
 	}
+}
+
+// addedRounds lists, round by round, how much a's p50 exceeds bare's.
+func addedRounds(a, bare *agg) string {
+	var parts []string
+	for i, r := range a.rounds {
+		for j, rb := range bare.rounds {
+			if rb == r {
+				parts = append(parts, fmt.Sprintf("%+.0f", float64(a.p50s[i]-bare.p50s[j])/1e3))
+			}
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 // roundsCell is " (r1, r2, ...)": the CPU per request of each round.
