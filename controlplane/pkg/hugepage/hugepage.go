@@ -39,18 +39,24 @@ func Make[T any](n, c int) []T {
 	return s
 }
 
-// Slab hands out byte buffers carved from SlabSize slabs advised for huge
-// pages: for many buffers of up to a few MiB that live and die together
-// (a snapshot's chunks), which one by one would each be too small to get a
+// Slab hands out byte buffers carved from slabs advised for huge pages:
+// for many buffers of up to a few MiB that live and die together (a
+// snapshot's chunks), which one by one would each be too small to get a
 // huge page. A slab stays in memory while any buffer carved from it does.
-// The zero Slab is ready to use; a Slab is not safe for concurrent use.
+// Slabs start at MinSlab and double up to SlabSize, so that a small
+// snapshot holds little more than it uses. The zero Slab is ready to use;
+// a Slab is not safe for concurrent use.
 type Slab struct {
 	free []byte // the current slab's unused tail (len 0)
+	next int    // the next slab's size (0: MinSlab)
 }
 
-// SlabSize is the size of a slab. Buffers over a quarter of it get an
-// allocation of their own (advised too).
-const SlabSize = 32 << 20
+// MinSlab and SlabSize are the first and the largest slab sizes. Buffers
+// over a quarter of SlabSize get an allocation of their own (advised too).
+const (
+	MinSlab  = 4 << 20
+	SlabSize = 32 << 20
+)
 
 // Alloc returns a buffer of length 0 and capacity n (exactly: appending
 // past it reallocates rather than writing into the next buffer).
@@ -59,7 +65,12 @@ func (s *Slab) Alloc(n int) []byte {
 		return Make[byte](0, n)
 	}
 	if cap(s.free) < n {
-		s.free = Make[byte](0, SlabSize)
+		size := max(s.next, MinSlab)
+		for size < n {
+			size *= 2
+		}
+		s.free = Make[byte](0, size)
+		s.next = min(size*2, SlabSize)
 	}
 	b := s.free[:0:n]
 	s.free = s.free[n:n:cap(s.free)]

@@ -23,6 +23,14 @@ func TestSlabBuffersAreExactAndApart(t *testing.T) {
 		}
 		bufs = append(bufs, b)
 	}
+	if s.next != SlabSize {
+		t.Errorf("after ~80 MiB of buffers the next slab is %d MiB, want the largest", s.next>>20)
+	}
+	var small Slab
+	small.Alloc(1000)
+	if cap(small.free)+1000 != MinSlab {
+		t.Errorf("a first small buffer took a slab of %d bytes, want %d", cap(small.free)+1000, MinSlab)
+	}
 	big := s.Alloc(SlabSize/4 + 1)
 	if cap(big) != SlabSize/4+1 {
 		t.Fatalf("big buffer cap %d", cap(big))

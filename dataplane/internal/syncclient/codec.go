@@ -63,6 +63,10 @@ func (k *keepRaw) Unmarshal(data mem.BufferSlice, v any) error {
 		r.framed = k.slab.Alloc(n)[:n]
 	} else {
 		r.framed = make([]byte, n)
+		// A small message (a delta, a heartbeat) ends a run of chunks:
+		// let the last slab go with them rather than keep its tail for
+		// the session's life.
+		k.slab = hugepage.Slab{}
 	}
 	data.CopyTo(r.framed[frameHeader:])
 	r.raw = r.framed[frameHeader:]

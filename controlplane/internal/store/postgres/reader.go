@@ -33,7 +33,8 @@ type reader struct {
 	q    querier
 	fail func(context.Context, error) error
 	// snap is set on Snapshot's reader (q is then snap): Each* read
-	// through a cursor instead of paging by id (eachCursor).
+	// through a cursor instead of paging by id (eachCursor), and
+	// EachKeyDocs through one streamed query (eachStream).
 	snap    *serialQuerier
 	cursors int // cursors declared on snap, for unique names
 }
