@@ -648,8 +648,7 @@ func report(samples []sample, targets []target, modes []string, c config) {
 				}
 				add := "—"
 				if bareLat != nil && t.name != "bare" {
-					m, w := added(a, bareLat)
-					add = fmt.Sprintf("%+.0f, %+.0f", float64(m)/1e3, float64(w)/1e3)
+					add = addedCell(a, bareLat)
 				}
 				cpu, ratio := cpuCell(t, a, bareLat)
 				if len(t.cpuProcs) > 0 {
@@ -676,9 +675,7 @@ func report(samples []sample, targets []target, modes []string, c config) {
 			}
 			add, per := "—", "—"
 			if t.name != "bare" {
-				m, w := added(a, bareIl)
-				add = fmt.Sprintf("%+.0f, %+.0f", float64(m)/1e3, float64(w)/1e3)
-				per = addedRounds(a, bareIl)
+				add, per = addedCell(a, bareIl), addedRounds(a, bareIl)
 			}
 			fmt.Printf("| %s | %s | %s | %s | %s | %s | %.2f%% |\n", t.name, ms(median(a.p50s)), ms(median(a.p90s)), ms(median(a.p99s)),
 				add, per, 100*a.ok/float64(max(a.req, 1)))
@@ -702,22 +699,30 @@ func report(samples []sample, targets []target, modes []string, c config) {
 			pr, lr := ratio(plain, bare), ratio(limits, bare)
 			fmt.Printf("- %s at %d req/s: CPU/request ≤ 1.2× bare: plain %.2f×, limited %.2f× — %s\n", mode, rate, pr, lr, verdict(pr <= 1.2 && lr <= 1.2))
 			if rate == 200 {
-				pm, pw := added(plain, bare)
-				lm, lw := added(limits, bare)
-				fmt.Printf("- %s at 200 req/s, one target at a time: added p50 < 25 µs in every round: plain median %+.0f µs, worst %+.0f µs; limited median %+.0f µs, worst %+.0f µs — %s\n",
-					mode, float64(pm)/1e3, float64(pw)/1e3, float64(lm)/1e3, float64(lw)/1e3, verdict(pw < 25*time.Microsecond && lw < 25*time.Microsecond))
+				addedGoal(mode, "one target at a time", plain, limits, bare)
 			}
 		}
 		if c.rate == 200 {
 			il := aggregate(samples, mode, "interleaved", c.rate)
 			if bare, plain, limits := il["bare"], il["tollgate-plain"], il["tollgate-limits"]; bare != nil && plain != nil && limits != nil {
-				pm, pw := added(plain, bare)
-				lm, lw := added(limits, bare)
-				fmt.Printf("- %s at 200 req/s, targets interleaved: added p50 < 25 µs in every round: plain median %+.0f µs, worst %+.0f µs; limited median %+.0f µs, worst %+.0f µs — %s\n",
-					mode, float64(pm)/1e3, float64(pw)/1e3, float64(lm)/1e3, float64(lw)/1e3, verdict(pw < 25*time.Microsecond && lw < 25*time.Microsecond))
+				addedGoal(mode, "targets interleaved", plain, limits, bare)
 			}
 		}
 	}
+}
+
+// addedCell is "median, worst": the p50 a adds over bare, in µs.
+func addedCell(a, bare *agg) string {
+	m, w := added(a, bare)
+	return fmt.Sprintf("%+.0f, %+.0f", float64(m)/1e3, float64(w)/1e3)
+}
+
+// addedGoal prints issue 20's added-p50 goal at 200 req/s for both keys.
+func addedGoal(mode, how string, plain, limits, bare *agg) {
+	pm, pw := added(plain, bare)
+	lm, lw := added(limits, bare)
+	fmt.Printf("- %s at 200 req/s, %s: added p50 < 25 µs in every round: plain median %+.0f µs, worst %+.0f µs; limited median %+.0f µs, worst %+.0f µs — %s\n",
+		mode, how, float64(pm)/1e3, float64(pw)/1e3, float64(lm)/1e3, float64(lw)/1e3, verdict(pw < 25*time.Microsecond && lw < 25*time.Microsecond))
 }
 
 // addedRounds lists, round by round, how much a's p50 exceeds bare's.

@@ -509,12 +509,9 @@ func TestSettingsModelsAndChangeData(t *testing.T) {
 	}
 }
 
-// Each* read in pages; the callback may use the same reader (one
-// connection inside a Snapshot) between pages.
-func TestEachStreamsInPages(t *testing.T) {
-	s := pgtest.NewStore(t)
-	ctx := context.Background()
-	const n = 2345
+// createNumberedKeys creates keys k00000, k00001, ... in one transaction (revision 1).
+func createNumberedKeys(t *testing.T, s store.Store, n int) {
+	t.Helper()
 	write(t, s, func(ctx context.Context, tx store.Tx) error {
 		for i := range n {
 			if err := tx.CreateKey(ctx, key(fmt.Sprintf("k%05d", i), base)); err != nil {
@@ -524,6 +521,15 @@ func TestEachStreamsInPages(t *testing.T) {
 		return nil
 	})
 	waitHead(t, s, 1)
+}
+
+// Each* read in pages; the callback may use the same reader (one
+// connection inside a Snapshot) between pages.
+func TestEachStreamsInPages(t *testing.T) {
+	s := pgtest.NewStore(t)
+	ctx := context.Background()
+	const n = 2345
+	createNumberedKeys(t, s, n)
 	seen := map[string]bool{}
 	err := s.Snapshot(ctx, func(rev int64, r store.Reader) error {
 		if rev != 1 {
@@ -558,15 +564,7 @@ func TestSnapshotKeyDocsStream(t *testing.T) {
 	s := pgtest.NewStore(t)
 	ctx := t.Context()
 	const n = 12345 // more than two pages (fetchPage)
-	write(t, s, func(ctx context.Context, tx store.Tx) error {
-		for i := range n {
-			if err := tx.CreateKey(ctx, key(fmt.Sprintf("k%05d", i), base)); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	waitHead(t, s, 1)
+	createNumberedKeys(t, s, n)
 	err := s.Snapshot(ctx, func(rev int64, r store.Reader) error {
 		seen := map[string]bool{}
 		batches := 0
