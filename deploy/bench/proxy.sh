@@ -35,12 +35,13 @@
 #                         least LAT_REQUESTS (400) requests; CPU per request as above, and the p50
 #                         each target adds over the bare proxy in the same round (the median round
 #                         and the worst round are reported: issue 20 asks < 25 µs in every round);
-#       interleaved phase: (INTERLEAVE=true) the bare proxy, Tollgate plain and Tollgate limited at
-#                         once, each at RATE on its own schedule, the schedules offset by a third of a
-#                         period, so that every target meets the same machine; latency only (the
-#                         Tollgate targets share a process). Rounds one target at a time carry the
-#                         machine's drift between them (the bare proxy's own p50 moved by 170 µs from
-#                         round to round on a shared host); this phase does not;
+#       interleaved phases: (INTERLEAVE=true) for each Tollgate key, it and the bare proxy at once,
+#                         each at RATE on its own schedule, offset by half a period (which goes first
+#                         alternates by round), so that both meet the same machine; latency only.
+#                         Rounds one target at a time carry the machine's drift between them (the bare
+#                         proxy's own p50 moved by 170 µs from round to round on a shared host); these
+#                         do not. (Both keys in one phase do not work: the key that followed the other
+#                         found its process awake and was ~100 µs faster in every round);
 #   - takes CPU profiles of the Tollgate proxy (PROFILE=6s each): saturated with the limited key
 #     (JSON), saturated with the plain key (SSE), and at the constant RATE (200; limited key, JSON).
 # CPU is each process's time on a CPU summed over its threads (/proc/<pid>/task/*/schedstat, ns),
