@@ -442,7 +442,11 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 		return err
 	}
 
-	stream, err := cl.Sync(sctx, grpc.ForceCodecV2(&keepRaw{}))
+	codec := &keepRaw{}
+	if fb, ok := c.a.(interface{ FrameBuffer(n int) []byte }); ok {
+		codec.reuse = fb.FrameBuffer
+	}
+	stream, err := cl.Sync(sctx, grpc.ForceCodecV2(codec))
 	if err != nil {
 		return stalled(err)
 	}
