@@ -18,8 +18,7 @@
 // entities, then the overlay: applied in order, they give the state. The
 // chunks are stored as they came (no per-entity encoding or B-tree insert;
 // the control plane sends keys in any order; WriteFramed stores the
-// receive buffer itself, and can hand it back for reuse once stored:
-// SetRecycle) and are checked, copied out of the mapping and,
+// receive buffer itself) and are checked, copied out of the mapping and,
 // with LoadRaw, prepared (parsed) on other CPUs at a restart, ahead of the
 // caller. The overlay is bounded by the number of distinct
 // objects changed since the snapshot; the next snapshot starts without one.
