@@ -213,14 +213,7 @@ func openDB(path string, log *slog.Logger) (db *bolt.DB, err error) {
 		// the mapping makes bbolt remap and copy every node of the
 		// transaction out of the old mapping, several times over.
 		InitialMmapSize: initialMmap,
-		// A restart reads the whole file at once (checked, then loaded):
-		// mapping every page in one call costs less than faulting them in
-		// one by one. Later remaps (a growing file) do not populate.
-		MmapFlags: populateFlag,
 	})
-	if db != nil {
-		db.MmapFlags = 0
-	}
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("%w: %s", ErrLocked, path)
@@ -756,16 +749,7 @@ type SnapshotWriter struct {
 
 	flushing chan error // the background flush in progress, nil when none
 	err      error      // a background flush failed: the snapshot is lost
-
-	recycle func(framed []byte) // see SetRecycle
 }
-
-// SetRecycle has every buffer given to WriteFramed handed to f once the
-// background transaction that stored it has committed (bbolt copied it
-// into its pages): a receiver can fill it again instead of touching fresh
-// memory for every chunk. f runs on the flush's goroutine and must not
-// block. Buffers of the final transaction (Commit) are not handed back.
-func (w *SnapshotWriter) SetRecycle(f func(framed []byte)) { w.recycle = f }
 
 // SetKeys records how many keys the snapshot holds (KeysHint after Commit).
 func (w *SnapshotWriter) SetKeys(n int) { w.keys = n }
@@ -912,17 +896,32 @@ func (w *SnapshotWriter) WriteFramed(framed []byte) error {
 	w.vals, w.buffered = nil, 0
 	done := make(chan error, 1)
 	w.flushing = done
-	recycle := w.recycle
-	go func() {
-		err := w.update(true, func(tx *bolt.Tx) error { return w.put(tx, vals, first) })
-		if err == nil && recycle != nil {
-			for _, v := range vals {
-				recycle(v)
-			}
-		}
-		done <- err
-	}()
+	go func() { done <- w.update(true, func(tx *bolt.Tx) error { return w.put(tx, vals, first) }) }()
 	return nil
+}
+
+// ReplaceLast replaces the chunk written last (by Write, WriteChunk or
+// WriteFramed) with raw: for a chunk found to hold entities that are left
+// out, after it was written.
+func (w *SnapshotWriter) ReplaceLast(raw []byte) error {
+	if w.done {
+		return errFinished
+	}
+	if w.n == 0 {
+		return errors.New("cache: no snapshot chunk to replace")
+	}
+	v := make([]byte, FrameHeader+len(raw))
+	copy(v[FrameHeader:], raw)
+	if n := len(w.vals); n > 0 {
+		w.buffered += len(v) - len(w.vals[n-1])
+		w.vals[n-1] = v
+		return nil
+	}
+	// Handed to a flush: overwritten once that is done.
+	if err := w.wait(); err != nil {
+		return err
+	}
+	return w.update(true, func(tx *bolt.Tx) error { return w.put(tx, [][]byte{v}, uint32(w.n-1)) })
 }
 
 // put stores framed chunks, from seq first on, into the staging bucket

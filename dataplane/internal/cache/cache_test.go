@@ -653,65 +653,45 @@ func chunkMsg(t *testing.T, seq int32, ents ...*syncv1.Entity) []byte {
 	return raw
 }
 
-// TestWriteFramedAndRecycle: chunks stored from a framed buffer (not
-// copied) load as written; with SetRecycle, the buffers of a background
-// flush come back once it committed, and those of the final transaction
-// do not.
-func TestWriteFramedAndRecycle(t *testing.T) {
+// TestWriteFramedAndReplaceLast: chunks stored from a framed buffer (not
+// copied) and chunks replaced after they were written, both while still
+// buffered and once flushed to the staging bucket, load as written last.
+func TestWriteFramedAndReplaceLast(t *testing.T) {
 	c := open(t, filepath.Join(t.TempDir(), "c.db"))
 	w, err := c.BeginSnapshot(7)
 	if err != nil {
 		t.Fatal(err)
 	}
-	back := make(chan []byte, 8)
-	w.SetRecycle(func(b []byte) { back <- b })
-	ks := keys(300)
-	framed := func(seq int32, ents ...*syncv1.Entity) []byte {
-		return append(make([]byte, FrameHeader), chunkMsg(t, seq, ents...)...)
+	if err := w.ReplaceLast(chunkMsg(t, 0)); err == nil {
+		t.Fatal("ReplaceLast before any chunk")
 	}
-	first := framed(0, ks[:100]...)
-	if err := w.WriteFramed(first); err != nil {
+	ks := keys(300)
+	framed := append(make([]byte, FrameHeader), chunkMsg(t, 0, ks[:100]...)...)
+	if err := w.WriteFramed(framed); err != nil {
 		t.Fatal(err)
 	}
-	// Big enough to flush (flushBytes is 8 KiB here): both go to a
-	// background transaction.
-	second := framed(1, ks[100:250]...)
-	if err := w.WriteFramed(second); err != nil {
+	// Still buffered (a small chunk): replaced in memory.
+	if err := w.ReplaceLast(chunkMsg(t, 0, ks[:99]...)); err != nil {
+		t.Fatal(err)
+	}
+	// Big enough to flush (flushBytes is 8 KiB here): replaced in the bucket.
+	if err := w.WriteChunk(chunkMsg(t, 1, ks[100:300]...)); err != nil {
 		t.Fatal(err)
 	}
 	if len(w.vals) != 0 || w.Len() != 2 || w.flushing == nil {
 		t.Fatalf("no flush started: %d buffered, %d written", len(w.vals), w.Len())
 	}
-	for _, want := range [][]byte{first, second} {
-		select {
-		case got := <-back:
-			if &got[0] != &want[0] {
-				t.Fatal("a buffer came back out of order")
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatal("a flushed buffer never came back")
-		}
-	}
-	// Overwriting a buffer that came back changes nothing stored.
-	for i := range first {
-		first[i] = 0xff
-	}
-	if err := w.WriteFramed(framed(2, ks[250:260]...)); err != nil { // small: stays buffered for Commit
+	if err := w.ReplaceLast(chunkMsg(t, 1, ks[101:300]...)); err != nil {
 		t.Fatal(err)
 	}
 	if err := w.Commit(); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-back:
-		t.Fatal("a buffer of the final transaction came back")
-	default:
-	}
-	if err := w.WriteFramed(second); !errors.Is(err, errFinished) {
+	if err := w.WriteFramed(framed); !errors.Is(err, errFinished) {
 		t.Fatalf("after commit: %v", err)
 	}
 	_, _, got := load(t, c)
-	if len(got) != 260 || got["key/"+statetest.TokenID(0)] == nil || got["key/"+statetest.TokenID(259)] == nil {
+	if len(got) != 298 || got["key/"+statetest.TokenID(99)] != nil || got["key/"+statetest.TokenID(100)] != nil || got["key/"+statetest.TokenID(299)] == nil {
 		t.Fatalf("loaded %d entities", len(got))
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -35,39 +34,6 @@ type Replica struct {
 	mu      sync.Mutex // serializes the writer methods
 	c       *cache.Cache
 	pending *pending
-
-	// frames holds the received chunk buffers the cache has stored, while
-	// a snapshot is being received (nil otherwise): FrameBuffer hands
-	// them out again.
-	frames atomic.Pointer[chan []byte]
-}
-
-// framePool is how many stored chunk buffers wait for reuse (chunks are
-// ~1 MB; a flush stores ~16 of them).
-const framePool = 48
-
-// FrameBuffer returns a buffer of length n for the next received message
-// if a stored snapshot chunk's buffer of that capacity is free, else nil
-// (the caller allocates). A snapshot of a million keys is ~200 chunks of
-// ~1 MB: received into buffers the cache is done with, they cost no fresh
-// memory (whose first touch was a sixth of a fresh proxy's CPU). Safe for
-// use by the receiving goroutine while the replica applies chunks.
-func (r *Replica) FrameBuffer(n int) []byte {
-	p := r.frames.Load()
-	if p == nil {
-		return nil
-	}
-	for {
-		select {
-		case b := <-*p:
-			if cap(b) >= n {
-				return b[:n]
-			}
-			// Too small for this one: let it go.
-		default:
-			return nil
-		}
-	}
 }
 
 // pending is a snapshot being received.
@@ -217,14 +183,6 @@ func (r *Replica) ApplyChunk(c *state.Chunk, framed []byte) (installed bool, err
 		}
 		p = &pending{rev: c.Revision, b: r.st.NewSnapshot(c.Revision), w: w, start: time.Now()}
 		r.pending = p
-		frames := make(chan []byte, framePool)
-		r.frames.Store(&frames)
-		w.SetRecycle(func(b []byte) {
-			select {
-			case frames <- b:
-			default:
-			}
-		})
 	case p == nil:
 		return false, fmt.Errorf("%w: got revision %d seq %d, want seq 0", ErrSnapshotOrder, c.Revision, c.Seq)
 	case c.Revision != p.rev || c.Seq != p.next:
@@ -235,6 +193,17 @@ func (r *Replica) ApplyChunk(c *state.Chunk, framed []byte) (installed bool, err
 
 	if h := c.KeysHint; h > 0 {
 		p.b.Presize(int(min(h, 1<<31)))
+	}
+	// The chunk as received goes to the cache first: it is buffered there
+	// and written by a background transaction every ~16 MiB, beside the
+	// in-memory build. Should the chunk turn out to hold invalid entities,
+	// the stored copy is replaced by one without them below (the cache
+	// keeps only what is installed).
+	if framed != nil {
+		if err := p.w.WriteFramed(framed); err != nil {
+			r.abortLocked()
+			return false, fmt.Errorf("replica: cache snapshot chunk %d: %w", c.Seq, err)
+		}
 	}
 	var invalid []bool
 	for i := range c.Entities {
@@ -254,19 +223,12 @@ func (r *Replica) ApplyChunk(c *state.Chunk, framed []byte) (installed bool, err
 			r.log.Error("replica: leaving invalid entity out of snapshot", "revision", p.rev, "err", err)
 		}
 	}
-	// The chunk as received goes to the cache once its entities are in
-	// the build (its buffer may be handed back for reuse as soon as a
-	// background transaction stored it, and the entities alias it): it
-	// is buffered there and written by a background transaction every
-	// ~16 MiB, beside the in-memory build. A chunk with invalid entities
-	// is stored encoded again without them (the cache keeps only what is
-	// installed).
 	var werr error
 	switch {
-	case framed != nil && invalid == nil:
-		werr = p.w.WriteFramed(framed)
-	default:
+	case framed == nil:
 		werr = p.w.WriteChunk(c.Encode(func(i int) bool { return invalid == nil || !invalid[i] }))
+	case invalid != nil:
+		werr = p.w.ReplaceLast(c.Encode(func(i int) bool { return !invalid[i] }))
 	}
 	if werr != nil {
 		r.abortLocked()
@@ -278,7 +240,6 @@ func (r *Replica) ApplyChunk(c *state.Chunk, framed []byte) (installed bool, err
 	}
 
 	r.pending = nil
-	r.frames.Store(nil)
 	p.w.SetKeys(p.b.Keys())
 	if err := p.w.Commit(); err != nil {
 		_ = p.w.Abort()
@@ -307,7 +268,6 @@ func (r *Replica) abortLocked() {
 		r.log.Warn("replica: dropping partial snapshot from cache", "err", err)
 	}
 	r.pending = nil
-	r.frames.Store(nil)
 }
 
 // ApplyDelta applies one committed change set: it checks that d follows the

@@ -512,65 +512,6 @@ func TestFramedChunksWithInvalidEntities(t *testing.T) {
 	}
 }
 
-// TestStoredChunkBuffersAreReused: while a snapshot comes in, the buffers
-// of chunks the cache has stored come back through FrameBuffer (not before
-// their chunk was applied and stored), and overwriting one changes neither
-// the state nor the cache; none are handed out once the snapshot is
-// installed.
-func TestStoredChunkBuffersAreReused(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "proxy.db")
-	r := open(t, path)
-	if r.FrameBuffer(10) != nil {
-		t.Fatal("a buffer before any snapshot")
-	}
-	const per = 30000 // ~6 MB a chunk: the cache flushes every ~16 MiB
-	var framedAll [][]byte
-	apply := func(seq int32, last bool) {
-		c := &syncv1.SnapshotChunk{Revision: 5, Seq: seq, Last: last}
-		for i := range per {
-			c.Entities = append(c.Entities, statetest.Key(int(seq)*per+i))
-		}
-		wc, framed := framedChunk(t, c)
-		framedAll = append(framedAll, framed)
-		if ok, err := r.ApplyChunk(wc, framed); err != nil || ok != last {
-			t.Fatalf("chunk %d: %v %v", seq, ok, err)
-		}
-	}
-	for seq := range int32(3) {
-		apply(seq, false)
-	}
-	var got []byte
-	deadline := time.Now().Add(10 * time.Second)
-	for got == nil && time.Now().Before(deadline) {
-		got = r.FrameBuffer(100)
-		time.Sleep(5 * time.Millisecond)
-	}
-	if got == nil {
-		t.Fatal("no stored chunk's buffer came back")
-	}
-	if len(got) != 100 || !slices.ContainsFunc(framedAll, func(f []byte) bool { return &f[0] == &got[0] }) {
-		t.Fatalf("FrameBuffer gave a buffer of %d bytes that is no chunk's", len(got))
-	}
-	got = got[:cap(got)]
-	for i := range got {
-		got[i] = 0xee // the receiver fills it with the next message
-	}
-	apply(3, true)
-	if r.FrameBuffer(10) != nil {
-		t.Fatal("a buffer after the snapshot was installed")
-	}
-	want := dump(r.State(), 4*per)
-	for _, i := range []int{0, per - 1, 2 * per, 4*per - 1} {
-		if !strings.Contains(want, statetest.TokenID(i)) {
-			t.Fatalf("key %d missing", i)
-		}
-	}
-	r.Close()
-	if got := dump(open(t, path).State(), 4*per); got != want {
-		t.Fatalf("reopened from the cache:\n%s", firstDiff(want, got))
-	}
-}
-
 // TestMalformedEntityDiscardsSnapshot: an entity that does not decode
 // discards the snapshot in progress; the installed state stays.
 func TestMalformedEntityDiscardsSnapshot(t *testing.T) {

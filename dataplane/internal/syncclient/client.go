@@ -442,11 +442,7 @@ func (c *Client) session(ctx context.Context, cl syncv1.SyncServiceClient) error
 		return err
 	}
 
-	codec := &keepRaw{}
-	if fb, ok := c.a.(interface{ FrameBuffer(n int) []byte }); ok {
-		codec.reuse = fb.FrameBuffer
-	}
-	stream, err := cl.Sync(sctx, grpc.ForceCodecV2(codec))
+	stream, err := cl.Sync(sctx, grpc.ForceCodecV2(&keepRaw{}))
 	if err != nil {
 		return stalled(err)
 	}

@@ -41,12 +41,7 @@ const frameHeader = 4
 // ~200 MB of them, and 4 KiB page faults on that fresh memory were a
 // tenth of a fresh proxy's CPU. A keepRaw belongs to one stream: gRPC
 // calls Unmarshal from the goroutine receiving, one message at a time.
-type keepRaw struct {
-	slab hugepage.Slab
-	// reuse, when set, returns a buffer of length n that the replica's
-	// cache is done with, or nil (Replica.FrameBuffer).
-	reuse func(n int) []byte
-}
+type keepRaw struct{ slab hugepage.Slab }
 
 // slabMin is the smallest message copied into the slab.
 const slabMin = 64 << 10
@@ -64,24 +59,15 @@ func (k *keepRaw) Unmarshal(data mem.BufferSlice, v any) error {
 	}
 	// A copy (data's buffers go back to gRPC's pool), after frameHeader
 	// spare bytes.
-	var buf []byte
 	if n := frameHeader + data.Len(); n >= slabMin {
-		if k.reuse != nil {
-			buf = k.reuse(n)
-		}
-		if buf == nil {
-			// Capacity rounded up, so that the buffer can take the next
-			// chunks, of about the same size, when it is reused.
-			buf = k.slab.Alloc((n + slabMin - 1) / slabMin * slabMin)[:n]
-		}
+		r.framed = k.slab.Alloc(n)[:n]
 	} else {
-		buf = make([]byte, n)
+		r.framed = make([]byte, n)
 		// A small message (a delta, a heartbeat) ends a run of chunks:
 		// let the last slab go with them rather than keep its tail for
 		// the session's life.
 		k.slab = hugepage.Slab{}
 	}
-	r.framed = buf
 	data.CopyTo(r.framed[frameHeader:])
 	r.raw = r.framed[frameHeader:]
 	c := r.chunk // one to reuse, if any
