@@ -58,9 +58,17 @@ const (
 	SlabSize = 32 << 20
 )
 
+// SmallBuf is the size under which Alloc makes an ordinary buffer: the
+// chunks of a small snapshot are a few KB, and a slab for them would hold
+// megabytes for nothing.
+const SmallBuf = 64 << 10
+
 // Alloc returns a buffer of length 0 and capacity n (exactly: appending
 // past it reallocates rather than writing into the next buffer).
 func (s *Slab) Alloc(n int) []byte {
+	if n < SmallBuf {
+		return make([]byte, 0, n)
+	}
 	if n > SlabSize/4 {
 		return Make[byte](0, n)
 	}

@@ -1,6 +1,7 @@
 package hugepage
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"runtime"
@@ -14,7 +15,7 @@ func TestSlabBuffersAreExactAndApart(t *testing.T) {
 	var s Slab
 	var bufs [][]byte
 	for i := range 200 {
-		n := 1 + i*4099
+		n := SmallBuf + i*4099
 		b := s.Alloc(n)
 		if len(b) != 0 || cap(b) != n {
 			t.Fatalf("Alloc(%d): len %d cap %d", n, len(b), cap(b))
@@ -26,12 +27,15 @@ func TestSlabBuffersAreExactAndApart(t *testing.T) {
 		bufs = append(bufs, b)
 	}
 	if s.next != SlabSize {
-		t.Errorf("after ~80 MiB of buffers the next slab is %d MiB, want the largest", s.next>>20)
+		t.Errorf("after ~90 MiB of buffers the next slab is %d MiB, want the largest", s.next>>20)
 	}
 	var small Slab
-	small.Alloc(1000)
-	if cap(small.free)+1000 != MinSlab {
-		t.Errorf("a first small buffer took a slab of %d bytes, want %d", cap(small.free)+1000, MinSlab)
+	if b := small.Alloc(1000); cap(b) != 1000 || small.free != nil {
+		t.Errorf("a small buffer took a slab (cap %d, slab tail %d)", cap(b), cap(small.free))
+	}
+	small.Alloc(SmallBuf)
+	if cap(small.free)+SmallBuf != MinSlab {
+		t.Errorf("a first buffer took a slab of %d bytes, want %d", cap(small.free)+SmallBuf, MinSlab)
 	}
 	big := s.Alloc(SlabSize/4 + 1)
 	if cap(big) != SlabSize/4+1 {
@@ -45,12 +49,15 @@ func TestSlabBuffersAreExactAndApart(t *testing.T) {
 		}
 	}
 	// Appending past a buffer's capacity must not reach the next one.
-	a, b := s.Alloc(8), s.Alloc(8)
-	b = append(b, "ABCDEFGH"...)
-	a = append(a, "12345678"...)
-	a = append(a, 'x')
-	if string(b) != "ABCDEFGH" || string(a) != "12345678x" {
-		t.Fatalf("a %q b %q", a, b)
+	a, b := s.Alloc(SmallBuf), s.Alloc(SmallBuf)
+	if &a[:1][0] == &b[:1][0] || cap(a) != SmallBuf {
+		t.Fatal("two buffers share their first byte")
+	}
+	b = append(b, bytes.Repeat([]byte{'B'}, SmallBuf)...)
+	a = append(a, bytes.Repeat([]byte{'A'}, SmallBuf)...)
+	a = append(a, 'x') // past the capacity: a moves, b stays as it was
+	if !bytes.Equal(b, bytes.Repeat([]byte{'B'}, SmallBuf)) || len(a) != SmallBuf+1 {
+		t.Fatal("appending past a buffer's capacity reached the next one")
 	}
 }
 
