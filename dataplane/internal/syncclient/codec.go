@@ -43,9 +43,6 @@ const frameHeader = 4
 // calls Unmarshal from the goroutine receiving, one message at a time.
 type keepRaw struct{ slab hugepage.Slab }
 
-// slabMin is the smallest message copied into the slab.
-const slabMin = 64 << 10
-
 var protoCodec = encoding.GetCodecV2(proto.Name)
 
 func (*keepRaw) Name() string { return proto.Name }
@@ -59,10 +56,9 @@ func (k *keepRaw) Unmarshal(data mem.BufferSlice, v any) error {
 	}
 	// A copy (data's buffers go back to gRPC's pool), after frameHeader
 	// spare bytes.
-	if n := frameHeader + data.Len(); n >= slabMin {
-		r.framed = k.slab.Alloc(n)[:n]
-	} else {
-		r.framed = make([]byte, n)
+	n := frameHeader + data.Len()
+	r.framed = k.slab.Alloc(n)[:n] // a small message gets a buffer of its own
+	if n < hugepage.SmallBuf {
 		// A small message (a delta, a heartbeat) ends a run of chunks:
 		// let the last slab go with them rather than keep its tail for
 		// the session's life.

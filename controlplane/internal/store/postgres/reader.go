@@ -718,13 +718,9 @@ func eachStream(ctx context.Context, r *reader, sc scan, fn func([]row) error) e
 			return nil
 		}
 		free <- f.p
-		if err := ctx.Err(); err != nil {
-			cancel()
-			for range pages {
-			}
-			return err
-		}
 	}
+	// Closed without the last page: ctx ended (a cancelled query would
+	// have sent its error).
 	if err := ctx.Err(); err != nil {
 		return err
 	}
